@@ -1,0 +1,39 @@
+/* ops_log.h - JSON log lines on stderr, one per event.
+ *
+ * {"time":"2026-11-27T20:30:00.123Z","level":"info","service":"ledger","instance":"0",
+ *  "event":"load.reserved","txn_id":"...","amount":"1200"}
+ * Values are JSON-escaped; a line is written with one write() so lines from threads do not
+ * interleave. Thread-safe. */
+#ifndef OPS_LOG_H
+#define OPS_LOG_H
+
+#include <stdint.h>
+
+#define OPS_LOG_LINE_MAX 4096
+
+typedef enum ops_log_level {
+    OPS_LOG_DEBUG = 0,
+    OPS_LOG_INFO,
+    OPS_LOG_WARN,
+    OPS_LOG_ERROR,
+} ops_log_level_t;
+
+/* Sets the service and instance names written on every line, and the lowest level
+ * written (default info). May be called again; not thread-safe against concurrent logging. */
+void ops_log_init(const char *service, const char *instance, ops_log_level_t min_level);
+
+/* Parses "debug", "info", "warn", "error"; returns -1 for anything else. */
+int ops_log_level_parse(const char *name);
+
+/* Writes one line: event, then key/value string pairs, terminated by a NULL key.
+ *   ops_log(OPS_LOG_INFO, "rpc.refused", "peer", key, "reason", "not allowed", NULL); */
+void ops_log(ops_log_level_t level, const char *event, ...);
+
+/* Same, with one "msg" field formatted printf-style. */
+void ops_logf(ops_log_level_t level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Lower-case hex of bytes into out (capacity 2*len+1). Returns out. For txn ids in logs. */
+char *ops_hex(const uint8_t *bytes, size_t len, char *out);
+
+#endif

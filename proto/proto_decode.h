@@ -1,0 +1,38 @@
+/* proto_decode.h - safe decoding of untrusted protobuf bytes.
+ *
+ * Each proto_decode_*() refuses input over its named limit before parsing, unpacks it with
+ * protobuf-c, then checks that every field the protocol needs is present and well-formed
+ * (proto3 has no required fields: a zero amount or an empty txn id is a refusal here).
+ * On any error nothing is returned and nothing leaks. A message returned in *out is freed
+ * by the caller with the matching quancun__*__free_unpacked(msg, NULL). */
+#ifndef PROTO_DECODE_H
+#define PROTO_DECODE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quancun.pb-c.h"
+
+#define PROTO_TXN_ID_SIZE 16
+#define PROTO_NONCE_SIZE 16
+#define PROTO_BODY_MAX 4096              /* any signed body */
+#define PROTO_RPC_FRAME_MAX (256 * 1024) /* any Rpc or RpcReply frame */
+#define PROTO_METHOD_MAX 32
+#define PROTO_ACCOUNT_ID_MAX 64
+#define PROTO_REASON_MAX 256
+
+/* Each returns 0 and sets *out, or QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG,
+ * QC_EAMOUNT with *out NULL. */
+int proto_decode_load_request(const uint8_t *bytes, size_t len, Quancun__LoadRequest **out);
+int proto_decode_load_allow(const uint8_t *bytes, size_t len, Quancun__LoadAllow **out);
+int proto_decode_execution_report(const uint8_t *bytes, size_t len, Quancun__ExecutionReport **out);
+int proto_decode_load_outcome(const uint8_t *bytes, size_t len, Quancun__LoadOutcome **out);
+int proto_decode_audit_checkpoint(const uint8_t *bytes, size_t len, Quancun__AuditCheckpoint **out);
+int proto_decode_rpc(const uint8_t *bytes, size_t len, Quancun__Rpc **out);
+int proto_decode_rpc_reply(const uint8_t *bytes, size_t len, Quancun__RpcReply **out);
+
+/* Serializes any protobuf-c message into a malloc'd buffer the caller frees.
+ * Returns 0, or QC_ENOMEM with *out NULL. */
+int proto_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *out_len);
+
+#endif
