@@ -7,6 +7,7 @@
 #ifndef OPS_LOG_H
 #define OPS_LOG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define OPS_LOG_LINE_MAX 4096

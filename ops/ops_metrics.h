@@ -8,6 +8,7 @@
 #define OPS_METRICS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define OPS_METRICS_MAX 512
