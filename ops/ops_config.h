@@ -3,7 +3,19 @@
  * A program declares its keys in a table; ops_config_load() reads "--config FILE" (if given)
  * then applies "--key value" / "--key=value" flags on top. Unknown keys, in the file or as
  * flags, are an error naming the key (and the line). "--help" prints the usage built from
- * the table. Arguments that are not flags are kept, in order, as positional arguments. */
+ * the table. Arguments that are not flags are kept, in order, as positional arguments.
+ *
+ * Details a caller may meet:
+ * - The file is bare "key = value" lines (":" works too); "#" and ";" start comment lines and
+ *   " ;" starts an inline comment. A "[section]" line, a key set twice, a line without "=" and
+ *   a line longer than INI_MAX_LINE - 2 bytes (198 with the system inih; inih would split it
+ *   silently) are errors naming the line. The file may be at most 256 KiB.
+ * - "--" ends the flags: everything after it is positional. "-x" and "-5" are positional;
+ *   "-h" is the same as "--help". "--config" given twice is an error.
+ * - A bare BOOL flag takes the next argument as its value only when that is a bool word
+ *   ("--verbose no"); otherwise it means true and the next argument is left alone.
+ * - A non-BOOL flag whose next argument starts with "--" is missing its value.
+ * - Flags given twice: the last one wins. */
 #ifndef OPS_CONFIG_H
 #define OPS_CONFIG_H
 
@@ -30,7 +42,10 @@ typedef struct ops_config_key {
 
 typedef struct ops_config ops_config_t;
 
-/* Loads config for program (its name in --help) from keys[0..key_count) and argv.
+/* Loads config for program (its name in --help) from keys[0..key_count) and argv (argv[0] is
+ * the program path and is skipped). keys is borrowed and must outlive the config (a static
+ * table); a malformed table (duplicate or reserved names, a default that does not parse as
+ * its type) is a programming error and is asserted.
  * Returns 0 and sets *out; 1 when --help was printed to stdout (the caller exits 0);
  * QC_ECONFIG with a message in err (capacity errcap) naming the key, value and line
  * (unknown key, bad int, bad bool, missing value, unreadable file). */

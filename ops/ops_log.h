@@ -3,7 +3,11 @@
  * {"time":"2026-11-27T20:30:00.123Z","level":"info","service":"ledger","instance":"0",
  *  "event":"load.reserved","txn_id":"...","amount":"1200"}
  * Values are JSON-escaped; a line is written with one write() so lines from threads do not
- * interleave. Thread-safe. */
+ * interleave. Thread-safe.
+ * A NULL value is written as null. Bytes that are not valid UTF-8 become \ufffd, control
+ * characters \u00XX. A line that would exceed OPS_LOG_LINE_MAX is cut inside the value that
+ * overflows (never inside an escape or a UTF-8 character), later fields are dropped, and
+ * "truncated":true is added, so the line is still one JSON object ending in "}\n". */
 #ifndef OPS_LOG_H
 #define OPS_LOG_H
 

@@ -208,7 +208,8 @@ void ops_histogram_observe(ops_histogram_t *h, double seconds)
     while (slot < OPS_HISTOGRAM_BOUNDS && seconds > ops_histogram_bounds[slot].le)
         slot++;
     const double sum_cap_s = 1e10;
-    uint64_t ns = (uint64_t)((seconds < sum_cap_s ? seconds : sum_cap_s) * (double)OPS_NS_PER_S);
+    uint64_t ns =
+        (uint64_t)((seconds < sum_cap_s ? seconds : sum_cap_s) * (double)OPS_NS_PER_S + 0.5);
     atomic_fetch_add_explicit(&h->buckets[slot], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->sum_ns, ns, memory_order_relaxed);
 }

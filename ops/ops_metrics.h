@@ -21,7 +21,10 @@ typedef struct ops_histogram ops_histogram_t;
 /* Find-or-create. Never NULL: running out of slots is a programming error (asserted). */
 ops_counter_t *ops_counter(const char *name, const char *help);
 ops_gauge_t *ops_gauge(const char *name, const char *help);
-/* Latency histogram in seconds with fixed buckets from 100 us to 10 s. */
+/* Latency histogram in seconds with fixed buckets from 100 us to 10 s:
+ * 0.0001 0.00025 0.0005 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 +Inf.
+ * A name with labels gets le merged into them: name_bucket{a="b",le="0.1"}. A negative or
+ * NaN observation counts as 0. */
 ops_histogram_t *ops_histogram(const char *name, const char *help);
 
 void ops_counter_add(ops_counter_t *c, uint64_t n);
@@ -35,8 +38,10 @@ void ops_histogram_observe(ops_histogram_t *h, double seconds);
  * frees; NULL on allocation failure. */
 char *ops_metrics_render(void);
 
-/* Health: the server answers /healthz with 200 "ok" when fn returns true (or fn is NULL),
- * 503 with the text it filled in otherwise. fn may be called from the HTTP thread. */
+/* Health: the server answers /healthz with 200 "ok\n" when fn returns true (or fn is NULL),
+ * 503 with the text it filled in plus "\n" otherwise ("unhealthy\n" if it left why empty).
+ * fn is called from the HTTP thread. Any other path is 404; a method other than GET or HEAD
+ * on /metrics or /healthz is 405. */
 typedef bool(ops_health_fn)(void *arg, char *why, size_t why_cap);
 
 typedef struct ops_http ops_http_t;
