@@ -416,12 +416,12 @@ static void rpc_zap_handle(rpc_zap_t *zap)
         return;
     }
     if (!selfcheck) {
-        ops_log(OPS_LOG_WARN, "rpc.refused", "service", service[0] ? service : domain, "peer",
-                address, "key", key_z85, "reason", reason, NULL);
         if (refused == NULL)
             refused = rpc_counter("qc_rpc_refused_total", "unknown",
                                   "CURVE clients refused by the ZAP handler");
         ops_counter_add(refused, 1);
+        ops_log(OPS_LOG_WARN, "rpc.refused", "rpc_service", service[0] ? service : domain, "peer",
+                address, "key", key_z85, "reason", reason, NULL);
     }
     rpc_zap_send_reply(zap->sock, request_id, "400", reason, "");
 }
@@ -678,7 +678,7 @@ static int rpc_server_socket_new(proto_rpc_server_t *srv, const proto_rpc_server
         rpc_setsockopt_int(srv->sock, ZMQ_ROUTER_MANDATORY, 1) != 0)
         return QC_ECONFIG;
     if (zmq_bind(srv->sock, cfg->endpoint) != 0) {
-        ops_log(OPS_LOG_ERROR, "rpc.bind_failed", "service", cfg->service, "endpoint",
+        ops_log(OPS_LOG_ERROR, "rpc.bind_failed", "rpc_service", cfg->service, "endpoint",
                 cfg->endpoint, "error", zmq_strerror(zmq_errno()), NULL);
         return QC_EIO;
     }
@@ -721,7 +721,7 @@ int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_t *cfg, proto_
     rc = rpc_server_socket_new(srv, cfg);
     if (rc != 0)
         goto err;
-    ops_log(OPS_LOG_INFO, "rpc.listening", "service", cfg->service, "endpoint", cfg->endpoint,
+    ops_log(OPS_LOG_INFO, "rpc.listening", "rpc_service", cfg->service, "endpoint", cfg->endpoint,
             "zap_domain", srv->domain.name, "allow", cfg->allow_any ? "any" : cfg->allow_path,
             NULL);
     *out = srv;
@@ -755,8 +755,8 @@ static void rpc_drain(void *sock)
 
 static void rpc_server_malformed(proto_rpc_server_t *srv, const char *why, const char *peer)
 {
-    ops_log(OPS_LOG_WARN, "rpc.malformed", "service", srv->domain.service, "peer", peer, "reason",
-            why, NULL);
+    ops_log(OPS_LOG_WARN, "rpc.malformed", "rpc_service", srv->domain.service, "peer", peer,
+            "reason", why, NULL);
     ops_counter_add(srv->malformed, 1);
 }
 
@@ -803,8 +803,8 @@ static int rpc_server_recv_one(proto_rpc_server_t *srv, proto_rpc_request_t **ou
     }
     ops_counter_add(srv->requests, 1);
     if (m->deadline_ms != 0 && m->deadline_ms < ops_time_wall_ms()) {
-        ops_log(OPS_LOG_INFO, "rpc.expired", "service", srv->domain.service, "method", m->method,
-                "peer", user, NULL);
+        ops_log(OPS_LOG_INFO, "rpc.expired", "rpc_service", srv->domain.service, "method",
+                m->method, "peer", user, NULL);
         ops_counter_add(srv->expired, 1);
         goto out;
     }
@@ -1001,8 +1001,8 @@ static int rpc_endpoint_open(proto_rpc_client_t *cli, rpc_endpoint_t *ep)
         zmq_setsockopt(ep->sock, ZMQ_CURVE_SECRETKEY, cli->keys.secret_z85,
                        PROTO_CURVE_KEY_Z85_LEN) != 0 ||
         zmq_connect(ep->sock, ep->addr) != 0) {
-        ops_log(OPS_LOG_ERROR, "rpc.connect_failed", "service", cli->service, "endpoint", ep->addr,
-                "error", zmq_strerror(zmq_errno()), NULL);
+        ops_log(OPS_LOG_ERROR, "rpc.connect_failed", "rpc_service", cli->service, "endpoint",
+                ep->addr, "error", zmq_strerror(zmq_errno()), NULL);
         zmq_close(ep->sock);
         ep->sock = NULL;
         return QC_ECONFIG;
@@ -1077,8 +1077,8 @@ static int rpc_endpoints_apply(proto_rpc_client_t *cli, char list[][PROTO_RPC_EN
             keep = strcmp(list[i], ep->addr) == 0;
         if (keep)
             continue;
-        ops_log(OPS_LOG_INFO, "rpc.endpoint_removed", "service", cli->service, "endpoint", ep->addr,
-                NULL);
+        ops_log(OPS_LOG_INFO, "rpc.endpoint_removed", "rpc_service", cli->service, "endpoint",
+                ep->addr, NULL);
         rpc_endpoint_close(ep);
         ep->used = false;
         for (int s = 0; s < PROTO_RPC_SLOTS; s++) {
@@ -1109,7 +1109,7 @@ static int rpc_endpoints_apply(proto_rpc_client_t *cli, char list[][PROTO_RPC_EN
             if (rpc_endpoint_open(cli, ep) != 0)
                 ep->used = false;
             else
-                ops_log(OPS_LOG_INFO, "rpc.endpoint_added", "service", cli->service, "endpoint",
+                ops_log(OPS_LOG_INFO, "rpc.endpoint_added", "rpc_service", cli->service, "endpoint",
                         ep->addr, NULL);
             break;
         }
@@ -1128,7 +1128,7 @@ static int rpc_client_reload(proto_rpc_client_t *cli, proto_rpc_done_fn *done, v
     char list[PROTO_RPC_ENDPOINTS_MAX][PROTO_RPC_ENDPOINT_MAX];
     int count = rpc_endpoints_read_file(cli->endpoints_path, list);
     if (count <= 0) {
-        ops_log(OPS_LOG_WARN, "rpc.endpoints_reload_failed", "service", cli->service, "path",
+        ops_log(OPS_LOG_WARN, "rpc.endpoints_reload_failed", "rpc_service", cli->service, "path",
                 cli->endpoints_path, "error", qc_errname(count == 0 ? QC_ECONFIG : count), NULL);
         return 0;
     }
@@ -1415,7 +1415,7 @@ static int rpc_endpoint_drain(proto_rpc_client_t *cli, int e, proto_rpc_done_fn 
         if (more)
             rpc_drain(ep->sock);
         if (drc != 0) {
-            ops_log(OPS_LOG_WARN, "rpc.reply_malformed", "service", cli->service, "endpoint",
+            ops_log(OPS_LOG_WARN, "rpc.reply_malformed", "rpc_service", cli->service, "endpoint",
                     ep->addr, "error", qc_errname(drc), NULL);
             continue;
         }
@@ -1443,7 +1443,7 @@ static int rpc_endpoint_recreate(proto_rpc_client_t *cli, int e, proto_rpc_done_
 {
     rpc_endpoint_t *ep = &cli->endpoints[e];
     int finished = 0;
-    ops_log(OPS_LOG_WARN, "rpc.endpoint_silent", "service", cli->service, "endpoint", ep->addr,
+    ops_log(OPS_LOG_WARN, "rpc.endpoint_silent", "rpc_service", cli->service, "endpoint", ep->addr,
             NULL);
     ops_counter_add(cli->recreated, 1);
     rpc_endpoint_close(ep);

@@ -1,0 +1,616 @@
+/* test_rpc.c - proto_rpc end to end: real server processes, real TCP, CURVE and ZAP.
+ *
+ * argv[1] is the rpc_echo_server binary. Each test starts its servers as child processes on
+ * its own ports (17100-17299) and kills them in its teardown, even when an assertion
+ * failed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "ops_log.h"
+#include "ops_signal.h"
+#include "ops_time.h"
+#include "proto_rpc.h"
+#include "qc_error.h"
+
+#define T_CHILDREN_MAX 8
+#define T_PATH_MAX 512
+#define T_READY_MS 8000    /* a fresh server must answer within this */
+#define T_CALL_MS 2000     /* an ordinary call */
+#define T_ASYNC_CALLS 200  /* calls in flight at once in the async test */
+#define T_LOG_WAIT_MS 3000 /* a log line must appear within this */
+
+static const char *echo_server_bin;
+
+typedef struct fixture {
+    char dir[T_PATH_MAX];
+    char server_keys[T_PATH_MAX];
+    char client_keys[T_PATH_MAX];
+    char stranger_keys[T_PATH_MAX];
+    char allow[T_PATH_MAX];
+    proto_curve_keypair_t server, client, stranger;
+    pid_t children[T_CHILDREN_MAX];
+    proto_rpc_client_t *clients[T_CHILDREN_MAX]; /* destroyed in teardown */
+    void *raws[T_CHILDREN_MAX];                  /* raw sockets, closed in teardown */
+    void *ctx;
+} fixture_t;
+
+/* ---------------------------------------------------------------- helpers */
+
+static void path_in(const fixture_t *f, const char *name, char *out)
+{
+    int n = snprintf(out, T_PATH_MAX, "%s/%s", f->dir, name);
+    assert_true(n > 0 && n < T_PATH_MAX);
+}
+
+static void write_text(const char *path, const char *text)
+{
+    char tmp[T_PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *fp = fopen(tmp, "w");
+    assert_non_null(fp);
+    assert_true(fputs(text, fp) >= 0);
+    assert_int_equal(fclose(fp), 0);
+    assert_int_equal(rename(tmp, path), 0);
+}
+
+static void endpoint_of(int port, char *out, size_t cap)
+{
+    snprintf(out, cap, "tcp://127.0.0.1:%d", port);
+}
+
+/* Starts an echo server on port; stderr goes to stderr_path when it is set. */
+static pid_t spawn_server(fixture_t *f, int port, const char *name, bool stall,
+                          const char *stderr_path)
+{
+    char endpoint[64];
+    endpoint_of(port, endpoint, sizeof endpoint);
+    int slot = -1;
+    for (int i = 0; i < T_CHILDREN_MAX && slot < 0; i++)
+        if (f->children[i] == 0)
+            slot = i;
+    assert_true(slot >= 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (stderr_path != NULL) {
+            int fd = open(stderr_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+            if (fd < 0 || dup2(fd, 2) < 0)
+                _exit(126);
+        }
+        const char *args[16];
+        int n = 0;
+        args[n++] = echo_server_bin;
+        args[n++] = "--endpoint";
+        args[n++] = endpoint;
+        args[n++] = "--keys";
+        args[n++] = f->server_keys;
+        args[n++] = "--allow";
+        args[n++] = f->allow;
+        args[n++] = "--name";
+        args[n++] = name;
+        if (stall)
+            args[n++] = "--stall";
+        args[n] = NULL;
+        execv(echo_server_bin, (char *const *)args);
+        _exit(127);
+    }
+    f->children[slot] = pid;
+    return pid;
+}
+
+static void kill_server(fixture_t *f, pid_t pid)
+{
+    for (int i = 0; i < T_CHILDREN_MAX; i++) {
+        if (f->children[i] != pid)
+            continue;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        f->children[i] = 0;
+    }
+}
+
+static proto_rpc_client_t *client_new(fixture_t *f, const char *endpoints,
+                                      const char *endpoints_path, const proto_curve_keypair_t *keys)
+{
+    proto_rpc_client_config_t cfg = {
+        .service = "echo",
+        .endpoints = endpoints,
+        .endpoints_path = endpoints_path,
+        .server_public_z85 = f->server.public_z85,
+        .keys = keys,
+    };
+    proto_rpc_client_t *cli = NULL;
+    assert_int_equal(proto_rpc_client_new(f->ctx, &cfg, &cli), 0);
+    assert_non_null(cli);
+    for (int i = 0; i < T_CHILDREN_MAX; i++) {
+        if (f->clients[i] == NULL) {
+            f->clients[i] = cli;
+            return cli;
+        }
+    }
+    fail_msg("too many clients in one test");
+    return NULL;
+}
+
+/* Calls method and returns the reply body as a string in out (empty on failure). */
+static int call_text(proto_rpc_client_t *cli, const char *method, const char *body, int timeout_ms,
+                     int flags, char *out, size_t cap)
+{
+    proto_rpc_reply_t *r = NULL;
+    int rc = proto_rpc_client_call(cli, method, (const uint8_t *)body, body ? strlen(body) : 0,
+                                   timeout_ms, flags, &r);
+    out[0] = '\0';
+    if (rc == 0) {
+        assert_non_null(r);
+        rc = r->code;
+        size_t n = r->body_len < cap - 1 ? r->body_len : cap - 1;
+        if (n > 0)
+            memcpy(out, r->body, n);
+        out[n] = '\0';
+        proto_rpc_reply_destroy(&r);
+        assert_null(r);
+    } else {
+        assert_null(r);
+    }
+    return rc;
+}
+
+/* Polls with short idempotent calls until the service answers (bounded). */
+static void wait_ready(proto_rpc_client_t *cli)
+{
+    uint64_t end = ops_time_mono_ms() + T_READY_MS;
+    char out[64];
+    while (ops_time_mono_ms() < end) {
+        if (call_text(cli, "echo", "ping", 300, PROTO_RPC_IDEMPOTENT, out, sizeof out) == 0) {
+            assert_string_equal(out, "ping");
+            return;
+        }
+    }
+    fail_msg("server did not become ready within %d ms", T_READY_MS);
+}
+
+/* A raw CURVE DEALER with the client's keys, for frames proto_rpc would never send. */
+static void *raw_dealer(fixture_t *f, int port)
+{
+    void *s = zmq_socket(f->ctx, ZMQ_DEALER);
+    assert_non_null(s);
+    int zero = 0;
+    char endpoint[64];
+    endpoint_of(port, endpoint, sizeof endpoint);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, f->server.public_z85, 40), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, f->client.public_z85, 40), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, f->client.secret_z85, 40), 0);
+    assert_int_equal(zmq_connect(s, endpoint), 0);
+    for (int i = 0; i < T_CHILDREN_MAX; i++) {
+        if (f->raws[i] == NULL) {
+            f->raws[i] = s;
+            return s;
+        }
+    }
+    fail_msg("too many raw sockets in one test");
+    return NULL;
+}
+
+static bool file_contains(const char *path, const char *needle)
+{
+    FILE *fp = fopen(path, "r");
+    if (fp == NULL)
+        return false;
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* Pumps an async client for up to ms, or until *stop is true. */
+static void pump(proto_rpc_client_t *cli, proto_rpc_done_fn *done, void *arg, int ms,
+                 const bool *stop)
+{
+    uint64_t end = ops_time_mono_ms() + (uint64_t)ms;
+    while (ops_time_mono_ms() < end && !(stop != NULL && *stop)) {
+        zmq_pollitem_t items[PROTO_RPC_ENDPOINTS_MAX];
+        int n = proto_rpc_client_pollitems(cli, items, PROTO_RPC_ENDPOINTS_MAX);
+        int wait = proto_rpc_client_next_timeout_ms(cli);
+        if (wait < 0 || wait > 50)
+            wait = 50;
+        zmq_poll(items, n, wait);
+        proto_rpc_client_process(cli, done, arg);
+    }
+}
+
+/* ---------------------------------------------------------------- fixture */
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/qc-test-rpc-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    path_in(f, "server.key", f->server_keys);
+    path_in(f, "client.key", f->client_keys);
+    path_in(f, "stranger.key", f->stranger_keys);
+    path_in(f, "allow", f->allow);
+    assert_int_equal(proto_curve_keypair_create(f->server_keys, &f->server), 0);
+    assert_int_equal(proto_curve_keypair_create(f->client_keys, &f->client), 0);
+    assert_int_equal(proto_curve_keypair_create(f->stranger_keys, &f->stranger), 0);
+    char allow[256];
+    snprintf(allow, sizeof allow, "# test clients\n%s\n\n", f->client.public_z85);
+    write_text(f->allow, allow);
+    f->ctx = zmq_ctx_new();
+    assert_non_null(f->ctx);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    for (int i = 0; i < T_CHILDREN_MAX; i++)
+        if (f->children[i] != 0)
+            kill_server(f, f->children[i]);
+    /* zmq_ctx_term() waits for every socket: a failed test must not leave one open. */
+    for (int i = 0; i < T_CHILDREN_MAX; i++) {
+        proto_rpc_client_destroy(&f->clients[i]);
+        if (f->raws[i] != NULL)
+            zmq_close(f->raws[i]);
+    }
+    zmq_ctx_term(f->ctx);
+    proto_curve_keypair_wipe(&f->server);
+    proto_curve_keypair_wipe(&f->client);
+    proto_curve_keypair_wipe(&f->stranger);
+    char cmd[T_PATH_MAX + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", f->dir);
+    free(f);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- tests */
+
+static void test_keypair_files(void **state)
+{
+    fixture_t *f = *state;
+    proto_curve_keypair_t kp;
+    assert_int_equal(proto_curve_keypair_load(f->client_keys, &kp), 0);
+    assert_string_equal(kp.public_z85, f->client.public_z85);
+    assert_string_equal(kp.secret_z85, f->client.secret_z85);
+    struct stat st;
+    assert_int_equal(stat(f->client_keys, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    char pub_path[T_PATH_MAX + 8];
+    snprintf(pub_path, sizeof pub_path, "%s.pub", f->client_keys);
+    assert_true(file_contains(pub_path, f->client.public_z85));
+    assert_false(file_contains(pub_path, f->client.secret_z85));
+    /* Never overwrite a key in use. */
+    proto_curve_keypair_t again;
+    assert_int_equal(proto_curve_keypair_create(f->client_keys, &again), QC_EIO);
+    proto_curve_keypair_wipe(&kp);
+    for (size_t i = 0; i < sizeof kp.secret_z85; i++)
+        assert_int_equal(kp.secret_z85[i], 0);
+    /* A public key that is not the secret's is a configuration error. */
+    char bad[T_PATH_MAX];
+    path_in(f, "bad.key", bad);
+    char text[256];
+    snprintf(text, sizeof text, "public = %s\nsecret = %s\n", f->server.public_z85,
+             f->client.secret_z85);
+    write_text(bad, text);
+    assert_int_equal(proto_curve_keypair_load(bad, &kp), QC_ECONFIG);
+    write_text(bad, "public = not-a-key\n");
+    assert_int_equal(proto_curve_keypair_load(bad, &kp), QC_ECONFIG);
+}
+
+/* 1. A call succeeds and the handler sees the caller's CURVE key. */
+static void test_call_and_peer_key(void **state)
+{
+    fixture_t *f = *state;
+    spawn_server(f, 17100, "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17100", NULL, &f->client);
+    wait_ready(cli);
+    char out[128];
+    assert_int_equal(call_text(cli, "echo", "hello", T_CALL_MS, 0, out, sizeof out), 0);
+    assert_string_equal(out, "hello");
+    assert_int_equal(call_text(cli, "peer", NULL, T_CALL_MS, 0, out, sizeof out), 0);
+    assert_string_equal(out, f->client.public_z85);
+    assert_int_equal(call_text(cli, "nosuch", NULL, T_CALL_MS, 0, out, sizeof out), QC_EMETHOD);
+    assert_int_equal(proto_rpc_client_inflight(cli), 0);
+    assert_ptr_equal(f->clients[0], cli);
+    proto_rpc_client_destroy(&f->clients[0]);
+    assert_null(f->clients[0]);
+}
+
+/* 2. A key off the allow-list gets no answer, and the server logs the refusal. */
+static void test_refused_key(void **state)
+{
+    fixture_t *f = *state;
+    char log_path[T_PATH_MAX];
+    path_in(f, "server.stderr", log_path);
+    spawn_server(f, 17101, "a", false, log_path);
+    proto_rpc_client_t *good = client_new(f, "tcp://127.0.0.1:17101", NULL, &f->client);
+    wait_ready(good);
+    proto_rpc_client_t *bad = client_new(f, "tcp://127.0.0.1:17101", NULL, &f->stranger);
+    char out[64];
+    assert_int_equal(call_text(bad, "echo", "x", 1000, PROTO_RPC_IDEMPOTENT, out, sizeof out),
+                     QC_ETIMEOUT);
+    uint64_t end = ops_time_mono_ms() + T_LOG_WAIT_MS;
+    while (!file_contains(log_path, "rpc.refused") && ops_time_mono_ms() < end)
+        usleep(20 * 1000);
+    assert_true(file_contains(log_path, "rpc.refused"));
+    assert_true(file_contains(log_path, f->stranger.public_z85));
+    assert_int_equal(call_text(good, "stats", NULL, T_CALL_MS, 0, out, sizeof out), 0);
+    assert_null(strstr(out, "refused=0"));
+}
+
+typedef struct async_one {
+    bool done;
+    int code;
+    char body[64];
+} async_one_t;
+
+static void one_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
+{
+    (void)tag;
+    async_one_t *o = arg;
+    o->done = true;
+    o->code = code;
+    if (reply != NULL) {
+        size_t n = reply->body_len < sizeof o->body - 1 ? reply->body_len : sizeof o->body - 1;
+        if (n > 0)
+            memcpy(o->body, reply->body, n);
+        o->body[n] = '\0';
+        proto_rpc_reply_destroy(&reply);
+    }
+}
+
+/* Sends a "stall" call, kills the stalling server while the call is in flight and starts a
+ * server that answers on the same port; returns the call's outcome. */
+static async_one_t kill_mid_call(fixture_t *f, int port, int flags, int timeout_ms)
+{
+    char endpoint[64];
+    endpoint_of(port, endpoint, sizeof endpoint);
+    pid_t pid = spawn_server(f, port, "staller", true, NULL);
+    proto_rpc_client_t *cli = client_new(f, endpoint, NULL, &f->client);
+    wait_ready(cli);
+    async_one_t o = {0};
+    uint64_t id = 0;
+    assert_int_equal(proto_rpc_client_send(cli, "stall", (const uint8_t *)"abc", 3, timeout_ms,
+                                           flags, NULL, &id),
+                     0);
+    assert_true(id != 0);
+    pump(cli, one_done, &o, 300, &o.done); /* the server has it and sits on it */
+    assert_false(o.done);
+    kill_server(f, pid);
+    spawn_server(f, port, "answerer", false, NULL);
+    pump(cli, one_done, &o, timeout_ms + 1000, &o.done);
+    assert_true(o.done);
+    assert_int_equal(proto_rpc_client_inflight(cli), 0);
+    return o;
+}
+
+/* 3. Server killed and restarted mid-call: idempotent retried, non-idempotent times out. */
+static void test_restart_mid_call(void **state)
+{
+    fixture_t *f = *state;
+    async_one_t o = kill_mid_call(f, 17102, PROTO_RPC_IDEMPOTENT, 4000);
+    assert_int_equal(o.code, 0);
+    assert_string_equal(o.body, "abc");
+    for (int i = 0; i < T_CHILDREN_MAX; i++)
+        if (f->children[i] != 0)
+            kill_server(f, f->children[i]);
+    o = kill_mid_call(f, 17103, 0, 2500);
+    assert_int_equal(o.code, QC_ETIMEOUT);
+}
+
+/* 4. A frame over PROTO_RPC_FRAME_MAX is dropped; the server keeps serving. */
+static void test_oversize_frame(void **state)
+{
+    fixture_t *f = *state;
+    spawn_server(f, 17104, "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17104", NULL, &f->client);
+    wait_ready(cli);
+    void *raw = raw_dealer(f, 17104);
+    /* A well-formed "whoami" whose body pushes it over the limit: only the size can be the
+     * reason it goes unanswered. */
+    size_t body_len = PROTO_RPC_FRAME_MAX;
+    uint8_t *body = calloc(1, body_len);
+    assert_non_null(body);
+    Quancun__Rpc m = QUANCUN__RPC__INIT;
+    m.request_id = 7;
+    m.method = "whoami";
+    m.body.data = body;
+    m.body.len = body_len;
+    size_t big_len = quancun__rpc__get_packed_size(&m);
+    assert_true(big_len > PROTO_RPC_FRAME_MAX);
+    uint8_t *big = malloc(big_len);
+    assert_non_null(big);
+    assert_int_equal(quancun__rpc__pack(&m, big), big_len);
+    free(body);
+    assert_int_equal(zmq_send(raw, big, big_len, 0), (int)big_len);
+    free(big);
+    zmq_pollitem_t item = {raw, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&item, 1, 500), 0); /* no answer to it */
+    char out[64];
+    assert_int_equal(call_text(cli, "echo", "after", T_CALL_MS, 0, out, sizeof out), 0);
+    assert_string_equal(out, "after");
+}
+
+/* 5. Failover: with one of two instances killed, calls keep succeeding via the other. */
+static void test_failover(void **state)
+{
+    fixture_t *f = *state;
+    pid_t a = spawn_server(f, 17105, "a", false, NULL);
+    spawn_server(f, 17106, "b", false, NULL);
+    proto_rpc_client_t *cli =
+        client_new(f, "tcp://127.0.0.1:17105, tcp://127.0.0.1:17106", NULL, &f->client);
+    /* Both instances answer, in turn. */
+    bool seen_a = false, seen_b = false;
+    uint64_t end = ops_time_mono_ms() + T_READY_MS;
+    char out[64];
+    while (!(seen_a && seen_b) && ops_time_mono_ms() < end) {
+        if (call_text(cli, "whoami", NULL, 300, PROTO_RPC_IDEMPOTENT, out, sizeof out) == 0) {
+            seen_a = seen_a || strcmp(out, "a") == 0;
+            seen_b = seen_b || strcmp(out, "b") == 0;
+        }
+    }
+    assert_true(seen_a && seen_b);
+    kill_server(f, a);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(
+            call_text(cli, "whoami", NULL, 3000, PROTO_RPC_IDEMPOTENT, out, sizeof out), 0);
+        assert_string_equal(out, "b");
+    }
+}
+
+/* 6. SIGHUP makes the client re-read its endpoints file. */
+static void test_sighup_reload(void **state)
+{
+    fixture_t *f = *state;
+    ops_signal_install(); /* raise(SIGHUP) must count, not kill us */
+    char eps[T_PATH_MAX];
+    path_in(f, "endpoints", eps);
+    write_text(eps, "# echo instances\ntcp://127.0.0.1:17107\n");
+    spawn_server(f, 17107, "old", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, NULL, eps, &f->client);
+    wait_ready(cli);
+    char out[64];
+    assert_int_equal(
+        call_text(cli, "whoami", NULL, T_CALL_MS, PROTO_RPC_IDEMPOTENT, out, sizeof out), 0);
+    assert_string_equal(out, "old");
+    spawn_server(f, 17108, "new", false, NULL);
+    write_text(eps, "tcp://127.0.0.1:17108\n");
+    assert_int_equal(raise(SIGHUP), 0);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(
+            call_text(cli, "whoami", NULL, T_READY_MS, PROTO_RPC_IDEMPOTENT, out, sizeof out), 0);
+        assert_string_equal(out, "new");
+    }
+    /* An unreadable file keeps the current set. */
+    assert_int_equal(unlink(eps), 0);
+    assert_int_equal(raise(SIGHUP), 0);
+    assert_int_equal(
+        call_text(cli, "whoami", NULL, T_CALL_MS, PROTO_RPC_IDEMPOTENT, out, sizeof out), 0);
+    assert_string_equal(out, "new");
+}
+
+typedef struct async_many {
+    uint64_t ids[T_ASYNC_CALLS];
+    bool done[T_ASYNC_CALLS];
+    int finished;
+    int ok;
+} async_many_t;
+
+static void many_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
+{
+    async_many_t *m = arg;
+    int i = (int)(intptr_t)tag;
+    assert_true(i >= 0 && i < T_ASYNC_CALLS);
+    assert_false(m->done[i]);
+    m->done[i] = true;
+    m->finished++;
+    if (code == 0 && reply != NULL && reply->request_id == m->ids[i]) {
+        char want[32];
+        int n = snprintf(want, sizeof want, "call-%d", i);
+        if (reply->body_len == (size_t)n && memcmp(reply->body, want, (size_t)n) == 0)
+            m->ok++;
+    }
+    proto_rpc_reply_destroy(&reply);
+}
+
+/* 7. 200 calls in flight on one client all complete, each with its own reply. */
+static void test_async_many(void **state)
+{
+    fixture_t *f = *state;
+    spawn_server(f, 17109, "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17109", NULL, &f->client);
+    wait_ready(cli);
+    async_many_t m = {0};
+    for (int i = 0; i < T_ASYNC_CALLS; i++) {
+        char body[32];
+        int n = snprintf(body, sizeof body, "call-%d", i);
+        assert_int_equal(proto_rpc_client_send(cli, "echo", (const uint8_t *)body, (size_t)n, 5000,
+                                               PROTO_RPC_IDEMPOTENT, (void *)(intptr_t)i,
+                                               &m.ids[i]),
+                         0);
+        for (int j = 0; j < i; j++)
+            assert_true(m.ids[j] != m.ids[i]);
+    }
+    assert_int_equal(proto_rpc_client_inflight(cli), T_ASYNC_CALLS);
+    uint64_t end = ops_time_mono_ms() + 6000;
+    while (m.finished < T_ASYNC_CALLS && ops_time_mono_ms() < end)
+        pump(cli, many_done, &m, 50, NULL);
+    assert_int_equal(m.finished, T_ASYNC_CALLS);
+    assert_int_equal(m.ok, T_ASYNC_CALLS);
+    assert_int_equal(proto_rpc_client_inflight(cli), 0);
+    assert_int_equal(proto_rpc_client_next_timeout_ms(cli), -1);
+}
+
+/* 8. A frame that is not protobuf is dropped and counted; the server keeps serving. */
+static void test_garbage_frame(void **state)
+{
+    fixture_t *f = *state;
+    spawn_server(f, 17110, "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17110", NULL, &f->client);
+    wait_ready(cli);
+    char out[128];
+    assert_int_equal(call_text(cli, "stats", NULL, T_CALL_MS, 0, out, sizeof out), 0);
+    assert_non_null(strstr(out, "malformed=0"));
+    void *raw = raw_dealer(f, 17110);
+    const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x13};
+    /* The raw socket has no ZMQ_IMMEDIATE: the frame waits for the handshake. */
+    assert_int_equal(zmq_send(raw, garbage, sizeof garbage, 0), (int)sizeof garbage);
+    /* An Rpc without a method is malformed too. */
+    const uint8_t no_method[] = {0x08, 0x01};
+    assert_int_equal(zmq_send(raw, no_method, sizeof no_method, 0), (int)sizeof no_method);
+    uint64_t end = ops_time_mono_ms() + T_LOG_WAIT_MS;
+    while (ops_time_mono_ms() < end) {
+        assert_int_equal(call_text(cli, "stats", NULL, T_CALL_MS, 0, out, sizeof out), 0);
+        if (strstr(out, "malformed=2") != NULL)
+            break;
+        usleep(20 * 1000);
+    }
+    assert_non_null(strstr(out, "malformed=2"));
+    zmq_pollitem_t item = {raw, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&item, 1, 0), 0);
+    assert_int_equal(call_text(cli, "echo", "still", T_CALL_MS, 0, out, sizeof out), 0);
+    assert_string_equal(out, "still");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_rpc PATH-TO-rpc_echo_server\n");
+        return 2;
+    }
+    echo_server_bin = argv[1];
+    ops_log_init("test_rpc", "0", OPS_LOG_WARN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_keypair_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_call_and_peer_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_mid_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oversize_frame, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failover, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sighup_reload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_async_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_frame, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
