@@ -155,6 +155,7 @@ static int ops_config_on_pair(void *user, const char *section, const char *name,
 {
     ops_config_file_ctx_t *ctx = user;
     assert(section != NULL && section[0] == '\0'); /* sections are refused before inih */
+    (void)section;
     int index = ops_config_find(ctx->cfg->keys, ctx->cfg->key_count, name, strlen(name));
     if (index < 0) {
         ops_config_error(ctx->err, ctx->errcap, "unknown key '%s' in %s line %u", name,
@@ -280,6 +281,7 @@ static void ops_config_print_help(const char *program, const char *usage,
 /* Asserts the key table is well formed: it is code, not input. */
 static void ops_config_check_keys(const ops_config_key_t *keys, size_t key_count)
 {
+    (void)keys;
     assert(key_count <= OPS_CONFIG_KEYS_MAX);
     assert(keys != NULL || key_count == 0);
     for (size_t i = 0; i < key_count; i++) {
@@ -455,6 +457,8 @@ static size_t ops_config_index(const ops_config_t *cfg, const char *name)
     assert(cfg != NULL && name != NULL);
     int index = ops_config_find(cfg->keys, cfg->key_count, name, strlen(name));
     assert(index >= 0); /* asking for an undeclared key is a programming error */
+    if (index < 0)
+        abort(); /* even with NDEBUG: the index would be out of bounds */
     return (size_t)index;
 }
 

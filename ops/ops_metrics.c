@@ -96,6 +96,9 @@ struct ops_http {
 
 /* ---- registry ---- */
 
+/* Only called from assert(): unused, and fine, when NDEBUG is set. */
+static bool ops_metric_name_char(char c, bool first) __attribute__((unused));
+
 static bool ops_metric_name_char(char c, bool first)
 {
     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':')
@@ -137,6 +140,12 @@ static ops_metric_t *ops_metric_find_or_add(ops_metric_kind_t kind, const char *
     }
     if (found == NULL) {
         assert(count < OPS_METRICS_MAX);
+        if (count >= OPS_METRICS_MAX) {
+            /* Even with NDEBUG: the header promises never NULL, and the slot would be out
+             * of bounds. Raise OPS_METRICS_MAX if a service really needs more. */
+            ops_log(OPS_LOG_ERROR, "metrics.full", "name", name, NULL);
+            abort();
+        }
         found = &ops_metrics[count];
         memset(found, 0, sizeof *found);
         found->kind = kind;
