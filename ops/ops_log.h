@@ -31,8 +31,10 @@ void ops_log_init(const char *service, const char *instance, ops_log_level_t min
 int ops_log_level_parse(const char *name);
 
 /* Writes one line: event, then key/value string pairs, terminated by a NULL key.
- *   ops_log(OPS_LOG_INFO, "rpc.refused", "peer", key, "reason", "not allowed", NULL); */
-void ops_log(ops_log_level_t level, const char *event, ...);
+ *   ops_log(OPS_LOG_INFO, "rpc.refused", "peer", key, "reason", "not allowed", NULL);
+ * The compiler checks the terminating NULL (sentinel attribute); forgetting it would read
+ * past the arguments. */
+void ops_log(ops_log_level_t level, const char *event, ...) __attribute__((sentinel));
 
 /* Same, with one "msg" field formatted printf-style. */
 void ops_logf(ops_log_level_t level, const char *event, const char *fmt, ...)
