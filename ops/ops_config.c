@@ -62,12 +62,27 @@ static void ops_config_error(char *err, size_t errcap, const char *fmt, ...)
     va_end(ap);
 }
 
+/* True when name (name_len bytes) spells key, where '-' and '_' are the same letter: flags
+ * read naturally as --pin-file while keys stay snake_case (pin_file). */
+static bool ops_config_name_equal(const char *key, const char *name, size_t name_len)
+{
+    if (strlen(key) != name_len)
+        return false;
+    for (size_t i = 0; i < name_len; i++) {
+        char a = key[i] == '-' ? '_' : key[i];
+        char b = name[i] == '-' ? '_' : name[i];
+        if (a != b)
+            return false;
+    }
+    return true;
+}
+
 /* Index of key name in the table, or -1. */
 static int ops_config_find(const ops_config_key_t *keys, size_t key_count, const char *name,
                            size_t name_len)
 {
     for (size_t i = 0; i < key_count; i++) {
-        if (strlen(keys[i].name) == name_len && memcmp(keys[i].name, name, name_len) == 0)
+        if (ops_config_name_equal(keys[i].name, name, name_len))
             return (int)i;
     }
     return -1;

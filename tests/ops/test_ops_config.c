@@ -24,6 +24,7 @@ static const ops_config_key_t test_keys[] = {
     {"verbose", OPS_CONFIG_BOOL, "false", "log at debug level"},
     {"name", OPS_CONFIG_STRING, NULL, "instance name"},
     {"fsync", OPS_CONFIG_BOOL, "true", "sync every commit"},
+    {"pin_file", OPS_CONFIG_STRING, NULL, "where the PIN is"},
 };
 #define TEST_KEY_COUNT (sizeof test_keys / sizeof test_keys[0])
 
@@ -329,6 +330,27 @@ static void test_positional(void **state)
     ops_config_destroy(&cfg);
 }
 
+/* Flags are typed with dashes (--pin-file) while keys are snake_case (pin_file): both spell
+ * the same key, in a flag and in a file. */
+static void test_dash_is_underscore(void **state)
+{
+    test_dir_t *d = *state;
+    ops_config_t *cfg = NULL;
+    char err[OPS_CONFIG_ERROR_MAX];
+    assert_int_equal(load(&cfg, err, sizeof err, "--pin-file", "/a", NULL), 0);
+    assert_string_equal(ops_config_str(cfg, "pin_file"), "/a");
+    ops_config_destroy(&cfg);
+    assert_int_equal(load(&cfg, err, sizeof err, "--pin_file=/b", NULL), 0);
+    assert_string_equal(ops_config_str(cfg, "pin_file"), "/b");
+    ops_config_destroy(&cfg);
+    write_file(d->file, "pin-file = /c\n");
+    assert_int_equal(load(&cfg, err, sizeof err, "--config", d->file, NULL), 0);
+    assert_string_equal(ops_config_str(cfg, "pin_file"), "/c");
+    ops_config_destroy(&cfg);
+    assert_int_equal(load(&cfg, err, sizeof err, "--pin.file", "/d", NULL), QC_ECONFIG);
+    assert_null(cfg);
+}
+
 static void test_missing_file(void **state)
 {
     test_dir_t *d = *state;
@@ -360,6 +382,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_help, setup_dir, teardown_dir),
         cmocka_unit_test(test_positional),
         cmocka_unit_test_setup_teardown(test_missing_file, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_dash_is_underscore, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
