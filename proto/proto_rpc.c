@@ -40,9 +40,11 @@
 #include "ops_time.h"
 #include "qc_error.h"
 
-/* ZMQ_ZAP_ENFORCE_DOMAIN is a DRAFT option: Debian's libzmq 4.3.4 is built without the draft
- * API, so zmq.h does not define it and libzmq answers EINVAL. We still try it by number so a
- * libzmq that supports it gets the belt as well as the braces (see rpc_server_harden()). */
+/* ZMQ_ZAP_ENFORCE_DOMAIN is a DRAFT option: zmq.h defines it only under ZMQ_BUILD_DRAFT_API,
+ * so we set it by number. Debian's libzmq 4.3.4 (libzmq5 4.3.4-6) accepts it, reads it back as
+ * 1 and enforces it: with no handler bound a CURVE client's message never reaches the server
+ * (checked by hand on 2026-11-27). A libzmq that refuses it with EINVAL gets the fallback
+ * described at rpc_server_harden(). */
 #define PROTO_RPC_ZMQ_ZAP_ENFORCE_DOMAIN 93
 
 #define PROTO_RPC_ZAP_ENDPOINT "inproc://zeromq.zap.01"
@@ -58,6 +60,9 @@
 #define PROTO_RPC_SLOT_BITS 12
 #define PROTO_RPC_KEYFILE_LINE_MAX 256
 #define PROTO_RPC_METRIC_NAME_MAX 160
+/* RpcReply.message longer than proto_decode.c's PROTO_RPC_MESSAGE_MAX (1024, private there)
+ * would make the client refuse the whole reply, so the server truncates to this. */
+#define PROTO_RPC_REPLY_MESSAGE_MAX 1024
 
 _Static_assert(PROTO_RPC_SLOTS == PROTO_RPC_INFLIGHT_MAX, "slot table sized to the limit");
 _Static_assert((PROTO_RPC_SLOTS & PROTO_RPC_SLOT_MASK) == 0, "slots must be a power of two");
@@ -241,42 +246,6 @@ void proto_curve_keypair_wipe(proto_curve_keypair_t *kp)
 }
 
 /* ---------------------------------------------------------------- decoding */
-
-/* proto_decode_rpc()/proto_decode_rpc_reply() are being written beside this file; until they
- * land these two apply the same order of checks (size, parse, fields) with protobuf-c.
- * TODO: switch to proto_decode_rpc*() once proto_decode.c is committed. */
-static int rpc_decode_request(const uint8_t *bytes, size_t len, Quancun__Rpc **out)
-{
-    *out = NULL;
-    if (len > PROTO_RPC_FRAME_MAX)
-        return QC_ETOOBIG;
-    Quancun__Rpc *m = quancun__rpc__unpack(NULL, len, bytes);
-    if (m == NULL)
-        return QC_EDECODE;
-    size_t mlen = m->method != NULL ? strlen(m->method) : 0;
-    if (m->request_id == 0 || mlen == 0 || mlen > PROTO_METHOD_MAX) {
-        quancun__rpc__free_unpacked(m, NULL);
-        return QC_EMISSING;
-    }
-    *out = m;
-    return 0;
-}
-
-static int rpc_decode_reply(const uint8_t *bytes, size_t len, Quancun__RpcReply **out)
-{
-    *out = NULL;
-    if (len > PROTO_RPC_FRAME_MAX)
-        return QC_ETOOBIG;
-    Quancun__RpcReply *m = quancun__rpc_reply__unpack(NULL, len, bytes);
-    if (m == NULL)
-        return QC_EDECODE;
-    if (m->request_id == 0) {
-        quancun__rpc_reply__free_unpacked(m, NULL);
-        return QC_EMISSING;
-    }
-    *out = m;
-    return 0;
-}
 
 /* ---------------------------------------------------------------- ZAP handler */
 
@@ -645,20 +614,20 @@ struct proto_rpc_server {
     ops_counter_t *malformed;
     ops_counter_t *expired;
     ops_counter_t *unroutable;
+    bool zap_enforced; /* libzmq took ZMQ_ZAP_ENFORCE_DOMAIN */
 };
 
-/* Sets ZMQ_ZAP_ENFORCE_DOMAIN when libzmq has it. Without it (Debian's 4.3.4: EINVAL), a
- * CURVE server whose ZAP handler is missing admits every client ("Stonehouse"); we fail
- * closed another way: proto_rpc_server_new() binds only after the handler is bound and has
- * answered a self-check, and the handler lives until the last server of its context is
- * closed (the server socket is closed first). The cost is that a handler thread that died
- * would open the door, so the thread only leaves its loop on stop or context termination,
- * both of which also end the server. */
-static int rpc_server_harden(void *sock)
+/* Sets ZMQ_ZAP_ENFORCE_DOMAIN; *enforced tells whether libzmq took it. Without it, a CURVE
+ * server whose ZAP handler is missing admits every client (the "Stonehouse" legacy mode), so
+ * we fail closed another way as well, whatever libzmq says: proto_rpc_server_new() binds only
+ * after the handler's socket is bound and the handler has answered a self-check, and the
+ * handler lives until the last server of its context is closed (server sockets are closed
+ * first). The handler thread leaves its loop only on stop or on context termination, both of
+ * which also end the server, so it cannot silently vanish under a live server. */
+static int rpc_server_harden(void *sock, bool *enforced)
 {
-    if (rpc_setsockopt_int(sock, PROTO_RPC_ZMQ_ZAP_ENFORCE_DOMAIN, 1) == 0)
-        return 0;
-    if (zmq_errno() == EINVAL)
+    *enforced = rpc_setsockopt_int(sock, PROTO_RPC_ZMQ_ZAP_ENFORCE_DOMAIN, 1) == 0;
+    if (*enforced || zmq_errno() == EINVAL)
         return 0;
     return QC_EIO;
 }
@@ -674,7 +643,7 @@ static int rpc_server_socket_new(proto_rpc_server_t *srv, const proto_rpc_server
                        PROTO_CURVE_KEY_Z85_LEN) != 0 ||
         zmq_setsockopt(srv->sock, ZMQ_ZAP_DOMAIN, srv->domain.name, strlen(srv->domain.name)) !=
             0 ||
-        rpc_server_harden(srv->sock) != 0 ||
+        rpc_server_harden(srv->sock, &srv->zap_enforced) != 0 ||
         rpc_setsockopt_int(srv->sock, ZMQ_ROUTER_MANDATORY, 1) != 0)
         return QC_ECONFIG;
     if (zmq_bind(srv->sock, cfg->endpoint) != 0) {
@@ -722,8 +691,9 @@ int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_t *cfg, proto_
     if (rc != 0)
         goto err;
     ops_log(OPS_LOG_INFO, "rpc.listening", "rpc_service", cfg->service, "endpoint", cfg->endpoint,
-            "zap_domain", srv->domain.name, "allow", cfg->allow_any ? "any" : cfg->allow_path,
-            NULL);
+            "zap_domain", srv->domain.name, "zap_enforce",
+            srv->zap_enforced ? "libzmq" : "self-check", "allow",
+            cfg->allow_any ? "any" : cfg->allow_path, NULL);
     *out = srv;
     return 0;
 err:
@@ -796,7 +766,7 @@ static int rpc_server_recv_one(proto_rpc_server_t *srv, proto_rpc_request_t **ou
         rpc_server_malformed(srv, "no routing id or peer key", addr);
         goto out;
     }
-    int drc = rpc_decode_request(zmq_msg_data(&body), zmq_msg_size(&body), &m);
+    int drc = proto_decode_rpc(zmq_msg_data(&body), zmq_msg_size(&body), &m);
     if (drc != 0) {
         rpc_server_malformed(srv, qc_errname(drc), addr);
         goto out;
@@ -871,7 +841,9 @@ int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *r
     Quancun__RpcReply r = QUANCUN__RPC_REPLY__INIT;
     r.request_id = req->request_id;
     r.code = code;
-    r.message = (char *)(message != NULL ? message : qc_strerror(code));
+    char text[PROTO_RPC_REPLY_MESSAGE_MAX + 1];
+    snprintf(text, sizeof text, "%s", message != NULL ? message : qc_strerror(code));
+    r.message = text;
     r.body.data = (uint8_t *)body;
     r.body.len = body_len;
     size_t len = quancun__rpc_reply__get_packed_size(&r);
@@ -1410,7 +1382,8 @@ static int rpc_endpoint_drain(proto_rpc_client_t *cli, int e, proto_rpc_done_fn 
         ep->last_rx_mono = ops_time_mono_ms();
         bool more = zmq_msg_more(&msg) != 0;
         Quancun__RpcReply *m = NULL;
-        int drc = more ? QC_EDECODE : rpc_decode_reply(zmq_msg_data(&msg), zmq_msg_size(&msg), &m);
+        int drc =
+            more ? QC_EDECODE : proto_decode_rpc_reply(zmq_msg_data(&msg), zmq_msg_size(&msg), &m);
         zmq_msg_close(&msg);
         if (more)
             rpc_drain(ep->sock);

@@ -16,7 +16,22 @@
  * the service. The endpoint list is re-read on SIGHUP (see ops_signal.h) so an operator
  * can add or remove an instance without restarting callers.
  *
- * Neither a server nor a client is thread-safe: one thread owns each. */
+ * Neither a server nor a client is thread-safe: one thread owns each.
+ *
+ * Implementation notes (proto_rpc.c), part of the contract:
+ *  - One ZAP handler thread serves every server of a zmq context; each server socket's
+ *    ZAP domain is its service name ("service#2", "#3"... when two servers of the same
+ *    service share a context). Another component that already bound
+ *    inproc://zeromq.zap.01 in the same context makes proto_rpc_server_new() fail (QC_EIO)
+ *    rather than serve without our allow-list.
+ *  - Metrics (ops_metrics counters, label service="<service>"): qc_rpc_requests_total,
+ *    qc_rpc_refused_total, qc_rpc_malformed_total, qc_rpc_expired_total,
+ *    qc_rpc_unroutable_total on servers; qc_rpc_client_late_replies_total,
+ *    qc_rpc_client_retries_total, qc_rpc_client_timeouts_total,
+ *    qc_rpc_client_sockets_recreated_total on clients.
+ *  - Log events: rpc.listening, rpc.refused (peer address and key), rpc.malformed,
+ *    rpc.expired, rpc.endpoint_added/removed/silent, rpc.endpoints_reload_failed.
+ *  - RpcReply.message is truncated to 1024 bytes (proto_decode's limit). */
 #ifndef PROTO_RPC_H
 #define PROTO_RPC_H
 
@@ -46,7 +61,9 @@ typedef struct proto_curve_keypair {
 int proto_curve_keypair_load(const char *path, proto_curve_keypair_t *out);
 
 /* Creates a new key pair and writes it to path with mode 0600 (the public key also to
- * path + ".pub"). Returns 0, QC_EIO or QC_ECRYPTO. */
+ * path + ".pub", as one bare Z85 line so allow-lists can be concatenated from .pub files).
+ * Never overwrites: an existing path (or path.pub) gives QC_EIO. Returns 0, QC_EIO or
+ * QC_ECRYPTO; on error nothing is left on disk and *out holds no secret. */
 int proto_curve_keypair_create(const char *path, proto_curve_keypair_t *out);
 
 /* Wipes the secret half. */
@@ -140,6 +157,10 @@ int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_t *cfg, proto_
  * QC_ETIMEOUT when none did, QC_EUNAVAIL when no endpoint is configured. */
 int proto_rpc_client_call(proto_rpc_client_t *cli, const char *method, const uint8_t *body,
                           size_t body_len, int timeout_ms, int flags, proto_rpc_reply_t **out);
+/* call() may be used while asynchronous calls are in flight on the same client: those that
+ * finish during it are kept and handed to done by the next proto_rpc_client_process().
+ * A non-idempotent call whose endpoint is removed by a reload, or whose socket had to be
+ * recreated for another call, ends with QC_ETIMEOUT: its outcome is unknown. */
 
 /* Asynchronous use, for event loops with many calls in flight. */
 
@@ -148,12 +169,14 @@ int proto_rpc_client_call(proto_rpc_client_t *cli, const char *method, const uin
 typedef void(proto_rpc_done_fn)(void *arg, void *tag, int code, proto_rpc_reply_t *reply);
 
 /* Starts a call; tag is handed back to the done callback. Returns 0 and sets
- * *request_id, QC_EBUSY at PROTO_RPC_INFLIGHT_MAX, QC_EUNAVAIL, QC_ENOMEM. */
+ * *request_id, QC_EBUSY at PROTO_RPC_INFLIGHT_MAX, QC_EUNAVAIL, QC_ENOMEM, or QC_ETOOBIG
+ * when the request frame would exceed PROTO_RPC_FRAME_MAX (call() too). */
 int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uint8_t *body,
                           size_t body_len, int timeout_ms, int flags, void *tag,
                           uint64_t *request_id);
 
-/* Fills items (capacity cap) with the client's sockets, POLLIN; returns how many. */
+/* Fills items (capacity cap, zmq_pollitem_t) with the client's sockets, POLLIN; returns how
+ * many. Sockets are replaced by retries and SIGHUP reloads: refill before every poll. */
 int proto_rpc_client_pollitems(proto_rpc_client_t *cli, void *items, int cap);
 
 /* Milliseconds until the next retry or deadline of a call in flight, -1 when none. */
@@ -164,7 +187,7 @@ int proto_rpc_client_next_timeout_ms(const proto_rpc_client_t *cli);
  * that finished. Never blocks. Returns the number of finished calls. */
 int proto_rpc_client_process(proto_rpc_client_t *cli, proto_rpc_done_fn *done, void *arg);
 
-/* Calls in flight. */
+/* Calls in flight (including finished ones not yet handed to done). */
 int proto_rpc_client_inflight(const proto_rpc_client_t *cli);
 
 /* Closes every socket, frees cli without calling done for calls in flight, nulls *cli_p;

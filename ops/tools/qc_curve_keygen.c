@@ -1,6 +1,7 @@
 /* qc_curve_keygen.c - writes a new CURVE key pair for a quancun service or client. */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "proto_rpc.h"
 #include "qc_error.h"
@@ -22,6 +23,11 @@ int main(int argc, char **argv)
     if (argc != 2 || argv[1][0] == '-') {
         usage(stderr);
         return 2;
+    }
+    /* proto_curve_keypair_create() refuses to overwrite too; this only names the reason. */
+    if (access(argv[1], F_OK) == 0) {
+        fprintf(stderr, "qc-curve-keygen: %s: already exists, not overwriting a key\n", argv[1]);
+        return 1;
     }
     proto_curve_keypair_t kp;
     int rc = proto_curve_keypair_create(argv[1], &kp);
