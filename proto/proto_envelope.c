@@ -35,6 +35,8 @@ static const char *const proto_contexts[PROTO_TYPE_COUNT] = {
 const char *proto_type_context(proto_type_t type)
 {
     assert(type >= 0 && type < PROTO_TYPE_COUNT);
+    if ((unsigned)type >= PROTO_TYPE_COUNT)
+        abort(); /* even with NDEBUG: a wrong context must never be signed or checked */
     assert(proto_contexts[type] != NULL);
     return proto_contexts[type];
 }
