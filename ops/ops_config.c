@@ -277,13 +277,18 @@ static int ops_config_load_file(ops_config_t *cfg, const char *path, char *err, 
 static void ops_config_print_help(const char *program, const char *usage,
                                   const ops_config_key_t *keys, size_t key_count)
 {
-    printf("Usage: %s %s\n\nOptions (flags override the config file):\n", program,
-           usage != NULL ? usage : "[options]");
+    printf(
+        "Usage: %s %s\n\nOptions (flags override the config file, whose keys are the same names\n"
+        "with '_' for '-'):\n",
+        program, usage != NULL ? usage : "[options]");
     printf("  --%-24s %s\n", "config FILE", "read bare key = value lines from FILE");
     printf("  --%-24s %s\n", "help", "print this help and exit");
     for (size_t i = 0; i < key_count; i++) {
         char flag[OPS_CONFIG_ERROR_MAX];
         snprintf(flag, sizeof flag, "%s <%s>", keys[i].name, ops_config_type_names[keys[i].type]);
+        /* Flags are shown with dashes, as people type them; the file takes either spelling. */
+        for (char *c = flag; *c != '\0' && *c != ' '; c++)
+            *c = *c == '_' ? '-' : *c;
         printf("  --%-24s %s", flag, keys[i].help != NULL ? keys[i].help : "");
         if (keys[i].default_value != NULL)
             printf(" (default: %s)\n", keys[i].default_value);
