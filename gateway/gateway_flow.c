@@ -1,0 +1,515 @@
+/* gateway_flow.c - the gateway's event loop: device calls in, signer and ledger calls out.
+ *
+ * Every device call is an operation in a fixed table, moving through stages:
+ *
+ *   load:   verify request --> SIGN_ALLOW (signer "sign") --> RESERVE (ledger "reserve")
+ *           --> reply the stored signed allow
+ *   report: verify report  --> SETTLE (ledger "settle") --> SIGN_OUTCOME (signer "sign")
+ *           --> reply the signed outcome
+ *
+ * Invariants:
+ *  1. An operation is FREE or owns exactly one device request and waits for exactly one
+ *     downstream call, whose tag is the operation (gateway_on_done() asserts the stage).
+ *  2. Every operation ends with exactly one reply to its device (gateway_op_finish()), which
+ *     frees it; a device that has gone away loses only its reply.
+ *  3. Nothing a device sent is believed before gateway_verify_*() returned 0.
+ *  4. The gateway never decides money: the ledger decides reserve and settle, the signer signs
+ *     only what the gateway built from verified input, and the ledger checks both signatures. */
+#include "gateway_flow.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <zmq.h>
+
+#include "gateway_verify.h"
+#include "ledger.pb-c.h"
+#include "ops_log.h"
+#include "ops_metrics.h"
+#include "ops_signal.h"
+#include "ops_time.h"
+#include "proto_shard.h"
+#include "qc_error.h"
+#include "signer.pb-c.h"
+
+#define GATEWAY_ENDPOINTS_TEXT_MAX 4096 /* one shard's endpoint list, as configured */
+#define GATEWAY_POLLITEMS_MAX (1 + (GATEWAY_SHARDS_MAX + 1) * PROTO_RPC_ENDPOINTS_MAX)
+#define GATEWAY_RECV_BATCH_MAX 256 /* device requests taken per loop turn */
+
+typedef enum gateway_stage {
+    GATEWAY_OP_FREE = 0,
+    GATEWAY_OP_SIGN_ALLOW,
+    GATEWAY_OP_RESERVE,
+    GATEWAY_OP_SETTLE,
+    GATEWAY_OP_SIGN_OUTCOME,
+} gateway_stage_t;
+
+typedef struct gateway_op {
+    gateway_stage_t stage;
+    proto_rpc_request_t *req; /* the device's call, owned */
+    uint32_t shard;
+    uint64_t start_ns;
+    uint8_t *signed_allow; /* what the signer returned, owned, during RESERVE */
+} gateway_op_t;
+
+struct gateway {
+    gateway_config_t cfg;
+    proto_trust_t *trust;
+    proto_rpc_server_t *server;
+    proto_rpc_client_t *signer;
+    proto_rpc_client_t *shards[GATEWAY_SHARDS_MAX];
+    uint32_t shard_count;
+    gateway_op_t ops[GATEWAY_OPS_MAX];
+    int free_ops[GATEWAY_OPS_MAX];
+    int free_count;
+    ops_counter_t *m_loads_ok, *m_loads_refused, *m_reports_ok, *m_reports_refused;
+    ops_counter_t *m_bad_reports, *m_unavailable, *m_busy;
+    ops_histogram_t *m_load_seconds, *m_report_seconds;
+    ops_gauge_t *m_inflight;
+};
+
+/* ------------------------------------------------------------------ operations */
+
+static gateway_op_t *gateway_op_new(gateway_t *gw, proto_rpc_request_t *req)
+{
+    if (gw->free_count == 0)
+        return NULL;
+    gateway_op_t *op = &gw->ops[gw->free_ops[--gw->free_count]];
+    assert(op->stage == GATEWAY_OP_FREE && op->req == NULL);
+    op->req = req;
+    op->start_ns = ops_time_mono_ns();
+    ops_gauge_add(gw->m_inflight, 1);
+    return op;
+}
+
+/* Replies to the device and frees op (invariant 2). */
+static void gateway_op_finish(gateway_t *gw, gateway_op_t *op, int code, const char *message,
+                              const uint8_t *body, size_t body_len)
+{
+    assert(op->stage != GATEWAY_OP_FREE && op->req != NULL);
+    bool is_load = strcmp(op->req->method, "load") == 0;
+    double seconds = (double)(ops_time_mono_ns() - op->start_ns) / 1e9;
+    ops_histogram_observe(is_load ? gw->m_load_seconds : gw->m_report_seconds, seconds);
+    if (code == 0)
+        ops_counter_add(is_load ? gw->m_loads_ok : gw->m_reports_ok, 1);
+    else
+        ops_counter_add(is_load ? gw->m_loads_refused : gw->m_reports_refused, 1);
+    int rc = proto_rpc_server_reply(gw->server, op->req, code, message, body, body_len);
+    if (rc != 0)
+        ops_log(OPS_LOG_WARN, "gateway.reply_failed", "error", qc_errname(rc), NULL);
+    proto_rpc_request_destroy(&op->req);
+    free(op->signed_allow);
+    op->signed_allow = NULL;
+    op->stage = GATEWAY_OP_FREE;
+    gw->free_ops[gw->free_count++] = (int)(op - gw->ops);
+    ops_gauge_add(gw->m_inflight, -1);
+}
+
+static void gateway_op_refuse(gateway_t *gw, gateway_op_t *op, int code, const char *message)
+{
+    gateway_op_finish(gw, op, code, message != NULL ? message : qc_strerror(code), NULL, 0);
+}
+
+/* Sends a downstream call for op, or refuses the device when it cannot be sent. */
+static void gateway_op_call(gateway_t *gw, gateway_op_t *op, proto_rpc_client_t *cli,
+                            gateway_stage_t stage, const char *method, const ProtobufCMessage *msg)
+{
+    uint8_t *body = NULL;
+    size_t body_len = 0;
+    int rc = proto_pack(msg, &body, &body_len);
+    if (rc != 0) {
+        gateway_op_refuse(gw, op, rc, NULL);
+        return;
+    }
+    uint64_t request_id = 0;
+    op->stage = stage;
+    /* Every downstream call of the gateway is idempotent: sign has no effect, and reserve and
+     * settle are idempotent by txn_id on the ledger. */
+    rc = proto_rpc_client_send(cli, method, body, body_len, (int)gw->cfg.rpc_timeout_ms,
+                               PROTO_RPC_IDEMPOTENT, op, &request_id);
+    free(body);
+    if (rc != 0) {
+        ops_counter_add(gw->m_unavailable, 1);
+        gateway_op_refuse(gw, op, QC_EUNAVAIL, "service unavailable - try again");
+    }
+}
+
+static void gateway_sign(gateway_t *gw, gateway_op_t *op, gateway_stage_t stage,
+                         Quancun__SignKind kind, const ProtobufCMessage *msg)
+{
+    uint8_t *body = NULL;
+    size_t body_len = 0;
+    int rc = proto_pack(msg, &body, &body_len);
+    if (rc != 0) {
+        gateway_op_refuse(gw, op, rc, NULL);
+        return;
+    }
+    Quancun__SignRequest sr = QUANCUN__SIGN_REQUEST__INIT;
+    sr.kind = kind;
+    sr.body.data = body;
+    sr.body.len = body_len;
+    gateway_op_call(gw, op, gw->signer, stage, "sign", &sr.base);
+    free(body);
+}
+
+/* ------------------------------------------------------------------ load */
+
+static void gateway_load_start(gateway_t *gw, gateway_op_t *op)
+{
+    Quancun__LoadRequest *req = NULL;
+    uint8_t digest[PROTO_DIGEST_SIZE];
+    uint64_t now_ms = ops_time_wall_ms();
+    int rc = gateway_verify_request(gw->trust, op->req->body, op->req->body_len,
+                                    (time_t)(now_ms / 1000), &req, digest);
+    if (rc != 0) {
+        ops_log(OPS_LOG_WARN, "load.refused", "error", qc_errname(rc), "peer", op->req->peer_key,
+                NULL);
+        gateway_op_refuse(gw, op, rc, NULL);
+        return;
+    }
+    op->shard = proto_shard_of(req->account_id, gw->shard_count);
+    Quancun__LoadAllow allow = QUANCUN__LOAD_ALLOW__INIT;
+    allow.txn_id = req->txn_id;
+    allow.device_id = req->device_id;
+    allow.account_id = req->account_id;
+    allow.amount = req->amount;
+    allow.currency = req->currency;
+    allow.counter = req->counter;
+    allow.request_digest.data = digest;
+    allow.request_digest.len = sizeof digest;
+    allow.host_time_ms = now_ms;
+    allow.deadline_ms = now_ms + (uint64_t)gw->cfg.deadline_ms;
+    gateway_sign(gw, op, GATEWAY_OP_SIGN_ALLOW, QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW, &allow.base);
+    quancun__load_request__free_unpacked(req, NULL);
+}
+
+static void gateway_load_signed(gateway_t *gw, gateway_op_t *op, const proto_rpc_reply_t *reply)
+{
+    Quancun__SignReply *sr = quancun__sign_reply__unpack(NULL, reply->body_len, reply->body);
+    if (sr == NULL || sr->signed_.len == 0) {
+        if (sr != NULL)
+            quancun__sign_reply__free_unpacked(sr, NULL);
+        gateway_op_refuse(gw, op, QC_EINTERNAL, "the signer's reply was malformed");
+        return;
+    }
+    op->signed_allow = malloc(sr->signed_.len);
+    if (op->signed_allow == NULL) {
+        quancun__sign_reply__free_unpacked(sr, NULL);
+        gateway_op_refuse(gw, op, QC_ENOMEM, NULL);
+        return;
+    }
+    memcpy(op->signed_allow, sr->signed_.data, sr->signed_.len);
+    Qcledger__ReserveRequest rr = QCLEDGER__RESERVE_REQUEST__INIT;
+    rr.request.data = op->req->body;
+    rr.request.len = op->req->body_len;
+    rr.allow.data = op->signed_allow;
+    rr.allow.len = sr->signed_.len;
+    quancun__sign_reply__free_unpacked(sr, NULL);
+    gateway_op_call(gw, op, gw->shards[op->shard], GATEWAY_OP_RESERVE, "reserve", &rr.base);
+}
+
+static void gateway_load_reserved(gateway_t *gw, gateway_op_t *op, const proto_rpc_reply_t *reply)
+{
+    Qcledger__ReserveReply *rr =
+        qcledger__reserve_reply__unpack(NULL, reply->body_len, reply->body);
+    if (rr == NULL || rr->load == NULL || rr->allow.len == 0) {
+        if (rr != NULL)
+            qcledger__reserve_reply__free_unpacked(rr, NULL);
+        gateway_op_refuse(gw, op, QC_EINTERNAL, "the ledger's reply was malformed");
+        return;
+    }
+    /* A retried request whose load was settled meanwhile (its deadline passed, say) must not be
+     * applied now: the device goes back to idle on this refusal. */
+    if (rr->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED) {
+        char message[128];
+        snprintf(message, sizeof message, "the load is already settled (state %d)",
+                 (int)rr->load->state);
+        qcledger__reserve_reply__free_unpacked(rr, NULL);
+        gateway_op_refuse(gw, op, QC_ESTATE, message);
+        return;
+    }
+    gateway_op_finish(gw, op, 0, NULL, rr->allow.data, rr->allow.len);
+    qcledger__reserve_reply__free_unpacked(rr, NULL);
+}
+
+/* ------------------------------------------------------------------ report */
+
+static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
+{
+    Quancun__ExecutionReport *rep = NULL;
+    int rc = gateway_verify_report(gw->trust, op->req->body, op->req->body_len,
+                                   (time_t)(ops_time_wall_ms() / 1000), &rep);
+    if (rc != 0) {
+        /* Not the device speaking: a security event, and nothing is settled. */
+        ops_counter_add(gw->m_bad_reports, 1);
+        ops_log(OPS_LOG_WARN, "security.bad_report", "error", qc_errname(rc), "peer",
+                op->req->peer_key, NULL);
+        gateway_op_refuse(gw, op, rc, NULL);
+        return;
+    }
+    op->shard = proto_shard_of(rep->account_id, gw->shard_count);
+    Qcledger__SettleRequest sr = QCLEDGER__SETTLE_REQUEST__INIT;
+    sr.txn_id = rep->txn_id;
+    sr.report.data = op->req->body;
+    sr.report.len = op->req->body_len;
+    sr.verdict = rep->status;
+    gateway_op_call(gw, op, gw->shards[op->shard], GATEWAY_OP_SETTLE, "settle", &sr.base);
+    quancun__execution_report__free_unpacked(rep, NULL);
+}
+
+static void gateway_report_settled(gateway_t *gw, gateway_op_t *op, const proto_rpc_reply_t *reply)
+{
+    Qcledger__LoadReply *lr = qcledger__load_reply__unpack(NULL, reply->body_len, reply->body);
+    if (lr == NULL || lr->load == NULL || lr->load->state == QUANCUN__LOAD_STATE__LOAD_NONE ||
+        lr->load->state == QUANCUN__LOAD_STATE__LOAD_RESERVED) {
+        if (lr != NULL)
+            qcledger__load_reply__free_unpacked(lr, NULL);
+        gateway_op_refuse(gw, op, QC_EINTERNAL, "the ledger's reply was malformed");
+        return;
+    }
+    Quancun__LoadOutcome out = QUANCUN__LOAD_OUTCOME__INIT;
+    out.txn_id = lr->load->txn_id;
+    out.device_id = lr->load->device_id;
+    out.state = lr->load->state;
+    out.amount = lr->load->amount;
+    out.currency = lr->load->currency;
+    out.reason = lr->load->reason;
+    out.host_time_ms = ops_time_wall_ms();
+    gateway_sign(gw, op, GATEWAY_OP_SIGN_OUTCOME, QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME, &out.base);
+    qcledger__load_reply__free_unpacked(lr, NULL);
+}
+
+static void gateway_report_signed(gateway_t *gw, gateway_op_t *op, const proto_rpc_reply_t *reply)
+{
+    Quancun__SignReply *sr = quancun__sign_reply__unpack(NULL, reply->body_len, reply->body);
+    if (sr == NULL || sr->signed_.len == 0) {
+        if (sr != NULL)
+            quancun__sign_reply__free_unpacked(sr, NULL);
+        gateway_op_refuse(gw, op, QC_EINTERNAL, "the signer's reply was malformed");
+        return;
+    }
+    gateway_op_finish(gw, op, 0, NULL, sr->signed_.data, sr->signed_.len);
+    quancun__sign_reply__free_unpacked(sr, NULL);
+}
+
+/* ------------------------------------------------------------------ loop */
+
+static void gateway_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
+{
+    gateway_t *gw = arg;
+    gateway_op_t *op = tag;
+    assert(op >= gw->ops && op < gw->ops + GATEWAY_OPS_MAX);
+    assert(op->stage != GATEWAY_OP_FREE); /* invariant 1 */
+    if (code != 0) {
+        ops_counter_add(gw->m_unavailable, 1);
+        gateway_op_refuse(gw, op, QC_EUNAVAIL, "service unavailable - try again");
+    } else if (reply->code != 0) {
+        /* The ledger's or signer's refusal, passed on with its words. */
+        gateway_op_refuse(gw, op, reply->code, reply->message);
+    } else {
+        switch (op->stage) {
+        case GATEWAY_OP_SIGN_ALLOW:
+            gateway_load_signed(gw, op, reply);
+            break;
+        case GATEWAY_OP_RESERVE:
+            gateway_load_reserved(gw, op, reply);
+            break;
+        case GATEWAY_OP_SETTLE:
+            gateway_report_settled(gw, op, reply);
+            break;
+        case GATEWAY_OP_SIGN_OUTCOME:
+            gateway_report_signed(gw, op, reply);
+            break;
+        case GATEWAY_OP_FREE:
+            assert(!"unreachable");
+        }
+    }
+    proto_rpc_reply_destroy(&reply);
+}
+
+static void gateway_accept(gateway_t *gw, proto_rpc_request_t *req)
+{
+    gateway_op_t *op = gateway_op_new(gw, req);
+    if (op == NULL) {
+        ops_counter_add(gw->m_busy, 1);
+        proto_rpc_server_reply(gw->server, req, QC_EBUSY, NULL, NULL, 0);
+        proto_rpc_request_destroy(&req);
+        return;
+    }
+    op->stage = GATEWAY_OP_SIGN_ALLOW; /* provisional: every path below moves or frees it */
+    if (strcmp(req->method, "load") == 0)
+        gateway_load_start(gw, op);
+    else if (strcmp(req->method, "report") == 0 || strcmp(req->method, "sync") == 0)
+        gateway_report_start(gw, op);
+    else
+        gateway_op_refuse(gw, op, QC_EMETHOD, NULL);
+}
+
+int gateway_run(gateway_t *gw)
+{
+    assert(gw != NULL);
+    zmq_pollitem_t items[GATEWAY_POLLITEMS_MAX];
+    proto_rpc_client_t *clients[GATEWAY_SHARDS_MAX + 1];
+    uint32_t client_count = 0;
+    clients[client_count++] = gw->signer;
+    for (uint32_t s = 0; s < gw->shard_count; s++)
+        clients[client_count++] = gw->shards[s];
+
+    while (!ops_signal_stop_requested()) {
+        int n = 0;
+        items[n].socket = proto_rpc_server_socket(gw->server);
+        items[n].fd = 0;
+        items[n].events = ZMQ_POLLIN;
+        items[n].revents = 0;
+        n++;
+        long timeout = GATEWAY_POLL_MAX_MS;
+        for (uint32_t c = 0; c < client_count; c++) {
+            n += proto_rpc_client_pollitems(clients[c], &items[n], GATEWAY_POLLITEMS_MAX - n);
+            int t = proto_rpc_client_next_timeout_ms(clients[c]);
+            if (t >= 0 && t < timeout)
+                timeout = t;
+        }
+        if (zmq_poll(items, n, timeout) < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == ETERM)
+                return QC_EIO;
+            ops_log(OPS_LOG_ERROR, "gateway.poll_failed", "errno", zmq_strerror(errno), NULL);
+            return QC_EIO;
+        }
+        if (items[0].revents & ZMQ_POLLIN) {
+            for (int i = 0; i < GATEWAY_RECV_BATCH_MAX; i++) {
+                proto_rpc_request_t *req = NULL;
+                if (proto_rpc_server_recv(gw->server, 0, &req) != 0)
+                    break;
+                gateway_accept(gw, req);
+            }
+        }
+        for (uint32_t c = 0; c < client_count; c++)
+            proto_rpc_client_process(clients[c], gateway_on_done, gw);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ life cycle */
+
+/* Splits cfg->ledger on ';' and connects one client per shard. */
+static int gateway_connect_shards(gateway_t *gw, void *ctx)
+{
+    const char *p = gw->cfg.ledger;
+    while (*p != '\0') {
+        const char *end = strchr(p, ';');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        if (len == 0 || len >= GATEWAY_ENDPOINTS_TEXT_MAX || gw->shard_count == GATEWAY_SHARDS_MAX)
+            return QC_ECONFIG;
+        char endpoints[GATEWAY_ENDPOINTS_TEXT_MAX];
+        memcpy(endpoints, p, len);
+        endpoints[len] = '\0';
+        proto_rpc_client_config_t cc = {
+            .service = "ledger",
+            .endpoints = endpoints,
+            .server_public_z85 = gw->cfg.ledger_key,
+            .keys = gw->cfg.keys,
+        };
+        int rc = proto_rpc_client_new(ctx, &cc, &gw->shards[gw->shard_count]);
+        if (rc != 0)
+            return rc;
+        gw->shard_count++;
+        p += len;
+        if (*p == ';')
+            p++;
+    }
+    return gw->shard_count > 0 ? 0 : QC_ECONFIG;
+}
+
+static void gateway_metrics(gateway_t *gw)
+{
+    gw->m_loads_ok = ops_counter("qc_gateway_loads_total{result=\"allowed\"}", "device loads");
+    gw->m_loads_refused = ops_counter("qc_gateway_loads_total{result=\"refused\"}", "device loads");
+    gw->m_reports_ok = ops_counter("qc_gateway_reports_total{result=\"settled\"}", "reports");
+    gw->m_reports_refused =
+        ops_counter("qc_gateway_reports_total{result=\"refused\"}", "device reports");
+    gw->m_bad_reports =
+        ops_counter("qc_gateway_security_events_total{type=\"bad_report\"}", "security events");
+    gw->m_unavailable =
+        ops_counter("qc_gateway_downstream_unavailable_total", "signer or ledger did not answer");
+    gw->m_busy = ops_counter("qc_gateway_busy_total", "device calls refused: table full");
+    gw->m_load_seconds = ops_histogram("qc_gateway_load_seconds", "request to allow latency");
+    gw->m_report_seconds = ops_histogram("qc_gateway_report_seconds", "report to outcome latency");
+    gw->m_inflight = ops_gauge("qc_gateway_inflight", "device calls in flight");
+}
+
+int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
+{
+    assert(ctx != NULL && cfg != NULL && out != NULL);
+    assert(cfg->keys != NULL);
+    *out = NULL;
+    if (cfg->deadline_ms < GATEWAY_DEADLINE_MIN_MS || cfg->deadline_ms > GATEWAY_DEADLINE_MAX_MS ||
+        cfg->rpc_timeout_ms <= 0 || cfg->signer_key == NULL || cfg->ledger_key == NULL ||
+        cfg->ledger == NULL || cfg->ca_path == NULL || cfg->listen == NULL ||
+        (cfg->signer == NULL) == (cfg->signer_file == NULL))
+        return QC_ECONFIG;
+    gateway_t *gw = calloc(1, sizeof *gw);
+    if (gw == NULL)
+        return QC_ENOMEM;
+    gw->cfg = *cfg;
+    for (int i = GATEWAY_OPS_MAX - 1; i >= 0; i--)
+        gw->free_ops[gw->free_count++] = i;
+    gateway_metrics(gw);
+    int rc = proto_trust_new(cfg->ca_path, cfg->crl_path, &gw->trust);
+    if (rc != 0)
+        goto err;
+    proto_rpc_client_config_t sc = {
+        .service = "signer",
+        .endpoints = cfg->signer,
+        .endpoints_path = cfg->signer_file,
+        .server_public_z85 = cfg->signer_key,
+        .keys = cfg->keys,
+    };
+    if ((rc = proto_rpc_client_new(ctx, &sc, &gw->signer)) != 0)
+        goto err;
+    if ((rc = gateway_connect_shards(gw, ctx)) != 0)
+        goto err;
+    /* Devices are not pre-registered: their identity is their certificate and signatures. */
+    proto_rpc_server_config_t srv = {
+        .service = "gateway",
+        .endpoint = cfg->listen,
+        .keys = cfg->keys,
+        .allow_any = true,
+    };
+    if ((rc = proto_rpc_server_new(ctx, &srv, &gw->server)) != 0)
+        goto err;
+    *out = gw;
+    return 0;
+err:
+    gateway_destroy(&gw);
+    return rc;
+}
+
+int gateway_inflight(const gateway_t *gw)
+{
+    assert(gw != NULL);
+    return GATEWAY_OPS_MAX - gw->free_count;
+}
+
+void gateway_destroy(gateway_t **gw_p)
+{
+    if (gw_p == NULL || *gw_p == NULL)
+        return;
+    gateway_t *gw = *gw_p;
+    for (int i = 0; i < GATEWAY_OPS_MAX; i++) {
+        proto_rpc_request_destroy(&gw->ops[i].req);
+        free(gw->ops[i].signed_allow);
+    }
+    proto_rpc_server_destroy(&gw->server);
+    proto_rpc_client_destroy(&gw->signer);
+    for (uint32_t s = 0; s < gw->shard_count; s++)
+        proto_rpc_client_destroy(&gw->shards[s]);
+    proto_trust_destroy(&gw->trust);
+    free(gw);
+    *gw_p = NULL;
+}

@@ -1,0 +1,52 @@
+/* gateway_flow.h - the gateway's event loop: device calls in, signer and ledger calls out.
+ *
+ * The gateway holds nothing durable. A device's "load" is verified, turned into a LoadAllow the
+ * signer signs, and reserved on the ledger shard of its account; the device gets the allow the
+ * ledger stored (on a retry, the very same bytes). A "report" (or "sync") is verified, settled
+ * on the ledger, and answered with a LoadOutcome the signer signs. One thread drives every call
+ * at once through a table of operations in flight, so one slow signer or shard stalls only the
+ * devices waiting on it. */
+#ifndef GATEWAY_FLOW_H
+#define GATEWAY_FLOW_H
+
+#include <stdint.h>
+
+#include "proto_rpc.h"
+
+#define GATEWAY_OPS_MAX 4096         /* device calls in flight in one gateway */
+#define GATEWAY_SHARDS_MAX 64        /* ledger shards one gateway routes to */
+#define GATEWAY_POLL_MAX_MS 200      /* longest sleep of the loop, to notice signals */
+#define GATEWAY_DEADLINE_MIN_MS 1000 /* shortest load deadline the config may set */
+#define GATEWAY_DEADLINE_MAX_MS 86400000
+
+typedef struct gateway_config {
+    const char *listen;                /* device endpoint */
+    const proto_curve_keypair_t *keys; /* the gateway's CURVE key pair (server and client) */
+    const char *signer;                /* signer endpoints, comma-separated */
+    const char *signer_file;           /* or a file of them, re-read on SIGHUP */
+    const char *signer_key;            /* the signer's CURVE public key */
+    const char *ledger;     /* shard endpoints: shards separated by ';', instances by ',' */
+    const char *ledger_key; /* the ledger's CURVE public key */
+    const char *ca_path;    /* device CA bundle (PEM) */
+    const char *crl_path;   /* device CRL (PEM), NULL for none */
+    int64_t deadline_ms;    /* a load's report deadline after its allow */
+    int64_t rpc_timeout_ms; /* budget of one downstream call, retries included */
+} gateway_config_t;
+
+typedef struct gateway gateway_t;
+
+/* Creates the gateway in zmq context ctx (not owned): loads the trust store, binds the device
+ * port, connects to the signer and every ledger shard. Returns 0, QC_ECONFIG, QC_EIO,
+ * QC_ECERT or QC_ENOMEM. */
+int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out);
+
+/* Runs the loop until ops_signal_stop_requested(). Calls still in flight when it stops are
+ * dropped: every one of them is safe to retry by the device. Returns 0 or QC_EIO. */
+int gateway_run(gateway_t *gw);
+
+/* True when the gateway can serve: used by /healthz. */
+int gateway_inflight(const gateway_t *gw);
+
+void gateway_destroy(gateway_t **gw_p);
+
+#endif
