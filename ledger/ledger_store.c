@@ -1,0 +1,920 @@
+/* ledger_store.c - the ledger's LMDB environment, its databases and record encoding. */
+#include "ledger_store.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops_log.h"
+#include "qc_error.h"
+
+#define STORE_DBI_COUNT 7
+#define STORE_DEADLINE_KEY_SIZE (8 + LEDGER_TXN_ID_SIZE)
+#define STORE_TRANSFER_KEY_SIZE (LEDGER_TXN_ID_SIZE + 1)
+#define STORE_SEQ_KEY_SIZE 8
+#define STORE_META_OUTBOX_NEXT "outbox_next_seq"
+#define STORE_META_SHARD "shard"
+#define STORE_META_SHARD_COUNT "shard_count"
+#define STORE_FILE_MODE 0600
+
+enum store_dbi {
+    DBI_ACCOUNTS = 0,
+    DBI_DEVICES,
+    DBI_LOADS,
+    DBI_DEADLINES,
+    DBI_TRANSFERS,
+    DBI_OUTBOX,
+    DBI_META,
+};
+
+static const char *const store_dbi_names[STORE_DBI_COUNT] = {
+    "accounts", "devices", "loads", "deadlines", "transfers", "outbox", "meta",
+};
+
+struct ledger_store {
+    MDB_env *env;
+    MDB_dbi dbi[STORE_DBI_COUNT];
+};
+
+/* Maps an LMDB error to our code space and logs it; rc must not be 0. */
+static int store_err(const char *what, int rc)
+{
+    assert(rc != 0);
+    if (rc == MDB_NOTFOUND)
+        return QC_ENOTFOUND;
+    if (rc == MDB_KEYEXIST)
+        return QC_EEXIST;
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL)
+        return QC_EFULL;
+    if (rc == MDB_READERS_FULL)
+        return QC_EBUSY;
+    ops_log(OPS_LOG_ERROR, "ledger.lmdb", "op", what, "error", mdb_strerror(rc), NULL);
+    return QC_EIO;
+}
+
+static void be64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)(v & 0xff);
+        v >>= 8;
+    }
+}
+
+static uint64_t be64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out)
+{
+    assert(dir != NULL);
+    assert(out != NULL);
+    *out = NULL;
+    if (map_size < LEDGER_MAP_SIZE_MIN)
+        return QC_EINVAL;
+    ledger_store_t *store = calloc(1, sizeof *store);
+    if (store == NULL)
+        return QC_ENOMEM;
+    int rc = mdb_env_create(&store->env);
+    if (rc != 0) {
+        free(store);
+        return store_err("env_create", rc);
+    }
+    MDB_txn *txn = NULL;
+    if ((rc = mdb_env_set_mapsize(store->env, (size_t)map_size)) != 0 ||
+        (rc = mdb_env_set_maxdbs(store->env, STORE_DBI_COUNT)) != 0 ||
+        (rc = mdb_env_set_maxreaders(store->env, LEDGER_READERS_MAX)) != 0) {
+        rc = store_err("env_set", rc);
+        goto err;
+    }
+    /* MDB_NOTLS: read txns are tied to our objects, not to threads. No MDB_NOSYNC and no
+     * MDB_WRITEMAP (nested transactions need the default mode). */
+    if ((rc = mdb_env_open(store->env, dir, MDB_NOTLS, STORE_FILE_MODE)) != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.lmdb_open", "dir", dir, "error", mdb_strerror(rc), NULL);
+        rc = QC_EIO;
+        goto err;
+    }
+    int dead = 0;
+    if ((rc = mdb_reader_check(store->env, &dead)) != 0) {
+        rc = store_err("reader_check", rc);
+        goto err;
+    }
+    if ((rc = mdb_txn_begin(store->env, NULL, 0, &txn)) != 0) {
+        rc = store_err("txn_begin", rc);
+        goto err;
+    }
+    for (int i = 0; i < STORE_DBI_COUNT; i++) {
+        if ((rc = mdb_dbi_open(txn, store_dbi_names[i], MDB_CREATE, &store->dbi[i])) != 0) {
+            rc = store_err("dbi_open", rc);
+            goto err;
+        }
+    }
+    rc = mdb_txn_commit(txn);
+    txn = NULL;
+    if (rc != 0) {
+        rc = store_err("txn_commit", rc);
+        goto err;
+    }
+    *out = store;
+    return 0;
+err:
+    if (txn != NULL)
+        mdb_txn_abort(txn);
+    mdb_env_close(store->env);
+    free(store);
+    return rc;
+}
+
+void ledger_store_close(ledger_store_t **store_p)
+{
+    if (store_p == NULL || *store_p == NULL)
+        return;
+    mdb_env_close((*store_p)->env);
+    free(*store_p);
+    *store_p = NULL;
+}
+
+int ledger_store_txn_begin(ledger_store_t *store, MDB_txn *parent, bool write, MDB_txn **out)
+{
+    assert(store != NULL && out != NULL);
+    assert(parent == NULL || write);
+    int rc = mdb_txn_begin(store->env, parent, write ? 0 : MDB_RDONLY, out);
+    if (rc != 0) {
+        *out = NULL;
+        return store_err("txn_begin", rc);
+    }
+    return 0;
+}
+
+int ledger_store_txn_commit(MDB_txn *txn)
+{
+    assert(txn != NULL);
+    int rc = mdb_txn_commit(txn);
+    return rc == 0 ? 0 : store_err("txn_commit", rc);
+}
+
+void ledger_store_txn_abort(MDB_txn *txn)
+{
+    if (txn != NULL)
+        mdb_txn_abort(txn);
+}
+
+/* ------------------------------------------------------------ generic encode/decode */
+
+/* Packs msg straight into LMDB's page (MDB_RESERVE), so nothing is allocated. */
+static int store_put_msg(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi, const void *key,
+                         size_t key_len, const ProtobufCMessage *msg, unsigned flags)
+{
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
+    MDB_val v = {.mv_size = protobuf_c_message_get_packed_size(msg), .mv_data = NULL};
+    int rc = mdb_put(txn, store->dbi[dbi], &k, &v, flags | MDB_RESERVE);
+    if (rc != 0)
+        return store_err("put", rc);
+    size_t packed = protobuf_c_message_pack(msg, v.mv_data);
+    assert(packed == v.mv_size);
+    (void)packed;
+    return 0;
+}
+
+/* Looks key up and unpacks the value as desc; the caller frees *out. */
+static int store_get_msg(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi, const void *key,
+                         size_t key_len, const ProtobufCMessageDescriptor *desc,
+                         ProtobufCMessage **out)
+{
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
+    MDB_val v;
+    *out = NULL;
+    int rc = mdb_get(txn, store->dbi[dbi], &k, &v);
+    if (rc != 0)
+        return store_err("get", rc);
+    *out = protobuf_c_message_unpack(desc, NULL, v.mv_size, v.mv_data);
+    if (*out == NULL) {
+        ops_log(OPS_LOG_ERROR, "ledger.corrupt_record", "db", store_dbi_names[dbi], NULL);
+        return QC_EDECODE;
+    }
+    return 0;
+}
+
+/* Copies a string field into a fixed buffer; refuses what does not fit. */
+static int copy_str(char *dst, size_t cap, const char *src)
+{
+    if (src == NULL)
+        src = "";
+    size_t n = strlen(src);
+    if (n >= cap)
+        return QC_EDECODE;
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+static int copy_bytes(uint8_t *dst, size_t cap, size_t *len, ProtobufCBinaryData src)
+{
+    if (src.len > cap)
+        return QC_EDECODE;
+    if (src.len > 0)
+        memcpy(dst, src.data, src.len);
+    if (len != NULL)
+        *len = src.len;
+    return 0;
+}
+
+static int copy_txn(uint8_t dst[LEDGER_TXN_ID_SIZE], bool *has, ProtobufCBinaryData src)
+{
+    if (src.len == 0) {
+        if (has == NULL)
+            return QC_EDECODE;
+        *has = false;
+        memset(dst, 0, LEDGER_TXN_ID_SIZE);
+        return 0;
+    }
+    if (src.len != LEDGER_TXN_ID_SIZE)
+        return QC_EDECODE;
+    memcpy(dst, src.data, LEDGER_TXN_ID_SIZE);
+    if (has != NULL)
+        *has = true;
+    return 0;
+}
+
+static ProtobufCBinaryData bin(const uint8_t *data, size_t len)
+{
+    ProtobufCBinaryData b = {.len = len, .data = (uint8_t *)data};
+    return b;
+}
+
+/* ------------------------------------------------------------ accounts */
+
+void ledger_store_account_view(const ledger_account_t *a, Qcledger__Account *m)
+{
+    assert(a != NULL && m != NULL);
+    qcledger__account__init(m);
+    m->id = (char *)a->id;
+    m->currency = a->currency;
+    m->balance = a->balance;
+    m->status = a->status;
+    m->kind = a->kind;
+    m->load_min = a->load_min;
+    m->load_max = a->load_max;
+    m->daily_max = a->daily_max;
+    m->day = a->day;
+    m->day_total = a->day_total;
+    m->overdrawn = a->overdrawn;
+    m->created_ms = a->created_ms;
+}
+
+int ledger_store_account_from_msg(const Qcledger__Account *m, ledger_account_t *a)
+{
+    assert(m != NULL && a != NULL);
+    memset(a, 0, sizeof *a);
+    if (copy_str(a->id, sizeof a->id, m->id) != 0)
+        return QC_EDECODE;
+    a->currency = m->currency;
+    a->balance = m->balance;
+    a->status = m->status;
+    a->kind = m->kind;
+    a->load_min = m->load_min;
+    a->load_max = m->load_max;
+    a->daily_max = m->daily_max;
+    a->day = m->day;
+    a->day_total = m->day_total;
+    a->overdrawn = m->overdrawn;
+    a->created_ms = m->created_ms;
+    return 0;
+}
+
+int ledger_store_account_get(ledger_store_t *store, MDB_txn *txn, const char *id,
+                             ledger_account_t *out)
+{
+    assert(store != NULL && txn != NULL && id != NULL && out != NULL);
+    ProtobufCMessage *msg = NULL;
+    int rc = store_get_msg(store, txn, DBI_ACCOUNTS, id, strlen(id), &qcledger__account__descriptor,
+                           &msg);
+    if (rc != 0)
+        return rc;
+    rc = ledger_store_account_from_msg((Qcledger__Account *)msg, out);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return rc;
+}
+
+int ledger_store_account_put(ledger_store_t *store, MDB_txn *txn, const ledger_account_t *acct)
+{
+    assert(store != NULL && txn != NULL && acct != NULL);
+    assert(acct->id[0] != '\0');
+    Qcledger__Account m;
+    ledger_store_account_view(acct, &m);
+    return store_put_msg(store, txn, DBI_ACCOUNTS, acct->id, strlen(acct->id), &m.base, 0);
+}
+
+/* ------------------------------------------------------------ devices */
+
+void ledger_store_device_view(const ledger_device_t *d, Qcledger__Device *m)
+{
+    assert(d != NULL && m != NULL);
+    qcledger__device__init(m);
+    m->id = (char *)d->id;
+    m->account_id = (char *)d->account_id;
+    m->cert = bin(d->cert, d->cert_len);
+    m->cert_fp = bin(d->cert_fp, sizeof d->cert_fp);
+    m->status = d->status;
+    m->counter = d->counter;
+    m->reserved_txn = bin(d->reserved_txn, d->has_reserved ? LEDGER_TXN_ID_SIZE : 0);
+    m->last_txn = bin(d->last_txn, d->has_last ? LEDGER_TXN_ID_SIZE : 0);
+    m->wallet_cap = d->wallet_cap;
+    m->created_ms = d->created_ms;
+}
+
+int ledger_store_device_from_msg(const Qcledger__Device *m, ledger_device_t *d)
+{
+    assert(m != NULL && d != NULL);
+    memset(d, 0, sizeof *d);
+    if (copy_str(d->id, sizeof d->id, m->id) != 0 ||
+        copy_str(d->account_id, sizeof d->account_id, m->account_id) != 0 ||
+        copy_bytes(d->cert, sizeof d->cert, &d->cert_len, m->cert) != 0 ||
+        m->cert_fp.len != sizeof d->cert_fp ||
+        copy_bytes(d->cert_fp, sizeof d->cert_fp, NULL, m->cert_fp) != 0 ||
+        copy_txn(d->reserved_txn, &d->has_reserved, m->reserved_txn) != 0 ||
+        copy_txn(d->last_txn, &d->has_last, m->last_txn) != 0)
+        return QC_EDECODE;
+    d->status = m->status;
+    d->counter = m->counter;
+    d->wallet_cap = m->wallet_cap;
+    d->created_ms = m->created_ms;
+    return 0;
+}
+
+int ledger_store_device_get(ledger_store_t *store, MDB_txn *txn, const char *id,
+                            ledger_device_t *out)
+{
+    assert(store != NULL && txn != NULL && id != NULL && out != NULL);
+    ProtobufCMessage *msg = NULL;
+    int rc =
+        store_get_msg(store, txn, DBI_DEVICES, id, strlen(id), &qcledger__device__descriptor, &msg);
+    if (rc != 0)
+        return rc;
+    rc = ledger_store_device_from_msg((Qcledger__Device *)msg, out);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return rc;
+}
+
+int ledger_store_device_put(ledger_store_t *store, MDB_txn *txn, const ledger_device_t *dev)
+{
+    assert(store != NULL && txn != NULL && dev != NULL);
+    assert(dev->id[0] != '\0');
+    Qcledger__Device m;
+    ledger_store_device_view(dev, &m);
+    return store_put_msg(store, txn, DBI_DEVICES, dev->id, strlen(dev->id), &m.base, 0);
+}
+
+/* ------------------------------------------------------------ loads */
+
+void ledger_store_load_view(const ledger_load_t *l, Qcledger__Load *m)
+{
+    assert(l != NULL && m != NULL);
+    qcledger__load__init(m);
+    m->txn_id = bin(l->txn_id, LEDGER_TXN_ID_SIZE);
+    m->state = l->state;
+    m->amount = l->amount;
+    m->currency = l->currency;
+    m->device_id = (char *)l->device_id;
+    m->account_id = (char *)l->account_id;
+    m->counter = l->counter;
+    m->deadline_ms = l->deadline_ms;
+    m->reason = (char *)l->reason;
+    m->request = bin(l->request, l->request_len);
+    m->allow = bin(l->allow, l->allow_len);
+    m->report = bin(l->report, l->report_len);
+    m->created_ms = l->created_ms;
+    m->updated_ms = l->updated_ms;
+    m->flagged = l->flagged;
+}
+
+int ledger_store_load_from_msg(const Qcledger__Load *m, ledger_load_t *l)
+{
+    assert(m != NULL && l != NULL);
+    /* The three envelope buffers are large: clear only the fixed part. */
+    memset(l, 0, offsetof(ledger_load_t, request));
+    if (copy_txn(l->txn_id, NULL, m->txn_id) != 0 ||
+        copy_str(l->device_id, sizeof l->device_id, m->device_id) != 0 ||
+        copy_str(l->account_id, sizeof l->account_id, m->account_id) != 0 ||
+        copy_str(l->reason, sizeof l->reason, m->reason) != 0 ||
+        copy_bytes(l->request, sizeof l->request, &l->request_len, m->request) != 0 ||
+        copy_bytes(l->allow, sizeof l->allow, &l->allow_len, m->allow) != 0 ||
+        copy_bytes(l->report, sizeof l->report, &l->report_len, m->report) != 0)
+        return QC_EDECODE;
+    l->state = m->state;
+    l->amount = m->amount;
+    l->currency = m->currency;
+    l->counter = m->counter;
+    l->deadline_ms = m->deadline_ms;
+    l->created_ms = m->created_ms;
+    l->updated_ms = m->updated_ms;
+    l->flagged = m->flagged;
+    return 0;
+}
+
+int ledger_store_load_get(ledger_store_t *store, MDB_txn *txn,
+                          const uint8_t txn_id[LEDGER_TXN_ID_SIZE], ledger_load_t *out)
+{
+    assert(store != NULL && txn != NULL && txn_id != NULL && out != NULL);
+    ProtobufCMessage *msg = NULL;
+    int rc = store_get_msg(store, txn, DBI_LOADS, txn_id, LEDGER_TXN_ID_SIZE,
+                           &qcledger__load__descriptor, &msg);
+    if (rc != 0)
+        return rc;
+    rc = ledger_store_load_from_msg((Qcledger__Load *)msg, out);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return rc;
+}
+
+int ledger_store_load_put(ledger_store_t *store, MDB_txn *txn, const ledger_load_t *load)
+{
+    assert(store != NULL && txn != NULL && load != NULL);
+    assert(load->state >= QUANCUN__LOAD_STATE__LOAD_RESERVED &&
+           load->state <= QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED);
+    Qcledger__Load m;
+    ledger_store_load_view(load, &m);
+    return store_put_msg(store, txn, DBI_LOADS, load->txn_id, LEDGER_TXN_ID_SIZE, &m.base, 0);
+}
+
+/* ------------------------------------------------------------ transfers */
+
+static void transfer_key(const uint8_t *txn_id, Qcledger__TransferKind kind,
+                         uint8_t key[STORE_TRANSFER_KEY_SIZE])
+{
+    memcpy(key, txn_id, LEDGER_TXN_ID_SIZE);
+    key[LEDGER_TXN_ID_SIZE] = (uint8_t)kind;
+}
+
+int ledger_store_transfer_add(ledger_store_t *store, MDB_txn *txn, const ledger_transfer_t *t)
+{
+    assert(store != NULL && txn != NULL && t != NULL);
+    assert(t->amount > 0);
+    uint8_t key[STORE_TRANSFER_KEY_SIZE];
+    transfer_key(t->txn_id, t->kind, key);
+    Qcledger__Transfer m = QCLEDGER__TRANSFER__INIT;
+    m.txn_id = bin(t->txn_id, LEDGER_TXN_ID_SIZE);
+    m.kind = t->kind;
+    m.debit = (char *)t->debit;
+    m.credit = (char *)t->credit;
+    m.amount = t->amount;
+    m.currency = t->currency;
+    m.time_ms = t->time_ms;
+    return store_put_msg(store, txn, DBI_TRANSFERS, key, sizeof key, &m.base, MDB_NOOVERWRITE);
+}
+
+static int transfer_from_msg(const Qcledger__Transfer *m, ledger_transfer_t *t)
+{
+    memset(t, 0, sizeof *t);
+    if (copy_txn(t->txn_id, NULL, m->txn_id) != 0 ||
+        copy_str(t->debit, sizeof t->debit, m->debit) != 0 ||
+        copy_str(t->credit, sizeof t->credit, m->credit) != 0)
+        return QC_EDECODE;
+    t->kind = m->kind;
+    t->amount = m->amount;
+    t->currency = m->currency;
+    t->time_ms = m->time_ms;
+    return 0;
+}
+
+int ledger_store_transfer_get(ledger_store_t *store, MDB_txn *txn,
+                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE], Qcledger__TransferKind kind,
+                              ledger_transfer_t *out)
+{
+    assert(store != NULL && txn != NULL && txn_id != NULL && out != NULL);
+    uint8_t key[STORE_TRANSFER_KEY_SIZE];
+    transfer_key(txn_id, kind, key);
+    ProtobufCMessage *msg = NULL;
+    int rc = store_get_msg(store, txn, DBI_TRANSFERS, key, sizeof key,
+                           &qcledger__transfer__descriptor, &msg);
+    if (rc != 0)
+        return rc;
+    rc = transfer_from_msg((Qcledger__Transfer *)msg, out);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return rc;
+}
+
+/* ------------------------------------------------------------ deadlines */
+
+static void deadline_key(uint64_t deadline_ms, const uint8_t *txn_id,
+                         uint8_t key[STORE_DEADLINE_KEY_SIZE])
+{
+    be64_put(key, deadline_ms);
+    memcpy(key + 8, txn_id, LEDGER_TXN_ID_SIZE);
+}
+
+int ledger_store_deadline_add(ledger_store_t *store, MDB_txn *txn, uint64_t deadline_ms,
+                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE])
+{
+    assert(store != NULL && txn != NULL && txn_id != NULL);
+    uint8_t key[STORE_DEADLINE_KEY_SIZE];
+    deadline_key(deadline_ms, txn_id, key);
+    MDB_val k = {.mv_size = sizeof key, .mv_data = key};
+    MDB_val v = {.mv_size = 0, .mv_data = NULL};
+    int rc = mdb_put(txn, store->dbi[DBI_DEADLINES], &k, &v, MDB_NOOVERWRITE);
+    return rc == 0 ? 0 : store_err("deadline_put", rc);
+}
+
+int ledger_store_deadline_del(ledger_store_t *store, MDB_txn *txn, uint64_t deadline_ms,
+                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE])
+{
+    assert(store != NULL && txn != NULL && txn_id != NULL);
+    uint8_t key[STORE_DEADLINE_KEY_SIZE];
+    deadline_key(deadline_ms, txn_id, key);
+    MDB_val k = {.mv_size = sizeof key, .mv_data = key};
+    int rc = mdb_del(txn, store->dbi[DBI_DEADLINES], &k, NULL);
+    return rc == 0 ? 0 : store_err("deadline_del", rc);
+}
+
+int ledger_store_deadline_first(ledger_store_t *store, MDB_txn *txn, uint64_t *deadline_ms,
+                                uint8_t txn_id[LEDGER_TXN_ID_SIZE])
+{
+    assert(store != NULL && txn != NULL && deadline_ms != NULL && txn_id != NULL);
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[DBI_DEADLINES], &cur);
+    if (rc != 0)
+        return store_err("cursor_open", rc);
+    MDB_val k, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    if (rc == 0) {
+        if (k.mv_size != STORE_DEADLINE_KEY_SIZE) {
+            rc = QC_EDECODE;
+        } else {
+            *deadline_ms = be64_get(k.mv_data);
+            memcpy(txn_id, (uint8_t *)k.mv_data + 8, LEDGER_TXN_ID_SIZE);
+        }
+    } else {
+        rc = store_err("deadline_first", rc);
+    }
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+/* ------------------------------------------------------------ outbox and meta */
+
+static int meta_get_u64(ledger_store_t *store, MDB_txn *txn, const char *name, uint64_t *v)
+{
+    MDB_val k = {.mv_size = strlen(name), .mv_data = (void *)name};
+    MDB_val d;
+    int rc = mdb_get(txn, store->dbi[DBI_META], &k, &d);
+    if (rc != 0)
+        return store_err("meta_get", rc);
+    if (d.mv_size != 8)
+        return QC_EDECODE;
+    *v = be64_get(d.mv_data);
+    return 0;
+}
+
+static int meta_put_u64(ledger_store_t *store, MDB_txn *txn, const char *name, uint64_t v)
+{
+    uint8_t buf[8];
+    be64_put(buf, v);
+    MDB_val k = {.mv_size = strlen(name), .mv_data = (void *)name};
+    MDB_val d = {.mv_size = sizeof buf, .mv_data = buf};
+    int rc = mdb_put(txn, store->dbi[DBI_META], &k, &d, 0);
+    return rc == 0 ? 0 : store_err("meta_put", rc);
+}
+
+int ledger_store_bind_shard(ledger_store_t *store, uint32_t shard, uint32_t shard_count)
+{
+    assert(store != NULL);
+    assert(shard < shard_count);
+    MDB_txn *txn = NULL;
+    int rc = ledger_store_txn_begin(store, NULL, true, &txn);
+    if (rc != 0)
+        return rc;
+    uint64_t s = 0, n = 0;
+    rc = meta_get_u64(store, txn, STORE_META_SHARD, &s);
+    if (rc == 0)
+        rc = meta_get_u64(store, txn, STORE_META_SHARD_COUNT, &n);
+    if (rc == 0) {
+        ledger_store_txn_abort(txn);
+        if (s != shard || n != shard_count) {
+            ops_logf(OPS_LOG_ERROR, "ledger.shard_mismatch",
+                     "data directory belongs to shard %llu of %llu, not %u of %u",
+                     (unsigned long long)s, (unsigned long long)n, shard, shard_count);
+            return QC_ECONFIG;
+        }
+        return 0;
+    }
+    if (rc != QC_ENOTFOUND) {
+        ledger_store_txn_abort(txn);
+        return rc;
+    }
+    if ((rc = meta_put_u64(store, txn, STORE_META_SHARD, shard)) != 0 ||
+        (rc = meta_put_u64(store, txn, STORE_META_SHARD_COUNT, shard_count)) != 0) {
+        ledger_store_txn_abort(txn);
+        return rc;
+    }
+    return ledger_store_txn_commit(txn);
+}
+
+int ledger_store_outbox_append(ledger_store_t *store, MDB_txn *txn, uint32_t shard,
+                               const char *type, const uint8_t *txn_id, uint64_t time_ms,
+                               const uint8_t *payload, size_t payload_len, uint64_t *seq)
+{
+    assert(store != NULL && txn != NULL && type != NULL);
+    assert(strlen(type) <= LEDGER_EVENT_TYPE_MAX);
+    uint64_t next = 1;
+    int rc = meta_get_u64(store, txn, STORE_META_OUTBOX_NEXT, &next);
+    if (rc == QC_ENOTFOUND)
+        next = 1;
+    else if (rc != 0)
+        return rc;
+    Qcledger__OutboxEvent ev = QCLEDGER__OUTBOX_EVENT__INIT;
+    ev.seq = next;
+    ev.shard = shard;
+    ev.type = (char *)type;
+    ev.txn_id = bin(txn_id, txn_id != NULL ? LEDGER_TXN_ID_SIZE : 0);
+    ev.time_ms = time_ms;
+    ev.payload = bin(payload, payload_len);
+    uint8_t key[STORE_SEQ_KEY_SIZE];
+    be64_put(key, next);
+    if ((rc = store_put_msg(store, txn, DBI_OUTBOX, key, sizeof key, &ev.base, MDB_APPEND)) != 0)
+        return rc;
+    if ((rc = meta_put_u64(store, txn, STORE_META_OUTBOX_NEXT, next + 1)) != 0)
+        return rc;
+    if (seq != NULL)
+        *seq = next;
+    return 0;
+}
+
+int ledger_store_outbox_depth(ledger_store_t *store, MDB_txn *txn, uint64_t *depth)
+{
+    assert(store != NULL && txn != NULL && depth != NULL);
+    MDB_stat st;
+    int rc = mdb_stat(txn, store->dbi[DBI_OUTBOX], &st);
+    if (rc != 0)
+        return store_err("stat", rc);
+    *depth = st.ms_entries;
+    return 0;
+}
+
+void ledger_store_outbox_read_free(Qcledger__OutboxReadReply *reply)
+{
+    if (reply == NULL || reply->events == NULL)
+        return;
+    for (size_t i = 0; i < reply->n_events; i++)
+        protobuf_c_message_free_unpacked(&reply->events[i]->base, NULL);
+    free(reply->events);
+    reply->events = NULL;
+    reply->n_events = 0;
+}
+
+int ledger_store_outbox_read(ledger_store_t *store, MDB_txn *txn, uint64_t after_seq, size_t max,
+                             Qcledger__OutboxReadReply *reply)
+{
+    assert(store != NULL && txn != NULL && reply != NULL);
+    qcledger__outbox_read_reply__init(reply);
+    if (max == 0)
+        return 0;
+    reply->events = calloc(max, sizeof *reply->events);
+    if (reply->events == NULL)
+        return QC_ENOMEM;
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[DBI_OUTBOX], &cur);
+    if (rc != 0) {
+        free(reply->events);
+        reply->events = NULL;
+        return store_err("cursor_open", rc);
+    }
+    uint8_t key[STORE_SEQ_KEY_SIZE];
+    be64_put(key, after_seq + 1);
+    MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
+    int op = MDB_SET_RANGE;
+    while (reply->n_events < max && (rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        Qcledger__OutboxEvent *ev = qcledger__outbox_event__unpack(NULL, v.mv_size, v.mv_data);
+        if (ev == NULL) {
+            rc = QC_EDECODE;
+            break;
+        }
+        reply->events[reply->n_events++] = ev;
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+    else if (rc > 0)
+        rc = store_err("outbox_read", rc);
+    if (rc != 0)
+        ledger_store_outbox_read_free(reply);
+    return rc;
+}
+
+int ledger_store_outbox_ack(ledger_store_t *store, MDB_txn *txn, uint64_t upto_seq)
+{
+    assert(store != NULL && txn != NULL);
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[DBI_OUTBOX], &cur);
+    if (rc != 0)
+        return store_err("cursor_open", rc);
+    MDB_val k, v;
+    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
+        if (k.mv_size != STORE_SEQ_KEY_SIZE || be64_get(k.mv_data) > upto_seq)
+            break;
+        if ((rc = mdb_cursor_del(cur, 0)) != 0)
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (rc == 0 || rc == MDB_NOTFOUND)
+        return 0;
+    return store_err("outbox_ack", rc);
+}
+
+/* ------------------------------------------------------------ iteration */
+
+/* Walks database dbi, calling visit(arg, fn_arg, key, value) for each entry. */
+typedef int(store_visit_fn)(void *fn, void *arg, const MDB_val *k, const MDB_val *v);
+
+static int store_walk(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi,
+                      store_visit_fn *visit, void *fn, void *arg)
+{
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[dbi], &cur);
+    if (rc != 0)
+        return store_err("cursor_open", rc);
+    MDB_val k, v;
+    int op = MDB_FIRST;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        if ((rc = visit(fn, arg, &k, &v)) != 0)
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc > 0)
+        return store_err("walk", rc);
+    return rc;
+}
+
+static int visit_account(void *fn, void *arg, const MDB_val *k, const MDB_val *v)
+{
+    (void)k;
+    Qcledger__Account *m = qcledger__account__unpack(NULL, v->mv_size, v->mv_data);
+    if (m == NULL)
+        return QC_EDECODE;
+    ledger_account_t a;
+    int rc = ledger_store_account_from_msg(m, &a);
+    qcledger__account__free_unpacked(m, NULL);
+    return rc != 0 ? rc : ((ledger_store_account_fn *)fn)(arg, &a);
+}
+
+static int visit_device(void *fn, void *arg, const MDB_val *k, const MDB_val *v)
+{
+    (void)k;
+    Qcledger__Device *m = qcledger__device__unpack(NULL, v->mv_size, v->mv_data);
+    if (m == NULL)
+        return QC_EDECODE;
+    ledger_device_t *d = malloc(sizeof *d);
+    if (d == NULL) {
+        qcledger__device__free_unpacked(m, NULL);
+        return QC_ENOMEM;
+    }
+    int rc = ledger_store_device_from_msg(m, d);
+    qcledger__device__free_unpacked(m, NULL);
+    if (rc == 0)
+        rc = ((ledger_store_device_fn *)fn)(arg, d);
+    free(d);
+    return rc;
+}
+
+static int visit_load(void *fn, void *arg, const MDB_val *k, const MDB_val *v)
+{
+    (void)k;
+    Qcledger__Load *m = qcledger__load__unpack(NULL, v->mv_size, v->mv_data);
+    if (m == NULL)
+        return QC_EDECODE;
+    ledger_load_t *l = malloc(sizeof *l);
+    if (l == NULL) {
+        qcledger__load__free_unpacked(m, NULL);
+        return QC_ENOMEM;
+    }
+    int rc = ledger_store_load_from_msg(m, l);
+    qcledger__load__free_unpacked(m, NULL);
+    if (rc == 0)
+        rc = ((ledger_store_load_fn *)fn)(arg, l);
+    free(l);
+    return rc;
+}
+
+static int visit_transfer(void *fn, void *arg, const MDB_val *k, const MDB_val *v)
+{
+    (void)k;
+    Qcledger__Transfer *m = qcledger__transfer__unpack(NULL, v->mv_size, v->mv_data);
+    if (m == NULL)
+        return QC_EDECODE;
+    ledger_transfer_t t;
+    int rc = transfer_from_msg(m, &t);
+    qcledger__transfer__free_unpacked(m, NULL);
+    return rc != 0 ? rc : ((ledger_store_transfer_fn *)fn)(arg, &t);
+}
+
+static int visit_deadline(void *fn, void *arg, const MDB_val *k, const MDB_val *v)
+{
+    (void)v;
+    if (k->mv_size != STORE_DEADLINE_KEY_SIZE)
+        return QC_EDECODE;
+    return ((ledger_store_deadline_fn *)fn)(arg, be64_get(k->mv_data),
+                                            (const uint8_t *)k->mv_data + 8);
+}
+
+/* Function pointers travel as void * through store_walk(); POSIX guarantees the round trip. */
+int ledger_store_each_account(ledger_store_t *store, MDB_txn *txn, ledger_store_account_fn *fn,
+                              void *arg)
+{
+    return store_walk(store, txn, DBI_ACCOUNTS, visit_account, (void *)fn, arg);
+}
+
+int ledger_store_each_device(ledger_store_t *store, MDB_txn *txn, ledger_store_device_fn *fn,
+                             void *arg)
+{
+    return store_walk(store, txn, DBI_DEVICES, visit_device, (void *)fn, arg);
+}
+
+int ledger_store_each_load(ledger_store_t *store, MDB_txn *txn, ledger_store_load_fn *fn, void *arg)
+{
+    return store_walk(store, txn, DBI_LOADS, visit_load, (void *)fn, arg);
+}
+
+int ledger_store_each_transfer(ledger_store_t *store, MDB_txn *txn, ledger_store_transfer_fn *fn,
+                               void *arg)
+{
+    return store_walk(store, txn, DBI_TRANSFERS, visit_transfer, (void *)fn, arg);
+}
+
+int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn, ledger_store_deadline_fn *fn,
+                               void *arg)
+{
+    return store_walk(store, txn, DBI_DEADLINES, visit_deadline, (void *)fn, arg);
+}
+
+/* ------------------------------------------------------------ hygiene */
+
+bool ledger_store_nearly_full(ledger_store_t *store, uint64_t *used_bytes, uint64_t *map_bytes)
+{
+    assert(store != NULL);
+    MDB_envinfo info;
+    MDB_stat st;
+    if (mdb_env_info(store->env, &info) != 0 || mdb_env_stat(store->env, &st) != 0)
+        return true; /* cannot tell: be safe */
+    uint64_t used = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+    uint64_t map = info.me_mapsize;
+    if (used_bytes != NULL)
+        *used_bytes = used;
+    if (map_bytes != NULL)
+        *map_bytes = map;
+    return used * 100 > map * LEDGER_MAP_USED_PCT_MAX;
+}
+
+int ledger_store_reader_check(ledger_store_t *store, int *dead)
+{
+    assert(store != NULL);
+    int n = 0;
+    int rc = mdb_reader_check(store->env, &n);
+    if (rc != 0)
+        return store_err("reader_check", rc);
+    if (n > 0)
+        ops_logf(OPS_LOG_WARN, "ledger.stale_readers", "cleared %d reader slots", n);
+    if (dead != NULL)
+        *dead = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------ names */
+
+const char *ledger_load_state_name(Quancun__LoadState state)
+{
+    switch (state) {
+    case QUANCUN__LOAD_STATE__LOAD_RESERVED:
+        return "RESERVED";
+    case QUANCUN__LOAD_STATE__LOAD_CONFIRMED:
+        return "CONFIRMED";
+    case QUANCUN__LOAD_STATE__LOAD_COMPENSATED:
+        return "COMPENSATED";
+    case QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED:
+        return "LATE_CONFIRMED";
+    default:
+        return "NONE";
+    }
+}
+
+const char *ledger_transfer_kind_name(Qcledger__TransferKind kind)
+{
+    switch (kind) {
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_DEPOSIT:
+        return "deposit";
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_RESERVE:
+        return "reserve";
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_CONFIRM:
+        return "confirm";
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_COMPENSATE:
+        return "compensate";
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_LATE_CONFIRM:
+        return "late_confirm";
+    default:
+        return "none";
+    }
+}

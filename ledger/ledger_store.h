@@ -1,0 +1,218 @@
+/* ledger_store.h - the ledger's LMDB environment: databases, records and their encoding.
+ *
+ * One environment per shard, in one directory. Records are stored as protobuf messages of
+ * proto/ledger.proto and handled in memory as the plain structs below, so callers never
+ * own protobuf-c allocations. Every function that touches data takes the LMDB transaction
+ * it works in; the store never begins or commits one behind the caller's back, so a caller
+ * can group many changes (the group commit) or nest one per request (mdb_txn_begin with a
+ * parent) and abort it to undo a refused request.
+ *
+ * Databases:
+ *   accounts   account id            -> Account
+ *   devices    device id             -> Device
+ *   loads      txn id (16)           -> Load
+ *   deadlines  deadline_ms (8, BE) || txn id (16) -> empty; exactly the RESERVED loads
+ *   transfers  txn id (16) || kind (1) -> Transfer; one transfer of each kind per txn
+ *   outbox     seq (8, BE)           -> OutboxEvent
+ *   meta       name                  -> value (shard identity, next outbox sequence)
+ *
+ * The environment is opened without MDB_NOSYNC: a commit returns once it is on disk. */
+#ifndef LEDGER_STORE_H
+#define LEDGER_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lmdb.h>
+
+#include "ledger.pb-c.h"
+#include "proto_cert.h"
+#include "proto_decode.h"
+#include "proto_envelope.h"
+
+#define LEDGER_ID_MAX PROTO_ACCOUNT_ID_MAX       /* bytes of an account id */
+#define LEDGER_DEVICE_ID_MAX PROTO_DEVICE_ID_MAX /* bytes of a device id */
+#define LEDGER_TXN_ID_SIZE PROTO_TXN_ID_SIZE     /* bytes of a txn id */
+#define LEDGER_CERT_MAX PROTO_CERT_MAX           /* bytes of a device certificate */
+#define LEDGER_SIGNED_MAX (PROTO_BODY_MAX + PROTO_CERT_MAX + 1024) /* one signed envelope */
+#define LEDGER_REASON_MAX (PROTO_REASON_MAX + 64)                  /* a compensation reason */
+#define LEDGER_EVENT_TYPE_MAX 48             /* "security.bad_report_signature" */
+#define LEDGER_MAP_SIZE_DEFAULT (1ull << 30) /* 1 GiB */
+#define LEDGER_MAP_SIZE_MIN (1ull << 20)     /* 1 MiB, for tests of a full map */
+#define LEDGER_MAP_USED_PCT_MAX 90           /* growth is refused above this share of the map */
+#define LEDGER_READERS_MAX 126
+
+typedef struct ledger_store ledger_store_t;
+
+typedef struct ledger_account {
+    char id[LEDGER_ID_MAX + 1];
+    uint32_t currency;
+    int64_t balance;
+    Qcledger__AccountStatus status;
+    Qcledger__AccountKind kind;
+    int64_t load_min; /* 0 = 1 */
+    int64_t load_max; /* 0 = no limit */
+    int64_t daily_max;
+    uint64_t day;
+    int64_t day_total;
+    bool overdrawn;
+    uint64_t created_ms;
+} ledger_account_t;
+
+typedef struct ledger_device {
+    char id[LEDGER_DEVICE_ID_MAX + 1];
+    char account_id[LEDGER_ID_MAX + 1];
+    uint8_t cert[LEDGER_CERT_MAX];
+    size_t cert_len;
+    uint8_t cert_fp[PROTO_DIGEST_SIZE];
+    Qcledger__DeviceStatus status;
+    uint64_t counter;
+    bool has_reserved;
+    uint8_t reserved_txn[LEDGER_TXN_ID_SIZE];
+    bool has_last;
+    uint8_t last_txn[LEDGER_TXN_ID_SIZE];
+    int64_t wallet_cap; /* 0 = no cap */
+    uint64_t created_ms;
+} ledger_device_t;
+
+typedef struct ledger_load {
+    uint8_t txn_id[LEDGER_TXN_ID_SIZE];
+    Quancun__LoadState state;
+    int64_t amount;
+    uint32_t currency;
+    char device_id[LEDGER_DEVICE_ID_MAX + 1];
+    char account_id[LEDGER_ID_MAX + 1];
+    uint64_t counter;
+    uint64_t deadline_ms;
+    char reason[LEDGER_REASON_MAX + 1];
+    uint8_t request[LEDGER_SIGNED_MAX];
+    size_t request_len;
+    uint8_t allow[LEDGER_SIGNED_MAX];
+    size_t allow_len;
+    uint8_t report[LEDGER_SIGNED_MAX];
+    size_t report_len;
+    uint64_t created_ms;
+    uint64_t updated_ms;
+    bool flagged;
+} ledger_load_t;
+
+typedef struct ledger_transfer {
+    uint8_t txn_id[LEDGER_TXN_ID_SIZE];
+    Qcledger__TransferKind kind;
+    char debit[LEDGER_ID_MAX + 1];
+    char credit[LEDGER_ID_MAX + 1];
+    int64_t amount;
+    uint32_t currency;
+    uint64_t time_ms;
+} ledger_transfer_t;
+
+/* Opens (creating when absent) the environment in directory dir (which must exist) with a
+ * map of map_size bytes, opens every database, and clears stale reader slots left by dead
+ * processes (mdb_reader_check). Returns 0 and sets *out, or QC_EINVAL (map_size below
+ * LEDGER_MAP_SIZE_MIN), QC_EIO (LMDB refused: the message is logged), QC_ENOMEM. */
+int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out);
+
+/* Closes the environment, frees store, nulls *store_p; accepts NULL. No transaction may be
+ * open. */
+void ledger_store_close(ledger_store_t **store_p);
+
+/* Records (or, on later opens, checks) the shard identity this environment belongs to, so
+ * a data directory cannot be served as another shard. Commits its own transaction.
+ * Returns 0, QC_ECONFIG when the stored identity differs, QC_EIO. */
+int ledger_store_bind_shard(ledger_store_t *store, uint32_t shard, uint32_t shard_count);
+
+/* Begins a transaction: a read-only one (write false, parent NULL), a top-level write one
+ * (parent NULL), or a nested write one inside parent. Returns 0, QC_EIO or QC_EBUSY. */
+int ledger_store_txn_begin(ledger_store_t *store, MDB_txn *parent, bool write, MDB_txn **out);
+/* Commits txn (durably, for a top-level write txn). Returns 0, QC_EFULL (map full),
+ * QC_EIO. txn is gone either way. */
+int ledger_store_txn_commit(MDB_txn *txn);
+void ledger_store_txn_abort(MDB_txn *txn);
+
+/* Record access. get: 0, QC_ENOTFOUND, QC_EDECODE (a corrupt record), QC_EIO.
+ * put: 0, QC_EFULL, QC_EIO. */
+int ledger_store_account_get(ledger_store_t *store, MDB_txn *txn, const char *id,
+                             ledger_account_t *out);
+int ledger_store_account_put(ledger_store_t *store, MDB_txn *txn, const ledger_account_t *acct);
+int ledger_store_device_get(ledger_store_t *store, MDB_txn *txn, const char *id,
+                            ledger_device_t *out);
+int ledger_store_device_put(ledger_store_t *store, MDB_txn *txn, const ledger_device_t *dev);
+int ledger_store_load_get(ledger_store_t *store, MDB_txn *txn,
+                          const uint8_t txn_id[LEDGER_TXN_ID_SIZE], ledger_load_t *out);
+int ledger_store_load_put(ledger_store_t *store, MDB_txn *txn, const ledger_load_t *load);
+
+/* Transfers are immutable: add returns QC_EEXIST when (txn id, kind) is already there. */
+int ledger_store_transfer_add(ledger_store_t *store, MDB_txn *txn, const ledger_transfer_t *t);
+int ledger_store_transfer_get(ledger_store_t *store, MDB_txn *txn,
+                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE], Qcledger__TransferKind kind,
+                              ledger_transfer_t *out);
+
+/* The deadline index of RESERVED loads. del of an absent entry returns QC_ENOTFOUND.
+ * first: the earliest entry, or QC_ENOTFOUND when there is none. */
+int ledger_store_deadline_add(ledger_store_t *store, MDB_txn *txn, uint64_t deadline_ms,
+                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
+int ledger_store_deadline_del(ledger_store_t *store, MDB_txn *txn, uint64_t deadline_ms,
+                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
+int ledger_store_deadline_first(ledger_store_t *store, MDB_txn *txn, uint64_t *deadline_ms,
+                                uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
+
+/* Appends an audit event with the next per-shard sequence (set in *seq when seq is not
+ * NULL). txn_id may be NULL. Returns 0, QC_EFULL, QC_EIO. */
+int ledger_store_outbox_append(ledger_store_t *store, MDB_txn *txn, uint32_t shard,
+                               const char *type, const uint8_t *txn_id, uint64_t time_ms,
+                               const uint8_t *payload, size_t payload_len, uint64_t *seq);
+/* Events waiting for the relay. */
+int ledger_store_outbox_depth(ledger_store_t *store, MDB_txn *txn, uint64_t *depth);
+/* Up to max events with seq > after_seq, in order, into reply->events (malloc'd; free
+ * with ledger_store_outbox_read_free()). Returns 0, QC_ENOMEM, QC_EIO, QC_EDECODE. */
+int ledger_store_outbox_read(ledger_store_t *store, MDB_txn *txn, uint64_t after_seq, size_t max,
+                             Qcledger__OutboxReadReply *reply);
+void ledger_store_outbox_read_free(Qcledger__OutboxReadReply *reply);
+/* Deletes every event with seq <= upto_seq (the relay delivered them). */
+int ledger_store_outbox_ack(ledger_store_t *store, MDB_txn *txn, uint64_t upto_seq);
+
+/* Iteration for the invariant check: fn is called for every record, in key order, and may
+ * stop the walk by returning non-zero (which is returned). */
+typedef int(ledger_store_account_fn)(void *arg, const ledger_account_t *acct);
+typedef int(ledger_store_load_fn)(void *arg, const ledger_load_t *load);
+typedef int(ledger_store_transfer_fn)(void *arg, const ledger_transfer_t *t);
+typedef int(ledger_store_device_fn)(void *arg, const ledger_device_t *dev);
+typedef int(ledger_store_deadline_fn)(void *arg, uint64_t deadline_ms, const uint8_t *txn_id);
+int ledger_store_each_account(ledger_store_t *store, MDB_txn *txn, ledger_store_account_fn *fn,
+                              void *arg);
+int ledger_store_each_load(ledger_store_t *store, MDB_txn *txn, ledger_store_load_fn *fn,
+                           void *arg);
+int ledger_store_each_transfer(ledger_store_t *store, MDB_txn *txn, ledger_store_transfer_fn *fn,
+                               void *arg);
+int ledger_store_each_device(ledger_store_t *store, MDB_txn *txn, ledger_store_device_fn *fn,
+                             void *arg);
+int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn, ledger_store_deadline_fn *fn,
+                               void *arg);
+
+/* True when the map is more than LEDGER_MAP_USED_PCT_MAX percent used: callers refuse
+ * growth (new loads, accounts, deposits) with QC_EFULL while releases still fit. Sets
+ * *used_bytes and *map_bytes when not NULL. */
+bool ledger_store_nearly_full(ledger_store_t *store, uint64_t *used_bytes, uint64_t *map_bytes);
+
+/* Clears reader slots of dead processes; *dead (may be NULL) gets their number.
+ * Returns 0 or QC_EIO. */
+int ledger_store_reader_check(ledger_store_t *store, int *dead);
+
+/* Record <-> protobuf views: the message points into the struct (no allocation), valid
+ * while the struct lives and is unchanged. For packing RPC replies. */
+void ledger_store_account_view(const ledger_account_t *acct, Qcledger__Account *msg);
+void ledger_store_device_view(const ledger_device_t *dev, Qcledger__Device *msg);
+void ledger_store_load_view(const ledger_load_t *load, Qcledger__Load *msg);
+
+/* Copies a decoded protobuf record into a struct, checking every length.
+ * Returns 0 or QC_EDECODE. For qcctl and the gateway side of the RPC. */
+int ledger_store_account_from_msg(const Qcledger__Account *msg, ledger_account_t *out);
+int ledger_store_device_from_msg(const Qcledger__Device *msg, ledger_device_t *out);
+int ledger_store_load_from_msg(const Qcledger__Load *msg, ledger_load_t *out);
+
+/* Text names, for logs and the CLI. */
+const char *ledger_load_state_name(Quancun__LoadState state);
+const char *ledger_transfer_kind_name(Qcledger__TransferKind kind);
+
+#endif
