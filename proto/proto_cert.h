@@ -26,12 +26,13 @@ int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path, proto_tru
 void proto_trust_destroy(proto_trust_t **trust_p);
 
 /* Verifies a DER certificate at time now: chain to a trusted CA, validity period,
- * revocation, key usage (digitalSignature), a P-256 key, a commonName of at most
- * PROTO_DEVICE_ID_MAX bytes. On success copies the commonName into device_id (NUL
- * terminated, capacity PROTO_DEVICE_ID_MAX + 1) and, when pub is not NULL, sets *pub to a
- * new reference to the certificate's public key (the caller frees it with EVP_PKEY_free).
- * Returns 0, QC_ETOOBIG, QC_EDECODE, QC_ECERTCA, QC_ECERTEXPIRED, QC_ECERTNOTYET,
- * QC_ECERTREVOKED, QC_ECERTUSAGE, QC_ECERT (anything else). */
+ * revocation, key usage (a keyUsage extension that includes digitalSignature), a P-256
+ * key, exactly one commonName of 1..PROTO_DEVICE_ID_MAX visible ASCII bytes. On success
+ * copies the commonName into device_id (NUL terminated, capacity PROTO_DEVICE_ID_MAX + 1)
+ * and, when pub is not NULL, sets *pub to a new reference to the certificate's public key
+ * (the caller frees it with EVP_PKEY_free). Returns 0, QC_ETOOBIG, QC_EDECODE, QC_ECERTCA,
+ * QC_ECERTEXPIRED, QC_ECERTNOTYET, QC_ECERTREVOKED, QC_ECERTUSAGE, QC_ECERT (anything
+ * else). */
 int proto_cert_verify(const proto_trust_t *trust, const uint8_t *der, size_t der_len, time_t now,
                       char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub);
 

@@ -4,7 +4,15 @@
  * protobuf-c, then checks that every field the protocol needs is present and well-formed
  * (proto3 has no required fields: a zero amount or an empty txn id is a refusal here).
  * On any error nothing is returned and nothing leaks. A message returned in *out is freed
- * by the caller with the matching quancun__*__free_unpacked(msg, NULL). */
+ * by the caller with the matching quancun__*__free_unpacked(msg, NULL).
+ *
+ * Input must be canonically encoded, as protobuf-c packs it: the parsed message must
+ * re-measure to exactly len bytes. That refuses (QC_EDECODE) strings with an embedded NUL,
+ * which protobuf-c would silently cut short, repeated fields and non-minimal varints.
+ * Unknown fields are kept and allowed. Ids (device, account) and methods must be visible
+ * ASCII without spaces (0x21..0x7e); an absent field is QC_EMISSING, a zero or negative
+ * amount or balance QC_EAMOUNT, a wrong size or value QC_EDECODE, text over its limit
+ * QC_ETOOBIG. */
 #ifndef PROTO_DECODE_H
 #define PROTO_DECODE_H
 

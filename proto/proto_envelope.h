@@ -75,7 +75,8 @@ typedef struct proto_envelope proto_envelope_t;
 int proto_envelope_open(const uint8_t *bytes, size_t len, proto_envelope_t **out);
 
 /* Verifies env as a signature of type by key: the envelope's key id must equal key's id
- * (else QC_EKEYID), then the ECDSA signature must verify (else QC_EBADSIG).
+ * (else QC_EKEYID), key must be P-256 (else QC_EALG), then the signature must be strict
+ * DER and verify (else QC_EBADSIG).
  * Returns 0 only when the body may be believed. */
 int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type, EVP_PKEY *key);
 
