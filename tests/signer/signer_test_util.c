@@ -87,3 +87,81 @@ void signer_test_hsm_cleanup(signer_test_hsm_t *hsm)
     signer_test_run(argv);
     hsm->dir[0] = '\0';
 }
+
+/* ---------------------------------------------------------------- child processes */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <time.h>
+
+#define SIGNER_TEST_POLL_NS 10000000L /* 10 ms between looks at a child */
+#define SIGNER_TEST_KILL_GRACE_MS 5000
+#define SIGNER_TEST_READ_MAX (4 * 1024 * 1024)
+
+pid_t signer_test_spawn(char *const argv[], const char *log_path)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd < 0)
+        _exit(126);
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+    execv(argv[0], argv);
+    _exit(127);
+}
+
+int signer_test_wait(pid_t pid, int timeout_ms)
+{
+    if (pid <= 0)
+        return -1;
+    struct timespec nap = {0, SIGNER_TEST_POLL_NS};
+    for (int waited = 0;; waited += 10) {
+        int status = 0;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) {
+            if (WIFEXITED(status))
+                return WEXITSTATUS(status);
+            return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
+        }
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (waited >= timeout_ms)
+            return -1;
+        nanosleep(&nap, NULL);
+    }
+}
+
+int signer_test_stop(pid_t pid, int sig)
+{
+    if (pid <= 0)
+        return -1;
+    kill(pid, sig);
+    int status = signer_test_wait(pid, SIGNER_TEST_KILL_GRACE_MS);
+    if (status < 0) {
+        kill(pid, SIGKILL);
+        status = signer_test_wait(pid, SIGNER_TEST_KILL_GRACE_MS);
+    }
+    return status;
+}
+
+bool signer_test_file_contains(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    char *buf = malloc(SIGNER_TEST_READ_MAX + 1);
+    size_t n = buf != NULL ? fread(buf, 1, SIGNER_TEST_READ_MAX, f) : 0;
+    fclose(f);
+    if (buf == NULL)
+        return false;
+    buf[n] = '\0';
+    bool found = strstr(buf, needle) != NULL;
+    free(buf);
+    return found;
+}

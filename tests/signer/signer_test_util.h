@@ -32,3 +32,25 @@ int signer_test_run(char *const argv[]);
 const char *signer_test_module(void);
 
 #endif
+
+/* ---------------------------------------------------------------- child processes */
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#define SIGNER_TEST_ARGS_MAX 48
+
+/* Starts argv (NULL terminated) with stdout and stderr appended to log_path.
+ * Returns the pid, or -1. */
+pid_t signer_test_spawn(char *const argv[], const char *log_path);
+
+/* Waits up to timeout_ms for pid to exit. Returns its exit status (128 + signal when it was
+ * killed), or -1 when it is still running at the deadline. */
+int signer_test_wait(pid_t pid, int timeout_ms);
+
+/* Sends sig to pid and reaps it (SIGKILL after 5 s if sig did not end it). Returns the
+ * status as signer_test_wait() does. Accepts pid <= 0 (returns -1). */
+int signer_test_stop(pid_t pid, int sig);
+
+/* True when the file at path contains needle. */
+bool signer_test_file_contains(const char *path, const char *needle);
