@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <zmq.h>
 
@@ -13,13 +14,15 @@
 
 #define ECHO_POLL_MS 200
 #define ECHO_STATS_MAX 256
+#define ECHO_SLOW_MAX_MS 3000 /* the longest "slow" sleep */
 
 static void usage(FILE *to)
 {
     fprintf(to, "usage: rpc_echo_server --endpoint E --keys PATH (--allow PATH | --allow-any)\n"
                 "                       [--service NAME] [--name INSTANCE] [--stall]\n"
                 "Methods: echo (body back), peer (the caller's CURVE key), whoami (--name),\n"
-                "stats (the server's drop counters), stall (no reply when --stall).\n");
+                "stats (the server's drop counters), stall (no reply when --stall),\n"
+                "slow (sleeps body milliseconds, at most 3000, then echoes).\n");
 }
 
 static uint64_t counter_value(const char *name, const char *service)
@@ -95,6 +98,13 @@ int main(int argc, char **argv)
             rc = proto_rpc_server_reply(srv, req, 0, "ok", (const uint8_t *)name, strlen(name));
         } else if (strcmp(req->method, "stall") == 0) {
             rc = stall ? 0 : proto_rpc_server_reply(srv, req, 0, "ok", req->body, req->body_len);
+        } else if (strcmp(req->method, "slow") == 0) {
+            char ms[16] = "";
+            memcpy(ms, req->body, req->body_len < sizeof ms - 1 ? req->body_len : sizeof ms - 1);
+            long wait = strtol(ms, NULL, 10);
+            if (wait > 0 && wait <= ECHO_SLOW_MAX_MS)
+                usleep((useconds_t)wait * 1000);
+            rc = proto_rpc_server_reply(srv, req, 0, "ok", req->body, req->body_len);
         } else if (strcmp(req->method, "stats") == 0) {
             char text[ECHO_STATS_MAX];
             int n =

@@ -23,6 +23,7 @@
 #include <zmq.h>
 
 #include "ops_log.h"
+#include "ops_metrics.h"
 #include "ops_signal.h"
 #include "ops_time.h"
 #include "proto_rpc.h"
@@ -380,6 +381,13 @@ static void one_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
     }
 }
 
+/* Like one_done, with the outcome's destination in the call's tag. */
+static void tag_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
+{
+    (void)arg;
+    one_done(tag, NULL, code, reply);
+}
+
 /* Sends a "stall" call, kills the stalling server while the call is in flight and starts a
  * server that answers on the same port; returns the call's outcome. */
 static async_one_t kill_mid_call(fixture_t *f, int port, int flags, int timeout_ms)
@@ -579,18 +587,161 @@ static void test_garbage_frame(void **state)
     /* An Rpc without a method is malformed too. */
     const uint8_t no_method[] = {0x08, 0x01};
     assert_int_equal(zmq_send(raw, no_method, sizeof no_method, 0), (int)sizeof no_method);
+    /* A well-formed call whose deadline has passed is dropped and counted as expired. */
+    Quancun__Rpc m = QUANCUN__RPC__INIT;
+    m.request_id = 9;
+    m.method = "echo";
+    m.deadline_ms = ops_time_wall_ms() - 1000;
+    uint8_t packed[64];
+    size_t packed_len = quancun__rpc__get_packed_size(&m);
+    assert_true(packed_len <= sizeof packed);
+    quancun__rpc__pack(&m, packed);
+    assert_int_equal(zmq_send(raw, packed, packed_len, 0), (int)packed_len);
     uint64_t end = ops_time_mono_ms() + T_LOG_WAIT_MS;
     while (ops_time_mono_ms() < end) {
         assert_int_equal(call_text(cli, "stats", NULL, T_CALL_MS, 0, out, sizeof out), 0);
-        if (strstr(out, "malformed=2") != NULL)
+        if (strstr(out, "malformed=2") != NULL && strstr(out, "expired=1") != NULL)
             break;
         usleep(20 * 1000);
     }
     assert_non_null(strstr(out, "malformed=2"));
+    assert_non_null(strstr(out, "expired=1"));
     zmq_pollitem_t item = {raw, 0, ZMQ_POLLIN, 0};
     assert_int_equal(zmq_poll(&item, 1, 0), 0);
     assert_int_equal(call_text(cli, "echo", "still", T_CALL_MS, 0, out, sizeof out), 0);
     assert_string_equal(out, "still");
+}
+
+static uint64_t client_counter(const char *name)
+{
+    char full[OPS_METRICS_NAME_MAX];
+    snprintf(full, sizeof full, "%s{service=\"echo\"}", name);
+    return ops_counter_value(ops_counter(full, ""));
+}
+
+/* 9. A retry on an endpoint that is alive but slow: the first reply completes the call, the
+ * second (to the resend) is late and is dropped and counted. */
+static void test_late_reply_dropped(void **state)
+{
+    fixture_t *f = *state;
+    spawn_server(f, 17111, "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17111", NULL, &f->client);
+    wait_ready(cli);
+    uint64_t late_before = client_counter("qc_rpc_client_late_replies_total");
+    uint64_t retries_before = client_counter("qc_rpc_client_retries_total");
+    async_one_t quick = {0}, slow = {0};
+    uint64_t id_quick, id_slow;
+    /* The quick call is answered first, which proves the endpoint alive when the slow call's
+     * attempt (3000 / 4 = 750 ms) times out, so the socket is kept and the call resent. */
+    assert_int_equal(proto_rpc_client_send(cli, "echo", (const uint8_t *)"q", 1, 3000,
+                                           PROTO_RPC_IDEMPOTENT, &quick, &id_quick),
+                     0);
+    assert_int_equal(proto_rpc_client_send(cli, "slow", (const uint8_t *)"1000", 4, 3000,
+                                           PROTO_RPC_IDEMPOTENT, &slow, &id_slow),
+                     0);
+    assert_true(id_quick != id_slow);
+    uint64_t end = ops_time_mono_ms() + 5000;
+    while (!(quick.done && slow.done) && ops_time_mono_ms() < end) {
+        zmq_pollitem_t items[PROTO_RPC_ENDPOINTS_MAX];
+        int n = proto_rpc_client_pollitems(cli, items, PROTO_RPC_ENDPOINTS_MAX);
+        zmq_poll(items, n, 20);
+        proto_rpc_client_process(cli, tag_done, NULL);
+    }
+    assert_true(quick.done && slow.done);
+    assert_int_equal(quick.code, 0);
+    assert_string_equal(quick.body, "q");
+    assert_int_equal(slow.code, 0);
+    assert_string_equal(slow.body, "1000");
+    assert_true(client_counter("qc_rpc_client_retries_total") > retries_before);
+    /* The resend's reply arrives about a second after the first one. */
+    end = ops_time_mono_ms() + 3000;
+    while (client_counter("qc_rpc_client_late_replies_total") == late_before &&
+           ops_time_mono_ms() < end)
+        pump(cli, tag_done, NULL, 50, NULL);
+    assert_int_equal(client_counter("qc_rpc_client_late_replies_total"), late_before + 1);
+    assert_int_equal(proto_rpc_client_inflight(cli), 0);
+}
+
+typedef struct shared_case {
+    proto_rpc_client_t *cli;
+    async_one_t out;
+    int want;
+} shared_case_t;
+
+/* 10. Three servers in one zmq context share one ZAP handler; each keeps its allow-list. */
+static void test_shared_context(void **state)
+{
+    fixture_t *f = *state;
+    char allow_stranger[T_PATH_MAX];
+    path_in(f, "allow-stranger", allow_stranger);
+    char text[128];
+    snprintf(text, sizeof text, "%s\n", f->stranger.public_z85);
+    write_text(allow_stranger, text);
+    proto_rpc_server_config_t c1 = {.service = "alpha",
+                                    .endpoint = "tcp://127.0.0.1:17112",
+                                    .keys = &f->server,
+                                    .allow_path = f->allow};
+    proto_rpc_server_config_t c2 = {.service = "beta",
+                                    .endpoint = "tcp://127.0.0.1:17113",
+                                    .keys = &f->server,
+                                    .allow_path = allow_stranger};
+    proto_rpc_server_config_t c3 = {.service = "alpha",
+                                    .endpoint = "tcp://127.0.0.1:17114",
+                                    .keys = &f->server,
+                                    .allow_any = true};
+    proto_rpc_server_t *srv[3] = {NULL, NULL, NULL};
+    assert_int_equal(proto_rpc_server_new(f->ctx, &c1, &srv[0]), 0);
+    assert_int_equal(proto_rpc_server_new(f->ctx, &c2, &srv[1]), 0);
+    assert_int_equal(proto_rpc_server_new(f->ctx, &c3, &srv[2]), 0);
+    /* A second bind of the same address fails; the handler keeps serving the others. */
+    proto_rpc_server_t *dup = NULL;
+    assert_int_equal(proto_rpc_server_new(f->ctx, &c1, &dup), QC_EIO);
+    assert_null(dup);
+    shared_case_t cases[] = {
+        {client_new(f, "tcp://127.0.0.1:17112", NULL, &f->client), {0}, 0},
+        {client_new(f, "tcp://127.0.0.1:17112", NULL, &f->stranger), {0}, QC_ETIMEOUT},
+        {client_new(f, "tcp://127.0.0.1:17113", NULL, &f->stranger), {0}, 0},
+        {client_new(f, "tcp://127.0.0.1:17113", NULL, &f->client), {0}, QC_ETIMEOUT},
+        {client_new(f, "tcp://127.0.0.1:17114", NULL, &f->stranger), {0}, 0},
+    };
+    size_t ncases = sizeof cases / sizeof cases[0];
+    for (size_t i = 0; i < ncases; i++) {
+        uint64_t id;
+        assert_int_equal(proto_rpc_client_send(cases[i].cli, "echo", (const uint8_t *)"s", 1, 1500,
+                                               PROTO_RPC_IDEMPOTENT, NULL, &id),
+                         0);
+    }
+    uint64_t end = ops_time_mono_ms() + 4000;
+    size_t done = 0;
+    while (done < ncases && ops_time_mono_ms() < end) {
+        for (int s = 0; s < 3; s++) {
+            proto_rpc_request_t *req = NULL;
+            if (proto_rpc_server_recv(srv[s], 0, &req) == 0) {
+                assert_int_equal(
+                    proto_rpc_server_reply(srv[s], req, 0, NULL, req->body, req->body_len), 0);
+                proto_rpc_request_destroy(&req);
+                assert_null(req);
+            }
+        }
+        done = 0;
+        for (size_t i = 0; i < ncases; i++) {
+            proto_rpc_client_process(cases[i].cli, one_done, &cases[i].out);
+            done += cases[i].out.done;
+        }
+        usleep(5 * 1000);
+    }
+    for (size_t i = 0; i < ncases; i++) {
+        assert_true(cases[i].out.done);
+        assert_int_equal(cases[i].out.code, cases[i].want);
+    }
+    for (int s = 0; s < 3; s++) {
+        proto_rpc_server_destroy(&srv[s]);
+        assert_null(srv[s]);
+    }
+    proto_rpc_server_destroy(&srv[0]); /* idempotent */
+    /* With every server gone the handler stopped; a new server starts a new one. */
+    assert_int_equal(proto_rpc_server_new(f->ctx, &c3, &srv[0]), 0);
+    proto_rpc_server_destroy(&srv[0]);
 }
 
 int main(int argc, char **argv)
@@ -611,6 +762,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_frame, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_late_reply_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_context, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
