@@ -1,0 +1,146 @@
+/* wallet_device.h - the simulated USB-key e-purse: keys, PIN, wallet, counter and the
+ * device side of the load protocol (DESIGN.md section 2).
+ *
+ * The device lives in a home directory:
+ *   device.key   its P-256 private key (PEM, mode 0600); it never leaves the device
+ *   device.csr   a certificate request, CN = the hardware serial, for the dev CA
+ *   device.pem   its certificate, installed by the operator after enrollment
+ *   bank.pem     the bank's allow-signing then outcome-signing certificate or public key
+ *   state        balance, counter, the load in progress, PIN record (wallet_store.h)
+ *   oplog.jsonl  the operation log, one JSON object per line
+ *
+ * Functions that change the state write it atomically before they return, so a device
+ * killed at any point is found, when reopened, either before or after the change.
+ * A device is driven by one thread of one process at a time (an advisory lock on the home
+ * enforces the process half). */
+#ifndef WALLET_DEVICE_H
+#define WALLET_DEVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wallet_store.h"
+
+#define WALLET_KEY_FILE "device.key"
+#define WALLET_CSR_FILE "device.csr"
+#define WALLET_CERT_FILE "device.pem"
+#define WALLET_BANK_FILE "bank.pem"
+#define WALLET_SERIAL_PREFIX "QC"
+#define WALLET_SERIAL_RANDOM_BYTES 8 /* "QC" + 16 hex digits */
+#define WALLET_KEY_VERSION 1
+#define WALLET_CURRENCY_DEFAULT 156 /* CNY */
+#define WALLET_CURRENCY_MAX 999     /* ISO 4217 numeric codes have three digits */
+
+typedef struct wallet_device wallet_device_t;
+
+/* Creates a new device in home (created with mode 0700 if missing): a serial (serial, or
+ * WALLET_SERIAL_PREFIX and random hex when NULL), a P-256 key, a CSR, the PIN record, an
+ * empty wallet with counter 0, and the first log line.
+ * Returns 0, QC_EEXIST (a device already lives there), QC_EINVAL (bad serial or PIN),
+ * QC_EBUSY (home locked), QC_ECRYPTO or QC_EIO. */
+int wallet_device_init(const char *home, const char *serial, const char *pin, size_t pin_len);
+
+/* Opens the device of home: takes its lock, loads the state (finishing a log line a crash
+ * left unwritten), the key, and the certificate and bank keys when installed.
+ * Returns 0 and sets *out, QC_ENOTFOUND (no device there), QC_EBUSY (another program
+ * drives it), QC_EDECODE (damaged state), QC_ECRYPTO, QC_EIO or QC_ENOMEM. */
+int wallet_device_open(const char *home, wallet_device_t **out);
+
+/* Releases the lock, wipes the keys, frees dev and nulls *dev_p; accepts NULL. */
+void wallet_device_destroy(wallet_device_t **dev_p);
+
+/* Installs the device certificate from cert_path (PEM): its public key must be the
+ * device's and its commonName the serial. Returns 0, QC_EIO (unreadable), QC_ECERT (not a
+ * certificate, another key or another name). */
+int wallet_device_install_cert(wallet_device_t *dev, const char *cert_path);
+
+/* Installs the bank's allow-signing and outcome-signing keys, each given as a PEM
+ * certificate or PEM public key on P-256. Returns 0, QC_EIO or QC_ECERT. */
+int wallet_device_install_bank(wallet_device_t *dev, const char *allow_path,
+                               const char *outcome_path);
+
+/* What `qc-wallet status` shows. A plain output record. */
+typedef struct wallet_status {
+    char serial[WALLET_SERIAL_MAX + 1];
+    int64_t balance;
+    uint64_t counter;
+    wallet_phase_t phase;
+    uint8_t txn_id[WALLET_TXN_SIZE]; /* valid unless IDLE */
+    char account_id[WALLET_ACCOUNT_MAX + 1];
+    int64_t amount;
+    uint32_t currency;
+    int report_status; /* REPORTED: Quancun__ReportStatus */
+    uint8_t last_txn_id[WALLET_TXN_SIZE];
+    int last_outcome; /* Quancun__LoadState of the last finished load, 0 = none */
+    uint32_t pin_tries_left;
+    bool has_cert;
+    bool has_bank;
+} wallet_status_t;
+
+void wallet_device_status(const wallet_device_t *dev, wallet_status_t *out);
+
+/* Returns the name of phase ("IDLE", "PENDING", "REPORTED"). */
+const char *wallet_phase_name(wallet_phase_t phase);
+/* Returns the name of a Quancun__LoadState ("CONFIRMED", ...). */
+const char *wallet_outcome_name(int load_state);
+
+/* Checks the PIN. The try is counted on disk before the PIN is compared (as a smart card
+ * does), so cutting the power cannot buy free guesses. On success the device accepts
+ * wallet_device_request() until it is destroyed. Returns 0, QC_EPIN (wrong, tries left),
+ * QC_ELOCKED (locked now or already), QC_ECRYPTO or QC_EIO. */
+int wallet_device_verify_pin(wallet_device_t *dev, const char *pin, size_t pin_len);
+
+/* The admin reset of the PIN retry counter (see wallet_pin.h). Returns 0 or QC_EIO. */
+int wallet_device_admin_reset(wallet_device_t *dev);
+
+/* IDLE -> PENDING: signs a LoadRequest for amount (minor units) of currency from
+ * account_id, with a fresh txn id, the current balance and counter, and the device
+ * certificate in the envelope, and stores it. *request points to the stored signed request
+ * (borrowed, valid until the next state change).
+ * Returns 0; QC_EDENIED (PIN not verified), QC_EPENDING (a load is in progress),
+ * QC_ECERT (no certificate installed), QC_ECONFIG (no bank keys installed), QC_EAMOUNT,
+ * QC_EINVAL (bad account or currency), QC_ECRYPTO, QC_EIO. */
+int wallet_device_request(wallet_device_t *dev, const char *account_id, int64_t amount,
+                          uint32_t currency, const uint8_t **request, size_t *request_len);
+
+/* The stored signed request of the load in progress (PENDING or REPORTED), borrowed.
+ * Returns 0 or QC_ESTATE. */
+int wallet_device_pending_request(const wallet_device_t *dev, const uint8_t **request,
+                                  size_t *request_len);
+
+/* PENDING -> REPORTED: judges an allow (untrusted bytes). It is applied only if it is
+ * signed by the bank's allow key (whose certificate, if any, is valid now) and names this
+ * device, the pending txn, counter, amount, currency, account and request digest, with a
+ * deadline not yet passed; then the wallet is credited, the counter incremented and an
+ * APPLIED report signed and stored, all in one atomic state write. Otherwise nothing is
+ * credited and a REJECTED report with the reason is signed and stored instead.
+ * *verdict is 0 when applied, else the code of the refusal (QC_EBADSIG, QC_EKEYID,
+ * QC_EMISMATCH, QC_ESTALE, QC_EDEVICEID, QC_EEXPIRED, QC_ECERTEXPIRED, QC_EDECODE, ...).
+ * Returns 0 when the allow was judged and the report stored; QC_ESTATE (no load pending),
+ * QC_EREPLAY (this load was already judged: nothing changes), QC_ECONFIG (no bank key),
+ * QC_ECRYPTO or QC_EIO (nothing changed). */
+int wallet_device_judge_allow(wallet_device_t *dev, const uint8_t *allow, size_t allow_len,
+                              int *verdict);
+
+/* The stored signed report of the load (REPORTED), borrowed, ready to be (re)sent.
+ * Returns 0 or QC_ESTATE. */
+int wallet_device_report(const wallet_device_t *dev, const uint8_t **report, size_t *report_len);
+
+/* REPORTED -> IDLE: accepts a LoadOutcome (untrusted bytes) signed by the bank's outcome
+ * key for this device's load, with a final state, which is stored in *load_state.
+ * Returns 0; QC_ESTATE (no report outstanding), QC_EBUSY (the outcome is not final yet),
+ * or a verification error (QC_ETOOBIG, QC_EDECODE, QC_EKEYID, QC_EBADSIG, QC_ECERTEXPIRED,
+ * QC_EMISMATCH, QC_EDEVICEID) with nothing changed; QC_EIO. */
+int wallet_device_accept_outcome(wallet_device_t *dev, const uint8_t *outcome, size_t outcome_len,
+                                 int *load_state);
+
+/* PENDING -> IDLE without applying anything: the bank refused the request or no longer
+ * knows it (server_code and message are logged). The counter is unchanged, which proves
+ * to the ledger that the load was not applied. Returns 0, QC_ESTATE or QC_EIO. */
+int wallet_device_abandon(wallet_device_t *dev, int server_code, const char *message);
+
+/* The device's serial, borrowed. */
+const char *wallet_device_serial(const wallet_device_t *dev);
+
+#endif

@@ -1,0 +1,167 @@
+/* wallet_flow.c - the device's side of a load over an abstract transport, with retries. */
+#include "wallet_flow.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ops_log.h"
+#include "qc_error.h"
+
+#define FLOW_STEPS_MAX 4 /* PENDING -> REPORTED -> IDLE takes two; more is a bug */
+
+void wallet_reply_clear(wallet_reply_t *reply)
+{
+    if (reply == NULL)
+        return;
+    free(reply->body);
+    memset(reply, 0, sizeof(*reply));
+}
+
+bool wallet_flow_transient(int code)
+{
+    switch (code) {
+    case QC_ETIMEOUT:
+    case QC_EUNAVAIL:
+    case QC_EBUSY:
+    case QC_EIO:
+    case QC_ENOMEM:
+    case QC_EINTERNAL:
+    case QC_ECRYPTO:
+    case QC_ESHARD:
+    case QC_EPENDING:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void note_server(wallet_flow_result_t *res, const wallet_reply_t *reply)
+{
+    res->server_code = reply->code;
+    snprintf(res->server_message, sizeof(res->server_message), "%s",
+             reply->message[0] != '\0' ? reply->message : qc_strerror(reply->code));
+}
+
+static void pause_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000u, .tv_nsec = (long)(ms % 1000u) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/* PENDING: re-sends the stored request and judges the allow, or abandons on a refusal. */
+static int settle_pending(wallet_device_t *dev, wallet_call_fn *call, void *arg,
+                          wallet_flow_result_t *res)
+{
+    const uint8_t *req = NULL;
+    size_t req_len = 0;
+    int rc = wallet_device_pending_request(dev, &req, &req_len);
+    assert(rc == 0);
+    wallet_reply_t reply = {0};
+    rc = call(arg, WALLET_METHOD_LOAD, req, req_len, &reply);
+    if (rc != 0)
+        return rc; /* no answer: stay PENDING, the next sync re-sends the same request */
+    if (reply.code != 0) {
+        note_server(res, &reply);
+        rc = reply.code;
+        if (!wallet_flow_transient(reply.code)) {
+            /* A definitive no: nothing was debited for this txn, or it is compensated.
+             * Abandoning is safe either way: the unchanged counter proves non-application. */
+            int arc = wallet_device_abandon(dev, reply.code, res->server_message);
+            if (arc != 0)
+                rc = arc;
+            else
+                res->abandoned = true;
+        }
+        wallet_reply_clear(&reply);
+        return rc;
+    }
+    int verdict = 0;
+    rc = wallet_device_judge_allow(dev, reply.body, reply.body_len, &verdict);
+    wallet_reply_clear(&reply);
+    if (rc != 0)
+        return rc;
+    res->judged = true;
+    res->verdict = verdict;
+    return 0;
+}
+
+/* REPORTED: sends the stored report until a verified outcome arrives, a bounded number of
+ * times. */
+static int settle_reported(wallet_device_t *dev, wallet_call_fn *call, void *arg,
+                           const char *method, wallet_flow_result_t *res)
+{
+    int last = QC_ETIMEOUT;
+    for (unsigned attempt = 1; attempt <= WALLET_REPORT_ATTEMPTS_MAX; attempt++) {
+        const uint8_t *rep = NULL;
+        size_t rep_len = 0;
+        int rc = wallet_device_report(dev, &rep, &rep_len);
+        assert(rc == 0);
+        wallet_reply_t reply = {0};
+        rc = call(arg, method, rep, rep_len, &reply);
+        if (rc == 0 && reply.code != 0) {
+            note_server(res, &reply);
+            rc = reply.code;
+            if (!wallet_flow_transient(rc)) {
+                wallet_reply_clear(&reply);
+                return rc; /* the bank refuses the report: keep it for the operator */
+            }
+        } else if (rc == 0) {
+            int state = 0;
+            rc = wallet_device_accept_outcome(dev, reply.body, reply.body_len, &state);
+            if (rc == 0) {
+                res->finished = true;
+                res->outcome = state;
+                wallet_reply_clear(&reply);
+                return 0;
+            }
+            ops_log(OPS_LOG_WARN, "wallet.outcome_refused", "error", qc_strerror(rc), NULL);
+        }
+        wallet_reply_clear(&reply);
+        last = rc;
+        if (attempt < WALLET_REPORT_ATTEMPTS_MAX)
+            pause_ms(WALLET_REPORT_BACKOFF_MS * attempt);
+    }
+    return last;
+}
+
+int wallet_flow_settle(wallet_device_t *dev, wallet_call_fn *call, void *arg,
+                       const char *report_method, wallet_flow_result_t *res)
+{
+    assert(dev != NULL && call != NULL && report_method != NULL && res != NULL);
+    for (int step = 0; step < FLOW_STEPS_MAX; step++) {
+        wallet_status_t s;
+        wallet_device_status(dev, &s);
+        int rc = 0;
+        switch (s.phase) {
+        case WALLET_IDLE:
+            return 0;
+        case WALLET_PENDING:
+            rc = settle_pending(dev, call, arg, res);
+            break;
+        case WALLET_REPORTED:
+            rc = settle_reported(dev, call, arg, report_method, res);
+            break;
+        }
+        if (rc != 0)
+            return rc;
+    }
+    assert(!"a load did not settle in FLOW_STEPS_MAX steps");
+    return QC_EINTERNAL;
+}
+
+int wallet_flow_load(wallet_device_t *dev, const char *account_id, int64_t amount,
+                     uint32_t currency, wallet_call_fn *call, void *arg, wallet_flow_result_t *res)
+{
+    assert(dev != NULL && account_id != NULL && call != NULL && res != NULL);
+    memset(res, 0, sizeof(*res));
+    const uint8_t *req = NULL;
+    size_t req_len = 0;
+    int rc = wallet_device_request(dev, account_id, amount, currency, &req, &req_len);
+    if (rc != 0)
+        return rc;
+    return wallet_flow_settle(dev, call, arg, WALLET_METHOD_REPORT, res);
+}
