@@ -105,6 +105,23 @@ static bool rpc_z85_key_valid(const char *z85)
     return zmq_z85_decode(raw, z85) != NULL;
 }
 
+/* A service name goes into metric labels, log lines and ZAP domains: letters, digits, '_',
+ * '-' and '.', at most PROTO_RPC_SERVICE_MAX. */
+static bool rpc_service_valid(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > PROTO_RPC_SERVICE_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '-' || c == '.';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
 /* Trims leading and trailing blanks in place; returns the start. */
 static char *rpc_trim(char *s)
 {
@@ -659,8 +676,8 @@ int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_t *cfg, proto_
     assert(ctx != NULL && cfg != NULL && out != NULL);
     assert(cfg->service != NULL && cfg->endpoint != NULL && cfg->keys != NULL);
     *out = NULL;
-    if (strlen(cfg->service) == 0 || strlen(cfg->service) > PROTO_RPC_SERVICE_MAX ||
-        !rpc_z85_key_valid(cfg->keys->secret_z85) || (cfg->allow_path == NULL) != cfg->allow_any)
+    if (!rpc_service_valid(cfg->service) || !rpc_z85_key_valid(cfg->keys->secret_z85) ||
+        (cfg->allow_path == NULL) != cfg->allow_any)
         return QC_ECONFIG;
     proto_rpc_server_t *srv = calloc(1, sizeof *srv);
     if (srv == NULL)
@@ -1112,10 +1129,9 @@ int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_t *cfg, proto_
     assert(ctx != NULL && cfg != NULL && out != NULL);
     assert(cfg->service != NULL && cfg->keys != NULL && cfg->server_public_z85 != NULL);
     *out = NULL;
-    if ((cfg->endpoints == NULL) == (cfg->endpoints_path == NULL) || strlen(cfg->service) == 0 ||
-        strlen(cfg->service) > PROTO_RPC_SERVICE_MAX ||
-        !rpc_z85_key_valid(cfg->server_public_z85) || !rpc_z85_key_valid(cfg->keys->public_z85) ||
-        !rpc_z85_key_valid(cfg->keys->secret_z85))
+    if ((cfg->endpoints == NULL) == (cfg->endpoints_path == NULL) ||
+        !rpc_service_valid(cfg->service) || !rpc_z85_key_valid(cfg->server_public_z85) ||
+        !rpc_z85_key_valid(cfg->keys->public_z85) || !rpc_z85_key_valid(cfg->keys->secret_z85))
         return QC_ECONFIG;
     proto_rpc_client_t *cli = calloc(1, sizeof *cli);
     if (cli == NULL)

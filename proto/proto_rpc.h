@@ -31,7 +31,11 @@
  *    qc_rpc_client_sockets_recreated_total on clients.
  *  - Log events: rpc.listening, rpc.refused (peer address and key), rpc.malformed,
  *    rpc.expired, rpc.endpoint_added/removed/silent, rpc.endpoints_reload_failed.
- *  - RpcReply.message is truncated to 1024 bytes (proto_decode's limit). */
+ *  - RpcReply.message is truncated to 1024 bytes (proto_decode's limit).
+ *  - Service names: letters, digits, '_', '-', '.', at most 64 (else QC_ECONFIG).
+ *  - Lazy Pirate exception: when the endpoint of a timed-out attempt has answered anything
+ *    since that attempt was sent, it is alive, so its socket (and the other calls on it) is
+ *    kept and only the call moves on; a silent endpoint's socket is recreated. */
 #ifndef PROTO_RPC_H
 #define PROTO_RPC_H
 
