@@ -1,0 +1,925 @@
+/* ledger_service.c - the ledger's single-threaded RPC loop with group commit. */
+#include "ledger_service.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "ledger.pb-c.h"
+#include "ledger_saga.h"
+#include "ledger_store.h"
+#include "ops_fault.h"
+#include "ops_log.h"
+#include "ops_metrics.h"
+#include "ops_signal.h"
+#include "ops_time.h"
+#include "proto_cert.h"
+#include "proto_rpc.h"
+#include "proto_shard.h"
+#include "qc_error.h"
+
+#define SVC_NAME "ledger"
+#define SVC_KEYS_MAX PROTO_RPC_ALLOW_MAX
+#define SVC_KEYFILE_LINE_MAX 256
+#define SVC_PATH_MAX 1024
+#define SVC_ZAP_ALLOW_FILE "rpc-allow.keys" /* union of allow_keys and admin_keys, in data_dir */
+#define SVC_BATCH_BUCKETS 6
+#define SVC_METRIC_NAME_MAX 128
+
+/* Which keys may call a method. */
+typedef enum svc_role {
+    ROLE_SERVICE, /* allow_keys */
+    ROLE_ADMIN,   /* admin_keys */
+    ROLE_ANY,     /* either */
+} svc_role_t;
+
+typedef enum svc_kind {
+    KIND_WRITE,
+    KIND_READ,
+} svc_kind_t;
+
+typedef struct svc_slot svc_slot_t;
+typedef struct ledger_service ledger_service_t;
+typedef void(svc_write_fn)(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot);
+typedef void(svc_read_fn)(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot);
+
+typedef struct svc_method {
+    const char *name;
+    svc_role_t role;
+    svc_kind_t kind;
+    svc_write_fn *write;
+    svc_read_fn *read;
+} svc_method_t;
+
+/* One request of the batch and its reply. */
+struct svc_slot {
+    proto_rpc_request_t *req;
+    const svc_method_t *method; /* NULL: answered already (code set) */
+    int code;
+    char why[LEDGER_WHY_MAX];
+    uint8_t *body;
+    size_t body_len;
+};
+
+typedef struct svc_keyset {
+    char (*keys)[PROTO_CURVE_KEY_Z85_LEN + 1];
+    size_t count;
+} svc_keyset_t;
+
+struct ledger_service {
+    ledger_store_t *store;
+    ledger_saga_t *saga;
+    EVP_PKEY *allow_key;
+    proto_trust_t *trust;
+    void *zctx;
+    proto_rpc_server_t *srv;
+    ops_http_t *http;
+    svc_keyset_t service_keys;
+    svc_keyset_t admin_keys;
+    uint32_t shard, shard_count;
+    size_t batch_max;
+    uint32_t batch_wait_us;
+    svc_slot_t *slots;
+    ledger_load_t *load;       /* scratch for one reply */
+    uint64_t next_deadline_ms; /* 0 = none known; the earliest RESERVED deadline */
+    uint64_t next_reader_check_ms;
+    atomic_int last_commit_rc;
+    /* metrics */
+    ops_counter_t *m_commits;
+    ops_counter_t *m_commit_failures;
+    ops_histogram_t *m_commit_seconds;
+    ops_counter_t *m_batch_bucket[SVC_BATCH_BUCKETS];
+    ops_counter_t *m_batch_count;
+    ops_counter_t *m_batch_sum;
+    ops_counter_t *m_expired;
+    ops_counter_t *m_denied;
+    ops_gauge_t *m_outbox_depth;
+    ops_gauge_t *m_map_used;
+};
+
+static const unsigned svc_batch_le[SVC_BATCH_BUCKETS] = {1, 4, 16, 64, 256, 1u << 30};
+
+/* ------------------------------------------------------------ replies */
+
+static void slot_refuse(svc_slot_t *slot, int code, const char *why)
+{
+    slot->code = code;
+    snprintf(slot->why, sizeof slot->why, "%s", why != NULL ? why : qc_strerror(code));
+}
+
+static void slot_pack(svc_slot_t *slot, const ProtobufCMessage *msg)
+{
+    int rc = proto_pack(msg, &slot->body, &slot->body_len);
+    if (rc != 0)
+        slot_refuse(slot, rc, NULL);
+}
+
+static void reply_load(ledger_service_t *svc, svc_slot_t *slot, bool with_allow)
+{
+    Qcledger__Load lm;
+    ledger_store_load_view(svc->load, &lm);
+    if (with_allow) {
+        Qcledger__ReserveReply r = QCLEDGER__RESERVE_REPLY__INIT;
+        r.load = &lm;
+        r.allow = lm.allow;
+        slot_pack(slot, &r.base);
+    } else {
+        Qcledger__LoadReply r = QCLEDGER__LOAD_REPLY__INIT;
+        r.load = &lm;
+        slot_pack(slot, &r.base);
+    }
+}
+
+static void reply_account(svc_slot_t *slot, const ledger_account_t *a)
+{
+    Qcledger__Account am;
+    ledger_store_account_view(a, &am);
+    Qcledger__AccountReply r = QCLEDGER__ACCOUNT_REPLY__INIT;
+    r.account = &am;
+    slot_pack(slot, &r.base);
+}
+
+static void reply_device(svc_slot_t *slot, const ledger_device_t *d)
+{
+    Qcledger__Device dm;
+    ledger_store_device_view(d, &dm);
+    Qcledger__DeviceReply r = QCLEDGER__DEVICE_REPLY__INIT;
+    r.device = &dm;
+    slot_pack(slot, &r.base);
+}
+
+/* Unpacks the request body as desc, or refuses the slot with QC_EDECODE. */
+static ProtobufCMessage *slot_unpack(svc_slot_t *slot, const ProtobufCMessageDescriptor *desc)
+{
+    ProtobufCMessage *m =
+        protobuf_c_message_unpack(desc, NULL, slot->req->body_len, slot->req->body);
+    if (m == NULL)
+        slot_refuse(slot, QC_EDECODE, "request body is not a valid message");
+    return m;
+}
+
+static bool txn_id_ok(svc_slot_t *slot, ProtobufCBinaryData id)
+{
+    if (id.len == LEDGER_TXN_ID_SIZE)
+        return true;
+    slot_refuse(slot, QC_EDECODE, "txn_id must be 16 bytes");
+    return false;
+}
+
+static void count_result(const char *method, int code)
+{
+    char name[SVC_METRIC_NAME_MAX];
+    snprintf(name, sizeof name, "qc_ledger_%s_total{result=\"%s\"}", method,
+             code == 0 ? "ok" : qc_errname(code));
+    ops_counter_add(ops_counter(name, "Ledger operations by result"), 1);
+}
+
+/* ------------------------------------------------------------ writes */
+
+static void do_reserve(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    Qcledger__ReserveRequest *m =
+        (Qcledger__ReserveRequest *)slot_unpack(slot, &qcledger__reserve_request__descriptor);
+    if (m == NULL)
+        return;
+    slot->code = ledger_saga_reserve(svc->saga, txn, now, m->request.data, m->request.len,
+                                     m->allow.data, m->allow.len, svc->load, slot->why);
+    qcledger__reserve_request__free_unpacked(m, NULL);
+    count_result("reserve", slot->code);
+    if (slot->code == 0)
+        reply_load(svc, slot, true);
+}
+
+static void do_settle(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    Qcledger__SettleRequest *m =
+        (Qcledger__SettleRequest *)slot_unpack(slot, &qcledger__settle_request__descriptor);
+    if (m == NULL)
+        return;
+    if (txn_id_ok(slot, m->txn_id)) {
+        slot->code = ledger_saga_settle(svc->saga, txn, now, m->txn_id.data, m->report.data,
+                                        m->report.len, svc->load, slot->why);
+        count_result("settle", slot->code);
+        if (slot->code == 0) {
+            bool applied = svc->load->state == QUANCUN__LOAD_STATE__LOAD_CONFIRMED ||
+                           svc->load->state == QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED;
+            if (m->verdict != QUANCUN__REPORT_STATUS__REPORT_NONE &&
+                applied != (m->verdict == QUANCUN__REPORT_STATUS__REPORT_APPLIED)) {
+                char hex[2 * LEDGER_TXN_ID_SIZE + 1];
+                ops_log(OPS_LOG_WARN, "ledger.verdict_disagrees", "txn_id",
+                        ops_hex(m->txn_id.data, LEDGER_TXN_ID_SIZE, hex), "state",
+                        ledger_load_state_name(svc->load->state), NULL);
+            }
+            reply_load(svc, slot, false);
+        }
+    }
+    qcledger__settle_request__free_unpacked(m, NULL);
+}
+
+static void do_open_account(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    Qcledger__OpenAccountRequest *m = (Qcledger__OpenAccountRequest *)slot_unpack(
+        slot, &qcledger__open_account_request__descriptor);
+    if (m == NULL)
+        return;
+    ledger_account_t spec = {.currency = m->currency,
+                             .load_min = m->load_min,
+                             .load_max = m->load_max,
+                             .daily_max = m->daily_max},
+                     out;
+    if (strlen(m->account_id) > LEDGER_ID_MAX) {
+        slot_refuse(slot, QC_ETOOBIG, "account id too long");
+    } else {
+        snprintf(spec.id, sizeof spec.id, "%s", m->account_id);
+        slot->code = ledger_saga_open_account(svc->saga, txn, now, &spec, &out, slot->why);
+        if (slot->code == 0)
+            reply_account(slot, &out);
+    }
+    qcledger__open_account_request__free_unpacked(m, NULL);
+}
+
+static void do_deposit(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    Qcledger__DepositRequest *m =
+        (Qcledger__DepositRequest *)slot_unpack(slot, &qcledger__deposit_request__descriptor);
+    if (m == NULL)
+        return;
+    ledger_account_t out;
+    if (txn_id_ok(slot, m->txn_id)) {
+        slot->code = ledger_saga_deposit(svc->saga, txn, now, m->account_id, m->amount,
+                                         m->txn_id.data, &out, slot->why);
+        if (slot->code == 0)
+            reply_account(slot, &out);
+    }
+    qcledger__deposit_request__free_unpacked(m, NULL);
+}
+
+static void do_set_frozen(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot,
+                          bool frozen)
+{
+    Qcledger__FreezeRequest *m =
+        (Qcledger__FreezeRequest *)slot_unpack(slot, &qcledger__freeze_request__descriptor);
+    if (m == NULL)
+        return;
+    ledger_account_t out;
+    slot->code =
+        ledger_saga_set_frozen(svc->saga, txn, now, m->account_id, frozen, &out, slot->why);
+    if (slot->code == 0)
+        reply_account(slot, &out);
+    qcledger__freeze_request__free_unpacked(m, NULL);
+}
+
+static void do_freeze(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    do_set_frozen(svc, txn, now, slot, true);
+}
+
+static void do_unfreeze(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    do_set_frozen(svc, txn, now, slot, false);
+}
+
+static void do_enroll(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    Qcledger__EnrollDeviceRequest *m = (Qcledger__EnrollDeviceRequest *)slot_unpack(
+        slot, &qcledger__enroll_device_request__descriptor);
+    if (m == NULL)
+        return;
+    ledger_device_t *d = malloc(sizeof *d);
+    if (d == NULL) {
+        slot_refuse(slot, QC_ENOMEM, NULL);
+    } else {
+        slot->code =
+            ledger_saga_enroll_device(svc->saga, txn, now, m->account_id, m->cert.data, m->cert.len,
+                                      m->wallet_cap, m->counter, d, slot->why);
+        if (slot->code == 0)
+            reply_device(slot, d);
+    }
+    free(d);
+    qcledger__enroll_device_request__free_unpacked(m, NULL);
+}
+
+static void do_revoke(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    Qcledger__RevokeDeviceRequest *m = (Qcledger__RevokeDeviceRequest *)slot_unpack(
+        slot, &qcledger__revoke_device_request__descriptor);
+    if (m == NULL)
+        return;
+    ledger_device_t *d = malloc(sizeof *d);
+    if (d == NULL) {
+        slot_refuse(slot, QC_ENOMEM, NULL);
+    } else {
+        slot->code = ledger_saga_revoke_device(svc->saga, txn, now, m->device_id, d, slot->why);
+        if (slot->code == 0)
+            reply_device(slot, d);
+    }
+    free(d);
+    qcledger__revoke_device_request__free_unpacked(m, NULL);
+}
+
+static void do_outbox_ack(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    (void)now;
+    Qcledger__OutboxAckRequest *m =
+        (Qcledger__OutboxAckRequest *)slot_unpack(slot, &qcledger__outbox_ack_request__descriptor);
+    if (m == NULL)
+        return;
+    MDB_txn *child = NULL;
+    Qcledger__OutboxAckReply r = QCLEDGER__OUTBOX_ACK_REPLY__INIT;
+    slot->code = ledger_store_txn_begin(svc->store, txn, true, &child);
+    if (slot->code == 0) {
+        slot->code = ledger_store_outbox_ack(svc->store, child, m->upto_seq);
+        if (slot->code == 0)
+            slot->code = ledger_store_outbox_depth(svc->store, child, &r.depth);
+        if (slot->code == 0)
+            slot->code = ledger_store_txn_commit(child);
+        else
+            ledger_store_txn_abort(child);
+    }
+    if (slot->code == 0)
+        slot_pack(slot, &r.base);
+    qcledger__outbox_ack_request__free_unpacked(m, NULL);
+}
+
+/* ------------------------------------------------------------ reads */
+
+static void do_get_load(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    Qcledger__GetLoadRequest *m =
+        (Qcledger__GetLoadRequest *)slot_unpack(slot, &qcledger__get_load_request__descriptor);
+    if (m == NULL)
+        return;
+    if (txn_id_ok(slot, m->txn_id)) {
+        slot->code = ledger_store_load_get(svc->store, txn, m->txn_id.data, svc->load);
+        if (slot->code == 0)
+            reply_load(svc, slot, false);
+        else if (slot->code == QC_ENOTFOUND)
+            slot_refuse(slot, QC_ENOTFOUND, "no load with this txn id");
+    }
+    qcledger__get_load_request__free_unpacked(m, NULL);
+}
+
+static void do_get_account(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    Qcledger__GetAccountRequest *m = (Qcledger__GetAccountRequest *)slot_unpack(
+        slot, &qcledger__get_account_request__descriptor);
+    if (m == NULL)
+        return;
+    ledger_account_t a;
+    slot->code = ledger_store_account_get(svc->store, txn, m->account_id, &a);
+    if (slot->code == 0)
+        reply_account(slot, &a);
+    else if (slot->code == QC_ENOTFOUND)
+        slot_refuse(slot, QC_EUNKNOWNACCT, "no such account on this shard");
+    qcledger__get_account_request__free_unpacked(m, NULL);
+}
+
+static void do_get_device(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    Qcledger__GetDeviceRequest *m =
+        (Qcledger__GetDeviceRequest *)slot_unpack(slot, &qcledger__get_device_request__descriptor);
+    if (m == NULL)
+        return;
+    ledger_device_t *d = malloc(sizeof *d);
+    if (d == NULL) {
+        slot_refuse(slot, QC_ENOMEM, NULL);
+    } else {
+        slot->code = ledger_store_device_get(svc->store, txn, m->device_id, d);
+        if (slot->code == 0)
+            reply_device(slot, d);
+        else if (slot->code == QC_ENOTFOUND)
+            slot_refuse(slot, QC_EUNKNOWNDEV, "no such device on this shard");
+    }
+    free(d);
+    qcledger__get_device_request__free_unpacked(m, NULL);
+}
+
+static void do_check(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    ledger_check_t *c = malloc(sizeof *c);
+    if (c == NULL) {
+        slot_refuse(slot, QC_ENOMEM, NULL);
+        return;
+    }
+    slot->code = ledger_saga_check(svc->saga, txn, c);
+    if (slot->code == 0) {
+        Qcledger__CheckReply r = QCLEDGER__CHECK_REPLY__INIT;
+        Qcledger__CurrencyTotals tot[LEDGER_CHECK_CURRENCIES_MAX];
+        Qcledger__CurrencyTotals *tp[LEDGER_CHECK_CURRENCIES_MAX];
+        char *pp[LEDGER_CHECK_PROBLEMS_MAX];
+        r.ok = c->ok;
+        r.shard = svc->shard;
+        r.shard_count = svc->shard_count;
+        for (size_t i = 0; i < c->n_currencies; i++) {
+            qcledger__currency_totals__init(&tot[i]);
+            tot[i].currency = c->currencies[i].currency;
+            tot[i].sum = c->currencies[i].sum;
+            tot[i].hold = c->currencies[i].hold;
+            tot[i].reserved_sum = c->currencies[i].reserved_sum;
+            tot[i].float_balance = c->currencies[i].float_balance;
+            tp[i] = &tot[i];
+        }
+        r.n_currencies = c->n_currencies;
+        r.currencies = tp;
+        for (size_t i = 0; i < c->n_problems; i++)
+            pp[i] = c->problems[i];
+        r.n_problems = c->n_problems;
+        r.problems = pp;
+        r.accounts = c->accounts;
+        r.devices = c->devices;
+        r.loads = c->loads;
+        r.reserved = c->reserved;
+        r.transfers = c->transfers;
+        r.outbox_depth = c->outbox_depth;
+        slot_pack(slot, &r.base);
+        if (!c->ok)
+            ops_logf(OPS_LOG_ERROR, "ledger.check_failed", "%llu problems, first: %s",
+                     (unsigned long long)c->problem_count, c->problems[0]);
+    }
+    free(c);
+}
+
+static void do_outbox_read(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    Qcledger__OutboxReadRequest *m = (Qcledger__OutboxReadRequest *)slot_unpack(
+        slot, &qcledger__outbox_read_request__descriptor);
+    if (m == NULL)
+        return;
+    size_t max = m->max == 0 || m->max > LEDGER_OUTBOX_READ_MAX ? LEDGER_OUTBOX_READ_MAX : m->max;
+    Qcledger__OutboxReadReply r;
+    slot->code = ledger_store_outbox_read(svc->store, txn, m->after_seq, max, &r);
+    if (slot->code == 0) {
+        slot_pack(slot, &r.base);
+        ledger_store_outbox_read_free(&r);
+    }
+    qcledger__outbox_read_request__free_unpacked(m, NULL);
+}
+
+static const svc_method_t svc_methods[] = {
+    {"reserve", ROLE_SERVICE, KIND_WRITE, do_reserve, NULL},
+    {"settle", ROLE_SERVICE, KIND_WRITE, do_settle, NULL},
+    {"outbox_ack", ROLE_SERVICE, KIND_WRITE, do_outbox_ack, NULL},
+    {"outbox_read", ROLE_SERVICE, KIND_READ, NULL, do_outbox_read},
+    {"open_account", ROLE_ADMIN, KIND_WRITE, do_open_account, NULL},
+    {"deposit", ROLE_ADMIN, KIND_WRITE, do_deposit, NULL},
+    {"freeze", ROLE_ADMIN, KIND_WRITE, do_freeze, NULL},
+    {"unfreeze", ROLE_ADMIN, KIND_WRITE, do_unfreeze, NULL},
+    {"enroll_device", ROLE_ADMIN, KIND_WRITE, do_enroll, NULL},
+    {"revoke_device", ROLE_ADMIN, KIND_WRITE, do_revoke, NULL},
+    {"get_load", ROLE_ANY, KIND_READ, NULL, do_get_load},
+    {"get_account", ROLE_ANY, KIND_READ, NULL, do_get_account},
+    {"get_device", ROLE_ANY, KIND_READ, NULL, do_get_device},
+    {"check", ROLE_ANY, KIND_READ, NULL, do_check},
+};
+
+/* ------------------------------------------------------------ keys */
+
+static bool keyset_has(const svc_keyset_t *ks, const char *key)
+{
+    for (size_t i = 0; i < ks->count; i++)
+        if (strcmp(ks->keys[i], key) == 0)
+            return true;
+    return false;
+}
+
+/* Reads a key file (one Z85 key per line, '#' comments) into ks and appends its keys to
+ * union_f. */
+static int keyset_load(const char *path, svc_keyset_t *ks, FILE *union_f)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        ops_log(OPS_LOG_ERROR, "ledger.keys_unreadable", "path", path, "error", strerror(errno),
+                NULL);
+        return QC_ECONFIG;
+    }
+    ks->keys = calloc(SVC_KEYS_MAX, sizeof *ks->keys);
+    if (ks->keys == NULL) {
+        fclose(f);
+        return QC_ENOMEM;
+    }
+    int rc = 0;
+    char line[SVC_KEYFILE_LINE_MAX];
+    while (fgets(line, sizeof line, f) != NULL) {
+        char *s = line;
+        while (*s == ' ' || *s == '\t')
+            s++;
+        size_t n = strcspn(s, " \t\r\n");
+        s[n] = '\0';
+        if (*s == '\0' || *s == '#')
+            continue;
+        if (n != PROTO_CURVE_KEY_Z85_LEN || ks->count == SVC_KEYS_MAX) {
+            ops_log(OPS_LOG_ERROR, "ledger.keys_invalid", "path", path, NULL);
+            rc = QC_ECONFIG;
+            break;
+        }
+        memcpy(ks->keys[ks->count++], s, n + 1);
+        fprintf(union_f, "%s\n", s);
+    }
+    fclose(f);
+    return rc;
+}
+
+/* Both key sets, and the file of their union that the ZAP handler admits. */
+static int load_keys(ledger_service_t *svc, const ledger_service_config_t *cfg, char *union_path,
+                     size_t cap)
+{
+    int n = snprintf(union_path, cap, "%s/%s", cfg->data_dir, SVC_ZAP_ALLOW_FILE);
+    if (n < 0 || (size_t)n >= cap)
+        return QC_ECONFIG;
+    FILE *u = fopen(union_path, "w");
+    if (u == NULL)
+        return QC_EIO;
+    fprintf(u, "# written by qc-ledger at start: allow_keys + admin_keys\n");
+    int rc = keyset_load(cfg->allow_keys, &svc->service_keys, u);
+    if (rc == 0 && cfg->admin_keys != NULL)
+        rc = keyset_load(cfg->admin_keys, &svc->admin_keys, u);
+    if (fclose(u) != 0 && rc == 0)
+        rc = QC_EIO;
+    return rc;
+}
+
+/* ------------------------------------------------------------ the loop */
+
+static const svc_method_t *find_method(const char *name)
+{
+    for (size_t i = 0; i < sizeof svc_methods / sizeof svc_methods[0]; i++)
+        if (strcmp(svc_methods[i].name, name) == 0)
+            return &svc_methods[i];
+    return NULL;
+}
+
+/* Decides whether the slot's request may run at all: method, caller, deadline. */
+static void admit(ledger_service_t *svc, svc_slot_t *slot, uint64_t wall)
+{
+    proto_rpc_request_t *req = slot->req;
+    const svc_method_t *m = find_method(req->method);
+    slot->method = NULL;
+    slot->code = 0;
+    slot->why[0] = '\0';
+    slot->body = NULL;
+    slot->body_len = 0;
+    if (m == NULL) {
+        slot_refuse(slot, QC_EMETHOD, NULL);
+        return;
+    }
+    bool svc_key = keyset_has(&svc->service_keys, req->peer_key);
+    bool adm_key = keyset_has(&svc->admin_keys, req->peer_key);
+    bool ok = m->role == ROLE_SERVICE ? svc_key
+              : m->role == ROLE_ADMIN ? adm_key
+                                      : svc_key || adm_key;
+    if (!ok) {
+        ops_counter_add(svc->m_denied, 1);
+        ops_log(OPS_LOG_WARN, "ledger.denied", "method", req->method, "peer", req->peer_key, NULL);
+        slot_refuse(slot, QC_EDENIED, "this key may not call this method");
+        return;
+    }
+    if (req->deadline_ms != 0 && req->deadline_ms < wall) {
+        slot_refuse(slot, QC_ETIMEOUT, "request deadline passed before it was served");
+        return;
+    }
+    slot->method = m;
+}
+
+static void observe_batch(ledger_service_t *svc, size_t writes)
+{
+    for (int i = 0; i < SVC_BATCH_BUCKETS; i++)
+        if (writes <= svc_batch_le[i])
+            ops_counter_add(svc->m_batch_bucket[i], 1);
+    ops_counter_add(svc->m_batch_count, 1);
+    ops_counter_add(svc->m_batch_sum, writes);
+}
+
+/* Applies the writes of slots[0..n) and due deadline compensations in one transaction and
+ * commits it. On a failed commit every write slot gets the failure instead of its result. */
+static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uint64_t wall,
+                         size_t writes)
+{
+    bool due = svc->next_deadline_ms != 0 && svc->next_deadline_ms <= wall;
+    if (writes == 0 && !due)
+        return;
+    uint64_t t0 = ops_time_mono_ns();
+    MDB_txn *txn = NULL;
+    int rc = ledger_store_txn_begin(svc->store, NULL, true, &txn);
+    size_t expired = 0;
+    if (rc == 0) {
+        /* Deadlines first: a report that arrives after its deadline finds the load
+         * compensated and takes the late-confirmation path, as DESIGN.md says. */
+        rc = ledger_saga_expire(svc->saga, txn, wall, LEDGER_EXPIRE_BATCH_MAX, &expired,
+                                &svc->next_deadline_ms);
+        if (rc != 0)
+            ops_log(OPS_LOG_ERROR, "ledger.expire_failed", "error", qc_strerror(rc), NULL);
+        rc = 0;
+        size_t done = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (slots[i].method == NULL || slots[i].method->kind != KIND_WRITE)
+                continue;
+            slots[i].method->write(svc, txn, wall, &slots[i]);
+            /* The chaos suite kills us here: half a batch applied, nothing committed. */
+            if (++done == (writes + 1) / 2)
+                ops_fault_point("ledger.mid_group_commit");
+        }
+        rc = ledger_store_txn_commit(txn);
+    }
+    atomic_store(&svc->last_commit_rc, rc);
+    if (rc != 0) {
+        ops_counter_add(svc->m_commit_failures, 1);
+        ops_log(OPS_LOG_ERROR, "ledger.commit_failed", "error", qc_strerror(rc), NULL);
+        for (size_t i = 0; i < n; i++) {
+            if (slots[i].method == NULL || slots[i].method->kind != KIND_WRITE)
+                continue;
+            free(slots[i].body);
+            slots[i].body = NULL;
+            slots[i].body_len = 0;
+            slot_refuse(&slots[i], rc, "the batch could not be committed; nothing was applied");
+        }
+        svc->next_deadline_ms = wall; /* look again */
+        return;
+    }
+    ops_counter_add(svc->m_commits, 1);
+    ops_counter_add(svc->m_expired, expired);
+    ops_histogram_observe(svc->m_commit_seconds, (double)(ops_time_mono_ns() - t0) / 1e9);
+    if (writes > 0)
+        observe_batch(svc, writes);
+    ops_fault_point("ledger.after_commit_before_reply");
+}
+
+/* Learns the earliest deadline after a (re)start. */
+static void load_next_deadline(ledger_service_t *svc)
+{
+    MDB_txn *txn = NULL;
+    uint8_t id[LEDGER_TXN_ID_SIZE];
+    svc->next_deadline_ms = 0;
+    if (ledger_store_txn_begin(svc->store, NULL, false, &txn) != 0)
+        return;
+    if (ledger_store_deadline_first(svc->store, txn, &svc->next_deadline_ms, id) != 0)
+        svc->next_deadline_ms = 0;
+    ledger_store_txn_abort(txn);
+}
+
+static void serve_batch(ledger_service_t *svc, size_t n)
+{
+    uint64_t wall = ops_time_wall_ms();
+    size_t writes = 0, reads = 0;
+    for (size_t i = 0; i < n; i++) {
+        admit(svc, &svc->slots[i], wall);
+        if (svc->slots[i].method != NULL) {
+            if (svc->slots[i].method->kind == KIND_WRITE)
+                writes++;
+            else
+                reads++;
+        }
+    }
+    group_commit(svc, svc->slots, n, wall, writes);
+    MDB_txn *rtxn = NULL;
+    int rc = ledger_store_txn_begin(svc->store, NULL, false, &rtxn);
+    if (rc == 0) {
+        uint64_t depth = 0;
+        if (ledger_store_outbox_depth(svc->store, rtxn, &depth) == 0)
+            ops_gauge_set(svc->m_outbox_depth, (int64_t)depth);
+    }
+    for (size_t i = 0; reads > 0 && i < n; i++) {
+        svc_slot_t *slot = &svc->slots[i];
+        if (slot->method == NULL || slot->method->kind != KIND_READ)
+            continue;
+        if (rc != 0)
+            slot_refuse(slot, rc, NULL);
+        else
+            slot->method->read(svc, rtxn, slot);
+    }
+    ledger_store_txn_abort(rtxn);
+    for (size_t i = 0; i < n; i++) {
+        svc_slot_t *slot = &svc->slots[i];
+        int rrc =
+            proto_rpc_server_reply(svc->srv, slot->req, slot->code,
+                                   slot->code != 0 ? slot->why : NULL, slot->body, slot->body_len);
+        if (rrc != 0)
+            ops_log(OPS_LOG_WARN, "ledger.reply_failed", "error", qc_strerror(rrc), NULL);
+        free(slot->body);
+        slot->body = NULL;
+        proto_rpc_request_destroy(&slot->req);
+    }
+}
+
+/* Takes up to batch_max requests: those waiting now, plus those arriving within
+ * batch_wait_us. Returns how many, or a negative code when the socket failed. */
+static int gather(ledger_service_t *svc, int first_wait_ms)
+{
+    size_t n = 0;
+    int wait_ms = first_wait_ms;
+    bool waited_extra = false;
+    uint64_t extra_end_ns = 0;
+    while (n < svc->batch_max) {
+        proto_rpc_request_t *req = NULL;
+        int rc = proto_rpc_server_recv(svc->srv, wait_ms, &req);
+        if (rc == 0) {
+            svc->slots[n++].req = req;
+            wait_ms = 0;
+            continue;
+        }
+        if (rc != QC_ETIMEOUT)
+            return n > 0 ? (int)n : rc;
+        if (n == 0 || svc->batch_wait_us == 0)
+            break;
+        /* Nothing more right now: give stragglers a bounded moment to join the batch. */
+        uint64_t now_ns = ops_time_mono_ns();
+        if (!waited_extra) {
+            waited_extra = true;
+            extra_end_ns = now_ns + (uint64_t)svc->batch_wait_us * 1000;
+        }
+        if (now_ns >= extra_end_ns)
+            break;
+        zmq_pollitem_t item = {proto_rpc_server_socket(svc->srv), 0, ZMQ_POLLIN, 0};
+        long left_ms = (long)((extra_end_ns - now_ns + 999999) / 1000000);
+        if (zmq_poll(&item, 1, left_ms) <= 0)
+            break;
+        wait_ms = 0;
+    }
+    return (int)n;
+}
+
+int ledger_service_run(ledger_service_t *svc)
+{
+    assert(svc != NULL);
+    load_next_deadline(svc);
+    while (!ops_signal_stop_requested()) {
+        uint64_t wall = ops_time_wall_ms();
+        int wait_ms = LEDGER_POLL_MS;
+        if (svc->next_deadline_ms != 0) {
+            uint64_t left = svc->next_deadline_ms > wall ? svc->next_deadline_ms - wall : 0;
+            if (left < (uint64_t)wait_ms)
+                wait_ms = (int)left;
+        }
+        int n = gather(svc, wait_ms);
+        if (n < 0) {
+            if (ops_signal_stop_requested())
+                break;
+            ops_log(OPS_LOG_ERROR, "ledger.socket_failed", "error", qc_strerror(n), NULL);
+            return QC_EIO;
+        }
+        serve_batch(svc, (size_t)n);
+        uint64_t mono = ops_time_mono_ms();
+        if (mono >= svc->next_reader_check_ms) {
+            svc->next_reader_check_ms = mono + LEDGER_READER_CHECK_MS;
+            (void)ledger_store_reader_check(svc->store, NULL);
+            uint64_t used = 0;
+            ledger_store_nearly_full(svc->store, &used, NULL);
+            ops_gauge_set(svc->m_map_used, (int64_t)used);
+        }
+    }
+    ops_log(OPS_LOG_INFO, "ledger.stopping", NULL);
+    return 0;
+}
+
+/* ------------------------------------------------------------ start and stop */
+
+static bool svc_health(void *arg, char *why, size_t why_cap)
+{
+    ledger_service_t *svc = arg;
+    int rc = atomic_load(&svc->last_commit_rc);
+    if (rc != 0) {
+        snprintf(why, why_cap, "last commit failed: %s", qc_strerror(rc));
+        return false;
+    }
+    return true;
+}
+
+static void init_metrics(ledger_service_t *svc)
+{
+    svc->m_commits = ops_counter("qc_ledger_commits_total", "Group commits (fsynced)");
+    svc->m_commit_failures =
+        ops_counter("qc_ledger_commit_failures_total", "Group commits that failed");
+    svc->m_commit_seconds =
+        ops_histogram("qc_ledger_commit_seconds", "Apply and commit time of a group commit");
+    for (int i = 0; i < SVC_BATCH_BUCKETS; i++) {
+        char name[SVC_METRIC_NAME_MAX];
+        if (svc_batch_le[i] > LEDGER_BATCH_MAX)
+            snprintf(name, sizeof name, "qc_ledger_batch_size_bucket{le=\"+Inf\"}");
+        else
+            snprintf(name, sizeof name, "qc_ledger_batch_size_bucket{le=\"%u\"}", svc_batch_le[i]);
+        svc->m_batch_bucket[i] = ops_counter(name, "Writes per group commit");
+    }
+    svc->m_batch_count = ops_counter("qc_ledger_batch_size_count", "Group commits with writes");
+    svc->m_batch_sum = ops_counter("qc_ledger_batch_size_sum", "Writes in group commits");
+    svc->m_expired = ops_counter("qc_ledger_expired_total", "Loads compensated at their deadline");
+    svc->m_denied = ops_counter("qc_ledger_denied_total", "Requests from keys not allowed");
+    svc->m_outbox_depth = ops_gauge("qc_ledger_outbox_depth", "Audit events not yet relayed");
+    svc->m_map_used = ops_gauge("qc_ledger_map_used_bytes", "LMDB map bytes in use");
+}
+
+int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **out)
+{
+    assert(cfg != NULL && out != NULL);
+    *out = NULL;
+    if (cfg->listen == NULL || cfg->curve_key_path == NULL || cfg->allow_keys == NULL ||
+        cfg->data_dir == NULL || cfg->allow_cert == NULL || cfg->batch_max == 0 ||
+        cfg->batch_max > LEDGER_BATCH_MAX || cfg->batch_wait_us > LEDGER_BATCH_WAIT_US_MAX ||
+        cfg->shard_count == 0 || cfg->shard_count > PROTO_SHARD_COUNT_MAX ||
+        cfg->shard >= cfg->shard_count) {
+        ops_log(OPS_LOG_ERROR, "ledger.config_invalid", "error",
+                "listen, curve_key, allow_keys, data_dir, allow_cert are required; batch and "
+                "shard settings must be in range",
+                NULL);
+        return QC_ECONFIG;
+    }
+    ledger_service_t *svc = calloc(1, sizeof *svc);
+    if (svc == NULL)
+        return QC_ENOMEM;
+    svc->shard = cfg->shard;
+    svc->shard_count = cfg->shard_count;
+    svc->batch_max = cfg->batch_max;
+    svc->batch_wait_us = cfg->batch_wait_us;
+    init_metrics(svc);
+    proto_curve_keypair_t keys;
+    memset(&keys, 0, sizeof keys);
+    char union_path[SVC_PATH_MAX];
+    int rc;
+    svc->slots = calloc(cfg->batch_max, sizeof *svc->slots);
+    svc->load = malloc(sizeof *svc->load);
+    if (svc->slots == NULL || svc->load == NULL) {
+        rc = QC_ENOMEM;
+        goto err;
+    }
+    if ((rc = ledger_store_open(cfg->data_dir, cfg->map_size, &svc->store)) != 0 ||
+        (rc = ledger_store_bind_shard(svc->store, cfg->shard, cfg->shard_count)) != 0)
+        goto err;
+    if ((rc = proto_key_load_pem(cfg->allow_cert, &svc->allow_key)) != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.allow_cert_invalid", "path", cfg->allow_cert, NULL);
+        rc = QC_ECONFIG;
+        goto err;
+    }
+    if (cfg->ca_path != NULL && (rc = proto_trust_new(cfg->ca_path, cfg->crl_path, &svc->trust))) {
+        ops_log(OPS_LOG_ERROR, "ledger.ca_invalid", "path", cfg->ca_path, NULL);
+        rc = QC_ECONFIG;
+        goto err;
+    }
+    ledger_saga_config_t scfg = {.store = svc->store,
+                                 .allow_key = svc->allow_key,
+                                 .trust = svc->trust,
+                                 .shard = cfg->shard,
+                                 .shard_count = cfg->shard_count};
+    if ((rc = ledger_saga_new(&scfg, &svc->saga)) != 0)
+        goto err;
+    if ((rc = load_keys(svc, cfg, union_path, sizeof union_path)) != 0)
+        goto err;
+    if ((rc = proto_curve_keypair_load(cfg->curve_key_path, &keys)) != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.curve_key_invalid", "path", cfg->curve_key_path, NULL);
+        goto err;
+    }
+    svc->zctx = zmq_ctx_new();
+    if (svc->zctx == NULL) {
+        rc = QC_ENOMEM;
+        goto err;
+    }
+    proto_rpc_server_config_t rcfg = {.service = SVC_NAME,
+                                      .endpoint = cfg->listen,
+                                      .keys = &keys,
+                                      .allow_path = union_path,
+                                      .allow_any = false};
+    if ((rc = proto_rpc_server_new(svc->zctx, &rcfg, &svc->srv)) != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.listen_failed", "endpoint", cfg->listen, "error",
+                qc_strerror(rc), NULL);
+        goto err;
+    }
+    proto_curve_keypair_wipe(&keys);
+    if ((rc = ops_http_start(cfg->http_port, svc_health, svc, &svc->http)) != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.http_failed", NULL);
+        goto err;
+    }
+    char shard[32];
+    snprintf(shard, sizeof shard, "%u/%u", cfg->shard, cfg->shard_count);
+    ops_log(OPS_LOG_INFO, "ledger.started", "listen", cfg->listen, "shard", shard, "data_dir",
+            cfg->data_dir, NULL);
+    *out = svc;
+    return 0;
+err:
+    proto_curve_keypair_wipe(&keys);
+    ledger_service_destroy(&svc);
+    return rc;
+}
+
+void ledger_service_destroy(ledger_service_t **svc_p)
+{
+    if (svc_p == NULL || *svc_p == NULL)
+        return;
+    ledger_service_t *svc = *svc_p;
+    ops_http_stop(&svc->http);
+    proto_rpc_server_destroy(&svc->srv);
+    if (svc->zctx != NULL)
+        zmq_ctx_term(svc->zctx);
+    ledger_saga_destroy(&svc->saga);
+    ledger_store_close(&svc->store);
+    proto_trust_destroy(&svc->trust);
+    EVP_PKEY_free(svc->allow_key);
+    free(svc->service_keys.keys);
+    free(svc->admin_keys.keys);
+    free(svc->slots);
+    free(svc->load);
+    free(svc);
+    *svc_p = NULL;
+}

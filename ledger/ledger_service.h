@@ -1,0 +1,55 @@
+/* ledger_service.h - the ledger's RPC loop: one thread that reads, writes and group-commits.
+ *
+ * The loop polls the ROUTER socket, drains up to batch_max waiting requests (waiting at
+ * most batch_wait_us more for stragglers), applies every write of the batch in one LMDB
+ * write transaction (one nested transaction per request, so a refusal changes nothing),
+ * compensates loads past their deadline in the same transaction, commits with fsync, and
+ * only then replies to all of them: a reply means durable. Reads are answered from a read
+ * transaction after the commit.
+ *
+ * Methods (bodies in proto/ledger.proto): reserve, settle, outbox_read, outbox_ack (keys of
+ * allow_keys); open_account, deposit, freeze, unfreeze, enroll_device, revoke_device (keys
+ * of admin_keys); get_load, get_account, get_device, check (either). */
+#ifndef LEDGER_SERVICE_H
+#define LEDGER_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LEDGER_BATCH_MAX 256     /* requests applied in one group commit, at most */
+#define LEDGER_BATCH_WAIT_US 200 /* extra wait for a batch to fill, at most */
+#define LEDGER_BATCH_WAIT_US_MAX 100000
+#define LEDGER_POLL_MS 250           /* longest sleep before looking at signals and deadlines */
+#define LEDGER_READER_CHECK_MS 10000 /* period of mdb_reader_check() */
+#define LEDGER_OUTBOX_READ_MAX 1024  /* events per outbox_read */
+
+typedef struct ledger_service ledger_service_t;
+
+typedef struct ledger_service_config {
+    const char *listen;         /* endpoint to bind */
+    const char *curve_key_path; /* this service's CURVE key pair */
+    const char *allow_keys;     /* file: service (gateway, relay) client keys */
+    const char *admin_keys;     /* file: operator (qcctl) client keys; may be NULL */
+    const char *data_dir;       /* the LMDB environment of this shard */
+    const char *allow_cert;     /* PEM: the bank's allow-signing certificate or public key */
+    const char *ca_path;        /* PEM CA bundle for device certificates; may be NULL */
+    const char *crl_path;       /* PEM CRLs; may be NULL */
+    uint32_t shard;
+    uint32_t shard_count;
+    uint64_t map_size;
+    size_t batch_max;       /* 1..LEDGER_BATCH_MAX */
+    uint32_t batch_wait_us; /* 0..LEDGER_BATCH_WAIT_US_MAX */
+    uint16_t http_port;     /* 0 = no /metrics */
+} ledger_service_config_t;
+
+/* Opens the store, loads the keys, binds the socket and starts /metrics.
+ * Returns 0 and sets *out, or QC_ECONFIG, QC_EIO, QC_ENOMEM (each logged). */
+int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **out);
+
+/* Serves until ops_signal_stop_requested(). Returns 0, or QC_EIO when the socket failed. */
+int ledger_service_run(ledger_service_t *svc);
+
+/* Stops everything, closes the store, frees svc, nulls *svc_p; accepts NULL. */
+void ledger_service_destroy(ledger_service_t **svc_p);
+
+#endif
