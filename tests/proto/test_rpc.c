@@ -35,6 +35,7 @@
 #define T_CALL_MS 2000     /* an ordinary call */
 #define T_ASYNC_CALLS 200  /* calls in flight at once in the async test */
 #define T_LOG_WAIT_MS 3000 /* a log line must appear within this */
+#define T_STOP_MS 5000     /* a server must exit this soon after SIGTERM */
 
 static const char *echo_server_bin;
 
@@ -124,6 +125,27 @@ static void kill_server(fixture_t *f, pid_t pid)
         waitpid(pid, NULL, 0);
         f->children[i] = 0;
     }
+}
+
+/* Stops a server with SIGTERM and returns its exit status (-1 if it had to be killed): a
+ * clean exit also means LeakSanitizer found nothing in it. */
+static int stop_server(fixture_t *f, pid_t pid)
+{
+    assert_int_equal(kill(pid, SIGTERM), 0);
+    uint64_t end = ops_time_mono_ms() + T_STOP_MS;
+    int status = 0;
+    pid_t got = 0;
+    while ((got = waitpid(pid, &status, WNOHANG)) == 0 && ops_time_mono_ms() < end)
+        usleep(10 * 1000);
+    for (int i = 0; i < T_CHILDREN_MAX; i++)
+        if (f->children[i] == pid)
+            f->children[i] = 0;
+    if (got != pid) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 static proto_rpc_client_t *client_new(fixture_t *f, const char *endpoints,
@@ -323,7 +345,7 @@ static void test_keypair_files(void **state)
 static void test_call_and_peer_key(void **state)
 {
     fixture_t *f = *state;
-    spawn_server(f, 17100, "a", false, NULL);
+    pid_t pid = spawn_server(f, 17100, "a", false, NULL);
     proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17100", NULL, &f->client);
     wait_ready(cli);
     char out[128];
@@ -332,6 +354,8 @@ static void test_call_and_peer_key(void **state)
     assert_int_equal(call_text(cli, "peer", NULL, T_CALL_MS, 0, out, sizeof out), 0);
     assert_string_equal(out, f->client.public_z85);
     assert_int_equal(call_text(cli, "nosuch", NULL, T_CALL_MS, 0, out, sizeof out), QC_EMETHOD);
+    /* A clean stop: the server destroys its socket and ZAP handler and exits 0. */
+    assert_int_equal(stop_server(f, pid), 0);
     assert_int_equal(proto_rpc_client_inflight(cli), 0);
     assert_ptr_equal(f->clients[0], cli);
     proto_rpc_client_destroy(&f->clients[0]);
