@@ -1,0 +1,814 @@
+/* wallet_main.c - qc-wallet, the host program of the simulated USB-key e-purse: creates the
+ * device, installs what enrollment gives it, and runs loads against the gateway. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <zmq.h>
+
+#include "ops_config.h"
+#include "ops_log.h"
+#include "proto_rpc.h"
+#include "qc_error.h"
+#include "wallet_amount.h"
+#include "wallet_device.h"
+#include "wallet_flow.h"
+#include "wallet_store.h"
+
+#define MAIN_PROGRAM "qc-wallet"
+#define MAIN_TRANSPORT_KEY_FILE "transport.key"
+#define MAIN_CONFIG_FILE "wallet.conf"
+#define MAIN_LINE_MAX 64 /* a typed PIN or answer, with room to spot one too long */
+#define MAIN_EXIT_OK 0
+#define MAIN_EXIT_FAILED 1 /* the operation ran and did not succeed */
+#define MAIN_EXIT_USAGE 2  /* bad command line or bad amount: nothing was done */
+#define MAIN_ARGV_MAX 64
+#define MAIN_LOG_CHUNK 4096
+
+/* ------------------------------------------------------------------ the option tables */
+
+#define KEY_HOME                                                                                   \
+    {                                                                                              \
+        "home", OPS_CONFIG_STRING, NULL, "the device's home directory (required)"                  \
+    }
+#define KEY_LOG_LEVEL                                                                              \
+    {                                                                                              \
+        "log_level", OPS_CONFIG_STRING, "error", "lowest level of JSON log lines"                  \
+    }
+#define KEY_PIN_FD                                                                                 \
+    {                                                                                              \
+        "pin_fd", OPS_CONFIG_INT, "-1",                                                            \
+            "read the PIN from this file descriptor (else env QC_WALLET_PIN, else the terminal)"   \
+    }
+
+static const ops_config_key_t init_keys[] = {
+    KEY_HOME,
+    {"serial", OPS_CONFIG_STRING, NULL, "hardware serial (default: QC + 16 random hex digits)"},
+    KEY_PIN_FD,
+    KEY_LOG_LEVEL,
+};
+static const ops_config_key_t home_keys[] = {KEY_HOME, KEY_LOG_LEVEL};
+static const ops_config_key_t bank_keys[] = {
+    KEY_HOME,
+    {"allow", OPS_CONFIG_STRING, NULL, "PEM certificate or public key that signs allows"},
+    {"outcome", OPS_CONFIG_STRING, NULL, "PEM certificate or public key that signs outcomes"},
+    KEY_LOG_LEVEL,
+};
+static const ops_config_key_t unlock_keys[] = {
+    KEY_HOME,
+    {"admin_reset", OPS_CONFIG_BOOL, "false",
+     "reset the PIN retry counter (a real device needs the issuer's signed command)"},
+    KEY_LOG_LEVEL,
+};
+/* load and sync share one table so that one wallet.conf serves both. */
+static const ops_config_key_t net_keys[] = {
+    KEY_HOME,
+    {"account", OPS_CONFIG_STRING, NULL, "load: the bank account to load from"},
+    {"currency", OPS_CONFIG_INT, "156", "load: ISO 4217 numeric currency"},
+    {"yes", OPS_CONFIG_BOOL, "false", "load: do not ask for confirmation"},
+    {"confirm_timeout_s", OPS_CONFIG_INT, "30", "load: seconds to wait for y/N"},
+    KEY_PIN_FD,
+    {"gateway", OPS_CONFIG_STRING, NULL, "gateway endpoints, comma-separated"},
+    {"gateway_key", OPS_CONFIG_STRING, NULL, "the gateway's CURVE public key (Z85)"},
+    {"timeout_ms", OPS_CONFIG_INT, "5000", "time allowed for one call to the gateway"},
+    KEY_LOG_LEVEL,
+};
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ------------------------------------------------------------------ output */
+
+static void say_error(const char *what, int code, const char *server_message)
+{
+    if (server_message != NULL && server_message[0] != '\0' &&
+        strcmp(server_message, qc_strerror(code)) != 0)
+        fprintf(stderr, "%s: %s: %s (%s; %s)\n", MAIN_PROGRAM, what, qc_strerror(code),
+                server_message, qc_errname(code));
+    else
+        fprintf(stderr, "%s: %s: %s (%s)\n", MAIN_PROGRAM, what, qc_strerror(code),
+                qc_errname(code));
+}
+
+static const char *amount_text(int64_t minor, char buf[WALLET_AMOUNT_FORMAT_MAX])
+{
+    return wallet_amount_format(minor, buf, WALLET_AMOUNT_FORMAT_MAX);
+}
+
+/* ------------------------------------------------------------------ terminal and PIN input */
+
+/* Reads one line from fd into buf (capacity cap), without the newline, waiting at most
+ * timeout_ms per byte (-1 = forever). Returns the length, or QC_ETIMEOUT, QC_EIO, QC_EINVAL
+ * (line too long). */
+static int read_line(int fd, char *buf, size_t cap, int timeout_ms)
+{
+    size_t n = 0;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int pr = poll(&p, 1, timeout_ms);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr == 0)
+            return QC_ETIMEOUT;
+        if (pr < 0)
+            return QC_EIO;
+        char c;
+        ssize_t r = read(fd, &c, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return QC_EIO;
+        if (r == 0 || c == '\n')
+            break;
+        if (n + 1 >= cap)
+            return QC_EINVAL;
+        buf[n++] = c;
+    }
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    buf[n] = '\0';
+    return (int)n;
+}
+
+/* Prompts on the terminal, with echo off when secret. Returns as read_line(). */
+static int tty_prompt(const char *prompt, bool secret, char *buf, size_t cap, int timeout_ms)
+{
+    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return QC_EIO;
+    struct termios old, quiet;
+    bool restore = false;
+    if (secret && tcgetattr(fd, &old) == 0) {
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+        restore = tcsetattr(fd, TCSAFLUSH, &quiet) == 0;
+    }
+    int rc = (int)write(fd, prompt, strlen(prompt)) < 0 ? QC_EIO : 0;
+    if (rc == 0)
+        rc = read_line(fd, buf, cap, timeout_ms);
+    if (restore) {
+        (void)tcsetattr(fd, TCSAFLUSH, &old);
+        (void)!write(fd, "\n", 1);
+    }
+    close(fd);
+    return rc;
+}
+
+/* Gets the PIN from --pin-fd, QC_WALLET_PIN or the terminal. twice asks the terminal twice
+ * (init). Returns the length, or a negative code with a message printed. */
+static int get_pin(const ops_config_t *cfg, bool twice, char pin[MAIN_LINE_MAX])
+{
+    int64_t fd = ops_config_int(cfg, "pin_fd");
+    const char *env = getenv("QC_WALLET_PIN");
+    int rc;
+    if (fd >= 0) {
+        rc = fd > INT32_MAX ? QC_EINVAL : read_line((int)fd, pin, MAIN_LINE_MAX, -1);
+        if (rc < 0)
+            fprintf(stderr, "%s: cannot read the PIN from descriptor %" PRId64 ": %s\n",
+                    MAIN_PROGRAM, fd, qc_strerror(rc));
+        return rc;
+    }
+    if (env != NULL) {
+        size_t n = strnlen(env, MAIN_LINE_MAX);
+        if (n >= MAIN_LINE_MAX)
+            return QC_EINVAL;
+        memcpy(pin, env, n + 1);
+        return (int)n;
+    }
+    rc = tty_prompt("PIN: ", true, pin, MAIN_LINE_MAX, -1);
+    if (rc >= 0 && twice) {
+        char again[MAIN_LINE_MAX];
+        int rc2 = tty_prompt("PIN again: ", true, again, sizeof(again), -1);
+        if (rc2 != rc || CRYPTO_memcmp(pin, again, (size_t)rc) != 0) {
+            fprintf(stderr, "%s: the two PINs differ\n", MAIN_PROGRAM);
+            rc = QC_EPIN;
+        }
+        OPENSSL_cleanse(again, sizeof(again));
+    }
+    if (rc == QC_EIO)
+        fprintf(stderr, "%s: no terminal to ask the PIN on: give --pin-fd N or set QC_WALLET_PIN\n",
+                MAIN_PROGRAM);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ device helpers */
+
+static int open_device(const ops_config_t *cfg, wallet_device_t **dev)
+{
+    const char *home = ops_config_str(cfg, "home");
+    int rc = wallet_device_open(home, dev);
+    if (rc == QC_ENOTFOUND)
+        fprintf(stderr, "%s: no device in %s: create one with `%s init --home %s`\n", MAIN_PROGRAM,
+                home, MAIN_PROGRAM, home);
+    else if (rc == QC_EBUSY)
+        fprintf(stderr, "%s: the device in %s is in use by another qc-wallet\n", MAIN_PROGRAM,
+                home);
+    else if (rc != 0)
+        say_error("cannot open the device", rc, NULL);
+    return rc;
+}
+
+static int check_pin(wallet_device_t *dev, const ops_config_t *cfg)
+{
+    char pin[MAIN_LINE_MAX];
+    int n = get_pin(cfg, false, pin);
+    if (n < 0) {
+        OPENSSL_cleanse(pin, sizeof(pin));
+        return n;
+    }
+    int rc = wallet_device_verify_pin(dev, pin, (size_t)n);
+    OPENSSL_cleanse(pin, sizeof(pin));
+    wallet_status_t s;
+    wallet_device_status(dev, &s);
+    if (rc == QC_EPIN)
+        fprintf(stderr, "%s: wrong PIN, %" PRIu32 " %s left\n", MAIN_PROGRAM, s.pin_tries_left,
+                s.pin_tries_left == 1 ? "try" : "tries");
+    else if (rc == QC_ELOCKED)
+        fprintf(stderr,
+                "%s: the device is locked after %u wrong PINs; the issuer must reset it "
+                "(`%s unlock --admin-reset`)\n",
+                MAIN_PROGRAM, WALLET_PIN_TRIES, MAIN_PROGRAM);
+    else if (rc != 0)
+        say_error("PIN check failed", rc, NULL);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ the network */
+
+typedef struct net {
+    void *ctx;
+    proto_rpc_client_t *cli;
+    int timeout_ms;
+} net_t;
+
+static int net_call(void *arg, const char *method, const uint8_t *body, size_t body_len,
+                    wallet_reply_t *out)
+{
+    net_t *net = arg;
+    memset(out, 0, sizeof(*out));
+    proto_rpc_reply_t *reply = NULL;
+    int rc = proto_rpc_client_call(net->cli, method, body, body_len, net->timeout_ms,
+                                   PROTO_RPC_IDEMPOTENT, &reply);
+    if (rc != 0)
+        return rc;
+    out->code = reply->code;
+    snprintf(out->message, sizeof(out->message), "%s", reply->message);
+    if (reply->body_len > 0) {
+        out->body = malloc(reply->body_len);
+        if (out->body == NULL) {
+            proto_rpc_reply_destroy(&reply);
+            return QC_ENOMEM;
+        }
+        memcpy(out->body, reply->body, reply->body_len);
+        out->body_len = reply->body_len;
+    }
+    proto_rpc_reply_destroy(&reply);
+    return 0;
+}
+
+static void net_close(net_t *net)
+{
+    proto_rpc_client_destroy(&net->cli);
+    if (net->ctx != NULL)
+        zmq_ctx_term(net->ctx);
+    net->ctx = NULL;
+}
+
+static int net_open(const ops_config_t *cfg, net_t *net)
+{
+    memset(net, 0, sizeof(*net));
+    const char *gateway = ops_config_str(cfg, "gateway");
+    const char *gkey = ops_config_str(cfg, "gateway_key");
+    int64_t timeout_ms = ops_config_int(cfg, "timeout_ms");
+    if (gateway == NULL || gkey == NULL) {
+        fprintf(stderr,
+                "%s: no gateway configured: give --gateway tcp://HOST:PORT and --gateway-key "
+                "Z85, or write them in %s/%s\n",
+                MAIN_PROGRAM, ops_config_str(cfg, "home"), MAIN_CONFIG_FILE);
+        return QC_ECONFIG;
+    }
+    if (strlen(gkey) != PROTO_CURVE_KEY_Z85_LEN || timeout_ms <= 0 || timeout_ms > INT32_MAX) {
+        fprintf(stderr, "%s: gateway_key must be %d Z85 characters and timeout_ms positive\n",
+                MAIN_PROGRAM, PROTO_CURVE_KEY_Z85_LEN);
+        return QC_ECONFIG;
+    }
+    char path[WALLET_PATH_MAX];
+    int rc = wallet_store_path(ops_config_str(cfg, "home"), MAIN_TRANSPORT_KEY_FILE, path);
+    proto_curve_keypair_t kp;
+    if (rc == 0)
+        rc = proto_curve_keypair_load(path, &kp);
+    if (rc != 0) {
+        say_error("cannot read the transport key", rc, path);
+        return rc;
+    }
+    net->timeout_ms = (int)timeout_ms;
+    net->ctx = zmq_ctx_new();
+    if (net->ctx == NULL) {
+        proto_curve_keypair_wipe(&kp);
+        return QC_ENOMEM;
+    }
+    proto_rpc_client_config_t cc = {
+        .service = "gateway",
+        .endpoints = gateway,
+        .server_public_z85 = gkey,
+        .keys = &kp,
+    };
+    rc = proto_rpc_client_new(net->ctx, &cc, &net->cli);
+    proto_curve_keypair_wipe(&kp);
+    if (rc != 0) {
+        say_error("cannot set up the connection to the gateway", rc, NULL);
+        net_close(net);
+    }
+    return rc;
+}
+
+/* Explains what a flow did, and returns the exit status. */
+static int report_flow(wallet_device_t *dev, int rc, const wallet_flow_result_t *res)
+{
+    char a[WALLET_AMOUNT_FORMAT_MAX], b[WALLET_AMOUNT_FORMAT_MAX];
+    wallet_status_t s;
+    wallet_device_status(dev, &s);
+    if (res->judged && res->verdict != 0)
+        printf("The bank's allow did not verify (%s); nothing was credited and the device "
+               "reported it as REJECTED.\n",
+               qc_strerror(res->verdict));
+    if (res->finished) {
+        printf("Bank outcome: %s. Wallet balance: %s (counter %" PRIu64 ").\n",
+               wallet_outcome_name(res->outcome), amount_text(s.balance, b), s.counter);
+        bool ok = (!res->judged || res->verdict == 0) &&
+                  res->outcome != QUANCUN__LOAD_STATE__LOAD_COMPENSATED;
+        if (!ok)
+            printf("The money stays in (or went back to) the bank account.\n");
+        return ok ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
+    }
+    if (rc == 0)
+        return MAIN_EXIT_OK; /* nothing was in progress */
+    if (res->abandoned) {
+        say_error("the bank refused the load", res->server_code, res->server_message);
+        printf("Nothing was debited or credited.\n");
+        return MAIN_EXIT_FAILED;
+    }
+    say_error("the load is not finished", rc, res->server_message);
+    if (s.phase == WALLET_PENDING)
+        printf("The signed request of %s is kept; run `%s sync --home DIR` to finish it.\n",
+               amount_text(s.amount, a), MAIN_PROGRAM);
+    else if (s.phase == WALLET_REPORTED)
+        printf("The wallet %s; the bank has not confirmed yet: run `%s sync --home DIR`.\n",
+               s.report_status == QUANCUN__REPORT_STATUS__REPORT_APPLIED ? "was credited"
+                                                                         : "refused the load",
+               MAIN_PROGRAM);
+    return MAIN_EXIT_FAILED;
+}
+
+/* Finishes a load left in progress before anything new. Returns 0 when IDLE. */
+static int settle_previous(wallet_device_t *dev, net_t *net, const char *method)
+{
+    wallet_status_t s;
+    wallet_device_status(dev, &s);
+    if (s.phase == WALLET_IDLE)
+        return 0;
+    char a[WALLET_AMOUNT_FORMAT_MAX];
+    printf("Finishing the previous load of %s (%s)...\n", amount_text(s.amount, a),
+           wallet_phase_name(s.phase));
+    wallet_flow_result_t res;
+    memset(&res, 0, sizeof(res));
+    int rc = wallet_flow_settle(dev, net_call, net, method, &res);
+    int status = report_flow(dev, rc, &res);
+    (void)status;
+    return rc;
+}
+
+/* ------------------------------------------------------------------ verbs */
+
+static int cmd_init(const ops_config_t *cfg)
+{
+    const char *home = ops_config_str(cfg, "home");
+    char pin[MAIN_LINE_MAX];
+    int n = get_pin(cfg, true, pin);
+    if (n < 0) {
+        OPENSSL_cleanse(pin, sizeof(pin));
+        return MAIN_EXIT_FAILED;
+    }
+    int rc = wallet_device_init(home, ops_config_str(cfg, "serial"), pin, (size_t)n);
+    OPENSSL_cleanse(pin, sizeof(pin));
+    if (rc == QC_EINVAL) {
+        fprintf(stderr,
+                "%s: the PIN must be %d to %d digits and the serial letters, digits, '-' or "
+                "'_'\n",
+                MAIN_PROGRAM, WALLET_PIN_LEN_MIN, WALLET_PIN_LEN_MAX);
+        return MAIN_EXIT_USAGE;
+    }
+    if (rc == QC_EEXIST) {
+        fprintf(stderr, "%s: a device already lives in %s\n", MAIN_PROGRAM, home);
+        return MAIN_EXIT_FAILED;
+    }
+    if (rc != 0) {
+        say_error("cannot create the device", rc, NULL);
+        return MAIN_EXIT_FAILED;
+    }
+    char path[WALLET_PATH_MAX];
+    proto_curve_keypair_t kp;
+    rc = wallet_store_path(home, MAIN_TRANSPORT_KEY_FILE, path);
+    if (rc == 0)
+        rc = proto_curve_keypair_create(path, &kp);
+    if (rc != 0) {
+        say_error("cannot create the transport key", rc, path);
+        return MAIN_EXIT_FAILED;
+    }
+    wallet_device_t *dev = NULL;
+    if (open_device(cfg, &dev) != 0) {
+        proto_curve_keypair_wipe(&kp);
+        return MAIN_EXIT_FAILED;
+    }
+    printf("Created device %s in %s\n", wallet_device_serial(dev), home);
+    printf("  certificate request: %s/%s (CN=%s), for the operator's enrollment\n", home,
+           WALLET_CSR_FILE, wallet_device_serial(dev));
+    printf("  transport public key: %s\n", kp.public_z85);
+    printf("Next: the operator enrolls it, then `%s install-cert --home %s CERT` and\n"
+           "`%s install-bank --home %s --allow PEM --outcome PEM`.\n",
+           MAIN_PROGRAM, home, MAIN_PROGRAM, home);
+    proto_curve_keypair_wipe(&kp);
+    wallet_device_destroy(&dev);
+    return MAIN_EXIT_OK;
+}
+
+static int cmd_install_cert(const ops_config_t *cfg)
+{
+    if (ops_config_argc(cfg) != 1) {
+        fprintf(stderr, "%s: install-cert takes one certificate file\n", MAIN_PROGRAM);
+        return MAIN_EXIT_USAGE;
+    }
+    wallet_device_t *dev = NULL;
+    if (open_device(cfg, &dev) != 0)
+        return MAIN_EXIT_FAILED;
+    const char *cert = ops_config_arg(cfg, 0);
+    int rc = wallet_device_install_cert(dev, cert);
+    if (rc == QC_ECERT)
+        fprintf(stderr,
+                "%s: %s is not this device's certificate (it must hold the device's key and "
+                "CN=%s)\n",
+                MAIN_PROGRAM, cert, wallet_device_serial(dev));
+    else if (rc != 0)
+        say_error("cannot install the certificate", rc, cert);
+    else
+        printf("Installed the certificate of %s\n", wallet_device_serial(dev));
+    wallet_device_destroy(&dev);
+    return rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
+}
+
+static int cmd_install_bank(const ops_config_t *cfg)
+{
+    const char *allow = ops_config_str(cfg, "allow");
+    const char *outcome = ops_config_str(cfg, "outcome");
+    if (allow == NULL || outcome == NULL) {
+        fprintf(stderr, "%s: install-bank needs --allow PEM and --outcome PEM\n", MAIN_PROGRAM);
+        return MAIN_EXIT_USAGE;
+    }
+    wallet_device_t *dev = NULL;
+    if (open_device(cfg, &dev) != 0)
+        return MAIN_EXIT_FAILED;
+    int rc = wallet_device_install_bank(dev, allow, outcome);
+    if (rc == QC_ECERT)
+        fprintf(stderr, "%s: the bank keys must be PEM certificates or public keys on P-256\n",
+                MAIN_PROGRAM);
+    else if (rc != 0)
+        say_error("cannot install the bank keys", rc, NULL);
+    else
+        printf("Installed the bank's allow and outcome keys\n");
+    wallet_device_destroy(&dev);
+    return rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
+}
+
+static void print_status(const wallet_status_t *s)
+{
+    char a[WALLET_AMOUNT_FORMAT_MAX], hex[2 * WALLET_TXN_SIZE + 1];
+    printf("serial:      %s\n", s->serial);
+    printf("balance:     %s\n", amount_text(s->balance, a));
+    printf("counter:     %" PRIu64 "\n", s->counter);
+    printf("state:       %s", wallet_phase_name(s->phase));
+    if (s->phase == WALLET_REPORTED)
+        printf(" (%s, awaiting the bank's outcome)",
+               s->report_status == QUANCUN__REPORT_STATUS__REPORT_APPLIED ? "APPLIED" : "REJECTED");
+    printf("\n");
+    if (s->phase != WALLET_IDLE) {
+        printf("pending txn: %s\n", wallet_hex(s->txn_id, WALLET_TXN_SIZE, hex));
+        printf("  account %s, amount %s, currency %" PRIu32 "\n", s->account_id,
+               amount_text(s->amount, a), s->currency);
+    }
+    if (s->last_outcome != 0)
+        printf("last load:   %s %s\n", wallet_hex(s->last_txn_id, WALLET_TXN_SIZE, hex),
+               wallet_outcome_name(s->last_outcome));
+    printf("PIN tries:   %" PRIu32 " of %u%s\n", s->pin_tries_left, WALLET_PIN_TRIES,
+           s->pin_tries_left == 0 ? " (locked)" : "");
+    printf("certificate: %s\n", s->has_cert ? "installed" : "missing (install-cert)");
+    printf("bank keys:   %s\n", s->has_bank ? "installed" : "missing (install-bank)");
+}
+
+static int cmd_status(const ops_config_t *cfg)
+{
+    wallet_device_t *dev = NULL;
+    if (open_device(cfg, &dev) != 0)
+        return MAIN_EXIT_FAILED;
+    wallet_status_t s;
+    wallet_device_status(dev, &s);
+    print_status(&s);
+    wallet_device_destroy(&dev);
+    return MAIN_EXIT_OK;
+}
+
+static int cmd_log(const ops_config_t *cfg)
+{
+    /* Opening the device first repairs a log line a crash left unwritten. */
+    wallet_device_t *dev = NULL;
+    if (open_device(cfg, &dev) != 0)
+        return MAIN_EXIT_FAILED;
+    char path[WALLET_PATH_MAX];
+    int rc = wallet_store_path(ops_config_str(cfg, "home"), WALLET_LOG_FILE, path);
+    FILE *f = rc == 0 ? fopen(path, "r") : NULL;
+    if (f != NULL) {
+        char chunk[MAIN_LOG_CHUNK];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+            fwrite(chunk, 1, n, stdout);
+        fclose(f);
+    }
+    wallet_device_destroy(&dev);
+    return MAIN_EXIT_OK;
+}
+
+static int cmd_unlock(const ops_config_t *cfg)
+{
+    if (!ops_config_bool(cfg, "admin_reset")) {
+        fprintf(stderr, "%s: unlock needs --admin-reset\n", MAIN_PROGRAM);
+        return MAIN_EXIT_USAGE;
+    }
+    wallet_device_t *dev = NULL;
+    if (open_device(cfg, &dev) != 0)
+        return MAIN_EXIT_FAILED;
+    int rc = wallet_device_admin_reset(dev);
+    if (rc == 0)
+        printf("PIN retry counter reset to %u\n", WALLET_PIN_TRIES);
+    else
+        say_error("cannot reset the PIN counter", rc, NULL);
+    wallet_device_destroy(&dev);
+    return rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
+}
+
+static int cmd_sync(const ops_config_t *cfg)
+{
+    wallet_device_t *dev = NULL;
+    if (open_device(cfg, &dev) != 0)
+        return MAIN_EXIT_FAILED;
+    wallet_status_t s;
+    wallet_device_status(dev, &s);
+    if (s.phase == WALLET_IDLE) {
+        printf("Nothing to synchronise: no load in progress.\n");
+        wallet_device_destroy(&dev);
+        return MAIN_EXIT_OK;
+    }
+    net_t net;
+    int status = MAIN_EXIT_FAILED;
+    if (net_open(cfg, &net) == 0) {
+        wallet_flow_result_t res;
+        memset(&res, 0, sizeof(res));
+        int rc = wallet_flow_settle(dev, net_call, &net, WALLET_METHOD_SYNC, &res);
+        status = report_flow(dev, rc, &res);
+        net_close(&net);
+    }
+    wallet_device_destroy(&dev);
+    return status;
+}
+
+/* Shows the load and asks y/N on the terminal. Returns 0 when confirmed. */
+static int confirm_load(const ops_config_t *cfg, const wallet_status_t *s, const char *account,
+                        int64_t amount, uint32_t currency)
+{
+    char a[WALLET_AMOUNT_FORMAT_MAX], b[WALLET_AMOUNT_FORMAT_MAX], c[WALLET_AMOUNT_FORMAT_MAX];
+    bool overflow = s->balance > INT64_MAX - amount;
+    printf("Load from account %s into wallet %s\n", account, s->serial);
+    printf("  amount:      %s (currency %" PRIu32 ")\n", amount_text(amount, a), currency);
+    printf("  fee:         none\n");
+    printf("  balance now: %s\n", amount_text(s->balance, b));
+    printf("  new balance: %s\n", overflow ? "(too large)" : amount_text(s->balance + amount, c));
+    fflush(stdout);
+    if (ops_config_bool(cfg, "yes"))
+        return 0;
+    int64_t secs = ops_config_int(cfg, "confirm_timeout_s");
+    char answer[MAIN_LINE_MAX];
+    char prompt[MAIN_LINE_MAX];
+    snprintf(prompt, sizeof(prompt), "Confirm? [y/N] (%" PRId64 " s) ", secs);
+    int n = tty_prompt(prompt, false, answer, sizeof(answer),
+                       secs > 0 && secs < INT32_MAX / 1000 ? (int)(secs * 1000) : -1);
+    if (n == QC_EIO) {
+        fprintf(stderr, "%s: no terminal to confirm on: add --yes to load without asking\n",
+                MAIN_PROGRAM);
+        return QC_EIO;
+    }
+    if (n == QC_ETIMEOUT) {
+        fprintf(stderr, "%s: no answer in time; nothing was signed\n", MAIN_PROGRAM);
+        return QC_ETIMEOUT;
+    }
+    if (n > 0 && (answer[0] == 'y' || answer[0] == 'Y'))
+        return 0;
+    fprintf(stderr, "%s: cancelled; nothing was signed\n", MAIN_PROGRAM);
+    return QC_EDENIED;
+}
+
+static int cmd_load(const ops_config_t *cfg)
+{
+    /* Everything the user typed is checked before the device or the network is touched. */
+    if (ops_config_argc(cfg) != 1) {
+        fprintf(stderr, "%s: load takes one AMOUNT, as 12.34\n", MAIN_PROGRAM);
+        return MAIN_EXIT_USAGE;
+    }
+    int64_t amount = 0;
+    const char *why = NULL;
+    if (wallet_amount_parse(ops_config_arg(cfg, 0), &amount, &why) != 0) {
+        fprintf(stderr, "%s: \"%s\": %s; nothing was signed\n", MAIN_PROGRAM,
+                ops_config_arg(cfg, 0), why);
+        return MAIN_EXIT_USAGE;
+    }
+    const char *account = ops_config_str(cfg, "account");
+    if (account == NULL) {
+        fprintf(stderr, "%s: load needs --account ID\n", MAIN_PROGRAM);
+        return MAIN_EXIT_USAGE;
+    }
+    int64_t currency = ops_config_int(cfg, "currency");
+    if (currency <= 0 || currency > WALLET_CURRENCY_MAX) {
+        fprintf(stderr, "%s: --currency must be an ISO 4217 numeric code\n", MAIN_PROGRAM);
+        return MAIN_EXIT_USAGE;
+    }
+
+    wallet_device_t *dev = NULL;
+    if (open_device(cfg, &dev) != 0)
+        return MAIN_EXIT_FAILED;
+    wallet_status_t s;
+    wallet_device_status(dev, &s);
+    if (!s.has_cert || !s.has_bank) {
+        fprintf(stderr, "%s: the device is not enrolled yet: %s\n", MAIN_PROGRAM,
+                !s.has_cert ? "install its certificate (install-cert)"
+                            : "install the bank keys (install-bank)");
+        wallet_device_destroy(&dev);
+        return MAIN_EXIT_FAILED;
+    }
+    net_t net;
+    if (net_open(cfg, &net) != 0) {
+        wallet_device_destroy(&dev);
+        return MAIN_EXIT_FAILED;
+    }
+    int status = MAIN_EXIT_FAILED;
+    if (settle_previous(dev, &net, WALLET_METHOD_REPORT) != 0)
+        goto out;
+    if (check_pin(dev, cfg) != 0)
+        goto out;
+    wallet_device_status(dev, &s);
+    if (confirm_load(cfg, &s, account, amount, (uint32_t)currency) != 0)
+        goto out;
+    wallet_flow_result_t res;
+    int rc = wallet_flow_load(dev, account, amount, (uint32_t)currency, net_call, &net, &res);
+    if (rc == QC_ECERT || rc == QC_ECONFIG || rc == QC_EINVAL) {
+        say_error("cannot sign the request", rc,
+                  rc == QC_ECERT     ? "install the device certificate first"
+                  : rc == QC_ECONFIG ? "install the bank keys first"
+                                     : "bad account id");
+        goto out;
+    }
+    status = report_flow(dev, rc, &res);
+out:
+    net_close(&net);
+    wallet_device_destroy(&dev);
+    return status;
+}
+
+/* ------------------------------------------------------------------ main */
+
+typedef struct verb {
+    const char *name;
+    const char *usage;
+    const ops_config_key_t *keys;
+    size_t key_count;
+    bool reads_wallet_conf;
+    int (*run)(const ops_config_t *cfg);
+} verb_t;
+
+static const verb_t verbs[] = {
+    {"init", "--home DIR [--serial S] [--pin-fd N]: create the device", init_keys, COUNT(init_keys),
+     false, cmd_init},
+    {"install-cert", "--home DIR CERT: install the certificate from enrollment", home_keys,
+     COUNT(home_keys), false, cmd_install_cert},
+    {"install-bank", "--home DIR --allow PEM --outcome PEM: install the bank's keys", bank_keys,
+     COUNT(bank_keys), false, cmd_install_bank},
+    {"load", "AMOUNT --home DIR --account ID [--yes] [--pin-fd N]: load money", net_keys,
+     COUNT(net_keys), true, cmd_load},
+    {"status", "--home DIR: serial, balance, counter, load in progress", home_keys,
+     COUNT(home_keys), false, cmd_status},
+    {"log", "--home DIR: print the operation log (JSON lines)", home_keys, COUNT(home_keys), false,
+     cmd_log},
+    {"sync", "--home DIR: finish a load in progress (re-send request or report)", net_keys,
+     COUNT(net_keys), true, cmd_sync},
+    {"unlock", "--home DIR --admin-reset: reset the PIN retry counter", unlock_keys,
+     COUNT(unlock_keys), false, cmd_unlock},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "Usage: %s VERB [options]   (%s VERB --help for its options)\n\n", MAIN_PROGRAM,
+            MAIN_PROGRAM);
+    for (size_t i = 0; i < COUNT(verbs); i++)
+        fprintf(out, "  %-13s %s\n", verbs[i].name, verbs[i].usage);
+    fprintf(out,
+            "\nThe PIN is read from --pin-fd N, else the environment variable QC_WALLET_PIN,\n"
+            "else the terminal (echo off). load and sync also read HOME/%s (key = value).\n"
+            "Exit status: 0 done, 1 the operation failed (see the message), 2 bad usage.\n",
+            MAIN_CONFIG_FILE);
+}
+
+/* Finds "--home X" / "--home=X" in argv, for the default config file. */
+static const char *find_home(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--home") == 0 && i + 1 < argc)
+            return argv[i + 1];
+        if (strncmp(argv[i], "--home=", 7) == 0)
+            return argv[i] + 7;
+    }
+    return NULL;
+}
+
+static bool has_flag(int argc, char **argv, const char *flag)
+{
+    size_t n = strlen(flag);
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], flag, n) == 0 && (argv[i][n] == '\0' || argv[i][n] == '='))
+            return true;
+    }
+    return false;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? MAIN_EXIT_USAGE : MAIN_EXIT_OK;
+    }
+    const verb_t *verb = NULL;
+    for (size_t i = 0; i < COUNT(verbs); i++) {
+        if (strcmp(argv[1], verbs[i].name) == 0)
+            verb = &verbs[i];
+    }
+    if (verb == NULL) {
+        fprintf(stderr, "%s: unknown verb \"%s\"\n", MAIN_PROGRAM, argv[1]);
+        usage(stderr);
+        return MAIN_EXIT_USAGE;
+    }
+
+    /* argv for ops_config: the verb as program name, then an implicit --config
+     * HOME/wallet.conf when the operator wrote one and no --config was given. */
+    char *args[MAIN_ARGV_MAX + 2];
+    char conf[WALLET_PATH_MAX];
+    int n = 0;
+    if (argc - 1 > MAIN_ARGV_MAX) {
+        fprintf(stderr, "%s: too many arguments\n", MAIN_PROGRAM);
+        return MAIN_EXIT_USAGE;
+    }
+    args[n++] = argv[1];
+    const char *home = find_home(argc, argv);
+    if (verb->reads_wallet_conf && home != NULL && !has_flag(argc, argv, "--config") &&
+        wallet_store_path(home, MAIN_CONFIG_FILE, conf) == 0 && access(conf, R_OK) == 0) {
+        args[n++] = "--config";
+        args[n++] = conf;
+    }
+    for (int i = 2; i < argc; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+
+    char program[MAIN_LINE_MAX];
+    snprintf(program, sizeof(program), "%s %s", MAIN_PROGRAM, verb->name);
+    char err[OPS_CONFIG_ERROR_MAX];
+    ops_config_t *cfg = NULL;
+    int rc = ops_config_load(program, verb->usage, verb->keys, verb->key_count, n, args, &cfg, err,
+                             sizeof(err));
+    if (rc == 1)
+        return MAIN_EXIT_OK;
+    if (rc != 0) {
+        fprintf(stderr, "%s: %s\n", MAIN_PROGRAM, err);
+        return MAIN_EXIT_USAGE;
+    }
+    int level = ops_log_level_parse(ops_config_str(cfg, "log_level"));
+    ops_log_init(MAIN_PROGRAM, verb->name, level < 0 ? OPS_LOG_ERROR : (ops_log_level_t)level);
+    int status;
+    if (ops_config_str(cfg, "home") == NULL) {
+        fprintf(stderr, "%s %s: --home DIR is required\n", MAIN_PROGRAM, verb->name);
+        status = MAIN_EXIT_USAGE;
+    } else {
+        status = verb->run(cfg);
+    }
+    ops_config_destroy(&cfg);
+    return status;
+}
