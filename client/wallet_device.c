@@ -214,8 +214,11 @@ static void time_text(uint64_t ms, char out[DEVICE_TIME_TEXT_MAX])
              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(ms % 1000u));
 }
 
-/* Builds the log line of a transition into st->log_pending, numbered st->log_seq + 1. */
-static void log_line(wallet_state_t *st, const char *event, const char *detail)
+/* Builds the log line of a transition into st->log_pending, numbered st->log_seq + 1. The
+ * load fields are taken from st, so a transition that ends a load builds its line first and
+ * names the phase it goes to in phase_after. */
+static void log_line(wallet_state_t *st, wallet_phase_t phase_after, const char *event,
+                     const char *detail)
 {
     char when[DEVICE_TIME_TEXT_MAX];
     char txn[2 * WALLET_TXN_SIZE + 1] = "";
@@ -229,7 +232,7 @@ static void log_line(wallet_state_t *st, const char *event, const char *detail)
     int n = snprintf(out, cap,
                      "{\"seq\":%" PRIu64 ",\"time\":\"%s\",\"event\":\"%s\",\"state\":\"%s\","
                      "\"balance\":\"%s\",\"counter\":%" PRIu64,
-                     st->log_seq + 1, when, event, wallet_phase_name(st->phase),
+                     st->log_seq + 1, when, event, wallet_phase_name(phase_after),
                      wallet_amount_format(st->balance, balance, sizeof(balance)), st->counter);
     assert(n > 0 && (size_t)n < cap);
     size_t pos = (size_t)n;
@@ -290,7 +293,7 @@ static int device_write(wallet_device_t *dev, bool has_line)
 static int device_commit(wallet_device_t *dev, const char *event, const char *detail)
 {
     if (event != NULL)
-        log_line(&dev->st, event, detail);
+        log_line(&dev->st, dev->st.phase, event, detail);
     return device_write(dev, event != NULL);
 }
 
@@ -1111,7 +1114,7 @@ int wallet_device_accept_outcome(wallet_device_t *dev, const uint8_t *outcome, s
              oc->reason != NULL && oc->reason[0] != '\0' ? ": " : "",
              oc->reason != NULL ? oc->reason : "");
     /* The log line names the load, so it is built before the load is cleared. */
-    log_line(st, "load.outcome", detail);
+    log_line(st, WALLET_IDLE, "load.outcome", detail);
     memcpy(st->last_txn_id, st->txn_id, WALLET_TXN_SIZE);
     st->last_outcome = state;
     clear_load(st);
@@ -1135,7 +1138,7 @@ int wallet_device_abandon(wallet_device_t *dev, int server_code, const char *mes
     snprintf(detail, sizeof(detail), "%s: %s", qc_errname(server_code),
              message != NULL ? message : qc_strerror(server_code));
     uint64_t counter_before = st->counter;
-    log_line(st, "load.abandoned", detail);
+    log_line(st, WALLET_IDLE, "load.abandoned", detail);
     clear_load(st);
     int rc = device_write(dev, true);
     if (rc != 0)

@@ -328,12 +328,15 @@ static int net_open(const ops_config_t *cfg, net_t *net)
     return rc;
 }
 
-/* Explains what a flow did, and returns the exit status. */
-static int report_flow(wallet_device_t *dev, int rc, const wallet_flow_result_t *res)
+/* Explains what a flow for amount did, and returns the exit status. */
+static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
+                       const wallet_flow_result_t *res)
 {
     char a[WALLET_AMOUNT_FORMAT_MAX], b[WALLET_AMOUNT_FORMAT_MAX];
     wallet_status_t s;
     wallet_device_status(dev, &s);
+    if (res->judged && res->verdict == 0)
+        printf("Credited %s to the wallet.\n", amount_text(amount, a));
     if (res->judged && res->verdict != 0)
         printf("The bank's allow did not verify (%s); nothing was credited and the device "
                "reported it as REJECTED.\n",
@@ -357,7 +360,7 @@ static int report_flow(wallet_device_t *dev, int rc, const wallet_flow_result_t 
     say_error("the load is not finished", rc, res->server_message);
     if (s.phase == WALLET_PENDING)
         printf("The signed request of %s is kept; run `%s sync --home DIR` to finish it.\n",
-               amount_text(s.amount, a), MAIN_PROGRAM);
+               amount_text(amount, a), MAIN_PROGRAM);
     else if (s.phase == WALLET_REPORTED)
         printf("The wallet %s; the bank has not confirmed yet: run `%s sync --home DIR`.\n",
                s.report_status == QUANCUN__REPORT_STATUS__REPORT_APPLIED ? "was credited"
@@ -379,8 +382,7 @@ static int settle_previous(wallet_device_t *dev, net_t *net, const char *method)
     wallet_flow_result_t res;
     memset(&res, 0, sizeof(res));
     int rc = wallet_flow_settle(dev, net_call, net, method, &res);
-    int status = report_flow(dev, rc, &res);
-    (void)status;
+    (void)report_flow(dev, rc, s.amount, &res);
     return rc;
 }
 
@@ -578,7 +580,7 @@ static int cmd_sync(const ops_config_t *cfg)
         wallet_flow_result_t res;
         memset(&res, 0, sizeof(res));
         int rc = wallet_flow_settle(dev, net_call, &net, WALLET_METHOD_SYNC, &res);
-        status = report_flow(dev, rc, &res);
+        status = report_flow(dev, rc, s.amount, &res);
         net_close(&net);
     }
     wallet_device_destroy(&dev);
@@ -679,7 +681,7 @@ static int cmd_load(const ops_config_t *cfg)
                                      : "bad account id");
         goto out;
     }
-    status = report_flow(dev, rc, &res);
+    status = report_flow(dev, rc, amount, &res);
 out:
     net_close(&net);
     wallet_device_destroy(&dev);

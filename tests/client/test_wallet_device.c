@@ -266,6 +266,49 @@ static void test_refusals(void **state)
     }
 }
 
+/* The bank's allow key installed as a certificate: an expired one is refused, a current one
+ * accepted. */
+static void test_bank_certificate_validity(void **state)
+{
+    fixture_t *f = *state;
+    char expired[WT_PATH_MAX + 64], current[WT_PATH_MAX + 64], outcome[WT_PATH_MAX + 64];
+    snprintf(expired, sizeof(expired), "%s/allow-expired.pem", f->bank->dir);
+    snprintf(current, sizeof(current), "%s/allow-current.pem", f->bank->dir);
+    snprintf(outcome, sizeof(outcome), "%s/outcome.pub", f->bank->dir);
+    wt_write_self_cert(expired, f->bank->allow_key, -2 * 86400L, -86400L);
+    wt_write_self_cert(current, f->bank->allow_key, -60L, 86400L);
+
+    assert_int_equal(wallet_device_install_bank(f->dev, expired, outcome), 0);
+    begin(f);
+    uint8_t *allow = NULL;
+    size_t allow_len = 0;
+    wt_make_allow(f->bank, f->req, f->req_len, NULL, NULL, &allow, &allow_len);
+    int verdict = 0;
+    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), 0);
+    assert_int_equal(verdict, QC_ECERTEXPIRED);
+    expect(f, WALLET_REPORTED, 0, 0);
+    const uint8_t *rep = NULL;
+    size_t rep_len = 0;
+    assert_int_equal(wallet_device_report(f->dev, &rep, &rep_len), 0);
+    uint8_t *oc = NULL;
+    size_t oc_len = 0;
+    wt_make_outcome(f->bank, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_COMPENSATED, NULL, &oc,
+                    &oc_len);
+    int ls = 0;
+    assert_int_equal(wallet_device_accept_outcome(f->dev, oc, oc_len, &ls), 0);
+    free(oc);
+    free(allow);
+
+    assert_int_equal(wallet_device_install_bank(f->dev, current, outcome), 0);
+    assert_int_equal(
+        wallet_device_request(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, &f->req, &f->req_len), 0);
+    wt_make_allow(f->bank, f->req, f->req_len, NULL, NULL, &allow, &allow_len);
+    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), 0);
+    assert_int_equal(verdict, 0);
+    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    free(allow);
+}
+
 /* ------------------------------------------------------------------ at most once */
 
 static void test_allow_applied_once(void **state)
@@ -530,6 +573,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_happy_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bank_certificate_validity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allow_applied_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outcome_checks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_preconditions, setup, teardown),

@@ -24,7 +24,7 @@
 #define WT_DEADLINE_MS 60000
 #define WT_CERT_DAYS_SECS (24 * 3600)
 
-static void write_pubkey(const char *path, EVP_PKEY *key)
+void wt_write_pubkey(const char *path, EVP_PKEY *key)
 {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
@@ -61,8 +61,7 @@ void wt_bank_free(wt_bank_t *b)
     free(b);
 }
 
-/* Issues a certificate for the device's CSR, signed by the test CA. */
-static void issue_cert(wt_bank_t *b, const char *out_path)
+void wt_issue_cert(wt_bank_t *b, const char *out_path)
 {
     char path[WT_PATH_MAX + 64];
     snprintf(path, sizeof(path), "%s/%s", b->home, WALLET_CSR_FILE);
@@ -107,9 +106,9 @@ wallet_device_t *wt_device_ready(wt_bank_t *b, const char *serial)
     snprintf(cert, sizeof(cert), "%s/issued.pem", b->dir);
     snprintf(allow, sizeof(allow), "%s/allow.pub", b->dir);
     snprintf(outcome, sizeof(outcome), "%s/outcome.pub", b->dir);
-    issue_cert(b, cert);
-    write_pubkey(allow, b->allow_key);
-    write_pubkey(outcome, b->outcome_key);
+    wt_issue_cert(b, cert);
+    wt_write_pubkey(allow, b->allow_key);
+    wt_write_pubkey(outcome, b->outcome_key);
     assert_int_equal(wallet_device_install_cert(dev, cert), 0);
     assert_int_equal(wallet_device_install_bank(dev, allow, outcome), 0);
     return dev;
@@ -262,4 +261,34 @@ int wt_log_count(wt_bank_t *b, const char *needle)
     }
     fclose(f);
     return n;
+}
+
+void wt_write_private(const char *path, EVP_PKEY *key)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+void wt_write_self_cert(const char *path, EVP_PKEY *key, long not_before_s, long not_after_s)
+{
+    X509 *cert = X509_new();
+    assert_non_null(cert);
+    assert_int_equal(X509_set_version(cert, 2), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(cert), 7), 1);
+    X509_NAME *name = X509_NAME_new();
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"bank", -1, -1, 0);
+    assert_int_equal(X509_set_subject_name(cert, name), 1);
+    assert_int_equal(X509_set_issuer_name(cert, name), 1);
+    X509_NAME_free(name);
+    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(cert), not_before_s));
+    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(cert), not_after_s));
+    assert_int_equal(X509_set_pubkey(cert, key), 1);
+    assert_true(X509_sign(cert, key, EVP_sha256()) > 0);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_X509(f, cert), 1);
+    assert_int_equal(fclose(f), 0);
+    X509_free(cert);
 }

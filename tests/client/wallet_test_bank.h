@@ -55,6 +55,15 @@ Quancun__ExecutionReport *wt_open_report(wt_bank_t *b, const uint8_t *report, si
 /* Decodes a signed request after verifying it with the device key. */
 Quancun__LoadRequest *wt_open_request(wt_bank_t *b, const uint8_t *req, size_t len);
 
+/* Issues a certificate for the CSR in b->home, signed by the test CA, into out_path. */
+void wt_issue_cert(wt_bank_t *b, const char *out_path);
+/* Writes key as a PEM public key / PEM private key to path. */
+void wt_write_pubkey(const char *path, EVP_PKEY *key);
+void wt_write_private(const char *path, EVP_PKEY *key);
+/* Writes a self-signed certificate of key valid from now + not_before_s to now +
+ * not_after_s (seconds, may be negative). */
+void wt_write_self_cert(const char *path, EVP_PKEY *key, long not_before_s, long not_after_s);
+
 /* Counts the lines of the operation log of b->home that contain needle. */
 int wt_log_count(wt_bank_t *b, const char *needle);
 
