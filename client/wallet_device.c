@@ -49,6 +49,7 @@
 #include "ops_fault.h"
 #include "ops_log.h"
 #include "ops_time.h"
+#include "proto_cert.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
@@ -64,6 +65,13 @@
 #define DEVICE_PUBLIC_MODE 0644
 #define DEVICE_SECRET_MODE 0600
 #define DEVICE_BANK_KEYS 2 /* allow-signing, outcome-signing */
+
+/* The device's limits are the wire's. */
+_Static_assert(WALLET_SERIAL_MAX == PROTO_DEVICE_ID_MAX, "serial = device id");
+_Static_assert(WALLET_ACCOUNT_MAX == PROTO_ACCOUNT_ID_MAX, "account id");
+_Static_assert(WALLET_TXN_SIZE == PROTO_TXN_ID_SIZE, "txn id");
+_Static_assert(WALLET_DIGEST_SIZE == PROTO_DIGEST_SIZE, "digest");
+_Static_assert(WALLET_BLOB_MAX == PROTO_ENVELOPE_MAX, "a stored envelope");
 
 typedef struct bank_key {
     EVP_PKEY *key;
@@ -585,9 +593,13 @@ int wallet_device_open(const char *home, wallet_device_t **out)
     if (strlen(home) >= sizeof(dev->home))
         goto err;
     memcpy(dev->home, home, strlen(home) + 1);
-    rc = wallet_store_lock(home, &dev->lock_fd);
-    if (rc == QC_EIO && access(home, F_OK) != 0)
-        rc = QC_ENOTFOUND;
+    /* No state file, no device: say so without leaving a lock file behind. */
+    char path[WALLET_PATH_MAX];
+    rc = wallet_store_path(home, WALLET_STATE_FILE, path);
+    if (rc == 0 && access(path, F_OK) != 0)
+        rc = errno == ENOENT || errno == ENOTDIR ? QC_ENOTFOUND : QC_EIO;
+    if (rc == 0)
+        rc = wallet_store_lock(home, &dev->lock_fd);
     if (rc != 0)
         goto err;
     rc = wallet_state_load(home, &dev->st);
