@@ -51,11 +51,12 @@
 #define PROTO_RPC_ZAP_POLL_MS 100       /* how often the handler looks at its stop flag */
 #define PROTO_RPC_ZAP_SELFCHECK_MS 2000 /* the handler must answer the self-check by then */
 #define PROTO_RPC_ZAP_SELFCHECK_ID "qc-selfcheck"
-#define PROTO_RPC_ZAP_FIELD_MAX 256 /* any text frame of a ZAP request we keep */
-#define PROTO_RPC_SERVICE_MAX 64    /* service names in logs, metrics, ZAP domains */
-#define PROTO_RPC_ENDPOINT_MAX 256  /* one endpoint string */
-#define PROTO_RPC_SEND_RETRY_MS 10  /* a call no socket accepted is offered again */
-#define PROTO_RPC_SLOTS 4096        /* == PROTO_RPC_INFLIGHT_MAX, a power of two */
+#define PROTO_RPC_ZAP_FIELD_MAX 256  /* any text frame of a ZAP request we keep */
+#define PROTO_RPC_SERVICE_MAX 64     /* service names in logs, metrics, ZAP domains */
+#define PROTO_RPC_ENDPOINT_MAX 256   /* one endpoint string */
+#define PROTO_RPC_SEND_RETRY_MS 10   /* a call no socket accepted is offered again */
+#define PROTO_RPC_REOPEN_MIN_MS 1000 /* a socket that cannot connect is reopened */
+#define PROTO_RPC_SLOTS 4096         /* == PROTO_RPC_INFLIGHT_MAX, a power of two */
 #define PROTO_RPC_SLOT_MASK (PROTO_RPC_SLOTS - 1)
 #define PROTO_RPC_SLOT_BITS 12
 #define PROTO_RPC_KEYFILE_LINE_MAX 256
@@ -632,6 +633,8 @@ struct proto_rpc_server {
     ops_counter_t *expired;
     ops_counter_t *unroutable;
     bool zap_enforced; /* libzmq took ZMQ_ZAP_ENFORCE_DOMAIN */
+    char *allow_path;  /* re-read on SIGHUP; NULL with allow_any */
+    uint64_t hup_seen;
 };
 
 /* Sets ZMQ_ZAP_ENFORCE_DOMAIN; *enforced tells whether libzmq took it. Without it, a CURVE
@@ -695,8 +698,16 @@ int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_t *cfg, proto_
     srv->unroutable = rpc_counter("qc_rpc_unroutable_total", cfg->service,
                                   "replies dropped because the client had gone");
     int rc = 0;
-    if (cfg->allow_path != NULL && (rc = rpc_allow_load(cfg->allow_path, &srv->domain)) != 0)
-        goto err;
+    srv->hup_seen = ops_signal_hup_generation();
+    if (cfg->allow_path != NULL) {
+        srv->allow_path = strdup(cfg->allow_path);
+        if (srv->allow_path == NULL) {
+            rc = QC_ENOMEM;
+            goto err;
+        }
+        if ((rc = rpc_allow_load(cfg->allow_path, &srv->domain)) != 0)
+            goto err;
+    }
     pthread_mutex_lock(&rpc_zap_registry_lock);
     rc = rpc_zap_acquire(ctx, &srv->zap);
     if (rc == 0)
@@ -821,11 +832,41 @@ out:
     return rc;
 }
 
+/* Re-reads the allow-list after a SIGHUP and swaps it in under the handler's lock. A file
+ * that does not load keeps the current list: a typo must not lock every client out. */
+static void rpc_server_reload(proto_rpc_server_t *srv)
+{
+    uint64_t gen = ops_signal_hup_generation();
+    if (gen == srv->hup_seen || srv->allow_path == NULL)
+        return;
+    srv->hup_seen = gen;
+    rpc_zap_domain_t fresh;
+    memset(&fresh, 0, sizeof fresh);
+    int rc = rpc_allow_load(srv->allow_path, &fresh);
+    if (rc != 0) {
+        ops_log(OPS_LOG_WARN, "rpc.allow_reload_failed", "rpc_service", srv->domain.service, "path",
+                srv->allow_path, "error", qc_errname(rc), NULL);
+        free(fresh.keys);
+        return;
+    }
+    pthread_mutex_lock(&srv->zap->lock);
+    uint8_t(*old)[32] = srv->domain.keys;
+    srv->domain.keys = fresh.keys;
+    srv->domain.key_count = fresh.key_count;
+    pthread_mutex_unlock(&srv->zap->lock);
+    free(old);
+    char count[24];
+    snprintf(count, sizeof count, "%zu", fresh.key_count);
+    ops_log(OPS_LOG_INFO, "rpc.allow_reloaded", "rpc_service", srv->domain.service, "path",
+            srv->allow_path, "keys", count, NULL);
+}
+
 int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms, proto_rpc_request_t **out)
 {
     assert(srv != NULL && out != NULL);
     assert(timeout_ms >= -1);
     *out = NULL;
+    rpc_server_reload(srv);
     uint64_t end = ops_time_mono_ms() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms);
     for (;;) {
         int rc = rpc_server_recv_one(srv, out);
@@ -916,6 +957,7 @@ void proto_rpc_server_destroy(proto_rpc_server_t **srv_p)
         pthread_mutex_unlock(&rpc_zap_registry_lock);
     }
     free(srv->domain.keys);
+    free(srv->allow_path);
     free(srv);
     *srv_p = NULL;
 }
@@ -951,6 +993,8 @@ typedef struct rpc_endpoint {
     char addr[PROTO_RPC_ENDPOINT_MAX];
     void *sock;
     uint64_t last_rx_mono;
+    uint64_t opened_mono;
+    uint64_t refused_since; /* first send refused since the last one taken; 0 = none */
 } rpc_endpoint_t;
 
 struct proto_rpc_client {
@@ -997,6 +1041,8 @@ static int rpc_endpoint_open(proto_rpc_client_t *cli, rpc_endpoint_t *ep)
         return QC_ECONFIG;
     }
     ep->last_rx_mono = 0;
+    ep->opened_mono = ops_time_mono_ms();
+    ep->refused_since = 0;
     return 0;
 }
 
@@ -1219,10 +1265,14 @@ static bool rpc_call_transmit(proto_rpc_client_t *cli, rpc_call_t *c, int avoid,
         rpc_endpoint_t *ep = &cli->endpoints[e];
         if (!ep->used || ep->sock == NULL)
             continue;
-        if (zmq_send(ep->sock, c->frame, c->frame_len, ZMQ_DONTWAIT) < 0)
-            continue; /* EAGAIN under ZMQ_IMMEDIATE: no live connection there */
+        if (zmq_send(ep->sock, c->frame, c->frame_len, ZMQ_DONTWAIT) < 0) {
+            if (ep->refused_since == 0) /* EAGAIN under ZMQ_IMMEDIATE: no live connection */
+                ep->refused_since = now;
+            continue;
+        }
         cli->rr = (e + 1) % PROTO_RPC_ENDPOINTS_MAX;
         c->endpoint = e;
+        ep->refused_since = 0;
         c->sent_mono = now;
         c->attempt_deadline_mono = now + (uint64_t)c->attempt_ms;
         if (c->attempt_deadline_mono > c->deadline_mono)
@@ -1453,11 +1503,29 @@ static int rpc_endpoint_recreate(proto_rpc_client_t *cli, int e, proto_rpc_done_
     return finished;
 }
 
+/* Reopens every socket that has refused sends (no live connection) for
+ * PROTO_RPC_REOPEN_MIN_MS and was opened at least that long ago. libzmq does not reconnect
+ * after a handshake that ZAP refused (e.g. before our key was added to the allow-list), so
+ * without this such a socket would stay dead for the life of the client. */
+static int rpc_endpoints_reopen_stuck(proto_rpc_client_t *cli, uint64_t now,
+                                      proto_rpc_done_fn *done, void *arg)
+{
+    int finished = 0;
+    for (int e = 0; e < PROTO_RPC_ENDPOINTS_MAX; e++) {
+        rpc_endpoint_t *ep = &cli->endpoints[e];
+        if (ep->used && ep->sock != NULL && ep->refused_since != 0 &&
+            now - ep->refused_since >= PROTO_RPC_REOPEN_MIN_MS &&
+            now - ep->opened_mono >= PROTO_RPC_REOPEN_MIN_MS)
+            finished += rpc_endpoint_recreate(cli, e, done, arg);
+    }
+    return finished;
+}
+
 /* Expires, resends, or re-offers every call whose attempt deadline passed. */
 static int rpc_client_tick(proto_rpc_client_t *cli, proto_rpc_done_fn *done, void *arg)
 {
-    int finished = 0;
     uint64_t now = ops_time_mono_ms();
+    int finished = rpc_endpoints_reopen_stuck(cli, now, done, arg);
     for (int s = 0; s < PROTO_RPC_SLOTS; s++) {
         rpc_call_t *c = &cli->calls[s];
         if (c->state != RPC_CALL_PENDING || c->attempt_deadline_mono > now)

@@ -35,7 +35,10 @@
  *  - Service names: letters, digits, '_', '-', '.', at most 64 (else QC_ECONFIG).
  *  - Lazy Pirate exception: when the endpoint of a timed-out attempt has answered anything
  *    since that attempt was sent, it is alive, so its socket (and the other calls on it) is
- *    kept and only the call moves on; a silent endpoint's socket is recreated. */
+ *    kept and only the call moves on; a silent endpoint's socket is recreated.
+ *  - A socket that has had no live connection for 1 s while calls wanted it is reopened
+ *    (libzmq never retries a handshake that ZAP refused), so a client whose key is added to
+ *    a server's allow-list later gets in without being restarted. */
 #ifndef PROTO_RPC_H
 #define PROTO_RPC_H
 
@@ -108,7 +111,10 @@ int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_t *cfg, proto_
 void *proto_rpc_server_socket(proto_rpc_server_t *srv);
 
 /* Waits up to timeout_ms (0 = do not wait, -1 = forever) for one well-formed request.
- * Malformed frames are dropped, logged and counted, and do not end the wait.
+ * Malformed frames are dropped, logged and counted, and do not end the wait. After a SIGHUP
+ * (ops_signal_hup_generation() changed) it first re-reads allow_path; a file that does not
+ * load keeps the current list (logged as rpc.allow_reload_failed). Connections already
+ * admitted stay open: a removed key is refused only when it connects again.
  * Returns 0 and sets *out, QC_ETIMEOUT when none arrived, or QC_EIO (context terminated). */
 int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms, proto_rpc_request_t **out);
 

@@ -368,7 +368,7 @@ static void test_refused_key(void **state)
     fixture_t *f = *state;
     char log_path[T_PATH_MAX];
     path_in(f, "server.stderr", log_path);
-    spawn_server(f, 17101, "a", false, log_path);
+    pid_t pid = spawn_server(f, 17101, "a", false, log_path);
     proto_rpc_client_t *good = client_new(f, "tcp://127.0.0.1:17101", NULL, &f->client);
     wait_ready(good);
     proto_rpc_client_t *bad = client_new(f, "tcp://127.0.0.1:17101", NULL, &f->stranger);
@@ -382,6 +382,14 @@ static void test_refused_key(void **state)
     assert_true(file_contains(log_path, f->stranger.public_z85));
     assert_int_equal(call_text(good, "stats", NULL, T_CALL_MS, 0, out, sizeof out), 0);
     assert_null(strstr(out, "refused=0"));
+    /* SIGHUP after adding the key to the allow-list admits it, without a restart. */
+    char allow[256];
+    snprintf(allow, sizeof allow, "%s\n%s\n", f->client.public_z85, f->stranger.public_z85);
+    write_text(f->allow, allow);
+    assert_int_equal(kill(pid, SIGHUP), 0);
+    proto_rpc_client_t *later = client_new(f, "tcp://127.0.0.1:17101", NULL, &f->stranger);
+    wait_ready(later);
+    assert_true(file_contains(log_path, "rpc.allow_reloaded"));
 }
 
 typedef struct async_one {
