@@ -123,6 +123,19 @@ static bool rpc_service_valid(const char *name)
     return true;
 }
 
+/* Methods are what proto_decode_rpc() accepts: 1..PROTO_METHOD_MAX printable characters
+ * without spaces. Anything else would be dropped by the server as malformed. */
+static bool rpc_method_valid(const char *method)
+{
+    size_t len = strlen(method);
+    if (len == 0 || len > PROTO_METHOD_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (method[i] < '!' || method[i] > '~')
+            return false;
+    return true;
+}
+
 /* Trims leading and trailing blanks in place; returns the start. */
 static char *rpc_trim(char *s)
 {
@@ -1027,6 +1040,8 @@ static int rpc_endpoint_open(proto_rpc_client_t *cli, rpc_endpoint_t *ep)
     /* ZMQ_IMMEDIATE: a send to an endpoint with no live connection fails at once instead of
      * queueing, so failover does not wait for an attempt timeout. */
     if (rpc_socket_common(ep->sock) != 0 || rpc_setsockopt_int(ep->sock, ZMQ_IMMEDIATE, 1) != 0 ||
+        rpc_setsockopt_int(ep->sock, ZMQ_SNDHWM, PROTO_RPC_INFLIGHT_MAX) != 0 ||
+        rpc_setsockopt_int(ep->sock, ZMQ_RCVHWM, PROTO_RPC_INFLIGHT_MAX) != 0 ||
         zmq_setsockopt(ep->sock, ZMQ_CURVE_SERVERKEY, cli->server_public_z85,
                        PROTO_CURVE_KEY_Z85_LEN) != 0 ||
         zmq_setsockopt(ep->sock, ZMQ_CURVE_PUBLICKEY, cli->keys.public_z85,
@@ -1293,7 +1308,7 @@ int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uin
     assert(cli != NULL && method != NULL && request_id != NULL);
     assert(body != NULL || body_len == 0);
     assert(timeout_ms > 0);
-    assert(strlen(method) > 0 && strlen(method) <= PROTO_METHOD_MAX);
+    assert(rpc_method_valid(method));
     *request_id = 0;
     rpc_client_reload(cli, NULL, NULL);
     if (rpc_endpoint_count(cli) == 0)
@@ -1513,7 +1528,10 @@ static int rpc_endpoints_reopen_stuck(proto_rpc_client_t *cli, uint64_t now,
     int finished = 0;
     for (int e = 0; e < PROTO_RPC_ENDPOINTS_MAX; e++) {
         rpc_endpoint_t *ep = &cli->endpoints[e];
+        /* A reply since the refusals began means the connection lives and the refusals
+         * were the high-water mark, not a dead link. */
         if (ep->used && ep->sock != NULL && ep->refused_since != 0 &&
+            ep->last_rx_mono < ep->refused_since &&
             now - ep->refused_since >= PROTO_RPC_REOPEN_MIN_MS &&
             now - ep->opened_mono >= PROTO_RPC_REOPEN_MIN_MS)
             finished += rpc_endpoint_recreate(cli, e, done, arg);
