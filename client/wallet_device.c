@@ -255,8 +255,9 @@ static void log_line(wallet_state_t *st, wallet_phase_t phase_after, const char 
     if (detail != NULL && pos + sizeof(",\"detail\":\"\"}") < cap) {
         char clipped[DEVICE_DETAIL_MAX + 1];
         snprintf(clipped, sizeof(clipped), "%s", detail);
-        memcpy(out + pos, ",\"detail\":\"", 11);
-        pos += 11;
+        static const char key[] = ",\"detail\":\"";
+        memcpy(out + pos, key, sizeof(key) - 1);
+        pos += sizeof(key) - 1;
         json_escape(out, cap - 3, &pos, clipped);
         out[pos++] = '"';
     }
@@ -1051,8 +1052,10 @@ int wallet_device_judge_allow(wallet_device_t *dev, const uint8_t *allow, size_t
     rep.allow_digest.len = sizeof(allow_digest);
     uint8_t *report = NULL;
     size_t report_len = 0;
-    int rc = sign_message(dev, PROTO_TYPE_EXECUTION_REPORT, &rep.base, false, &report, &report_len,
-                          NULL);
+    /* The certificate travels with the report too, so that a stateless gateway can verify
+     * it without looking the device up first. */
+    int rc = sign_message(dev, PROTO_TYPE_EXECUTION_REPORT, &rep.base, dev->cert_der != NULL,
+                          &report, &report_len, NULL);
     if (rc != 0)
         return rc;
 

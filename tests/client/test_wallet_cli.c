@@ -112,6 +112,14 @@ static int run(fixture_t *f, const char *pin, ...)
     return WEXITSTATUS(status);
 }
 
+/* Runs qc-wallet and fails with its output when the exit status is not want. */
+#define RUN_EXPECT(f, want, ...)                                                                   \
+    do {                                                                                           \
+        int got_ = run((f), __VA_ARGS__, NULL);                                                    \
+        if (got_ != (want))                                                                        \
+            fail_msg("exit status %d, want %d; output:\n%s", got_, (want), (f)->out);              \
+    } while (0)
+
 static void expect_out(const fixture_t *f, const char *needle)
 {
     if (strstr(f->out, needle) == NULL)
@@ -183,7 +191,7 @@ static int setup(void **state)
     wt_write_private(path, f->b->outcome_key);
 
     /* The enrollment, as the operator runs it. */
-    assert_int_equal(run(f, WT_PIN, "init", "--home", f->b->home, "--serial", SERIAL, NULL), 0);
+    RUN_EXPECT(f, 0, WT_PIN, "init", "--home", f->b->home, "--serial", SERIAL);
     expect_out(f, "Created device " SERIAL);
     char cert[WT_PATH_MAX + 64], allow[WT_PATH_MAX + 64], outcome[WT_PATH_MAX + 64];
     snprintf(cert, sizeof(cert), "%s/issued.pem", f->b->dir);
@@ -192,10 +200,9 @@ static int setup(void **state)
     wt_issue_cert(f->b, cert);
     wt_write_pubkey(allow, f->b->allow_key);
     wt_write_pubkey(outcome, f->b->outcome_key);
-    assert_int_equal(run(f, NULL, "install-cert", "--home", f->b->home, cert, NULL), 0);
-    assert_int_equal(run(f, NULL, "install-bank", "--home", f->b->home, "--allow", allow,
-                         "--outcome", outcome, NULL),
-                     0);
+    RUN_EXPECT(f, 0, NULL, "install-cert", "--home", f->b->home, cert);
+    RUN_EXPECT(f, 0, NULL, "install-bank", "--home", f->b->home, "--allow", allow, "--outcome",
+               outcome);
     *state = f;
     return 0;
 }
@@ -230,8 +237,7 @@ static void test_cli_load(void **state)
     start_gateway(f, PORT_HAPPY, "--lose-load-replies", "0");
     const char *h = f->b->home;
 
-    assert_int_equal(
-        run(f, WT_PIN, "load", "12.34", "--home", h, "--account", WT_ACCOUNT, "--yes", NULL), 0);
+    RUN_EXPECT(f, 0, WT_PIN, "load", "12.34", "--home", h, "--account", WT_ACCOUNT, "--yes");
     expect_out(f, "amount:      12.34");
     expect_out(f, "fee:         none");
     expect_out(f, "new balance: 12.34");
@@ -239,62 +245,66 @@ static void test_cli_load(void **state)
     assert_int_equal(balance_of(f, NULL), 1234);
 
     /* A bad amount is refused before anything is signed. */
-    assert_int_equal(
-        run(f, WT_PIN, "load", "1.234", "--home", h, "--account", WT_ACCOUNT, "--yes", NULL), 2);
+    RUN_EXPECT(f, 2, WT_PIN, "load", "1.234", "--home", h, "--account", WT_ACCOUNT, "--yes");
     expect_out(f, "more than 2 decimals");
-    assert_int_equal(run(f, WT_PIN, "load", "-5", "--home", h, "--account", WT_ACCOUNT, NULL), 2);
+    RUN_EXPECT(f, 2, WT_PIN, "load", "-5", "--home", h, "--account", WT_ACCOUNT);
     expect_out(f, "negative");
     /* Without --yes and without a terminal, nothing is signed either. */
-    assert_int_equal(run(f, WT_PIN, "load", "1", "--home", h, "--account", WT_ACCOUNT, NULL), 1);
+    RUN_EXPECT(f, 1, WT_PIN, "load", "1", "--home", h, "--account", WT_ACCOUNT);
     expect_out(f, "--yes");
     assert_int_equal(wt_log_count(f->b, "\"load.requested\""), 1);
 
     /* A wrong PIN is counted and said. */
-    assert_int_equal(
-        run(f, "9999", "load", "1", "--home", h, "--account", WT_ACCOUNT, "--yes", NULL), 1);
+    RUN_EXPECT(f, 1, "9999", "load", "1", "--home", h, "--account", WT_ACCOUNT, "--yes");
     expect_out(f, "wrong PIN, 2 tries left");
 
-    assert_int_equal(run(f, NULL, "status", "--home", h, NULL), 0);
+    RUN_EXPECT(f, 0, NULL, "status", "--home", h);
     expect_out(f, "serial:      " SERIAL);
     expect_out(f, "balance:     12.34");
     expect_out(f, "counter:     1");
     expect_out(f, "state:       IDLE");
     expect_out(f, "CONFIRMED");
-    assert_int_equal(run(f, NULL, "log", "--home", h, NULL), 0);
+    RUN_EXPECT(f, 0, NULL, "log", "--home", h);
     expect_out(f, "\"event\":\"load.applied\"");
-    assert_int_equal(run(f, NULL, "--help", NULL), 0);
+    RUN_EXPECT(f, 0, NULL, "--help");
     expect_out(f, "install-bank");
-    assert_int_equal(run(f, NULL, "sync", "--help", NULL), 0);
+    RUN_EXPECT(f, 0, NULL, "sync", "--help");
     expect_out(f, "--gateway-key");
-    assert_int_equal(run(f, NULL, "unlock", "--home", h, NULL), 2);
-    assert_int_equal(run(f, NULL, "unlock", "--home", h, "--admin-reset", NULL), 0);
-    assert_int_equal(run(f, NULL, "frobnicate", NULL), 2);
+    RUN_EXPECT(f, 2, NULL, "unlock", "--home", h);
+    RUN_EXPECT(f, 0, NULL, "unlock", "--home", h, "--admin-reset");
+    RUN_EXPECT(f, 2, NULL, "frobnicate");
 }
 
-/* Every reply to the first load call is lost: the device keeps PENDING; sync re-sends the
- * same request and the gateway (idempotent by txn) answers with the same allow. */
+/* Every reply to load is lost while a switch file exists, however often the client retries:
+ * the device keeps PENDING; once replies flow again, sync re-sends the same request and the
+ * gateway (idempotent by txn) answers with the same allow. */
 static void test_cli_lost_allow_then_sync(void **state)
 {
     fixture_t *f = *state;
-    /* The client tries 1 + PROTO_RPC_RETRIES_MAX times per call. */
-    char lose[16];
-    snprintf(lose, sizeof(lose), "%d", 1 + PROTO_RPC_RETRIES_MAX);
-    start_gateway(f, PORT_LOSSY, "--lose-load-replies", lose);
+    char lose[WT_PATH_MAX + 64];
+    snprintf(lose, sizeof(lose), "%s/lose-load-replies", f->b->dir);
+    FILE *sw = fopen(lose, "w");
+    assert_non_null(sw);
+    assert_int_equal(fclose(sw), 0);
+    start_gateway(f, PORT_LOSSY, "--lose-load-while", lose);
     const char *h = f->b->home;
-    assert_int_equal(
-        run(f, WT_PIN, "load", "5", "--home", h, "--account", WT_ACCOUNT, "--yes", NULL), 1);
+    RUN_EXPECT(f, 1, WT_PIN, "load", "5", "--home", h, "--account", WT_ACCOUNT, "--yes");
     expect_out(f, "sync");
     wallet_phase_t phase;
     assert_int_equal(balance_of(f, &phase), 0);
     assert_int_equal(phase, WALLET_PENDING);
-    assert_int_equal(run(f, NULL, "status", "--home", h, NULL), 0);
+    RUN_EXPECT(f, 0, NULL, "status", "--home", h);
     expect_out(f, "state:       PENDING");
+    /* Still lost: sync keeps it PENDING too. */
+    RUN_EXPECT(f, 1, NULL, "sync", "--home", h);
+    expect_out(f, "sync");
+    assert_int_equal(unlink(lose), 0);
 
-    assert_int_equal(run(f, NULL, "sync", "--home", h, NULL), 0);
+    RUN_EXPECT(f, 0, NULL, "sync", "--home", h);
     expect_out(f, "CONFIRMED");
     assert_int_equal(balance_of(f, &phase), 500);
     assert_int_equal(phase, WALLET_IDLE);
-    assert_int_equal(run(f, NULL, "sync", "--home", h, NULL), 0);
+    RUN_EXPECT(f, 0, NULL, "sync", "--home", h);
     expect_out(f, "Nothing to synchronise");
     assert_int_equal(wt_log_count(f->b, "\"load.applied\""), 1);
 }
@@ -305,9 +315,8 @@ static void test_cli_refused(void **state)
     char code[16];
     snprintf(code, sizeof(code), "%d", QC_EFUNDS);
     start_gateway(f, PORT_REFUSE, "--refuse", code);
-    assert_int_equal(run(f, WT_PIN, "load", "7.00", "--home", f->b->home, "--account", WT_ACCOUNT,
-                         "--yes", NULL),
-                     1);
+    RUN_EXPECT(f, 1, WT_PIN, "load", "7.00", "--home", f->b->home, "--account", WT_ACCOUNT,
+               "--yes");
     expect_out(f, "insufficient funds");
     expect_out(f, "account acct-cli holds 0.00");
     expect_out(f, "Nothing was debited or credited");

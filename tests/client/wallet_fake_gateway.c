@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -35,13 +36,14 @@ static gw_load_t loads[GW_LOADS_MAX];
 static size_t load_count;
 static EVP_PKEY *allow_key, *outcome_key;
 static int lose_load_replies;
+static const char *lose_while_path; /* replies to load are lost while this file exists */
 static int refuse_code;
 
 static void usage(FILE *to)
 {
     fprintf(to, "usage: wallet_fake_gateway --endpoint E --keys CURVE_KEYS --allow-key PEM\n"
-                "         --outcome-key PEM [--lose-load-replies N] [--refuse CODE] "
-                "[--ready FILE]\n");
+                "         --outcome-key PEM [--lose-load-replies N] [--lose-load-while FILE]\n"
+                "         [--refuse CODE] [--ready FILE]\n");
 }
 
 static int sign(proto_type_t type, const ProtobufCMessage *m, EVP_PKEY *key, uint8_t **out,
@@ -138,6 +140,8 @@ static int handle_load(const proto_rpc_request_t *req, uint8_t **out, size_t *ou
             lose_load_replies--;
             *lose = true;
         }
+        if (lose_while_path != NULL && access(lose_while_path, F_OK) == 0)
+            *lose = true;
     }
 out:
     if (r != NULL)
@@ -210,6 +214,8 @@ int main(int argc, char **argv)
             outcome_path = v;
         } else if (strcmp(a, "--lose-load-replies") == 0) {
             lose_load_replies = atoi(v);
+        } else if (strcmp(a, "--lose-load-while") == 0) {
+            lose_while_path = v;
         } else if (strcmp(a, "--refuse") == 0) {
             refuse_code = atoi(v);
         } else if (strcmp(a, "--ready") == 0) {

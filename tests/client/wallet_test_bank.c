@@ -162,6 +162,8 @@ Quancun__ExecutionReport *wt_open_report(wt_bank_t *b, const uint8_t *report, si
     size_t body_len = 0;
     const uint8_t *body =
         open_device_signed(report, len, PROTO_TYPE_EXECUTION_REPORT, pub, &env, &body_len);
+    size_t cert_len = 0;
+    assert_non_null(proto_envelope_cert(env, &cert_len)); /* for a stateless gateway */
     Quancun__ExecutionReport *r = quancun__execution_report__unpack(NULL, body_len, body);
     assert_non_null(r);
     proto_envelope_destroy(&env);
