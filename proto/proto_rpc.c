@@ -677,7 +677,11 @@ static int rpc_server_socket_new(proto_rpc_server_t *srv, const proto_rpc_server
         zmq_setsockopt(srv->sock, ZMQ_ZAP_DOMAIN, srv->domain.name, strlen(srv->domain.name)) !=
             0 ||
         rpc_server_harden(srv->sock, &srv->zap_enforced) != 0 ||
-        rpc_setsockopt_int(srv->sock, ZMQ_ROUTER_MANDATORY, 1) != 0)
+        rpc_setsockopt_int(srv->sock, ZMQ_ROUTER_MANDATORY, 1) != 0 ||
+        /* Per peer: a client never has more than PROTO_RPC_INFLIGHT_MAX calls out, so a
+         * client that reads its replies is never dropped at the high-water mark. */
+        rpc_setsockopt_int(srv->sock, ZMQ_SNDHWM, PROTO_RPC_INFLIGHT_MAX) != 0 ||
+        rpc_setsockopt_int(srv->sock, ZMQ_RCVHWM, PROTO_RPC_INFLIGHT_MAX) != 0)
         return QC_ECONFIG;
     if (zmq_bind(srv->sock, cfg->endpoint) != 0) {
         ops_log(OPS_LOG_ERROR, "rpc.bind_failed", "rpc_service", cfg->service, "endpoint",
