@@ -36,6 +36,10 @@
 
 static const char *wallet_bin;
 static const char *gateway_bin;
+/* When set, run() opens this file as descriptor PIN_FD in the child, for --pin-fd. */
+static const char *pin_file;
+#define PIN_FD 3
+#define PIN_FD_TEXT "3"
 
 typedef struct fixture {
     wt_bank_t *b;
@@ -95,6 +99,11 @@ static int run(fixture_t *f, const char *pin, ...)
         dup2(null, 0);
         dup2(fd, 1);
         dup2(fd, 2);
+        if (pin_file != NULL) {
+            int pfd = open(pin_file, O_RDONLY);
+            if (pfd < 0 || dup2(pfd, PIN_FD) < 0)
+                _exit(127);
+        }
         if (pin != NULL)
             setenv("QC_WALLET_PIN", pin, 1);
         else
@@ -254,14 +263,28 @@ static void test_cli_load(void **state)
     expect_out(f, "--yes");
     assert_int_equal(wt_log_count(f->b, "\"load.requested\""), 1);
 
+    /* The PIN from a descriptor, as scripts give it. */
+    char pin_path[WT_PATH_MAX + 64];
+    snprintf(pin_path, sizeof(pin_path), "%s/pin.txt", f->b->dir);
+    FILE *pf = fopen(pin_path, "w");
+    assert_non_null(pf);
+    fprintf(pf, "%s\n", WT_PIN);
+    assert_int_equal(fclose(pf), 0);
+    pin_file = pin_path;
+    RUN_EXPECT(f, 0, NULL, "load", "0.66", "--home", h, "--account", WT_ACCOUNT, "--yes",
+               "--pin-fd", PIN_FD_TEXT);
+    pin_file = NULL;
+    expect_out(f, "new balance: 13.00");
+    assert_int_equal(balance_of(f, NULL), 1300);
+
     /* A wrong PIN is counted and said. */
     RUN_EXPECT(f, 1, "9999", "load", "1", "--home", h, "--account", WT_ACCOUNT, "--yes");
     expect_out(f, "wrong PIN, 2 tries left");
 
     RUN_EXPECT(f, 0, NULL, "status", "--home", h);
     expect_out(f, "serial:      " SERIAL);
-    expect_out(f, "balance:     12.34");
-    expect_out(f, "counter:     1");
+    expect_out(f, "balance:     13.00");
+    expect_out(f, "counter:     2");
     expect_out(f, "state:       IDLE");
     expect_out(f, "CONFIRMED");
     RUN_EXPECT(f, 0, NULL, "log", "--home", h);

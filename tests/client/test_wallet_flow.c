@@ -30,6 +30,7 @@ typedef struct fake_bank {
     int refuse_code;       /* reply to load with this code */
     int lose_reports;      /* report calls that get no answer */
     bool forge_allow;      /* sign the allow with a key the device does not trust */
+    bool forge_outcome;    /* sign outcomes with the allow key instead of the outcome key */
     uint8_t *allow;        /* the stored allow: every retry gets these bytes */
     size_t allow_len;
     uint8_t *first_req;
@@ -89,7 +90,8 @@ static int fake_call(void *arg, const char *method, const uint8_t *body, size_t 
                                 ? QUANCUN__LOAD_STATE__LOAD_CONFIRMED
                                 : QUANCUN__LOAD_STATE__LOAD_COMPENSATED;
     quancun__execution_report__free_unpacked(er, NULL);
-    wt_make_outcome(fb->b, body, len, false, st, NULL, &out->body, &out->body_len);
+    wt_make_outcome(fb->b, body, len, false, st, fb->forge_outcome ? fb->b->allow_key : NULL,
+                    &out->body, &out->body_len);
     return 0;
 }
 
@@ -238,6 +240,23 @@ static void test_flow_forged_allow(void **state)
     expect(f, WALLET_IDLE, 0, 0);
 }
 
+/* An outcome that does not verify is not believed: the report is re-sent a bounded number
+ * of times and kept for the next sync. */
+static void test_flow_forged_outcome(void **state)
+{
+    fixture_t *f = *state;
+    f->fb.forge_outcome = true;
+    wallet_flow_result_t res;
+    assert_int_equal(
+        wallet_flow_load(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, fake_call, &f->fb, &res), QC_EKEYID);
+    assert_false(res.finished);
+    assert_int_equal(f->fb.report_calls, WALLET_REPORT_ATTEMPTS_MAX);
+    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    f->fb.forge_outcome = false;
+    assert_int_equal(wallet_flow_settle(f->dev, fake_call, &f->fb, WALLET_METHOD_SYNC, &res), 0);
+    expect(f, WALLET_IDLE, AMOUNT, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -247,6 +266,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_flow_transient_keeps_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flow_lost_reports, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flow_forged_allow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flow_forged_outcome, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
