@@ -170,9 +170,9 @@ static bool serial_ok(const char *s)
     return true;
 }
 
-/* Account ids travel in signed messages and in the state file: printable, no spaces. */
-static bool account_ok(const char *s)
+bool wallet_account_valid(const char *s)
 {
+    assert(s != NULL);
     size_t n = strnlen(s, WALLET_ACCOUNT_MAX + 1);
     if (n == 0 || n > WALLET_ACCOUNT_MAX)
         return false;
@@ -811,7 +811,7 @@ int wallet_device_request(wallet_device_t *dev, const char *account_id, int64_t 
         return QC_ECONFIG;
     if (amount <= 0)
         return QC_EAMOUNT;
-    if (!account_ok(account_id) || currency == 0 || currency > WALLET_CURRENCY_MAX)
+    if (!wallet_account_valid(account_id) || currency == 0 || currency > WALLET_CURRENCY_MAX)
         return QC_EINVAL;
 
     uint8_t txn[WALLET_TXN_SIZE];

@@ -140,6 +140,10 @@ int wallet_device_accept_outcome(wallet_device_t *dev, const uint8_t *outcome, s
  * to the ledger that the load was not applied. Returns 0, QC_ESTATE or QC_EIO. */
 int wallet_device_abandon(wallet_device_t *dev, int server_code, const char *message);
 
+/* True when account_id can be signed into a request: 1 to WALLET_ACCOUNT_MAX printable
+ * ASCII characters, without spaces, quotes or backslashes (it also goes into the log). */
+bool wallet_account_valid(const char *account_id);
+
 /* The device's serial, borrowed. */
 const char *wallet_device_serial(const wallet_device_t *dev);
 

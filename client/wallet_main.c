@@ -641,6 +641,13 @@ static int cmd_load(const ops_config_t *cfg)
         fprintf(stderr, "%s: load needs --account ID\n", MAIN_PROGRAM);
         return MAIN_EXIT_USAGE;
     }
+    if (!wallet_account_valid(account)) {
+        fprintf(stderr,
+                "%s: \"%s\" is not an account id (1 to %d printable characters, no spaces or "
+                "quotes)\n",
+                MAIN_PROGRAM, account, WALLET_ACCOUNT_MAX);
+        return MAIN_EXIT_USAGE;
+    }
     int64_t currency = ops_config_int(cfg, "currency");
     if (currency <= 0 || currency > WALLET_CURRENCY_MAX) {
         fprintf(stderr, "%s: --currency must be an ISO 4217 numeric code\n", MAIN_PROGRAM);

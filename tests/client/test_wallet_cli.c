@@ -258,6 +258,8 @@ static void test_cli_load(void **state)
     expect_out(f, "more than 2 decimals");
     RUN_EXPECT(f, 2, WT_PIN, "load", "-5", "--home", h, "--account", WT_ACCOUNT);
     expect_out(f, "negative");
+    RUN_EXPECT(f, 2, WT_PIN, "load", "1", "--home", h, "--account", "two words", "--yes");
+    expect_out(f, "not an account id");
     /* Without --yes and without a terminal, nothing is signed either. */
     RUN_EXPECT(f, 1, WT_PIN, "load", "1", "--home", h, "--account", WT_ACCOUNT);
     expect_out(f, "--yes");
