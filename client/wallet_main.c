@@ -341,9 +341,11 @@ static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
         printf("The bank's allow did not verify (%s); nothing was credited and the device "
                "reported it as REJECTED.\n",
                qc_strerror(res->verdict));
+    char hex[2 * WALLET_TXN_SIZE + 1];
     if (res->finished) {
         printf("Bank outcome: %s. Wallet balance: %s (counter %" PRIu64 ").\n",
                wallet_outcome_name(res->outcome), amount_text(s.balance, b), s.counter);
+        printf("Transaction: %s\n", wallet_hex(s.last_txn_id, WALLET_TXN_SIZE, hex));
         bool ok = (!res->judged || res->verdict == 0) &&
                   res->outcome != QUANCUN__LOAD_STATE__LOAD_COMPENSATED;
         if (!ok)
@@ -358,6 +360,8 @@ static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
         return MAIN_EXIT_FAILED;
     }
     say_error("the load is not finished", rc, res->server_message);
+    if (s.phase != WALLET_IDLE)
+        printf("Transaction: %s\n", wallet_hex(s.txn_id, WALLET_TXN_SIZE, hex));
     if (s.phase == WALLET_PENDING)
         printf("The signed request of %s is kept; run `%s sync --home DIR` to finish it.\n",
                amount_text(amount, a), MAIN_PROGRAM);
