@@ -30,6 +30,9 @@ static const char *const proto_contexts[PROTO_TYPE_COUNT] = {
     [PROTO_TYPE_EXECUTION_REPORT] = "quancun/v1/ExecutionReport",
     [PROTO_TYPE_LOAD_OUTCOME] = "quancun/v1/LoadOutcome",
     [PROTO_TYPE_AUDIT_CHECKPOINT] = "quancun/v1/AuditCheckpoint",
+    [PROTO_TYPE_CARD_CHALLENGE] = "quancun/v1/CardChallenge",
+    [PROTO_TYPE_CARD_CREDIT] = "quancun/v1/CardCredit",
+    [PROTO_TYPE_CARD_RECEIPT] = "quancun/v1/CardReceipt",
 };
 
 const char *proto_type_context(proto_type_t type)

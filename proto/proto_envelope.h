@@ -27,6 +27,9 @@ typedef enum proto_type {
     PROTO_TYPE_EXECUTION_REPORT,
     PROTO_TYPE_LOAD_OUTCOME,
     PROTO_TYPE_AUDIT_CHECKPOINT,
+    PROTO_TYPE_CARD_CHALLENGE, /* IC card protocol (proto/card.proto) */
+    PROTO_TYPE_CARD_CREDIT,
+    PROTO_TYPE_CARD_RECEIPT,
     PROTO_TYPE_COUNT
 } proto_type_t;
 

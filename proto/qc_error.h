@@ -59,7 +59,11 @@
     X(QC_EEXPIRED, -63, "deadline passed")                                                         \
     X(QC_ESTATE, -64, "operation not allowed in the load's current state")                         \
     X(QC_EREPLAY, -65, "replayed message")                                                         \
-    X(QC_EAMOUNT, -66, "invalid amount")
+    X(QC_EAMOUNT, -66, "invalid amount")                                                           \
+    /* IC card transfers (client/card_*.c) */                                                      \
+    X(QC_EUNTRUSTED, -80, "the other side is not in the trusted list")                             \
+    X(QC_ECARDMAX, -81, "the card's purse would exceed its maximum")                               \
+    X(QC_ECARDPENDING, -82, "a card transfer is in progress: settle it with card-sync")
 
 enum qc_error {
 #define QC_ERROR_ENUM(name, value, text) name = value,

@@ -94,6 +94,9 @@ static void test_contexts_and_digest(void **state)
     assert_string_equal(proto_type_context(PROTO_TYPE_LOAD_OUTCOME), "quancun/v1/LoadOutcome");
     assert_string_equal(proto_type_context(PROTO_TYPE_AUDIT_CHECKPOINT),
                         "quancun/v1/AuditCheckpoint");
+    assert_string_equal(proto_type_context(PROTO_TYPE_CARD_CHALLENGE), "quancun/v1/CardChallenge");
+    assert_string_equal(proto_type_context(PROTO_TYPE_CARD_CREDIT), "quancun/v1/CardCredit");
+    assert_string_equal(proto_type_context(PROTO_TYPE_CARD_RECEIPT), "quancun/v1/CardReceipt");
 
     /* digest = SHA-256("quancun/v1/LoadAllow" || 0x00 || "abc"), computed independently. */
     static const char concat[] = "quancun/v1/LoadAllow\0abc";
