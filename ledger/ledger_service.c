@@ -595,6 +595,19 @@ static void observe_batch(ledger_service_t *svc, size_t writes)
     ops_counter_add(svc->m_batch_sum, writes);
 }
 
+/* Learns the earliest deadline from the deadline index (at start and after each commit). */
+static void load_next_deadline(ledger_service_t *svc)
+{
+    MDB_txn *txn = NULL;
+    uint8_t id[LEDGER_TXN_ID_SIZE];
+    svc->next_deadline_ms = 0;
+    if (ledger_store_txn_begin(svc->store, NULL, false, &txn) != 0)
+        return;
+    if (ledger_store_deadline_first(svc->store, txn, &svc->next_deadline_ms, id) != 0)
+        svc->next_deadline_ms = 0;
+    ledger_store_txn_abort(txn);
+}
+
 /* Applies the writes of slots[0..n) and due deadline compensations in one transaction and
  * commits it. On a failed commit every write slot gets the failure instead of its result. */
 static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uint64_t wall,
@@ -641,25 +654,14 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
         svc->next_deadline_ms = wall; /* look again */
         return;
     }
+    /* New reserves may have brought an earlier deadline. */
+    load_next_deadline(svc);
     ops_counter_add(svc->m_commits, 1);
     ops_counter_add(svc->m_expired, expired);
     ops_histogram_observe(svc->m_commit_seconds, (double)(ops_time_mono_ns() - t0) / 1e9);
     if (writes > 0)
         observe_batch(svc, writes);
     ops_fault_point("ledger.after_commit_before_reply");
-}
-
-/* Learns the earliest deadline after a (re)start. */
-static void load_next_deadline(ledger_service_t *svc)
-{
-    MDB_txn *txn = NULL;
-    uint8_t id[LEDGER_TXN_ID_SIZE];
-    svc->next_deadline_ms = 0;
-    if (ledger_store_txn_begin(svc->store, NULL, false, &txn) != 0)
-        return;
-    if (ledger_store_deadline_first(svc->store, txn, &svc->next_deadline_ms, id) != 0)
-        svc->next_deadline_ms = 0;
-    ledger_store_txn_abort(txn);
 }
 
 static void serve_batch(ledger_service_t *svc, size_t n)
