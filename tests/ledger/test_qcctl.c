@@ -1,0 +1,153 @@
+/* test_qcctl.c - the operator CLI against a real qc-ledger: every verb, --json, exit codes,
+ * and `qcctl check` failing on a balance corrupted behind the ledger's back. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <cmocka.h>
+
+#include "ledger_proc.h"
+#include "ledger_store.h"
+#include "ledger_testkit.h"
+#include "proto_decode.h"
+#include "qc_error.h"
+
+#define T_PORT 17340
+#define T_OUT_MAX 16384
+
+static const char *ledger_bin, *qcctl_bin;
+static char out[T_OUT_MAX];
+
+/* Runs qcctl with args (a shell-safe string) and the test's config; returns its exit
+ * status and leaves its stdout in out. */
+static int qcctl(lp_t *lp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int qcctl(lp_t *lp, const char *fmt, ...)
+{
+    char args[1024], cmd[2048], outp[LP_PATH_MAX + 16];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(outp, sizeof outp, "%s/qcctl.out", lp->dir);
+    snprintf(cmd, sizeof cmd, "%s --config %s/qcctl.conf %s > %s 2>>%s/qcctl.err", qcctl_bin,
+             lp->dir, args, outp, lp->dir);
+    int status = system(cmd);
+    FILE *f = fopen(outp, "r");
+    size_t n = f != NULL ? fread(out, 1, sizeof out - 1, f) : 0;
+    out[n] = '\0';
+    if (f != NULL)
+        fclose(f);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void test_qcctl_verbs(void **state)
+{
+    (void)state;
+    lp_t *lp = calloc(1, sizeof *lp);
+    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT), 0);
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    char path[LP_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/qcctl.conf", lp->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "ledger_endpoints = %s\nledger_public_key = %s\ncurve_key = %s/admin.key\n",
+            lp->endpoint, lp->server.public_z85, lp->dir);
+    fclose(f);
+
+    assert_int_equal(qcctl(lp, "account open alice --currency 156 --load-max 5000"), 0);
+    assert_non_null(strstr(out, "alice"));
+    assert_int_equal(qcctl(lp, "--json account deposit alice 7000"), 0);
+    assert_non_null(strstr(out, "\"balance\":7000"));
+    assert_int_equal(qcctl(lp, "account show nobody"), 1);
+    assert_int_equal(qcctl(lp, "account deposit alice -5"), 2);
+    assert_int_equal(qcctl(lp, "--json account freeze alice"), 0);
+    assert_non_null(strstr(out, "\"status\":\"frozen\""));
+    assert_int_equal(qcctl(lp, "--json account unfreeze alice"), 0);
+    assert_non_null(strstr(out, "\"status\":\"open\""));
+
+    EVP_PKEY *dev = tk_key_new();
+    snprintf(path, sizeof path, "%s/dev.pem", lp->dir);
+    tk_write_cert_pem(dev, "dev-q", path);
+    assert_int_equal(qcctl(lp, "device enroll %s --account alice --wallet-cap 9000", path), 0);
+    assert_int_equal(qcctl(lp, "--json device show dev-q"), 0);
+    assert_non_null(strstr(out, "\"status\":\"active\""));
+    assert_non_null(strstr(out, "\"wallet_cap\":9000"));
+
+    /* A load reserved through the gateway's key, shown by txn id. */
+    tk_load_t l = {.device_id = "dev-q", .account_id = "alice", .amount = 1500};
+    tk_txn_id(l.txn_id);
+    uint8_t *req = NULL, *allow = NULL;
+    size_t req_len = 0, allow_len = 0;
+    tk_request(dev, &l, &req, &req_len);
+    tk_allow(lp->bank, req, req_len, tk_now_ms() + 60000, &allow, &allow_len);
+    Qcledger__ReserveRequest m = QCLEDGER__RESERVE_REQUEST__INIT;
+    m.request.data = req;
+    m.request.len = req_len;
+    m.allow.data = allow;
+    m.allow.len = allow_len;
+    assert_int_equal(lp_call(lp->gw, "reserve", &m.base, NULL), 0);
+    char hex[33];
+    for (int i = 0; i < 16; i++)
+        snprintf(hex + 2 * i, 3, "%02x", l.txn_id[i]);
+    assert_int_equal(qcctl(lp, "load show %s", hex), 0);
+    assert_non_null(strstr(out, "RESERVED"));
+    assert_int_equal(qcctl(lp, "--json load show %s", hex), 0);
+    assert_non_null(strstr(out, "\"state\":\"RESERVED\""));
+    assert_int_equal(qcctl(lp, "load show 00000000000000000000000000000000"), 1);
+
+    assert_int_equal(qcctl(lp, "device revoke dev-q"), 0);
+    assert_non_null(strstr(out, "revoked"));
+
+    assert_int_equal(qcctl(lp, "check"), 0);
+    assert_non_null(strstr(out, "\"ok\":true}"));
+    assert_non_null(strstr(out, "\"reserved_sum\":1500"));
+
+    /* Corrupt a balance while the ledger is down; check must fail after the restart. */
+    assert_int_equal(lp_stop(lp, SIGTERM), 0);
+    snprintf(path, sizeof path, "%s/data", lp->dir);
+    ledger_store_t *store = NULL;
+    assert_int_equal(ledger_store_open(path, 256ull << 20, &store), 0);
+    MDB_txn *txn = NULL;
+    ledger_account_t a;
+    assert_int_equal(ledger_store_txn_begin(store, NULL, true, &txn), 0);
+    assert_int_equal(ledger_store_account_get(store, txn, "alice", &a), 0);
+    a.balance += 100;
+    assert_int_equal(ledger_store_account_put(store, txn, &a), 0);
+    assert_int_equal(ledger_store_txn_commit(txn), 0);
+    ledger_store_close(&store);
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    assert_int_equal(qcctl(lp, "check"), 1);
+    assert_non_null(strstr(out, "\"ok\":false}"));
+    assert_non_null(strstr(out, "sum to 100"));
+
+    /* A shard that does not answer: exit 3. */
+    assert_int_equal(lp_stop(lp, SIGTERM), 0);
+    assert_int_equal(qcctl(lp, "--timeout-ms 300 check"), 3);
+
+    free(req);
+    free(allow);
+    EVP_PKEY_free(dev);
+    lp_teardown(lp);
+    free(lp);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s PATH-TO-qc-ledger PATH-TO-qcctl\n", argv[0]);
+        return 2;
+    }
+    ledger_bin = argv[1];
+    qcctl_bin = argv[2];
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_qcctl_verbs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
