@@ -1,0 +1,44 @@
+/* audit_intake.h - the "append" RPC: security events from gateways and signers into the log.
+ *
+ * Method "append", body qcaudit.AppendRequest (proto/audit.proto), reply AppendReply
+ * {seq, duplicate}. Callers are the CURVE keys of the allow-list. Requests that arrive
+ * together are group-committed (one write transaction, one fsync, up to batch_max) and
+ * answered only after the commit. A refused event gets its own error code: QC_EDECODE (body
+ * not a canonical AppendRequest), QC_EINVAL / QC_ETOOBIG (a field out of its limits),
+ * QC_EDENIED (source "audit" or "ledger-*": those are audit's and the relay's own),
+ * QC_EMETHOD (another method); a failed commit answers every event of the batch with its
+ * code (QC_EFULL, QC_EIO), and the caller resends.
+ *
+ * Fault point "audit.append_after_commit_before_reply": SIGKILL between commit and replies. */
+#ifndef AUDIT_INTAKE_H
+#define AUDIT_INTAKE_H
+
+#include <stdint.h>
+
+#include "audit_store.h"
+#include "proto_rpc.h"
+
+#define AUDIT_INTAKE_METHOD "append"
+
+typedef struct audit_intake audit_intake_t;
+
+typedef struct audit_intake_config {
+    void *zctx;                        /* not owned */
+    audit_store_t *store;              /* not owned */
+    const char *listen;                /* endpoint to bind */
+    const proto_curve_keypair_t *keys; /* audit's key pair */
+    const char *allow_path;            /* file of caller public keys (Z85, one per line) */
+    uint32_t batch_max;                /* 1..AUDIT_STORE_BATCH_MAX */
+    uint32_t poll_ms;                  /* longest wait before looking at the stop flag */
+} audit_intake_config_t;
+
+/* Binds the server. Returns 0 and sets *out, QC_ECONFIG, QC_EIO (bind) or QC_ENOMEM. */
+int audit_intake_new(const audit_intake_config_t *cfg, audit_intake_t **out);
+
+/* Serves until ops_signal_stop_requested(). Returns 0, or QC_EIO when the socket fails. */
+int audit_intake_run(audit_intake_t *in);
+
+/* Closes the server, frees in, nulls *in_p; accepts NULL. */
+void audit_intake_destroy(audit_intake_t **in_p);
+
+#endif

@@ -1,0 +1,491 @@
+/* audit_store.c - the audit log's LMDB environment: append-only entries and their indexes. */
+#include "audit_store.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lmdb.h>
+
+#include "ops_log.h"
+#include "ops_time.h"
+#include "qc_error.h"
+
+#define STORE_DBI_COUNT 5
+#define STORE_SEQ_KEY_SIZE 8
+#define STORE_DEDUPE_KEY_MAX (1 + AUDIT_SOURCE_MAX + 8)
+#define STORE_FILE_MODE 0600
+
+enum store_dbi {
+    DBI_ENTRIES = 0,
+    DBI_BY_TXN,
+    DBI_DEDUPE,
+    DBI_SOURCES,
+    DBI_CHECKPOINTS,
+};
+
+static const char *const store_dbi_names[STORE_DBI_COUNT] = {
+    "entries", "by_txn", "dedupe", "sources", "checkpoints",
+};
+
+struct audit_store {
+    MDB_env *env;
+    MDB_dbi dbi[STORE_DBI_COUNT];
+    bool rdonly;
+};
+
+/* Maps an LMDB error to our code space and logs the unexpected ones; rc must not be 0. */
+static int store_err(const char *what, int rc)
+{
+    assert(rc != 0);
+    if (rc == MDB_NOTFOUND)
+        return QC_ENOTFOUND;
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL)
+        return QC_EFULL;
+    ops_log(OPS_LOG_ERROR, "audit.lmdb", "op", what, "error", mdb_strerror(rc), NULL);
+    return QC_EIO;
+}
+
+static void be64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)(v & 0xff);
+        v >>= 8;
+    }
+}
+
+static uint64_t be64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_store_t **out)
+{
+    assert(dir != NULL && out != NULL);
+    *out = NULL;
+    bool rdonly = (flags & AUDIT_STORE_RDONLY) != 0;
+    if (!rdonly && map_size < AUDIT_STORE_MAP_SIZE_MIN)
+        return QC_EINVAL;
+    audit_store_t *store = calloc(1, sizeof *store);
+    if (store == NULL)
+        return QC_ENOMEM;
+    store->rdonly = rdonly;
+    unsigned envflags = MDB_NOTLS | (rdonly ? MDB_RDONLY | MDB_NOLOCK : 0);
+    int rc = mdb_env_create(&store->env);
+    if (rc != 0) {
+        free(store);
+        return store_err("env_create", rc);
+    }
+    if ((rc = mdb_env_set_maxdbs(store->env, STORE_DBI_COUNT)) != 0 ||
+        (rc = mdb_env_set_maxreaders(store->env, AUDIT_STORE_READERS_MAX)) != 0 ||
+        (!rdonly && (rc = mdb_env_set_mapsize(store->env, (size_t)map_size)) != 0) ||
+        (rc = mdb_env_open(store->env, dir, envflags, STORE_FILE_MODE)) != 0) {
+        ops_log(OPS_LOG_ERROR, "audit.store_open", "dir", dir, "error", mdb_strerror(rc), NULL);
+        goto err;
+    }
+    MDB_txn *txn = NULL;
+    if ((rc = mdb_txn_begin(store->env, NULL, rdonly ? MDB_RDONLY : 0, &txn)) != 0) {
+        ops_log(OPS_LOG_ERROR, "audit.store_open", "dir", dir, "error", mdb_strerror(rc), NULL);
+        goto err;
+    }
+    for (int i = 0; i < STORE_DBI_COUNT; i++) {
+        unsigned dflags = rdonly ? 0 : MDB_CREATE;
+        if (i == DBI_BY_TXN)
+            dflags |= MDB_DUPSORT | MDB_DUPFIXED;
+        if ((rc = mdb_dbi_open(txn, store_dbi_names[i], dflags, &store->dbi[i])) != 0) {
+            ops_log(OPS_LOG_ERROR, "audit.store_open", "dir", dir, "db", store_dbi_names[i],
+                    "error", mdb_strerror(rc), NULL);
+            mdb_txn_abort(txn);
+            goto err;
+        }
+    }
+    if ((rc = mdb_txn_commit(txn)) != 0) {
+        ops_log(OPS_LOG_ERROR, "audit.store_open", "dir", dir, "error", mdb_strerror(rc), NULL);
+        goto err;
+    }
+    *out = store;
+    return 0;
+err:
+    mdb_env_close(store->env);
+    free(store);
+    return QC_EIO;
+}
+
+void audit_store_destroy(audit_store_t **store_p)
+{
+    if (store_p == NULL || *store_p == NULL)
+        return;
+    mdb_env_close((*store_p)->env);
+    free(*store_p);
+    *store_p = NULL;
+}
+
+static int read_begin(audit_store_t *store, MDB_txn **txn)
+{
+    int rc = mdb_txn_begin(store->env, NULL, MDB_RDONLY, txn);
+    return rc == 0 ? 0 : store_err("txn_begin", rc);
+}
+
+/* Seq and hash of the last entry inside txn (0 and zeros when empty). */
+static int last_in(audit_store_t *store, MDB_txn *txn, uint64_t *seq, uint8_t hash[AUDIT_HASH_SIZE])
+{
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[DBI_ENTRIES], &cur);
+    if (rc != 0)
+        return store_err("cursor_open", rc);
+    MDB_val k, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND) {
+        *seq = 0;
+        memset(hash, 0, AUDIT_HASH_SIZE);
+        return 0;
+    }
+    if (rc != 0)
+        return store_err("last", rc);
+    if (k.mv_size != STORE_SEQ_KEY_SIZE || v.mv_size < AUDIT_ENCODING_FIXED + AUDIT_HASH_SIZE)
+        return QC_EDECODE;
+    *seq = be64_get(k.mv_data);
+    memcpy(hash, (const uint8_t *)v.mv_data + v.mv_size - AUDIT_HASH_SIZE, AUDIT_HASH_SIZE);
+    return 0;
+}
+
+static size_t dedupe_key(const char *source, size_t source_len, uint64_t source_seq,
+                         uint8_t key[STORE_DEDUPE_KEY_MAX])
+{
+    assert(source_len <= AUDIT_SOURCE_MAX);
+    key[0] = (uint8_t)source_len;
+    memcpy(key + 1, source, source_len);
+    be64_put(key + 1 + source_len, source_seq);
+    return 1 + source_len + 8;
+}
+
+static int get_u64(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_len, uint64_t *v)
+{
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key}, d;
+    int rc = mdb_get(txn, dbi, &k, &d);
+    if (rc != 0)
+        return store_err("get", rc);
+    if (d.mv_size != 8)
+        return QC_EDECODE;
+    *v = be64_get(d.mv_data);
+    return 0;
+}
+
+static int put_u64(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_len, uint64_t v,
+                   unsigned flags)
+{
+    uint8_t buf[8];
+    be64_put(buf, v);
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
+    MDB_val d = {.mv_size = sizeof buf, .mv_data = buf};
+    int rc = mdb_put(txn, dbi, &k, &d, flags);
+    return rc == 0 ? 0 : store_err("put", rc);
+}
+
+/* Appends one new event as entry seq after prev inside txn, with its indexes. */
+static int append_one(audit_store_t *store, MDB_txn *txn, const audit_event_t *ev, uint64_t seq,
+                      const uint8_t *dkey, size_t dkey_len, uint8_t prev[AUDIT_HASH_SIZE])
+{
+    audit_entry_t e = {
+        .seq = seq,
+        .time_ms = ev->time_ms != 0 ? ev->time_ms : ops_time_wall_ms(),
+        .source = ev->source,
+        .source_len = strlen(ev->source),
+        .source_seq = ev->source_seq,
+        .type = ev->type,
+        .type_len = strlen(ev->type),
+        .txn_id = ev->txn_id,
+        .txn_id_len = ev->txn_id_len,
+        .payload = ev->payload,
+        .payload_len = ev->payload_len,
+    };
+    memcpy(e.prev_hash, prev, AUDIT_HASH_SIZE);
+    int rc = audit_chain_hash(&e, e.hash);
+    if (rc != 0)
+        return rc;
+    uint8_t *rec = NULL;
+    size_t rec_len = 0;
+    if ((rc = audit_chain_record(&e, &rec, &rec_len)) != 0)
+        return rc;
+    uint8_t key[STORE_SEQ_KEY_SIZE];
+    be64_put(key, seq);
+    MDB_val k = {.mv_size = sizeof key, .mv_data = key};
+    MDB_val d = {.mv_size = rec_len, .mv_data = rec};
+    rc = mdb_put(txn, store->dbi[DBI_ENTRIES], &k, &d, MDB_APPEND);
+    free(rec);
+    if (rc != 0)
+        return store_err("put_entry", rc);
+    if (e.txn_id_len > 0 &&
+        (rc = put_u64(txn, store->dbi[DBI_BY_TXN], e.txn_id, e.txn_id_len, seq, 0)) != 0)
+        return rc;
+    if ((rc = put_u64(txn, store->dbi[DBI_DEDUPE], dkey, dkey_len, seq, MDB_NOOVERWRITE)) != 0)
+        return rc;
+    uint64_t hwm = 0;
+    rc = get_u64(txn, store->dbi[DBI_SOURCES], e.source, e.source_len, &hwm);
+    if (rc != 0 && rc != QC_ENOTFOUND)
+        return rc;
+    if ((rc == QC_ENOTFOUND || ev->source_seq > hwm) &&
+        (rc = put_u64(txn, store->dbi[DBI_SOURCES], e.source, e.source_len, ev->source_seq, 0)) !=
+            0)
+        return rc;
+    if (strcmp(ev->source, AUDIT_SOURCE_SELF) == 0 &&
+        strcmp(ev->type, AUDIT_TYPE_CHECKPOINT) == 0 &&
+        (rc = put_u64(txn, store->dbi[DBI_CHECKPOINTS], key, sizeof key, ev->source_seq, 0)) != 0)
+        return rc;
+    memcpy(prev, e.hash, AUDIT_HASH_SIZE);
+    return 0;
+}
+
+/* Checks what the chain cannot: NUL-terminated names within limits. */
+static int event_check(const audit_event_t *ev)
+{
+    if (ev->source == NULL || ev->type == NULL)
+        return QC_EINVAL;
+    size_t sl = strnlen(ev->source, AUDIT_SOURCE_MAX + 1),
+           tl = strnlen(ev->type, AUDIT_TYPE_MAX + 1);
+    if (sl > AUDIT_SOURCE_MAX || tl > AUDIT_TYPE_MAX || ev->txn_id_len > AUDIT_TXN_ID_MAX ||
+        ev->payload_len > AUDIT_PAYLOAD_MAX)
+        return QC_ETOOBIG;
+    if (!audit_chain_name_ok(ev->source, sl, AUDIT_SOURCE_MAX) ||
+        !audit_chain_name_ok(ev->type, tl, AUDIT_TYPE_MAX) || ev->source_seq == 0 ||
+        (ev->txn_id_len > 0 && ev->txn_id == NULL) || (ev->payload_len > 0 && ev->payload == NULL))
+        return QC_EINVAL;
+    return 0;
+}
+
+int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t n,
+                       audit_append_result_t *results)
+{
+    assert(store != NULL && events != NULL && results != NULL);
+    assert(n >= 1 && n <= AUDIT_STORE_BATCH_MAX);
+    if (store->rdonly)
+        return QC_EDENIED;
+    MDB_txn *txn = NULL;
+    int rc = mdb_txn_begin(store->env, NULL, 0, &txn);
+    if (rc != 0)
+        return store_err("txn_begin", rc);
+    uint64_t seq = 0;
+    uint8_t prev[AUDIT_HASH_SIZE];
+    if ((rc = last_in(store, txn, &seq, prev)) != 0)
+        goto err;
+    for (size_t i = 0; i < n; i++) {
+        const audit_event_t *ev = &events[i];
+        audit_append_result_t *r = &results[i];
+        memset(r, 0, sizeof *r);
+        if ((r->code = event_check(ev)) != 0)
+            continue;
+        uint8_t dkey[STORE_DEDUPE_KEY_MAX];
+        size_t dkey_len = dedupe_key(ev->source, strlen(ev->source), ev->source_seq, dkey);
+        rc = get_u64(txn, store->dbi[DBI_DEDUPE], dkey, dkey_len, &r->seq);
+        if (rc == 0) {
+            r->duplicate = true;
+            continue;
+        }
+        if (rc != QC_ENOTFOUND)
+            goto err;
+        if ((rc = append_one(store, txn, ev, seq + 1, dkey, dkey_len, prev)) != 0)
+            goto err;
+        r->seq = ++seq;
+    }
+    if ((rc = mdb_txn_commit(txn)) != 0)
+        return store_err("commit", rc);
+    return 0;
+err:
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int audit_store_last(audit_store_t *store, uint64_t *seq, uint8_t hash[AUDIT_HASH_SIZE])
+{
+    assert(store != NULL && seq != NULL && hash != NULL);
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    rc = last_in(store, txn, seq, hash);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int audit_store_hwm(audit_store_t *store, const char *source, uint64_t *hwm)
+{
+    assert(store != NULL && source != NULL && hwm != NULL);
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    *hwm = 0;
+    rc = get_u64(txn, store->dbi[DBI_SOURCES], source, strlen(source), hwm);
+    mdb_txn_abort(txn);
+    if (rc == QC_ENOTFOUND) {
+        *hwm = 0;
+        rc = 0;
+    }
+    return rc;
+}
+
+int audit_store_last_checkpoint(audit_store_t *store, uint64_t *entry_seq, uint64_t *covered_seq)
+{
+    assert(store != NULL && entry_seq != NULL && covered_seq != NULL);
+    *entry_seq = *covered_seq = 0;
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_cursor *cur = NULL;
+    if ((rc = mdb_cursor_open(txn, store->dbi[DBI_CHECKPOINTS], &cur)) != 0) {
+        mdb_txn_abort(txn);
+        return store_err("cursor_open", rc);
+    }
+    MDB_val k, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    if (rc == 0 && (k.mv_size != STORE_SEQ_KEY_SIZE || v.mv_size != 8))
+        rc = QC_EDECODE;
+    else if (rc == 0) {
+        *entry_seq = be64_get(k.mv_data);
+        *covered_seq = be64_get(v.mv_data);
+    } else if (rc == MDB_NOTFOUND)
+        rc = 0;
+    else
+        rc = store_err("last_checkpoint", rc);
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int audit_store_count(audit_store_t *store, uint64_t *entries, uint64_t *checkpoints)
+{
+    assert(store != NULL && entries != NULL && checkpoints != NULL);
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_stat a, b;
+    if ((rc = mdb_stat(txn, store->dbi[DBI_ENTRIES], &a)) == 0 &&
+        (rc = mdb_stat(txn, store->dbi[DBI_CHECKPOINTS], &b)) == 0) {
+        *entries = a.ms_entries;
+        *checkpoints = b.ms_entries;
+    }
+    mdb_txn_abort(txn);
+    return rc == 0 ? 0 : store_err("stat", rc);
+}
+
+int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *len)
+{
+    assert(store != NULL && rec != NULL && len != NULL);
+    *rec = NULL;
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    uint8_t key[STORE_SEQ_KEY_SIZE];
+    be64_put(key, seq);
+    MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
+    rc = mdb_get(txn, store->dbi[DBI_ENTRIES], &k, &v);
+    if (rc == 0) {
+        *rec = malloc(v.mv_size > 0 ? v.mv_size : 1);
+        if (*rec == NULL) {
+            rc = QC_ENOMEM;
+        } else {
+            memcpy(*rec, v.mv_data, v.mv_size);
+            *len = v.mv_size;
+        }
+    } else {
+        rc = store_err("get_entry", rc);
+    }
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int audit_store_dedupe_get(audit_store_t *store, const char *source, uint64_t source_seq,
+                           uint64_t *seq)
+{
+    assert(store != NULL && source != NULL && seq != NULL);
+    size_t sl = strlen(source);
+    if (sl > AUDIT_SOURCE_MAX)
+        return QC_ENOTFOUND;
+    uint8_t dkey[STORE_DEDUPE_KEY_MAX];
+    size_t dlen = dedupe_key(source, sl, source_seq, dkey);
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    rc = get_u64(txn, store->dbi[DBI_DEDUPE], dkey, dlen, seq);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_fn *fn, void *arg)
+{
+    assert(store != NULL && fn != NULL);
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_cursor *cur = NULL;
+    if ((rc = mdb_cursor_open(txn, store->dbi[DBI_ENTRIES], &cur)) != 0) {
+        mdb_txn_abort(txn);
+        return store_err("cursor_open", rc);
+    }
+    uint8_t key[STORE_SEQ_KEY_SIZE];
+    be64_put(key, from_seq);
+    MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
+    int op = MDB_SET_RANGE;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        if (k.mv_size != STORE_SEQ_KEY_SIZE) {
+            rc = QC_EDECODE;
+            break;
+        }
+        if ((rc = fn(arg, be64_get(k.mv_data), v.mv_data, v.mv_size)) != 0)
+            break;
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc > 0)
+        return store_err("scan", rc);
+    return rc;
+}
+
+int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn_id_len,
+                         uint64_t *seqs, size_t cap, size_t *n)
+{
+    assert(store != NULL && txn_id != NULL && n != NULL);
+    *n = 0;
+    if (txn_id_len == 0 || txn_id_len > AUDIT_TXN_ID_MAX)
+        return 0;
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_cursor *cur = NULL;
+    if ((rc = mdb_cursor_open(txn, store->dbi[DBI_BY_TXN], &cur)) != 0) {
+        mdb_txn_abort(txn);
+        return store_err("cursor_open", rc);
+    }
+    MDB_val k = {.mv_size = txn_id_len, .mv_data = (void *)txn_id}, v;
+    int op = MDB_SET_KEY;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT_DUP;
+        if (v.mv_size != 8) {
+            rc = QC_EDECODE;
+            break;
+        }
+        if (*n < cap)
+            seqs[*n] = be64_get(v.mv_data);
+        (*n)++;
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc > 0)
+        return store_err("txn_seqs", rc);
+    return rc;
+}

@@ -1,0 +1,105 @@
+/* audit_store.h - the audit log in LMDB: entries by seq and the indexes that go with them.
+ *
+ * Databases of the environment (one directory, data.mdb + lock.mdb):
+ *   entries      be64(seq) -> canonical(entry) || hash      (audit_chain.h)
+ *   by_txn       txn_id -> be64(seq), sorted duplicates     (every entry of one load)
+ *   dedupe       u8 len || source || be64(source_seq) -> be64(seq)
+ *   sources      source -> be64(highest source_seq appended)  (the relay resumes after it)
+ *   checkpoints  be64(seq of the checkpoint entry) -> be64(seq it covers)
+ *
+ * Appends are group commits: one write transaction per call, however many events, so one
+ * fsync (LMDB's default durable commit) covers them all. A call returns only after the
+ * commit: whatever it reports appended is durable. Threads may share a store: LMDB
+ * serializes writers, and read transactions are not tied to threads (MDB_NOTLS). */
+#ifndef AUDIT_STORE_H
+#define AUDIT_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "audit_chain.h"
+
+#define AUDIT_STORE_MAP_SIZE_DEFAULT (4ull << 30) /* 4 GiB of address space, grown lazily */
+#define AUDIT_STORE_MAP_SIZE_MIN (1ull << 20)
+#define AUDIT_STORE_READERS_MAX 126
+#define AUDIT_STORE_BATCH_MAX 4096 /* events in one append call */
+
+/* Open flags. */
+#define AUDIT_STORE_RDONLY 0x1 /* MDB_RDONLY | MDB_NOLOCK: for a copy of the files; never writes   \
+                                */
+
+typedef struct audit_store audit_store_t;
+
+/* One event to append. Borrowed: the store copies what it keeps. */
+typedef struct audit_event {
+    const char *source; /* NUL terminated */
+    uint64_t source_seq;
+    const char *type; /* NUL terminated */
+    const uint8_t *txn_id;
+    size_t txn_id_len;
+    const uint8_t *payload;
+    size_t payload_len;
+    uint64_t time_ms; /* when it happened at the source; 0 = now */
+} audit_event_t;
+
+/* What became of one event of an append. */
+typedef struct audit_append_result {
+    int code;       /* 0, or why this event alone was refused (QC_EINVAL, QC_ETOOBIG) */
+    uint64_t seq;   /* the entry holding it (new or, for a duplicate, the earlier one) */
+    bool duplicate; /* (source, source_seq) was already in the log */
+} audit_append_result_t;
+
+/* Opens (creating when writable) the environment in directory dir with a map of map_size
+ * bytes (ignored read-only). Returns 0 and sets *out, or QC_EINVAL (map_size below
+ * AUDIT_STORE_MAP_SIZE_MIN), QC_EIO (cannot open; logged), QC_ENOMEM. */
+int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_store_t **out);
+
+/* Closes the environment, frees store, nulls *store_p; accepts NULL. */
+void audit_store_destroy(audit_store_t **store_p);
+
+/* Appends events[0..n) in order in one durable transaction (1 <= n <= AUDIT_STORE_BATCH_MAX),
+ * chaining each to the previous entry; events already in the log by (source, source_seq),
+ * including earlier ones of the same call, are not appended again (duplicate, seq of the
+ * first). An event with type AUDIT_TYPE_CHECKPOINT from AUDIT_SOURCE_SELF is also recorded
+ * as a checkpoint covering source_seq. results[i] says what became of events[i].
+ * Returns 0 once committed (results valid), or QC_EFULL (map full), QC_EIO, QC_ENOMEM,
+ * QC_EDENIED (read-only store), and then nothing was appended. */
+int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t n,
+                       audit_append_result_t *results);
+
+/* Seq and hash of the last entry; seq 0 and a zero hash when the log is empty.
+ * Returns 0, QC_EIO or QC_EDECODE (the last record does not parse). */
+int audit_store_last(audit_store_t *store, uint64_t *seq, uint8_t hash[AUDIT_HASH_SIZE]);
+
+/* Highest source_seq appended from source, 0 when none. Returns 0 or QC_EIO. */
+int audit_store_hwm(audit_store_t *store, const char *source, uint64_t *hwm);
+
+/* The last checkpoint: seq of its entry and the seq it covers; both 0 when there is none.
+ * Returns 0 or QC_EIO. */
+int audit_store_last_checkpoint(audit_store_t *store, uint64_t *entry_seq, uint64_t *covered_seq);
+
+/* Number of entries and of checkpoints. Returns 0 or QC_EIO. */
+int audit_store_count(audit_store_t *store, uint64_t *entries, uint64_t *checkpoints);
+
+/* A copy of the stored record of seq (canonical || hash) in a malloc'd buffer the caller
+ * frees. Returns 0, QC_ENOTFOUND, QC_EIO, QC_ENOMEM. */
+int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *len);
+
+/* The seq dedupe holds for (source, source_seq). Returns 0, QC_ENOTFOUND or QC_EIO. */
+int audit_store_dedupe_get(audit_store_t *store, const char *source, uint64_t source_seq,
+                           uint64_t *seq);
+
+/* Calls fn for every record from from_seq on, in key order, inside one read transaction;
+ * key_seq is the LMDB key (a verifier compares it with the seq inside the record), rec is
+ * valid only during the call. A non-zero return of fn stops the walk and is returned.
+ * Returns 0 at the end, fn's value, QC_EDECODE (a key that is not 8 bytes) or QC_EIO. */
+typedef int(audit_store_visit_fn)(void *arg, uint64_t key_seq, const uint8_t *rec, size_t len);
+int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_fn *fn, void *arg);
+
+/* The seqs of every entry about txn_id, ascending, into seqs (capacity cap); *n is the total
+ * found (it may exceed cap: then only cap were written). Returns 0 or QC_EIO. */
+int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn_id_len,
+                         uint64_t *seqs, size_t cap, size_t *n);
+
+#endif

@@ -1,0 +1,44 @@
+/* audit_verify.h - offline verification of an audit log: the whole chain and every checkpoint.
+ *
+ * Works on a copy of the LMDB files (or those of a stopped service): the environment is
+ * opened MDB_RDONLY | MDB_NOLOCK, so verification never writes, not even a lock file.
+ * It checks, in seq order, the invariants of audit_chain.c: keys 1, 2, 3 ... without a
+ * gap, each record parses strictly, carries the seq of its key, chains to the previous
+ * hash and hashes to its stored hash; every checkpoint entry carries a Signed
+ * AuditCheckpoint that verifies under the audit-checkpoint key, names an earlier entry
+ * (the seq in its source_seq) and that entry's hash. The first break stops the walk. */
+#ifndef AUDIT_VERIFY_H
+#define AUDIT_VERIFY_H
+
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+#define AUDIT_VERIFY_WHY_MAX 256
+
+typedef struct audit_verify_report {
+    uint64_t entries;               /* entries checked (up to and excluding the break) */
+    uint64_t checkpoints;           /* checkpoint entries whose signature verified */
+    uint64_t last_seq;              /* last entry checked */
+    uint64_t signed_seq;            /* highest seq covered by a verified checkpoint */
+    uint64_t break_seq;             /* seq of the first break, 0 when the log is intact */
+    int break_code;                 /* QC_E* code of the break, 0 when intact */
+    char why[AUDIT_VERIFY_WHY_MAX]; /* one sentence naming the break */
+} audit_verify_report_t;
+
+/* Verifies the log in directory dir; checkpoint signatures against key (the public key of
+ * the audit-checkpoint certificate, borrowed). Fills *report in every case.
+ * Returns 0 when the log is intact, the break's code (QC_EBADSIG: a hash or a checkpoint
+ * signature does not verify, QC_EMISMATCH: a link, a seq or a checkpoint's hash differs,
+ * QC_EKEYID: a checkpoint by another key, QC_EDECODE/QC_ETOOBIG/QC_EVERSION: a record that
+ * does not parse, QC_ENOTFOUND: a gap) with report->break_seq set, or QC_EIO / QC_ENOMEM
+ * when the files could not be read (break_seq 0). */
+int audit_verify_dir(const char *dir, EVP_PKEY *key, audit_verify_report_t *report);
+
+/* Checks one checkpoint payload (a Signed AuditCheckpoint) under key: signature, then that
+ * it covers covered_seq with covered_hash. Returns 0, the envelope's errors (QC_EKEYID,
+ * QC_EBADSIG, QC_EDECODE ...) or QC_EMISMATCH. */
+int audit_verify_checkpoint(const uint8_t *payload, size_t len, EVP_PKEY *key, uint64_t covered_seq,
+                            const uint8_t covered_hash[32]);
+
+#endif
