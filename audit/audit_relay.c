@@ -66,7 +66,8 @@ int audit_relay_new(const audit_relay_config_t *cfg, audit_relay_t **out)
     r->batch_max = cfg->batch_max;
     r->poll_ms = cfg->poll_ms;
     atomic_init(&r->stop, false);
-    atomic_init(&r->last_ok_ms, 0);
+    /* Health counts from the start: a shard gets AUDIT_RELAY_STALE_MS to answer first. */
+    atomic_init(&r->last_ok_ms, ops_time_mono_ms());
     r->m_appended = ops_counter("qc_audit_entries_appended_total", "Entries appended to the log");
     r->m_dedupe = ops_counter("qc_audit_dedupe_hits_total", "Events already in the log");
     int rc = 0;
@@ -325,6 +326,5 @@ void audit_relay_destroy(audit_relay_t **relay_p)
 uint64_t audit_relay_stale_ms(const audit_relay_t *relay)
 {
     assert(relay != NULL);
-    uint64_t last = atomic_load(&relay->last_ok_ms);
-    return last == 0 ? UINT64_MAX : ops_time_mono_ms() - last;
+    return ops_time_mono_ms() - atomic_load(&relay->last_ok_ms);
 }

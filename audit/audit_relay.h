@@ -47,8 +47,8 @@ int audit_relay_start(audit_relay_t *relay);
  * clients, frees relay, nulls *relay_p; accepts NULL. */
 void audit_relay_destroy(audit_relay_t **relay_p);
 
-/* Milliseconds since the last round in which every shard answered (for /healthz);
- * UINT64_MAX before the first. Thread-safe. */
+/* Milliseconds since the last round in which every shard answered, or since
+ * audit_relay_new() before the first (for /healthz). Thread-safe. */
 uint64_t audit_relay_stale_ms(const audit_relay_t *relay);
 
 #endif

@@ -26,8 +26,9 @@
 #define AUDIT_STORE_BATCH_MAX 4096 /* events in one append call */
 
 /* Open flags. */
-#define AUDIT_STORE_RDONLY 0x1 /* MDB_RDONLY | MDB_NOLOCK: for a copy of the files; never writes   \
-                                */
+#define AUDIT_STORE_RDONLY                                                                         \
+    0x1 /* MDB_RDONLY | MDB_NOLOCK: for a copy of the files; never writes                          \
+         */
 
 typedef struct audit_store audit_store_t;
 
