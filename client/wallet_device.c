@@ -17,6 +17,10 @@
  *   7. At most one load is in progress: a request is only signed in IDLE, after the PIN.
  *   8. Every change is one atomic write of the state file carrying its log line
  *      (device_commit()); in memory the state never runs ahead of the disk.
+ *   9. A card transfer is pending only in IDLE, and a load request is only signed with no
+ *      card transfer pending; the debit of a card transfer and its pending record are one
+ *      atomic write (wallet_device_card_debit()), and only the card's signed receipt ends
+ *      it: CREDITED completes, a fresh NOT_CREDITED refunds (wallet_device_card_settle()).
  *
  *              wallet_device_request()              wallet_device_judge_allow()
  *      IDLE --------------------------> PENDING(txn, c) -----------------------> REPORTED
@@ -53,6 +57,7 @@
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
+#include "card.pb-c.h"
 #include "quancun.pb-c.h"
 #include "wallet_amount.h"
 
@@ -98,6 +103,7 @@ static void wallet_device_check_invariants(const wallet_device_t *dev)
     const wallet_state_t *st = &dev->st;
     assert(st->serial[0] != '\0');
     assert(st->pin.tries_left <= WALLET_PIN_TRIES);
+    assert(!st->card_pending || (st->phase == WALLET_IDLE && st->card_amount > 0)); /* 9 */
     switch (st->phase) {
     case WALLET_IDLE:
         assert(st->request == NULL && st->report == NULL); /* 2 */
@@ -419,37 +425,52 @@ static int load_bank(wallet_device_t *dev)
     return rc;
 }
 
-static int load_key(wallet_device_t *dev)
+int wallet_pki_load_key(const char *home, const char *name, EVP_PKEY **out)
 {
+    assert(home != NULL && name != NULL && out != NULL);
     BIO *bio = NULL;
-    int rc = pem_to_bio(dev->home, WALLET_KEY_FILE, &bio);
+    *out = NULL;
+    int rc = pem_to_bio(home, name, &bio);
     if (rc != 0)
         return rc == QC_ENOTFOUND ? QC_EIO : rc;
-    dev->key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+    EVP_PKEY *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
     BIO_free(bio);
-    if (dev->key == NULL || !key_is_p256(dev->key))
+    if (key == NULL || !key_is_p256(key)) {
+        EVP_PKEY_free(key);
         return QC_ECRYPTO;
+    }
+    *out = key;
     return 0;
 }
 
-/* Checks that cert belongs to this device: its key and its commonName. */
-static int cert_matches(const wallet_device_t *dev, X509 *cert)
+static int load_key(wallet_device_t *dev)
+{
+    return wallet_pki_load_key(dev->home, WALLET_KEY_FILE, &dev->key);
+}
+
+/* Checks that cert belongs to the holder of key named cn: its key and its commonName. */
+static int cert_matches(X509 *cert, EVP_PKEY *key, const char *cn_want)
 {
     EVP_PKEY *pub = X509_get0_pubkey(cert);
-    if (pub == NULL || EVP_PKEY_eq(pub, dev->key) != 1)
+    if (pub == NULL || EVP_PKEY_eq(pub, key) != 1)
         return QC_ECERT;
     char cn[WALLET_SERIAL_MAX + 2];
     int n =
         X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, (int)sizeof(cn));
-    if (n <= 0 || n > WALLET_SERIAL_MAX || strcmp(cn, dev->st.serial) != 0)
+    if (n <= 0 || n > WALLET_SERIAL_MAX || strcmp(cn, cn_want) != 0)
         return QC_ECERT;
     return 0;
 }
 
-static int load_cert(wallet_device_t *dev)
+int wallet_pki_load_cert(const char *home, const char *name, EVP_PKEY *key, const char *cn,
+                         uint8_t **der_out, size_t *der_len_out)
 {
+    assert(home != NULL && name != NULL && key != NULL && cn != NULL);
+    assert(der_out != NULL && der_len_out != NULL);
+    *der_out = NULL;
+    *der_len_out = 0;
     BIO *bio = NULL;
-    int rc = pem_to_bio(dev->home, WALLET_CERT_FILE, &bio);
+    int rc = pem_to_bio(home, name, &bio);
     if (rc == QC_ENOTFOUND)
         return 0; /* not enrolled yet */
     if (rc != 0)
@@ -458,7 +479,7 @@ static int load_cert(wallet_device_t *dev)
     BIO_free(bio);
     if (cert == NULL)
         return QC_ECERT;
-    rc = cert_matches(dev, cert);
+    rc = cert_matches(cert, key, cn);
     unsigned char *der = NULL;
     int der_len = rc == 0 ? i2d_X509(cert, &der) : 0;
     X509_free(cert);
@@ -468,21 +489,31 @@ static int load_cert(wallet_device_t *dev)
         OPENSSL_free(der);
         return QC_ECERT;
     }
-    dev->cert_der = malloc((size_t)der_len);
-    if (dev->cert_der == NULL) {
+    uint8_t *copy = malloc((size_t)der_len);
+    if (copy == NULL) {
         OPENSSL_free(der);
         return QC_ENOMEM;
     }
-    memcpy(dev->cert_der, der, (size_t)der_len);
-    dev->cert_len = (size_t)der_len;
+    memcpy(copy, der, (size_t)der_len);
     OPENSSL_free(der);
+    *der_out = copy;
+    *der_len_out = (size_t)der_len;
     return 0;
+}
+
+static int load_cert(wallet_device_t *dev)
+{
+    return wallet_pki_load_cert(dev->home, WALLET_CERT_FILE, dev->key, dev->st.serial,
+                                &dev->cert_der, &dev->cert_len);
 }
 
 /* ------------------------------------------------------------------ init, open, destroy */
 
-static int write_key_and_csr(const char *home, const char *serial, EVP_PKEY *key)
+int wallet_pki_write_key_csr(const char *home, const char *key_file, const char *csr_file,
+                             const char *serial, EVP_PKEY *key)
 {
+    assert(home != NULL && key_file != NULL && csr_file != NULL && serial != NULL);
+    assert(key != NULL);
     int rc = QC_ECRYPTO;
     BIO *kbio = BIO_new(BIO_s_mem());
     BIO *cbio = BIO_new(BIO_s_mem());
@@ -502,9 +533,9 @@ static int write_key_and_csr(const char *home, const char *serial, EVP_PKEY *key
         goto out;
     if (PEM_write_bio_X509_REQ(cbio, req) != 1)
         goto out;
-    rc = bio_to_file(home, WALLET_KEY_FILE, kbio, DEVICE_SECRET_MODE);
+    rc = bio_to_file(home, key_file, kbio, DEVICE_SECRET_MODE);
     if (rc == 0)
-        rc = bio_to_file(home, WALLET_CSR_FILE, cbio, DEVICE_PUBLIC_MODE);
+        rc = bio_to_file(home, csr_file, cbio, DEVICE_PUBLIC_MODE);
 out:
     if (kbio != NULL) {
         char *data = NULL;
@@ -564,7 +595,7 @@ int wallet_device_init(const char *home, const char *serial, const char *pin, si
         rc = QC_ECRYPTO;
         goto out;
     }
-    rc = write_key_and_csr(home, serial, dev->key);
+    rc = wallet_pki_write_key_csr(home, WALLET_KEY_FILE, WALLET_CSR_FILE, serial, dev->key);
     if (rc != 0)
         goto out;
     memcpy(dev->st.serial, serial, strlen(serial) + 1);
@@ -642,9 +673,10 @@ void wallet_device_destroy(wallet_device_t **dev_p)
 
 /* ------------------------------------------------------------------ enrollment */
 
-int wallet_device_install_cert(wallet_device_t *dev, const char *cert_path)
+int wallet_pki_install_cert(const char *home, const char *name, const char *cert_path,
+                            EVP_PKEY *key, const char *cn)
 {
-    assert(dev != NULL && cert_path != NULL);
+    assert(home != NULL && name != NULL && cert_path != NULL && key != NULL && cn != NULL);
     BIO *in = BIO_new_file(cert_path, "r");
     if (in == NULL)
         return QC_EIO;
@@ -652,14 +684,22 @@ int wallet_device_install_cert(wallet_device_t *dev, const char *cert_path)
     BIO_free(in);
     if (cert == NULL)
         return QC_ECERT;
-    int rc = cert_matches(dev, cert);
+    int rc = cert_matches(cert, key, cn);
     BIO *out = rc == 0 ? BIO_new(BIO_s_mem()) : NULL;
     if (rc == 0 && (out == NULL || PEM_write_bio_X509(out, cert) != 1))
         rc = QC_ECRYPTO;
     if (rc == 0)
-        rc = bio_to_file(dev->home, WALLET_CERT_FILE, out, DEVICE_PUBLIC_MODE);
+        rc = bio_to_file(home, name, out, DEVICE_PUBLIC_MODE);
     BIO_free(out);
     X509_free(cert);
+    return rc;
+}
+
+int wallet_device_install_cert(wallet_device_t *dev, const char *cert_path)
+{
+    assert(dev != NULL && cert_path != NULL);
+    int rc =
+        wallet_pki_install_cert(dev->home, WALLET_CERT_FILE, cert_path, dev->key, dev->st.serial);
     if (rc != 0)
         return rc;
     free(dev->cert_der);
@@ -728,6 +768,10 @@ void wallet_device_status(const wallet_device_t *dev, wallet_status_t *out)
     out->pin_tries_left = st->pin.tries_left;
     out->has_cert = dev->cert_der != NULL;
     out->has_bank = dev->bank[BANK_ALLOW].key != NULL && dev->bank[BANK_OUTCOME].key != NULL;
+    out->card_pending = st->card_pending;
+    memcpy(out->card_xfer_id, st->card_xfer_id, sizeof(out->card_xfer_id));
+    out->card_amount = st->card_amount;
+    memcpy(out->card_number, st->card_number, sizeof(out->card_number));
 }
 
 /* ------------------------------------------------------------------ PIN */
@@ -805,6 +849,8 @@ int wallet_device_request(wallet_device_t *dev, const char *account_id, int64_t 
         return QC_EDENIED;
     if (st->phase != WALLET_IDLE)
         return QC_EPENDING;
+    if (st->card_pending)
+        return QC_ECARDPENDING; /* invariant 9 */
     if (dev->cert_der == NULL)
         return QC_ECERT;
     if (dev->bank[BANK_ALLOW].key == NULL || dev->bank[BANK_OUTCOME].key == NULL)
@@ -1160,4 +1206,184 @@ int wallet_device_abandon(wallet_device_t *dev, int server_code, const char *mes
         return rc;
     assert(st->counter == counter_before); /* invariant 6 */
     return 0;
+}
+
+/* ------------------------------------------------------------------ IC card transfers */
+
+int wallet_device_cert(const wallet_device_t *dev, const uint8_t **der, size_t *der_len)
+{
+    assert(dev != NULL && der != NULL && der_len != NULL);
+    if (dev->cert_der == NULL)
+        return QC_ECERT;
+    *der = dev->cert_der;
+    *der_len = dev->cert_len;
+    return 0;
+}
+
+int wallet_device_card_auth(wallet_device_t *dev, const char *card_number,
+                            const uint8_t card_challenge[WALLET_CARD_CHALLENGE_SIZE],
+                            const uint8_t host_challenge[WALLET_CARD_CHALLENGE_SIZE], uint8_t **out,
+                            size_t *out_len)
+{
+    assert(dev != NULL && card_number != NULL && out != NULL && out_len != NULL);
+    assert(card_challenge != NULL && host_challenge != NULL);
+    *out = NULL;
+    if (dev->cert_der == NULL)
+        return QC_ECERT;
+    if (!serial_ok(card_number))
+        return QC_EINVAL;
+    Qccard__CardChallenge ch = QCCARD__CARD_CHALLENGE__INIT;
+    ch.signer_id = dev->st.serial;
+    ch.peer_id = (char *)card_number; /* pack only reads it */
+    ch.challenge.data = (uint8_t *)card_challenge;
+    ch.challenge.len = WALLET_CARD_CHALLENGE_SIZE;
+    ch.own_challenge.data = (uint8_t *)host_challenge;
+    ch.own_challenge.len = WALLET_CARD_CHALLENGE_SIZE;
+    return sign_message(dev, PROTO_TYPE_CARD_CHALLENGE, &ch.base, true, out, out_len, NULL);
+}
+
+/* The detail of a card log line: which card, which transfer, how much. */
+static void card_detail(const wallet_state_t *st, char out[DEVICE_DETAIL_MAX])
+{
+    char hex[2 * WALLET_TXN_SIZE + 1];
+    char amount[WALLET_AMOUNT_FORMAT_MAX];
+    snprintf(out, DEVICE_DETAIL_MAX, "card %s transfer %s amount %s", st->card_number,
+             wallet_hex(st->card_xfer_id, WALLET_TXN_SIZE, hex),
+             wallet_amount_format(st->card_amount, amount, sizeof(amount)));
+}
+
+int wallet_device_card_debit(wallet_device_t *dev, const char *card_number, int64_t amount,
+                             const uint8_t session[WALLET_CARD_CHALLENGE_SIZE], uint8_t **credit,
+                             size_t *credit_len)
+{
+    assert(dev != NULL && card_number != NULL && session != NULL);
+    assert(credit != NULL && credit_len != NULL);
+    wallet_state_t *st = &dev->st;
+    *credit = NULL;
+    if (!dev->pin_ok)
+        return QC_EDENIED;
+    if (st->phase != WALLET_IDLE)
+        return QC_EPENDING;
+    if (st->card_pending)
+        return QC_ECARDPENDING;
+    if (amount <= 0)
+        return QC_EAMOUNT;
+    if (amount > st->balance)
+        return QC_EFUNDS;
+    if (!serial_ok(card_number))
+        return QC_EINVAL;
+    if (dev->cert_der == NULL)
+        return QC_ECERT;
+
+    uint8_t xfer[WALLET_TXN_SIZE];
+    if (RAND_bytes(xfer, sizeof(xfer)) != 1)
+        return QC_ECRYPTO;
+    Qccard__CardCredit cc = QCCARD__CARD_CREDIT__INIT;
+    cc.transfer_id.data = xfer;
+    cc.transfer_id.len = sizeof(xfer);
+    cc.device_id = st->serial;
+    cc.card_number = (char *)card_number;
+    cc.amount = amount;
+    cc.session.data = (uint8_t *)session;
+    cc.session.len = WALLET_CARD_CHALLENGE_SIZE;
+    uint8_t *signed_credit = NULL;
+    size_t signed_len = 0;
+    int rc = sign_message(dev, PROTO_TYPE_CARD_CREDIT, &cc.base, false, &signed_credit, &signed_len,
+                          NULL);
+    if (rc != 0)
+        return rc;
+
+    /* The debit and the record of the pending transfer: one atomic write (invariant 9). */
+    int64_t balance_before = st->balance;
+    st->balance -= amount;
+    st->card_pending = true;
+    memcpy(st->card_xfer_id, xfer, sizeof(xfer));
+    st->card_amount = amount;
+    memcpy(st->card_number, card_number, strlen(card_number) + 1);
+    char detail[DEVICE_DETAIL_MAX];
+    card_detail(st, detail);
+    rc = device_commit(dev, "card.debited", detail);
+    if (rc != 0) {
+        free(signed_credit);
+        return rc;
+    }
+    assert(st->balance == balance_before - amount);
+    (void)balance_before;
+    ops_fault_point("wallet.after_card_debit");
+    *credit = signed_credit;
+    *credit_len = signed_len;
+    return 0;
+}
+
+/* Checks a verified receipt body against the pending transfer. */
+static int check_receipt(const wallet_state_t *st, const Qccard__CardReceipt *r,
+                         const uint8_t host_challenge[WALLET_CARD_CHALLENGE_SIZE])
+{
+    if (!bytes_equal(&r->transfer_id, st->card_xfer_id, WALLET_TXN_SIZE))
+        return QC_EMISMATCH;
+    if (r->card_number == NULL || strcmp(r->card_number, st->card_number) != 0)
+        return QC_EMISMATCH;
+    if (r->status == QCCARD__RECEIPT_STATUS__RECEIPT_CREDITED) {
+        if (r->device_id == NULL || strcmp(r->device_id, st->serial) != 0 ||
+            r->amount != st->card_amount)
+            return QC_EMISMATCH;
+        return 0;
+    }
+    if (r->status != QCCARD__RECEIPT_STATUS__RECEIPT_NOT_CREDITED)
+        return QC_EDECODE;
+    /* A "never credited" is only true now: it must answer this session's challenge. */
+    if (!bytes_equal(&r->session, host_challenge, WALLET_CARD_CHALLENGE_SIZE))
+        return QC_EREPLAY;
+    return 0;
+}
+
+int wallet_device_card_settle(wallet_device_t *dev, EVP_PKEY *card_key,
+                              const uint8_t host_challenge[WALLET_CARD_CHALLENGE_SIZE],
+                              const uint8_t *receipt, size_t receipt_len,
+                              wallet_card_result_t *result)
+{
+    assert(dev != NULL && card_key != NULL && host_challenge != NULL && result != NULL);
+    assert(receipt != NULL || receipt_len == 0);
+    wallet_state_t *st = &dev->st;
+    if (!st->card_pending)
+        return QC_ESTATE;
+    if (receipt_len > PROTO_ENVELOPE_MAX)
+        return QC_ETOOBIG;
+    proto_envelope_t *env = NULL;
+    Qccard__CardReceipt *r = NULL;
+    int rc = proto_envelope_open(receipt, receipt_len, &env);
+    if (rc == 0)
+        rc = proto_envelope_verify(env, PROTO_TYPE_CARD_RECEIPT, card_key);
+    if (rc != 0)
+        goto out;
+    size_t body_len = 0;
+    const uint8_t *body = proto_envelope_body(env, &body_len);
+    rc = QC_EDECODE;
+    if (body_len > 0 && body_len <= PROTO_BODY_MAX)
+        r = qccard__card_receipt__unpack(NULL, body_len, body);
+    if (r == NULL)
+        goto out;
+    rc = check_receipt(st, r, host_challenge);
+    if (rc != 0)
+        goto out;
+    bool credited = r->status == QCCARD__RECEIPT_STATUS__RECEIPT_CREDITED;
+    char detail[DEVICE_DETAIL_MAX];
+    card_detail(st, detail);
+    /* Killed here, the card has its proof and the next contact settles from it. */
+    ops_fault_point("wallet.after_card_receipt");
+    if (!credited)
+        st->balance += st->card_amount; /* the card proved it never had it */
+    st->card_pending = false;
+    memset(st->card_xfer_id, 0, sizeof(st->card_xfer_id));
+    st->card_amount = 0;
+    memset(st->card_number, 0, sizeof(st->card_number));
+    rc = device_commit(dev, credited ? "card.completed" : "card.refunded", detail);
+    if (rc != 0)
+        goto out;
+    *result = credited ? WALLET_CARD_COMPLETED : WALLET_CARD_REFUNDED;
+out:
+    if (r != NULL)
+        qccard__card_receipt__free_unpacked(r, NULL);
+    proto_envelope_destroy(&env);
+    return rc;
 }

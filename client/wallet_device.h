@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/evp.h>
+
 #include "wallet_store.h"
 
 #define WALLET_KEY_FILE "device.key"
@@ -76,6 +78,10 @@ typedef struct wallet_status {
     uint32_t pin_tries_left;
     bool has_cert;
     bool has_bank;
+    bool card_pending; /* a card transfer awaits its settlement */
+    uint8_t card_xfer_id[WALLET_TXN_SIZE];
+    int64_t card_amount;
+    char card_number[WALLET_SERIAL_MAX + 1];
 } wallet_status_t;
 
 void wallet_device_status(const wallet_device_t *dev, wallet_status_t *out);
@@ -143,6 +149,81 @@ int wallet_device_abandon(wallet_device_t *dev, int server_code, const char *mes
 /* True when account_id can be signed into a request: 1 to WALLET_ACCOUNT_MAX printable
  * ASCII characters, without spaces, quotes or backslashes (it also goes into the log). */
 bool wallet_account_valid(const char *account_id);
+
+/* ------------------------------------------------------------------ IC card transfers
+ *
+ * The wallet moves e-money to a card (proto/card.proto, client/card_host.h). The device
+ * debits itself and records the pending transfer in one atomic state write before the card
+ * is asked to credit; the card's signed receipt (CardReceipt) then completes it, or, when
+ * the card proves it never credited that transfer id, refunds it. One operation at a time:
+ * no card transfer starts while a load is in progress, and no load starts while a card
+ * transfer is pending (QC_ECARDPENDING), so the balances signed into a load's request and
+ * report never see a card debit in between and the money is always on exactly one side. */
+#define WALLET_CARD_CHALLENGE_SIZE 32
+
+typedef enum wallet_card_result {
+    WALLET_CARD_COMPLETED = 1, /* the card has the money */
+    WALLET_CARD_REFUNDED = 2,  /* the card never credited it: the wallet has it back */
+} wallet_card_result_t;
+
+/* The device certificate (DER), borrowed. Returns 0, or QC_ECERT when none is installed. */
+int wallet_device_cert(const wallet_device_t *dev, const uint8_t **der, size_t *der_len);
+
+/* Signs the device's answer to a card's challenge: a CardChallenge {serial, card_number,
+ * card_challenge, host_challenge} with the device certificate in the envelope. *out is
+ * malloc'd (the caller frees it). Returns 0, QC_ECERT (no certificate installed),
+ * QC_EINVAL (bad card number), QC_ECRYPTO or QC_ENOMEM. */
+int wallet_device_card_auth(wallet_device_t *dev, const char *card_number,
+                            const uint8_t card_challenge[WALLET_CARD_CHALLENGE_SIZE],
+                            const uint8_t host_challenge[WALLET_CARD_CHALLENGE_SIZE], uint8_t **out,
+                            size_t *out_len);
+
+/* Starts a card transfer: draws a transfer id, signs a CardCredit of amount for
+ * card_number bound to the card's session challenge, and then debits the wallet and records
+ * the pending transfer in one atomic state write (log "card.debited"). *credit is malloc'd.
+ * Returns 0; QC_EDENIED (PIN not verified), QC_EPENDING (a load is in progress),
+ * QC_ECARDPENDING (a card transfer is pending), QC_EAMOUNT (not positive),
+ * QC_EFUNDS (more than the balance), QC_EINVAL, QC_ECERT, QC_ECRYPTO, QC_EIO; nothing is
+ * debited on error. */
+int wallet_device_card_debit(wallet_device_t *dev, const char *card_number, int64_t amount,
+                             const uint8_t session[WALLET_CARD_CHALLENGE_SIZE], uint8_t **credit,
+                             size_t *credit_len);
+
+/* Settles the pending card transfer from a receipt (untrusted bytes) signed by card_key,
+ * the key of the card's certificate, which the caller verified against the card CA for
+ * the card number of the pending transfer. CREDITED for the pending id, device, card and
+ * amount completes it (log "card.completed"); NOT_CREDITED is believed only when its
+ * session is host_challenge, this session's fresh random, and refunds the amount (log
+ * "card.refunded"). Returns 0 with *result set; QC_ESTATE (nothing pending); QC_ETOOBIG,
+ * QC_EDECODE, QC_EKEYID, QC_EBADSIG, QC_EMISMATCH (another transfer, card, device or
+ * amount), QC_EREPLAY (a NOT_CREDITED of another session) with nothing changed; QC_EIO. */
+int wallet_device_card_settle(wallet_device_t *dev, EVP_PKEY *card_key,
+                              const uint8_t host_challenge[WALLET_CARD_CHALLENGE_SIZE],
+                              const uint8_t *receipt, size_t receipt_len,
+                              wallet_card_result_t *result);
+
+/* ------------------------------------------------------------------ key files
+ * Shared with the card (client/card_device.c), which keeps its key the same way. */
+
+/* Writes key (P-256) as a PEM private key to HOME/key_file (mode 0600) and a CSR with
+ * CN = cn, signed by key, to HOME/csr_file. Returns 0, QC_ECRYPTO, QC_ENOMEM or QC_EIO. */
+int wallet_pki_write_key_csr(const char *home, const char *key_file, const char *csr_file,
+                             const char *cn, EVP_PKEY *key);
+
+/* Loads the P-256 private key of HOME/name into *out (the caller frees it). Returns 0,
+ * QC_EIO (missing or unreadable) or QC_ECRYPTO (not a P-256 private key). */
+int wallet_pki_load_key(const char *home, const char *name, EVP_PKEY **out);
+
+/* Loads the certificate HOME/name as DER into a malloc'd *der (NULL with *der_len 0 when
+ * there is no such file yet); it must hold key and have commonName cn. Returns 0, QC_ECERT,
+ * QC_EIO or QC_ENOMEM. */
+int wallet_pki_load_cert(const char *home, const char *name, EVP_PKEY *key, const char *cn,
+                         uint8_t **der, size_t *der_len);
+
+/* Copies the PEM certificate at cert_path to HOME/name after checking that it holds key and
+ * has commonName cn. Returns 0, QC_EIO (unreadable) or QC_ECERT. */
+int wallet_pki_install_cert(const char *home, const char *name, const char *cert_path,
+                            EVP_PKEY *key, const char *cn);
 
 /* The device's serial, borrowed. */
 const char *wallet_device_serial(const wallet_device_t *dev);

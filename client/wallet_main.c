@@ -14,6 +14,7 @@
 #include <openssl/crypto.h>
 #include <zmq.h>
 
+#include "card_host.h"
 #include "ops_config.h"
 #include "ops_log.h"
 #include "proto_rpc.h"
@@ -79,6 +80,19 @@ static const ops_config_key_t net_keys[] = {
     {"gateway", OPS_CONFIG_STRING, NULL, "gateway endpoints, comma-separated"},
     {"gateway_key", OPS_CONFIG_STRING, NULL, "the gateway's CURVE public key (Z85)"},
     {"timeout_ms", OPS_CONFIG_INT, "5000", "time allowed for one call to the gateway"},
+    KEY_LOG_LEVEL,
+};
+/* card-transfer and card-sync: the card is reached through a local socket (the reader). */
+static const ops_config_key_t card_keys[] = {
+    KEY_HOME,
+    {"card", OPS_CONFIG_STRING, NULL, "the card's socket (a reader with the card on it)"},
+    {"card_ca", OPS_CONFIG_STRING, NULL, "PEM CA bundle that card certificates must chain to"},
+    {"card_trust", OPS_CONFIG_STRING, NULL, "card numbers this wallet accepts, comma-separated"},
+    {"yes", OPS_CONFIG_BOOL, "false", "card-transfer: do not ask for confirmation"},
+    {"confirm_timeout_s", OPS_CONFIG_INT, "30", "card-transfer: seconds to wait for y/N"},
+    KEY_PIN_FD,
+    {"card_pin_fd", OPS_CONFIG_INT, "-1",
+     "read the card's PIN from this descriptor (else env QC_CARD_PIN, else the terminal)"},
     KEY_LOG_LEVEL,
 };
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -160,12 +174,14 @@ static int tty_prompt(const char *prompt, bool secret, char *buf, size_t cap, in
     return rc;
 }
 
-/* Gets the PIN from --pin-fd, QC_WALLET_PIN or the terminal. twice asks the terminal twice
- * (init). Returns the length, or a negative code with a message printed. */
-static int get_pin(const ops_config_t *cfg, bool twice, char pin[MAIN_LINE_MAX])
+/* Gets a PIN from the descriptor of key fd_key, the environment variable env_name or the
+ * terminal (prompt). twice asks the terminal twice (init). Returns the length, or a
+ * negative code with a message printed. */
+static int get_secret(const ops_config_t *cfg, const char *fd_key, const char *env_name,
+                      const char *prompt, bool twice, char pin[MAIN_LINE_MAX])
 {
-    int64_t fd = ops_config_int(cfg, "pin_fd");
-    const char *env = getenv("QC_WALLET_PIN");
+    int64_t fd = ops_config_int(cfg, fd_key);
+    const char *env = getenv(env_name);
     int rc;
     if (fd >= 0) {
         rc = fd > INT32_MAX ? QC_EINVAL : read_line((int)fd, pin, MAIN_LINE_MAX, -1);
@@ -181,7 +197,7 @@ static int get_pin(const ops_config_t *cfg, bool twice, char pin[MAIN_LINE_MAX])
         memcpy(pin, env, n + 1);
         return (int)n;
     }
-    rc = tty_prompt("PIN: ", true, pin, MAIN_LINE_MAX, -1);
+    rc = tty_prompt(prompt, true, pin, MAIN_LINE_MAX, -1);
     if (rc >= 0 && twice) {
         char again[MAIN_LINE_MAX];
         int rc2 = tty_prompt("PIN again: ", true, again, sizeof(again), -1);
@@ -191,10 +207,21 @@ static int get_pin(const ops_config_t *cfg, bool twice, char pin[MAIN_LINE_MAX])
         }
         OPENSSL_cleanse(again, sizeof(again));
     }
-    if (rc == QC_EIO)
-        fprintf(stderr, "%s: no terminal to ask the PIN on: give --pin-fd N or set QC_WALLET_PIN\n",
-                MAIN_PROGRAM);
+    if (rc == QC_EIO) {
+        char flag[MAIN_LINE_MAX]; /* the key as its flag: pin_fd -> pin-fd */
+        snprintf(flag, sizeof(flag), "%s", fd_key);
+        for (char *p = flag; *p != '\0'; p++)
+            *p = *p == '_' ? '-' : *p;
+        fprintf(stderr, "%s: no terminal to ask the PIN on: give --%s N or set %s\n", MAIN_PROGRAM,
+                flag, env_name);
+    }
     return rc;
+}
+
+/* The wallet PIN: --pin-fd, QC_WALLET_PIN or the terminal. */
+static int get_pin(const ops_config_t *cfg, bool twice, char pin[MAIN_LINE_MAX])
+{
+    return get_secret(cfg, "pin_fd", "QC_WALLET_PIN", "PIN: ", twice, pin);
 }
 
 /* ------------------------------------------------------------------ device helpers */
@@ -510,6 +537,10 @@ static void print_status(const wallet_status_t *s)
     if (s->last_outcome != 0)
         printf("last load:   %s %s\n", wallet_hex(s->last_txn_id, WALLET_TXN_SIZE, hex),
                wallet_outcome_name(s->last_outcome));
+    if (s->card_pending)
+        printf("card:        transfer %s of %s to card %s not settled (card-sync)\n",
+               wallet_hex(s->card_xfer_id, WALLET_TXN_SIZE, hex), amount_text(s->card_amount, a),
+               s->card_number);
     printf("PIN tries:   %" PRIu32 " of %u%s\n", s->pin_tries_left, WALLET_PIN_TRIES,
            s->pin_tries_left == 0 ? " (locked)" : "");
     printf("certificate: %s\n", s->has_cert ? "installed" : "missing (install-cert)");
@@ -670,6 +701,15 @@ static int cmd_load(const ops_config_t *cfg)
         wallet_device_destroy(&dev);
         return MAIN_EXIT_FAILED;
     }
+    if (s.card_pending) {
+        char a[WALLET_AMOUNT_FORMAT_MAX];
+        fprintf(stderr,
+                "%s: a transfer of %s to card %s is not settled yet; settle it first with "
+                "`%s card-sync --home DIR --card SOCKET ...` (nothing was signed)\n",
+                MAIN_PROGRAM, amount_text(s.card_amount, a), s.card_number, MAIN_PROGRAM);
+        wallet_device_destroy(&dev);
+        return MAIN_EXIT_FAILED;
+    }
     net_t net;
     if (net_open(cfg, &net) != 0) {
         wallet_device_destroy(&dev);
@@ -696,6 +736,196 @@ static int cmd_load(const ops_config_t *cfg)
 out:
     net_close(&net);
     wallet_device_destroy(&dev);
+    return status;
+}
+
+/* ------------------------------------------------------------------ card transfers */
+
+/* Everything a contact with a card needs, opened in order and closed by card_close(). */
+typedef struct card_ctx {
+    wallet_device_t *dev;
+    proto_trust_t *trust;
+    card_host_t *host;
+    card_info_t info;
+} card_ctx_t;
+
+static void card_close(card_ctx_t *c)
+{
+    card_host_destroy(&c->host);
+    proto_trust_destroy(&c->trust);
+    wallet_device_destroy(&c->dev);
+}
+
+/* Opens the device, the card CA, the contact, and authenticates both sides.
+ * Prints why on failure. */
+static int card_open(const ops_config_t *cfg, card_ctx_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    const char *sock = ops_config_str(cfg, "card");
+    const char *ca = ops_config_str(cfg, "card_ca");
+    const char *trust = ops_config_str(cfg, "card_trust");
+    if (sock == NULL || ca == NULL || trust == NULL) {
+        fprintf(stderr, "%s: give --card SOCKET, --card-ca CA.pem and --card-trust NUMBER,...\n",
+                MAIN_PROGRAM);
+        return QC_EINVAL;
+    }
+    int rc = open_device(cfg, &c->dev);
+    if (rc != 0)
+        return rc;
+    rc = proto_trust_new(ca, NULL, &c->trust);
+    if (rc != 0) {
+        say_error("cannot read the card CA bundle", rc, ca);
+        return rc;
+    }
+    rc = card_host_connect(sock, &c->host);
+    if (rc != 0) {
+        fprintf(stderr, "%s: no card at %s (%s): present the card and try again\n", MAIN_PROGRAM,
+                sock, qc_strerror(rc));
+        return rc;
+    }
+    rc = card_host_authenticate(c->host, c->dev, c->trust, trust, &c->info);
+    if (rc != 0)
+        fprintf(stderr, "%s: mutual authentication failed: %s (%s); nothing moved\n", MAIN_PROGRAM,
+                card_host_message(c->host), qc_errname(rc));
+    return rc;
+}
+
+/* Settles a transfer an earlier contact left pending. Returns 0 when none is left. */
+static int card_settle_pending(card_ctx_t *c)
+{
+    wallet_status_t s;
+    wallet_device_status(c->dev, &s);
+    if (!s.card_pending)
+        return 0;
+    char a[WALLET_AMOUNT_FORMAT_MAX], hex[2 * WALLET_TXN_SIZE + 1];
+    printf("Settling the earlier transfer %s of %s to card %s...\n",
+           wallet_hex(s.card_xfer_id, WALLET_TXN_SIZE, hex), amount_text(s.card_amount, a),
+           s.card_number);
+    wallet_card_result_t result = 0;
+    int rc = card_host_settle(c->host, c->dev, &result, &c->info);
+    if (rc != 0) {
+        fprintf(stderr, "%s: the earlier transfer is not settled: %s (%s)\n", MAIN_PROGRAM,
+                card_host_message(c->host), qc_errname(rc));
+        return rc;
+    }
+    if (result == WALLET_CARD_COMPLETED)
+        printf("The card had credited it: the transfer is complete.\n");
+    else
+        printf("The card proved it never credited it: %s went back to the wallet.\n",
+               amount_text(s.card_amount, a));
+    return 0;
+}
+
+static void card_show(const card_ctx_t *c)
+{
+    char a[WALLET_AMOUNT_FORMAT_MAX], b[WALLET_AMOUNT_FORMAT_MAX], w[WALLET_AMOUNT_FORMAT_MAX];
+    wallet_status_t s;
+    wallet_device_status(c->dev, &s);
+    printf("Card %s: balance %s (maximum %s). Wallet %s: balance %s.\n", c->info.number,
+           amount_text(c->info.balance, a), amount_text(c->info.max_balance, b), s.serial,
+           amount_text(s.balance, w));
+}
+
+/* Shows the transfer and asks y/N unless --yes. Returns 0 when confirmed. */
+static int card_confirm(const ops_config_t *cfg, const card_ctx_t *c, int64_t amount)
+{
+    char a[WALLET_AMOUNT_FORMAT_MAX];
+    printf("Transfer %s from the wallet to card %s.\n", amount_text(amount, a), c->info.number);
+    fflush(stdout);
+    if (ops_config_bool(cfg, "yes"))
+        return 0;
+    int64_t secs = ops_config_int(cfg, "confirm_timeout_s");
+    char answer[MAIN_LINE_MAX];
+    int n = tty_prompt("Confirm? [y/N] ", false, answer, sizeof(answer),
+                       secs > 0 && secs < INT32_MAX / 1000 ? (int)(secs * 1000) : -1);
+    if (n > 0 && (answer[0] == 'y' || answer[0] == 'Y'))
+        return 0;
+    fprintf(stderr, "%s: %s; nothing moved\n", MAIN_PROGRAM,
+            n == QC_EIO ? "no terminal to confirm on (add --yes)" : "cancelled");
+    return QC_EDENIED;
+}
+
+static int card_pin_check(const ops_config_t *cfg, card_ctx_t *c)
+{
+    char pin[MAIN_LINE_MAX];
+    int n = get_secret(cfg, "card_pin_fd", "QC_CARD_PIN", "Card PIN: ", false, pin);
+    int rc = n < 0 ? n : card_host_verify_pin(c->host, pin, (size_t)n, &c->info);
+    OPENSSL_cleanse(pin, sizeof(pin));
+    if (rc != 0 && n >= 0)
+        fprintf(stderr, "%s: %s (%s); nothing moved\n", MAIN_PROGRAM, card_host_message(c->host),
+                qc_errname(rc));
+    return rc;
+}
+
+static int cmd_card_transfer(const ops_config_t *cfg)
+{
+    if (ops_config_argc(cfg) != 1) {
+        fprintf(stderr, "%s: card-transfer takes one AMOUNT, as 12.34\n", MAIN_PROGRAM);
+        return MAIN_EXIT_USAGE;
+    }
+    int64_t amount = 0;
+    const char *why = NULL;
+    if (wallet_amount_parse(ops_config_arg(cfg, 0), &amount, &why) != 0) {
+        fprintf(stderr, "%s: \"%s\": %s; nothing moved\n", MAIN_PROGRAM, ops_config_arg(cfg, 0),
+                why);
+        return MAIN_EXIT_USAGE;
+    }
+    card_ctx_t c;
+    int status = MAIN_EXIT_FAILED;
+    if (card_open(cfg, &c) != 0)
+        goto out;
+    /* A transfer left pending is settled first: one card transfer at a time. */
+    if (card_settle_pending(&c) != 0)
+        goto out;
+    wallet_status_t s;
+    wallet_device_status(c.dev, &s);
+    if (s.phase != WALLET_IDLE) {
+        fprintf(stderr,
+                "%s: a load from the bank is in progress (%s); finish it with `%s sync` first; "
+                "nothing moved\n",
+                MAIN_PROGRAM, wallet_phase_name(s.phase), MAIN_PROGRAM);
+        goto out;
+    }
+    card_show(&c);
+    if (check_pin(c.dev, cfg) != 0 || card_confirm(cfg, &c, amount) != 0 ||
+        card_pin_check(cfg, &c) != 0)
+        goto out;
+    wallet_card_result_t result = 0;
+    int rc = card_host_transfer(c.host, c.dev, amount, &result, &c.info);
+    char a[WALLET_AMOUNT_FORMAT_MAX];
+    if (rc == 0 && result == WALLET_CARD_COMPLETED) {
+        printf("Transferred %s to card %s.\n", amount_text(amount, a), c.info.number);
+        status = MAIN_EXIT_OK;
+    } else if (rc == QC_EIO || rc == QC_ETIMEOUT) {
+        fprintf(stderr,
+                "%s: %s; the transfer is recorded in the wallet and will be settled from the "
+                "card's proof at the next contact (`%s card-sync`)\n",
+                MAIN_PROGRAM, card_host_message(c.host), MAIN_PROGRAM);
+    } else {
+        fprintf(stderr, "%s: %s (%s)\n", MAIN_PROGRAM, card_host_message(c.host), qc_errname(rc));
+    }
+    card_show(&c);
+out:
+    card_close(&c);
+    return status;
+}
+
+static int cmd_card_sync(const ops_config_t *cfg)
+{
+    card_ctx_t c;
+    int status = MAIN_EXIT_FAILED;
+    if (card_open(cfg, &c) != 0)
+        goto out;
+    wallet_status_t s;
+    wallet_device_status(c.dev, &s);
+    if (!s.card_pending)
+        printf("Nothing to settle: no card transfer is pending.\n");
+    if (card_settle_pending(&c) != 0)
+        goto out;
+    card_show(&c);
+    status = MAIN_EXIT_OK;
+out:
+    card_close(&c);
     return status;
 }
 
@@ -727,6 +957,14 @@ static const verb_t verbs[] = {
      COUNT(net_keys), true, cmd_sync},
     {"unlock", "--home DIR --admin-reset: reset the PIN retry counter", unlock_keys,
      COUNT(unlock_keys), false, cmd_unlock},
+    {"card-transfer",
+     "AMOUNT --home DIR --card SOCKET --card-ca PEM --card-trust N,... [--yes] "
+     "[--pin-fd N] [--card-pin-fd N]: move money to a card",
+     card_keys, COUNT(card_keys), false, cmd_card_transfer},
+    {"card-sync",
+     "--home DIR --card SOCKET --card-ca PEM --card-trust N,...: settle an interrupted card "
+     "transfer from the card's proof",
+     card_keys, COUNT(card_keys), false, cmd_card_sync},
 };
 
 static void usage(FILE *out)
@@ -734,10 +972,11 @@ static void usage(FILE *out)
     fprintf(out, "Usage: %s VERB [options]   (%s VERB --help for its options)\n\n", MAIN_PROGRAM,
             MAIN_PROGRAM);
     for (size_t i = 0; i < COUNT(verbs); i++)
-        fprintf(out, "  %-13s %s\n", verbs[i].name, verbs[i].usage);
+        fprintf(out, "  %-14s %s\n", verbs[i].name, verbs[i].usage);
     fprintf(out,
             "\nThe PIN is read from --pin-fd N, else the environment variable QC_WALLET_PIN,\n"
-            "else the terminal (echo off). load and sync also read HOME/%s (key = value).\n"
+            "else the terminal (echo off); the card's PIN from --card-pin-fd N, else QC_CARD_PIN,\n"
+            "else the terminal. load and sync also read HOME/%s (key = value).\n"
             "Exit status: 0 done, 1 the operation failed (see the message), 2 bad usage.\n",
             MAIN_CONFIG_FILE);
 }

@@ -308,6 +308,8 @@ static int state_check(const wallet_state_t *st)
     }
     if (st->phase == WALLET_REPORTED && st->report == NULL)
         return QC_EINVAL;
+    if (st->card_pending && (!token_ok(st->card_number, WALLET_SERIAL_MAX) || st->card_amount <= 0))
+        return QC_EINVAL;
     if (strnlen(st->log_pending, sizeof(st->log_pending)) > WALLET_LOG_LINE_MAX)
         return QC_EINVAL;
     if (st->pin.tries_left > WALLET_PIN_TRIES || st->pin.iterations < WALLET_PIN_ITERATIONS_MIN ||
@@ -358,6 +360,11 @@ int wallet_state_save(const char *home, const wallet_state_t *st)
     tb_hex(&tb, "pin_hash", st->pin.hash, WALLET_PIN_HASH_SIZE);
     tb_printf(&tb, "pin_iterations %" PRIu32 "\n", st->pin.iterations);
     tb_printf(&tb, "pin_tries_left %" PRIu32 "\n", st->pin.tries_left);
+    if (st->card_pending) { /* only then, so files without card transfers stay as they were */
+        tb_hex(&tb, "card_xfer_id", st->card_xfer_id, WALLET_TXN_SIZE);
+        tb_printf(&tb, "card_amount %" PRId64 "\n", st->card_amount);
+        tb_printf(&tb, "card_number %s\n", st->card_number);
+    }
     tb_printf(&tb, "log_seq %" PRIu64 "\n", st->log_seq);
     tb_hex(&tb, "log_pending", (const uint8_t *)st->log_pending, strlen(st->log_pending));
     uint8_t digest[WALLET_DIGEST_SIZE];
@@ -492,6 +499,14 @@ static int state_line(wallet_state_t *st, const char *key, const char *v, int *v
         return parse_u32(v, &st->pin.iterations);
     if (strcmp(key, "pin_tries_left") == 0)
         return parse_u32(v, &st->pin.tries_left);
+    if (strcmp(key, "card_xfer_id") == 0) {
+        st->card_pending = true;
+        return unhex(v, strlen(v), st->card_xfer_id, WALLET_TXN_SIZE);
+    }
+    if (strcmp(key, "card_amount") == 0)
+        return parse_i64(v, &st->card_amount);
+    if (strcmp(key, "card_number") == 0)
+        return parse_token(v, st->card_number, WALLET_SERIAL_MAX);
     if (strcmp(key, "log_seq") == 0)
         return parse_u64(v, &st->log_seq);
     if (strcmp(key, "log_pending") == 0) {

@@ -71,6 +71,13 @@ typedef struct wallet_state {
 
     wallet_pin_t pin;
 
+    /* A card transfer in progress (wallet_device_card_debit()): the wallet is already
+     * debited; the card's proof settles it (complete, or refund). */
+    bool card_pending;
+    uint8_t card_xfer_id[WALLET_TXN_SIZE];
+    int64_t card_amount;
+    char card_number[WALLET_SERIAL_MAX + 1];
+
     uint64_t log_seq;                          /* sequence number of the last log line */
     char log_pending[WALLET_LOG_LINE_MAX + 1]; /* line number log_seq, "" when none */
 } wallet_state_t;

@@ -1,0 +1,205 @@
+/* card_store.c - the card's state file: a CardState protobuf and its SHA-256. */
+#include "card_store.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#include "card.pb-c.h"
+#include "proto_envelope.h"
+#include "qc_error.h"
+
+#define CARD_STATE_MODE 0600
+
+bool card_id_valid(const char *id)
+{
+    assert(id != NULL);
+    size_t n = strnlen(id, CARD_NUMBER_MAX + 1);
+    if (n == 0 || n > CARD_NUMBER_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static int state_check(const card_state_t *st)
+{
+    if (!card_id_valid(st->number))
+        return QC_EINVAL;
+    if (st->max_balance <= 0 || st->max_balance > CARD_BALANCE_MAX_LIMIT || st->balance < 0 ||
+        st->balance > st->max_balance)
+        return QC_EINVAL;
+    if (st->trusted_count > CARD_TRUSTED_MAX || st->transfer_count > CARD_TRANSFERS_MAX)
+        return QC_EINVAL;
+    for (size_t i = 0; i < st->trusted_count; i++) {
+        if (!card_id_valid(st->trusted[i]))
+            return QC_EINVAL;
+    }
+    for (size_t i = 0; i < st->transfer_count; i++) {
+        if (!card_id_valid(st->transfers[i].device_id) || st->transfers[i].amount <= 0)
+            return QC_EINVAL;
+    }
+    if (st->pin.tries_left > WALLET_PIN_TRIES || st->pin.iterations < WALLET_PIN_ITERATIONS_MIN ||
+        st->pin.iterations > WALLET_PIN_ITERATIONS_MAX)
+        return QC_EINVAL;
+    if (strnlen(st->log_pending, sizeof(st->log_pending)) > WALLET_LOG_LINE_MAX)
+        return QC_EINVAL;
+    return 0;
+}
+
+int card_state_save(const char *home, const card_state_t *st)
+{
+    assert(home != NULL && st != NULL);
+    int rc = state_check(st);
+    if (rc != 0)
+        return rc;
+    Qccard__CardState cs = QCCARD__CARD_STATE__INIT;
+    Qccard__CardTransferRecord recs[CARD_TRANSFERS_MAX];
+    Qccard__CardTransferRecord *rec_ptrs[CARD_TRANSFERS_MAX];
+    char *trusted[CARD_TRUSTED_MAX];
+    cs.version = CARD_STATE_VERSION;
+    cs.card_number = (char *)st->number; /* pack only reads */
+    cs.balance = st->balance;
+    cs.max_balance = st->max_balance;
+    cs.counter = st->counter;
+    cs.pin_salt.data = (uint8_t *)st->pin.salt;
+    cs.pin_salt.len = WALLET_PIN_SALT_SIZE;
+    cs.pin_hash.data = (uint8_t *)st->pin.hash;
+    cs.pin_hash.len = WALLET_PIN_HASH_SIZE;
+    cs.pin_iterations = st->pin.iterations;
+    cs.pin_tries_left = st->pin.tries_left;
+    for (size_t i = 0; i < st->trusted_count; i++)
+        trusted[i] = (char *)st->trusted[i];
+    cs.n_trusted = st->trusted_count;
+    cs.trusted = trusted;
+    for (size_t i = 0; i < st->transfer_count; i++) {
+        const card_record_t *r = &st->transfers[i];
+        qccard__card_transfer_record__init(&recs[i]);
+        recs[i].transfer_id.data = (uint8_t *)r->transfer_id;
+        recs[i].transfer_id.len = CARD_XFER_ID_SIZE;
+        recs[i].device_id = (char *)r->device_id;
+        recs[i].amount = r->amount;
+        recs[i].counter = r->counter;
+        recs[i].balance_after = r->balance_after;
+        recs[i].time_ms = r->time_ms;
+        rec_ptrs[i] = &recs[i];
+    }
+    cs.n_transfers = st->transfer_count;
+    cs.transfers = rec_ptrs;
+    cs.log_seq = st->log_seq;
+    cs.log_pending = (char *)st->log_pending;
+
+    size_t len = qccard__card_state__get_packed_size(&cs);
+    if (len + PROTO_DIGEST_SIZE > WALLET_STATE_FILE_MAX)
+        return QC_EINVAL;
+    uint8_t *buf = malloc(len + PROTO_DIGEST_SIZE);
+    if (buf == NULL)
+        return QC_ENOMEM;
+    size_t packed = qccard__card_state__pack(&cs, buf);
+    assert(packed == len);
+    rc = proto_sha256(buf, len, buf + len);
+    if (rc == 0)
+        rc = wallet_store_write(home, CARD_STATE_FILE, buf, len + PROTO_DIGEST_SIZE,
+                                CARD_STATE_MODE);
+    OPENSSL_cleanse(buf, len + PROTO_DIGEST_SIZE);
+    free(buf);
+    return rc;
+}
+
+/* Copies a decoded CardState into st, refusing anything out of range. */
+static int state_from_msg(const Qccard__CardState *cs, card_state_t *st)
+{
+    if (cs->version != CARD_STATE_VERSION || cs->card_number == NULL ||
+        strlen(cs->card_number) > CARD_NUMBER_MAX || cs->pin_salt.len != WALLET_PIN_SALT_SIZE ||
+        cs->pin_hash.len != WALLET_PIN_HASH_SIZE || cs->n_trusted > CARD_TRUSTED_MAX ||
+        cs->n_transfers > CARD_TRANSFERS_MAX || cs->log_pending == NULL ||
+        strlen(cs->log_pending) > WALLET_LOG_LINE_MAX)
+        return QC_EDECODE;
+    memcpy(st->number, cs->card_number, strlen(cs->card_number) + 1);
+    st->balance = cs->balance;
+    st->max_balance = cs->max_balance;
+    st->counter = cs->counter;
+    memcpy(st->pin.salt, cs->pin_salt.data, WALLET_PIN_SALT_SIZE);
+    memcpy(st->pin.hash, cs->pin_hash.data, WALLET_PIN_HASH_SIZE);
+    st->pin.iterations = cs->pin_iterations;
+    st->pin.tries_left = cs->pin_tries_left;
+    for (size_t i = 0; i < cs->n_trusted; i++) {
+        if (strlen(cs->trusted[i]) > CARD_NUMBER_MAX)
+            return QC_EDECODE;
+        memcpy(st->trusted[i], cs->trusted[i], strlen(cs->trusted[i]) + 1);
+    }
+    st->trusted_count = cs->n_trusted;
+    for (size_t i = 0; i < cs->n_transfers; i++) {
+        const Qccard__CardTransferRecord *m = cs->transfers[i];
+        card_record_t *r = &st->transfers[i];
+        if (m->transfer_id.len != CARD_XFER_ID_SIZE || m->device_id == NULL ||
+            strlen(m->device_id) > CARD_NUMBER_MAX)
+            return QC_EDECODE;
+        memcpy(r->transfer_id, m->transfer_id.data, CARD_XFER_ID_SIZE);
+        memcpy(r->device_id, m->device_id, strlen(m->device_id) + 1);
+        r->amount = m->amount;
+        r->counter = m->counter;
+        r->balance_after = m->balance_after;
+        r->time_ms = m->time_ms;
+    }
+    st->transfer_count = cs->n_transfers;
+    st->log_seq = cs->log_seq;
+    memcpy(st->log_pending, cs->log_pending, strlen(cs->log_pending) + 1);
+    return state_check(st) == 0 ? 0 : QC_EDECODE;
+}
+
+int card_state_load(const char *home, card_state_t *st)
+{
+    assert(home != NULL && st != NULL);
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = wallet_store_read(home, CARD_STATE_FILE, WALLET_STATE_FILE_MAX, &buf, &len);
+    if (rc != 0)
+        return rc;
+    memset(st, 0, sizeof(*st));
+    uint8_t digest[PROTO_DIGEST_SIZE];
+    Qccard__CardState *cs = NULL;
+    rc = QC_EDECODE;
+    if (len <= PROTO_DIGEST_SIZE)
+        goto out;
+    size_t body_len = len - PROTO_DIGEST_SIZE;
+    if (proto_sha256(buf, body_len, digest) != 0) {
+        rc = QC_ECRYPTO;
+        goto out;
+    }
+    if (CRYPTO_memcmp(digest, buf + body_len, sizeof(digest)) != 0)
+        goto out;
+    cs = qccard__card_state__unpack(NULL, body_len, buf);
+    if (cs == NULL)
+        goto out;
+    rc = state_from_msg(cs, st);
+out:
+    if (cs != NULL)
+        qccard__card_state__free_unpacked(cs, NULL);
+    OPENSSL_cleanse(buf, len);
+    free(buf);
+    if (rc != 0)
+        OPENSSL_cleanse(st, sizeof(*st));
+    return rc;
+}
+
+int card_oplog_recover(const char *home, const card_state_t *st)
+{
+    assert(home != NULL && st != NULL);
+    /* The wallet store's recovery needs only the sequence number and the pending line. */
+    wallet_state_t *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return QC_ENOMEM;
+    w->log_seq = st->log_seq;
+    memcpy(w->log_pending, st->log_pending, sizeof(w->log_pending));
+    int rc = wallet_oplog_recover(home, w);
+    free(w);
+    return rc;
+}

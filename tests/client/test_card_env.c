@@ -1,0 +1,297 @@
+/* test_card_env.c - the world of the card tests (see test_card_env.h). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "test_card_env.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "card_store.h"
+#include "card_wire.h"
+#include "qc_error.h"
+#include "wallet_device.h"
+
+#define TC_SOCKET_WAIT_MS 15000
+#define TC_SOCKET_POLL_MS 20
+#define TC_STOP_WAIT_MS 15000
+#define TC_CURRENCY 156
+
+const char *tc_qc_wallet;
+const char *tc_qc_card;
+
+static void devca_path(char *out, size_t cap)
+{
+    const char *src = getenv("QC_SOURCE_DIR");
+    assert_non_null(src);
+    snprintf(out, cap, "%s/ops/devca", src);
+}
+
+/* fork/exec argv with output to path; returns the exit status or 128 + signal. */
+static int run_to(const char *path, const char *fault, const char *card_pin, char *const argv[])
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+            _exit(127);
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0)
+            dup2(null, 0);
+        if (fault != NULL)
+            setenv("QC_FAULT", fault, 1);
+        else
+            unsetenv("QC_FAULT");
+        setenv("QC_WALLET_PIN", TC_WALLET_PIN, 1);
+        setenv("QC_CARD_PIN", card_pin != NULL ? card_pin : TC_CARD_PIN, 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void read_output(tc_env_t *e)
+{
+    e->output[0] = '\0';
+    FILE *f = fopen(e->out, "r");
+    if (f == NULL)
+        return;
+    size_t n = fread(e->output, 1, sizeof(e->output) - 1, f);
+    e->output[n] = '\0';
+    fclose(f);
+}
+
+int tc_run(tc_env_t *e, const char *fault, const char *card_pin, char *const argv[])
+{
+    int rc = run_to(e->out, fault, card_pin, argv);
+    read_output(e);
+    return rc;
+}
+
+void tc_devca(const char *cmd, const char *dir, const char *a1, const char *a2)
+{
+    char devca[TC_PATH_MAX];
+    devca_path(devca, sizeof(devca));
+    char out[TC_PATH_MAX + 16];
+    snprintf(out, sizeof(out), "%s.devca.log", dir);
+    char *argv[] = {devca, (char *)cmd, (char *)dir, (char *)a1, (char *)a2, NULL};
+    int rc = run_to(out, NULL, NULL, argv);
+    if (rc != 0)
+        fail_msg("ops/devca %s %s failed (%d)", cmd, dir, rc);
+}
+
+/* Loads wallet_minor into the wallet through the in-test bank (a confirmed load). */
+static void wallet_fund(wt_bank_t *b, wallet_device_t *dev, int64_t minor)
+{
+    const uint8_t *req = NULL, *rep = NULL;
+    size_t req_len = 0, rep_len = 0;
+    uint8_t *allow = NULL, *outcome = NULL;
+    size_t allow_len = 0, outcome_len = 0;
+    int verdict = -1, state = 0;
+    assert_int_equal(wallet_device_verify_pin(dev, WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(wallet_device_request(dev, WT_ACCOUNT, minor, TC_CURRENCY, &req, &req_len), 0);
+    wt_make_allow(b, req, req_len, NULL, NULL, &allow, &allow_len);
+    assert_int_equal(wallet_device_judge_allow(dev, allow, allow_len, &verdict), 0);
+    assert_int_equal(verdict, 0);
+    assert_int_equal(wallet_device_report(dev, &rep, &rep_len), 0);
+    wt_make_outcome(b, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_CONFIRMED, NULL, &outcome,
+                    &outcome_len);
+    assert_int_equal(wallet_device_accept_outcome(dev, outcome, outcome_len, &state), 0);
+    free(allow);
+    free(outcome);
+}
+
+tc_env_t *tc_env_new(const char *serial, int64_t wallet_minor, const char *number,
+                     const char *max_text, const char *card_trusts)
+{
+    assert_non_null(tc_qc_wallet);
+    tc_env_t *e = calloc(1, sizeof(*e));
+    assert_non_null(e);
+    e->b = wt_bank_new();
+    snprintf(e->serial, sizeof(e->serial), "%s", serial);
+    snprintf(e->number, sizeof(e->number), "%s", number);
+    snprintf(e->trust, sizeof(e->trust), "%s", number);
+    snprintf(e->ca, sizeof(e->ca), "%s/ca", e->b->dir);
+    snprintf(e->card_ca, sizeof(e->card_ca), "%s/ca/ca.pem", e->b->dir);
+    snprintf(e->card, sizeof(e->card), "%s/card", e->b->dir);
+    snprintf(e->sock, sizeof(e->sock), "%s/s", e->b->dir);
+    snprintf(e->out, sizeof(e->out), "%s/out.txt", e->b->dir);
+    assert_true(strlen(e->sock) < CARD_SOCKET_PATH_MAX);
+    tc_devca("init", e->ca, NULL, NULL);
+
+    /* The wallet: funded by the in-test bank, certified by the dev CA. */
+    wallet_device_t *dev = wt_device_ready(e->b, serial);
+    if (wallet_minor > 0)
+        wallet_fund(e->b, dev, wallet_minor);
+    char csr[TC_PATH_MAX + 32], cert[TC_PATH_MAX + 32];
+    snprintf(csr, sizeof(csr), "%s/%s", e->b->home, WALLET_CSR_FILE);
+    snprintf(cert, sizeof(cert), "%s/wallet-ca.pem", e->b->dir);
+    tc_devca("issue", e->ca, csr, cert);
+    assert_int_equal(wallet_device_install_cert(dev, cert), 0);
+    wallet_device_destroy(&dev);
+
+    /* The card, personalised by the same CA. */
+    char *init[] = {(char *)tc_qc_card,
+                    "init",
+                    "--home",
+                    e->card,
+                    "--number",
+                    (char *)number,
+                    "--max",
+                    (char *)max_text,
+                    "--trust",
+                    (char *)(card_trusts != NULL ? card_trusts : serial),
+                    NULL};
+    if (tc_run(e, NULL, NULL, init) != 0)
+        fail_msg("qc-card init failed: %s", e->output);
+    snprintf(csr, sizeof(csr), "%s/%s", e->card, "card.csr");
+    snprintf(cert, sizeof(cert), "%s/card-cert.pem", e->b->dir);
+    tc_devca("issue", e->ca, csr, cert);
+    char *inst[] = {(char *)tc_qc_card, "install-cert", "--home", e->card, "--ca",
+                    e->card_ca,         cert,           NULL};
+    if (tc_run(e, NULL, NULL, inst) != 0)
+        fail_msg("qc-card install-cert failed: %s", e->output);
+    return e;
+}
+
+void tc_env_free(tc_env_t *e)
+{
+    if (e == NULL)
+        return;
+    if (e->card_pid > 0)
+        tc_card_stop(e, false);
+    wt_bank_free(e->b);
+    free(e);
+}
+
+void tc_card_start(tc_env_t *e, const char *fault)
+{
+    assert_int_equal(e->card_pid, 0);
+    char log[TC_PATH_MAX + 16];
+    snprintf(log, sizeof(log), "%s/card.log", e->b->dir);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        if (fault != NULL)
+            setenv("QC_FAULT", fault, 1);
+        else
+            unsetenv("QC_FAULT");
+        execl(tc_qc_card, tc_qc_card, "serve", "--home", e->card, "--socket", e->sock,
+              (char *)NULL);
+        _exit(127);
+    }
+    e->card_pid = pid;
+    /* Ready when a connection succeeds (and the card is still alive). */
+    for (int waited = 0; waited < TC_SOCKET_WAIT_MS; waited += TC_SOCKET_POLL_MS) {
+        int fd = -1;
+        if (card_wire_connect(e->sock, &fd) == 0) {
+            close(fd);
+            return;
+        }
+        int status = 0;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            e->card_pid = 0;
+            fail_msg("qc-card serve exited early (status 0x%x)", status);
+        }
+        poll(NULL, 0, TC_SOCKET_POLL_MS);
+    }
+    fail_msg("qc-card serve did not listen on %s", e->sock);
+}
+
+void tc_card_stop(tc_env_t *e, bool expect_killed)
+{
+    assert_true(e->card_pid > 0);
+    pid_t pid = e->card_pid;
+    e->card_pid = 0;
+    if (!expect_killed)
+        kill(pid, SIGTERM);
+    int status = 0;
+    for (int waited = 0; waited < TC_STOP_WAIT_MS; waited += TC_SOCKET_POLL_MS) {
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            if (expect_killed && !(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL))
+                fail_msg("the card did not die at its fault point (status 0x%x)", status);
+            if (!expect_killed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+                fail_msg("the card did not stop cleanly (status 0x%x)", status);
+            return;
+        }
+        poll(NULL, 0, TC_SOCKET_POLL_MS);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    fail_msg("the card did not stop in time");
+}
+
+int tc_transfer(tc_env_t *e, const char *amount, const char *fault, const char *card_pin)
+{
+    char *argv[] = {(char *)tc_qc_wallet,
+                    "card-transfer",
+                    (char *)amount,
+                    "--home",
+                    e->b->home,
+                    "--card",
+                    e->sock,
+                    "--card-ca",
+                    e->card_ca,
+                    "--card-trust",
+                    e->trust,
+                    "--yes",
+                    NULL};
+    return tc_run(e, fault, card_pin, argv);
+}
+
+int tc_sync(tc_env_t *e, const char *fault)
+{
+    char *argv[] = {
+        (char *)tc_qc_wallet, "card-sync", "--home",       e->b->home, "--card", e->sock,
+        "--card-ca",          e->card_ca,  "--card-trust", e->trust,   NULL};
+    return tc_run(e, fault, NULL, argv);
+}
+
+int64_t tc_wallet_balance(tc_env_t *e, bool *card_pending)
+{
+    wallet_device_t *dev = NULL;
+    assert_int_equal(wallet_device_open(e->b->home, &dev), 0);
+    wallet_status_t s;
+    wallet_device_status(dev, &s);
+    wallet_device_destroy(&dev);
+    if (card_pending != NULL)
+        *card_pending = s.card_pending;
+    return s.balance;
+}
+
+int64_t tc_card_balance(tc_env_t *e)
+{
+    card_state_t *st = calloc(1, sizeof(*st));
+    assert_non_null(st);
+    assert_int_equal(card_state_load(e->card, st), 0);
+    int64_t balance = st->balance;
+    free(st);
+    return balance;
+}
+
+bool tc_said(tc_env_t *e, const char *needle)
+{
+    if (strstr(e->output, needle) != NULL)
+        return true;
+    print_message("expected \"%s\" in:\n%s\n", needle, e->output);
+    return false;
+}
