@@ -145,7 +145,7 @@ static const ops_config_key_t signer_keygen_keys[] = {
     {"version", OPS_CONFIG_INT, "1", "key version (1..9999), stored as CKA_ID \"v<version>\""},
     {"out", OPS_CONFIG_STRING, NULL, "directory for <label>-v<version>.{pub,cert,csr}.pem"},
     {"days", OPS_CONFIG_INT, "3650", "validity of the self-signed certificate"},
-    {"common_name", OPS_CONFIG_STRING, NULL, "certificate CN (default \"quancun <label> v<N>\")"},
+    {"common_name", OPS_CONFIG_STRING, NULL, "certificate CN (default \"quancun-<label>-v<N>\")"},
     {"log_level", OPS_CONFIG_STRING, "info", "debug, info, warn or error"},
 };
 
@@ -241,7 +241,7 @@ static int signer_keygen(int argc, char **argv)
     const char *cn_cfg = ops_config_str(cfg, "common_name");
     snprintf(cn, sizeof(cn), "%s", cn_cfg != NULL ? cn_cfg : "");
     if (cn_cfg == NULL)
-        snprintf(cn, sizeof(cn), "quancun %.40s v%" PRId64, label, version);
+        snprintf(cn, sizeof(cn), "quancun-%.40s-v%" PRId64, label, version);
 
     char paths[SIGNER_OUT_COUNT][SIGNER_PATH_MAX];
     for (int i = 0; i < SIGNER_OUT_COUNT; i++) {

@@ -40,6 +40,7 @@
 #define TEST_LOAD_WINDOW 32
 #define TEST_HTTP_MAX 65536
 #define TEST_SIGNERS_MAX 2
+#define TEST_CLIENTS_MAX 4
 
 static const char *signer_bin;
 
@@ -55,6 +56,9 @@ typedef struct fixture {
     EVP_PKEY *pub[3]; /* allow, outcome, checkpoint */
     void *zctx;
     pid_t pids[TEST_SIGNERS_MAX];
+    /* Every client a test opens, so teardown closes them even after a failed assertion:
+     * an open socket would make zmq_ctx_term() wait forever. */
+    proto_rpc_client_t *clients[TEST_CLIENTS_MAX];
 } fixture_t;
 
 static const char *const key_labels[3] = {"allow-signing", "outcome-signing", "audit-checkpoint"};
@@ -110,6 +114,8 @@ static int teardown(void **state)
         signer_test_stop(f->pids[i], SIGKILL);
     for (int k = 0; k < 3; k++)
         EVP_PKEY_free(f->pub[k]);
+    for (int i = 0; i < TEST_CLIENTS_MAX; i++)
+        proto_rpc_client_destroy(&f->clients[i]);
     zmq_ctx_term(f->zctx);
     char *argv[] = {"rm", "-rf", f->dir, NULL};
     signer_test_run(argv);
@@ -148,9 +154,26 @@ static proto_rpc_client_t *client_for(fixture_t *f, int rpc_port)
         .server_public_z85 = f->server_kp.public_z85,
         .keys = &f->client_kp,
     };
-    proto_rpc_client_t *cli = NULL;
-    assert_int_equal(proto_rpc_client_new(f->zctx, &cfg, &cli), 0);
-    return cli;
+    for (int i = 0; i < TEST_CLIENTS_MAX; i++) {
+        if (f->clients[i] == NULL) {
+            assert_int_equal(proto_rpc_client_new(f->zctx, &cfg, &f->clients[i]), 0);
+            return f->clients[i];
+        }
+    }
+    fail_msg("more than %d clients open", TEST_CLIENTS_MAX);
+    return NULL;
+}
+
+/* Closes a client opened by client_for(). */
+static void client_close(fixture_t *f, proto_rpc_client_t *cli)
+{
+    for (int i = 0; i < TEST_CLIENTS_MAX; i++) {
+        if (f->clients[i] == cli) {
+            proto_rpc_client_destroy(&f->clients[i]);
+            return;
+        }
+    }
+    fail_msg("unknown client");
 }
 
 /* ---------------------------------------------------------------- bodies */
@@ -366,7 +389,7 @@ static void test_sign_every_kind_and_verify(void **state)
                                                   "\"version\":\"1\",\"kind\":\"load_allow\""));
 
     /* SIGTERM is a clean stop. */
-    proto_rpc_client_destroy(&cli);
+    client_close(f, cli);
     assert_int_equal(signer_test_stop(f->pids[0], SIGTERM), 0);
     f->pids[0] = 0;
     assert_true(signer_test_file_contains(f->log, "signer.stopped"));
@@ -395,7 +418,7 @@ static void test_many_random_digests(void **state)
         free(body);
     }
     assert_true(short_scalars > 0);
-    proto_rpc_client_destroy(&cli);
+    client_close(f, cli);
 }
 
 static void test_refuses_wrong_type(void **state)
@@ -451,7 +474,7 @@ static void test_refuses_wrong_type(void **state)
     free(allow);
     free(outcome);
     free(cp);
-    proto_rpc_client_destroy(&cli);
+    client_close(f, cli);
 }
 
 /* ---------------------------------------------------------------- group "startup" */
@@ -501,7 +524,92 @@ static void test_missing_token_module_pin_fail_loudly(void **state)
     expect_start_failure(f, 17515, "signer.pin_missing", "--pin_file", "");
 }
 
+static void test_keygen_refuses_existing_key(void **state)
+{
+    fixture_t *f = *state;
+    char out[SIGNER_TEST_PATH_MAX];
+    path_in(f, out, "keys2");
+    char *mk[] = {"mkdir", out, NULL};
+    assert_int_equal(signer_test_run(mk), 0);
+    char *argv[] = {(char *)signer_bin,
+                    "keygen",
+                    "--token_label",
+                    "quancun",
+                    "--pin_file",
+                    f->pin_file,
+                    "--label",
+                    "allow-signing",
+                    "--version",
+                    "1",
+                    "--out",
+                    out,
+                    "--log_level",
+                    "error",
+                    NULL};
+    /* devhsm made allow-signing v1 already: the token refuses a second one. */
+    assert_int_equal(signer_test_run(argv), 1);
+    char pub[SIGNER_TEST_PATH_MAX + 32];
+    snprintf(pub, sizeof(pub), "%s/allow-signing-v1.pub.pem", out);
+    assert_int_not_equal(access(pub, F_OK), 0);
+    /* Version 2 is new: made, and its files written. */
+    argv[9] = "2";
+    assert_int_equal(signer_test_run(argv), 0);
+    snprintf(pub, sizeof(pub), "%s/allow-signing-v2.pub.pem", out);
+    assert_int_equal(access(pub, F_OK), 0);
+    /* And a signer configured for allow-signing v2 signs with it. */
+    f->pids[0] = start_signer(f, 17516, 0, "--allow_key_version", "2", NULL);
+    proto_rpc_client_t *cli = client_for(f, 17516);
+    wait_ready(f, cli, f->pids[0]);
+    EVP_PKEY *v2 = NULL;
+    assert_int_equal(proto_key_load_pem(pub, &v2), 0);
+    size_t len = 0;
+    uint8_t *body = allow_body(&len);
+    uint8_t *env = NULL;
+    size_t env_len = 0;
+    assert_int_equal(call_sign(cli, QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW, body, len,
+                               TEST_CALL_TIMEOUT_MS, &env, &env_len),
+                     0);
+    proto_envelope_t *e = NULL;
+    assert_int_equal(proto_envelope_open(env, env_len, &e), 0);
+    assert_int_equal(proto_envelope_key_version(e), 2);
+    assert_int_equal(proto_envelope_verify(e, PROTO_TYPE_LOAD_ALLOW, v2), 0);
+    assert_int_equal(proto_envelope_verify(e, PROTO_TYPE_LOAD_ALLOW, f->pub[0]), QC_EKEYID);
+    proto_envelope_destroy(&e);
+    EVP_PKEY_free(v2);
+    free(env);
+    free(body);
+    client_close(f, cli);
+}
+
 /* ---------------------------------------------------------------- group "chaos" */
+
+static void test_fault_after_sign_then_restart(void **state)
+{
+    fixture_t *f = *state;
+    setenv("QC_FAULT", "signer.after_sign", 1);
+    f->pids[0] = start_signer(f, 17531, 0, NULL);
+    unsetenv("QC_FAULT");
+    proto_rpc_client_t *cli = client_for(f, 17531);
+    size_t len = 0;
+    uint8_t *body = checkpoint_body(3, &len);
+    /* The first signature kills it before the reply: the caller sees no answer. */
+    uint64_t end = ops_time_mono_ms() + TEST_READY_TIMEOUT_MS;
+    int status = -1;
+    while (status < 0 && ops_time_mono_ms() < end) {
+        assert_int_not_equal(
+            call_sign(cli, QUANCUN__SIGN_KIND__SIGN_AUDIT_CHECKPOINT, body, len, 500, NULL, NULL),
+            0);
+        status = signer_test_wait(f->pids[0], 0);
+    }
+    assert_int_equal(status, 128 + SIGKILL);
+    f->pids[0] = 0;
+    client_close(f, cli);
+    f->pids[0] = start_signer(f, 17531, 0, NULL);
+    cli = client_for(f, 17531);
+    wait_ready(f, cli, f->pids[0]);
+    free(body);
+    client_close(f, cli);
+}
 
 static void test_two_signers_share_one_token(void **state)
 {
@@ -528,8 +636,8 @@ static void test_two_signers_share_one_token(void **state)
         free(env);
         free(body);
     }
-    proto_rpc_client_destroy(&a);
-    proto_rpc_client_destroy(&b);
+    client_close(f, a);
+    client_close(f, b);
 }
 
 typedef struct load_state {
@@ -587,7 +695,7 @@ static void test_kill9_under_load_then_restart(void **state)
     assert_true(killed);
     assert_int_equal(ls.done, sent);
     assert_true(ls.failed > 0); /* the kill did land mid-load */
-    proto_rpc_client_destroy(&cli);
+    client_close(f, cli);
 
     /* Restart on the same port and token: it serves again, with the same keys. */
     f->pids[0] = start_signer(f, 17530, 0, NULL);
@@ -602,7 +710,7 @@ static void test_kill9_under_load_then_restart(void **state)
     free(env);
     free(req);
     free(body);
-    proto_rpc_client_destroy(&cli);
+    client_close(f, cli);
 }
 
 int main(int argc, char **argv)
@@ -621,10 +729,12 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_wrong_pin_fails_loudly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_key_fails_loudly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_token_module_pin_fail_loudly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keygen_refuses_existing_key, setup, teardown),
     };
     const struct CMUnitTest chaos[] = {
         cmocka_unit_test_setup_teardown(test_two_signers_share_one_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_under_load_then_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fault_after_sign_then_restart, setup, teardown),
     };
     if (strcmp(argv[2], "sign") == 0)
         return cmocka_run_group_tests_name("signer_sign", sign, NULL, NULL);
