@@ -226,6 +226,10 @@ typedef struct show_ctx {
     EVP_PKEY *allow_key;
     EVP_PKEY *outcome_key;
     proto_trust_t *trust;
+    uint8_t *req; /* the txn's signed request, from an earlier entry */
+    size_t req_len;
+    uint8_t *allow; /* the txn's signed allow, from an earlier entry */
+    size_t allow_len;
     int bad; /* something shown did not verify */
 } show_ctx_t;
 
@@ -302,7 +306,21 @@ static int show_digest_link(const proto_envelope_t *env, proto_type_t type,
     return rc;
 }
 
-/* Verifies the signed artefacts of a Load record (request, allow, report). */
+/* Keeps a copy of bytes in *keep (the txn's latest request or allow). */
+static void show_keep(uint8_t **keep, size_t *keep_len, const ProtobufCBinaryData *b)
+{
+    uint8_t *copy = malloc(b->len);
+    if (copy == NULL)
+        return; /* later entries then say the artefact is missing */
+    memcpy(copy, b->data, b->len);
+    free(*keep);
+    *keep = copy;
+    *keep_len = b->len;
+}
+
+/* Verifies the signed artefacts of a Load record. The ledger writes each artefact once:
+ * load.reserved carries the request and the allow, a settlement only the report, so the
+ * request and allow seen earlier in this txn's history are kept in c to check the report. */
 static void show_load(show_ctx_t *c, const Qcledger__Load *l, time_t t)
 {
     static const char *const states[] = {"NONE", "RESERVED", "CONFIRMED", "COMPENSATED",
@@ -312,24 +330,28 @@ static void show_load(show_ctx_t *c, const Qcledger__Load *l, time_t t)
            "counter %" PRIu64 "%s%s\n",
            st < sizeof states / sizeof states[0] ? states[st] : "?", l->amount, l->currency,
            l->device_id, l->account_id, l->counter, l->reason[0] ? ", reason: " : "", l->reason);
+    if (l->request.len > 0)
+        show_keep(&c->req, &c->req_len, &l->request);
+    if (l->allow.len > 0)
+        show_keep(&c->allow, &c->allow_len, &l->allow);
     proto_envelope_t *req = NULL, *allow = NULL, *rep = NULL;
     EVP_PKEY *dev = NULL;
     char detail[160] = "";
-    int rc = proto_envelope_open(l->request.data, l->request.len, &req);
+    int rc = c->req != NULL ? proto_envelope_open(c->req, c->req_len, &req) : QC_EMISSING;
     if (rc == 0 && (rc = show_device_key(c, req, t, &dev, detail, sizeof detail)) == 0)
         rc = proto_envelope_verify(req, PROTO_TYPE_LOAD_REQUEST, dev);
-    show_result(c, "request", rc, detail);
+    if (l->request.len > 0 || rc != 0)
+        show_result(c, "request", rc, detail);
+    int arc = c->allow != NULL ? proto_envelope_open(c->allow, c->allow_len, &allow) : QC_EMISSING;
     if (l->allow.len > 0) {
-        rc = proto_envelope_open(l->allow.data, l->allow.len, &allow);
-        detail[0] = '\0';
-        if (rc == 0 && c->allow_key == NULL) {
+        if (arc == 0 && c->allow_key == NULL) {
             printf("    allow    signature not checked (no --allow-cert)\n");
         } else {
-            if (rc == 0)
-                rc = proto_envelope_verify(allow, PROTO_TYPE_LOAD_ALLOW, c->allow_key);
-            if (rc == 0 && req != NULL)
-                rc = show_digest_link(allow, PROTO_TYPE_LOAD_ALLOW, req);
-            show_result(c, "allow", rc, rc == 0 ? "names this request" : "");
+            if (arc == 0)
+                arc = proto_envelope_verify(allow, PROTO_TYPE_LOAD_ALLOW, c->allow_key);
+            if (arc == 0 && req != NULL)
+                arc = show_digest_link(allow, PROTO_TYPE_LOAD_ALLOW, req);
+            show_result(c, "allow", arc, arc == 0 ? "names this request" : "");
         }
     }
     if (l->report.len > 0) {
@@ -337,8 +359,9 @@ static void show_load(show_ctx_t *c, const Qcledger__Load *l, time_t t)
         if (rc == 0)
             rc = dev != NULL ? proto_envelope_verify(rep, PROTO_TYPE_EXECUTION_REPORT, dev)
                              : QC_EKEYID;
-        if (rc == 0 && allow != NULL)
-            rc = show_digest_link(rep, PROTO_TYPE_EXECUTION_REPORT, allow);
+        if (rc == 0)
+            rc = allow != NULL ? show_digest_link(rep, PROTO_TYPE_EXECUTION_REPORT, allow)
+                               : QC_EMISSING;
         show_result(c, "report", rc, rc == 0 ? "by the device, names this allow" : "");
     }
     EVP_PKEY_free(dev);
@@ -491,6 +514,8 @@ out:
     proto_trust_destroy(&c.trust);
     EVP_PKEY_free(c.allow_key);
     EVP_PKEY_free(c.outcome_key);
+    free(c.req);
+    free(c.allow);
     return exit_code;
 }
 

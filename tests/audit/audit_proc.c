@@ -54,7 +54,7 @@ static bool port_free(int port)
 }
 
 /* Several build trees may run the suite at once: step through the range for a free port. */
-static int pick_port(int port, int avoid)
+int ap_pick_port(int port, int avoid)
 {
     int span = AP_PORT_LAST - AP_PORT_FIRST + 1;
     for (int i = 0; i < AP_PORT_TRIES; i++) {
@@ -83,8 +83,8 @@ int ap_setup(ap_t *ap, const char *bin, int port)
     if (mkdtemp(ap->dir) == NULL)
         return -1;
     snprintf(ap->bin, sizeof ap->bin, "%s", bin);
-    ap->port = pick_port(port, -1);
-    ap->http_port = pick_port(port + 1, ap->port);
+    ap->port = ap_pick_port(port, -1);
+    ap->http_port = ap_pick_port(port + 1, ap->port);
     snprintf(ap->endpoint, sizeof ap->endpoint, "tcp://127.0.0.1:%d", ap->port);
     char p[AP_PATH_MAX];
     ap_path(ap, "audit.key", p);

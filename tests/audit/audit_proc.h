@@ -29,6 +29,8 @@ typedef struct ap {
 /* Makes a temp dir with keys, allow-list and data dir; picks two free ports in the audit
  * range starting the search at port. Returns 0 or -1. */
 int ap_setup(ap_t *ap, const char *bin, int port);
+/* A free port of the audit range, searched from start, other than avoid; start if none. */
+int ap_pick_port(int start, int avoid);
 /* Path of name inside the temp dir, into out (capacity AP_PATH_MAX). */
 void ap_path(const ap_t *ap, const char *name, char *out);
 /* Starts qc-audit with QC_FAULT=fault (NULL = none) and QC_FAULT_SKIP=skip plus extra flags

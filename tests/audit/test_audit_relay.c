@@ -1,0 +1,276 @@
+/* test_audit_relay.c - qc-audit relaying a real qc-ledger's outbox: events arrive once, the
+ * outbox drains, a backlog built while audit is down drains afterwards, a crash between commit
+ * and ack duplicates nothing, and `show` verifies a load's signatures from the log alone. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <cmocka.h>
+
+#include "audit_proc.h"
+#include "audit_store.h"
+#include "audit_verify.h"
+#include "ledger_proc.h"
+#include "ledger_testkit.h"
+#include "proto_decode.h"
+#include "proto_envelope.h"
+#include "qc_error.h"
+
+#define T_LEDGER_PORT 18020 /* searched upwards in the audit range */
+#define T_AUDIT_PORT 18060
+#define T_DRAIN_MS 20000
+#define T_OUT_MAX (256 * 1024)
+#define T_SOURCE_METRIC "qc_audit_relay_events_total{source=\"ledger-0\"}"
+
+static const char *g_audit_bin, *g_ledger_bin;
+
+typedef struct fixture {
+    lp_t lp;
+    ap_t ap;
+    char key_path[LP_PATH_MAX + 16];
+    const char *extra[12];
+} fixture_t;
+
+static int setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    lp_t *lp = &f->lp;
+    assert_int_equal(lp_setup(lp, g_ledger_bin, 17300), 0);
+    assert_int_equal(ap_setup(&f->ap, g_audit_bin, T_AUDIT_PORT), 0);
+    /* lp_setup picks a port in the ledger's range; these tests use the audit range. */
+    int port = ap_pick_port(T_LEDGER_PORT, f->ap.port);
+    assert_int_not_equal(port, f->ap.http_port);
+    lp->port = port;
+    snprintf(lp->endpoint, sizeof lp->endpoint, "tcp://127.0.0.1:%d", port);
+    proto_rpc_client_destroy(&lp->gw);
+    proto_rpc_client_destroy(&lp->op);
+    lp->gw = lp_client(lp, &lp->gateway);
+    lp->op = lp_client(lp, &lp->admin);
+    assert_non_null(lp->gw);
+    assert_non_null(lp->op);
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    /* Audit calls the ledger with a service key of its allow-list (the "gateway" one). */
+    snprintf(f->key_path, sizeof f->key_path, "%s/gateway.key", lp->dir);
+    const char *extra[] = {
+        "--curve-key",         f->key_path,   "--ledger", lp->endpoint, "--ledger-key",
+        lp->server.public_z85, "--batch-max", "8",        NULL};
+    memcpy(f->extra, extra, sizeof extra);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture_t *f = *state;
+    ap_teardown(&f->ap);
+    lp_teardown(&f->lp);
+    free(f);
+    return 0;
+}
+
+/* The ledger's outbox depth (from "check"), or -1. */
+static int64_t outbox_depth(lp_t *lp)
+{
+    proto_rpc_reply_t *r = NULL;
+    Qcledger__CheckRequest req = QCLEDGER__CHECK_REQUEST__INIT;
+    if (lp_call(lp->op, "check", &req.base, &r) != 0) {
+        proto_rpc_reply_destroy(&r);
+        return -1;
+    }
+    Qcledger__CheckReply *c = qcledger__check_reply__unpack(NULL, r->body_len, r->body);
+    proto_rpc_reply_destroy(&r);
+    if (c == NULL)
+        return -1;
+    int64_t d = (int64_t)c->outbox_depth;
+    qcledger__check_reply__free_unpacked(c, NULL);
+    return d;
+}
+
+/* Waits until the outbox is empty; fails the test after T_DRAIN_MS. */
+static void wait_drained(fixture_t *f)
+{
+    for (int waited = 0; waited < T_DRAIN_MS; waited += 20) {
+        if (outbox_depth(&f->lp) == 0)
+            return;
+        ap_sleep_ms(20);
+    }
+    fail_msg("outbox still holds %lld events", (long long)outbox_depth(&f->lp));
+}
+
+static void deposits(fixture_t *f, int n)
+{
+    for (int i = 0; i < n; i++)
+        assert_int_equal(lp_deposit(&f->lp, "alice", 100), 0);
+}
+
+/* A device-signed request that carries the device certificate, as real devices send it. */
+static void request_with_cert(EVP_PKEY *key, const tk_load_t *l, const uint8_t *cert,
+                              size_t cert_len, uint8_t **out, size_t *out_len)
+{
+    uint8_t *plain = NULL;
+    size_t plain_len = 0;
+    tk_request(key, l, &plain, &plain_len);
+    proto_envelope_t *env = NULL;
+    assert_int_equal(proto_envelope_open(plain, plain_len, &env), 0);
+    size_t body_len = 0;
+    const uint8_t *body = proto_envelope_body(env, &body_len);
+    assert_int_equal(proto_envelope_sign(PROTO_TYPE_LOAD_REQUEST, body, body_len, key, 1, cert,
+                                         cert_len, out, out_len),
+                     0);
+    proto_envelope_destroy(&env);
+    free(plain);
+}
+
+/* Enrolls a device on alice, reserves and settles one load; returns its txn id. */
+static void one_load(fixture_t *f, uint8_t txn_id[16])
+{
+    lp_t *lp = &f->lp;
+    EVP_PKEY *dev = tk_key_new();
+    uint8_t *cert = NULL;
+    size_t cert_len = 0;
+    tk_cert_new(dev, "dev-audit-1", &cert, &cert_len);
+    assert_int_equal(lp_enroll(lp, "alice", cert, cert_len), 0);
+    tk_load_t l = {.device_id = "dev-audit-1", .account_id = "alice", .amount = 300};
+    tk_txn_id(l.txn_id);
+    memcpy(txn_id, l.txn_id, 16);
+    uint8_t *req = NULL, *allow = NULL, *rep = NULL;
+    size_t req_len = 0, allow_len = 0, rep_len = 0;
+    request_with_cert(dev, &l, cert, cert_len, &req, &req_len);
+    tk_allow(lp->bank, req, req_len, tk_now_ms() + 60000, &allow, &allow_len);
+    Qcledger__ReserveRequest rr = QCLEDGER__RESERVE_REQUEST__INIT;
+    rr.request.data = req;
+    rr.request.len = req_len;
+    rr.allow.data = allow;
+    rr.allow.len = allow_len;
+    assert_int_equal(lp_call(lp->gw, "reserve", &rr.base, NULL), 0);
+    tk_report(dev, &l, 1, QUANCUN__REPORT_STATUS__REPORT_APPLIED, allow, allow_len, &rep, &rep_len);
+    Qcledger__SettleRequest sr = QCLEDGER__SETTLE_REQUEST__INIT;
+    sr.txn_id.data = l.txn_id;
+    sr.txn_id.len = 16;
+    sr.report.data = rep;
+    sr.report.len = rep_len;
+    sr.verdict = QUANCUN__REPORT_STATUS__REPORT_APPLIED;
+    assert_int_equal(lp_call(lp->gw, "settle", &sr.base, NULL), 0);
+    free(req);
+    free(allow);
+    free(rep);
+    free(cert);
+    EVP_PKEY_free(dev);
+}
+
+static void test_relay(void **state)
+{
+    fixture_t *f = *state;
+    lp_t *lp = &f->lp;
+    ap_t *ap = &f->ap;
+    /* 1. Live: 1 account, 5 deposits, enrol + reserve + settle = 9 events. */
+    assert_int_equal(ap_start(ap, NULL, 0, f->extra), 0);
+    assert_int_equal(lp_open_account(lp, "alice", TK_CURRENCY, 0), 0);
+    deposits(f, 5);
+    uint8_t txn[16];
+    one_load(f, txn);
+    wait_drained(f);
+    assert_int_equal(ap_metric(ap->http_port, T_SOURCE_METRIC), 9);
+    /* The ack's reply (and so the gauge) may still be on its way when check sees 0. */
+    int64_t lag = -1;
+    for (int waited = 0; waited < T_DRAIN_MS && lag != 0; waited += 20) {
+        lag = ap_metric(ap->http_port, "qc_audit_relay_lag{source=\"ledger-0\"}");
+        if (lag != 0)
+            ap_sleep_ms(20);
+    }
+    assert_int_equal(lag, 0);
+    assert_int_equal(ap_stop(ap, SIGTERM), 0);
+
+    /* 2. Backlog while audit is down: nothing is lost, it drains on return. */
+    deposits(f, 20);
+    assert_int_equal(outbox_depth(lp), 20);
+    assert_int_equal(ap_start(ap, NULL, 0, f->extra), 0);
+    wait_drained(f);
+    assert_int_equal(ap_metric(ap->http_port, T_SOURCE_METRIC), 20);
+    assert_int_equal(ap_stop(ap, SIGTERM), 0);
+
+    /* 3. Killed between its commit and the ack: the ledger keeps the events, audit does not
+     *    append them twice when it comes back. */
+    deposits(f, 10);
+    assert_int_equal(ap_start(ap, "audit.after_commit_before_ack", 0, f->extra), 0);
+    int st = ap_wait_exit(ap, 10000);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    assert_int_equal(outbox_depth(lp), 10);
+    assert_int_equal(ap_start(ap, NULL, 0, f->extra), 0);
+    wait_drained(f);
+    /* Only the 2 events after the first batch of 8 were new to this process. */
+    assert_int_equal(ap_metric(ap->http_port, T_SOURCE_METRIC), 2);
+    assert_int_equal(ap_stop(ap, SIGTERM), 0);
+
+    /* The log: 39 events, seqs 1..39, ledger seqs 1..39 each once, chain intact. */
+    char data[AP_PATH_MAX];
+    ap_path(ap, "data", data);
+    audit_verify_report_t r;
+    assert_int_equal(audit_verify_dir(data, NULL, &r), 0);
+    assert_int_equal(r.entries, 39);
+    audit_store_t *store = NULL;
+    assert_int_equal(audit_store_open(data, AUDIT_STORE_RDONLY, 0, &store), 0);
+    uint64_t hwm = 0, seq = 0;
+    assert_int_equal(audit_store_hwm(store, "ledger-0", &hwm), 0);
+    assert_int_equal(hwm, 39);
+    for (uint64_t i = 1; i <= 39; i++) {
+        assert_int_equal(audit_store_dedupe_get(store, "ledger-0", i, &seq), 0);
+        assert_int_equal(seq, i);
+    }
+    uint64_t seqs[8];
+    size_t n = 0;
+    assert_int_equal(audit_store_txn_seqs(store, txn, 16, seqs, 8, &n), 0);
+    assert_int_equal(n, 2); /* load.reserved, load.confirmed */
+    audit_store_destroy(&store);
+
+    /* The load's history, every signature checked from the log alone. */
+    char hex[33], allow_pem[LP_PATH_MAX + 16];
+    for (int i = 0; i < 16; i++)
+        snprintf(hex + 2 * i, 3, "%02x", txn[i]);
+    snprintf(allow_pem, sizeof allow_pem, "%s/allow.pem", lp->dir);
+    char *out = malloc(T_OUT_MAX);
+    const char *show[] = {"qc-audit", "show", "--dir", data, "--allow-cert", allow_pem, hex, NULL};
+    int rc = ap_run_cli(ap, show, out, T_OUT_MAX);
+    if (rc != 0) {
+        fprintf(stderr, "show exited %d:\n%s", rc, out);
+        free(out);
+        fail();
+    }
+    assert_non_null(strstr(out, "load.reserved"));
+    assert_non_null(strstr(out, "load.confirmed"));
+    assert_non_null(strstr(out, "request  signature ok"));
+    assert_non_null(strstr(out, "allow    signature ok, names this request"));
+    assert_non_null(strstr(out, "report   signature ok, by the device, names this allow"));
+    assert_null(strstr(out, "NOT VERIFIED"));
+    /* Another allow key: the allows are refused, and show says so. */
+    snprintf(allow_pem, sizeof allow_pem, "%s/other.pem", lp->dir);
+    EVP_PKEY *other = tk_key_new();
+    tk_write_pub_pem(other, allow_pem);
+    EVP_PKEY_free(other);
+    rc = ap_run_cli(ap, show, out, T_OUT_MAX);
+    char *bad = strstr(out, "allow    NOT VERIFIED");
+    free(out);
+    assert_int_equal(rc, 1);
+    assert_non_null(bad);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s PATH-TO-qc-audit PATH-TO-qc-ledger\n", argv[0]);
+        return 2;
+    }
+    g_audit_bin = argv[1];
+    g_ledger_bin = argv[2];
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_relay, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
