@@ -180,11 +180,18 @@ static int emit(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const char *type,
     return rc;
 }
 
+/* A load event carries the record with the signed artefacts it adds: load.reserved the
+ * request and the allow, a settlement the report that caused it (if any). The audit log
+ * links them by txn id, so nothing is lost and a commit writes each artefact once. */
 static int emit_load(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const char *type,
                      const ledger_load_t *l)
 {
     Qcledger__Load m;
     ledger_store_load_view(l, &m);
+    if (l->state != QUANCUN__LOAD_STATE__LOAD_RESERVED) {
+        m.request.len = 0;
+        m.allow.len = 0;
+    }
     return emit(s, txn, now, type, l->txn_id, &m.base);
 }
 

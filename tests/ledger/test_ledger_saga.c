@@ -786,6 +786,66 @@ static void test_store_reopen_and_shard_binding(void **state)
     assert_true(used > 0 && map == T_MAP_SIZE);
 }
 
+/* A small map refuses growth with QC_EFULL before LMDB itself runs out, and a release
+ * (settle) still fits afterwards. */
+static void test_map_nearly_full_refuses_growth(void **state)
+{
+    fx_t *f = *state;
+    char dir[] = "/tmp/qc-ledger-full-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    ledger_store_t *store = NULL;
+    assert_int_equal(ledger_store_open(dir, LEDGER_MAP_SIZE_MIN, &store), 0);
+    ledger_saga_t *saga = NULL;
+    ledger_saga_config_t cfg = {.store = store, .allow_key = f->bank, .shard_count = 1};
+    assert_int_equal(ledger_saga_new(&cfg, &saga), 0);
+    ledger_account_t spec = {.id = T_ACCOUNT, .currency = TK_CURRENCY}, a;
+    assert_int_equal(ledger_saga_open_account(saga, NULL, f->now, &spec, &a, f->why), 0);
+    uint8_t txn[16];
+    tk_txn_id(txn);
+    assert_int_equal(ledger_saga_deposit(saga, NULL, f->now, T_ACCOUNT, T_DEPOSIT, txn, &a, f->why),
+                     0);
+    ledger_device_t *d = malloc(sizeof *d);
+    assert_int_equal(ledger_saga_enroll_device(saga, NULL, f->now, T_ACCOUNT, f->cert, f->cert_len,
+                                               0, 0, d, f->why),
+                     0);
+    free(d);
+    pair_t p = make_pair(f, T_AMOUNT, 0, 0);
+    assert_int_equal(ledger_saga_reserve(saga, NULL, f->now, p.req, p.req_len, p.allow, p.allow_len,
+                                         f->load, f->why),
+                     0);
+    /* Fill with accounts, a few hundred per commit, until growth is refused. */
+    int rc = 0, n = 0;
+    while (rc == 0 && n < 100000) {
+        MDB_txn *t = NULL;
+        assert_int_equal(ledger_store_txn_begin(store, NULL, true, &t), 0);
+        for (int i = 0; i < 200 && rc == 0; i++, n++) {
+            snprintf(spec.id, sizeof spec.id, "filler-%d", n);
+            rc = ledger_saga_open_account(saga, t, f->now, &spec, &a, f->why);
+        }
+        assert_int_equal(ledger_store_txn_commit(t), 0);
+    }
+    assert_int_equal(rc, QC_EFULL);
+    assert_non_null(strstr(f->why, "map"));
+    /* The refusal came before LMDB's own limit: the release still fits. */
+    uint8_t *rep = NULL;
+    size_t rep_len = 0;
+    tk_report(f->dev, &p.l, 1, QUANCUN__REPORT_STATUS__REPORT_APPLIED, p.allow, p.allow_len, &rep,
+              &rep_len);
+    assert_int_equal(
+        ledger_saga_settle(saga, NULL, f->now, p.l.txn_id, rep, rep_len, f->load, f->why), 0);
+    assert_int_equal(f->load->state, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
+    ledger_check_t c;
+    assert_int_equal(ledger_saga_check(saga, NULL, &c), 0);
+    assert_true(c.ok);
+    free(rep);
+    free_pair(&p);
+    ledger_saga_destroy(&saga);
+    ledger_store_close(&store);
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -806,6 +866,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_group_isolation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_catches_corruption, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_reopen_and_shard_binding, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_nearly_full_refuses_growth, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
