@@ -1,6 +1,7 @@
 /* ledger_testkit.c - keys, certificates and signed load messages for the ledger's tests. */
 #include "ledger_testkit.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "proto_decode.h"
 #include "proto_envelope.h"
@@ -50,6 +52,65 @@ static X509 *make_cert(EVP_PKEY *key, const char *cn)
 void tk_cert_new(EVP_PKEY *key, const char *cn, uint8_t **der, size_t *der_len)
 {
     X509 *x = make_cert(key, cn);
+    unsigned char *buf = NULL;
+    int n = i2d_X509(x, &buf);
+    if (n <= 0)
+        die("i2d_X509");
+    *der = malloc((size_t)n);
+    memcpy(*der, buf, (size_t)n);
+    *der_len = (size_t)n;
+    OPENSSL_free(buf);
+    X509_free(x);
+}
+
+static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx_nodb(&ctx);
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    if (ext == NULL || X509_add_ext(cert, ext, -1) != 1)
+        die("extension");
+    X509_EXTENSION_free(ext);
+}
+
+static X509 *issue(EVP_PKEY *key, const char *cn, EVP_PKEY *ca_key, X509 *ca, bool is_ca)
+{
+    X509 *x = X509_new();
+    if (x == NULL || X509_set_version(x, X509_VERSION_3) != 1)
+        die("X509_new");
+    ASN1_INTEGER_set(X509_get_serialNumber(x), (long)(tk_now_ms() & 0x7fffffff));
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), (long)TK_CERT_DAYS * 86400);
+    X509_NAME *name = X509_get_subject_name(x);
+    if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
+                                   0) != 1 ||
+        X509_set_pubkey(x, key) != 1 ||
+        X509_set_issuer_name(x, X509_get_subject_name(ca != NULL ? ca : x)) != 1)
+        die("cert");
+    X509 *iss = ca != NULL ? ca : x;
+    add_ext(x, iss, NID_basic_constraints, is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
+    add_ext(x, iss, NID_key_usage,
+            is_ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
+    if (X509_sign(x, ca_key, EVP_sha256()) <= 0)
+        die("X509_sign");
+    return x;
+}
+
+void tk_ca_new(const char *pem_path, EVP_PKEY **ca_key, X509 **ca_cert)
+{
+    *ca_key = tk_key_new();
+    *ca_cert = issue(*ca_key, "quancun test CA", *ca_key, NULL, true);
+    FILE *f = fopen(pem_path, "w");
+    if (f == NULL || PEM_write_X509(f, *ca_cert) != 1)
+        die("write CA");
+    fclose(f);
+}
+
+void tk_cert_issued(EVP_PKEY *key, const char *cn, EVP_PKEY *ca_key, X509 *ca_cert, uint8_t **der,
+                    size_t *der_len)
+{
+    X509 *x = issue(key, cn, ca_key, ca_cert, false);
     unsigned char *buf = NULL;
     int n = i2d_X509(x, &buf);
     if (n <= 0)

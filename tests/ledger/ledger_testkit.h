@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 
 #include "quancun.pb-c.h"
 
@@ -19,6 +20,12 @@ void tk_cert_new(EVP_PKEY *key, const char *cn, uint8_t **der, size_t *der_len);
 void tk_write_pub_pem(EVP_PKEY *key, const char *path);
 /* Writes key's certificate (PEM) for cn to path. */
 void tk_write_cert_pem(EVP_PKEY *key, const char *cn, const char *path);
+
+/* A CA (key and self-signed certificate, written as PEM to pem_path) and a device
+ * certificate it issues (keyUsage digitalSignature), DER in *der (malloc'd). */
+void tk_ca_new(const char *pem_path, EVP_PKEY **ca_key, X509 **ca_cert);
+void tk_cert_issued(EVP_PKEY *key, const char *cn, EVP_PKEY *ca_key, X509 *ca_cert, uint8_t **der,
+                    size_t *der_len);
 
 /* The fields of a load request a test varies. */
 typedef struct tk_load {

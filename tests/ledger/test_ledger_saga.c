@@ -786,6 +786,46 @@ static void test_store_reopen_and_shard_binding(void **state)
     assert_true(used > 0 && map == T_MAP_SIZE);
 }
 
+/* With a trust store, enrollment takes only certificates of the CA, and the device id is
+ * the certificate's CN. */
+static void test_enroll_checks_the_ca(void **state)
+{
+    fx_t *f = *state;
+    char ca_path[96];
+    snprintf(ca_path, sizeof ca_path, "%s/ca.pem", f->dir);
+    EVP_PKEY *ca_key = NULL;
+    X509 *ca = NULL;
+    tk_ca_new(ca_path, &ca_key, &ca);
+    proto_trust_t *trust = NULL;
+    assert_int_equal(proto_trust_new(ca_path, NULL, &trust), 0);
+    ledger_saga_t *s2 = NULL;
+    ledger_saga_config_t cfg = {
+        .store = f->store, .allow_key = f->bank, .trust = trust, .shard_count = 1};
+    assert_int_equal(ledger_saga_new(&cfg, &s2), 0);
+    EVP_PKEY *k = tk_key_new();
+    uint8_t *good = NULL;
+    size_t good_len = 0;
+    tk_cert_issued(k, "QC-DEV-CA-1", ca_key, ca, &good, &good_len);
+    ledger_device_t *d = malloc(sizeof *d);
+    snap_t before = snap(f);
+    /* Self-signed: refused, nothing written. */
+    assert_int_equal(ledger_saga_enroll_device(s2, NULL, f->now, T_ACCOUNT, f->cert, f->cert_len, 0,
+                                               0, d, f->why),
+                     QC_ECERTCA);
+    assert_same(before, snap(f));
+    assert_int_equal(
+        ledger_saga_enroll_device(s2, NULL, f->now, T_ACCOUNT, good, good_len, 0, 0, d, f->why), 0);
+    assert_string_equal(d->id, "QC-DEV-CA-1");
+    assert_int_equal(d->status, QCLEDGER__DEVICE_STATUS__DEVICE_ACTIVE);
+    free(d);
+    free(good);
+    EVP_PKEY_free(k);
+    ledger_saga_destroy(&s2);
+    proto_trust_destroy(&trust);
+    X509_free(ca);
+    EVP_PKEY_free(ca_key);
+}
+
 /* A small map refuses growth with QC_EFULL before LMDB itself runs out, and a release
  * (settle) still fits afterwards. */
 static void test_map_nearly_full_refuses_growth(void **state)
@@ -867,6 +907,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_check_catches_corruption, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_reopen_and_shard_binding, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_nearly_full_refuses_growth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_enroll_checks_the_ca, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
