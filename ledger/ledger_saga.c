@@ -260,6 +260,8 @@ static int saga_move(ledger_saga_t *s, MDB_txn *txn, uint64_t now, Qcledger__Tra
         return refuse(why, QC_EAMOUNT, "balance would overflow");
     if (customer && d.balance < 0)
         d.overdrawn = true;
+    /* HOLD holds exactly the RESERVED loads, so it can never go below zero. */
+    assert(d.kind != QCLEDGER__ACCOUNT_KIND__KIND_HOLD || d.balance >= 0);
     ledger_transfer_t t = {.kind = kind, .amount = amount, .currency = currency, .time_ms = now};
     memcpy(t.txn_id, txn_id, LEDGER_TXN_ID_SIZE);
     snprintf(t.debit, sizeof t.debit, "%s", debit);
