@@ -71,6 +71,11 @@ static int pick_port(int port)
     return port;
 }
 
+int lp_free_port(int port)
+{
+    return pick_port(port);
+}
+
 int lp_setup(lp_t *lp, const char *bin, int port)
 {
     memset(lp, 0, sizeof *lp);

@@ -42,6 +42,9 @@ bool lp_alive(lp_t *lp);
 /* Kills the process if running, frees everything, removes the temp dir. */
 void lp_teardown(lp_t *lp);
 
+/* A free TCP port of the ledger's test range near port (17300-17499). */
+int lp_free_port(int port);
+
 /* A new client with keys (the gateway's or the admin's). */
 proto_rpc_client_t *lp_client(lp_t *lp, const proto_curve_keypair_t *keys);
 

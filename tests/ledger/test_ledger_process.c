@@ -10,6 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -122,12 +125,36 @@ static Quancun__LoadState get_state(lp_t *lp, const uint8_t *txn_id, char *reaso
     return st;
 }
 
-static lp_t *start(int port_offset)
+static lp_t *start_with(int port_offset, const char *const *extra)
 {
     lp_t *lp = calloc(1, sizeof *lp);
     assert_int_equal(lp_setup(lp, ledger_bin, T_PORT_BASE + port_offset), 0);
-    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    assert_int_equal(lp_start(lp, NULL, 0, extra), 0);
     return lp;
+}
+
+static lp_t *start(int port_offset)
+{
+    return start_with(port_offset, NULL);
+}
+
+/* GET path from 127.0.0.1:port; the whole response (status line included) into out. */
+static void http_get(int port, const char *path, char *out, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    size_t got = 0;
+    ssize_t r;
+    while (got < cap - 1 && (r = read(fd, out + got, cap - 1 - got)) > 0)
+        got += (size_t)r;
+    out[got] = '\0';
+    close(fd);
 }
 
 static void finish(lp_t *lp)
@@ -141,7 +168,11 @@ static void finish(lp_t *lp)
 static void test_methods_and_roles(void **state)
 {
     (void)state;
-    lp_t *lp = start(0);
+    char http_port[16];
+    int hp = lp_free_port(T_PORT_BASE + 90);
+    snprintf(http_port, sizeof http_port, "%d", hp);
+    const char *extra[] = {"--http-port", http_port, NULL};
+    lp_t *lp = start_with(0, extra);
     dev_t_ d;
     dev_make(&d, "dev-1");
     assert_int_equal(lp_open_account(lp, "alice", TK_CURRENCY, 0), 0);
@@ -219,6 +250,19 @@ static void test_methods_and_roles(void **state)
     assert_int_equal(oar->depth, 0);
     qcledger__outbox_ack_reply__free_unpacked(oar, NULL);
     proto_rpc_reply_destroy(&reply);
+    /* Metrics and health on the HTTP port. */
+    static char page[65536];
+    http_get(hp, "/healthz", page, sizeof page);
+    assert_non_null(strstr(page, " 200 "));
+    http_get(hp, "/metrics", page, sizeof page);
+    assert_non_null(strstr(page, "qc_ledger_reserve_total{result=\"ok\"} 2"));
+    /* Refused before the saga, so counted as denied, not as a reserve result. */
+    assert_null(strstr(page, "qc_ledger_reserve_total{result=\"QC_EDENIED\"}"));
+    assert_non_null(strstr(page, "qc_ledger_denied_total 2"));
+    assert_non_null(strstr(page, "qc_ledger_settle_total{result=\"ok\"} 1"));
+    assert_non_null(strstr(page, "qc_ledger_commits_total"));
+    assert_non_null(strstr(page, "qc_ledger_batch_size_count"));
+    assert_non_null(strstr(page, "qc_ledger_outbox_depth 0"));
     /* SIGTERM: a clean stop, exit status 0. */
     int status = lp_stop(lp, SIGTERM);
     assert_true(WIFEXITED(status));
