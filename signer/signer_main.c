@@ -243,6 +243,14 @@ static int signer_keygen(int argc, char **argv)
     if (cn_cfg == NULL)
         snprintf(cn, sizeof(cn), "quancun-%.40s-v%" PRId64, label, version);
 
+    /* Check the output side before the token: a key made but not exported is of no use. */
+    struct stat st;
+    if (stat(out_dir, &st) != 0 || !S_ISDIR(st.st_mode) || access(out_dir, W_OK) != 0) {
+        ops_log(OPS_LOG_ERROR, "keygen.refused", "path", out_dir, "error",
+                "not a writable directory", NULL);
+        ops_config_destroy(&cfg);
+        return 1;
+    }
     char paths[SIGNER_OUT_COUNT][SIGNER_PATH_MAX];
     for (int i = 0; i < SIGNER_OUT_COUNT; i++) {
         int n = snprintf(paths[i], SIGNER_PATH_MAX, "%s/%s-v%" PRId64 "%s", out_dir, label, version,
@@ -486,8 +494,9 @@ static int signer_serve(signer_service_t *svc)
 
 static void signer_stop(signer_service_t *svc)
 {
-    signer_pool_destroy(&svc->pool, signer_free_request);
+    /* HTTP first: its thread reads the pool's health. */
     ops_http_stop(&svc->http);
+    signer_pool_destroy(&svc->pool, signer_free_request);
     proto_rpc_server_destroy(&svc->srv);
     if (svc->zctx != NULL)
         zmq_ctx_term(svc->zctx);
