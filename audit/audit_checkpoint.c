@@ -20,6 +20,7 @@
 #include "signer.pb-c.h"
 
 #define CHECKPOINT_MS_PER_S 1000u
+#define CHECKPOINT_RETRY_MS 1000u /* wait after a failed checkpoint before the next try */
 
 struct audit_checkpoint {
     audit_store_t *store;
@@ -27,7 +28,8 @@ struct audit_checkpoint {
     EVP_PKEY *cert_key;
     uint64_t entries;
     uint64_t seconds;
-    uint64_t last_ms; /* monotonic time of the last checkpoint (or of the start) */
+    uint64_t last_ms;  /* monotonic time of the last checkpoint (or of the start) */
+    uint64_t retry_ms; /* no attempt before this monotonic time (after a failure) */
     pthread_t thread;
     bool started;
     atomic_bool stop;
@@ -188,11 +190,14 @@ static void *checkpoint_main(void *arg)
         if (checkpoint_pending(cp, &pending, &seq, hash) != 0 || pending == 0)
             continue;
         uint64_t now = ops_time_mono_ms();
-        if (pending < cp->entries && now - cp->last_ms < cp->seconds * CHECKPOINT_MS_PER_S)
+        if (now < cp->retry_ms ||
+            (pending < cp->entries && now - cp->last_ms < cp->seconds * CHECKPOINT_MS_PER_S))
             continue;
-        /* A failure waits for the next period rather than hammering a signer that is down. */
-        (void)audit_checkpoint_once(cp);
-        cp->last_ms = ops_time_mono_ms();
+        /* After a failure, wait a little rather than hammer a signer that is down. */
+        if (audit_checkpoint_once(cp) == 0)
+            cp->last_ms = ops_time_mono_ms();
+        else
+            cp->retry_ms = ops_time_mono_ms() + CHECKPOINT_RETRY_MS;
     }
     return NULL;
 }

@@ -489,3 +489,121 @@ int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn
         return store_err("txn_seqs", rc);
     return rc;
 }
+
+/* Parses the entry seq inside txn into *e (pointing into the map). */
+static int entry_in(audit_store_t *store, MDB_txn *txn, uint64_t seq, audit_entry_t *e)
+{
+    uint8_t key[STORE_SEQ_KEY_SIZE];
+    be64_put(key, seq);
+    MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
+    int rc = mdb_get(txn, store->dbi[DBI_ENTRIES], &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return QC_EMISMATCH;
+    if (rc != 0)
+        return store_err("get_entry", rc);
+    return audit_chain_parse(v.mv_data, v.mv_size, e) == 0 ? 0 : QC_EMISMATCH;
+}
+
+/* Walks index dbi, checking each row with check(); counts rows into *rows. */
+typedef int(index_check_fn)(audit_store_t *store, MDB_txn *txn, const MDB_val *k, const MDB_val *v,
+                            uint64_t *bad_seq);
+
+static int walk_index(audit_store_t *store, MDB_txn *txn, int dbi, index_check_fn *check,
+                      uint64_t *rows, uint64_t *bad_seq)
+{
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[dbi], &cur);
+    if (rc != 0)
+        return store_err("cursor_open", rc);
+    MDB_val k, v;
+    *rows = 0;
+    int op = MDB_FIRST;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        (*rows)++;
+        if ((rc = check(store, txn, &k, &v, bad_seq)) != 0)
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    return rc > 0 ? store_err("walk_index", rc) : rc;
+}
+
+static int check_dedupe(audit_store_t *store, MDB_txn *txn, const MDB_val *k, const MDB_val *v,
+                        uint64_t *bad_seq)
+{
+    const uint8_t *kb = k->mv_data;
+    if (v->mv_size != 8 || k->mv_size < 1 + 8 || k->mv_size != (size_t)1 + kb[0] + 8)
+        return QC_EDECODE;
+    *bad_seq = be64_get(v->mv_data);
+    audit_entry_t e;
+    int rc = entry_in(store, txn, *bad_seq, &e);
+    if (rc != 0)
+        return rc;
+    if (e.source_len != kb[0] || memcmp(e.source, kb + 1, kb[0]) != 0 ||
+        e.source_seq != be64_get(kb + 1 + kb[0]))
+        return QC_EMISMATCH;
+    return 0;
+}
+
+static int check_by_txn(audit_store_t *store, MDB_txn *txn, const MDB_val *k, const MDB_val *v,
+                        uint64_t *bad_seq)
+{
+    if (v->mv_size != 8)
+        return QC_EDECODE;
+    *bad_seq = be64_get(v->mv_data);
+    audit_entry_t e;
+    int rc = entry_in(store, txn, *bad_seq, &e);
+    if (rc != 0)
+        return rc;
+    if (e.txn_id_len != k->mv_size || memcmp(e.txn_id, k->mv_data, k->mv_size) != 0)
+        return QC_EMISMATCH;
+    return 0;
+}
+
+static int check_checkpoint_row(audit_store_t *store, MDB_txn *txn, const MDB_val *k,
+                                const MDB_val *v, uint64_t *bad_seq)
+{
+    if (k->mv_size != STORE_SEQ_KEY_SIZE || v->mv_size != 8)
+        return QC_EDECODE;
+    *bad_seq = be64_get(k->mv_data);
+    audit_entry_t e;
+    int rc = entry_in(store, txn, *bad_seq, &e);
+    if (rc != 0)
+        return rc;
+    if (e.source_len != strlen(AUDIT_SOURCE_SELF) ||
+        memcmp(e.source, AUDIT_SOURCE_SELF, e.source_len) != 0 ||
+        e.type_len != strlen(AUDIT_TYPE_CHECKPOINT) ||
+        memcmp(e.type, AUDIT_TYPE_CHECKPOINT, e.type_len) != 0 ||
+        e.source_seq != be64_get(v->mv_data))
+        return QC_EMISMATCH;
+    return 0;
+}
+
+int audit_store_check_indexes(audit_store_t *store, uint64_t *bad_seq)
+{
+    assert(store != NULL && bad_seq != NULL);
+    *bad_seq = 0;
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_stat st;
+    uint64_t rows = 0;
+    if ((rc = mdb_stat(txn, store->dbi[DBI_ENTRIES], &st)) != 0) {
+        mdb_txn_abort(txn);
+        return store_err("stat", rc);
+    }
+    rc = walk_index(store, txn, DBI_DEDUPE, check_dedupe, &rows, bad_seq);
+    if (rc == 0 && rows != st.ms_entries) {
+        *bad_seq = 0;
+        rc = QC_EMISMATCH;
+    }
+    if (rc == 0)
+        rc = walk_index(store, txn, DBI_BY_TXN, check_by_txn, &rows, bad_seq);
+    if (rc == 0)
+        rc = walk_index(store, txn, DBI_CHECKPOINTS, check_checkpoint_row, &rows, bad_seq);
+    mdb_txn_abort(txn);
+    return rc;
+}

@@ -103,4 +103,13 @@ int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_
 int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn_id_len,
                          uint64_t *seqs, size_t cap, size_t *n);
 
+/* Checks the indexes against the entries, in one read transaction: every dedupe key
+ * (source, source_seq) names an entry with that source and source_seq, every by_txn pair
+ * names an entry about that txn, every checkpoints row an entry of type audit.checkpoint
+ * covering that seq, and dedupe holds exactly one key per entry. A forged dedupe key would
+ * make audit answer "duplicate" for an event it never kept, so verify runs this too.
+ * Returns 0; QC_EMISMATCH with *bad_seq set (the entry an index misnames, or 0 for a count
+ * that differs); QC_EDECODE for a malformed index row; QC_EIO. */
+int audit_store_check_indexes(audit_store_t *store, uint64_t *bad_seq);
+
 #endif

@@ -152,6 +152,17 @@ int audit_verify_dir(const char *dir, EVP_PKEY *key, audit_verify_report_t *repo
     rc = audit_store_scan(store, 1, verify_visit, &w);
     if (rc != 0 && report->break_seq == 0)
         snprintf(report->why, sizeof report->why, "reading the log failed: %s", qc_strerror(rc));
+    uint64_t bad = 0;
+    if (rc == 0 && (rc = audit_store_check_indexes(store, &bad)) != 0) {
+        /* The chain is intact but an index lies about it; name the entry it misnames. */
+        report->break_seq = bad != 0 ? bad : report->last_seq + 1;
+        report->break_code = rc;
+        snprintf(report->why, sizeof report->why,
+                 bad != 0 ? "an index (dedupe, by_txn or checkpoints) misnames entry %" PRIu64
+                          : "the dedupe index does not hold exactly one key per entry (%" PRIu64
+                            " entries)",
+                 bad != 0 ? bad : report->entries);
+    }
     audit_store_destroy(&store);
     return rc;
 }

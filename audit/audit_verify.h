@@ -6,7 +6,9 @@
  * gap, each record parses strictly, carries the seq of its key, chains to the previous
  * hash and hashes to its stored hash; every checkpoint entry carries a Signed
  * AuditCheckpoint that verifies under the audit-checkpoint key, names an earlier entry
- * (the seq in its source_seq) and that entry's hash. The first break stops the walk. */
+ * (the seq in its source_seq) and that entry's hash. The first break stops the walk.
+ * Then the indexes are checked against the entries (audit_store_check_indexes()): a forged
+ * dedupe key would otherwise let audit call an event a duplicate and never keep it. */
 #ifndef AUDIT_VERIFY_H
 #define AUDIT_VERIFY_H
 
@@ -31,7 +33,9 @@ typedef struct audit_verify_report {
  * Returns 0 when the log is intact, the break's code (QC_EBADSIG: a hash or a checkpoint
  * signature does not verify, QC_EMISMATCH: a link, a seq or a checkpoint's hash differs,
  * QC_EKEYID: a checkpoint by another key, QC_EDECODE/QC_ETOOBIG/QC_EVERSION: a record that
- * does not parse, QC_ENOTFOUND: a gap) with report->break_seq set, or QC_EIO / QC_ENOMEM
+ * does not parse, QC_ENOTFOUND: a gap; QC_EMISMATCH also for an index that misnames an
+ * entry, with break_seq that entry, or last_seq + 1 when only a count differs) with
+ * report->break_seq set, or QC_EIO / QC_ENOMEM
  * when the files could not be read (break_seq 0). */
 int audit_verify_dir(const char *dir, EVP_PKEY *key, audit_verify_report_t *report);
 

@@ -409,6 +409,56 @@ static void test_checkpoint_wrong_hash(void **state)
     assert_int_equal(r.break_seq, bad);
 }
 
+/* Puts (or, with seq 0, deletes) the dedupe row (source, source_seq) directly in LMDB. */
+static void poke_dedupe(fixture_t *f, const char *source, uint64_t source_seq, uint64_t seq)
+{
+    audit_store_destroy(&f->store);
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi dbi;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+    assert_int_equal(mdb_env_open(env, f->dir, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "dedupe", 0, &dbi), 0);
+    uint8_t key[1 + AUDIT_SOURCE_MAX + 8], val[8];
+    size_t sl = strlen(source);
+    key[0] = (uint8_t)sl;
+    memcpy(key + 1, source, sl);
+    for (int i = 0; i < 8; i++) {
+        key[1 + sl + (size_t)i] = (uint8_t)(source_seq >> (8 * (7 - i)));
+        val[i] = (uint8_t)(seq >> (8 * (7 - i)));
+    }
+    MDB_val k = {.mv_size = 1 + sl + 8, .mv_data = key}, v = {.mv_size = 8, .mv_data = val};
+    if (seq == 0)
+        assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
+    else
+        assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    assert_int_equal(audit_store_open(f->dir, 0, T_MAP_SIZE, &f->store), 0);
+}
+
+static void test_forged_index_found(void **state)
+{
+    fixture_t *f = *state;
+    for (uint64_t i = 1; i <= 4; i++)
+        append1(f, "gateway-0", i, "security.test", NULL, "x");
+    audit_verify_report_t r;
+    assert_int_equal(verify(f, &r), 0);
+    /* A forged key would make audit answer "duplicate" for event 99 and never keep it. */
+    poke_dedupe(f, "gateway-0", 99, 2);
+    assert_true(append1(f, "gateway-0", 99, "security.test", NULL, "lost").duplicate);
+    assert_int_equal(verify(f, &r), QC_EMISMATCH);
+    assert_int_equal(r.break_seq, 2);
+    poke_dedupe(f, "gateway-0", 99, 0);
+    assert_int_equal(verify(f, &r), 0);
+    /* A missing key would let event 3 be appended twice. */
+    poke_dedupe(f, "gateway-0", 3, 0);
+    assert_int_equal(verify(f, &r), QC_EMISMATCH);
+    assert_int_equal(r.break_seq, 5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -420,6 +470,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gap_found, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_wrong_hash, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forged_index_found, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
