@@ -27,7 +27,8 @@
 typedef struct relay_shard {
     char source[RELAY_SOURCE_LEN];
     proto_rpc_client_t *cli;
-    uint64_t acked; /* highest seq acked to this shard since start */
+    uint64_t acked;    /* highest seq acked to this shard since start */
+    uint32_t read_max; /* events asked per read: halved after a read timed out */
     ops_counter_t *m_events;
     ops_counter_t *m_errors;
     ops_gauge_t *m_lag;
@@ -82,6 +83,7 @@ int audit_relay_new(const audit_relay_config_t *cfg, audit_relay_t **out)
             break;
         }
         relay_shard_t *s = &r->shards[r->shard_count];
+        s->read_max = r->batch_max;
         snprintf(s->source, sizeof s->source, AUDIT_RELAY_SOURCE_PREFIX "%zu", r->shard_count);
         proto_rpc_client_config_t cc = {
             .service = "ledger",
@@ -228,9 +230,11 @@ static int relay_append(audit_relay_t *r, relay_shard_t *s, const Qcledger__Outb
     return rc;
 }
 
-/* One round on shard s. Returns the number of events read (>= 0) or an error. */
-static int relay_round(audit_relay_t *r, relay_shard_t *s)
+/* One round on shard s; *full when it read as many events as it asked for (more may wait).
+ * Returns the number of events read (>= 0) or an error. */
+static int relay_round(audit_relay_t *r, relay_shard_t *s, bool *full)
 {
+    *full = false;
     uint64_t hwm = 0;
     int rc = audit_store_hwm(r->store, s->source, &hwm);
     if (rc != 0)
@@ -240,12 +244,19 @@ static int relay_round(audit_relay_t *r, relay_shard_t *s)
         return rc;
     Qcledger__OutboxReadRequest req = QCLEDGER__OUTBOX_READ_REQUEST__INIT;
     req.after_seq = hwm;
-    req.max = r->batch_max;
+    req.max = s->read_max;
     Qcledger__OutboxReadReply *rep = NULL;
     rc = relay_call(s, "outbox_read", &req.base, &qcledger__outbox_read_reply__descriptor,
                     (ProtobufCMessage **)&rep);
+    /* A reply over the RPC frame limit is dropped unseen and looks like a timeout: ask for
+     * fewer events next time, and grow back once reads succeed. */
+    if (rc == QC_ETIMEOUT && s->read_max > 1)
+        s->read_max /= 2;
     if (rc != 0)
         return rc;
+    if (s->read_max < r->batch_max)
+        s->read_max = s->read_max * 2 < r->batch_max ? s->read_max * 2 : r->batch_max;
+    *full = rep->n_events > 0 && rep->n_events >= req.max;
     int n = (int)rep->n_events;
     if (n > 0) {
         uint64_t upto = rep->events[n - 1]->seq;
@@ -280,13 +291,14 @@ static void *relay_main(void *arg)
         bool full = false, all_ok = true;
         for (size_t i = 0; i < r->shard_count && !relay_stopping(r); i++) {
             relay_shard_t *s = &r->shards[i];
-            int n = relay_round(r, s);
+            bool more = false;
+            int n = relay_round(r, s, &more);
             if (n < 0) {
                 all_ok = false;
                 ops_counter_add(s->m_errors, 1);
                 ops_log(OPS_LOG_WARN, "audit.relay_failed", "source", s->source, "error",
                         qc_strerror(n), NULL);
-            } else if ((uint32_t)n == r->batch_max) {
+            } else if (more) {
                 full = true;
             }
         }
