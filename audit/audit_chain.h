@@ -23,6 +23,8 @@
  *             n     payload bytes  (the exact bytes received, signed envelopes untouched)
  *             32    prev_hash      (32 zero bytes for seq 1)
  *
+ * time_ms is when the event happened at its source (the ledger's commit time for outbox
+ * events), or audit's clock when the source gave none; entries are ordered by seq, not time.
  * It is not a protobuf: no re-serialization can change it. The value stored in LMDB under
  * key be64(seq) is canonical(entry) || hash (32 bytes), so a verifier recomputes every hash
  * from stored bytes alone. The first entry's prev_hash is AUDIT_HASH_SIZE zero bytes. */
