@@ -786,6 +786,59 @@ static void test_store_reopen_and_shard_binding(void **state)
     assert_true(used > 0 && map == T_MAP_SIZE);
 }
 
+/* Malformed input, another shard, and a report about another load: refused, nothing moves. */
+static void test_more_refusals(void **state)
+{
+    fx_t *f = *state;
+    snap_t before = snap(f);
+    uint8_t junk[64];
+    memset(junk, 0x5a, sizeof junk);
+    pair_t p = make_pair(f, T_AMOUNT, 0, 0);
+    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, junk, sizeof junk, p.allow,
+                                         p.allow_len, f->load, f->why),
+                     QC_EDECODE);
+    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, p.req, p.req_len, junk, sizeof junk,
+                                         f->load, f->why),
+                     QC_EDECODE);
+    uint8_t *big = calloc(1, LEDGER_SIGNED_MAX + 1);
+    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, big, LEDGER_SIGNED_MAX + 1, p.allow,
+                                         p.allow_len, f->load, f->why),
+                     QC_ETOOBIG);
+    free(big);
+    assert_same(before, snap(f));
+    /* The same request on a ledger that is shard 1 of 2 for an account of shard 0. */
+    if (proto_shard_of(T_ACCOUNT, 2) == 0) {
+        ledger_saga_t *s2 = NULL;
+        ledger_saga_config_t cfg = {
+            .store = f->store, .allow_key = f->bank, .shard = 1, .shard_count = 2};
+        assert_int_equal(ledger_saga_new(&cfg, &s2), 0);
+        assert_int_equal(ledger_saga_reserve(s2, NULL, f->now, p.req, p.req_len, p.allow,
+                                             p.allow_len, f->load, f->why),
+                         QC_ESHARD);
+        ledger_saga_destroy(&s2);
+    }
+    /* A genuine report about load B offered to settle load A. */
+    assert_int_equal(reserve(f, &p), 0);
+    before = snap(f);
+    pair_t q = p;
+    tk_txn_id(q.l.txn_id);
+    uint8_t *rep = NULL;
+    size_t rep_len = 0;
+    tk_report(f->dev, &q.l, 1, QUANCUN__REPORT_STATUS__REPORT_APPLIED, p.allow, p.allow_len, &rep,
+              &rep_len);
+    assert_int_equal(
+        ledger_saga_settle(f->saga, NULL, f->now, p.l.txn_id, rep, rep_len, f->load, f->why),
+        QC_EMISMATCH);
+    assert_same(before, snap(f));
+    assert_int_equal(
+        ledger_saga_settle(f->saga, NULL, f->now, p.l.txn_id, junk, sizeof junk, f->load, f->why),
+        QC_EDECODE);
+    assert_same(before, snap(f));
+    assert_int_equal(state_of(f, p.l.txn_id), QUANCUN__LOAD_STATE__LOAD_RESERVED);
+    free(rep);
+    free_pair(&p);
+}
+
 /* With a trust store, enrollment takes only certificates of the CA, and the device id is
  * the certificate's CN. */
 static void test_enroll_checks_the_ca(void **state)
@@ -908,6 +961,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_store_reopen_and_shard_binding, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_nearly_full_refuses_growth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enroll_checks_the_ca, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_more_refusals, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
