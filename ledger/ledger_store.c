@@ -9,7 +9,7 @@
 #include "ops_log.h"
 #include "qc_error.h"
 
-#define STORE_DBI_COUNT 7
+#define STORE_DBI_COUNT 8
 #define STORE_DEADLINE_KEY_SIZE (8 + LEDGER_TXN_ID_SIZE)
 #define STORE_TRANSFER_KEY_SIZE (LEDGER_TXN_ID_SIZE + 1)
 #define STORE_SEQ_KEY_SIZE 8
@@ -26,10 +26,11 @@ enum store_dbi {
     DBI_TRANSFERS,
     DBI_OUTBOX,
     DBI_META,
+    DBI_CERTS,
 };
 
 static const char *const store_dbi_names[STORE_DBI_COUNT] = {
-    "accounts", "devices", "loads", "deadlines", "transfers", "outbox", "meta",
+    "accounts", "devices", "loads", "deadlines", "transfers", "outbox", "meta", "certs",
 };
 
 struct ledger_store {
@@ -345,6 +346,9 @@ int ledger_store_device_from_msg(const Qcledger__Device *m, ledger_device_t *d)
     return 0;
 }
 
+/* The certificate lives in its own database: it never changes after enrollment, while the
+ * device record is rewritten by every reserve and settle, so keeping them apart writes a
+ * few hundred bytes less per change. */
 int ledger_store_device_get(ledger_store_t *store, MDB_txn *txn, const char *id,
                             ledger_device_t *out)
 {
@@ -356,15 +360,37 @@ int ledger_store_device_get(ledger_store_t *store, MDB_txn *txn, const char *id,
         return rc;
     rc = ledger_store_device_from_msg((Qcledger__Device *)msg, out);
     protobuf_c_message_free_unpacked(msg, NULL);
-    return rc;
+    if (rc != 0 || out->cert_len > 0)
+        return rc;
+    MDB_val k = {.mv_size = strlen(id), .mv_data = (void *)id}, v;
+    rc = mdb_get(txn, store->dbi[DBI_CERTS], &k, &v);
+    if (rc != 0)
+        return rc == MDB_NOTFOUND ? QC_EDECODE : store_err("cert_get", rc);
+    if (v.mv_size == 0 || v.mv_size > sizeof out->cert)
+        return QC_EDECODE;
+    memcpy(out->cert, v.mv_data, v.mv_size);
+    out->cert_len = v.mv_size;
+    return 0;
 }
 
 int ledger_store_device_put(ledger_store_t *store, MDB_txn *txn, const ledger_device_t *dev)
 {
     assert(store != NULL && txn != NULL && dev != NULL);
     assert(dev->id[0] != '\0');
+    assert(dev->cert_len > 0);
+    MDB_val k = {.mv_size = strlen(dev->id), .mv_data = (void *)dev->id}, v;
+    int rc = mdb_get(txn, store->dbi[DBI_CERTS], &k, &v);
+    if (rc == MDB_NOTFOUND || (rc == 0 && (v.mv_size != dev->cert_len ||
+                                           memcmp(v.mv_data, dev->cert, dev->cert_len) != 0))) {
+        v.mv_size = dev->cert_len;
+        v.mv_data = (void *)dev->cert;
+        rc = mdb_put(txn, store->dbi[DBI_CERTS], &k, &v, 0);
+    }
+    if (rc != 0)
+        return store_err("cert_put", rc);
     Qcledger__Device m;
     ledger_store_device_view(dev, &m);
+    m.cert.len = 0; /* stored beside it */
     return store_put_msg(store, txn, DBI_DEVICES, dev->id, strlen(dev->id), &m.base, 0);
 }
 

@@ -15,6 +15,7 @@
  *   transfers  txn id (16) || kind (1) -> Transfer; one transfer of each kind per txn
  *   outbox     seq (8, BE)           -> OutboxEvent
  *   meta       name                  -> value (shard identity, next outbox sequence)
+ *   certs      device id             -> the device's certificate (DER), written once
  *
  * The environment is opened without MDB_NOSYNC: a commit returns once it is on disk. */
 #ifndef LEDGER_STORE_H
@@ -173,7 +174,8 @@ void ledger_store_outbox_read_free(Qcledger__OutboxReadReply *reply);
 int ledger_store_outbox_ack(ledger_store_t *store, MDB_txn *txn, uint64_t upto_seq);
 
 /* Iteration for the invariant check: fn is called for every record, in key order, and may
- * stop the walk by returning non-zero (which is returned). */
+ * stop the walk by returning non-zero (which is returned). Devices come without their
+ * certificate (cert_len 0). */
 typedef int(ledger_store_account_fn)(void *arg, const ledger_account_t *acct);
 typedef int(ledger_store_load_fn)(void *arg, const ledger_load_t *load);
 typedef int(ledger_store_transfer_fn)(void *arg, const ledger_transfer_t *t);
