@@ -20,6 +20,7 @@
 #include "ledger_testkit.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
+#include "proto_shard.h"
 #include "qc_error.h"
 
 #define T_LEDGER_PORT 18020 /* searched upwards in the audit range */
@@ -261,6 +262,114 @@ static void test_relay(void **state)
     assert_non_null(bad);
 }
 
+/* Copies file name from src's dir to dst's dir (same name). */
+static void copy_file(const lp_t *src, const lp_t *dst, const char *name, bool append)
+{
+    char a[LP_PATH_MAX + 64], b[LP_PATH_MAX + 64];
+    snprintf(a, sizeof a, "%s/%s", src->dir, name);
+    snprintf(b, sizeof b, "%s/%s", dst->dir, name);
+    FILE *in = fopen(a, "r"), *out = fopen(b, append ? "a" : "w");
+    assert_non_null(in);
+    assert_non_null(out);
+    char buf[512];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+}
+
+/* The first "acct-N" that lives on shard of 2. */
+static void account_on(uint32_t shard, char *out, size_t cap)
+{
+    for (int i = 0;; i++) {
+        snprintf(out, cap, "acct-%d", i);
+        if (proto_shard_of(out, 2) == shard)
+            return;
+    }
+}
+
+/* Two shards of one ledger (same server key, as in a cluster), events made on both in
+ * turn: each arrives once under its own source, both outboxes drain, seqs interleave. */
+static void test_relay_two_shards(void **state)
+{
+    fixture_t *f = *state;
+    lp_t *lp0 = &f->lp;
+    lp_t *lp1 = calloc(1, sizeof *lp1);
+    assert_non_null(lp1);
+    assert_int_equal(lp_setup(lp1, g_ledger_bin, 17300), 0);
+    /* Shard 1 speaks with shard 0's server key and admits its callers too. */
+    copy_file(lp0, lp1, "server.key", false);
+    lp1->server = lp0->server;
+    copy_file(lp0, lp1, "allow.keys", true);
+    copy_file(lp0, lp1, "admin.keys", true);
+    int port = ap_pick_port(lp0->port + 1, f->ap.port);
+    assert_int_not_equal(port, f->ap.http_port);
+    lp1->port = port;
+    snprintf(lp1->endpoint, sizeof lp1->endpoint, "tcp://127.0.0.1:%d", port);
+    proto_rpc_client_destroy(&lp1->gw);
+    proto_rpc_client_destroy(&lp1->op);
+    lp1->gw = lp_client(lp1, &lp0->gateway);
+    lp1->op = lp_client(lp1, &lp0->admin);
+    lp1->admin = lp0->admin;
+    /* Shard 0 is already running as 0 of 1: restart it as 0 of 2 on fresh data. */
+    lp_stop(lp0, SIGKILL);
+    char cmd[2 * LP_PATH_MAX + 64];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s/data' && mkdir '%s/data'", lp0->dir, lp0->dir);
+    assert_int_equal(system(cmd), 0);
+    const char *as0[] = {"--shard", "0", "--shard-count", "2", NULL};
+    const char *as1[] = {"--shard", "1", "--shard-count", "2", NULL};
+    assert_int_equal(lp_start(lp0, NULL, 0, as0), 0);
+    assert_int_equal(lp_start(lp1, NULL, 0, as1), 0);
+    char ledgers[2 * 64 + 2];
+    snprintf(ledgers, sizeof ledgers, "%s;%s", lp0->endpoint, lp1->endpoint);
+    f->extra[3] = ledgers;
+    assert_int_equal(ap_start(&f->ap, NULL, 0, f->extra), 0);
+
+    char a0[32], a1[32];
+    account_on(0, a0, sizeof a0);
+    account_on(1, a1, sizeof a1);
+    assert_int_equal(lp_open_account(lp0, a0, TK_CURRENCY, 0), 0);
+    assert_int_equal(lp_open_account(lp1, a1, TK_CURRENCY, 0), 0);
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(lp_deposit(lp0, a0, 100), 0);
+        assert_int_equal(lp_deposit(lp1, a1, 100), 0);
+    }
+    for (int waited = 0; waited < T_DRAIN_MS; waited += 20) {
+        if (outbox_depth(lp0) == 0 && outbox_depth(lp1) == 0)
+            break;
+        ap_sleep_ms(20);
+    }
+    assert_int_equal(outbox_depth(lp0), 0);
+    assert_int_equal(outbox_depth(lp1), 0);
+    assert_int_equal(ap_stop(&f->ap, SIGTERM), 0);
+
+    char data[AP_PATH_MAX];
+    ap_path(&f->ap, "data", data);
+    audit_verify_report_t r;
+    assert_int_equal(audit_verify_dir(data, NULL, &r), 0);
+    assert_int_equal(r.entries, 22);
+    audit_store_t *store = NULL;
+    assert_int_equal(audit_store_open(data, AUDIT_STORE_RDONLY, 0, &store), 0);
+    uint64_t hwm0 = 0, hwm1 = 0, seq = 0;
+    assert_int_equal(audit_store_hwm(store, "ledger-0", &hwm0), 0);
+    assert_int_equal(audit_store_hwm(store, "ledger-1", &hwm1), 0);
+    assert_int_equal(hwm0, 11);
+    assert_int_equal(hwm1, 11);
+    bool seen[23] = {false};
+    for (uint64_t i = 1; i <= 11; i++) {
+        assert_int_equal(audit_store_dedupe_get(store, "ledger-0", i, &seq), 0);
+        assert_true(seq >= 1 && seq <= 22 && !seen[seq]);
+        seen[seq] = true;
+        assert_int_equal(audit_store_dedupe_get(store, "ledger-1", i, &seq), 0);
+        assert_true(seq >= 1 && seq <= 22 && !seen[seq]);
+        seen[seq] = true;
+    }
+    audit_store_destroy(&store);
+    lp_teardown(lp1);
+    free(lp1);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -271,6 +380,7 @@ int main(int argc, char **argv)
     g_ledger_bin = argv[2];
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_relay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relay_two_shards, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
