@@ -169,7 +169,7 @@ int64_t ap_metric(int port, const char *name)
     return v;
 }
 
-int ap_start(ap_t *ap, const char *fault, int skip, const char *const *extra)
+int ap_spawn(ap_t *ap, const char *fault, int skip, const char *const *extra)
 {
     char data[AP_PATH_MAX], key[AP_PATH_MAX], allow[AP_PATH_MAX], log[AP_PATH_MAX], http[16];
     ap_path(ap, "data", data);
@@ -208,13 +208,21 @@ int ap_start(ap_t *ap, const char *fault, int skip, const char *const *extra)
         _exit(127);
     }
     ap->pid = pid;
+    return 0;
+}
+
+int ap_start(ap_t *ap, const char *fault, int skip, const char *const *extra)
+{
+    if (ap_spawn(ap, fault, skip, extra) != 0)
+        return -1;
+    pid_t pid = ap->pid;
     for (int waited = 0; waited < AP_READY_MS; waited += 20) {
         if (ap_http_get(ap->http_port, "/healthz", NULL, 0) == 200)
             return 0;
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             ap->pid = -1;
-            fprintf(stderr, "qc-audit exited during start (log %s)\n", log);
+            fprintf(stderr, "qc-audit exited during start (log in %s)\n", ap->dir);
             return -1;
         }
         ap_sleep_ms(20);

@@ -37,6 +37,9 @@ void ap_path(const ap_t *ap, const char *name, char *out);
  * (NULL-terminated, may be NULL), stderr appended to dir/audit.log, and waits for /healthz.
  * Returns 0 or -1. */
 int ap_start(ap_t *ap, const char *fault, int skip, const char *const *extra);
+/* Same, without waiting for /healthz (for a process that may die at a fault point before
+ * it answers). Returns 0 or -1. */
+int ap_spawn(ap_t *ap, const char *fault, int skip, const char *const *extra);
 /* Sends sig and reaps; returns the wait status (or -1 when not running). */
 int ap_stop(ap_t *ap, int sig);
 /* Waits up to timeout_ms for the process to exit; returns its wait status or -1. */
