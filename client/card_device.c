@@ -664,6 +664,7 @@ static int op_credit(card_device_t *dev, const Qccard__CardRequest *req, answer_
     }
     if (credit_check(dev, cc, a) != 0)
         goto out;
+    ops_fault_point("card.before_credit");
 
     /* Balance, counter and the record: one atomic write (invariant 2). */
     card_state_t *st = &dev->st;

@@ -38,8 +38,8 @@ static void devca_path(char *out, size_t cap)
     snprintf(out, cap, "%s/ops/devca", src);
 }
 
-/* fork/exec argv with output to path; returns the exit status or 128 + signal. */
-static int run_to(const char *path, const char *fault, const char *card_pin, char *const argv[])
+/* fork/exec argv with output to path; returns the child's pid. */
+static pid_t spawn_to(const char *path, const char *fault, const char *card_pin, char *const argv[])
 {
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -59,6 +59,13 @@ static int run_to(const char *path, const char *fault, const char *card_pin, cha
         execv(argv[0], argv);
         _exit(127);
     }
+    return pid;
+}
+
+/* fork/exec argv with output to path; returns the exit status or 128 + signal. */
+static int run_to(const char *path, const char *fault, const char *card_pin, char *const argv[])
+{
+    pid_t pid = spawn_to(path, fault, card_pin, argv);
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -240,7 +247,8 @@ void tc_card_stop(tc_env_t *e, bool expect_killed)
     fail_msg("the card did not stop in time");
 }
 
-int tc_transfer(tc_env_t *e, const char *amount, const char *fault, const char *card_pin)
+/* The argv of qc-wallet card-transfer AMOUNT against the card (out has 13 slots). */
+static void transfer_argv(tc_env_t *e, const char *amount, char *out[13])
 {
     char *argv[] = {(char *)tc_qc_wallet,
                     "card-transfer",
@@ -255,7 +263,21 @@ int tc_transfer(tc_env_t *e, const char *amount, const char *fault, const char *
                     e->trust,
                     "--yes",
                     NULL};
+    memcpy(out, argv, sizeof(argv));
+}
+
+int tc_transfer(tc_env_t *e, const char *amount, const char *fault, const char *card_pin)
+{
+    char *argv[13];
+    transfer_argv(e, amount, argv);
     return tc_run(e, fault, card_pin, argv);
+}
+
+pid_t tc_transfer_start(tc_env_t *e, const char *amount)
+{
+    char *argv[13];
+    transfer_argv(e, amount, argv);
+    return spawn_to(e->out, NULL, NULL, argv);
 }
 
 int tc_sync(tc_env_t *e, const char *fault)

@@ -54,6 +54,10 @@ void tc_card_start(tc_env_t *e, const char *fault);
 /* Reaps a card killed at its fault point (expect_killed) or stops it with SIGTERM. */
 void tc_card_stop(tc_env_t *e, bool expect_killed);
 
+/* Starts qc-wallet card-transfer AMOUNT without waiting (output to e->out); the caller
+ * kills and reaps it. */
+pid_t tc_transfer_start(tc_env_t *e, const char *amount);
+
 /* qc-wallet card-transfer AMOUNT / card-sync against the card. */
 int tc_transfer(tc_env_t *e, const char *amount, const char *fault, const char *card_pin);
 int tc_sync(tc_env_t *e, const char *fault);
