@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
+#include <time.h>
 
 #include <zmq.h>
 
@@ -708,6 +710,24 @@ static void serve_batch(ledger_service_t *svc, size_t n)
     }
 }
 
+/* Waits at most wait_ns for the socket to signal activity. zmq_poll() counts in
+ * milliseconds, five times the default batch wait, so this waits on the socket's
+ * notification descriptor with pselect() instead: the descriptor only says "look again",
+ * and the caller always looks (recv without waiting) before and after. */
+static bool wait_readable(void *sock, uint64_t wait_ns)
+{
+    int fd = -1;
+    size_t len = sizeof fd;
+    if (zmq_getsockopt(sock, ZMQ_FD, &fd, &len) != 0 || fd < 0 || fd >= FD_SETSIZE)
+        return false;
+    fd_set set;
+    FD_ZERO(&set);
+    FD_SET(fd, &set);
+    struct timespec ts = {.tv_sec = (time_t)(wait_ns / 1000000000ull),
+                          .tv_nsec = (long)(wait_ns % 1000000000ull)};
+    return pselect(fd + 1, &set, NULL, NULL, &ts, NULL) > 0;
+}
+
 /* Takes up to batch_max requests: those waiting now, plus those arriving within
  * batch_wait_us. Returns how many, or a negative code when the socket failed. */
 static int gather(ledger_service_t *svc, int first_wait_ms)
@@ -736,9 +756,7 @@ static int gather(ledger_service_t *svc, int first_wait_ms)
         }
         if (now_ns >= extra_end_ns)
             break;
-        zmq_pollitem_t item = {proto_rpc_server_socket(svc->srv), 0, ZMQ_POLLIN, 0};
-        long left_ms = (long)((extra_end_ns - now_ns + 999999) / 1000000);
-        if (zmq_poll(&item, 1, left_ms) <= 0)
+        if (!wait_readable(proto_rpc_server_socket(svc->srv), extra_end_ns - now_ns))
             break;
         wait_ms = 0;
     }
