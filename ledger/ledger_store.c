@@ -290,6 +290,9 @@ int ledger_store_account_get(ledger_store_t *store, MDB_txn *txn, const char *id
                              ledger_account_t *out)
 {
     assert(store != NULL && txn != NULL && id != NULL && out != NULL);
+    size_t id_len = strlen(id);
+    if (id_len == 0 || id_len > LEDGER_ID_MAX)
+        return QC_ENOTFOUND; /* never stored; and LMDB refuses an empty key */
     ProtobufCMessage *msg = NULL;
     int rc = store_get_msg(store, txn, DBI_ACCOUNTS, id, strlen(id), &qcledger__account__descriptor,
                            &msg);
@@ -353,6 +356,9 @@ int ledger_store_device_get(ledger_store_t *store, MDB_txn *txn, const char *id,
                             ledger_device_t *out)
 {
     assert(store != NULL && txn != NULL && id != NULL && out != NULL);
+    size_t id_len = strlen(id);
+    if (id_len == 0 || id_len > LEDGER_DEVICE_ID_MAX)
+        return QC_ENOTFOUND; /* never stored; and LMDB refuses an empty key */
     ProtobufCMessage *msg = NULL;
     int rc =
         store_get_msg(store, txn, DBI_DEVICES, id, strlen(id), &qcledger__device__descriptor, &msg);

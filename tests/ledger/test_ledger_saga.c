@@ -461,6 +461,13 @@ static void test_admin_idempotent(void **state)
     assert_int_equal(snap(f).outbox, s2.outbox + 1);
     assert_int_equal(ledger_saga_revoke_device(f->saga, NULL, f->now, "nobody", d, f->why),
                      QC_EUNKNOWNDEV);
+    /* Empty ids reach the store as refusals, not as LMDB errors. */
+    assert_int_equal(ledger_saga_revoke_device(f->saga, NULL, f->now, "", d, f->why),
+                     QC_EUNKNOWNDEV);
+    assert_int_equal(ledger_saga_deposit(f->saga, NULL, f->now, "", 100, txn, &a, f->why),
+                     QC_EUNKNOWNACCT);
+    assert_int_equal(ledger_saga_set_frozen(f->saga, NULL, f->now, "", true, &a, f->why),
+                     QC_EUNKNOWNACCT);
     free(d);
 }
 
