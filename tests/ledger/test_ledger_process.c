@@ -250,6 +250,27 @@ static void test_methods_and_roles(void **state)
     assert_int_equal(oar->depth, 0);
     qcledger__outbox_ack_reply__free_unpacked(oar, NULL);
     proto_rpc_reply_destroy(&reply);
+    /* Garbage bodies for every method: refused, and the ledger keeps serving. */
+    static const char *const methods[] = {"reserve",  "settle",      "outbox_ack", "outbox_read",
+                                          "get_load", "get_account", "get_device", "check"};
+    static const char *const admin_methods[] = {"open_account", "deposit",       "freeze",
+                                                "unfreeze",     "enroll_device", "revoke_device"};
+    uint8_t junk[97];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (uint8_t)(i * 37 + 11);
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0] + 6; i++) {
+        bool adm = i >= sizeof methods / sizeof methods[0];
+        const char *name = adm ? admin_methods[i - sizeof methods / sizeof methods[0]] : methods[i];
+        proto_rpc_reply_t *jr = NULL;
+        assert_int_equal(proto_rpc_client_call(adm ? lp->op : lp->gw, name, junk, sizeof junk, 5000,
+                                               PROTO_RPC_IDEMPOTENT, &jr),
+                         0);
+        /* check takes no body fields: a parsable prefix may pass; anything else is refused */
+        if (strcmp(name, "check") != 0)
+            assert_true(jr->code < 0);
+        proto_rpc_reply_destroy(&jr);
+    }
+    assert_int_equal(lp_check(lp), 1);
     /* Metrics and health on the HTTP port. */
     static char page[65536];
     http_get(hp, "/healthz", page, sizeof page);
