@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ops_fault.h"
 #include "ops_log.h"
 #include "qc_error.h"
 
@@ -79,6 +80,9 @@ static int settle_pending(wallet_device_t *dev, wallet_call_fn *call, void *arg,
         wallet_reply_clear(&reply);
         return rc;
     }
+    /* A device that dies here holds an allow it never judged: the ledger's deadline
+     * compensates the load, and the next sync learns that and abandons it (ops/demo). */
+    ops_fault_point("wallet.after_allow_received");
     int verdict = 0;
     rc = wallet_device_judge_allow(dev, reply.body, reply.body_len, &verdict);
     wallet_reply_clear(&reply);

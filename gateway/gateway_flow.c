@@ -225,9 +225,11 @@ static void gateway_load_reserved(gateway_t *gw, gateway_op_t *op, const proto_r
     /* A retried request whose load was settled meanwhile (its deadline passed, say) must not be
      * applied now: the device goes back to idle on this refusal. */
     if (rr->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED) {
+        const ProtobufCEnumValue *state =
+            protobuf_c_enum_descriptor_get_value(&quancun__load_state__descriptor, rr->load->state);
         char message[128];
-        snprintf(message, sizeof message, "the load is already settled (state %d)",
-                 (int)rr->load->state);
+        snprintf(message, sizeof message, "the load is already settled: %s",
+                 state != NULL ? state->name : "unknown state");
         qcledger__reserve_reply__free_unpacked(rr, NULL);
         gateway_op_refuse(gw, op, QC_ESTATE, message);
         return;
