@@ -16,6 +16,7 @@
 #include "audit_store.h"
 #include "audit_verify.h"
 #include "ledger.pb-c.h"
+#include "ops_log.h"
 #include "proto_cert.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
@@ -522,6 +523,8 @@ out:
 int audit_cli_main(const char *prog, int argc, char **argv)
 {
     assert(prog != NULL && argc >= 1 && argv != NULL);
+    /* Library errors (an unreadable file) are logged as JSON lines on stderr. */
+    ops_log_init("audit-cli", "0", OPS_LOG_WARN);
     cli_opts_t o;
     int rc = cli_parse(argc, argv, &o);
     if (rc == 1) {
