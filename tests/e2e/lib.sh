@@ -1,0 +1,193 @@
+# lib.sh - the shared harness of the end-to-end tests: a real cluster (ops/cluster) in a
+# temporary directory, torn down by a trap whatever happens, helpers for accounts and wallets,
+# and assertions that print what was expected and what was seen.
+#
+# A test sources this file, calls e2e_begin NAME, then cluster_up [ops/cluster options], and
+# ends with e2e_end, which checks the invariants (qcctl check, sum of wallets == FLOAT).
+# Environment (set by CTest, tests/e2e/CMakeLists.txt): QC_SOURCE_DIR, QC_BINARY_DIR,
+# E2E_FORGE (the e2e_forge binary), E2E_BASE_PORT (the cluster's base port, unique per test).
+set -euo pipefail
+
+: "${QC_SOURCE_DIR:?set by CTest}" "${QC_BINARY_DIR:?set by CTest}" "${E2E_FORGE:?set by CTest}"
+: "${E2E_BASE_PORT:?set by CTest}"
+
+readonly E2E_WAIT_STEP_S=0.1
+readonly E2E_PIN=1234
+export QC_WALLET_PIN=$E2E_PIN
+
+S=$QC_SOURCE_DIR
+B=$QC_BINARY_DIR
+WALLET=$B/client/qc-wallet
+QCCTL=$B/ops/qcctl/qcctl
+FORGE=$E2E_FORGE
+X=""            # the test's directory
+E2E_NAME=""
+E2E_PIDS=()     # background processes the test started (wallets, man in the middle)
+E2E_WALLETS=()  # every wallet home of the test: their balances must add up to FLOAT
+E2E_FAILED=0
+
+e2e_log() { echo "[$(date +%H:%M:%S.%N | cut -c1-12)] $E2E_NAME: $*" >&2; }
+
+fail() {
+  E2E_FAILED=1
+  echo "FAIL $E2E_NAME: $*" >&2
+  exit 1
+}
+
+# assert_eq WHAT EXPECTED SEEN
+assert_eq() {
+  [ "$2" == "$3" ] || fail "$1: expected '$2', saw '$3'"
+  e2e_log "ok: $1 = '$3'"
+}
+
+# assert_match WHAT REGEX SEEN
+assert_match() {
+  [[ $3 =~ $2 ]] || fail "$1: expected to match /$2/, saw '$3'"
+  e2e_log "ok: $1 =~ /$2/"
+}
+
+# wait_until SECONDS WHAT COMMAND...: polls COMMAND until it succeeds, fails the test after
+# SECONDS.
+wait_until() {
+  local limit=$1 what=$2 i n
+  shift 2
+  n=$(awk -v s="$limit" -v d="$E2E_WAIT_STEP_S" 'BEGIN { print int(s / d) }')
+  for ((i = 0; i < n; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep "$E2E_WAIT_STEP_S"
+  done
+  fail "$what: not true after ${limit}s"
+}
+
+e2e_cleanup() {
+  local rc=$? p
+  set +e
+  for p in "${E2E_PIDS[@]}"; do
+    kill -KILL "$p" 2>/dev/null
+    wait "$p" 2>/dev/null
+  done
+  if [ -n "$X" ] && [ -f "$X/cluster.env" ]; then
+    "$S/ops/cluster" down --dir "$X" >/dev/null 2>&1
+    # A sanitizer report or an assertion in any service fails the test, even a passing one.
+    if grep -l -E 'ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|Assertion .* failed' \
+      "$X"/logs/*.log 2>/dev/null; then
+      echo "FAIL $E2E_NAME: a service reported a sanitizer error or an assertion (logs above)" >&2
+      grep -h -B2 -A20 -E 'ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|Assertion .* failed' \
+        "$X"/logs/*.log | head -80 >&2
+      rc=1
+    fi
+  fi
+  if [ "$rc" -eq 0 ] && [ "$E2E_FAILED" -eq 0 ]; then
+    rm -rf "$X"
+  else
+    echo "$E2E_NAME: kept $X for inspection (logs in $X/logs)" >&2
+    for f in "$X"/logs/*.log; do
+      [ -f "$f" ] && { echo "--- tail $f" >&2; tail -15 "$f" >&2; }
+    done
+  fi
+  exit "$rc"
+}
+
+# e2e_begin NAME: the test's directory and the cleanup trap.
+e2e_begin() {
+  E2E_NAME=$1
+  X=$(mktemp -d "${TMPDIR:-/tmp}/qc-e2e-$1.XXXXXX")
+  trap e2e_cleanup EXIT
+  trap 'exit 130' INT TERM
+  e2e_log "directory $X, base port $E2E_BASE_PORT"
+}
+
+# cluster_up [ops/cluster up options]: the whole cluster on this test's ports.
+cluster_up() {
+  "$S/ops/cluster" up --dir "$X" --build "$B" --base-port "$E2E_BASE_PORT" "$@" >"$X/cluster-up.log" 2>&1 ||
+    { cat "$X/cluster-up.log" >&2; fail "ops/cluster up failed"; }
+  GW_ENDPOINT=$(sed -n 's/^gateway = //p' "$X/conf/wallet.conf" | cut -d, -f1)
+  GW_KEY=$(sed -n 's/^gateway_key = //p' "$X/conf/wallet.conf")
+  e2e_log "cluster up: $(tr '\n' ' ' <<<"$("$S/ops/cluster" status --dir "$X")")"
+}
+
+q() { "$QCCTL" --config "$X/conf/qcctl.conf" "$@"; }
+
+# account_new ID AMOUNT [account open options]
+account_new() {
+  local id=$1 amount=$2
+  shift 2
+  q account open "$id" "$@" >/dev/null || fail "qcctl account open $id"
+  q account deposit "$id" "$amount" >/dev/null || fail "qcctl account deposit $id $amount"
+}
+
+account_balance() { q --json account show "$1" | jq -r .balance; }
+
+load_state() { q --json load show "$1" | jq -r .state; }
+
+# The FLOAT of currency 156 over every shard.
+float_total() { q check | jq '[.shards[].currencies[] | select(.currency == 156) | .float] | add // 0'; }
+
+# check_ok: qcctl check passes (exit 0 and "ok": true).
+check_ok() {
+  local out
+  out=$(q check) || fail "qcctl check failed: $out"
+  assert_eq "qcctl check ok" true "$(jq -r .ok <<<"$out")"
+}
+
+# wallet_new NAME ACCOUNT [--no-enroll] [device enroll options]: a device enrolled on ACCOUNT.
+# Prints nothing; the home is $X/NAME.
+wallet_new() {
+  local name=$1 account=$2 home=$X/$1 enroll=1
+  shift 2
+  if [ "${1:-}" == --no-enroll ]; then enroll=0; shift; fi
+  "$WALLET" init --home "$home" >/dev/null || fail "qc-wallet init $name"
+  "$S/ops/devca" issue "$X/ca" "$home/device.csr" "$home/device.pem" >/dev/null ||
+    fail "devca issue $name"
+  "$WALLET" install-cert --home "$home" "$home/device.pem" >/dev/null || fail "install-cert $name"
+  "$WALLET" install-bank --home "$home" --allow "$X/hsm/keys/allow-signing-v1.cert.pem" \
+    --outcome "$X/hsm/keys/outcome-signing-v1.cert.pem" >/dev/null || fail "install-bank $name"
+  if [ "$enroll" -eq 1 ]; then
+    q device enroll "$home/device.pem" --account "$account" "$@" >/dev/null ||
+      fail "qcctl device enroll $name"
+  fi
+  cp "$X/conf/wallet.conf" "$home/"
+  E2E_WALLETS+=("$home")
+}
+
+wallet_serial() { sed -n 's/^serial //p' "$X/$1/state"; }
+
+# wallet_field NAME FIELD: a line of `qc-wallet status` (balance in minor units).
+wallet_field() {
+  local v
+  v=$("$WALLET" status --home "$X/$1" | sed -n "s/^$2: *//p")
+  [ "$2" == balance ] && v=$(tr -d . <<<"$v" | sed 's/^0*\([0-9]\)/\1/')
+  echo "$v"
+}
+wallet_balance() { wallet_field "$1" balance; }
+wallet_counter() { wallet_field "$1" counter; }
+
+# wallet_load NAME ACCOUNT AMOUNT: runs qc-wallet load, output in $X/NAME.out; returns its exit.
+wallet_load() {
+  "$WALLET" load "$3" --home "$X/$1" --account "$2" --yes >"$X/$1.out" 2>&1
+}
+
+# forge CMD [options]: e2e_forge against the first gateway.
+forge() { "$FORGE" "$1" --endpoint "$GW_ENDPOINT" --server-key "$GW_KEY" "${@:2}"; }
+
+# forge_as NAME: the device options of e2e_forge for wallet NAME (its key, cert and serial).
+forge_as() { echo "--key $X/$1/device.key --cert $X/$1/device.pem --device $(wallet_serial "$1")"; }
+
+# forge_code LINE: the code name at the start of an e2e_forge line.
+forge_code() { awk '{ print $1 }' <<<"$1"; }
+
+# log_has FILE REGEX: the service log contains a line matching REGEX.
+log_has() { grep -q -E "$2" "$1"; }
+
+# e2e_end: the invariants after every test: qcctl check passes, and the wallets of this test
+# add up to FLOAT.
+e2e_end() {
+  local sum=0 h b
+  check_ok
+  for h in "${E2E_WALLETS[@]}"; do
+    b=$(wallet_balance "$(basename "$h")")
+    sum=$((sum + b))
+  done
+  assert_eq "sum of ${#E2E_WALLETS[@]} wallets == FLOAT" "$(float_total)" "$sum"
+  e2e_log "PASS"
+}
