@@ -12,8 +12,10 @@
  *   4. A PIN try is counted on disk before the PIN is compared; 3 wrong tries lock the card.
  *   5. A proof (CardReceipt) is signed by the card's key and names the host's challenge of
  *      the session that asked: CREDITED is the record of invariant 2; NOT_CREDITED is only
- *      ever said of a transfer id with no record, and since credits are bound to a session,
- *      no credit for that id can follow it once the host has refunded.
+ *      ever said of a transfer id with no record, and no credit for that id follows it: a
+ *      credit is bound to its session, and the session remembers the ids it declared
+ *      never credited (a credit held back by a man in the middle and delivered after the
+ *      proof is refused).
  *
  *   contact:  card_device_session_reset() -> (none)
  *   (none) --AUTH_BEGIN, device certificate and serial trusted--> CHALLENGED
@@ -55,6 +57,7 @@
 #define CARD_PUBLIC_MODE 0644
 #define CARD_KEY_VERSION 1
 #define CARD_GROUP_NAME "P-256"
+#define CARD_SESSION_VOIDED_MAX 8 /* NOT_CREDITED proofs one session may give */
 
 _Static_assert(CARD_CHALLENGE_SIZE == WALLET_CARD_CHALLENGE_SIZE, "one challenge size");
 _Static_assert(CARD_NUMBER_MAX == PROTO_DEVICE_ID_MAX, "a card number is a certificate CN");
@@ -81,6 +84,8 @@ struct card_device {
     uint8_t card_challenge[CARD_CHALLENGE_SIZE];
     char host_id[CARD_NUMBER_MAX + 1];
     EVP_PKEY *host_key;
+    uint8_t voided[CARD_SESSION_VOIDED_MAX][CARD_XFER_ID_SIZE]; /* proved never credited */
+    size_t voided_count;
 };
 
 /* ------------------------------------------------------------------ invariants */
@@ -297,6 +302,8 @@ void card_device_session_reset(card_device_t *dev)
     OPENSSL_cleanse(dev->host_challenge, sizeof(dev->host_challenge));
     OPENSSL_cleanse(dev->card_challenge, sizeof(dev->card_challenge));
     memset(dev->host_id, 0, sizeof(dev->host_id));
+    memset(dev->voided, 0, sizeof(dev->voided));
+    dev->voided_count = 0;
 }
 
 void card_device_destroy(card_device_t **dev_p)
@@ -617,6 +624,14 @@ static int credit_check(card_device_t *dev, const Qccard__CardCredit *cc, answer
         refuse(a, QC_EREPLAY, "the credit belongs to another session: refused as a replay");
         return QC_EREPLAY;
     }
+    for (size_t i = 0; i < dev->voided_count; i++) {
+        if (CRYPTO_memcmp(dev->voided[i], cc->transfer_id.data, CARD_XFER_ID_SIZE) == 0) {
+            refuse(a, QC_EREPLAY,
+                   "this card has proved it never credited this transfer: "
+                   "it will not credit it now");
+            return QC_EREPLAY;
+        }
+    }
     if (find_record(st, cc->transfer_id.data, cc->transfer_id.len) != NULL) {
         refuse(a, QC_EREPLAY, "this transfer was already credited: nothing more is credited");
         return QC_EREPLAY;
@@ -702,6 +717,14 @@ static int op_proof(card_device_t *dev, const Qccard__CardRequest *req, answer_t
         return 0;
     }
     const card_record_t *rec = find_record(&dev->st, req->transfer_id.data, req->transfer_id.len);
+    if (rec == NULL) {
+        /* Saying "never credited" voids the id for the rest of the session (invariant 5). */
+        if (dev->voided_count == CARD_SESSION_VOIDED_MAX) {
+            refuse(a, QC_EFULL, "too many proofs in one contact: present the card again");
+            return 0;
+        }
+        memcpy(dev->voided[dev->voided_count++], req->transfer_id.data, CARD_XFER_ID_SIZE);
+    }
     ops_fault_point("card.before_proof");
     return sign_receipt(dev, req->transfer_id.data, rec, a);
 }

@@ -214,6 +214,33 @@ static void test_replayed_credit_refused(void **state)
     free(receipt);
 }
 
+/* A man in the middle holds the credit back, the host asks for the proof, gets "never
+ * credited" and refunds; the held credit delivered afterwards must not credit the card. */
+static void test_credit_after_not_credited_proof_refused(void **state)
+{
+    world_t *w = *state;
+    authenticate(w->e, w->card, w->dev, &w->s);
+    assert_int_equal(card_pin(w->card, TC_CARD_PIN), 0);
+    uint8_t *credit = NULL, *receipt = NULL;
+    size_t credit_len = 0, receipt_len = 0;
+    assert_int_equal(
+        wallet_device_card_debit(w->dev, w->e->number, AMOUNT, w->s.card_ch, &credit, &credit_len),
+        0);
+    wallet_status_t s;
+    wallet_device_status(w->dev, &s);
+    proof(w->card, s.card_xfer_id, &receipt, &receipt_len);
+    wallet_card_result_t result = 0;
+    assert_int_equal(wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, receipt,
+                                               receipt_len, &result),
+                     0);
+    assert_int_equal(result, WALLET_CARD_REFUNDED);
+    assert_int_equal(card_credit(w->card, credit, credit_len, NULL, NULL), QC_EREPLAY);
+    assert_int_equal(card_device_state(w->card)->balance, 0);
+    assert_int_equal(wallet_balance(w, NULL), FUNDS);
+    free(credit);
+    free(receipt);
+}
+
 static void test_credit_needs_authentication_and_pin(void **state)
 {
     world_t *w = *state;
@@ -232,15 +259,15 @@ static void test_credit_needs_authentication_and_pin(void **state)
     assert_int_equal(card_credit(w->card, credit, credit_len, NULL, NULL), QC_EREPLAY);
     assert_int_equal(card_device_state(w->card)->balance, 0);
     free(credit);
-
-    /* The card proves it never credited it; the wallet gets its money back. */
+    wallet_card_result_t result = 0;
     wallet_status_t s;
-    wallet_device_status(w->dev, &s);
-    assert_true(s.card_pending);
     uint8_t *receipt = NULL;
     size_t receipt_len = 0;
+
+    /* The card proves it never credited it; the wallet gets its money back. */
+    wallet_device_status(w->dev, &s);
+    assert_true(s.card_pending);
     proof(w->card, s.card_xfer_id, &receipt, &receipt_len);
-    wallet_card_result_t result = 0;
     assert_int_equal(wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, receipt,
                                                receipt_len, &result),
                      0);
@@ -431,6 +458,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_replayed_credit_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_credit_needs_authentication_and_pin, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_credit_after_not_credited_proof_refused, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_stale_or_forged_proof_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_amounts_checked_by_both_sides, setup, teardown),
         cmocka_unit_test_setup_teardown(test_frame_limits_and_garbage, setup, teardown),
