@@ -36,7 +36,6 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
-#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
@@ -53,10 +52,8 @@
 #include "wallet_device.h"
 #include "wallet_store.h"
 
-#define CARD_HOME_MODE 0700
 #define CARD_PUBLIC_MODE 0644
 #define CARD_KEY_VERSION 1
-#define CARD_GROUP_NAME "P-256"
 #define CARD_SESSION_VOIDED_MAX 8 /* NOT_CREDITED proofs one session may give */
 
 _Static_assert(CARD_CHALLENGE_SIZE == WALLET_CARD_CHALLENGE_SIZE, "one challenge size");
@@ -195,8 +192,6 @@ int card_device_init(const char *home, const char *number, int64_t max_balance,
     if (!card_id_valid(number) || max_balance <= 0 || max_balance > CARD_BALANCE_MAX_LIMIT ||
         wallet_pin_valid(pin, pin_len) != 0)
         return QC_EINVAL;
-    if (mkdir(home, CARD_HOME_MODE) != 0 && errno != EEXIST)
-        return QC_EIO;
     card_device_t *dev = calloc(1, sizeof(*dev));
     if (dev == NULL)
         return QC_ENOMEM;
@@ -208,23 +203,9 @@ int card_device_init(const char *home, const char *number, int64_t max_balance,
     rc = parse_trusted(trusted_csv, &dev->st);
     if (rc != 0)
         goto out;
-    rc = wallet_store_lock(home, &dev->lock_fd);
-    if (rc != 0)
-        goto out;
-    char path[WALLET_PATH_MAX];
-    rc = wallet_store_path(home, CARD_STATE_FILE, path);
-    if (rc != 0)
-        goto out;
-    if (access(path, F_OK) == 0) {
-        rc = QC_EEXIST;
-        goto out;
-    }
-    dev->key = EVP_EC_gen(CARD_GROUP_NAME);
-    if (dev->key == NULL) {
-        rc = QC_ECRYPTO;
-        goto out;
-    }
-    rc = wallet_pki_write_key_csr(home, CARD_KEY_FILE, CARD_CSR_FILE, number, dev->key);
+    rc = wallet_store_claim(home, CARD_STATE_FILE, true, &dev->lock_fd);
+    if (rc == 0)
+        rc = wallet_pki_create_key(home, CARD_KEY_FILE, CARD_CSR_FILE, number, &dev->key);
     if (rc != 0)
         goto out;
     memcpy(dev->st.number, number, strlen(number) + 1);
@@ -264,12 +245,7 @@ int card_device_open(const char *home, card_device_t **out)
     if (strlen(home) >= sizeof(dev->home))
         goto err;
     memcpy(dev->home, home, strlen(home) + 1);
-    char path[WALLET_PATH_MAX];
-    rc = wallet_store_path(home, CARD_STATE_FILE, path);
-    if (rc == 0 && access(path, F_OK) != 0)
-        rc = errno == ENOENT || errno == ENOTDIR ? QC_ENOTFOUND : QC_EIO;
-    if (rc == 0)
-        rc = wallet_store_lock(home, &dev->lock_fd);
+    rc = wallet_store_claim(home, CARD_STATE_FILE, false, &dev->lock_fd);
     if (rc == 0)
         rc = card_state_load(home, &dev->st);
     if (rc != 0)

@@ -66,7 +66,6 @@
 #define DEVICE_NONCE_SIZE 16
 #define DEVICE_TIME_TEXT_MAX 64
 #define DEVICE_DETAIL_MAX 256 /* bytes of a reason or server message kept in the log */
-#define DEVICE_HOME_MODE 0700
 #define DEVICE_PUBLIC_MODE 0644
 #define DEVICE_SECRET_MODE 0600
 #define DEVICE_BANK_KEYS 2 /* allow-signing, outcome-signing */
@@ -509,7 +508,7 @@ static int load_cert(wallet_device_t *dev)
 
 /* ------------------------------------------------------------------ init, open, destroy */
 
-int wallet_pki_write_key_csr(const char *home, const char *key_file, const char *csr_file,
+static int write_key_and_csr(const char *home, const char *key_file, const char *csr_file,
                              const char *serial, EVP_PKEY *key)
 {
     assert(home != NULL && key_file != NULL && csr_file != NULL && serial != NULL);
@@ -550,6 +549,21 @@ out:
     return rc;
 }
 
+int wallet_pki_create_key(const char *home, const char *key_file, const char *csr_file,
+                          const char *cn, EVP_PKEY **key)
+{
+    assert(home != NULL && cn != NULL && key != NULL);
+    *key = EVP_EC_gen(DEVICE_GROUP_NAME);
+    if (*key == NULL)
+        return QC_ECRYPTO;
+    int rc = write_key_and_csr(home, key_file, csr_file, cn, *key);
+    if (rc != 0) {
+        EVP_PKEY_free(*key);
+        *key = NULL;
+    }
+    return rc;
+}
+
 int wallet_device_init(const char *home, const char *serial, const char *pin, size_t pin_len)
 {
     assert(home != NULL);
@@ -568,8 +582,6 @@ int wallet_device_init(const char *home, const char *serial, const char *pin, si
     }
     if (!serial_ok(serial) || wallet_pin_valid(pin, pin_len) != 0)
         return QC_EINVAL;
-    if (mkdir(home, DEVICE_HOME_MODE) != 0 && errno != EEXIST)
-        return QC_EIO;
 
     wallet_device_t *dev = calloc(1, sizeof(*dev));
     if (dev == NULL)
@@ -579,23 +591,9 @@ int wallet_device_init(const char *home, const char *serial, const char *pin, si
     if (strlen(home) >= sizeof(dev->home))
         goto out;
     memcpy(dev->home, home, strlen(home) + 1);
-    rc = wallet_store_lock(home, &dev->lock_fd);
-    if (rc != 0)
-        goto out;
-    char path[WALLET_PATH_MAX];
-    rc = wallet_store_path(home, WALLET_STATE_FILE, path);
-    if (rc != 0)
-        goto out;
-    if (access(path, F_OK) == 0) {
-        rc = QC_EEXIST;
-        goto out;
-    }
-    dev->key = EVP_EC_gen(DEVICE_GROUP_NAME);
-    if (dev->key == NULL) {
-        rc = QC_ECRYPTO;
-        goto out;
-    }
-    rc = wallet_pki_write_key_csr(home, WALLET_KEY_FILE, WALLET_CSR_FILE, serial, dev->key);
+    rc = wallet_store_claim(home, WALLET_STATE_FILE, true, &dev->lock_fd);
+    if (rc == 0)
+        rc = wallet_pki_create_key(home, WALLET_KEY_FILE, WALLET_CSR_FILE, serial, &dev->key);
     if (rc != 0)
         goto out;
     memcpy(dev->st.serial, serial, strlen(serial) + 1);
@@ -625,13 +623,7 @@ int wallet_device_open(const char *home, wallet_device_t **out)
     if (strlen(home) >= sizeof(dev->home))
         goto err;
     memcpy(dev->home, home, strlen(home) + 1);
-    /* No state file, no device: say so without leaving a lock file behind. */
-    char path[WALLET_PATH_MAX];
-    rc = wallet_store_path(home, WALLET_STATE_FILE, path);
-    if (rc == 0 && access(path, F_OK) != 0)
-        rc = errno == ENOENT || errno == ENOTDIR ? QC_ENOTFOUND : QC_EIO;
-    if (rc == 0)
-        rc = wallet_store_lock(home, &dev->lock_fd);
+    rc = wallet_store_claim(home, WALLET_STATE_FILE, false, &dev->lock_fd);
     if (rc != 0)
         goto err;
     rc = wallet_state_load(home, &dev->st);

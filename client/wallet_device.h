@@ -205,10 +205,11 @@ int wallet_device_card_settle(wallet_device_t *dev, EVP_PKEY *card_key,
 /* ------------------------------------------------------------------ key files
  * Shared with the card (client/card_device.c), which keeps its key the same way. */
 
-/* Writes key (P-256) as a PEM private key to HOME/key_file (mode 0600) and a CSR with
- * CN = cn, signed by key, to HOME/csr_file. Returns 0, QC_ECRYPTO, QC_ENOMEM or QC_EIO. */
-int wallet_pki_write_key_csr(const char *home, const char *key_file, const char *csr_file,
-                             const char *cn, EVP_PKEY *key);
+/* Generates a P-256 key and writes it as a PEM private key to HOME/key_file (mode 0600)
+ * and a CSR with CN = cn, signed by it, to HOME/csr_file. Returns 0 and sets *key (the
+ * caller frees it), QC_ECRYPTO, QC_ENOMEM or QC_EIO. */
+int wallet_pki_create_key(const char *home, const char *key_file, const char *csr_file,
+                          const char *cn, EVP_PKEY **key);
 
 /* Loads the P-256 private key of HOME/name into *out (the caller frees it). Returns 0,
  * QC_EIO (missing or unreadable) or QC_ECRYPTO (not a P-256 private key). */

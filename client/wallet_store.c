@@ -23,6 +23,7 @@
 #define STATE_CHECKSUM_KEY "checksum "
 #define STATE_LINE_KEY_MAX 32
 #define LOCK_FILE ".lock"
+#define HOME_MODE 0700
 #define LOG_SEQ_PREFIX "{\"seq\":"
 
 /* ------------------------------------------------------------------ small helpers */
@@ -192,6 +193,29 @@ int wallet_store_lock(const char *home, int *fd_out)
         int err = errno;
         close(fd);
         return err == EWOULDBLOCK ? QC_EBUSY : QC_EIO;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+int wallet_store_claim(const char *home, const char *state_name, bool create, int *fd_out)
+{
+    assert(home != NULL && state_name != NULL && fd_out != NULL);
+    char path[WALLET_PATH_MAX];
+    if (wallet_store_path(home, state_name, path) != 0)
+        return QC_EINVAL;
+    if (create && mkdir(home, HOME_MODE) != 0 && errno != EEXIST)
+        return QC_EIO;
+    /* No state file, no device: say so without leaving a lock file behind. */
+    if (!create && access(path, F_OK) != 0)
+        return errno == ENOENT || errno == ENOTDIR ? QC_ENOTFOUND : QC_EIO;
+    int fd = -1;
+    int rc = wallet_store_lock(home, &fd);
+    if (rc != 0)
+        return rc;
+    if (create && access(path, F_OK) == 0) {
+        close(fd);
+        return QC_EEXIST;
     }
     *fd_out = fd;
     return 0;

@@ -117,6 +117,13 @@ int wallet_store_read(const char *home, const char *name, size_t max, uint8_t **
  * process holds it, QC_EIO. */
 int wallet_store_lock(const char *home, int *fd_out);
 
+/* Claims HOME for one device (or card) whose existence is the file HOME/state_name, and
+ * locks it (wallet_store_lock()). With create, HOME is made (mode 0700) when missing and a
+ * state file already there is refused (QC_EEXIST); without, a HOME without the state file is
+ * refused (QC_ENOTFOUND) before any lock file is made there. Returns 0 and sets *fd_out;
+ * QC_EEXIST, QC_ENOTFOUND, QC_EBUSY, QC_EINVAL (path too long) or QC_EIO, with no lock held. */
+int wallet_store_claim(const char *home, const char *state_name, bool create, int *fd_out);
+
 /* Appends line (no newline; the function adds it) to the operation log and fsyncs.
  * Returns 0, QC_EINVAL (line too long or contains a newline) or QC_EIO. */
 int wallet_oplog_append(const char *home, const char *line);
