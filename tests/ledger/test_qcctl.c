@@ -16,6 +16,7 @@
 #include "ledger_store.h"
 #include "ledger_testkit.h"
 #include "proto_decode.h"
+#include "proto_shard.h"
 #include "qc_error.h"
 
 #define T_PORT 17340
@@ -137,6 +138,63 @@ static void test_qcctl_verbs(void **state)
     free(lp);
 }
 
+/* Two shards: qcctl routes each account to the shard proto_shard_of() names, each ledger
+ * refuses the other's accounts, and check covers both. */
+static void test_qcctl_two_shards(void **state)
+{
+    (void)state;
+    lp_t *lp[2];
+    char keyfile[4 * LP_PATH_MAX + 64], path[LP_PATH_MAX + 32];
+    for (int i = 0; i < 2; i++) {
+        lp[i] = calloc(1, sizeof *lp[i]);
+        assert_int_equal(lp_setup(lp[i], ledger_bin, T_PORT + 10 + i * 5), 0);
+    }
+    /* One ledger key and one operator key for both shards, as qcctl expects. */
+    snprintf(keyfile, sizeof keyfile, "cp %s/server.key %s/server.key && cp %s/admin.keys %s/",
+             lp[0]->dir, lp[1]->dir, lp[0]->dir, lp[1]->dir);
+    assert_int_equal(system(keyfile), 0);
+    lp[1]->server = lp[0]->server;
+    lp[1]->admin = lp[0]->admin;
+    proto_rpc_client_destroy(&lp[1]->gw);
+    proto_rpc_client_destroy(&lp[1]->op);
+    lp[1]->gw = lp_client(lp[1], &lp[1]->gateway);
+    lp[1]->op = lp_client(lp[1], &lp[1]->admin);
+    for (int i = 0; i < 2; i++) {
+        char shard[8];
+        snprintf(shard, sizeof shard, "%d", i);
+        const char *extra[] = {"--shard", shard, "--shard-count", "2", NULL};
+        assert_int_equal(lp_start(lp[i], NULL, 0, extra), 0);
+    }
+    snprintf(path, sizeof path, "%s/qcctl.conf", lp[0]->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "ledger_endpoints = %s;%s\nledger_public_key = %s\ncurve_key = %s/admin.key\n",
+            lp[0]->endpoint, lp[1]->endpoint, lp[0]->server.public_z85, lp[0]->dir);
+    fclose(f);
+    char id[2][32];
+    for (int s = 0; s < 2; s++) {
+        int n = 0;
+        do
+            snprintf(id[s], sizeof id[s], "acct-%d", n++);
+        while ((int)proto_shard_of(id[s], 2) != s);
+        assert_int_equal(qcctl(lp[0], "account open %s", id[s]), 0);
+        assert_int_equal(qcctl(lp[0], "--json account deposit %s 1234", id[s]), 0);
+        assert_non_null(strstr(out, "\"balance\":1234"));
+    }
+    assert_int_equal(qcctl(lp[0], "check"), 0);
+    assert_non_null(strstr(out, "\"shard\":1,\"ok\":true"));
+    assert_non_null(strstr(out, "\"accounts\":4")); /* one customer + HOLD, FLOAT, FUNDING */
+    /* Asked directly, shard 0 refuses an account of shard 1. */
+    Qcledger__OpenAccountRequest m = QCLEDGER__OPEN_ACCOUNT_REQUEST__INIT;
+    m.account_id = id[1];
+    m.currency = TK_CURRENCY;
+    assert_int_equal(lp_call(lp[0]->op, "open_account", &m.base, NULL), QC_ESHARD);
+    for (int i = 0; i < 2; i++) {
+        lp_teardown(lp[i]);
+        free(lp[i]);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -148,6 +206,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qcctl_verbs),
+        cmocka_unit_test(test_qcctl_two_shards),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
