@@ -97,6 +97,8 @@ static void test_verbs(void **state)
     assert_int_equal(run(exp), 0);
     const char *verb[] = {"audit", "rewrite", "--dir", data, NULL};
     assert_int_equal(run(verb), 2);
+    const char *help[] = {"audit", "--help", NULL};
+    assert_int_equal(run(help), 0);
     const char *none[] = {"audit", NULL};
     assert_int_equal(run(none), 2);
 
