@@ -40,6 +40,8 @@
 #define FORGE_CURRENCY_DEFAULT 156
 #define FORGE_ALLOW_AMOUNT_DELTA 100 /* what the man in the middle adds to an allow */
 
+static char forge_txn_hex[2 * PROTO_TXN_ID_SIZE + 1]; /* printed after the code when set */
+
 /* Every option of every command; unset strings are NULL. */
 typedef struct forge_opts {
     const char *endpoint, *server_key, *curve_keys, *method, *in, *save, *allow_out;
@@ -204,6 +206,8 @@ static int call_and_print(const forge_opts_t *o, const char *method, const uint8
         rc = proto_rpc_client_call(cli, method, body, len, (int)o->timeout_ms, 0, &reply);
     if (rc == 0) {
         printf("%s", qc_errname(reply->code));
+        if (forge_txn_hex[0] != '\0')
+            printf(" txn=%s", forge_txn_hex);
         if (reply->code == 0) {
             describe(method, reply->body, reply->body_len);
             if (o->allow_out != NULL && write_file(o->allow_out, reply->body, reply->body_len))
@@ -213,7 +217,7 @@ static int call_and_print(const forge_opts_t *o, const char *method, const uint8
         }
         printf("\n");
     } else {
-        printf("%s\n", qc_errname(rc));
+        printf("%s%s%s\n", qc_errname(rc), forge_txn_hex[0] != '\0' ? " txn=" : "", forge_txn_hex);
         rc = rc == QC_ETIMEOUT ? 0 : rc;
     }
     proto_rpc_reply_destroy(&reply);
@@ -255,9 +259,7 @@ static int cmd_request(const forge_opts_t *o)
         fprintf(stderr, "e2e_forge: cannot sign the request: %s\n", qc_errname(rc));
         return 1;
     }
-    char hex[2 * PROTO_TXN_ID_SIZE + 1];
-    hex_encode(txn, sizeof txn, hex);
-    fprintf(stderr, "e2e_forge: txn %s\n", hex);
+    hex_encode(txn, sizeof txn, forge_txn_hex);
     if (o->save != NULL && write_file(o->save, signed_req, len) != 0)
         rc = 1;
     if (rc == 0 && !o->no_send)

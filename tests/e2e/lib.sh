@@ -66,6 +66,11 @@ e2e_cleanup() {
     kill -KILL "$p" 2>/dev/null
     wait "$p" 2>/dev/null
   done
+  for f in "$X"/run/*.pid; do
+    [ -f "$f" ] || continue
+    p=$(cat "$f")
+    grep -q qc-wallet "/proc/$p/cmdline" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+  done
   if [ -n "$X" ] && [ -f "$X/cluster.env" ]; then
     "$S/ops/cluster" down --dir "$X" >/dev/null 2>&1
     # A sanitizer report or an assertion in any service fails the test, even a passing one.
@@ -162,10 +167,23 @@ wallet_field() {
 wallet_balance() { wallet_field "$1" balance; }
 wallet_counter() { wallet_field "$1" counter; }
 
-# wallet_load NAME ACCOUNT AMOUNT: runs qc-wallet load, output in $X/NAME.out; returns its exit.
-wallet_load() {
-  "$WALLET" load "$3" --home "$X/$1" --account "$2" --yes >"$X/$1.out" 2>&1
+# wallet_run NAME VERB [args]: runs qc-wallet VERB on wallet NAME, output in $X/NAME.out;
+# returns its exit status. Its pid is kept in $X/run/ so that the cleanup kills a wallet
+# still running when the test fails (even one started in a background subshell).
+wallet_run() {
+  local name=$1 verb=$2 pid rc=0
+  shift 2
+  mkdir -p "$X/run"
+  "$WALLET" "$verb" "$@" --home "$X/$name" >"$X/$name.out" 2>&1 &
+  pid=$!
+  echo "$pid" >"$X/run/$name.pid"
+  wait "$pid" || rc=$?
+  rm -f "$X/run/$name.pid"
+  return "$rc"
 }
+
+# wallet_load NAME ACCOUNT AMOUNT [env...]: qc-wallet load; output in $X/NAME.out.
+wallet_load() { wallet_run "$1" load "$3" --account "$2" --yes; }
 
 # forge CMD [options]: e2e_forge against the first gateway.
 forge() { "$FORGE" "$1" --endpoint "$GW_ENDPOINT" --server-key "$GW_KEY" "${@:2}"; }
@@ -190,4 +208,23 @@ e2e_end() {
   done
   assert_eq "sum of ${#E2E_WALLETS[@]} wallets == FLOAT" "$(float_total)" "$sum"
   e2e_log "PASS"
+}
+
+# mitm_start NAME MODE: e2e_forge's man in the middle on the base port (never used by the
+# cluster, whose ports start at base + 1), altering every allow (MODE amount or resign);
+# wallet NAME is pointed at it. mitm_stop NAME points the wallet back at the gateway.
+mitm_start() {
+  local name=$1 mode=$2 i
+  [ -f "$X/keys/mitm.key" ] || "$B/ops/tools/qc-curve-keygen" "$X/keys/mitm.key" >/dev/null
+  "$FORGE" mitm --endpoint "$GW_ENDPOINT" --server-key "$GW_KEY" --curve-keys "$X/keys/mitm.key" \
+    --listen "tcp://127.0.0.1:$E2E_BASE_PORT" --tamper "$mode" >>"$X/logs/mitm.log" 2>&1 &
+  MITM_PID=$!
+  E2E_PIDS+=("$MITM_PID")
+  printf 'gateway = tcp://127.0.0.1:%s\ngateway_key = %s\n' "$E2E_BASE_PORT" \
+    "$(tr -d '\n' <"$X/keys/mitm.key.pub")" >"$X/$name/wallet.conf"
+}
+mitm_stop() {
+  kill -TERM "$MITM_PID" 2>/dev/null || true
+  wait "$MITM_PID" 2>/dev/null || true
+  cp "$X/conf/wallet.conf" "$X/$1/"
 }
