@@ -61,9 +61,16 @@ int card_state_save(const char *home, const card_state_t *st)
     if (rc != 0)
         return rc;
     Qccard__CardState cs = QCCARD__CARD_STATE__INIT;
-    Qccard__CardTransferRecord recs[CARD_TRANSFERS_MAX];
-    Qccard__CardTransferRecord *rec_ptrs[CARD_TRANSFERS_MAX];
     char *trusted[CARD_TRUSTED_MAX];
+    /* Up to CARD_TRANSFERS_MAX records: on the heap rather than ~100 KiB of stack. */
+    size_t count = st->transfer_count > 0 ? st->transfer_count : 1;
+    Qccard__CardTransferRecord *recs = calloc(count, sizeof(*recs));
+    Qccard__CardTransferRecord **rec_ptrs = calloc(count, sizeof(*rec_ptrs));
+    uint8_t *buf = NULL;
+    if (recs == NULL || rec_ptrs == NULL) {
+        rc = QC_ENOMEM;
+        goto out;
+    }
     cs.version = CARD_STATE_VERSION;
     cs.card_number = (char *)st->number; /* pack only reads */
     cs.balance = st->balance;
@@ -97,11 +104,13 @@ int card_state_save(const char *home, const card_state_t *st)
     cs.log_pending = (char *)st->log_pending;
 
     size_t len = qccard__card_state__get_packed_size(&cs);
+    rc = QC_EINVAL;
     if (len + PROTO_DIGEST_SIZE > WALLET_STATE_FILE_MAX)
-        return QC_EINVAL;
-    uint8_t *buf = malloc(len + PROTO_DIGEST_SIZE);
+        goto out;
+    rc = QC_ENOMEM;
+    buf = malloc(len + PROTO_DIGEST_SIZE);
     if (buf == NULL)
-        return QC_ENOMEM;
+        goto out;
     size_t packed = qccard__card_state__pack(&cs, buf);
     assert(packed == len);
     rc = proto_sha256(buf, len, buf + len);
@@ -109,7 +118,10 @@ int card_state_save(const char *home, const card_state_t *st)
         rc = wallet_store_write(home, CARD_STATE_FILE, buf, len + PROTO_DIGEST_SIZE,
                                 CARD_STATE_MODE);
     OPENSSL_cleanse(buf, len + PROTO_DIGEST_SIZE);
+out:
     free(buf);
+    free(recs);
+    free(rec_ptrs);
     return rc;
 }
 

@@ -27,6 +27,7 @@
 #define MAIN_PROGRAM "qc-wallet"
 #define MAIN_TRANSPORT_KEY_FILE "transport.key"
 #define MAIN_CONFIG_FILE "wallet.conf"
+#define MAIN_CARD_CONFIG_FILE "card.conf" /* card_ca, card_trust, card for the card verbs */
 #define MAIN_LINE_MAX 64 /* a typed PIN or answer, with room to spot one too long */
 #define MAIN_EXIT_OK 0
 #define MAIN_EXIT_FAILED 1 /* the operation ran and did not succeed */
@@ -765,8 +766,10 @@ static int card_open(const ops_config_t *cfg, card_ctx_t *c)
     const char *ca = ops_config_str(cfg, "card_ca");
     const char *trust = ops_config_str(cfg, "card_trust");
     if (sock == NULL || ca == NULL || trust == NULL) {
-        fprintf(stderr, "%s: give --card SOCKET, --card-ca CA.pem and --card-trust NUMBER,...\n",
-                MAIN_PROGRAM);
+        fprintf(stderr,
+                "%s: give --card SOCKET, --card-ca CA.pem and --card-trust NUMBER,... (or write "
+                "them in HOME/%s)\n",
+                MAIN_PROGRAM, MAIN_CARD_CONFIG_FILE);
         return QC_EINVAL;
     }
     int rc = open_device(cfg, &c->dev);
@@ -936,35 +939,35 @@ typedef struct verb {
     const char *usage;
     const ops_config_key_t *keys;
     size_t key_count;
-    bool reads_wallet_conf;
+    const char *conf_file; /* HOME/conf_file is read when present; NULL: none */
     int (*run)(const ops_config_t *cfg);
 } verb_t;
 
 static const verb_t verbs[] = {
     {"init", "--home DIR [--serial S] [--pin-fd N]: create the device", init_keys, COUNT(init_keys),
-     false, cmd_init},
+     NULL, cmd_init},
     {"install-cert", "--home DIR CERT: install the certificate from enrollment", home_keys,
-     COUNT(home_keys), false, cmd_install_cert},
+     COUNT(home_keys), NULL, cmd_install_cert},
     {"install-bank", "--home DIR --allow PEM --outcome PEM: install the bank's keys", bank_keys,
-     COUNT(bank_keys), false, cmd_install_bank},
+     COUNT(bank_keys), NULL, cmd_install_bank},
     {"load", "AMOUNT --home DIR --account ID [--yes] [--pin-fd N]: load money", net_keys,
-     COUNT(net_keys), true, cmd_load},
+     COUNT(net_keys), MAIN_CONFIG_FILE, cmd_load},
     {"status", "--home DIR: serial, balance, counter, load in progress", home_keys,
-     COUNT(home_keys), false, cmd_status},
-    {"log", "--home DIR: print the operation log (JSON lines)", home_keys, COUNT(home_keys), false,
+     COUNT(home_keys), NULL, cmd_status},
+    {"log", "--home DIR: print the operation log (JSON lines)", home_keys, COUNT(home_keys), NULL,
      cmd_log},
     {"sync", "--home DIR: finish a load in progress (re-send request or report)", net_keys,
-     COUNT(net_keys), true, cmd_sync},
+     COUNT(net_keys), MAIN_CONFIG_FILE, cmd_sync},
     {"unlock", "--home DIR --admin-reset: reset the PIN retry counter", unlock_keys,
-     COUNT(unlock_keys), false, cmd_unlock},
+     COUNT(unlock_keys), NULL, cmd_unlock},
     {"card-transfer",
-     "AMOUNT --home DIR --card SOCKET --card-ca PEM --card-trust N,... [--yes] "
+     "AMOUNT --home DIR --card SOCKET [--card-ca PEM --card-trust N,...] [--yes] "
      "[--pin-fd N] [--card-pin-fd N]: move money to a card",
-     card_keys, COUNT(card_keys), false, cmd_card_transfer},
+     card_keys, COUNT(card_keys), MAIN_CARD_CONFIG_FILE, cmd_card_transfer},
     {"card-sync",
-     "--home DIR --card SOCKET --card-ca PEM --card-trust N,...: settle an interrupted card "
-     "transfer from the card's proof",
-     card_keys, COUNT(card_keys), false, cmd_card_sync},
+     "--home DIR --card SOCKET [--card-ca PEM --card-trust N,...]: settle an interrupted "
+     "card transfer from the card's proof",
+     card_keys, COUNT(card_keys), MAIN_CARD_CONFIG_FILE, cmd_card_sync},
 };
 
 static void usage(FILE *out)
@@ -976,9 +979,10 @@ static void usage(FILE *out)
     fprintf(out,
             "\nThe PIN is read from --pin-fd N, else the environment variable QC_WALLET_PIN,\n"
             "else the terminal (echo off); the card's PIN from --card-pin-fd N, else QC_CARD_PIN,\n"
-            "else the terminal. load and sync also read HOME/%s (key = value).\n"
+            "else the terminal. load and sync also read HOME/%s, card-transfer and card-sync\n"
+            "HOME/%s (key = value, e.g. card_ca = /path/ca.pem, card_trust = CARD1,CARD2).\n"
             "Exit status: 0 done, 1 the operation failed (see the message), 2 bad usage.\n",
-            MAIN_CONFIG_FILE);
+            MAIN_CONFIG_FILE, MAIN_CARD_CONFIG_FILE);
 }
 
 /* Finds "--home X" / "--home=X" in argv, for the default config file. */
@@ -1021,7 +1025,8 @@ int main(int argc, char **argv)
     }
 
     /* argv for ops_config: the verb as program name, then an implicit --config
-     * HOME/wallet.conf when the operator wrote one and no --config was given. */
+     * HOME/wallet.conf (HOME/card.conf for the card verbs) when the operator wrote one and no
+     * --config was given. */
     char *args[MAIN_ARGV_MAX + 2];
     char conf[WALLET_PATH_MAX];
     int n = 0;
@@ -1031,8 +1036,8 @@ int main(int argc, char **argv)
     }
     args[n++] = argv[1];
     const char *home = find_home(argc, argv);
-    if (verb->reads_wallet_conf && home != NULL && !has_flag(argc, argv, "--config") &&
-        wallet_store_path(home, MAIN_CONFIG_FILE, conf) == 0 && access(conf, R_OK) == 0) {
+    if (verb->conf_file != NULL && home != NULL && !has_flag(argc, argv, "--config") &&
+        wallet_store_path(home, verb->conf_file, conf) == 0 && access(conf, R_OK) == 0) {
         args[n++] = "--config";
         args[n++] = conf;
     }

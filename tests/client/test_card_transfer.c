@@ -50,7 +50,23 @@ static void test_transfer_moves_money_and_logs_it(void **state)
     (void)state;
     tc_env_t *e = tc_env_new("QCCT1", 5000, "CARD-T1", "100.00", NULL);
     tc_card_start(e, NULL);
-    assert_int_equal(tc_transfer(e, "12.34", NULL, NULL), EXIT_OK);
+    /* The card CA and the trusted cards can live in HOME/card.conf instead of flags. */
+    char conf[TC_PATH_MAX + 32];
+    snprintf(conf, sizeof(conf), "%s/card.conf", e->b->home);
+    FILE *f = fopen(conf, "w");
+    assert_non_null(f);
+    fprintf(f, "card_ca = %s\ncard_trust = CARD-X,CARD-T1\n", e->card_ca);
+    assert_int_equal(fclose(f), 0);
+    char *bare[] = {(char *)tc_qc_wallet,
+                    "card-transfer",
+                    "12.34",
+                    "--home",
+                    e->b->home,
+                    "--card",
+                    e->sock,
+                    "--yes",
+                    NULL};
+    assert_int_equal(tc_run(e, NULL, NULL, bare), EXIT_OK);
     assert_true(tc_said(e, "Card CARD-T1: balance 0.00 (maximum 100.00)"));
     assert_true(tc_said(e, "Transferred 12.34 to card CARD-T1."));
     expect_balances(e, 5000 - 1234, 1234);
@@ -72,7 +88,7 @@ static void test_transfer_moves_money_and_logs_it(void **state)
     assert_true(tc_said(e, "from QCCT1: +0.66, balance 13.00"));
     char oplog[TC_PATH_MAX + 32];
     snprintf(oplog, sizeof(oplog), "%s/oplog.jsonl", e->card);
-    FILE *f = fopen(oplog, "r");
+    f = fopen(oplog, "r");
     assert_non_null(f);
     size_t n = fread(e->output, 1, sizeof(e->output) - 1, f);
     e->output[n] = '\0';
