@@ -28,6 +28,7 @@
 
 #include "gateway_verify.h"
 #include "ledger.pb-c.h"
+#include "ops_fault.h"
 #include "ops_log.h"
 #include "ops_metrics.h"
 #include "ops_signal.h"
@@ -209,6 +210,8 @@ static void gateway_load_signed(gateway_t *gw, gateway_op_t *op, const proto_rpc
     rr.allow.data = op->signed_allow;
     rr.allow.len = sr->signed_.len;
     quancun__sign_reply__free_unpacked(sr, NULL);
+    /* Chaos: the bank has signed an allow that no ledger has reserved yet. */
+    ops_fault_point("gateway.after_sign_before_reserve");
     gateway_op_call(gw, op, gw->shards[op->shard], GATEWAY_OP_RESERVE, "reserve", &rr.base);
 }
 
