@@ -26,6 +26,7 @@
 
 #include <zmq.h>
 
+#include "gateway_audit.h"
 #include "gateway_verify.h"
 #include "ledger.pb-c.h"
 #include "ops_fault.h"
@@ -38,7 +39,7 @@
 #include "signer.pb-c.h"
 
 #define GATEWAY_ENDPOINTS_TEXT_MAX 4096 /* one shard's endpoint list, as configured */
-#define GATEWAY_POLLITEMS_MAX (1 + (GATEWAY_SHARDS_MAX + 1) * PROTO_RPC_ENDPOINTS_MAX)
+#define GATEWAY_POLLITEMS_MAX (1 + (GATEWAY_SHARDS_MAX + 2) * PROTO_RPC_ENDPOINTS_MAX)
 #define GATEWAY_RECV_BATCH_MAX 256 /* device requests taken per loop turn */
 
 typedef enum gateway_stage {
@@ -63,6 +64,7 @@ struct gateway {
     proto_rpc_server_t *server;
     proto_rpc_client_t *signer;
     proto_rpc_client_t *shards[GATEWAY_SHARDS_MAX];
+    gateway_audit_t *audit;
     uint32_t shard_count;
     gateway_op_t ops[GATEWAY_OPS_MAX];
     int free_ops[GATEWAY_OPS_MAX];
@@ -159,6 +161,26 @@ static void gateway_sign(gateway_t *gw, gateway_op_t *op, gateway_stage_t stage,
 
 /* ------------------------------------------------------------------ load */
 
+/* True for refusals that mean someone may be forging: they go to the audit log. A malformed
+ * or oversized message is refused too, but is not evidence of anything. */
+static bool gateway_security_code(int code)
+{
+    switch (code) {
+    case QC_EBADSIG:
+    case QC_EKEYID:
+    case QC_ECERT:
+    case QC_ECERTEXPIRED:
+    case QC_ECERTNOTYET:
+    case QC_ECERTREVOKED:
+    case QC_ECERTUSAGE:
+    case QC_ECERTCA:
+    case QC_EDEVICEID:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static void gateway_load_start(gateway_t *gw, gateway_op_t *op)
 {
     Quancun__LoadRequest *req = NULL;
@@ -169,6 +191,9 @@ static void gateway_load_start(gateway_t *gw, gateway_op_t *op)
     if (rc != 0) {
         ops_log(OPS_LOG_WARN, "load.refused", "error", qc_errname(rc), "peer", op->req->peer_key,
                 NULL);
+        if (gateway_security_code(rc))
+            gateway_audit_event(gw->audit, "security.bad_request", NULL, op->req->body,
+                                op->req->body_len);
         gateway_op_refuse(gw, op, rc, NULL);
         return;
     }
@@ -253,6 +278,8 @@ static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
         ops_counter_add(gw->m_bad_reports, 1);
         ops_log(OPS_LOG_WARN, "security.bad_report", "error", qc_errname(rc), "peer",
                 op->req->peer_key, NULL);
+        gateway_audit_event(gw->audit, "security.bad_report", NULL, op->req->body,
+                            op->req->body_len);
         gateway_op_refuse(gw, op, rc, NULL);
         return;
     }
@@ -363,6 +390,7 @@ int gateway_run(gateway_t *gw)
     clients[client_count++] = gw->signer;
     for (uint32_t s = 0; s < gw->shard_count; s++)
         clients[client_count++] = gw->shards[s];
+    proto_rpc_client_t *audit = gateway_audit_client(gw->audit);
 
     while (!ops_signal_stop_requested()) {
         int n = 0;
@@ -375,6 +403,12 @@ int gateway_run(gateway_t *gw)
         for (uint32_t c = 0; c < client_count; c++) {
             n += proto_rpc_client_pollitems(clients[c], &items[n], GATEWAY_POLLITEMS_MAX - n);
             int t = proto_rpc_client_next_timeout_ms(clients[c]);
+            if (t >= 0 && t < timeout)
+                timeout = t;
+        }
+        if (audit != NULL) {
+            n += proto_rpc_client_pollitems(audit, &items[n], GATEWAY_POLLITEMS_MAX - n);
+            int t = proto_rpc_client_next_timeout_ms(audit);
             if (t >= 0 && t < timeout)
                 timeout = t;
         }
@@ -396,6 +430,7 @@ int gateway_run(gateway_t *gw)
         }
         for (uint32_t c = 0; c < client_count; c++)
             proto_rpc_client_process(clients[c], gateway_on_done, gw);
+        gateway_audit_process(gw->audit);
     }
     return 0;
 }
@@ -479,6 +514,10 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
         goto err;
     if ((rc = gateway_connect_shards(gw, ctx)) != 0)
         goto err;
+    rc = gateway_audit_new(ctx, cfg->source != NULL ? cfg->source : "gateway", cfg->audit,
+                           cfg->audit_key, cfg->keys, &gw->audit);
+    if (rc != 0)
+        goto err;
     /* Devices are not pre-registered: their identity is their certificate and signatures. */
     proto_rpc_server_config_t srv = {
         .service = "gateway",
@@ -511,6 +550,7 @@ void gateway_destroy(gateway_t **gw_p)
         free(gw->ops[i].signed_allow);
     }
     proto_rpc_server_destroy(&gw->server);
+    gateway_audit_destroy(&gw->audit);
     proto_rpc_client_destroy(&gw->signer);
     for (uint32_t s = 0; s < gw->shard_count; s++)
         proto_rpc_client_destroy(&gw->shards[s]);

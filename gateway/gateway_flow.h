@@ -31,6 +31,9 @@ typedef struct gateway_config {
     const char *crl_path;   /* device CRL (PEM), NULL for none */
     int64_t deadline_ms;    /* a load's report deadline after its allow */
     int64_t rpc_timeout_ms; /* budget of one downstream call, retries included */
+    const char *audit;      /* audit endpoints for security events, NULL = log only */
+    const char *audit_key;  /* audit's CURVE public key */
+    const char *source;     /* this gateway's name in the audit log ("gateway-0") */
 } gateway_config_t;
 
 typedef struct gateway gateway_t;

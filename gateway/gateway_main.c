@@ -25,6 +25,8 @@ static const ops_config_key_t gateway_keys[] = {
     {"crl", OPS_CONFIG_STRING, NULL, "device CRL (PEM); empty for none"},
     {"deadline_ms", OPS_CONFIG_INT, "30000", "time a device has to report after its allow"},
     {"rpc_timeout_ms", OPS_CONFIG_INT, "3000", "budget of one signer or ledger call"},
+    {"audit", OPS_CONFIG_STRING, NULL, "audit endpoints for security events (empty = log only)"},
+    {"audit_key", OPS_CONFIG_STRING, NULL, "the audit service's CURVE public key (Z85)"},
     {"http_port", OPS_CONFIG_INT, "0", "port of /metrics and /healthz (0 = off)"},
     {"instance", OPS_CONFIG_STRING, "0", "instance name in logs"},
     {"log_level", OPS_CONFIG_STRING, "info", "debug, info, warn or error"},
@@ -70,6 +72,8 @@ int main(int argc, char **argv)
                 NULL);
         goto out;
     }
+    char source[OPS_CONFIG_VALUE_MAX];
+    snprintf(source, sizeof source, "gateway-%s", ops_config_str(cfg, "instance"));
     gateway_config_t gc = {
         .listen = ops_config_str(cfg, "listen"),
         .keys = &keys,
@@ -82,6 +86,9 @@ int main(int argc, char **argv)
         .crl_path = gateway_nonempty(ops_config_str(cfg, "crl")),
         .deadline_ms = ops_config_int(cfg, "deadline_ms"),
         .rpc_timeout_ms = ops_config_int(cfg, "rpc_timeout_ms"),
+        .audit = gateway_nonempty(ops_config_str(cfg, "audit")),
+        .audit_key = gateway_nonempty(ops_config_str(cfg, "audit_key")),
+        .source = source,
     };
     rc = gateway_new(ctx, &gc, &gw);
     proto_curve_keypair_wipe(&keys);
