@@ -10,7 +10,8 @@
  *   call     call --method with the bytes of --in (or nothing) on any service
  *   mitm     a man in the middle between a device and the gateway that alters every allow
  *            (--tamper amount: keeps the bank's signature; --tamper resign: signs with a key
- *            of its own); it forwards everything else unchanged, until SIGTERM.
+ *            of its own; --tamper none: alters nothing); it forwards everything else
+ *            unchanged, until SIGTERM. With --save FILE it records the last load request.
  * Exit status: 0 when a line was printed, 1 on a local failure, 2 on bad usage. */
 #include <stdbool.h>
 #include <stdio.h>
@@ -63,7 +64,7 @@ static void usage(FILE *to)
                 "  send    --method M --in FILE\n"
                 "  tamper  --in FILE --amount N\n"
                 "  call    --method M [--in FILE]\n"
-                "  mitm    --listen E --curve-keys FILE --tamper amount|resign\n"
+                "  mitm    --listen E --curve-keys FILE --tamper amount|resign|none [--save FILE]\n"
                 "          (--endpoint and --server-key name the real gateway)\n");
 }
 
@@ -391,6 +392,9 @@ static int cmd_tamper(const forge_opts_t *o)
 static void mitm_forward(proto_rpc_server_t *srv, proto_rpc_client_t *up, proto_rpc_request_t *req,
                          const forge_opts_t *o, EVP_PKEY *own_key)
 {
+    if (o->save != NULL && strcmp(req->method, "load") == 0 &&
+        write_file(o->save, req->body, req->body_len) != 0)
+        fprintf(stderr, "e2e_forge: mitm could not record the request in %s\n", o->save);
     proto_rpc_reply_t *reply = NULL;
     int rc = proto_rpc_client_call(up, req->method, req->body, req->body_len, (int)o->timeout_ms, 0,
                                    &reply);
@@ -400,7 +404,7 @@ static void mitm_forward(proto_rpc_server_t *srv, proto_rpc_client_t *up, proto_
     }
     uint8_t *alt = NULL;
     size_t alt_len = 0;
-    if (reply->code == 0 && strcmp(req->method, "load") == 0) {
+    if (reply->code == 0 && strcmp(req->method, "load") == 0 && strcmp(o->tamper, "none") != 0) {
         Quancun__Signed *s = quancun__signed__unpack(NULL, reply->body_len, reply->body);
         Quancun__LoadAllow *a =
             s != NULL ? quancun__load_allow__unpack(NULL, s->body.len, s->body.data) : NULL;
@@ -425,7 +429,7 @@ static int cmd_mitm(const forge_opts_t *o)
     if (o->listen == NULL || o->curve_keys == NULL || o->tamper == NULL)
         return 2;
     bool resign = strcmp(o->tamper, "resign") == 0;
-    if (!resign && strcmp(o->tamper, "amount") != 0)
+    if (!resign && strcmp(o->tamper, "amount") != 0 && strcmp(o->tamper, "none") != 0)
         return 2;
     proto_curve_keypair_t server_kp, client_kp;
     if (proto_curve_keypair_load(o->curve_keys, &server_kp) != 0 ||

@@ -210,14 +210,16 @@ e2e_end() {
   e2e_log "PASS"
 }
 
-# mitm_start NAME MODE: e2e_forge's man in the middle on the base port (never used by the
-# cluster, whose ports start at base + 1), altering every allow (MODE amount or resign);
-# wallet NAME is pointed at it. mitm_stop NAME points the wallet back at the gateway.
+# mitm_start NAME MODE [e2e_forge options]: e2e_forge's man in the middle on the base port
+# (never used by the cluster, whose ports start at base + 1), altering every allow (MODE
+# amount or resign) or nothing (none); wallet NAME is pointed at it. mitm_stop NAME points
+# the wallet back at the gateway.
 mitm_start() {
-  local name=$1 mode=$2 i
+  local name=$1 mode=$2
+  shift 2
   [ -f "$X/keys/mitm.key" ] || "$B/ops/tools/qc-curve-keygen" "$X/keys/mitm.key" >/dev/null
   "$FORGE" mitm --endpoint "$GW_ENDPOINT" --server-key "$GW_KEY" --curve-keys "$X/keys/mitm.key" \
-    --listen "tcp://127.0.0.1:$E2E_BASE_PORT" --tamper "$mode" >>"$X/logs/mitm.log" 2>&1 &
+    --listen "tcp://127.0.0.1:$E2E_BASE_PORT" --tamper "$mode" "$@" >>"$X/logs/mitm.log" 2>&1 &
   MITM_PID=$!
   E2E_PIDS+=("$MITM_PID")
   printf 'gateway = tcp://127.0.0.1:%s\ngateway_key = %s\n' "$E2E_BASE_PORT" \
