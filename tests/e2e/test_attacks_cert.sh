@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Certificates: a device revoked by the operator (qcctl device revoke), a certificate revoked
+# by the CA (ops/devca revoke, the gateway restarted to read the new CRL) and an expired
+# certificate are refused with their codes, and nothing is debited.
+. "$(dirname "$0")/lib.sh"
+e2e_begin attacks_cert
+cluster_up --deadline-ms 5000
+account_new ALICE-001 100000
+wallet_new w1 ALICE-001
+wallet_new w2 ALICE-001
+wallet_new w3 ALICE-001
+for w in w1 w2 w3; do
+  wallet_load "$w" ALICE-001 1.00 || fail "first load of $w: $(cat "$X/$w.out")"
+done
+before=$(account_balance ALICE-001)
+nothing_moved() { # WHAT
+  assert_eq "ALICE-001 after $1" "$before" "$(account_balance ALICE-001)"
+  assert_eq "no load reserved after $1" 0 "$(q check | jq '[.shards[].reserved] | add')"
+  check_ok
+}
+
+# Revoked by the operator in the ledger's device registry.
+q device revoke "$(wallet_serial w1)" >/dev/null || fail "qcctl device revoke"
+if wallet_load w1 ALICE-001 2.00; then fail "a revoked device loaded"; fi
+assert_match "load of a revoked device" 'device revoked' "$(cat "$X/w1.out")"
+line=$(forge request $(forge_as w1) --account ALICE-001 --amount 200 --counter 1 --balance 100)
+assert_eq "forged request of a revoked device" QC_EREVOKED "$(forge_code "$line")"
+nothing_moved "the operator's revocation"
+
+# Revoked by the CA: the gateway reads the CRL when it starts.
+"$S/ops/devca" revoke "$X/ca" "$X/w2/device.pem" >/dev/null || fail "devca revoke"
+"$S/ops/cluster" stop gateway-0 --dir "$X" >/dev/null || fail "stop gateway-0"
+"$S/ops/cluster" start gateway-0 --dir "$X" >/dev/null || fail "start gateway-0"
+if wallet_load w2 ALICE-001 2.00; then fail "a device with a revoked certificate loaded"; fi
+assert_match "load with a revoked certificate" 'certificate revoked' "$(cat "$X/w2.out")"
+line=$(forge request $(forge_as w2) --account ALICE-001 --amount 200 --counter 1 --balance 100)
+assert_eq "forged request with a revoked certificate" QC_ECERTREVOKED "$(forge_code "$line")"
+nothing_moved "the CA's revocation"
+
+# Expired: a certificate for w3's key and serial, valid only in 2020 (ops/devca issues only
+# certificates valid from now, so this one is made with openssl ca directly).
+openssl ca -batch -config "$X/ca/openssl.cnf" -extensions device_cert \
+  -startdate 20200101000000Z -enddate 20200201000000Z -subj "/CN=$(wallet_serial w3)" -notext \
+  -in "$X/w3/device.csr" -out "$X/w3/expired.pem" 2>"$X/openssl.log" ||
+  { cat "$X/openssl.log" >&2; fail "could not make an expired certificate"; }
+line=$(forge request --key "$X/w3/device.key" --cert "$X/w3/expired.pem" --device "$(wallet_serial w3)" \
+  --account ALICE-001 --amount 200 --counter 1 --balance 100)
+assert_eq "request with an expired certificate" QC_ECERTEXPIRED "$(forge_code "$line")"
+nothing_moved "the expired certificate"
+# The same device with its valid certificate still loads: the refusals were about the
+# certificates, not the device.
+wallet_load w3 ALICE-001 2.00 || fail "w3's load with its valid certificate: $(cat "$X/w3.out")"
+assert_match "w3's load" 'Bank outcome: CONFIRMED' "$(cat "$X/w3.out")"
+assert_eq "w1 balance" 100 "$(wallet_balance w1)"
+assert_eq "w2 balance" 100 "$(wallet_balance w2)"
+assert_eq "w3 balance" 300 "$(wallet_balance w3)"
+e2e_end
