@@ -61,6 +61,7 @@ typedef struct gateway_op {
 struct gateway {
     gateway_config_t cfg;
     proto_trust_t *trust;
+    gateway_certcache_t *certs; /* device certificates verified recently, over trust */
     proto_rpc_server_t *server;
     proto_rpc_client_t *signer;
     proto_rpc_client_t *shards[GATEWAY_SHARDS_MAX];
@@ -186,7 +187,7 @@ static void gateway_load_start(gateway_t *gw, gateway_op_t *op)
     Quancun__LoadRequest *req = NULL;
     uint8_t digest[PROTO_DIGEST_SIZE];
     uint64_t now_ms = ops_time_wall_ms();
-    int rc = gateway_verify_request(gw->trust, op->req->body, op->req->body_len,
+    int rc = gateway_verify_request(gw->certs, op->req->body, op->req->body_len,
                                     (time_t)(now_ms / 1000), &req, digest);
     if (rc != 0) {
         ops_log(OPS_LOG_WARN, "load.refused", "error", qc_errname(rc), "peer", op->req->peer_key,
@@ -271,7 +272,7 @@ static void gateway_load_reserved(gateway_t *gw, gateway_op_t *op, const proto_r
 static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
 {
     Quancun__ExecutionReport *rep = NULL;
-    int rc = gateway_verify_report(gw->trust, op->req->body, op->req->body_len,
+    int rc = gateway_verify_report(gw->certs, op->req->body, op->req->body_len,
                                    (time_t)(ops_time_wall_ms() / 1000), &rep);
     if (rc != 0) {
         /* Not the device speaking: a security event, and nothing is settled. */
@@ -501,6 +502,8 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
         gw->free_ops[gw->free_count++] = i;
     gateway_metrics(gw);
     int rc = proto_trust_new(cfg->ca_path, cfg->crl_path, &gw->trust);
+    if (rc == 0)
+        rc = gateway_certcache_new(gw->trust, &gw->certs);
     if (rc != 0)
         goto err;
     proto_rpc_client_config_t sc = {
@@ -554,6 +557,7 @@ void gateway_destroy(gateway_t **gw_p)
     proto_rpc_client_destroy(&gw->signer);
     for (uint32_t s = 0; s < gw->shard_count; s++)
         proto_rpc_client_destroy(&gw->shards[s]);
+    gateway_certcache_destroy(&gw->certs);
     proto_trust_destroy(&gw->trust);
     free(gw);
     *gw_p = NULL;

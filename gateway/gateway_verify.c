@@ -12,11 +12,11 @@
 /* Opens bytes as an envelope of type signed by a device: certificate then signature. On success
  * *body points into *env_out (the caller destroys it) and device_id holds the certificate's
  * subject. */
-static int gateway_verify_envelope(const proto_trust_t *trust, const uint8_t *bytes, size_t len,
+static int gateway_verify_envelope(gateway_certcache_t *certs, const uint8_t *bytes, size_t len,
                                    time_t now, proto_type_t type, proto_envelope_t **env_out,
                                    char device_id[PROTO_DEVICE_ID_MAX + 1])
 {
-    assert(trust != NULL && env_out != NULL);
+    assert(certs != NULL && env_out != NULL);
     *env_out = NULL;
     proto_envelope_t *env = NULL;
     int rc = proto_envelope_open(bytes, len, &env);
@@ -29,7 +29,7 @@ static int gateway_verify_envelope(const proto_trust_t *trust, const uint8_t *by
         return QC_EMISSING;
     }
     EVP_PKEY *pub = NULL;
-    rc = proto_cert_verify(trust, cert, cert_len, now, device_id, &pub);
+    rc = gateway_certcache_verify(certs, cert, cert_len, now, device_id, &pub);
     if (rc == 0)
         rc = proto_envelope_verify(env, type, pub);
     EVP_PKEY_free(pub);
@@ -41,7 +41,7 @@ static int gateway_verify_envelope(const proto_trust_t *trust, const uint8_t *by
     return 0;
 }
 
-int gateway_verify_request(const proto_trust_t *trust, const uint8_t *bytes, size_t len, time_t now,
+int gateway_verify_request(gateway_certcache_t *certs, const uint8_t *bytes, size_t len, time_t now,
                            Quancun__LoadRequest **out, uint8_t digest[PROTO_DIGEST_SIZE])
 {
     assert(out != NULL && digest != NULL);
@@ -49,7 +49,7 @@ int gateway_verify_request(const proto_trust_t *trust, const uint8_t *bytes, siz
     char device_id[PROTO_DEVICE_ID_MAX + 1];
     proto_envelope_t *env = NULL;
     int rc =
-        gateway_verify_envelope(trust, bytes, len, now, PROTO_TYPE_LOAD_REQUEST, &env, device_id);
+        gateway_verify_envelope(certs, bytes, len, now, PROTO_TYPE_LOAD_REQUEST, &env, device_id);
     if (rc != 0)
         return rc;
     size_t body_len = 0;
@@ -72,14 +72,14 @@ int gateway_verify_request(const proto_trust_t *trust, const uint8_t *bytes, siz
     return 0;
 }
 
-int gateway_verify_report(const proto_trust_t *trust, const uint8_t *bytes, size_t len, time_t now,
+int gateway_verify_report(gateway_certcache_t *certs, const uint8_t *bytes, size_t len, time_t now,
                           Quancun__ExecutionReport **out)
 {
     assert(out != NULL);
     *out = NULL;
     char device_id[PROTO_DEVICE_ID_MAX + 1];
     proto_envelope_t *env = NULL;
-    int rc = gateway_verify_envelope(trust, bytes, len, now, PROTO_TYPE_EXECUTION_REPORT, &env,
+    int rc = gateway_verify_envelope(certs, bytes, len, now, PROTO_TYPE_EXECUTION_REPORT, &env,
                                      device_id);
     if (rc != 0)
         return rc;

@@ -1,0 +1,131 @@
+/* gateway_certcache.c - device certificates verified recently, looked up by fingerprint. */
+#include "gateway_certcache.h"
+
+#include <assert.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/asn1.h>
+#include <openssl/crypto.h>
+#include <openssl/x509.h>
+
+#include "proto_envelope.h"
+#include "qc_error.h"
+
+typedef struct gateway_certcache_entry {
+    bool used;
+    uint8_t fp[PROTO_DIGEST_SIZE];
+    char device_id[PROTO_DEVICE_ID_MAX + 1];
+    EVP_PKEY *pub;
+    time_t not_before, not_after; /* of the certificate */
+    time_t verified_at;
+} gateway_certcache_entry_t;
+
+struct gateway_certcache {
+    const proto_trust_t *trust;
+    gateway_certcache_entry_t *slots;
+    uint64_t hits, misses;
+};
+
+int gateway_certcache_new(const proto_trust_t *trust, gateway_certcache_t **out)
+{
+    assert(trust != NULL && out != NULL);
+    _Static_assert((GATEWAY_CERTCACHE_SLOTS & (GATEWAY_CERTCACHE_SLOTS - 1)) == 0,
+                   "slots must be a power of two");
+    *out = NULL;
+    gateway_certcache_t *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return QC_ENOMEM;
+    c->slots = calloc(GATEWAY_CERTCACHE_SLOTS, sizeof *c->slots);
+    if (c->slots == NULL) {
+        free(c);
+        return QC_ENOMEM;
+    }
+    c->trust = trust;
+    *out = c;
+    return 0;
+}
+
+void gateway_certcache_destroy(gateway_certcache_t **cache_p)
+{
+    if (cache_p == NULL || *cache_p == NULL)
+        return;
+    gateway_certcache_t *c = *cache_p;
+    for (size_t i = 0; i < GATEWAY_CERTCACHE_SLOTS; i++)
+        EVP_PKEY_free(c->slots[i].pub);
+    free(c->slots);
+    free(c);
+    *cache_p = NULL;
+}
+
+void gateway_certcache_stats(const gateway_certcache_t *c, uint64_t *hits, uint64_t *misses)
+{
+    assert(c != NULL && hits != NULL && misses != NULL);
+    *hits = c->hits;
+    *misses = c->misses;
+}
+
+/* Reads the validity period of a certificate proto_cert_verify() accepted. */
+static int gateway_certcache_validity(const uint8_t *der, size_t der_len, time_t *not_before,
+                                      time_t *not_after)
+{
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)der_len);
+    if (x == NULL)
+        return QC_EDECODE;
+    struct tm nb, na;
+    int ok = ASN1_TIME_to_tm(X509_get0_notBefore(x), &nb) == 1 &&
+             ASN1_TIME_to_tm(X509_get0_notAfter(x), &na) == 1;
+    X509_free(x);
+    if (!ok)
+        return QC_EDECODE;
+    *not_before = timegm(&nb);
+    *not_after = timegm(&na);
+    return 0;
+}
+
+static bool gateway_certcache_fresh(const gateway_certcache_entry_t *e, time_t now)
+{
+    return now >= e->verified_at && now - e->verified_at < GATEWAY_CERTCACHE_TTL_S &&
+           now >= e->not_before && now <= e->not_after;
+}
+
+int gateway_certcache_verify(gateway_certcache_t *c, const uint8_t *der, size_t der_len, time_t now,
+                             char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub)
+{
+    assert(c != NULL && device_id != NULL && pub != NULL);
+    *pub = NULL;
+    uint8_t fp[PROTO_DIGEST_SIZE];
+    if (der == NULL || der_len == 0 || der_len > PROTO_CERT_MAX)
+        return proto_cert_verify(c->trust, der, der_len, now, device_id, pub);
+    int rc = proto_sha256(der, der_len, fp);
+    if (rc != 0)
+        return rc;
+    uint32_t slot = ((uint32_t)fp[0] | (uint32_t)fp[1] << 8 | (uint32_t)fp[2] << 16) &
+                    (GATEWAY_CERTCACHE_SLOTS - 1);
+    gateway_certcache_entry_t *e = &c->slots[slot];
+    if (e->used && CRYPTO_memcmp(e->fp, fp, sizeof fp) == 0 && gateway_certcache_fresh(e, now) &&
+        EVP_PKEY_up_ref(e->pub) == 1) {
+        c->hits++;
+        memcpy(device_id, e->device_id, sizeof e->device_id);
+        *pub = e->pub;
+        return 0;
+    }
+    c->misses++;
+    rc = proto_cert_verify(c->trust, der, der_len, now, device_id, pub);
+    if (rc != 0)
+        return rc;
+    time_t nb = 0, na = 0;
+    if (gateway_certcache_validity(der, der_len, &nb, &na) != 0 || EVP_PKEY_up_ref(*pub) != 1)
+        return 0; /* verified; just not remembered */
+    EVP_PKEY_free(e->pub);
+    e->used = true;
+    memcpy(e->fp, fp, sizeof fp);
+    memcpy(e->device_id, device_id, sizeof e->device_id);
+    e->pub = *pub;
+    e->not_before = nb;
+    e->not_after = na;
+    e->verified_at = now;
+    return 0;
+}
