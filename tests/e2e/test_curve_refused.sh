@@ -21,8 +21,8 @@ out=$("$QCCTL" --config "$X/conf/qcctl.conf" --curve-key "$X/keys/stranger.key" 
   --timeout-ms $CALL_TIMEOUT_MS account open EVE-001 2>&1) || rc=$?
 assert_eq "qcctl with a stranger's key: exit (3 = no shard answered)" 3 "$rc"
 wait_until $LOG_WAIT_S "ledger logs rpc.refused" more_refusals "$X/logs/ledger-0.log" "$n"
-assert_match "the refusal names the stranger's key" "$(tr -d '\n' <"$X/keys/stranger.key.pub" | sed 's/[][\\.^$*+?(){}|]/\\&/g')" \
-  "$(grep '"event":"rpc.refused"' "$X/logs/ledger-0.log" | tail -1)"
+grep '"event":"rpc.refused"' "$X/logs/ledger-0.log" | grep -qF "$(tr -d '\n' <"$X/keys/stranger.key.pub")" ||
+  fail "the ledger's rpc.refused lines do not name the stranger's key"
 # ... and with e2e_forge, a raw call.
 line=$("$FORGE" call --endpoint "$ledger_ep" --server-key "$ledger_pub" \
   --curve-keys "$X/keys/stranger.key" --method check --timeout-ms $CALL_TIMEOUT_MS)
