@@ -43,6 +43,7 @@
 #define LOADGEN_CONCURRENCY_MAX 65536
 #define LOADGEN_HSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define LOADGEN_NS_PER_S 1000000000ull
+#define LOADGEN_WARMUP_CONCURRENCY 128 /* warm-up of an open-loop run */
 
 static const ops_config_key_t loadgen_keys[] = {
     {"dir", OPS_CONFIG_STRING, NULL, "the cluster's directory (ops/cluster up --dir)"},
@@ -59,6 +60,8 @@ static const ops_config_key_t loadgen_keys[] = {
     {"json", OPS_CONFIG_STRING, NULL, "write the results as JSON to this file"},
     {"tag", OPS_CONFIG_STRING, NULL, "id tag of this run's devices (default: random)"},
     {"progress", OPS_CONFIG_BOOL, "true", "a progress line on stderr every second"},
+    {"warmup", OPS_CONFIG_BOOL, "true",
+     "every device loads once before the measured run (connections, caches)"},
 };
 
 #define LOADGEN_USAGE                                                                              \
@@ -327,6 +330,31 @@ static void loadgen_progress(const loadgen_run_t *r, uint64_t now, uint64_t star
             r->finished - *last_finished, r->failed, r->inflight, r->backlog_count,
             isatty(STDERR_FILENO) ? "" : "\n");
     *last_finished = r->finished;
+}
+
+static int loadgen_drive(loadgen_run_t *r, const loadgen_plan_t *plan, uint64_t *elapsed_ns);
+
+/* Every device loads once, in closed loop, and then the counters start again from zero: the
+ * measured run sees warm connections and a gateway that has seen every certificate. */
+static int loadgen_warmup(loadgen_run_t *r, const loadgen_plan_t *plan)
+{
+    loadgen_plan_t warm = {
+        .open = false,
+        .concurrency = plan->open ? LOADGEN_WARMUP_CONCURRENCY : plan->concurrency,
+        .loads = loadgen_fleet_count(r->fleet),
+        .duration_ns = LOADGEN_NS_PER_S,
+        .progress = false,
+    };
+    fprintf(stderr, "loadgen: warm-up: every device loads once\n");
+    uint64_t elapsed = 0;
+    int rc = loadgen_drive(r, &warm, &elapsed);
+    if (rc != 0)
+        return rc;
+    if (r->failed > 0)
+        fprintf(stderr, "loadgen: warm-up: %" PRIu64 " loads failed\n", r->failed);
+    loadgen_stats_destroy(&r->stats);
+    r->started = r->finished = r->failed = 0;
+    return loadgen_stats_new(&r->stats);
 }
 
 /* Runs the plan; sets *elapsed_ns from the first intended send to the last finish. */
@@ -670,6 +698,8 @@ static int loadgen_main(const ops_config_t *cfg, const loadgen_plan_t *plan, voi
 
     char pids[LOADGEN_PATH_MAX * 2];
     snprintf(pids, sizeof pids, "%s/pids", dir);
+    if (ops_config_bool(cfg, "warmup") && (rc = loadgen_warmup(&r, plan)) != 0)
+        goto out;
     if ((rc = loadgen_procs_find(pids, res.procs, LOADGEN_PROCS_MAX, &res.proc_count)) != 0)
         goto out;
     double self_start = loadgen_self_cpu();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test_loadgen_smoke.sh - qc-loadgen against a small real cluster (ops/cluster): 200 loads in
-# closed loop from 40 simulated devices; every load must end CONFIRMED, none may fail, and
+# closed loop from 40 simulated devices (after a warm-up load of each); every load must end
+# CONFIRMED, none may fail, and
 # `qcctl check` must pass afterwards. No timing assertions: it runs under sanitizers beside
 # other tests. Environment (CTest): QC_SOURCE_DIR, QC_BINARY_DIR, LOADGEN_BASE_PORT.
 set -euo pipefail
@@ -55,5 +56,6 @@ awk -v v="$(jq -r .floor.per_load_us "$r")" 'BEGIN { exit !(v > 0) }' || fail "n
 check=$("$B/ops/qcctl/qcctl" --config "$X/conf/qcctl.conf" check) || fail "qcctl check failed: $check"
 [ "$(jq -r .ok <<<"$check")" == true ] || fail "qcctl check: $check"
 loads=$(jq '[.shards[].loads] | add' <<<"$check")
-[ "$loads" == "$LOADS" ] || fail "the ledger holds $loads loads, expected $LOADS"
+[ "$loads" == $((LOADS + DEVICES)) ] || fail "the ledger holds $loads loads, expected $((LOADS + DEVICES))"
+[ "$(jq '[.shards[].reserved] | add' <<<"$check")" == 0 ] || fail "loads left RESERVED: $check"
 echo "loadgen_smoke: ok ($LOADS loads CONFIRMED, qcctl check ok)"
