@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/rand.h>
@@ -43,6 +45,7 @@
 #define LOADGEN_CONCURRENCY_MAX 65536
 #define LOADGEN_HSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define LOADGEN_NS_PER_S 1000000000ull
+#define LOADGEN_POLL_MAX_MS 10         /* longest sleep of the loop, for the progress line */
 #define LOADGEN_WARMUP_CONCURRENCY 128 /* warm-up of an open-loop run */
 
 static const ops_config_key_t loadgen_keys[] = {
@@ -197,6 +200,7 @@ typedef struct loadgen_run {
     int timeout_ms;
     uint64_t started, finished, failed, inflight;
     uint64_t last_finish_ns;
+    int timer_fd; /* open loop: wakes the poll at the next intended send time, to the ns */
 } loadgen_run_t;
 
 static void loadgen_release(loadgen_run_t *r, size_t i)
@@ -295,11 +299,21 @@ static void loadgen_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *r
     proto_rpc_reply_destroy(&reply);
 }
 
-/* Polls every gateway client for up to wait_ms and handles what finished. */
-static int loadgen_pump(loadgen_run_t *r, int wait_ms)
+/* Polls every gateway client until wait_ms passed, or (when wake_ns is not 0) the monotonic
+ * time wake_ns came, and handles what finished. zmq_poll() counts in milliseconds, so the
+ * precise wake-up of the open loop is a timerfd among the poll items: rounding to a
+ * millisecond would either send late or spin. */
+static int loadgen_pump(loadgen_run_t *r, int wait_ms, uint64_t wake_ns)
 {
-    zmq_pollitem_t items[LOADGEN_POLLITEMS_MAX];
+    zmq_pollitem_t items[LOADGEN_POLLITEMS_MAX + 1];
     int n = 0;
+    if (wake_ns != 0 && r->timer_fd >= 0) {
+        struct itimerspec its = {.it_value = {.tv_sec = (time_t)(wake_ns / LOADGEN_NS_PER_S),
+                                              .tv_nsec = (long)(wake_ns % LOADGEN_NS_PER_S)}};
+        if (timerfd_settime(r->timer_fd, TFD_TIMER_ABSTIME, &its, NULL) != 0)
+            return QC_EIO;
+        items[n++] = (zmq_pollitem_t){.socket = NULL, .fd = r->timer_fd, .events = ZMQ_POLLIN};
+    }
     for (uint32_t g = 0; g < r->gw_count; g++) {
         n += proto_rpc_client_pollitems(r->gw[g], &items[n], LOADGEN_POLLITEMS_MAX - n);
         int t = proto_rpc_client_next_timeout_ms(r->gw[g]);
@@ -308,6 +322,11 @@ static int loadgen_pump(loadgen_run_t *r, int wait_ms)
     }
     if (zmq_poll(items, n, wait_ms) < 0 && zmq_errno() != EINTR)
         return QC_EIO;
+    if (wake_ns != 0 && r->timer_fd >= 0 && (items[0].revents & ZMQ_POLLIN)) {
+        uint64_t expirations = 0;
+        if (read(r->timer_fd, &expirations, sizeof expirations) < 0 && errno != EAGAIN)
+            return QC_EIO;
+    }
     for (uint32_t g = 0; g < r->gw_count; g++)
         proto_rpc_client_process(r->gw[g], loadgen_on_done, r);
     return 0;
@@ -402,10 +421,9 @@ static int loadgen_drive(loadgen_run_t *r, const loadgen_plan_t *plan, uint64_t 
             loadgen_progress(r, now, start, &last_finished);
             tick += LOADGEN_PROGRESS_NS;
         }
-        int wait_ms = 10;
-        if (plan->open && sending && next > now)
-            wait_ms = (int)((next - now) / 1000000ull);
-        if (loadgen_pump(r, wait_ms) != 0)
+        int wait_ms = LOADGEN_POLL_MAX_MS;
+        uint64_t wake_ns = plan->open && sending ? next : 0;
+        if (loadgen_pump(r, wait_ms, wake_ns) != 0)
             return QC_EIO;
     }
     if (plan->progress)
@@ -638,7 +656,10 @@ static int loadgen_main(const ops_config_t *cfg, const loadgen_plan_t *plan, voi
 
     static loadgen_result_t res;
     loadgen_run_t r = {.amount = ops_config_int(cfg, "amount"),
-                       .timeout_ms = (int)ops_config_int(cfg, "timeout_ms")};
+                       .timeout_ms = (int)ops_config_int(cfg, "timeout_ms"),
+                       .timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)};
+    if (r.timer_fd < 0)
+        return QC_EIO;
     proto_curve_keypair_t admin_kp, device_kp;
     memset(&admin_kp, 0, sizeof admin_kp);
     memset(&device_kp, 0, sizeof device_kp);
@@ -658,8 +679,10 @@ static int loadgen_main(const ops_config_t *cfg, const loadgen_plan_t *plan, voi
         .gateway_count = cluster.gateway_count,
     };
     if (r.amount <= 0 || r.timeout_ms <= 0 || ops_config_int(cfg, "devices") < 1 ||
-        ops_config_int(cfg, "devices") > LOADGEN_DEVICES_MAX)
-        return QC_ECONFIG;
+        ops_config_int(cfg, "devices") > LOADGEN_DEVICES_MAX) {
+        rc = QC_ECONFIG;
+        goto out;
+    }
     if ((rc = loadgen_fleet_new(&fc, &r.fleet)) != 0) {
         fprintf(stderr, "qc-loadgen: making the devices: %s\n", qc_strerror(rc));
         goto out;
@@ -735,6 +758,7 @@ out:
     free(r.slots);
     free(r.idle);
     free(r.backlog);
+    close(r.timer_fd);
     return rc;
 }
 
