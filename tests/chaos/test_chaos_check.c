@@ -30,6 +30,8 @@ static const char BASE[] = "# a consistent run\n"
                            "wlog\tw1\t5\tload.requested\tT2\t100\t1\t200\t-\n"
                            "wlog\tw1\t6\tload.applied\tT2\t300\t2\t200\t-\n"
                            "wlog\tw1\t7\tload.outcome\tT2\t300\t2\t200\tLATE_CONFIRMED\n"
+                           "wlog\tw1\t8\tload.requested\tT3\t300\t2\t50\t-\n"
+                           "wlog\tw1\t9\tload.abandoned\tT3\t300\t2\t50\t-\n"
                            "ack\tw1\tT1\tCONFIRMED\n"
                            "audit\tok\n"
                            "aentry\tledger-0\t1\tload.reserved\tT1\n"
@@ -132,6 +134,12 @@ static void test_acknowledged_outcome_differs(void **state)
     (void)state;
     expect_fail("ack\tw1\tT1\tCONFIRMED", "ack\tw1\tT1\tCOMPENSATED", CHAOS_CHECK_ACKS);
     expect_fail("200\tLATE_CONFIRMED\n", "200\tCOMPENSATED\n", CHAOS_CHECK_ACKS);
+    /* The device dropped a load as refused ("nothing was debited") that the ledger confirmed. */
+    expect_fail("ack\t", "wlog\tw1\t8\tload.abandoned\tT1\t300\t2\t100\t-\nack\t",
+                CHAOS_CHECK_ACKS);
+    /* ... or as settled in a state the ledger does not hold. */
+    expect_fail("ack\t", "wlog\tw1\t8\tload.abandoned\tT1\t300\t2\t100\tCOMPENSATED\nack\t",
+                CHAOS_CHECK_ACKS);
 }
 
 static void test_audit_broken_or_incomplete(void **state)
