@@ -56,7 +56,7 @@ static void usage(FILE *to)
 {
     fprintf(to, "usage: e2e_forge COMMAND --endpoint E --server-key Z85 [--curve-keys FILE]\n"
                 "                 [--timeout-ms N] options\n"
-                "  request --key PEM --cert PEM --device ID --account ID --amount N --counter C\n"
+                "  request --key PEM --cert PEM|- --device ID --account ID --amount N --counter C\n"
                 "          [--balance B] [--currency N] [--txn HEX32] [--save FILE]\n"
                 "          [--allow-out FILE] [--no-send]\n"
                 "  report  --key PEM --cert PEM --device ID --account ID --txn HEX32 --counter C\n"
@@ -138,7 +138,7 @@ static int sign_as_device(const forge_opts_t *o, proto_type_t type, const Protob
     uint8_t *body = NULL, *der = NULL;
     size_t body_len = 0, der_len = 0;
     int rc = proto_key_load_pem(o->key, &key);
-    if (rc == 0)
+    if (rc == 0 && strcmp(o->cert, "-") != 0) /* "-": an envelope without a certificate */
         rc = cert_der(o->cert, &der, &der_len);
     if (rc == 0)
         rc = proto_pack(msg, &body, &body_len);

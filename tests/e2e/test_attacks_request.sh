@@ -36,6 +36,23 @@ line=$(forge send --method load --in "$X/used-request")
 assert_eq "replay of a used request" QC_ESTATE "$(forge_code "$line")"
 nothing_moved "the replay"
 
+# The same signed request sent as a report: the signature covers the type's context, so a
+# body signed as one type never verifies as another.
+line=$(forge send --method report --in "$X/used-request")
+assert_eq "a request replayed as a report" QC_EBADSIG "$(forge_code "$line")"
+nothing_moved "the request replayed as a report"
+
+# Malformed input: bytes that are no protobuf, an unknown method, a request without its certificate.
+printf '\xff\xff\xff not a protobuf' >"$X/garbage" # 0xff: field 31, wire type 7 (none)
+line=$(forge send --method load --in "$X/garbage")
+assert_eq "bytes that are no protobuf as a request" QC_EDECODE "$(forge_code "$line")"
+line=$(forge send --method unload --in "$X/used-request")
+assert_eq "unknown method" QC_EMETHOD "$(forge_code "$line")"
+line=$(forge request --key "$X/w1/device.key" --cert - --device "$(wallet_serial w1)" \
+  --account ALICE-001 --amount 500 --counter 1 --balance 1000)
+assert_eq "request without a certificate" QC_EMISSING "$(forge_code "$line")"
+nothing_moved "the malformed input"
+
 # Amount changed after signing (the signature is kept).
 line=$(forge request $(forge_as w1) --account ALICE-001 --amount 500 --counter 1 --balance 1000 \
   --no-send --save "$X/unsent-request")
