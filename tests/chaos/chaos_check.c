@@ -6,6 +6,7 @@
  *
  *   currency SHARD CUR SUM HOLD RESERVED_SUM FLOAT   qcctl check, per shard and currency
  *   shard    SHARD LOADS RESERVED OUTBOX_DEPTH       qcctl check, per shard
+ *   problem  SHARD TEXT                              qcctl check: a broken ledger invariant
  *   account  ID CUR BALANCE FUNDING                  qcctl account show; what the run deposited
  *   load     TXN STATE ACCOUNT AMOUNT                qcctl load show (STATE NONE: not on the
  * ledger) wallet   NAME BALANCE COUNTER PHASE              qc-wallet status (amounts in minor
@@ -98,6 +99,7 @@ typedef struct {
 
 typedef struct {
     chaos_vec_t currencies, shards, accounts, loads, wallets, wlogs, acks, aentries;
+    size_t ledger_problems; /* what the ledger's own check found wrong (a txn debited twice...) */
     char audit_status[CHAOS_NAME_MAX];
     FILE *out;
 } chaos_facts_t;
@@ -208,6 +210,13 @@ static int parse_fact(chaos_facts_t *f, char **x, size_t n)
             !parse_i64(x[3], &it->reserved) || !parse_i64(x[4], &it->outbox_depth))
             return QC_EINVAL;
         it->shard = (long)a;
+        return 0;
+    }
+    if (strcmp(k, "problem") == 0 && n == 3) {
+        if (!parse_i64(x[1], &a))
+            return QC_EINVAL;
+        fprintf(f->out, "    ledger shard %" PRId64 ": %s\n", a, x[2]);
+        f->ledger_problems++;
         return 0;
     }
     if (strcmp(k, "account") == 0 && n == 5) {
@@ -557,14 +566,15 @@ static chaos_verdict_t check_once(chaos_facts_t *f)
                     " differs from the end of its log\n",
                     w->name, w->balance, w->counter);
     }
-    chaos_verdict_t v = verdict(twice == 0 && unconfirmed == 0 && unapplied == 0 &&
-                                counter_bad == 0 && balance_bad == 0 && mismatch == 0);
+    chaos_verdict_t v =
+        verdict(twice == 0 && unconfirmed == 0 && unapplied == 0 && counter_bad == 0 &&
+                balance_bad == 0 && mismatch == 0 && f->ledger_problems == 0);
     fprintf(f->out,
             "%s 5. applied once, counters grew: %zu applied, %zu twice, %zu applied but not "
             "confirmed, %zu confirmed but not applied, %zu counter and %zu balance steps wrong, "
-            "%zu status/log mismatches\n",
+            "%zu status/log mismatches, %zu problems in the ledger's own check\n",
             verdict_name(v), applied, twice, unconfirmed, unapplied, counter_bad, balance_bad,
-            mismatch);
+            mismatch, f->ledger_problems);
     return v;
 }
 

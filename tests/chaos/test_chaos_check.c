@@ -125,6 +125,8 @@ static void test_applied_twice_or_counter_back(void **state)
     expect_fail("T2\t300\t2\t200\tLATE", "T2\t300\t1\t200\tLATE", CHAOS_CHECK_ONCE);
     /* The device applied a load that the ledger compensated. */
     expect_fail("T2\tLATE_CONFIRMED\tA1", "T2\tCOMPENSATED\tA1", CHAOS_CHECK_ONCE);
+    /* The ledger's own check found a txn debited twice. */
+    expect_fail("audit\tok", "problem\t0\ttxn 00ff debited twice\naudit\tok", CHAOS_CHECK_ONCE);
     /* The ledger confirmed a load no device applied. */
     expect_fail("T3\tNONE\t-\t0", "T3\tCONFIRMED\tA1\t0", CHAOS_CHECK_ONCE);
 }
