@@ -12,6 +12,9 @@ set -euo pipefail
 : "${E2E_BASE_PORT:?set by CTest}"
 
 readonly E2E_WAIT_STEP_S=0.1
+# The test stops itself (SIGTERM, so the cleanup trap runs) before CTest's TIMEOUT of 120 s
+# would kill it with no chance to stop the cluster.
+readonly E2E_WATCHDOG_S=${E2E_WATCHDOG_S:-100}
 readonly E2E_PIN=1234
 export QC_WALLET_PIN=$E2E_PIN
 
@@ -98,7 +101,16 @@ e2e_begin() {
   E2E_NAME=$1
   X=$(mktemp -d "${TMPDIR:-/tmp}/qc-e2e-$1.XXXXXX")
   trap e2e_cleanup EXIT
-  trap 'exit 130' INT TERM
+  trap 'echo "$E2E_NAME: stopped by a signal" >&2; exit 130' INT TERM
+  # The watchdog waits with a builtin (read -t on a FIFO nobody writes) so that killing it
+  # leaves no child behind.
+  mkfifo "$X/watchdog.fifo"
+  (
+    read -r -t "$E2E_WATCHDOG_S" _ <>"$X/watchdog.fifo" || true
+    echo "$E2E_NAME: over ${E2E_WATCHDOG_S}s, stopping" >&2
+    kill -TERM $$
+  ) &
+  E2E_PIDS+=("$!")
   e2e_log "directory $X, base port $E2E_BASE_PORT"
 }
 
