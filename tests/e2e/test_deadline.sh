@@ -56,4 +56,51 @@ assert_eq "ledger state after sync" COMPENSATED "$(load_state "$txn")"
 assert_eq "account after sync" 98000 "$(account_balance ALICE-001)"
 wallet_load w1 ALICE-001 1.00 || fail "load after the abandoned one: $(cat "$X/w1.out")"
 assert_match "next load" 'Bank outcome: CONFIRMED' "$(cat "$X/w1.out")"
+
+# (3) A late proof by the counter: w1's report is lost and its load compensated at the
+# deadline; w1's next request (counter c+1) proves it applied it: LATE_CONFIRMED.
+if QC_FAULT=wallet.after_credit_before_report wallet_load w1 ALICE-001 4.00; then
+  fail "the wallet survived its fault point"
+fi
+txn=$(q --json device show "$serial" | jq -r .reserved_txn)
+[ -n "$txn" ] || fail "no load reserved"
+wait_until $SETTLE_WAIT_S "load $txn compensated at its deadline" is_state "$txn" COMPENSATED
+assert_eq "account refunded" 97900 "$(account_balance ALICE-001)"
+counter=$(wallet_counter w1)
+line=$(forge request $(forge_as w1) --account ALICE-001 --amount 100 --counter "$counter" \
+  --balance "$(wallet_balance w1)")
+assert_eq "next request (counter c+1)" QC_OK "$(forge_code "$line")"
+assert_eq "the compensated load, proven applied by the counter" LATE_CONFIRMED "$(load_state "$txn")"
+assert_eq "reason" COUNTER_PROVES_APPLIED "$(q --json load show "$txn" | jq -r .reason)"
+next=$(sed -n 's/.*txn=\([0-9a-f]*\).*/\1/p' <<<"$line")
+line=$(forge report $(forge_as w1) --account ALICE-001 --txn "$next" --counter "$counter" \
+  --balance "$(wallet_balance w1)" --status rejected --reason "test: not applied")
+assert_eq "REJECTED report of the probe request" "QC_OK state=LOAD_COMPENSATED" "$line"
+assert_eq "account debited again" 97500 "$(account_balance ALICE-001)"
+wallet_run w1 sync || fail "sync: $(cat "$X/w1.out")"
+assert_match "sync" 'LATE_CONFIRMED' "$(cat "$X/w1.out")"
+check_ok
+assert_eq "wallets == FLOAT" "$(wallet_balance w1)" "$(float_total)"
+
+# (4) A late report after the money was spent elsewhere: POOR-001 holds exactly one load; p1's
+# report is lost and compensated, p2 (same account) spends the refund, then p1's report
+# arrives: LATE_CONFIRMED, the account goes negative and is flagged for the operator, and no
+# money was created.
+account_new POOR-001 2000
+wallet_new p1 POOR-001
+wallet_new p2 POOR-001
+if QC_FAULT=wallet.after_credit_before_report wallet_load p1 POOR-001 20.00; then
+  fail "the wallet survived its fault point"
+fi
+txn=$(q --json device show "$(wallet_serial p1)" | jq -r .reserved_txn)
+[ -n "$txn" ] || fail "no load reserved for p1"
+wait_until $SETTLE_WAIT_S "load $txn compensated at its deadline" is_state "$txn" COMPENSATED
+wallet_load p2 POOR-001 20.00 || fail "p2 spending the refund: $(cat "$X/p2.out")"
+assert_eq "POOR-001 emptied by p2" 0 "$(account_balance POOR-001)"
+wallet_run p1 sync || fail "p1's sync: $(cat "$X/p1.out")"
+assert_match "p1's sync" 'LATE_CONFIRMED' "$(cat "$X/p1.out")"
+assert_eq "p1's load" LATE_CONFIRMED "$(load_state "$txn")"
+assert_eq "the late load is flagged" true "$(q --json load show "$txn" | jq -r .flagged)"
+assert_eq "POOR-001 overdrawn" -2000 "$(account_balance POOR-001)"
+assert_eq "POOR-001 marked overdrawn" true "$(q --json account show POOR-001 | jq -r .overdrawn)"
 e2e_end
