@@ -66,4 +66,35 @@ assert_eq "ledger state after sync" COMPENSATED "$(load_state "$unapplied")"
 wallet_load w1 ALICE-001 1.00 || fail "load after reconciliation: $(cat "$X/w1.out")"
 assert_match "next load" 'Bank outcome: CONFIRMED' "$(cat "$X/w1.out")"
 assert_eq "account at the end" 95900 "$(account_balance ALICE-001)"
+
+# (3) Disconnected after the Reserve, back before the deadline: sync re-sends the same request,
+# gets the very allow the ledger stored, applies it once and reports: CONFIRMED.
+if QC_FAULT=wallet.after_allow_received wallet_load w1 ALICE-001 3.00; then
+  fail "the wallet survived its fault point"
+fi
+txn=$(reserved_txn)
+[ -n "$txn" ] || fail "no load reserved"
+allow_before=$(q --json load show "$txn" | jq -r .allow_bytes)
+wallet_run w1 sync || fail "sync before the deadline: $(cat "$X/w1.out")"
+assert_match "sync before the deadline" 'Bank outcome: CONFIRMED' "$(cat "$X/w1.out")"
+assert_eq "ledger state" CONFIRMED "$(load_state "$txn")"
+assert_eq "stored allow's size unchanged by the retry" "$allow_before" "$(q --json load show "$txn" | jq -r .allow_bytes)"
+assert_eq "wallet balance" 4400 "$(wallet_balance w1)"
+assert_eq "wallet counter" 3 "$(wallet_counter w1)"
+assert_eq "account" 95600 "$(account_balance ALICE-001)"
+
+# (4) A retried request gets the very same allow bytes, even though the gateway signed a new
+# allow (another host time and deadline) for the retry.
+line=$(forge request $(forge_as w1) --account ALICE-001 --amount 100 --counter 3 --balance 4400 \
+  --save "$X/retried-request" --allow-out "$X/allow-1")
+assert_eq "first sending" QC_OK "$(forge_code "$line")"
+sleep 0.01 # a later host time for the retry's new allow (ms resolution)
+line=$(forge send --method load --in "$X/retried-request" --allow-out "$X/allow-2")
+assert_eq "retry" QC_OK "$(forge_code "$line")"
+cmp -s "$X/allow-1" "$X/allow-2" || fail "the retry got other allow bytes than the first sending"
+e2e_log "ok: the retry's allow is byte for byte the first one"
+next=$(sed -n 's/.*txn=\([0-9a-f]*\).*/\1/p' <<<"$line")
+[ -n "$next" ] || next=$(reserved_txn)
+reject "$next" 3 4400
+assert_eq "account after the rejected retry load" 95600 "$(account_balance ALICE-001)"
 e2e_end
