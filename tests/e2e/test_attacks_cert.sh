@@ -9,6 +9,7 @@ account_new ALICE-001 100000
 wallet_new w1 ALICE-001
 wallet_new w2 ALICE-001
 wallet_new w3 ALICE-001
+wallet_new w4 ALICE-001
 for w in w1 w2 w3; do
   wallet_load "$w" ALICE-001 1.00 || fail "first load of $w: $(cat "$X/$w.out")"
 done
@@ -18,6 +19,21 @@ nothing_moved() { # WHAT
   assert_eq "no load reserved after $1" 0 "$(q check | jq '[.shards[].reserved] | add')"
   check_ok
 }
+
+# Revoked by the operator while a load is in flight: the device's report still settles it
+# (revocation stops new loads, not the evidence of one the device applied).
+if QC_FAULT=wallet.after_credit_before_report wallet_load w4 ALICE-001 5.00; then
+  fail "the wallet survived its fault point"
+fi
+txn=$(q --json device show "$(wallet_serial w4)" | jq -r .reserved_txn)
+[ -n "$txn" ] || fail "no load reserved for w4"
+q device revoke "$(wallet_serial w4)" >/dev/null || fail "qcctl device revoke w4"
+wallet_run w4 sync || fail "w4's sync after its revocation: $(cat "$X/w4.out")"
+assert_match "w4's report after its revocation" 'Bank outcome: CONFIRMED' "$(cat "$X/w4.out")"
+assert_eq "w4's load" CONFIRMED "$(load_state "$txn")"
+if wallet_load w4 ALICE-001 1.00; then fail "a revoked device loaded"; fi
+assert_match "w4's next load" 'device revoked' "$(cat "$X/w4.out")"
+before=$(account_balance ALICE-001)
 
 # Revoked by the operator in the ledger's device registry.
 q device revoke "$(wallet_serial w1)" >/dev/null || fail "qcctl device revoke"
@@ -54,4 +70,5 @@ assert_match "w3's load" 'Bank outcome: CONFIRMED' "$(cat "$X/w3.out")"
 assert_eq "w1 balance" 100 "$(wallet_balance w1)"
 assert_eq "w2 balance" 100 "$(wallet_balance w2)"
 assert_eq "w3 balance" 300 "$(wallet_balance w3)"
+assert_eq "w4 balance" 500 "$(wallet_balance w4)"
 e2e_end
