@@ -86,9 +86,31 @@ int proto_sha256(const uint8_t *bytes, size_t len, uint8_t digest[PROTO_DIGEST_S
     return sha256_parts(bytes, len, NULL, 0, NULL, 0, digest);
 }
 
+/* The DER SubjectPublicKeyInfo of a P-256 key is this fixed prefix (SEQUENCE, the algorithm
+ * id-ecPublicKey with the named curve prime256v1, BIT STRING header) and then the 65-byte
+ * uncompressed point. */
+static const uint8_t proto_p256_spki_prefix[] = {
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+};
+#define PROTO_P256_POINT_SIZE 65 /* 0x04 || X || Y */
+
+static int key_is_p256(EVP_PKEY *key);
+
 int proto_key_id(EVP_PKEY *key, uint8_t key_id[PROTO_KEY_ID_SIZE])
 {
     assert(key != NULL && key_id != NULL);
+    /* i2d_PUBKEY() goes through OpenSSL 3's encoder machinery and costs as much as a P-256
+     * verification; for P-256, the only curve of v1, the SPKI is a fixed prefix and the point,
+     * so the same bytes are hashed without it. Other keys take the general path. */
+    uint8_t point[PROTO_P256_POINT_SIZE + 1];
+    size_t point_len = 0;
+    if (key_is_p256(key) &&
+        EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point,
+                                        sizeof point, &point_len) == 1 &&
+        point_len == PROTO_P256_POINT_SIZE && point[0] == 0x04)
+        return sha256_parts(proto_p256_spki_prefix, sizeof proto_p256_spki_prefix, point, point_len,
+                            NULL, 0, key_id);
     unsigned char *spki = NULL;
     int spki_len = i2d_PUBKEY(key, &spki);
     if (spki_len <= 0)

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <openssl/rand.h>
 
 #include "proto_decode.h"
@@ -501,10 +502,49 @@ static void test_open_oversize_garbage_truncated(void **state)
     free(buf);
 }
 
+/* The key id is SHA-256 of the SPKI DER. proto_key_id() takes a shortcut for P-256 keys, so it
+ * is checked against OpenSSL's own encoding: for fresh key pairs, for public-only keys read
+ * back from DER, and for a P-384 key, which takes the general path. */
+#define KEY_ID_ROUNDS 200
+static void expect_key_id_is_spki_hash(EVP_PKEY *key)
+{
+    unsigned char *spki = NULL;
+    int spki_len = i2d_PUBKEY(key, &spki);
+    assert_true(spki_len > 0);
+    uint8_t want[PROTO_KEY_ID_SIZE], got[PROTO_KEY_ID_SIZE];
+    assert_int_equal(proto_sha256(spki, (size_t)spki_len, want), 0);
+    assert_int_equal(proto_key_id(key, got), 0);
+    assert_memory_equal(want, got, PROTO_KEY_ID_SIZE);
+
+    const unsigned char *p = spki;
+    EVP_PKEY *pub = d2i_PUBKEY(NULL, &p, spki_len);
+    assert_non_null(pub);
+    assert_int_equal(proto_key_id(pub, got), 0);
+    assert_memory_equal(want, got, PROTO_KEY_ID_SIZE);
+    EVP_PKEY_free(pub);
+    OPENSSL_free(spki);
+}
+
+static void test_key_id_is_spki_hash(void **state)
+{
+    (void)state;
+    for (int i = 0; i < KEY_ID_ROUNDS; i++) {
+        EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+        assert_non_null(key);
+        expect_key_id_is_spki_hash(key);
+        EVP_PKEY_free(key);
+    }
+    EVP_PKEY *p384 = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+    assert_non_null(p384);
+    expect_key_id_is_spki_hash(p384);
+    EVP_PKEY_free(p384);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_contexts_and_digest),
+        cmocka_unit_test(test_key_id_is_spki_hash),
         cmocka_unit_test_setup_teardown(test_round_trip_each_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_type_binding, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tampered_body_and_signature, setup, teardown),
