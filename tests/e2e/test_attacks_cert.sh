@@ -10,6 +10,7 @@ wallet_new w1 ALICE-001
 wallet_new w2 ALICE-001
 wallet_new w3 ALICE-001
 wallet_new w4 ALICE-001
+wallet_new w5 ALICE-001
 for w in w1 w2 w3; do
   wallet_load "$w" ALICE-001 1.00 || fail "first load of $w: $(cat "$X/$w.out")"
 done
@@ -43,10 +44,27 @@ line=$(forge request $(forge_as w1) --account ALICE-001 --amount 200 --counter 1
 assert_eq "forged request of a revoked device" QC_EREVOKED "$(forge_code "$line")"
 nothing_moved "the operator's revocation"
 
-# Revoked by the CA: the gateway reads the CRL when it starts.
-"$S/ops/devca" revoke "$X/ca" "$X/w2/device.pem" >/dev/null || fail "devca revoke"
+# Revoked by the CA: the gateway reads the CRL when it starts. w5's certificate is revoked
+# while its load is in flight (credited, report not yet sent).
+if QC_FAULT=wallet.after_credit_before_report wallet_load w5 ALICE-001 6.00; then
+  fail "the wallet survived its fault point"
+fi
+w5_txn=$(q --json device show "$(wallet_serial w5)" | jq -r .reserved_txn)
+[ -n "$w5_txn" ] || fail "no load reserved for w5"
+"$S/ops/devca" revoke "$X/ca" "$X/w2/device.pem" >/dev/null || fail "devca revoke w2"
+"$S/ops/devca" revoke "$X/ca" "$X/w5/device.pem" >/dev/null || fail "devca revoke w5"
 "$S/ops/cluster" stop gateway-0 --dir "$X" >/dev/null || fail "stop gateway-0"
 "$S/ops/cluster" start gateway-0 --dir "$X" >/dev/null || fail "start gateway-0"
+# w5's report still settles its load (the gateway used to refuse it, and the deadline then
+# refunded a load the device held, for ever out of step with FLOAT).
+wallet_run w5 sync || fail "w5's sync after the CA revoked it: $(cat "$X/w5.out")"
+assert_match "w5's report after the CRL revoked it" 'Bank outcome: CONFIRMED' "$(cat "$X/w5.out")"
+assert_eq "w5's load" CONFIRMED "$(load_state "$w5_txn")"
+log_has "$X/logs/gateway-0.log" '"event":"report.revoked_certificate"' ||
+  fail "the gateway did not log the report made under a revoked certificate"
+if wallet_load w5 ALICE-001 1.00; then fail "a device with a revoked certificate loaded"; fi
+assert_match "w5's next load" 'certificate revoked' "$(cat "$X/w5.out")"
+before=$(account_balance ALICE-001)
 if wallet_load w2 ALICE-001 2.00; then fail "a device with a revoked certificate loaded"; fi
 assert_match "load with a revoked certificate" 'certificate revoked' "$(cat "$X/w2.out")"
 line=$(forge request $(forge_as w2) --account ALICE-001 --amount 200 --counter 1 --balance 100)
@@ -71,4 +89,5 @@ assert_eq "w1 balance" 100 "$(wallet_balance w1)"
 assert_eq "w2 balance" 100 "$(wallet_balance w2)"
 assert_eq "w3 balance" 300 "$(wallet_balance w3)"
 assert_eq "w4 balance" 500 "$(wallet_balance w4)"
+assert_eq "w5 balance" 600 "$(wallet_balance w5)"
 e2e_end
