@@ -324,13 +324,10 @@ static void show_keep(uint8_t **keep, size_t *keep_len, const ProtobufCBinaryDat
  * request and allow seen earlier in this txn's history are kept in c to check the report. */
 static void show_load(show_ctx_t *c, const Qcledger__Load *l, time_t t)
 {
-    static const char *const states[] = {"NONE", "RESERVED", "CONFIRMED", "COMPENSATED",
-                                         "LATE_CONFIRMED"};
-    unsigned st = (unsigned)l->state;
     printf("    load     state %s, amount %" PRId64 " (currency %u), device %s, account %s, "
            "counter %" PRIu64 "%s%s\n",
-           st < sizeof states / sizeof states[0] ? states[st] : "?", l->amount, l->currency,
-           l->device_id, l->account_id, l->counter, l->reason[0] ? ", reason: " : "", l->reason);
+           proto_load_state_name(l->state), l->amount, l->currency, l->device_id, l->account_id,
+           l->counter, l->reason[0] ? ", reason: " : "", l->reason);
     if (l->request.len > 0)
         show_keep(&c->req, &c->req_len, &l->request);
     if (l->allow.len > 0)

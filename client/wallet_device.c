@@ -137,23 +137,6 @@ const char *wallet_phase_name(wallet_phase_t phase)
     return "UNKNOWN";
 }
 
-const char *wallet_outcome_name(int load_state)
-{
-    switch (load_state) {
-    case QUANCUN__LOAD_STATE__LOAD_NONE:
-        return "NONE";
-    case QUANCUN__LOAD_STATE__LOAD_RESERVED:
-        return "RESERVED";
-    case QUANCUN__LOAD_STATE__LOAD_CONFIRMED:
-        return "CONFIRMED";
-    case QUANCUN__LOAD_STATE__LOAD_COMPENSATED:
-        return "COMPENSATED";
-    case QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED:
-        return "LATE_CONFIRMED";
-    }
-    return "UNKNOWN";
-}
-
 const char *wallet_device_serial(const wallet_device_t *dev)
 {
     assert(dev != NULL);
@@ -1158,12 +1141,12 @@ int wallet_device_accept_outcome(wallet_device_t *dev, const uint8_t *outcome, s
     if (applied != bank_says_applied) {
         /* The bank's word is final; the operator reconciles. Say so loudly. */
         ops_log(OPS_LOG_WARN, "wallet.outcome_disagrees", "device",
-                applied ? "applied" : "rejected", "bank", wallet_outcome_name((int)oc->state),
+                applied ? "applied" : "rejected", "bank", proto_load_state_name((int)oc->state),
                 NULL);
     }
     int state = (int)oc->state;
     char detail[DEVICE_DETAIL_MAX];
-    snprintf(detail, sizeof(detail), "%s%s%s", wallet_outcome_name(state),
+    snprintf(detail, sizeof(detail), "%s%s%s", proto_load_state_name(state),
              oc->reason != NULL && oc->reason[0] != '\0' ? ": " : "",
              oc->reason != NULL ? oc->reason : "");
     /* The log line names the load, so it is built before the load is cleared. */

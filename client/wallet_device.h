@@ -88,8 +88,6 @@ void wallet_device_status(const wallet_device_t *dev, wallet_status_t *out);
 
 /* Returns the name of phase ("IDLE", "PENDING", "REPORTED"). */
 const char *wallet_phase_name(wallet_phase_t phase);
-/* Returns the name of a Quancun__LoadState ("CONFIRMED", ...). */
-const char *wallet_outcome_name(int load_state);
 
 /* Checks the PIN. The try is counted on disk before the PIN is compared (as a smart card
  * does), so cutting the power cannot buy free guesses. On success the device accepts

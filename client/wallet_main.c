@@ -372,7 +372,7 @@ static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
     char hex[2 * WALLET_TXN_SIZE + 1];
     if (res->finished) {
         printf("Bank outcome: %s. Wallet balance: %s (counter %" PRIu64 ").\n",
-               wallet_outcome_name(res->outcome), amount_text(s.balance, b), s.counter);
+               proto_load_state_name(res->outcome), amount_text(s.balance, b), s.counter);
         printf("Transaction: %s\n", wallet_hex(s.last_txn_id, WALLET_TXN_SIZE, hex));
         bool ok = (!res->judged || res->verdict == 0) &&
                   res->outcome != QUANCUN__LOAD_STATE__LOAD_COMPENSATED;
@@ -537,7 +537,7 @@ static void print_status(const wallet_status_t *s)
     }
     if (s->last_outcome != 0)
         printf("last load:   %s %s\n", wallet_hex(s->last_txn_id, WALLET_TXN_SIZE, hex),
-               wallet_outcome_name(s->last_outcome));
+               proto_load_state_name(s->last_outcome));
     if (s->card_pending)
         printf("card:        transfer %s of %s to card %s not settled (card-sync)\n",
                wallet_hex(s->card_xfer_id, WALLET_TXN_SIZE, hex), amount_text(s->card_amount, a),

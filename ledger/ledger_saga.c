@@ -1354,7 +1354,7 @@ static int check_load(void *arg, const ledger_load_t *l)
             return rc;
         bool has = rc == 0, should = (want & (1u << k)) != 0;
         if (has != should)
-            problem(c->out, "load %s %s: %s transfer %s", hex, ledger_load_state_name(l->state),
+            problem(c->out, "load %s %s: %s transfer %s", hex, proto_load_state_name(l->state),
                     ledger_transfer_kind_name((Qcledger__TransferKind)k),
                     has ? "present" : "missing");
         else if (has && t.amount != l->amount)

@@ -216,7 +216,7 @@ static void do_settle(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slo
                 char hex[2 * LEDGER_TXN_ID_SIZE + 1];
                 ops_log(OPS_LOG_WARN, "ledger.verdict_disagrees", "txn_id",
                         ops_hex(m->txn_id.data, LEDGER_TXN_ID_SIZE, hex), "state",
-                        ledger_load_state_name(svc->load->state), NULL);
+                        proto_load_state_name(svc->load->state), NULL);
             }
             reply_load(svc, slot, false);
         }

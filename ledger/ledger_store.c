@@ -917,22 +917,6 @@ int ledger_store_reader_check(ledger_store_t *store, int *dead)
 
 /* ------------------------------------------------------------ names */
 
-const char *ledger_load_state_name(Quancun__LoadState state)
-{
-    switch (state) {
-    case QUANCUN__LOAD_STATE__LOAD_RESERVED:
-        return "RESERVED";
-    case QUANCUN__LOAD_STATE__LOAD_CONFIRMED:
-        return "CONFIRMED";
-    case QUANCUN__LOAD_STATE__LOAD_COMPENSATED:
-        return "COMPENSATED";
-    case QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED:
-        return "LATE_CONFIRMED";
-    default:
-        return "NONE";
-    }
-}
-
 const char *ledger_transfer_kind_name(Qcledger__TransferKind kind)
 {
     switch (kind) {

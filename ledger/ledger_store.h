@@ -213,8 +213,7 @@ int ledger_store_account_from_msg(const Qcledger__Account *msg, ledger_account_t
 int ledger_store_device_from_msg(const Qcledger__Device *msg, ledger_device_t *out);
 int ledger_store_load_from_msg(const Qcledger__Load *msg, ledger_load_t *out);
 
-/* Text names, for logs and the CLI. */
-const char *ledger_load_state_name(Quancun__LoadState state);
+/* Text name of a transfer kind, for logs and the CLI. */
 const char *ledger_transfer_kind_name(Qcledger__TransferKind kind);
 
 #endif

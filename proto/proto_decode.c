@@ -247,3 +247,20 @@ int proto_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *out_len)
     *out_len = packed;
     return 0;
 }
+
+const char *proto_load_state_name(int state)
+{
+    switch (state) {
+    case QUANCUN__LOAD_STATE__LOAD_NONE:
+        return "NONE";
+    case QUANCUN__LOAD_STATE__LOAD_RESERVED:
+        return "RESERVED";
+    case QUANCUN__LOAD_STATE__LOAD_CONFIRMED:
+        return "CONFIRMED";
+    case QUANCUN__LOAD_STATE__LOAD_COMPENSATED:
+        return "COMPENSATED";
+    case QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED:
+        return "LATE_CONFIRMED";
+    }
+    return "UNKNOWN";
+}

@@ -39,6 +39,11 @@ int proto_decode_audit_checkpoint(const uint8_t *bytes, size_t len, Quancun__Aud
 int proto_decode_rpc(const uint8_t *bytes, size_t len, Quancun__Rpc **out);
 int proto_decode_rpc_reply(const uint8_t *bytes, size_t len, Quancun__RpcReply **out);
 
+/* The name of a load state as operators and devices read it: "RESERVED", "CONFIRMED",
+ * "COMPENSATED", "LATE_CONFIRMED", "NONE" for the zero value, "UNKNOWN" for anything else.
+ * Never NULL; a static string. */
+const char *proto_load_state_name(int state);
+
 /* Serializes any protobuf-c message into a malloc'd buffer the caller frees.
  * Returns 0, or QC_ENOMEM with *out NULL. */
 int proto_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *out_len);

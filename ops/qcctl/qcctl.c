@@ -98,22 +98,6 @@ static const char *account_status(Qcledger__AccountStatus s)
                                                            : "none";
 }
 
-static const char *load_state(Quancun__LoadState s)
-{
-    switch (s) {
-    case QUANCUN__LOAD_STATE__LOAD_RESERVED:
-        return "RESERVED";
-    case QUANCUN__LOAD_STATE__LOAD_CONFIRMED:
-        return "CONFIRMED";
-    case QUANCUN__LOAD_STATE__LOAD_COMPENSATED:
-        return "COMPENSATED";
-    case QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED:
-        return "LATE_CONFIRMED";
-    default:
-        return "NONE";
-    }
-}
-
 static void hex(const uint8_t *b, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";
@@ -188,7 +172,7 @@ static void print_load(const qcctl_t *q, const Qcledger__Load *l)
     if (q->json) {
         printf("{\"txn_id\":\"%s\",\"state\":\"%s\",\"amount\":%" PRId64 ",\"currency\":%u,"
                "\"device\":",
-               txn, load_state(l->state), l->amount, l->currency);
+               txn, proto_load_state_name(l->state), l->amount, l->currency);
         json_str(stdout, l->device_id);
         printf(",\"account\":");
         json_str(stdout, l->account_id);
@@ -202,8 +186,8 @@ static void print_load(const qcctl_t *q, const Qcledger__Load *l)
     printf("load      %s\nstate     %s%s\namount    %" PRId64 " (currency %u)\ndevice    %s\n"
            "account   %s\ncounter   %" PRIu64 "\ndeadline  %" PRIu64 " ms\nreason    %s\n"
            "evidence  request %zu B, allow %zu B, report %zu B\n",
-           txn, load_state(l->state), l->flagged ? " (FLAGGED: account overdrawn)" : "", l->amount,
-           l->currency, l->device_id, l->account_id, l->counter, l->deadline_ms,
+           txn, proto_load_state_name(l->state), l->flagged ? " (FLAGGED: account overdrawn)" : "",
+           l->amount, l->currency, l->device_id, l->account_id, l->counter, l->deadline_ms,
            l->reason[0] ? l->reason : "-", l->request.len, l->allow.len, l->report.len);
 }
 
