@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # lib.sh - the shared harness of the end-to-end tests: a real cluster (ops/cluster) in a
 # temporary directory, torn down by a trap whatever happens, helpers for accounts and wallets,
 # and assertions that print what was expected and what was seen.

@@ -19,7 +19,7 @@ n=$(refusals "$X/logs/ledger-0.log")
 rc=0
 out=$("$QCCTL" --config "$X/conf/qcctl.conf" --curve-key "$X/keys/stranger.key" \
   --timeout-ms $CALL_TIMEOUT_MS account open EVE-001 2>&1) || rc=$?
-assert_eq "qcctl with a stranger's key: exit (3 = no shard answered)" 3 "$rc"
+assert_eq "qcctl with a stranger's key: exit (3 = no shard answered; it said: ${out##*qcctl: })" 3 "$rc"
 wait_until $LOG_WAIT_S "ledger logs rpc.refused" more_refusals "$X/logs/ledger-0.log" "$n"
 grep '"event":"rpc.refused"' "$X/logs/ledger-0.log" | grep -qF "$(tr -d '\n' <"$X/keys/stranger.key.pub")" ||
   fail "the ledger's rpc.refused lines do not name the stranger's key"
