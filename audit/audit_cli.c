@@ -18,6 +18,7 @@
 #include "ledger.pb-c.h"
 #include "ops_log.h"
 #include "proto_cert.h"
+#include "ops_hex.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
@@ -431,16 +432,8 @@ static void show_entry(show_ctx_t *c, const audit_entry_t *e, bool hash_ok)
 static int hex_parse(const char *s, uint8_t *out, size_t cap, size_t *len)
 {
     size_t n = strlen(s);
-    if (n == 0 || n % 2 != 0 || n / 2 > cap)
+    if (n == 0 || n % 2 != 0 || n / 2 > cap || ops_unhex(s, out, n / 2) != 0)
         return -1;
-    for (size_t i = 0; i < n / 2; i++) {
-        unsigned v = 0;
-        if (sscanf(s + 2 * i, "%2x", &v) != 1 ||
-            strchr("0123456789abcdefABCDEF", s[2 * i]) == NULL ||
-            strchr("0123456789abcdefABCDEF", s[2 * i + 1]) == NULL)
-            return -1;
-        out[i] = (uint8_t)v;
-    }
     *len = n / 2;
     return 0;
 }

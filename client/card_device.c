@@ -119,7 +119,7 @@ static void card_log_line(card_state_t *st, const char *event, const card_record
     if (rec != NULL) {
         n = snprintf(out + pos, cap - pos,
                      ",\"transfer\":\"%s\",\"device\":\"%s\",\"amount\":\"%s\"",
-                     wallet_hex(rec->transfer_id, CARD_XFER_ID_SIZE, hex), rec->device_id,
+                     ops_hex(rec->transfer_id, CARD_XFER_ID_SIZE, hex), rec->device_id,
                      wallet_amount_format(rec->amount, amt, sizeof(amt)));
         assert(n > 0 && (size_t)n < cap - pos);
         pos += (size_t)n;

@@ -281,7 +281,7 @@ static int cmd_status(const ops_config_t *cfg)
     for (size_t i = first; i < st->transfer_count; i++) {
         const card_record_t *r = &st->transfers[i];
         printf("  #%" PRIu64 " transfer %s from %s: +%s, balance %s\n", r->counter,
-               wallet_hex(r->transfer_id, CARD_XFER_ID_SIZE, hex), r->device_id,
+               ops_hex(r->transfer_id, CARD_XFER_ID_SIZE, hex), r->device_id,
                wallet_amount_format(r->amount, a, sizeof(a)),
                wallet_amount_format(r->balance_after, b, sizeof(b)));
     }

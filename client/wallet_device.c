@@ -224,7 +224,7 @@ static void log_line(wallet_state_t *st, wallet_phase_t phase_after, const char 
     size_t cap = sizeof(st->log_pending);
     time_text(ops_time_wall_ms(), when);
     if (st->phase != WALLET_IDLE)
-        wallet_hex(st->txn_id, WALLET_TXN_SIZE, txn);
+        ops_hex(st->txn_id, WALLET_TXN_SIZE, txn);
     int n = snprintf(out, cap,
                      "{\"seq\":%" PRIu64 ",\"time\":\"%s\",\"event\":\"%s\",\"state\":\"%s\","
                      "\"balance\":\"%s\",\"counter\":%" PRIu64,
@@ -557,7 +557,7 @@ int wallet_device_init(const char *home, const char *serial, const char *pin, si
         char hex[2 * WALLET_SERIAL_RANDOM_BYTES + 1];
         if (RAND_bytes(rnd, sizeof(rnd)) != 1)
             return QC_ECRYPTO;
-        wallet_hex(rnd, sizeof(rnd), hex);
+        ops_hex(rnd, sizeof(rnd), hex);
         for (char *p = hex; *p != '\0'; p++)
             *p = (char)(*p >= 'a' ? *p - 'a' + 'A' : *p);
         snprintf(made, sizeof(made), "%s%s", WALLET_SERIAL_PREFIX, hex);
@@ -1223,7 +1223,7 @@ static void card_detail(const wallet_state_t *st, char out[DEVICE_DETAIL_MAX])
     char hex[2 * WALLET_TXN_SIZE + 1];
     char amount[WALLET_AMOUNT_FORMAT_MAX];
     snprintf(out, DEVICE_DETAIL_MAX, "card %s transfer %s amount %s", st->card_number,
-             wallet_hex(st->card_xfer_id, WALLET_TXN_SIZE, hex),
+             ops_hex(st->card_xfer_id, WALLET_TXN_SIZE, hex),
              wallet_amount_format(st->card_amount, amount, sizeof(amount)));
 }
 

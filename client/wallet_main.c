@@ -373,7 +373,7 @@ static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
     if (res->finished) {
         printf("Bank outcome: %s. Wallet balance: %s (counter %" PRIu64 ").\n",
                proto_load_state_name(res->outcome), amount_text(s.balance, b), s.counter);
-        printf("Transaction: %s\n", wallet_hex(s.last_txn_id, WALLET_TXN_SIZE, hex));
+        printf("Transaction: %s\n", ops_hex(s.last_txn_id, WALLET_TXN_SIZE, hex));
         bool ok = (!res->judged || res->verdict == 0) &&
                   res->outcome != QUANCUN__LOAD_STATE__LOAD_COMPENSATED;
         if (!ok)
@@ -389,7 +389,7 @@ static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
     }
     say_error("the load is not finished", rc, res->server_message);
     if (s.phase != WALLET_IDLE)
-        printf("Transaction: %s\n", wallet_hex(s.txn_id, WALLET_TXN_SIZE, hex));
+        printf("Transaction: %s\n", ops_hex(s.txn_id, WALLET_TXN_SIZE, hex));
     if (s.phase == WALLET_PENDING)
         printf("The signed request of %s is kept; run `%s sync --home DIR` to finish it.\n",
                amount_text(amount, a), MAIN_PROGRAM);
@@ -531,16 +531,16 @@ static void print_status(const wallet_status_t *s)
                s->report_status == QUANCUN__REPORT_STATUS__REPORT_APPLIED ? "APPLIED" : "REJECTED");
     printf("\n");
     if (s->phase != WALLET_IDLE) {
-        printf("pending txn: %s\n", wallet_hex(s->txn_id, WALLET_TXN_SIZE, hex));
+        printf("pending txn: %s\n", ops_hex(s->txn_id, WALLET_TXN_SIZE, hex));
         printf("  account %s, amount %s, currency %" PRIu32 "\n", s->account_id,
                amount_text(s->amount, a), s->currency);
     }
     if (s->last_outcome != 0)
-        printf("last load:   %s %s\n", wallet_hex(s->last_txn_id, WALLET_TXN_SIZE, hex),
+        printf("last load:   %s %s\n", ops_hex(s->last_txn_id, WALLET_TXN_SIZE, hex),
                proto_load_state_name(s->last_outcome));
     if (s->card_pending)
         printf("card:        transfer %s of %s to card %s not settled (card-sync)\n",
-               wallet_hex(s->card_xfer_id, WALLET_TXN_SIZE, hex), amount_text(s->card_amount, a),
+               ops_hex(s->card_xfer_id, WALLET_TXN_SIZE, hex), amount_text(s->card_amount, a),
                s->card_number);
     printf("PIN tries:   %" PRIu32 " of %u%s\n", s->pin_tries_left, WALLET_PIN_TRIES,
            s->pin_tries_left == 0 ? " (locked)" : "");
@@ -802,7 +802,7 @@ static int card_settle_pending(card_ctx_t *c)
         return 0;
     char a[WALLET_AMOUNT_FORMAT_MAX], hex[2 * WALLET_TXN_SIZE + 1];
     printf("Settling the earlier transfer %s of %s to card %s...\n",
-           wallet_hex(s.card_xfer_id, WALLET_TXN_SIZE, hex), amount_text(s.card_amount, a),
+           ops_hex(s.card_xfer_id, WALLET_TXN_SIZE, hex), amount_text(s.card_amount, a),
            s.card_number);
     wallet_card_result_t result = 0;
     int rc = card_host_settle(c->host, c->dev, &result, &c->info);

@@ -28,19 +28,6 @@
 
 /* ------------------------------------------------------------------ small helpers */
 
-char *wallet_hex(const uint8_t *bytes, size_t len, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    assert(out != NULL);
-    assert(bytes != NULL || len == 0);
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = digits[bytes[i] >> 4];
-        out[2 * i + 1] = digits[bytes[i] & 0xf];
-    }
-    out[2 * len] = '\0';
-    return out;
-}
-
 static int hex_nibble(char c)
 {
     if (c >= '0' && c <= '9')
@@ -301,7 +288,7 @@ static void tb_hex(textbuf_t *tb, const char *key, const uint8_t *bytes, size_t 
     tb_reserve(tb, 2 * len + 1);
     if (tb->rc != 0)
         return;
-    wallet_hex(bytes, len, tb->p + tb->len);
+    ops_hex(bytes, len, tb->p + tb->len);
     tb->len += 2 * len;
     tb_printf(tb, "\n");
 }

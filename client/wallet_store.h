@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "ops_hex.h"
 #include "wallet_pin.h"
 
 #define WALLET_SERIAL_MAX 64  /* bytes of a hardware serial (= PROTO_DEVICE_ID_MAX) */
@@ -133,8 +134,5 @@ int wallet_oplog_append(const char *home, const char *line);
  * Returns 0; QC_EDECODE when the log is neither at st->log_seq nor one behind (it was
  * edited or lost: the state file stays authoritative); QC_EIO. */
 int wallet_oplog_recover(const char *home, const wallet_state_t *st);
-
-/* Lower-case hex of bytes into out (capacity 2*len+1). Returns out. */
-char *wallet_hex(const uint8_t *bytes, size_t len, char *out);
 
 #endif

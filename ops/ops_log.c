@@ -274,16 +274,3 @@ void ops_logf(ops_log_level_t level, const char *event, const char *fmt, ...)
         line.truncated = true;
     ops_log_end(&line);
 }
-
-char *ops_hex(const uint8_t *bytes, size_t len, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    assert(out != NULL);
-    assert(bytes != NULL || len == 0);
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = hex[bytes[i] >> 4];
-        out[2 * i + 1] = hex[bytes[i] & 0x0f];
-    }
-    out[2 * len] = '\0';
-    return out;
-}

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ops_hex.h"
+
 #define OPS_LOG_LINE_MAX 4096
 
 typedef enum ops_log_level {
@@ -39,8 +41,5 @@ void ops_log(ops_log_level_t level, const char *event, ...) __attribute__((senti
 /* Same, with one "msg" field formatted printf-style. */
 void ops_logf(ops_log_level_t level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/* Lower-case hex of bytes into out (capacity 2*len+1). Returns out. For txn ids in logs. */
-char *ops_hex(const uint8_t *bytes, size_t len, char *out);
 
 #endif

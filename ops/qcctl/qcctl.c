@@ -14,6 +14,7 @@
 #include "ledger.pb-c.h"
 #include "ops_config.h"
 #include "ops_log.h"
+#include "ops_hex.h"
 #include "proto_decode.h"
 #include "proto_rpc.h"
 #include "proto_shard.h"
@@ -98,29 +99,6 @@ static const char *account_status(Qcledger__AccountStatus s)
                                                            : "none";
 }
 
-static void hex(const uint8_t *b, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 0xf];
-    }
-    out[2 * n] = '\0';
-}
-
-static int unhex(const char *s, uint8_t *out, size_t n)
-{
-    if (s == NULL || strlen(s) != 2 * n)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned v = 0;
-        if (sscanf(s + 2 * i, "%2x", &v) != 1)
-            return -1;
-        out[i] = (uint8_t)v;
-    }
-    return 0;
-}
-
 static void print_account(const qcctl_t *q, const Qcledger__Account *a)
 {
     if (q->json) {
@@ -143,9 +121,9 @@ static void print_device(const qcctl_t *q, const Qcledger__Device *d)
 {
     char fp[2 * 32 + 1] = "", rsv[2 * QCCTL_TXN_SIZE + 1] = "";
     if (d->cert_fp.len == 32)
-        hex(d->cert_fp.data, 32, fp);
+        ops_hex(d->cert_fp.data, 32, fp);
     if (d->reserved_txn.len == QCCTL_TXN_SIZE)
-        hex(d->reserved_txn.data, QCCTL_TXN_SIZE, rsv);
+        ops_hex(d->reserved_txn.data, QCCTL_TXN_SIZE, rsv);
     const char *status = d->status == QCLEDGER__DEVICE_STATUS__DEVICE_ACTIVE    ? "active"
                          : d->status == QCLEDGER__DEVICE_STATUS__DEVICE_REVOKED ? "revoked"
                                                                                 : "none";
@@ -168,7 +146,7 @@ static void print_load(const qcctl_t *q, const Qcledger__Load *l)
 {
     char txn[2 * QCCTL_TXN_SIZE + 1] = "";
     if (l->txn_id.len == QCCTL_TXN_SIZE)
-        hex(l->txn_id.data, QCCTL_TXN_SIZE, txn);
+        ops_hex(l->txn_id.data, QCCTL_TXN_SIZE, txn);
     if (q->json) {
         printf("{\"txn_id\":\"%s\",\"state\":\"%s\",\"amount\":%" PRId64 ",\"currency\":%u,"
                "\"device\":",
@@ -291,7 +269,7 @@ static int cmd_account(qcctl_t *q, const char *sub, const char *id, const char *
         }
         uint8_t txn[QCCTL_TXN_SIZE];
         const char *txn_hex = ops_config_str(q->cfg, "txn");
-        if (txn_hex != NULL ? unhex(txn_hex, txn, sizeof txn) != 0
+        if (txn_hex != NULL ? ops_unhex(txn_hex, txn, sizeof txn) != 0
                             : RAND_bytes(txn, sizeof txn) != 1) {
             fprintf(stderr, "qcctl: --txn must be 32 hex digits\n");
             return QCCTL_EXIT_USAGE;
@@ -430,7 +408,7 @@ static int cmd_device(qcctl_t *q, const char *sub, const char *arg)
 static int cmd_load(qcctl_t *q, const char *sub, const char *arg)
 {
     uint8_t txn[QCCTL_TXN_SIZE];
-    if (sub == NULL || strcmp(sub, "show") != 0 || unhex(arg, txn, sizeof txn) != 0) {
+    if (sub == NULL || strcmp(sub, "show") != 0 || ops_unhex(arg, txn, sizeof txn) != 0) {
         fprintf(stderr, "qcctl: load show TXN (32 hex digits)\n");
         return QCCTL_EXIT_USAGE;
     }
