@@ -44,6 +44,14 @@ assert_eq() {
   e2e_log "ok: $1 = '$3'"
 }
 
+# assert_ge WHAT MIN SEEN: integers
+assert_ge() {
+  if ! [[ $3 =~ ^-?[0-9]+$ ]] || [ "$3" -lt "$2" ]; then
+    fail "$1: expected at least $2, saw '$3'"
+  fi
+  e2e_log "ok: $1 = $3 >= $2"
+}
+
 # assert_match WHAT REGEX SEEN
 assert_match() {
   [[ $3 =~ $2 ]] || fail "$1: expected to match /$2/, saw '$3'"

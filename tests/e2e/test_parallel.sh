@@ -50,6 +50,7 @@ assert_eq "shards that served loads" 2 "$(jq '[.shards[] | select(.loads > 0)] |
 for g in 0 1; do
   port=$(sed -n 's/^http_port = //p' "$X/conf/gateway-$g.conf")
   allowed=$(curl -sf "http://127.0.0.1:$port/metrics" | sed -n 's/^qc_gateway_loads_total{result="allowed"} //p')
-  assert_eq "loads allowed by gateway-$g" $((WALLETS * LOADS / 2)) "${allowed%.*}"
+  # At least: a wallet whose call timed out re-sends the same request, answered again.
+  assert_ge "loads allowed by gateway-$g" $((WALLETS * LOADS / 2)) "${allowed%.*}"
 done
 e2e_end
