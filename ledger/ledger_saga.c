@@ -477,12 +477,64 @@ static int reserve_limits(const Quancun__LoadRequest *r, const ledger_device_t *
     return 0;
 }
 
-/* (none) -> RESERVED, inside txn. */
+/* The new load itself, once its device's previous load is settled: limits, funds, the debit,
+ * the record. Runs in its own nested txn (see saga_reserve_apply). */
+static int reserve_new(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const Quancun__LoadRequest *r,
+                       const Quancun__LoadAllow *al, ledger_device_t *dev, const uint8_t *req,
+                       size_t req_len, const uint8_t *allow, size_t allow_len, ledger_load_t *out,
+                       char *why)
+{
+    ledger_account_t a;
+    int rc;
+    /* Reconciliation may have moved money back into the account: read it again. */
+    if ((rc = ledger_store_account_get(s->store, txn, r->account_id, &a)) != 0 ||
+        (rc = reserve_limits(r, dev, &a, now, why)) != 0 ||
+        (rc = ledger_store_account_put(s->store, txn, &a)) != 0)
+        return rc;
+
+    memset(out, 0, offsetof(ledger_load_t, request));
+    memcpy(out->txn_id, r->txn_id.data, LEDGER_TXN_ID_SIZE);
+    out->state = QUANCUN__LOAD_STATE__LOAD_RESERVED;
+    out->amount = r->amount;
+    out->currency = r->currency;
+    snprintf(out->device_id, sizeof out->device_id, "%s", dev->id);
+    snprintf(out->account_id, sizeof out->account_id, "%s", a.id);
+    out->counter = r->counter;
+    out->deadline_ms = al->deadline_ms;
+    memcpy(out->request, req, req_len);
+    out->request_len = req_len;
+    memcpy(out->allow, allow, allow_len);
+    out->allow_len = allow_len;
+    out->report_len = 0;
+    out->created_ms = now;
+    out->updated_ms = now;
+    if ((rc = load_move(s, txn, now, out, QCLEDGER__TRANSFER_KIND__TRANSFER_RESERVE,
+                        QCLEDGER__ACCOUNT_KIND__KIND_CUSTOMER, QCLEDGER__ACCOUNT_KIND__KIND_HOLD,
+                        why)) != 0 ||
+        (rc = ledger_store_load_put(s->store, txn, out)) != 0 ||
+        (rc = ledger_store_deadline_add(s->store, txn, out->deadline_ms, out->txn_id)) != 0)
+        return rc;
+    dev->has_reserved = true;
+    memcpy(dev->reserved_txn, out->txn_id, LEDGER_TXN_ID_SIZE);
+    dev->has_last = true;
+    memcpy(dev->last_txn, out->txn_id, LEDGER_TXN_ID_SIZE);
+    dev->counter = r->counter;
+    if ((rc = ledger_store_device_put(s->store, txn, dev)) != 0)
+        return rc;
+    return emit_load(s, txn, now, "load.reserved", out);
+}
+
+/* (none) -> RESERVED, inside txn. The device's previous load is settled first from the
+ * request's signed counter (reconcile); that settlement is proven whatever becomes of the new
+ * load, so *keep is set once it is done and the caller commits txn even when the new load is
+ * refused (its funds, its limits): otherwise a refused request would undo the proof and the
+ * deadline would refund a load the device holds. */
 static int saga_reserve_apply(ledger_saga_t *s, MDB_txn *txn, uint64_t now,
                               const Quancun__LoadRequest *r, const Quancun__LoadAllow *al,
                               const uint8_t *req, size_t req_len, const uint8_t *allow,
-                              size_t allow_len, ledger_load_t *out, char *why)
+                              size_t allow_len, ledger_load_t *out, char *why, bool *keep)
 {
+    *keep = false;
     if (req_len > sizeof out->request || allow_len > sizeof out->allow)
         return refuse(why, QC_ETOOBIG, "signed artefact larger than %d bytes", LEDGER_SIGNED_MAX);
     if (proto_shard_of(r->account_id, s->shard_count) != s->shard)
@@ -527,42 +579,12 @@ static int saga_reserve_apply(ledger_saga_t *s, MDB_txn *txn, uint64_t now,
     }
     if ((rc = reconcile(s, txn, now, dev, r->counter, why)) != 0)
         goto out;
-    /* Reconciliation may have moved money back into the account: read it again. */
-    if ((rc = ledger_store_account_get(s->store, txn, r->account_id, &a)) != 0 ||
-        (rc = reserve_limits(r, dev, &a, now, why)) != 0 ||
-        (rc = ledger_store_account_put(s->store, txn, &a)) != 0)
+    *keep = true;
+    MDB_txn *child = NULL;
+    if ((rc = saga_begin(s, txn, &child)) != 0)
         goto out;
-
-    memset(out, 0, offsetof(ledger_load_t, request));
-    memcpy(out->txn_id, r->txn_id.data, LEDGER_TXN_ID_SIZE);
-    out->state = QUANCUN__LOAD_STATE__LOAD_RESERVED;
-    out->amount = r->amount;
-    out->currency = r->currency;
-    snprintf(out->device_id, sizeof out->device_id, "%s", dev->id);
-    snprintf(out->account_id, sizeof out->account_id, "%s", a.id);
-    out->counter = r->counter;
-    out->deadline_ms = al->deadline_ms;
-    memcpy(out->request, req, req_len);
-    out->request_len = req_len;
-    memcpy(out->allow, allow, allow_len);
-    out->allow_len = allow_len;
-    out->report_len = 0;
-    out->created_ms = now;
-    out->updated_ms = now;
-    if ((rc = load_move(s, txn, now, out, QCLEDGER__TRANSFER_KIND__TRANSFER_RESERVE,
-                        QCLEDGER__ACCOUNT_KIND__KIND_CUSTOMER, QCLEDGER__ACCOUNT_KIND__KIND_HOLD,
-                        why)) != 0 ||
-        (rc = ledger_store_load_put(s->store, txn, out)) != 0 ||
-        (rc = ledger_store_deadline_add(s->store, txn, out->deadline_ms, out->txn_id)) != 0)
-        goto out;
-    dev->has_reserved = true;
-    memcpy(dev->reserved_txn, out->txn_id, LEDGER_TXN_ID_SIZE);
-    dev->has_last = true;
-    memcpy(dev->last_txn, out->txn_id, LEDGER_TXN_ID_SIZE);
-    dev->counter = r->counter;
-    if ((rc = ledger_store_device_put(s->store, txn, dev)) != 0)
-        goto out;
-    rc = emit_load(s, txn, now, "load.reserved", out);
+    rc = reserve_new(s, child, now, r, al, dev, req, req_len, allow, allow_len, out, why);
+    rc = saga_finish(child, rc, false);
 out:
     free(dev);
     return rc;
@@ -595,11 +617,12 @@ int ledger_saga_reserve_trusted(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
     int rc = saga_begin(s, parent, &txn);
     if (rc != 0)
         return rc;
-    bool known = false;
+    bool known = false, keep = false;
     rc = reserve_known(s, txn, r->txn_id.data, req, req_len, out, why, &known);
     if (rc == 0 && !known)
-        rc = saga_reserve_apply(s, txn, now, r, al, req, req_len, allow, allow_len, out, why);
-    return saga_finish(txn, rc, false);
+        rc =
+            saga_reserve_apply(s, txn, now, r, al, req, req_len, allow, allow_len, out, why, &keep);
+    return saga_finish(txn, rc, keep);
 }
 
 /* The public key of a device from its enrolled certificate, borrowed from the cache. */
@@ -681,7 +704,7 @@ static int allow_matches(const Quancun__LoadRequest *r, const Quancun__LoadAllow
 
 static int reserve_verified(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const uint8_t *req,
                             size_t req_len, const uint8_t *allow, size_t allow_len,
-                            ledger_load_t *out, char *why)
+                            ledger_load_t *out, char *why, bool *keep)
 {
     proto_envelope_t *renv = NULL, *aenv = NULL;
     Quancun__LoadRequest *r = NULL;
@@ -729,7 +752,7 @@ static int reserve_verified(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const 
         rc = refuse(why, QC_EEXPIRED, "allow deadline already passed");
         goto out;
     }
-    rc = saga_reserve_apply(s, txn, now, r, a, req, req_len, allow, allow_len, out, why);
+    rc = saga_reserve_apply(s, txn, now, r, a, req, req_len, allow, allow_len, out, why, keep);
 out:
     if (r != NULL)
         quancun__load_request__free_unpacked(r, NULL);
@@ -750,8 +773,9 @@ int ledger_saga_reserve(ledger_saga_t *s, MDB_txn *parent, uint64_t now, const u
     int rc = saga_begin(s, parent, &txn);
     if (rc != 0)
         return rc;
-    rc = reserve_verified(s, txn, now, req, req_len, allow, allow_len, out, why);
-    return saga_finish(txn, rc, false);
+    bool keep = false;
+    rc = reserve_verified(s, txn, now, req, req_len, allow, allow_len, out, why, &keep);
+    return saga_finish(txn, rc, keep);
 }
 
 /* ------------------------------------------------------------ settle */

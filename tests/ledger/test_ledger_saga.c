@@ -374,6 +374,54 @@ static void test_reconcile_late_confirm_by_counter(void **state)
     free_pair(&p2);
 }
 
+/* The proof in a request's counter stands even when the request itself is refused: a refused
+ * new load must not undo the settlement of the previous one, or the deadline would refund a
+ * load the device holds (found by tests/e2e). Both directions, and a late confirmation whose
+ * own debit the account can no longer afford. */
+static void test_reconcile_kept_when_new_load_refused(void **state)
+{
+    fx_t *f = *state;
+    pair_t p1 = make_pair(f, T_AMOUNT, 0, 0);
+    assert_int_equal(reserve(f, &p1), 0);
+    pair_t big = make_pair(f, T_DEPOSIT, 1, 0); /* more than is left */
+    assert_int_equal(reserve(f, &big), QC_EFUNDS);
+    assert_int_equal(state_of(f, p1.l.txn_id), QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
+    assert_int_equal(state_of(f, big.l.txn_id), QUANCUN__LOAD_STATE__LOAD_NONE);
+    snap_t s = snap(f);
+    assert_int_equal(s.acct, T_DEPOSIT - T_AMOUNT);
+    assert_int_equal(s.hold, 0);
+    assert_int_equal(s.flt, T_AMOUNT);
+
+    pair_t p2 = make_pair(f, T_AMOUNT, 1, 0);
+    assert_int_equal(reserve(f, &p2), 0);
+    pair_t big2 = make_pair(f, 2 * T_DEPOSIT, 1, 0); /* counter 1 again: p2 not applied */
+    assert_int_equal(reserve(f, &big2), QC_EFUNDS);
+    assert_int_equal(state_of(f, p2.l.txn_id), QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
+    s = snap(f);
+    assert_int_equal(s.acct, T_DEPOSIT - T_AMOUNT);
+    assert_int_equal(s.hold, 0);
+
+    /* p3 compensated by its deadline, then a request whose counter proves p3 applied:
+     * LATE_CONFIRMED, though the new load itself is refused for funds. */
+    pair_t p3 = make_pair(f, T_AMOUNT, 1, f->now + 50);
+    assert_int_equal(reserve(f, &p3), 0);
+    assert_int_equal(ledger_saga_expire(f->saga, NULL, f->now + 60, 10, NULL, NULL), 0);
+    assert_int_equal(state_of(f, p3.l.txn_id), QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
+    pair_t p4 = make_pair(f, T_DEPOSIT, 2, 0);
+    assert_int_equal(reserve(f, &p4), QC_EFUNDS);
+    assert_int_equal(state_of(f, p3.l.txn_id), QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED);
+    s = snap(f);
+    assert_int_equal(s.acct, T_DEPOSIT - 2 * T_AMOUNT);
+    assert_int_equal(s.flt, 2 * T_AMOUNT);
+    assert_int_equal(s.hold, 0);
+    free_pair(&p1);
+    free_pair(&big);
+    free_pair(&p2);
+    free_pair(&big2);
+    free_pair(&p3);
+    free_pair(&p4);
+}
+
 /* ------------------------------------------------------------ idempotency */
 
 static void test_reserve_idempotent(void **state)
@@ -587,12 +635,14 @@ static void test_refusals_change_nothing(void **state)
     expect_refused(f, &p, QC_EMISMATCH);
     free_pair(&p);
     assert_int_equal(state_of(f, pend.l.txn_id), QUANCUN__LOAD_STATE__LOAD_RESERVED);
-    /* A refused request does not settle the pending load either (it changes nothing). */
+    /* A request refused for its own funds still carries the counter that proves the pending
+     * load applied: that settlement stands (test_reconcile_kept_when_new_load_refused), and
+     * only the new load is refused. */
     p = make_pair(f, T_DEPOSIT * 10, 2, 0);
-    expect_refused(f, &p, QC_EFUNDS);
+    assert_int_equal(reserve(f, &p), QC_EFUNDS);
+    assert_int_equal(state_of(f, p.l.txn_id), QUANCUN__LOAD_STATE__LOAD_NONE);
     free_pair(&p);
-    assert_int_equal(state_of(f, pend.l.txn_id), QUANCUN__LOAD_STATE__LOAD_RESERVED);
-    assert_int_equal(settle(f, &pend, f->dev, 2, QUANCUN__REPORT_STATUS__REPORT_APPLIED), 0);
+    assert_int_equal(state_of(f, pend.l.txn_id), QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
     free_pair(&pend);
 
     /* Revoked device. */
@@ -958,6 +1008,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reconcile_counter_proves_applied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile_counter_proves_not_applied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile_late_confirm_by_counter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_kept_when_new_load_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reserve_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_admin_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals_change_nothing, setup, teardown),
