@@ -62,9 +62,9 @@ struct gateway {
     gateway_config_t cfg;
     proto_trust_t *trust;
     gateway_certcache_t *certs; /* device certificates verified recently, over trust */
-    /* Reports only: the same CAs without the CRL, for a certificate revoked while its load was
-     * in flight (gateway_report_start); NULL when no CRL is configured. */
-    proto_trust_t *trust_nocrl;
+    /* Reports only: the same CAs without the CRL and without validity periods, for a
+     * certificate revoked or expired while its load was in flight (gateway_report_start). */
+    proto_trust_t *trust_report;
     gateway_certcache_t *report_certs;
     proto_rpc_server_t *server;
     proto_rpc_client_t *signer;
@@ -278,16 +278,18 @@ static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
     Quancun__ExecutionReport *rep = NULL;
     time_t now = (time_t)(ops_time_wall_ms() / 1000);
     int rc = gateway_verify_report(gw->certs, op->req->body, op->req->body_len, now, &rep);
-    if (rc == QC_ECERTREVOKED && gw->report_certs != NULL) {
-        /* The certificate was revoked after the device signed its request. Its report is
-         * still the only evidence of what the device applied: refusing it would let the
-         * deadline refund a load the device holds (money created, and the device could never
-         * settle it). Revocation stops new loads; a report can only settle this device's own
-         * loads, and the ledger checks it against the load and the enrolled certificate, as it
-         * does for a device revoked in its registry. Chain, validity and signature still hold. */
-        ops_log(OPS_LOG_WARN, "report.revoked_certificate", "peer", op->req->peer_key, NULL);
-        gateway_audit_event(gw->audit, "security.report_revoked_certificate", NULL, op->req->body,
-                            op->req->body_len);
+    if (rc == QC_ECERTREVOKED || rc == QC_ECERTEXPIRED) {
+        /* The certificate was revoked, or expired, after the device signed its request. Its
+         * report is still the only evidence of what the device applied: refusing it would let
+         * the deadline refund a load the device holds (money created, and the device could
+         * never settle it). Revocation and expiry stop new loads; a report can only settle this
+         * device's own loads, and the ledger checks it against the load and the enrolled
+         * certificate, as it does for a device revoked in its registry. Chain and signature
+         * still hold. */
+        ops_log(OPS_LOG_WARN, "report.certificate_no_longer_valid", "error", qc_errname(rc), "peer",
+                op->req->peer_key, NULL);
+        gateway_audit_event(gw->audit, "security.report_certificate_no_longer_valid", NULL,
+                            op->req->body, op->req->body_len);
         rc = gateway_verify_report(gw->report_certs, op->req->body, op->req->body_len, now, &rep);
     }
     if (rc != 0) {
@@ -520,11 +522,10 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
     int rc = proto_trust_new(cfg->ca_path, cfg->crl_path, &gw->trust);
     if (rc == 0)
         rc = gateway_certcache_new(gw->trust, &gw->certs);
-    if (rc == 0 && cfg->crl_path != NULL) {
-        rc = proto_trust_new(cfg->ca_path, NULL, &gw->trust_nocrl);
-        if (rc == 0)
-            rc = gateway_certcache_new(gw->trust_nocrl, &gw->report_certs);
-    }
+    if (rc == 0)
+        rc = proto_trust_new_ex(cfg->ca_path, NULL, PROTO_TRUST_NO_CHECK_TIME, &gw->trust_report);
+    if (rc == 0)
+        rc = gateway_certcache_new(gw->trust_report, &gw->report_certs);
     if (rc != 0)
         goto err;
     proto_rpc_client_config_t sc = {
@@ -581,7 +582,7 @@ void gateway_destroy(gateway_t **gw_p)
     gateway_certcache_destroy(&gw->certs);
     proto_trust_destroy(&gw->trust);
     gateway_certcache_destroy(&gw->report_certs);
-    proto_trust_destroy(&gw->trust_nocrl);
+    proto_trust_destroy(&gw->trust_report);
     free(gw);
     *gw_p = NULL;
 }

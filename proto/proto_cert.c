@@ -25,6 +25,7 @@
 
 struct proto_trust {
     X509_STORE *store; /* CAs and CRLs; never modified after proto_trust_new() */
+    unsigned flags;    /* PROTO_TRUST_* */
 };
 
 /* Refuses to prompt for a passphrase: keys are unencrypted files or live in the HSM. */
@@ -87,7 +88,14 @@ static int load_crls(X509_STORE *store, const char *path)
 
 int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path, proto_trust_t **out)
 {
+    return proto_trust_new_ex(ca_pem_path, crl_pem_path, 0, out);
+}
+
+int proto_trust_new_ex(const char *ca_pem_path, const char *crl_pem_path, unsigned flags,
+                       proto_trust_t **out)
+{
     assert(ca_pem_path != NULL && out != NULL);
+    assert((flags & ~PROTO_TRUST_NO_CHECK_TIME) == 0);
     *out = NULL;
     proto_trust_t *trust = calloc(1, sizeof(*trust));
     if (trust == NULL)
@@ -114,6 +122,12 @@ int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path, proto_tru
             goto err;
         }
     }
+    if ((flags & PROTO_TRUST_NO_CHECK_TIME) != 0 &&
+        X509_STORE_set_flags(trust->store, X509_V_FLAG_NO_CHECK_TIME) != 1) {
+        rc = QC_ECRYPTO;
+        goto err;
+    }
+    trust->flags = flags;
     *out = trust;
     return 0;
 err:
@@ -241,7 +255,10 @@ int proto_cert_verify(const proto_trust_t *trust, const uint8_t *der, size_t der
     rc = QC_ECRYPTO;
     if (X509_STORE_CTX_init(ctx, trust->store, cert, NULL) != 1)
         goto out;
-    X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(ctx), now);
+    /* OpenSSL lets a set time override X509_V_FLAG_NO_CHECK_TIME, so set it only when time
+     * counts. */
+    if ((trust->flags & PROTO_TRUST_NO_CHECK_TIME) == 0)
+        X509_VERIFY_PARAM_set_time(X509_STORE_CTX_get0_param(ctx), now);
     if (X509_verify_cert(ctx) != 1) {
         rc = map_verify_error(X509_STORE_CTX_get_error(ctx));
         goto out;

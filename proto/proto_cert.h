@@ -22,6 +22,15 @@ typedef struct proto_trust proto_trust_t;
  * QC_ENOMEM. */
 int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path, proto_trust_t **out);
 
+/* Flags of proto_trust_new_ex(). */
+#define PROTO_TRUST_NO_CHECK_TIME                                                                  \
+    0x1u /* ignore validity periods: for judging evidence of what                                  \
+            a device did while its certificate was valid */
+
+/* proto_trust_new() with flags (0 or PROTO_TRUST_*). */
+int proto_trust_new_ex(const char *ca_pem_path, const char *crl_pem_path, unsigned flags,
+                       proto_trust_t **out);
+
 /* Frees trust and nulls *trust_p; accepts NULL. */
 void proto_trust_destroy(proto_trust_t **trust_p);
 

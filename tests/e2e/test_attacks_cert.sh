@@ -60,7 +60,7 @@ w5_txn=$(q --json device show "$(wallet_serial w5)" | jq -r .reserved_txn)
 wallet_run w5 sync || fail "w5's sync after the CA revoked it: $(cat "$X/w5.out")"
 assert_match "w5's report after the CRL revoked it" 'Bank outcome: CONFIRMED' "$(cat "$X/w5.out")"
 assert_eq "w5's load" CONFIRMED "$(load_state "$w5_txn")"
-log_has "$X/logs/gateway-0.log" '"event":"report.revoked_certificate"' ||
+log_has "$X/logs/gateway-0.log" '"event":"report.certificate_no_longer_valid"' ||
   fail "the gateway did not log the report made under a revoked certificate"
 if wallet_load w5 ALICE-001 1.00; then fail "a device with a revoked certificate loaded"; fi
 assert_match "w5's next load" 'certificate revoked' "$(cat "$X/w5.out")"

@@ -275,6 +275,19 @@ static void test_validity_period(void **state)
     assert_int_equal(verify_at(trust, valid, f->now + 31 * DAY_S, id), QC_ECERTEXPIRED);
     X509_free(valid);
     proto_trust_destroy(&trust);
+
+    /* A trust store for evidence of the past ignores validity periods, and only them: the
+     * chain must still hold. */
+    assert_int_equal(proto_trust_new_ex(f->ca_path, NULL, PROTO_TRUST_NO_CHECK_TIME, &trust), 0);
+    expired = device_cert(f, "QC-DEV-0002", -10 * DAY_S, -DAY_S, KU_DEVICE, 11);
+    assert_int_equal(verify_at(trust, expired, f->now, id), 0);
+    assert_string_equal(id, "QC-DEV-0002");
+    X509_free(expired);
+    X509 *impostor = make_cert("QC-DEV-0010", f->dev_key, f->other_ca, f->other_ca_key, f->now,
+                               -10 * DAY_S, -DAY_S, 0, KU_DEVICE, 17);
+    assert_int_equal(verify_at(trust, impostor, f->now, id), QC_ECERTCA);
+    X509_free(impostor);
+    proto_trust_destroy(&trust);
 }
 
 static void test_untrusted_issuer(void **state)
