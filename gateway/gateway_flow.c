@@ -26,7 +26,7 @@
 
 #include <zmq.h>
 
-#include "gateway_audit.h"
+#include "proto_audit.h"
 #include "gateway_verify.h"
 #include "ledger.pb-c.h"
 #include "ops_fault.h"
@@ -69,7 +69,7 @@ struct gateway {
     proto_rpc_server_t *server;
     proto_rpc_client_t *signer;
     proto_rpc_client_t *shards[GATEWAY_SHARDS_MAX];
-    gateway_audit_t *audit;
+    proto_audit_t *audit;
     uint32_t shard_count;
     gateway_op_t ops[GATEWAY_OPS_MAX];
     int free_ops[GATEWAY_OPS_MAX];
@@ -197,8 +197,8 @@ static void gateway_load_start(gateway_t *gw, gateway_op_t *op)
         ops_log(OPS_LOG_WARN, "load.refused", "error", qc_errname(rc), "peer", op->req->peer_key,
                 NULL);
         if (gateway_security_code(rc))
-            gateway_audit_event(gw->audit, "security.bad_request", NULL, op->req->body,
-                                op->req->body_len);
+            proto_audit_event(gw->audit, "security.bad_request", NULL, op->req->body,
+                              op->req->body_len);
         gateway_op_refuse(gw, op, rc, NULL);
         return;
     }
@@ -288,8 +288,8 @@ static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
          * still hold. */
         ops_log(OPS_LOG_WARN, "report.certificate_no_longer_valid", "error", qc_errname(rc), "peer",
                 op->req->peer_key, NULL);
-        gateway_audit_event(gw->audit, "security.report_certificate_no_longer_valid", NULL,
-                            op->req->body, op->req->body_len);
+        proto_audit_event(gw->audit, "security.report_certificate_no_longer_valid", NULL,
+                          op->req->body, op->req->body_len);
         rc = gateway_verify_report(gw->report_certs, op->req->body, op->req->body_len, now, &rep);
     }
     if (rc != 0) {
@@ -297,8 +297,7 @@ static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
         ops_counter_add(gw->m_bad_reports, 1);
         ops_log(OPS_LOG_WARN, "security.bad_report", "error", qc_errname(rc), "peer",
                 op->req->peer_key, NULL);
-        gateway_audit_event(gw->audit, "security.bad_report", NULL, op->req->body,
-                            op->req->body_len);
+        proto_audit_event(gw->audit, "security.bad_report", NULL, op->req->body, op->req->body_len);
         gateway_op_refuse(gw, op, rc, NULL);
         return;
     }
@@ -409,7 +408,7 @@ int gateway_run(gateway_t *gw)
     clients[client_count++] = gw->signer;
     for (uint32_t s = 0; s < gw->shard_count; s++)
         clients[client_count++] = gw->shards[s];
-    proto_rpc_client_t *audit = gateway_audit_client(gw->audit);
+    proto_rpc_client_t *audit = proto_audit_client(gw->audit);
 
     while (!ops_signal_stop_requested()) {
         int n = 0;
@@ -449,7 +448,7 @@ int gateway_run(gateway_t *gw)
         }
         for (uint32_t c = 0; c < client_count; c++)
             proto_rpc_client_process(clients[c], gateway_on_done, gw);
-        gateway_audit_process(gw->audit);
+        proto_audit_process(gw->audit);
     }
     return 0;
 }
@@ -539,8 +538,8 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
         goto err;
     if ((rc = gateway_connect_shards(gw, ctx)) != 0)
         goto err;
-    rc = gateway_audit_new(ctx, cfg->source != NULL ? cfg->source : "gateway", cfg->audit,
-                           cfg->audit_key, cfg->keys, &gw->audit);
+    rc = proto_audit_new(ctx, cfg->source != NULL ? cfg->source : "gateway", cfg->audit,
+                         cfg->audit_key, cfg->keys, &gw->audit);
     if (rc != 0)
         goto err;
     /* Devices are not pre-registered: their identity is their certificate and signatures. */
@@ -575,7 +574,7 @@ void gateway_destroy(gateway_t **gw_p)
         free(gw->ops[i].signed_allow);
     }
     proto_rpc_server_destroy(&gw->server);
-    gateway_audit_destroy(&gw->audit);
+    proto_audit_destroy(&gw->audit);
     proto_rpc_client_destroy(&gw->signer);
     for (uint32_t s = 0; s < gw->shard_count; s++)
         proto_rpc_client_destroy(&gw->shards[s]);

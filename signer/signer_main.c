@@ -24,15 +24,18 @@
 #include "ops_metrics.h"
 #include "ops_signal.h"
 #include "ops_time.h"
+#include "proto_audit.h"
 #include "proto_rpc.h"
 #include "qc_error.h"
 #include "signer_cert.h"
 #include "signer_pool.h"
 #include "signer_sign.h"
 #include "signer_token.h"
+#include "signer.pb-c.h"
 
 #define SIGNER_SERVICE "signer"
 #define SIGNER_METHOD_SIGN "sign"
+#define SIGNER_SOURCE_MAX 64 /* this signer's name in the audit log */
 #define SIGNER_PIN_ENV "QC_SIGNER_PIN"
 #define SIGNER_POLL_MS 250          /* longest wait before looking at the stop flag */
 #define SIGNER_RECV_BATCH_MAX 256   /* requests taken per wakeup before replies are sent */
@@ -292,6 +295,8 @@ static const ops_config_key_t signer_keys[] = {
     {"listen", OPS_CONFIG_STRING, "tcp://127.0.0.1:7500", "endpoint the ROUTER socket binds"},
     {"curve_key", OPS_CONFIG_STRING, NULL, "this service's CURVE key pair file"},
     {"allow", OPS_CONFIG_STRING, NULL, "file of client CURVE public keys allowed to call"},
+    {"audit", OPS_CONFIG_STRING, NULL, "audit endpoints: every signature is reported there"},
+    {"audit_key", OPS_CONFIG_STRING, NULL, "the audit service's CURVE public key (Z85)"},
     {"http_port", OPS_CONFIG_INT, "0", "port of /metrics and /healthz on 127.0.0.1 (0 = off)"},
     {"module", OPS_CONFIG_STRING, SIGNER_MODULE_DEFAULT, "PKCS#11 module to load"},
     {"token_label", OPS_CONFIG_STRING, "quancun", "label of the token holding the keys"},
@@ -323,6 +328,7 @@ typedef struct signer_service {
     signer_keyring_t *ring;
     signer_pool_t *pool;
     proto_rpc_server_t *srv;
+    proto_audit_t *audit; /* every signature, delivered to the audit log at least once */
     ops_http_t *http;
     ops_counter_t *busy_total;
     ops_counter_t *method_total;
@@ -402,10 +408,21 @@ static int signer_start(signer_service_t *svc)
         .allow_any = false,
     };
     rc = proto_rpc_server_new(svc->zctx, &scfg, &svc->srv);
-    proto_curve_keypair_wipe(&keys);
     if (rc != 0) {
+        proto_curve_keypair_wipe(&keys);
         ops_log(OPS_LOG_ERROR, "signer.listen_failed", "endpoint", scfg.endpoint, "error",
                 qc_strerror(rc), NULL);
+        return rc;
+    }
+    const char *audit = ops_config_str(cfg, "audit");
+    char source[SIGNER_SOURCE_MAX];
+    snprintf(source, sizeof source, "signer-%s", ops_config_str(cfg, "instance"));
+    rc = proto_audit_new(svc->zctx, source, audit != NULL && audit[0] != '\0' ? audit : NULL,
+                         ops_config_str(cfg, "audit_key"), &keys, &svc->audit);
+    proto_curve_keypair_wipe(&keys);
+    if (rc != 0) {
+        ops_log(OPS_LOG_ERROR, "signer.audit_invalid", "error", qc_strerror(rc), "hint",
+                "audit and audit_key go together; instance must be short", NULL);
         return rc;
     }
     rc = ops_http_start((uint16_t)http_port, signer_health, svc, &svc->http);
@@ -440,6 +457,32 @@ static void signer_accept(signer_service_t *svc, proto_rpc_request_t *req)
     proto_rpc_request_destroy(&req);
 }
 
+/* Reports one signature to the audit log: the signed envelope itself is the evidence, and the
+ * event type names what was signed ("sign.load_allow"). */
+static void signer_audit_signature(signer_service_t *svc, const proto_rpc_request_t *req,
+                                   const uint8_t *signed_env, size_t signed_len)
+{
+    const char *type = "sign.unknown";
+    Quancun__SignRequest *sr = quancun__sign_request__unpack(NULL, req->body_len, req->body);
+    if (sr != NULL) {
+        switch (sr->kind) {
+        case QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW:
+            type = "sign.load_allow";
+            break;
+        case QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME:
+            type = "sign.load_outcome";
+            break;
+        case QUANCUN__SIGN_KIND__SIGN_AUDIT_CHECKPOINT:
+            type = "sign.audit_checkpoint";
+            break;
+        default:
+            break;
+        }
+        quancun__sign_request__free_unpacked(sr, NULL);
+    }
+    proto_audit_event(svc->audit, type, NULL, signed_env, signed_len);
+}
+
 /* Sends every finished reply. */
 static void signer_send_replies(signer_service_t *svc)
 {
@@ -452,6 +495,8 @@ static void signer_send_replies(signer_service_t *svc)
         proto_rpc_request_t *req = tag;
         /* The chaos suite kills the signer here: signed, not yet answered. */
         ops_fault_point("signer.after_sign");
+        if (code == 0)
+            signer_audit_signature(svc, req, reply, reply_len);
         int rc =
             proto_rpc_server_reply(svc->srv, req, code, code == 0 ? NULL : msg, reply, reply_len);
         if (rc != 0)
@@ -464,12 +509,20 @@ static void signer_send_replies(signer_service_t *svc)
 /* Serves until a stop is requested. Returns 0, or QC_EIO when the socket fails. */
 static int signer_serve(signer_service_t *svc)
 {
-    zmq_pollitem_t items[2] = {
+    zmq_pollitem_t items[2 + PROTO_RPC_ENDPOINTS_MAX] = {
         {proto_rpc_server_socket(svc->srv), 0, ZMQ_POLLIN, 0},
         {NULL, signer_pool_fd(svc->pool), ZMQ_POLLIN, 0},
     };
+    proto_rpc_client_t *audit = proto_audit_client(svc->audit);
     while (!ops_signal_stop_requested()) {
-        int n = zmq_poll(items, 2, SIGNER_POLL_MS);
+        int count = 2, timeout = SIGNER_POLL_MS;
+        if (audit != NULL) {
+            count += proto_rpc_client_pollitems(audit, &items[2], PROTO_RPC_ENDPOINTS_MAX);
+            int t = proto_rpc_client_next_timeout_ms(audit);
+            if (t >= 0 && t < timeout)
+                timeout = t;
+        }
+        int n = zmq_poll(items, count, timeout);
         if (n < 0 && zmq_errno() != EINTR)
             return QC_EIO;
         for (int i = 0; i < SIGNER_RECV_BATCH_MAX; i++) {
@@ -482,6 +535,7 @@ static int signer_serve(signer_service_t *svc)
             signer_accept(svc, req);
         }
         signer_send_replies(svc);
+        proto_audit_process(svc->audit);
     }
     /* Stop: take no more requests, give the jobs in flight a bounded time to finish. */
     uint64_t end = ops_time_mono_ms() + SIGNER_STOP_GRACE_MS;
@@ -498,6 +552,7 @@ static void signer_stop(signer_service_t *svc)
     ops_http_stop(&svc->http);
     signer_pool_destroy(&svc->pool, signer_free_request);
     proto_rpc_server_destroy(&svc->srv);
+    proto_audit_destroy(&svc->audit);
     if (svc->zctx != NULL)
         zmq_ctx_term(svc->zctx);
     signer_keyring_destroy(&svc->ring);

@@ -236,8 +236,8 @@ int signer_sign_request(signer_session_t *sess, const signer_keyring_t *ring, co
     ops_counter_add(ring->signed_total[kind], 1);
     ops_histogram_observe(ring->sign_seconds,
                           (double)(ops_time_mono_ns() - start_ns) / SIGNER_NS_PER_S);
-    /* The audit event of this signature. Until the audit relay exists (a later issue) it is
-     * a log line; the relay will plug in here and deliver the same fields at least once. */
+    /* The audit event of this signature: a log line here, and the signed envelope itself goes
+     * to the audit service from the main thread (signer_audit_signature), at least once. */
     const signer_key_t *key = ring->keys[kind];
     ops_log(OPS_LOG_INFO, "sign", "label", signer_key_label(key), "version",
             ring->version_text[kind], "kind", signer_kinds[kind].name, "txn_id", txn, NULL);

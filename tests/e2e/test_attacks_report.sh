@@ -40,4 +40,16 @@ wallet_run w1 sync || true
 assert_match "w1 idle after sync" '^IDLE' "$(wallet_field w1 state)"
 assert_eq "w1 balance" 0 "$(wallet_balance w1)"
 assert_eq "m1 balance" 0 "$(wallet_balance m1)"
+
+# The evidence reached the audit log: both forged reports (the gateway's security events, the
+# exact bytes received) and the signer's signatures, delivered at least once and kept once.
+audit_types() {
+  rm -rf "$X/audit-copy" && cp -r "$X/data/audit-0" "$X/audit-copy" &&
+    "$QCCTL" audit export --dir "$X/audit-copy" | jq -r .type
+}
+audit_has_reports() { [ "$(audit_types | grep -c '^security.bad_report$')" -eq 2 ]; }
+wait_until $SETTLE_WAIT_S "the forged reports in the audit log" audit_has_reports
+assert_ge "signatures of allows in the audit log" 1 "$(audit_types | grep -c '^sign.load_allow$')"
+"$QCCTL" audit verify --dir "$X/audit-copy" --cert "$X/hsm/keys/audit-checkpoint-v1.cert.pem" \
+  >"$X/verify.out" || fail "audit verify: $(cat "$X/verify.out")"
 e2e_end

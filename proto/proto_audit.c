@@ -1,9 +1,9 @@
-/* gateway_audit.c - the gateway's security events, delivered to the audit service at least once.
+/* proto_audit.c - events of a service without storage, delivered to audit at least once.
  *
  * A ring of events; each is QUEUED (waiting to be sent) or SENT (an append in flight). A reply
  * frees it; a refusal that audit calls final (bad shape) is logged and frees it too; a timeout
  * puts it back to QUEUED with the same source_seq, so audit can deduplicate a resend. */
-#include "gateway_audit.h"
+#include "proto_audit.h"
 
 #include <assert.h>
 #include <stdbool.h>
@@ -18,25 +18,25 @@
 #include "proto_decode.h"
 #include "qc_error.h"
 
-#define GATEWAY_AUDIT_SOURCE_MAX 64
-#define GATEWAY_AUDIT_TYPE_MAX 64
+#define PROTO_AUDIT_SOURCE_MAX 64
+#define PROTO_AUDIT_TYPE_MAX 64
 
-typedef struct gateway_audit_event {
+typedef struct proto_audit_event {
     bool used;
     bool sent;
     uint64_t source_seq;
     uint64_t time_ms;
-    char type[GATEWAY_AUDIT_TYPE_MAX + 1];
+    char type[PROTO_AUDIT_TYPE_MAX + 1];
     uint8_t txn_id[PROTO_TXN_ID_SIZE];
     bool has_txn;
     uint8_t *payload;
     size_t payload_len;
-} gateway_audit_event_t;
+} proto_audit_event_t;
 
-struct gateway_audit {
-    char source[GATEWAY_AUDIT_SOURCE_MAX + 1];
+struct proto_audit {
+    char source[PROTO_AUDIT_SOURCE_MAX + 1];
     proto_rpc_client_t *cli; /* NULL: log only */
-    gateway_audit_event_t events[GATEWAY_AUDIT_QUEUE_MAX];
+    proto_audit_event_t events[PROTO_AUDIT_QUEUE_MAX];
     size_t head;  /* oldest event */
     size_t count; /* events in the ring */
     int inflight;
@@ -46,7 +46,7 @@ struct gateway_audit {
     ops_gauge_t *m_queued;
 };
 
-static void gateway_audit_free_event(gateway_audit_t *ga, gateway_audit_event_t *e)
+static void proto_audit_free_event(proto_audit_t *ga, proto_audit_event_t *e)
 {
     if (e->sent)
         ga->inflight--;
@@ -55,33 +55,33 @@ static void gateway_audit_free_event(gateway_audit_t *ga, gateway_audit_event_t 
 }
 
 /* Drops empty slots at the head, so count covers the oldest live event onwards. */
-static void gateway_audit_compact(gateway_audit_t *ga)
+static void proto_audit_compact(proto_audit_t *ga)
 {
     while (ga->count > 0 && !ga->events[ga->head].used) {
-        ga->head = (ga->head + 1) % GATEWAY_AUDIT_QUEUE_MAX;
+        ga->head = (ga->head + 1) % PROTO_AUDIT_QUEUE_MAX;
         ga->count--;
     }
     ops_gauge_set(ga->m_queued, (int64_t)ga->count);
 }
 
-int gateway_audit_new(void *ctx, const char *source, const char *endpoints, const char *audit_key,
-                      const proto_curve_keypair_t *keys, gateway_audit_t **out)
+int proto_audit_new(void *ctx, const char *source, const char *endpoints, const char *audit_key,
+                    const proto_curve_keypair_t *keys, proto_audit_t **out)
 {
     assert(source != NULL && out != NULL);
     *out = NULL;
-    if (strlen(source) > GATEWAY_AUDIT_SOURCE_MAX || (endpoints != NULL && audit_key == NULL))
+    if (strlen(source) > PROTO_AUDIT_SOURCE_MAX || (endpoints != NULL && audit_key == NULL))
         return QC_ECONFIG;
-    gateway_audit_t *ga = calloc(1, sizeof *ga);
+    proto_audit_t *ga = calloc(1, sizeof *ga);
     if (ga == NULL)
         return QC_ENOMEM;
     snprintf(ga->source, sizeof ga->source, "%s", source);
-    ga->seq_base = ops_time_wall_ms() << GATEWAY_AUDIT_SEQ_SHIFT;
-    ga->m_raised = ops_counter("qc_gateway_audit_events_total", "security events raised");
+    ga->seq_base = ops_time_wall_ms() << PROTO_AUDIT_SEQ_SHIFT;
+    ga->m_raised = ops_counter("qc_proto_audit_events_total", "security events raised");
     ga->m_delivered =
-        ops_counter("qc_gateway_audit_delivered_total", "security events audit acknowledged");
+        ops_counter("qc_proto_audit_delivered_total", "security events audit acknowledged");
     ga->m_dropped =
-        ops_counter("qc_gateway_audit_dropped_total", "security events dropped: queue full");
-    ga->m_queued = ops_gauge("qc_gateway_audit_queued", "security events waiting for audit");
+        ops_counter("qc_proto_audit_dropped_total", "security events dropped: queue full");
+    ga->m_queued = ops_gauge("qc_proto_audit_queued", "security events waiting for audit");
     if (endpoints != NULL) {
         proto_rpc_client_config_t cc = {
             .service = "audit",
@@ -99,20 +99,20 @@ int gateway_audit_new(void *ctx, const char *source, const char *endpoints, cons
     return 0;
 }
 
-void gateway_audit_event(gateway_audit_t *ga, const char *type, const uint8_t *txn_id,
-                         const uint8_t *payload, size_t payload_len)
+void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_id,
+                       const uint8_t *payload, size_t payload_len)
 {
-    assert(ga != NULL && type != NULL && strlen(type) <= GATEWAY_AUDIT_TYPE_MAX);
+    assert(ga != NULL && type != NULL && strlen(type) <= PROTO_AUDIT_TYPE_MAX);
     ops_counter_add(ga->m_raised, 1);
     if (ga->cli == NULL)
         return;
-    if (ga->count == GATEWAY_AUDIT_QUEUE_MAX) {
+    if (ga->count == PROTO_AUDIT_QUEUE_MAX) {
         /* The oldest may be in flight (its slot is the tag of a call), so the newest goes. */
         ops_counter_add(ga->m_dropped, 1);
         ops_log(OPS_LOG_ERROR, "audit.event_dropped", "type", type, "why", "queue full", NULL);
         return;
     }
-    gateway_audit_event_t *e = &ga->events[(ga->head + ga->count) % GATEWAY_AUDIT_QUEUE_MAX];
+    proto_audit_event_t *e = &ga->events[(ga->head + ga->count) % PROTO_AUDIT_QUEUE_MAX];
     assert(!e->used);
     e->payload = malloc(payload_len > 0 ? payload_len : 1);
     if (e->payload == NULL) {
@@ -133,13 +133,13 @@ void gateway_audit_event(gateway_audit_t *ga, const char *type, const uint8_t *t
     ops_gauge_set(ga->m_queued, (int64_t)ga->count);
 }
 
-proto_rpc_client_t *gateway_audit_client(gateway_audit_t *ga)
+proto_rpc_client_t *proto_audit_client(proto_audit_t *ga)
 {
     assert(ga != NULL);
     return ga->cli;
 }
 
-static void gateway_audit_send(gateway_audit_t *ga, gateway_audit_event_t *e)
+static void proto_audit_send(proto_audit_t *ga, proto_audit_event_t *e)
 {
     Qcaudit__AppendRequest req = QCAUDIT__APPEND_REQUEST__INIT;
     req.source = ga->source;
@@ -157,7 +157,7 @@ static void gateway_audit_send(gateway_audit_t *ga, gateway_audit_event_t *e)
     if (proto_pack(&req.base, &body, &body_len) != 0)
         return;
     uint64_t request_id = 0;
-    int rc = proto_rpc_client_send(ga->cli, "append", body, body_len, GATEWAY_AUDIT_TIMEOUT_MS,
+    int rc = proto_rpc_client_send(ga->cli, "append", body, body_len, PROTO_AUDIT_TIMEOUT_MS,
                                    PROTO_RPC_IDEMPOTENT, e, &request_id);
     free(body);
     if (rc == 0) {
@@ -166,11 +166,11 @@ static void gateway_audit_send(gateway_audit_t *ga, gateway_audit_event_t *e)
     }
 }
 
-static void gateway_audit_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
+static void proto_audit_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
 {
-    gateway_audit_t *ga = arg;
-    gateway_audit_event_t *e = tag;
-    assert(e >= ga->events && e < ga->events + GATEWAY_AUDIT_QUEUE_MAX && e->used && e->sent);
+    proto_audit_t *ga = arg;
+    proto_audit_event_t *e = tag;
+    assert(e >= ga->events && e < ga->events + PROTO_AUDIT_QUEUE_MAX && e->used && e->sent);
     if (code != 0 || reply->code == QC_EFULL || reply->code == QC_EIO) {
         /* Audit did not take it: resend later with the same source_seq. */
         e->sent = false;
@@ -181,32 +181,32 @@ static void gateway_audit_on_done(void *arg, void *tag, int code, proto_rpc_repl
         else
             ops_log(OPS_LOG_ERROR, "audit.event_refused", "type", e->type, "error",
                     qc_errname(reply->code), "message", reply->message, NULL);
-        gateway_audit_free_event(ga, e);
-        gateway_audit_compact(ga);
+        proto_audit_free_event(ga, e);
+        proto_audit_compact(ga);
     }
     proto_rpc_reply_destroy(&reply);
 }
 
-void gateway_audit_process(gateway_audit_t *ga)
+void proto_audit_process(proto_audit_t *ga)
 {
     assert(ga != NULL);
     if (ga->cli == NULL)
         return;
-    proto_rpc_client_process(ga->cli, gateway_audit_on_done, ga);
-    for (size_t i = 0; i < ga->count && ga->inflight < GATEWAY_AUDIT_INFLIGHT_MAX; i++) {
-        gateway_audit_event_t *e = &ga->events[(ga->head + i) % GATEWAY_AUDIT_QUEUE_MAX];
+    proto_rpc_client_process(ga->cli, proto_audit_on_done, ga);
+    for (size_t i = 0; i < ga->count && ga->inflight < PROTO_AUDIT_INFLIGHT_MAX; i++) {
+        proto_audit_event_t *e = &ga->events[(ga->head + i) % PROTO_AUDIT_QUEUE_MAX];
         if (e->used && !e->sent)
-            gateway_audit_send(ga, e);
+            proto_audit_send(ga, e);
     }
 }
 
-void gateway_audit_destroy(gateway_audit_t **ga_p)
+void proto_audit_destroy(proto_audit_t **ga_p)
 {
     if (ga_p == NULL || *ga_p == NULL)
         return;
-    gateway_audit_t *ga = *ga_p;
+    proto_audit_t *ga = *ga_p;
     proto_rpc_client_destroy(&ga->cli);
-    for (size_t i = 0; i < GATEWAY_AUDIT_QUEUE_MAX; i++)
+    for (size_t i = 0; i < PROTO_AUDIT_QUEUE_MAX; i++)
         free(ga->events[i].payload);
     free(ga);
     *ga_p = NULL;
