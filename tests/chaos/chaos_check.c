@@ -86,7 +86,7 @@ typedef struct {
 
 typedef struct {
     char source[CHAOS_NAME_MAX];
-    int64_t source_seq;
+    char source_seq[CHAOS_NAME_MAX]; /* decimal text: a uint64 that a double would round */
     char type[CHAOS_NAME_MAX];
     char txn[CHAOS_ID_MAX];
 } chaos_aentry_t;
@@ -283,7 +283,9 @@ static int parse_fact(chaos_facts_t *f, char **x, size_t n)
         if (it == NULL)
             return QC_ENOMEM;
         if (!copy_field(it->source, sizeof(it->source), x[1]) ||
-            !parse_i64(x[2], &it->source_seq) || !copy_field(it->type, sizeof(it->type), x[3]) ||
+            !copy_field(it->source_seq, sizeof(it->source_seq), x[2]) ||
+            strspn(x[2], "0123456789") != strlen(x[2]) ||
+            !copy_field(it->type, sizeof(it->type), x[3]) ||
             !copy_field(it->txn, sizeof(it->txn), x[4]))
             return QC_EINVAL;
         return 0;
@@ -347,7 +349,11 @@ static int cmp_aentry(const void *a, const void *b)
     int c = strcmp(x->source, y->source);
     if (c != 0)
         return c;
-    return x->source_seq < y->source_seq ? -1 : x->source_seq > y->source_seq;
+    /* Decimal numbers without leading zeros: the shorter is the smaller. */
+    size_t lx = strlen(x->source_seq), ly = strlen(y->source_seq);
+    if (lx != ly)
+        return lx < ly ? -1 : 1;
+    return strcmp(x->source_seq, y->source_seq);
 }
 
 static chaos_load_t *find_load(chaos_facts_t *f, const char *txn)
@@ -632,7 +638,7 @@ static chaos_verdict_t check_audit(chaos_facts_t *f)
         chaos_aentry_t *e = VEC_AT(f->aentries, chaos_aentry_t, i);
         if (i > 0 && cmp_aentry(e, VEC_AT(f->aentries, chaos_aentry_t, i - 1)) == 0 &&
             dup++ < CHAOS_SHOW_MAX)
-            fprintf(f->out, "    %s event %" PRId64 " appended twice\n", e->source, e->source_seq);
+            fprintf(f->out, "    %s event %s appended twice\n", e->source, e->source_seq);
         for (int t = 0; t < 4; t++) {
             if (strcmp(e->type, types[t]) != 0)
                 continue;

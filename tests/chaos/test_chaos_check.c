@@ -153,6 +153,27 @@ static void test_audit_broken_or_incomplete(void **state)
     expect_fail("shard\t0\t2\t0\t0", "shard\t0\t2\t0\t4", CHAOS_CHECK_AUDIT);
 }
 
+/* Sources number their events with 64-bit integers that a double cannot hold: two that differ
+ * in the last digit are two events, not one appended twice. */
+static void test_audit_big_source_seqs_are_distinct(void **state)
+{
+    (void)state;
+    chaos_check_result_t r;
+    assert_int_equal(run_edited("audit\tok\n",
+                                "audit\tok\n"
+                                "aentry\tsigner-0\t1883049728089784321\tsign.load_allow\t-\n"
+                                "aentry\tsigner-0\t1883049728089784322\tsign.load_allow\t-\n"
+                                "aentry\tsigner-0\t999\tsign.load_allow\t-\n",
+                                &r),
+                     0);
+    assert_int_equal(r.verdicts[CHAOS_CHECK_AUDIT], CHAOS_VERDICT_PASS);
+    expect_fail("audit\tok\n",
+                "audit\tok\n"
+                "aentry\tsigner-0\t1883049728089784321\tsign.load_allow\t-\n"
+                "aentry\tsigner-0\t1883049728089784321\tsign.load_allow\t-\n",
+                CHAOS_CHECK_AUDIT);
+}
+
 static void test_audit_absent_is_pending_not_pass(void **state)
 {
     (void)state;
@@ -183,6 +204,7 @@ int main(void)
         cmocka_unit_test(test_applied_twice_or_counter_back),
         cmocka_unit_test(test_acknowledged_outcome_differs),
         cmocka_unit_test(test_audit_broken_or_incomplete),
+        cmocka_unit_test(test_audit_big_source_seqs_are_distinct),
         cmocka_unit_test(test_audit_absent_is_pending_not_pass),
         cmocka_unit_test(test_malformed_fact_is_refused),
     };
