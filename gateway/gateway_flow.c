@@ -383,7 +383,10 @@ static void gateway_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *r
 
 static void gateway_accept(gateway_t *gw, proto_rpc_request_t *req)
 {
-    gateway_op_t *op = gateway_op_new(gw, req);
+    bool is_load = strcmp(req->method, "load") == 0;
+    gateway_op_t *op = NULL;
+    if (!is_load || gw->free_count > GATEWAY_OPS_REPORT_RESERVE)
+        op = gateway_op_new(gw, req);
     if (op == NULL) {
         ops_counter_add(gw->m_busy, 1);
         proto_rpc_server_reply(gw->server, req, QC_EBUSY, NULL, NULL, 0);
@@ -391,7 +394,7 @@ static void gateway_accept(gateway_t *gw, proto_rpc_request_t *req)
         return;
     }
     op->stage = GATEWAY_OP_SIGN_ALLOW; /* provisional: every path below moves or frees it */
-    if (strcmp(req->method, "load") == 0)
+    if (is_load)
         gateway_load_start(gw, op);
     else if (strcmp(req->method, "report") == 0 || strcmp(req->method, "sync") == 0)
         gateway_report_start(gw, op);

@@ -13,7 +13,17 @@
 
 #include "proto_rpc.h"
 
-#define GATEWAY_OPS_MAX 4096         /* device calls in flight in one gateway */
+/* Device calls in flight in one gateway. It is also the admission limit: every call in flight
+ * may be queued at the signer or a ledger shard, and a queue longer than the per-attempt
+ * timeout of those calls (rpc_timeout_ms / 4) makes the gateway resend calls the shard is
+ * still working on. At 4096, an open-loop overload of 1.1x the peak grew the ledger's queue
+ * past that timeout: it received 2.6 requests per call and completed loads fell from ~1000/s
+ * to ~600/s (tests/bench/run). At 512 the excess is refused at once with QC_EBUSY and the
+ * completed rate holds. */
+#define GATEWAY_OPS_MAX 512
+/* Calls kept for reports (and syncs) when the table fills: a report finishes a load whose
+ * money is already held, so new loads are refused busy first. */
+#define GATEWAY_OPS_REPORT_RESERVE 64
 #define GATEWAY_SHARDS_MAX 64        /* ledger shards one gateway routes to */
 #define GATEWAY_POLL_MAX_MS 200      /* longest sleep of the loop, to notice signals */
 #define GATEWAY_DEADLINE_MIN_MS 1000 /* shortest load deadline the config may set */
