@@ -45,6 +45,8 @@
 #define LOADGEN_CONCURRENCY_MAX 65536
 #define LOADGEN_HSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define LOADGEN_NS_PER_S 1000000000ull
+#define LOADGEN_REPORT_SENDS_MAX 10    /* sends of one report before the device gives up */
+#define LOADGEN_REPORT_BACKOFF_MS 200  /* before a report is sent again after a busy reply */
 #define LOADGEN_POLL_MAX_MS 10         /* longest sleep of the loop, for the progress line */
 #define LOADGEN_WARMUP_CONCURRENCY 128 /* warm-up of an open-loop run */
 
@@ -183,7 +185,16 @@ typedef enum loadgen_step_state {
 typedef struct loadgen_slot {
     uint64_t intended_ns; /* when this load was due to be sent */
     loadgen_dev_state_t state;
+    uint8_t *report; /* the signed report, kept until the outcome arrives (REPORTING) */
+    size_t report_len;
+    uint32_t report_sends;
 } loadgen_slot_t;
+
+/* A report waiting to be sent again after a transient refusal. */
+typedef struct loadgen_resend {
+    size_t device;
+    uint64_t due_ns;
+} loadgen_resend_t;
 
 typedef struct loadgen_run {
     loadgen_fleet_t *fleet;
@@ -201,10 +212,17 @@ typedef struct loadgen_run {
     uint64_t started, finished, failed, inflight;
     uint64_t last_finish_ns;
     int timer_fd; /* open loop: wakes the poll at the next intended send time, to the ns */
+    loadgen_resend_t *resends; /* ring, in due order (one fixed back-off), one per device */
+    size_t resend_head, resend_count;
+    uint64_t report_resends;
 } loadgen_run_t;
 
 static void loadgen_release(loadgen_run_t *r, size_t i)
 {
+    free(r->slots[i].report);
+    r->slots[i].report = NULL;
+    r->slots[i].report_len = 0;
+    r->slots[i].report_sends = 0;
     r->slots[i].state = LOADGEN_DEV_IDLE;
     r->idle[r->idle_count++] = i;
     r->inflight--;
@@ -259,11 +277,52 @@ static void loadgen_on_allow(loadgen_run_t *r, size_t i, const proto_rpc_reply_t
     }
     loadgen_stats_latency(r->stats, LOADGEN_SERIES_ALLOW,
                           ops_time_mono_ns() - r->slots[i].intended_ns);
-    r->slots[i].state = LOADGEN_DEV_REPORTING;
+    loadgen_slot_t *s = &r->slots[i];
+    s->state = LOADGEN_DEV_REPORTING;
+    s->report = rep;
+    s->report_len = rep_len;
+    s->report_sends = 1;
     rc = loadgen_send(r, i, "report", rep, rep_len);
-    free(rep);
     if (rc != 0)
         loadgen_fail(r, i, LOADGEN_STEP_LOCAL, rc);
+}
+
+/* True for refusals that mean "try again later", on which a device re-sends its report. */
+static bool loadgen_transient(int code)
+{
+    return code == QC_EBUSY || code == QC_EUNAVAIL || code == QC_ETIMEOUT;
+}
+
+/* The device re-sends its stored report after a back-off, as a real one does until the
+ * outcome arrives (client/wallet_flow.c), at most LOADGEN_REPORT_SENDS_MAX times. */
+static bool loadgen_report_again(loadgen_run_t *r, size_t i, int code)
+{
+    loadgen_slot_t *s = &r->slots[i];
+    if (!loadgen_transient(code) || s->report_sends >= LOADGEN_REPORT_SENDS_MAX)
+        return false;
+    assert(r->resend_count < loadgen_fleet_count(r->fleet));
+    size_t n = loadgen_fleet_count(r->fleet);
+    r->resends[(r->resend_head + r->resend_count++) % n] = (loadgen_resend_t){
+        .device = i, .due_ns = ops_time_mono_ns() + LOADGEN_REPORT_BACKOFF_MS * 1000000ull};
+    return true;
+}
+
+/* Sends the reports whose back-off is over. */
+static void loadgen_resend_due(loadgen_run_t *r, uint64_t now)
+{
+    size_t n = loadgen_fleet_count(r->fleet);
+    while (r->resend_count > 0 && r->resends[r->resend_head].due_ns <= now) {
+        size_t i = r->resends[r->resend_head].device;
+        r->resend_head = (r->resend_head + 1) % n;
+        r->resend_count--;
+        loadgen_slot_t *s = &r->slots[i];
+        assert(s->state == LOADGEN_DEV_REPORTING && s->report != NULL);
+        s->report_sends++;
+        r->report_resends++;
+        int rc = loadgen_send(r, i, "report", s->report, s->report_len);
+        if (rc != 0)
+            loadgen_fail(r, i, LOADGEN_STEP_LOCAL, rc);
+    }
 }
 
 static void loadgen_on_outcome(loadgen_run_t *r, size_t i, const proto_rpc_reply_t *reply)
@@ -290,9 +349,11 @@ static void loadgen_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *r
     assert(s->state != LOADGEN_DEV_IDLE);
     loadgen_step_t step = s->state == LOADGEN_DEV_LOADING ? LOADGEN_STEP_LOAD : LOADGEN_STEP_REPORT;
     int rc = code != 0 ? code : reply->code;
-    if (rc != 0)
-        loadgen_fail(r, i, step, rc);
-    else if (step == LOADGEN_STEP_LOAD)
+    if (rc != 0) {
+        /* A busy report is sent again after its back-off; anything else ends the load. */
+        if (step != LOADGEN_STEP_REPORT || !loadgen_report_again(r, i, rc))
+            loadgen_fail(r, i, step, rc);
+    } else if (step == LOADGEN_STEP_LOAD)
         loadgen_on_allow(r, i, reply);
     else
         loadgen_on_outcome(r, i, reply);
@@ -372,7 +433,7 @@ static int loadgen_warmup(loadgen_run_t *r, const loadgen_plan_t *plan)
     if (r->failed > 0)
         fprintf(stderr, "loadgen: warm-up: %" PRIu64 " loads failed\n", r->failed);
     loadgen_stats_destroy(&r->stats);
-    r->started = r->finished = r->failed = 0;
+    r->started = r->finished = r->failed = r->report_resends = 0;
     return loadgen_stats_new(&r->stats);
 }
 
@@ -405,6 +466,7 @@ static int loadgen_drive(loadgen_run_t *r, const loadgen_plan_t *plan, uint64_t 
                 due++;
             }
         }
+        loadgen_resend_due(r, now);
         while (r->backlog_count > 0 && r->idle_count > 0) {
             uint64_t t = r->backlog[r->backlog_head];
             r->backlog_head = (r->backlog_head + 1) % LOADGEN_BACKLOG_MAX;
@@ -486,6 +548,8 @@ static void loadgen_print(const loadgen_run_t *r, const loadgen_result_t *res)
         fprintf(f, "    %-17s %10" PRIu64 "\n", loadgen_states[k].name,
                 loadgen_stats_outcomes(r->stats, loadgen_states[k].state));
     fprintf(f, "  loads failed        %10" PRIu64 "\n", r->failed);
+    fprintf(f, "  reports sent again  %10" PRIu64 "  (after a busy or unavailable reply)\n",
+            r->report_resends);
     loadgen_stats_errors_table(r->stats, f);
     if (r->backlog_dropped > 0)
         fprintf(f, "  backlog dropped     %10" PRIu64 "\n", r->backlog_dropped);
@@ -536,8 +600,9 @@ static int loadgen_json(const char *path, const loadgen_run_t *r, const loadgen_
             res->loadavg);
     fprintf(f,
             " \"started\": %" PRIu64 ", \"completed\": %" PRIu64 ", \"failed\": %" PRIu64
-            ", \"backlog_dropped\": %" PRIu64 ", \"elapsed_s\": %.3f, \"loads_per_s\": %.1f,\n",
-            r->started, done, r->failed, r->backlog_dropped, res->elapsed_s,
+            ", \"backlog_dropped\": %" PRIu64 ", \"report_resends\": %" PRIu64
+            ", \"elapsed_s\": %.3f, \"loads_per_s\": %.1f,\n",
+            r->started, done, r->failed, r->backlog_dropped, r->report_resends, res->elapsed_s,
             res->elapsed_s > 0 ? (double)done / res->elapsed_s : 0);
     fprintf(f, " \"outcomes\": {");
     for (size_t k = 0; k < sizeof loadgen_states / sizeof loadgen_states[0]; k++)
@@ -711,8 +776,9 @@ static int loadgen_main(const ops_config_t *cfg, const loadgen_plan_t *plan, voi
     r.slots = calloc(n, sizeof *r.slots);
     r.idle = calloc(n, sizeof *r.idle);
     r.backlog = plan->open ? calloc(LOADGEN_BACKLOG_MAX, sizeof *r.backlog) : NULL;
-    if (r.slots == NULL || r.idle == NULL || (plan->open && r.backlog == NULL) ||
-        loadgen_stats_new(&r.stats) != 0)
+    r.resends = calloc(n, sizeof *r.resends);
+    if (r.slots == NULL || r.idle == NULL || r.resends == NULL ||
+        (plan->open && r.backlog == NULL) || loadgen_stats_new(&r.stats) != 0)
         goto out;
     for (size_t i = 0; i < n; i++)
         r.idle[r.idle_count++] = n - 1 - i;
@@ -754,8 +820,11 @@ out:
     proto_curve_keypair_wipe(&admin_kp);
     proto_curve_keypair_wipe(&device_kp);
     loadgen_stats_destroy(&r.stats);
+    for (size_t i = 0; r.slots != NULL && i < loadgen_fleet_count(r.fleet); i++)
+        free(r.slots[i].report);
     loadgen_fleet_destroy(&r.fleet);
     free(r.slots);
+    free(r.resends);
     free(r.idle);
     free(r.backlog);
     close(r.timer_fd);
