@@ -310,7 +310,7 @@ static int read_facts(chaos_facts_t *f, FILE *in)
         }
         if (len == 0 || line[0] == '#')
             continue;
-        char *fields[CHAOS_FIELDS_MAX];
+        char *fields[CHAOS_FIELDS_MAX] = {NULL}; /* split() fills the first n */
         size_t n = split(line, fields);
         int rc = parse_fact(f, fields, n);
         if (rc != 0) {
