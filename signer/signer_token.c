@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -24,6 +25,11 @@
 
 /* Slots a module may report; SoftHSM2 reports one per token plus a free one. */
 #define SIGNER_SLOTS_MAX 64
+/* SoftHSM2 reads its token directory once, at C_Initialize; a token another process is writing
+ * at that moment can be missing from the slot list (seen by tests/chaos: two signers started at
+ * once on one token). A start therefore looks again, a bounded number of times. */
+#define SIGNER_TOKEN_LOOKS_MAX 10
+#define SIGNER_TOKEN_LOOK_PAUSE_MS 200
 /* DER of the P-256 OID (1.2.840.10045.3.1.7), the only curve we accept in CKA_EC_PARAMS. */
 static const uint8_t signer_p256_oid[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
                                           0xce, 0x3d, 0x03, 0x01, 0x07};
@@ -127,7 +133,6 @@ static int signer_find_slot(signer_token_t *tok, const char *label)
             return 0;
         }
     }
-    ops_log(OPS_LOG_ERROR, "signer.token_missing", "token_label", label, NULL);
     return QC_ENOTFOUND;
 }
 
@@ -162,17 +167,26 @@ int signer_token_open(const char *module_path, const char *token_label, signer_t
         goto err;
     }
 
-    CK_C_INITIALIZE_ARGS init = {0};
-    init.flags = CKF_OS_LOCKING_OK;
-    CK_RV rv = tok->p11->C_Initialize(&init);
-    if (rv != CKR_OK) {
-        signer_log_rv("C_Initialize", rv);
-        rc = QC_ECRYPTO;
-        /* A module we did not initialize must not be finalized by us. */
-        tok->p11 = NULL;
-        goto err;
+    for (int look = 1;; look++) {
+        CK_C_INITIALIZE_ARGS init = {0};
+        init.flags = CKF_OS_LOCKING_OK;
+        CK_RV rv = tok->p11->C_Initialize(&init);
+        if (rv != CKR_OK) {
+            signer_log_rv("C_Initialize", rv);
+            rc = QC_ECRYPTO;
+            /* A module we did not initialize must not be finalized by us. */
+            tok->p11 = NULL;
+            goto err;
+        }
+        rc = signer_find_slot(tok, token_label);
+        if (rc != QC_ENOTFOUND || look == SIGNER_TOKEN_LOOKS_MAX)
+            break;
+        tok->p11->C_Finalize(NULL);
+        struct timespec pause = {0, SIGNER_TOKEN_LOOK_PAUSE_MS * 1000000L};
+        nanosleep(&pause, NULL);
     }
-    rc = signer_find_slot(tok, token_label);
+    if (rc == QC_ENOTFOUND)
+        ops_log(OPS_LOG_ERROR, "signer.token_missing", "token_label", token_label, NULL);
     if (rc != 0)
         goto err;
     *out = tok;
