@@ -12,6 +12,7 @@
  * ledger) wallet   NAME BALANCE COUNTER PHASE              qc-wallet status (amounts in minor
  * units) wlog     NAME SEQ EVENT TXN BALANCE COUNTER AMOUNT OUTCOME qc-wallet log ("-" for an empty
  * field) ack      NAME TXN OUTCOME                        an outcome a call of the run was told
+ *   card     NAME BALANCE                            qc-card status (minor units): an IC card
  *   audit    STATUS                                  ok, failed or pending (no audit service)
  *   aentry   SOURCE SOURCE_SEQ TYPE TXN              qc-audit export (TXN "-" when none)
  *
@@ -70,6 +71,11 @@ typedef struct {
 } chaos_wallet_t;
 
 typedef struct {
+    char name[CHAOS_NAME_MAX];
+    int64_t balance;
+} chaos_card_t;
+
+typedef struct {
     char wallet[CHAOS_NAME_MAX];
     int64_t seq;
     char event[CHAOS_NAME_MAX];
@@ -98,7 +104,7 @@ typedef struct {
 } chaos_vec_t;
 
 typedef struct {
-    chaos_vec_t currencies, shards, accounts, loads, wallets, wlogs, acks, aentries;
+    chaos_vec_t currencies, shards, accounts, loads, wallets, cards, wlogs, acks, aentries;
     size_t ledger_problems; /* what the ledger's own check found wrong (a txn debited twice...) */
     char audit_status[CHAOS_NAME_MAX];
     FILE *out;
@@ -131,6 +137,7 @@ static void facts_init(chaos_facts_t *f, FILE *out)
     f->accounts.size = sizeof(chaos_account_t);
     f->loads.size = sizeof(chaos_load_t);
     f->wallets.size = sizeof(chaos_wallet_t);
+    f->cards.size = sizeof(chaos_card_t);
     f->wlogs.size = sizeof(chaos_wlog_t);
     f->acks.size = sizeof(chaos_ack_t);
     f->aentries.size = sizeof(chaos_aentry_t);
@@ -140,8 +147,8 @@ static void facts_init(chaos_facts_t *f, FILE *out)
 
 static void facts_free(chaos_facts_t *f)
 {
-    chaos_vec_t *all[] = {&f->currencies, &f->shards, &f->accounts, &f->loads,
-                          &f->wallets,    &f->wlogs,  &f->acks,     &f->aentries};
+    chaos_vec_t *all[] = {&f->currencies, &f->shards, &f->accounts, &f->loads,   &f->wallets,
+                          &f->cards,      &f->wlogs,  &f->acks,     &f->aentries};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         free(all[i]->items);
 }
@@ -245,6 +252,14 @@ static int parse_fact(chaos_facts_t *f, char **x, size_t n)
             return QC_ENOMEM;
         if (!copy_field(it->name, sizeof(it->name), x[1]) || !parse_i64(x[2], &it->balance) ||
             !parse_i64(x[3], &it->counter) || !copy_field(it->phase, sizeof(it->phase), x[4]))
+            return QC_EINVAL;
+        return 0;
+    }
+    if (strcmp(k, "card") == 0 && n == 3) {
+        chaos_card_t *it = vec_push(&f->cards);
+        if (it == NULL)
+            return QC_ENOMEM;
+        if (!copy_field(it->name, sizeof(it->name), x[1]) || !parse_i64(x[2], &it->balance))
             return QC_EINVAL;
         return 0;
     }
@@ -440,10 +455,13 @@ static chaos_verdict_t check_hold_zero(chaos_facts_t *f)
     return v;
 }
 
-/* 3. FLOAT equals the sum of the wallets (no card holds money in a chaos run). */
+/* 3. FLOAT equals the e-money the devices hold: every wallet and every IC card (money moved
+ * from a wallet onto a card is still e-money the bank issued). */
 static chaos_verdict_t check_float(chaos_facts_t *f)
 {
-    int64_t floats = 0, wallets = 0;
+    int64_t floats = 0, wallets = 0, cards = 0;
+    for (size_t i = 0; i < f->cards.count; i++)
+        cards += VEC_AT(f->cards, chaos_card_t, i)->balance;
     for (size_t i = 0; i < f->currencies.count; i++)
         floats += VEC_AT(f->currencies, chaos_currency_t, i)->floats;
     size_t busy = 0;
@@ -453,11 +471,11 @@ static chaos_verdict_t check_float(chaos_facts_t *f)
         if (strcmp(w->phase, "IDLE") != 0 && busy++ < CHAOS_SHOW_MAX)
             fprintf(f->out, "    wallet %s is %s, not IDLE\n", w->name, w->phase);
     }
-    chaos_verdict_t v = verdict(floats == wallets && busy == 0 && f->wallets.count > 0);
+    chaos_verdict_t v = verdict(floats == wallets + cards && busy == 0 && f->wallets.count > 0);
     fprintf(f->out,
-            "%s 3. FLOAT equals the wallets: FLOAT %" PRId64 ", sum of %zu wallets %" PRId64
-            ", %zu not IDLE\n",
-            verdict_name(v), floats, f->wallets.count, wallets, busy);
+            "%s 3. FLOAT equals the wallets and cards: FLOAT %" PRId64
+            ", sum of %zu wallets %" PRId64 " + %zu cards %" PRId64 ", %zu not IDLE\n",
+            verdict_name(v), floats, f->wallets.count, wallets, f->cards.count, cards, busy);
     return v;
 }
 

@@ -107,6 +107,21 @@ static void test_float_differs_from_wallets(void **state)
     expect_fail("w1\t300\t2\tIDLE", "w1\t300\t2\tREPORTED", CHAOS_CHECK_FLOAT);
 }
 
+/* Money moved from w1 onto a card is still e-money: FLOAT = wallets + cards (issue 9). */
+static void test_cards_count_in_float(void **state)
+{
+    (void)state;
+    chaos_check_result_t r;
+    /* w1 moved 120 of its 300 onto card c1: passes only when the card is counted. */
+    assert_int_equal(
+        run_edited("wallet\tw1\t300\t2\tIDLE\n", "wallet\tw1\t180\t2\tIDLE\ncard\tc1\t120\n", &r),
+        0);
+    assert_int_equal(r.verdicts[CHAOS_CHECK_FLOAT], CHAOS_VERDICT_PASS);
+    expect_fail("wallet\tw1\t300\t2\tIDLE\n", "wallet\tw1\t180\t2\tIDLE\ncard\tc1\t121\n",
+                CHAOS_CHECK_FLOAT);
+    expect_fail("wallet\tw1\t300\t2\tIDLE\n", "wallet\tw1\t180\t2\tIDLE\n", CHAOS_CHECK_FLOAT);
+}
+
 static void test_account_not_replayed(void **state)
 {
     (void)state;
@@ -200,6 +215,7 @@ int main(void)
         cmocka_unit_test(test_money_created_fails_sum),
         cmocka_unit_test(test_hold_or_reserved_fails),
         cmocka_unit_test(test_float_differs_from_wallets),
+        cmocka_unit_test(test_cards_count_in_float),
         cmocka_unit_test(test_account_not_replayed),
         cmocka_unit_test(test_applied_twice_or_counter_back),
         cmocka_unit_test(test_acknowledged_outcome_differs),
