@@ -48,7 +48,6 @@ typedef struct loadgen_device {
     char id[LOADGEN_ID_MAX];
     char account[LOADGEN_ID_MAX];
     EVP_PKEY *key;
-    uint8_t key_id[PROTO_KEY_ID_SIZE]; /* computed once: OpenSSL 3 makes it as dear as a verify */
     uint8_t *cert_der;
     size_t cert_len;
     uint64_t counter;
@@ -65,8 +64,6 @@ struct loadgen_fleet {
     uint32_t gateway_count;
     EVP_PKEY *allow_key;
     EVP_PKEY *outcome_key;
-    uint8_t allow_key_id[PROTO_KEY_ID_SIZE];
-    uint8_t outcome_key_id[PROTO_KEY_ID_SIZE];
 };
 
 /* ------------------------------------------------------------------ certificates */
@@ -159,9 +156,7 @@ int loadgen_fleet_new(const loadgen_fleet_config_t *cfg, loadgen_fleet_t **out)
         goto err;
     if ((rc = loadgen_read_ca(cfg->ca_cert_path, cfg->ca_key_path, &ca, &ca_key)) != 0 ||
         (rc = proto_key_load_pem(cfg->allow_cert_path, &f->allow_key)) != 0 ||
-        (rc = proto_key_load_pem(cfg->outcome_cert_path, &f->outcome_key)) != 0 ||
-        (rc = proto_key_id(f->allow_key, f->allow_key_id)) != 0 ||
-        (rc = proto_key_id(f->outcome_key, f->outcome_key_id)) != 0)
+        (rc = proto_key_load_pem(cfg->outcome_cert_path, &f->outcome_key)) != 0)
         goto err;
     size_t step = cfg->count / LOADGEN_PROGRESS_STEPS + 1;
     for (size_t i = 0; i < cfg->count; i++, f->count++) {
@@ -171,7 +166,7 @@ int loadgen_fleet_new(const loadgen_fleet_config_t *cfg, loadgen_fleet_t **out)
         rc = QC_ECRYPTO;
         if ((d->key = EVP_EC_gen("P-256")) == NULL)
             goto err;
-        if ((rc = loadgen_issue(ca, ca_key, d)) != 0 || (rc = proto_key_id(d->key, d->key_id)) != 0)
+        if ((rc = loadgen_issue(ca, ca_key, d)) != 0)
             goto err;
         if (((i + 1) % step == 0 && isatty(STDERR_FILENO)) || i + 1 == cfg->count)
             fprintf(stderr, "\rloadgen: set-up: %zu/%zu device keys and certificates", i + 1,
@@ -398,22 +393,11 @@ static int loadgen_sign(const loadgen_device_t *d, proto_type_t type, const Prot
 {
     uint8_t *body = NULL;
     size_t body_len = 0;
-    uint8_t signed_digest[PROTO_DIGEST_SIZE], sig[PROTO_SIG_DER_MAX];
-    size_t sig_len = sizeof sig;
     int rc = proto_pack(msg, &body, &body_len);
     if (rc == 0 && digest != NULL)
         rc = proto_sha256(body, body_len, digest);
     if (rc == 0)
-        rc = proto_envelope_digest(type, body, body_len, signed_digest);
-    if (rc == 0) {
-        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, d->key, NULL);
-        if (ctx == NULL || EVP_PKEY_sign_init(ctx) != 1 ||
-            EVP_PKEY_sign(ctx, sig, &sig_len, signed_digest, sizeof signed_digest) != 1)
-            rc = QC_ECRYPTO;
-        EVP_PKEY_CTX_free(ctx);
-    }
-    if (rc == 0)
-        rc = proto_envelope_seal(body, body_len, d->key_id, LOADGEN_KEY_VERSION, sig, sig_len,
+        rc = proto_envelope_sign(type, body, body_len, d->key, LOADGEN_KEY_VERSION,
                                  with_cert ? d->cert_der : NULL, with_cert ? d->cert_len : 0, out,
                                  out_len);
     free(body);
@@ -454,45 +438,16 @@ int loadgen_fleet_request(loadgen_fleet_t *f, size_t i, int64_t amount, uint8_t 
     return 0;
 }
 
-/* Opens and verifies a bank envelope of type under key (whose id is key_id), in the order of
- * proto_envelope_verify(): shape, algorithm, key id, then the signature over the exact body
- * bytes. On success *msg is the unpacked envelope (the caller frees it) whose body may be
- * believed. */
+/* Opens and verifies a bank envelope of type under key, as every device does
+ * (proto_envelope_open, then proto_envelope_verify: shape, algorithm, key id, signature over
+ * the exact body bytes). On success *env holds the body that may be believed. */
 static int loadgen_open(const uint8_t *bytes, size_t len, proto_type_t type, EVP_PKEY *key,
-                        const uint8_t key_id[PROTO_KEY_ID_SIZE], Quancun__Signed **msg)
+                        proto_envelope_t **env)
 {
-    if (len == 0 || len > PROTO_ENVELOPE_MAX)
-        return QC_ETOOBIG;
-    Quancun__Signed *m = quancun__signed__unpack(NULL, len, bytes);
-    if (m == NULL)
-        return QC_EDECODE;
-    uint8_t digest[PROTO_DIGEST_SIZE];
-    int rc = 0;
-    if (m->alg != QUANCUN__ALG__ALG_ECDSA_P256_SHA256)
-        rc = QC_EALG;
-    else if (m->body.len == 0 || m->body.len > PROTO_BODY_MAX || m->signature.len == 0 ||
-             m->signature.len > PROTO_SIG_DER_MAX)
-        rc = QC_EDECODE;
-    else if (m->key_id.len != PROTO_KEY_ID_SIZE ||
-             CRYPTO_memcmp(m->key_id.data, key_id, PROTO_KEY_ID_SIZE) != 0)
-        rc = QC_EKEYID;
-    else
-        rc = proto_envelope_digest(type, m->body.data, m->body.len, digest);
-    if (rc == 0) {
-        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
-        if (ctx == NULL || EVP_PKEY_verify_init(ctx) != 1)
-            rc = QC_ECRYPTO;
-        else if (EVP_PKEY_verify(ctx, m->signature.data, m->signature.len, digest, sizeof digest) !=
-                 1)
-            rc = QC_EBADSIG;
-        EVP_PKEY_CTX_free(ctx);
-    }
-    if (rc != 0) {
-        quancun__signed__free_unpacked(m, NULL);
-        return rc;
-    }
-    *msg = m;
-    return 0;
+    int rc = proto_envelope_open(bytes, len, env);
+    if (rc == 0 && (rc = proto_envelope_verify(*env, type, key)) != 0)
+        proto_envelope_destroy(env);
+    return rc;
 }
 
 static int loadgen_check_allow(const loadgen_device_t *d, const Quancun__LoadAllow *a)
@@ -519,13 +474,12 @@ int loadgen_fleet_allow(loadgen_fleet_t *f, size_t i, const uint8_t *allow, size
     loadgen_device_t *d = &f->dev[i];
     if (d->phase != LOADGEN_PENDING)
         return QC_ESTATE;
-    Quancun__Signed *env = NULL;
-    int rc =
-        loadgen_open(allow, allow_len, PROTO_TYPE_LOAD_ALLOW, f->allow_key, f->allow_key_id, &env);
+    proto_envelope_t *env = NULL;
+    int rc = loadgen_open(allow, allow_len, PROTO_TYPE_LOAD_ALLOW, f->allow_key, &env);
     if (rc != 0)
         return rc;
-    size_t body_len = env->body.len;
-    const uint8_t *body = env->body.data;
+    size_t body_len = 0;
+    const uint8_t *body = proto_envelope_body(env, &body_len);
     Quancun__LoadAllow *a = NULL;
     uint8_t allow_digest[PROTO_DIGEST_SIZE];
     if ((rc = proto_decode_load_allow(body, body_len, &a)) == 0 &&
@@ -533,7 +487,7 @@ int loadgen_fleet_allow(loadgen_fleet_t *f, size_t i, const uint8_t *allow, size
         rc = proto_sha256(body, body_len, allow_digest);
     if (a != NULL)
         quancun__load_allow__free_unpacked(a, NULL);
-    quancun__signed__free_unpacked(env, NULL);
+    proto_envelope_destroy(&env);
     if (rc != 0)
         return rc;
 
@@ -564,13 +518,12 @@ int loadgen_fleet_outcome(loadgen_fleet_t *f, size_t i, const uint8_t *outcome, 
     loadgen_device_t *d = &f->dev[i];
     if (d->phase != LOADGEN_REPORTED)
         return QC_ESTATE;
-    Quancun__Signed *env = NULL;
-    int rc = loadgen_open(outcome, outcome_len, PROTO_TYPE_LOAD_OUTCOME, f->outcome_key,
-                          f->outcome_key_id, &env);
+    proto_envelope_t *env = NULL;
+    int rc = loadgen_open(outcome, outcome_len, PROTO_TYPE_LOAD_OUTCOME, f->outcome_key, &env);
     if (rc != 0)
         return rc;
-    size_t body_len = env->body.len;
-    const uint8_t *body = env->body.data;
+    size_t body_len = 0;
+    const uint8_t *body = proto_envelope_body(env, &body_len);
     Quancun__LoadOutcome *o = NULL;
     rc = proto_decode_load_outcome(body, body_len, &o);
     if (rc == 0 && (o->txn_id.len != sizeof d->txn ||
@@ -584,7 +537,7 @@ int loadgen_fleet_outcome(loadgen_fleet_t *f, size_t i, const uint8_t *outcome, 
     }
     if (o != NULL)
         quancun__load_outcome__free_unpacked(o, NULL);
-    quancun__signed__free_unpacked(env, NULL);
+    proto_envelope_destroy(&env);
     return rc;
 }
 
