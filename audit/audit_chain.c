@@ -33,26 +33,10 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "ops_bytes.h"
 #include "qc_error.h"
 
 #define CHAIN_U16_MAX 0xffffu
-
-static uint8_t *put_be(uint8_t *p, uint64_t v, int bytes)
-{
-    for (int i = bytes - 1; i >= 0; i--) {
-        p[i] = (uint8_t)(v & 0xff);
-        v >>= 8;
-    }
-    return p + bytes;
-}
-
-static uint64_t get_be(const uint8_t *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
 
 bool audit_chain_name_ok(const char *name, size_t len, size_t max)
 {
@@ -95,20 +79,20 @@ int audit_chain_encode(const audit_entry_t *e, uint8_t *out, size_t cap, size_t 
         return QC_ETOOBIG;
     uint8_t *p = out;
     *p++ = AUDIT_ENCODING_VERSION;
-    p = put_be(p, e->seq, 8);
-    p = put_be(p, e->time_ms, 8);
-    p = put_be(p, e->source_seq, 8);
-    p = put_be(p, e->source_len, 2);
+    p = ops_be_put(p, e->seq, 8);
+    p = ops_be_put(p, e->time_ms, 8);
+    p = ops_be_put(p, e->source_seq, 8);
+    p = ops_be_put(p, e->source_len, 2);
     memcpy(p, e->source, e->source_len);
     p += e->source_len;
-    p = put_be(p, e->type_len, 2);
+    p = ops_be_put(p, e->type_len, 2);
     memcpy(p, e->type, e->type_len);
     p += e->type_len;
-    p = put_be(p, e->txn_id_len, 2);
+    p = ops_be_put(p, e->txn_id_len, 2);
     if (e->txn_id_len > 0)
         memcpy(p, e->txn_id, e->txn_id_len);
     p += e->txn_id_len;
-    p = put_be(p, e->payload_len, 4);
+    p = ops_be_put(p, e->payload_len, 4);
     if (e->payload_len > 0)
         memcpy(p, e->payload, e->payload_len);
     p += e->payload_len;
@@ -181,7 +165,7 @@ static int take_field(const uint8_t **p, const uint8_t *end, int prefix, size_t 
 {
     if ((size_t)(end - *p) < (size_t)prefix)
         return QC_EDECODE;
-    uint64_t n = get_be(*p, prefix);
+    uint64_t n = ops_be_get(*p, prefix);
     *p += prefix;
     if (n > max)
         return QC_ETOOBIG;
@@ -204,9 +188,9 @@ int audit_chain_parse(const uint8_t *rec, size_t len, audit_entry_t *e)
     const uint8_t *p = rec, *end = rec + len - AUDIT_HASH_SIZE;
     if (*p++ != AUDIT_ENCODING_VERSION)
         return QC_EVERSION;
-    e->seq = get_be(p, 8);
-    e->time_ms = get_be(p + 8, 8);
-    e->source_seq = get_be(p + 16, 8);
+    e->seq = ops_be_get(p, 8);
+    e->time_ms = ops_be_get(p + 8, 8);
+    e->source_seq = ops_be_get(p + 16, 8);
     p += 24;
     const uint8_t *f = NULL;
     int rc = take_field(&p, end, 2, AUDIT_SOURCE_MAX, &f, &e->source_len);

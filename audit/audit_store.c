@@ -7,6 +7,7 @@
 
 #include <lmdb.h>
 
+#include "ops_bytes.h"
 #include "ops_log.h"
 #include "ops_time.h"
 #include "qc_error.h"
@@ -44,22 +45,6 @@ static int store_err(const char *what, int rc)
         return QC_EFULL;
     ops_log(OPS_LOG_ERROR, "audit.lmdb", "op", what, "error", mdb_strerror(rc), NULL);
     return QC_EIO;
-}
-
-static void be64_put(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)(v & 0xff);
-        v >>= 8;
-    }
-}
-
-static uint64_t be64_get(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
-    return v;
 }
 
 int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_store_t **out)
@@ -148,7 +133,7 @@ static int last_in(audit_store_t *store, MDB_txn *txn, uint64_t *seq, uint8_t ha
         return store_err("last", rc);
     if (k.mv_size != STORE_SEQ_KEY_SIZE || v.mv_size < AUDIT_ENCODING_FIXED + AUDIT_HASH_SIZE)
         return QC_EDECODE;
-    *seq = be64_get(k.mv_data);
+    *seq = ops_be_get(k.mv_data, 8);
     memcpy(hash, (const uint8_t *)v.mv_data + v.mv_size - AUDIT_HASH_SIZE, AUDIT_HASH_SIZE);
     return 0;
 }
@@ -159,7 +144,7 @@ static size_t dedupe_key(const char *source, size_t source_len, uint64_t source_
     assert(source_len <= AUDIT_SOURCE_MAX);
     key[0] = (uint8_t)source_len;
     memcpy(key + 1, source, source_len);
-    be64_put(key + 1 + source_len, source_seq);
+    ops_be_put(key + 1 + source_len, source_seq, 8);
     return 1 + source_len + 8;
 }
 
@@ -171,7 +156,7 @@ static int get_u64(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_len, u
         return store_err("get", rc);
     if (d.mv_size != 8)
         return QC_EDECODE;
-    *v = be64_get(d.mv_data);
+    *v = ops_be_get(d.mv_data, 8);
     return 0;
 }
 
@@ -179,7 +164,7 @@ static int put_u64(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_len, u
                    unsigned flags)
 {
     uint8_t buf[8];
-    be64_put(buf, v);
+    ops_be_put(buf, v, 8);
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
     MDB_val d = {.mv_size = sizeof buf, .mv_data = buf};
     int rc = mdb_put(txn, dbi, &k, &d, flags);
@@ -212,7 +197,7 @@ static int append_one(audit_store_t *store, MDB_txn *txn, const audit_event_t *e
     if ((rc = audit_chain_record(&e, &rec, &rec_len)) != 0)
         return rc;
     uint8_t key[STORE_SEQ_KEY_SIZE];
-    be64_put(key, seq);
+    ops_be_put(key, seq, 8);
     MDB_val k = {.mv_size = sizeof key, .mv_data = key};
     MDB_val d = {.mv_size = rec_len, .mv_data = rec};
     rc = mdb_put(txn, store->dbi[DBI_ENTRIES], &k, &d, MDB_APPEND);
@@ -346,8 +331,8 @@ int audit_store_last_checkpoint(audit_store_t *store, uint64_t *entry_seq, uint6
     if (rc == 0 && (k.mv_size != STORE_SEQ_KEY_SIZE || v.mv_size != 8))
         rc = QC_EDECODE;
     else if (rc == 0) {
-        *entry_seq = be64_get(k.mv_data);
-        *covered_seq = be64_get(v.mv_data);
+        *entry_seq = ops_be_get(k.mv_data, 8);
+        *covered_seq = ops_be_get(v.mv_data, 8);
     } else if (rc == MDB_NOTFOUND)
         rc = 0;
     else
@@ -383,7 +368,7 @@ int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *l
     if (rc != 0)
         return rc;
     uint8_t key[STORE_SEQ_KEY_SIZE];
-    be64_put(key, seq);
+    ops_be_put(key, seq, 8);
     MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
     rc = mdb_get(txn, store->dbi[DBI_ENTRIES], &k, &v);
     if (rc == 0) {
@@ -432,7 +417,7 @@ int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_
         return store_err("cursor_open", rc);
     }
     uint8_t key[STORE_SEQ_KEY_SIZE];
-    be64_put(key, from_seq);
+    ops_be_put(key, from_seq, 8);
     MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
     int op = MDB_SET_RANGE;
     while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
@@ -441,7 +426,7 @@ int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_
             rc = QC_EDECODE;
             break;
         }
-        if ((rc = fn(arg, be64_get(k.mv_data), v.mv_data, v.mv_size)) != 0)
+        if ((rc = fn(arg, ops_be_get(k.mv_data, 8), v.mv_data, v.mv_size)) != 0)
             break;
     }
     mdb_cursor_close(cur);
@@ -478,7 +463,7 @@ int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn
             break;
         }
         if (*n < cap)
-            seqs[*n] = be64_get(v.mv_data);
+            seqs[*n] = ops_be_get(v.mv_data, 8);
         (*n)++;
     }
     mdb_cursor_close(cur);
@@ -494,7 +479,7 @@ int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn
 static int entry_in(audit_store_t *store, MDB_txn *txn, uint64_t seq, audit_entry_t *e)
 {
     uint8_t key[STORE_SEQ_KEY_SIZE];
-    be64_put(key, seq);
+    ops_be_put(key, seq, 8);
     MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
     int rc = mdb_get(txn, store->dbi[DBI_ENTRIES], &k, &v);
     if (rc == MDB_NOTFOUND)
@@ -536,13 +521,13 @@ static int check_dedupe(audit_store_t *store, MDB_txn *txn, const MDB_val *k, co
     const uint8_t *kb = k->mv_data;
     if (v->mv_size != 8 || k->mv_size < 1 + 8 || k->mv_size != (size_t)1 + kb[0] + 8)
         return QC_EDECODE;
-    *bad_seq = be64_get(v->mv_data);
+    *bad_seq = ops_be_get(v->mv_data, 8);
     audit_entry_t e;
     int rc = entry_in(store, txn, *bad_seq, &e);
     if (rc != 0)
         return rc;
     if (e.source_len != kb[0] || memcmp(e.source, kb + 1, kb[0]) != 0 ||
-        e.source_seq != be64_get(kb + 1 + kb[0]))
+        e.source_seq != ops_be_get(kb + 1 + kb[0], 8))
         return QC_EMISMATCH;
     return 0;
 }
@@ -552,7 +537,7 @@ static int check_by_txn(audit_store_t *store, MDB_txn *txn, const MDB_val *k, co
 {
     if (v->mv_size != 8)
         return QC_EDECODE;
-    *bad_seq = be64_get(v->mv_data);
+    *bad_seq = ops_be_get(v->mv_data, 8);
     audit_entry_t e;
     int rc = entry_in(store, txn, *bad_seq, &e);
     if (rc != 0)
@@ -567,7 +552,7 @@ static int check_checkpoint_row(audit_store_t *store, MDB_txn *txn, const MDB_va
 {
     if (k->mv_size != STORE_SEQ_KEY_SIZE || v->mv_size != 8)
         return QC_EDECODE;
-    *bad_seq = be64_get(k->mv_data);
+    *bad_seq = ops_be_get(k->mv_data, 8);
     audit_entry_t e;
     int rc = entry_in(store, txn, *bad_seq, &e);
     if (rc != 0)
@@ -576,7 +561,7 @@ static int check_checkpoint_row(audit_store_t *store, MDB_txn *txn, const MDB_va
         memcmp(e.source, AUDIT_SOURCE_SELF, e.source_len) != 0 ||
         e.type_len != strlen(AUDIT_TYPE_CHECKPOINT) ||
         memcmp(e.type, AUDIT_TYPE_CHECKPOINT, e.type_len) != 0 ||
-        e.source_seq != be64_get(v->mv_data))
+        e.source_seq != ops_be_get(v->mv_data, 8))
         return QC_EMISMATCH;
     return 0;
 }

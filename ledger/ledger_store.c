@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops_bytes.h"
 #include "ops_log.h"
 #include "qc_error.h"
 
@@ -52,22 +53,6 @@ static int store_err(const char *what, int rc)
         return QC_EBUSY;
     ops_log(OPS_LOG_ERROR, "ledger.lmdb", "op", what, "error", mdb_strerror(rc), NULL);
     return QC_EIO;
-}
-
-static void be64_put(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        p[i] = (uint8_t)(v & 0xff);
-        v >>= 8;
-    }
-}
-
-static uint64_t be64_get(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
-    return v;
 }
 
 int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out)
@@ -533,7 +518,7 @@ int ledger_store_transfer_get(ledger_store_t *store, MDB_txn *txn,
 static void deadline_key(uint64_t deadline_ms, const uint8_t *txn_id,
                          uint8_t key[STORE_DEADLINE_KEY_SIZE])
 {
-    be64_put(key, deadline_ms);
+    ops_be_put(key, deadline_ms, 8);
     memcpy(key + 8, txn_id, LEDGER_TXN_ID_SIZE);
 }
 
@@ -574,7 +559,7 @@ int ledger_store_deadline_first(ledger_store_t *store, MDB_txn *txn, uint64_t *d
         if (k.mv_size != STORE_DEADLINE_KEY_SIZE) {
             rc = QC_EDECODE;
         } else {
-            *deadline_ms = be64_get(k.mv_data);
+            *deadline_ms = ops_be_get(k.mv_data, 8);
             memcpy(txn_id, (uint8_t *)k.mv_data + 8, LEDGER_TXN_ID_SIZE);
         }
     } else {
@@ -595,14 +580,14 @@ static int meta_get_u64(ledger_store_t *store, MDB_txn *txn, const char *name, u
         return store_err("meta_get", rc);
     if (d.mv_size != 8)
         return QC_EDECODE;
-    *v = be64_get(d.mv_data);
+    *v = ops_be_get(d.mv_data, 8);
     return 0;
 }
 
 static int meta_put_u64(ledger_store_t *store, MDB_txn *txn, const char *name, uint64_t v)
 {
     uint8_t buf[8];
-    be64_put(buf, v);
+    ops_be_put(buf, v, 8);
     MDB_val k = {.mv_size = strlen(name), .mv_data = (void *)name};
     MDB_val d = {.mv_size = sizeof buf, .mv_data = buf};
     int rc = mdb_put(txn, store->dbi[DBI_META], &k, &d, 0);
@@ -663,7 +648,7 @@ int ledger_store_outbox_append(ledger_store_t *store, MDB_txn *txn, uint32_t sha
     ev.time_ms = time_ms;
     ev.payload = bin(payload, payload_len);
     uint8_t key[STORE_SEQ_KEY_SIZE];
-    be64_put(key, next);
+    ops_be_put(key, next, 8);
     if ((rc = store_put_msg(store, txn, DBI_OUTBOX, key, sizeof key, &ev.base, MDB_APPEND)) != 0)
         return rc;
     if ((rc = meta_put_u64(store, txn, STORE_META_OUTBOX_NEXT, next + 1)) != 0)
@@ -713,7 +698,7 @@ int ledger_store_outbox_read(ledger_store_t *store, MDB_txn *txn, uint64_t after
         return store_err("cursor_open", rc);
     }
     uint8_t key[STORE_SEQ_KEY_SIZE];
-    be64_put(key, after_seq + 1);
+    ops_be_put(key, after_seq + 1, 8);
     MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
     int op = MDB_SET_RANGE;
     while (reply->n_events < max && (rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
@@ -744,7 +729,7 @@ int ledger_store_outbox_ack(ledger_store_t *store, MDB_txn *txn, uint64_t upto_s
         return store_err("cursor_open", rc);
     MDB_val k, v;
     while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
-        if (k.mv_size != STORE_SEQ_KEY_SIZE || be64_get(k.mv_data) > upto_seq)
+        if (k.mv_size != STORE_SEQ_KEY_SIZE || ops_be_get(k.mv_data, 8) > upto_seq)
             break;
         if ((rc = mdb_cursor_del(cur, 0)) != 0)
             break;
@@ -849,7 +834,7 @@ static int visit_deadline(void *fn, void *arg, const MDB_val *k, const MDB_val *
     (void)v;
     if (k->mv_size != STORE_DEADLINE_KEY_SIZE)
         return QC_EDECODE;
-    return ((ledger_store_deadline_fn *)fn)(arg, be64_get(k->mv_data),
+    return ((ledger_store_deadline_fn *)fn)(arg, ops_be_get(k->mv_data, 8),
                                             (const uint8_t *)k->mv_data + 8);
 }
 
