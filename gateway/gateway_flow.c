@@ -41,6 +41,7 @@
 #define GATEWAY_ENDPOINTS_TEXT_MAX 4096 /* one shard's endpoint list, as configured */
 #define GATEWAY_POLLITEMS_MAX (1 + (GATEWAY_SHARDS_MAX + 2) * PROTO_RPC_ENDPOINTS_MAX)
 #define GATEWAY_RECV_BATCH_MAX 256 /* device requests taken per loop turn */
+#define GATEWAY_MESSAGE_MAX 128    /* a refusal's words for the device */
 
 typedef enum gateway_stage {
     GATEWAY_OP_FREE = 0,
@@ -260,7 +261,7 @@ static void gateway_load_reserved(gateway_t *gw, gateway_op_t *op, const proto_r
     if (rr->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED) {
         const ProtobufCEnumValue *state =
             protobuf_c_enum_descriptor_get_value(&quancun__load_state__descriptor, rr->load->state);
-        char message[128];
+        char message[GATEWAY_MESSAGE_MAX];
         snprintf(message, sizeof message, "the load is already settled: %s",
                  state != NULL ? state->name : "unknown state");
         qcledger__reserve_reply__free_unpacked(rr, NULL);
