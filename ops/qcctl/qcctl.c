@@ -19,9 +19,7 @@
 #include "proto_rpc.h"
 #include "proto_shard.h"
 #include "qc_error.h"
-#ifdef QCCTL_HAVE_AUDIT
 #include "qcctl_audit.h"
-#endif
 
 #define QCCTL_SHARDS_MAX PROTO_SHARD_COUNT_MAX
 #define QCCTL_ENDPOINTS_MAX 4096 /* bytes of the ledger_endpoints setting */
@@ -547,11 +545,9 @@ static int run(qcctl_t *q)
 
 int main(int argc, char **argv)
 {
-#ifdef QCCTL_HAVE_AUDIT
     /* The audit verbs work offline on a data directory and have flags of their own. */
     if (argc >= 2 && strcmp(argv[1], "audit") == 0)
         return qcctl_audit_main(argc - 1, argv + 1);
-#endif
     char err[OPS_CONFIG_ERROR_MAX];
     ops_config_t *cfg = NULL;
     int rc =
