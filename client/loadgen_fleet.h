@@ -6,7 +6,7 @@
  * and loadgen_fleet_enroll() opens one funded account per device and enrolls the device on
  * it through the ledger's admin RPC (the calls qcctl makes), on the account's shard.
  *
- * Each device then runs the protocol of DESIGN.md section 2, one load at a time:
+ * Each device then runs the protocol of docs/DESIGN.md section 2, one load at a time:
  *
  *   IDLE --request()--> PENDING --allow()--> REPORTED --outcome()--> IDLE
  *            PENDING or REPORTED --abandon()--> IDLE (the bank refused, or no answer)

@@ -1,5 +1,5 @@
 /* wallet_device.h - the simulated USB-key e-purse: keys, PIN, wallet, counter and the
- * device side of the load protocol (DESIGN.md section 2).
+ * device side of the load protocol (docs/DESIGN.md section 2).
  *
  * The device lives in a home directory:
  *   device.key   its P-256 private key (PEM, mode 0600); it never leaves the device

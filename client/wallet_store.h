@@ -35,7 +35,7 @@
 #define WALLET_STATE_FILE "state"
 #define WALLET_LOG_FILE "oplog.jsonl"
 
-/* Where the device is in its load protocol (DESIGN.md section 2; wallet_device.c). */
+/* Where the device is in its load protocol (docs/DESIGN.md section 2; wallet_device.c). */
 typedef enum wallet_phase {
     WALLET_IDLE = 0, /* no load in progress */
     WALLET_PENDING,  /* a request is signed and stored; no allow judged yet */

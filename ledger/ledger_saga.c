@@ -407,7 +407,7 @@ static int saga_late_confirm(ledger_saga_t *s, MDB_txn *txn, uint64_t now, ledge
 
 /* ------------------------------------------------------------ reserve */
 
-/* Settles the device's previous load from the counter of its new request (DESIGN.md 2,
+/* Settles the device's previous load from the counter of its new request (docs/DESIGN.md section 2,
  * reconciliation), then checks the counter against the device's. */
 static int reconcile(ledger_saga_t *s, MDB_txn *txn, uint64_t now, ledger_device_t *dev,
                      uint64_t counter, char *why)

@@ -142,7 +142,7 @@ typedef struct ledger_check {
     uint64_t accounts, devices, loads, reserved, transfers, outbox_depth;
 } ledger_check_t;
 
-/* Checks the invariants of DESIGN.md 3 in txn (any; NULL = its own read txn): per
+/* Checks the invariants of docs/DESIGN.md section 3 in txn (any; NULL = its own read txn): per
  * currency the balances sum to zero and HOLD equals the RESERVED loads; every load is in
  * one valid state with exactly the transfers of that state; the deadline index is exactly
  * the RESERVED loads; replaying every transfer gives every stored balance. out->ok tells.

@@ -624,7 +624,7 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
     size_t expired = 0;
     if (rc == 0) {
         /* Deadlines first: a report that arrives after its deadline finds the load
-         * compensated and takes the late-confirmation path, as DESIGN.md says. */
+         * compensated and takes the late-confirmation path, as docs/DESIGN.md section 2 says. */
         rc = ledger_saga_expire(svc->saga, txn, wall, LEDGER_EXPIRE_BATCH_MAX, &expired,
                                 &svc->next_deadline_ms);
         if (rc != 0)

@@ -42,8 +42,8 @@ const char *proto_type_context(proto_type_t type);
 int proto_envelope_digest(proto_type_t type, const uint8_t *body, size_t body_len,
                           uint8_t digest[PROTO_DIGEST_SIZE]);
 
-/* Computes plain SHA-256(bytes): the request digest and the allow digest of DESIGN.md.
- * Returns 0, or QC_ECRYPTO. */
+/* Computes plain SHA-256(bytes): the request digest and the allow digest of docs/DESIGN.md
+ * section 2. Returns 0, or QC_ECRYPTO. */
 int proto_sha256(const uint8_t *bytes, size_t len, uint8_t digest[PROTO_DIGEST_SIZE]);
 
 /* Computes the key id of a public (or private) EC key: SHA-256 of its SPKI DER.

@@ -1,6 +1,6 @@
 /* signer_sign.h - one "sign" request: check the body's type, sign its digest in the token, seal.
  *
- * The signer signs only what parses as the message its kind names (DESIGN.md section 5):
+ * The signer signs only what parses as the message its kind names (docs/DESIGN.md section 5):
  *   SIGN_LOAD_ALLOW       -> LoadAllow,       key "allow-signing",    context .../LoadAllow
  *   SIGN_LOAD_OUTCOME     -> LoadOutcome,     key "outcome-signing",  context .../LoadOutcome
  *   SIGN_AUDIT_CHECKPOINT -> AuditCheckpoint, key "audit-checkpoint", context .../AuditCheckpoint
