@@ -8,6 +8,7 @@
 #include <lmdb.h>
 
 #include "ops_bytes.h"
+#include "ops_lmdb.h"
 #include "ops_log.h"
 #include "ops_time.h"
 #include "qc_error.h"
@@ -35,16 +36,10 @@ struct audit_store {
     bool rdonly;
 };
 
-/* Maps an LMDB error to our code space and logs the unexpected ones; rc must not be 0. */
+/* Maps an LMDB error to our code space (ops_lmdb.h) and logs the unexpected ones. */
 static int store_err(const char *what, int rc)
 {
-    assert(rc != 0);
-    if (rc == MDB_NOTFOUND)
-        return QC_ENOTFOUND;
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL)
-        return QC_EFULL;
-    ops_log(OPS_LOG_ERROR, "audit.lmdb", "op", what, "error", mdb_strerror(rc), NULL);
-    return QC_EIO;
+    return ops_lmdb_error("audit.lmdb", what, rc);
 }
 
 int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_store_t **out)

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ops_bytes.h"
+#include "ops_lmdb.h"
 #include "ops_log.h"
 #include "qc_error.h"
 
@@ -39,20 +40,10 @@ struct ledger_store {
     MDB_dbi dbi[STORE_DBI_COUNT];
 };
 
-/* Maps an LMDB error to our code space and logs it; rc must not be 0. */
+/* Maps an LMDB error to our code space (ops_lmdb.h) and logs the unexpected ones. */
 static int store_err(const char *what, int rc)
 {
-    assert(rc != 0);
-    if (rc == MDB_NOTFOUND)
-        return QC_ENOTFOUND;
-    if (rc == MDB_KEYEXIST)
-        return QC_EEXIST;
-    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL)
-        return QC_EFULL;
-    if (rc == MDB_READERS_FULL)
-        return QC_EBUSY;
-    ops_log(OPS_LOG_ERROR, "ledger.lmdb", "op", what, "error", mdb_strerror(rc), NULL);
-    return QC_EIO;
+    return ops_lmdb_error("ledger.lmdb", what, rc);
 }
 
 int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out)
