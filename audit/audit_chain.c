@@ -34,19 +34,10 @@
 #include <openssl/evp.h>
 
 #include "ops_bytes.h"
+#include "proto_id.h"
 #include "qc_error.h"
 
 #define CHAIN_U16_MAX 0xffffu
-
-bool audit_chain_name_ok(const char *name, size_t len, size_t max)
-{
-    if (name == NULL || len == 0 || len > max)
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if ((unsigned char)name[i] < 0x21 || (unsigned char)name[i] > 0x7e)
-            return false;
-    return true;
-}
 
 int audit_chain_validate(const audit_entry_t *e)
 {
@@ -54,9 +45,9 @@ int audit_chain_validate(const audit_entry_t *e)
     if (e->source_len > AUDIT_SOURCE_MAX || e->type_len > AUDIT_TYPE_MAX ||
         e->txn_id_len > AUDIT_TXN_ID_MAX || e->payload_len > AUDIT_PAYLOAD_MAX)
         return QC_ETOOBIG;
-    if (!audit_chain_name_ok(e->source, e->source_len, AUDIT_SOURCE_MAX) ||
-        !audit_chain_name_ok(e->type, e->type_len, AUDIT_TYPE_MAX) || e->seq == 0 ||
-        e->source_seq == 0 || (e->txn_id_len > 0 && e->txn_id == NULL) ||
+    if (proto_id_check_len(e->source, e->source_len, AUDIT_SOURCE_MAX, PROTO_ID_VISIBLE) != 0 ||
+        proto_id_check_len(e->type, e->type_len, AUDIT_TYPE_MAX, PROTO_ID_VISIBLE) != 0 ||
+        e->seq == 0 || e->source_seq == 0 || (e->txn_id_len > 0 && e->txn_id == NULL) ||
         (e->payload_len > 0 && e->payload == NULL))
         return QC_EINVAL;
     return 0;

@@ -69,9 +69,6 @@ typedef struct audit_entry {
     uint8_t hash[AUDIT_HASH_SIZE];
 } audit_entry_t;
 
-/* True when name (len bytes) is a valid source or type: 1..max bytes of visible ASCII. */
-bool audit_chain_name_ok(const char *name, size_t len, size_t max);
-
 /* Checks every field of e against the limits above (names, lengths, seq >= 1,
  * source_seq >= 1). Returns 0, QC_EINVAL or QC_ETOOBIG. */
 int audit_chain_validate(const audit_entry_t *e);

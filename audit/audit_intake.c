@@ -13,6 +13,7 @@
 #include "ops_signal.h"
 #include "ops_time.h"
 #include "proto_decode.h"
+#include "proto_id.h"
 #include "qc_error.h"
 
 struct audit_intake {
@@ -100,8 +101,8 @@ static int intake_decode(audit_intake_t *in, size_t i, audit_event_t *ev)
     if (sl > AUDIT_SOURCE_MAX || tl > AUDIT_TYPE_MAX || m->txn_id.len > AUDIT_TXN_ID_MAX ||
         m->payload.len > AUDIT_PAYLOAD_MAX)
         return QC_ETOOBIG;
-    if (!audit_chain_name_ok(m->source, sl, AUDIT_SOURCE_MAX) ||
-        !audit_chain_name_ok(m->type, tl, AUDIT_TYPE_MAX) ||
+    if (proto_id_check_len(m->source, sl, AUDIT_SOURCE_MAX, PROTO_ID_VISIBLE) != 0 ||
+        proto_id_check_len(m->type, tl, AUDIT_TYPE_MAX, PROTO_ID_VISIBLE) != 0 ||
         (m->txn_id.len != 0 && m->txn_id.len != PROTO_TXN_ID_SIZE))
         return QC_EINVAL;
     *ev = (audit_event_t){

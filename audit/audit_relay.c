@@ -18,6 +18,7 @@
 #include "ops_signal.h"
 #include "ops_time.h"
 #include "proto_decode.h"
+#include "proto_id.h"
 #include "qc_error.h"
 
 #define RELAY_SOURCE_LEN 32    /* "ledger-" and a shard number */
@@ -177,8 +178,8 @@ static void relay_event(const relay_shard_t *s, const Qcledger__OutboxEvent *e, 
         .time_ms = e->time_ms,
     };
     size_t tl = e->type != NULL ? strnlen(e->type, AUDIT_TYPE_MAX + 1) : 0;
-    if (audit_chain_name_ok(e->type, tl, AUDIT_TYPE_MAX) && e->txn_id.len <= AUDIT_TXN_ID_MAX &&
-        e->payload.len <= AUDIT_PAYLOAD_MAX)
+    if (proto_id_check_len(e->type, tl, AUDIT_TYPE_MAX, PROTO_ID_VISIBLE) == 0 &&
+        e->txn_id.len <= AUDIT_TXN_ID_MAX && e->payload.len <= AUDIT_PAYLOAD_MAX)
         return;
     size_t len = 0;
     ev->type = RELAY_TYPE_INVALID;

@@ -11,6 +11,7 @@
 #include "ops_lmdb.h"
 #include "ops_log.h"
 #include "ops_time.h"
+#include "proto_id.h"
 #include "qc_error.h"
 
 #define STORE_DBI_COUNT 5
@@ -230,9 +231,10 @@ static int event_check(const audit_event_t *ev)
     if (sl > AUDIT_SOURCE_MAX || tl > AUDIT_TYPE_MAX || ev->txn_id_len > AUDIT_TXN_ID_MAX ||
         ev->payload_len > AUDIT_PAYLOAD_MAX)
         return QC_ETOOBIG;
-    if (!audit_chain_name_ok(ev->source, sl, AUDIT_SOURCE_MAX) ||
-        !audit_chain_name_ok(ev->type, tl, AUDIT_TYPE_MAX) || ev->source_seq == 0 ||
-        (ev->txn_id_len > 0 && ev->txn_id == NULL) || (ev->payload_len > 0 && ev->payload == NULL))
+    if (proto_id_check_len(ev->source, sl, AUDIT_SOURCE_MAX, PROTO_ID_VISIBLE) != 0 ||
+        proto_id_check_len(ev->type, tl, AUDIT_TYPE_MAX, PROTO_ID_VISIBLE) != 0 ||
+        ev->source_seq == 0 || (ev->txn_id_len > 0 && ev->txn_id == NULL) ||
+        (ev->payload_len > 0 && ev->payload == NULL))
         return QC_EINVAL;
     return 0;
 }

@@ -49,6 +49,7 @@
 #include "ops_log.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
+#include "proto_id.h"
 #include "proto_shard.h"
 #include "qc_error.h"
 
@@ -950,17 +951,11 @@ int ledger_saga_expire(ledger_saga_t *s, MDB_txn *parent, uint64_t now, size_t m
 
 /* ------------------------------------------------------------ admin */
 
+/* An account id follows the one id rule (proto_id.h) and has no ':', which only the system
+ * accounts carry ("HOLD:156"), so no customer account can take a system account's name. */
 static bool valid_account_id(const char *id)
 {
-    size_t n = strlen(id);
-    if (n == 0 || n > LEDGER_ID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)id[i];
-        if (c <= ' ' || c >= 0x7f || c == ':')
-            return false;
-    }
-    return true;
+    return proto_id_check(id, LEDGER_ID_MAX, PROTO_ID_VISIBLE) == 0 && strchr(id, ':') == NULL;
 }
 
 static int ensure_system_accounts(ledger_saga_t *s, MDB_txn *txn, uint64_t now, uint32_t currency)
@@ -1139,8 +1134,9 @@ static int cert_identity(ledger_saga_t *s, uint64_t now, const uint8_t *cert, si
     int n = X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, id,
                                       PROTO_DEVICE_ID_MAX + 1);
     EVP_PKEY *key = X509_get0_pubkey(x);
-    bool ok =
-        n > 0 && n <= PROTO_DEVICE_ID_MAX && key != NULL && EVP_PKEY_get_id(key) == EVP_PKEY_EC;
+    bool ok = n > 0 &&
+              proto_id_check_len(id, (size_t)n, PROTO_DEVICE_ID_MAX, PROTO_ID_VISIBLE) == 0 &&
+              key != NULL && EVP_PKEY_get_id(key) == EVP_PKEY_EC;
     X509_free(x);
     if (!ok)
         return refuse(why, QC_ECERT, "device certificate needs a CN and an EC key");

@@ -17,11 +17,10 @@
 #include <openssl/x509v3.h>
 
 #include "proto_envelope.h"
+#include "proto_id.h"
 #include "qc_error.h"
 
-#define CERT_GROUP_NAME_MAX 64    /* longest curve name we ask OpenSSL for */
-#define CERT_PRINTABLE_FIRST 0x21 /* device ids are visible ASCII without spaces */
-#define CERT_PRINTABLE_LAST 0x7e
+#define CERT_GROUP_NAME_MAX 64 /* longest curve name we ask OpenSSL for */
 
 struct proto_trust {
     X509_STORE *store; /* CAs and CRLs; never modified after proto_trust_new() */
@@ -203,12 +202,11 @@ static int cert_device_id(X509 *cert, char device_id[PROTO_DEVICE_ID_MAX + 1])
     const unsigned char *data = ASN1_STRING_get0_data(cn);
     if (len <= 0 || len > PROTO_DEVICE_ID_MAX || data == NULL)
         return QC_ECERT;
-    /* Visible ASCII only, the same rule proto_decode applies to ids in bodies, so the two
+    /* The one id rule (proto_id.h), the same proto_decode applies to ids in bodies, so the two
      * compare byte for byte (this also refuses BMPString and embedded NULs). */
-    for (int i = 0; i < len; i++) {
-        if (data[i] < CERT_PRINTABLE_FIRST || data[i] > CERT_PRINTABLE_LAST)
-            return QC_ECERT;
-    }
+    if (proto_id_check_len((const char *)data, (size_t)len, PROTO_DEVICE_ID_MAX,
+                           PROTO_ID_VISIBLE) != 0)
+        return QC_ECERT;
     memcpy(device_id, data, (size_t)len);
     device_id[len] = '\0';
     return 0;

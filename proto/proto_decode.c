@@ -13,12 +13,11 @@
 
 #include "proto_cert.h"
 #include "proto_envelope.h"
+#include "proto_id.h"
 #include "qc_error.h"
 
 #define PROTO_CURRENCY_MAX 999     /* ISO 4217 numeric codes are three digits */
 #define PROTO_RPC_MESSAGE_MAX 1024 /* RpcReply.message: words, not payload */
-#define PROTO_PRINTABLE_FIRST 0x21 /* '!' : ids and methods carry no spaces */
-#define PROTO_PRINTABLE_LAST 0x7e  /* '~' */
 
 /* Checks a byte field of exactly size bytes. */
 static int check_bytes(const ProtobufCBinaryData *b, size_t size)
@@ -26,24 +25,6 @@ static int check_bytes(const ProtobufCBinaryData *b, size_t size)
     if (b->len == 0)
         return QC_EMISSING;
     return b->len == size ? 0 : QC_EDECODE;
-}
-
-/* Checks an identifier: 1..max bytes of printable ASCII without spaces. protobuf-c hands
- * strings over NUL-terminated, so an embedded NUL would silently shorten the id; refusing
- * anything but visible ASCII keeps what the signer meant and what we read the same. */
-static int check_id(const char *s, size_t max)
-{
-    if (s == NULL || s[0] == '\0')
-        return QC_EMISSING;
-    size_t len = strnlen(s, max + 1);
-    if (len > max)
-        return QC_ETOOBIG;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < PROTO_PRINTABLE_FIRST || c > PROTO_PRINTABLE_LAST)
-            return QC_EDECODE;
-    }
-    return 0;
 }
 
 /* Checks optional free text: at most max bytes. */
@@ -105,8 +86,8 @@ static int finish(int rc, ProtobufCMessage *msg)
 static int check_load_request(const Quancun__LoadRequest *m)
 {
     CHECK(check_bytes(&m->txn_id, PROTO_TXN_ID_SIZE));
-    CHECK(check_id(m->device_id, PROTO_DEVICE_ID_MAX));
-    CHECK(check_id(m->account_id, PROTO_ACCOUNT_ID_MAX));
+    CHECK(proto_id_check(m->device_id, PROTO_DEVICE_ID_MAX, PROTO_ID_VISIBLE));
+    CHECK(proto_id_check(m->account_id, PROTO_ACCOUNT_ID_MAX, PROTO_ID_VISIBLE));
     if (m->amount <= 0)
         return QC_EAMOUNT;
     CHECK(check_currency(m->currency));
@@ -127,8 +108,8 @@ static int check_load_request(const Quancun__LoadRequest *m)
 static int check_load_allow(const Quancun__LoadAllow *m)
 {
     CHECK(check_bytes(&m->txn_id, PROTO_TXN_ID_SIZE));
-    CHECK(check_id(m->device_id, PROTO_DEVICE_ID_MAX));
-    CHECK(check_id(m->account_id, PROTO_ACCOUNT_ID_MAX));
+    CHECK(proto_id_check(m->device_id, PROTO_DEVICE_ID_MAX, PROTO_ID_VISIBLE));
+    CHECK(proto_id_check(m->account_id, PROTO_ACCOUNT_ID_MAX, PROTO_ID_VISIBLE));
     if (m->amount <= 0)
         return QC_EAMOUNT;
     CHECK(check_currency(m->currency));
@@ -143,8 +124,8 @@ static int check_load_allow(const Quancun__LoadAllow *m)
 static int check_execution_report(const Quancun__ExecutionReport *m)
 {
     CHECK(check_bytes(&m->txn_id, PROTO_TXN_ID_SIZE));
-    CHECK(check_id(m->device_id, PROTO_DEVICE_ID_MAX));
-    CHECK(check_id(m->account_id, PROTO_ACCOUNT_ID_MAX));
+    CHECK(proto_id_check(m->device_id, PROTO_DEVICE_ID_MAX, PROTO_ID_VISIBLE));
+    CHECK(proto_id_check(m->account_id, PROTO_ACCOUNT_ID_MAX, PROTO_ID_VISIBLE));
     if (m->status == QUANCUN__REPORT_STATUS__REPORT_NONE)
         return QC_EMISSING;
     if (m->status != QUANCUN__REPORT_STATUS__REPORT_APPLIED &&
@@ -160,7 +141,7 @@ static int check_execution_report(const Quancun__ExecutionReport *m)
 static int check_load_outcome(const Quancun__LoadOutcome *m)
 {
     CHECK(check_bytes(&m->txn_id, PROTO_TXN_ID_SIZE));
-    CHECK(check_id(m->device_id, PROTO_DEVICE_ID_MAX));
+    CHECK(proto_id_check(m->device_id, PROTO_DEVICE_ID_MAX, PROTO_ID_VISIBLE));
     if (m->state == QUANCUN__LOAD_STATE__LOAD_NONE)
         return QC_EMISSING;
     if (m->state != QUANCUN__LOAD_STATE__LOAD_RESERVED &&
@@ -191,7 +172,7 @@ static int check_rpc(const Quancun__Rpc *m)
 {
     if (m->request_id == 0)
         return QC_EMISSING;
-    CHECK(check_id(m->method, PROTO_METHOD_MAX));
+    CHECK(proto_id_check(m->method, PROTO_METHOD_MAX, PROTO_ID_VISIBLE));
     return 0; /* an empty body is a call without arguments */
 }
 
