@@ -50,6 +50,7 @@
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "proto_id.h"
+#include "proto_load.h"
 #include "proto_shard.h"
 #include "qc_error.h"
 
@@ -673,7 +674,7 @@ static int verify_by_device(ledger_saga_t *s, MDB_txn *txn, const char *device_i
     return rc;
 }
 
-/* The allow must say what the request says. */
+/* The allow must say what the request says: the one rule of proto_load.h. */
 static int allow_matches(const Quancun__LoadRequest *r, const Quancun__LoadAllow *a,
                          const uint8_t *req_body, size_t req_body_len, char *why)
 {
@@ -681,25 +682,9 @@ static int allow_matches(const Quancun__LoadRequest *r, const Quancun__LoadAllow
     int rc = proto_sha256(req_body, req_body_len, digest);
     if (rc != 0)
         return rc;
-    const char *field = NULL;
-    if (a->txn_id.len != r->txn_id.len ||
-        CRYPTO_memcmp(a->txn_id.data, r->txn_id.data, r->txn_id.len) != 0)
-        field = "txn_id";
-    else if (strcmp(a->device_id, r->device_id) != 0)
-        field = "device_id";
-    else if (strcmp(a->account_id, r->account_id) != 0)
-        field = "account_id";
-    else if (a->amount != r->amount)
-        field = "amount";
-    else if (a->currency != r->currency)
-        field = "currency";
-    else if (a->counter != r->counter)
-        field = "counter";
-    else if (a->request_digest.len != sizeof digest ||
-             CRYPTO_memcmp(a->request_digest.data, digest, sizeof digest) != 0)
-        field = "request_digest";
-    if (field != NULL)
-        return refuse(why, QC_EMISMATCH, "allow %s differs from the request", field);
+    const char *differs = NULL;
+    if ((rc = proto_allow_matches_request(a, r, digest, &differs)) != 0)
+        return refuse(why, rc, "%s", differs);
     return 0;
 }
 
