@@ -39,7 +39,7 @@ trap 'exit 130' INT TERM
 "$S/ops/cluster" up --dir "$X" --build "$B" --base-port "$LOADGEN_BASE_PORT" >"$X/cluster-up.log" 2>&1 ||
   { cat "$X/cluster-up.log" >&2; fail "ops/cluster up failed"; }
 
-"$B/client/qc-loadgen" --dir "$X" --devices "$DEVICES" --mode closed --concurrency "$CONCURRENCY" \
+"$B/client/loadgen/qc-loadgen" --dir "$X" --devices "$DEVICES" --mode closed --concurrency "$CONCURRENCY" \
   --loads "$LOADS" --floor-ms 100 --progress false --json "$X/result.json" \
   >"$X/loadgen.out" 2>"$X/loadgen.err" || { cat "$X/loadgen.out" "$X/loadgen.err" >&2; fail "qc-loadgen failed"; }
 cat "$X/loadgen.out"

@@ -18,7 +18,7 @@
 
 #include "card.pb-c.h"
 #include "card_device.h"
-#include "card_wire.h"
+#include "device_wire.h"
 #include "proto_cert.h"
 #include "qc_error.h"
 #include "test_card_env.h"
@@ -28,8 +28,8 @@
 #define AMOUNT 100
 
 typedef struct session {
-    uint8_t host_ch[CARD_CHALLENGE_SIZE];
-    uint8_t card_ch[CARD_CHALLENGE_SIZE];
+    uint8_t host_ch[DEVICE_CARD_CHALLENGE_SIZE];
+    uint8_t card_ch[DEVICE_CARD_CHALLENGE_SIZE];
     EVP_PKEY *card_key;
 } session_t;
 
@@ -68,7 +68,7 @@ static void authenticate(tc_env_t *e, card_device_t *card, wallet_device_t *dev,
         s->host_ch[i] = (uint8_t)rand();
     const uint8_t *cert = NULL;
     size_t cert_len = 0;
-    assert_int_equal(wallet_device_cert(dev, &cert, &cert_len), 0);
+    assert_int_equal(device_core_cert(wallet_device_core(dev), &cert, &cert_len), 0);
     Qccard__CardRequest req = QCCARD__CARD_REQUEST__INIT;
     req.op = QCCARD__CARD_OP__CARD_OP_AUTH_BEGIN;
     req.challenge.data = s->host_ch;
@@ -77,8 +77,8 @@ static void authenticate(tc_env_t *e, card_device_t *card, wallet_device_t *dev,
     req.cert.len = cert_len;
     Qccard__CardResponse *r = card_call(card, &req);
     assert_int_equal(r->code, 0);
-    assert_int_equal(r->challenge.len, CARD_CHALLENGE_SIZE);
-    memcpy(s->card_ch, r->challenge.data, CARD_CHALLENGE_SIZE);
+    assert_int_equal(r->challenge.len, DEVICE_CARD_CHALLENGE_SIZE);
+    memcpy(s->card_ch, r->challenge.data, DEVICE_CARD_CHALLENGE_SIZE);
     qccard__card_response__free_unpacked(r, NULL);
 
     char pem[TC_PATH_MAX + 32];
@@ -87,8 +87,9 @@ static void authenticate(tc_env_t *e, card_device_t *card, wallet_device_t *dev,
 
     uint8_t *answer = NULL;
     size_t answer_len = 0;
-    assert_int_equal(
-        wallet_device_card_auth(dev, e->number, s->card_ch, s->host_ch, &answer, &answer_len), 0);
+    assert_int_equal(device_core_card_auth(wallet_device_core(dev), e->number, s->card_ch,
+                                           s->host_ch, &answer, &answer_len),
+                     0);
     Qccard__CardRequest fin = QCCARD__CARD_REQUEST__INIT;
     fin.op = QCCARD__CARD_OP__CARD_OP_AUTH_FINISH;
     fin.signed_.data = answer;
@@ -125,13 +126,13 @@ static int card_credit(card_device_t *card, const uint8_t *credit, size_t len, u
     return code;
 }
 
-static void proof(card_device_t *card, const uint8_t id[WALLET_TXN_SIZE], uint8_t **receipt,
+static void proof(card_device_t *card, const uint8_t id[DEVICE_TXN_SIZE], uint8_t **receipt,
                   size_t *receipt_len)
 {
     Qccard__CardRequest req = QCCARD__CARD_REQUEST__INIT;
     req.op = QCCARD__CARD_OP__CARD_OP_PROOF;
     req.transfer_id.data = (uint8_t *)id;
-    req.transfer_id.len = WALLET_TXN_SIZE;
+    req.transfer_id.len = DEVICE_TXN_SIZE;
     Qccard__CardResponse *r = card_call(card, &req);
     assert_int_equal(r->code, 0);
     *receipt = malloc(r->signed_.len);
@@ -155,7 +156,7 @@ static int setup(void **state)
     w->e = tc_env_new("QCCD1", FUNDS, "CARD-D1", "80.00", NULL);
     assert_int_equal(card_device_open(w->e->card, &w->card), 0);
     assert_int_equal(wallet_device_open(w->e->b->home, &w->dev), 0);
-    assert_int_equal(wallet_device_verify_pin(w->dev, WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(device_core_verify_pin(wallet_device_core(w->dev), WT_PIN, strlen(WT_PIN)), 0);
     *state = w;
     return 0;
 }
@@ -173,8 +174,8 @@ static int teardown(void **state)
 
 static int64_t wallet_balance(world_t *w, bool *pending)
 {
-    wallet_status_t s;
-    wallet_device_status(w->dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(w->dev), &s);
     if (pending != NULL)
         *pending = s.card_pending;
     return s.balance;
@@ -187,16 +188,16 @@ static void test_replayed_credit_refused(void **state)
     assert_int_equal(card_pin(w->card, TC_CARD_PIN), 0);
     uint8_t *credit = NULL, *receipt = NULL;
     size_t credit_len = 0, receipt_len = 0;
-    assert_int_equal(
-        wallet_device_card_debit(w->dev, w->e->number, AMOUNT, w->s.card_ch, &credit, &credit_len),
-        0);
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, AMOUNT,
+                                            w->s.card_ch, &credit, &credit_len),
+                     0);
     assert_int_equal(card_credit(w->card, credit, credit_len, &receipt, &receipt_len), 0);
     assert_int_equal(card_device_state(w->card)->balance, AMOUNT);
-    wallet_card_result_t result = 0;
-    assert_int_equal(wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, receipt,
-                                               receipt_len, &result),
+    device_card_result_t result = 0;
+    assert_int_equal(device_core_card_settle(wallet_device_core(w->dev), w->s.card_key,
+                                             w->s.host_ch, receipt, receipt_len, &result),
                      0);
-    assert_int_equal(result, WALLET_CARD_COMPLETED);
+    assert_int_equal(result, DEVICE_CARD_COMPLETED);
 
     /* The same credit again, in the same session and in a new one: nothing more. */
     assert_int_equal(card_credit(w->card, credit, credit_len, NULL, NULL), QC_EREPLAY);
@@ -207,8 +208,8 @@ static void test_replayed_credit_refused(void **state)
     assert_int_equal(card_device_state(w->card)->counter, 1);
     assert_int_equal(wallet_balance(w, NULL), FUNDS - AMOUNT);
     /* The receipt cannot be used twice by the wallet either. */
-    assert_int_equal(wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, receipt,
-                                               receipt_len, &result),
+    assert_int_equal(device_core_card_settle(wallet_device_core(w->dev), w->s.card_key,
+                                             w->s.host_ch, receipt, receipt_len, &result),
                      QC_ESTATE);
     free(credit);
     free(receipt);
@@ -223,17 +224,17 @@ static void test_credit_after_not_credited_proof_refused(void **state)
     assert_int_equal(card_pin(w->card, TC_CARD_PIN), 0);
     uint8_t *credit = NULL, *receipt = NULL;
     size_t credit_len = 0, receipt_len = 0;
-    assert_int_equal(
-        wallet_device_card_debit(w->dev, w->e->number, AMOUNT, w->s.card_ch, &credit, &credit_len),
-        0);
-    wallet_status_t s;
-    wallet_device_status(w->dev, &s);
-    proof(w->card, s.card_xfer_id, &receipt, &receipt_len);
-    wallet_card_result_t result = 0;
-    assert_int_equal(wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, receipt,
-                                               receipt_len, &result),
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, AMOUNT,
+                                            w->s.card_ch, &credit, &credit_len),
                      0);
-    assert_int_equal(result, WALLET_CARD_REFUNDED);
+    device_status_t s;
+    device_core_status(wallet_device_core(w->dev), &s);
+    proof(w->card, s.card_xfer_id, &receipt, &receipt_len);
+    device_card_result_t result = 0;
+    assert_int_equal(device_core_card_settle(wallet_device_core(w->dev), w->s.card_key,
+                                             w->s.host_ch, receipt, receipt_len, &result),
+                     0);
+    assert_int_equal(result, DEVICE_CARD_REFUNDED);
     assert_int_equal(card_credit(w->card, credit, credit_len, NULL, NULL), QC_EREPLAY);
     assert_int_equal(card_device_state(w->card)->balance, 0);
     assert_int_equal(wallet_balance(w, NULL), FUNDS);
@@ -245,12 +246,13 @@ static void test_credit_needs_authentication_and_pin(void **state)
 {
     world_t *w = *state;
     card_device_session_reset(w->card);
-    uint8_t junk[CARD_CHALLENGE_SIZE] = {0};
+    uint8_t junk[DEVICE_CARD_CHALLENGE_SIZE] = {0};
     assert_int_equal(card_pin(w->card, TC_CARD_PIN), QC_EDENIED);
     uint8_t *credit = NULL;
     size_t credit_len = 0;
-    assert_int_equal(
-        wallet_device_card_debit(w->dev, w->e->number, AMOUNT, junk, &credit, &credit_len), 0);
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, AMOUNT, junk,
+                                            &credit, &credit_len),
+                     0);
     assert_int_equal(card_credit(w->card, credit, credit_len, NULL, NULL), QC_EDENIED);
     authenticate(w->e, w->card, w->dev, &w->s);
     assert_int_equal(card_credit(w->card, credit, credit_len, NULL, NULL), QC_EDENIED); /* no PIN */
@@ -259,19 +261,19 @@ static void test_credit_needs_authentication_and_pin(void **state)
     assert_int_equal(card_credit(w->card, credit, credit_len, NULL, NULL), QC_EREPLAY);
     assert_int_equal(card_device_state(w->card)->balance, 0);
     free(credit);
-    wallet_card_result_t result = 0;
-    wallet_status_t s;
+    device_card_result_t result = 0;
+    device_status_t s;
     uint8_t *receipt = NULL;
     size_t receipt_len = 0;
 
     /* The card proves it never credited it; the wallet gets its money back. */
-    wallet_device_status(w->dev, &s);
+    device_core_status(wallet_device_core(w->dev), &s);
     assert_true(s.card_pending);
     proof(w->card, s.card_xfer_id, &receipt, &receipt_len);
-    assert_int_equal(wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, receipt,
-                                               receipt_len, &result),
+    assert_int_equal(device_core_card_settle(wallet_device_core(w->dev), w->s.card_key,
+                                             w->s.host_ch, receipt, receipt_len, &result),
                      0);
-    assert_int_equal(result, WALLET_CARD_REFUNDED);
+    assert_int_equal(result, DEVICE_CARD_REFUNDED);
     assert_int_equal(wallet_balance(w, NULL), FUNDS);
     free(receipt);
 }
@@ -282,31 +284,33 @@ static void test_stale_or_forged_proof_refused(void **state)
     authenticate(w->e, w->card, w->dev, &w->s);
     uint8_t *credit = NULL;
     size_t credit_len = 0;
-    assert_int_equal(
-        wallet_device_card_debit(w->dev, w->e->number, AMOUNT, w->s.card_ch, &credit, &credit_len),
-        0);
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, AMOUNT,
+                                            w->s.card_ch, &credit, &credit_len),
+                     0);
     free(credit);
-    wallet_status_t s;
-    wallet_device_status(w->dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(w->dev), &s);
     uint8_t *old = NULL;
     size_t old_len = 0;
     proof(w->card, s.card_xfer_id, &old, &old_len); /* NOT_CREDITED, session 1 */
-    uint8_t old_ch[CARD_CHALLENGE_SIZE];
+    uint8_t old_ch[DEVICE_CARD_CHALLENGE_SIZE];
     memcpy(old_ch, w->s.host_ch, sizeof(old_ch));
 
     /* In a later session an old "never credited" proves nothing. */
     authenticate(w->e, w->card, w->dev, &w->s);
-    wallet_card_result_t result = 0;
-    assert_int_equal(
-        wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, old, old_len, &result),
-        QC_EREPLAY);
+    device_card_result_t result = 0;
+    assert_int_equal(device_core_card_settle(wallet_device_core(w->dev), w->s.card_key,
+                                             w->s.host_ch, old, old_len, &result),
+                     QC_EREPLAY);
     /* Signed by another key: refused. */
-    assert_int_not_equal(
-        wallet_device_card_settle(w->dev, w->e->b->other_key, old_ch, old, old_len, &result), 0);
+    assert_int_not_equal(device_core_card_settle(wallet_device_core(w->dev), w->e->b->other_key,
+                                                 old_ch, old, old_len, &result),
+                         0);
     /* A damaged proof: refused. */
     old[old_len / 2] ^= 1;
-    assert_int_not_equal(
-        wallet_device_card_settle(w->dev, w->s.card_key, old_ch, old, old_len, &result), 0);
+    assert_int_not_equal(device_core_card_settle(wallet_device_core(w->dev), w->s.card_key, old_ch,
+                                                 old, old_len, &result),
+                         0);
     bool pending = false;
     assert_int_equal(wallet_balance(w, &pending), FUNDS - AMOUNT);
     assert_true(pending);
@@ -317,35 +321,38 @@ static void test_stale_or_forged_proof_refused(void **state)
     assert_int_equal(wallet_device_open(w->e->b->home, &w->dev), 0);
     assert_int_equal(wallet_balance(w, &pending), FUNDS - AMOUNT);
     assert_true(pending);
-    assert_int_equal(wallet_device_verify_pin(w->dev, WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(device_core_verify_pin(wallet_device_core(w->dev), WT_PIN, strlen(WT_PIN)), 0);
 
     /* One operation at a time: no load and no second card transfer while it is pending. */
     const uint8_t *req = NULL;
     size_t req_len = 0;
-    assert_int_equal(wallet_device_request(w->dev, WT_ACCOUNT, AMOUNT, 156, &req, &req_len),
-                     QC_ECARDPENDING);
     assert_int_equal(
-        wallet_device_card_debit(w->dev, w->e->number, AMOUNT, w->s.card_ch, &credit, &credit_len),
+        device_core_request(wallet_device_core(w->dev), WT_ACCOUNT, AMOUNT, 156, &req, &req_len),
         QC_ECARDPENDING);
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, AMOUNT,
+                                            w->s.card_ch, &credit, &credit_len),
+                     QC_ECARDPENDING);
 
     /* Settled properly from a fresh proof. */
     uint8_t *fresh = NULL;
     size_t fresh_len = 0;
     proof(w->card, s.card_xfer_id, &fresh, &fresh_len);
-    assert_int_equal(
-        wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, fresh, fresh_len, &result),
-        0);
-    assert_int_equal(result, WALLET_CARD_REFUNDED);
+    assert_int_equal(device_core_card_settle(wallet_device_core(w->dev), w->s.card_key,
+                                             w->s.host_ch, fresh, fresh_len, &result),
+                     0);
+    assert_int_equal(result, DEVICE_CARD_REFUNDED);
     assert_int_equal(wallet_balance(w, &pending), FUNDS);
     assert_false(pending);
     free(fresh);
 
     /* And no card transfer while a load is in progress. */
-    assert_int_equal(wallet_device_request(w->dev, WT_ACCOUNT, AMOUNT, 156, &req, &req_len), 0);
     assert_int_equal(
-        wallet_device_card_debit(w->dev, w->e->number, AMOUNT, w->s.card_ch, &credit, &credit_len),
-        QC_EPENDING);
-    assert_int_equal(wallet_device_abandon(w->dev, QC_EFUNDS, "test"), 0);
+        device_core_request(wallet_device_core(w->dev), WT_ACCOUNT, AMOUNT, 156, &req, &req_len),
+        0);
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, AMOUNT,
+                                            w->s.card_ch, &credit, &credit_len),
+                     QC_EPENDING);
+    assert_int_equal(device_core_abandon(wallet_device_core(w->dev), QC_EFUNDS, "test"), 0);
 }
 
 static void test_amounts_checked_by_both_sides(void **state)
@@ -355,42 +362,42 @@ static void test_amounts_checked_by_both_sides(void **state)
     assert_int_equal(card_pin(w->card, TC_CARD_PIN), 0);
     uint8_t *credit = NULL;
     size_t credit_len = 0;
-    assert_int_equal(wallet_device_card_debit(w->dev, w->e->number, FUNDS + 1, w->s.card_ch,
-                                              &credit, &credit_len),
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, FUNDS + 1,
+                                            w->s.card_ch, &credit, &credit_len),
                      QC_EFUNDS);
-    assert_int_equal(
-        wallet_device_card_debit(w->dev, w->e->number, 0, w->s.card_ch, &credit, &credit_len),
-        QC_EAMOUNT);
-    assert_int_equal(
-        wallet_device_card_debit(w->dev, w->e->number, 7000, w->s.card_ch, &credit, &credit_len),
-        0);
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, 0,
+                                            w->s.card_ch, &credit, &credit_len),
+                     QC_EAMOUNT);
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, 7000,
+                                            w->s.card_ch, &credit, &credit_len),
+                     0);
     assert_int_equal(card_credit(w->card, credit, credit_len, NULL, NULL), 0);
     free(credit);
-    wallet_status_t s;
-    wallet_device_status(w->dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(w->dev), &s);
     uint8_t *receipt = NULL;
     size_t receipt_len = 0;
     proof(w->card, s.card_xfer_id, &receipt, &receipt_len);
-    wallet_card_result_t result = 0;
-    assert_int_equal(wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, receipt,
-                                               receipt_len, &result),
+    device_card_result_t result = 0;
+    assert_int_equal(device_core_card_settle(wallet_device_core(w->dev), w->s.card_key,
+                                             w->s.host_ch, receipt, receipt_len, &result),
                      0);
-    assert_int_equal(result, WALLET_CARD_COMPLETED);
+    assert_int_equal(result, DEVICE_CARD_COMPLETED);
     free(receipt);
     /* The card refuses to pass its maximum (80.00, it holds 70.00) even when the wallet,
      * which holds enough, asks; the wallet is refunded from the card's proof. */
-    assert_int_equal(
-        wallet_device_card_debit(w->dev, w->e->number, 1001, w->s.card_ch, &credit, &credit_len),
-        0);
+    assert_int_equal(device_core_card_debit(wallet_device_core(w->dev), w->e->number, 1001,
+                                            w->s.card_ch, &credit, &credit_len),
+                     0);
     assert_int_equal(card_credit(w->card, credit, credit_len, NULL, NULL), QC_ECARDMAX);
     free(credit);
     assert_int_equal(card_device_state(w->card)->balance, 7000);
-    wallet_device_status(w->dev, &s);
+    device_core_status(wallet_device_core(w->dev), &s);
     proof(w->card, s.card_xfer_id, &receipt, &receipt_len);
-    assert_int_equal(wallet_device_card_settle(w->dev, w->s.card_key, w->s.host_ch, receipt,
-                                               receipt_len, &result),
+    assert_int_equal(device_core_card_settle(wallet_device_core(w->dev), w->s.card_key,
+                                             w->s.host_ch, receipt, receipt_len, &result),
                      0);
-    assert_int_equal(result, WALLET_CARD_REFUNDED);
+    assert_int_equal(result, DEVICE_CARD_REFUNDED);
     assert_int_equal(wallet_balance(w, NULL) + card_device_state(w->card)->balance, FUNDS);
     free(receipt);
 }
@@ -402,20 +409,20 @@ static void test_frame_limits_and_garbage(void **state)
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     uint8_t *got = NULL;
     size_t got_len = 0;
-    const uint8_t huge[CARD_FRAME_HEADER] = {0xff, 0xff, 0xff, 0xff};
+    const uint8_t huge[DEVICE_WIRE_HEADER_SIZE] = {0xff, 0xff, 0xff, 0xff};
     assert_int_equal(write(sv[0], huge, sizeof(huge)), (ssize_t)sizeof(huge));
-    assert_int_equal(card_wire_recv(sv[1], 1000, &got, &got_len), QC_ETOOBIG);
-    const uint8_t zero[CARD_FRAME_HEADER] = {0, 0, 0, 0};
+    assert_int_equal(device_wire_recv(sv[1], 1000, &got, &got_len), QC_ETOOBIG);
+    const uint8_t zero[DEVICE_WIRE_HEADER_SIZE] = {0, 0, 0, 0};
     assert_int_equal(write(sv[0], zero, sizeof(zero)), (ssize_t)sizeof(zero));
-    assert_int_equal(card_wire_recv(sv[1], 1000, &got, &got_len), QC_ETOOBIG);
+    assert_int_equal(device_wire_recv(sv[1], 1000, &got, &got_len), QC_ETOOBIG);
     const uint8_t one[] = {0, 0, 0, 3, 'a', 'b', 'c'};
     assert_int_equal(write(sv[0], one, sizeof(one)), (ssize_t)sizeof(one));
-    assert_int_equal(card_wire_recv(sv[1], 1000, &got, &got_len), 0);
+    assert_int_equal(device_wire_recv(sv[1], 1000, &got, &got_len), 0);
     assert_int_equal(got_len, 3);
     free(got);
-    assert_int_equal(card_wire_recv(sv[1], 50, &got, &got_len), QC_ETIMEOUT);
+    assert_int_equal(device_wire_recv(sv[1], 50, &got, &got_len), QC_ETIMEOUT);
     close(sv[0]);
-    assert_int_equal(card_wire_recv(sv[1], 1000, &got, &got_len), QC_ENOTFOUND);
+    assert_int_equal(device_wire_recv(sv[1], 1000, &got, &got_len), QC_ENOTFOUND);
     close(sv[1]);
 
     /* Garbage is answered with a refusal, not a crash. */

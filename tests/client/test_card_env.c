@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "card_store.h"
-#include "card_wire.h"
+#include "device_wire.h"
 #include "qc_error.h"
 #include "wallet_device.h"
 
@@ -109,15 +109,19 @@ static void wallet_fund(wt_bank_t *b, wallet_device_t *dev, int64_t minor)
     uint8_t *allow = NULL, *outcome = NULL;
     size_t allow_len = 0, outcome_len = 0;
     int verdict = -1, state = 0;
-    assert_int_equal(wallet_device_verify_pin(dev, WT_PIN, strlen(WT_PIN)), 0);
-    assert_int_equal(wallet_device_request(dev, WT_ACCOUNT, minor, TC_CURRENCY, &req, &req_len), 0);
+    assert_int_equal(device_core_verify_pin(wallet_device_core(dev), WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(device_core_request(wallet_device_core(dev), WT_ACCOUNT, minor, TC_CURRENCY,
+                                         &req, &req_len),
+                     0);
     wt_make_allow(b, req, req_len, NULL, NULL, &allow, &allow_len);
-    assert_int_equal(wallet_device_judge_allow(dev, allow, allow_len, &verdict), 0);
+    assert_int_equal(device_core_judge_allow(wallet_device_core(dev), allow, allow_len, &verdict),
+                     0);
     assert_int_equal(verdict, 0);
-    assert_int_equal(wallet_device_report(dev, &rep, &rep_len), 0);
+    assert_int_equal(device_core_report(wallet_device_core(dev), &rep, &rep_len), 0);
     wt_make_outcome(b, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_CONFIRMED, NULL, &outcome,
                     &outcome_len);
-    assert_int_equal(wallet_device_accept_outcome(dev, outcome, outcome_len, &state), 0);
+    assert_int_equal(
+        device_core_accept_outcome(wallet_device_core(dev), outcome, outcome_len, &state), 0);
     free(allow);
     free(outcome);
 }
@@ -137,7 +141,7 @@ tc_env_t *tc_env_new(const char *serial, int64_t wallet_minor, const char *numbe
     snprintf(e->card, sizeof(e->card), "%s/card", e->b->dir);
     snprintf(e->sock, sizeof(e->sock), "%s/s", e->b->dir);
     snprintf(e->out, sizeof(e->out), "%s/out.txt", e->b->dir);
-    assert_true(strlen(e->sock) < CARD_SOCKET_PATH_MAX);
+    assert_true(strlen(e->sock) < DEVICE_WIRE_PATH_MAX);
     tc_devca("init", e->ca, NULL, NULL);
 
     /* The wallet: funded by the in-test bank, certified by the dev CA. */
@@ -210,7 +214,7 @@ void tc_card_start(tc_env_t *e, const char *fault)
     /* Ready when a connection succeeds (and the card is still alive). */
     for (int waited = 0; waited < TC_SOCKET_WAIT_MS; waited += TC_SOCKET_POLL_MS) {
         int fd = -1;
-        if (card_wire_connect(e->sock, &fd) == 0) {
+        if (device_wire_connect(e->sock, &fd) == 0) {
             close(fd);
             return;
         }
@@ -292,8 +296,8 @@ int64_t tc_wallet_balance(tc_env_t *e, bool *card_pending)
 {
     wallet_device_t *dev = NULL;
     assert_int_equal(wallet_device_open(e->b->home, &dev), 0);
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
     wallet_device_destroy(&dev);
     if (card_pending != NULL)
         *card_pending = s.card_pending;

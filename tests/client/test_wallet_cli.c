@@ -228,12 +228,12 @@ static int teardown(void **state)
     return 0;
 }
 
-static int64_t balance_of(fixture_t *f, wallet_phase_t *phase)
+static int64_t balance_of(fixture_t *f, device_phase_t *phase)
 {
     wallet_device_t *dev = NULL;
     assert_int_equal(wallet_device_open(f->b->home, &dev), 0);
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
     wallet_device_destroy(&dev);
     if (phase != NULL)
         *phase = s.phase;
@@ -315,9 +315,9 @@ static void test_cli_lost_allow_then_sync(void **state)
     const char *h = f->b->home;
     RUN_EXPECT(f, 1, WT_PIN, "load", "5", "--home", h, "--account", WT_ACCOUNT, "--yes");
     expect_out(f, "sync");
-    wallet_phase_t phase;
+    device_phase_t phase;
     assert_int_equal(balance_of(f, &phase), 0);
-    assert_int_equal(phase, WALLET_PENDING);
+    assert_int_equal(phase, DEVICE_PENDING);
     RUN_EXPECT(f, 0, NULL, "status", "--home", h);
     expect_out(f, "state:       PENDING");
     /* Still lost: sync keeps it PENDING too. */
@@ -328,7 +328,7 @@ static void test_cli_lost_allow_then_sync(void **state)
     RUN_EXPECT(f, 0, NULL, "sync", "--home", h);
     expect_out(f, "CONFIRMED");
     assert_int_equal(balance_of(f, &phase), 500);
-    assert_int_equal(phase, WALLET_IDLE);
+    assert_int_equal(phase, DEVICE_IDLE);
     RUN_EXPECT(f, 0, NULL, "sync", "--home", h);
     expect_out(f, "Nothing to synchronise");
     assert_int_equal(wt_log_count(f->b, "\"load.applied\""), 1);
@@ -345,9 +345,9 @@ static void test_cli_refused(void **state)
     expect_out(f, "insufficient funds");
     expect_out(f, "account acct-cli holds 0.00");
     expect_out(f, "Nothing was debited or credited");
-    wallet_phase_t phase;
+    device_phase_t phase;
     assert_int_equal(balance_of(f, &phase), 0);
-    assert_int_equal(phase, WALLET_IDLE);
+    assert_int_equal(phase, DEVICE_IDLE);
 }
 
 int main(int argc, char **argv)

@@ -53,24 +53,24 @@ static void test_crash_after_request_signed(void **state)
         const uint8_t *req = NULL;
         size_t len = 0;
         if (wallet_device_open(b->home, &d) != 0 ||
-            wallet_device_verify_pin(d, WT_PIN, strlen(WT_PIN)) != 0)
+            device_core_verify_pin(wallet_device_core(d), WT_PIN, strlen(WT_PIN)) != 0)
             _exit(CHILD_FAILED);
-        (void)wallet_device_request(d, WT_ACCOUNT, AMOUNT, CURRENCY, &req, &len);
+        (void)device_core_request(wallet_device_core(d), WT_ACCOUNT, AMOUNT, CURRENCY, &req, &len);
         _exit(CHILD_FAILED);
     }
     expect_killed(child);
 
     /* The signed request survived the crash and is the one to re-send. */
     assert_int_equal(wallet_device_open(b->home, &dev), 0);
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
-    assert_int_equal(s.phase, WALLET_PENDING);
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
+    assert_int_equal(s.phase, DEVICE_PENDING);
     assert_int_equal(s.amount, AMOUNT);
     const uint8_t *req = NULL;
     size_t req_len = 0;
-    assert_int_equal(wallet_device_pending_request(dev, &req, &req_len), 0);
+    assert_int_equal(device_core_pending_request(wallet_device_core(dev), &req, &req_len), 0);
     Quancun__LoadRequest *r = wt_open_request(b, req, req_len);
-    assert_memory_equal(r->txn_id.data, s.txn_id, WALLET_TXN_SIZE);
+    assert_memory_equal(r->txn_id.data, s.txn_id, DEVICE_TXN_SIZE);
     quancun__load_request__free_unpacked(r, NULL);
     wallet_device_destroy(&dev);
     wt_bank_free(b);
@@ -82,10 +82,12 @@ static void test_crash_after_credit(void **state)
     setenv("QC_FAULT", "wallet.after_credit_before_report", 1);
     wt_bank_t *b = wt_bank_new();
     wallet_device_t *dev = wt_device_ready(b, "QCCRASH2");
-    assert_int_equal(wallet_device_verify_pin(dev, WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(device_core_verify_pin(wallet_device_core(dev), WT_PIN, strlen(WT_PIN)), 0);
     const uint8_t *req = NULL;
     size_t req_len = 0;
-    assert_int_equal(wallet_device_request(dev, WT_ACCOUNT, AMOUNT, CURRENCY, &req, &req_len), 0);
+    assert_int_equal(
+        device_core_request(wallet_device_core(dev), WT_ACCOUNT, AMOUNT, CURRENCY, &req, &req_len),
+        0);
     uint8_t *allow = NULL;
     size_t allow_len = 0;
     wt_make_allow(b, req, req_len, NULL, NULL, &allow, &allow_len);
@@ -98,21 +100,21 @@ static void test_crash_after_credit(void **state)
         int verdict = 0;
         if (wallet_device_open(b->home, &d) != 0)
             _exit(CHILD_FAILED);
-        (void)wallet_device_judge_allow(d, allow, allow_len, &verdict);
+        (void)device_core_judge_allow(wallet_device_core(d), allow, allow_len, &verdict);
         _exit(CHILD_FAILED);
     }
     expect_killed(child);
 
     /* Credited exactly once, and the signed report is stored, ready to send. */
     assert_int_equal(wallet_device_open(b->home, &dev), 0);
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
-    assert_int_equal(s.phase, WALLET_REPORTED);
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
+    assert_int_equal(s.phase, DEVICE_REPORTED);
     assert_int_equal(s.balance, AMOUNT);
     assert_int_equal(s.counter, 1);
     const uint8_t *rep = NULL;
     size_t rep_len = 0;
-    assert_int_equal(wallet_device_report(dev, &rep, &rep_len), 0);
+    assert_int_equal(device_core_report(wallet_device_core(dev), &rep, &rep_len), 0);
     Quancun__ExecutionReport *er = wt_open_report(b, rep, rep_len);
     assert_int_equal(er->status, QUANCUN__REPORT_STATUS__REPORT_APPLIED);
     assert_int_equal(er->counter_after, 1);
@@ -122,8 +124,9 @@ static void test_crash_after_credit(void **state)
     /* The same allow again (the gateway re-sends it): nothing moves. Were it credited, the
      * armed fault point would kill this process. */
     int verdict = 0;
-    assert_int_equal(wallet_device_judge_allow(dev, allow, allow_len, &verdict), QC_EREPLAY);
-    wallet_device_status(dev, &s);
+    assert_int_equal(device_core_judge_allow(wallet_device_core(dev), allow, allow_len, &verdict),
+                     QC_EREPLAY);
+    device_core_status(wallet_device_core(dev), &s);
     assert_int_equal(s.balance, AMOUNT);
     assert_int_equal(s.counter, 1);
     /* The log has the applied line exactly once (written by the child or by recovery). */
@@ -136,7 +139,7 @@ static void test_crash_after_credit(void **state)
     size_t copy_len = rep_len;
     wallet_device_destroy(&dev);
     assert_int_equal(wallet_device_open(b->home, &dev), 0);
-    assert_int_equal(wallet_device_report(dev, &rep, &rep_len), 0);
+    assert_int_equal(device_core_report(wallet_device_core(dev), &rep, &rep_len), 0);
     assert_int_equal(rep_len, copy_len);
     assert_memory_equal(rep, copy, copy_len);
 
@@ -145,9 +148,9 @@ static void test_crash_after_credit(void **state)
     wt_make_outcome(b, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_CONFIRMED, NULL, &oc,
                     &oc_len);
     int ls = 0;
-    assert_int_equal(wallet_device_accept_outcome(dev, oc, oc_len, &ls), 0);
-    wallet_device_status(dev, &s);
-    assert_int_equal(s.phase, WALLET_IDLE);
+    assert_int_equal(device_core_accept_outcome(wallet_device_core(dev), oc, oc_len, &ls), 0);
+    device_core_status(wallet_device_core(dev), &s);
+    assert_int_equal(s.phase, DEVICE_IDLE);
     assert_int_equal(s.balance, AMOUNT);
     free(copy);
     free(oc);

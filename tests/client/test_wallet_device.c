@@ -18,6 +18,7 @@
 #include "qc_error.h"
 #include "quancun.pb-c.h"
 #include "wallet_device.h"
+#include "wallet_store.h"
 #include "wallet_test_bank.h"
 
 #define AMOUNT 1234
@@ -54,15 +55,16 @@ static int teardown(void **state)
 /* PIN, then a signed request for AMOUNT. */
 static void begin(fixture_t *f)
 {
-    assert_int_equal(wallet_device_verify_pin(f->dev, WT_PIN, strlen(WT_PIN)), 0);
-    assert_int_equal(
-        wallet_device_request(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, &f->req, &f->req_len), 0);
+    assert_int_equal(device_core_verify_pin(wallet_device_core(f->dev), WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                         &f->req, &f->req_len),
+                     0);
 }
 
-static void expect(const fixture_t *f, wallet_phase_t phase, int64_t balance, uint64_t counter)
+static void expect(const fixture_t *f, device_phase_t phase, int64_t balance, uint64_t counter)
 {
-    wallet_status_t s;
-    wallet_device_status(f->dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(f->dev), &s);
     assert_int_equal(s.phase, phase);
     assert_int_equal(s.balance, balance);
     assert_int_equal(s.counter, counter);
@@ -72,7 +74,7 @@ static void test_happy_path(void **state)
 {
     fixture_t *f = *state;
     begin(f);
-    expect(f, WALLET_PENDING, 0, 0);
+    expect(f, DEVICE_PENDING, 0, 0);
 
     /* The request says what the user confirmed, and carries the certificate. */
     Quancun__LoadRequest *r = wt_open_request(f->bank, f->req, f->req_len);
@@ -82,7 +84,7 @@ static void test_happy_path(void **state)
     assert_int_equal(r->currency, CURRENCY);
     assert_int_equal(r->counter, 0);
     assert_int_equal(r->balance_before, 0);
-    assert_int_equal(r->txn_id.len, WALLET_TXN_SIZE);
+    assert_int_equal(r->txn_id.len, DEVICE_TXN_SIZE);
     assert_int_equal(r->nonce.len, 16);
     assert_int_equal(r->alg, QUANCUN__ALG__ALG_ECDSA_P256_SHA256);
     quancun__load_request__free_unpacked(r, NULL);
@@ -91,13 +93,14 @@ static void test_happy_path(void **state)
     size_t allow_len = 0;
     wt_make_allow(f->bank, f->req, f->req_len, NULL, NULL, &allow, &allow_len);
     int verdict = -999;
-    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), 0);
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict), 0);
     assert_int_equal(verdict, 0);
-    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
 
     const uint8_t *rep = NULL;
     size_t rep_len = 0;
-    assert_int_equal(wallet_device_report(f->dev, &rep, &rep_len), 0);
+    assert_int_equal(device_core_report(wallet_device_core(f->dev), &rep, &rep_len), 0);
     Quancun__ExecutionReport *er = wt_open_report(f->bank, rep, rep_len);
     assert_int_equal(er->status, QUANCUN__REPORT_STATUS__REPORT_APPLIED);
     assert_int_equal(er->counter_after, 1);
@@ -120,17 +123,19 @@ static void test_happy_path(void **state)
     wt_make_outcome(f->bank, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_CONFIRMED, NULL, &oc,
                     &oc_len);
     int ls = 0;
-    assert_int_equal(wallet_device_accept_outcome(f->dev, oc, oc_len, &ls), 0);
+    assert_int_equal(device_core_accept_outcome(wallet_device_core(f->dev), oc, oc_len, &ls), 0);
     assert_int_equal(ls, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
-    expect(f, WALLET_IDLE, AMOUNT, 1);
-    wallet_status_t s;
-    wallet_device_status(f->dev, &s);
+    expect(f, DEVICE_IDLE, AMOUNT, 1);
+    device_status_t s;
+    device_core_status(wallet_device_core(f->dev), &s);
     assert_int_equal(s.last_outcome, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
     /* A second outcome finds nothing to settle. */
-    assert_int_equal(wallet_device_accept_outcome(f->dev, oc, oc_len, &ls), QC_ESTATE);
+    assert_int_equal(device_core_accept_outcome(wallet_device_core(f->dev), oc, oc_len, &ls),
+                     QC_ESTATE);
 
     /* A second load starts from counter 1 and balance AMOUNT. */
-    assert_int_equal(wallet_device_request(f->dev, WT_ACCOUNT, 100, CURRENCY, &f->req, &f->req_len),
+    assert_int_equal(device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, 100, CURRENCY,
+                                         &f->req, &f->req_len),
                      0);
     r = wt_open_request(f->bank, f->req, f->req_len);
     assert_int_equal(r->counter, 1);
@@ -235,14 +240,15 @@ static void test_refusals(void **state)
         if (c->corrupt == 2)
             memset(allow, 0xee, allow_len);
         int verdict = 0;
-        assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), 0);
+        assert_int_equal(
+            device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict), 0);
         if (verdict != c->verdict)
             fail_msg("%s: verdict %d, want %d", c->name, verdict, c->verdict);
-        expect(f, WALLET_REPORTED, 0, 0);
+        expect(f, DEVICE_REPORTED, 0, 0);
 
         const uint8_t *rep = NULL;
         size_t rep_len = 0;
-        assert_int_equal(wallet_device_report(f->dev, &rep, &rep_len), 0);
+        assert_int_equal(device_core_report(wallet_device_core(f->dev), &rep, &rep_len), 0);
         Quancun__ExecutionReport *er = wt_open_report(f->bank, rep, rep_len);
         assert_int_equal(er->status, QUANCUN__REPORT_STATUS__REPORT_REJECTED);
         assert_int_equal(er->counter_after, 0);
@@ -257,9 +263,10 @@ static void test_refusals(void **state)
         wt_make_outcome(f->bank, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_COMPENSATED, NULL,
                         &oc, &oc_len);
         int ls = 0;
-        assert_int_equal(wallet_device_accept_outcome(f->dev, oc, oc_len, &ls), 0);
+        assert_int_equal(device_core_accept_outcome(wallet_device_core(f->dev), oc, oc_len, &ls),
+                         0);
         assert_int_equal(ls, QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
-        expect(f, WALLET_IDLE, 0, 0);
+        expect(f, DEVICE_IDLE, 0, 0);
         assert_int_equal(wt_log_count(f->bank, "\"load.rejected\""), 1);
         free(allow);
         free(oc);
@@ -284,28 +291,31 @@ static void test_bank_certificate_validity(void **state)
     size_t allow_len = 0;
     wt_make_allow(f->bank, f->req, f->req_len, NULL, NULL, &allow, &allow_len);
     int verdict = 0;
-    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), 0);
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict), 0);
     assert_int_equal(verdict, QC_ECERTEXPIRED);
-    expect(f, WALLET_REPORTED, 0, 0);
+    expect(f, DEVICE_REPORTED, 0, 0);
     const uint8_t *rep = NULL;
     size_t rep_len = 0;
-    assert_int_equal(wallet_device_report(f->dev, &rep, &rep_len), 0);
+    assert_int_equal(device_core_report(wallet_device_core(f->dev), &rep, &rep_len), 0);
     uint8_t *oc = NULL;
     size_t oc_len = 0;
     wt_make_outcome(f->bank, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_COMPENSATED, NULL, &oc,
                     &oc_len);
     int ls = 0;
-    assert_int_equal(wallet_device_accept_outcome(f->dev, oc, oc_len, &ls), 0);
+    assert_int_equal(device_core_accept_outcome(wallet_device_core(f->dev), oc, oc_len, &ls), 0);
     free(oc);
     free(allow);
 
     assert_int_equal(wallet_device_install_bank(f->dev, current, outcome), 0);
-    assert_int_equal(
-        wallet_device_request(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, &f->req, &f->req_len), 0);
+    assert_int_equal(device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                         &f->req, &f->req_len),
+                     0);
     wt_make_allow(f->bank, f->req, f->req_len, NULL, NULL, &allow, &allow_len);
-    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), 0);
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict), 0);
     assert_int_equal(verdict, 0);
-    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
     free(allow);
 }
 
@@ -319,37 +329,45 @@ static void test_allow_applied_once(void **state)
     size_t allow_len = 0;
     wt_make_allow(f->bank, f->req, f->req_len, NULL, NULL, &allow, &allow_len);
     int verdict = -1;
-    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), 0);
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict), 0);
     assert_int_equal(verdict, 0);
-    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), QC_EREPLAY);
-    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict),
+        QC_EREPLAY);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
 
     /* Reopened (a restart), the same allow still changes nothing. */
     wallet_device_destroy(&f->dev);
     assert_int_equal(wallet_device_open(f->bank->home, &f->dev), 0);
-    expect(f, WALLET_REPORTED, AMOUNT, 1);
-    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), QC_EREPLAY);
-    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict),
+        QC_EREPLAY);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
 
     /* After the outcome, the old allow is for no pending load. */
     const uint8_t *rep = NULL;
     size_t rep_len = 0;
-    assert_int_equal(wallet_device_report(f->dev, &rep, &rep_len), 0);
+    assert_int_equal(device_core_report(wallet_device_core(f->dev), &rep, &rep_len), 0);
     uint8_t *oc = NULL;
     size_t oc_len = 0;
     wt_make_outcome(f->bank, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_CONFIRMED, NULL, &oc,
                     &oc_len);
     int ls = 0;
-    assert_int_equal(wallet_device_accept_outcome(f->dev, oc, oc_len, &ls), 0);
-    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), QC_ESTATE);
+    assert_int_equal(device_core_accept_outcome(wallet_device_core(f->dev), oc, oc_len, &ls), 0);
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict), QC_ESTATE);
 
     /* And for the next load, the old allow is another txn and another counter: refused. */
-    assert_int_equal(wallet_device_verify_pin(f->dev, WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(device_core_verify_pin(wallet_device_core(f->dev), WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                         &f->req, &f->req_len),
+                     0);
     assert_int_equal(
-        wallet_device_request(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, &f->req, &f->req_len), 0);
-    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), 0);
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict), 0);
     assert_int_equal(verdict, QC_EMISMATCH);
-    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
     assert_int_equal(wt_log_count(f->bank, "\"load.applied\""), 1);
     free(allow);
     free(oc);
@@ -365,10 +383,11 @@ static void test_outcome_checks(void **state)
     size_t allow_len = 0;
     wt_make_allow(f->bank, f->req, f->req_len, NULL, NULL, &allow, &allow_len);
     int verdict = -1;
-    assert_int_equal(wallet_device_judge_allow(f->dev, allow, allow_len, &verdict), 0);
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict), 0);
     const uint8_t *rep = NULL;
     size_t rep_len = 0;
-    assert_int_equal(wallet_device_report(f->dev, &rep, &rep_len), 0);
+    assert_int_equal(device_core_report(wallet_device_core(f->dev), &rep, &rep_len), 0);
 
     uint8_t *oc = NULL;
     size_t oc_len = 0;
@@ -376,33 +395,39 @@ static void test_outcome_checks(void **state)
     /* Signed by the allow key: not the outcome key. */
     wt_make_outcome(f->bank, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_CONFIRMED,
                     f->bank->allow_key, &oc, &oc_len);
-    assert_int_equal(wallet_device_accept_outcome(f->dev, oc, oc_len, &ls), QC_EKEYID);
+    assert_int_equal(device_core_accept_outcome(wallet_device_core(f->dev), oc, oc_len, &ls),
+                     QC_EKEYID);
     free(oc);
     /* Not final yet. */
     wt_make_outcome(f->bank, rep, rep_len, false, QUANCUN__LOAD_STATE__LOAD_RESERVED, NULL, &oc,
                     &oc_len);
-    assert_int_equal(wallet_device_accept_outcome(f->dev, oc, oc_len, &ls), QC_EBUSY);
+    assert_int_equal(device_core_accept_outcome(wallet_device_core(f->dev), oc, oc_len, &ls),
+                     QC_EBUSY);
     free(oc);
     /* Garbage. */
     uint8_t junk[64];
     memset(junk, 0x5a, sizeof(junk));
-    assert_int_not_equal(wallet_device_accept_outcome(f->dev, junk, sizeof(junk), &ls), 0);
-    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    assert_int_not_equal(
+        device_core_accept_outcome(wallet_device_core(f->dev), junk, sizeof(junk), &ls), 0);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
 
     /* Another load's outcome: build one from a second device's request. */
     wt_bank_t *other = wt_bank_new();
     wallet_device_t *dev2 = wt_device_ready(other, SERIAL);
-    assert_int_equal(wallet_device_verify_pin(dev2, WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(device_core_verify_pin(wallet_device_core(dev2), WT_PIN, strlen(WT_PIN)), 0);
     const uint8_t *req2 = NULL;
     size_t req2_len = 0;
-    assert_int_equal(wallet_device_request(dev2, WT_ACCOUNT, 5, CURRENCY, &req2, &req2_len), 0);
+    assert_int_equal(
+        device_core_request(wallet_device_core(dev2), WT_ACCOUNT, 5, CURRENCY, &req2, &req2_len),
+        0);
     wt_make_outcome(f->bank, req2, req2_len, true, QUANCUN__LOAD_STATE__LOAD_CONFIRMED, NULL, &oc,
                     &oc_len);
-    assert_int_equal(wallet_device_accept_outcome(f->dev, oc, oc_len, &ls), QC_EMISMATCH);
+    assert_int_equal(device_core_accept_outcome(wallet_device_core(f->dev), oc, oc_len, &ls),
+                     QC_EMISMATCH);
     free(oc);
     wallet_device_destroy(&dev2);
     wt_bank_free(other);
-    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
     free(allow);
 }
 
@@ -415,23 +440,33 @@ static void test_preconditions(void **state)
     size_t req_len = 0;
     int verdict = 0;
     uint8_t junk[8] = {0};
-    assert_int_equal(wallet_device_request(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, &req, &req_len),
+    assert_int_equal(device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                         &req, &req_len),
                      QC_EDENIED);
-    assert_int_equal(wallet_device_judge_allow(f->dev, junk, sizeof(junk), &verdict), QC_ESTATE);
-    assert_int_equal(wallet_device_verify_pin(f->dev, WT_PIN, strlen(WT_PIN)), 0);
-    assert_int_equal(wallet_device_request(f->dev, WT_ACCOUNT, 0, CURRENCY, &req, &req_len),
-                     QC_EAMOUNT);
-    assert_int_equal(wallet_device_request(f->dev, WT_ACCOUNT, -5, CURRENCY, &req, &req_len),
-                     QC_EAMOUNT);
-    assert_int_equal(wallet_device_request(f->dev, "has space", 5, CURRENCY, &req, &req_len),
-                     QC_EINVAL);
-    assert_int_equal(wallet_device_request(f->dev, WT_ACCOUNT, 5, 1000, &req, &req_len), QC_EINVAL);
-    expect(f, WALLET_IDLE, 0, 0);
-    assert_int_equal(wallet_device_request(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, &req, &req_len),
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), junk, sizeof(junk), &verdict),
+        QC_ESTATE);
+    assert_int_equal(device_core_verify_pin(wallet_device_core(f->dev), WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(
+        device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, 0, CURRENCY, &req, &req_len),
+        QC_EAMOUNT);
+    assert_int_equal(
+        device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, -5, CURRENCY, &req, &req_len),
+        QC_EAMOUNT);
+    assert_int_equal(
+        device_core_request(wallet_device_core(f->dev), "has space", 5, CURRENCY, &req, &req_len),
+        QC_EINVAL);
+    assert_int_equal(
+        device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, 5, 1000, &req, &req_len),
+        QC_EINVAL);
+    expect(f, DEVICE_IDLE, 0, 0);
+    assert_int_equal(device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                         &req, &req_len),
                      0);
     const uint8_t *req2 = NULL;
     size_t req2_len = 0;
-    assert_int_equal(wallet_device_request(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, &req2, &req2_len),
+    assert_int_equal(device_core_request(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                         &req2, &req2_len),
                      QC_EPENDING);
     /* The stored request is the one that was signed, byte for byte, after a restart too. */
     uint8_t *copy = malloc(req_len);
@@ -439,15 +474,16 @@ static void test_preconditions(void **state)
     memcpy(copy, req, req_len);
     wallet_device_destroy(&f->dev);
     assert_int_equal(wallet_device_open(f->bank->home, &f->dev), 0);
-    assert_int_equal(wallet_device_pending_request(f->dev, &req2, &req2_len), 0);
+    assert_int_equal(device_core_pending_request(wallet_device_core(f->dev), &req2, &req2_len), 0);
     assert_int_equal(req2_len, req_len);
     assert_memory_equal(req2, copy, req_len);
     free(copy);
 
     /* Abandon: back to IDLE, nothing applied. */
-    assert_int_equal(wallet_device_abandon(f->dev, QC_EFUNDS, "insufficient funds"), 0);
-    expect(f, WALLET_IDLE, 0, 0);
-    assert_int_equal(wallet_device_abandon(f->dev, QC_EFUNDS, NULL), QC_ESTATE);
+    assert_int_equal(
+        device_core_abandon(wallet_device_core(f->dev), QC_EFUNDS, "insufficient funds"), 0);
+    expect(f, DEVICE_IDLE, 0, 0);
+    assert_int_equal(device_core_abandon(wallet_device_core(f->dev), QC_EFUNDS, NULL), QC_ESTATE);
     assert_int_equal(wt_log_count(f->bank, "QC_EFUNDS"), 1);
 
     /* A second program cannot drive the same device. */
@@ -477,8 +513,8 @@ static void test_enrollment_checks(void **state)
     wallet_device_destroy(&dev2);
     wt_bank_free(other);
     /* The device still works with its own. */
-    wallet_status_t s;
-    wallet_device_status(f->dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(f->dev), &s);
     assert_true(s.has_cert);
     assert_true(s.has_bank);
     assert_string_equal(s.serial, SERIAL);
@@ -488,7 +524,7 @@ static void test_enrollment_checks(void **state)
     assert_int_equal(wallet_device_init(gen->home, NULL, WT_PIN, strlen(WT_PIN)), 0);
     wallet_device_t *d = NULL;
     assert_int_equal(wallet_device_open(gen->home, &d), 0);
-    const char *serial = wallet_device_serial(d);
+    const char *serial = device_core_serial(wallet_device_core(d));
     assert_int_equal(strlen(serial), 18);
     assert_memory_equal(serial, "QC", 2);
     wallet_device_destroy(&d);
@@ -536,7 +572,7 @@ static void test_oplog_recovery(void **state)
     wallet_device_destroy(&f->dev);
 
     char path[WT_PATH_MAX + 64];
-    snprintf(path, sizeof(path), "%s/%s", f->bank->home, WALLET_LOG_FILE);
+    snprintf(path, sizeof(path), "%s/%s", f->bank->home, DEVICE_LOG_FILE);
     FILE *fp = fopen(path, "r");
     assert_non_null(fp);
     char all[16384];
@@ -557,7 +593,7 @@ static void test_oplog_recovery(void **state)
     /* Every line is complete JSON-ish: starts with {"seq": and ends with }. */
     fp = fopen(path, "r");
     assert_non_null(fp);
-    char line[WALLET_LOG_LINE_MAX + 2];
+    char line[DEVICE_LOG_LINE_MAX + 2];
     unsigned long seq = 0;
     while (fgets(line, sizeof(line), fp) != NULL) {
         unsigned long got = 0;

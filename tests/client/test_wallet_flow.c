@@ -1,4 +1,4 @@
-/* test_wallet_flow.c - a whole load through wallet_flow over a scripted in-process bank:
+/* test_wallet_flow.c - a whole load through device_flow over a scripted in-process bank:
  * lost replies, refusals, lost reports and forged allows, and reconciliation by re-sending
  * the very same signed request. */
 #include <setjmp.h>
@@ -15,7 +15,7 @@
 #include "qc_error.h"
 #include "quancun.pb-c.h"
 #include "wallet_device.h"
-#include "wallet_flow.h"
+#include "device_flow.h"
 #include "wallet_test_bank.h"
 
 #define AMOUNT 888
@@ -48,11 +48,11 @@ static uint8_t *dup_bytes(const uint8_t *p, size_t n)
 }
 
 static int fake_call(void *arg, const char *method, const uint8_t *body, size_t len,
-                     wallet_reply_t *out)
+                     device_reply_t *out)
 {
     fake_bank_t *fb = arg;
     memset(out, 0, sizeof(*out));
-    if (strcmp(method, WALLET_METHOD_LOAD) == 0) {
+    if (strcmp(method, DEVICE_METHOD_LOAD) == 0) {
         fb->load_calls++;
         if (fb->first_req == NULL) {
             fb->first_req = dup_bytes(body, len);
@@ -77,8 +77,8 @@ static int fake_call(void *arg, const char *method, const uint8_t *body, size_t 
         out->body_len = fb->allow_len;
         return 0;
     }
-    assert_true(strcmp(method, WALLET_METHOD_REPORT) == 0 ||
-                strcmp(method, WALLET_METHOD_SYNC) == 0);
+    assert_true(strcmp(method, DEVICE_METHOD_REPORT) == 0 ||
+                strcmp(method, DEVICE_METHOD_SYNC) == 0);
     fb->report_calls++;
     snprintf(fb->last_report_method, sizeof(fb->last_report_method), "%s", method);
     if (fb->lose_reports > 0) {
@@ -107,7 +107,7 @@ static int setup(void **state)
         return -1;
     f->fb.b = wt_bank_new();
     f->dev = wt_device_ready(f->fb.b, "QCFLOW01");
-    assert_int_equal(wallet_device_verify_pin(f->dev, WT_PIN, strlen(WT_PIN)), 0);
+    assert_int_equal(device_core_verify_pin(wallet_device_core(f->dev), WT_PIN, strlen(WT_PIN)), 0);
     *state = f;
     return 0;
 }
@@ -123,10 +123,10 @@ static int teardown(void **state)
     return 0;
 }
 
-static void expect(const fixture_t *f, wallet_phase_t phase, int64_t balance, uint64_t counter)
+static void expect(const fixture_t *f, device_phase_t phase, int64_t balance, uint64_t counter)
 {
-    wallet_status_t s;
-    wallet_device_status(f->dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(f->dev), &s);
     assert_int_equal(s.phase, phase);
     assert_int_equal(s.balance, balance);
     assert_int_equal(s.counter, counter);
@@ -135,14 +135,15 @@ static void expect(const fixture_t *f, wallet_phase_t phase, int64_t balance, ui
 static void test_flow_happy(void **state)
 {
     fixture_t *f = *state;
-    wallet_flow_result_t res;
-    assert_int_equal(
-        wallet_flow_load(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, fake_call, &f->fb, &res), 0);
+    device_flow_result_t res;
+    assert_int_equal(device_flow_load(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                      fake_call, &f->fb, &res),
+                     0);
     assert_true(res.judged && res.finished);
     assert_int_equal(res.verdict, 0);
     assert_int_equal(res.outcome, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
-    assert_string_equal(f->fb.last_report_method, WALLET_METHOD_REPORT);
-    expect(f, WALLET_IDLE, AMOUNT, 1);
+    assert_string_equal(f->fb.last_report_method, DEVICE_METHOD_REPORT);
+    expect(f, DEVICE_IDLE, AMOUNT, 1);
     assert_int_equal(f->fb.load_calls, 1);
     assert_int_equal(f->fb.report_calls, 1);
 }
@@ -153,24 +154,28 @@ static void test_flow_lost_allow_then_sync(void **state)
 {
     fixture_t *f = *state;
     f->fb.lose_load_replies = 1;
-    wallet_flow_result_t res;
-    assert_int_equal(
-        wallet_flow_load(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, fake_call, &f->fb, &res),
-        QC_ETIMEOUT);
-    expect(f, WALLET_PENDING, 0, 0);
+    device_flow_result_t res;
+    assert_int_equal(device_flow_load(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                      fake_call, &f->fb, &res),
+                     QC_ETIMEOUT);
+    expect(f, DEVICE_PENDING, 0, 0);
 
     /* A restart in between changes nothing. */
     wallet_device_destroy(&f->dev);
     assert_int_equal(wallet_device_open(f->fb.b->home, &f->dev), 0);
     memset(&res, 0, sizeof(res));
-    assert_int_equal(wallet_flow_settle(f->dev, fake_call, &f->fb, WALLET_METHOD_SYNC, &res), 0);
+    assert_int_equal(
+        device_flow_settle(wallet_device_core(f->dev), fake_call, &f->fb, DEVICE_METHOD_SYNC, &res),
+        0);
     assert_true(res.finished);
     assert_int_equal(res.outcome, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
     assert_int_equal(f->fb.identical_resends, 1);
-    assert_string_equal(f->fb.last_report_method, WALLET_METHOD_SYNC);
-    expect(f, WALLET_IDLE, AMOUNT, 1);
+    assert_string_equal(f->fb.last_report_method, DEVICE_METHOD_SYNC);
+    expect(f, DEVICE_IDLE, AMOUNT, 1);
     /* Nothing left to settle. */
-    assert_int_equal(wallet_flow_settle(f->dev, fake_call, &f->fb, WALLET_METHOD_SYNC, &res), 0);
+    assert_int_equal(
+        device_flow_settle(wallet_device_core(f->dev), fake_call, &f->fb, DEVICE_METHOD_SYNC, &res),
+        0);
     assert_int_equal(f->fb.load_calls, 2);
 }
 
@@ -178,13 +183,14 @@ static void test_flow_refused(void **state)
 {
     fixture_t *f = *state;
     f->fb.refuse_code = QC_EFUNDS;
-    wallet_flow_result_t res;
-    assert_int_equal(
-        wallet_flow_load(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, fake_call, &f->fb, &res), QC_EFUNDS);
+    device_flow_result_t res;
+    assert_int_equal(device_flow_load(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                      fake_call, &f->fb, &res),
+                     QC_EFUNDS);
     assert_true(res.abandoned);
     assert_int_equal(res.server_code, QC_EFUNDS);
     assert_non_null(strstr(res.server_message, "scripted refusal"));
-    expect(f, WALLET_IDLE, 0, 0);
+    expect(f, DEVICE_IDLE, 0, 0);
     assert_int_equal(wt_log_count(f->fb.b, "\"load.abandoned\""), 1);
 }
 
@@ -192,52 +198,58 @@ static void test_flow_transient_keeps_pending(void **state)
 {
     fixture_t *f = *state;
     f->fb.refuse_code = QC_EUNAVAIL;
-    wallet_flow_result_t res;
-    assert_int_equal(
-        wallet_flow_load(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, fake_call, &f->fb, &res),
-        QC_EUNAVAIL);
+    device_flow_result_t res;
+    assert_int_equal(device_flow_load(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                      fake_call, &f->fb, &res),
+                     QC_EUNAVAIL);
     assert_false(res.abandoned);
-    expect(f, WALLET_PENDING, 0, 0);
+    expect(f, DEVICE_PENDING, 0, 0);
     f->fb.refuse_code = 0;
-    assert_int_equal(wallet_flow_settle(f->dev, fake_call, &f->fb, WALLET_METHOD_SYNC, &res), 0);
-    expect(f, WALLET_IDLE, AMOUNT, 1);
+    assert_int_equal(
+        device_flow_settle(wallet_device_core(f->dev), fake_call, &f->fb, DEVICE_METHOD_SYNC, &res),
+        0);
+    expect(f, DEVICE_IDLE, AMOUNT, 1);
 }
 
 static void test_flow_lost_reports(void **state)
 {
     fixture_t *f = *state;
     f->fb.lose_reports = 2;
-    wallet_flow_result_t res;
-    assert_int_equal(
-        wallet_flow_load(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, fake_call, &f->fb, &res), 0);
+    device_flow_result_t res;
+    assert_int_equal(device_flow_load(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                      fake_call, &f->fb, &res),
+                     0);
     assert_int_equal(f->fb.report_calls, 3);
-    expect(f, WALLET_IDLE, AMOUNT, 1);
+    expect(f, DEVICE_IDLE, AMOUNT, 1);
 
     /* Every attempt lost: the device keeps the report for the next sync. */
-    f->fb.lose_reports = WALLET_REPORT_ATTEMPTS_MAX;
+    f->fb.lose_reports = DEVICE_REPORT_ATTEMPTS_MAX;
     free(f->fb.allow);
     free(f->fb.first_req);
     f->fb.allow = NULL;
     f->fb.first_req = NULL;
+    assert_int_equal(device_flow_load(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                      fake_call, &f->fb, &res),
+                     QC_ETIMEOUT);
+    expect(f, DEVICE_REPORTED, 2 * AMOUNT, 2);
     assert_int_equal(
-        wallet_flow_load(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, fake_call, &f->fb, &res),
-        QC_ETIMEOUT);
-    expect(f, WALLET_REPORTED, 2 * AMOUNT, 2);
-    assert_int_equal(wallet_flow_settle(f->dev, fake_call, &f->fb, WALLET_METHOD_SYNC, &res), 0);
-    expect(f, WALLET_IDLE, 2 * AMOUNT, 2);
+        device_flow_settle(wallet_device_core(f->dev), fake_call, &f->fb, DEVICE_METHOD_SYNC, &res),
+        0);
+    expect(f, DEVICE_IDLE, 2 * AMOUNT, 2);
 }
 
 static void test_flow_forged_allow(void **state)
 {
     fixture_t *f = *state;
     f->fb.forge_allow = true;
-    wallet_flow_result_t res;
-    assert_int_equal(
-        wallet_flow_load(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, fake_call, &f->fb, &res), 0);
+    device_flow_result_t res;
+    assert_int_equal(device_flow_load(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                      fake_call, &f->fb, &res),
+                     0);
     assert_true(res.judged);
     assert_int_equal(res.verdict, QC_EKEYID);
     assert_int_equal(res.outcome, QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
-    expect(f, WALLET_IDLE, 0, 0);
+    expect(f, DEVICE_IDLE, 0, 0);
 }
 
 /* An outcome that does not verify is not believed: the report is re-sent a bounded number
@@ -246,15 +258,18 @@ static void test_flow_forged_outcome(void **state)
 {
     fixture_t *f = *state;
     f->fb.forge_outcome = true;
-    wallet_flow_result_t res;
-    assert_int_equal(
-        wallet_flow_load(f->dev, WT_ACCOUNT, AMOUNT, CURRENCY, fake_call, &f->fb, &res), QC_EKEYID);
+    device_flow_result_t res;
+    assert_int_equal(device_flow_load(wallet_device_core(f->dev), WT_ACCOUNT, AMOUNT, CURRENCY,
+                                      fake_call, &f->fb, &res),
+                     QC_EKEYID);
     assert_false(res.finished);
-    assert_int_equal(f->fb.report_calls, WALLET_REPORT_ATTEMPTS_MAX);
-    expect(f, WALLET_REPORTED, AMOUNT, 1);
+    assert_int_equal(f->fb.report_calls, DEVICE_REPORT_ATTEMPTS_MAX);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
     f->fb.forge_outcome = false;
-    assert_int_equal(wallet_flow_settle(f->dev, fake_call, &f->fb, WALLET_METHOD_SYNC, &res), 0);
-    expect(f, WALLET_IDLE, AMOUNT, 1);
+    assert_int_equal(
+        device_flow_settle(wallet_device_core(f->dev), fake_call, &f->fb, DEVICE_METHOD_SYNC, &res),
+        0);
+    expect(f, DEVICE_IDLE, AMOUNT, 1);
 }
 
 int main(void)

@@ -18,13 +18,13 @@
 #define DIR_MAX 64
 #define PATH_MAX_T 128
 
-static void fill(wallet_state_t *st)
+static void fill(device_state_t *st)
 {
     memset(st, 0, sizeof(*st));
     snprintf(st->serial, sizeof(st->serial), "QC0123456789ABCDEF");
     st->balance = -42;
     st->counter = UINT64_MAX - 1;
-    st->phase = WALLET_REPORTED;
+    st->phase = DEVICE_REPORTED;
     memset(st->txn_id, 0xa5, sizeof(st->txn_id));
     snprintf(st->account_id, sizeof(st->account_id), "acct:42/x");
     st->amount = INT64_MAX;
@@ -33,15 +33,15 @@ static void fill(wallet_state_t *st)
     uint8_t blob[300];
     for (size_t i = 0; i < sizeof(blob); i++)
         blob[i] = (uint8_t)i;
-    assert_int_equal(wallet_state_set_blob(&st->request, &st->request_len, blob, sizeof(blob)), 0);
-    assert_int_equal(wallet_state_set_blob(&st->report, &st->report_len, blob, 7), 0);
+    assert_int_equal(device_state_set_blob(&st->request, &st->request_len, blob, sizeof(blob)), 0);
+    assert_int_equal(device_state_set_blob(&st->report, &st->report_len, blob, 7), 0);
     st->report_status = 2;
     memset(st->allow_digest, 0x22, sizeof(st->allow_digest));
     memset(st->last_txn_id, 0x33, sizeof(st->last_txn_id));
     st->last_outcome = 4;
     memset(st->pin.salt, 0x44, sizeof(st->pin.salt));
     memset(st->pin.hash, 0x55, sizeof(st->pin.hash));
-    st->pin.iterations = WALLET_PIN_ITERATIONS;
+    st->pin.iterations = DEVICE_PIN_ITERATIONS;
     st->pin.tries_left = 1;
     st->log_seq = 9;
     snprintf(st->log_pending, sizeof(st->log_pending), "{\"seq\":9,\"detail\":\"a b\\\"c\"}");
@@ -52,7 +52,7 @@ static void test_round_trip(void **state)
     (void)state;
     char dir[DIR_MAX] = "/tmp/qc-wallet-store-XXXXXX";
     assert_non_null(mkdtemp(dir));
-    wallet_state_t a, b;
+    device_state_t a, b;
     fill(&a);
     memset(&b, 0, sizeof(b));
     assert_int_equal(wallet_state_load(dir, &b), QC_ENOTFOUND);
@@ -88,7 +88,7 @@ static void test_round_trip(void **state)
     assert_memory_equal(&b.pin, &a.pin, sizeof(a.pin));
     assert_true(b.log_seq == a.log_seq);
     assert_string_equal(b.log_pending, a.log_pending);
-    wallet_state_clear(&b);
+    device_state_clear(&b);
 
     /* Cut anywhere, the file is refused rather than half believed. */
     char path[PATH_MAX_T];
@@ -107,12 +107,12 @@ static void test_round_trip(void **state)
     }
 
     /* Out-of-range records are not written. */
-    a.pin.tries_left = WALLET_PIN_TRIES + 1;
+    a.pin.tries_left = DEVICE_PIN_TRIES + 1;
     assert_int_equal(wallet_state_save(dir, &a), QC_EINVAL);
     a.pin.tries_left = 0;
     snprintf(a.account_id, sizeof(a.account_id), "has space");
     assert_int_equal(wallet_state_save(dir, &a), QC_EINVAL);
-    wallet_state_clear(&a);
+    device_state_clear(&a);
 
     char cmd[DIR_MAX + 16];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);

@@ -195,7 +195,7 @@ void wt_make_allow(wt_bank_t *b, const uint8_t *req, size_t req_len, wt_allow_tw
     assert_int_equal(proto_sha256(body, body_len, digest), 0);
 
     Quancun__LoadAllow a = QUANCUN__LOAD_ALLOW__INIT;
-    uint8_t txn[WALLET_TXN_SIZE];
+    uint8_t txn[DEVICE_TXN_SIZE];
     assert_int_equal(r->txn_id.len, sizeof(txn));
     memcpy(txn, r->txn_id.data, sizeof(txn));
     a.txn_id.data = txn;
@@ -223,8 +223,8 @@ void wt_make_outcome(wt_bank_t *b, const uint8_t *msg, size_t msg_len, bool is_r
     assert_int_equal(proto_envelope_open(msg, msg_len, &env), 0);
     size_t body_len = 0;
     const uint8_t *body = proto_envelope_body(env, &body_len);
-    uint8_t txn[WALLET_TXN_SIZE];
-    char device[WALLET_SERIAL_MAX + 1];
+    uint8_t txn[DEVICE_TXN_SIZE];
+    char device[DEVICE_SERIAL_MAX + 1];
     if (is_request) {
         Quancun__LoadRequest *r = quancun__load_request__unpack(NULL, body_len, body);
         assert_non_null(r);
@@ -251,11 +251,11 @@ void wt_make_outcome(wt_bank_t *b, const uint8_t *msg, size_t msg_len, bool is_r
 int wt_log_count(wt_bank_t *b, const char *needle)
 {
     char path[WT_PATH_MAX + 64];
-    snprintf(path, sizeof(path), "%s/%s", b->home, WALLET_LOG_FILE);
+    snprintf(path, sizeof(path), "%s/%s", b->home, DEVICE_LOG_FILE);
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return 0;
-    char line[WALLET_LOG_LINE_MAX + 2];
+    char line[DEVICE_LOG_LINE_MAX + 2];
     int n = 0;
     while (fgets(line, sizeof(line), f) != NULL) {
         if (strstr(line, needle) != NULL)

@@ -21,7 +21,7 @@ export QC_WALLET_PIN=$E2E_PIN
 
 S=$QC_SOURCE_DIR
 B=$QC_BINARY_DIR
-WALLET=$B/client/qc-wallet
+WALLET=$B/client/wallet/qc-wallet
 QCCTL=$B/ops/qcctl/qcctl
 FORGE=$E2E_FORGE
 X=""            # the test's directory

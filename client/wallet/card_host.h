@@ -1,6 +1,6 @@
 /* card_host.h - the wallet device's side of the card protocol: it reaches a card through
- * its socket (card_wire.h), authenticates it, presents its PIN, and moves money from the
- * wallet to it with wallet_device_card_debit() / wallet_device_card_settle(), or settles a
+ * its socket (client/device/device_wire.h), authenticates it, presents its PIN, and moves money
+ * from the wallet to it with device_core_card_debit() / device_core_card_settle(), or settles a
  * transfer an earlier contact left pending from the card's signed proof.
  *
  * Every refusal, the card's or ours, leaves a sentence for the user in
@@ -11,9 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "card_device.h"
 #include "proto_cert.h"
-#include "wallet_device.h"
+#include "device_core.h"
 
 #define CARD_HOST_MESSAGE_MAX 512
 
@@ -21,7 +20,7 @@ typedef struct card_host card_host_t;
 
 /* What a card says about itself in every answer. */
 typedef struct card_info {
-    char number[CARD_NUMBER_MAX + 1];
+    char number[DEVICE_SERIAL_MAX + 1];
     int64_t balance;
     int64_t max_balance;
     uint64_t counter;
@@ -44,7 +43,7 @@ const char *card_host_message(const card_host_t *h);
  * On success *info holds what the card reports (balance, ...).
  * Returns 0; QC_ECERT*, QC_EUNTRUSTED, QC_EBADSIG, QC_EMISMATCH (the card is refused);
  * the card's own refusal code (it refused us); QC_EIO, QC_ETIMEOUT (the contact failed). */
-int card_host_authenticate(card_host_t *h, wallet_device_t *dev, const proto_trust_t *card_ca,
+int card_host_authenticate(card_host_t *h, device_core_t *dev, const proto_trust_t *card_ca,
                            const char *trusted_csv, card_info_t *info);
 
 /* Presents the card's PIN. Returns 0, QC_EPIN (tries left in info), QC_ELOCKED, or a
@@ -58,14 +57,14 @@ int card_host_verify_pin(card_host_t *h, const char *pin, size_t pin_len, card_i
  * (the wallet is refunded). *result says where the money is; *info holds the card after.
  * Returns 0 when settled (completed or refunded); otherwise the transfer stays pending in
  * the wallet (settle it with card_host_settle() at the next contact) or nothing moved. */
-int card_host_transfer(card_host_t *h, wallet_device_t *dev, int64_t amount,
-                       wallet_card_result_t *result, card_info_t *info);
+int card_host_transfer(card_host_t *h, device_core_t *dev, int64_t amount,
+                       device_card_result_t *result, card_info_t *info);
 
 /* Settles the wallet's pending transfer with the authenticated card from its signed proof:
  * complete when it credited that transfer id, refund when it proves it never did.
  * Returns 0 with *result set, QC_ESTATE (nothing pending), QC_EMISMATCH (this is not the
  * card of the pending transfer), or a verification or contact error (still pending). */
-int card_host_settle(card_host_t *h, wallet_device_t *dev, wallet_card_result_t *result,
+int card_host_settle(card_host_t *h, device_core_t *dev, device_card_result_t *result,
                      card_info_t *info);
 
 #endif

@@ -1,5 +1,5 @@
-/* wallet_amount.c - strict parsing and formatting of decimal amounts in minor units. */
-#include "wallet_amount.h"
+/* device_amount.c - strict parsing and formatting of decimal amounts in minor units. */
+#include "device_amount.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -8,7 +8,7 @@
 
 #include "qc_error.h"
 
-_Static_assert(WALLET_AMOUNT_DECIMALS == 2, "wallet_amount_format() prints two decimals");
+_Static_assert(DEVICE_AMOUNT_DECIMALS == 2, "device_amount_format() prints two decimals");
 
 static int refuse(const char **why, const char *sentence)
 {
@@ -27,15 +27,15 @@ static int push_digit(int64_t *acc, int digit)
     return 0;
 }
 
-int wallet_amount_parse(const char *text, int64_t *minor_out, const char **why)
+int device_amount_parse(const char *text, int64_t *minor_out, const char **why)
 {
     assert(text != NULL);
     assert(minor_out != NULL);
 
-    size_t len = strnlen(text, WALLET_AMOUNT_TEXT_MAX + 1);
+    size_t len = strnlen(text, DEVICE_AMOUNT_TEXT_MAX + 1);
     if (len == 0)
         return refuse(why, "the amount is empty: type it as 12.34");
-    if (len > WALLET_AMOUNT_TEXT_MAX)
+    if (len > DEVICE_AMOUNT_TEXT_MAX)
         return refuse(why, "the amount is too long");
     if (text[0] == '-')
         return refuse(why, "the amount is negative: only positive amounts can be loaded");
@@ -56,7 +56,7 @@ int wallet_amount_parse(const char *text, int64_t *minor_out, const char **why)
     if (i < len && text[i] == '.') {
         i++;
         for (; i < len && text[i] >= '0' && text[i] <= '9'; i++, frac_digits++) {
-            if (frac_digits == WALLET_AMOUNT_DECIMALS)
+            if (frac_digits == DEVICE_AMOUNT_DECIMALS)
                 return refuse(why, "the amount has more than 2 decimals");
             if (push_digit(&minor, text[i] - '0') != 0)
                 return refuse(why, "the amount is too large");
@@ -66,7 +66,7 @@ int wallet_amount_parse(const char *text, int64_t *minor_out, const char **why)
     }
     if (i != len)
         return refuse(why, "the amount is not a number: type it as 12.34");
-    for (; frac_digits < WALLET_AMOUNT_DECIMALS; frac_digits++) {
+    for (; frac_digits < DEVICE_AMOUNT_DECIMALS; frac_digits++) {
         if (push_digit(&minor, 0) != 0)
             return refuse(why, "the amount is too large");
     }
@@ -76,7 +76,7 @@ int wallet_amount_parse(const char *text, int64_t *minor_out, const char **why)
     return 0;
 }
 
-char *wallet_amount_format(int64_t minor, char *out, size_t cap)
+char *device_amount_format(int64_t minor, char *out, size_t cap)
 {
     assert(out != NULL);
     assert(cap > 0);

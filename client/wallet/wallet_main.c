@@ -19,9 +19,9 @@
 #include "ops_log.h"
 #include "proto_rpc.h"
 #include "qc_error.h"
-#include "wallet_amount.h"
+#include "device_amount.h"
 #include "wallet_device.h"
-#include "wallet_flow.h"
+#include "device_flow.h"
 #include "wallet_store.h"
 
 #define MAIN_PROGRAM "qc-wallet"
@@ -111,9 +111,9 @@ static void say_error(const char *what, int code, const char *server_message)
                 qc_errname(code));
 }
 
-static const char *amount_text(int64_t minor, char buf[WALLET_AMOUNT_FORMAT_MAX])
+static const char *amount_text(int64_t minor, char buf[DEVICE_AMOUNT_FORMAT_MAX])
 {
-    return wallet_amount_format(minor, buf, WALLET_AMOUNT_FORMAT_MAX);
+    return device_amount_format(minor, buf, DEVICE_AMOUNT_FORMAT_MAX);
 }
 
 /* ------------------------------------------------------------------ terminal and PIN input */
@@ -250,10 +250,10 @@ static int check_pin(wallet_device_t *dev, const ops_config_t *cfg)
         OPENSSL_cleanse(pin, sizeof(pin));
         return n;
     }
-    int rc = wallet_device_verify_pin(dev, pin, (size_t)n);
+    int rc = device_core_verify_pin(wallet_device_core(dev), pin, (size_t)n);
     OPENSSL_cleanse(pin, sizeof(pin));
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
     if (rc == QC_EPIN)
         fprintf(stderr, "%s: wrong PIN, %" PRIu32 " %s left\n", MAIN_PROGRAM, s.pin_tries_left,
                 s.pin_tries_left == 1 ? "try" : "tries");
@@ -261,7 +261,7 @@ static int check_pin(wallet_device_t *dev, const ops_config_t *cfg)
         fprintf(stderr,
                 "%s: the device is locked after %u wrong PINs; the issuer must reset it "
                 "(`%s unlock --admin-reset`)\n",
-                MAIN_PROGRAM, WALLET_PIN_TRIES, MAIN_PROGRAM);
+                MAIN_PROGRAM, DEVICE_PIN_TRIES, MAIN_PROGRAM);
     else if (rc != 0)
         say_error("PIN check failed", rc, NULL);
     return rc;
@@ -276,7 +276,7 @@ typedef struct net {
 } net_t;
 
 static int net_call(void *arg, const char *method, const uint8_t *body, size_t body_len,
-                    wallet_reply_t *out)
+                    device_reply_t *out)
 {
     net_t *net = arg;
     memset(out, 0, sizeof(*out));
@@ -326,8 +326,8 @@ static int net_open(const ops_config_t *cfg, net_t *net)
                 MAIN_PROGRAM, PROTO_CURVE_KEY_Z85_LEN);
         return QC_ECONFIG;
     }
-    char path[WALLET_PATH_MAX];
-    int rc = wallet_store_path(ops_config_str(cfg, "home"), MAIN_TRANSPORT_KEY_FILE, path);
+    char path[DEVICE_PATH_MAX];
+    int rc = device_home_path(ops_config_str(cfg, "home"), MAIN_TRANSPORT_KEY_FILE, path);
     proto_curve_keypair_t kp;
     if (rc == 0)
         rc = proto_curve_keypair_load(path, &kp);
@@ -358,22 +358,22 @@ static int net_open(const ops_config_t *cfg, net_t *net)
 
 /* Explains what a flow for amount did, and returns the exit status. */
 static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
-                       const wallet_flow_result_t *res)
+                       const device_flow_result_t *res)
 {
-    char a[WALLET_AMOUNT_FORMAT_MAX], b[WALLET_AMOUNT_FORMAT_MAX];
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
+    char a[DEVICE_AMOUNT_FORMAT_MAX], b[DEVICE_AMOUNT_FORMAT_MAX];
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
     if (res->judged && res->verdict == 0)
         printf("Credited %s to the wallet.\n", amount_text(amount, a));
     if (res->judged && res->verdict != 0)
         printf("The bank's allow did not verify (%s); nothing was credited and the device "
                "reported it as REJECTED.\n",
                qc_strerror(res->verdict));
-    char hex[2 * WALLET_TXN_SIZE + 1];
+    char hex[2 * DEVICE_TXN_SIZE + 1];
     if (res->finished) {
         printf("Bank outcome: %s. Wallet balance: %s (counter %" PRIu64 ").\n",
                proto_load_state_name(res->outcome), amount_text(s.balance, b), s.counter);
-        printf("Transaction: %s\n", ops_hex(s.last_txn_id, WALLET_TXN_SIZE, hex));
+        printf("Transaction: %s\n", ops_hex(s.last_txn_id, DEVICE_TXN_SIZE, hex));
         bool ok = (!res->judged || res->verdict == 0) &&
                   res->outcome != QUANCUN__LOAD_STATE__LOAD_COMPENSATED;
         if (!ok)
@@ -388,12 +388,12 @@ static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
         return MAIN_EXIT_FAILED;
     }
     say_error("the load is not finished", rc, res->server_message);
-    if (s.phase != WALLET_IDLE)
-        printf("Transaction: %s\n", ops_hex(s.txn_id, WALLET_TXN_SIZE, hex));
-    if (s.phase == WALLET_PENDING)
+    if (s.phase != DEVICE_IDLE)
+        printf("Transaction: %s\n", ops_hex(s.txn_id, DEVICE_TXN_SIZE, hex));
+    if (s.phase == DEVICE_PENDING)
         printf("The signed request of %s is kept; run `%s sync --home DIR` to finish it.\n",
                amount_text(amount, a), MAIN_PROGRAM);
-    else if (s.phase == WALLET_REPORTED)
+    else if (s.phase == DEVICE_REPORTED)
         printf("The wallet %s; the bank has not confirmed yet: run `%s sync --home DIR`.\n",
                s.report_status == QUANCUN__REPORT_STATUS__REPORT_APPLIED ? "was credited"
                                                                          : "refused the load",
@@ -404,16 +404,16 @@ static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
 /* Finishes a load left in progress before anything new. Returns 0 when IDLE. */
 static int settle_previous(wallet_device_t *dev, net_t *net, const char *method)
 {
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
-    if (s.phase == WALLET_IDLE)
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
+    if (s.phase == DEVICE_IDLE)
         return 0;
-    char a[WALLET_AMOUNT_FORMAT_MAX];
+    char a[DEVICE_AMOUNT_FORMAT_MAX];
     printf("Finishing the previous load of %s (%s)...\n", amount_text(s.amount, a),
-           wallet_phase_name(s.phase));
-    wallet_flow_result_t res;
+           device_phase_name(s.phase));
+    device_flow_result_t res;
     memset(&res, 0, sizeof(res));
-    int rc = wallet_flow_settle(dev, net_call, net, method, &res);
+    int rc = device_flow_settle(wallet_device_core(dev), net_call, net, method, &res);
     (void)report_flow(dev, rc, s.amount, &res);
     return rc;
 }
@@ -435,7 +435,7 @@ static int cmd_init(const ops_config_t *cfg)
         fprintf(stderr,
                 "%s: the PIN must be %d to %d digits and the serial letters, digits, '-' or "
                 "'_'\n",
-                MAIN_PROGRAM, WALLET_PIN_LEN_MIN, WALLET_PIN_LEN_MAX);
+                MAIN_PROGRAM, DEVICE_PIN_LEN_MIN, DEVICE_PIN_LEN_MAX);
         return MAIN_EXIT_USAGE;
     }
     if (rc == QC_EEXIST) {
@@ -446,9 +446,9 @@ static int cmd_init(const ops_config_t *cfg)
         say_error("cannot create the device", rc, NULL);
         return MAIN_EXIT_FAILED;
     }
-    char path[WALLET_PATH_MAX];
+    char path[DEVICE_PATH_MAX];
     proto_curve_keypair_t kp;
-    rc = wallet_store_path(home, MAIN_TRANSPORT_KEY_FILE, path);
+    rc = device_home_path(home, MAIN_TRANSPORT_KEY_FILE, path);
     if (rc == 0)
         rc = proto_curve_keypair_create(path, &kp);
     if (rc != 0) {
@@ -460,9 +460,9 @@ static int cmd_init(const ops_config_t *cfg)
         proto_curve_keypair_wipe(&kp);
         return MAIN_EXIT_FAILED;
     }
-    printf("Created device %s in %s\n", wallet_device_serial(dev), home);
+    printf("Created device %s in %s\n", device_core_serial(wallet_device_core(dev)), home);
     printf("  certificate request: %s/%s (CN=%s), for the operator's enrollment\n", home,
-           WALLET_CSR_FILE, wallet_device_serial(dev));
+           WALLET_CSR_FILE, device_core_serial(wallet_device_core(dev)));
     printf("  transport public key: %s\n", kp.public_z85);
     printf("Next: the operator enrolls it, then `%s install-cert --home %s CERT` and\n"
            "`%s install-bank --home %s --allow PEM --outcome PEM`.\n",
@@ -487,11 +487,11 @@ static int cmd_install_cert(const ops_config_t *cfg)
         fprintf(stderr,
                 "%s: %s is not this device's certificate (it must hold the device's key and "
                 "CN=%s)\n",
-                MAIN_PROGRAM, cert, wallet_device_serial(dev));
+                MAIN_PROGRAM, cert, device_core_serial(wallet_device_core(dev)));
     else if (rc != 0)
         say_error("cannot install the certificate", rc, cert);
     else
-        printf("Installed the certificate of %s\n", wallet_device_serial(dev));
+        printf("Installed the certificate of %s\n", device_core_serial(wallet_device_core(dev)));
     wallet_device_destroy(&dev);
     return rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
 }
@@ -519,30 +519,30 @@ static int cmd_install_bank(const ops_config_t *cfg)
     return rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
 }
 
-static void print_status(const wallet_status_t *s)
+static void print_status(const device_status_t *s)
 {
-    char a[WALLET_AMOUNT_FORMAT_MAX], hex[2 * WALLET_TXN_SIZE + 1];
+    char a[DEVICE_AMOUNT_FORMAT_MAX], hex[2 * DEVICE_TXN_SIZE + 1];
     printf("serial:      %s\n", s->serial);
     printf("balance:     %s\n", amount_text(s->balance, a));
     printf("counter:     %" PRIu64 "\n", s->counter);
-    printf("state:       %s", wallet_phase_name(s->phase));
-    if (s->phase == WALLET_REPORTED)
+    printf("state:       %s", device_phase_name(s->phase));
+    if (s->phase == DEVICE_REPORTED)
         printf(" (%s, awaiting the bank's outcome)",
                s->report_status == QUANCUN__REPORT_STATUS__REPORT_APPLIED ? "APPLIED" : "REJECTED");
     printf("\n");
-    if (s->phase != WALLET_IDLE) {
-        printf("pending txn: %s\n", ops_hex(s->txn_id, WALLET_TXN_SIZE, hex));
+    if (s->phase != DEVICE_IDLE) {
+        printf("pending txn: %s\n", ops_hex(s->txn_id, DEVICE_TXN_SIZE, hex));
         printf("  account %s, amount %s, currency %" PRIu32 "\n", s->account_id,
                amount_text(s->amount, a), s->currency);
     }
     if (s->last_outcome != 0)
-        printf("last load:   %s %s\n", ops_hex(s->last_txn_id, WALLET_TXN_SIZE, hex),
+        printf("last load:   %s %s\n", ops_hex(s->last_txn_id, DEVICE_TXN_SIZE, hex),
                proto_load_state_name(s->last_outcome));
     if (s->card_pending)
         printf("card:        transfer %s of %s to card %s not settled (card-sync)\n",
-               ops_hex(s->card_xfer_id, WALLET_TXN_SIZE, hex), amount_text(s->card_amount, a),
+               ops_hex(s->card_xfer_id, DEVICE_TXN_SIZE, hex), amount_text(s->card_amount, a),
                s->card_number);
-    printf("PIN tries:   %" PRIu32 " of %u%s\n", s->pin_tries_left, WALLET_PIN_TRIES,
+    printf("PIN tries:   %" PRIu32 " of %u%s\n", s->pin_tries_left, DEVICE_PIN_TRIES,
            s->pin_tries_left == 0 ? " (locked)" : "");
     printf("certificate: %s\n", s->has_cert ? "installed" : "missing (install-cert)");
     printf("bank keys:   %s\n", s->has_bank ? "installed" : "missing (install-bank)");
@@ -553,8 +553,8 @@ static int cmd_status(const ops_config_t *cfg)
     wallet_device_t *dev = NULL;
     if (open_device(cfg, &dev) != 0)
         return MAIN_EXIT_FAILED;
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
     print_status(&s);
     wallet_device_destroy(&dev);
     return MAIN_EXIT_OK;
@@ -566,8 +566,8 @@ static int cmd_log(const ops_config_t *cfg)
     wallet_device_t *dev = NULL;
     if (open_device(cfg, &dev) != 0)
         return MAIN_EXIT_FAILED;
-    char path[WALLET_PATH_MAX];
-    int rc = wallet_store_path(ops_config_str(cfg, "home"), WALLET_LOG_FILE, path);
+    char path[DEVICE_PATH_MAX];
+    int rc = device_home_path(ops_config_str(cfg, "home"), DEVICE_LOG_FILE, path);
     FILE *f = rc == 0 ? fopen(path, "r") : NULL;
     if (f != NULL) {
         char chunk[MAIN_LOG_CHUNK];
@@ -589,9 +589,9 @@ static int cmd_unlock(const ops_config_t *cfg)
     wallet_device_t *dev = NULL;
     if (open_device(cfg, &dev) != 0)
         return MAIN_EXIT_FAILED;
-    int rc = wallet_device_admin_reset(dev);
+    int rc = device_core_admin_reset(wallet_device_core(dev));
     if (rc == 0)
-        printf("PIN retry counter reset to %u\n", WALLET_PIN_TRIES);
+        printf("PIN retry counter reset to %u\n", DEVICE_PIN_TRIES);
     else
         say_error("cannot reset the PIN counter", rc, NULL);
     wallet_device_destroy(&dev);
@@ -603,9 +603,9 @@ static int cmd_sync(const ops_config_t *cfg)
     wallet_device_t *dev = NULL;
     if (open_device(cfg, &dev) != 0)
         return MAIN_EXIT_FAILED;
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
-    if (s.phase == WALLET_IDLE) {
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
+    if (s.phase == DEVICE_IDLE) {
         printf("Nothing to synchronise: no load in progress.\n");
         wallet_device_destroy(&dev);
         return MAIN_EXIT_OK;
@@ -613,9 +613,10 @@ static int cmd_sync(const ops_config_t *cfg)
     net_t net;
     int status = MAIN_EXIT_FAILED;
     if (net_open(cfg, &net) == 0) {
-        wallet_flow_result_t res;
+        device_flow_result_t res;
         memset(&res, 0, sizeof(res));
-        int rc = wallet_flow_settle(dev, net_call, &net, WALLET_METHOD_SYNC, &res);
+        int rc =
+            device_flow_settle(wallet_device_core(dev), net_call, &net, DEVICE_METHOD_SYNC, &res);
         status = report_flow(dev, rc, s.amount, &res);
         net_close(&net);
     }
@@ -624,10 +625,10 @@ static int cmd_sync(const ops_config_t *cfg)
 }
 
 /* Shows the load and asks y/N on the terminal. Returns 0 when confirmed. */
-static int confirm_load(const ops_config_t *cfg, const wallet_status_t *s, const char *account,
+static int confirm_load(const ops_config_t *cfg, const device_status_t *s, const char *account,
                         int64_t amount, uint32_t currency)
 {
-    char a[WALLET_AMOUNT_FORMAT_MAX], b[WALLET_AMOUNT_FORMAT_MAX], c[WALLET_AMOUNT_FORMAT_MAX];
+    char a[DEVICE_AMOUNT_FORMAT_MAX], b[DEVICE_AMOUNT_FORMAT_MAX], c[DEVICE_AMOUNT_FORMAT_MAX];
     bool overflow = s->balance > INT64_MAX - amount;
     printf("Load from account %s into wallet %s\n", account, s->serial);
     printf("  amount:      %s (currency %" PRIu32 ")\n", amount_text(amount, a), currency);
@@ -667,7 +668,7 @@ static int cmd_load(const ops_config_t *cfg)
     }
     int64_t amount = 0;
     const char *why = NULL;
-    if (wallet_amount_parse(ops_config_arg(cfg, 0), &amount, &why) != 0) {
+    if (device_amount_parse(ops_config_arg(cfg, 0), &amount, &why) != 0) {
         fprintf(stderr, "%s: \"%s\": %s; nothing was signed\n", MAIN_PROGRAM,
                 ops_config_arg(cfg, 0), why);
         return MAIN_EXIT_USAGE;
@@ -677,15 +678,15 @@ static int cmd_load(const ops_config_t *cfg)
         fprintf(stderr, "%s: load needs --account ID\n", MAIN_PROGRAM);
         return MAIN_EXIT_USAGE;
     }
-    if (!wallet_account_valid(account)) {
+    if (!device_account_valid(account)) {
         fprintf(stderr,
                 "%s: \"%s\" is not an account id (1 to %d printable characters, no spaces or "
                 "quotes)\n",
-                MAIN_PROGRAM, account, WALLET_ACCOUNT_MAX);
+                MAIN_PROGRAM, account, DEVICE_ACCOUNT_MAX);
         return MAIN_EXIT_USAGE;
     }
     int64_t currency = ops_config_int(cfg, "currency");
-    if (currency <= 0 || currency > WALLET_CURRENCY_MAX) {
+    if (currency <= 0 || currency > DEVICE_CURRENCY_MAX) {
         fprintf(stderr, "%s: --currency must be an ISO 4217 numeric code\n", MAIN_PROGRAM);
         return MAIN_EXIT_USAGE;
     }
@@ -693,8 +694,8 @@ static int cmd_load(const ops_config_t *cfg)
     wallet_device_t *dev = NULL;
     if (open_device(cfg, &dev) != 0)
         return MAIN_EXIT_FAILED;
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(dev), &s);
     if (!s.has_cert || !s.has_bank) {
         fprintf(stderr, "%s: the device is not enrolled yet: %s\n", MAIN_PROGRAM,
                 !s.has_cert ? "install its certificate (install-cert)"
@@ -703,7 +704,7 @@ static int cmd_load(const ops_config_t *cfg)
         return MAIN_EXIT_FAILED;
     }
     if (s.card_pending) {
-        char a[WALLET_AMOUNT_FORMAT_MAX];
+        char a[DEVICE_AMOUNT_FORMAT_MAX];
         fprintf(stderr,
                 "%s: a transfer of %s to card %s is not settled yet; settle it first with "
                 "`%s card-sync --home DIR --card SOCKET ...` (nothing was signed)\n",
@@ -717,15 +718,16 @@ static int cmd_load(const ops_config_t *cfg)
         return MAIN_EXIT_FAILED;
     }
     int status = MAIN_EXIT_FAILED;
-    if (settle_previous(dev, &net, WALLET_METHOD_REPORT) != 0)
+    if (settle_previous(dev, &net, DEVICE_METHOD_REPORT) != 0)
         goto out;
     if (check_pin(dev, cfg) != 0)
         goto out;
-    wallet_device_status(dev, &s);
+    device_core_status(wallet_device_core(dev), &s);
     if (confirm_load(cfg, &s, account, amount, (uint32_t)currency) != 0)
         goto out;
-    wallet_flow_result_t res;
-    int rc = wallet_flow_load(dev, account, amount, (uint32_t)currency, net_call, &net, &res);
+    device_flow_result_t res;
+    int rc = device_flow_load(wallet_device_core(dev), account, amount, (uint32_t)currency,
+                              net_call, &net, &res);
     if (rc == QC_ECERT || rc == QC_ECONFIG || rc == QC_EINVAL) {
         say_error("cannot sign the request", rc,
                   rc == QC_ECERT     ? "install the device certificate first"
@@ -786,7 +788,7 @@ static int card_open(const ops_config_t *cfg, card_ctx_t *c)
                 sock, qc_strerror(rc));
         return rc;
     }
-    rc = card_host_authenticate(c->host, c->dev, c->trust, trust, &c->info);
+    rc = card_host_authenticate(c->host, wallet_device_core(c->dev), c->trust, trust, &c->info);
     if (rc != 0)
         fprintf(stderr, "%s: mutual authentication failed: %s (%s); nothing moved\n", MAIN_PROGRAM,
                 card_host_message(c->host), qc_errname(rc));
@@ -796,22 +798,22 @@ static int card_open(const ops_config_t *cfg, card_ctx_t *c)
 /* Settles a transfer an earlier contact left pending. Returns 0 when none is left. */
 static int card_settle_pending(card_ctx_t *c)
 {
-    wallet_status_t s;
-    wallet_device_status(c->dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(c->dev), &s);
     if (!s.card_pending)
         return 0;
-    char a[WALLET_AMOUNT_FORMAT_MAX], hex[2 * WALLET_TXN_SIZE + 1];
+    char a[DEVICE_AMOUNT_FORMAT_MAX], hex[2 * DEVICE_TXN_SIZE + 1];
     printf("Settling the earlier transfer %s of %s to card %s...\n",
-           ops_hex(s.card_xfer_id, WALLET_TXN_SIZE, hex), amount_text(s.card_amount, a),
+           ops_hex(s.card_xfer_id, DEVICE_TXN_SIZE, hex), amount_text(s.card_amount, a),
            s.card_number);
-    wallet_card_result_t result = 0;
-    int rc = card_host_settle(c->host, c->dev, &result, &c->info);
+    device_card_result_t result = 0;
+    int rc = card_host_settle(c->host, wallet_device_core(c->dev), &result, &c->info);
     if (rc != 0) {
         fprintf(stderr, "%s: the earlier transfer is not settled: %s (%s)\n", MAIN_PROGRAM,
                 card_host_message(c->host), qc_errname(rc));
         return rc;
     }
-    if (result == WALLET_CARD_COMPLETED)
+    if (result == DEVICE_CARD_COMPLETED)
         printf("The card had credited it: the transfer is complete.\n");
     else
         printf("The card proved it never credited it: %s went back to the wallet.\n",
@@ -821,9 +823,9 @@ static int card_settle_pending(card_ctx_t *c)
 
 static void card_show(const card_ctx_t *c)
 {
-    char a[WALLET_AMOUNT_FORMAT_MAX], b[WALLET_AMOUNT_FORMAT_MAX], w[WALLET_AMOUNT_FORMAT_MAX];
-    wallet_status_t s;
-    wallet_device_status(c->dev, &s);
+    char a[DEVICE_AMOUNT_FORMAT_MAX], b[DEVICE_AMOUNT_FORMAT_MAX], w[DEVICE_AMOUNT_FORMAT_MAX];
+    device_status_t s;
+    device_core_status(wallet_device_core(c->dev), &s);
     printf("Card %s: balance %s (maximum %s). Wallet %s: balance %s.\n", c->info.number,
            amount_text(c->info.balance, a), amount_text(c->info.max_balance, b), s.serial,
            amount_text(s.balance, w));
@@ -832,7 +834,7 @@ static void card_show(const card_ctx_t *c)
 /* Shows the transfer and asks y/N unless --yes. Returns 0 when confirmed. */
 static int card_confirm(const ops_config_t *cfg, const card_ctx_t *c, int64_t amount)
 {
-    char a[WALLET_AMOUNT_FORMAT_MAX];
+    char a[DEVICE_AMOUNT_FORMAT_MAX];
     printf("Transfer %s from the wallet to card %s.\n", amount_text(amount, a), c->info.number);
     fflush(stdout);
     if (ops_config_bool(cfg, "yes"))
@@ -868,7 +870,7 @@ static int cmd_card_transfer(const ops_config_t *cfg)
     }
     int64_t amount = 0;
     const char *why = NULL;
-    if (wallet_amount_parse(ops_config_arg(cfg, 0), &amount, &why) != 0) {
+    if (device_amount_parse(ops_config_arg(cfg, 0), &amount, &why) != 0) {
         fprintf(stderr, "%s: \"%s\": %s; nothing moved\n", MAIN_PROGRAM, ops_config_arg(cfg, 0),
                 why);
         return MAIN_EXIT_USAGE;
@@ -880,23 +882,23 @@ static int cmd_card_transfer(const ops_config_t *cfg)
     /* A transfer left pending is settled first: one card transfer at a time. */
     if (card_settle_pending(&c) != 0)
         goto out;
-    wallet_status_t s;
-    wallet_device_status(c.dev, &s);
-    if (s.phase != WALLET_IDLE) {
+    device_status_t s;
+    device_core_status(wallet_device_core(c.dev), &s);
+    if (s.phase != DEVICE_IDLE) {
         fprintf(stderr,
                 "%s: a load from the bank is in progress (%s); finish it with `%s sync` first; "
                 "nothing moved\n",
-                MAIN_PROGRAM, wallet_phase_name(s.phase), MAIN_PROGRAM);
+                MAIN_PROGRAM, device_phase_name(s.phase), MAIN_PROGRAM);
         goto out;
     }
     card_show(&c);
     if (check_pin(c.dev, cfg) != 0 || card_confirm(cfg, &c, amount) != 0 ||
         card_pin_check(cfg, &c) != 0)
         goto out;
-    wallet_card_result_t result = 0;
-    int rc = card_host_transfer(c.host, c.dev, amount, &result, &c.info);
-    char a[WALLET_AMOUNT_FORMAT_MAX];
-    if (rc == 0 && result == WALLET_CARD_COMPLETED) {
+    device_card_result_t result = 0;
+    int rc = card_host_transfer(c.host, wallet_device_core(c.dev), amount, &result, &c.info);
+    char a[DEVICE_AMOUNT_FORMAT_MAX];
+    if (rc == 0 && result == DEVICE_CARD_COMPLETED) {
         printf("Transferred %s to card %s.\n", amount_text(amount, a), c.info.number);
         status = MAIN_EXIT_OK;
     } else if (rc == QC_EIO || rc == QC_ETIMEOUT) {
@@ -919,8 +921,8 @@ static int cmd_card_sync(const ops_config_t *cfg)
     int status = MAIN_EXIT_FAILED;
     if (card_open(cfg, &c) != 0)
         goto out;
-    wallet_status_t s;
-    wallet_device_status(c.dev, &s);
+    device_status_t s;
+    device_core_status(wallet_device_core(c.dev), &s);
     if (!s.card_pending)
         printf("Nothing to settle: no card transfer is pending.\n");
     if (card_settle_pending(&c) != 0)
@@ -1028,7 +1030,7 @@ int main(int argc, char **argv)
      * HOME/wallet.conf (HOME/card.conf for the card verbs) when the operator wrote one and no
      * --config was given. */
     char *args[MAIN_ARGV_MAX + 2];
-    char conf[WALLET_PATH_MAX];
+    char conf[DEVICE_PATH_MAX];
     int n = 0;
     if (argc - 1 > MAIN_ARGV_MAX) {
         fprintf(stderr, "%s: too many arguments\n", MAIN_PROGRAM);
@@ -1037,7 +1039,7 @@ int main(int argc, char **argv)
     args[n++] = argv[1];
     const char *home = find_home(argc, argv);
     if (verb->conf_file != NULL && home != NULL && !has_flag(argc, argv, "--config") &&
-        wallet_store_path(home, verb->conf_file, conf) == 0 && access(conf, R_OK) == 0) {
+        device_home_path(home, verb->conf_file, conf) == 0 && access(conf, R_OK) == 0) {
         args[n++] = "--config";
         args[n++] = conf;
     }

@@ -1,5 +1,5 @@
-/* card_wire.c - length-prefixed frames over a Unix socket with deadlines. */
-#include "card_wire.h"
+/* device_wire.c - length-prefixed frames over a Unix socket with deadlines. */
+#include "device_wire.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -13,12 +13,12 @@
 #include "ops_time.h"
 #include "qc_error.h"
 
-#define CARD_LISTEN_BACKLOG 4
+#define DEVICE_WIRE_BACKLOG 4
 
 static int make_addr(const char *path, struct sockaddr_un *addr)
 {
     size_t n = strlen(path);
-    if (n == 0 || n > CARD_SOCKET_PATH_MAX || n >= sizeof(addr->sun_path))
+    if (n == 0 || n > DEVICE_WIRE_PATH_MAX || n >= sizeof(addr->sun_path))
         return QC_EINVAL;
     memset(addr, 0, sizeof(*addr));
     addr->sun_family = AF_UNIX;
@@ -26,7 +26,7 @@ static int make_addr(const char *path, struct sockaddr_un *addr)
     return 0;
 }
 
-int card_wire_listen(const char *path, int *fd_out)
+int device_wire_listen(const char *path, int *fd_out)
 {
     assert(path != NULL && fd_out != NULL);
     struct sockaddr_un addr;
@@ -37,7 +37,7 @@ int card_wire_listen(const char *path, int *fd_out)
         return QC_EIO;
     (void)unlink(path); /* a socket file left by a card that was killed */
     if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
-        listen(fd, CARD_LISTEN_BACKLOG) != 0) {
+        listen(fd, DEVICE_WIRE_BACKLOG) != 0) {
         close(fd);
         return QC_EIO;
     }
@@ -45,7 +45,7 @@ int card_wire_listen(const char *path, int *fd_out)
     return 0;
 }
 
-int card_wire_connect(const char *path, int *fd_out)
+int device_wire_connect(const char *path, int *fd_out)
 {
     assert(path != NULL && fd_out != NULL);
     struct sockaddr_un addr;
@@ -116,27 +116,27 @@ static int read_full(int fd, uint8_t *p, size_t len, uint64_t deadline_ms, size_
     return 0;
 }
 
-int card_wire_send(int fd, const uint8_t *bytes, size_t len, int timeout_ms)
+int device_wire_send(int fd, const uint8_t *bytes, size_t len, int timeout_ms)
 {
     assert(fd >= 0 && timeout_ms > 0);
-    if (bytes == NULL || len == 0 || len > CARD_FRAME_MAX)
+    if (bytes == NULL || len == 0 || len > DEVICE_WIRE_FRAME_MAX)
         return QC_EINVAL;
     uint64_t deadline = ops_time_mono_ms() + (uint64_t)timeout_ms;
-    uint8_t hdr[CARD_FRAME_HEADER] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16),
-                                      (uint8_t)(len >> 8), (uint8_t)len};
+    uint8_t hdr[DEVICE_WIRE_HEADER_SIZE] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16),
+                                            (uint8_t)(len >> 8), (uint8_t)len};
     int rc = write_full(fd, hdr, sizeof(hdr), deadline);
     if (rc == 0)
         rc = write_full(fd, bytes, len, deadline);
     return rc;
 }
 
-int card_wire_recv(int fd, int timeout_ms, uint8_t **out, size_t *out_len)
+int device_wire_recv(int fd, int timeout_ms, uint8_t **out, size_t *out_len)
 {
     assert(fd >= 0 && timeout_ms > 0 && out != NULL && out_len != NULL);
     *out = NULL;
     *out_len = 0;
     uint64_t deadline = ops_time_mono_ms() + (uint64_t)timeout_ms;
-    uint8_t hdr[CARD_FRAME_HEADER];
+    uint8_t hdr[DEVICE_WIRE_HEADER_SIZE];
     size_t got = 0;
     int rc = read_full(fd, hdr, sizeof(hdr), deadline, &got);
     if (rc == QC_EIO && got == 0)
@@ -145,7 +145,7 @@ int card_wire_recv(int fd, int timeout_ms, uint8_t **out, size_t *out_len)
         return rc;
     uint32_t len =
         (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 | (uint32_t)hdr[2] << 8 | (uint32_t)hdr[3];
-    if (len == 0 || len > CARD_FRAME_MAX)
+    if (len == 0 || len > DEVICE_WIRE_FRAME_MAX)
         return QC_ETOOBIG; /* checked before a byte of the body is read or parsed */
     uint8_t *buf = malloc(len);
     if (buf == NULL)

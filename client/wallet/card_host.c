@@ -14,23 +14,23 @@
 #include <openssl/rand.h>
 
 #include "card.pb-c.h"
-#include "card_wire.h"
+#include "device_wire.h"
 #include "ops_fault.h"
 #include "ops_log.h"
 #include "ops_time.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
-#include "wallet_amount.h"
+#include "device_amount.h"
 
 struct card_host {
     int fd;
     char message[CARD_HOST_MESSAGE_MAX];
     bool authenticated;
-    char card_number[CARD_NUMBER_MAX + 1];
+    char card_number[DEVICE_SERIAL_MAX + 1];
     EVP_PKEY *card_key;
-    uint8_t host_challenge[WALLET_CARD_CHALLENGE_SIZE];
-    uint8_t card_challenge[WALLET_CARD_CHALLENGE_SIZE];
+    uint8_t host_challenge[DEVICE_CARD_CHALLENGE_SIZE];
+    uint8_t card_challenge[DEVICE_CARD_CHALLENGE_SIZE];
 };
 
 static int say(card_host_t *h, int code, const char *fmt, ...)
@@ -51,7 +51,7 @@ int card_host_connect(const char *socket_path, card_host_t **out)
     card_host_t *h = calloc(1, sizeof(*h));
     if (h == NULL)
         return QC_ENOMEM;
-    int rc = card_wire_connect(socket_path, &h->fd);
+    int rc = device_wire_connect(socket_path, &h->fd);
     if (rc != 0) {
         free(h);
         return rc;
@@ -103,13 +103,13 @@ static int call(card_host_t *h, const Qccard__CardRequest *req, Qccard__CardResp
     if (buf == NULL)
         return QC_ENOMEM;
     qccard__card_request__pack(req, buf);
-    int rc = card_wire_send(h->fd, buf, len, CARD_IO_TIMEOUT_MS);
+    int rc = device_wire_send(h->fd, buf, len, DEVICE_WIRE_TIMEOUT_MS);
     OPENSSL_cleanse(buf, len);
     free(buf);
     uint8_t *in = NULL;
     size_t in_len = 0;
     if (rc == 0)
-        rc = card_wire_recv(h->fd, CARD_IO_TIMEOUT_MS, &in, &in_len);
+        rc = device_wire_recv(h->fd, DEVICE_WIRE_TIMEOUT_MS, &in, &in_len);
     if (rc != 0)
         return say(h, rc == QC_ENOTFOUND ? QC_EIO : rc, "the contact with the card was lost (%s)",
                    qc_strerror(rc));
@@ -132,7 +132,7 @@ static int check_card_challenge(card_host_t *h, const Qccard__CardResponse *r,
                                 const proto_trust_t *card_ca, const char *trusted_csv,
                                 const char *serial)
 {
-    if (r->challenge.len != WALLET_CARD_CHALLENGE_SIZE || r->signed_.len == 0 ||
+    if (r->challenge.len != DEVICE_CARD_CHALLENGE_SIZE || r->signed_.len == 0 ||
         r->signed_.len > PROTO_ENVELOPE_MAX)
         return say(h, QC_EDECODE, "the card's answer to our challenge is malformed");
     proto_envelope_t *env = NULL;
@@ -162,7 +162,7 @@ static int check_card_challenge(card_host_t *h, const Qccard__CardResponse *r,
         trusted |= n == cn_len && memcmp(p, cn, n) == 0;
         p = comma != NULL ? comma + 1 : p + n;
     }
-    if (!trusted || !card_id_valid(cn)) {
+    if (!trusted || !device_pki_id_valid(cn)) {
         rc = say(h, QC_EUNTRUSTED, "card %s is not in this wallet's trusted card list", cn);
         goto out;
     }
@@ -177,15 +177,15 @@ static int check_card_challenge(card_host_t *h, const Qccard__CardResponse *r,
         ch = qccard__card_challenge__unpack(NULL, body_len, body);
     if (ch == NULL || ch->signer_id == NULL || strcmp(ch->signer_id, cn) != 0 ||
         ch->peer_id == NULL || strcmp(ch->peer_id, serial) != 0 ||
-        ch->challenge.len != WALLET_CARD_CHALLENGE_SIZE ||
-        CRYPTO_memcmp(ch->challenge.data, h->host_challenge, WALLET_CARD_CHALLENGE_SIZE) != 0 ||
-        ch->own_challenge.len != WALLET_CARD_CHALLENGE_SIZE ||
-        CRYPTO_memcmp(ch->own_challenge.data, r->challenge.data, WALLET_CARD_CHALLENGE_SIZE) != 0) {
+        ch->challenge.len != DEVICE_CARD_CHALLENGE_SIZE ||
+        CRYPTO_memcmp(ch->challenge.data, h->host_challenge, DEVICE_CARD_CHALLENGE_SIZE) != 0 ||
+        ch->own_challenge.len != DEVICE_CARD_CHALLENGE_SIZE ||
+        CRYPTO_memcmp(ch->own_challenge.data, r->challenge.data, DEVICE_CARD_CHALLENGE_SIZE) != 0) {
         rc = say(h, QC_EMISMATCH, "the card's answer does not match our challenge");
         goto out;
     }
     memcpy(h->card_number, cn, cn_len + 1);
-    memcpy(h->card_challenge, r->challenge.data, WALLET_CARD_CHALLENGE_SIZE);
+    memcpy(h->card_challenge, r->challenge.data, DEVICE_CARD_CHALLENGE_SIZE);
     h->card_key = pub;
     pub = NULL;
     rc = 0;
@@ -197,7 +197,7 @@ out:
     return rc;
 }
 
-int card_host_authenticate(card_host_t *h, wallet_device_t *dev, const proto_trust_t *card_ca,
+int card_host_authenticate(card_host_t *h, device_core_t *dev, const proto_trust_t *card_ca,
                            const char *trusted_csv, card_info_t *info)
 {
     assert(h != NULL && dev != NULL && card_ca != NULL);
@@ -206,7 +206,7 @@ int card_host_authenticate(card_host_t *h, wallet_device_t *dev, const proto_tru
     h->card_key = NULL;
     const uint8_t *cert = NULL;
     size_t cert_len = 0;
-    if (wallet_device_cert(dev, &cert, &cert_len) != 0)
+    if (device_core_cert(dev, &cert, &cert_len) != 0)
         return say(h, QC_ECERT, "the wallet has no certificate (qc-wallet install-cert)");
     if (RAND_bytes(h->host_challenge, sizeof(h->host_challenge)) != 1)
         return say(h, QC_ECRYPTO, "no random challenge could be drawn");
@@ -219,7 +219,7 @@ int card_host_authenticate(card_host_t *h, wallet_device_t *dev, const proto_tru
     Qccard__CardResponse *r = NULL;
     int rc = call(h, &req, &r, info);
     if (rc == 0)
-        rc = check_card_challenge(h, r, card_ca, trusted_csv, wallet_device_serial(dev));
+        rc = check_card_challenge(h, r, card_ca, trusted_csv, device_core_serial(dev));
     if (r != NULL)
         qccard__card_response__free_unpacked(r, NULL);
     if (rc != 0)
@@ -227,8 +227,8 @@ int card_host_authenticate(card_host_t *h, wallet_device_t *dev, const proto_tru
 
     uint8_t *answer = NULL;
     size_t answer_len = 0;
-    rc = wallet_device_card_auth(dev, h->card_number, h->card_challenge, h->host_challenge, &answer,
-                                 &answer_len);
+    rc = device_core_card_auth(dev, h->card_number, h->card_challenge, h->host_challenge, &answer,
+                               &answer_len);
     if (rc != 0)
         return say(h, rc, "the wallet could not answer the card's challenge: %s", qc_strerror(rc));
     Qccard__CardRequest fin = QCCARD__CARD_REQUEST__INIT;
@@ -247,9 +247,9 @@ int card_host_authenticate(card_host_t *h, wallet_device_t *dev, const proto_tru
 int card_host_verify_pin(card_host_t *h, const char *pin, size_t pin_len, card_info_t *info)
 {
     assert(h != NULL && pin != NULL);
-    char copy[WALLET_PIN_LEN_MAX + 1];
-    if (pin_len > WALLET_PIN_LEN_MAX)
-        return say(h, QC_EINVAL, "a card PIN has at most %d digits", WALLET_PIN_LEN_MAX);
+    char copy[DEVICE_PIN_LEN_MAX + 1];
+    if (pin_len > DEVICE_PIN_LEN_MAX)
+        return say(h, QC_EINVAL, "a card PIN has at most %d digits", DEVICE_PIN_LEN_MAX);
     memcpy(copy, pin, pin_len);
     copy[pin_len] = '\0';
     Qccard__CardRequest req = QCCARD__CARD_REQUEST__INIT;
@@ -264,11 +264,11 @@ int card_host_verify_pin(card_host_t *h, const char *pin, size_t pin_len, card_i
 }
 
 /* Asks the card for its proof about the pending transfer and settles from it. */
-static int settle(card_host_t *h, wallet_device_t *dev, wallet_card_result_t *result,
+static int settle(card_host_t *h, device_core_t *dev, device_card_result_t *result,
                   card_info_t *info)
 {
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
+    device_status_t s;
+    device_core_status(dev, &s);
     if (!s.card_pending)
         return say(h, QC_ESTATE, "no card transfer is pending");
     if (strcmp(s.card_number, h->card_number) != 0)
@@ -278,12 +278,12 @@ static int settle(card_host_t *h, wallet_device_t *dev, wallet_card_result_t *re
     Qccard__CardRequest req = QCCARD__CARD_REQUEST__INIT;
     req.op = QCCARD__CARD_OP__CARD_OP_PROOF;
     req.transfer_id.data = s.card_xfer_id;
-    req.transfer_id.len = WALLET_TXN_SIZE;
+    req.transfer_id.len = DEVICE_TXN_SIZE;
     Qccard__CardResponse *r = NULL;
     int rc = call(h, &req, &r, info);
     if (rc == 0)
-        rc = wallet_device_card_settle(dev, h->card_key, h->host_challenge, r->signed_.data,
-                                       r->signed_.len, result);
+        rc = device_core_card_settle(dev, h->card_key, h->host_challenge, r->signed_.data,
+                                     r->signed_.len, result);
     if (r != NULL)
         qccard__card_response__free_unpacked(r, NULL);
     if (rc != 0 && h->message[0] == '\0')
@@ -291,7 +291,7 @@ static int settle(card_host_t *h, wallet_device_t *dev, wallet_card_result_t *re
     return rc;
 }
 
-int card_host_settle(card_host_t *h, wallet_device_t *dev, wallet_card_result_t *result,
+int card_host_settle(card_host_t *h, device_core_t *dev, device_card_result_t *result,
                      card_info_t *info)
 {
     assert(h != NULL && dev != NULL && result != NULL);
@@ -301,28 +301,28 @@ int card_host_settle(card_host_t *h, wallet_device_t *dev, wallet_card_result_t 
     return settle(h, dev, result, info);
 }
 
-int card_host_transfer(card_host_t *h, wallet_device_t *dev, int64_t amount,
-                       wallet_card_result_t *result, card_info_t *info)
+int card_host_transfer(card_host_t *h, device_core_t *dev, int64_t amount,
+                       device_card_result_t *result, card_info_t *info)
 {
     assert(h != NULL && dev != NULL && result != NULL && info != NULL);
     h->message[0] = '\0';
     if (!h->authenticated)
         return say(h, QC_EDENIED, "authenticate the card first");
-    wallet_status_t s;
-    wallet_device_status(dev, &s);
-    char a[WALLET_AMOUNT_FORMAT_MAX], b[WALLET_AMOUNT_FORMAT_MAX];
+    device_status_t s;
+    device_core_status(dev, &s);
+    char a[DEVICE_AMOUNT_FORMAT_MAX], b[DEVICE_AMOUNT_FORMAT_MAX];
     if (amount > s.balance)
         return say(h, QC_EFUNDS, "the wallet holds %s, less than %s: nothing moved",
-                   wallet_amount_format(s.balance, a, sizeof(a)),
-                   wallet_amount_format(amount, b, sizeof(b)));
+                   device_amount_format(s.balance, a, sizeof(a)),
+                   device_amount_format(amount, b, sizeof(b)));
     if (amount > info->max_balance - info->balance)
         return say(h, QC_ECARDMAX, "card %s holds %s and may hold at most %s: nothing moved",
-                   h->card_number, wallet_amount_format(info->balance, a, sizeof(a)),
-                   wallet_amount_format(info->max_balance, b, sizeof(b)));
+                   h->card_number, device_amount_format(info->balance, a, sizeof(a)),
+                   device_amount_format(info->max_balance, b, sizeof(b)));
     uint8_t *credit = NULL;
     size_t credit_len = 0;
-    int rc = wallet_device_card_debit(dev, h->card_number, amount, h->card_challenge, &credit,
-                                      &credit_len);
+    int rc = device_core_card_debit(dev, h->card_number, amount, h->card_challenge, &credit,
+                                    &credit_len);
     if (rc != 0)
         return say(h, rc, "the wallet refused to debit: %s; nothing moved", qc_strerror(rc));
     Qccard__CardRequest req = QCCARD__CARD_REQUEST__INIT;
@@ -333,8 +333,8 @@ int card_host_transfer(card_host_t *h, wallet_device_t *dev, int64_t amount,
     rc = call(h, &req, &r, info);
     free(credit);
     if (rc == 0)
-        rc = wallet_device_card_settle(dev, h->card_key, h->host_challenge, r->signed_.data,
-                                       r->signed_.len, result);
+        rc = device_core_card_settle(dev, h->card_key, h->host_challenge, r->signed_.data,
+                                     r->signed_.len, result);
     if (r != NULL)
         qccard__card_response__free_unpacked(r, NULL);
     if (rc == 0)
@@ -346,7 +346,7 @@ int card_host_transfer(card_host_t *h, wallet_device_t *dev, int64_t amount,
     snprintf(why, sizeof(why), "%s", h->message);
     h->message[0] = '\0';
     int src = settle(h, dev, result, info);
-    if (src == 0 && *result == WALLET_CARD_REFUNDED)
+    if (src == 0 && *result == DEVICE_CARD_REFUNDED)
         return say(h, rc, "%s; the wallet was refunded, nothing moved", why);
     if (src == 0)
         return 0;

@@ -1,4 +1,4 @@
-/* test_wallet_amount.c - the amount parser's table: what a user may type and what is refused
+/* test_device_amount.c - the amount parser's table: what a user may type and what is refused
  * before anything is signed. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "qc_error.h"
-#include "wallet_amount.h"
+#include "device_amount.h"
 
 typedef struct amount_case {
     const char *text;
@@ -60,7 +60,7 @@ static void test_parse_table(void **state)
         const amount_case_t *c = &cases[i];
         int64_t minor = -7;
         const char *why = NULL;
-        int rc = wallet_amount_parse(c->text, &minor, &why);
+        int rc = device_amount_parse(c->text, &minor, &why);
         if (rc != c->rc)
             fail_msg("\"%s\": rc %d, want %d", c->text, rc, c->rc);
         if (c->rc == 0) {
@@ -78,13 +78,13 @@ static void test_parse_table(void **state)
 static void test_format(void **state)
 {
     (void)state;
-    char buf[WALLET_AMOUNT_FORMAT_MAX];
-    assert_string_equal(wallet_amount_format(1234, buf, sizeof(buf)), "12.34");
-    assert_string_equal(wallet_amount_format(5, buf, sizeof(buf)), "0.05");
-    assert_string_equal(wallet_amount_format(0, buf, sizeof(buf)), "0.00");
-    assert_string_equal(wallet_amount_format(-5, buf, sizeof(buf)), "-0.05");
-    assert_string_equal(wallet_amount_format(INT64_MAX, buf, sizeof(buf)), "92233720368547758.07");
-    assert_string_equal(wallet_amount_format(INT64_MIN, buf, sizeof(buf)), "-92233720368547758.08");
+    char buf[DEVICE_AMOUNT_FORMAT_MAX];
+    assert_string_equal(device_amount_format(1234, buf, sizeof(buf)), "12.34");
+    assert_string_equal(device_amount_format(5, buf, sizeof(buf)), "0.05");
+    assert_string_equal(device_amount_format(0, buf, sizeof(buf)), "0.00");
+    assert_string_equal(device_amount_format(-5, buf, sizeof(buf)), "-0.05");
+    assert_string_equal(device_amount_format(INT64_MAX, buf, sizeof(buf)), "92233720368547758.07");
+    assert_string_equal(device_amount_format(INT64_MIN, buf, sizeof(buf)), "-92233720368547758.08");
 }
 
 /* Whatever is formatted parses back to itself. */
@@ -93,10 +93,10 @@ static void test_round_trip(void **state)
     (void)state;
     const int64_t values[] = {1, 9, 10, 99, 100, 101, 1234567, INT64_MAX - 1, INT64_MAX};
     for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
-        char buf[WALLET_AMOUNT_FORMAT_MAX];
+        char buf[DEVICE_AMOUNT_FORMAT_MAX];
         int64_t back = 0;
         assert_int_equal(
-            wallet_amount_parse(wallet_amount_format(values[i], buf, sizeof(buf)), &back, NULL), 0);
+            device_amount_parse(device_amount_format(values[i], buf, sizeof(buf)), &back, NULL), 0);
         assert_int_equal(back, values[i]);
     }
 }

@@ -29,8 +29,7 @@
 #define CARD_CSR_FILE "card.csr"
 #define CARD_CERT_FILE "card.pem"
 #define CARD_CA_FILE "ca.pem"
-#define CARD_CHALLENGE_SIZE 32 /* = WALLET_CARD_CHALLENGE_SIZE */
-#define CARD_MESSAGE_MAX 256   /* a refusal sentence sent to the host */
+#define CARD_MESSAGE_MAX 256 /* a refusal sentence sent to the host */
 
 typedef struct card_device card_device_t;
 

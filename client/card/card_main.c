@@ -14,13 +14,13 @@
 #include <openssl/crypto.h>
 
 #include "card_device.h"
-#include "card_wire.h"
+#include "device_wire.h"
 #include "ops_config.h"
 #include "ops_log.h"
 #include "ops_signal.h"
 #include "qc_error.h"
-#include "wallet_amount.h"
-#include "wallet_store.h"
+#include "device_amount.h"
+#include "device_home.h"
 
 #define CARD_PROGRAM "qc-card"
 #define CARD_EXIT_OK 0
@@ -120,12 +120,12 @@ static int cmd_init(const ops_config_t *cfg)
         fprintf(stderr, "%s: init needs --number N and --max AMOUNT\n", CARD_PROGRAM);
         return CARD_EXIT_USAGE;
     }
-    if (!card_id_valid(number)) {
+    if (!device_pki_id_valid(number)) {
         fprintf(stderr, "%s: \"%s\" is not a card number (1..%d of A-Z a-z 0-9 - _)\n",
                 CARD_PROGRAM, number, CARD_NUMBER_MAX);
         return CARD_EXIT_USAGE;
     }
-    if (wallet_amount_parse(max_text, &max, &why) != 0 || max > CARD_BALANCE_MAX_LIMIT) {
+    if (device_amount_parse(max_text, &max, &why) != 0 || max > CARD_BALANCE_MAX_LIMIT) {
         fprintf(stderr, "%s: --max \"%s\": %s\n", CARD_PROGRAM, max_text,
                 why != NULL ? why : "too large");
         return CARD_EXIT_USAGE;
@@ -143,7 +143,7 @@ static int cmd_init(const ops_config_t *cfg)
         fprintf(stderr,
                 "%s: refused: the PIN must be %d to %d digits and --trust at most %d serials "
                 "of A-Z a-z 0-9 - _\n",
-                CARD_PROGRAM, WALLET_PIN_LEN_MIN, WALLET_PIN_LEN_MAX, CARD_TRUSTED_MAX);
+                CARD_PROGRAM, DEVICE_PIN_LEN_MIN, DEVICE_PIN_LEN_MAX, CARD_TRUSTED_MAX);
     else if (rc != 0)
         fprintf(stderr, "%s: cannot create the card: %s\n", CARD_PROGRAM, qc_strerror(rc));
     if (rc != 0)
@@ -187,7 +187,7 @@ static void serve_contact(card_device_t *dev, int fd)
     while (!ops_signal_stop_requested()) {
         uint8_t *req = NULL, *resp = NULL;
         size_t req_len = 0, resp_len = 0;
-        int rc = card_wire_recv(fd, CARD_IO_TIMEOUT_MS, &req, &req_len);
+        int rc = device_wire_recv(fd, DEVICE_WIRE_TIMEOUT_MS, &req, &req_len);
         if (rc != 0) {
             if (rc != QC_ENOTFOUND)
                 ops_log(OPS_LOG_WARN, "card.contact_lost", "error", qc_strerror(rc), NULL);
@@ -197,7 +197,7 @@ static void serve_contact(card_device_t *dev, int fd)
         OPENSSL_cleanse(req, req_len);
         free(req);
         if (rc == 0)
-            rc = card_wire_send(fd, resp, resp_len, CARD_IO_TIMEOUT_MS);
+            rc = device_wire_send(fd, resp, resp_len, DEVICE_WIRE_TIMEOUT_MS);
         free(resp);
         if (rc != 0) {
             ops_log(OPS_LOG_WARN, "card.answer_failed", "error", qc_strerror(rc), NULL);
@@ -221,10 +221,10 @@ static int cmd_serve(const ops_config_t *cfg)
         fprintf(stderr, "%s: warning: no certificate installed; every authentication fails\n",
                 CARD_PROGRAM);
     int lfd = -1;
-    int rc = card_wire_listen(path, &lfd);
+    int rc = device_wire_listen(path, &lfd);
     if (rc != 0) {
         fprintf(stderr, "%s: cannot listen on %s: %s (at most %d bytes)\n", CARD_PROGRAM, path,
-                qc_strerror(rc), CARD_SOCKET_PATH_MAX);
+                qc_strerror(rc), DEVICE_WIRE_PATH_MAX);
         card_device_destroy(&dev);
         return CARD_EXIT_FAILED;
     }
@@ -263,13 +263,13 @@ static int cmd_status(const ops_config_t *cfg)
         free(st);
         return CARD_EXIT_FAILED;
     }
-    char a[WALLET_AMOUNT_FORMAT_MAX], b[WALLET_AMOUNT_FORMAT_MAX];
+    char a[DEVICE_AMOUNT_FORMAT_MAX], b[DEVICE_AMOUNT_FORMAT_MAX];
     char hex[2 * CARD_XFER_ID_SIZE + 1];
     printf("card:        %s\n", st->number);
-    printf("balance:     %s\n", wallet_amount_format(st->balance, a, sizeof(a)));
-    printf("maximum:     %s\n", wallet_amount_format(st->max_balance, b, sizeof(b)));
+    printf("balance:     %s\n", device_amount_format(st->balance, a, sizeof(a)));
+    printf("maximum:     %s\n", device_amount_format(st->max_balance, b, sizeof(b)));
     printf("counter:     %" PRIu64 "\n", st->counter);
-    printf("PIN tries:   %" PRIu32 " of %u%s\n", st->pin.tries_left, WALLET_PIN_TRIES,
+    printf("PIN tries:   %" PRIu32 " of %u%s\n", st->pin.tries_left, DEVICE_PIN_TRIES,
            st->pin.tries_left == 0 ? " (locked)" : "");
     printf("trusted:     ");
     for (size_t i = 0; i < st->trusted_count; i++)
@@ -282,8 +282,8 @@ static int cmd_status(const ops_config_t *cfg)
         const card_record_t *r = &st->transfers[i];
         printf("  #%" PRIu64 " transfer %s from %s: +%s, balance %s\n", r->counter,
                ops_hex(r->transfer_id, CARD_XFER_ID_SIZE, hex), r->device_id,
-               wallet_amount_format(r->amount, a, sizeof(a)),
-               wallet_amount_format(r->balance_after, b, sizeof(b)));
+               device_amount_format(r->amount, a, sizeof(a)),
+               device_amount_format(r->balance_after, b, sizeof(b)));
     }
     OPENSSL_cleanse(st, sizeof(*st));
     free(st);
@@ -318,7 +318,7 @@ static void usage(FILE *out)
     fprintf(out,
             "\nA simulated IC card (purse with a maximum, PIN with %u tries, signed "
             "receipts).\nExit status: 0 done, 1 the operation failed, 2 bad usage.\n",
-            WALLET_PIN_TRIES);
+            DEVICE_PIN_TRIES);
 }
 
 int main(int argc, char **argv)

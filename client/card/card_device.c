@@ -40,7 +40,7 @@
 #include <openssl/rand.h>
 
 #include "card.pb-c.h"
-#include "card_wire.h"
+#include "device_wire.h"
 #include "ops_fault.h"
 #include "ops_log.h"
 #include "ops_time.h"
@@ -48,15 +48,14 @@
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
-#include "wallet_amount.h"
-#include "wallet_device.h"
-#include "wallet_store.h"
+#include "device_amount.h"
+#include "device_pki.h"
+#include "device_home.h"
 
 #define CARD_PUBLIC_MODE 0644
 #define CARD_KEY_VERSION 1
 #define CARD_SESSION_VOIDED_MAX 8 /* NOT_CREDITED proofs one session may give */
 
-_Static_assert(CARD_CHALLENGE_SIZE == WALLET_CARD_CHALLENGE_SIZE, "one challenge size");
 _Static_assert(CARD_NUMBER_MAX == PROTO_DEVICE_ID_MAX, "a card number is a certificate CN");
 
 typedef enum card_session_phase {
@@ -67,7 +66,7 @@ typedef enum card_session_phase {
 } card_session_phase_t;
 
 struct card_device {
-    char home[WALLET_PATH_MAX];
+    char home[DEVICE_PATH_MAX];
     int lock_fd;
     card_state_t st;
     EVP_PKEY *key;
@@ -77,8 +76,8 @@ struct card_device {
 
     /* The session of the current contact. */
     card_session_phase_t phase;
-    uint8_t host_challenge[CARD_CHALLENGE_SIZE];
-    uint8_t card_challenge[CARD_CHALLENGE_SIZE];
+    uint8_t host_challenge[DEVICE_CARD_CHALLENGE_SIZE];
+    uint8_t card_challenge[DEVICE_CARD_CHALLENGE_SIZE];
     char host_id[CARD_NUMBER_MAX + 1];
     EVP_PKEY *host_key;
     uint8_t voided[CARD_SESSION_VOIDED_MAX][CARD_XFER_ID_SIZE]; /* proved never credited */
@@ -92,7 +91,7 @@ static void card_check_invariants(const card_device_t *dev)
     const card_state_t *st = &dev->st;
     assert(st->balance >= 0 && st->balance <= st->max_balance); /* 1 */
     assert(st->transfer_count <= CARD_TRANSFERS_MAX);
-    assert(st->pin.tries_left <= WALLET_PIN_TRIES); /* 4 */
+    assert(st->pin.tries_left <= DEVICE_PIN_TRIES); /* 4 */
     assert(st->transfer_count == 0 ||
            st->transfers[st->transfer_count - 1].counter == st->counter); /* 2 */
     (void)st;
@@ -104,7 +103,7 @@ static void card_check_invariants(const card_device_t *dev)
 static void card_log_line(card_state_t *st, const char *event, const card_record_t *rec,
                           const char *detail)
 {
-    char bal[WALLET_AMOUNT_FORMAT_MAX], amt[WALLET_AMOUNT_FORMAT_MAX];
+    char bal[DEVICE_AMOUNT_FORMAT_MAX], amt[DEVICE_AMOUNT_FORMAT_MAX];
     char hex[2 * CARD_XFER_ID_SIZE + 1];
     char *out = st->log_pending;
     size_t cap = sizeof(st->log_pending);
@@ -113,14 +112,14 @@ static void card_log_line(card_state_t *st, const char *event, const card_record
                  "{\"seq\":%" PRIu64 ",\"time_ms\":%" PRIu64 ",\"event\":\"%s\",\"card\":\"%s\","
                  "\"balance\":\"%s\",\"counter\":%" PRIu64,
                  st->log_seq + 1, ops_time_wall_ms(), event, st->number,
-                 wallet_amount_format(st->balance, bal, sizeof(bal)), st->counter);
+                 device_amount_format(st->balance, bal, sizeof(bal)), st->counter);
     assert(n > 0 && (size_t)n < cap);
     size_t pos = (size_t)n;
     if (rec != NULL) {
         n = snprintf(out + pos, cap - pos,
                      ",\"transfer\":\"%s\",\"device\":\"%s\",\"amount\":\"%s\"",
                      ops_hex(rec->transfer_id, CARD_XFER_ID_SIZE, hex), rec->device_id,
-                     wallet_amount_format(rec->amount, amt, sizeof(amt)));
+                     device_amount_format(rec->amount, amt, sizeof(amt)));
         assert(n > 0 && (size_t)n < cap - pos);
         pos += (size_t)n;
     }
@@ -148,7 +147,7 @@ static int card_commit(card_device_t *dev, const char *event, const card_record_
     }
     card_check_invariants(dev);
     if (event != NULL) {
-        int lrc = wallet_oplog_append(dev->home, dev->st.log_pending);
+        int lrc = device_home_log_append(dev->home, dev->st.log_pending);
         if (lrc != 0) /* the next open writes it again */
             ops_log(OPS_LOG_WARN, "card.oplog_append_failed", "error", qc_strerror(lrc), NULL);
     }
@@ -173,7 +172,7 @@ static int parse_trusted(const char *csv, card_state_t *st)
                 return QC_EINVAL;
             memcpy(id, p, n);
             id[n] = '\0';
-            if (!card_id_valid(id))
+            if (!device_pki_id_valid(id))
                 return QC_EINVAL;
             memcpy(st->trusted[st->trusted_count++], id, n + 1);
         }
@@ -189,8 +188,8 @@ int card_device_init(const char *home, const char *number, int64_t max_balance,
 {
     assert(home != NULL && number != NULL);
     assert(pin != NULL || pin_len == 0);
-    if (!card_id_valid(number) || max_balance <= 0 || max_balance > CARD_BALANCE_MAX_LIMIT ||
-        wallet_pin_valid(pin, pin_len) != 0)
+    if (!device_pki_id_valid(number) || max_balance <= 0 || max_balance > CARD_BALANCE_MAX_LIMIT ||
+        device_pin_valid(pin, pin_len) != 0)
         return QC_EINVAL;
     card_device_t *dev = calloc(1, sizeof(*dev));
     if (dev == NULL)
@@ -203,14 +202,14 @@ int card_device_init(const char *home, const char *number, int64_t max_balance,
     rc = parse_trusted(trusted_csv, &dev->st);
     if (rc != 0)
         goto out;
-    rc = wallet_store_claim(home, CARD_STATE_FILE, true, &dev->lock_fd);
+    rc = device_home_claim(home, CARD_STATE_FILE, true, &dev->lock_fd);
     if (rc == 0)
-        rc = wallet_pki_create_key(home, CARD_KEY_FILE, CARD_CSR_FILE, number, &dev->key);
+        rc = device_pki_create_key(home, CARD_KEY_FILE, CARD_CSR_FILE, number, &dev->key);
     if (rc != 0)
         goto out;
     memcpy(dev->st.number, number, strlen(number) + 1);
     dev->st.max_balance = max_balance;
-    rc = wallet_pin_set(&dev->st.pin, pin, pin_len);
+    rc = device_pin_set(&dev->st.pin, pin, pin_len);
     if (rc != 0)
         goto out;
     /* The state file is written last: its presence is what makes the card exist. */
@@ -224,8 +223,8 @@ out:
 
 static int load_ca(card_device_t *dev)
 {
-    char path[WALLET_PATH_MAX];
-    int rc = wallet_store_path(dev->home, CARD_CA_FILE, path);
+    char path[DEVICE_PATH_MAX];
+    int rc = device_home_path(dev->home, CARD_CA_FILE, path);
     if (rc != 0)
         return rc;
     if (access(path, F_OK) != 0)
@@ -245,17 +244,17 @@ int card_device_open(const char *home, card_device_t **out)
     if (strlen(home) >= sizeof(dev->home))
         goto err;
     memcpy(dev->home, home, strlen(home) + 1);
-    rc = wallet_store_claim(home, CARD_STATE_FILE, false, &dev->lock_fd);
+    rc = device_home_claim(home, CARD_STATE_FILE, false, &dev->lock_fd);
     if (rc == 0)
         rc = card_state_load(home, &dev->st);
     if (rc != 0)
         goto err;
-    int lrc = card_oplog_recover(home, &dev->st);
+    int lrc = device_home_log_recover(home, dev->st.log_seq, dev->st.log_pending);
     if (lrc != 0) /* the state file is authoritative */
         ops_log(OPS_LOG_WARN, "card.oplog_inconsistent", "error", qc_strerror(lrc), NULL);
-    rc = wallet_pki_load_key(home, CARD_KEY_FILE, &dev->key);
+    rc = device_pki_load_key(home, CARD_KEY_FILE, &dev->key);
     if (rc == 0)
-        rc = wallet_pki_load_cert(home, CARD_CERT_FILE, dev->key, dev->st.number, &dev->cert_der,
+        rc = device_pki_load_cert(home, CARD_CERT_FILE, dev->key, dev->st.number, &dev->cert_der,
                                   &dev->cert_len);
     if (rc == 0)
         rc = load_ca(dev);
@@ -311,27 +310,27 @@ int card_device_install_cert(card_device_t *dev, const char *cert_path, const ch
     FILE *f = fopen(ca_path, "rb");
     if (f == NULL)
         return QC_EIO;
-    pem = malloc(WALLET_FILE_MAX);
+    pem = malloc(DEVICE_FILE_MAX);
     if (pem == NULL) {
         fclose(f);
         return QC_ENOMEM;
     }
-    pem_len = fread(pem, 1, WALLET_FILE_MAX, f);
-    bool too_big = pem_len == WALLET_FILE_MAX;
+    pem_len = fread(pem, 1, DEVICE_FILE_MAX, f);
+    bool too_big = pem_len == DEVICE_FILE_MAX;
     fclose(f);
     rc = too_big ? QC_ETOOBIG : pem_len == 0 ? QC_ECERT : 0;
     if (rc == 0)
         rc =
-            wallet_pki_install_cert(dev->home, CARD_CERT_FILE, cert_path, dev->key, dev->st.number);
+            device_pki_install_cert(dev->home, CARD_CERT_FILE, cert_path, dev->key, dev->st.number);
     if (rc == 0)
-        rc = wallet_store_write(dev->home, CARD_CA_FILE, pem, pem_len, CARD_PUBLIC_MODE);
+        rc = device_home_write(dev->home, CARD_CA_FILE, pem, pem_len, CARD_PUBLIC_MODE);
     free(pem);
     if (rc != 0)
         return rc;
     free(dev->cert_der);
     dev->cert_der = NULL;
     proto_trust_destroy(&dev->trust);
-    rc = wallet_pki_load_cert(dev->home, CARD_CERT_FILE, dev->key, dev->st.number, &dev->cert_der,
+    rc = device_pki_load_cert(dev->home, CARD_CERT_FILE, dev->key, dev->st.number, &dev->cert_der,
                               &dev->cert_len);
     if (rc == 0)
         rc = load_ca(dev);
@@ -411,8 +410,9 @@ static int op_auth_begin(card_device_t *dev, const Qccard__CardRequest *req, ans
         refuse(a, QC_ECERT, "this card has no certificate yet (qc-card install-cert)");
         return 0;
     }
-    if (req->challenge.len != CARD_CHALLENGE_SIZE) {
-        refuse(a, QC_EDECODE, "the device's challenge must be %d bytes", CARD_CHALLENGE_SIZE);
+    if (req->challenge.len != DEVICE_CARD_CHALLENGE_SIZE) {
+        refuse(a, QC_EDECODE, "the device's challenge must be %d bytes",
+               DEVICE_CARD_CHALLENGE_SIZE);
         return 0;
     }
     if (req->cert.len == 0 || req->cert.len > PROTO_CERT_MAX) {
@@ -427,25 +427,25 @@ static int op_auth_begin(card_device_t *dev, const Qccard__CardRequest *req, ans
         refuse(a, rc, "the device's certificate is refused by the card: %s", qc_strerror(rc));
         return 0;
     }
-    if (!card_id_valid(id) || !is_trusted(&dev->st, id)) {
+    if (!device_pki_id_valid(id) || !is_trusted(&dev->st, id)) {
         EVP_PKEY_free(pub);
         refuse(a, QC_EUNTRUSTED, "device %s is not in card %s's trusted list", id, dev->st.number);
         return 0;
     }
-    if (RAND_bytes(dev->card_challenge, CARD_CHALLENGE_SIZE) != 1) {
+    if (RAND_bytes(dev->card_challenge, DEVICE_CARD_CHALLENGE_SIZE) != 1) {
         EVP_PKEY_free(pub);
         return QC_ECRYPTO;
     }
-    memcpy(dev->host_challenge, req->challenge.data, CARD_CHALLENGE_SIZE);
+    memcpy(dev->host_challenge, req->challenge.data, DEVICE_CARD_CHALLENGE_SIZE);
     memcpy(dev->host_id, id, strlen(id) + 1);
     dev->host_key = pub;
     Qccard__CardChallenge ch = QCCARD__CARD_CHALLENGE__INIT;
     ch.signer_id = dev->st.number;
     ch.peer_id = dev->host_id;
     ch.challenge.data = dev->host_challenge;
-    ch.challenge.len = CARD_CHALLENGE_SIZE;
+    ch.challenge.len = DEVICE_CARD_CHALLENGE_SIZE;
     ch.own_challenge.data = dev->card_challenge;
-    ch.own_challenge.len = CARD_CHALLENGE_SIZE;
+    ch.own_challenge.len = DEVICE_CARD_CHALLENGE_SIZE;
     rc = sign_body(dev, PROTO_TYPE_CARD_CHALLENGE, &ch.base, true, a);
     if (rc != 0) {
         card_device_session_reset(dev);
@@ -453,7 +453,7 @@ static int op_auth_begin(card_device_t *dev, const Qccard__CardRequest *req, ans
     }
     dev->phase = SESSION_CHALLENGED;
     a->resp.challenge.data = dev->card_challenge;
-    a->resp.challenge.len = CARD_CHALLENGE_SIZE;
+    a->resp.challenge.len = DEVICE_CARD_CHALLENGE_SIZE;
     return 0;
 }
 
@@ -490,10 +490,11 @@ static int op_auth_finish(card_device_t *dev, const Qccard__CardRequest *req, an
         ch = qccard__card_challenge__unpack(NULL, body_len, body);
         rc = ch == NULL ? QC_EDECODE : 0;
     }
-    if (rc == 0 && (ch->signer_id == NULL || strcmp(ch->signer_id, dev->host_id) != 0 ||
-                    ch->peer_id == NULL || strcmp(ch->peer_id, dev->st.number) != 0 ||
-                    !bytes_are(&ch->challenge, dev->card_challenge, CARD_CHALLENGE_SIZE) ||
-                    !bytes_are(&ch->own_challenge, dev->host_challenge, CARD_CHALLENGE_SIZE)))
+    if (rc == 0 &&
+        (ch->signer_id == NULL || strcmp(ch->signer_id, dev->host_id) != 0 || ch->peer_id == NULL ||
+         strcmp(ch->peer_id, dev->st.number) != 0 ||
+         !bytes_are(&ch->challenge, dev->card_challenge, DEVICE_CARD_CHALLENGE_SIZE) ||
+         !bytes_are(&ch->own_challenge, dev->host_challenge, DEVICE_CARD_CHALLENGE_SIZE)))
         rc = QC_EMISMATCH;
     if (ch != NULL)
         qccard__card_challenge__free_unpacked(ch, NULL);
@@ -518,19 +519,19 @@ static int op_verify_pin(card_device_t *dev, const Qccard__CardRequest *req, ans
     dev->phase = SESSION_AUTHENTICATED;
     if (st->pin.tries_left == 0) {
         refuse(a, QC_ELOCKED, "card %s is locked after %u wrong PINs", st->number,
-               WALLET_PIN_TRIES);
+               DEVICE_PIN_TRIES);
         return 0;
     }
     const char *pin = req->pin != NULL ? req->pin : "";
     /* Count the try on disk first, then compare (invariant 4). */
-    wallet_pin_t before = st->pin;
+    device_pin_t before = st->pin;
     st->pin.tries_left--;
     int rc = card_commit(dev, NULL, NULL, NULL);
     if (rc != 0) {
         OPENSSL_cleanse(&before, sizeof(before));
         return rc;
     }
-    int verdict = wallet_pin_check(&before, pin, strlen(pin));
+    int verdict = device_pin_check(&before, pin, strlen(pin));
     if (verdict == QC_ECRYPTO) {
         OPENSSL_cleanse(&before, sizeof(before));
         return verdict;
@@ -581,7 +582,7 @@ static int sign_receipt(card_device_t *dev, const uint8_t id[CARD_XFER_ID_SIZE],
     r.balance_after = rec != NULL ? rec->balance_after : dev->st.balance;
     r.counter = rec != NULL ? rec->counter : dev->st.counter;
     r.session.data = dev->host_challenge;
-    r.session.len = CARD_CHALLENGE_SIZE;
+    r.session.len = DEVICE_CARD_CHALLENGE_SIZE;
     return sign_body(dev, PROTO_TYPE_CARD_RECEIPT, &r.base, false, a);
 }
 
@@ -589,14 +590,14 @@ static int sign_receipt(card_device_t *dev, const uint8_t id[CARD_XFER_ID_SIZE],
 static int credit_check(card_device_t *dev, const Qccard__CardCredit *cc, answer_t *a)
 {
     const card_state_t *st = &dev->st;
-    char have[WALLET_AMOUNT_FORMAT_MAX], max[WALLET_AMOUNT_FORMAT_MAX];
+    char have[DEVICE_AMOUNT_FORMAT_MAX], max[DEVICE_AMOUNT_FORMAT_MAX];
     if (cc->transfer_id.len != CARD_XFER_ID_SIZE || cc->device_id == NULL ||
         strcmp(cc->device_id, dev->host_id) != 0 || cc->card_number == NULL ||
         strcmp(cc->card_number, st->number) != 0) {
         refuse(a, QC_EMISMATCH, "the credit names another device, card or transfer");
         return QC_EMISMATCH;
     }
-    if (!bytes_are(&cc->session, dev->card_challenge, CARD_CHALLENGE_SIZE)) {
+    if (!bytes_are(&cc->session, dev->card_challenge, DEVICE_CARD_CHALLENGE_SIZE)) {
         refuse(a, QC_EREPLAY, "the credit belongs to another session: refused as a replay");
         return QC_EREPLAY;
     }
@@ -618,8 +619,8 @@ static int credit_check(card_device_t *dev, const Qccard__CardCredit *cc, answer
     }
     if (cc->amount > st->max_balance - st->balance) {
         refuse(a, QC_ECARDMAX, "the card holds %s and may hold at most %s: refused",
-               wallet_amount_format(st->balance, have, sizeof(have)),
-               wallet_amount_format(st->max_balance, max, sizeof(max)));
+               device_amount_format(st->balance, have, sizeof(have)),
+               device_amount_format(st->max_balance, max, sizeof(max)));
         return QC_ECARDMAX;
     }
     if (st->transfer_count == CARD_TRANSFERS_MAX) {
@@ -737,7 +738,7 @@ int card_device_handle(card_device_t *dev, const uint8_t *req_bytes, size_t req_
     qccard__card_response__init(&a.resp);
     Qccard__CardRequest *req = NULL;
     int rc = 0;
-    if (req_len == 0 || req_len > CARD_FRAME_MAX)
+    if (req_len == 0 || req_len > DEVICE_WIRE_FRAME_MAX)
         refuse(&a, QC_ETOOBIG, "the command is larger than the card accepts");
     else if ((req = qccard__card_request__unpack(NULL, req_len, req_bytes)) == NULL)
         refuse(&a, QC_EDECODE, "the command is not a card command");

@@ -1,5 +1,5 @@
-/* wallet_flow.c - the device's side of a load over an abstract transport, with retries. */
-#include "wallet_flow.h"
+/* device_flow.c - the device's side of a load over an abstract transport, with retries. */
+#include "device_flow.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -13,7 +13,7 @@
 
 #define FLOW_STEPS_MAX 4 /* PENDING -> REPORTED -> IDLE takes two; more is a bug */
 
-void wallet_reply_clear(wallet_reply_t *reply)
+void device_reply_clear(device_reply_t *reply)
 {
     if (reply == NULL)
         return;
@@ -21,7 +21,7 @@ void wallet_reply_clear(wallet_reply_t *reply)
     memset(reply, 0, sizeof(*reply));
 }
 
-bool wallet_flow_transient(int code)
+bool device_flow_transient(int code)
 {
     switch (code) {
     case QC_ETIMEOUT:
@@ -39,7 +39,7 @@ bool wallet_flow_transient(int code)
     }
 }
 
-static void note_server(wallet_flow_result_t *res, const wallet_reply_t *reply)
+static void note_server(device_flow_result_t *res, const device_reply_t *reply)
 {
     res->server_code = reply->code;
     snprintf(res->server_message, sizeof(res->server_message), "%s",
@@ -54,38 +54,38 @@ static void pause_ms(unsigned ms)
 }
 
 /* PENDING: re-sends the stored request and judges the allow, or abandons on a refusal. */
-static int settle_pending(wallet_device_t *dev, wallet_call_fn *call, void *arg,
-                          wallet_flow_result_t *res)
+static int settle_pending(device_core_t *core, device_call_fn *call, void *arg,
+                          device_flow_result_t *res)
 {
     const uint8_t *req = NULL;
     size_t req_len = 0;
-    int rc = wallet_device_pending_request(dev, &req, &req_len);
+    int rc = device_core_pending_request(core, &req, &req_len);
     assert(rc == 0);
-    wallet_reply_t reply = {0};
-    rc = call(arg, WALLET_METHOD_LOAD, req, req_len, &reply);
+    device_reply_t reply = {0};
+    rc = call(arg, DEVICE_METHOD_LOAD, req, req_len, &reply);
     if (rc != 0)
         return rc; /* no answer: stay PENDING, the next sync re-sends the same request */
     if (reply.code != 0) {
         note_server(res, &reply);
         rc = reply.code;
-        if (!wallet_flow_transient(reply.code)) {
+        if (!device_flow_transient(reply.code)) {
             /* A definitive no: nothing was debited for this txn, or it is compensated.
              * Abandoning is safe either way: the unchanged counter proves non-application. */
-            int arc = wallet_device_abandon(dev, reply.code, res->server_message);
+            int arc = device_core_abandon(core, reply.code, res->server_message);
             if (arc != 0)
                 rc = arc;
             else
                 res->abandoned = true;
         }
-        wallet_reply_clear(&reply);
+        device_reply_clear(&reply);
         return rc;
     }
     /* A device that dies here holds an allow it never judged: the ledger's deadline
      * compensates the load, and the next sync learns that and abandons it (ops/demo). */
     ops_fault_point("wallet.after_allow_received");
     int verdict = 0;
-    rc = wallet_device_judge_allow(dev, reply.body, reply.body_len, &verdict);
-    wallet_reply_clear(&reply);
+    rc = device_core_judge_allow(core, reply.body, reply.body_len, &verdict);
+    device_reply_clear(&reply);
     if (rc != 0)
         return rc;
     res->judged = true;
@@ -95,59 +95,59 @@ static int settle_pending(wallet_device_t *dev, wallet_call_fn *call, void *arg,
 
 /* REPORTED: sends the stored report until a verified outcome arrives, a bounded number of
  * times. */
-static int settle_reported(wallet_device_t *dev, wallet_call_fn *call, void *arg,
-                           const char *method, wallet_flow_result_t *res)
+static int settle_reported(device_core_t *core, device_call_fn *call, void *arg, const char *method,
+                           device_flow_result_t *res)
 {
     int last = QC_ETIMEOUT;
-    for (unsigned attempt = 1; attempt <= WALLET_REPORT_ATTEMPTS_MAX; attempt++) {
+    for (unsigned attempt = 1; attempt <= DEVICE_REPORT_ATTEMPTS_MAX; attempt++) {
         const uint8_t *rep = NULL;
         size_t rep_len = 0;
-        int rc = wallet_device_report(dev, &rep, &rep_len);
+        int rc = device_core_report(core, &rep, &rep_len);
         assert(rc == 0);
-        wallet_reply_t reply = {0};
+        device_reply_t reply = {0};
         rc = call(arg, method, rep, rep_len, &reply);
         if (rc == 0 && reply.code != 0) {
             note_server(res, &reply);
             rc = reply.code;
-            if (!wallet_flow_transient(rc)) {
-                wallet_reply_clear(&reply);
+            if (!device_flow_transient(rc)) {
+                device_reply_clear(&reply);
                 return rc; /* the bank refuses the report: keep it for the operator */
             }
         } else if (rc == 0) {
             int state = 0;
-            rc = wallet_device_accept_outcome(dev, reply.body, reply.body_len, &state);
+            rc = device_core_accept_outcome(core, reply.body, reply.body_len, &state);
             if (rc == 0) {
                 res->finished = true;
                 res->outcome = state;
-                wallet_reply_clear(&reply);
+                device_reply_clear(&reply);
                 return 0;
             }
             ops_log(OPS_LOG_WARN, "wallet.outcome_refused", "error", qc_strerror(rc), NULL);
         }
-        wallet_reply_clear(&reply);
+        device_reply_clear(&reply);
         last = rc;
-        if (attempt < WALLET_REPORT_ATTEMPTS_MAX)
-            pause_ms(WALLET_REPORT_BACKOFF_MS * attempt);
+        if (attempt < DEVICE_REPORT_ATTEMPTS_MAX)
+            pause_ms(DEVICE_REPORT_BACKOFF_MS * attempt);
     }
     return last;
 }
 
-int wallet_flow_settle(wallet_device_t *dev, wallet_call_fn *call, void *arg,
-                       const char *report_method, wallet_flow_result_t *res)
+int device_flow_settle(device_core_t *core, device_call_fn *call, void *arg,
+                       const char *report_method, device_flow_result_t *res)
 {
-    assert(dev != NULL && call != NULL && report_method != NULL && res != NULL);
+    assert(core != NULL && call != NULL && report_method != NULL && res != NULL);
     for (int step = 0; step < FLOW_STEPS_MAX; step++) {
-        wallet_status_t s;
-        wallet_device_status(dev, &s);
+        device_status_t s;
+        device_core_status(core, &s);
         int rc = 0;
         switch (s.phase) {
-        case WALLET_IDLE:
+        case DEVICE_IDLE:
             return 0;
-        case WALLET_PENDING:
-            rc = settle_pending(dev, call, arg, res);
+        case DEVICE_PENDING:
+            rc = settle_pending(core, call, arg, res);
             break;
-        case WALLET_REPORTED:
-            rc = settle_reported(dev, call, arg, report_method, res);
+        case DEVICE_REPORTED:
+            rc = settle_reported(core, call, arg, report_method, res);
             break;
         }
         if (rc != 0)
@@ -157,15 +157,15 @@ int wallet_flow_settle(wallet_device_t *dev, wallet_call_fn *call, void *arg,
     return QC_EINTERNAL;
 }
 
-int wallet_flow_load(wallet_device_t *dev, const char *account_id, int64_t amount,
-                     uint32_t currency, wallet_call_fn *call, void *arg, wallet_flow_result_t *res)
+int device_flow_load(device_core_t *core, const char *account_id, int64_t amount, uint32_t currency,
+                     device_call_fn *call, void *arg, device_flow_result_t *res)
 {
-    assert(dev != NULL && account_id != NULL && call != NULL && res != NULL);
+    assert(core != NULL && account_id != NULL && call != NULL && res != NULL);
     memset(res, 0, sizeof(*res));
     const uint8_t *req = NULL;
     size_t req_len = 0;
-    int rc = wallet_device_request(dev, account_id, amount, currency, &req, &req_len);
+    int rc = device_core_request(core, account_id, amount, currency, &req, &req_len);
     if (rc != 0)
         return rc;
-    return wallet_flow_settle(dev, call, arg, WALLET_METHOD_REPORT, res);
+    return device_flow_settle(core, call, arg, DEVICE_METHOD_REPORT, res);
 }

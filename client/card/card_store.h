@@ -1,11 +1,11 @@
 /* card_store.h - the card's durable state and its crash-safe state file.
  *
  * The state file HOME/card.state holds a CardState protobuf (proto/card.proto) followed by
- * its SHA-256, written with the wallet store's atomic replace (wallet_store_write(): tmp
+ * its SHA-256, written with the home's atomic replace (device_home_write(): tmp
  * file, fsync, rename, fsync of the directory), so a card killed at any point is found
  * either before or after a change, and a damaged file is refused rather than believed.
- * The card's operation log is HOME/oplog.jsonl, kept by the wallet store's write-ahead log
- * functions (each state write carries its log line; see wallet_store.h). */
+ * The card's operation log is HOME/oplog.jsonl, kept by the home's write-ahead log
+ * functions (each state write carries its log line; see client/device/device_home.h). */
 #ifndef CARD_STORE_H
 #define CARD_STORE_H
 
@@ -13,15 +13,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "wallet_pin.h"
-#include "wallet_store.h"
+#include "device_pin.h"
+#include "device_home.h"
+#include "device_pki.h"
 
 #define CARD_STATE_FILE "card.state"
 #define CARD_STATE_VERSION 1
-#define CARD_NUMBER_MAX WALLET_SERIAL_MAX /* = a certificate's commonName */
+#define CARD_NUMBER_MAX DEVICE_SERIAL_MAX /* = a certificate's commonName */
 #define CARD_TRUSTED_MAX 32               /* device serials a card trusts */
 #define CARD_TRANSFERS_MAX 1000           /* credits a card remembers; full, it refuses new ones */
-#define CARD_XFER_ID_SIZE WALLET_TXN_SIZE
+#define CARD_XFER_ID_SIZE 16              /* a transfer id (= PROTO_TXN_ID_SIZE) */
 #define CARD_BALANCE_MAX_LIMIT (INT64_C(1) << 53) /* the largest purse maximum accepted */
 
 /* One credit the card applied: its proof for that transfer id. */
@@ -41,18 +42,14 @@ typedef struct card_state {
     int64_t balance; /* minor units, 0..max_balance */
     int64_t max_balance;
     uint64_t counter; /* credits applied */
-    wallet_pin_t pin;
+    device_pin_t pin;
     char trusted[CARD_TRUSTED_MAX][CARD_NUMBER_MAX + 1];
     size_t trusted_count;
     card_record_t transfers[CARD_TRANSFERS_MAX];
     size_t transfer_count;
     uint64_t log_seq;
-    char log_pending[WALLET_LOG_LINE_MAX + 1];
+    char log_pending[DEVICE_LOG_LINE_MAX + 1];
 } card_state_t;
-
-/* True when id can be a card number or a device serial: 1..CARD_NUMBER_MAX characters of
- * [A-Za-z0-9_-] (it is a certificate commonName and goes into log lines as is). */
-bool card_id_valid(const char *id);
 
 /* Atomically replaces HOME/card.state with st. Returns 0, QC_EINVAL (a field out of range),
  * QC_ENOMEM or QC_EIO; on error the old state is intact. */
@@ -62,8 +59,5 @@ int card_state_save(const char *home, const card_state_t *st);
  * QC_EDECODE (damaged file: bad checksum, bad field), QC_EIO or QC_ENOMEM; st is wiped on
  * error. */
 int card_state_load(const char *home, card_state_t *st);
-
-/* Makes HOME/oplog.jsonl agree with st after a crash (wallet_oplog_recover()). */
-int card_oplog_recover(const char *home, const card_state_t *st);
 
 #endif

@@ -8,30 +8,17 @@
 #include <openssl/crypto.h>
 
 #include "card.pb-c.h"
+#include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
 
-#define CARD_STATE_MODE 0600
+_Static_assert(CARD_XFER_ID_SIZE == PROTO_TXN_ID_SIZE, "a transfer id is a txn id");
 
-bool card_id_valid(const char *id)
-{
-    assert(id != NULL);
-    size_t n = strnlen(id, CARD_NUMBER_MAX + 1);
-    if (n == 0 || n > CARD_NUMBER_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                  c == '-' || c == '_';
-        if (!ok)
-            return false;
-    }
-    return true;
-}
+#define CARD_STATE_MODE 0600
 
 static int state_check(const card_state_t *st)
 {
-    if (!card_id_valid(st->number))
+    if (!device_pki_id_valid(st->number))
         return QC_EINVAL;
     if (st->max_balance <= 0 || st->max_balance > CARD_BALANCE_MAX_LIMIT || st->balance < 0 ||
         st->balance > st->max_balance)
@@ -39,17 +26,17 @@ static int state_check(const card_state_t *st)
     if (st->trusted_count > CARD_TRUSTED_MAX || st->transfer_count > CARD_TRANSFERS_MAX)
         return QC_EINVAL;
     for (size_t i = 0; i < st->trusted_count; i++) {
-        if (!card_id_valid(st->trusted[i]))
+        if (!device_pki_id_valid(st->trusted[i]))
             return QC_EINVAL;
     }
     for (size_t i = 0; i < st->transfer_count; i++) {
-        if (!card_id_valid(st->transfers[i].device_id) || st->transfers[i].amount <= 0)
+        if (!device_pki_id_valid(st->transfers[i].device_id) || st->transfers[i].amount <= 0)
             return QC_EINVAL;
     }
-    if (st->pin.tries_left > WALLET_PIN_TRIES || st->pin.iterations < WALLET_PIN_ITERATIONS_MIN ||
-        st->pin.iterations > WALLET_PIN_ITERATIONS_MAX)
+    if (st->pin.tries_left > DEVICE_PIN_TRIES || st->pin.iterations < DEVICE_PIN_ITERATIONS_MIN ||
+        st->pin.iterations > DEVICE_PIN_ITERATIONS_MAX)
         return QC_EINVAL;
-    if (strnlen(st->log_pending, sizeof(st->log_pending)) > WALLET_LOG_LINE_MAX)
+    if (strnlen(st->log_pending, sizeof(st->log_pending)) > DEVICE_LOG_LINE_MAX)
         return QC_EINVAL;
     return 0;
 }
@@ -77,9 +64,9 @@ int card_state_save(const char *home, const card_state_t *st)
     cs.max_balance = st->max_balance;
     cs.counter = st->counter;
     cs.pin_salt.data = (uint8_t *)st->pin.salt;
-    cs.pin_salt.len = WALLET_PIN_SALT_SIZE;
+    cs.pin_salt.len = DEVICE_PIN_SALT_SIZE;
     cs.pin_hash.data = (uint8_t *)st->pin.hash;
-    cs.pin_hash.len = WALLET_PIN_HASH_SIZE;
+    cs.pin_hash.len = DEVICE_PIN_HASH_SIZE;
     cs.pin_iterations = st->pin.iterations;
     cs.pin_tries_left = st->pin.tries_left;
     for (size_t i = 0; i < st->trusted_count; i++)
@@ -105,7 +92,7 @@ int card_state_save(const char *home, const card_state_t *st)
 
     size_t len = qccard__card_state__get_packed_size(&cs);
     rc = QC_EINVAL;
-    if (len + PROTO_DIGEST_SIZE > WALLET_STATE_FILE_MAX)
+    if (len + PROTO_DIGEST_SIZE > DEVICE_STATE_FILE_MAX)
         goto out;
     rc = QC_ENOMEM;
     buf = malloc(len + PROTO_DIGEST_SIZE);
@@ -115,8 +102,8 @@ int card_state_save(const char *home, const card_state_t *st)
     assert(packed == len);
     rc = proto_sha256(buf, len, buf + len);
     if (rc == 0)
-        rc = wallet_store_write(home, CARD_STATE_FILE, buf, len + PROTO_DIGEST_SIZE,
-                                CARD_STATE_MODE);
+        rc =
+            device_home_write(home, CARD_STATE_FILE, buf, len + PROTO_DIGEST_SIZE, CARD_STATE_MODE);
     OPENSSL_cleanse(buf, len + PROTO_DIGEST_SIZE);
 out:
     free(buf);
@@ -129,17 +116,17 @@ out:
 static int state_from_msg(const Qccard__CardState *cs, card_state_t *st)
 {
     if (cs->version != CARD_STATE_VERSION || cs->card_number == NULL ||
-        strlen(cs->card_number) > CARD_NUMBER_MAX || cs->pin_salt.len != WALLET_PIN_SALT_SIZE ||
-        cs->pin_hash.len != WALLET_PIN_HASH_SIZE || cs->n_trusted > CARD_TRUSTED_MAX ||
+        strlen(cs->card_number) > CARD_NUMBER_MAX || cs->pin_salt.len != DEVICE_PIN_SALT_SIZE ||
+        cs->pin_hash.len != DEVICE_PIN_HASH_SIZE || cs->n_trusted > CARD_TRUSTED_MAX ||
         cs->n_transfers > CARD_TRANSFERS_MAX || cs->log_pending == NULL ||
-        strlen(cs->log_pending) > WALLET_LOG_LINE_MAX)
+        strlen(cs->log_pending) > DEVICE_LOG_LINE_MAX)
         return QC_EDECODE;
     memcpy(st->number, cs->card_number, strlen(cs->card_number) + 1);
     st->balance = cs->balance;
     st->max_balance = cs->max_balance;
     st->counter = cs->counter;
-    memcpy(st->pin.salt, cs->pin_salt.data, WALLET_PIN_SALT_SIZE);
-    memcpy(st->pin.hash, cs->pin_hash.data, WALLET_PIN_HASH_SIZE);
+    memcpy(st->pin.salt, cs->pin_salt.data, DEVICE_PIN_SALT_SIZE);
+    memcpy(st->pin.hash, cs->pin_hash.data, DEVICE_PIN_HASH_SIZE);
     st->pin.iterations = cs->pin_iterations;
     st->pin.tries_left = cs->pin_tries_left;
     for (size_t i = 0; i < cs->n_trusted; i++) {
@@ -172,7 +159,7 @@ int card_state_load(const char *home, card_state_t *st)
     assert(home != NULL && st != NULL);
     uint8_t *buf = NULL;
     size_t len = 0;
-    int rc = wallet_store_read(home, CARD_STATE_FILE, WALLET_STATE_FILE_MAX, &buf, &len);
+    int rc = device_home_read(home, CARD_STATE_FILE, DEVICE_STATE_FILE_MAX, &buf, &len);
     if (rc != 0)
         return rc;
     memset(st, 0, sizeof(*st));
@@ -199,19 +186,5 @@ out:
     free(buf);
     if (rc != 0)
         OPENSSL_cleanse(st, sizeof(*st));
-    return rc;
-}
-
-int card_oplog_recover(const char *home, const card_state_t *st)
-{
-    assert(home != NULL && st != NULL);
-    /* The wallet store's recovery needs only the sequence number and the pending line. */
-    wallet_state_t *w = calloc(1, sizeof(*w));
-    if (w == NULL)
-        return QC_ENOMEM;
-    w->log_seq = st->log_seq;
-    memcpy(w->log_pending, st->log_pending, sizeof(w->log_pending));
-    int rc = wallet_oplog_recover(home, w);
-    free(w);
     return rc;
 }
