@@ -1,12 +1,13 @@
-/* loadgen_fleet.c - simulated devices in memory and their side of the load protocol.
+/* loadgen_fleet.c - simulated devices in memory: device cores with no store, certified by
+ * the cluster's dev CA and enrolled through the ledger's admin RPC.
  *
  * Invariants:
- *  1. A device's phase moves only as the diagram of loadgen_fleet.h says; request() is the
- *     only way out of IDLE and the only place a txn id is drawn.
- *  2. A device credits itself (balance += amount, counter += 1) only in allow(), after the
- *     allow verified under the bank's allow key and named its txn, counter and request
- *     digest, exactly as client/wallet_device.c judges an allow.
- *  3. Keys are wiped (EVP_PKEY_free clears them) when the fleet is destroyed. */
+ *  1. Every device is a device core (client/device/device_core.h): its phases, its credit
+ *     and its counter move only through the core's transitions, the ones qc-wallet drives,
+ *     and its allows are judged by the core's check.
+ *  2. A device's core has its certificate, the bank's keys and a verified PIN before the
+ *     fleet is handed out, so a request is refused only for what the protocol refuses.
+ *  3. Keys are wiped (the cores free them) when the fleet is destroyed. */
 #include "loadgen_fleet.h"
 
 #include <assert.h>
@@ -25,45 +26,31 @@
 #include <zmq.h>
 
 #include "ledger.pb-c.h"
-#include "ops_time.h"
-#include "proto_cert.h"
 #include "proto_decode.h"
-#include "proto_envelope.h"
 #include "proto_shard.h"
 #include "qc_error.h"
 
-#define LOADGEN_ID_MAX 48 /* "LGA" + tag + "-" + index, well under PROTO_DEVICE_ID_MAX */
-#define LOADGEN_KEY_VERSION 1
+#define LOADGEN_ID_MAX 48  /* "LGA" + tag + "-" + index, well under DEVICE_SERIAL_MAX */
+#define LOADGEN_PIN "2468" /* the PIN the simulated user types once per device */
 #define LOADGEN_SECONDS_PER_DAY 86400L
 #define LOADGEN_CERT_BACKDATE_S 300 /* clocks of the cluster may be a little behind */
 #define LOADGEN_PROGRESS_STEPS 10
 
-typedef enum loadgen_phase {
-    LOADGEN_IDLE = 0,
-    LOADGEN_PENDING,
-    LOADGEN_REPORTED,
-} loadgen_phase_t;
+_Static_assert(LOADGEN_ID_MAX <= DEVICE_SERIAL_MAX, "a device id is a serial");
+_Static_assert(LOADGEN_ID_MAX <= DEVICE_ACCOUNT_MAX, "an account id");
 
 typedef struct loadgen_device {
     char id[LOADGEN_ID_MAX];
     char account[LOADGEN_ID_MAX];
-    EVP_PKEY *key;
-    uint8_t *cert_der;
-    size_t cert_len;
-    uint64_t counter;
-    int64_t balance;
-    loadgen_phase_t phase;
-    uint8_t txn[PROTO_TXN_ID_SIZE];
-    int64_t amount;
-    uint8_t request_digest[PROTO_DIGEST_SIZE];
+    device_core_t *core;
 } loadgen_device_t;
 
 struct loadgen_fleet {
     loadgen_device_t *dev;
     size_t count;
     uint32_t gateway_count;
-    EVP_PKEY *allow_key;
-    EVP_PKEY *outcome_key;
+    device_bank_key_t allow; /* the bank's keys, shared by every core */
+    device_bank_key_t outcome;
 };
 
 /* ------------------------------------------------------------------ certificates */
@@ -78,8 +65,10 @@ static int loadgen_ext(X509 *cert, X509V3_CTX *ctx, int nid, const char *value)
     return ok == 1 ? 0 : QC_ECRYPTO;
 }
 
-/* Issues the device certificate the dev CA would (ops/devca, [device_cert]). */
-static int loadgen_issue(X509 *ca, EVP_PKEY *ca_key, loadgen_device_t *d)
+/* Issues the certificate the dev CA would (ops/devca, [device_cert]) for key, CN id, as DER
+ * in *der (OPENSSL_malloc'd). */
+static int loadgen_issue(X509 *ca, EVP_PKEY *ca_key, EVP_PKEY *key, const char *id, uint8_t **der,
+                         size_t *der_len)
 {
     int rc = QC_ECRYPTO;
     X509 *cert = X509_new();
@@ -94,10 +83,10 @@ static int loadgen_issue(X509 *ca, EVP_PKEY *ca_key, loadgen_device_t *d)
         X509_gmtime_adj(X509_getm_notBefore(cert), -LOADGEN_CERT_BACKDATE_S) == NULL ||
         X509_gmtime_adj(X509_getm_notAfter(cert), LOADGEN_CERT_DAYS * LOADGEN_SECONDS_PER_DAY) ==
             NULL ||
-        X509_set_pubkey(cert, d->key) != 1)
+        X509_set_pubkey(cert, key) != 1)
         goto out;
     X509_NAME *name = X509_get_subject_name(cert);
-    if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)d->id, -1, -1,
+    if (X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)id, -1, -1,
                                    0) != 1)
         goto out;
     X509V3_CTX ctx;
@@ -109,10 +98,10 @@ static int loadgen_issue(X509 *ca, EVP_PKEY *ca_key, loadgen_device_t *d)
         goto out;
     if (X509_sign(cert, ca_key, EVP_sha256()) <= 0)
         goto out;
-    int len = i2d_X509(cert, &d->cert_der);
+    int len = i2d_X509(cert, der);
     if (len <= 0)
         goto out;
-    d->cert_len = (size_t)len;
+    *der_len = (size_t)len;
     rc = 0;
 out:
     BN_free(bn);
@@ -137,6 +126,35 @@ static int loadgen_read_ca(const char *cert_path, const char *key_path, X509 **c
     return *key != NULL ? 0 : QC_ECRYPTO;
 }
 
+/* Makes the core of d: a key, its certificate, the bank's keys, the PIN verified. */
+static int loadgen_device_make(const loadgen_fleet_t *f, X509 *ca, EVP_PKEY *ca_key,
+                               loadgen_device_t *d)
+{
+    device_state_t st = {0};
+    uint8_t *der = NULL;
+    size_t der_len = 0;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    int rc = key != NULL ? 0 : QC_ECRYPTO;
+    if (rc == 0)
+        rc = loadgen_issue(ca, ca_key, key, d->id, &der, &der_len);
+    /* The PIN of a device that is never stored: one round, not the stored floor. */
+    if (rc == 0)
+        rc = device_state_init(&st, d->id, LOADGEN_PIN, strlen(LOADGEN_PIN),
+                               DEVICE_PIN_ITERATIONS_SIMULATED);
+    if (rc == 0)
+        rc = device_core_new(&st, key, &d->core);
+    if (rc == 0)
+        rc = device_core_set_cert(d->core, der, der_len);
+    if (rc == 0) {
+        device_core_set_bank(d->core, &f->allow, &f->outcome);
+        rc = device_core_verify_pin(d->core, LOADGEN_PIN, strlen(LOADGEN_PIN));
+    }
+    device_state_clear(&st);
+    OPENSSL_free(der);
+    EVP_PKEY_free(key); /* the core holds its own reference */
+    return rc;
+}
+
 int loadgen_fleet_new(const loadgen_fleet_config_t *cfg, loadgen_fleet_t **out)
 {
     assert(cfg != NULL && out != NULL);
@@ -155,18 +173,15 @@ int loadgen_fleet_new(const loadgen_fleet_config_t *cfg, loadgen_fleet_t **out)
     if ((f->dev = calloc(cfg->count, sizeof *f->dev)) == NULL)
         goto err;
     if ((rc = loadgen_read_ca(cfg->ca_cert_path, cfg->ca_key_path, &ca, &ca_key)) != 0 ||
-        (rc = proto_key_load_pem(cfg->allow_cert_path, &f->allow_key)) != 0 ||
-        (rc = proto_key_load_pem(cfg->outcome_cert_path, &f->outcome_key)) != 0)
+        (rc = device_pki_bank_key_load(cfg->allow_cert_path, &f->allow)) != 0 ||
+        (rc = device_pki_bank_key_load(cfg->outcome_cert_path, &f->outcome)) != 0)
         goto err;
     size_t step = cfg->count / LOADGEN_PROGRESS_STEPS + 1;
     for (size_t i = 0; i < cfg->count; i++, f->count++) {
         loadgen_device_t *d = &f->dev[i];
         snprintf(d->id, sizeof d->id, "LG%s-%zu", cfg->tag, i);
         snprintf(d->account, sizeof d->account, "LGA%s-%zu", cfg->tag, i);
-        rc = QC_ECRYPTO;
-        if ((d->key = EVP_EC_gen("P-256")) == NULL)
-            goto err;
-        if ((rc = loadgen_issue(ca, ca_key, d)) != 0)
+        if ((rc = loadgen_device_make(f, ca, ca_key, d)) != 0)
             goto err;
         if (((i + 1) % step == 0 && isatty(STDERR_FILENO)) || i + 1 == cfg->count)
             fprintf(stderr, "\rloadgen: set-up: %zu/%zu device keys and certificates", i + 1,
@@ -189,13 +204,11 @@ void loadgen_fleet_destroy(loadgen_fleet_t **fleet_p)
     if (fleet_p == NULL || *fleet_p == NULL)
         return;
     loadgen_fleet_t *f = *fleet_p;
-    for (size_t i = 0; f->dev != NULL && i < f->count; i++) {
-        EVP_PKEY_free(f->dev[i].key); /* invariant 3 */
-        OPENSSL_free(f->dev[i].cert_der);
-    }
+    for (size_t i = 0; f->dev != NULL && i < f->count; i++)
+        device_core_destroy(&f->dev[i].core); /* invariant 3 */
     free(f->dev);
-    EVP_PKEY_free(f->allow_key);
-    EVP_PKEY_free(f->outcome_key);
+    device_pki_bank_key_clear(&f->allow);
+    device_pki_bank_key_clear(&f->outcome);
     free(f);
     *fleet_p = NULL;
 }
@@ -278,10 +291,15 @@ static int loadgen_body_enroll(const loadgen_device_t *d, const loadgen_admin_co
                                uint8_t **body, size_t *body_len)
 {
     (void)cfg;
+    const uint8_t *der = NULL;
+    size_t der_len = 0;
+    int rc = device_core_cert(d->core, &der, &der_len);
+    assert(rc == 0); /* invariant 2 */
+    (void)rc;
     Qcledger__EnrollDeviceRequest m = QCLEDGER__ENROLL_DEVICE_REQUEST__INIT;
     m.account_id = (char *)d->account;
-    m.cert.data = d->cert_der;
-    m.cert.len = d->cert_len;
+    m.cert.data = (uint8_t *)der; /* pack only reads it */
+    m.cert.len = der_len;
     return proto_pack(&m.base, body, body_len);
 }
 
@@ -384,165 +402,18 @@ int loadgen_fleet_enroll(loadgen_fleet_t *f, void *zctx, const loadgen_admin_con
 
 /* ------------------------------------------------------------------ protocol */
 
-/* Packs msg, signs it as type with the device key (with the certificate when with_cert),
- * and returns the body's SHA-256 in digest when it is not NULL. The envelope is the one
- * proto_envelope_sign() makes, but with the key id computed once per device. */
-static int loadgen_sign(const loadgen_device_t *d, proto_type_t type, const ProtobufCMessage *msg,
-                        bool with_cert, uint8_t **out, size_t *out_len,
-                        uint8_t digest[PROTO_DIGEST_SIZE])
+device_core_t *loadgen_fleet_core(loadgen_fleet_t *f, size_t i)
 {
-    uint8_t *body = NULL;
-    size_t body_len = 0;
-    int rc = proto_pack(msg, &body, &body_len);
-    if (rc == 0 && digest != NULL)
-        rc = proto_sha256(body, body_len, digest);
-    if (rc == 0)
-        rc = proto_envelope_sign(type, body, body_len, d->key, LOADGEN_KEY_VERSION,
-                                 with_cert ? d->cert_der : NULL, with_cert ? d->cert_len : 0, out,
-                                 out_len);
-    free(body);
-    return rc;
+    assert(f != NULL && i < f->count);
+    assert(f->dev[i].core != NULL);
+    return f->dev[i].core;
 }
 
-int loadgen_fleet_request(loadgen_fleet_t *f, size_t i, int64_t amount, uint8_t **out,
+int loadgen_fleet_request(loadgen_fleet_t *f, size_t i, int64_t amount, const uint8_t **out,
                           size_t *out_len)
 {
     assert(f != NULL && i < f->count && out != NULL && out_len != NULL);
     assert(amount > 0);
-    loadgen_device_t *d = &f->dev[i];
-    if (d->phase != LOADGEN_IDLE)
-        return QC_ESTATE;
-    uint8_t nonce[PROTO_NONCE_SIZE];
-    if (RAND_bytes(d->txn, sizeof d->txn) != 1 || RAND_bytes(nonce, sizeof nonce) != 1)
-        return QC_ECRYPTO;
-    Quancun__LoadRequest req = QUANCUN__LOAD_REQUEST__INIT;
-    req.txn_id.data = d->txn;
-    req.txn_id.len = sizeof d->txn;
-    req.device_id = d->id;
-    req.account_id = d->account;
-    req.amount = amount;
-    req.currency = LOADGEN_CURRENCY;
-    req.balance_before = d->balance;
-    req.counter = d->counter;
-    req.key_version = LOADGEN_KEY_VERSION;
-    req.alg = QUANCUN__ALG__ALG_ECDSA_P256_SHA256;
-    req.nonce.data = nonce;
-    req.nonce.len = sizeof nonce;
-    req.device_time_ms = ops_time_wall_ms();
-    int rc =
-        loadgen_sign(d, PROTO_TYPE_LOAD_REQUEST, &req.base, true, out, out_len, d->request_digest);
-    if (rc != 0)
-        return rc;
-    d->amount = amount;
-    d->phase = LOADGEN_PENDING; /* invariant 1 */
-    return 0;
-}
-
-/* Opens and verifies a bank envelope of type under key, as every device does
- * (proto_envelope_open, then proto_envelope_verify: shape, algorithm, key id, signature over
- * the exact body bytes). On success *env holds the body that may be believed. */
-static int loadgen_open(const uint8_t *bytes, size_t len, proto_type_t type, EVP_PKEY *key,
-                        proto_envelope_t **env)
-{
-    int rc = proto_envelope_open(bytes, len, env);
-    if (rc == 0 && (rc = proto_envelope_verify(*env, type, key)) != 0)
-        proto_envelope_destroy(env);
-    return rc;
-}
-
-static int loadgen_check_allow(const loadgen_device_t *d, const Quancun__LoadAllow *a)
-{
-    if (a->txn_id.len != sizeof d->txn || CRYPTO_memcmp(a->txn_id.data, d->txn, sizeof d->txn))
-        return QC_EMISMATCH;
-    if (strcmp(a->device_id, d->id) != 0)
-        return QC_EDEVICEID;
-    if (a->counter != d->counter || a->amount != d->amount || a->currency != LOADGEN_CURRENCY ||
-        strcmp(a->account_id, d->account) != 0)
-        return QC_EMISMATCH;
-    if (a->request_digest.len != PROTO_DIGEST_SIZE ||
-        CRYPTO_memcmp(a->request_digest.data, d->request_digest, PROTO_DIGEST_SIZE) != 0)
-        return QC_EMISMATCH;
-    if (a->deadline_ms <= ops_time_wall_ms())
-        return QC_EEXPIRED;
-    return 0;
-}
-
-int loadgen_fleet_allow(loadgen_fleet_t *f, size_t i, const uint8_t *allow, size_t allow_len,
-                        uint8_t **out, size_t *out_len)
-{
-    assert(f != NULL && i < f->count && out != NULL && out_len != NULL);
-    loadgen_device_t *d = &f->dev[i];
-    if (d->phase != LOADGEN_PENDING)
-        return QC_ESTATE;
-    proto_envelope_t *env = NULL;
-    int rc = loadgen_open(allow, allow_len, PROTO_TYPE_LOAD_ALLOW, f->allow_key, &env);
-    if (rc != 0)
-        return rc;
-    size_t body_len = 0;
-    const uint8_t *body = proto_envelope_body(env, &body_len);
-    Quancun__LoadAllow *a = NULL;
-    uint8_t allow_digest[PROTO_DIGEST_SIZE];
-    if ((rc = proto_decode_load_allow(body, body_len, &a)) == 0 &&
-        (rc = loadgen_check_allow(d, a)) == 0)
-        rc = proto_sha256(body, body_len, allow_digest);
-    if (a != NULL)
-        quancun__load_allow__free_unpacked(a, NULL);
-    proto_envelope_destroy(&env);
-    if (rc != 0)
-        return rc;
-
-    Quancun__ExecutionReport rep = QUANCUN__EXECUTION_REPORT__INIT;
-    rep.txn_id.data = d->txn;
-    rep.txn_id.len = sizeof d->txn;
-    rep.device_id = d->id;
-    rep.account_id = d->account;
-    rep.counter_after = d->counter + 1;
-    rep.status = QUANCUN__REPORT_STATUS__REPORT_APPLIED;
-    rep.balance_after = d->balance + d->amount;
-    rep.allow_digest.data = allow_digest;
-    rep.allow_digest.len = sizeof allow_digest;
-    /* The gateway checks the certificate of every device message, reports too. */
-    rc = loadgen_sign(d, PROTO_TYPE_EXECUTION_REPORT, &rep.base, true, out, out_len, NULL);
-    if (rc != 0)
-        return rc;
-    d->balance += d->amount; /* invariant 2 */
-    d->counter++;
-    d->phase = LOADGEN_REPORTED;
-    return 0;
-}
-
-int loadgen_fleet_outcome(loadgen_fleet_t *f, size_t i, const uint8_t *outcome, size_t outcome_len,
-                          int *state)
-{
-    assert(f != NULL && i < f->count && state != NULL);
-    loadgen_device_t *d = &f->dev[i];
-    if (d->phase != LOADGEN_REPORTED)
-        return QC_ESTATE;
-    proto_envelope_t *env = NULL;
-    int rc = loadgen_open(outcome, outcome_len, PROTO_TYPE_LOAD_OUTCOME, f->outcome_key, &env);
-    if (rc != 0)
-        return rc;
-    size_t body_len = 0;
-    const uint8_t *body = proto_envelope_body(env, &body_len);
-    Quancun__LoadOutcome *o = NULL;
-    rc = proto_decode_load_outcome(body, body_len, &o);
-    if (rc == 0 && (o->txn_id.len != sizeof d->txn ||
-                    CRYPTO_memcmp(o->txn_id.data, d->txn, sizeof d->txn) != 0))
-        rc = QC_EMISMATCH;
-    else if (rc == 0 && strcmp(o->device_id, d->id) != 0)
-        rc = QC_EDEVICEID;
-    if (rc == 0) {
-        *state = o->state;
-        d->phase = LOADGEN_IDLE;
-    }
-    if (o != NULL)
-        quancun__load_outcome__free_unpacked(o, NULL);
-    proto_envelope_destroy(&env);
-    return rc;
-}
-
-void loadgen_fleet_abandon(loadgen_fleet_t *f, size_t i)
-{
-    assert(f != NULL && i < f->count);
-    f->dev[i].phase = LOADGEN_IDLE;
+    const loadgen_device_t *d = &f->dev[i];
+    return device_core_request(d->core, d->account, amount, LOADGEN_CURRENCY, out, out_len);
 }

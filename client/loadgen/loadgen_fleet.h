@@ -1,20 +1,19 @@
-/* loadgen_fleet.h - qc-loadgen's simulated devices, held in memory: keys, certificates,
- * counters and wallets, and the device side of the load protocol with real signatures.
+/* loadgen_fleet.h - qc-loadgen's simulated devices, held in memory: each is a device core
+ * (client/device/device_core.h), the state machine qc-wallet drives, with no store.
  *
- * A fleet is made in two set-up steps: loadgen_fleet_new() gives every device a P-256 key
- * and a certificate issued in-process by the cluster's dev CA (its key file is read once),
- * and loadgen_fleet_enroll() opens one funded account per device and enrolls the device on
- * it through the ledger's admin RPC (the calls qcctl makes), on the account's shard.
+ * A fleet is made in two set-up steps: loadgen_fleet_new() gives every device a P-256 key,
+ * a certificate issued in-process by the cluster's dev CA (its key file is read once), the
+ * bank's allow and outcome keys, and a verified PIN; loadgen_fleet_enroll() opens one funded
+ * account per device and enrolls the device on it through the ledger's admin RPC (the calls
+ * qcctl makes), on the account's shard.
  *
- * Each device then runs the protocol of docs/DESIGN.md section 2, one load at a time:
- *
- *   IDLE --request()--> PENDING --allow()--> REPORTED --outcome()--> IDLE
- *            PENDING or REPORTED --abandon()--> IDLE (the bank refused, or no answer)
- *
- * As the real device does, it verifies the allow with the bank's allow key and checks that
- * it names its txn, counter and request digest before it credits itself, and verifies the
- * outcome with the bank's outcome key. Abandoning a REPORTED load keeps the credit and the
- * counter: the next request (counter c+1) proves to the ledger that it was applied.
+ * Each device then runs the load protocol (docs/DESIGN.md section 2) through its core, one
+ * load at a time:
+ * loadgen_fleet_request(), then device_core_judge_allow(), device_core_report() and
+ * device_core_accept_outcome() on loadgen_fleet_core(); device_core_abandon() when the
+ * request gets no allow. The core verifies every allow and outcome and judges the allow
+ * against its request exactly as a wallet does, so a device that gets a bad allow signs a
+ * REJECTED report and credits nothing.
  *
  * Not thread-safe: one thread drives a fleet. */
 #ifndef LOADGEN_FLEET_H
@@ -23,11 +22,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "device_core.h"
 #include "proto_rpc.h"
 
 #define LOADGEN_DEVICES_MAX 100000
-#define LOADGEN_TAG_MAX 16       /* run tag inside device and account ids */
-#define LOADGEN_CURRENCY 156     /* CNY */
+#define LOADGEN_TAG_MAX 16 /* run tag inside device and account ids */
+#define LOADGEN_CURRENCY DEVICE_CURRENCY_DEFAULT
 #define LOADGEN_CERT_DAYS 30     /* lifetime of a simulated device's certificate */
 #define LOADGEN_ADMIN_WINDOW 256 /* admin calls in flight per shard during set-up */
 #define LOADGEN_ADMIN_TIMEOUT_MS 20000
@@ -71,27 +71,13 @@ size_t loadgen_fleet_count(const loadgen_fleet_t *f);
 const char *loadgen_fleet_device_id(const loadgen_fleet_t *f, size_t i);
 uint32_t loadgen_fleet_gateway(const loadgen_fleet_t *f, size_t i);
 
-/* IDLE -> PENDING: signs a LoadRequest for amount with the device's counter and balance and
- * its certificate in the envelope. *out is malloc'd (the caller frees it).
- * Returns 0, QC_ESTATE (a load in progress), QC_ECRYPTO, QC_ENOMEM. */
-int loadgen_fleet_request(loadgen_fleet_t *f, size_t i, int64_t amount, uint8_t **out,
+/* The core of device i, borrowed (valid until the fleet is destroyed). */
+device_core_t *loadgen_fleet_core(loadgen_fleet_t *f, size_t i);
+
+/* IDLE -> PENDING: device i signs a request for amount from its account
+ * (device_core_request()); *out is the core's stored request, borrowed until its next
+ * state change. Returns 0 or the core's refusal. */
+int loadgen_fleet_request(loadgen_fleet_t *f, size_t i, int64_t amount, const uint8_t **out,
                           size_t *out_len);
-
-/* PENDING -> REPORTED: verifies the allow (untrusted bytes) with the bank's allow key and
- * checks that it names this device, txn, counter, amount and request digest; then credits
- * the wallet, increments the counter and signs an APPLIED report into *out (malloc'd).
- * Returns 0; a verification code (QC_EBADSIG, QC_EKEYID, QC_EDECODE, QC_EMISMATCH...) with
- * the device left PENDING; QC_ESTATE; QC_ECRYPTO; QC_ENOMEM. */
-int loadgen_fleet_allow(loadgen_fleet_t *f, size_t i, const uint8_t *allow, size_t allow_len,
-                        uint8_t **out, size_t *out_len);
-
-/* REPORTED -> IDLE: verifies the outcome (untrusted bytes) with the bank's outcome key, for
- * this device's txn, and stores its state (Quancun__LoadState) in *state.
- * Returns 0, a verification code with the device left REPORTED, or QC_ESTATE. */
-int loadgen_fleet_outcome(loadgen_fleet_t *f, size_t i, const uint8_t *outcome, size_t outcome_len,
-                          int *state);
-
-/* PENDING or REPORTED -> IDLE without an outcome (see the diagram above). */
-void loadgen_fleet_abandon(loadgen_fleet_t *f, size_t i);
 
 #endif

@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 #include <zmq.h>
 
+#include "device_core.h"
 #include "loadgen_fleet.h"
 #include "loadgen_floor.h"
 #include "loadgen_stats.h"
@@ -178,16 +179,15 @@ static int loadgen_cluster_read(const char *dir, loadgen_cluster_t *c)
 
 typedef enum loadgen_step_state {
     LOADGEN_DEV_IDLE = 0,
-    LOADGEN_DEV_LOADING, /* "load" call in flight */
-    LOADGEN_DEV_REPORTING,
+    LOADGEN_DEV_SYNCING,   /* the report of an earlier, failed load is sent again first */
+    LOADGEN_DEV_LOADING,   /* "load" call in flight */
+    LOADGEN_DEV_REPORTING, /* the core's report sent; its outcome awaited */
 } loadgen_dev_state_t;
 
 typedef struct loadgen_slot {
     uint64_t intended_ns; /* when this load was due to be sent */
     loadgen_dev_state_t state;
-    uint8_t *report; /* the signed report, kept until the outcome arrives (REPORTING) */
-    size_t report_len;
-    uint32_t report_sends;
+    uint32_t report_sends; /* of the core's stored report (SYNCING, REPORTING) */
 } loadgen_slot_t;
 
 /* A report waiting to be sent again after a transient refusal. */
@@ -210,6 +210,7 @@ typedef struct loadgen_run {
     int64_t amount;
     int timeout_ms;
     uint64_t started, finished, failed, inflight;
+    uint64_t synced; /* earlier loads settled before a device's next load */
     uint64_t last_finish_ns;
     int timer_fd; /* open loop: wakes the poll at the next intended send time, to the ns */
     loadgen_resend_t *resends; /* ring, in due order (one fixed back-off), one per device */
@@ -217,11 +218,15 @@ typedef struct loadgen_run {
     uint64_t report_resends;
 } loadgen_run_t;
 
+static device_phase_t loadgen_phase(loadgen_run_t *r, size_t i)
+{
+    device_status_t st;
+    device_core_status(loadgen_fleet_core(r->fleet, i), &st);
+    return st.phase;
+}
+
 static void loadgen_release(loadgen_run_t *r, size_t i)
 {
-    free(r->slots[i].report);
-    r->slots[i].report = NULL;
-    r->slots[i].report_len = 0;
     r->slots[i].report_sends = 0;
     r->slots[i].state = LOADGEN_DEV_IDLE;
     r->idle[r->idle_count++] = i;
@@ -229,10 +234,18 @@ static void loadgen_release(loadgen_run_t *r, size_t i)
     r->last_finish_ns = ops_time_mono_ns();
 }
 
+/* Ends a load that failed. A request that got no allow is abandoned, as a wallet abandons a
+ * refused one (its unchanged counter proves to the ledger that nothing was applied); a
+ * judged load keeps its report, which the device sends again ("sync") before its next load,
+ * as a wallet does until the outcome arrives. */
 static void loadgen_fail(loadgen_run_t *r, size_t i, loadgen_step_t step, int code)
 {
     loadgen_stats_error(r->stats, step, code);
-    loadgen_fleet_abandon(r->fleet, i);
+    if (loadgen_phase(r, i) == DEVICE_PENDING) {
+        int rc = device_core_abandon(loadgen_fleet_core(r->fleet, i), code, NULL);
+        assert(rc == 0); /* no store: abandoning a PENDING load cannot fail */
+        (void)rc;
+    }
     r->failed++;
     loadgen_release(r, i);
 }
@@ -246,55 +259,90 @@ static int loadgen_send(loadgen_run_t *r, size_t i, const char *method, const ui
                                  r->timeout_ms, PROTO_RPC_IDEMPOTENT, (void *)(uintptr_t)i, &id);
 }
 
-/* Starts a load on an idle device, due at intended_ns. */
-static void loadgen_start(loadgen_run_t *r, uint64_t intended_ns)
+/* Sends the core's stored report: "report" for the load of this slot, "sync" for an earlier
+ * one. */
+static int loadgen_send_report(loadgen_run_t *r, size_t i)
 {
-    assert(r->idle_count > 0);
-    size_t i = r->idle[--r->idle_count];
-    assert(r->slots[i].state == LOADGEN_DEV_IDLE);
-    r->slots[i].intended_ns = intended_ns;
-    r->slots[i].state = LOADGEN_DEV_LOADING;
-    r->started++;
-    r->inflight++;
-    uint8_t *req = NULL;
+    loadgen_slot_t *s = &r->slots[i];
+    assert(s->state == LOADGEN_DEV_REPORTING || s->state == LOADGEN_DEV_SYNCING);
+    const uint8_t *rep = NULL;
+    size_t rep_len = 0;
+    int rc = device_core_report(loadgen_fleet_core(r->fleet, i), &rep, &rep_len);
+    assert(rc == 0); /* the slot reports only a REPORTED device */
+    (void)rc;
+    s->report_sends++;
+    return loadgen_send(r, i, s->state == LOADGEN_DEV_SYNCING ? "sync" : "report", rep, rep_len);
+}
+
+/* The device of slot i signs its request and sends it. */
+static void loadgen_request(loadgen_run_t *r, size_t i)
+{
+    loadgen_slot_t *s = &r->slots[i];
+    s->state = LOADGEN_DEV_LOADING;
+    s->report_sends = 0;
+    const uint8_t *req = NULL;
     size_t req_len = 0;
     int rc = loadgen_fleet_request(r->fleet, i, r->amount, &req, &req_len);
     if (rc == 0)
         rc = loadgen_send(r, i, "load", req, req_len);
-    free(req);
+    if (rc != 0)
+        loadgen_fail(r, i, LOADGEN_STEP_LOCAL, rc);
+}
+
+/* Starts a load on an idle device, due at intended_ns. A device whose last load failed after
+ * its allow was judged first settles that one. */
+static void loadgen_start(loadgen_run_t *r, uint64_t intended_ns)
+{
+    assert(r->idle_count > 0);
+    size_t i = r->idle[--r->idle_count];
+    loadgen_slot_t *s = &r->slots[i];
+    assert(s->state == LOADGEN_DEV_IDLE);
+    s->intended_ns = intended_ns;
+    r->started++;
+    r->inflight++;
+    device_phase_t phase = loadgen_phase(r, i);
+    assert(phase != DEVICE_PENDING); /* a failed request is abandoned */
+    if (phase == DEVICE_IDLE) {
+        loadgen_request(r, i);
+        return;
+    }
+    s->state = LOADGEN_DEV_SYNCING;
+    s->report_sends = 0;
+    int rc = loadgen_send_report(r, i);
     if (rc != 0)
         loadgen_fail(r, i, LOADGEN_STEP_LOCAL, rc);
 }
 
 static void loadgen_on_allow(loadgen_run_t *r, size_t i, const proto_rpc_reply_t *reply)
 {
-    uint8_t *rep = NULL;
-    size_t rep_len = 0;
-    int rc = loadgen_fleet_allow(r->fleet, i, reply->body, reply->body_len, &rep, &rep_len);
+    int verdict = 0;
+    int rc = device_core_judge_allow(loadgen_fleet_core(r->fleet, i), reply->body, reply->body_len,
+                                     &verdict);
     if (rc != 0) {
         loadgen_fail(r, i, LOADGEN_STEP_LOAD, rc);
         return;
     }
+    /* A refused allow is an error of the load, but the device reports it (REJECTED) and the
+     * load ends with its outcome, as a wallet's does. */
+    if (verdict != 0)
+        loadgen_stats_error(r->stats, LOADGEN_STEP_LOAD, verdict);
     loadgen_stats_latency(r->stats, LOADGEN_SERIES_ALLOW,
                           ops_time_mono_ns() - r->slots[i].intended_ns);
-    loadgen_slot_t *s = &r->slots[i];
-    s->state = LOADGEN_DEV_REPORTING;
-    s->report = rep;
-    s->report_len = rep_len;
-    s->report_sends = 1;
-    rc = loadgen_send(r, i, "report", rep, rep_len);
+    r->slots[i].state = LOADGEN_DEV_REPORTING;
+    rc = loadgen_send_report(r, i);
     if (rc != 0)
         loadgen_fail(r, i, LOADGEN_STEP_LOCAL, rc);
 }
 
-/* True for refusals that mean "try again later", on which a device re-sends its report. */
+/* True for refusals that mean "try again later", on which a device re-sends its report. An
+ * outcome that is not final yet (QC_EBUSY from the core) is one of them. */
 static bool loadgen_transient(int code)
 {
     return code == QC_EBUSY || code == QC_EUNAVAIL || code == QC_ETIMEOUT;
 }
 
 /* The device re-sends its stored report after a back-off, as a real one does until the
- * outcome arrives (client/wallet_flow.c), at most LOADGEN_REPORT_SENDS_MAX times. */
+ * outcome arrives (client/device/device_flow.c), at most LOADGEN_REPORT_SENDS_MAX times. */
 static bool loadgen_report_again(loadgen_run_t *r, size_t i, int code)
 {
     loadgen_slot_t *s = &r->slots[i];
@@ -315,11 +363,8 @@ static void loadgen_resend_due(loadgen_run_t *r, uint64_t now)
         size_t i = r->resends[r->resend_head].device;
         r->resend_head = (r->resend_head + 1) % n;
         r->resend_count--;
-        loadgen_slot_t *s = &r->slots[i];
-        assert(s->state == LOADGEN_DEV_REPORTING && s->report != NULL);
-        s->report_sends++;
         r->report_resends++;
-        int rc = loadgen_send(r, i, "report", s->report, s->report_len);
+        int rc = loadgen_send_report(r, i);
         if (rc != 0)
             loadgen_fail(r, i, LOADGEN_STEP_LOCAL, rc);
     }
@@ -328,9 +373,17 @@ static void loadgen_resend_due(loadgen_run_t *r, uint64_t now)
 static void loadgen_on_outcome(loadgen_run_t *r, size_t i, const proto_rpc_reply_t *reply)
 {
     int state = 0;
-    int rc = loadgen_fleet_outcome(r->fleet, i, reply->body, reply->body_len, &state);
+    int rc = device_core_accept_outcome(loadgen_fleet_core(r->fleet, i), reply->body,
+                                        reply->body_len, &state);
     if (rc != 0) {
-        loadgen_fail(r, i, LOADGEN_STEP_REPORT, rc);
+        if (!loadgen_report_again(r, i, rc))
+            loadgen_fail(r, i, LOADGEN_STEP_REPORT, rc);
+        return;
+    }
+    if (r->slots[i].state == LOADGEN_DEV_SYNCING) {
+        /* The earlier load is settled: now this slot's own load. */
+        r->synced++;
+        loadgen_request(r, i);
         return;
     }
     loadgen_stats_latency(r->stats, LOADGEN_SERIES_OUTCOME,
@@ -433,7 +486,7 @@ static int loadgen_warmup(loadgen_run_t *r, const loadgen_plan_t *plan)
     if (r->failed > 0)
         fprintf(stderr, "loadgen: warm-up: %" PRIu64 " loads failed\n", r->failed);
     loadgen_stats_destroy(&r->stats);
-    r->started = r->finished = r->failed = r->report_resends = 0;
+    r->started = r->finished = r->failed = r->report_resends = r->synced = 0;
     return loadgen_stats_new(&r->stats);
 }
 
@@ -550,6 +603,10 @@ static void loadgen_print(const loadgen_run_t *r, const loadgen_result_t *res)
     fprintf(f, "  loads failed        %10" PRIu64 "\n", r->failed);
     fprintf(f, "  reports sent again  %10" PRIu64 "  (after a busy or unavailable reply)\n",
             r->report_resends);
+    if (r->synced > 0)
+        fprintf(f,
+                "  earlier loads synced %9" PRIu64 "  (a failed load's report, before the next)\n",
+                r->synced);
     loadgen_stats_errors_table(r->stats, f);
     if (r->backlog_dropped > 0)
         fprintf(f, "  backlog dropped     %10" PRIu64 "\n", r->backlog_dropped);
@@ -601,9 +658,9 @@ static int loadgen_json(const char *path, const loadgen_run_t *r, const loadgen_
     fprintf(f,
             " \"started\": %" PRIu64 ", \"completed\": %" PRIu64 ", \"failed\": %" PRIu64
             ", \"backlog_dropped\": %" PRIu64 ", \"report_resends\": %" PRIu64
-            ", \"elapsed_s\": %.3f, \"loads_per_s\": %.1f,\n",
-            r->started, done, r->failed, r->backlog_dropped, r->report_resends, res->elapsed_s,
-            res->elapsed_s > 0 ? (double)done / res->elapsed_s : 0);
+            ", \"synced\": %" PRIu64 ", \"elapsed_s\": %.3f, \"loads_per_s\": %.1f,\n",
+            r->started, done, r->failed, r->backlog_dropped, r->report_resends, r->synced,
+            res->elapsed_s, res->elapsed_s > 0 ? (double)done / res->elapsed_s : 0);
     fprintf(f, " \"outcomes\": {");
     for (size_t k = 0; k < sizeof loadgen_states / sizeof loadgen_states[0]; k++)
         fprintf(f, "%s\"%s\": %" PRIu64, k > 0 ? ", " : "", loadgen_states[k].name,
@@ -820,8 +877,6 @@ out:
     proto_curve_keypair_wipe(&admin_kp);
     proto_curve_keypair_wipe(&device_kp);
     loadgen_stats_destroy(&r.stats);
-    for (size_t i = 0; r.slots != NULL && i < loadgen_fleet_count(r.fleet); i++)
-        free(r.slots[i].report);
     loadgen_fleet_destroy(&r.fleet);
     free(r.slots);
     free(r.resends);
