@@ -1,8 +1,14 @@
-/* loadgen_floor.c - P-256 verify and HSM sign rates by CPU time, and /proc CPU of services. */
+/* loadgen_floor.c - P-256 verify and HSM sign rates by CPU time, and /proc CPU of services.
+ *
+ * The HSM rate is a benchmark of the token, not of qc-signer: the module is loaded here and
+ * driven through the bare PKCS#11 interface (p11-kit's header), one session, one
+ * C_SignInit + C_Sign per signature, which is the least any signer must do per signature. */
 #include "loadgen_floor.h"
 
 #include <assert.h>
 #include <dirent.h>
+#include <dlfcn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,14 +21,19 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include <p11-kit/pkcs11.h>
+
 #include "proto_envelope.h"
 #include "qc_error.h"
-#include "signer_token.h"
 
 #define LOADGEN_FLOOR_BATCH 64 /* operations between two clock reads */
 #define LOADGEN_PIN_MAX 256
 #define LOADGEN_STAT_MAX 4096 /* bytes of /proc/PID/stat read */
 #define LOADGEN_STAT_UTIME_FIELD 14
+#define LOADGEN_SLOTS_MAX 64        /* token slots looked at */
+#define LOADGEN_TOKEN_LABEL_SIZE 32 /* CK_TOKEN_INFO.label, space padded */
+#define LOADGEN_KEY_ID "v1"         /* CKA_ID of a key's version 1 (ops/cluster, signer) */
+#define LOADGEN_SIG_MAX 132         /* room for any ECDSA signature up to P-521 */
 
 static double loadgen_thread_cpu(void)
 {
@@ -79,6 +90,111 @@ static int loadgen_read_pin(const char *path, char *pin, size_t cap, size_t *len
     return n > 0 ? 0 : QC_EIO;
 }
 
+/* The token session of the measurement: module, slot, session and key. */
+typedef struct loadgen_p11 {
+    CK_FUNCTION_LIST_PTR fn;
+    bool initialized; /* by us: we finalize it */
+    CK_SESSION_HANDLE session;
+    bool open;
+    CK_OBJECT_HANDLE key;
+} loadgen_p11_t;
+
+/* Loads the module and initializes it. The module is never dlclose()d: a PKCS#11 library
+ * may leave threads or atexit handlers behind (qc-signer keeps it loaded for the same
+ * reason). */
+static int loadgen_p11_load(const char *module, loadgen_p11_t *p)
+{
+    void *dl = dlopen(module, RTLD_NOW | RTLD_LOCAL);
+    if (dl == NULL)
+        return QC_EIO;
+    CK_C_GetFunctionList get_list;
+    /* POSIX guarantees that a function pointer survives the round trip through void *. */
+    *(void **)&get_list = dlsym(dl, "C_GetFunctionList");
+    if (get_list == NULL || get_list(&p->fn) != CKR_OK || p->fn == NULL)
+        return QC_EIO;
+    CK_C_INITIALIZE_ARGS init = {0};
+    init.flags = CKF_OS_LOCKING_OK;
+    if (p->fn->C_Initialize(&init) != CKR_OK)
+        return QC_ECRYPTO;
+    p->initialized = true;
+    return 0;
+}
+
+/* Opens a session on the token labelled label (space padded to 32 bytes in the token
+ * info). */
+static int loadgen_p11_open(loadgen_p11_t *p, const char *label)
+{
+    CK_SLOT_ID slots[LOADGEN_SLOTS_MAX];
+    CK_ULONG count = LOADGEN_SLOTS_MAX;
+    if (p->fn->C_GetSlotList(CK_TRUE, slots, &count) != CKR_OK)
+        return QC_ECRYPTO;
+    unsigned char want[LOADGEN_TOKEN_LABEL_SIZE];
+    size_t len = strlen(label);
+    if (len > sizeof want)
+        return QC_EINVAL;
+    memset(want, ' ', sizeof want);
+    memcpy(want, label, len);
+    for (CK_ULONG i = 0; i < count; i++) {
+        CK_TOKEN_INFO info;
+        if (p->fn->C_GetTokenInfo(slots[i], &info) != CKR_OK ||
+            memcmp(info.label, want, sizeof want) != 0)
+            continue;
+        if (p->fn->C_OpenSession(slots[i], CKF_SERIAL_SESSION, NULL, NULL, &p->session) != CKR_OK)
+            return QC_ECRYPTO;
+        p->open = true;
+        return 0;
+    }
+    return QC_ENOTFOUND;
+}
+
+/* Finds the one private key with CKA_LABEL label and CKA_ID "v1" (how the cluster's tokens
+ * name a key's version). */
+static int loadgen_p11_find(loadgen_p11_t *p, const char *label)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof cls},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_ID, (void *)LOADGEN_KEY_ID, strlen(LOADGEN_KEY_ID)},
+    };
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG n = 0;
+    if (p->fn->C_FindObjectsInit(p->session, tmpl, sizeof tmpl / sizeof tmpl[0]) != CKR_OK)
+        return QC_ECRYPTO;
+    CK_RV rv = p->fn->C_FindObjects(p->session, found, 2, &n);
+    p->fn->C_FindObjectsFinal(p->session);
+    if (rv != CKR_OK)
+        return QC_ECRYPTO;
+    if (n != 1)
+        return QC_EKEYID;
+    p->key = found[0];
+    return 0;
+}
+
+static void loadgen_p11_close(loadgen_p11_t *p)
+{
+    if (p->open) {
+        p->fn->C_Logout(p->session);
+        p->fn->C_CloseSession(p->session);
+    }
+    if (p->initialized)
+        p->fn->C_Finalize(NULL);
+    memset(p, 0, sizeof *p);
+}
+
+/* One C_SignInit + C_Sign of a P-256 digest with CKM_ECDSA, as a signer does per request. */
+static int loadgen_p11_sign(loadgen_p11_t *p, uint8_t digest[PROTO_DIGEST_SIZE])
+{
+    CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
+    uint8_t sig[LOADGEN_SIG_MAX];
+    CK_ULONG len = sizeof sig;
+    if (p->fn->C_SignInit(p->session, &mech, p->key) != CKR_OK ||
+        p->fn->C_Sign(p->session, digest, PROTO_DIGEST_SIZE, sig, &len) != CKR_OK ||
+        len != PROTO_SIG_RAW_SIZE)
+        return QC_ECRYPTO;
+    return 0;
+}
+
 int loadgen_floor_hsm(const char *module, const char *softhsm_conf, const char *token_label,
                       const char *pin_path, const char *key_label, int ms, double *cpu_s)
 {
@@ -86,38 +202,36 @@ int loadgen_floor_hsm(const char *module, const char *softhsm_conf, const char *
     assert(key_label != NULL && ms > 0 && cpu_s != NULL);
     if (setenv("SOFTHSM2_CONF", softhsm_conf, 1) != 0)
         return QC_EIO;
-    signer_token_t *tok = NULL;
-    signer_key_t *key = NULL;
-    signer_session_t *sess = NULL;
+    loadgen_p11_t p = {0};
     char pin[LOADGEN_PIN_MAX];
     size_t pin_len = 0;
     int rc = loadgen_read_pin(pin_path, pin, sizeof pin, &pin_len);
     if (rc == 0)
-        rc = signer_token_open(module, token_label, &tok);
+        rc = loadgen_p11_load(module, &p);
     if (rc == 0)
-        rc = signer_token_login(tok, pin, pin_len);
+        rc = loadgen_p11_open(&p, token_label);
+    if (rc == 0) {
+        CK_RV rv = p.fn->C_Login(p.session, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
+        rc = rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN ? 0 : QC_EPIN;
+    }
     OPENSSL_cleanse(pin, sizeof pin);
     if (rc == 0)
-        rc = signer_token_find_key(tok, key_label, 1, &key);
-    if (rc == 0)
-        rc = signer_session_open(tok, &sess);
-    uint8_t digest[PROTO_DIGEST_SIZE], raw[PROTO_SIG_RAW_SIZE];
+        rc = loadgen_p11_find(&p, key_label);
+    uint8_t digest[PROTO_DIGEST_SIZE];
     if (rc == 0 && RAND_bytes(digest, sizeof digest) != 1)
         rc = QC_ECRYPTO;
     uint64_t n = 0;
     double start = loadgen_thread_cpu(), now = start;
     while (rc == 0 && now - start < ms / 1000.0) {
         for (int i = 0; rc == 0 && i < LOADGEN_FLOOR_BATCH; i++, n++) {
-            rc = signer_session_sign(sess, key, digest, raw);
+            rc = loadgen_p11_sign(&p, digest);
             digest[n % sizeof digest]++;
         }
         now = loadgen_thread_cpu();
     }
     if (rc == 0)
         *cpu_s = (now - start) / (double)n;
-    signer_session_destroy(&sess);
-    signer_key_destroy(&key);
-    signer_token_destroy(&tok);
+    loadgen_p11_close(&p);
     return rc;
 }
 

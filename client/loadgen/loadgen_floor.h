@@ -17,11 +17,13 @@
  * the CPU seconds of one verification. Returns 0 or QC_ECRYPTO. */
 int loadgen_floor_verify(int ms, double *cpu_s);
 
-/* Signs a digest with the PKCS#11 token of the cluster in a loop (C_Sign, CKM_ECDSA, one
- * session) for about ms milliseconds, with the key label version 1, as qc-signer's workers
- * do. softhsm_conf is exported as SOFTHSM2_CONF first; the PIN is read from pin_path and
- * wiped. Sets *cpu_s to the CPU seconds of one signature. Returns 0, QC_EIO, QC_EPIN,
- * QC_EKEYID, QC_ECRYPTO. */
+/* Signs a digest with the PKCS#11 token of the cluster in a loop for about ms milliseconds:
+ * the module at path module is dlopen()ed and driven directly, one session on the token
+ * labelled token_label, the private key labelled key_label with CKA_ID "v1", one
+ * C_SignInit + C_Sign (CKM_ECDSA) per signature. softhsm_conf is exported as SOFTHSM2_CONF
+ * first; the PIN is read from pin_path and wiped. Sets *cpu_s to the CPU seconds of one
+ * signature. Returns 0, QC_EIO (no module or PIN file), QC_ENOTFOUND (no such token),
+ * QC_EPIN, QC_EKEYID (no such key, or more than one), QC_ECRYPTO. */
 int loadgen_floor_hsm(const char *module, const char *softhsm_conf, const char *token_label,
                       const char *pin_path, const char *key_label, int ms, double *cpu_s);
 
