@@ -14,6 +14,7 @@
 #include "device_home.h"
 #include "proto_cert.h"
 #include "proto_envelope.h"
+#include "proto_id.h"
 #include "qc_error.h"
 
 #define PKI_GROUP_NAME "P-256"
@@ -26,17 +27,7 @@ _Static_assert(DEVICE_SERIAL_MAX == PROTO_DEVICE_ID_MAX, "a serial is a device i
 bool device_pki_id_valid(const char *id)
 {
     assert(id != NULL);
-    size_t n = strnlen(id, DEVICE_SERIAL_MAX + 1);
-    if (n == 0 || n > DEVICE_SERIAL_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                  c == '-' || c == '_';
-        if (!ok)
-            return false;
-    }
-    return true;
+    return proto_id_check(id, DEVICE_SERIAL_MAX, PROTO_ID_SERIAL) == 0;
 }
 
 bool device_pki_is_p256(EVP_PKEY *key)

@@ -20,7 +20,8 @@
 #define DEVICE_SERIAL_MAX 64 /* bytes of a serial or card number (= PROTO_DEVICE_ID_MAX) */
 
 /* True when id can be a device serial or a card number: 1..DEVICE_SERIAL_MAX characters of
- * [A-Za-z0-9_-] (it is a certificate commonName and goes into log lines as is). */
+ * [A-Za-z0-9_-] (proto_id.h, PROTO_ID_SERIAL: it is a certificate commonName and goes into
+ * log lines and trust lists as is). */
 bool device_pki_id_valid(const char *id);
 
 /* True when key is an EC key on P-256. */

@@ -13,6 +13,7 @@
 #include <openssl/evp.h>
 
 #include "ops_hex.h"
+#include "proto_id.h"
 #include "qc_error.h"
 
 #define STATE_VERSION 1
@@ -107,18 +108,10 @@ static void tb_hex(textbuf_t *tb, const char *key, const uint8_t *bytes, size_t 
     tb_printf(tb, "\n");
 }
 
-/* Serial and account ids are written raw, so they must be plain tokens. */
+/* Serial and account ids are written raw, so they must be plain tokens: visible ASCII. */
 static bool token_ok(const char *s, size_t max)
 {
-    size_t n = strnlen(s, max + 1);
-    if (n == 0 || n > max)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c <= ' ' || c >= 0x7f)
-            return false;
-    }
-    return true;
+    return proto_id_check(s, max, PROTO_ID_VISIBLE) == 0;
 }
 
 static int state_check(const device_state_t *st)
