@@ -510,6 +510,9 @@ static int reserve_new(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const Quanc
     out->report_len = 0;
     out->created_ms = now;
     out->updated_ms = now;
+    /* The memset above stops at the signed artefacts: out is the caller's scratch, and a
+     * flag left there by a late-confirmed load read before must not mark this one. */
+    out->flagged = false;
     if ((rc = load_move(s, txn, now, out, QCLEDGER__TRANSFER_KIND__TRANSFER_RESERVE,
                         QCLEDGER__ACCOUNT_KIND__KIND_CUSTOMER, QCLEDGER__ACCOUNT_KIND__KIND_HOLD,
                         why)) != 0 ||

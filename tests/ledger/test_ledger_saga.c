@@ -215,6 +215,25 @@ static void test_reserve_then_confirm(void **state)
     free_pair(&p);
 }
 
+/* A new load is never born flagged, whatever the caller's scratch record held: the saga
+ * used to zero the record only up to its signed artefacts, so the flag of a late-confirmed
+ * load read before into the same scratch was stored with the new one (and replicas, whose
+ * scratch differs, diverged: the Raft simulation found it). */
+static void test_reserve_clears_scratch_flag(void **state)
+{
+    fx_t *f = *state;
+    pair_t p = make_pair(f, T_AMOUNT, 0, 0);
+    f->load->flagged = true;
+    assert_int_equal(reserve(f, &p), 0);
+    assert_false(f->load->flagged);
+    MDB_txn *txn = NULL;
+    assert_int_equal(ledger_store_txn_begin(f->store, NULL, false, &txn), 0);
+    assert_int_equal(ledger_store_load_get(f->store, txn, p.l.txn_id, f->load2), 0);
+    ledger_store_txn_abort(txn);
+    assert_false(f->load2->flagged);
+    free_pair(&p);
+}
+
 static void test_settle_rejected_compensates(void **state)
 {
     fx_t *f = *state;
@@ -1001,6 +1020,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_reserve_then_confirm, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_clears_scratch_flag, setup, teardown),
         cmocka_unit_test_setup_teardown(test_settle_rejected_compensates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_settle_mismatch_compensates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_compensates, setup, teardown),
