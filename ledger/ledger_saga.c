@@ -80,6 +80,7 @@ struct ledger_saga {
     const proto_trust_t *trust;
     uint32_t shard;
     uint32_t shard_count;
+    bool replica;
     ledger_load_t *prev; /* scratch for the previous load of a device */
 };
 
@@ -130,6 +131,7 @@ int ledger_saga_new(const ledger_saga_config_t *cfg, ledger_saga_t **out)
     s->trust = cfg->trust;
     s->shard = cfg->shard;
     s->shard_count = cfg->shard_count;
+    s->replica = cfg->replica;
     *out = s;
     return 0;
 }
@@ -214,11 +216,12 @@ static int emit_device(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const char 
 }
 
 /* Refuses growth when the map or the outbox is nearly full: releases (settle, expiry)
- * must always find room, and they need no more than the reserves that preceded them. */
+ * must always find room, and they need no more than the reserves that preceded them. A
+ * replica looks at the outbox only: its depth is replicated state, the map's fill is not. */
 static int check_room(ledger_saga_t *s, MDB_txn *txn, char *why)
 {
     uint64_t used = 0, map = 0, depth = 0;
-    if (ledger_store_nearly_full(s->store, &used, &map))
+    if (!s->replica && ledger_store_nearly_full(s->store, &used, &map))
         return refuse(why, QC_EFULL, "ledger map %llu of %llu bytes used", (unsigned long long)used,
                       (unsigned long long)map);
     int rc = ledger_store_outbox_depth(s->store, txn, &depth);

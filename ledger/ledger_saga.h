@@ -39,6 +39,10 @@ typedef struct ledger_saga_config {
     const proto_trust_t *trust; /* borrowed; NULL = enrollment does not check the chain */
     uint32_t shard;
     uint32_t shard_count;
+    /* A replica applying a Raft log (ledger_fsm.h): growth is not refused for the map's
+     * fill, which differs between replicas (page use depends on their history), so every
+     * replica takes the same decisions; the leader checks room before it proposes. */
+    bool replica;
 } ledger_saga_config_t;
 
 /* Creates a saga engine over cfg. Returns 0 and sets *out, or QC_EINVAL, QC_ENOMEM. */

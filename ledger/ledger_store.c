@@ -18,6 +18,8 @@
 #define STORE_META_OUTBOX_NEXT "outbox_next_seq"
 #define STORE_META_SHARD "shard"
 #define STORE_META_SHARD_COUNT "shard_count"
+#define STORE_META_APPLIED_INDEX "raft_applied_index"
+#define STORE_META_APPLIED_TIME "raft_applied_time_ms"
 #define STORE_FILE_MODE 0600
 
 enum store_dbi {
@@ -30,6 +32,9 @@ enum store_dbi {
     DBI_META,
     DBI_CERTS,
 };
+
+_Static_assert(STORE_DBI_COUNT == LEDGER_STORE_DB_COUNT,
+               "the snapshot format numbers every database");
 
 static const char *const store_dbi_names[STORE_DBI_COUNT] = {
     "accounts", "devices", "loads", "deadlines", "transfers", "outbox", "meta", "certs",
@@ -857,6 +862,81 @@ int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn, ledger_store
                                void *arg)
 {
     return store_walk(store, txn, DBI_DEADLINES, visit_deadline, (void *)fn, arg);
+}
+
+/* ------------------------------------------------------------ replication */
+
+int ledger_store_applied_get(ledger_store_t *store, MDB_txn *txn, uint64_t *index,
+                             uint64_t *time_ms)
+{
+    assert(store != NULL && txn != NULL);
+    assert(index != NULL && time_ms != NULL);
+    *index = 0;
+    *time_ms = 0;
+    int rc = meta_get_u64(store, txn, STORE_META_APPLIED_INDEX, index);
+    if (rc == 0)
+        rc = meta_get_u64(store, txn, STORE_META_APPLIED_TIME, time_ms);
+    return rc == QC_ENOTFOUND ? 0 : rc;
+}
+
+int ledger_store_applied_put(ledger_store_t *store, MDB_txn *txn, uint64_t index, uint64_t time_ms)
+{
+    assert(store != NULL && txn != NULL);
+    assert(index > 0);
+    int rc = meta_put_u64(store, txn, STORE_META_APPLIED_INDEX, index);
+    return rc != 0 ? rc : meta_put_u64(store, txn, STORE_META_APPLIED_TIME, time_ms);
+}
+
+typedef struct store_record_walk {
+    unsigned db;
+    ledger_store_record_fn *fn;
+    void *arg;
+} store_record_walk_t;
+
+static int visit_record(void *unused, void *arg, const MDB_val *k, const MDB_val *v)
+{
+    (void)unused;
+    const store_record_walk_t *w = arg;
+    return w->fn(w->arg, w->db, k->mv_data, k->mv_size, v->mv_data, v->mv_size);
+}
+
+int ledger_store_each_record(ledger_store_t *store, MDB_txn *txn, ledger_store_record_fn *fn,
+                             void *arg)
+{
+    assert(store != NULL && txn != NULL && fn != NULL);
+    store_record_walk_t w = {.fn = fn, .arg = arg};
+    for (w.db = 0; w.db < STORE_DBI_COUNT; w.db++) {
+        int rc = store_walk(store, txn, (enum store_dbi)w.db, visit_record, NULL, &w);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+int ledger_store_wipe(ledger_store_t *store, MDB_txn *txn)
+{
+    assert(store != NULL && txn != NULL);
+    for (int db = 0; db < STORE_DBI_COUNT; db++) {
+        int rc = mdb_drop(txn, store->dbi[db], 0);
+        if (rc != 0)
+            return store_err("drop", rc);
+    }
+    return 0;
+}
+
+int ledger_store_record_append(ledger_store_t *store, MDB_txn *txn, unsigned db, const uint8_t *key,
+                               size_t key_len, const uint8_t *val, size_t val_len)
+{
+    assert(store != NULL && txn != NULL);
+    assert(key != NULL || key_len == 0);
+    if (db >= STORE_DBI_COUNT || key_len == 0 || key_len > LEDGER_STORE_KEY_MAX)
+        return QC_EDECODE;
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
+    MDB_val v = {.mv_size = val_len, .mv_data = (void *)val};
+    int rc = mdb_put(txn, store->dbi[db], &k, &v, MDB_APPEND);
+    if (rc == MDB_KEYEXIST)
+        return QC_EDECODE; /* out of key order */
+    return rc == 0 ? 0 : store_err("record_append", rc);
 }
 
 /* ------------------------------------------------------------ hygiene */

@@ -192,6 +192,31 @@ int ledger_store_each_device(ledger_store_t *store, MDB_txn *txn, ledger_store_d
 int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn, ledger_store_deadline_fn *fn,
                                void *arg);
 
+/* Raft replication (ledger_fsm.h). The applied index is the Raft index of the last log
+ * entry applied to this environment, and the applied time the leader's time it applied with
+ * (never decreasing); both are written in the write txn that applies the entry. get: 0, with
+ * both 0 when nothing was ever applied, QC_EDECODE, QC_EIO. put: 0, QC_EFULL, QC_EIO. */
+int ledger_store_applied_get(ledger_store_t *store, MDB_txn *txn, uint64_t *index,
+                             uint64_t *time_ms);
+int ledger_store_applied_put(ledger_store_t *store, MDB_txn *txn, uint64_t index, uint64_t time_ms);
+
+/* Raw records, for snapshots. The databases of the table above are numbered in its order
+ * (accounts 0, devices 1, ... certs 7); the numbers are part of the snapshot format.
+ * each_record calls fn for every record of every database, database by database, each in
+ * key order, and stops when fn returns non-zero (which is returned). wipe empties every
+ * database. record_append puts one record at the end of database db: a key that is not
+ * above the last key there, an empty key, or one over LEDGER_STORE_KEY_MAX bytes is
+ * QC_EDECODE, so only canonical dumps load. Returns 0, QC_EDECODE, QC_EFULL, QC_EIO. */
+#define LEDGER_STORE_DB_COUNT 8
+#define LEDGER_STORE_KEY_MAX 511 /* LMDB's default key size limit */
+typedef int(ledger_store_record_fn)(void *arg, unsigned db, const uint8_t *key, size_t key_len,
+                                    const uint8_t *val, size_t val_len);
+int ledger_store_each_record(ledger_store_t *store, MDB_txn *txn, ledger_store_record_fn *fn,
+                             void *arg);
+int ledger_store_wipe(ledger_store_t *store, MDB_txn *txn);
+int ledger_store_record_append(ledger_store_t *store, MDB_txn *txn, unsigned db, const uint8_t *key,
+                               size_t key_len, const uint8_t *val, size_t val_len);
+
 /* True when the map is more than LEDGER_MAP_USED_PCT_MAX percent used: callers refuse
  * growth (new loads, accounts, deposits) with QC_EFULL while releases still fit. Sets
  * *used_bytes and *map_bytes when not NULL. */
