@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "proto_rpc.h"
+#include "proto_rpc_client.h"
 
 #define PROTO_AUDIT_QUEUE_MAX 1024  /* events waiting for audit; beyond it new ones drop */
 #define PROTO_AUDIT_INFLIGHT_MAX 64 /* appends sent and not yet answered */

@@ -1,0 +1,345 @@
+/* proto_rpc_server.c - the server side of proto_rpc: one ROUTER socket per server, whose
+ * clients the ZAP handler of its context (rpc_zap.c) admits by the server's allow-list. */
+#include "proto_rpc_server.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "ops_log.h"
+#include "ops_metrics.h"
+#include "ops_signal.h"
+#include "ops_time.h"
+#include "proto_rpc_client.h"
+#include "qc_error.h"
+#include "rpc_common.h"
+#include "rpc_zap.h"
+
+/* ZMQ_ZAP_ENFORCE_DOMAIN is a DRAFT option: zmq.h defines it only under ZMQ_BUILD_DRAFT_API,
+ * so we set it by number. Debian's libzmq 4.3.4 (libzmq5 4.3.4-6) accepts it, reads it back as
+ * 1 and enforces it: with no handler bound a CURVE client's message never reaches the server
+ * (checked by hand on 2026-11-27). A libzmq that refuses it with EINVAL gets the fallback
+ * described at rpc_server_harden(). */
+#define PROTO_RPC_ZMQ_ZAP_ENFORCE_DOMAIN 93
+/* RpcReply.message longer than proto_decode.c's PROTO_RPC_MESSAGE_MAX (1024, private there)
+ * would make the client refuse the whole reply, so the server truncates to this. */
+#define PROTO_RPC_REPLY_MESSAGE_MAX 1024
+
+struct proto_rpc_server {
+    void *ctx;
+    void *sock;
+    rpc_zap_t *zap;
+    rpc_zap_domain_t domain;
+    ops_counter_t *requests;
+    ops_counter_t *malformed;
+    ops_counter_t *expired;
+    ops_counter_t *unroutable;
+    bool zap_enforced; /* libzmq took ZMQ_ZAP_ENFORCE_DOMAIN */
+    char *allow_path;  /* re-read on SIGHUP; NULL with allow_any */
+    uint64_t hup_seen;
+};
+
+/* Sets ZMQ_ZAP_ENFORCE_DOMAIN; *enforced tells whether libzmq took it. Without it, a CURVE
+ * server whose ZAP handler is missing admits every client (the "Stonehouse" legacy mode), so
+ * we fail closed another way as well, whatever libzmq says: proto_rpc_server_new() binds only
+ * after the handler's socket is bound and the handler has answered a self-check, and the
+ * handler lives until the last server of its context is closed (server sockets are closed
+ * first). The handler thread leaves its loop only on stop or on context termination, both of
+ * which also end the server, so it cannot silently vanish under a live server. */
+static int rpc_server_harden(void *sock, bool *enforced)
+{
+    *enforced = rpc_setsockopt_int(sock, PROTO_RPC_ZMQ_ZAP_ENFORCE_DOMAIN, 1) == 0;
+    if (*enforced || zmq_errno() == EINVAL)
+        return 0;
+    return QC_EIO;
+}
+
+static int rpc_server_socket_new(proto_rpc_server_t *srv, const proto_rpc_server_config_t *cfg)
+{
+    srv->sock = zmq_socket(srv->ctx, ZMQ_ROUTER);
+    if (srv->sock == NULL)
+        return QC_EIO;
+    if (rpc_socket_common(srv->sock) != 0 ||
+        rpc_setsockopt_int(srv->sock, ZMQ_CURVE_SERVER, 1) != 0 ||
+        zmq_setsockopt(srv->sock, ZMQ_CURVE_SECRETKEY, cfg->keys->secret_z85,
+                       PROTO_CURVE_KEY_Z85_LEN) != 0 ||
+        zmq_setsockopt(srv->sock, ZMQ_ZAP_DOMAIN, srv->domain.name, strlen(srv->domain.name)) !=
+            0 ||
+        rpc_server_harden(srv->sock, &srv->zap_enforced) != 0 ||
+        rpc_setsockopt_int(srv->sock, ZMQ_ROUTER_MANDATORY, 1) != 0 ||
+        /* Per peer: a client never has more than PROTO_RPC_INFLIGHT_MAX calls out, so a
+         * client that reads its replies is never dropped at the high-water mark. */
+        rpc_setsockopt_int(srv->sock, ZMQ_SNDHWM, PROTO_RPC_INFLIGHT_MAX) != 0 ||
+        rpc_setsockopt_int(srv->sock, ZMQ_RCVHWM, PROTO_RPC_INFLIGHT_MAX) != 0)
+        return QC_ECONFIG;
+    if (zmq_bind(srv->sock, cfg->endpoint) != 0) {
+        ops_log(OPS_LOG_ERROR, "rpc.bind_failed", "rpc_service", cfg->service, "endpoint",
+                cfg->endpoint, "error", zmq_strerror(zmq_errno()), NULL);
+        return QC_EIO;
+    }
+    return 0;
+}
+
+int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_t *cfg, proto_rpc_server_t **out)
+{
+    assert(ctx != NULL && cfg != NULL && out != NULL);
+    assert(cfg->service != NULL && cfg->endpoint != NULL && cfg->keys != NULL);
+    *out = NULL;
+    if (!rpc_service_valid(cfg->service) || !rpc_z85_key_valid(cfg->keys->secret_z85) ||
+        (cfg->allow_path == NULL) != cfg->allow_any)
+        return QC_ECONFIG;
+    proto_rpc_server_t *srv = calloc(1, sizeof *srv);
+    if (srv == NULL)
+        return QC_ENOMEM;
+    srv->ctx = ctx;
+    snprintf(srv->domain.service, sizeof srv->domain.service, "%s", cfg->service);
+    srv->domain.allow_any = cfg->allow_any;
+    srv->domain.refused = rpc_counter("qc_rpc_refused_total", cfg->service,
+                                      "CURVE clients refused by the ZAP handler");
+    srv->requests = rpc_counter("qc_rpc_requests_total", cfg->service, "requests received");
+    srv->malformed = rpc_counter("qc_rpc_malformed_total", cfg->service,
+                                 "frames dropped because they did not parse");
+    srv->expired = rpc_counter("qc_rpc_expired_total", cfg->service,
+                               "requests dropped because their deadline had passed");
+    srv->unroutable = rpc_counter("qc_rpc_unroutable_total", cfg->service,
+                                  "replies dropped because the client had gone");
+    int rc = 0;
+    srv->hup_seen = ops_signal_hup_generation();
+    if (cfg->allow_path != NULL) {
+        srv->allow_path = strdup(cfg->allow_path);
+        if (srv->allow_path == NULL) {
+            rc = QC_ENOMEM;
+            goto err;
+        }
+        if ((rc = proto_curve_keylist_load(cfg->allow_path, PROTO_RPC_ALLOW_MAX,
+                                           &srv->domain.allow)) != 0)
+            goto err;
+    }
+    rc = rpc_zap_attach(ctx, &srv->domain, &srv->zap);
+    if (rc != 0)
+        goto err;
+    rc = rpc_server_socket_new(srv, cfg);
+    if (rc != 0)
+        goto err;
+    ops_log(OPS_LOG_INFO, "rpc.listening", "rpc_service", cfg->service, "endpoint", cfg->endpoint,
+            "zap_domain", srv->domain.name, "zap_enforce",
+            srv->zap_enforced ? "libzmq" : "self-check", "allow",
+            cfg->allow_any ? "any" : cfg->allow_path, NULL);
+    *out = srv;
+    return 0;
+err:
+    proto_rpc_server_destroy(&srv);
+    return rc;
+}
+
+void *proto_rpc_server_socket(proto_rpc_server_t *srv)
+{
+    assert(srv != NULL);
+    return srv->sock;
+}
+
+static void rpc_server_malformed(proto_rpc_server_t *srv, const char *why, const char *peer)
+{
+    ops_log(OPS_LOG_WARN, "rpc.malformed", "rpc_service", srv->domain.service, "peer", peer,
+            "reason", why, NULL);
+    ops_counter_add(srv->malformed, 1);
+}
+
+/* Reads one message without waiting. Returns 0 with *out set, 1 when a frame was dropped,
+ * QC_ETIMEOUT when nothing was waiting, QC_EIO on context termination, QC_ENOMEM. */
+static int rpc_server_recv_one(proto_rpc_server_t *srv, proto_rpc_request_t **out)
+{
+    zmq_msg_t rid, body;
+    zmq_msg_init(&rid);
+    if (zmq_msg_recv(&rid, srv->sock, ZMQ_DONTWAIT) < 0) {
+        int e = zmq_errno();
+        zmq_msg_close(&rid);
+        return e == EAGAIN || e == EINTR ? QC_ETIMEOUT : QC_EIO;
+    }
+    /* The routing id is first; the peer's frame follows, and must be exactly one. */
+    zmq_msg_init(&body);
+    if (!zmq_msg_more(&rid) || zmq_msg_recv(&body, srv->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&rid);
+        zmq_msg_close(&body);
+        rpc_server_malformed(srv, "no body frame", "");
+        return 1;
+    }
+    const char *user = zmq_msg_gets(&body, "User-Id");
+    const char *addr = zmq_msg_gets(&body, "Peer-Address");
+    if (addr == NULL)
+        addr = "";
+    int rc = 1;
+    proto_rpc_request_t *req = NULL;
+    Quancun__Rpc *m = NULL;
+    if (zmq_msg_more(&body)) {
+        rpc_drain(srv->sock);
+        rpc_server_malformed(srv, "more than one frame", addr);
+        goto out;
+    }
+    if (zmq_msg_size(&rid) > PROTO_RPC_ROUTING_ID_MAX || user == NULL ||
+        strlen(user) != PROTO_CURVE_KEY_Z85_LEN) {
+        rpc_server_malformed(srv, "no routing id or peer key", addr);
+        goto out;
+    }
+    int drc = proto_decode_rpc(zmq_msg_data(&body), zmq_msg_size(&body), &m);
+    if (drc != 0) {
+        rpc_server_malformed(srv, qc_errname(drc), addr);
+        goto out;
+    }
+    ops_counter_add(srv->requests, 1);
+    if (m->deadline_ms != 0 && m->deadline_ms < ops_time_wall_ms()) {
+        ops_log(OPS_LOG_INFO, "rpc.expired", "rpc_service", srv->domain.service, "method",
+                m->method, "peer", user, NULL);
+        ops_counter_add(srv->expired, 1);
+        goto out;
+    }
+    req = calloc(1, sizeof *req);
+    if (req == NULL || (m->body.len > 0 && (req->body = malloc(m->body.len)) == NULL)) {
+        rc = QC_ENOMEM;
+        goto out;
+    }
+    memcpy(req->routing_id, zmq_msg_data(&rid), zmq_msg_size(&rid));
+    req->routing_id_len = zmq_msg_size(&rid);
+    memcpy(req->peer_key, user, PROTO_CURVE_KEY_Z85_LEN + 1);
+    req->request_id = m->request_id;
+    snprintf(req->method, sizeof req->method, "%s", m->method);
+    req->deadline_ms = m->deadline_ms;
+    if (m->body.len > 0)
+        memcpy(req->body, m->body.data, m->body.len);
+    req->body_len = m->body.len;
+    *out = req;
+    req = NULL;
+    rc = 0;
+out:
+    proto_rpc_request_destroy(&req);
+    if (m != NULL)
+        quancun__rpc__free_unpacked(m, NULL);
+    zmq_msg_close(&rid);
+    zmq_msg_close(&body);
+    return rc;
+}
+
+/* Re-reads the allow-list after a SIGHUP and swaps it in under the handler's lock. A file
+ * that does not load keeps the current list: a typo must not lock every client out. */
+static void rpc_server_reload(proto_rpc_server_t *srv)
+{
+    uint64_t gen = ops_signal_hup_generation();
+    if (gen == srv->hup_seen || srv->allow_path == NULL)
+        return;
+    srv->hup_seen = gen;
+    proto_curve_keylist_t fresh = {0};
+    int rc = proto_curve_keylist_load(srv->allow_path, PROTO_RPC_ALLOW_MAX, &fresh);
+    if (rc != 0) {
+        ops_log(OPS_LOG_WARN, "rpc.allow_reload_failed", "rpc_service", srv->domain.service, "path",
+                srv->allow_path, "error", qc_errname(rc), NULL);
+        return;
+    }
+    char count[24];
+    snprintf(count, sizeof count, "%zu", fresh.count);
+    rpc_zap_swap_allow(srv->zap, &srv->domain, &fresh);
+    proto_curve_keylist_clear(&fresh); /* now the old list */
+    ops_log(OPS_LOG_INFO, "rpc.allow_reloaded", "rpc_service", srv->domain.service, "path",
+            srv->allow_path, "keys", count, NULL);
+}
+
+int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms, proto_rpc_request_t **out)
+{
+    assert(srv != NULL && out != NULL);
+    assert(timeout_ms >= -1);
+    *out = NULL;
+    rpc_server_reload(srv);
+    uint64_t end = ops_time_mono_ms() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms);
+    for (;;) {
+        int rc = rpc_server_recv_one(srv, out);
+        if (rc <= 0 && rc != QC_ETIMEOUT)
+            return rc;
+        if (rc == 1)
+            continue; /* dropped a frame: look again at once */
+        int wait = -1;
+        if (timeout_ms >= 0) {
+            uint64_t now = ops_time_mono_ms();
+            if (now >= end)
+                return QC_ETIMEOUT;
+            wait = (int)(end - now);
+        }
+        zmq_pollitem_t item = {srv->sock, 0, ZMQ_POLLIN, 0};
+        int n = zmq_poll(&item, 1, wait);
+        if (n < 0 && zmq_errno() != EINTR)
+            return QC_EIO;
+        if (n < 0 && timeout_ms < 0 && ops_signal_stop_requested())
+            return QC_ETIMEOUT; /* a stop request must end an endless wait */
+    }
+}
+
+int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req, int code,
+                           const char *message, const uint8_t *body, size_t body_len)
+{
+    assert(srv != NULL && req != NULL);
+    assert(code <= 0);
+    assert(body != NULL || body_len == 0);
+    Quancun__RpcReply r = QUANCUN__RPC_REPLY__INIT;
+    r.request_id = req->request_id;
+    r.code = code;
+    char text[PROTO_RPC_REPLY_MESSAGE_MAX + 1];
+    snprintf(text, sizeof text, "%s", message != NULL ? message : qc_strerror(code));
+    r.message = text;
+    r.body.data = (uint8_t *)body;
+    r.body.len = body_len;
+    size_t len = quancun__rpc_reply__get_packed_size(&r);
+    if (len > PROTO_RPC_FRAME_MAX)
+        return QC_ETOOBIG;
+    zmq_msg_t msg;
+    if (zmq_msg_init_size(&msg, len) != 0)
+        return QC_ENOMEM;
+    quancun__rpc_reply__pack(&r, zmq_msg_data(&msg));
+    int rc = 0;
+    if (zmq_send(srv->sock, req->routing_id, req->routing_id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        int e = zmq_errno();
+        if (e == EHOSTUNREACH || e == EAGAIN) {
+            /* The client went away (or stopped reading): its retry, if any, will go
+             * elsewhere. Not our error. */
+            ops_counter_add(srv->unroutable, 1);
+        } else {
+            rc = QC_EIO;
+        }
+        zmq_msg_close(&msg);
+        return rc;
+    }
+    if (zmq_msg_send(&msg, srv->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&msg);
+        ops_counter_add(srv->unroutable, 1);
+    }
+    return rc;
+}
+
+void proto_rpc_request_destroy(proto_rpc_request_t **req_p)
+{
+    assert(req_p != NULL);
+    if (*req_p == NULL)
+        return;
+    free((*req_p)->body);
+    free(*req_p);
+    *req_p = NULL;
+}
+
+void proto_rpc_server_destroy(proto_rpc_server_t **srv_p)
+{
+    assert(srv_p != NULL);
+    proto_rpc_server_t *srv = *srv_p;
+    if (srv == NULL)
+        return;
+    /* Socket first: the handler must outlive every socket that relies on it. */
+    if (srv->sock != NULL)
+        zmq_close(srv->sock);
+    if (srv->zap != NULL) {
+        rpc_zap_detach(srv->zap, &srv->domain);
+    }
+    proto_curve_keylist_clear(&srv->domain.allow);
+    free(srv->allow_path);
+    free(srv);
+    *srv_p = NULL;
+}
