@@ -8,8 +8,9 @@
 #include <sys/types.h>
 
 #include "proto_rpc.h"
+#include "qctest_fs.h"
 
-#define AP_PATH_MAX 256
+#define AP_PATH_MAX QCTEST_PATH_MAX
 #define AP_PORT_FIRST 18000
 #define AP_PORT_LAST 18199
 
@@ -52,17 +53,8 @@ int ap_append(ap_t *ap, const char *source, uint64_t source_seq, const char *typ
               const uint8_t *txn_id, size_t txn_len, const uint8_t *payload, size_t payload_len,
               uint64_t *seq, bool *dup);
 
-/* GET path on 127.0.0.1:port; the body into buf (NUL terminated). Returns the HTTP status
- * or -1. */
-int ap_http_get(int port, const char *path, char *buf, size_t cap);
-/* Value of the metric line that starts with name (labels included), or -1. */
-int64_t ap_metric(int port, const char *name);
-
 /* Runs qc-audit with argv (NULL-terminated, argv[0] ignored), stdout into out (capacity cap,
  * NUL terminated). Returns its exit status or -1. */
 int ap_run_cli(const ap_t *ap, const char *const *argv, char *out, size_t cap);
-
-/* Milliseconds sleep (for poll loops with a bound, never as synchronisation). */
-void ap_sleep_ms(int ms);
 
 #endif

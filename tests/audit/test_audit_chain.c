@@ -11,6 +11,7 @@
 #include <cmocka.h>
 #include <lmdb.h>
 
+#include "ops_time.h"
 #include "audit_chain.h"
 #include "audit_store.h"
 #include "audit_verify.h"
@@ -37,8 +38,8 @@ static int setup(void **state)
     snprintf(f->dir, sizeof f->dir, "%s/qc-audit-chain-XXXXXX", tmp != NULL ? tmp : "/tmp");
     assert_non_null(mkdtemp(f->dir));
     assert_int_equal(audit_store_open(f->dir, 0, T_MAP_SIZE, &f->store), 0);
-    f->cp_key = tk_key_new();
-    f->other_key = tk_key_new();
+    f->cp_key = qctest_key_new();
+    f->other_key = qctest_key_new();
     *state = f;
     return 0;
 }
@@ -92,7 +93,7 @@ static uint64_t checkpoint(fixture_t *f, EVP_PKEY *key, uint64_t seq, bool wrong
     cp.seq = seq;
     cp.hash.data = hash;
     cp.hash.len = sizeof hash;
-    cp.time_ms = tk_now_ms();
+    cp.time_ms = ops_time_wall_ms();
     uint8_t *body = NULL, *env = NULL;
     size_t body_len = 0, env_len = 0;
     assert_int_equal(proto_pack(&cp.base, &body, &body_len), 0);

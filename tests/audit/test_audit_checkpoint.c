@@ -18,7 +18,10 @@
 #include "audit_verify.h"
 #include "proto_cert.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
+#include "qctest_proc.h"
 #include "signer_test_util.h"
+#include "qctest_http.h"
 
 #define T_AUDIT_PORT 18100
 #define T_SIGNER_PORT 18120
@@ -52,7 +55,7 @@ static int setup(void **state)
     snprintf(devhsm, sizeof devhsm, "%.200s/ops/devhsm", src);
     char *argv[] = {
         devhsm, "init", f->hsm, "--pin", SIGNER_TEST_PIN, "--signer", (char *)g_signer_bin, NULL};
-    assert_int_equal(signer_test_run(argv), 0);
+    assert_int_equal(qctest_run_argv(argv), 0);
     char conf[AP_PATH_MAX + 32], pin[AP_PATH_MAX + 16], key[AP_PATH_MAX], allow[AP_PATH_MAX],
         log[AP_PATH_MAX];
     snprintf(conf, sizeof conf, "%s/softhsm2.conf", f->hsm);
@@ -80,7 +83,7 @@ static int setup(void **state)
                      "--pin_file",
                      pin,
                      NULL};
-    f->signer = signer_test_spawn(sargv, log);
+    f->signer = qctest_spawn(&(qctest_cmd_t){.argv = sargv, .out_path = log, .err_path = log});
     assert_true(f->signer > 0);
     *state = f;
     return 0;
@@ -89,7 +92,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture_t *f = *state;
-    signer_test_stop(f->signer, SIGKILL);
+    qctest_stop(f->signer, SIGKILL);
     ap_teardown(&f->ap); /* removes the hsm too: it lives in the same directory */
     proto_curve_keypair_wipe(&f->signer_kp);
     free(f);
@@ -118,10 +121,10 @@ static int64_t wait_metric(fixture_t *f, const char *metric, int64_t want)
 {
     int64_t v = -1;
     for (int waited = 0; waited < T_WAIT_MS; waited += 50) {
-        v = ap_metric(f->ap.http_port, metric);
+        v = qctest_metric(f->ap.http_port, metric);
         if (v >= want)
             break;
-        ap_sleep_ms(50);
+        qctest_sleep_ms(50);
     }
     return v;
 }
@@ -142,12 +145,12 @@ static void test_checkpoints(void **state)
     assert_true(wait_metric(f, "qc_audit_checkpoints_total", 2) >= 2);
     int64_t unsigned_entries = -1;
     for (int waited = 0; waited < T_WAIT_MS && unsigned_entries != 0; waited += 50) {
-        unsigned_entries = ap_metric(ap->http_port, "qc_audit_unsigned_entries");
+        unsigned_entries = qctest_metric(ap->http_port, "qc_audit_unsigned_entries");
         if (unsigned_entries != 0)
-            ap_sleep_ms(50);
+            qctest_sleep_ms(50);
     }
     assert_int_equal(unsigned_entries, 0);
-    assert_int_equal(ap_metric(ap->http_port, "qc_audit_checkpoint_errors_total"), 0);
+    assert_int_equal(qctest_metric(ap->http_port, "qc_audit_checkpoint_errors_total"), 0);
     int st = ap_stop(ap, SIGTERM);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 
@@ -186,7 +189,7 @@ static void test_wrong_cert_refused(void **state)
         assert_int_equal(
             ap_append(ap, "signer-0", i, "security.test", NULL, 0, NULL, 0, NULL, NULL), 0);
     assert_true(wait_metric(f, "qc_audit_checkpoint_errors_total", 1) >= 1);
-    assert_int_equal(ap_metric(ap->http_port, "qc_audit_checkpoints_total"), 0);
+    assert_int_equal(qctest_metric(ap->http_port, "qc_audit_checkpoints_total"), 0);
     assert_int_equal(ap_stop(ap, SIGTERM), 0);
     char data[AP_PATH_MAX];
     ap_path(ap, "data", data);

@@ -20,6 +20,7 @@
 #include "ledger_testkit.h"
 #include "proto_decode.h"
 #include "qc_error.h"
+#include "qctest_http.h"
 
 #define T_PORT 18000
 #define T_CRASH_EVENTS 300
@@ -34,10 +35,10 @@ static int setup(void **state)
     assert_non_null(ap);
     assert_int_equal(ap_setup(ap, g_bin, T_PORT), 0);
     /* verify needs a checkpoint key even when there is no checkpoint. */
-    EVP_PKEY *k = tk_key_new();
+    EVP_PKEY *k = qctest_key_new();
     char p[AP_PATH_MAX];
     ap_path(ap, "checkpoint.pem", p);
-    tk_write_pub_pem(k, p);
+    qctest_write_pubkey(p, k);
     EVP_PKEY_free(k);
     *state = ap;
     return 0;
@@ -106,8 +107,8 @@ static void test_append_two_sources(void **state)
     assert_int_equal(r->code, QC_EMETHOD);
     proto_rpc_reply_destroy(&r);
     /* Metrics say the same. */
-    assert_int_equal(ap_metric(ap->http_port, "qc_audit_entries_appended_total"), 60);
-    assert_int_equal(ap_metric(ap->http_port, "qc_audit_dedupe_hits_total"), (int64_t)dups);
+    assert_int_equal(qctest_metric(ap->http_port, "qc_audit_entries_appended_total"), 60);
+    assert_int_equal(qctest_metric(ap->http_port, "qc_audit_dedupe_hits_total"), (int64_t)dups);
     /* A clean stop. */
     int st = ap_stop(ap, SIGTERM);
     assert_true(WIFEXITED(st));

@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "ops_time.h"
 #include "audit_proc.h"
 #include "audit_store.h"
 #include "audit_verify.h"
@@ -22,6 +23,8 @@
 #include "proto_envelope.h"
 #include "proto_shard.h"
 #include "qc_error.h"
+#include "qctest_proc.h"
+#include "qctest_http.h"
 
 #define T_LEDGER_PORT 18020 /* searched upwards in the audit range */
 #define T_AUDIT_PORT 18060
@@ -100,7 +103,7 @@ static void wait_drained(fixture_t *f)
     for (int waited = 0; waited < T_DRAIN_MS; waited += 20) {
         if (outbox_depth(&f->lp) == 0)
             return;
-        ap_sleep_ms(20);
+        qctest_sleep_ms(20);
     }
     fail_msg("outbox still holds %lld events", (long long)outbox_depth(&f->lp));
 }
@@ -133,10 +136,10 @@ static void request_with_cert(EVP_PKEY *key, const tk_load_t *l, const uint8_t *
 static void one_load(fixture_t *f, uint8_t txn_id[16])
 {
     lp_t *lp = &f->lp;
-    EVP_PKEY *dev = tk_key_new();
+    EVP_PKEY *dev = qctest_key_new();
     uint8_t *cert = NULL;
     size_t cert_len = 0;
-    tk_cert_new(dev, "dev-audit-1", &cert, &cert_len);
+    qctest_cert_self_der(dev, "dev-audit-1", &cert, &cert_len);
     assert_int_equal(lp_enroll(lp, "alice", cert, cert_len), 0);
     tk_load_t l = {.device_id = "dev-audit-1", .account_id = "alice", .amount = 300};
     tk_txn_id(l.txn_id);
@@ -144,7 +147,7 @@ static void one_load(fixture_t *f, uint8_t txn_id[16])
     uint8_t *req = NULL, *allow = NULL, *rep = NULL;
     size_t req_len = 0, allow_len = 0, rep_len = 0;
     request_with_cert(dev, &l, cert, cert_len, &req, &req_len);
-    tk_allow(lp->bank, req, req_len, tk_now_ms() + 60000, &allow, &allow_len);
+    tk_allow(lp->bank, req, req_len, ops_time_wall_ms() + 60000, &allow, &allow_len);
     Qcledger__ReserveRequest rr = QCLEDGER__RESERVE_REQUEST__INIT;
     rr.request.data = req;
     rr.request.len = req_len;
@@ -178,13 +181,13 @@ static void test_relay(void **state)
     uint8_t txn[16];
     one_load(f, txn);
     wait_drained(f);
-    assert_int_equal(ap_metric(ap->http_port, T_SOURCE_METRIC), 9);
+    assert_int_equal(qctest_metric(ap->http_port, T_SOURCE_METRIC), 9);
     /* The ack's reply (and so the gauge) may still be on its way when check sees 0. */
     int64_t lag = -1;
     for (int waited = 0; waited < T_DRAIN_MS && lag != 0; waited += 20) {
-        lag = ap_metric(ap->http_port, "qc_audit_relay_lag{source=\"ledger-0\"}");
+        lag = qctest_metric(ap->http_port, "qc_audit_relay_lag{source=\"ledger-0\"}");
         if (lag != 0)
-            ap_sleep_ms(20);
+            qctest_sleep_ms(20);
     }
     assert_int_equal(lag, 0);
     assert_int_equal(ap_stop(ap, SIGTERM), 0);
@@ -194,7 +197,7 @@ static void test_relay(void **state)
     assert_int_equal(outbox_depth(lp), 20);
     assert_int_equal(ap_start(ap, NULL, 0, f->extra), 0);
     wait_drained(f);
-    assert_int_equal(ap_metric(ap->http_port, T_SOURCE_METRIC), 20);
+    assert_int_equal(qctest_metric(ap->http_port, T_SOURCE_METRIC), 20);
     assert_int_equal(ap_stop(ap, SIGTERM), 0);
 
     /* 3. Killed between its commit and the ack: the ledger keeps the events, audit does not
@@ -208,7 +211,7 @@ static void test_relay(void **state)
     assert_int_equal(ap_start(ap, NULL, 0, f->extra), 0);
     wait_drained(f);
     /* Only the 2 events after the first batch of 8 were new to this process. */
-    assert_int_equal(ap_metric(ap->http_port, T_SOURCE_METRIC), 2);
+    assert_int_equal(qctest_metric(ap->http_port, T_SOURCE_METRIC), 2);
     assert_int_equal(ap_stop(ap, SIGTERM), 0);
 
     /* The log: 39 events, seqs 1..39, ledger seqs 1..39 each once, chain intact. */
@@ -253,8 +256,8 @@ static void test_relay(void **state)
     assert_null(strstr(out, "NOT VERIFIED"));
     /* Another allow key: the allows are refused, and show says so. */
     snprintf(allow_pem, sizeof allow_pem, "%s/other.pem", lp->dir);
-    EVP_PKEY *other = tk_key_new();
-    tk_write_pub_pem(other, allow_pem);
+    EVP_PKEY *other = qctest_key_new();
+    qctest_write_pubkey(allow_pem, other);
     EVP_PKEY_free(other);
     rc = ap_run_cli(ap, show, out, T_OUT_MAX);
     char *bad = strstr(out, "allow    NOT VERIFIED");
@@ -339,7 +342,7 @@ static void test_relay_two_shards(void **state)
     for (int waited = 0; waited < T_DRAIN_MS; waited += 20) {
         if (outbox_depth(lp0) == 0 && outbox_depth(lp1) == 0)
             break;
-        ap_sleep_ms(20);
+        qctest_sleep_ms(20);
     }
     assert_int_equal(outbox_depth(lp0), 0);
     assert_int_equal(outbox_depth(lp1), 0);

@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "ops_time.h"
 #include "audit_store.h"
 #include "ledger_testkit.h"
 #include "proto_decode.h"
@@ -36,9 +37,9 @@ static void test_verbs(void **state)
     snprintf(data, sizeof data, "%s", dir);
     snprintf(good, sizeof good, "%s/good.pem", dir);
     snprintf(bad, sizeof bad, "%s/bad.pem", dir);
-    EVP_PKEY *key = tk_key_new(), *other = tk_key_new();
-    tk_write_pub_pem(key, good);
-    tk_write_pub_pem(other, bad);
+    EVP_PKEY *key = qctest_key_new(), *other = qctest_key_new();
+    qctest_write_pubkey(good, key);
+    qctest_write_pubkey(bad, other);
 
     audit_store_t *store = NULL;
     assert_int_equal(audit_store_open(data, 0, 16ull << 20, &store), 0);
@@ -62,7 +63,7 @@ static void test_verbs(void **state)
     cp.seq = seq;
     cp.hash.data = hash;
     cp.hash.len = sizeof hash;
-    cp.time_ms = tk_now_ms();
+    cp.time_ms = ops_time_wall_ms();
     uint8_t *body = NULL, *env = NULL;
     size_t body_len = 0, env_len = 0;
     assert_int_equal(proto_pack(&cp.base, &body, &body_len), 0);

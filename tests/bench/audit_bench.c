@@ -20,6 +20,7 @@
 
 #include <zmq.h>
 
+#include "ops_time.h"
 #include "audit.pb-c.h"
 #include "audit_proc.h"
 #include "audit_store.h"
@@ -192,7 +193,7 @@ static void append_checkpoint(audit_store_t *store, EVP_PKEY *key)
     cp.seq = seq;
     cp.hash.data = hash;
     cp.hash.len = sizeof hash;
-    cp.time_ms = tk_now_ms();
+    cp.time_ms = ops_time_wall_ms();
     uint8_t *body = NULL, *env = NULL;
     size_t body_len = 0, env_len = 0;
     if ((rc = proto_pack(&cp.base, &body, &body_len)) != 0 ||
@@ -219,7 +220,7 @@ static void bench_verify(const char *base, uint64_t entries, uint64_t every)
     int rc = audit_store_open(dir, 0, BENCH_MAP_SIZE, &store);
     if (rc != 0)
         die("open", rc);
-    EVP_PKEY *key = tk_key_new();
+    EVP_PKEY *key = qctest_key_new();
     uint8_t payload[BENCH_VERIFY_PAYLOAD];
     memset(payload, 0x5a, sizeof payload);
     audit_event_t *evs = calloc(BENCH_FILL_BATCH, sizeof *evs);
@@ -259,7 +260,7 @@ static void bench_verify(const char *base, uint64_t entries, uint64_t every)
     audit_store_destroy(&store);
     char pem[300];
     snprintf(pem, sizeof pem, "%s.pem", dir);
-    tk_write_pub_pem(key, pem);
+    qctest_write_pubkey(pem, key);
     EVP_PKEY *pub = NULL;
     if (proto_key_load_pem(pem, &pub) != 0)
         die("load pem", QC_EIO);

@@ -18,6 +18,7 @@
 
 #include <zmq.h>
 
+#include "ops_time.h"
 #include "ledger_proc.h"
 #include "ledger_saga.h"
 #include "ledger_service.h"
@@ -83,8 +84,8 @@ static void devs_make(devs_t *d, size_t n)
     for (size_t i = 0; i < n; i++) {
         char id[32];
         snprintf(id, sizeof id, "bench-dev-%zu", i);
-        d->key[i] = tk_key_new();
-        tk_cert_new(d->key[i], id, &d->cert[i], &d->cert_len[i]);
+        d->key[i] = qctest_key_new();
+        qctest_cert_self_der(d->key[i], id, &d->cert[i], &d->cert_len[i]);
     }
 }
 
@@ -180,12 +181,12 @@ static double bench_store(size_t batch, size_t count)
     int rc = ledger_store_open(dir, BENCH_MAP_SIZE, &store);
     if (rc != 0)
         die("store open", rc);
-    EVP_PKEY *bank = tk_key_new();
+    EVP_PKEY *bank = qctest_key_new();
     ledger_saga_t *saga = NULL;
     ledger_saga_config_t cfg = {.store = store, .allow_key = bank, .shard_count = 1};
     if ((rc = ledger_saga_new(&cfg, &saga)) != 0)
         die("saga", rc);
-    uint64_t now = tk_now_ms();
+    uint64_t now = ops_time_wall_ms();
     char why[LEDGER_WHY_MAX] = "";
     ledger_account_t spec = {.id = "bench", .currency = TK_CURRENCY}, acct;
     uint8_t txn[16];
@@ -324,7 +325,7 @@ static double bench_full(const char *bin, size_t batch, size_t count)
     for (size_t i = 0; i < batch; i++)
         if ((rc = lp_enroll(&lp, "bench", d.cert[i], d.cert_len[i])) != 0)
             die("enroll", rc);
-    pair_t *p = pairs_make(&d, lp.bank, count, tk_now_ms() + BENCH_DEADLINE_MS);
+    pair_t *p = pairs_make(&d, lp.bank, count, ops_time_wall_ms() + BENCH_DEADLINE_MS);
     flow_t f = {.p = p, .count = count, .ndev = batch, .cli = lp_client(&lp, &lp.gateway)};
     double t0 = now_s();
     for (size_t i = 0; i < batch && i < count; i++)

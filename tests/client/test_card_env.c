@@ -8,8 +8,6 @@
 
 #include "test_card_env.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +19,8 @@
 #include "card_store.h"
 #include "device_wire.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
+#include "qctest_proc.h"
 #include "wallet_device.h"
 
 #define TC_SOCKET_WAIT_MS 15000
@@ -38,48 +38,38 @@ static void devca_path(char *out, size_t cap)
     snprintf(out, cap, "%s/ops/devca", src);
 }
 
-/* fork/exec argv with output to path; returns the child's pid. */
+/* Starts argv with output (stdout and stderr) to path, no stdin, QC_FAULT=fault (NULL: none)
+ * and the PINs in the environment; returns the child's pid. */
 static pid_t spawn_to(const char *path, const char *fault, const char *card_pin, char *const argv[])
 {
-    pid_t pid = fork();
+    char fault_env[TC_PATH_MAX], card_env[64];
+    snprintf(fault_env, sizeof(fault_env), "QC_FAULT=%s", fault != NULL ? fault : "");
+    snprintf(card_env, sizeof(card_env), "QC_CARD_PIN=%s",
+             card_pin != NULL ? card_pin : TC_CARD_PIN);
+    const char *env[] = {fault != NULL ? fault_env : "QC_FAULT", "QC_WALLET_PIN=" TC_WALLET_PIN,
+                         card_env, NULL};
+    qctest_cmd_t cmd = {.argv = argv,
+                        .out_path = path,
+                        .err_path = path,
+                        .truncate = true,
+                        .stdin_null = true,
+                        .env = env};
+    pid_t pid = qctest_spawn(&cmd);
     assert_true(pid >= 0);
-    if (pid == 0) {
-        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-            _exit(127);
-        int null = open("/dev/null", O_RDONLY);
-        if (null >= 0)
-            dup2(null, 0);
-        if (fault != NULL)
-            setenv("QC_FAULT", fault, 1);
-        else
-            unsetenv("QC_FAULT");
-        setenv("QC_WALLET_PIN", TC_WALLET_PIN, 1);
-        setenv("QC_CARD_PIN", card_pin != NULL ? card_pin : TC_CARD_PIN, 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
     return pid;
 }
 
-/* fork/exec argv with output to path; returns the exit status or 128 + signal. */
+/* Runs argv as spawn_to() does; returns the exit status or 128 + signal. */
 static int run_to(const char *path, const char *fault, const char *card_pin, char *const argv[])
 {
-    pid_t pid = spawn_to(path, fault, card_pin, argv);
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    int status = qctest_wait(spawn_to(path, fault, card_pin, argv), QCTEST_WAIT_FOREVER);
+    assert_int_not_equal(status, QCTEST_STATUS_RUNNING);
+    return qctest_exit_code(status);
 }
 
 static void read_output(tc_env_t *e)
 {
-    e->output[0] = '\0';
-    FILE *f = fopen(e->out, "r");
-    if (f == NULL)
-        return;
-    size_t n = fread(e->output, 1, sizeof(e->output) - 1, f);
-    e->output[n] = '\0';
-    fclose(f);
+    qctest_file_read(e->out, e->output, sizeof(e->output));
 }
 
 int tc_run(tc_env_t *e, const char *fault, const char *card_pin, char *const argv[])
@@ -194,22 +184,13 @@ void tc_card_start(tc_env_t *e, const char *fault)
     assert_int_equal(e->card_pid, 0);
     char log[TC_PATH_MAX + 16];
     snprintf(log, sizeof(log), "%s/card.log", e->b->dir);
-    pid_t pid = fork();
+    char fault_env[TC_PATH_MAX];
+    snprintf(fault_env, sizeof(fault_env), "QC_FAULT=%s", fault != NULL ? fault : "");
+    const char *env[] = {fault != NULL ? fault_env : "QC_FAULT", NULL};
+    char *argv[] = {(char *)tc_qc_card, "serve", "--home", e->card, "--socket", e->sock, NULL};
+    qctest_cmd_t cmd = {.argv = argv, .out_path = log, .err_path = log, .env = env};
+    pid_t pid = qctest_spawn(&cmd);
     assert_true(pid >= 0);
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        if (fault != NULL)
-            setenv("QC_FAULT", fault, 1);
-        else
-            unsetenv("QC_FAULT");
-        execl(tc_qc_card, tc_qc_card, "serve", "--home", e->card, "--socket", e->sock,
-              (char *)NULL);
-        _exit(127);
-    }
     e->card_pid = pid;
     /* Ready when a connection succeeds (and the card is still alive). */
     for (int waited = 0; waited < TC_SOCKET_WAIT_MS; waited += TC_SOCKET_POLL_MS) {
@@ -218,8 +199,8 @@ void tc_card_start(tc_env_t *e, const char *fault)
             close(fd);
             return;
         }
-        int status = 0;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
+        int status = qctest_wait(pid, 0);
+        if (status != QCTEST_STATUS_RUNNING) {
             e->card_pid = 0;
             fail_msg("qc-card serve exited early (status 0x%x)", status);
         }
@@ -235,20 +216,15 @@ void tc_card_stop(tc_env_t *e, bool expect_killed)
     e->card_pid = 0;
     if (!expect_killed)
         kill(pid, SIGTERM);
-    int status = 0;
-    for (int waited = 0; waited < TC_STOP_WAIT_MS; waited += TC_SOCKET_POLL_MS) {
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            if (expect_killed && !(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL))
-                fail_msg("the card did not die at its fault point (status 0x%x)", status);
-            if (!expect_killed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
-                fail_msg("the card did not stop cleanly (status 0x%x)", status);
-            return;
-        }
-        poll(NULL, 0, TC_SOCKET_POLL_MS);
+    int status = qctest_wait(pid, TC_STOP_WAIT_MS);
+    if (status == QCTEST_STATUS_RUNNING) {
+        qctest_stop(pid, SIGKILL);
+        fail_msg("the card did not stop in time");
     }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    fail_msg("the card did not stop in time");
+    if (expect_killed && !(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL))
+        fail_msg("the card did not die at its fault point (status 0x%x)", status);
+    if (!expect_killed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        fail_msg("the card did not stop cleanly (status 0x%x)", status);
 }
 
 /* The argv of qc-wallet card-transfer AMOUNT against the card (out has 13 slots). */

@@ -21,6 +21,8 @@
 
 #include "proto_rpc.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
+#include "qctest_proc.h"
 #include "wallet_device.h"
 #include "wallet_test_bank.h"
 
@@ -49,26 +51,14 @@ typedef struct fixture {
     char out[OUT_MAX];
 } fixture_t;
 
-static void pause_ms(int ms)
-{
-    struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)ms * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 /* Waits for pid to exit within timeout_ms; kills it if it does not. Returns the status. */
 static int wait_child(pid_t pid, int timeout_ms)
 {
-    int status = 0;
-    for (int waited = 0; waited < timeout_ms; waited += WAIT_STEP_MS) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            return status;
-        assert_true(r == 0);
-        pause_ms(WAIT_STEP_MS);
+    int status = qctest_wait(pid, timeout_ms);
+    if (status == QCTEST_STATUS_RUNNING) {
+        qctest_stop(pid, SIGKILL);
+        fail_msg("process %d did not finish within %d ms", (int)pid, timeout_ms);
     }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    fail_msg("process %d did not finish within %d ms", (int)pid, timeout_ms);
     return status;
 }
 
@@ -112,11 +102,7 @@ static int run(fixture_t *f, const char *pin, ...)
         _exit(127);
     }
     int status = wait_child(pid, RUN_TIMEOUT_MS);
-    FILE *fp = fopen(out_path, "r");
-    assert_non_null(fp);
-    size_t got = fread(f->out, 1, sizeof(f->out) - 1, fp);
-    f->out[got] = '\0';
-    fclose(fp);
+    assert_true(qctest_file_read(out_path, f->out, sizeof(f->out)) >= 0);
     assert_true(WIFEXITED(status));
     return WEXITSTATUS(status);
 }
@@ -158,18 +144,14 @@ static void start_gateway(fixture_t *f, int port, const char *flag, const char *
     const char *args[] = {gateway_bin,   "--endpoint", endpoint,        "--keys", f->gw_keys,
                           "--allow-key", allow,        "--outcome-key", outcome,  "--ready",
                           ready,         flag,         value,           NULL};
-    pid_t pid = fork();
+    pid_t pid = qctest_spawn(&(qctest_cmd_t){.argv = (char *const *)args});
     assert_true(pid >= 0);
-    if (pid == 0) {
-        execv(gateway_bin, (char *const *)args);
-        _exit(127);
-    }
     f->gateway = pid;
     int waited = 0;
     while (access(ready, F_OK) != 0) {
-        assert_true(waitpid(pid, NULL, WNOHANG) == 0); /* still running */
+        assert_int_equal(qctest_wait(pid, 0), QCTEST_STATUS_RUNNING); /* still running */
         assert_true(waited < READY_TIMEOUT_MS);
-        pause_ms(WAIT_STEP_MS);
+        qctest_sleep_ms(WAIT_STEP_MS);
         waited += WAIT_STEP_MS;
     }
 
@@ -195,9 +177,9 @@ static int setup(void **state)
     memcpy(f->gw_public, kp.public_z85, sizeof(f->gw_public));
     proto_curve_keypair_wipe(&kp);
     snprintf(path, sizeof(path), "%s/allow.key", f->b->dir);
-    wt_write_private(path, f->b->allow_key);
+    qctest_write_private(path, f->b->allow_key);
     snprintf(path, sizeof(path), "%s/outcome.key", f->b->dir);
-    wt_write_private(path, f->b->outcome_key);
+    qctest_write_private(path, f->b->outcome_key);
 
     /* The enrollment, as the operator runs it. */
     RUN_EXPECT(f, 0, WT_PIN, "init", "--home", f->b->home, "--serial", SERIAL);
@@ -207,8 +189,8 @@ static int setup(void **state)
     snprintf(allow, sizeof(allow), "%s/allow.pub", f->b->dir);
     snprintf(outcome, sizeof(outcome), "%s/outcome.pub", f->b->dir);
     wt_issue_cert(f->b, cert);
-    wt_write_pubkey(allow, f->b->allow_key);
-    wt_write_pubkey(outcome, f->b->outcome_key);
+    qctest_write_pubkey(allow, f->b->allow_key);
+    qctest_write_pubkey(outcome, f->b->outcome_key);
     RUN_EXPECT(f, 0, NULL, "install-cert", "--home", f->b->home, cert);
     RUN_EXPECT(f, 0, NULL, "install-bank", "--home", f->b->home, "--allow", allow, "--outcome",
                outcome);
@@ -219,10 +201,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture_t *f = *state;
-    if (f->gateway > 0) {
-        kill(f->gateway, SIGKILL);
-        waitpid(f->gateway, NULL, 0);
-    }
+    if (f->gateway > 0)
+        qctest_stop(f->gateway, SIGKILL);
     wt_bank_free(f->b);
     free(f);
     return 0;

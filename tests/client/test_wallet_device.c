@@ -275,6 +275,21 @@ static void test_refusals(void **state)
 
 /* The bank's allow key installed as a certificate: an expired one is refused, a current one
  * accepted. */
+/* A self-signed v3 certificate of key, "CN=bank", serial 7, valid from now + not_before_s to
+ * now + not_after_s. */
+static void write_bank_cert(const char *path, EVP_PKEY *key, long not_before_s, long not_after_s)
+{
+    qctest_cert_t spec = {.key = key,
+                          .cn = "bank",
+                          .serial = 7,
+                          .not_before_s = not_before_s,
+                          .not_after_s = not_after_s,
+                          .v3 = true};
+    X509 *cert = qctest_cert_new(&spec);
+    qctest_write_cert(path, cert);
+    X509_free(cert);
+}
+
 static void test_bank_certificate_validity(void **state)
 {
     fixture_t *f = *state;
@@ -282,8 +297,8 @@ static void test_bank_certificate_validity(void **state)
     snprintf(expired, sizeof(expired), "%s/allow-expired.pem", f->bank->dir);
     snprintf(current, sizeof(current), "%s/allow-current.pem", f->bank->dir);
     snprintf(outcome, sizeof(outcome), "%s/outcome.pub", f->bank->dir);
-    wt_write_self_cert(expired, f->bank->allow_key, -2 * 86400L, -86400L);
-    wt_write_self_cert(current, f->bank->allow_key, -60L, 86400L);
+    write_bank_cert(expired, f->bank->allow_key, -2 * 86400L, -86400L);
+    write_bank_cert(current, f->bank->allow_key, -60L, 86400L);
 
     assert_int_equal(wallet_device_install_bank(f->dev, expired, outcome), 0);
     begin(f);

@@ -19,31 +19,22 @@
 #include "ops_time.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
+#include "qctest_key.h"
 #include "wallet_store.h"
 
 #define WT_DEADLINE_MS 60000
-#define WT_CERT_DAYS_SECS (24 * 3600)
-
-void wt_write_pubkey(const char *path, EVP_PKEY *key)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_int_equal(PEM_write_PUBKEY(f, key), 1);
-    assert_int_equal(fclose(f), 0);
-}
 
 wt_bank_t *wt_bank_new(void)
 {
     wt_bank_t *b = calloc(1, sizeof(*b));
     assert_non_null(b);
-    snprintf(b->dir, sizeof(b->dir), "/tmp/qc-wallet-test-XXXXXX");
-    assert_non_null(mkdtemp(b->dir));
+    assert_int_equal(qctest_dir_new("qc-wallet-test", b->dir), 0);
     snprintf(b->home, sizeof(b->home), "%s/home", b->dir);
-    b->ca = EVP_EC_gen("P-256");
-    b->allow_key = EVP_EC_gen("P-256");
-    b->outcome_key = EVP_EC_gen("P-256");
-    b->other_key = EVP_EC_gen("P-256");
-    assert_true(b->ca && b->allow_key && b->outcome_key && b->other_key);
+    b->ca = qctest_key_new();
+    b->allow_key = qctest_key_new();
+    b->outcome_key = qctest_key_new();
+    b->other_key = qctest_key_new();
     return b;
 }
 
@@ -51,9 +42,7 @@ void wt_bank_free(wt_bank_t *b)
 {
     if (b == NULL)
         return;
-    char cmd[WT_PATH_MAX + 16];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", b->dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(qctest_dir_remove(b->dir), 0);
     EVP_PKEY_free(b->ca);
     EVP_PKEY_free(b->allow_key);
     EVP_PKEY_free(b->outcome_key);
@@ -65,36 +54,7 @@ void wt_issue_cert(wt_bank_t *b, const char *out_path)
 {
     char path[WT_PATH_MAX + 64];
     snprintf(path, sizeof(path), "%s/%s", b->home, WALLET_CSR_FILE);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    X509_REQ *req = PEM_read_X509_REQ(f, NULL, NULL, NULL);
-    fclose(f);
-    assert_non_null(req);
-    EVP_PKEY *pub = X509_REQ_get_pubkey(req);
-    assert_non_null(pub);
-    assert_int_equal(X509_REQ_verify(req, pub), 1);
-
-    X509 *cert = X509_new();
-    assert_non_null(cert);
-    assert_int_equal(X509_set_version(cert, 2), 1);
-    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(cert), 1), 1);
-    assert_int_equal(X509_set_subject_name(cert, X509_REQ_get_subject_name(req)), 1);
-    X509_NAME *issuer = X509_NAME_new();
-    X509_NAME_add_entry_by_txt(issuer, "CN", MBSTRING_ASC, (const unsigned char *)"test CA", -1, -1,
-                               0);
-    assert_int_equal(X509_set_issuer_name(cert, issuer), 1);
-    X509_NAME_free(issuer);
-    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(cert), -60));
-    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(cert), WT_CERT_DAYS_SECS));
-    assert_int_equal(X509_set_pubkey(cert, pub), 1);
-    assert_true(X509_sign(cert, b->ca, EVP_sha256()) > 0);
-    f = fopen(out_path, "w");
-    assert_non_null(f);
-    assert_int_equal(PEM_write_X509(f, cert), 1);
-    fclose(f);
-    X509_free(cert);
-    EVP_PKEY_free(pub);
-    X509_REQ_free(req);
+    qctest_cert_from_csr(path, b->ca, "test CA", out_path);
 }
 
 wallet_device_t *wt_device_ready(wt_bank_t *b, const char *serial)
@@ -107,8 +67,8 @@ wallet_device_t *wt_device_ready(wt_bank_t *b, const char *serial)
     snprintf(allow, sizeof(allow), "%s/allow.pub", b->dir);
     snprintf(outcome, sizeof(outcome), "%s/outcome.pub", b->dir);
     wt_issue_cert(b, cert);
-    wt_write_pubkey(allow, b->allow_key);
-    wt_write_pubkey(outcome, b->outcome_key);
+    qctest_write_pubkey(allow, b->allow_key);
+    qctest_write_pubkey(outcome, b->outcome_key);
     assert_int_equal(wallet_device_install_cert(dev, cert), 0);
     assert_int_equal(wallet_device_install_bank(dev, allow, outcome), 0);
     return dev;
@@ -263,34 +223,4 @@ int wt_log_count(wt_bank_t *b, const char *needle)
     }
     fclose(f);
     return n;
-}
-
-void wt_write_private(const char *path, EVP_PKEY *key)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
-    assert_int_equal(fclose(f), 0);
-}
-
-void wt_write_self_cert(const char *path, EVP_PKEY *key, long not_before_s, long not_after_s)
-{
-    X509 *cert = X509_new();
-    assert_non_null(cert);
-    assert_int_equal(X509_set_version(cert, 2), 1);
-    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(cert), 7), 1);
-    X509_NAME *name = X509_NAME_new();
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"bank", -1, -1, 0);
-    assert_int_equal(X509_set_subject_name(cert, name), 1);
-    assert_int_equal(X509_set_issuer_name(cert, name), 1);
-    X509_NAME_free(name);
-    assert_non_null(X509_gmtime_adj(X509_getm_notBefore(cert), not_before_s));
-    assert_non_null(X509_gmtime_adj(X509_getm_notAfter(cert), not_after_s));
-    assert_int_equal(X509_set_pubkey(cert, key), 1);
-    assert_true(X509_sign(cert, key, EVP_sha256()) > 0);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_int_equal(PEM_write_X509(f, cert), 1);
-    assert_int_equal(fclose(f), 0);
-    X509_free(cert);
 }

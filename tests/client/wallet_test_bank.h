@@ -10,12 +10,14 @@
 
 #include <openssl/evp.h>
 
+#include "qctest_fs.h"
+#include "qctest_key.h"
 #include "quancun.pb-c.h"
 #include "wallet_device.h"
 
 #define WT_PIN "2468"
 #define WT_ACCOUNT "acct-0001"
-#define WT_PATH_MAX 512
+#define WT_PATH_MAX QCTEST_PATH_MAX
 
 typedef struct wt_bank {
     char dir[WT_PATH_MAX]; /* a fresh temp dir; the device home is dir/home */
@@ -55,15 +57,9 @@ Quancun__ExecutionReport *wt_open_report(wt_bank_t *b, const uint8_t *report, si
 /* Decodes a signed request after verifying it with the device key. */
 Quancun__LoadRequest *wt_open_request(wt_bank_t *b, const uint8_t *req, size_t len);
 
-/* Issues a certificate for the CSR in b->home, signed by the test CA, into out_path. */
+/* Issues a certificate for the CSR in b->home, signed by the test CA, into out_path (PEM).
+ * Keys and certificates of other shapes: qctest_key.h. */
 void wt_issue_cert(wt_bank_t *b, const char *out_path);
-/* Writes key as a PEM public key / PEM private key to path. */
-void wt_write_pubkey(const char *path, EVP_PKEY *key);
-void wt_write_private(const char *path, EVP_PKEY *key);
-/* Writes a self-signed certificate of key valid from now + not_before_s to now +
- * not_after_s (seconds, may be negative). */
-void wt_write_self_cert(const char *path, EVP_PKEY *key, long not_before_s, long not_after_s);
-
 /* Counts the lines of the operation log of b->home that contain needle. */
 int wt_log_count(wt_bank_t *b, const char *needle);
 

@@ -24,6 +24,7 @@
 #include <openssl/x509.h>
 #include <zmq.h>
 
+#include "ops_hex.h"
 #include "ops_log.h"
 #include "ops_signal.h"
 #include "ops_time.h"
@@ -90,25 +91,6 @@ static int write_file(const char *path, const uint8_t *b, size_t n)
         return QC_EIO;
     size_t w = fwrite(b, 1, n, f);
     return fclose(f) == 0 && w == n ? 0 : QC_EIO;
-}
-
-static int hex_decode(const char *hex, uint8_t *out, size_t out_len)
-{
-    if (hex == NULL || strlen(hex) != 2 * out_len)
-        return QC_EINVAL;
-    for (size_t i = 0; i < out_len; i++) {
-        unsigned v = 0;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
-            return QC_EINVAL;
-        out[i] = (uint8_t)v;
-    }
-    return 0;
-}
-
-static void hex_encode(const uint8_t *b, size_t n, char *out)
-{
-    for (size_t i = 0; i < n; i++)
-        snprintf(out + 2 * i, 3, "%02x", b[i]);
 }
 
 static int cert_der(const char *path, uint8_t **out, size_t *out_len)
@@ -234,7 +216,7 @@ static int cmd_request(const forge_opts_t *o)
         o->amount == 0 || o->counter < 0)
         return 2;
     uint8_t txn[PROTO_TXN_ID_SIZE], nonce[PROTO_NONCE_SIZE];
-    if (o->txn_hex != NULL ? hex_decode(o->txn_hex, txn, sizeof txn) != 0
+    if (o->txn_hex != NULL ? ops_unhex(o->txn_hex, txn, sizeof txn) != 0
                            : RAND_bytes(txn, sizeof txn) != 1)
         return 2;
     if (RAND_bytes(nonce, sizeof nonce) != 1)
@@ -260,7 +242,7 @@ static int cmd_request(const forge_opts_t *o)
         fprintf(stderr, "e2e_forge: cannot sign the request: %s\n", qc_errname(rc));
         return 1;
     }
-    hex_encode(txn, sizeof txn, forge_txn_hex);
+    ops_hex(txn, sizeof txn, forge_txn_hex);
     if (o->save != NULL && write_file(o->save, signed_req, len) != 0)
         rc = 1;
     if (rc == 0 && !o->no_send)
@@ -275,7 +257,7 @@ static int cmd_report(const forge_opts_t *o)
         o->status == NULL || o->counter < 0)
         return 2;
     uint8_t txn[PROTO_TXN_ID_SIZE], digest[PROTO_DIGEST_SIZE];
-    if (hex_decode(o->txn_hex, txn, sizeof txn) != 0)
+    if (ops_unhex(o->txn_hex, txn, sizeof txn) != 0)
         return 2;
     memset(digest, 0xA5, sizeof digest); /* a digest of no allow at all, unless --allow */
     if (o->allow != NULL) {

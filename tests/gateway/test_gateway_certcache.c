@@ -20,6 +20,8 @@
 
 #include "gateway_certcache.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
+#include "qctest_key.h"
 
 #define DAY_S (24L * 3600L)
 #define PATH_LEN 512
@@ -34,40 +36,21 @@ typedef struct fixture {
     gateway_certcache_t *cache;
 } fixture_t;
 
-static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    assert_non_null(ext);
-    assert_int_equal(X509_add_ext(cert, ext, -1), 1);
-    X509_EXTENSION_free(ext);
-}
-
 /* A certificate for key named cn, valid from now+from_s to now+to_s, signed by issuer (itself
  * when NULL, as a CA). */
 static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key,
                        time_t now, long from_s, long to_s)
 {
-    X509 *c = X509_new();
-    assert_non_null(c);
-    assert_int_equal(X509_set_version(c, X509_VERSION_3), 1);
-    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(c), (long)(now % 100000) + to_s), 1);
-    assert_non_null(X509_time_adj_ex(X509_getm_notBefore(c), 0, from_s, &now));
-    assert_non_null(X509_time_adj_ex(X509_getm_notAfter(c), 0, to_s, &now));
-    assert_int_equal(X509_set_pubkey(c, key), 1);
-    assert_int_equal(X509_NAME_add_entry_by_txt(X509_get_subject_name(c), "CN", MBSTRING_ASC,
-                                                (const unsigned char *)cn, -1, -1, 0),
-                     1);
-    X509 *iss = issuer != NULL ? issuer : c;
-    assert_int_equal(X509_set_issuer_name(c, X509_get_subject_name(iss)), 1);
-    add_ext(c, iss, NID_basic_constraints,
-            issuer == NULL ? "critical,CA:TRUE" : "critical,CA:FALSE");
-    add_ext(c, iss, NID_key_usage,
-            issuer == NULL ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature");
-    assert_true(X509_sign(c, issuer_key, EVP_sha256()) > 0);
-    return c;
+    qctest_cert_t spec = {.key = key,
+                          .cn = cn,
+                          .signer = issuer_key,
+                          .issuer = issuer,
+                          .serial = (long)(now % 100000) + to_s,
+                          .not_before_s = from_s,
+                          .not_after_s = to_s,
+                          .now = now,
+                          .ext = issuer == NULL ? QCTEST_EXT_CA : QCTEST_EXT_LEAF};
+    return qctest_cert_new(&spec);
 }
 
 static size_t cert_der(X509 *c, uint8_t **der)
@@ -83,22 +66,16 @@ static int setup(void **state)
     fixture_t *f = calloc(1, sizeof *f);
     if (f == NULL)
         return -1;
-    snprintf(f->dir, sizeof f->dir, "%s/qc-certcache.XXXXXX",
-             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (mkdtemp(f->dir) == NULL)
+    if (qctest_dir_new("qc-certcache", f->dir) != 0)
         return -1;
     f->now = time(NULL);
-    f->ca_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    f->other_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    f->dev_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    if (f->ca_key == NULL || f->other_key == NULL || f->dev_key == NULL)
-        return -1;
+    f->ca_key = qctest_key_new();
+    f->other_key = qctest_key_new();
+    f->dev_key = qctest_key_new();
     f->ca = make_cert("test CA", f->ca_key, NULL, f->ca_key, f->now, -DAY_S, 30 * DAY_S);
     f->other_ca = make_cert("test CA", f->other_key, NULL, f->other_key, f->now, -DAY_S, DAY_S);
     snprintf(f->ca_path, sizeof f->ca_path, "%s/ca.pem", f->dir);
-    FILE *pem = fopen(f->ca_path, "w");
-    if (pem == NULL || PEM_write_X509(pem, f->ca) != 1 || fclose(pem) != 0)
-        return -1;
+    qctest_write_cert(f->ca_path, f->ca);
     if (proto_trust_new(f->ca_path, NULL, &f->trust) != 0 ||
         gateway_certcache_new(f->trust, &f->cache) != 0)
         return -1;
@@ -117,8 +94,7 @@ static int teardown(void **state)
     EVP_PKEY_free(f->ca_key);
     EVP_PKEY_free(f->other_key);
     EVP_PKEY_free(f->dev_key);
-    unlink(f->ca_path);
-    rmdir(f->dir);
+    qctest_dir_remove(f->dir);
     free(f);
     return 0;
 }

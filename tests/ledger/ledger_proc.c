@@ -1,25 +1,22 @@
 /* ledger_proc.c - runs qc-ledger as a real process for tests and the benchmark. */
 #include "ledger_proc.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/pem.h>
 #include <zmq.h>
 
 #include "ledger_testkit.h"
 #include "proto_decode.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
+#include "qctest_port.h"
+#include "qctest_proc.h"
 
 #define LP_READY_MS 15000
 #define LP_CALL_MS 5000
@@ -31,44 +28,24 @@
 
 static void path_in(const lp_t *lp, const char *name, char *out)
 {
-    int n = snprintf(out, LP_PATH_MAX, "%.128s/%.64s", lp->dir, name);
-    (void)n;
+    qctest_path(lp->dir, name, out);
 }
 
-static int write_line(const char *path, const char *text)
+/* A key file of the allow-lists: one public key and a newline. */
+static int write_key_line(const char *path, const char *key_z85)
 {
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return -1;
-    fprintf(f, "%s\n", text);
-    return fclose(f) == 0 ? 0 : -1;
+    char line[PROTO_CURVE_KEY_Z85_LEN + 2];
+    snprintf(line, sizeof line, "%s\n", key_z85);
+    return qctest_file_write(path, line);
 }
 
-/* True when nothing listens on 127.0.0.1:port right now. */
-static bool port_free(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    bool ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-    close(fd);
-    return ok;
-}
+static const qctest_ports_t lp_range = {LP_PORT_FIRST, LP_PORT_SPAN};
 
 /* The same test may run in several build trees at once (each engineer runs the whole
  * suite): when the port is taken, step through the ledger's range for a free one. */
 static int pick_port(int port)
 {
-    for (int i = 0; i < LP_PORT_TRIES; i++) {
-        int p = LP_PORT_FIRST + (port - LP_PORT_FIRST + i * LP_PORT_STEP) % LP_PORT_SPAN;
-        if (port_free(p))
-            return p;
-    }
-    return port;
+    return qctest_port_pick(&lp_range, port, -1);
 }
 
 int lp_free_port(int port)
@@ -81,12 +58,11 @@ int lp_setup(lp_t *lp, const char *bin, int port)
     memset(lp, 0, sizeof *lp);
     lp->pid = -1;
     lp->last_status = -1;
-    snprintf(lp->dir, sizeof lp->dir, "/tmp/qc-ledger-proc-XXXXXX");
-    if (mkdtemp(lp->dir) == NULL)
+    if (qctest_dir_new("qc-ledger-proc", lp->dir) != 0)
         return -1;
     snprintf(lp->bin, sizeof lp->bin, "%s", bin);
     lp->port = pick_port(port);
-    snprintf(lp->endpoint, sizeof lp->endpoint, "tcp://127.0.0.1:%d", lp->port);
+    qctest_endpoint(lp->port, lp->endpoint);
     char p[LP_PATH_MAX];
     path_in(lp, "server.key", p);
     if (proto_curve_keypair_create(p, &lp->server) != 0)
@@ -98,14 +74,14 @@ int lp_setup(lp_t *lp, const char *bin, int port)
     if (proto_curve_keypair_create(p, &lp->admin) != 0)
         return -1;
     path_in(lp, "allow.keys", p);
-    if (write_line(p, lp->gateway.public_z85) != 0)
+    if (write_key_line(p, lp->gateway.public_z85) != 0)
         return -1;
     path_in(lp, "admin.keys", p);
-    if (write_line(p, lp->admin.public_z85) != 0)
+    if (write_key_line(p, lp->admin.public_z85) != 0)
         return -1;
-    lp->bank = tk_key_new();
+    lp->bank = qctest_key_new();
     path_in(lp, "allow.pem", p);
-    tk_write_pub_pem(lp->bank, p);
+    qctest_write_pubkey(p, lp->bank);
     path_in(lp, "data", p);
     if (mkdir(p, 0700) != 0)
         return -1;
@@ -192,7 +168,7 @@ int lp_start(lp_t *lp, const char *fault, int skip, const char *const *extra)
         if (lp->pid > 0 || !lost_port_race(lp))
             return -1;
         lp->port = pick_port(lp->port + 1);
-        snprintf(lp->endpoint, sizeof lp->endpoint, "tcp://127.0.0.1:%d", lp->port);
+        qctest_endpoint(lp->port, lp->endpoint);
         proto_rpc_client_destroy(&lp->gw);
         proto_rpc_client_destroy(&lp->op);
         lp->gw = lp_client(lp, &lp->gateway);
@@ -223,30 +199,22 @@ static int lp_start_once(lp_t *lp, const char *fault, int skip, const char *cons
     for (int i = 0; extra != NULL && extra[i] != NULL && n < LP_ARGS_MAX - 1; i++)
         args[n++] = extra[i];
     args[n] = NULL;
-    pid_t pid = fork();
+    char fault_env[LP_PATH_MAX], skip_env[32];
+    snprintf(fault_env, sizeof fault_env, "QC_FAULT=%s", fault != NULL ? fault : "");
+    snprintf(skip_env, sizeof skip_env, "QC_FAULT_SKIP=%d", skip);
+    const char *env[] = {fault != NULL ? fault_env : "QC_FAULT", fault != NULL ? skip_env : NULL,
+                         NULL};
+    qctest_cmd_t cmd = {.argv = (char *const *)args, .err_path = log, .env = env};
+    pid_t pid = qctest_spawn(&cmd);
     if (pid < 0)
         return -1;
-    if (pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        if (fault != NULL) {
-            char s[16];
-            snprintf(s, sizeof s, "%d", skip);
-            setenv("QC_FAULT", fault, 1);
-            setenv("QC_FAULT_SKIP", s, 1);
-        } else {
-            unsetenv("QC_FAULT");
-        }
-        execv(lp->bin, (char *const *)args);
-        _exit(127);
-    }
     lp->pid = pid;
     lp->last_status = -1;
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
+        int status = qctest_wait(pid, 0);
+        if (status != QCTEST_STATUS_RUNNING) {
             lp->pid = -1;
             fprintf(stderr, "qc-ledger exited at start (status %d), see %s\n", status, log);
             return -1;
@@ -264,32 +232,31 @@ bool lp_alive(lp_t *lp)
 {
     if (lp->pid <= 0)
         return false;
-    int status;
-    if (waitpid(lp->pid, &status, WNOHANG) == lp->pid) {
-        lp->pid = -1;
-        lp->last_status = status;
-        return false;
-    }
-    return true;
+    int status = qctest_wait(lp->pid, 0);
+    if (status == QCTEST_STATUS_RUNNING)
+        return true;
+    lp->pid = -1;
+    lp->last_status = status;
+    return false;
 }
 
 int lp_wait_exit(lp_t *lp, int timeout_ms)
 {
-    for (int waited = 0; waited <= timeout_ms; waited += 10) {
-        if (!lp_alive(lp))
-            return lp->last_status;
-        usleep(10000);
+    if (lp->pid <= 0)
+        return lp->last_status;
+    int status = qctest_wait(lp->pid, timeout_ms);
+    if (status != QCTEST_STATUS_RUNNING) {
+        lp->pid = -1;
+        lp->last_status = status;
     }
-    return -1;
+    return status;
 }
 
 int lp_stop(lp_t *lp, int sig)
 {
     if (lp->pid <= 0)
         return -1;
-    int status = 0;
-    kill(lp->pid, sig);
-    waitpid(lp->pid, &status, 0);
+    int status = qctest_stop(lp->pid, sig);
     lp->pid = -1;
     return status;
 }
@@ -308,12 +275,8 @@ void lp_teardown(lp_t *lp)
     proto_curve_keypair_wipe(&lp->server);
     proto_curve_keypair_wipe(&lp->gateway);
     proto_curve_keypair_wipe(&lp->admin);
-    if (getenv("QC_KEEP_TMP") == NULL && lp->dir[0] != '\0') {
-        char cmd[LP_PATH_MAX + 16];
-        snprintf(cmd, sizeof cmd, "rm -rf %s", lp->dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", lp->dir);
-    }
+    if (qctest_dir_remove(lp->dir) != 0)
+        fprintf(stderr, "could not remove %s\n", lp->dir);
 }
 
 int lp_open_account(lp_t *lp, const char *id, uint32_t currency, int64_t load_max)

@@ -10,8 +10,9 @@
 
 #include "ledger.pb-c.h"
 #include "proto_rpc.h"
+#include "qctest_fs.h"
 
-#define LP_PATH_MAX 256
+#define LP_PATH_MAX QCTEST_PATH_MAX
 
 typedef struct lp {
     char dir[LP_PATH_MAX];

@@ -1,4 +1,5 @@
-/* ledger_testkit.h - keys, certificates and signed load messages for the ledger's tests. */
+/* ledger_testkit.h - signed load messages for the ledger's tests (keys and certificates come
+ * from tests/lib: qctest_key.h). */
 #ifndef LEDGER_TESTKIT_H
 #define LEDGER_TESTKIT_H
 
@@ -6,26 +7,11 @@
 #include <stdint.h>
 
 #include <openssl/evp.h>
-#include <openssl/x509.h>
 
+#include "qctest_key.h"
 #include "quancun.pb-c.h"
 
 #define TK_CURRENCY 156
-
-/* A fresh P-256 key; aborts on failure (tests only). */
-EVP_PKEY *tk_key_new(void);
-/* A self-signed certificate for key with subject CN cn, DER in *der (malloc'd). */
-void tk_cert_new(EVP_PKEY *key, const char *cn, uint8_t **der, size_t *der_len);
-/* Writes key's public half (PEM) to path. */
-void tk_write_pub_pem(EVP_PKEY *key, const char *path);
-/* Writes key's certificate (PEM) for cn to path. */
-void tk_write_cert_pem(EVP_PKEY *key, const char *cn, const char *path);
-
-/* A CA (key and self-signed certificate, written as PEM to pem_path) and a device
- * certificate it issues (keyUsage digitalSignature), DER in *der (malloc'd). */
-void tk_ca_new(const char *pem_path, EVP_PKEY **ca_key, X509 **ca_cert);
-void tk_cert_issued(EVP_PKEY *key, const char *cn, EVP_PKEY *ca_key, X509 *ca_cert, uint8_t **der,
-                    size_t *der_len);
 
 /* The fields of a load request a test varies. */
 typedef struct tk_load {
@@ -53,8 +39,5 @@ void tk_allow_fields(EVP_PKEY *bank, const tk_load_t *l, const uint8_t *req, siz
 void tk_report(EVP_PKEY *key, const tk_load_t *l, uint64_t counter_after,
                Quancun__ReportStatus status, const uint8_t *allow, size_t allow_len, uint8_t **out,
                size_t *out_len);
-
-/* Wall clock, ms. */
-uint64_t tk_now_ms(void);
 
 #endif

@@ -19,10 +19,12 @@
 #include <cmocka.h>
 #include <zmq.h>
 
+#include "ops_time.h"
 #include "ledger_proc.h"
 #include "ledger_testkit.h"
 #include "proto_decode.h"
 #include "qc_error.h"
+#include "qctest_http.h"
 
 #define T_PORT_BASE 17300
 #define T_DEADLINE_MS 60000
@@ -42,8 +44,8 @@ typedef struct dev {
 static void dev_make(dev_t_ *d, const char *id)
 {
     snprintf(d->id, sizeof d->id, "%s", id);
-    d->key = tk_key_new();
-    tk_cert_new(d->key, d->id, &d->cert, &d->cert_len);
+    d->key = qctest_key_new();
+    qctest_cert_self_der(d->key, d->id, &d->cert, &d->cert_len);
     d->counter = 0;
 }
 
@@ -70,7 +72,7 @@ static void rsv_make(lp_t *lp, dev_t_ *d, const char *account, int64_t amount, u
     r->l.counter = d->counter;
     tk_txn_id(r->l.txn_id);
     tk_request(d->key, &r->l, &r->req, &r->req_len);
-    tk_allow(lp->bank, r->req, r->req_len, deadline ? deadline : tk_now_ms() + T_DEADLINE_MS,
+    tk_allow(lp->bank, r->req, r->req_len, deadline ? deadline : ops_time_wall_ms() + T_DEADLINE_MS,
              &r->allow, &r->allow_len);
     Qcledger__ReserveRequest m = QCLEDGER__RESERVE_REQUEST__INIT;
     m.request.data = r->req;
@@ -138,25 +140,6 @@ static lp_t *start(int port_offset)
     return start_with(port_offset, NULL);
 }
 
-/* GET path from 127.0.0.1:port; the whole response (status line included) into out. */
-static void http_get(int port, const char *path, char *out, size_t cap)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-    char req[256];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    assert_int_equal(write(fd, req, (size_t)n), n);
-    size_t got = 0;
-    ssize_t r;
-    while (got < cap - 1 && (r = read(fd, out + got, cap - 1 - got)) > 0)
-        got += (size_t)r;
-    out[got] = '\0';
-    close(fd);
-}
-
 static void finish(lp_t *lp)
 {
     lp_teardown(lp);
@@ -194,7 +177,7 @@ static void test_methods_and_roles(void **state)
     assert_memory_equal(rr->allow.data, r.allow, r.allow_len);
     qcledger__reserve_reply__free_unpacked(rr, NULL);
     rsv_t retry = r;
-    tk_allow(lp->bank, r.req, r.req_len, tk_now_ms() + T_DEADLINE_MS, &retry.allow,
+    tk_allow(lp->bank, r.req, r.req_len, ops_time_wall_ms() + T_DEADLINE_MS, &retry.allow,
              &retry.allow_len);
     Qcledger__ReserveRequest m = QCLEDGER__RESERVE_REQUEST__INIT;
     m.request.data = r.req;
@@ -273,9 +256,9 @@ static void test_methods_and_roles(void **state)
     assert_int_equal(lp_check(lp), 1);
     /* Metrics and health on the HTTP port. */
     static char page[65536];
-    http_get(hp, "/healthz", page, sizeof page);
+    qctest_http(hp, "GET", "/healthz", page, sizeof page);
     assert_non_null(strstr(page, " 200 "));
-    http_get(hp, "/metrics", page, sizeof page);
+    qctest_http(hp, "GET", "/metrics", page, sizeof page);
     assert_non_null(strstr(page, "qc_ledger_reserve_total{result=\"ok\"} 2"));
     /* Refused before the saga, so counted as denied, not as a reserve result. */
     assert_null(strstr(page, "qc_ledger_reserve_total{result=\"QC_EDENIED\"}"));
@@ -379,7 +362,7 @@ static void test_deadline_compensates_without_callers(void **state)
     assert_int_equal(lp_deposit(lp, "dora", 5000), 0);
     assert_int_equal(lp_enroll(lp, "dora", d.cert, d.cert_len), 0);
     rsv_t r;
-    rsv_make(lp, &d, "dora", 1200, tk_now_ms() + 300, &r);
+    rsv_make(lp, &d, "dora", 1200, ops_time_wall_ms() + 300, &r);
     assert_int_equal(reserve(lp->gw, &r, NULL), 0);
     char reason[64] = "";
     Quancun__LoadState st = QUANCUN__LOAD_STATE__LOAD_NONE;

@@ -283,7 +283,7 @@ static void sim_init(sim_t *s, unsigned n, uint64_t seed)
     assert_true(n >= 1 && n <= SIM_REPLICAS_MAX);
     s->n = n;
     s->rng = seed;
-    s->bank = tk_key_new();
+    s->bank = qctest_key_new();
     snprintf(s->root, sizeof s->root, "%s/qc-raft-sim-XXXXXX", sim_base_dir());
     assert_non_null(mkdtemp(s->root));
     assert_int_equal(raft_fixture_initialize(&s->f), 0);
@@ -310,8 +310,8 @@ static void sim_init(sim_t *s, unsigned n, uint64_t seed)
         sim_device_t *dv = &s->dev[d];
         snprintf(dv->id, sizeof dv->id, "dev-%u", d);
         snprintf(dv->account, sizeof dv->account, "acct-%u", d);
-        dv->key = tk_key_new();
-        tk_cert_new(dv->key, dv->id, &dv->cert, &dv->cert_len);
+        dv->key = qctest_key_new();
+        qctest_cert_self_der(dv->key, dv->id, &dv->cert, &dv->cert_len);
     }
 }
 
@@ -908,9 +908,9 @@ static int fx_setup(void **state)
     assert_non_null(x);
     snprintf(x->root, sizeof x->root, "%s/qc-fsm-XXXXXX", sim_base_dir());
     assert_non_null(mkdtemp(x->root));
-    x->bank = tk_key_new();
-    x->dev = tk_key_new();
-    tk_cert_new(x->dev, "dev-a", &x->cert, &x->cert_len);
+    x->bank = qctest_key_new();
+    x->dev = qctest_key_new();
+    qctest_cert_self_der(x->dev, "dev-a", &x->cert, &x->cert_len);
     for (int i = 0; i < 2; i++) {
         snprintf(x->dir[i], sizeof x->dir[i], "%s/r%d", x->root, i);
         assert_int_equal(mkdir(x->dir[i], 0700), 0);

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "ops_time.h"
 #include "ledger_saga.h"
 #include "ledger_store.h"
 #include "ledger_testkit.h"
@@ -106,12 +107,12 @@ static int setup(void **state)
     snprintf(f->dir, sizeof f->dir, "/tmp/qc-ledger-saga-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     assert_int_equal(ledger_store_open(f->dir, T_MAP_SIZE, &f->store), 0);
-    f->bank = tk_key_new();
-    f->dev = tk_key_new();
-    tk_cert_new(f->dev, T_DEVICE, &f->cert, &f->cert_len);
+    f->bank = qctest_key_new();
+    f->dev = qctest_key_new();
+    qctest_cert_self_der(f->dev, T_DEVICE, &f->cert, &f->cert_len);
     ledger_saga_config_t cfg = {.store = f->store, .allow_key = f->bank, .shard_count = 1};
     assert_int_equal(ledger_saga_new(&cfg, &f->saga), 0);
-    f->now = tk_now_ms();
+    f->now = ops_time_wall_ms();
     f->load = malloc(sizeof *f->load);
     f->load2 = malloc(sizeof *f->load2);
     open_account(f, T_ACCOUNT, 0, 0);
@@ -301,10 +302,10 @@ static void test_late_confirm_by_report_overdraws(void **state)
     assert_int_equal(ledger_saga_expire(f->saga, NULL, f->now + 60, 10, NULL, NULL), 0);
     assert_int_equal(state_of(f, p.l.txn_id), QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
     /* A second device on the account spends the money back in the meantime. */
-    EVP_PKEY *k2 = tk_key_new();
+    EVP_PKEY *k2 = qctest_key_new();
     uint8_t *cert2 = NULL;
     size_t cert2_len = 0;
-    tk_cert_new(k2, "dev-2", &cert2, &cert2_len);
+    qctest_cert_self_der(k2, "dev-2", &cert2, &cert2_len);
     ledger_device_t *d = malloc(sizeof *d);
     assert_int_equal(ledger_saga_enroll_device(f->saga, NULL, f->now, T_ACCOUNT, cert2, cert2_len,
                                                0, 0, d, f->why),
@@ -569,7 +570,7 @@ static void test_refusals_change_nothing(void **state)
     free_pair(&p);
 
     /* Request signed by a key that is not the device's. */
-    EVP_PKEY *other = tk_key_new();
+    EVP_PKEY *other = qctest_key_new();
     p = make_pair(f, T_AMOUNT, 0, 0);
     free(p.req);
     free(p.allow);
@@ -665,10 +666,10 @@ static void test_refusals_change_nothing(void **state)
     free_pair(&pend);
 
     /* Revoked device. */
-    EVP_PKEY *k3 = tk_key_new();
+    EVP_PKEY *k3 = qctest_key_new();
     uint8_t *c3 = NULL;
     size_t c3_len = 0;
-    tk_cert_new(k3, "dev-3", &c3, &c3_len);
+    qctest_cert_self_der(k3, "dev-3", &c3, &c3_len);
     assert_int_equal(
         ledger_saga_enroll_device(f->saga, NULL, f->now, T_ACCOUNT, c3, c3_len, 1000, 0, d, f->why),
         0);
@@ -700,10 +701,10 @@ static void test_limits(void **state)
     /* A second account with a per-load maximum and a daily maximum. */
     open_account(f, "carol", 300, 500);
     deposit(f, "carol", T_DEPOSIT);
-    EVP_PKEY *k = tk_key_new();
+    EVP_PKEY *k = qctest_key_new();
     uint8_t *c = NULL;
     size_t c_len = 0;
-    tk_cert_new(k, "dev-c", &c, &c_len);
+    qctest_cert_self_der(k, "dev-c", &c, &c_len);
     ledger_device_t *d = malloc(sizeof *d);
     assert_int_equal(
         ledger_saga_enroll_device(f->saga, NULL, f->now, "carol", c, c_len, 0, 0, d, f->why), 0);
@@ -741,7 +742,7 @@ static void test_bad_report_signature(void **state)
     pair_t p = make_pair(f, T_AMOUNT, 0, 0);
     assert_int_equal(reserve(f, &p), 0);
     snap_t s = snap(f);
-    EVP_PKEY *other = tk_key_new();
+    EVP_PKEY *other = qctest_key_new();
     assert_int_equal(settle(f, &p, other, 1, QUANCUN__REPORT_STATUS__REPORT_APPLIED), QC_EBADSIG);
     EVP_PKEY_free(other);
     snap_t s2 = snap(f);
@@ -925,17 +926,18 @@ static void test_enroll_checks_the_ca(void **state)
     snprintf(ca_path, sizeof ca_path, "%s/ca.pem", f->dir);
     EVP_PKEY *ca_key = NULL;
     X509 *ca = NULL;
-    tk_ca_new(ca_path, &ca_key, &ca);
+    qctest_ca_new(&ca_key, &ca);
+    qctest_write_cert(ca_path, ca);
     proto_trust_t *trust = NULL;
     assert_int_equal(proto_trust_new(ca_path, NULL, &trust), 0);
     ledger_saga_t *s2 = NULL;
     ledger_saga_config_t cfg = {
         .store = f->store, .allow_key = f->bank, .trust = trust, .shard_count = 1};
     assert_int_equal(ledger_saga_new(&cfg, &s2), 0);
-    EVP_PKEY *k = tk_key_new();
+    EVP_PKEY *k = qctest_key_new();
     uint8_t *good = NULL;
     size_t good_len = 0;
-    tk_cert_issued(k, "QC-DEV-CA-1", ca_key, ca, &good, &good_len);
+    qctest_cert_issued_der(k, "QC-DEV-CA-1", ca_key, ca, &good, &good_len);
     ledger_device_t *d = malloc(sizeof *d);
     snap_t before = snap(f);
     /* Self-signed: refused, nothing written. */

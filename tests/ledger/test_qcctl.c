@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "ops_time.h"
 #include "ledger_proc.h"
 #include "ledger_store.h"
 #include "ledger_testkit.h"
@@ -30,7 +31,7 @@ static char out[T_OUT_MAX];
 static int qcctl(lp_t *lp, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int qcctl(lp_t *lp, const char *fmt, ...)
 {
-    char args[1024], cmd[2048], outp[LP_PATH_MAX + 16];
+    char args[1024], cmd[4096], outp[LP_PATH_MAX + 16];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
@@ -72,9 +73,11 @@ static void test_qcctl_verbs(void **state)
     assert_int_equal(qcctl(lp, "--json account unfreeze alice"), 0);
     assert_non_null(strstr(out, "\"status\":\"open\""));
 
-    EVP_PKEY *dev = tk_key_new();
+    EVP_PKEY *dev = qctest_key_new();
     snprintf(path, sizeof path, "%s/dev.pem", lp->dir);
-    tk_write_cert_pem(dev, "dev-q", path);
+    X509 *dev_cert = qctest_cert_self(dev, "dev-q");
+    qctest_write_cert(path, dev_cert);
+    X509_free(dev_cert);
     assert_int_equal(qcctl(lp, "device enroll %s --account alice --wallet-cap 9000", path), 0);
     assert_int_equal(qcctl(lp, "--json device show dev-q"), 0);
     assert_non_null(strstr(out, "\"status\":\"active\""));
@@ -86,7 +89,7 @@ static void test_qcctl_verbs(void **state)
     uint8_t *req = NULL, *allow = NULL;
     size_t req_len = 0, allow_len = 0;
     tk_request(dev, &l, &req, &req_len);
-    tk_allow(lp->bank, req, req_len, tk_now_ms() + 60000, &allow, &allow_len);
+    tk_allow(lp->bank, req, req_len, ops_time_wall_ms() + 60000, &allow, &allow_len);
     Qcledger__ReserveRequest m = QCLEDGER__RESERVE_REQUEST__INIT;
     m.request.data = req;
     m.request.len = req_len;

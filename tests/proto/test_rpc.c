@@ -28,14 +28,16 @@
 #include "ops_time.h"
 #include "proto_rpc.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
+#include "qctest_port.h"
+#include "qctest_proc.h"
 
 #define T_CHILDREN_MAX 8
-#define T_PATH_MAX 512
+#define T_PATH_MAX QCTEST_PATH_MAX
 #define T_READY_MS 8000    /* a fresh server must answer within this */
 #define T_CALL_MS 2000     /* an ordinary call */
 #define T_ASYNC_CALLS 200  /* calls in flight at once in the async test */
 #define T_LOG_WAIT_MS 3000 /* a log line must appear within this */
-#define T_STOP_MS 5000     /* a server must exit this soon after SIGTERM */
 
 static const char *echo_server_bin;
 
@@ -73,7 +75,8 @@ static void write_text(const char *path, const char *text)
 
 static void endpoint_of(int port, char *out, size_t cap)
 {
-    snprintf(out, cap, "tcp://127.0.0.1:%d", port);
+    assert_true(cap >= QCTEST_ENDPOINT_MAX);
+    qctest_endpoint(port, out);
 }
 
 /* Starts an echo server on port; stderr goes to stderr_path when it is set. */
@@ -87,31 +90,22 @@ static pid_t spawn_server(fixture_t *f, int port, const char *name, bool stall,
         if (f->children[i] == 0)
             slot = i;
     assert_true(slot >= 0);
-    pid_t pid = fork();
+    const char *args[16];
+    int n = 0;
+    args[n++] = echo_server_bin;
+    args[n++] = "--endpoint";
+    args[n++] = endpoint;
+    args[n++] = "--keys";
+    args[n++] = f->server_keys;
+    args[n++] = "--allow";
+    args[n++] = f->allow;
+    args[n++] = "--name";
+    args[n++] = name;
+    if (stall)
+        args[n++] = "--stall";
+    args[n] = NULL;
+    pid_t pid = qctest_spawn(&(qctest_cmd_t){.argv = (char *const *)args, .err_path = stderr_path});
     assert_true(pid >= 0);
-    if (pid == 0) {
-        if (stderr_path != NULL) {
-            int fd = open(stderr_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
-            if (fd < 0 || dup2(fd, 2) < 0)
-                _exit(126);
-        }
-        const char *args[16];
-        int n = 0;
-        args[n++] = echo_server_bin;
-        args[n++] = "--endpoint";
-        args[n++] = endpoint;
-        args[n++] = "--keys";
-        args[n++] = f->server_keys;
-        args[n++] = "--allow";
-        args[n++] = f->allow;
-        args[n++] = "--name";
-        args[n++] = name;
-        if (stall)
-            args[n++] = "--stall";
-        args[n] = NULL;
-        execv(echo_server_bin, (char *const *)args);
-        _exit(127);
-    }
     f->children[slot] = pid;
     return pid;
 }
@@ -121,8 +115,7 @@ static void kill_server(fixture_t *f, pid_t pid)
     for (int i = 0; i < T_CHILDREN_MAX; i++) {
         if (f->children[i] != pid)
             continue;
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+        qctest_stop(pid, SIGKILL);
         f->children[i] = 0;
     }
 }
@@ -131,20 +124,10 @@ static void kill_server(fixture_t *f, pid_t pid)
  * clean exit also means LeakSanitizer found nothing in it. */
 static int stop_server(fixture_t *f, pid_t pid)
 {
-    assert_int_equal(kill(pid, SIGTERM), 0);
-    uint64_t end = ops_time_mono_ms() + T_STOP_MS;
-    int status = 0;
-    pid_t got = 0;
-    while ((got = waitpid(pid, &status, WNOHANG)) == 0 && ops_time_mono_ms() < end)
-        usleep(10 * 1000);
     for (int i = 0; i < T_CHILDREN_MAX; i++)
         if (f->children[i] == pid)
             f->children[i] = 0;
-    if (got != pid) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        return -1;
-    }
+    int status = qctest_stop(pid, SIGTERM); /* SIGKILL after QCTEST_STOP_GRACE_MS */
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -231,18 +214,6 @@ static void *raw_dealer(fixture_t *f, int port)
     return NULL;
 }
 
-static bool file_contains(const char *path, const char *needle)
-{
-    FILE *fp = fopen(path, "r");
-    if (fp == NULL)
-        return false;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, fp);
-    fclose(fp);
-    buf[n] = '\0';
-    return strstr(buf, needle) != NULL;
-}
-
 /* Pumps an async client for up to ms, or until *stop is true. */
 static void pump(proto_rpc_client_t *cli, proto_rpc_done_fn *done, void *arg, int ms,
                  const bool *stop)
@@ -265,8 +236,7 @@ static int setup(void **state)
 {
     fixture_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/qc-test-rpc-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    assert_int_equal(qctest_dir_new("qc-test-rpc", f->dir), 0);
     path_in(f, "server.key", f->server_keys);
     path_in(f, "client.key", f->client_keys);
     path_in(f, "stranger.key", f->stranger_keys);
@@ -299,9 +269,7 @@ static int teardown(void **state)
     proto_curve_keypair_wipe(&f->server);
     proto_curve_keypair_wipe(&f->client);
     proto_curve_keypair_wipe(&f->stranger);
-    char cmd[T_PATH_MAX + 16];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0)
+    if (qctest_dir_remove(f->dir) != 0)
         fprintf(stderr, "could not remove %s\n", f->dir);
     free(f);
     return 0;
@@ -321,8 +289,8 @@ static void test_keypair_files(void **state)
     assert_int_equal(st.st_mode & 0777, 0600);
     char pub_path[T_PATH_MAX + 8];
     snprintf(pub_path, sizeof pub_path, "%s.pub", f->client_keys);
-    assert_true(file_contains(pub_path, f->client.public_z85));
-    assert_false(file_contains(pub_path, f->client.secret_z85));
+    assert_true(qctest_file_contains(pub_path, f->client.public_z85));
+    assert_false(qctest_file_contains(pub_path, f->client.secret_z85));
     /* Never overwrite a key in use. */
     proto_curve_keypair_t again;
     assert_int_equal(proto_curve_keypair_create(f->client_keys, &again), QC_EIO);
@@ -376,10 +344,10 @@ static void test_refused_key(void **state)
     assert_int_equal(call_text(bad, "echo", "x", 1000, PROTO_RPC_IDEMPOTENT, out, sizeof out),
                      QC_ETIMEOUT);
     uint64_t end = ops_time_mono_ms() + T_LOG_WAIT_MS;
-    while (!file_contains(log_path, "rpc.refused") && ops_time_mono_ms() < end)
+    while (!qctest_file_contains(log_path, "rpc.refused") && ops_time_mono_ms() < end)
         usleep(20 * 1000);
-    assert_true(file_contains(log_path, "rpc.refused"));
-    assert_true(file_contains(log_path, f->stranger.public_z85));
+    assert_true(qctest_file_contains(log_path, "rpc.refused"));
+    assert_true(qctest_file_contains(log_path, f->stranger.public_z85));
     assert_int_equal(call_text(good, "stats", NULL, T_CALL_MS, 0, out, sizeof out), 0);
     assert_null(strstr(out, "refused=0"));
     /* SIGHUP after adding the key to the allow-list admits it, without a restart. */
@@ -389,7 +357,7 @@ static void test_refused_key(void **state)
     assert_int_equal(kill(pid, SIGHUP), 0);
     proto_rpc_client_t *later = client_new(f, "tcp://127.0.0.1:17101", NULL, &f->stranger);
     wait_ready(later);
-    assert_true(file_contains(log_path, "rpc.allow_reloaded"));
+    assert_true(qctest_file_contains(log_path, "rpc.allow_reloaded"));
 }
 
 typedef struct async_one {

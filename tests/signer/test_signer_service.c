@@ -30,7 +30,10 @@
 #include "proto_rpc.h"
 #include "qc_error.h"
 #include "signer.pb-c.h"
+#include "qctest_fs.h"
+#include "qctest_proc.h"
 #include "signer_test_util.h"
+#include "qctest_http.h"
 
 #define TEST_RANDOM_SIGNATURES 2000 /* a short r or s (p = 1/128 each) is missed with p < 1e-6 */
 #define TEST_READY_TIMEOUT_MS 20000
@@ -73,9 +76,7 @@ static int setup(void **state)
     fixture_t *f = calloc(1, sizeof(*f));
     assert_non_null(f);
     *state = f;
-    const char *tmp = getenv("TMPDIR");
-    snprintf(f->dir, sizeof(f->dir), "%s/qc-signer-svc-XXXXXX", tmp != NULL ? tmp : "/tmp");
-    assert_non_null(mkdtemp(f->dir));
+    assert_int_equal(qctest_dir_new("qc-signer-svc", f->dir), 0);
     path_in(f, f->hsm, "hsm");
     path_in(f, f->log, "signer.log");
     snprintf(f->pin_file, sizeof(f->pin_file), "%s/pin", f->hsm);
@@ -86,7 +87,7 @@ static int setup(void **state)
     snprintf(devhsm, sizeof(devhsm), "%s/ops/devhsm", src);
     char *argv[] = {
         devhsm, "init", f->hsm, "--pin", SIGNER_TEST_PIN, "--signer", (char *)signer_bin, NULL};
-    assert_int_equal(signer_test_run(argv), 0);
+    assert_int_equal(qctest_run_argv(argv), 0);
     char conf[SIGNER_TEST_PATH_MAX + 16];
     snprintf(conf, sizeof(conf), "%s/softhsm2.conf", f->hsm);
     assert_int_equal(setenv("SOFTHSM2_CONF", conf, 1), 0);
@@ -111,14 +112,13 @@ static int teardown(void **state)
 {
     fixture_t *f = *state;
     for (int i = 0; i < TEST_SIGNERS_MAX; i++)
-        signer_test_stop(f->pids[i], SIGKILL);
+        qctest_stop(f->pids[i], SIGKILL);
     for (int k = 0; k < 3; k++)
         EVP_PKEY_free(f->pub[k]);
     for (int i = 0; i < TEST_CLIENTS_MAX; i++)
         proto_rpc_client_destroy(&f->clients[i]);
     zmq_ctx_term(f->zctx);
-    char *argv[] = {"rm", "-rf", f->dir, NULL};
-    signer_test_run(argv);
+    qctest_dir_remove(f->dir);
     free(f);
     return 0;
 }
@@ -129,7 +129,7 @@ static pid_t start_signer(fixture_t *f, int rpc_port, int http_port, ...)
     char listen[64], http[16];
     snprintf(listen, sizeof(listen), "tcp://127.0.0.1:%d", rpc_port);
     snprintf(http, sizeof(http), "%d", http_port);
-    char *argv[SIGNER_TEST_ARGS_MAX] = {
+    char *argv[QCTEST_ARGS_MAX] = {
         (char *)signer_bin, "--listen",  listen,        "--curve-key", f->server_key,
         "--allow",          f->allow,    "--http-port", http,          "--token-label",
         "quancun",          "--workers", "2",           "--pin-file",  f->pin_file,
@@ -137,11 +137,11 @@ static pid_t start_signer(fixture_t *f, int rpc_port, int http_port, ...)
     int argc = 15;
     va_list ap;
     va_start(ap, http_port);
-    for (char *a; (a = va_arg(ap, char *)) != NULL && argc < SIGNER_TEST_ARGS_MAX - 1;)
+    for (char *a; (a = va_arg(ap, char *)) != NULL && argc < QCTEST_ARGS_MAX - 1;)
         argv[argc++] = a;
     va_end(ap);
     argv[argc] = NULL;
-    return signer_test_spawn(argv, f->log);
+    return qctest_spawn(&(qctest_cmd_t){.argv = argv, .out_path = f->log, .err_path = f->log});
 }
 
 static proto_rpc_client_t *client_for(fixture_t *f, int rpc_port)
@@ -307,33 +307,13 @@ static void wait_ready(fixture_t *f, proto_rpc_client_t *cli, pid_t pid)
         rc = call_sign(cli, QUANCUN__SIGN_KIND__SIGN_AUDIT_CHECKPOINT, body, len, 500, NULL, NULL);
         if (rc == 0)
             break;
-        if (signer_test_wait(pid, 0) >= 0) {
+        if (qctest_wait(pid, 0) != QCTEST_STATUS_RUNNING) {
             print_error("qc-signer exited during start; log %s\n", f->log);
             break;
         }
     }
     free(body);
     assert_int_equal(rc, 0);
-}
-
-/* GET path from 127.0.0.1:port into buf; returns the bytes read. */
-static size_t http_get(int port, const char *path, char *buf, size_t cap)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
-    char req[128];
-    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n", path);
-    assert_int_equal(write(fd, req, (size_t)n), n);
-    size_t got = 0;
-    ssize_t r;
-    while (got < cap - 1 && (r = read(fd, buf + got, cap - 1 - got)) > 0)
-        got += (size_t)r;
-    buf[got] = '\0';
-    close(fd);
-    return got;
 }
 
 /* ---------------------------------------------------------------- group "sign" */
@@ -379,20 +359,20 @@ static void test_sign_every_kind_and_verify(void **state)
     /* Counted in metrics, by kind; and reported as a "sign" audit event. */
     char *page = malloc(TEST_HTTP_MAX);
     assert_non_null(page);
-    http_get(17600, "/metrics", page, TEST_HTTP_MAX);
+    qctest_http(17600, "GET", "/metrics", page, TEST_HTTP_MAX);
     assert_non_null(strstr(page, "qc_signer_signatures_total{kind=\"load_allow\"} 1"));
     assert_non_null(strstr(page, "qc_signer_signatures_total{kind=\"load_outcome\"} 1"));
-    http_get(17600, "/healthz", page, TEST_HTTP_MAX);
+    qctest_http(17600, "GET", "/healthz", page, TEST_HTTP_MAX);
     assert_non_null(strstr(page, "200"));
     free(page);
-    assert_true(signer_test_file_contains(f->log, "\"event\":\"sign\",\"label\":\"allow-signing\","
-                                                  "\"version\":\"1\",\"kind\":\"load_allow\""));
+    assert_true(qctest_file_contains(f->log, "\"event\":\"sign\",\"label\":\"allow-signing\","
+                                             "\"version\":\"1\",\"kind\":\"load_allow\""));
 
     /* SIGTERM is a clean stop. */
     client_close(f, cli);
-    assert_int_equal(signer_test_stop(f->pids[0], SIGTERM), 0);
+    assert_int_equal(qctest_exit_code(qctest_stop(f->pids[0], SIGTERM)), 0);
     f->pids[0] = 0;
-    assert_true(signer_test_file_contains(f->log, "signer.stopped"));
+    assert_true(qctest_file_contains(f->log, "signer.stopped"));
 }
 
 static void test_many_random_digests(void **state)
@@ -484,12 +464,12 @@ static void expect_start_failure(fixture_t *f, int port, const char *needle, cha
                                  char *value)
 {
     f->pids[0] = start_signer(f, port, 0, flag, value, NULL);
-    int status = signer_test_wait(f->pids[0], TEST_EXIT_TIMEOUT_MS);
+    int status = qctest_exit_code(qctest_wait(f->pids[0], TEST_EXIT_TIMEOUT_MS));
     f->pids[0] = status >= 0 ? 0 : f->pids[0];
     assert_int_equal(status, 1); /* an orderly failure: no crash, no leak report */
-    if (!signer_test_file_contains(f->log, needle))
+    if (!qctest_file_contains(f->log, needle))
         print_error("log %s lacks %s\n", f->log, needle);
-    assert_true(signer_test_file_contains(f->log, needle));
+    assert_true(qctest_file_contains(f->log, needle));
 }
 
 static void test_wrong_pin_fails_loudly(void **state)
@@ -502,7 +482,7 @@ static void test_wrong_pin_fails_loudly(void **state)
     fputs("000000\n", p);
     fclose(p);
     expect_start_failure(f, 17510, "CKR_PIN_INCORRECT", "--pin-file", bad);
-    assert_true(signer_test_file_contains(f->log, "signer.login_failed"));
+    assert_true(qctest_file_contains(f->log, "signer.login_failed"));
 }
 
 static void test_missing_key_fails_loudly(void **state)
@@ -529,7 +509,7 @@ static void test_keygen_refuses_existing_key(void **state)
     char out[SIGNER_TEST_PATH_MAX];
     path_in(f, out, "keys2");
     char *mk[] = {"mkdir", out, NULL};
-    assert_int_equal(signer_test_run(mk), 0);
+    assert_int_equal(qctest_run_argv(mk), 0);
     char *argv[] = {(char *)signer_bin,
                     "keygen",
                     "--token-label",
@@ -546,13 +526,13 @@ static void test_keygen_refuses_existing_key(void **state)
                     "error",
                     NULL};
     /* devhsm made allow-signing v1 already: the token refuses a second one. */
-    assert_int_equal(signer_test_run(argv), 1);
+    assert_int_equal(qctest_run_argv(argv), 1);
     char pub[SIGNER_TEST_PATH_MAX + 32];
     snprintf(pub, sizeof(pub), "%s/allow-signing-v1.pub.pem", out);
     assert_int_not_equal(access(pub, F_OK), 0);
     /* Version 2 is new: made, and its files written. */
     argv[9] = "2";
-    assert_int_equal(signer_test_run(argv), 0);
+    assert_int_equal(qctest_run_argv(argv), 0);
     snprintf(pub, sizeof(pub), "%s/allow-signing-v2.pub.pem", out);
     assert_int_equal(access(pub, F_OK), 0);
     /* And a signer configured for allow-signing v2 signs with it. */
@@ -598,7 +578,7 @@ static void test_fault_after_sign_then_restart(void **state)
         assert_int_not_equal(
             call_sign(cli, QUANCUN__SIGN_KIND__SIGN_AUDIT_CHECKPOINT, body, len, 500, NULL, NULL),
             0);
-        status = signer_test_wait(f->pids[0], 0);
+        status = qctest_exit_code(qctest_wait(f->pids[0], 0));
     }
     assert_int_equal(status, 128 + SIGKILL);
     f->pids[0] = 0;
@@ -681,7 +661,7 @@ static void test_kill9_under_load_then_restart(void **state)
         }
         if (!killed && ls.ok >= TEST_LOAD_CALLS / 4) {
             /* Mid-stream, with calls in flight. */
-            assert_int_equal(signer_test_stop(f->pids[0], SIGKILL), 128 + SIGKILL);
+            assert_int_equal(qctest_exit_code(qctest_stop(f->pids[0], SIGKILL)), 128 + SIGKILL);
             f->pids[0] = 0;
             killed = true;
         }
