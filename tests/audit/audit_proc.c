@@ -25,12 +25,12 @@ void ap_path(const ap_t *ap, const char *name, char *out)
     qctest_path(ap->dir, name, out);
 }
 
-static const qctest_ports_t ap_range = {AP_PORT_FIRST, AP_PORT_LAST - AP_PORT_FIRST + 1};
-
-/* Several build trees may run the suite at once: step through the range for a free port. */
+/* Steps through the test's range for a free port: the range CTest gave the test
+ * (qc_test_ports), or the audit's when it runs by hand. */
 int ap_pick_port(int port, int avoid)
 {
-    return qctest_port_pick(&ap_range, port, avoid);
+    qctest_ports_t range = qctest_ports(AP_PORT_FIRST, AP_PORT_LAST - AP_PORT_FIRST + 1);
+    return qctest_port_pick(&range, port, avoid);
 }
 
 int ap_setup(ap_t *ap, const char *bin, int port)

@@ -1,4 +1,5 @@
-/* audit_proc.h - runs qc-audit as a real process for the audit tests (ports 18000-18199). */
+/* audit_proc.h - runs qc-audit as a real process for the audit tests (ports: the test's range,
+ * 18000-18199 by hand). */
 #ifndef AUDIT_PROC_H
 #define AUDIT_PROC_H
 
@@ -30,7 +31,8 @@ typedef struct ap {
 /* Makes a temp dir with keys, allow-list and data dir; picks two free ports in the audit
  * range starting the search at port. Returns 0 or -1. */
 int ap_setup(ap_t *ap, const char *bin, int port);
-/* A free port of the audit range, searched from start, other than avoid; start if none. */
+/* A free port of the test's range (qctest_ports: the audit's by hand), searched from start,
+ * other than avoid; start if none. */
 int ap_pick_port(int start, int avoid);
 /* Path of name inside the temp dir, into out (capacity AP_PATH_MAX). */
 void ap_path(const ap_t *ap, const char *name, char *out);

@@ -22,9 +22,13 @@
 #include "qctest_proc.h"
 #include "signer_test_util.h"
 #include "qctest_http.h"
+#include "qctest_port.h"
 
-#define T_AUDIT_PORT 18100
-#define T_SIGNER_PORT 18120
+/* Port i of the test's range (qc_test_ports in CMakeLists.txt). */
+static qctest_ports_t ports;
+#define T_PORT(i) qctest_port(&ports, (i))
+#define T_AUDIT_PORT T_PORT(0)
+#define T_SIGNER_PORT T_PORT(20)
 #define T_WAIT_MS 20000
 #define T_OUT_MAX 4096
 #define T_EVENTS 25
@@ -205,6 +209,7 @@ int main(int argc, char **argv)
         return 2;
     }
     g_audit_bin = argv[1];
+    ports = qctest_ports(18100, 100);
     g_signer_bin = argv[2];
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_checkpoints, setup, teardown),

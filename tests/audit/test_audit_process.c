@@ -21,8 +21,11 @@
 #include "proto_decode.h"
 #include "qc_error.h"
 #include "qctest_http.h"
+#include "qctest_port.h"
 
-#define T_PORT 18000
+/* Port i of the test's range (qc_test_ports in CMakeLists.txt). */
+static qctest_ports_t ports;
+#define T_PORT(i) qctest_port(&ports, (i))
 #define T_CRASH_EVENTS 300
 #define T_ASYNC_MS 3000
 #define T_OUT_MAX (256 * 1024)
@@ -33,7 +36,7 @@ static int setup(void **state)
 {
     ap_t *ap = calloc(1, sizeof *ap);
     assert_non_null(ap);
-    assert_int_equal(ap_setup(ap, g_bin, T_PORT), 0);
+    assert_int_equal(ap_setup(ap, g_bin, T_PORT(0)), 0);
     /* verify needs a checkpoint key even when there is no checkpoint. */
     EVP_PKEY *k = qctest_key_new();
     char p[AP_PATH_MAX];
@@ -251,6 +254,7 @@ int main(int argc, char **argv)
         return 2;
     }
     g_bin = argv[1];
+    ports = qctest_ports(18000, 20);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_append_two_sources, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_mid_batch, setup, teardown),

@@ -25,9 +25,13 @@
 #include "qc_error.h"
 #include "qctest_proc.h"
 #include "qctest_http.h"
+#include "qctest_port.h"
 
-#define T_LEDGER_PORT 18020 /* searched upwards in the audit range */
-#define T_AUDIT_PORT 18060
+/* Port i of the test's range (qc_test_ports in CMakeLists.txt). */
+static qctest_ports_t ports;
+#define T_PORT(i) qctest_port(&ports, (i))
+#define T_LEDGER_PORT T_PORT(0) /* searched upwards in the range */
+#define T_AUDIT_PORT T_PORT(40)
 #define T_DRAIN_MS 20000
 #define T_OUT_MAX (256 * 1024)
 #define T_SOURCE_METRIC "qc_audit_relay_events_total{source=\"ledger-0\"}"
@@ -46,7 +50,7 @@ static int setup(void **state)
     fixture_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
     lp_t *lp = &f->lp;
-    assert_int_equal(lp_setup(lp, g_ledger_bin, 17300), 0);
+    assert_int_equal(lp_setup(lp, g_ledger_bin, T_LEDGER_PORT), 0);
     assert_int_equal(ap_setup(&f->ap, g_audit_bin, T_AUDIT_PORT), 0);
     /* lp_setup picks a port in the ledger's range; these tests use the audit range. */
     int port = ap_pick_port(T_LEDGER_PORT, f->ap.port);
@@ -301,7 +305,7 @@ static void test_relay_two_shards(void **state)
     lp_t *lp0 = &f->lp;
     lp_t *lp1 = calloc(1, sizeof *lp1);
     assert_non_null(lp1);
-    assert_int_equal(lp_setup(lp1, g_ledger_bin, 17300), 0);
+    assert_int_equal(lp_setup(lp1, g_ledger_bin, T_LEDGER_PORT), 0);
     /* Shard 1 speaks with shard 0's server key and admits its callers too. */
     copy_file(lp0, lp1, "server.key", false);
     lp1->server = lp0->server;
@@ -381,6 +385,7 @@ int main(int argc, char **argv)
         return 2;
     }
     g_audit_bin = argv[1];
+    ports = qctest_ports(18020, 80);
     g_ledger_bin = argv[2];
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_relay, setup, teardown),

@@ -25,10 +25,14 @@
 #include "qctest_proc.h"
 #include "wallet_device.h"
 #include "wallet_test_bank.h"
+#include "qctest_port.h"
 
-#define PORT_HAPPY 17700
-#define PORT_LOSSY 17701
-#define PORT_REFUSE 17702
+/* Port i of the test's range (qc_test_ports in CMakeLists.txt). */
+static qctest_ports_t ports;
+#define T_PORT(i) qctest_port(&ports, (i))
+#define PORT_HAPPY T_PORT(0)
+#define PORT_LOSSY T_PORT(1)
+#define PORT_REFUSE T_PORT(2)
 #define RUN_TIMEOUT_MS 30000
 #define READY_TIMEOUT_MS 10000
 #define WAIT_STEP_MS 10
@@ -337,6 +341,7 @@ int main(int argc, char **argv)
         return 2;
     }
     wallet_bin = argv[1];
+    ports = qctest_ports(17700, 3);
     gateway_bin = argv[2];
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_cli_load, setup, teardown),

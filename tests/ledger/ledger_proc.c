@@ -21,7 +21,7 @@
 #define LP_READY_MS 15000
 #define LP_CALL_MS 5000
 #define LP_ARGS_MAX 48
-#define LP_PORT_FIRST 17300 /* the ledger's test ports: 17300-17499 */
+#define LP_PORT_FIRST 17300 /* the ledger's area of test ports: 17300-17499 */
 #define LP_PORT_SPAN 200
 #define LP_PORT_STEP 7
 #define LP_PORT_TRIES 28
@@ -39,13 +39,13 @@ static int write_key_line(const char *path, const char *key_z85)
     return qctest_file_write(path, line);
 }
 
-static const qctest_ports_t lp_range = {LP_PORT_FIRST, LP_PORT_SPAN};
-
-/* The same test may run in several build trees at once (each engineer runs the whole
- * suite): when the port is taken, step through the ledger's range for a free one. */
+/* When the port is taken (by a process of an earlier test still closing, or another build tree
+ * run without the ports lock), step through the test's range for a free one: the range CTest
+ * gave the test (qc_test_ports), or the ledger's when it runs by hand. */
 static int pick_port(int port)
 {
-    return qctest_port_pick(&lp_range, port, -1);
+    qctest_ports_t range = qctest_ports(LP_PORT_FIRST, LP_PORT_SPAN);
+    return qctest_port_pick(&range, port, -1);
 }
 
 int lp_free_port(int port)

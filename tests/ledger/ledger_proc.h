@@ -43,7 +43,7 @@ bool lp_alive(lp_t *lp);
 /* Kills the process if running, frees everything, removes the temp dir. */
 void lp_teardown(lp_t *lp);
 
-/* A free TCP port of the ledger's test range near port (17300-17499). */
+/* A free TCP port near port in the test's range (qctest_ports: 17300-17499 by hand). */
 int lp_free_port(int port);
 
 /* A new client with keys (the gateway's or the admin's). */

@@ -25,8 +25,11 @@
 #include "proto_decode.h"
 #include "qc_error.h"
 #include "qctest_http.h"
+#include "qctest_port.h"
 
-#define T_PORT_BASE 17300
+/* Port i of the test's range (qc_test_ports in CMakeLists.txt). */
+static qctest_ports_t ports;
+#define T_PORT(i) qctest_port(&ports, (i))
 #define T_DEADLINE_MS 60000
 #define T_ASYNC_MS 10000
 #define T_DEVICES_MAX 64
@@ -130,7 +133,7 @@ static Quancun__LoadState get_state(lp_t *lp, const uint8_t *txn_id, char *reaso
 static lp_t *start_with(int port_offset, const char *const *extra)
 {
     lp_t *lp = calloc(1, sizeof *lp);
-    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT_BASE + port_offset), 0);
+    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT(port_offset)), 0);
     assert_int_equal(lp_start(lp, NULL, 0, extra), 0);
     return lp;
 }
@@ -152,7 +155,7 @@ static void test_methods_and_roles(void **state)
 {
     (void)state;
     char http_port[16];
-    int hp = lp_free_port(T_PORT_BASE + 90);
+    int hp = lp_free_port(T_PORT(39));
     snprintf(http_port, sizeof http_port, "%d", hp);
     const char *extra[] = {"--http-port", http_port, NULL};
     lp_t *lp = start_with(0, extra);
@@ -535,6 +538,7 @@ int main(int argc, char **argv)
         return 2;
     }
     ledger_bin = argv[1];
+    ports = qctest_ports(17300, 40);
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_methods_and_roles),

@@ -19,8 +19,11 @@
 #include "proto_decode.h"
 #include "proto_shard.h"
 #include "qc_error.h"
+#include "qctest_port.h"
 
-#define T_PORT 17340
+/* Port i of the test's range (qc_test_ports in CMakeLists.txt). */
+static qctest_ports_t ports;
+#define T_PORT(i) qctest_port(&ports, (i))
 #define T_OUT_MAX 16384
 
 static const char *ledger_bin, *qcctl_bin;
@@ -52,7 +55,7 @@ static void test_qcctl_verbs(void **state)
 {
     (void)state;
     lp_t *lp = calloc(1, sizeof *lp);
-    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT), 0);
+    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT(0)), 0);
     assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
     char path[LP_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/qcctl.conf", lp->dir);
@@ -150,7 +153,7 @@ static void test_qcctl_two_shards(void **state)
     char keyfile[4 * LP_PATH_MAX + 64], path[LP_PATH_MAX + 32];
     for (int i = 0; i < 2; i++) {
         lp[i] = calloc(1, sizeof *lp[i]);
-        assert_int_equal(lp_setup(lp[i], ledger_bin, T_PORT + 10 + i * 5), 0);
+        assert_int_equal(lp_setup(lp[i], ledger_bin, T_PORT(10 + i * 5)), 0);
     }
     /* One ledger key and one operator key for both shards, as qcctl expects. */
     snprintf(keyfile, sizeof keyfile, "cp %s/server.key %s/server.key && cp %s/admin.keys %s/",
@@ -205,6 +208,7 @@ int main(int argc, char **argv)
         return 2;
     }
     ledger_bin = argv[1];
+    ports = qctest_ports(17340, 40);
     qcctl_bin = argv[2];
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {

@@ -8,6 +8,7 @@
 
 #include "ops_metrics.h"
 #include "qc_error.h"
+#include "qctest_port.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -21,10 +22,11 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-/* Ports from the ops range (17000-17099). */
-#define TEST_PORT_HTTP 17000
-#define TEST_PORT_HEALTH 17001
-#define TEST_PORT_BUSY 17002
+/* The test's three ports (qc_test_ports in tests/ops/CMakeLists.txt). */
+static qctest_ports_t ports;
+#define TEST_PORT_HTTP qctest_port(&ports, 0)
+#define TEST_PORT_HEALTH qctest_port(&ports, 1)
+#define TEST_PORT_BUSY qctest_port(&ports, 2)
 #define TEST_RESPONSE_MAX (256 * 1024)
 #define TEST_IO_TIMEOUT_S 5
 #define TEST_THREADS 4
@@ -298,6 +300,7 @@ static void test_http_port_errors(void **state)
 
 int main(void)
 {
+    ports = qctest_ports(17000, 3);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counter_and_gauge),  cmocka_unit_test(test_labels_share_one_family),
         cmocka_unit_test(test_histogram),          cmocka_unit_test(test_help_is_escaped),

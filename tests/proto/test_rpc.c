@@ -1,8 +1,8 @@
 /* test_rpc.c - proto_rpc end to end: real server processes, real TCP, CURVE and ZAP.
  *
  * argv[1] is the rpc_echo_server binary. Each test starts its servers as child processes on
- * its own ports (17100-17299) and kills them in its teardown, even when an assertion
- * failed. */
+ * its own ports of the test's range (qc_test_ports: 17100-17299) and kills them in its teardown,
+ * even when an assertion failed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -77,6 +77,18 @@ static void endpoint_of(int port, char *out, size_t cap)
 {
     assert_true(cap >= QCTEST_ENDPOINT_MAX);
     qctest_endpoint(port, out);
+}
+
+/* Port i of the test's range, and its endpoint (a string that lives as long as the test). */
+static qctest_ports_t ports;
+#define T_PORTS_USED 15
+#define T_PORT(i) qctest_port(&ports, (i))
+static const char *endpoint_at(int i)
+{
+    static char eps[T_PORTS_USED][QCTEST_ENDPOINT_MAX];
+    assert_true(i >= 0 && i < T_PORTS_USED);
+    qctest_endpoint(T_PORT(i), eps[i]);
+    return eps[i];
 }
 
 /* Starts an echo server on port; stderr goes to stderr_path when it is set. */
@@ -313,8 +325,8 @@ static void test_keypair_files(void **state)
 static void test_call_and_peer_key(void **state)
 {
     fixture_t *f = *state;
-    pid_t pid = spawn_server(f, 17100, "a", false, NULL);
-    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17100", NULL, &f->client);
+    pid_t pid = spawn_server(f, T_PORT(0), "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, endpoint_at(0), NULL, &f->client);
     wait_ready(cli);
     char out[128];
     assert_int_equal(call_text(cli, "echo", "hello", T_CALL_MS, 0, out, sizeof out), 0);
@@ -336,10 +348,10 @@ static void test_refused_key(void **state)
     fixture_t *f = *state;
     char log_path[T_PATH_MAX];
     path_in(f, "server.stderr", log_path);
-    pid_t pid = spawn_server(f, 17101, "a", false, log_path);
-    proto_rpc_client_t *good = client_new(f, "tcp://127.0.0.1:17101", NULL, &f->client);
+    pid_t pid = spawn_server(f, T_PORT(1), "a", false, log_path);
+    proto_rpc_client_t *good = client_new(f, endpoint_at(1), NULL, &f->client);
     wait_ready(good);
-    proto_rpc_client_t *bad = client_new(f, "tcp://127.0.0.1:17101", NULL, &f->stranger);
+    proto_rpc_client_t *bad = client_new(f, endpoint_at(1), NULL, &f->stranger);
     char out[64];
     assert_int_equal(call_text(bad, "echo", "x", 1000, PROTO_RPC_IDEMPOTENT, out, sizeof out),
                      QC_ETIMEOUT);
@@ -355,7 +367,7 @@ static void test_refused_key(void **state)
     snprintf(allow, sizeof allow, "%s\n%s\n", f->client.public_z85, f->stranger.public_z85);
     write_text(f->allow, allow);
     assert_int_equal(kill(pid, SIGHUP), 0);
-    proto_rpc_client_t *later = client_new(f, "tcp://127.0.0.1:17101", NULL, &f->stranger);
+    proto_rpc_client_t *later = client_new(f, endpoint_at(1), NULL, &f->stranger);
     wait_ready(later);
     assert_true(qctest_file_contains(log_path, "rpc.allow_reloaded"));
 }
@@ -417,13 +429,13 @@ static async_one_t kill_mid_call(fixture_t *f, int port, int flags, int timeout_
 static void test_restart_mid_call(void **state)
 {
     fixture_t *f = *state;
-    async_one_t o = kill_mid_call(f, 17102, PROTO_RPC_IDEMPOTENT, 4000);
+    async_one_t o = kill_mid_call(f, T_PORT(2), PROTO_RPC_IDEMPOTENT, 4000);
     assert_int_equal(o.code, 0);
     assert_string_equal(o.body, "abc");
     for (int i = 0; i < T_CHILDREN_MAX; i++)
         if (f->children[i] != 0)
             kill_server(f, f->children[i]);
-    o = kill_mid_call(f, 17103, 0, 2500);
+    o = kill_mid_call(f, T_PORT(3), 0, 2500);
     assert_int_equal(o.code, QC_ETIMEOUT);
 }
 
@@ -431,10 +443,10 @@ static void test_restart_mid_call(void **state)
 static void test_oversize_frame(void **state)
 {
     fixture_t *f = *state;
-    spawn_server(f, 17104, "a", false, NULL);
-    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17104", NULL, &f->client);
+    spawn_server(f, T_PORT(4), "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, endpoint_at(4), NULL, &f->client);
     wait_ready(cli);
-    void *raw = raw_dealer(f, 17104);
+    void *raw = raw_dealer(f, T_PORT(4));
     /* A well-formed "whoami" whose body pushes it over the limit: only the size can be the
      * reason it goes unanswered. */
     size_t body_len = PROTO_RPC_FRAME_MAX;
@@ -464,10 +476,11 @@ static void test_oversize_frame(void **state)
 static void test_failover(void **state)
 {
     fixture_t *f = *state;
-    pid_t a = spawn_server(f, 17105, "a", false, NULL);
-    spawn_server(f, 17106, "b", false, NULL);
-    proto_rpc_client_t *cli =
-        client_new(f, "tcp://127.0.0.1:17105, tcp://127.0.0.1:17106", NULL, &f->client);
+    pid_t a = spawn_server(f, T_PORT(5), "a", false, NULL);
+    char two[2 * QCTEST_ENDPOINT_MAX + 2];
+    snprintf(two, sizeof two, "%s, %s", endpoint_at(5), endpoint_at(6));
+    spawn_server(f, T_PORT(6), "b", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, two, NULL, &f->client);
     /* Both instances answer, in turn. */
     bool seen_a = false, seen_b = false;
     uint64_t end = ops_time_mono_ms() + T_READY_MS;
@@ -494,16 +507,19 @@ static void test_sighup_reload(void **state)
     ops_signal_install(); /* raise(SIGHUP) must count, not kill us */
     char eps[T_PATH_MAX];
     path_in(f, "endpoints", eps);
-    write_text(eps, "# echo instances\ntcp://127.0.0.1:17107\n");
-    spawn_server(f, 17107, "old", false, NULL);
+    char text[2 * QCTEST_ENDPOINT_MAX];
+    snprintf(text, sizeof text, "# echo instances\n%s\n", endpoint_at(7));
+    write_text(eps, text);
+    spawn_server(f, T_PORT(7), "old", false, NULL);
     proto_rpc_client_t *cli = client_new(f, NULL, eps, &f->client);
     wait_ready(cli);
     char out[64];
     assert_int_equal(
         call_text(cli, "whoami", NULL, T_CALL_MS, PROTO_RPC_IDEMPOTENT, out, sizeof out), 0);
     assert_string_equal(out, "old");
-    spawn_server(f, 17108, "new", false, NULL);
-    write_text(eps, "tcp://127.0.0.1:17108\n");
+    spawn_server(f, T_PORT(8), "new", false, NULL);
+    snprintf(text, sizeof text, "%s\n", endpoint_at(8));
+    write_text(eps, text);
     assert_int_equal(raise(SIGHUP), 0);
     for (int i = 0; i < 5; i++) {
         assert_int_equal(
@@ -546,8 +562,8 @@ static void many_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
 static void test_async_many(void **state)
 {
     fixture_t *f = *state;
-    spawn_server(f, 17109, "a", false, NULL);
-    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17109", NULL, &f->client);
+    spawn_server(f, T_PORT(9), "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, endpoint_at(9), NULL, &f->client);
     wait_ready(cli);
     async_many_t m = {0};
     for (int i = 0; i < T_ASYNC_CALLS; i++) {
@@ -574,13 +590,13 @@ static void test_async_many(void **state)
 static void test_garbage_frame(void **state)
 {
     fixture_t *f = *state;
-    spawn_server(f, 17110, "a", false, NULL);
-    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17110", NULL, &f->client);
+    spawn_server(f, T_PORT(10), "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, endpoint_at(10), NULL, &f->client);
     wait_ready(cli);
     char out[128];
     assert_int_equal(call_text(cli, "stats", NULL, T_CALL_MS, 0, out, sizeof out), 0);
     assert_non_null(strstr(out, "malformed=0"));
-    void *raw = raw_dealer(f, 17110);
+    void *raw = raw_dealer(f, T_PORT(10));
     const uint8_t garbage[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x13};
     /* The raw socket has no ZMQ_IMMEDIATE: the frame waits for the handshake. */
     assert_int_equal(zmq_send(raw, garbage, sizeof garbage, 0), (int)sizeof garbage);
@@ -624,8 +640,8 @@ static uint64_t client_counter(const char *name)
 static void test_late_reply_dropped(void **state)
 {
     fixture_t *f = *state;
-    spawn_server(f, 17111, "a", false, NULL);
-    proto_rpc_client_t *cli = client_new(f, "tcp://127.0.0.1:17111", NULL, &f->client);
+    spawn_server(f, T_PORT(11), "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, endpoint_at(11), NULL, &f->client);
     wait_ready(cli);
     uint64_t late_before = client_counter("qc_rpc_client_late_replies_total");
     uint64_t retries_before = client_counter("qc_rpc_client_retries_total");
@@ -678,17 +694,15 @@ static void test_shared_context(void **state)
     snprintf(text, sizeof text, "%s\n", f->stranger.public_z85);
     write_text(allow_stranger, text);
     proto_rpc_server_config_t c1 = {.service = "alpha",
-                                    .endpoint = "tcp://127.0.0.1:17112",
+                                    .endpoint = endpoint_at(12),
                                     .keys = &f->server,
                                     .allow_path = f->allow};
     proto_rpc_server_config_t c2 = {.service = "beta",
-                                    .endpoint = "tcp://127.0.0.1:17113",
+                                    .endpoint = endpoint_at(13),
                                     .keys = &f->server,
                                     .allow_path = allow_stranger};
-    proto_rpc_server_config_t c3 = {.service = "alpha",
-                                    .endpoint = "tcp://127.0.0.1:17114",
-                                    .keys = &f->server,
-                                    .allow_any = true};
+    proto_rpc_server_config_t c3 = {
+        .service = "alpha", .endpoint = endpoint_at(14), .keys = &f->server, .allow_any = true};
     proto_rpc_server_t *srv[3] = {NULL, NULL, NULL};
     assert_int_equal(proto_rpc_server_new(f->ctx, &c1, &srv[0]), 0);
     assert_int_equal(proto_rpc_server_new(f->ctx, &c2, &srv[1]), 0);
@@ -698,11 +712,11 @@ static void test_shared_context(void **state)
     assert_int_equal(proto_rpc_server_new(f->ctx, &c1, &dup), QC_EIO);
     assert_null(dup);
     shared_case_t cases[] = {
-        {client_new(f, "tcp://127.0.0.1:17112", NULL, &f->client), {0}, 0},
-        {client_new(f, "tcp://127.0.0.1:17112", NULL, &f->stranger), {0}, QC_ETIMEOUT},
-        {client_new(f, "tcp://127.0.0.1:17113", NULL, &f->stranger), {0}, 0},
-        {client_new(f, "tcp://127.0.0.1:17113", NULL, &f->client), {0}, QC_ETIMEOUT},
-        {client_new(f, "tcp://127.0.0.1:17114", NULL, &f->stranger), {0}, 0},
+        {client_new(f, endpoint_at(12), NULL, &f->client), {0}, 0},
+        {client_new(f, endpoint_at(12), NULL, &f->stranger), {0}, QC_ETIMEOUT},
+        {client_new(f, endpoint_at(13), NULL, &f->stranger), {0}, 0},
+        {client_new(f, endpoint_at(13), NULL, &f->client), {0}, QC_ETIMEOUT},
+        {client_new(f, endpoint_at(14), NULL, &f->stranger), {0}, 0},
     };
     size_t ncases = sizeof cases / sizeof cases[0];
     for (size_t i = 0; i < ncases; i++) {
@@ -751,6 +765,7 @@ int main(int argc, char **argv)
         return 2;
     }
     echo_server_bin = argv[1];
+    ports = qctest_ports(17100, 200);
     ops_log_init("test_rpc", "0", OPS_LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_keypair_files, setup, teardown),

@@ -3,8 +3,9 @@
  *
  * Usage: test_signer_service QC_SIGNER_BINARY GROUP, GROUP one of "sign", "startup", "chaos".
  * Each test makes its own dev HSM with ops/devhsm (which runs `qc-signer keygen`), so the
- * keygen path and the devhsm script are exercised too. Ports: RPC 17500-17599, HTTP
- * 17600-17699. */
+ * keygen path and the devhsm script are exercised too. Ports: each group its own range
+ * (qc_test_ports in tests/signer/CMakeLists.txt): sign 17500-17509, startup 17510-17519, chaos
+ * 17520-17539. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -34,6 +35,7 @@
 #include "qctest_proc.h"
 #include "signer_test_util.h"
 #include "qctest_http.h"
+#include "qctest_port.h"
 
 #define TEST_RANDOM_SIGNATURES 2000 /* a short r or s (p = 1/128 each) is missed with p < 1e-6 */
 #define TEST_READY_TIMEOUT_MS 20000
@@ -46,6 +48,8 @@
 #define TEST_CLIENTS_MAX 4
 
 static const char *signer_bin;
+static qctest_ports_t ports; /* the group's range */
+#define T_PORT(i) qctest_port(&ports, (i))
 
 typedef struct fixture {
     char dir[SIGNER_TEST_DIR_MAX];
@@ -321,8 +325,8 @@ static void wait_ready(fixture_t *f, proto_rpc_client_t *cli, pid_t pid)
 static void test_sign_every_kind_and_verify(void **state)
 {
     fixture_t *f = *state;
-    f->pids[0] = start_signer(f, 17500, 17600, NULL);
-    proto_rpc_client_t *cli = client_for(f, 17500);
+    f->pids[0] = start_signer(f, T_PORT(0), T_PORT(9), NULL);
+    proto_rpc_client_t *cli = client_for(f, T_PORT(0));
     wait_ready(f, cli, f->pids[0]);
 
     struct {
@@ -359,10 +363,10 @@ static void test_sign_every_kind_and_verify(void **state)
     /* Counted in metrics, by kind; and reported as a "sign" audit event. */
     char *page = malloc(TEST_HTTP_MAX);
     assert_non_null(page);
-    qctest_http(17600, "GET", "/metrics", page, TEST_HTTP_MAX);
+    qctest_http(T_PORT(9), "GET", "/metrics", page, TEST_HTTP_MAX);
     assert_non_null(strstr(page, "qc_signer_signatures_total{kind=\"load_allow\"} 1"));
     assert_non_null(strstr(page, "qc_signer_signatures_total{kind=\"load_outcome\"} 1"));
-    qctest_http(17600, "GET", "/healthz", page, TEST_HTTP_MAX);
+    qctest_http(T_PORT(9), "GET", "/healthz", page, TEST_HTTP_MAX);
     assert_non_null(strstr(page, "200"));
     free(page);
     assert_true(qctest_file_contains(f->log, "\"event\":\"sign\",\"label\":\"allow-signing\","
@@ -378,8 +382,8 @@ static void test_sign_every_kind_and_verify(void **state)
 static void test_many_random_digests(void **state)
 {
     fixture_t *f = *state;
-    f->pids[0] = start_signer(f, 17501, 0, NULL);
-    proto_rpc_client_t *cli = client_for(f, 17501);
+    f->pids[0] = start_signer(f, T_PORT(1), 0, NULL);
+    proto_rpc_client_t *cli = client_for(f, T_PORT(1));
     wait_ready(f, cli, f->pids[0]);
     int short_scalars = 0;
     for (int i = 0; i < TEST_RANDOM_SIGNATURES; i++) {
@@ -404,8 +408,8 @@ static void test_many_random_digests(void **state)
 static void test_refuses_wrong_type(void **state)
 {
     fixture_t *f = *state;
-    f->pids[0] = start_signer(f, 17502, 0, NULL);
-    proto_rpc_client_t *cli = client_for(f, 17502);
+    f->pids[0] = start_signer(f, T_PORT(2), 0, NULL);
+    proto_rpc_client_t *cli = client_for(f, T_PORT(2));
     wait_ready(f, cli, f->pids[0]);
     size_t a_len = 0, o_len = 0, c_len = 0;
     uint8_t *allow = allow_body(&a_len);
@@ -481,14 +485,14 @@ static void test_wrong_pin_fails_loudly(void **state)
     assert_non_null(p);
     fputs("000000\n", p);
     fclose(p);
-    expect_start_failure(f, 17510, "CKR_PIN_INCORRECT", "--pin-file", bad);
+    expect_start_failure(f, T_PORT(0), "CKR_PIN_INCORRECT", "--pin-file", bad);
     assert_true(qctest_file_contains(f->log, "signer.login_failed"));
 }
 
 static void test_missing_key_fails_loudly(void **state)
 {
     fixture_t *f = *state;
-    expect_start_failure(f, 17511,
+    expect_start_failure(f, T_PORT(1),
                          "\"event\":\"signer.key_missing\",\"label\":\"outcome-signing\","
                          "\"version\":\"v7\"",
                          "--outcome-key-version", "7");
@@ -497,10 +501,10 @@ static void test_missing_key_fails_loudly(void **state)
 static void test_missing_token_module_pin_fail_loudly(void **state)
 {
     fixture_t *f = *state;
-    expect_start_failure(f, 17512, "signer.token_missing", "--token-label", "no-such-token");
-    expect_start_failure(f, 17513, "signer.module_missing", "--module", "/nonexistent/p11.so");
-    expect_start_failure(f, 17514, "signer.pin_missing", "--pin-file", "/nonexistent/pin");
-    expect_start_failure(f, 17515, "signer.pin_missing", "--pin-file", "");
+    expect_start_failure(f, T_PORT(2), "signer.token_missing", "--token-label", "no-such-token");
+    expect_start_failure(f, T_PORT(3), "signer.module_missing", "--module", "/nonexistent/p11.so");
+    expect_start_failure(f, T_PORT(4), "signer.pin_missing", "--pin-file", "/nonexistent/pin");
+    expect_start_failure(f, T_PORT(5), "signer.pin_missing", "--pin-file", "");
 }
 
 static void test_keygen_refuses_existing_key(void **state)
@@ -536,8 +540,8 @@ static void test_keygen_refuses_existing_key(void **state)
     snprintf(pub, sizeof(pub), "%s/allow-signing-v2.pub.pem", out);
     assert_int_equal(access(pub, F_OK), 0);
     /* And a signer configured for allow-signing v2 signs with it. */
-    f->pids[0] = start_signer(f, 17516, 0, "--allow-key-version", "2", NULL);
-    proto_rpc_client_t *cli = client_for(f, 17516);
+    f->pids[0] = start_signer(f, T_PORT(6), 0, "--allow-key-version", "2", NULL);
+    proto_rpc_client_t *cli = client_for(f, T_PORT(6));
     wait_ready(f, cli, f->pids[0]);
     EVP_PKEY *v2 = NULL;
     assert_int_equal(proto_key_load_pem(pub, &v2), 0);
@@ -566,9 +570,9 @@ static void test_fault_after_sign_then_restart(void **state)
 {
     fixture_t *f = *state;
     setenv("QC_FAULT", "signer.after_sign", 1);
-    f->pids[0] = start_signer(f, 17531, 0, NULL);
+    f->pids[0] = start_signer(f, T_PORT(11), 0, NULL);
     unsetenv("QC_FAULT");
-    proto_rpc_client_t *cli = client_for(f, 17531);
+    proto_rpc_client_t *cli = client_for(f, T_PORT(11));
     size_t len = 0;
     uint8_t *body = checkpoint_body(3, &len);
     /* The first signature kills it before the reply: the caller sees no answer. */
@@ -583,8 +587,8 @@ static void test_fault_after_sign_then_restart(void **state)
     assert_int_equal(status, 128 + SIGKILL);
     f->pids[0] = 0;
     client_close(f, cli);
-    f->pids[0] = start_signer(f, 17531, 0, NULL);
-    cli = client_for(f, 17531);
+    f->pids[0] = start_signer(f, T_PORT(11), 0, NULL);
+    cli = client_for(f, T_PORT(11));
     wait_ready(f, cli, f->pids[0]);
     free(body);
     client_close(f, cli);
@@ -593,13 +597,13 @@ static void test_fault_after_sign_then_restart(void **state)
 static void test_two_signers_share_one_token(void **state)
 {
     fixture_t *f = *state;
-    f->pids[0] = start_signer(f, 17520, 0, NULL);
+    f->pids[0] = start_signer(f, T_PORT(0), 0, NULL);
     /* The second one reads its PIN from the environment instead of a file. */
     setenv("QC_SIGNER_PIN", SIGNER_TEST_PIN, 1);
-    f->pids[1] = start_signer(f, 17521, 0, "--pin-file", "", NULL);
+    f->pids[1] = start_signer(f, T_PORT(1), 0, "--pin-file", "", NULL);
     unsetenv("QC_SIGNER_PIN");
-    proto_rpc_client_t *a = client_for(f, 17520);
-    proto_rpc_client_t *b = client_for(f, 17521);
+    proto_rpc_client_t *a = client_for(f, T_PORT(0));
+    proto_rpc_client_t *b = client_for(f, T_PORT(1));
     wait_ready(f, a, f->pids[0]);
     wait_ready(f, b, f->pids[1]);
     for (int i = 0; i < 20; i++) {
@@ -638,8 +642,8 @@ static void load_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
 static void test_kill9_under_load_then_restart(void **state)
 {
     fixture_t *f = *state;
-    f->pids[0] = start_signer(f, 17530, 0, NULL);
-    proto_rpc_client_t *cli = client_for(f, 17530);
+    f->pids[0] = start_signer(f, T_PORT(10), 0, NULL);
+    proto_rpc_client_t *cli = client_for(f, T_PORT(10));
     wait_ready(f, cli, f->pids[0]);
 
     size_t body_len = 0, req_len = 0;
@@ -677,8 +681,8 @@ static void test_kill9_under_load_then_restart(void **state)
     client_close(f, cli);
 
     /* Restart on the same port and token: it serves again, with the same keys. */
-    f->pids[0] = start_signer(f, 17530, 0, NULL);
-    cli = client_for(f, 17530);
+    f->pids[0] = start_signer(f, T_PORT(10), 0, NULL);
+    cli = client_for(f, T_PORT(10));
     wait_ready(f, cli, f->pids[0]);
     uint8_t *env = NULL;
     size_t env_len = 0;
@@ -715,12 +719,18 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_kill9_under_load_then_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fault_after_sign_then_restart, setup, teardown),
     };
-    if (strcmp(argv[2], "sign") == 0)
+    if (strcmp(argv[2], "sign") == 0) {
+        ports = qctest_ports(17500, 10);
         return cmocka_run_group_tests_name("signer_sign", sign, NULL, NULL);
-    if (strcmp(argv[2], "startup") == 0)
+    }
+    if (strcmp(argv[2], "startup") == 0) {
+        ports = qctest_ports(17510, 10);
         return cmocka_run_group_tests_name("signer_startup", startup, NULL, NULL);
-    if (strcmp(argv[2], "chaos") == 0)
+    }
+    if (strcmp(argv[2], "chaos") == 0) {
+        ports = qctest_ports(17520, 20);
         return cmocka_run_group_tests_name("signer_chaos", chaos, NULL, NULL);
+    }
     fprintf(stderr, "unknown group %s\n", argv[2]);
     return 2;
 }
