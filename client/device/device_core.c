@@ -58,6 +58,7 @@
 #include "proto_cert.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
+#include "proto_load.h"
 #include "qc_error.h"
 #include "quancun.pb-c.h"
 
@@ -646,36 +647,22 @@ static bool bytes_equal(const ProtobufCBinaryData *b, const uint8_t *want, size_
     return b->len == want_len && CRYPTO_memcmp(b->data, want, want_len) == 0;
 }
 
-/* The rule "the allow says what the request says": an allow (verified, decoded) matches the
- * pending load of st. Returns 0, or the refusal code with *reason set to the sentence the
- * report will carry. */
+/* An allow (verified, decoded) belongs to the pending load of st when it says what the
+ * request said (the one rule, proto_load.h) and its deadline has not passed. Returns 0, or
+ * the refusal code with *reason set to the sentence the report will carry. */
 static int allow_matches(const device_state_t *st, const Quancun__LoadAllow *allow,
                          const char **reason)
 {
-    if (!bytes_equal(&allow->txn_id, st->txn_id, DEVICE_TXN_SIZE)) {
-        *reason = "allow names another transaction";
-        return QC_EMISMATCH;
-    }
-    if (allow->device_id == NULL || strcmp(allow->device_id, st->serial) != 0) {
-        *reason = "allow names another device";
-        return QC_EDEVICEID;
-    }
-    if (allow->counter != st->counter) {
-        *reason = "allow names another counter";
-        return QC_ESTALE;
-    }
-    if (allow->amount != st->amount || allow->currency != st->currency) {
-        *reason = "allow amount or currency differs from the request";
-        return QC_EMISMATCH;
-    }
-    if (allow->account_id == NULL || strcmp(allow->account_id, st->account_id) != 0) {
-        *reason = "allow names another account";
-        return QC_EMISMATCH;
-    }
-    if (!bytes_equal(&allow->request_digest, st->request_digest, DEVICE_DIGEST_SIZE)) {
-        *reason = "allow request digest does not match the signed request";
-        return QC_EMISMATCH;
-    }
+    Quancun__LoadRequest pending = QUANCUN__LOAD_REQUEST__INIT;
+    pending.txn_id = (ProtobufCBinaryData){.len = DEVICE_TXN_SIZE, .data = (uint8_t *)st->txn_id};
+    pending.device_id = (char *)st->serial;      /* only read */
+    pending.account_id = (char *)st->account_id; /* only read */
+    pending.amount = st->amount;
+    pending.currency = st->currency;
+    pending.counter = st->counter;
+    int rc = proto_allow_matches_request(allow, &pending, st->request_digest, reason);
+    if (rc != 0)
+        return rc;
     if (allow->deadline_ms == 0 || allow->deadline_ms <= ops_time_wall_ms()) {
         *reason = "allow deadline has passed";
         return QC_EEXPIRED;

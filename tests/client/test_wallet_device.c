@@ -192,9 +192,9 @@ typedef struct refusal {
 
 static const refusal_t refusals[] = {
     {"other txn", tweak_txn, 0, 0, QC_EMISMATCH, "transaction"},
-    {"other counter", tweak_counter, 0, 0, QC_ESTALE, "counter"},
+    {"other counter", tweak_counter, 0, 0, QC_EMISMATCH, "counter"},
     {"wrong digest", tweak_digest, 0, 0, QC_EMISMATCH, "digest"},
-    {"other device", tweak_device, 0, 0, QC_EDEVICEID, "device"},
+    {"other device", tweak_device, 0, 0, QC_EMISMATCH, "device"},
     {"other amount", tweak_amount, 0, 0, QC_EMISMATCH, "amount"},
     {"other account", tweak_account, 0, 0, QC_EMISMATCH, "account"},
     {"deadline passed", tweak_expired, 0, 0, QC_EEXPIRED, "deadline"},
