@@ -35,17 +35,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto_limits.h"
+
 #define AUDIT_HASH_SIZE 32
 #define AUDIT_ENCODING_VERSION 1
-#define AUDIT_SOURCE_MAX 64
-#define AUDIT_TYPE_MAX 64
+#define AUDIT_SOURCE_MAX PROTO_AUDIT_NAME_MAX
+#define AUDIT_TYPE_MAX PROTO_AUDIT_NAME_MAX
 #define AUDIT_TXN_ID_MAX 32
-#define AUDIT_PAYLOAD_MAX (192 * 1024) /* fits an RPC frame (PROTO_RPC_FRAME_MAX) with room */
+#define AUDIT_PAYLOAD_MAX (192 * 1024) /* fits an RPC frame with room */
 /* Fixed part of the encoding: version, three u64, three u16 and one u32 length, prev_hash. */
 #define AUDIT_ENCODING_FIXED (1 + 3 * 8 + 3 * 2 + 4 + AUDIT_HASH_SIZE)
 #define AUDIT_RECORD_MAX                                                                           \
     (AUDIT_ENCODING_FIXED + AUDIT_SOURCE_MAX + AUDIT_TYPE_MAX + AUDIT_TXN_ID_MAX +                 \
      AUDIT_PAYLOAD_MAX + AUDIT_HASH_SIZE)
+
+_Static_assert(AUDIT_RECORD_MAX < PROTO_RPC_FRAME_MAX, "an entry travels whole in one RPC frame");
+_Static_assert(PROTO_TXN_ID_SIZE <= AUDIT_TXN_ID_MAX, "every load's txn id can be indexed");
 
 /* The source name of audit's own entries (checkpoints) and their type. */
 #define AUDIT_SOURCE_SELF "audit"

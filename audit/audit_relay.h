@@ -15,12 +15,13 @@
 #include <stdint.h>
 
 #include "audit_store.h"
+#include "proto_limits.h"
 #include "proto_rpc.h"
 
-#define AUDIT_RELAY_SHARDS_MAX 256      /* PROTO_SHARD_COUNT_MAX */
-#define AUDIT_RELAY_RPC_TIMEOUT_MS 3000 /* budget of one outbox_read or outbox_ack */
-#define AUDIT_RELAY_LAG_WARN 100000     /* outbox depth that is logged as a warning */
-#define AUDIT_RELAY_BATCH_MAX 1024      /* events per outbox_read (the ledger's cap) */
+#define AUDIT_RELAY_SHARDS_MAX PROTO_SHARD_COUNT_MAX
+#define AUDIT_RELAY_RPC_TIMEOUT_MS 3000             /* budget of one outbox_read or outbox_ack */
+#define AUDIT_RELAY_LAG_WARN 100000                 /* outbox depth that is logged as a warning */
+#define AUDIT_RELAY_BATCH_MAX PROTO_OUTBOX_READ_MAX /* events per outbox_read */
 #define AUDIT_RELAY_SOURCE_PREFIX "ledger-"
 
 typedef struct audit_relay audit_relay_t;

@@ -978,7 +978,7 @@ static int open_account_txn(ledger_saga_t *s, MDB_txn *txn, uint64_t now,
     if (!valid_account_id(spec->id))
         return refuse(why, QC_EINVAL, "account id must be 1..%d printable characters without ':'",
                       LEDGER_ID_MAX);
-    if (spec->currency == 0 || spec->currency > LEDGER_CURRENCY_MAX)
+    if (spec->currency == 0 || spec->currency > PROTO_CURRENCY_MAX)
         return refuse(why, QC_ECURRENCY, "currency %u is not an ISO 4217 numeric code",
                       spec->currency);
     if (spec->load_min < 0 || spec->load_max < 0 || spec->daily_max < 0 ||

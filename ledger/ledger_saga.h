@@ -25,7 +25,6 @@
 #define LEDGER_WHY_MAX 256
 #define LEDGER_OUTBOX_MAX 1000000   /* events waiting for the relay before growth is refused */
 #define LEDGER_EXPIRE_BATCH_MAX 256 /* deadline compensations per call of expire */
-#define LEDGER_CURRENCY_MAX 999     /* ISO 4217 numeric codes are three digits */
 #define LEDGER_DAY_MS 86400000ull
 #define LEDGER_CHECK_CURRENCIES_MAX 32
 #define LEDGER_CHECK_PROBLEMS_MAX 16

@@ -16,12 +16,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto_limits.h"
+
 #define LEDGER_BATCH_MAX 256     /* requests applied in one group commit, at most */
 #define LEDGER_BATCH_WAIT_US 200 /* extra wait for a batch to fill, at most */
 #define LEDGER_BATCH_WAIT_US_MAX 100000
 #define LEDGER_POLL_MS 250           /* longest sleep before looking at signals and deadlines */
 #define LEDGER_READER_CHECK_MS 10000 /* period of mdb_reader_check() */
-#define LEDGER_OUTBOX_READ_MAX 1024  /* events per outbox_read */
+#define LEDGER_OUTBOX_READ_MAX PROTO_OUTBOX_READ_MAX /* events per outbox_read */
 
 typedef struct ledger_service ledger_service_t;
 

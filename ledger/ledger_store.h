@@ -36,8 +36,9 @@
 #define LEDGER_DEVICE_ID_MAX PROTO_DEVICE_ID_MAX /* bytes of a device id */
 #define LEDGER_TXN_ID_SIZE PROTO_TXN_ID_SIZE     /* bytes of a txn id */
 #define LEDGER_CERT_MAX PROTO_CERT_MAX           /* bytes of a device certificate */
-#define LEDGER_SIGNED_MAX (PROTO_BODY_MAX + PROTO_CERT_MAX + 1024) /* one signed envelope */
-#define LEDGER_REASON_MAX (PROTO_REASON_MAX + 64)                  /* a compensation reason */
+#define LEDGER_SIGNED_MAX                                                                          \
+    (PROTO_BODY_MAX + PROTO_CERT_MAX + PROTO_ENVELOPE_FIXED_MAX) /* one envelope */
+#define LEDGER_REASON_MAX (PROTO_REASON_MAX + 64)                /* a compensation reason */
 #define LEDGER_EVENT_TYPE_MAX 48             /* "security.bad_report_signature" */
 #define LEDGER_MAP_SIZE_DEFAULT (1ull << 30) /* 1 GiB */
 #define LEDGER_MAP_SIZE_MIN (1ull << 20)     /* 1 MiB, for tests of a full map */

@@ -10,7 +10,7 @@
 #include <time.h>
 #include <openssl/evp.h>
 
-#define PROTO_DEVICE_ID_MAX 64 /* bytes of a device id, without the NUL */
+#include "proto_limits.h"
 
 /* Trusted CAs and their CRLs. Opaque; read-only after creation, so one may be shared by
  * threads. */

@@ -16,9 +16,6 @@
 #include "proto_id.h"
 #include "qc_error.h"
 
-#define PROTO_CURRENCY_MAX 999     /* ISO 4217 numeric codes are three digits */
-#define PROTO_RPC_MESSAGE_MAX 1024 /* RpcReply.message: words, not payload */
-
 /* Checks a byte field of exactly size bytes. */
 static int check_bytes(const ProtobufCBinaryData *b, size_t size)
 {

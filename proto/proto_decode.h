@@ -19,15 +19,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto_limits.h"
 #include "quancun.pb-c.h"
 
-#define PROTO_TXN_ID_SIZE 16
 #define PROTO_NONCE_SIZE 16
-#define PROTO_BODY_MAX 4096              /* any signed body */
-#define PROTO_RPC_FRAME_MAX (256 * 1024) /* any Rpc or RpcReply frame */
-#define PROTO_METHOD_MAX 32
-#define PROTO_ACCOUNT_ID_MAX 64
-#define PROTO_REASON_MAX 256
 
 /* Each returns 0 and sets *out, or QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG,
  * QC_EAMOUNT with *out NULL. */

@@ -15,11 +15,15 @@
 #include <stdint.h>
 #include <openssl/evp.h>
 
+#include "proto_limits.h"
+
 #define PROTO_DIGEST_SIZE 32 /* SHA-256 */
 #define PROTO_KEY_ID_SIZE 32
 #define PROTO_SIG_RAW_SIZE 64 /* r || s, 32 bytes each, as PKCS#11 returns it */
 #define PROTO_SIG_DER_MAX 72  /* SEQUENCE of two 33-byte INTEGERs */
-#define PROTO_CERT_MAX 4096   /* largest certificate an envelope may carry */
+
+_Static_assert(PROTO_SIG_DER_MAX + PROTO_KEY_ID_SIZE + 64 <= PROTO_ENVELOPE_FIXED_MAX,
+               "signature, key id, version, algorithm and tags fit beside body and cert");
 
 typedef enum proto_type {
     PROTO_TYPE_LOAD_REQUEST = 0,
@@ -74,7 +78,6 @@ typedef struct proto_envelope proto_envelope_t;
  * algorithm, presence and sizes of key id, version and signature. No crypto is done.
  * Returns 0 and sets *out, or QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG, QC_ENOMEM
  * with *out NULL. */
-#define PROTO_ENVELOPE_MAX (32 * 1024)
 int proto_envelope_open(const uint8_t *bytes, size_t len, proto_envelope_t **out);
 
 /* Verifies env as a signature of type by key: the envelope's key id must equal key's id

@@ -4,7 +4,7 @@
 
 #include <stdint.h>
 
-#define PROTO_SHARD_COUNT_MAX 256
+#include "proto_limits.h"
 
 /* Returns the shard (0 .. shard_count-1) of account_id: the first 8 bytes of
  * SHA-256(account_id), big-endian, modulo shard_count. Stable across builds and machines.

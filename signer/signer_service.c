@@ -20,6 +20,7 @@
 #include "ops_signal.h"
 #include "ops_time.h"
 #include "proto_audit.h"
+#include "proto_limits.h"
 #include "proto_rpc.h"
 #include "qc_error.h"
 #include "signer_login.h"
@@ -30,8 +31,8 @@
 
 #define SIGNER_SERVICE "signer"
 #define SIGNER_METHOD_SIGN "sign"
-#define SIGNER_SOURCE_MAX 64      /* this signer's name in the audit log */
-#define SIGNER_POLL_MS 250        /* longest wait before looking at the stop flag */
+#define SIGNER_SOURCE_MAX PROTO_AUDIT_NAME_MAX /* this signer's name in the audit log */
+#define SIGNER_POLL_MS 250                     /* longest wait before looking at the stop flag */
 #define SIGNER_RECV_BATCH_MAX 256 /* requests taken per wakeup before replies are sent */
 #define SIGNER_STOP_GRACE_MS 5000 /* time given to jobs in flight at SIGTERM */
 #define SIGNER_HTTP_PORT_MAX 65535

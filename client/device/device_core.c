@@ -65,13 +65,6 @@
 #define CORE_TIME_TEXT_MAX 64
 #define CORE_DETAIL_MAX 256 /* bytes of a reason or server message kept in the log */
 
-/* The device's limits are the wire's. */
-_Static_assert(DEVICE_SERIAL_MAX == PROTO_DEVICE_ID_MAX, "serial = device id");
-_Static_assert(DEVICE_ACCOUNT_MAX == PROTO_ACCOUNT_ID_MAX, "account id");
-_Static_assert(DEVICE_TXN_SIZE == PROTO_TXN_ID_SIZE, "txn id");
-_Static_assert(DEVICE_DIGEST_SIZE == PROTO_DIGEST_SIZE, "digest");
-_Static_assert(DEVICE_BLOB_MAX == PROTO_ENVELOPE_MAX, "a stored envelope");
-
 struct device_core {
     device_state_t st;
     EVP_PKEY *key;
@@ -535,7 +528,7 @@ int device_core_request(device_core_t *c, const char *account_id, int64_t amount
         return QC_ECONFIG;
     if (amount <= 0)
         return QC_EAMOUNT;
-    if (!device_account_valid(account_id) || currency == 0 || currency > DEVICE_CURRENCY_MAX)
+    if (!device_account_valid(account_id) || currency == 0 || currency > PROTO_CURRENCY_MAX)
         return QC_EINVAL;
 
     uint8_t txn[DEVICE_TXN_SIZE];

@@ -25,14 +25,15 @@
 #include "device_pin.h"
 #include "device_pki.h"
 #include "device_wire.h"
+#include "proto_envelope.h"
 
-#define DEVICE_ACCOUNT_MAX 64 /* bytes of an account id (= PROTO_ACCOUNT_ID_MAX) */
-#define DEVICE_TXN_SIZE 16
-#define DEVICE_DIGEST_SIZE 32
-#define DEVICE_BLOB_MAX (32 * 1024) /* a stored signed message (= PROTO_ENVELOPE_MAX) */
+/* The device's limits are the wire's (proto_limits.h), under the device's names. */
+#define DEVICE_ACCOUNT_MAX PROTO_ACCOUNT_ID_MAX /* bytes of an account id */
+#define DEVICE_TXN_SIZE PROTO_TXN_ID_SIZE
+#define DEVICE_DIGEST_SIZE PROTO_DIGEST_SIZE
+#define DEVICE_BLOB_MAX PROTO_ENVELOPE_MAX /* a stored signed message */
 #define DEVICE_KEY_VERSION 1
 #define DEVICE_CURRENCY_DEFAULT 156 /* CNY */
-#define DEVICE_CURRENCY_MAX 999     /* ISO 4217 numeric codes have three digits */
 
 /* Where the device is in its load protocol (docs/DESIGN.md section 2; the diagram is in
  * device_core.c). */

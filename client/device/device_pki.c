@@ -22,8 +22,6 @@
 #define PKI_PUBLIC_MODE 0644
 #define PKI_SECRET_MODE 0600
 
-_Static_assert(DEVICE_SERIAL_MAX == PROTO_DEVICE_ID_MAX, "a serial is a device id");
-
 bool device_pki_id_valid(const char *id)
 {
     assert(id != NULL);

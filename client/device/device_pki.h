@@ -17,7 +17,9 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
-#define DEVICE_SERIAL_MAX 64 /* bytes of a serial or card number (= PROTO_DEVICE_ID_MAX) */
+#include "proto_limits.h"
+
+#define DEVICE_SERIAL_MAX PROTO_DEVICE_ID_MAX /* bytes of a serial or card number */
 
 /* True when id can be a device serial or a card number: 1..DEVICE_SERIAL_MAX characters of
  * [A-Za-z0-9_-] (proto_id.h, PROTO_ID_SERIAL: it is a certificate commonName and goes into

@@ -11,12 +11,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DEVICE_WIRE_FRAME_MAX (40 * 1024) /* a signed envelope (PROTO_ENVELOPE_MAX) and its frame  \
-                                           */
-#define DEVICE_WIRE_HEADER_SIZE 4         /* big-endian length */
-#define DEVICE_WIRE_TIMEOUT_MS 10000      /* one frame, either direction */
-#define DEVICE_WIRE_PATH_MAX 107          /* sun_path of Linux, without the NUL */
-#define DEVICE_CARD_CHALLENGE_SIZE 32     /* each side's fresh random of a contact */
+#include "proto_limits.h"
+
+#define DEVICE_WIRE_FRAME_MAX                                                                      \
+    (40 * 1024)                      /* a signed envelope (PROTO_ENVELOPE_MAX) and its frame       \
+                                      */
+#define DEVICE_WIRE_HEADER_SIZE 4    /* big-endian length */
+#define DEVICE_WIRE_TIMEOUT_MS 10000 /* one frame, either direction */
+#define DEVICE_WIRE_PATH_MAX 107     /* sun_path of Linux, without the NUL */
+
+_Static_assert(DEVICE_WIRE_FRAME_MAX >= DEVICE_WIRE_HEADER_SIZE + PROTO_ENVELOPE_MAX + 1024,
+               "a card frame holds a signed envelope and its few other fields");
+#define DEVICE_CARD_CHALLENGE_SIZE 32 /* each side's fresh random of a contact */
 
 /* Binds and listens on a Unix socket at path (an old socket file there is replaced).
  * Returns 0 and sets *fd_out, QC_EINVAL (path too long) or QC_EIO. */

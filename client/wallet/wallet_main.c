@@ -686,7 +686,7 @@ static int cmd_load(const ops_config_t *cfg)
         return MAIN_EXIT_USAGE;
     }
     int64_t currency = ops_config_int(cfg, "currency");
-    if (currency <= 0 || currency > DEVICE_CURRENCY_MAX) {
+    if (currency <= 0 || currency > PROTO_CURRENCY_MAX) {
         fprintf(stderr, "%s: --currency must be an ISO 4217 numeric code\n", MAIN_PROGRAM);
         return MAIN_EXIT_USAGE;
     }

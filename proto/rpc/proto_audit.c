@@ -16,17 +16,15 @@
 #include "ops_metrics.h"
 #include "ops_time.h"
 #include "proto_decode.h"
+#include "proto_limits.h"
 #include "qc_error.h"
-
-#define PROTO_AUDIT_SOURCE_MAX 64
-#define PROTO_AUDIT_TYPE_MAX 64
 
 typedef struct proto_audit_event {
     bool used;
     bool sent;
     uint64_t source_seq;
     uint64_t time_ms;
-    char type[PROTO_AUDIT_TYPE_MAX + 1];
+    char type[PROTO_AUDIT_NAME_MAX + 1];
     uint8_t txn_id[PROTO_TXN_ID_SIZE];
     bool has_txn;
     uint8_t *payload;
@@ -34,7 +32,7 @@ typedef struct proto_audit_event {
 } proto_audit_event_t;
 
 struct proto_audit {
-    char source[PROTO_AUDIT_SOURCE_MAX + 1];
+    char source[PROTO_AUDIT_NAME_MAX + 1];
     proto_rpc_client_t *cli; /* NULL: log only */
     proto_audit_event_t events[PROTO_AUDIT_QUEUE_MAX];
     size_t head;  /* oldest event */
@@ -69,7 +67,7 @@ int proto_audit_new(void *ctx, const char *source, const char *endpoints, const 
 {
     assert(source != NULL && out != NULL);
     *out = NULL;
-    if (strlen(source) > PROTO_AUDIT_SOURCE_MAX || (endpoints != NULL && audit_key == NULL))
+    if (strlen(source) > PROTO_AUDIT_NAME_MAX || (endpoints != NULL && audit_key == NULL))
         return QC_ECONFIG;
     proto_audit_t *ga = calloc(1, sizeof *ga);
     if (ga == NULL)
@@ -102,7 +100,7 @@ int proto_audit_new(void *ctx, const char *source, const char *endpoints, const 
 void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_id,
                        const uint8_t *payload, size_t payload_len)
 {
-    assert(ga != NULL && type != NULL && strlen(type) <= PROTO_AUDIT_TYPE_MAX);
+    assert(ga != NULL && type != NULL && strlen(type) <= PROTO_AUDIT_NAME_MAX);
     ops_counter_add(ga->m_raised, 1);
     if (ga->cli == NULL)
         return;

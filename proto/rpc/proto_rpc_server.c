@@ -14,6 +14,7 @@
 #include "ops_metrics.h"
 #include "ops_signal.h"
 #include "ops_time.h"
+#include "proto_limits.h"
 #include "proto_rpc_client.h"
 #include "qc_error.h"
 #include "rpc_common.h"
@@ -25,9 +26,6 @@
  * (checked by hand on 2026-11-27). A libzmq that refuses it with EINVAL gets the fallback
  * described at rpc_server_harden(). */
 #define PROTO_RPC_ZMQ_ZAP_ENFORCE_DOMAIN 93
-/* RpcReply.message longer than proto_decode.c's PROTO_RPC_MESSAGE_MAX (1024, private there)
- * would make the client refuse the whole reply, so the server truncates to this. */
-#define PROTO_RPC_REPLY_MESSAGE_MAX 1024
 
 struct proto_rpc_server {
     void *ctx;
@@ -284,7 +282,8 @@ int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *r
     Quancun__RpcReply r = QUANCUN__RPC_REPLY__INIT;
     r.request_id = req->request_id;
     r.code = code;
-    char text[PROTO_RPC_REPLY_MESSAGE_MAX + 1];
+    /* A longer message would make the client refuse the whole reply: truncate it. */
+    char text[PROTO_RPC_MESSAGE_MAX + 1];
     snprintf(text, sizeof text, "%s", message != NULL ? message : qc_strerror(code));
     r.message = text;
     r.body.data = (uint8_t *)body;
