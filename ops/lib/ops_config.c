@@ -310,8 +310,10 @@ static void ops_config_check_keys(const ops_config_key_t *keys, size_t key_count
         assert(strcmp(keys[i].name, "config") != 0 && strcmp(keys[i].name, "help") != 0);
         assert((unsigned)keys[i].type <= OPS_CONFIG_BOOL);
         assert(ops_config_find(keys, i, keys[i].name, strlen(keys[i].name)) < 0);
-        int64_t iv;
-        bool bv;
+        /* Initialised: (void)bv reads it, and reading an indeterminate bool is undefined
+         * (clang's -fsanitize=bool, in the fuzz build, stops there). */
+        int64_t iv = 0;
+        bool bv = false;
         (void)iv;
         (void)bv;
         assert(keys[i].default_value == NULL || keys[i].type != OPS_CONFIG_INT ||
