@@ -2,7 +2,6 @@
 #include "ledger_service.h"
 
 #include <assert.h>
-#include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -28,7 +27,6 @@
 
 #define SVC_NAME "ledger"
 #define SVC_KEYS_MAX PROTO_RPC_ALLOW_MAX
-#define SVC_KEYFILE_LINE_MAX 256
 #define SVC_PATH_MAX 1024
 #define SVC_ZAP_ALLOW_FILE "rpc-allow.keys" /* union of allow_keys and admin_keys, in data_dir */
 #define SVC_BATCH_BUCKETS 6
@@ -69,11 +67,6 @@ struct svc_slot {
     size_t body_len;
 };
 
-typedef struct svc_keyset {
-    char (*keys)[PROTO_CURVE_KEY_Z85_LEN + 1];
-    size_t count;
-} svc_keyset_t;
-
 struct ledger_service {
     ledger_store_t *store;
     ledger_saga_t *saga;
@@ -82,8 +75,8 @@ struct ledger_service {
     void *zctx;
     proto_rpc_server_t *srv;
     ops_http_t *http;
-    svc_keyset_t service_keys;
-    svc_keyset_t admin_keys;
+    proto_curve_keylist_t service_keys;
+    proto_curve_keylist_t admin_keys;
     uint32_t shard, shard_count;
     size_t batch_max;
     uint32_t batch_wait_us;
@@ -482,48 +475,27 @@ static const svc_method_t svc_methods[] = {
 
 /* ------------------------------------------------------------ keys */
 
-static bool keyset_has(const svc_keyset_t *ks, const char *key)
+/* True when key (a peer's Z85 key, as the ZAP handler reports it) is in ks. */
+static bool keyset_has(const proto_curve_keylist_t *ks, const char *key)
 {
-    for (size_t i = 0; i < ks->count; i++)
-        if (strcmp(ks->keys[i], key) == 0)
-            return true;
-    return false;
+    uint8_t raw[PROTO_CURVE_KEY_SIZE];
+    if (strlen(key) != PROTO_CURVE_KEY_Z85_LEN || zmq_z85_decode(raw, key) == NULL)
+        return false;
+    return proto_curve_keylist_contains(ks, raw);
 }
 
-/* Reads a key file (one Z85 key per line, '#' comments) into ks and appends its keys to
- * union_f. */
-static int keyset_load(const char *path, svc_keyset_t *ks, FILE *union_f)
+/* Reads a key list with the one key-list parser (proto_curve.h) into ks and appends its keys
+ * to union_f. */
+static int keyset_load(const char *path, proto_curve_keylist_t *ks, FILE *union_f)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        ops_log(OPS_LOG_ERROR, "ledger.keys_unreadable", "path", path, "error", strerror(errno),
-                NULL);
-        return QC_ECONFIG;
+    int rc = proto_curve_keylist_load(path, SVC_KEYS_MAX, ks);
+    for (size_t i = 0; rc == 0 && i < ks->count; i++) {
+        char z85[PROTO_CURVE_KEY_Z85_LEN + 1];
+        if (zmq_z85_encode(z85, ks->keys[i], PROTO_CURVE_KEY_SIZE) == NULL)
+            rc = QC_EINTERNAL; /* 32 bytes always encode */
+        else
+            fprintf(union_f, "%s\n", z85);
     }
-    ks->keys = calloc(SVC_KEYS_MAX, sizeof *ks->keys);
-    if (ks->keys == NULL) {
-        fclose(f);
-        return QC_ENOMEM;
-    }
-    int rc = 0;
-    char line[SVC_KEYFILE_LINE_MAX];
-    while (fgets(line, sizeof line, f) != NULL) {
-        char *s = line;
-        while (*s == ' ' || *s == '\t')
-            s++;
-        size_t n = strcspn(s, " \t\r\n");
-        s[n] = '\0';
-        if (*s == '\0' || *s == '#')
-            continue;
-        if (n != PROTO_CURVE_KEY_Z85_LEN || ks->count == SVC_KEYS_MAX) {
-            ops_log(OPS_LOG_ERROR, "ledger.keys_invalid", "path", path, NULL);
-            rc = QC_ECONFIG;
-            break;
-        }
-        memcpy(ks->keys[ks->count++], s, n + 1);
-        fprintf(union_f, "%s\n", s);
-    }
-    fclose(f);
     return rc;
 }
 
@@ -936,8 +908,8 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     ledger_store_close(&svc->store);
     proto_trust_destroy(&svc->trust);
     EVP_PKEY_free(svc->allow_key);
-    free(svc->service_keys.keys);
-    free(svc->admin_keys.keys);
+    proto_curve_keylist_clear(&svc->service_keys);
+    proto_curve_keylist_clear(&svc->admin_keys);
     free(svc->slots);
     free(svc->load);
     free(svc);

@@ -126,21 +126,16 @@ static int loadgen_conf_get(const char *path, const char *key, char *out, size_t
     return rc;
 }
 
+/* Reads a .pub file, a key list of one key, with the one key-list parser (proto_curve.h). */
 static int loadgen_read_pub(const char *path, char out[PROTO_CURVE_KEY_Z85_LEN + 1])
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return QC_EIO;
-    char line[LOADGEN_LINE_MAX];
-    int rc = QC_ECONFIG;
-    if (fgets(line, sizeof line, f) != NULL) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (strlen(line) == PROTO_CURVE_KEY_Z85_LEN) {
-            memcpy(out, line, PROTO_CURVE_KEY_Z85_LEN + 1);
-            rc = 0;
-        }
-    }
-    fclose(f);
+    proto_curve_keylist_t list = {0};
+    int rc = proto_curve_keylist_load(path, 1, &list);
+    if (rc == 0 && list.count != 1)
+        rc = QC_ECONFIG;
+    if (rc == 0 && zmq_z85_encode(out, list.keys[0], PROTO_CURVE_KEY_SIZE) == NULL)
+        rc = QC_EINTERNAL; /* 32 bytes always encode */
+    proto_curve_keylist_clear(&list);
     return rc;
 }
 
