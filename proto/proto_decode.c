@@ -39,6 +39,45 @@ static int check_currency(uint32_t currency)
     return currency <= PROTO_CURRENCY_MAX ? 0 : QC_EDECODE;
 }
 
+/* A ProtobufCBuffer that compares what protobuf-c packs with the bytes received, instead of
+ * storing it: the canonical check costs no allocation. */
+typedef struct canon_buffer {
+    ProtobufCBuffer base;
+    const uint8_t *expect;
+    size_t len;
+    size_t at;
+    int differs;
+} canon_buffer_t;
+
+static void canon_append(ProtobufCBuffer *buffer, size_t len, const uint8_t *data)
+{
+    canon_buffer_t *c = (canon_buffer_t *)buffer;
+    assert(c->at <= c->len);
+    if (c->differs || len > c->len - c->at || memcmp(c->expect + c->at, data, len) != 0) {
+        c->differs = 1;
+        return;
+    }
+    c->at += len;
+}
+
+int proto_decode_canonical(const ProtobufCMessage *msg, const uint8_t *bytes, size_t len)
+{
+    assert(msg != NULL);
+    assert(bytes != NULL || len == 0);
+    /* protobuf-c hands strings over NUL-terminated, so "dev\0ice" would read as "dev" while
+     * the signature covers all of it; it also takes the last of a repeated field, any field
+     * order and non-minimal varints. Packing the parsed message again and comparing it byte
+     * for byte with what was received refuses all of these: one meaning per byte string is
+     * what a signature over bytes needs. The size first, because it is cheap. */
+    if (protobuf_c_message_get_packed_size(msg) != len)
+        return QC_EDECODE;
+    canon_buffer_t c = {.base = {canon_append}, .expect = bytes, .len = len, .at = 0, .differs = 0};
+    size_t packed = protobuf_c_message_pack_to_buffer(msg, &c.base);
+    if (c.differs || packed != len || c.at != len)
+        return QC_EDECODE;
+    return 0;
+}
+
 /* Runs the size limit and the unpack shared by every decoder. */
 static int unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *bytes, size_t len,
                   size_t max, ProtobufCMessage **out)
@@ -52,14 +91,10 @@ static int unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *bytes, 
     ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, bytes);
     if (msg == NULL)
         return QC_EDECODE; /* protobuf-c does not tell malformed input from no memory */
-    /* protobuf-c hands strings over NUL-terminated, so "dev\0ice" would read as "dev" while
-     * the signature covers all of it. Re-measuring the parsed message catches that, and
-     * also refuses duplicated fields and non-minimal varints: every sender of ours is
-     * protobuf-c and encodes canonically, and one meaning per byte string is what a
-     * signature over bytes needs. Unknown fields are kept by protobuf-c and still count. */
-    if (protobuf_c_message_get_packed_size(msg) != len) {
+    int rc = proto_decode_canonical(msg, bytes, len);
+    if (rc != 0) {
         protobuf_c_message_free_unpacked(msg, NULL);
-        return QC_EDECODE;
+        return rc;
     }
     *out = msg;
     return 0;

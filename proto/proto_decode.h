@@ -6,10 +6,12 @@
  * On any error nothing is returned and nothing leaks. A message returned in *out is freed
  * by the caller with the matching quancun__*__free_unpacked(msg, NULL).
  *
- * Input must be canonically encoded, as protobuf-c packs it: the parsed message must
- * re-measure to exactly len bytes. That refuses (QC_EDECODE) strings with an embedded NUL,
- * which protobuf-c would silently cut short, repeated fields and non-minimal varints.
- * Unknown fields are kept and allowed. Ids (device, account) and methods must be visible
+ * Input must be canonically encoded, as protobuf-c packs it: the parsed message, packed
+ * again, must equal the bytes received, byte for byte (proto_decode_canonical()). That
+ * refuses (QC_EDECODE) strings with an embedded NUL, which protobuf-c would silently cut
+ * short, repeated fields, fields out of field-number order, fields present with their
+ * default value (0, empty) and non-minimal varints. Unknown fields are kept and allowed
+ * after all known fields, in the order received. Ids (device, account) and methods must be visible
  * ASCII without spaces (0x21..0x7e); an absent field is QC_EMISSING, a zero or negative
  * amount or balance QC_EAMOUNT, a wrong size or value QC_EDECODE, text over its limit
  * QC_ETOOBIG. */
@@ -23,6 +25,10 @@
 #include "quancun.pb-c.h"
 
 #define PROTO_NONCE_SIZE 16
+
+/* Returns 0 when packing msg (parsed from bytes) gives exactly the len bytes at bytes, else
+ * QC_EDECODE: the canonical-encoding rule of every message we parse from a peer. */
+int proto_decode_canonical(const ProtobufCMessage *msg, const uint8_t *bytes, size_t len);
 
 /* Each returns 0 and sets *out, or QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG,
  * QC_EAMOUNT with *out NULL. */

@@ -123,3 +123,40 @@ int proto_ecdsa_der_to_raw(const uint8_t *der, size_t der_len, uint8_t raw[PROTO
     memcpy(raw, tmp, PROTO_SIG_RAW_SIZE);
     return 0;
 }
+
+/* The order n of P-256 and floor(n / 2), big-endian. */
+static const uint8_t ecdsa_p256_order[ECDSA_SCALAR_SIZE] = {
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+};
+static const uint8_t ecdsa_p256_half_order[ECDSA_SCALAR_SIZE] = {
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+};
+
+int proto_ecdsa_raw_is_low_s(const uint8_t raw[PROTO_SIG_RAW_SIZE])
+{
+    assert(raw != NULL);
+    /* Both are big-endian of the same width, so byte order is numeric order. */
+    return memcmp(raw + ECDSA_SCALAR_SIZE, ecdsa_p256_half_order, ECDSA_SCALAR_SIZE) <= 0;
+}
+
+int proto_ecdsa_raw_low_s(uint8_t raw[PROTO_SIG_RAW_SIZE])
+{
+    assert(raw != NULL);
+    if (proto_ecdsa_raw_is_low_s(raw))
+        return 0;
+    uint8_t *s = raw + ECDSA_SCALAR_SIZE;
+    /* s >= n is no signature at all (a broken token): n - s would wrap. */
+    if (memcmp(s, ecdsa_p256_order, ECDSA_SCALAR_SIZE) >= 0)
+        return QC_EINVAL;
+    unsigned borrow = 0;
+    for (int i = ECDSA_SCALAR_SIZE - 1; i >= 0; i--) {
+        unsigned d = (unsigned)ecdsa_p256_order[i] - s[i] - borrow;
+        s[i] = (uint8_t)d;
+        borrow = (d >> 8) & 1u;
+    }
+    assert(borrow == 0);
+    assert(proto_ecdsa_raw_is_low_s(raw));
+    return 1;
+}

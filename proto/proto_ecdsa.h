@@ -19,4 +19,16 @@ int proto_ecdsa_raw_to_der(const uint8_t raw[PROTO_SIG_RAW_SIZE], uint8_t *der, 
  * of at most 32 significant bytes each; raw is untouched on error. */
 int proto_ecdsa_der_to_raw(const uint8_t *der, size_t der_len, uint8_t raw[PROTO_SIG_RAW_SIZE]);
 
+/* Every ECDSA signature (r, s) has a twin, (r, n - s), that verifies as well; quancun
+ * accepts only the low form, s <= n/2 (n the order of P-256), so each signature has one
+ * encoding (the rule of BIP 62 and of libsecp256k1). */
+
+/* Replaces s by n - s when s > n/2, in place. Returns 1 when s was changed, 0 when it was
+ * already low, QC_EINVAL (raw untouched) when s >= n, which no signer may return. Signers
+ * call it after C_Sign or EVP_PKEY_sign. */
+int proto_ecdsa_raw_low_s(uint8_t raw[PROTO_SIG_RAW_SIZE]);
+
+/* Returns 1 when raw's s is at most n/2, 0 otherwise. */
+int proto_ecdsa_raw_is_low_s(const uint8_t raw[PROTO_SIG_RAW_SIZE]);
+
 #endif

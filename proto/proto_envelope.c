@@ -152,9 +152,10 @@ int proto_envelope_seal(const uint8_t *body, size_t body_len,
         return QC_EINVAL;
     if ((cert_der == NULL) != (cert_len == 0) || cert_len > PROTO_CERT_MAX)
         return QC_EINVAL;
-    /* Refuse to emit what proto_envelope_open() or a strict verifier would refuse. */
+    /* Refuse to emit what proto_envelope_open() or a strict verifier would refuse: the
+     * signer normalizes to low S (proto_ecdsa_raw_low_s()) before it seals. */
     uint8_t raw[PROTO_SIG_RAW_SIZE];
-    if (proto_ecdsa_der_to_raw(sig_der, sig_len, raw) != 0)
+    if (proto_ecdsa_der_to_raw(sig_der, sig_len, raw) != 0 || !proto_ecdsa_raw_is_low_s(raw))
         return QC_EINVAL;
 
     /* protobuf-c's pack never writes through these pointers; the casts only drop const. */
@@ -199,8 +200,13 @@ static int sign_digest(EVP_PKEY *key, const uint8_t digest[PROTO_DIGEST_SIZE],
     if (EVP_PKEY_sign(ctx, sig, &len, digest, PROTO_DIGEST_SIZE) != 1)
         goto out;
     assert(len <= PROTO_SIG_DER_MAX);
-    *sig_len = len;
-    rc = 0;
+    /* OpenSSL returns either form of s; we emit only the low one. */
+    uint8_t raw[PROTO_SIG_RAW_SIZE];
+    if (proto_ecdsa_der_to_raw(sig, len, raw) != 0)
+        goto out;
+    if (proto_ecdsa_raw_low_s(raw) < 0)
+        goto out;
+    rc = proto_ecdsa_raw_to_der(raw, sig, PROTO_SIG_DER_MAX, sig_len) == 0 ? 0 : QC_ECRYPTO;
 out:
     EVP_PKEY_CTX_free(ctx);
     return rc;
@@ -270,7 +276,12 @@ int proto_envelope_open(const uint8_t *bytes, size_t len, proto_envelope_t **out
     Quancun__Signed *msg = quancun__signed__unpack(NULL, len, bytes);
     if (msg == NULL)
         return QC_EDECODE;
-    int rc = envelope_check(msg);
+    /* The envelope is canonical too: protobuf-c keeps the last of a repeated field, so a
+     * garbage signature followed by the valid one would otherwise pass, and the stored
+     * evidence would not be what was verified. */
+    int rc = proto_decode_canonical(&msg->base, bytes, len);
+    if (rc == 0)
+        rc = envelope_check(msg);
     if (rc != 0) {
         quancun__signed__free_unpacked(msg, NULL);
         return rc;
@@ -301,9 +312,12 @@ int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type, EVP_PK
     /* A key with the right id on another curve cannot have made a P-256 signature. */
     if (!key_is_p256(key))
         return QC_EALG;
-    /* OpenSSL also insists on canonical DER, but the rule is ours, so check it here. */
+    /* OpenSSL also insists on canonical DER, but the rule is ours, so check it here; and
+     * only the low-S form of a signature is accepted, so each has one encoding. */
     uint8_t raw[PROTO_SIG_RAW_SIZE];
     if (proto_ecdsa_der_to_raw(msg->signature.data, msg->signature.len, raw) != 0)
+        return QC_EBADSIG;
+    if (!proto_ecdsa_raw_is_low_s(raw))
         return QC_EBADSIG;
 
     uint8_t digest[PROTO_DIGEST_SIZE];

@@ -1,6 +1,7 @@
 /* proto_envelope.h - signed envelopes: sign and verify a body under a per-type context.
  *
- * signature = ECDSA P-256 over SHA-256(context || 0x00 || body), DER-encoded, where context
+ * signature = ECDSA P-256 over SHA-256(context || 0x00 || body), DER-encoded with low S
+ * (s <= n/2, proto_ecdsa.h), where context
  * is the fixed ASCII string of the body's type, so no signed body can be replayed as
  * another type. key id = SHA-256 of the signing key's SubjectPublicKeyInfo (DER).
  * Verification works on the exact bytes that were signed and never re-serializes.
@@ -64,7 +65,8 @@ int proto_envelope_sign(proto_type_t type, const uint8_t *body, size_t body_len,
                         uint8_t **out, size_t *out_len);
 
 /* Builds a Signed envelope around a signature made elsewhere (the HSM): sig_der is the
- * DER signature over proto_envelope_digest(type, body). Same ownership and errors as
+ * DER signature over proto_envelope_digest(type, body), with low S (a high S is QC_EINVAL:
+ * normalize with proto_ecdsa_raw_low_s() first). Same ownership and errors as
  * proto_envelope_sign(). */
 int proto_envelope_seal(const uint8_t *body, size_t body_len,
                         const uint8_t key_id[PROTO_KEY_ID_SIZE], uint32_t key_version,
@@ -74,7 +76,8 @@ int proto_envelope_seal(const uint8_t *body, size_t body_len,
 /* A parsed, not yet verified, envelope. Opaque. */
 typedef struct proto_envelope proto_envelope_t;
 
-/* Parses untrusted bytes into an envelope: size (PROTO_ENVELOPE_MAX), protobuf parse,
+/* Parses untrusted bytes into an envelope: size (PROTO_ENVELOPE_MAX), protobuf parse, the
+ * canonical encoding (proto_decode_canonical(): packed again it must equal bytes),
  * algorithm, presence and sizes of key id, version and signature. No crypto is done.
  * Returns 0 and sets *out, or QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG, QC_ENOMEM
  * with *out NULL. */
@@ -82,7 +85,7 @@ int proto_envelope_open(const uint8_t *bytes, size_t len, proto_envelope_t **out
 
 /* Verifies env as a signature of type by key: the envelope's key id must equal key's id
  * (else QC_EKEYID), key must be P-256 (else QC_EALG), then the signature must be strict
- * DER and verify (else QC_EBADSIG).
+ * DER with low S and verify (else QC_EBADSIG).
  * Returns 0 only when the body may be believed. */
 int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type, EVP_PKEY *key);
 

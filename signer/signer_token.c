@@ -19,6 +19,7 @@
 #include <openssl/param_build.h>
 
 #include "ops_log.h"
+#include "proto_ecdsa.h"
 #include "qc_error.h"
 
 #include <p11-kit/pkcs11.h>
@@ -558,8 +559,16 @@ int signer_session_sign(signer_session_t *sess, const signer_key_t *key,
             return QC_ECRYPTO;
         }
     }
-    if (rv == CKR_OK)
-        return 0;
+    if (rv == CKR_OK) {
+        /* A token returns either of the two valid forms of s; the bank emits only the low
+         * one, so every signature it makes has one encoding and verifiers may refuse the
+         * other (docs/PROTOCOL.md). */
+        if (proto_ecdsa_raw_low_s(raw) >= 0)
+            return 0;
+        ops_log(OPS_LOG_ERROR, "signer.pkcs11_error", "call", "C_Sign", "error",
+                "s is not below the group order", NULL);
+        return QC_ECRYPTO;
+    }
     signer_log_rv("C_Sign", rv);
     if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ||
         rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED)

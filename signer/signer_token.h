@@ -74,7 +74,8 @@ void signer_token_destroy(signer_token_t **tok_p);
 int signer_session_open(signer_token_t *tok, signer_session_t **out);
 
 /* Signs a 32-byte digest with key's private key (CKM_ECDSA, the digest is not hashed again)
- * and writes the raw r || s the token returns into raw. Returns 0, QC_EUNAVAIL (the token
+ * and writes the raw r || s the token returns into raw, with s made low (s <= n/2,
+ * proto_ecdsa_raw_low_s()): the one form verifiers accept. Returns 0, QC_EUNAVAIL (the token
  * went away: the session is unusable), QC_ECRYPTO. */
 int signer_session_sign(signer_session_t *sess, const signer_key_t *key,
                         const uint8_t digest[PROTO_DIGEST_SIZE], uint8_t raw[PROTO_SIG_RAW_SIZE]);

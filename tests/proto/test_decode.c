@@ -14,6 +14,7 @@
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
+#include "wire_fields.h"
 
 #define FUZZ_ROUNDS 10000
 #define FUZZ_LEN_MAX 512
@@ -381,6 +382,51 @@ static void test_embedded_nul_refused(void **state)
     protobuf_c_message_free_unpacked(out, NULL);
 }
 
+/* Found by an independent device: a LoadRequest whose fields came in reverse order was
+ * accepted, because only the re-packed length was compared. Each of these parses to a valid
+ * message of the same length or meaning; only an exact comparison refuses them. */
+static void test_canonical_bytes_only(void **state)
+{
+    (void)state;
+    Quancun__LoadRequest m;
+    valid_load_request(&m);
+    m.counter = 3;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(proto_pack(&m.base, &buf, &len), 0);
+    ProtobufCMessage *out = NULL;
+    assert_int_equal(dec_load_request(buf, len, &out), 0);
+    protobuf_c_message_free_unpacked(out, NULL);
+
+    uint8_t reversed[PROTO_BODY_MAX];
+    assert_int_equal(wire_fields_reverse(buf, len, reversed), len);
+    assert_memory_not_equal(reversed, buf, len);
+    Quancun__LoadRequest *raw = quancun__load_request__unpack(NULL, len, reversed);
+    assert_non_null(raw); /* protobuf-c itself takes it, and it means the same */
+    assert_int_equal(raw->amount, m.amount);
+    assert_int_equal(quancun__load_request__get_packed_size(raw), len);
+    quancun__load_request__free_unpacked(raw, NULL);
+    assert_int_equal(dec_load_request(reversed, len, &out), QC_EDECODE);
+    assert_null(out);
+    free(buf);
+
+    /* Two fields swapped in an Rpc frame, as a hand-written client might send them. */
+    static const uint8_t swapped[] = {0x12, 0x01, 'x', 0x08, 0x01};
+    static const uint8_t in_order[] = {0x08, 0x01, 0x12, 0x01, 'x'};
+    assert_int_equal(dec_rpc(in_order, sizeof(in_order), &out), 0);
+    protobuf_c_message_free_unpacked(out, NULL);
+    assert_int_equal(dec_rpc(swapped, sizeof(swapped), &out), QC_EDECODE);
+    /* A field present with its default value (deadline_ms = 0) is not how it packs. */
+    static const uint8_t zero_field[] = {0x08, 0x01, 0x12, 0x01, 'x', 0x18, 0x00};
+    assert_int_equal(dec_rpc(zero_field, sizeof(zero_field), &out), QC_EDECODE);
+    /* A non-minimal varint (request_id 1 as 0x81 0x00). */
+    static const uint8_t long_varint[] = {0x08, 0x81, 0x00, 0x12, 0x01, 'x'};
+    assert_int_equal(dec_rpc(long_varint, sizeof(long_varint), &out), QC_EDECODE);
+    /* An unknown field before a known one is out of order; after them it is kept. */
+    static const uint8_t unknown_first[] = {0xa0, 0x06, 0x05, 0x08, 0x01, 0x12, 0x01, 'x'};
+    assert_int_equal(dec_rpc(unknown_first, sizeof(unknown_first), &out), QC_EDECODE);
+}
+
 static void test_pack_empty(void **state)
 {
     (void)state;
@@ -479,11 +525,17 @@ static void test_fuzz(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_load_request),     cmocka_unit_test(test_load_allow),
-        cmocka_unit_test(test_execution_report), cmocka_unit_test(test_load_outcome),
-        cmocka_unit_test(test_audit_checkpoint), cmocka_unit_test(test_rpc),
-        cmocka_unit_test(test_rpc_reply),        cmocka_unit_test(test_embedded_nul_refused),
-        cmocka_unit_test(test_pack_empty),       cmocka_unit_test(test_fuzz),
+        cmocka_unit_test(test_load_request),
+        cmocka_unit_test(test_load_allow),
+        cmocka_unit_test(test_execution_report),
+        cmocka_unit_test(test_load_outcome),
+        cmocka_unit_test(test_audit_checkpoint),
+        cmocka_unit_test(test_rpc),
+        cmocka_unit_test(test_rpc_reply),
+        cmocka_unit_test(test_embedded_nul_refused),
+        cmocka_unit_test(test_pack_empty),
+        cmocka_unit_test(test_fuzz),
+        cmocka_unit_test(test_canonical_bytes_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -253,6 +253,7 @@ static void test_openssl_round_trips(void **state)
     int leading_zero = 0; /* r or s below 2^248 */
     int high_bit = 0;     /* r or s needing the 0x00 pad */
     int short_der = 0;    /* DER shorter than 70 bytes */
+    int high_s = 0;       /* s > n/2: OpenSSL makes either form, about half each */
     for (int it = 0; it < ROUND_TRIP_ITERATIONS; it++) {
         EVP_PKEY *key = keys[it % ROUND_TRIP_KEYS];
         uint8_t msg[MSG_MAX];
@@ -274,6 +275,21 @@ static void test_openssl_round_trips(void **state)
         assert_memory_equal(der, sig, sig_len);
         assert_int_equal(openssl_verify(key, msg, msg_len, der, der_len), 1);
 
+        /* The low-S twin: same r, s <= n/2, and OpenSSL accepts both forms, so refusing the
+         * high one is our rule (proto_envelope_verify), not the library's. */
+        uint8_t low[PROTO_SIG_RAW_SIZE];
+        memcpy(low, raw, sizeof low);
+        int changed = proto_ecdsa_raw_low_s(low);
+        assert_int_equal(changed, !proto_ecdsa_raw_is_low_s(raw));
+        assert_true(proto_ecdsa_raw_is_low_s(low));
+        assert_memory_equal(low, raw, PROTO_SIG_RAW_SIZE / 2);
+        if (changed == 1) {
+            high_s++;
+            size_t low_len = 0;
+            assert_int_equal(proto_ecdsa_raw_to_der(low, der, sizeof(der), &low_len), 0);
+            assert_int_equal(openssl_verify(key, msg, msg_len, der, low_len), 1);
+        }
+
         if (raw[0] == 0 || raw[32] == 0)
             leading_zero++;
         if ((raw[0] & 0x80) || (raw[32] & 0x80))
@@ -290,7 +306,55 @@ static void test_openssl_round_trips(void **state)
      * A DER shorter than 70 bytes is rarer (about 2 in 1000) and only reported. */
     assert_true(leading_zero > 0);
     assert_true(high_bit > 0);
+    assert_true(high_s > ROUND_TRIP_ITERATIONS / 4 && high_s < ROUND_TRIP_ITERATIONS * 3 / 4);
     (void)short_der;
+}
+
+/* s at the edges of n/2 and n (P-256's order), normalized by hand-checked values. */
+static void test_low_s_edges(void **state)
+{
+    (void)state;
+    static const uint8_t n[32] = {
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
+        0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+    };
+    static const uint8_t half[32] = {
+        0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b,
+        0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+    };
+    uint8_t raw[PROTO_SIG_RAW_SIZE];
+    memset(raw, 0x11, 32);
+
+    /* s = floor(n/2) is low and stays. */
+    memcpy(raw + 32, half, 32);
+    assert_true(proto_ecdsa_raw_is_low_s(raw));
+    assert_int_equal(proto_ecdsa_raw_low_s(raw), 0);
+    assert_memory_equal(raw + 32, half, 32);
+
+    /* s = floor(n/2) + 1 is high; n - s = floor(n/2) since n is odd. */
+    memcpy(raw + 32, half, 32);
+    raw[63]++;
+    assert_false(proto_ecdsa_raw_is_low_s(raw));
+    assert_int_equal(proto_ecdsa_raw_low_s(raw), 1);
+    assert_memory_equal(raw + 32, half, 32);
+
+    /* s = n - 1 becomes 1. */
+    memcpy(raw + 32, n, 32);
+    raw[63]--;
+    assert_int_equal(proto_ecdsa_raw_low_s(raw), 1);
+    uint8_t one[32] = {0};
+    one[31] = 1;
+    assert_memory_equal(raw + 32, one, 32);
+
+    /* s = n is no signature: refused, untouched. */
+    memcpy(raw + 32, n, 32);
+    assert_int_equal(proto_ecdsa_raw_low_s(raw), QC_EINVAL);
+    assert_memory_equal(raw + 32, n, 32);
+    uint8_t r[32];
+    memset(r, 0x11, sizeof r);
+    assert_memory_equal(raw, r, 32); /* r is never touched */
 }
 
 int main(void)
@@ -304,6 +368,7 @@ int main(void)
         cmocka_unit_test(test_raw_zero_refused),
         cmocka_unit_test(test_der_strictness),
         cmocka_unit_test(test_openssl_round_trips),
+        cmocka_unit_test(test_low_s_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,10 +18,12 @@
 #include "proto_envelope.h"
 #include "qc_error.h"
 #include "quancun.pb-c.h"
+#include "wire_fields.h"
 
 #define KEY_VERSION 3
 #define GARBAGE_ROUNDS 2000
 #define GARBAGE_LEN_MAX 256
+#define LOW_S_ROUNDS 64 /* P(all 64 of OpenSSL's signatures already low) = 2^-64 */
 
 typedef struct fixture {
     EVP_PKEY *key;   /* the signer */
@@ -284,6 +286,112 @@ static void test_wrong_key_and_forged_signature(void **state)
 
 /* Signs a digest the way the signer's PKCS#11 path ends up doing: raw r||s from the token,
  * converted to DER, then sealed. */
+/* Turns a low-S raw signature into its high-S twin: s = n - s. */
+static void high_s_twin(uint8_t raw[PROTO_SIG_RAW_SIZE])
+{
+    static const uint8_t n[32] = {
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
+        0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+    };
+    assert_true(proto_ecdsa_raw_is_low_s(raw));
+    unsigned borrow = 0;
+    for (int i = 31; i >= 0; i--) {
+        unsigned d = (unsigned)n[i] - raw[32 + i] - borrow;
+        raw[32 + i] = (uint8_t)d;
+        borrow = (d >> 8) & 1u;
+    }
+    assert_false(proto_ecdsa_raw_is_low_s(raw));
+}
+
+/* Every signature proto_envelope_sign makes is low-S; the high-S twin of one verifies with
+ * OpenSSL but is refused by proto_envelope_verify, so each signature has one form. */
+static void test_low_s_only(void **state)
+{
+    fixture_t *f = *state;
+    uint8_t body[128];
+    size_t body_len = make_body(PROTO_TYPE_LOAD_REQUEST, body, sizeof(body));
+    for (int i = 0; i < LOW_S_ROUNDS; i++) {
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        assert_int_equal(proto_envelope_sign(PROTO_TYPE_LOAD_REQUEST, body, body_len, f->key, 1,
+                                             NULL, 0, &buf, &len),
+                         0);
+        Quancun__Signed *msg = raw_unpack(buf, len);
+        uint8_t raw[PROTO_SIG_RAW_SIZE];
+        assert_int_equal(proto_ecdsa_der_to_raw(msg->signature.data, msg->signature.len, raw), 0);
+        assert_true(proto_ecdsa_raw_is_low_s(raw));
+        assert_int_equal(open_and_verify(buf, len, PROTO_TYPE_LOAD_REQUEST, f->key), 0);
+
+        high_s_twin(raw);
+        uint8_t der[PROTO_SIG_DER_MAX];
+        size_t der_len = 0;
+        assert_int_equal(proto_ecdsa_raw_to_der(raw, der, sizeof(der), &der_len), 0);
+        uint8_t digest[PROTO_DIGEST_SIZE];
+        assert_int_equal(proto_envelope_digest(PROTO_TYPE_LOAD_REQUEST, body, body_len, digest), 0);
+        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, f->key, NULL);
+        assert_non_null(ctx);
+        assert_int_equal(EVP_PKEY_verify_init(ctx), 1);
+        assert_int_equal(EVP_PKEY_verify(ctx, der, der_len, digest, sizeof digest), 1);
+        EVP_PKEY_CTX_free(ctx);
+
+        ProtobufCBinaryData kept = msg->signature;
+        msg->signature.data = der;
+        msg->signature.len = der_len;
+        uint8_t *twin = NULL;
+        size_t twin_len = 0;
+        repack(msg, &twin, &twin_len);
+        assert_int_equal(open_and_verify(twin, twin_len, PROTO_TYPE_LOAD_REQUEST, f->key),
+                         QC_EBADSIG);
+        free(twin);
+        msg->signature = kept; /* der is on the stack; free the unpacked copy */
+        quancun__signed__free_unpacked(msg, NULL);
+        free(buf);
+    }
+}
+
+/* The envelope is checked for canonical encoding: the same fields in another order, a
+ * signature field sent twice (garbage first, protobuf-c keeps the last) and a field present
+ * with its default value are refused, although each parses to a valid, verifying envelope. */
+static void test_open_canonical(void **state)
+{
+    fixture_t *f = *state;
+    uint8_t body[128];
+    size_t body_len = make_body(PROTO_TYPE_LOAD_REQUEST, body, sizeof(body));
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    assert_int_equal(proto_envelope_sign(PROTO_TYPE_LOAD_REQUEST, body, body_len, f->key, 1, NULL,
+                                         0, &buf, &len),
+                     0);
+    assert_int_equal(open_and_verify(buf, len, PROTO_TYPE_LOAD_REQUEST, f->key), 0);
+
+    /* A garbage signature field in front of the whole valid envelope. */
+    uint8_t twice[PROTO_ENVELOPE_MAX];
+    static const uint8_t garbage[] = {0x2a, 0x08, 0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x02};
+    memcpy(twice, garbage, sizeof garbage);
+    memcpy(twice + sizeof garbage, buf, len);
+    Quancun__Signed *parsed = raw_unpack(twice, sizeof garbage + len);
+    quancun__signed__free_unpacked(parsed, NULL); /* protobuf-c itself takes it */
+    assert_int_equal(open_and_verify(twice, sizeof garbage + len, PROTO_TYPE_LOAD_REQUEST, f->key),
+                     QC_EDECODE);
+
+    /* The same fields in reverse order: the same length, the same meaning. */
+    uint8_t reversed[PROTO_ENVELOPE_MAX];
+    size_t reversed_len = wire_fields_reverse(buf, len, reversed);
+    assert_int_equal(reversed_len, len);
+    assert_memory_not_equal(reversed, buf, len);
+    assert_int_equal(open_and_verify(reversed, len, PROTO_TYPE_LOAD_REQUEST, f->key), QC_EDECODE);
+
+    /* An explicit empty cert field (tag 6, length 0) at the end. */
+    uint8_t empty_cert[PROTO_ENVELOPE_MAX];
+    memcpy(empty_cert, buf, len);
+    empty_cert[len] = 0x32;
+    empty_cert[len + 1] = 0x00;
+    assert_int_equal(open_and_verify(empty_cert, len + 2, PROTO_TYPE_LOAD_REQUEST, f->key),
+                     QC_EDECODE);
+    free(buf);
+}
+
 static void test_seal_path(void **state)
 {
     fixture_t *f = *state;
@@ -301,6 +409,10 @@ static void test_seal_path(void **state)
     EVP_PKEY_CTX_free(ctx);
     uint8_t raw[PROTO_SIG_RAW_SIZE];
     assert_int_equal(proto_ecdsa_der_to_raw(der, der_len, raw), 0);
+    /* As the signer does after C_Sign: seal takes only the low-S form. */
+    uint8_t high[PROTO_SIG_RAW_SIZE];
+    memcpy(high, raw, sizeof high);
+    assert_true(proto_ecdsa_raw_low_s(raw) >= 0);
     uint8_t sig[PROTO_SIG_DER_MAX];
     size_t sig_len = 0;
     assert_int_equal(proto_ecdsa_raw_to_der(raw, sig, sizeof(sig), &sig_len), 0);
@@ -341,6 +453,17 @@ static void test_seal_path(void **state)
     assert_int_equal(
         proto_envelope_seal(body, body_len, key_id, 1, bad_sig, sig_len, NULL, 0, &buf, &len),
         QC_EINVAL);
+    /* The high-S twin of the signature is refused by seal. */
+    uint8_t twin[PROTO_SIG_RAW_SIZE];
+    memcpy(twin, raw, sizeof twin);
+    high_s_twin(twin);
+    uint8_t twin_der[PROTO_SIG_DER_MAX];
+    size_t twin_len = 0;
+    assert_int_equal(proto_ecdsa_raw_to_der(twin, twin_der, sizeof(twin_der), &twin_len), 0);
+    assert_int_equal(
+        proto_envelope_seal(body, body_len, key_id, 1, twin_der, twin_len, NULL, 0, &buf, &len),
+        QC_EINVAL);
+    (void)high;
     uint8_t big_cert[PROTO_CERT_MAX + 1] = {0};
     assert_int_equal(proto_envelope_seal(body, body_len, key_id, 1, sig, sig_len, big_cert,
                                          sizeof(big_cert), &buf, &len),
@@ -550,6 +673,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tampered_body_and_signature, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_key_and_forged_signature, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seal_path, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_low_s_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_canonical, setup, teardown),
         cmocka_unit_test(test_open_shape),
         cmocka_unit_test_setup_teardown(test_open_oversize_garbage_truncated, setup, teardown),
     };
