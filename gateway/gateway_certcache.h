@@ -5,8 +5,8 @@
  * the larger half of the gateway's CPU per load. A device sends the same bytes for every
  * request and report, so the gateway keeps, for each certificate it verified, the outcome
  * (device id and public key) under SHA-256 of its DER bytes, and answers from it while
- *   - the entry is younger than GATEWAY_CERTCACHE_TTL_S (so a CRL or CA change made by a
- *     restart, or a CRL that expires, is seen within that time), and
+ *   - the entry is younger than GATEWAY_CERTCACHE_TTL_S (so a CRL that expires is seen
+ *     within that time; a new CRL file gets a new, empty cache: gateway_trust.h), and
  *   - now is still inside the certificate's validity period (checked on every hit).
  * Only successful verifications are kept; a refused certificate is verified again each time.
  * The cache is direct-mapped (a newer certificate evicts the one in its slot) and bounded by

@@ -27,6 +27,7 @@
 #include <zmq.h>
 
 #include "proto_audit.h"
+#include "gateway_trust.h"
 #include "gateway_verify.h"
 #include "ledger.pb-c.h"
 #include "ops_fault.h"
@@ -61,8 +62,7 @@ typedef struct gateway_op {
 
 struct gateway {
     gateway_config_t cfg;
-    proto_trust_t *trust;
-    gateway_certcache_t *certs; /* device certificates verified recently, over trust */
+    gateway_trust_t *trust; /* CAs, CRL (re-read when it changes) and the certificate cache */
     /* Reports only: the same CAs without the CRL and without validity periods, for a
      * certificate revoked or expired while its load was in flight (gateway_report_start). */
     proto_trust_t *trust_report;
@@ -192,8 +192,8 @@ static void gateway_load_start(gateway_t *gw, gateway_op_t *op)
     Quancun__LoadRequest *req = NULL;
     uint8_t digest[PROTO_DIGEST_SIZE];
     uint64_t now_ms = ops_time_wall_ms();
-    int rc = gateway_verify_request(gw->certs, op->req->body, op->req->body_len,
-                                    (time_t)(now_ms / 1000), &req, digest);
+    int rc = gateway_verify_request(gateway_trust_certs(gw->trust), op->req->body,
+                                    op->req->body_len, (time_t)(now_ms / 1000), &req, digest);
     if (rc != 0) {
         ops_log(OPS_LOG_WARN, "load.refused", "error", qc_errname(rc), "peer", op->req->peer_key,
                 NULL);
@@ -278,8 +278,9 @@ static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
 {
     Quancun__ExecutionReport *rep = NULL;
     time_t now = (time_t)(ops_time_wall_ms() / 1000);
-    int rc = gateway_verify_report(gw->certs, op->req->body, op->req->body_len, now, &rep);
-    if (rc == QC_ECERTREVOKED || rc == QC_ECERTEXPIRED) {
+    int rc = gateway_verify_report(gateway_trust_certs(gw->trust), op->req->body, op->req->body_len,
+                                   now, &rep);
+    if (rc == QC_ECERTREVOKED || rc == QC_ECERTEXPIRED || rc == QC_ECRLSTALE) {
         /* The certificate was revoked, or expired, after the device signed its request. Its
          * report is still the only evidence of what the device applied: refusing it would let
          * the deadline refund a load the device holds (money created, and the device could
@@ -453,6 +454,7 @@ int gateway_run(gateway_t *gw)
         for (uint32_t c = 0; c < client_count; c++)
             proto_rpc_client_process(clients[c], gateway_on_done, gw);
         proto_audit_process(gw->audit);
+        gateway_trust_poll(gw->trust, ops_time_mono_ns() / 1000000u, ops_signal_hup_generation());
     }
     return 0;
 }
@@ -522,9 +524,9 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
     for (int i = GATEWAY_OPS_MAX - 1; i >= 0; i--)
         gw->free_ops[gw->free_count++] = i;
     gateway_metrics(gw);
-    int rc = proto_trust_new(cfg->ca_path, cfg->crl_path, &gw->trust);
-    if (rc == 0)
-        rc = gateway_certcache_new(gw->trust, &gw->certs);
+    int rc = gateway_trust_new(cfg->ca_path, cfg->crl_path,
+                               cfg->crl_stale_ok ? PROTO_TRUST_STALE_CRL_OK : 0,
+                               ops_signal_hup_generation(), &gw->trust);
     if (rc == 0)
         rc = proto_trust_new_ex(cfg->ca_path, NULL, PROTO_TRUST_NO_CHECK_TIME, &gw->trust_report);
     if (rc == 0)
@@ -582,8 +584,7 @@ void gateway_destroy(gateway_t **gw_p)
     proto_rpc_client_destroy(&gw->signer);
     for (uint32_t s = 0; s < gw->shard_count; s++)
         proto_rpc_client_destroy(&gw->shards[s]);
-    gateway_certcache_destroy(&gw->certs);
-    proto_trust_destroy(&gw->trust);
+    gateway_trust_destroy(&gw->trust);
     gateway_certcache_destroy(&gw->report_certs);
     proto_trust_destroy(&gw->trust_report);
     free(gw);

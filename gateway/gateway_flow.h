@@ -9,6 +9,7 @@
 #ifndef GATEWAY_FLOW_H
 #define GATEWAY_FLOW_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "proto_rpc.h"
@@ -38,7 +39,8 @@ typedef struct gateway_config {
     const char *ledger;     /* shard endpoints: shards separated by ';', instances by ',' */
     const char *ledger_key; /* the ledger's CURVE public key */
     const char *ca_path;    /* device CA bundle (PEM) */
-    const char *crl_path;   /* device CRL (PEM), NULL for none */
+    const char *crl_path;   /* device CRL (PEM), NULL for none; re-read when it changes */
+    bool crl_stale_ok;      /* use a CRL past its nextUpdate (default: refuse, QC_ECRLSTALE) */
     int64_t deadline_ms;    /* a load's report deadline after its allow */
     int64_t rpc_timeout_ms; /* budget of one downstream call, retries included */
     const char *audit;      /* audit endpoints for security events, NULL = log only */

@@ -2,6 +2,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <zmq.h>
 
@@ -22,7 +23,10 @@ static const ops_config_key_t gateway_keys[] = {
      "ledger endpoints: shard 0 first, shards separated by ';', instances by ','"},
     {"ledger_key", OPS_CONFIG_STRING, NULL, "the ledger's CURVE public key (Z85)"},
     {"ca", OPS_CONFIG_STRING, NULL, "device CA bundle (PEM)"},
-    {"crl", OPS_CONFIG_STRING, NULL, "device CRL (PEM); empty for none"},
+    {"crl", OPS_CONFIG_STRING, NULL,
+     "device CRL (PEM); empty for none; re-read when the file changes and on SIGHUP"},
+    {"crl_stale", OPS_CONFIG_STRING, "refuse",
+     "a CRL past its nextUpdate: refuse (every device, QC_ECRLSTALE) or accept (keep using it)"},
     {"deadline_ms", OPS_CONFIG_INT, "30000", "time a device has to report after its allow"},
     {"rpc_timeout_ms", OPS_CONFIG_INT, "3000", "budget of one signer or ledger call"},
     {"audit", OPS_CONFIG_STRING, NULL, "audit endpoints for security events (empty = log only)"},
@@ -67,6 +71,12 @@ int main(int argc, char **argv)
         ops_log(OPS_LOG_ERROR, "gateway.config", "error", "curve_key is required", NULL);
         goto out;
     }
+    const char *crl_stale = ops_config_str(cfg, "crl_stale");
+    if (strcmp(crl_stale, "refuse") != 0 && strcmp(crl_stale, "accept") != 0) {
+        ops_log(OPS_LOG_ERROR, "gateway.config", "error", "crl_stale is refuse or accept",
+                "crl_stale", crl_stale, NULL);
+        goto out;
+    }
     if ((rc = proto_curve_keypair_load(key_path, &keys)) != 0) {
         ops_log(OPS_LOG_ERROR, "gateway.config", "error", qc_strerror(rc), "curve_key", key_path,
                 NULL);
@@ -84,6 +94,7 @@ int main(int argc, char **argv)
         .ledger_key = ops_config_str(cfg, "ledger_key"),
         .ca_path = ops_config_str(cfg, "ca"),
         .crl_path = gateway_nonempty(ops_config_str(cfg, "crl")),
+        .crl_stale_ok = strcmp(crl_stale, "accept") == 0,
         .deadline_ms = ops_config_int(cfg, "deadline_ms"),
         .rpc_timeout_ms = ops_config_int(cfg, "rpc_timeout_ms"),
         .audit = gateway_nonempty(ops_config_str(cfg, "audit")),

@@ -85,6 +85,15 @@ static int load_crls(X509_STORE *store, const char *path)
     return count;
 }
 
+/* The verify callback of PROTO_TRUST_STALE_CRL_OK: a CRL past its nextUpdate is still used
+ * (its revocations still count); every other error stands. */
+static int accept_stale_crl(int ok, X509_STORE_CTX *ctx)
+{
+    if (!ok && X509_STORE_CTX_get_error(ctx) == X509_V_ERR_CRL_HAS_EXPIRED)
+        return 1;
+    return ok;
+}
+
 int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path, proto_trust_t **out)
 {
     return proto_trust_new_ex(ca_pem_path, crl_pem_path, 0, out);
@@ -94,7 +103,7 @@ int proto_trust_new_ex(const char *ca_pem_path, const char *crl_pem_path, unsign
                        proto_trust_t **out)
 {
     assert(ca_pem_path != NULL && out != NULL);
-    assert((flags & ~PROTO_TRUST_NO_CHECK_TIME) == 0);
+    assert((flags & ~(PROTO_TRUST_NO_CHECK_TIME | PROTO_TRUST_STALE_CRL_OK)) == 0);
     *out = NULL;
     proto_trust_t *trust = calloc(1, sizeof(*trust));
     if (trust == NULL)
@@ -121,6 +130,8 @@ int proto_trust_new_ex(const char *ca_pem_path, const char *crl_pem_path, unsign
             goto err;
         }
     }
+    if ((flags & PROTO_TRUST_STALE_CRL_OK) != 0)
+        X509_STORE_set_verify_cb(trust->store, accept_stale_crl);
     if ((flags & PROTO_TRUST_NO_CHECK_TIME) != 0 &&
         X509_STORE_set_flags(trust->store, X509_V_FLAG_NO_CHECK_TIME) != 1) {
         rc = QC_ECRYPTO;
@@ -153,6 +164,8 @@ static int map_verify_error(int err)
         return QC_ECERTNOTYET;
     case X509_V_ERR_CERT_REVOKED:
         return QC_ECERTREVOKED;
+    case X509_V_ERR_CRL_HAS_EXPIRED:
+        return QC_ECRLSTALE;
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
     case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
     case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:

@@ -27,6 +27,11 @@ int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path, proto_tru
     0x1u /* ignore validity periods: for judging evidence of what                                  \
             a device did while its certificate was valid */
 
+#define PROTO_TRUST_STALE_CRL_OK                                                                   \
+    0x2u /* use a CRL past its nextUpdate; without this flag a                                     \
+            certificate checked against one is refused with                                        \
+            QC_ECRLSTALE (fail closed) */
+
 /* proto_trust_new() with flags (0 or PROTO_TRUST_*). */
 int proto_trust_new_ex(const char *ca_pem_path, const char *crl_pem_path, unsigned flags,
                        proto_trust_t **out);
@@ -40,7 +45,8 @@ void proto_trust_destroy(proto_trust_t **trust_p);
  * copies the commonName into device_id (NUL terminated, capacity PROTO_DEVICE_ID_MAX + 1)
  * and, when pub is not NULL, sets *pub to a new reference to the certificate's public key
  * (the caller frees it with EVP_PKEY_free). Returns 0, QC_ETOOBIG, QC_EDECODE, QC_ECERTCA,
- * QC_ECERTEXPIRED, QC_ECERTNOTYET, QC_ECERTREVOKED, QC_ECERTUSAGE, QC_ECERT (anything
+ * QC_ECERTEXPIRED, QC_ECERTNOTYET, QC_ECERTREVOKED, QC_ECERTUSAGE, QC_ECRLSTALE (the CRL is
+ * past its nextUpdate at now, and trust lacks PROTO_TRUST_STALE_CRL_OK), QC_ECERT (anything
  * else). */
 int proto_cert_verify(const proto_trust_t *trust, const uint8_t *der, size_t der_len, time_t now,
                       char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub);

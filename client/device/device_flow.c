@@ -33,6 +33,7 @@ bool device_flow_transient(int code)
     case QC_ECRYPTO:
     case QC_ESHARD:
     case QC_EPENDING:
+    case QC_ECRLSTALE: /* the bank's CRL is out of date: its operators must renew it */
         return true;
     default:
         return false;

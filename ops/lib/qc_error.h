@@ -42,6 +42,7 @@
     X(QC_EDEVICEID, -39, "device id does not match the certificate")                               \
     X(QC_EPIN, -40, "wrong PIN")                                                                   \
     X(QC_ELOCKED, -41, "locked after too many wrong PINs")                                         \
+    X(QC_ECRLSTALE, -42, "the bank's revocation list is out of date, try again later")             \
     /* business refusals */                                                                        \
     X(QC_EUNKNOWNDEV, -50, "unknown device")                                                       \
     X(QC_EREVOKED, -51, "device revoked")                                                          \

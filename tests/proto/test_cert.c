@@ -333,6 +333,20 @@ static void test_revoked(void **state)
     assert_int_equal(verify_at(without_crl, revoked, f->now, id), 0);
     X509 *fine = device_cert(f, "QC-DEV-0009", -DAY_S, 365 * DAY_S, KU_DEVICE, REVOKED_SERIAL + 1);
     assert_int_equal(verify_at(with_crl, fine, f->now, id), 0);
+
+    /* Past the CRL's nextUpdate (30 days on): refused by default, fail closed, whatever the
+     * certificate; with PROTO_TRUST_STALE_CRL_OK the stale CRL's revocations still count. */
+    time_t stale = f->now + 31 * DAY_S;
+    assert_int_equal(verify_at(with_crl, fine, stale, id), QC_ECRLSTALE);
+    assert_int_equal(verify_at(with_crl, revoked, stale, id), QC_ECRLSTALE);
+    assert_int_equal(verify_at(without_crl, fine, stale, id), 0);
+    proto_trust_t *stale_ok = NULL;
+    assert_int_equal(
+        proto_trust_new_ex(f->ca_path, f->crl_path, PROTO_TRUST_STALE_CRL_OK, &stale_ok), 0);
+    assert_int_equal(verify_at(stale_ok, fine, stale, id), 0);
+    assert_int_equal(verify_at(stale_ok, revoked, stale, id), QC_ECERTREVOKED);
+    assert_int_equal(verify_at(stale_ok, fine, f->now, id), 0);
+    proto_trust_destroy(&stale_ok);
     X509_free(revoked);
     X509_free(fine);
     proto_trust_destroy(&with_crl);
