@@ -1,40 +1,41 @@
-/* ledger_main.c - qc-ledger: one shard of the ledger (accounts, load sagas, audit outbox). */
+/* ledger_main.c - qc-ledger: one shard of the ledger (accounts, load sagas, audit outbox).
+ *
+ * The start-up is the one every service shares (ops_service.h); the loop is in ledger_service.c. */
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "ledger_service.h"
-#include "ledger_store.h"
 #include "ops_config.h"
 #include "ops_log.h"
-#include "ops_signal.h"
+#include "ops_service.h"
 #include "proto_shard.h"
 #include "qc_error.h"
 
 #define LEDGER_MIB (1024ull * 1024ull)
-#define LEDGER_MAP_MB_MAX (1024ull * 1024ull) /* 1 TiB */
-#define LEDGER_HTTP_PORT_MAX 65535
+#define LEDGER_MAP_MB_MAX (1024ll * 1024ll) /* 1 TiB */
 
 static const ops_config_key_t ledger_keys[] = {
-    {"listen", OPS_CONFIG_STRING, "tcp://127.0.0.1:7300", "endpoint the ROUTER socket binds"},
+    {"listen", OPS_CONFIG_STRING, "tcp://127.0.0.1:7300", "endpoint the ROUTER socket binds",
+     .check = ops_config_check_endpoint},
     {"curve_key", OPS_CONFIG_STRING, NULL, "this service's CURVE key pair file"},
     {"allow_keys", OPS_CONFIG_STRING, NULL,
      "file of service client keys (gateways, audit relay): reserve, settle, outbox_*"},
     {"admin_keys", OPS_CONFIG_STRING, NULL,
      "file of operator keys (qcctl): open_account, deposit, freeze, enroll_device, ..."},
     {"data_dir", OPS_CONFIG_STRING, NULL, "directory of this shard's LMDB environment"},
-    {"shard", OPS_CONFIG_INT, "0", "this shard's number, 0 .. shard_count-1"},
-    {"shard_count", OPS_CONFIG_INT, "1", "number of ledger shards"},
+    {"shard", OPS_CONFIG_INT, "0", "this shard's number, 0 .. shard_count-1", .min = 0,
+     .max = PROTO_SHARD_COUNT_MAX - 1},
+    {"shard_count", OPS_CONFIG_INT, "1", "number of ledger shards", .min = 1,
+     .max = PROTO_SHARD_COUNT_MAX},
     {"allow_cert", OPS_CONFIG_STRING, NULL,
      "PEM certificate (or public key) of the bank's allow-signing key"},
     {"ca", OPS_CONFIG_STRING, NULL, "PEM CA bundle device certificates must chain to"},
     {"crl", OPS_CONFIG_STRING, NULL, "PEM CRLs for device certificates"},
-    {"map_size_mb", OPS_CONFIG_INT, "1024", "LMDB map size in MiB"},
-    {"batch_max", OPS_CONFIG_INT, "256", "requests applied per group commit (1..256)"},
-    {"batch_wait_us", OPS_CONFIG_INT, "200", "extra wait for a group commit to fill (us)"},
-    {"http_port", OPS_CONFIG_INT, "0", "port of /metrics and /healthz on 127.0.0.1 (0 = off)"},
-    {"instance", OPS_CONFIG_STRING, "0", "instance name in logs"},
-    {"log_level", OPS_CONFIG_STRING, "info", "debug, info, warn or error"},
+    {"map_size_mb", OPS_CONFIG_INT, "1024", "LMDB map size in MiB", .min = 1,
+     .max = LEDGER_MAP_MB_MAX},
+    {"batch_max", OPS_CONFIG_INT, "256", "requests applied per group commit", .min = 1,
+     .max = LEDGER_BATCH_MAX},
+    {"batch_wait_us", OPS_CONFIG_INT, "200", "extra wait for a group commit to fill (us)", .min = 0,
+     .max = LEDGER_BATCH_WAIT_US_MAX},
 };
 
 #define LEDGER_USAGE                                                                               \
@@ -42,33 +43,33 @@ static const ops_config_key_t ledger_keys[] = {
     "Serves one shard of the quancun ledger: accounts, devices and load sagas in LMDB,\n"          \
     "group-committed (a reply means durable). Methods and bodies: proto/ledger.proto."
 
+/* The one bound that spans two keys. */
+static bool ledger_check(const ops_config_t *cfg, char *err, size_t errcap)
+{
+    int64_t shard = ops_config_int(cfg, "shard"), count = ops_config_int(cfg, "shard_count");
+    if (shard < count)
+        return true;
+    snprintf(err, errcap, "shard: %lld is not below shard_count %lld", (long long)shard,
+             (long long)count);
+    return false;
+}
+
+static const ops_service_spec_t ledger_spec = {
+    .program = "qc-ledger",
+    .service = "ledger",
+    .usage = LEDGER_USAGE,
+    .keys = ledger_keys,
+    .key_count = sizeof ledger_keys / sizeof ledger_keys[0],
+    .check = ledger_check,
+};
+
 int main(int argc, char **argv)
 {
-    char err[OPS_CONFIG_ERROR_MAX];
-    ops_config_t *cfg = NULL;
-    int rc = ops_config_load("qc-ledger", LEDGER_USAGE, ledger_keys,
-                             sizeof ledger_keys / sizeof ledger_keys[0], argc, argv, &cfg, err,
-                             sizeof err);
-    if (rc == 1)
-        return 0;
-    if (rc != 0) {
-        fprintf(stderr, "qc-ledger: %s\n", err);
-        return 2;
-    }
-    int level = ops_log_level_parse(ops_config_str(cfg, "log_level"));
-    int64_t shard = ops_config_int(cfg, "shard"), count = ops_config_int(cfg, "shard_count");
-    int64_t map_mb = ops_config_int(cfg, "map_size_mb"), batch = ops_config_int(cfg, "batch_max");
-    int64_t wait = ops_config_int(cfg, "batch_wait_us"), port = ops_config_int(cfg, "http_port");
-    if (ops_config_argc(cfg) != 0 || level < 0 || count < 1 || count > PROTO_SHARD_COUNT_MAX ||
-        shard < 0 || shard >= count || map_mb < 1 || (uint64_t)map_mb > LEDGER_MAP_MB_MAX ||
-        batch < 1 || batch > LEDGER_BATCH_MAX || wait < 0 || wait > LEDGER_BATCH_WAIT_US_MAX ||
-        port < 0 || port > LEDGER_HTTP_PORT_MAX) {
-        fprintf(stderr, "qc-ledger: bad arguments or a setting out of range (see --help)\n");
-        ops_config_destroy(&cfg);
-        return 2;
-    }
-    ops_log_init("ledger", ops_config_str(cfg, "instance"), (ops_log_level_t)level);
-    ops_signal_install();
+    ops_service_t *ops = NULL;
+    int rc = ops_service_start(&ledger_spec, argc, argv, &ops);
+    if (rc != 0)
+        return ops_service_start_status(rc);
+    const ops_config_t *cfg = ops_service_config(ops);
     ledger_service_config_t scfg = {
         .listen = ops_config_str(cfg, "listen"),
         .curve_key_path = ops_config_str(cfg, "curve_key"),
@@ -78,23 +79,25 @@ int main(int argc, char **argv)
         .allow_cert = ops_config_str(cfg, "allow_cert"),
         .ca_path = ops_config_str(cfg, "ca"),
         .crl_path = ops_config_str(cfg, "crl"),
-        .shard = (uint32_t)shard,
-        .shard_count = (uint32_t)count,
-        .map_size = (uint64_t)map_mb * LEDGER_MIB,
-        .batch_max = (size_t)batch,
-        .batch_wait_us = (uint32_t)wait,
-        .http_port = (uint16_t)port,
+        .shard = (uint32_t)ops_config_int(cfg, "shard"),
+        .shard_count = (uint32_t)ops_config_int(cfg, "shard_count"),
+        .map_size = (uint64_t)ops_config_int(cfg, "map_size_mb") * LEDGER_MIB,
+        .batch_max = (size_t)ops_config_int(cfg, "batch_max"),
+        .batch_wait_us = (uint32_t)ops_config_int(cfg, "batch_wait_us"),
     };
     ledger_service_t *svc = NULL;
     rc = ledger_service_new(&scfg, &svc);
-    if (rc == 0)
+    if (rc == 0) {
+        ops_service_ready(ops, ledger_service_healthy, svc);
         rc = ledger_service_run(svc);
+    }
+    ops_service_stopping(ops);
     ledger_service_destroy(&svc);
-    ops_config_destroy(&cfg);
+    ops_service_destroy(&ops);
     if (rc != 0) {
         ops_log(OPS_LOG_ERROR, "ledger.exit", "error", qc_strerror(rc), NULL);
-        return 1;
+        return OPS_SERVICE_EXIT_FAILED;
     }
     ops_log(OPS_LOG_INFO, "ledger.stopped", NULL);
-    return 0;
+    return OPS_SERVICE_EXIT_OK;
 }

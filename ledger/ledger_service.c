@@ -74,7 +74,6 @@ struct ledger_service {
     proto_trust_t *trust;
     void *zctx;
     proto_rpc_server_t *srv;
-    ops_http_t *http;
     proto_curve_keylist_t service_keys;
     proto_curve_keylist_t admin_keys;
     uint32_t shard, shard_count;
@@ -770,7 +769,7 @@ int ledger_service_run(ledger_service_t *svc)
 
 /* ------------------------------------------------------------ start and stop */
 
-static bool svc_health(void *arg, char *why, size_t why_cap)
+bool ledger_service_healthy(void *arg, char *why, size_t why_cap)
 {
     ledger_service_t *svc = arg;
     int rc = atomic_load(&svc->last_commit_rc);
@@ -879,10 +878,6 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
         goto err;
     }
     proto_curve_keypair_wipe(&keys);
-    if ((rc = ops_http_start(cfg->http_port, svc_health, svc, &svc->http)) != 0) {
-        ops_log(OPS_LOG_ERROR, "ledger.http_failed", NULL);
-        goto err;
-    }
     char shard[32];
     snprintf(shard, sizeof shard, "%u/%u", cfg->shard, cfg->shard_count);
     ops_log(OPS_LOG_INFO, "ledger.started", "listen", cfg->listen, "shard", shard, "data_dir",
@@ -900,7 +895,6 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     if (svc_p == NULL || *svc_p == NULL)
         return;
     ledger_service_t *svc = *svc_p;
-    ops_http_stop(&svc->http);
     proto_rpc_server_destroy(&svc->srv);
     if (svc->zctx != NULL)
         zmq_ctx_term(svc->zctx);

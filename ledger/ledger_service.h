@@ -13,6 +13,7 @@
 #ifndef LEDGER_SERVICE_H
 #define LEDGER_SERVICE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,12 +42,15 @@ typedef struct ledger_service_config {
     uint64_t map_size;
     size_t batch_max;       /* 1..LEDGER_BATCH_MAX */
     uint32_t batch_wait_us; /* 0..LEDGER_BATCH_WAIT_US_MAX */
-    uint16_t http_port;     /* 0 = no /metrics */
 } ledger_service_config_t;
 
-/* Opens the store, loads the keys, binds the socket and starts /metrics.
+/* Opens the store, loads the keys and binds the socket.
  * Returns 0 and sets *out, or QC_ECONFIG, QC_EIO, QC_ENOMEM (each logged). */
 int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **out);
+
+/* The ledger's /healthz check (an ops_health_fn, called from the HTTP thread): false once a
+ * group commit failed. */
+bool ledger_service_healthy(void *svc, char *why, size_t why_cap);
 
 /* Serves until ops_signal_stop_requested(). Returns 0, or QC_EIO when the socket failed. */
 int ledger_service_run(ledger_service_t *svc);

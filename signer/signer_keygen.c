@@ -2,6 +2,7 @@
  * a self-signed certificate and a CSR. */
 #include "signer_keygen.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -21,28 +22,20 @@
 
 #define SIGNER_PATH_MAX 1024
 
-static int signer_log_setup(const ops_config_t *cfg, const char *instance)
-{
-    int level = ops_log_level_parse(ops_config_str(cfg, "log_level"));
-    if (level < 0) {
-        fprintf(stderr, "qc-signer: bad log_level (debug, info, warn, error)\n");
-        return QC_ECONFIG;
-    }
-    ops_log_init("signer", instance, (ops_log_level_t)level);
-    return 0;
-}
-
 static const ops_config_key_t signer_keygen_keys[] = {
     {"module", OPS_CONFIG_STRING, SIGNER_MODULE_DEFAULT, "PKCS#11 module to load"},
     {"token_label", OPS_CONFIG_STRING, "quancun", "label of the token holding the keys"},
     {"pin_file", OPS_CONFIG_STRING, NULL, "file holding the user PIN (else $QC_SIGNER_PIN)"},
     {"label", OPS_CONFIG_STRING, NULL,
      "key name: allow-signing, outcome-signing or audit-checkpoint"},
-    {"version", OPS_CONFIG_INT, "1", "key version (1..9999), stored as CKA_ID \"v<version>\""},
+    {"version", OPS_CONFIG_INT, "1", "key version, stored as CKA_ID \"v<version>\"", .min = 1,
+     .max = SIGNER_KEY_VERSION_MAX},
     {"out", OPS_CONFIG_STRING, NULL, "directory for <label>-v<version>.{pub,cert,csr}.pem"},
-    {"days", OPS_CONFIG_INT, "3650", "validity of the self-signed certificate"},
+    {"days", OPS_CONFIG_INT, "3650", "validity of the self-signed certificate", .min = 1,
+     .max = SIGNER_CERT_DAYS_MAX},
     {"common_name", OPS_CONFIG_STRING, NULL, "certificate CN (default \"quancun-<label>-v<N>\")"},
-    {"log_level", OPS_CONFIG_STRING, "info", "debug, info, warn or error"},
+    {"log_level", OPS_CONFIG_STRING, "info", "debug, info, warn or error",
+     .check = ops_log_level_check},
 };
 
 #define SIGNER_KEYGEN_USAGE                                                                        \
@@ -116,20 +109,16 @@ int signer_keygen_main(int argc, char **argv)
         fprintf(stderr, "qc-signer keygen: %s\n", err);
         return 2;
     }
-    if (signer_log_setup(cfg, "keygen") != 0) {
-        ops_config_destroy(&cfg);
-        return 2;
-    }
+    ops_log_init("signer", "keygen",
+                 (ops_log_level_t)ops_log_level_parse(ops_config_str(cfg, "log_level")));
     const char *label = ops_config_str(cfg, "label");
     const char *out_dir = ops_config_str(cfg, "out");
     int64_t version = ops_config_int(cfg, "version");
     int64_t days = ops_config_int(cfg, "days");
-    if (label == NULL || out_dir == NULL || version < 1 || version > SIGNER_KEY_VERSION_MAX ||
-        days < 1 || days > SIGNER_CERT_DAYS_MAX) {
-        fprintf(stderr,
-                "qc-signer keygen: --label, --out, --version 1..%d and --days 1..%d "
-                "are required\n",
-                SIGNER_KEY_VERSION_MAX, SIGNER_CERT_DAYS_MAX);
+    assert(version >= 1 && version <= SIGNER_KEY_VERSION_MAX); /* the keys' bounds */
+    assert(days >= 1 && days <= SIGNER_CERT_DAYS_MAX);
+    if (label == NULL || out_dir == NULL) {
+        fprintf(stderr, "qc-signer keygen: --label and --out are required\n");
         ops_config_destroy(&cfg);
         return 2;
     }

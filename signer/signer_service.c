@@ -35,7 +35,6 @@
 #define SIGNER_POLL_MS 250                     /* longest wait before looking at the stop flag */
 #define SIGNER_RECV_BATCH_MAX 256 /* requests taken per wakeup before replies are sent */
 #define SIGNER_STOP_GRACE_MS 5000 /* time given to jobs in flight at SIGTERM */
-#define SIGNER_HTTP_PORT_MAX 65535
 
 static const char *const signer_version_keys[SIGNER_KIND_COUNT] = {
     [SIGNER_KIND_ALLOW] = "allow_key_version",
@@ -51,12 +50,11 @@ typedef struct signer_service {
     signer_pool_t *pool;
     proto_rpc_server_t *srv;
     proto_audit_t *audit; /* every signature, delivered to the audit log at least once */
-    ops_http_t *http;
     ops_counter_t *busy_total;
     ops_counter_t *method_total;
 } signer_service_t;
 
-static bool signer_health(void *arg, char *why, size_t why_cap)
+bool signer_service_healthy(void *arg, char *why, size_t why_cap)
 {
     signer_service_t *svc = arg;
     if (svc->pool != NULL && !signer_pool_healthy(svc->pool)) {
@@ -88,11 +86,10 @@ static int signer_start(signer_service_t *svc)
     if (workers == 0)
         workers = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t queue_max = ops_config_int(cfg, "queue_max");
-    int64_t http_port = ops_config_int(cfg, "http_port");
     if (workers < 1 || workers > SIGNER_WORKERS_MAX || queue_max < 1 ||
-        queue_max > SIGNER_QUEUE_MAX || http_port < 0 || http_port > SIGNER_HTTP_PORT_MAX) {
+        queue_max > SIGNER_QUEUE_MAX) {
         ops_log(OPS_LOG_ERROR, "signer.config_invalid", "error",
-                "workers, queue_max or http_port out of range", NULL);
+                "workers or queue_max out of range", NULL);
         return QC_ECONFIG;
     }
     const char *curve_path = ops_config_str(cfg, "curve_key");
@@ -145,11 +142,6 @@ static int signer_start(signer_service_t *svc)
     if (rc != 0) {
         ops_log(OPS_LOG_ERROR, "signer.audit_invalid", "error", qc_strerror(rc), "hint",
                 "audit and audit_key go together; instance must be short", NULL);
-        return rc;
-    }
-    rc = ops_http_start((uint16_t)http_port, signer_health, svc, &svc->http);
-    if (rc != 0) {
-        ops_log(OPS_LOG_ERROR, "signer.http_failed", NULL);
         return rc;
     }
     svc->busy_total = ops_counter("qc_signer_busy_total", "Requests refused: queue full");
@@ -270,8 +262,6 @@ static int signer_serve(signer_service_t *svc)
 
 static void signer_stop(signer_service_t *svc)
 {
-    /* HTTP first: its thread reads the pool's health. */
-    ops_http_stop(&svc->http);
     signer_pool_destroy(&svc->pool, signer_free_request);
     proto_rpc_server_destroy(&svc->srv);
     proto_audit_destroy(&svc->audit);

@@ -8,15 +8,22 @@
 #ifndef SIGNER_SERVICE_H
 #define SIGNER_SERVICE_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "ops_config.h"
 
 typedef struct signer_service signer_service_t;
 
 /* Opens the token, loads the keys of the versions cfg names, starts the workers, binds the
- * socket, connects to the audit log and starts /metrics. cfg is borrowed and must outlive the
+ * socket and connects to the audit log. cfg is borrowed and must outlive the
  * service. Returns 0 and sets *out; QC_ECONFIG, QC_EIO, QC_ENOMEM or the token's QC_E* code
  * (each logged); on error nothing is left running. */
 int signer_service_new(const ops_config_t *cfg, signer_service_t **out);
+
+/* The signer's /healthz check (an ops_health_fn, called from the HTTP thread): false while
+ * the token is unavailable to the workers. */
+bool signer_service_healthy(void *svc, char *why, size_t why_cap);
 
 /* Serves until ops_signal_stop_requested(), then gives the jobs in flight a bounded time to
  * finish. Returns 0, or QC_EIO when the socket fails. */

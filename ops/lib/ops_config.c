@@ -10,6 +10,7 @@
 #include <assert.h>
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <ini.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -119,6 +120,28 @@ static bool ops_config_parse_bool(const char *text, bool *out)
     return false;
 }
 
+/* True when an INT key carries bounds (see ops_config_key_t). */
+static bool ops_config_bounded(const ops_config_key_t *key)
+{
+    return key->type == OPS_CONFIG_INT && (key->min != 0 || key->max != 0);
+}
+
+/* True when value (already of the key's type) lies within the key's bounds; otherwise false
+ * with the bound that refuses it in why. */
+static bool ops_config_within_bounds(const ops_config_key_t *key, const char *value, char *why,
+                                     size_t why_cap)
+{
+    if (key->type == OPS_CONFIG_STRING && key->check != NULL)
+        return key->check(value, why, why_cap);
+    int64_t v = 0;
+    if (!ops_config_bounded(key) || !ops_config_parse_int(value, &v))
+        return true;
+    if (v >= key->min && v <= key->max)
+        return true;
+    snprintf(why, why_cap, "is out of range %" PRId64 "..%" PRId64, key->min, key->max);
+    return false;
+}
+
 static void ops_config_describe_origin(const ops_config_origin_t *origin, const char *name,
                                        char *out, size_t cap)
 {
@@ -126,6 +149,9 @@ static void ops_config_describe_origin(const ops_config_origin_t *origin, const 
         snprintf(out, cap, "%s line %u", origin->path, origin->line);
     else
         snprintf(out, cap, "flag --%s", name);
+    /* A flag is named as people type it, with dashes (as --help shows it). */
+    for (char *c = out; origin->path == NULL && *c != '\0'; c++)
+        *c = *c == '_' ? '-' : *c;
 }
 
 /* Checks value against the key's type and stores a copy. */
@@ -152,6 +178,13 @@ static int ops_config_set(ops_config_t *cfg, size_t index, const char *value,
                          "bad bool value '%s' for key '%s' (%s): use true/false, yes/no, "
                          "on/off or 1/0",
                          value, key->name, where);
+        return QC_ECONFIG;
+    }
+    char why[OPS_CONFIG_ERROR_MAX] = "";
+    if (!ops_config_within_bounds(key, value, why, sizeof why)) {
+        /* The key first: "http_port: 70000 is out of range 0..65535 (flag --http-port)". */
+        ops_config_error(err, errcap, "%s: %s%s%s (%s)", key->name, value,
+                         key->type == OPS_CONFIG_STRING ? ": " : " ", why, where);
         return QC_ECONFIG;
     }
     char *copy = strdup(value);
@@ -291,9 +324,12 @@ static void ops_config_print_help(const char *program, const char *usage,
             *c = *c == '_' ? '-' : *c;
         printf("  --%-24s %s", flag, keys[i].help != NULL ? keys[i].help : "");
         if (keys[i].default_value != NULL)
-            printf(" (default: %s)\n", keys[i].default_value);
+            printf(" (default: %s", keys[i].default_value);
         else
-            printf(" (no default)\n");
+            printf(" (no default");
+        if (ops_config_bounded(&keys[i]))
+            printf("; %" PRId64 "..%" PRId64, keys[i].min, keys[i].max);
+        printf(")\n");
     }
     fflush(stdout);
 }
@@ -320,6 +356,14 @@ static void ops_config_check_keys(const ops_config_key_t *keys, size_t key_count
                ops_config_parse_int(keys[i].default_value, &iv));
         assert(keys[i].default_value == NULL || keys[i].type != OPS_CONFIG_BOOL ||
                ops_config_parse_bool(keys[i].default_value, &bv));
+        /* Bounds belong to their type, make sense, and hold for the default. */
+        assert(keys[i].type == OPS_CONFIG_INT || (keys[i].min == 0 && keys[i].max == 0));
+        assert(keys[i].type == OPS_CONFIG_STRING || keys[i].check == NULL);
+        assert(keys[i].min <= keys[i].max);
+        char why[OPS_CONFIG_ERROR_MAX] = "";
+        (void)why;
+        assert(keys[i].default_value == NULL ||
+               ops_config_within_bounds(&keys[i], keys[i].default_value, why, sizeof why));
     }
 }
 
@@ -541,4 +585,76 @@ void ops_config_destroy(ops_config_t **cfg_p)
     }
     free(cfg);
     *cfg_p = NULL;
+}
+
+/* Checks one endpoint, item_len bytes of text (a list's item is not NUL-terminated). */
+static bool ops_config_check_one_endpoint(const char *text, size_t item_len, char *why,
+                                          size_t why_cap)
+{
+    static const char tcp[] = "tcp://";
+    if (item_len == 0) {
+        snprintf(why, why_cap, "an endpoint is empty");
+        return false;
+    }
+    const char *sep = NULL;
+    for (size_t i = 0; sep == NULL && i + 3 <= item_len; i++)
+        sep = memcmp(text + i, "://", 3) == 0 ? text + i : NULL;
+    if (sep == NULL || sep == text || (size_t)(sep - text) + 3 >= item_len) {
+        snprintf(why, why_cap, "'%.*s' is not an endpoint (transport://address)", (int)item_len,
+                 text);
+        return false;
+    }
+    if (item_len < sizeof tcp - 1 || memcmp(text, tcp, sizeof tcp - 1) != 0)
+        return true; /* ipc://, inproc://: ZeroMQ checks the address when it binds */
+    const char *end = text + item_len;
+    const char *colon = end;
+    while (colon > sep + 3 && colon[-1] != ':')
+        colon--;
+    if (colon == sep + 3) {
+        snprintf(why, why_cap, "'%.*s' has no port (tcp://HOST:PORT)", (int)item_len, text);
+        return false;
+    }
+    size_t port_len = (size_t)(end - colon);
+    if (port_len == 1 && colon[0] == '*')
+        return true;
+    int64_t port = -1;
+    char digits[8] = "";
+    if (port_len > 0 && port_len < sizeof digits) {
+        memcpy(digits, colon, port_len);
+        digits[port_len] = '\0';
+        if (!isdigit((unsigned char)digits[0]) || !ops_config_parse_int(digits, &port))
+            port = -1;
+    }
+    if (port < 1 || port > OPS_CONFIG_PORT_MAX) {
+        snprintf(why, why_cap, "port %.*s is out of range 1..%d", (int)port_len, colon,
+                 OPS_CONFIG_PORT_MAX);
+        return false;
+    }
+    return true;
+}
+
+bool ops_config_check_endpoint(const char *value, char *why, size_t why_cap)
+{
+    assert(value != NULL);
+    if (strpbrk(value, ",;") != NULL) {
+        snprintf(why, why_cap, "one endpoint is expected, not a list");
+        return false;
+    }
+    return ops_config_check_one_endpoint(value, strlen(value), why, why_cap);
+}
+
+bool ops_config_check_endpoints(const char *value, char *why, size_t why_cap)
+{
+    assert(value != NULL);
+    if (value[0] == '\0')
+        return true;
+    const char *p = value;
+    for (;;) {
+        size_t len = strcspn(p, ",;");
+        if (!ops_config_check_one_endpoint(p, len, why, why_cap))
+            return false;
+        if (p[len] == '\0')
+            return true;
+        p += len + 1;
+    }
 }

@@ -59,6 +59,14 @@ int ops_log_level_parse(const char *name)
     return -1;
 }
 
+bool ops_log_level_check(const char *value, char *why, size_t why_cap)
+{
+    if (ops_log_level_parse(value) >= 0)
+        return true;
+    snprintf(why, why_cap, "not a level (use debug, info, warn or error)");
+    return false;
+}
+
 /* Appends n raw bytes if they fit below the limit; returns false (and marks the line
  * truncated) if not, appending nothing. */
 static bool ops_log_put(ops_log_line_t *line, const char *s, size_t n)

@@ -11,6 +11,7 @@
 #ifndef OPS_LOG_H
 #define OPS_LOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +32,10 @@ void ops_log_init(const char *service, const char *instance, ops_log_level_t min
 
 /* Parses "debug", "info", "warn", "error"; returns -1 for anything else. */
 int ops_log_level_parse(const char *name);
+
+/* The check of a log_level config key (an ops_config_check_fn): true for a level
+ * ops_log_level_parse() knows, else false with why. */
+bool ops_log_level_check(const char *value, char *why, size_t why_cap);
 
 /* Writes one line: event, then key/value string pairs, terminated by a NULL key.
  *   ops_log(OPS_LOG_INFO, "rpc.refused", "peer", key, "reason", "not allowed", NULL);

@@ -373,6 +373,160 @@ static void test_missing_file(void **state)
     assert_non_null(strstr(err, "twice"));
 }
 
+/* ------------------------------------------------------------------ bounds carried by keys */
+
+static const ops_config_key_t bounded_keys[] = {
+    {"listen", OPS_CONFIG_STRING, "tcp://127.0.0.1:5555", "where to listen",
+     .check = ops_config_check_endpoint},
+    {"ledger", OPS_CONFIG_STRING, NULL, "shards", .check = ops_config_check_endpoints},
+    {"http_port", OPS_CONFIG_INT, "0", "HTTP port", .min = 0, .max = 65535},
+    {"deadline_ms", OPS_CONFIG_INT, "30000", "report deadline", .min = 1000, .max = 86400000},
+    {"skew", OPS_CONFIG_INT, "0", "unbounded"},
+};
+#define BOUNDED_KEY_COUNT (sizeof bounded_keys / sizeof bounded_keys[0])
+
+/* Loads argv (NULL-terminated, argv[0] added) over bounded_keys. */
+static int load_bounded(ops_config_t **cfg, char *err, size_t errcap, ...)
+{
+    char *argv[16] = {"prog"};
+    int argc = 1;
+    va_list ap;
+    va_start(ap, errcap);
+    char *arg;
+    while ((arg = va_arg(ap, char *)) != NULL) {
+        assert_true(argc < 15);
+        argv[argc++] = arg;
+    }
+    va_end(ap);
+    return ops_config_load("prog", NULL, bounded_keys, BOUNDED_KEY_COUNT, argc, argv, cfg, err,
+                           errcap);
+}
+
+/* Expects one flag to be refused with a message holding want. */
+static void expect_refused(const char *flag, const char *value, const char *want)
+{
+    ops_config_t *cfg = NULL;
+    char err[OPS_CONFIG_ERROR_MAX] = "";
+    assert_int_equal(load_bounded(&cfg, err, sizeof err, (char *)flag, (char *)value, NULL),
+                     QC_ECONFIG);
+    assert_null(cfg);
+    if (strstr(err, want) == NULL)
+        print_error("error '%s' lacks '%s'\n", err, want);
+    assert_non_null(strstr(err, want));
+}
+
+/* Expects one flag to be accepted and read back as given. */
+static void expect_accepted(const char *flag, const char *value, const char *key)
+{
+    ops_config_t *cfg = NULL;
+    char err[OPS_CONFIG_ERROR_MAX] = "";
+    int rc = load_bounded(&cfg, err, sizeof err, (char *)flag, (char *)value, NULL);
+    if (rc != 0)
+        print_error("%s %s refused: %s\n", flag, value, err);
+    assert_int_equal(rc, 0);
+    assert_string_equal(ops_config_str(cfg, key), value);
+    ops_config_destroy(&cfg);
+}
+
+static void test_int_bounds_name_the_key(void **state)
+{
+    (void)state;
+    expect_refused("--http-port", "70000", "http_port: 70000 is out of range 0..65535");
+    expect_refused("--http-port", "-1", "http_port: -1 is out of range 0..65535");
+    expect_refused("--deadline-ms", "0", "deadline_ms: 0 is out of range 1000..86400000");
+    expect_refused("--deadline-ms", "86400001", "deadline_ms: 86400001 is out of range");
+    /* The origin follows: the flag as typed. */
+    expect_refused("--http-port", "70000", "(flag --http-port)");
+    /* The bounds themselves are inside. */
+    expect_accepted("--http-port", "0", "http_port");
+    expect_accepted("--http-port", "65535", "http_port");
+    expect_accepted("--deadline-ms", "1000", "deadline_ms");
+    expect_accepted("--deadline-ms", "86400000", "deadline_ms");
+    /* A key without bounds takes any int. */
+    expect_accepted("--skew", "-9223372036854775808", "skew");
+    /* A bad int is still a bad int, not a range error. */
+    expect_refused("--http-port", "80x", "bad int value '80x' for key 'http_port'");
+}
+
+static void test_int_bounds_in_file(void **state)
+{
+    test_dir_t *d = *state;
+    write_file(d->file, "listen = tcp://127.0.0.1:7000\nhttp_port = 70000\n");
+    ops_config_t *cfg = NULL;
+    char err[OPS_CONFIG_ERROR_MAX] = "";
+    assert_int_equal(load_bounded(&cfg, err, sizeof err, "--config", d->file, NULL), QC_ECONFIG);
+    assert_null(cfg);
+    assert_non_null(strstr(err, "http_port: 70000 is out of range 0..65535"));
+    assert_non_null(strstr(err, "line 2"));
+    /* A flag inside the bounds overrides nothing wrong: the file is refused first. */
+    write_file(d->file, "deadline_ms = 999\n");
+    assert_int_equal(
+        load_bounded(&cfg, err, sizeof err, "--config", d->file, "--deadline-ms", "5000", NULL),
+        QC_ECONFIG);
+    assert_non_null(strstr(err, "deadline_ms: 999 is out of range 1000..86400000"));
+}
+
+static void test_endpoint_checks_name_the_key(void **state)
+{
+    (void)state;
+    expect_refused("--listen", "tcp://127.0.0.1:99999",
+                   "listen: tcp://127.0.0.1:99999: port 99999 is out of range 1..65535");
+    expect_refused("--listen", "tcp://127.0.0.1:0", "listen: tcp://127.0.0.1:0: port 0");
+    expect_refused("--listen", "tcp://127.0.0.1:", "port  is out of range");
+    expect_refused("--listen", "tcp://127.0.0.1:80a", "port 80a is out of range");
+    expect_refused("--listen", "tcp://127.0.0.1", "has no port");
+    expect_refused("--listen", "127.0.0.1:5555", "is not an endpoint");
+    expect_refused("--listen", "", "listen: : an endpoint is empty");
+    expect_refused("--listen", "tcp://a:1,tcp://b:2", "one endpoint is expected");
+    expect_accepted("--listen", "tcp://*:7001", "listen");
+    expect_accepted("--listen", "tcp://127.0.0.1:*", "listen");
+    expect_accepted("--listen", "tcp://[::1]:65535", "listen");
+    expect_accepted("--listen", "ipc:///tmp/qc.sock", "listen");
+    /* Lists: shards by ';', instances by ','; every item is checked. */
+    expect_accepted("--ledger", "tcp://127.0.0.1:1;tcp://127.0.0.1:2,tcp://127.0.0.1:3", "ledger");
+    expect_accepted("--ledger", "", "ledger");
+    expect_refused("--ledger", "tcp://127.0.0.1:1;tcp://127.0.0.1:70000",
+                   "ledger: tcp://127.0.0.1:1;tcp://127.0.0.1:70000: port 70000 is out of range");
+    expect_refused("--ledger", "tcp://127.0.0.1:1,,tcp://127.0.0.1:2", "an endpoint is empty");
+    expect_refused("--ledger", "tcp://127.0.0.1:1;", "an endpoint is empty");
+    /* The checks on their own, as services call them. */
+    char why[OPS_CONFIG_ERROR_MAX];
+    assert_true(ops_config_check_endpoint("tcp://10.0.0.1:7300", why, sizeof why));
+    assert_false(ops_config_check_endpoint("tcp://10.0.0.1:65536", why, sizeof why));
+    assert_string_equal(why, "port 65536 is out of range 1..65535");
+    assert_true(ops_config_check_endpoints("tcp://10.0.0.1:7300", why, sizeof why));
+}
+
+static void test_help_shows_bounds(void **state)
+{
+    test_dir_t *d = *state;
+    char out_path[TEST_PATH_MAX];
+    snprintf(out_path, sizeof out_path, "%s/help.txt", d->path);
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    assert_true(saved >= 0);
+    FILE *f = fopen(out_path, "w+");
+    assert_non_null(f);
+    assert_true(dup2(fileno(f), STDOUT_FILENO) >= 0);
+    ops_config_t *cfg = NULL;
+    char err[OPS_CONFIG_ERROR_MAX];
+    int rc = load_bounded(&cfg, err, sizeof err, "--help", NULL);
+    fflush(stdout);
+    assert_true(dup2(saved, STDOUT_FILENO) >= 0);
+    close(saved);
+    assert_int_equal(rc, 1);
+    char text[TEST_HELP_MAX];
+    rewind(f);
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    unlink(out_path);
+    assert_non_null(strstr(text, "(default: 0; 0..65535)"));
+    assert_non_null(strstr(text, "(default: 30000; 1000..86400000)"));
+    /* No range shown for a key without one. */
+    assert_non_null(strstr(text, "unbounded (default: 0)"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -388,6 +542,10 @@ int main(void)
         cmocka_unit_test(test_positional),
         cmocka_unit_test_setup_teardown(test_missing_file, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_dash_is_underscore, setup_dir, teardown_dir),
+        cmocka_unit_test(test_int_bounds_name_the_key),
+        cmocka_unit_test_setup_teardown(test_int_bounds_in_file, setup_dir, teardown_dir),
+        cmocka_unit_test(test_endpoint_checks_name_the_key),
+        cmocka_unit_test_setup_teardown(test_help_shows_bounds, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
