@@ -267,9 +267,10 @@ static void test_missing_value(void **state)
     assert_null(cfg);
 }
 
-static void test_help(void **state)
+/* Runs help_fn with stdout sent to a file in d; what it printed lands in text (capacity
+ * TEST_HELP_MAX). Returns what help_fn returned. */
+static int capture_stdout(test_dir_t *d, int (*help_fn)(void), char *text)
 {
-    test_dir_t *d = *state;
     char out_path[TEST_PATH_MAX];
     snprintf(out_path, sizeof out_path, "%s/help.txt", d->path);
     fflush(stdout);
@@ -278,24 +279,32 @@ static void test_help(void **state)
     FILE *f = fopen(out_path, "w+");
     assert_non_null(f);
     assert_true(dup2(fileno(f), STDOUT_FILENO) >= 0);
+    int rc = help_fn();
+    fflush(stdout);
+    assert_true(dup2(saved, STDOUT_FILENO) >= 0);
+    close(saved);
+    rewind(f);
+    size_t n = fread(text, 1, TEST_HELP_MAX - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    unlink(out_path);
+    return rc;
+}
 
+static int load_help_after_bad_flag(void)
+{
     ops_config_t *cfg = NULL;
     char err[OPS_CONFIG_ERROR_MAX];
     /* --help wins even over a bad flag before it. */
     int rc = load(&cfg, err, sizeof err, "--bogus", "--help", NULL);
-
-    fflush(stdout);
-    assert_true(dup2(saved, STDOUT_FILENO) >= 0);
-    close(saved);
-    assert_int_equal(rc, 1);
     assert_null(cfg);
+    return rc;
+}
 
+static void test_help(void **state)
+{
     char text[TEST_HELP_MAX];
-    rewind(f);
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    text[n] = '\0';
-    fclose(f);
-    unlink(out_path);
+    assert_int_equal(capture_stdout(*state, load_help_after_bad_flag, text), 1);
     assert_non_null(strstr(text, "prog"));
     assert_non_null(strstr(text, "[options] FILE..."));
     assert_non_null(strstr(text, "--config"));
@@ -497,30 +506,19 @@ static void test_endpoint_checks_name_the_key(void **state)
     assert_true(ops_config_check_endpoints("tcp://10.0.0.1:7300", why, sizeof why));
 }
 
-static void test_help_shows_bounds(void **state)
+static int load_bounded_help(void)
 {
-    test_dir_t *d = *state;
-    char out_path[TEST_PATH_MAX];
-    snprintf(out_path, sizeof out_path, "%s/help.txt", d->path);
-    fflush(stdout);
-    int saved = dup(STDOUT_FILENO);
-    assert_true(saved >= 0);
-    FILE *f = fopen(out_path, "w+");
-    assert_non_null(f);
-    assert_true(dup2(fileno(f), STDOUT_FILENO) >= 0);
     ops_config_t *cfg = NULL;
     char err[OPS_CONFIG_ERROR_MAX];
     int rc = load_bounded(&cfg, err, sizeof err, "--help", NULL);
-    fflush(stdout);
-    assert_true(dup2(saved, STDOUT_FILENO) >= 0);
-    close(saved);
-    assert_int_equal(rc, 1);
+    assert_null(cfg);
+    return rc;
+}
+
+static void test_help_shows_bounds(void **state)
+{
     char text[TEST_HELP_MAX];
-    rewind(f);
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    text[n] = '\0';
-    fclose(f);
-    unlink(out_path);
+    assert_int_equal(capture_stdout(*state, load_bounded_help, text), 1);
     assert_non_null(strstr(text, "(default: 0; 0..65535)"));
     assert_non_null(strstr(text, "(default: 30000; 1000..86400000)"));
     /* No range shown for a key without one. */

@@ -9,6 +9,8 @@
 
 #include "ops_service.h"
 #include "qc_error.h"
+#include "qctest_http.h"
+#include "qctest_port.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,14 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
-/* Ports from the ops range (17000-17099); test_ops_metrics has 17000-17002. */
-#define TEST_PORT_SERVICE 17010
-#define TEST_PORT_TAKEN 17011
+/* The test's ports (qc_test_ports in tests/ops/CMakeLists.txt). */
+static qctest_ports_t ports;
+#define TEST_PORT_SERVICE qctest_port(&ports, 0)
+#define TEST_PORT_TAKEN qctest_port(&ports, 1)
+#define TEST_PORT_TEXT_MAX 16
 #define TEST_RESPONSE_MAX 4096
-#define TEST_IO_TIMEOUT_S 5
 #define TEST_ARGS_MAX 16
 #define TEST_STDERR_MAX 1024
 
@@ -102,35 +104,13 @@ static void expect_usage_error(const char *want, char *a, char *b)
     assert_non_null(strstr(text, want));
 }
 
-static int http_get(uint16_t port, const char *path, char *body, size_t body_cap)
+/* GET path from port; the body into body (capacity body_cap). Returns the HTTP status. */
+static int http_get(int port, const char *path, char *body, size_t body_cap)
 {
-    char response[TEST_RESPONSE_MAX];
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct timeval tv = {.tv_sec = TEST_IO_TIMEOUT_S, .tv_usec = 0};
-    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&addr, sizeof addr), 0);
-    char request[128];
-    int n = snprintf(request, sizeof request, "GET %s HTTP/1.0\r\n\r\n", path);
-    assert_int_equal(send(fd, request, (size_t)n, MSG_NOSIGNAL), n);
-    size_t len = 0;
-    for (;;) {
-        ssize_t got = recv(fd, response + len, sizeof response - 1 - len, 0);
-        assert_true(got >= 0); /* a timeout fails here instead of hanging */
-        if (got == 0)
-            break;
-        len += (size_t)got;
-        assert_true(len < sizeof response - 1);
-    }
-    close(fd);
-    response[len] = '\0';
-    int status = 0;
-    assert_int_equal(sscanf(response, "HTTP/1.%*d %d", &status), 1);
-    const char *start_of_body = strstr(response, "\r\n\r\n");
-    assert_non_null(start_of_body);
-    snprintf(body, body_cap, "%s", start_of_body + 4);
+    char resp[TEST_RESPONSE_MAX];
+    int status = qctest_http(port, "GET", path, resp, sizeof resp);
+    assert_true(status > 0);
+    snprintf(body, body_cap, "%s", qctest_http_body(resp));
     return status;
 }
 
@@ -188,8 +168,10 @@ static void test_healthz_follows_the_service(void **state)
     (void)state;
     ops_service_t *svc = NULL;
     char text[TEST_STDERR_MAX];
-    assert_int_equal(
-        start(&svc, text, sizeof text, "--http-port", "17010", "--instance", "7", NULL), 0);
+    char port[TEST_PORT_TEXT_MAX];
+    snprintf(port, sizeof port, "%d", TEST_PORT_SERVICE);
+    assert_int_equal(start(&svc, text, sizeof text, "--http-port", port, "--instance", "7", NULL),
+                     0);
     assert_non_null(svc);
     const ops_config_t *cfg = ops_service_config(svc);
     assert_int_equal(ops_config_int(cfg, "http_port"), TEST_PORT_SERVICE);
@@ -226,7 +208,9 @@ static void test_ready_without_check(void **state)
     (void)state;
     ops_service_t *svc = NULL;
     char text[TEST_STDERR_MAX];
-    assert_int_equal(start(&svc, text, sizeof text, "--http-port", "17010", NULL), 0);
+    char port[TEST_PORT_TEXT_MAX];
+    snprintf(port, sizeof port, "%d", TEST_PORT_SERVICE);
+    assert_int_equal(start(&svc, text, sizeof text, "--http-port", port, NULL), 0);
     ops_service_ready(svc, NULL, NULL);
     char body[TEST_RESPONSE_MAX];
     assert_int_equal(http_get(TEST_PORT_SERVICE, "/healthz", body, sizeof body), 200);
@@ -245,18 +229,23 @@ static void test_port_taken_exits_1(void **state)
     assert_int_equal(listen(fd, 1), 0);
     ops_service_t *svc = NULL;
     char text[TEST_STDERR_MAX];
-    int rc = start(&svc, text, sizeof text, "--http-port", "17011", NULL);
+    char port[TEST_PORT_TEXT_MAX];
+    snprintf(port, sizeof port, "%d", TEST_PORT_TAKEN);
+    int rc = start(&svc, text, sizeof text, "--http-port", port, NULL);
     close(fd);
     assert_int_equal(rc, QC_EIO);
     assert_null(svc);
     assert_int_equal(ops_service_start_status(rc), OPS_SERVICE_EXIT_FAILED);
     /* Logged as the service's event, naming the port. */
     assert_non_null(strstr(text, "\"event\":\"test.http_failed\""));
-    assert_non_null(strstr(text, "\"http_port\":\"17011\""));
+    char field[TEST_PORT_TEXT_MAX * 2];
+    snprintf(field, sizeof field, "\"http_port\":\"%d\"", TEST_PORT_TAKEN);
+    assert_non_null(strstr(text, field));
 }
 
 int main(void)
 {
+    ports = qctest_ports(17010, 2);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_help_exits_0),
         cmocka_unit_test(test_bad_config_exits_2_naming_the_key),
