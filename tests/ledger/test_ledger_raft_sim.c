@@ -4,23 +4,22 @@
  * seeded stream of loads and faults, in the spirit of TigerBeetle's VOPR.
  *
  * Each step of a simulation either proposes a batch on the leader (reserves, settlements
- * applied or rejected, lost reports, deadline compensations, outbox acks, deposits) or
+ * applied or rejected, lost reports, deadline compensations, outbox acks, freezes) or
  * injects a fault (a one-way link dropping every message, the leader cut off, a replica
  * killed or revived, a replica crashed and rebuilt from its LMDB, a replica whose LMDB is
- * wiped), then lets the cluster run for a while. After every step the bank invariants hold on
- * every replica (ledger_saga_check: balances sum to zero per currency, HOLD is the RESERVED
- * loads, each load in one state with exactly its transfers, the deadline index); every few
- * steps, and at the end after healing, replicas at the same applied index hold the same bytes
- * (SHA-256 of their canonical dump), and every load acknowledged to a device is on every
- * replica. A low snapshot threshold makes leaders compact their logs, so lagging, restarted
+ * wiped, a replica whose disk is lost for good and replaced by a new empty member), then lets
+ * the cluster run for a while. Every run loses one disk for good past its middle. After every step
+ * the bank invariants hold on every replica (ledger_saga_check: balances sum to zero per currency,
+ * HOLD is the RESERVED loads, each load in one state with exactly its transfers, the deadline
+ * index); every few steps, and at the end after healing, replicas at the same applied index hold
+ * the same bytes (SHA-256 of their canonical dump), and every load acknowledged to a device is on
+ * every replica. A low snapshot threshold makes leaders compact their logs, so lagging, restarted
  * and wiped replicas catch up from snapshots.
  *
  * ctest runs a short seeded campaign. For long ones:
  *   test_ledger_raft_sim --seeds N --steps M [--first-seed S] [--replicas R]
  * (tests/ledger/raft_sim_run wraps it) prints the figures of every seed. QC_SIM_SEED sets
  * the seed of the ctest run. */
-#include <dirent.h>
-#include <errno.h>
 #include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -45,11 +44,12 @@
 #define SIM_SEED_DEFAULT 20261207u
 #define SIM_STEPS_CI 300 /* steps of each ctest simulation: a few seconds */
 #define SIM_REPLICAS_MAX 5
-#define SIM_DEVICES 8                 /* one account each */
-#define SIM_DEPOSIT 5000000           /* fen per account at start */
-#define SIM_AMOUNT_MAX 20000          /* fen per load, at most */
-#define SIM_EPOCH_MS 1765000000000ull /* the wall time of fixture time 0 */
-#define SIM_SKEW_MS 400               /* replicas' clocks differ by up to this, each way */
+#define SIM_SERVERS_MAX RAFT_FIXTURE_MAX_SERVERS /* replicas and the ones that replaced them */
+#define SIM_DEVICES 8                            /* one account each */
+#define SIM_DEPOSIT 5000000                      /* fen per account at start */
+#define SIM_AMOUNT_MAX 20000                     /* fen per load, at most */
+#define SIM_EPOCH_MS 1765000000000ull            /* the wall time of fixture time 0 */
+#define SIM_SKEW_MS 400 /* replicas' clocks differ by up to this, each way */
 #define SIM_DEADLINE_MIN_MS 200
 #define SIM_DEADLINE_SPAN_MS 4000
 #define SIM_SNAPSHOT_THRESHOLD 16 /* entries between snapshots: compaction is frequent */
@@ -108,16 +108,22 @@ typedef struct sim_figures {
     uint64_t steps, proposed, acked, unknown, entries_applied, entries_skipped, ops_refused;
     uint64_t snapshots_taken, snapshots_restored, snapshots_kept, install_snapshot_msgs;
     uint64_t invariant_checks, digest_checks, crashes, wipes, kills, partitions, leader_changes;
-    uint64_t loads_confirmed, loads_compensated, loads_late, commit_index;
+    uint64_t loads_confirmed, loads_compensated, loads_late, commit_index, replacements;
+    uint64_t refused_funds, refused_frozen, refused_expired, refused_other; /* devices' ops */
 } sim_figures_t;
 
 typedef struct sim {
     struct raft_fixture f;
-    unsigned n;
+    unsigned n;       /* servers in the fixture: members, and the ones a replacement removed */
+    unsigned members; /* voting members of the shard */
+    bool gone[SIM_SERVERS_MAX]; /* lost its disk and was removed from the group */
+    unsigned change_stage;      /* of a replacement: 0 none, 1 add, 2 promote, 3 remove old */
+    bool change_pending;
+    unsigned change_new, change_old;
     uint64_t rng;
     EVP_PKEY *bank;
     char root[SIM_DIR_MAX / 2];
-    sim_replica_t rep[SIM_REPLICAS_MAX];
+    sim_replica_t rep[SIM_SERVERS_MAX];
     sim_device_t dev[SIM_DEVICES];
     bool setup_done;
     bool setup_in_flight;
@@ -282,6 +288,7 @@ static void sim_init(sim_t *s, unsigned n, uint64_t seed)
     memset(s, 0, sizeof *s);
     assert_true(n >= 1 && n <= SIM_REPLICAS_MAX);
     s->n = n;
+    s->members = n;
     s->rng = seed;
     s->bank = qctest_key_new();
     snprintf(s->root, sizeof s->root, "%s/qc-raft-sim-XXXXXX", sim_base_dir());
@@ -355,19 +362,12 @@ static void check_replica(sim_t *s, unsigned i)
     s->fig.invariant_checks++;
 }
 
-/* The first record in which two replicas differ, for the failure message. */
-typedef struct diff_walk {
-    ledger_store_t *other;
-    MDB_txn *txn;
-    unsigned found;
-} diff_walk_t;
-
-static int diff_record(void *arg, unsigned db, const uint8_t *key, size_t key_len,
+/* With QC_SIM_DUMP set, the records of replicas that differ, to compare by eye. */
+static int dump_record(void *arg, unsigned db, const uint8_t *key, size_t key_len,
                        const uint8_t *val, size_t val_len)
 {
+    (void)arg;
     (void)val;
-    diff_walk_t *w = arg;
-    (void)w;
     fprintf(stderr, "  db %u key %zu bytes value %zu bytes:", db, key_len, val_len);
     for (size_t i = 0; i < key_len && i < 24; i++)
         fprintf(stderr, " %02x", key[i]);
@@ -382,16 +382,15 @@ static void dump_replica(sim_t *s, unsigned i)
     if (getenv("QC_SIM_DUMP") == NULL || ledger_store_txn_begin(st, NULL, false, &txn) != 0)
         return;
     fprintf(stderr, "replica %u:\n", i);
-    diff_walk_t w = {0};
-    ledger_store_each_record(st, txn, diff_record, &w);
+    ledger_store_each_record(st, txn, dump_record, NULL);
     ledger_store_txn_abort(txn);
 }
 
 /* Replicas at the same applied index must hold the same bytes. */
 static void check_digests(sim_t *s)
 {
-    uint8_t d[SIM_REPLICAS_MAX][32];
-    uint64_t idx[SIM_REPLICAS_MAX];
+    uint8_t d[SIM_SERVERS_MAX][32];
+    uint64_t idx[SIM_SERVERS_MAX];
     for (unsigned i = 0; i < s->n; i++)
         assert_int_equal(ledger_fsm_digest(s->rep[i].fsm, d[i], &idx[i]), 0);
     for (unsigned i = 0; i < s->n; i++)
@@ -420,6 +419,11 @@ static void dev_answer(sim_t *s, sim_device_t *d, bool known, int code)
     d->in_flight = false;
     if (!known)
         return; /* it sends the same bytes again: idempotent by txn id */
+    s->fig.refused_funds += code == QC_EFUNDS;
+    s->fig.refused_frozen += code == QC_EFROZEN;
+    s->fig.refused_expired += code == QC_EEXPIRED;
+    s->fig.refused_other +=
+        code != 0 && code != QC_EFUNDS && code != QC_EFROZEN && code != QC_EEXPIRED;
     if (d->state == DEV_RESERVING) {
         if (code == 0) {
             d->state = DEV_RESERVED;
@@ -590,9 +594,9 @@ static void step_propose(sim_t *s, unsigned leader)
             assert_int_equal(ledger_fsm_batch_outbox_ack(b, outbox_last(s, leader)), 0);
             r->dev[r->n++] = -1;
         }
-        if (rng_below(&s->rng, 16) == 0) { /* an account frozen or thawed: QC_EFROZEN */
+        if (rng_below(&s->rng, 16) == 0) { /* an account frozen (1 in 4) or thawed: QC_EFROZEN */
             const char *acct = s->dev[rng_below(&s->rng, SIM_DEVICES)].account;
-            assert_int_equal(ledger_fsm_batch_set_frozen(b, acct, rng_below(&s->rng, 2) == 0), 0);
+            assert_int_equal(ledger_fsm_batch_set_frozen(b, acct, rng_below(&s->rng, 4) == 0), 0);
             r->dev[r->n++] = -1;
         }
     }
@@ -628,6 +632,131 @@ static void crash_restart(sim_t *s, unsigned i, bool wipe)
     raft_fixture_revive(&s->f, i);
 }
 
+/* A replica still in the group, at random. */
+static unsigned pick_member(sim_t *s)
+{
+    for (;;) {
+        unsigned i = rng_below(&s->rng, s->n);
+        if (!s->gone[i])
+            return i;
+    }
+}
+
+/* ------------------------------------------------------------ a lost disk: replacement
+ *
+ * A replica whose disk is lost has lost its Raft term and vote too, so it may not come back
+ * under its old id (it could vote twice in a term). It is replaced: a new server with an
+ * empty LMDB and an empty log joins (raft_add), catches up from the leader's snapshot and log
+ * and becomes a voter (raft_assign), and the old one is removed (raft_remove), one
+ * configuration change at a time, each retried on whoever leads. */
+typedef struct sim_change {
+    struct raft_change req; /* first: the callback gets it back */
+    sim_t *sim;
+} sim_change_t;
+
+static void change_advance(sim_t *s)
+{
+    if (++s->change_stage == 4) {
+        s->change_stage = 0;
+        s->fig.replacements++;
+    }
+}
+
+static void change_cb(struct raft_change *req, int status)
+{
+    sim_change_t *c = (sim_change_t *)req;
+    c->sim->change_pending = false;
+    if (status == 0)
+        change_advance(c->sim);
+    free(c);
+}
+
+/* Submits the replacement's next configuration change on the leader, if any is due. */
+static void change_drive(sim_t *s)
+{
+    unsigned leader = raft_fixture_leader_index(&s->f);
+    if (s->change_stage == 0 || s->change_pending || leader >= s->n)
+        return;
+    struct raft *r = raft_fixture_get(&s->f, leader);
+    const struct raft_fixture_server *nw = &s->f.servers[s->change_new];
+    raft_id old_id = s->f.servers[s->change_old].id;
+    sim_change_t *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    c->sim = s;
+    int rv = 0;
+    if (s->change_stage == 1) {
+        rv = raft_add(r, &c->req, nw->id, nw->address, change_cb);
+        if (rv == RAFT_DUPLICATEID) /* an earlier attempt went through */
+            change_advance(s);
+    } else if (s->change_stage == 2) {
+        rv = raft_assign(r, &c->req, nw->id, RAFT_VOTER, change_cb);
+        if (rv == RAFT_BADROLE) /* already a voter */
+            change_advance(s);
+        else if (rv == RAFT_NOTFOUND) /* the add was lost with its leader */
+            s->change_stage = 1;
+    } else {
+        rv = raft_remove(r, &c->req, old_id, change_cb);
+        if (rv == RAFT_BADID) /* already removed */
+            change_advance(s);
+    }
+    if (rv == 0)
+        s->change_pending = true;
+    else
+        free(c); /* RAFT_CANTCHANGE and the like: again at the next step */
+}
+
+/* Replica i loses its disk for good; a new server starts empty to take its place. */
+static void replace(sim_t *s, unsigned i)
+{
+    unsigned k = s->n;
+    assert_true(k < SIM_SERVERS_MAX);
+    if (raft_fixture_alive(&s->f, i))
+        raft_fixture_kill(&s->f, i);
+    s->gone[i] = true;
+    snprintf(s->rep[k].dir, sizeof s->rep[k].dir, "%s/r%u", s->root, k);
+    assert_int_equal(mkdir(s->rep[k].dir, 0700), 0);
+    s->rep[k].skew_ms = (int64_t)rng_below(&s->rng, 2 * SIM_SKEW_MS + 1) - SIM_SKEW_MS;
+    fsm_open(s, k);
+    assert_int_equal(raft_fixture_grow(&s->f, ledger_fsm_raft(s->rep[k].fsm)), 0);
+    s->n++;
+    struct raft *r = raft_fixture_get(&s->f, k);
+    io_mend(k, &s->f.servers[k].io);
+    raft_tune(r);
+    ledger_fsm_bind(s->rep[k].fsm, r);
+    /* The fixture connects a new server to everyone: the dead must stay silent to it. */
+    for (unsigned m = 0; m < k; m++)
+        if (!raft_fixture_alive(&s->f, m)) {
+            raft_fixture_saturate(&s->f, k, m);
+            raft_fixture_saturate(&s->f, m, k);
+        }
+    assert_int_equal(raft_start(r), 0);
+    s->change_new = k;
+    s->change_old = i;
+    s->change_stage = 1;
+}
+
+/* Replacements a run may make. The fixture holds 8 servers, and it judges a leader stable only
+ * when followers that acknowledge it are half of the servers that list themselves in their own
+ * configuration, which a removed server that never learnt of its removal still does: with 3
+ * replicas, a second replacement under way would leave one acknowledging follower for four
+ * such servers, and the fixture would see no leader ever again (raft itself would be fine). */
+static unsigned replacements_max(const sim_t *s)
+{
+    return s->members == 3 ? 1 : s->members == 5 ? 3 : 0;
+}
+
+/* Replaces replica i when a replacement may start: none under way, a leader that is not i,
+ * room in the fixture. Returns whether it started one. */
+static bool try_replace(sim_t *s, unsigned i)
+{
+    unsigned leader = raft_fixture_leader_index(&s->f);
+    if (s->change_stage != 0 || leader >= s->n || i == leader || s->gone[i] ||
+        s->n - s->members >= replacements_max(s) || s->n >= SIM_SERVERS_MAX)
+        return false;
+    replace(s, i);
+    return true;
+}
+
 static unsigned alive_count(sim_t *s)
 {
     unsigned n = 0;
@@ -647,7 +776,7 @@ static void heal_links(sim_t *s)
 
 static void step_fault(sim_t *s, unsigned what)
 {
-    unsigned i = rng_below(&s->rng, s->n), j = rng_below(&s->rng, s->n);
+    unsigned i = pick_member(s), j = pick_member(s);
     unsigned leader = raft_fixture_leader_index(&s->f);
     bool alive_i = raft_fixture_alive(&s->f, i);
     switch (what) {
@@ -688,6 +817,9 @@ static void step_fault(sim_t *s, unsigned what)
         crash_restart(s, i, true);
         s->fig.wipes++;
         break;
+    case 7: /* a disk lost for good */
+        try_replace(s, i);
+        break;
     default:
         break;
     }
@@ -697,25 +829,28 @@ static void step_fault(sim_t *s, unsigned what)
 
 static void sim_step(sim_t *s)
 {
-    unsigned roll = rng_below(&s->rng, 100);
+    change_drive(s);
+    unsigned roll = rng_below(&s->rng, 1000);
     unsigned leader = raft_fixture_leader_index(&s->f);
-    if (roll < 70) {
+    if (roll < 700) {
         if (leader < s->n)
             step_propose(s, leader);
-    } else if (roll < 76) {
+    } else if (roll < 760) {
         step_fault(s, 0);
-    } else if (roll < 78) {
+    } else if (roll < 780) {
         step_fault(s, 1);
-    } else if (roll < 85) {
+    } else if (roll < 850) {
         step_fault(s, 2);
-    } else if (roll < 88) {
+    } else if (roll < 880) {
         step_fault(s, 3);
-    } else if (roll < 93) {
+    } else if (roll < 930) {
         step_fault(s, 4);
-    } else if (roll < 96) {
+    } else if (roll < 960) {
         step_fault(s, 5);
-    } else if (roll < 98) {
+    } else if (roll < 980) {
         step_fault(s, 6);
+    } else if (roll < 985) {
+        step_fault(s, 7);
     }
     raft_fixture_step_until_elapsed(&s->f, 1 + rng_below(&s->rng, SIM_RUN_MS_MAX));
     if (s->f.leader_id != 0 && s->f.leader_id != s->last_leader) {
@@ -729,15 +864,23 @@ static void sim_step(sim_t *s)
 
 static bool all_applied(struct raft_fixture *f, void *arg)
 {
-    (void)arg;
+    const sim_t *s = arg;
     unsigned l = raft_fixture_leader_index(f);
     if (l >= raft_fixture_n(f))
         return false;
     raft_index last = raft_last_index(raft_fixture_get(f, l));
     for (unsigned i = 0; i < raft_fixture_n(f); i++)
-        if (raft_last_applied(raft_fixture_get(f, i)) < last)
+        if (!s->gone[i] && raft_last_applied(raft_fixture_get(f, i)) < last)
             return false;
     return true;
+}
+
+static bool change_done(struct raft_fixture *f, void *arg)
+{
+    sim_t *s = arg;
+    (void)f;
+    change_drive(s);
+    return s->change_stage == 0;
 }
 
 /* Heals everything, lets every replica apply the leader's whole log, and checks that they
@@ -745,10 +888,11 @@ static bool all_applied(struct raft_fixture *f, void *arg)
 static void sim_converge(sim_t *s)
 {
     for (unsigned i = 0; i < s->n; i++)
-        if (!raft_fixture_alive(&s->f, i))
+        if (!s->gone[i] && !raft_fixture_alive(&s->f, i))
             raft_fixture_revive(&s->f, i);
     heal_links(s);
     assert_true(raft_fixture_step_until_has_leader(&s->f, SIM_HEAL_MS_MAX));
+    assert_true(raft_fixture_step_until(&s->f, change_done, s, SIM_HEAL_MS_MAX));
     /* A barrier of the new term commits everything before it. */
     unsigned leader = raft_fixture_leader_index(&s->f);
     ledger_fsm_batch_t *b = NULL;
@@ -759,11 +903,15 @@ static void sim_converge(sim_t *s)
     r->dev[r->n++] = -1;
     propose(s, leader, b, r);
     ledger_fsm_batch_destroy(&b);
-    assert_true(raft_fixture_step_until(&s->f, all_applied, NULL, SIM_HEAL_MS_MAX));
+    assert_true(raft_fixture_step_until(&s->f, all_applied, s, SIM_HEAL_MS_MAX));
     uint8_t d0[32], d[32];
     uint64_t i0 = 0, idx = 0;
-    assert_int_equal(ledger_fsm_digest(s->rep[0].fsm, d0, &i0), 0);
+    unsigned first = pick_member(s), members = 0;
+    assert_int_equal(ledger_fsm_digest(s->rep[first].fsm, d0, &i0), 0);
     for (unsigned i = 0; i < s->n; i++) {
+        if (s->gone[i])
+            continue;
+        members++;
         check_replica(s, i);
         assert_int_equal(ledger_fsm_digest(s->rep[i].fsm, d, &idx), 0);
         assert_int_equal(idx, i0);
@@ -776,7 +924,7 @@ static void sim_converge(sim_t *s)
             ledger_load_t *l = malloc(sizeof *l);
             assert_non_null(l);
             assert_int_equal(ledger_store_load_get(st, txn, s->acked[k], l), 0);
-            if (i == 0) {
+            if (i == first) {
                 s->fig.loads_confirmed += l->state == QUANCUN__LOAD_STATE__LOAD_CONFIRMED;
                 s->fig.loads_compensated += l->state == QUANCUN__LOAD_STATE__LOAD_COMPENSATED;
                 s->fig.loads_late += l->state == QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED;
@@ -785,6 +933,7 @@ static void sim_converge(sim_t *s)
         }
         ledger_store_txn_abort(txn);
     }
+    assert_int_equal(members, s->members);
     s->fig.commit_index = i0;
     for (unsigned i = 0; i < s->n; i++)
         s->fig.install_snapshot_msgs += raft_fixture_n_recv(&s->f, i, RAFT_IO_INSTALL_SNAPSHOT);
@@ -795,7 +944,11 @@ static void sim_run(unsigned n, uint64_t seed, unsigned steps, sim_figures_t *ou
     sim_t *s = calloc(1, sizeof *s);
     assert_non_null(s);
     sim_init(s, n, seed);
+    bool replaced = false;
     for (unsigned k = 0; k < steps; k++) {
+        /* Every run past its middle loses one disk for good, if chance did not already. */
+        if (k >= steps / 2 && !replaced)
+            replaced = s->n > s->members || try_replace(s, pick_member(s));
         sim_step(s);
         if (k % SIM_DIGEST_EVERY == 0)
             check_digests(s);
@@ -817,13 +970,16 @@ static void print_figures(FILE *o, unsigned n, uint64_t seed, const sim_figures_
             " install_snapshot_msgs %" PRIu64 " invariant_checks %" PRIu64 " digest_checks %" PRIu64
             " crashes %" PRIu64 " wipes %" PRIu64 " kills %" PRIu64 " partitions %" PRIu64
             " leader_changes %" PRIu64 " loads_acked %" PRIu64 " confirmed %" PRIu64
-            " compensated %" PRIu64 " late_confirmed %" PRIu64 "\n",
+            " compensated %" PRIu64 " late_confirmed %" PRIu64 " replacements %" PRIu64
+            " refused_funds %" PRIu64 " refused_frozen %" PRIu64 " refused_expired %" PRIu64
+            " refused_other %" PRIu64 "\n",
             seed, n, g->steps, g->commit_index, g->proposed, g->acked, g->unknown,
             g->entries_applied, g->entries_skipped, g->ops_refused, g->snapshots_taken,
             g->snapshots_restored, g->snapshots_kept, g->install_snapshot_msgs, g->invariant_checks,
             g->digest_checks, g->crashes, g->wipes, g->kills, g->partitions, g->leader_changes,
             g->loads_confirmed + g->loads_compensated + g->loads_late, g->loads_confirmed,
-            g->loads_compensated, g->loads_late);
+            g->loads_compensated, g->loads_late, g->replacements, g->refused_funds,
+            g->refused_frozen, g->refused_expired, g->refused_other);
 }
 
 static uint64_t ci_seed(void)
@@ -843,6 +999,8 @@ static void test_sim_3_replicas(void **state)
     /* The run must have exercised what it claims to. */
     assert_true(g.acked > 0);
     assert_true(g.snapshots_taken > 0);
+    assert_true(g.snapshots_restored > 0);
+    assert_true(g.replacements > 0);
     assert_true(g.invariant_checks >= 3 * SIM_STEPS_CI);
 }
 
@@ -854,9 +1012,25 @@ static void test_sim_5_replicas(void **state)
     print_figures(stderr, 5, ci_seed() + 1, &g);
     assert_true(g.acked > 0);
     assert_true(g.snapshots_taken > 0);
+    assert_true(g.replacements > 0);
 }
 
 /* ------------------------------------------------------------ the campaign */
+
+typedef struct campaign_seed {
+    unsigned replicas;
+    uint64_t seed;
+    unsigned steps;
+} campaign_seed_t;
+
+static void test_campaign_seed(void **state)
+{
+    const campaign_seed_t *c = *state;
+    sim_figures_t g;
+    sim_run(c->replicas, c->seed, c->steps, &g);
+    print_figures(stdout, c->replicas, c->seed, &g);
+    fflush(stdout);
+}
 
 static int campaign(int argc, char **argv)
 {
@@ -881,11 +1055,15 @@ static int campaign(int argc, char **argv)
         fprintf(stderr, "replicas must be 1..%d\n", SIM_REPLICAS_MAX);
         return 2;
     }
+    /* Each seed runs as a cmocka test of its own, so a failed check says what and where. */
     for (unsigned k = 0; k < seeds; k++) {
-        sim_figures_t g;
-        sim_run(replicas, first + k, steps, &g);
-        print_figures(stdout, replicas, first + k, &g);
-        fflush(stdout);
+        campaign_seed_t c = {.replicas = replicas, .seed = first + k, .steps = steps};
+        const struct CMUnitTest one[] = {cmocka_unit_test_prestate(test_campaign_seed, &c)};
+        if (cmocka_run_group_tests_name("raft_sim_seed", one, NULL, NULL) != 0) {
+            fprintf(stderr, "raft_sim: seed %" PRIu64 " failed (replicas %u, steps %u)\n", c.seed,
+                    replicas, steps);
+            return 1;
+        }
     }
     return 0;
 }
