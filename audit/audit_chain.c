@@ -61,7 +61,9 @@ size_t audit_chain_encoded_len(const audit_entry_t *e)
 
 int audit_chain_encode(const audit_entry_t *e, uint8_t *out, size_t cap, size_t *len)
 {
-    assert(e != NULL && out != NULL && len != NULL);
+    assert(e != NULL);
+    assert(out != NULL);
+    assert(len != NULL);
     int rc = audit_chain_validate(e);
     if (rc != 0)
         return rc;
@@ -112,7 +114,8 @@ static int chain_digest(const uint8_t prev[AUDIT_HASH_SIZE], const uint8_t *enc,
 
 int audit_chain_hash(const audit_entry_t *e, uint8_t hash[AUDIT_HASH_SIZE])
 {
-    assert(e != NULL && hash != NULL);
+    assert(e != NULL);
+    assert(hash != NULL);
     int rc = audit_chain_validate(e);
     if (rc != 0)
         return rc;
@@ -129,7 +132,9 @@ int audit_chain_hash(const audit_entry_t *e, uint8_t hash[AUDIT_HASH_SIZE])
 
 int audit_chain_record(const audit_entry_t *e, uint8_t **out, size_t *out_len)
 {
-    assert(e != NULL && out != NULL && out_len != NULL);
+    assert(e != NULL);
+    assert(out != NULL);
+    assert(out_len != NULL);
     *out = NULL;
     int rc = audit_chain_validate(e);
     if (rc != 0)
@@ -170,7 +175,8 @@ static int take_field(const uint8_t **p, const uint8_t *end, int prefix, size_t 
 
 int audit_chain_parse(const uint8_t *rec, size_t len, audit_entry_t *e)
 {
-    assert(rec != NULL && e != NULL);
+    assert(rec != NULL);
+    assert(e != NULL);
     memset(e, 0, sizeof *e);
     if (len > AUDIT_RECORD_MAX)
         return QC_ETOOBIG;
@@ -207,7 +213,8 @@ int audit_chain_parse(const uint8_t *rec, size_t len, audit_entry_t *e)
 
 int audit_chain_check(const audit_entry_t *e, const uint8_t expected_prev[AUDIT_HASH_SIZE])
 {
-    assert(e != NULL && expected_prev != NULL);
+    assert(e != NULL);
+    assert(expected_prev != NULL);
     uint8_t h[AUDIT_HASH_SIZE];
     int rc = audit_chain_hash(e, h);
     if (rc != 0)
@@ -222,7 +229,9 @@ int audit_chain_check(const audit_entry_t *e, const uint8_t expected_prev[AUDIT_
 int audit_chain_check_record(const uint8_t *rec, size_t len,
                              const uint8_t expected_prev[AUDIT_HASH_SIZE], audit_entry_t *e)
 {
-    assert(rec != NULL && expected_prev != NULL && e != NULL);
+    assert(rec != NULL);
+    assert(expected_prev != NULL);
+    assert(e != NULL);
     int rc = audit_chain_parse(rec, len, e);
     if (rc != 0)
         return rc;

@@ -41,7 +41,10 @@ struct audit_checkpoint {
 
 int audit_checkpoint_new(const audit_checkpoint_config_t *cfg, audit_checkpoint_t **out)
 {
-    assert(cfg != NULL && cfg->zctx != NULL && cfg->store != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(cfg->zctx != NULL);
+    assert(cfg->store != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (cfg->signer == NULL || cfg->signer[0] == '\0' || cfg->signer_key == NULL ||
         cfg->keys == NULL || cfg->entries < 1 || cfg->entries > AUDIT_CHECKPOINT_ENTRIES_MAX ||
@@ -204,7 +207,8 @@ static void *checkpoint_main(void *arg)
 
 int audit_checkpoint_start(audit_checkpoint_t *cp)
 {
-    assert(cp != NULL && !cp->started);
+    assert(cp != NULL);
+    assert(!cp->started);
     cp->last_ms = ops_time_mono_ms();
     if (pthread_create(&cp->thread, NULL, checkpoint_main, cp) != 0)
         return QC_EINTERNAL;

@@ -36,7 +36,10 @@ struct audit_intake {
 
 int audit_intake_new(const audit_intake_config_t *cfg, audit_intake_t **out)
 {
-    assert(cfg != NULL && cfg->zctx != NULL && cfg->store != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(cfg->zctx != NULL);
+    assert(cfg->store != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (cfg->batch_max < 1 || cfg->batch_max > AUDIT_STORE_BATCH_MAX || cfg->keys == NULL ||
         cfg->listen == NULL || cfg->allow_path == NULL)

@@ -51,7 +51,10 @@ struct audit_relay {
 
 int audit_relay_new(const audit_relay_config_t *cfg, audit_relay_t **out)
 {
-    assert(cfg != NULL && cfg->store != NULL && cfg->zctx != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(cfg->store != NULL);
+    assert(cfg->zctx != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (cfg->ledger == NULL || cfg->ledger[0] == '\0' || cfg->ledger_key == NULL ||
         cfg->keys == NULL || cfg->batch_max < 1 || cfg->batch_max > AUDIT_RELAY_BATCH_MAX)
@@ -313,7 +316,8 @@ static void *relay_main(void *arg)
 
 int audit_relay_start(audit_relay_t *relay)
 {
-    assert(relay != NULL && !relay->started);
+    assert(relay != NULL);
+    assert(!relay->started);
     if (pthread_create(&relay->thread, NULL, relay_main, relay) != 0)
         return QC_EINTERNAL;
     relay->started = true;

@@ -45,7 +45,8 @@ static int store_err(const char *what, int rc)
 
 int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_store_t **out)
 {
-    assert(dir != NULL && out != NULL);
+    assert(dir != NULL);
+    assert(out != NULL);
     *out = NULL;
     bool rdonly = (flags & AUDIT_STORE_RDONLY) != 0;
     if (!rdonly && map_size < AUDIT_STORE_MAP_SIZE_MIN)
@@ -242,8 +243,11 @@ static int event_check(const audit_event_t *ev)
 int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t n,
                        audit_append_result_t *results)
 {
-    assert(store != NULL && events != NULL && results != NULL);
-    assert(n >= 1 && n <= AUDIT_STORE_BATCH_MAX);
+    assert(store != NULL);
+    assert(events != NULL);
+    assert(results != NULL);
+    assert(n >= 1);
+    assert(n <= AUDIT_STORE_BATCH_MAX);
     if (store->rdonly)
         return QC_EDENIED;
     MDB_txn *txn = NULL;
@@ -283,7 +287,9 @@ err:
 
 int audit_store_last(audit_store_t *store, uint64_t *seq, uint8_t hash[AUDIT_HASH_SIZE])
 {
-    assert(store != NULL && seq != NULL && hash != NULL);
+    assert(store != NULL);
+    assert(seq != NULL);
+    assert(hash != NULL);
     MDB_txn *txn = NULL;
     int rc = read_begin(store, &txn);
     if (rc != 0)
@@ -295,7 +301,9 @@ int audit_store_last(audit_store_t *store, uint64_t *seq, uint8_t hash[AUDIT_HAS
 
 int audit_store_hwm(audit_store_t *store, const char *source, uint64_t *hwm)
 {
-    assert(store != NULL && source != NULL && hwm != NULL);
+    assert(store != NULL);
+    assert(source != NULL);
+    assert(hwm != NULL);
     MDB_txn *txn = NULL;
     int rc = read_begin(store, &txn);
     if (rc != 0)
@@ -312,7 +320,9 @@ int audit_store_hwm(audit_store_t *store, const char *source, uint64_t *hwm)
 
 int audit_store_last_checkpoint(audit_store_t *store, uint64_t *entry_seq, uint64_t *covered_seq)
 {
-    assert(store != NULL && entry_seq != NULL && covered_seq != NULL);
+    assert(store != NULL);
+    assert(entry_seq != NULL);
+    assert(covered_seq != NULL);
     *entry_seq = *covered_seq = 0;
     MDB_txn *txn = NULL;
     int rc = read_begin(store, &txn);
@@ -341,7 +351,9 @@ int audit_store_last_checkpoint(audit_store_t *store, uint64_t *entry_seq, uint6
 
 int audit_store_count(audit_store_t *store, uint64_t *entries, uint64_t *checkpoints)
 {
-    assert(store != NULL && entries != NULL && checkpoints != NULL);
+    assert(store != NULL);
+    assert(entries != NULL);
+    assert(checkpoints != NULL);
     MDB_txn *txn = NULL;
     int rc = read_begin(store, &txn);
     if (rc != 0)
@@ -358,7 +370,9 @@ int audit_store_count(audit_store_t *store, uint64_t *entries, uint64_t *checkpo
 
 int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *len)
 {
-    assert(store != NULL && rec != NULL && len != NULL);
+    assert(store != NULL);
+    assert(rec != NULL);
+    assert(len != NULL);
     *rec = NULL;
     MDB_txn *txn = NULL;
     int rc = read_begin(store, &txn);
@@ -386,7 +400,9 @@ int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *l
 int audit_store_dedupe_get(audit_store_t *store, const char *source, uint64_t source_seq,
                            uint64_t *seq)
 {
-    assert(store != NULL && source != NULL && seq != NULL);
+    assert(store != NULL);
+    assert(source != NULL);
+    assert(seq != NULL);
     size_t sl = strlen(source);
     if (sl > AUDIT_SOURCE_MAX)
         return QC_ENOTFOUND;
@@ -403,7 +419,8 @@ int audit_store_dedupe_get(audit_store_t *store, const char *source, uint64_t so
 
 int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_fn *fn, void *arg)
 {
-    assert(store != NULL && fn != NULL);
+    assert(store != NULL);
+    assert(fn != NULL);
     MDB_txn *txn = NULL;
     int rc = read_begin(store, &txn);
     if (rc != 0)
@@ -438,7 +455,9 @@ int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_
 int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn_id_len,
                          uint64_t *seqs, size_t cap, size_t *n)
 {
-    assert(store != NULL && txn_id != NULL && n != NULL);
+    assert(store != NULL);
+    assert(txn_id != NULL);
+    assert(n != NULL);
     *n = 0;
     if (txn_id_len == 0 || txn_id_len > AUDIT_TXN_ID_MAX)
         return 0;
@@ -565,7 +584,8 @@ static int check_checkpoint_row(audit_store_t *store, MDB_txn *txn, const MDB_va
 
 int audit_store_check_indexes(audit_store_t *store, uint64_t *bad_seq)
 {
-    assert(store != NULL && bad_seq != NULL);
+    assert(store != NULL);
+    assert(bad_seq != NULL);
     *bad_seq = 0;
     MDB_txn *txn = NULL;
     int rc = read_begin(store, &txn);

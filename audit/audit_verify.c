@@ -42,7 +42,8 @@ static int verify_break(verify_walk_t *w, uint64_t seq, int code, const char *fm
 int audit_verify_checkpoint(const uint8_t *payload, size_t len, EVP_PKEY *key, uint64_t covered_seq,
                             const uint8_t covered_hash[32])
 {
-    assert(key != NULL && covered_hash != NULL);
+    assert(key != NULL);
+    assert(covered_hash != NULL);
     if (payload == NULL || len == 0)
         return QC_EMISSING;
     proto_envelope_t *env = NULL;
@@ -139,7 +140,8 @@ static int verify_visit(void *arg, uint64_t key_seq, const uint8_t *rec, size_t 
 
 int audit_verify_dir(const char *dir, EVP_PKEY *key, audit_verify_report_t *report)
 {
-    assert(dir != NULL && report != NULL);
+    assert(dir != NULL);
+    assert(report != NULL);
     memset(report, 0, sizeof *report);
     audit_store_t *store = NULL;
     int rc = audit_store_open(dir, AUDIT_STORE_RDONLY, 0, &store);

@@ -30,7 +30,8 @@ struct gateway_certcache {
 
 int gateway_certcache_new(const proto_trust_t *trust, gateway_certcache_t **out)
 {
-    assert(trust != NULL && out != NULL);
+    assert(trust != NULL);
+    assert(out != NULL);
     _Static_assert((GATEWAY_CERTCACHE_SLOTS & (GATEWAY_CERTCACHE_SLOTS - 1)) == 0,
                    "slots must be a power of two");
     *out = NULL;
@@ -61,7 +62,9 @@ void gateway_certcache_destroy(gateway_certcache_t **cache_p)
 
 void gateway_certcache_stats(const gateway_certcache_t *c, uint64_t *hits, uint64_t *misses)
 {
-    assert(c != NULL && hits != NULL && misses != NULL);
+    assert(c != NULL);
+    assert(hits != NULL);
+    assert(misses != NULL);
     *hits = c->hits;
     *misses = c->misses;
 }
@@ -94,7 +97,9 @@ static bool gateway_certcache_fresh(const gateway_certcache_entry_t *e, time_t n
 int gateway_certcache_verify(gateway_certcache_t *c, const uint8_t *der, size_t der_len, time_t now,
                              char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub)
 {
-    assert(c != NULL && device_id != NULL && pub != NULL);
+    assert(c != NULL);
+    assert(device_id != NULL);
+    assert(pub != NULL);
     *pub = NULL;
     uint8_t fp[PROTO_DIGEST_SIZE];
     if (der == NULL || der_len == 0 || der_len > PROTO_CERT_MAX)

@@ -16,7 +16,8 @@ static int gateway_verify_envelope(gateway_certcache_t *certs, const uint8_t *by
                                    time_t now, proto_type_t type, proto_envelope_t **env_out,
                                    char device_id[PROTO_DEVICE_ID_MAX + 1])
 {
-    assert(certs != NULL && env_out != NULL);
+    assert(certs != NULL);
+    assert(env_out != NULL);
     *env_out = NULL;
     proto_envelope_t *env = NULL;
     int rc = proto_envelope_open(bytes, len, &env);
@@ -44,7 +45,8 @@ static int gateway_verify_envelope(gateway_certcache_t *certs, const uint8_t *by
 int gateway_verify_request(gateway_certcache_t *certs, const uint8_t *bytes, size_t len, time_t now,
                            Quancun__LoadRequest **out, uint8_t digest[PROTO_DIGEST_SIZE])
 {
-    assert(out != NULL && digest != NULL);
+    assert(out != NULL);
+    assert(digest != NULL);
     *out = NULL;
     char device_id[PROTO_DEVICE_ID_MAX + 1];
     proto_envelope_t *env = NULL;

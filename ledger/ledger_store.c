@@ -122,7 +122,8 @@ void ledger_store_close(ledger_store_t **store_p)
 
 int ledger_store_txn_begin(ledger_store_t *store, MDB_txn *parent, bool write, MDB_txn **out)
 {
-    assert(store != NULL && out != NULL);
+    assert(store != NULL);
+    assert(out != NULL);
     assert(parent == NULL || write);
     int rc = mdb_txn_begin(store->env, parent, write ? 0 : MDB_RDONLY, out);
     if (rc != 0) {
@@ -231,7 +232,8 @@ static ProtobufCBinaryData bin(const uint8_t *data, size_t len)
 
 void ledger_store_account_view(const ledger_account_t *a, Qcledger__Account *m)
 {
-    assert(a != NULL && m != NULL);
+    assert(a != NULL);
+    assert(m != NULL);
     qcledger__account__init(m);
     m->id = (char *)a->id;
     m->currency = a->currency;
@@ -249,7 +251,8 @@ void ledger_store_account_view(const ledger_account_t *a, Qcledger__Account *m)
 
 int ledger_store_account_from_msg(const Qcledger__Account *m, ledger_account_t *a)
 {
-    assert(m != NULL && a != NULL);
+    assert(m != NULL);
+    assert(a != NULL);
     memset(a, 0, sizeof *a);
     if (copy_str(a->id, sizeof a->id, m->id) != 0)
         return QC_EDECODE;
@@ -270,7 +273,10 @@ int ledger_store_account_from_msg(const Qcledger__Account *m, ledger_account_t *
 int ledger_store_account_get(ledger_store_t *store, MDB_txn *txn, const char *id,
                              ledger_account_t *out)
 {
-    assert(store != NULL && txn != NULL && id != NULL && out != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(id != NULL);
+    assert(out != NULL);
     size_t id_len = strlen(id);
     if (id_len == 0 || id_len > LEDGER_ID_MAX)
         return QC_ENOTFOUND; /* never stored; and LMDB refuses an empty key */
@@ -286,7 +292,9 @@ int ledger_store_account_get(ledger_store_t *store, MDB_txn *txn, const char *id
 
 int ledger_store_account_put(ledger_store_t *store, MDB_txn *txn, const ledger_account_t *acct)
 {
-    assert(store != NULL && txn != NULL && acct != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(acct != NULL);
     assert(acct->id[0] != '\0');
     Qcledger__Account m;
     ledger_store_account_view(acct, &m);
@@ -297,7 +305,8 @@ int ledger_store_account_put(ledger_store_t *store, MDB_txn *txn, const ledger_a
 
 void ledger_store_device_view(const ledger_device_t *d, Qcledger__Device *m)
 {
-    assert(d != NULL && m != NULL);
+    assert(d != NULL);
+    assert(m != NULL);
     qcledger__device__init(m);
     m->id = (char *)d->id;
     m->account_id = (char *)d->account_id;
@@ -313,7 +322,8 @@ void ledger_store_device_view(const ledger_device_t *d, Qcledger__Device *m)
 
 int ledger_store_device_from_msg(const Qcledger__Device *m, ledger_device_t *d)
 {
-    assert(m != NULL && d != NULL);
+    assert(m != NULL);
+    assert(d != NULL);
     memset(d, 0, sizeof *d);
     if (copy_str(d->id, sizeof d->id, m->id) != 0 ||
         copy_str(d->account_id, sizeof d->account_id, m->account_id) != 0 ||
@@ -336,7 +346,10 @@ int ledger_store_device_from_msg(const Qcledger__Device *m, ledger_device_t *d)
 int ledger_store_device_get(ledger_store_t *store, MDB_txn *txn, const char *id,
                             ledger_device_t *out)
 {
-    assert(store != NULL && txn != NULL && id != NULL && out != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(id != NULL);
+    assert(out != NULL);
     size_t id_len = strlen(id);
     if (id_len == 0 || id_len > LEDGER_DEVICE_ID_MAX)
         return QC_ENOTFOUND; /* never stored; and LMDB refuses an empty key */
@@ -362,7 +375,9 @@ int ledger_store_device_get(ledger_store_t *store, MDB_txn *txn, const char *id,
 
 int ledger_store_device_put(ledger_store_t *store, MDB_txn *txn, const ledger_device_t *dev)
 {
-    assert(store != NULL && txn != NULL && dev != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(dev != NULL);
     assert(dev->id[0] != '\0');
     assert(dev->cert_len > 0);
     MDB_val k = {.mv_size = strlen(dev->id), .mv_data = (void *)dev->id}, v;
@@ -385,7 +400,8 @@ int ledger_store_device_put(ledger_store_t *store, MDB_txn *txn, const ledger_de
 
 void ledger_store_load_view(const ledger_load_t *l, Qcledger__Load *m)
 {
-    assert(l != NULL && m != NULL);
+    assert(l != NULL);
+    assert(m != NULL);
     qcledger__load__init(m);
     m->txn_id = bin(l->txn_id, LEDGER_TXN_ID_SIZE);
     m->state = l->state;
@@ -406,7 +422,8 @@ void ledger_store_load_view(const ledger_load_t *l, Qcledger__Load *m)
 
 int ledger_store_load_from_msg(const Qcledger__Load *m, ledger_load_t *l)
 {
-    assert(m != NULL && l != NULL);
+    assert(m != NULL);
+    assert(l != NULL);
     /* The three envelope buffers are large: clear only the fixed part. */
     memset(l, 0, offsetof(ledger_load_t, request));
     if (copy_txn(l->txn_id, NULL, m->txn_id) != 0 ||
@@ -431,7 +448,10 @@ int ledger_store_load_from_msg(const Qcledger__Load *m, ledger_load_t *l)
 int ledger_store_load_get(ledger_store_t *store, MDB_txn *txn,
                           const uint8_t txn_id[LEDGER_TXN_ID_SIZE], ledger_load_t *out)
 {
-    assert(store != NULL && txn != NULL && txn_id != NULL && out != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(txn_id != NULL);
+    assert(out != NULL);
     ProtobufCMessage *msg = NULL;
     int rc = store_get_msg(store, txn, DBI_LOADS, txn_id, LEDGER_TXN_ID_SIZE,
                            &qcledger__load__descriptor, &msg);
@@ -444,9 +464,11 @@ int ledger_store_load_get(ledger_store_t *store, MDB_txn *txn,
 
 int ledger_store_load_put(ledger_store_t *store, MDB_txn *txn, const ledger_load_t *load)
 {
-    assert(store != NULL && txn != NULL && load != NULL);
-    assert(load->state >= QUANCUN__LOAD_STATE__LOAD_RESERVED &&
-           load->state <= QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(load != NULL);
+    assert(load->state >= QUANCUN__LOAD_STATE__LOAD_RESERVED);
+    assert(load->state <= QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED);
     Qcledger__Load m;
     ledger_store_load_view(load, &m);
     return store_put_msg(store, txn, DBI_LOADS, load->txn_id, LEDGER_TXN_ID_SIZE, &m.base, 0);
@@ -463,7 +485,9 @@ static void transfer_key(const uint8_t *txn_id, Qcledger__TransferKind kind,
 
 int ledger_store_transfer_add(ledger_store_t *store, MDB_txn *txn, const ledger_transfer_t *t)
 {
-    assert(store != NULL && txn != NULL && t != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(t != NULL);
     assert(t->amount > 0);
     uint8_t key[STORE_TRANSFER_KEY_SIZE];
     transfer_key(t->txn_id, t->kind, key);
@@ -496,7 +520,10 @@ int ledger_store_transfer_get(ledger_store_t *store, MDB_txn *txn,
                               const uint8_t txn_id[LEDGER_TXN_ID_SIZE], Qcledger__TransferKind kind,
                               ledger_transfer_t *out)
 {
-    assert(store != NULL && txn != NULL && txn_id != NULL && out != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(txn_id != NULL);
+    assert(out != NULL);
     uint8_t key[STORE_TRANSFER_KEY_SIZE];
     transfer_key(txn_id, kind, key);
     ProtobufCMessage *msg = NULL;
@@ -521,7 +548,9 @@ static void deadline_key(uint64_t deadline_ms, const uint8_t *txn_id,
 int ledger_store_deadline_add(ledger_store_t *store, MDB_txn *txn, uint64_t deadline_ms,
                               const uint8_t txn_id[LEDGER_TXN_ID_SIZE])
 {
-    assert(store != NULL && txn != NULL && txn_id != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(txn_id != NULL);
     uint8_t key[STORE_DEADLINE_KEY_SIZE];
     deadline_key(deadline_ms, txn_id, key);
     MDB_val k = {.mv_size = sizeof key, .mv_data = key};
@@ -533,7 +562,9 @@ int ledger_store_deadline_add(ledger_store_t *store, MDB_txn *txn, uint64_t dead
 int ledger_store_deadline_del(ledger_store_t *store, MDB_txn *txn, uint64_t deadline_ms,
                               const uint8_t txn_id[LEDGER_TXN_ID_SIZE])
 {
-    assert(store != NULL && txn != NULL && txn_id != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(txn_id != NULL);
     uint8_t key[STORE_DEADLINE_KEY_SIZE];
     deadline_key(deadline_ms, txn_id, key);
     MDB_val k = {.mv_size = sizeof key, .mv_data = key};
@@ -544,7 +575,10 @@ int ledger_store_deadline_del(ledger_store_t *store, MDB_txn *txn, uint64_t dead
 int ledger_store_deadline_first(ledger_store_t *store, MDB_txn *txn, uint64_t *deadline_ms,
                                 uint8_t txn_id[LEDGER_TXN_ID_SIZE])
 {
-    assert(store != NULL && txn != NULL && deadline_ms != NULL && txn_id != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(deadline_ms != NULL);
+    assert(txn_id != NULL);
     MDB_cursor *cur = NULL;
     int rc = mdb_cursor_open(txn, store->dbi[DBI_DEADLINES], &cur);
     if (rc != 0)
@@ -628,7 +662,9 @@ int ledger_store_outbox_append(ledger_store_t *store, MDB_txn *txn, uint32_t sha
                                const char *type, const uint8_t *txn_id, uint64_t time_ms,
                                const uint8_t *payload, size_t payload_len, uint64_t *seq)
 {
-    assert(store != NULL && txn != NULL && type != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(type != NULL);
     assert(strlen(type) <= LEDGER_EVENT_TYPE_MAX);
     uint64_t next = 1;
     int rc = meta_get_u64(store, txn, STORE_META_OUTBOX_NEXT, &next);
@@ -656,7 +692,9 @@ int ledger_store_outbox_append(ledger_store_t *store, MDB_txn *txn, uint32_t sha
 
 int ledger_store_outbox_depth(ledger_store_t *store, MDB_txn *txn, uint64_t *depth)
 {
-    assert(store != NULL && txn != NULL && depth != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(depth != NULL);
     MDB_stat st;
     int rc = mdb_stat(txn, store->dbi[DBI_OUTBOX], &st);
     if (rc != 0)
@@ -679,7 +717,9 @@ void ledger_store_outbox_read_free(Qcledger__OutboxReadReply *reply)
 int ledger_store_outbox_read(ledger_store_t *store, MDB_txn *txn, uint64_t after_seq, size_t max,
                              Qcledger__OutboxReadReply *reply)
 {
-    assert(store != NULL && txn != NULL && reply != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(reply != NULL);
     qcledger__outbox_read_reply__init(reply);
     if (max == 0)
         return 0;
@@ -718,7 +758,8 @@ int ledger_store_outbox_read(ledger_store_t *store, MDB_txn *txn, uint64_t after
 
 int ledger_store_outbox_ack(ledger_store_t *store, MDB_txn *txn, uint64_t upto_seq)
 {
-    assert(store != NULL && txn != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
     MDB_cursor *cur = NULL;
     int rc = mdb_cursor_open(txn, store->dbi[DBI_OUTBOX], &cur);
     if (rc != 0)
@@ -869,8 +910,10 @@ int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn, ledger_store
 int ledger_store_applied_get(ledger_store_t *store, MDB_txn *txn, uint64_t *index,
                              uint64_t *time_ms)
 {
-    assert(store != NULL && txn != NULL);
-    assert(index != NULL && time_ms != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(index != NULL);
+    assert(time_ms != NULL);
     *index = 0;
     *time_ms = 0;
     int rc = meta_get_u64(store, txn, STORE_META_APPLIED_INDEX, index);
@@ -881,7 +924,8 @@ int ledger_store_applied_get(ledger_store_t *store, MDB_txn *txn, uint64_t *inde
 
 int ledger_store_applied_put(ledger_store_t *store, MDB_txn *txn, uint64_t index, uint64_t time_ms)
 {
-    assert(store != NULL && txn != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
     assert(index > 0);
     int rc = meta_put_u64(store, txn, STORE_META_APPLIED_INDEX, index);
     return rc != 0 ? rc : meta_put_u64(store, txn, STORE_META_APPLIED_TIME, time_ms);
@@ -903,7 +947,9 @@ static int visit_record(void *unused, void *arg, const MDB_val *k, const MDB_val
 int ledger_store_each_record(ledger_store_t *store, MDB_txn *txn, ledger_store_record_fn *fn,
                              void *arg)
 {
-    assert(store != NULL && txn != NULL && fn != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(fn != NULL);
     store_record_walk_t w = {.fn = fn, .arg = arg};
     for (w.db = 0; w.db < STORE_DBI_COUNT; w.db++) {
         int rc = store_walk(store, txn, (enum store_dbi)w.db, visit_record, NULL, &w);
@@ -915,7 +961,8 @@ int ledger_store_each_record(ledger_store_t *store, MDB_txn *txn, ledger_store_r
 
 int ledger_store_wipe(ledger_store_t *store, MDB_txn *txn)
 {
-    assert(store != NULL && txn != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
     for (int db = 0; db < STORE_DBI_COUNT; db++) {
         int rc = mdb_drop(txn, store->dbi[db], 0);
         if (rc != 0)
@@ -927,7 +974,8 @@ int ledger_store_wipe(ledger_store_t *store, MDB_txn *txn)
 int ledger_store_record_append(ledger_store_t *store, MDB_txn *txn, unsigned db, const uint8_t *key,
                                size_t key_len, const uint8_t *val, size_t val_len)
 {
-    assert(store != NULL && txn != NULL);
+    assert(store != NULL);
+    assert(txn != NULL);
     assert(key != NULL || key_len == 0);
     if (db >= STORE_DBI_COUNT || key_len == 0 || key_len > LEDGER_STORE_KEY_MAX)
         return QC_EDECODE;

@@ -102,7 +102,8 @@ int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path, proto_tru
 int proto_trust_new_ex(const char *ca_pem_path, const char *crl_pem_path, unsigned flags,
                        proto_trust_t **out)
 {
-    assert(ca_pem_path != NULL && out != NULL);
+    assert(ca_pem_path != NULL);
+    assert(out != NULL);
     assert((flags & ~(PROTO_TRUST_NO_CHECK_TIME | PROTO_TRUST_STALE_CRL_OK)) == 0);
     *out = NULL;
     proto_trust_t *trust = calloc(1, sizeof(*trust));
@@ -242,7 +243,8 @@ static int cert_check_leaf(X509 *cert, char device_id[PROTO_DEVICE_ID_MAX + 1])
 int proto_cert_verify(const proto_trust_t *trust, const uint8_t *der, size_t der_len, time_t now,
                       char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub)
 {
-    assert(trust != NULL && trust->store != NULL);
+    assert(trust != NULL);
+    assert(trust->store != NULL);
     assert(device_id != NULL);
     if (pub != NULL)
         *pub = NULL;
@@ -296,13 +298,15 @@ out:
 
 int proto_cert_fingerprint(const uint8_t *der, size_t der_len, uint8_t fp[32])
 {
-    assert(der != NULL && fp != NULL);
+    assert(der != NULL);
+    assert(fp != NULL);
     return proto_sha256(der, der_len, fp);
 }
 
 int proto_key_load_pem(const char *path, EVP_PKEY **out)
 {
-    assert(path != NULL && out != NULL);
+    assert(path != NULL);
+    assert(out != NULL);
     *out = NULL;
     BIO *bio = BIO_new_file(path, "r");
     if (bio == NULL) {

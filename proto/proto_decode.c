@@ -82,7 +82,8 @@ int proto_decode_canonical(const ProtobufCMessage *msg, const uint8_t *bytes, si
 static int unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *bytes, size_t len,
                   size_t max, ProtobufCMessage **out)
 {
-    assert(desc != NULL && out != NULL);
+    assert(desc != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (len > max)
         return QC_ETOOBIG;
@@ -246,7 +247,9 @@ DEFINE_DECODER(rpc_reply, Quancun__RpcReply, quancun__rpc_reply__descriptor, PRO
 
 int proto_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *out_len)
 {
-    assert(msg != NULL && out != NULL && out_len != NULL);
+    assert(msg != NULL);
+    assert(out != NULL);
+    assert(out_len != NULL);
     *out = NULL;
     *out_len = 0;
     size_t len = protobuf_c_message_get_packed_size(msg);

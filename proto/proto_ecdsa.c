@@ -43,7 +43,9 @@ static int is_zero(const uint8_t *p, size_t len)
 int proto_ecdsa_raw_to_der(const uint8_t raw[PROTO_SIG_RAW_SIZE], uint8_t *der, size_t der_cap,
                            size_t *der_len)
 {
-    assert(raw != NULL && der != NULL && der_len != NULL);
+    assert(raw != NULL);
+    assert(der != NULL);
+    assert(der_len != NULL);
     if (is_zero(raw, ECDSA_SCALAR_SIZE) || is_zero(raw + ECDSA_SCALAR_SIZE, ECDSA_SCALAR_SIZE))
         return QC_EINVAL;
 

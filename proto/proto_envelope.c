@@ -37,7 +37,8 @@ static const char *const proto_contexts[PROTO_TYPE_COUNT] = {
 
 const char *proto_type_context(proto_type_t type)
 {
-    assert(type >= 0 && type < PROTO_TYPE_COUNT);
+    assert(type >= 0);
+    assert(type < PROTO_TYPE_COUNT);
     if ((unsigned)type >= PROTO_TYPE_COUNT)
         abort(); /* even with NDEBUG: a wrong context must never be signed or checked */
     assert(proto_contexts[type] != NULL);
@@ -99,7 +100,8 @@ static int key_is_p256(EVP_PKEY *key);
 
 int proto_key_id(EVP_PKEY *key, uint8_t key_id[PROTO_KEY_ID_SIZE])
 {
-    assert(key != NULL && key_id != NULL);
+    assert(key != NULL);
+    assert(key_id != NULL);
     /* i2d_PUBKEY() goes through OpenSSL 3's encoder machinery and costs as much as a P-256
      * verification; for P-256, the only curve of v1, the SPKI is a fixed prefix and the point,
      * so the same bytes are hashed without it. Other keys take the general path. */
@@ -141,7 +143,8 @@ int proto_envelope_seal(const uint8_t *body, size_t body_len,
                         const uint8_t *sig_der, size_t sig_len, const uint8_t *cert_der,
                         size_t cert_len, uint8_t **out, size_t *out_len)
 {
-    assert(out != NULL && out_len != NULL);
+    assert(out != NULL);
+    assert(out_len != NULL);
     assert(key_id != NULL);
     *out = NULL;
     *out_len = 0;
@@ -216,7 +219,8 @@ int proto_envelope_sign(proto_type_t type, const uint8_t *body, size_t body_len,
                         uint32_t key_version, const uint8_t *cert_der, size_t cert_len,
                         uint8_t **out, size_t *out_len)
 {
-    assert(out != NULL && out_len != NULL);
+    assert(out != NULL);
+    assert(out_len != NULL);
     assert(key != NULL);
     *out = NULL;
     *out_len = 0;
@@ -298,7 +302,8 @@ int proto_envelope_open(const uint8_t *bytes, size_t len, proto_envelope_t **out
 
 int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type, EVP_PKEY *key)
 {
-    assert(env != NULL && env->msg != NULL);
+    assert(env != NULL);
+    assert(env->msg != NULL);
     assert(key != NULL);
     const Quancun__Signed *msg = env->msg;
     assert(msg->key_id.len == PROTO_KEY_ID_SIZE);
@@ -344,7 +349,8 @@ out:
 
 const uint8_t *proto_envelope_body(const proto_envelope_t *env, size_t *len)
 {
-    assert(env != NULL && len != NULL);
+    assert(env != NULL);
+    assert(len != NULL);
     *len = env->msg->body.len;
     return env->msg->body.data;
 }
@@ -363,7 +369,8 @@ uint32_t proto_envelope_key_version(const proto_envelope_t *env)
 
 const uint8_t *proto_envelope_cert(const proto_envelope_t *env, size_t *len)
 {
-    assert(env != NULL && len != NULL);
+    assert(env != NULL);
+    assert(len != NULL);
     if (env->msg->cert.len == 0) {
         *len = 0;
         return NULL;

@@ -11,7 +11,8 @@
 uint32_t proto_shard_of(const char *account_id, uint32_t shard_count)
 {
     assert(account_id != NULL);
-    assert(shard_count >= 1 && shard_count <= PROTO_SHARD_COUNT_MAX);
+    assert(shard_count >= 1);
+    assert(shard_count <= PROTO_SHARD_COUNT_MAX);
     uint8_t digest[SHA256_DIGEST_LENGTH];
     /* One-shot SHA256() cannot fail on a valid pointer, so there is no error to return. */
     unsigned char *p = SHA256((const unsigned char *)account_id, strlen(account_id), digest);

@@ -196,7 +196,9 @@ static int signer_fill_cert(X509 *cert, const signer_key_t *key, const char *com
 int signer_cert_self_signed(signer_session_t *sess, const signer_key_t *key,
                             const char *common_name, int days, X509 **out)
 {
-    assert(sess != NULL && key != NULL && common_name != NULL);
+    assert(sess != NULL);
+    assert(key != NULL);
+    assert(common_name != NULL);
     assert(out != NULL);
     *out = NULL;
     if (days < 1 || days > SIGNER_CERT_DAYS_MAX || !signer_cn_ok(common_name))
@@ -243,7 +245,9 @@ done:
 int signer_cert_request(signer_session_t *sess, const signer_key_t *key, const char *common_name,
                         X509_REQ **out)
 {
-    assert(sess != NULL && key != NULL && common_name != NULL);
+    assert(sess != NULL);
+    assert(key != NULL);
+    assert(common_name != NULL);
     assert(out != NULL);
     *out = NULL;
     if (!signer_cn_ok(common_name))

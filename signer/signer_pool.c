@@ -172,7 +172,8 @@ static void *signer_worker_main(void *arg)
 int signer_pool_new(signer_token_t *tok, const signer_keyring_t *ring, size_t workers,
                     size_t queue_max, signer_pool_t **out)
 {
-    assert(tok != NULL && ring != NULL);
+    assert(tok != NULL);
+    assert(ring != NULL);
     assert(out != NULL);
     *out = NULL;
     if (workers < 1 || workers > SIGNER_WORKERS_MAX || queue_max < 1 ||
@@ -252,8 +253,12 @@ int signer_pool_fd(const signer_pool_t *pool)
 bool signer_pool_take(signer_pool_t *pool, void **tag, int *code, uint8_t **reply,
                       size_t *reply_len, char msg[SIGNER_MESSAGE_MAX])
 {
-    assert(pool != NULL && tag != NULL && code != NULL);
-    assert(reply != NULL && reply_len != NULL && msg != NULL);
+    assert(pool != NULL);
+    assert(tag != NULL);
+    assert(code != NULL);
+    assert(reply != NULL);
+    assert(reply_len != NULL);
+    assert(msg != NULL);
     pthread_mutex_lock(&pool->mu);
     signer_job_t *job = signer_list_pop(&pool->done);
     pthread_mutex_unlock(&pool->mu);

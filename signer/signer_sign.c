@@ -64,7 +64,8 @@ const char *signer_kind_name(signer_kind_t kind)
 int signer_keyring_load(signer_token_t *tok, const uint32_t versions[SIGNER_KIND_COUNT],
                         signer_keyring_t **out)
 {
-    assert(tok != NULL && versions != NULL);
+    assert(tok != NULL);
+    assert(versions != NULL);
     assert(out != NULL);
     *out = NULL;
     signer_keyring_t *ring = calloc(1, sizeof(*ring));
@@ -190,8 +191,11 @@ int signer_sign_request(signer_session_t *sess, const signer_keyring_t *ring, co
                         size_t req_len, uint8_t **reply, size_t *reply_len,
                         char msg[SIGNER_MESSAGE_MAX])
 {
-    assert(sess != NULL && ring != NULL);
-    assert(reply != NULL && reply_len != NULL && msg != NULL);
+    assert(sess != NULL);
+    assert(ring != NULL);
+    assert(reply != NULL);
+    assert(reply_len != NULL);
+    assert(msg != NULL);
     uint64_t start_ns = ops_time_mono_ns();
     *reply = NULL;
     *reply_len = 0;

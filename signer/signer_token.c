@@ -139,7 +139,8 @@ static int signer_find_slot(signer_token_t *tok, const char *label)
 
 int signer_token_open(const char *module_path, const char *token_label, signer_token_t **out)
 {
-    assert(module_path != NULL && token_label != NULL);
+    assert(module_path != NULL);
+    assert(token_label != NULL);
     assert(out != NULL);
     *out = NULL;
     if (strlen(token_label) == 0 || strlen(token_label) > SIGNER_TOKEN_LABEL_MAX) {
@@ -203,7 +204,8 @@ err:
 
 int signer_token_login(signer_token_t *tok, const char *pin, size_t pin_len)
 {
-    assert(tok != NULL && pin != NULL);
+    assert(tok != NULL);
+    assert(pin != NULL);
     assert(!tok->logged_in);
     if (pin_len == 0 || pin_len > SIGNER_PIN_MAX)
         return QC_EINVAL;
@@ -251,7 +253,8 @@ void signer_token_destroy(signer_token_t **tok_p)
 static size_t signer_version_id(uint32_t version, char buf[SIGNER_KEY_ID_ATTR_MAX])
 {
     int n = snprintf(buf, SIGNER_KEY_ID_ATTR_MAX, "v%u", (unsigned)version);
-    assert(n > 0 && n < SIGNER_KEY_ID_ATTR_MAX);
+    assert(n > 0);
+    assert(n < SIGNER_KEY_ID_ATTR_MAX);
     return (size_t)n;
 }
 
@@ -381,7 +384,9 @@ static int signer_check_private(signer_token_t *tok, CK_OBJECT_HANDLE priv, cons
 int signer_token_find_key(signer_token_t *tok, const char *label, uint32_t version,
                           signer_key_t **out)
 {
-    assert(tok != NULL && label != NULL && out != NULL);
+    assert(tok != NULL);
+    assert(label != NULL);
+    assert(out != NULL);
     assert(tok->logged_in);
     *out = NULL;
     if (!signer_name_ok(label, version))
@@ -428,7 +433,9 @@ int signer_token_find_key(signer_token_t *tok, const char *label, uint32_t versi
 int signer_token_generate_key(signer_token_t *tok, const char *label, uint32_t version,
                               signer_key_t **out)
 {
-    assert(tok != NULL && label != NULL && out != NULL);
+    assert(tok != NULL);
+    assert(label != NULL);
+    assert(out != NULL);
     assert(tok->logged_in);
     *out = NULL;
     if (!signer_name_ok(label, version))
@@ -500,7 +507,8 @@ uint32_t signer_key_version(const signer_key_t *key)
 
 EVP_PKEY *signer_key_public(const signer_key_t *key)
 {
-    assert(key != NULL && key->pub != NULL);
+    assert(key != NULL);
+    assert(key->pub != NULL);
     return key->pub;
 }
 
@@ -523,7 +531,8 @@ void signer_key_destroy(signer_key_t **key_p)
 
 int signer_session_open(signer_token_t *tok, signer_session_t **out)
 {
-    assert(tok != NULL && out != NULL);
+    assert(tok != NULL);
+    assert(out != NULL);
     assert(tok->logged_in);
     *out = NULL;
     signer_session_t *sess = calloc(1, sizeof(*sess));
@@ -544,8 +553,10 @@ int signer_session_open(signer_token_t *tok, signer_session_t **out)
 int signer_session_sign(signer_session_t *sess, const signer_key_t *key,
                         const uint8_t digest[PROTO_DIGEST_SIZE], uint8_t raw[PROTO_SIG_RAW_SIZE])
 {
-    assert(sess != NULL && key != NULL);
-    assert(digest != NULL && raw != NULL);
+    assert(sess != NULL);
+    assert(key != NULL);
+    assert(digest != NULL);
+    assert(raw != NULL);
     CK_FUNCTION_LIST_PTR p11 = sess->tok->p11;
     CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
     CK_RV rv = p11->C_SignInit(sess->h, &mech, key->priv);

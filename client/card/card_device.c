@@ -89,7 +89,8 @@ struct card_device {
 static void card_check_invariants(const card_device_t *dev)
 {
     const card_state_t *st = &dev->st;
-    assert(st->balance >= 0 && st->balance <= st->max_balance); /* 1 */
+    assert(st->balance >= 0);
+    assert(st->balance <= st->max_balance); /* 1 */
     assert(st->transfer_count <= CARD_TRANSFERS_MAX);
     assert(st->pin.tries_left <= DEVICE_PIN_TRIES); /* 4 */
     assert(st->transfer_count == 0 ||
@@ -113,20 +114,23 @@ static void card_log_line(card_state_t *st, const char *event, const card_record
                  "\"balance\":\"%s\",\"counter\":%" PRIu64,
                  st->log_seq + 1, ops_time_wall_ms(), event, st->number,
                  device_amount_format(st->balance, bal, sizeof(bal)), st->counter);
-    assert(n > 0 && (size_t)n < cap);
+    assert(n > 0);
+    assert((size_t)n < cap);
     size_t pos = (size_t)n;
     if (rec != NULL) {
         n = snprintf(out + pos, cap - pos,
                      ",\"transfer\":\"%s\",\"device\":\"%s\",\"amount\":\"%s\"",
                      ops_hex(rec->transfer_id, CARD_XFER_ID_SIZE, hex), rec->device_id,
                      device_amount_format(rec->amount, amt, sizeof(amt)));
-        assert(n > 0 && (size_t)n < cap - pos);
+        assert(n > 0);
+        assert((size_t)n < cap - pos);
         pos += (size_t)n;
     }
     /* details are our own fixed sentences and validated identifiers: no escaping needed */
     n = snprintf(out + pos, cap - pos, "%s%s%s}", detail != NULL ? ",\"detail\":\"" : "",
                  detail != NULL ? detail : "", detail != NULL ? "\"" : "");
-    assert(n > 0 && (size_t)n < cap - pos);
+    assert(n > 0);
+    assert((size_t)n < cap - pos);
     st->log_seq++;
 }
 
@@ -186,7 +190,8 @@ static int parse_trusted(const char *csv, card_state_t *st)
 int card_device_init(const char *home, const char *number, int64_t max_balance,
                      const char *trusted_csv, const char *pin, size_t pin_len)
 {
-    assert(home != NULL && number != NULL);
+    assert(home != NULL);
+    assert(number != NULL);
     assert(pin != NULL || pin_len == 0);
     if (!device_pki_id_valid(number) || max_balance <= 0 || max_balance > CARD_BALANCE_MAX_LIMIT ||
         device_pin_valid(pin, pin_len) != 0)
@@ -234,7 +239,8 @@ static int load_ca(card_device_t *dev)
 
 int card_device_open(const char *home, card_device_t **out)
 {
-    assert(home != NULL && out != NULL);
+    assert(home != NULL);
+    assert(out != NULL);
     *out = NULL;
     card_device_t *dev = calloc(1, sizeof(*dev));
     if (dev == NULL)
@@ -299,7 +305,9 @@ void card_device_destroy(card_device_t **dev_p)
 
 int card_device_install_cert(card_device_t *dev, const char *cert_path, const char *ca_path)
 {
-    assert(dev != NULL && cert_path != NULL && ca_path != NULL);
+    assert(dev != NULL);
+    assert(cert_path != NULL);
+    assert(ca_path != NULL);
     proto_trust_t *trust = NULL;
     int rc = proto_trust_new(ca_path, NULL, &trust); /* a bundle that does not load is refused */
     if (rc != 0)
@@ -730,7 +738,9 @@ static int dispatch(card_device_t *dev, const Qccard__CardRequest *req, answer_t
 int card_device_handle(card_device_t *dev, const uint8_t *req_bytes, size_t req_len, uint8_t **resp,
                        size_t *resp_len)
 {
-    assert(dev != NULL && resp != NULL && resp_len != NULL);
+    assert(dev != NULL);
+    assert(resp != NULL);
+    assert(resp_len != NULL);
     assert(req_bytes != NULL || req_len == 0);
     *resp = NULL;
     answer_t a;

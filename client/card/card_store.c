@@ -43,7 +43,8 @@ static int state_check(const card_state_t *st)
 
 int card_state_save(const char *home, const card_state_t *st)
 {
-    assert(home != NULL && st != NULL);
+    assert(home != NULL);
+    assert(st != NULL);
     int rc = state_check(st);
     if (rc != 0)
         return rc;
@@ -156,7 +157,8 @@ static int state_from_msg(const Qccard__CardState *cs, card_state_t *st)
 
 int card_state_load(const char *home, card_state_t *st)
 {
-    assert(home != NULL && st != NULL);
+    assert(home != NULL);
+    assert(st != NULL);
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = device_home_read(home, CARD_STATE_FILE, DEVICE_STATE_FILE_MAX, &buf, &len);

@@ -20,7 +20,8 @@ static int refuse(const char **why, const char *sentence)
 /* Adds one decimal digit to *acc, refusing overflow of int64. */
 static int push_digit(int64_t *acc, int digit)
 {
-    assert(digit >= 0 && digit <= 9);
+    assert(digit >= 0);
+    assert(digit <= 9);
     if (*acc > (INT64_MAX - digit) / 10)
         return -1;
     *acc = *acc * 10 + digit;
@@ -84,7 +85,8 @@ char *device_amount_format(int64_t minor, char *out, size_t cap)
     uint64_t mag = minor < 0 ? (uint64_t)0 - (uint64_t)minor : (uint64_t)minor;
     int n = snprintf(out, cap, "%s%" PRIu64 ".%02" PRIu64, minor < 0 ? "-" : "", mag / 100u,
                      mag % 100u);
-    assert(n > 0 && (size_t)n < cap);
+    assert(n > 0);
+    assert((size_t)n < cap);
     (void)n;
     return out;
 }

@@ -121,7 +121,8 @@ void device_state_clear(device_state_t *st)
 
 int device_state_set_blob(uint8_t **blob_p, size_t *len_p, const uint8_t *bytes, size_t len)
 {
-    assert(blob_p != NULL && len_p != NULL);
+    assert(blob_p != NULL);
+    assert(len_p != NULL);
     if (bytes == NULL || len == 0 || len > DEVICE_BLOB_MAX)
         return QC_EINVAL;
     uint8_t *copy = malloc(len);
@@ -137,7 +138,8 @@ int device_state_set_blob(uint8_t **blob_p, size_t *len_p, const uint8_t *bytes,
 int device_state_init(device_state_t *st, const char *serial, const char *pin, size_t pin_len,
                       uint32_t pin_iterations)
 {
-    assert(st != NULL && serial != NULL);
+    assert(st != NULL);
+    assert(serial != NULL);
     assert(pin != NULL || pin_len == 0);
     device_state_clear(st);
     memset(st, 0, sizeof(*st));
@@ -316,7 +318,9 @@ static int core_commit(device_core_t *c, device_state_t *next, const char *event
 
 int device_core_new(device_state_t *st, EVP_PKEY *key, device_core_t **out)
 {
-    assert(st != NULL && key != NULL && out != NULL);
+    assert(st != NULL);
+    assert(key != NULL);
+    assert(out != NULL);
     assert(st->serial[0] != '\0');
     *out = NULL;
     device_core_t *c = calloc(1, sizeof(*c));
@@ -403,7 +407,8 @@ void device_core_set_bank(device_core_t *c, const device_bank_key_t *allow,
 
 int device_core_note(device_core_t *c, const char *event, const char *detail)
 {
-    assert(c != NULL && event != NULL);
+    assert(c != NULL);
+    assert(event != NULL);
     device_state_t next = c->st;
     return core_commit(c, &next, event, detail);
 }
@@ -416,7 +421,8 @@ const char *device_core_serial(const device_core_t *c)
 
 void device_core_status(const device_core_t *c, device_status_t *out)
 {
-    assert(c != NULL && out != NULL);
+    assert(c != NULL);
+    assert(out != NULL);
     const device_state_t *st = &c->st;
     memset(out, 0, sizeof(*out));
     memcpy(out->serial, st->serial, sizeof(out->serial));
@@ -513,8 +519,10 @@ static int sign_message(const device_core_t *c, proto_type_t type, const Protobu
 int device_core_request(device_core_t *c, const char *account_id, int64_t amount, uint32_t currency,
                         const uint8_t **request, size_t *request_len)
 {
-    assert(c != NULL && account_id != NULL);
-    assert(request != NULL && request_len != NULL);
+    assert(c != NULL);
+    assert(account_id != NULL);
+    assert(request != NULL);
+    assert(request_len != NULL);
     const device_state_t *st = &c->st;
     if (!c->pin_ok)
         return QC_EDENIED;
@@ -580,7 +588,9 @@ int device_core_request(device_core_t *c, const char *account_id, int64_t amount
 int device_core_pending_request(const device_core_t *c, const uint8_t **request,
                                 size_t *request_len)
 {
-    assert(c != NULL && request != NULL && request_len != NULL);
+    assert(c != NULL);
+    assert(request != NULL);
+    assert(request_len != NULL);
     if (c->st.phase == DEVICE_IDLE)
         return QC_ESTATE;
     *request = c->st.request;
@@ -590,7 +600,9 @@ int device_core_pending_request(const device_core_t *c, const uint8_t **request,
 
 int device_core_report(const device_core_t *c, const uint8_t **report, size_t *report_len)
 {
-    assert(c != NULL && report != NULL && report_len != NULL);
+    assert(c != NULL);
+    assert(report != NULL);
+    assert(report_len != NULL);
     if (c->st.phase != DEVICE_REPORTED)
         return QC_ESTATE;
     *report = c->st.report;
@@ -728,7 +740,8 @@ out:
 
 int device_core_judge_allow(device_core_t *c, const uint8_t *allow, size_t allow_len, int *verdict)
 {
-    assert(c != NULL && verdict != NULL);
+    assert(c != NULL);
+    assert(verdict != NULL);
     assert(allow != NULL || allow_len == 0);
     const device_state_t *st = &c->st;
     if (st->phase == DEVICE_IDLE)
@@ -795,7 +808,8 @@ int device_core_judge_allow(device_core_t *c, const uint8_t *allow, size_t allow
 int device_core_accept_outcome(device_core_t *c, const uint8_t *outcome, size_t outcome_len,
                                int *load_state)
 {
-    assert(c != NULL && load_state != NULL);
+    assert(c != NULL);
+    assert(load_state != NULL);
     assert(outcome != NULL || outcome_len == 0);
     const device_state_t *st = &c->st;
     if (st->phase != DEVICE_REPORTED)
@@ -878,7 +892,9 @@ int device_core_abandon(device_core_t *c, int server_code, const char *message)
 
 int device_core_cert(const device_core_t *c, const uint8_t **der, size_t *der_len)
 {
-    assert(c != NULL && der != NULL && der_len != NULL);
+    assert(c != NULL);
+    assert(der != NULL);
+    assert(der_len != NULL);
     if (c->cert_der == NULL)
         return QC_ECERT;
     *der = c->cert_der;
@@ -891,8 +907,12 @@ int device_core_card_auth(device_core_t *c, const char *card_number,
                           const uint8_t host_challenge[DEVICE_CARD_CHALLENGE_SIZE], uint8_t **out,
                           size_t *out_len)
 {
-    assert(c != NULL && card_number != NULL && out != NULL && out_len != NULL);
-    assert(card_challenge != NULL && host_challenge != NULL);
+    assert(c != NULL);
+    assert(card_number != NULL);
+    assert(out != NULL);
+    assert(out_len != NULL);
+    assert(card_challenge != NULL);
+    assert(host_challenge != NULL);
     *out = NULL;
     if (c->cert_der == NULL)
         return QC_ECERT;
@@ -922,8 +942,11 @@ int device_core_card_debit(device_core_t *c, const char *card_number, int64_t am
                            const uint8_t session[DEVICE_CARD_CHALLENGE_SIZE], uint8_t **credit,
                            size_t *credit_len)
 {
-    assert(c != NULL && card_number != NULL && session != NULL);
-    assert(credit != NULL && credit_len != NULL);
+    assert(c != NULL);
+    assert(card_number != NULL);
+    assert(session != NULL);
+    assert(credit != NULL);
+    assert(credit_len != NULL);
     const device_state_t *st = &c->st;
     *credit = NULL;
     if (!c->pin_ok)
@@ -1009,7 +1032,10 @@ int device_core_card_settle(device_core_t *c, EVP_PKEY *card_key,
                             const uint8_t *receipt, size_t receipt_len,
                             device_card_result_t *result)
 {
-    assert(c != NULL && card_key != NULL && host_challenge != NULL && result != NULL);
+    assert(c != NULL);
+    assert(card_key != NULL);
+    assert(host_challenge != NULL);
+    assert(result != NULL);
     assert(receipt != NULL || receipt_len == 0);
     if (!c->st.card_pending)
         return QC_ESTATE;

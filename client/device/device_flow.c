@@ -136,7 +136,10 @@ static int settle_reported(device_core_t *core, device_call_fn *call, void *arg,
 int device_flow_settle(device_core_t *core, device_call_fn *call, void *arg,
                        const char *report_method, device_flow_result_t *res)
 {
-    assert(core != NULL && call != NULL && report_method != NULL && res != NULL);
+    assert(core != NULL);
+    assert(call != NULL);
+    assert(report_method != NULL);
+    assert(res != NULL);
     for (int step = 0; step < FLOW_STEPS_MAX; step++) {
         device_status_t s;
         device_core_status(core, &s);
@@ -161,7 +164,10 @@ int device_flow_settle(device_core_t *core, device_call_fn *call, void *arg,
 int device_flow_load(device_core_t *core, const char *account_id, int64_t amount, uint32_t currency,
                      device_call_fn *call, void *arg, device_flow_result_t *res)
 {
-    assert(core != NULL && account_id != NULL && call != NULL && res != NULL);
+    assert(core != NULL);
+    assert(account_id != NULL);
+    assert(call != NULL);
+    assert(res != NULL);
     memset(res, 0, sizeof(*res));
     const uint8_t *req = NULL;
     size_t req_len = 0;

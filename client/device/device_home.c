@@ -23,7 +23,8 @@
 
 int device_home_path(const char *home, const char *name, char out[DEVICE_PATH_MAX])
 {
-    assert(home != NULL && name != NULL);
+    assert(home != NULL);
+    assert(name != NULL);
     int n = snprintf(out, DEVICE_PATH_MAX, "%s/%s", home, name);
     if (n < 0 || n >= DEVICE_PATH_MAX)
         return QC_EINVAL;
@@ -57,7 +58,8 @@ static int fsync_dir(const char *home)
 int device_home_write(const char *home, const char *name, const uint8_t *bytes, size_t len,
                       mode_t mode)
 {
-    assert(home != NULL && name != NULL);
+    assert(home != NULL);
+    assert(name != NULL);
     assert(bytes != NULL || len == 0);
     char path[DEVICE_PATH_MAX];
     char tmp[DEVICE_PATH_MAX];
@@ -89,7 +91,10 @@ int device_home_write(const char *home, const char *name, const uint8_t *bytes, 
 
 int device_home_read(const char *home, const char *name, size_t max, uint8_t **out, size_t *len)
 {
-    assert(home != NULL && name != NULL && out != NULL && len != NULL);
+    assert(home != NULL);
+    assert(name != NULL);
+    assert(out != NULL);
+    assert(len != NULL);
     *out = NULL;
     *len = 0;
     char path[DEVICE_PATH_MAX];
@@ -138,7 +143,8 @@ out:
 
 int device_home_lock(const char *home, int *fd_out)
 {
-    assert(home != NULL && fd_out != NULL);
+    assert(home != NULL);
+    assert(fd_out != NULL);
     char path[DEVICE_PATH_MAX];
     if (device_home_path(home, HOME_LOCK_FILE, path) != 0)
         return QC_EINVAL;
@@ -156,7 +162,9 @@ int device_home_lock(const char *home, int *fd_out)
 
 int device_home_claim(const char *home, const char *state_name, bool create, int *fd_out)
 {
-    assert(home != NULL && state_name != NULL && fd_out != NULL);
+    assert(home != NULL);
+    assert(state_name != NULL);
+    assert(fd_out != NULL);
     char path[DEVICE_PATH_MAX];
     if (device_home_path(home, state_name, path) != 0)
         return QC_EINVAL;
@@ -181,7 +189,8 @@ int device_home_claim(const char *home, const char *state_name, bool create, int
 
 int device_home_log_append(const char *home, const char *line)
 {
-    assert(home != NULL && line != NULL);
+    assert(home != NULL);
+    assert(line != NULL);
     size_t n = strnlen(line, DEVICE_LOG_LINE_MAX + 1);
     if (n == 0 || n > DEVICE_LOG_LINE_MAX || memchr(line, '\n', n) != NULL)
         return QC_EINVAL;
@@ -267,7 +276,8 @@ static int oplog_last_seq(const char *path, uint64_t *seq_out)
 
 int device_home_log_recover(const char *home, uint64_t log_seq, const char *log_pending)
 {
-    assert(home != NULL && log_pending != NULL);
+    assert(home != NULL);
+    assert(log_pending != NULL);
     char path[DEVICE_PATH_MAX];
     if (device_home_path(home, DEVICE_LOG_FILE, path) != 0)
         return QC_EINVAL;

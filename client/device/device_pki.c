@@ -44,7 +44,9 @@ bool device_pki_is_p256(EVP_PKEY *key)
 
 int device_pki_pem_read(const char *home, const char *name, BIO **out)
 {
-    assert(home != NULL && name != NULL && out != NULL);
+    assert(home != NULL);
+    assert(name != NULL);
+    assert(out != NULL);
     uint8_t *text = NULL;
     size_t len = 0;
     int rc = device_home_read(home, name, DEVICE_FILE_MAX, &text, &len);
@@ -65,7 +67,9 @@ int device_pki_pem_read(const char *home, const char *name, BIO **out)
 
 int device_pki_pem_write(const char *home, const char *name, BIO *bio, mode_t mode)
 {
-    assert(home != NULL && name != NULL && bio != NULL);
+    assert(home != NULL);
+    assert(name != NULL);
+    assert(bio != NULL);
     char *data = NULL;
     long len = BIO_get_mem_data(bio, &data);
     if (len <= 0 || data == NULL)
@@ -75,7 +79,9 @@ int device_pki_pem_write(const char *home, const char *name, BIO *bio, mode_t mo
 
 int device_pki_load_key(const char *home, const char *name, EVP_PKEY **out)
 {
-    assert(home != NULL && name != NULL && out != NULL);
+    assert(home != NULL);
+    assert(name != NULL);
+    assert(out != NULL);
     BIO *bio = NULL;
     *out = NULL;
     int rc = device_pki_pem_read(home, name, &bio);
@@ -108,8 +114,12 @@ static int cert_matches(X509 *cert, EVP_PKEY *key, const char *cn_want)
 int device_pki_load_cert(const char *home, const char *name, EVP_PKEY *key, const char *cn,
                          uint8_t **der_out, size_t *der_len_out)
 {
-    assert(home != NULL && name != NULL && key != NULL && cn != NULL);
-    assert(der_out != NULL && der_len_out != NULL);
+    assert(home != NULL);
+    assert(name != NULL);
+    assert(key != NULL);
+    assert(cn != NULL);
+    assert(der_out != NULL);
+    assert(der_len_out != NULL);
     *der_out = NULL;
     *der_len_out = 0;
     BIO *bio = NULL;
@@ -147,7 +157,10 @@ int device_pki_load_cert(const char *home, const char *name, EVP_PKEY *key, cons
 static int write_key_and_csr(const char *home, const char *key_file, const char *csr_file,
                              const char *serial, EVP_PKEY *key)
 {
-    assert(home != NULL && key_file != NULL && csr_file != NULL && serial != NULL);
+    assert(home != NULL);
+    assert(key_file != NULL);
+    assert(csr_file != NULL);
+    assert(serial != NULL);
     assert(key != NULL);
     int rc = QC_ECRYPTO;
     BIO *kbio = BIO_new(BIO_s_mem());
@@ -188,7 +201,9 @@ out:
 int device_pki_create_key(const char *home, const char *key_file, const char *csr_file,
                           const char *cn, EVP_PKEY **key)
 {
-    assert(home != NULL && cn != NULL && key != NULL);
+    assert(home != NULL);
+    assert(cn != NULL);
+    assert(key != NULL);
     *key = EVP_EC_gen(PKI_GROUP_NAME);
     if (*key == NULL)
         return QC_ECRYPTO;
@@ -203,7 +218,11 @@ int device_pki_create_key(const char *home, const char *key_file, const char *cs
 int device_pki_install_cert(const char *home, const char *name, const char *cert_path,
                             EVP_PKEY *key, const char *cn)
 {
-    assert(home != NULL && name != NULL && cert_path != NULL && key != NULL && cn != NULL);
+    assert(home != NULL);
+    assert(name != NULL);
+    assert(cert_path != NULL);
+    assert(key != NULL);
+    assert(cn != NULL);
     BIO *in = BIO_new_file(cert_path, "r");
     if (in == NULL)
         return QC_EIO;
@@ -226,8 +245,10 @@ int device_pki_install_cert(const char *home, const char *name, const char *cert
 
 int device_pki_bank_key_read(BIO *bio, device_bank_key_t *out)
 {
-    assert(bio != NULL && out != NULL);
-    assert(out->key == NULL && out->cert == NULL);
+    assert(bio != NULL);
+    assert(out != NULL);
+    assert(out->key == NULL);
+    assert(out->cert == NULL);
     char *name = NULL, *header = NULL;
     unsigned char *data = NULL;
     long len = 0;
@@ -272,7 +293,8 @@ void device_pki_bank_key_clear(device_bank_key_t *k)
 
 int device_pki_bank_key_load(const char *path, device_bank_key_t *out)
 {
-    assert(path != NULL && out != NULL);
+    assert(path != NULL);
+    assert(out != NULL);
     BIO *in = BIO_new_file(path, "r");
     if (in == NULL)
         return QC_EIO;

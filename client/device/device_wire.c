@@ -28,7 +28,8 @@ static int make_addr(const char *path, struct sockaddr_un *addr)
 
 int device_wire_listen(const char *path, int *fd_out)
 {
-    assert(path != NULL && fd_out != NULL);
+    assert(path != NULL);
+    assert(fd_out != NULL);
     struct sockaddr_un addr;
     if (make_addr(path, &addr) != 0)
         return QC_EINVAL;
@@ -47,7 +48,8 @@ int device_wire_listen(const char *path, int *fd_out)
 
 int device_wire_connect(const char *path, int *fd_out)
 {
-    assert(path != NULL && fd_out != NULL);
+    assert(path != NULL);
+    assert(fd_out != NULL);
     struct sockaddr_un addr;
     if (make_addr(path, &addr) != 0)
         return QC_EINVAL;
@@ -118,7 +120,8 @@ static int read_full(int fd, uint8_t *p, size_t len, uint64_t deadline_ms, size_
 
 int device_wire_send(int fd, const uint8_t *bytes, size_t len, int timeout_ms)
 {
-    assert(fd >= 0 && timeout_ms > 0);
+    assert(fd >= 0);
+    assert(timeout_ms > 0);
     if (bytes == NULL || len == 0 || len > DEVICE_WIRE_FRAME_MAX)
         return QC_EINVAL;
     uint64_t deadline = ops_time_mono_ms() + (uint64_t)timeout_ms;
@@ -132,7 +135,10 @@ int device_wire_send(int fd, const uint8_t *bytes, size_t len, int timeout_ms)
 
 int device_wire_recv(int fd, int timeout_ms, uint8_t **out, size_t *out_len)
 {
-    assert(fd >= 0 && timeout_ms > 0 && out != NULL && out_len != NULL);
+    assert(fd >= 0);
+    assert(timeout_ms > 0);
+    assert(out != NULL);
+    assert(out_len != NULL);
     *out = NULL;
     *out_len = 0;
     uint64_t deadline = ops_time_mono_ms() + (uint64_t)timeout_ms;

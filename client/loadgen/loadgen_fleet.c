@@ -157,8 +157,10 @@ static int loadgen_device_make(const loadgen_fleet_t *f, X509 *ca, EVP_PKEY *ca_
 
 int loadgen_fleet_new(const loadgen_fleet_config_t *cfg, loadgen_fleet_t **out)
 {
-    assert(cfg != NULL && out != NULL);
-    assert(cfg->ca_cert_path != NULL && cfg->ca_key_path != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
+    assert(cfg->ca_cert_path != NULL);
+    assert(cfg->ca_key_path != NULL);
     *out = NULL;
     if (cfg->count == 0 || cfg->count > LOADGEN_DEVICES_MAX || cfg->tag == NULL ||
         strlen(cfg->tag) == 0 || strlen(cfg->tag) > LOADGEN_TAG_MAX || cfg->gateway_count == 0)
@@ -221,13 +223,15 @@ size_t loadgen_fleet_count(const loadgen_fleet_t *f)
 
 const char *loadgen_fleet_device_id(const loadgen_fleet_t *f, size_t i)
 {
-    assert(f != NULL && i < f->count);
+    assert(f != NULL);
+    assert(i < f->count);
     return f->dev[i].id;
 }
 
 uint32_t loadgen_fleet_gateway(const loadgen_fleet_t *f, size_t i)
 {
-    assert(f != NULL && i < f->count);
+    assert(f != NULL);
+    assert(i < f->count);
     return (uint32_t)(i % f->gateway_count);
 }
 
@@ -359,7 +363,10 @@ static int loadgen_admin_step(loadgen_admin_t *a, const char *what, const char *
 
 int loadgen_fleet_enroll(loadgen_fleet_t *f, void *zctx, const loadgen_admin_config_t *admin)
 {
-    assert(f != NULL && zctx != NULL && admin != NULL && admin->endpoints != NULL);
+    assert(f != NULL);
+    assert(zctx != NULL);
+    assert(admin != NULL);
+    assert(admin->endpoints != NULL);
     loadgen_admin_t a = {.f = f};
     int rc = 0;
     const char *p = admin->endpoints;
@@ -404,7 +411,8 @@ int loadgen_fleet_enroll(loadgen_fleet_t *f, void *zctx, const loadgen_admin_con
 
 device_core_t *loadgen_fleet_core(loadgen_fleet_t *f, size_t i)
 {
-    assert(f != NULL && i < f->count);
+    assert(f != NULL);
+    assert(i < f->count);
     assert(f->dev[i].core != NULL);
     return f->dev[i].core;
 }
@@ -412,7 +420,10 @@ device_core_t *loadgen_fleet_core(loadgen_fleet_t *f, size_t i)
 int loadgen_fleet_request(loadgen_fleet_t *f, size_t i, int64_t amount, const uint8_t **out,
                           size_t *out_len)
 {
-    assert(f != NULL && i < f->count && out != NULL && out_len != NULL);
+    assert(f != NULL);
+    assert(i < f->count);
+    assert(out != NULL);
+    assert(out_len != NULL);
     assert(amount > 0);
     const loadgen_device_t *d = &f->dev[i];
     return device_core_request(d->core, d->account, amount, LOADGEN_CURRENCY, out, out_len);

@@ -46,7 +46,8 @@ static double loadgen_thread_cpu(void)
 
 int loadgen_floor_verify(int ms, double *cpu_s)
 {
-    assert(ms > 0 && cpu_s != NULL);
+    assert(ms > 0);
+    assert(cpu_s != NULL);
     int rc = QC_ECRYPTO;
     uint8_t digest[PROTO_DIGEST_SIZE], sig[PROTO_SIG_DER_MAX];
     size_t sig_len = sizeof sig;
@@ -198,8 +199,13 @@ static int loadgen_p11_sign(loadgen_p11_t *p, uint8_t digest[PROTO_DIGEST_SIZE])
 int loadgen_floor_hsm(const char *module, const char *softhsm_conf, const char *token_label,
                       const char *pin_path, const char *key_label, int ms, double *cpu_s)
 {
-    assert(module != NULL && softhsm_conf != NULL && token_label != NULL && pin_path != NULL);
-    assert(key_label != NULL && ms > 0 && cpu_s != NULL);
+    assert(module != NULL);
+    assert(softhsm_conf != NULL);
+    assert(token_label != NULL);
+    assert(pin_path != NULL);
+    assert(key_label != NULL);
+    assert(ms > 0);
+    assert(cpu_s != NULL);
     if (setenv("SOFTHSM2_CONF", softhsm_conf, 1) != 0)
         return QC_EIO;
     loadgen_p11_t p = {0};
@@ -273,7 +279,9 @@ static int loadgen_proc_cmp(const void *a, const void *b)
 
 int loadgen_procs_find(const char *pids_dir, loadgen_proc_t *procs, size_t cap, size_t *count)
 {
-    assert(pids_dir != NULL && procs != NULL && count != NULL);
+    assert(pids_dir != NULL);
+    assert(procs != NULL);
+    assert(count != NULL);
     *count = 0;
     DIR *d = opendir(pids_dir);
     if (d == NULL)

@@ -66,7 +66,8 @@ void loadgen_stats_destroy(loadgen_stats_t **stats_p)
 
 void loadgen_stats_latency(loadgen_stats_t *s, loadgen_series_t series, uint64_t ns)
 {
-    assert(s != NULL && series < LOADGEN_SERIES_COUNT);
+    assert(s != NULL);
+    assert(series < LOADGEN_SERIES_COUNT);
     loadgen_samples_t *x = &s->series[series];
     if (x->count == x->cap) {
         size_t cap = x->cap * 2 > LOADGEN_SAMPLES_MAX ? LOADGEN_SAMPLES_MAX : x->cap * 2;
@@ -93,7 +94,8 @@ void loadgen_stats_outcome(loadgen_stats_t *s, int state)
 
 void loadgen_stats_error(loadgen_stats_t *s, loadgen_step_t step, int code)
 {
-    assert(s != NULL && step < LOADGEN_STEP_COUNT);
+    assert(s != NULL);
+    assert(step < LOADGEN_STEP_COUNT);
     s->errors_total++;
     for (size_t i = 0; i < s->error_kinds; i++) {
         if (s->errors[i].step == step && s->errors[i].code == code) {
@@ -135,7 +137,8 @@ static int loadgen_u32_cmp(const void *a, const void *b)
 /* The nearest-rank percentile q (0..1) of sorted samples. */
 static double loadgen_rank(const loadgen_samples_t *x, double q)
 {
-    assert(x->sorted && x->count > 0);
+    assert(x->sorted);
+    assert(x->count > 0);
     size_t rank = (size_t)(q * (double)x->count + 0.999999);
     if (rank < 1)
         rank = 1;
@@ -147,7 +150,9 @@ static double loadgen_rank(const loadgen_samples_t *x, double q)
 void loadgen_stats_latency_summary(loadgen_stats_t *s, loadgen_series_t series,
                                    loadgen_latency_t *out)
 {
-    assert(s != NULL && series < LOADGEN_SERIES_COUNT && out != NULL);
+    assert(s != NULL);
+    assert(series < LOADGEN_SERIES_COUNT);
+    assert(out != NULL);
     loadgen_samples_t *x = &s->series[series];
     memset(out, 0, sizeof *out);
     out->count = x->count;
@@ -170,7 +175,8 @@ void loadgen_stats_latency_summary(loadgen_stats_t *s, loadgen_series_t series,
 
 void loadgen_stats_errors_json(const loadgen_stats_t *s, FILE *f)
 {
-    assert(s != NULL && f != NULL);
+    assert(s != NULL);
+    assert(f != NULL);
     fputc('{', f);
     for (size_t i = 0; i < s->error_kinds; i++)
         fprintf(f, "%s\"%s:%s\": %llu", i > 0 ? ", " : "", loadgen_step_names[s->errors[i].step],
@@ -183,7 +189,8 @@ void loadgen_stats_errors_json(const loadgen_stats_t *s, FILE *f)
 
 void loadgen_stats_errors_table(const loadgen_stats_t *s, FILE *f)
 {
-    assert(s != NULL && f != NULL);
+    assert(s != NULL);
+    assert(f != NULL);
     for (size_t i = 0; i < s->error_kinds; i++)
         fprintf(f, "  %-8s %-16s %10llu  %s\n", loadgen_step_names[s->errors[i].step],
                 qc_errname(s->errors[i].code), (unsigned long long)s->errors[i].count,

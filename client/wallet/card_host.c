@@ -46,7 +46,8 @@ static int say(card_host_t *h, int code, const char *fmt, ...)
 
 int card_host_connect(const char *socket_path, card_host_t **out)
 {
-    assert(socket_path != NULL && out != NULL);
+    assert(socket_path != NULL);
+    assert(out != NULL);
     *out = NULL;
     card_host_t *h = calloc(1, sizeof(*h));
     if (h == NULL)
@@ -200,7 +201,9 @@ out:
 int card_host_authenticate(card_host_t *h, device_core_t *dev, const proto_trust_t *card_ca,
                            const char *trusted_csv, card_info_t *info)
 {
-    assert(h != NULL && dev != NULL && card_ca != NULL);
+    assert(h != NULL);
+    assert(dev != NULL);
+    assert(card_ca != NULL);
     h->authenticated = false;
     EVP_PKEY_free(h->card_key);
     h->card_key = NULL;
@@ -246,7 +249,8 @@ int card_host_authenticate(card_host_t *h, device_core_t *dev, const proto_trust
 
 int card_host_verify_pin(card_host_t *h, const char *pin, size_t pin_len, card_info_t *info)
 {
-    assert(h != NULL && pin != NULL);
+    assert(h != NULL);
+    assert(pin != NULL);
     char copy[DEVICE_PIN_LEN_MAX + 1];
     if (pin_len > DEVICE_PIN_LEN_MAX)
         return say(h, QC_EINVAL, "a card PIN has at most %d digits", DEVICE_PIN_LEN_MAX);
@@ -294,7 +298,9 @@ static int settle(card_host_t *h, device_core_t *dev, device_card_result_t *resu
 int card_host_settle(card_host_t *h, device_core_t *dev, device_card_result_t *result,
                      card_info_t *info)
 {
-    assert(h != NULL && dev != NULL && result != NULL);
+    assert(h != NULL);
+    assert(dev != NULL);
+    assert(result != NULL);
     h->message[0] = '\0';
     if (!h->authenticated)
         return say(h, QC_EDENIED, "authenticate the card first");
@@ -304,7 +310,10 @@ int card_host_settle(card_host_t *h, device_core_t *dev, device_card_result_t *r
 int card_host_transfer(card_host_t *h, device_core_t *dev, int64_t amount,
                        device_card_result_t *result, card_info_t *info)
 {
-    assert(h != NULL && dev != NULL && result != NULL && info != NULL);
+    assert(h != NULL);
+    assert(dev != NULL);
+    assert(result != NULL);
+    assert(info != NULL);
     h->message[0] = '\0';
     if (!h->authenticated)
         return say(h, QC_EDENIED, "authenticate the card first");

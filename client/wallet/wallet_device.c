@@ -40,7 +40,8 @@ struct wallet_device {
 static int wallet_store_commit(void *arg, const device_state_t *st, bool has_line)
 {
     const wallet_device_t *dev = arg;
-    assert(dev != NULL && st != NULL);
+    assert(dev != NULL);
+    assert(st != NULL);
     int rc = wallet_state_save(dev->home, st);
     if (rc != 0) {
         ops_log(OPS_LOG_ERROR, "wallet.state_write_failed", "error", qc_strerror(rc), NULL);
@@ -169,7 +170,8 @@ int wallet_device_init(const char *home, const char *serial, const char *pin, si
 
 int wallet_device_open(const char *home, wallet_device_t **out)
 {
-    assert(home != NULL && out != NULL);
+    assert(home != NULL);
+    assert(out != NULL);
     *out = NULL;
     wallet_device_t *dev = NULL;
     device_state_t st = {0};
@@ -216,7 +218,8 @@ void wallet_device_destroy(wallet_device_t **dev_p)
 
 device_core_t *wallet_device_core(wallet_device_t *dev)
 {
-    assert(dev != NULL && dev->core != NULL);
+    assert(dev != NULL);
+    assert(dev->core != NULL);
     return dev->core;
 }
 
@@ -224,7 +227,8 @@ device_core_t *wallet_device_core(wallet_device_t *dev)
 
 int wallet_device_install_cert(wallet_device_t *dev, const char *cert_path)
 {
-    assert(dev != NULL && cert_path != NULL);
+    assert(dev != NULL);
+    assert(cert_path != NULL);
     int rc = device_pki_install_cert(dev->home, WALLET_CERT_FILE, cert_path, dev->key,
                                      device_core_serial(dev->core));
     if (rc != 0)
@@ -251,7 +255,9 @@ static int bank_append(const char *path, const char *label, BIO *out)
 int wallet_device_install_bank(wallet_device_t *dev, const char *allow_path,
                                const char *outcome_path)
 {
-    assert(dev != NULL && allow_path != NULL && outcome_path != NULL);
+    assert(dev != NULL);
+    assert(allow_path != NULL);
+    assert(outcome_path != NULL);
     BIO *out = BIO_new(BIO_s_mem());
     if (out == NULL)
         return QC_ENOMEM;

@@ -147,7 +147,8 @@ static int sha256(const void *bytes, size_t len, uint8_t out[DEVICE_DIGEST_SIZE]
 
 int wallet_state_save(const char *home, const device_state_t *st)
 {
-    assert(home != NULL && st != NULL);
+    assert(home != NULL);
+    assert(st != NULL);
     int rc = state_check(st);
     if (rc != 0)
         return rc;
@@ -389,8 +390,10 @@ static int state_parse(char *text, size_t len, device_state_t *st)
 
 int wallet_state_load(const char *home, device_state_t *st)
 {
-    assert(home != NULL && st != NULL);
-    assert(st->request == NULL && st->report == NULL);
+    assert(home != NULL);
+    assert(st != NULL);
+    assert(st->request == NULL);
+    assert(st->report == NULL);
     uint8_t *text = NULL;
     size_t len = 0;
     int rc = device_home_read(home, WALLET_STATE_FILE, DEVICE_STATE_FILE_MAX, &text, &len);

@@ -34,7 +34,8 @@ static int ops_hex_nibble(char c)
 
 int ops_unhex(const char *text, uint8_t *out, size_t out_len)
 {
-    assert(out != NULL && out_len <= OPS_HEX_BYTES_MAX);
+    assert(out != NULL);
+    assert(out_len <= OPS_HEX_BYTES_MAX);
     if (text == NULL || strlen(text) != 2 * out_len)
         return QC_EDECODE;
     uint8_t tmp[OPS_HEX_BYTES_MAX];

@@ -111,7 +111,8 @@ static bool ops_metric_name_char(char c, bool first)
 static size_t ops_metric_family_len(const char *name)
 {
     size_t len = strlen(name);
-    assert(len > 0 && len < OPS_METRICS_NAME_MAX);
+    assert(len > 0);
+    assert(len < OPS_METRICS_NAME_MAX);
     size_t i = 0;
     while (i < len && name[i] != '{') {
         assert(ops_metric_name_char(name[i], i == 0));

@@ -65,7 +65,8 @@ static void proto_audit_compact(proto_audit_t *ga)
 int proto_audit_new(void *ctx, const char *source, const char *endpoints, const char *audit_key,
                     const proto_curve_keypair_t *keys, proto_audit_t **out)
 {
-    assert(source != NULL && out != NULL);
+    assert(source != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (strlen(source) > PROTO_AUDIT_NAME_MAX || (endpoints != NULL && audit_key == NULL))
         return QC_ECONFIG;
@@ -100,7 +101,9 @@ int proto_audit_new(void *ctx, const char *source, const char *endpoints, const 
 void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_id,
                        const uint8_t *payload, size_t payload_len)
 {
-    assert(ga != NULL && type != NULL && strlen(type) <= PROTO_AUDIT_NAME_MAX);
+    assert(ga != NULL);
+    assert(type != NULL);
+    assert(strlen(type) <= PROTO_AUDIT_NAME_MAX);
     ops_counter_add(ga->m_raised, 1);
     if (ga->cli == NULL)
         return;
@@ -168,7 +171,10 @@ static void proto_audit_on_done(void *arg, void *tag, int code, proto_rpc_reply_
 {
     proto_audit_t *ga = arg;
     proto_audit_event_t *e = tag;
-    assert(e >= ga->events && e < ga->events + PROTO_AUDIT_QUEUE_MAX && e->used && e->sent);
+    assert(e >= ga->events);
+    assert(e < ga->events + PROTO_AUDIT_QUEUE_MAX);
+    assert(e->used);
+    assert(e->sent);
     if (code != 0 || reply->code == QC_EFULL || reply->code == QC_EIO) {
         /* Audit did not take it: resend later with the same source_seq. */
         e->sent = false;

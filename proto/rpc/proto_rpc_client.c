@@ -109,7 +109,8 @@ struct proto_rpc_client {
 
 static int rpc_endpoint_open(proto_rpc_client_t *cli, rpc_endpoint_t *ep)
 {
-    assert(ep->used && ep->sock == NULL);
+    assert(ep->used);
+    assert(ep->sock == NULL);
     ep->sock = zmq_socket(cli->ctx, ZMQ_DEALER);
     if (ep->sock == NULL)
         return QC_EIO;
@@ -263,8 +264,12 @@ static int rpc_client_reload(proto_rpc_client_t *cli, proto_rpc_done_fn *done, v
 
 int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_t *cfg, proto_rpc_client_t **out)
 {
-    assert(ctx != NULL && cfg != NULL && out != NULL);
-    assert(cfg->service != NULL && cfg->keys != NULL && cfg->server_public_z85 != NULL);
+    assert(ctx != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
+    assert(cfg->service != NULL);
+    assert(cfg->keys != NULL);
+    assert(cfg->server_public_z85 != NULL);
     *out = NULL;
     if ((cfg->endpoints == NULL) == (cfg->endpoints_path == NULL) ||
         !rpc_service_valid(cfg->service) || !rpc_z85_key_valid(cfg->server_public_z85) ||
@@ -381,7 +386,9 @@ int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uin
                           size_t body_len, int timeout_ms, int flags, void *tag,
                           uint64_t *request_id)
 {
-    assert(cli != NULL && method != NULL && request_id != NULL);
+    assert(cli != NULL);
+    assert(method != NULL);
+    assert(request_id != NULL);
     assert(body != NULL || body_len == 0);
     assert(timeout_ms > 0);
     assert(rpc_method_valid(method));
@@ -432,7 +439,8 @@ int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uin
 
 int proto_rpc_client_pollitems(proto_rpc_client_t *cli, void *items, int cap)
 {
-    assert(cli != NULL && (items != NULL || cap == 0));
+    assert(cli != NULL);
+    assert(items != NULL || cap == 0);
     zmq_pollitem_t *it = items;
     int n = 0;
     for (int e = 0; e < PROTO_RPC_ENDPOINTS_MAX && n < cap; e++) {
@@ -681,7 +689,8 @@ static int rpc_client_process(proto_rpc_client_t *cli, proto_rpc_done_fn *done, 
 
 int proto_rpc_client_process(proto_rpc_client_t *cli, proto_rpc_done_fn *done, void *arg)
 {
-    assert(cli != NULL && done != NULL);
+    assert(cli != NULL);
+    assert(done != NULL);
     int finished = rpc_client_deliver_parked(cli, done, arg);
     return finished + rpc_client_process(cli, done, arg);
 }
@@ -689,7 +698,8 @@ int proto_rpc_client_process(proto_rpc_client_t *cli, proto_rpc_done_fn *done, v
 int proto_rpc_client_call(proto_rpc_client_t *cli, const char *method, const uint8_t *body,
                           size_t body_len, int timeout_ms, int flags, proto_rpc_reply_t **out)
 {
-    assert(cli != NULL && out != NULL);
+    assert(cli != NULL);
+    assert(out != NULL);
     *out = NULL;
     uint64_t id = 0;
     int rc = proto_rpc_client_send(cli, method, body, body_len, timeout_ms, flags, NULL, &id);
@@ -700,7 +710,8 @@ int proto_rpc_client_call(proto_rpc_client_t *cli, const char *method, const uin
         rpc_client_process(cli, NULL, NULL);
         if (c->state == RPC_CALL_DONE && c->request_id == id)
             break;
-        assert(c->state == RPC_CALL_PENDING && c->request_id == id);
+        assert(c->state == RPC_CALL_PENDING);
+        assert(c->request_id == id);
         zmq_pollitem_t items[PROTO_RPC_ENDPOINTS_MAX];
         int n = proto_rpc_client_pollitems(cli, items, PROTO_RPC_ENDPOINTS_MAX);
         int wait = proto_rpc_client_next_timeout_ms(cli);

@@ -84,8 +84,12 @@ static int rpc_server_socket_new(proto_rpc_server_t *srv, const proto_rpc_server
 
 int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_t *cfg, proto_rpc_server_t **out)
 {
-    assert(ctx != NULL && cfg != NULL && out != NULL);
-    assert(cfg->service != NULL && cfg->endpoint != NULL && cfg->keys != NULL);
+    assert(ctx != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
+    assert(cfg->service != NULL);
+    assert(cfg->endpoint != NULL);
+    assert(cfg->keys != NULL);
     *out = NULL;
     if (!rpc_service_valid(cfg->service) || !rpc_z85_key_valid(cfg->keys->secret_z85) ||
         (cfg->allow_path == NULL) != cfg->allow_any)
@@ -246,7 +250,8 @@ static void rpc_server_reload(proto_rpc_server_t *srv)
 
 int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms, proto_rpc_request_t **out)
 {
-    assert(srv != NULL && out != NULL);
+    assert(srv != NULL);
+    assert(out != NULL);
     assert(timeout_ms >= -1);
     *out = NULL;
     rpc_server_reload(srv);
@@ -276,7 +281,8 @@ int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms, proto_rpc_req
 int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req, int code,
                            const char *message, const uint8_t *body, size_t body_len)
 {
-    assert(srv != NULL && req != NULL);
+    assert(srv != NULL);
+    assert(req != NULL);
     assert(code <= 0);
     assert(body != NULL || body_len == 0);
     Quancun__RpcReply r = QUANCUN__RPC_REPLY__INIT;

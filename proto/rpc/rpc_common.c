@@ -19,7 +19,8 @@ ops_counter_t *rpc_counter(const char *name, const char *service, const char *he
 {
     char full[PROTO_RPC_METRIC_NAME_MAX];
     int n = snprintf(full, sizeof full, "%s{service=\"%s\"}", name, service);
-    assert(n > 0 && (size_t)n < sizeof full);
+    assert(n > 0);
+    assert((size_t)n < sizeof full);
     return ops_counter(full, help);
 }
 

@@ -702,7 +702,9 @@ static chaos_verdict_t check_audit(chaos_facts_t *f)
 
 int chaos_check_run(FILE *facts, FILE *out, chaos_check_result_t *result)
 {
-    assert(facts != NULL && out != NULL && result != NULL);
+    assert(facts != NULL);
+    assert(out != NULL);
+    assert(result != NULL);
     chaos_facts_t f;
     facts_init(&f, out);
     int rc = read_facts(&f, facts);

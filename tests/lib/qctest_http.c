@@ -14,7 +14,8 @@
 
 int qctest_http(int port, const char *method, const char *path, char *resp, size_t cap)
 {
-    assert(method != NULL && path != NULL);
+    assert(method != NULL);
+    assert(path != NULL);
     assert(resp == NULL || cap > 0);
     if (resp != NULL)
         resp[0] = '\0';

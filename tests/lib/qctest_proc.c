@@ -51,7 +51,8 @@ static void apply_env(const char *const *env)
 pid_t qctest_spawn(const qctest_cmd_t *cmd)
 {
     assert(cmd != NULL);
-    assert(cmd->argv != NULL && cmd->argv[0] != NULL);
+    assert(cmd->argv != NULL);
+    assert(cmd->argv[0] != NULL);
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
