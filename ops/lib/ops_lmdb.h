@@ -12,9 +12,10 @@
 #ifndef OPS_LMDB_H
 #define OPS_LMDB_H
 
+#include "qc_error.h"
 /* Maps rc, a non-zero return of an LMDB call, to a negative QC_E* code. An unexpected rc is
  * logged as event (e.g. "ledger.lmdb") with the fields op (the LMDB call, e.g. "txn_begin")
  * and error (mdb_strerror). Passing rc == 0 is a programming error (asserted). */
-int ops_lmdb_error(const char *event, const char *op, int rc);
+QC_MUST_CHECK int ops_lmdb_error(const char *event, const char *op, int rc);
 
 #endif

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "qc_error.h"
 
 #define OPS_METRICS_MAX 512
 #define OPS_METRICS_NAME_MAX 160
@@ -48,7 +49,7 @@ typedef struct ops_http ops_http_t;
 
 /* Starts the HTTP server on 127.0.0.1:port (port 0 = disabled: returns 0 with *out NULL).
  * Returns 0, or QC_EIO when the port cannot be bound. */
-int ops_http_start(uint16_t port, ops_health_fn *fn, void *arg, ops_http_t **out);
+QC_MUST_CHECK int ops_http_start(uint16_t port, ops_health_fn *fn, void *arg, ops_http_t **out);
 void ops_http_stop(ops_http_t **http_p);
 
 #endif

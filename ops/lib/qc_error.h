@@ -72,6 +72,14 @@ enum qc_error {
 #undef QC_ERROR_ENUM
 };
 
+/* Marks a fallible function's declaration: a caller that drops its result fails to build
+ * (-Werror), because an error code nobody reads is a failure nobody sees. */
+#define QC_MUST_CHECK __attribute__((warn_unused_result))
+
+/* Drops the result of a QC_MUST_CHECK call on purpose; a comment beside it says why. GCC
+ * does not take a plain (void) cast as that, hence the negation. */
+#define QC_IGNORE(call) ((void)!(call))
+
 /* Returns a static, human-readable description of code (0 or a QC_E* code). An unknown
  * code yields "unknown error"; the result is never NULL. */
 const char *qc_strerror(int code);
