@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 
 #include "proto_limits.h"
+#include "qc_error.h"
 
 /* Trusted CAs and their CRLs. Opaque; read-only after creation, so one may be shared by
  * threads. */
@@ -20,7 +21,8 @@ typedef struct proto_trust proto_trust_t;
  * NULL, the CRLs in it (PEM); with a CRL file every certificate is checked for revocation.
  * Returns 0 and sets *out, or QC_EIO (file unreadable), QC_ECERT (file not PEM),
  * QC_ENOMEM. */
-int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path, proto_trust_t **out);
+QC_MUST_CHECK int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path,
+                                  proto_trust_t **out);
 
 /* Flags of proto_trust_new_ex(). */
 #define PROTO_TRUST_NO_CHECK_TIME                                                                  \
@@ -33,8 +35,8 @@ int proto_trust_new(const char *ca_pem_path, const char *crl_pem_path, proto_tru
             QC_ECRLSTALE (fail closed) */
 
 /* proto_trust_new() with flags (0 or PROTO_TRUST_*). */
-int proto_trust_new_ex(const char *ca_pem_path, const char *crl_pem_path, unsigned flags,
-                       proto_trust_t **out);
+QC_MUST_CHECK int proto_trust_new_ex(const char *ca_pem_path, const char *crl_pem_path,
+                                     unsigned flags, proto_trust_t **out);
 
 /* Frees trust and nulls *trust_p; accepts NULL. */
 void proto_trust_destroy(proto_trust_t **trust_p);
@@ -48,14 +50,15 @@ void proto_trust_destroy(proto_trust_t **trust_p);
  * QC_ECERTEXPIRED, QC_ECERTNOTYET, QC_ECERTREVOKED, QC_ECERTUSAGE, QC_ECRLSTALE (the CRL is
  * past its nextUpdate at now, and trust lacks PROTO_TRUST_STALE_CRL_OK), QC_ECERT (anything
  * else). */
-int proto_cert_verify(const proto_trust_t *trust, const uint8_t *der, size_t der_len, time_t now,
-                      char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub);
+QC_MUST_CHECK int proto_cert_verify(const proto_trust_t *trust, const uint8_t *der, size_t der_len,
+                                    time_t now, char device_id[PROTO_DEVICE_ID_MAX + 1],
+                                    EVP_PKEY **pub);
 
 /* SHA-256 of a certificate's DER bytes: the fingerprint the ledger stores at enrollment. */
-int proto_cert_fingerprint(const uint8_t *der, size_t der_len, uint8_t fp[32]);
+QC_MUST_CHECK int proto_cert_fingerprint(const uint8_t *der, size_t der_len, uint8_t fp[32]);
 
 /* Loads a PEM public key, private key or certificate's key from path into *out (the caller
  * frees it). Returns 0, QC_EIO or QC_ECRYPTO. */
-int proto_key_load_pem(const char *path, EVP_PKEY **out);
+QC_MUST_CHECK int proto_key_load_pem(const char *path, EVP_PKEY **out);
 
 #endif

@@ -23,6 +23,7 @@
 
 #include "proto_limits.h"
 #include "quancun.pb-c.h"
+#include "qc_error.h"
 
 #define PROTO_NONCE_SIZE 16
 
@@ -32,13 +33,18 @@ int proto_decode_canonical(const ProtobufCMessage *msg, const uint8_t *bytes, si
 
 /* Each returns 0 and sets *out, or QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG,
  * QC_EAMOUNT with *out NULL. */
-int proto_decode_load_request(const uint8_t *bytes, size_t len, Quancun__LoadRequest **out);
-int proto_decode_load_allow(const uint8_t *bytes, size_t len, Quancun__LoadAllow **out);
-int proto_decode_execution_report(const uint8_t *bytes, size_t len, Quancun__ExecutionReport **out);
-int proto_decode_load_outcome(const uint8_t *bytes, size_t len, Quancun__LoadOutcome **out);
-int proto_decode_audit_checkpoint(const uint8_t *bytes, size_t len, Quancun__AuditCheckpoint **out);
-int proto_decode_rpc(const uint8_t *bytes, size_t len, Quancun__Rpc **out);
-int proto_decode_rpc_reply(const uint8_t *bytes, size_t len, Quancun__RpcReply **out);
+QC_MUST_CHECK int proto_decode_load_request(const uint8_t *bytes, size_t len,
+                                            Quancun__LoadRequest **out);
+QC_MUST_CHECK int proto_decode_load_allow(const uint8_t *bytes, size_t len,
+                                          Quancun__LoadAllow **out);
+QC_MUST_CHECK int proto_decode_execution_report(const uint8_t *bytes, size_t len,
+                                                Quancun__ExecutionReport **out);
+QC_MUST_CHECK int proto_decode_load_outcome(const uint8_t *bytes, size_t len,
+                                            Quancun__LoadOutcome **out);
+QC_MUST_CHECK int proto_decode_audit_checkpoint(const uint8_t *bytes, size_t len,
+                                                Quancun__AuditCheckpoint **out);
+QC_MUST_CHECK int proto_decode_rpc(const uint8_t *bytes, size_t len, Quancun__Rpc **out);
+QC_MUST_CHECK int proto_decode_rpc_reply(const uint8_t *bytes, size_t len, Quancun__RpcReply **out);
 
 /* The name of a load state as operators and devices read it: "RESERVED", "CONFIRMED",
  * "COMPENSATED", "LATE_CONFIRMED", "NONE" for the zero value, "UNKNOWN" for anything else.
@@ -47,6 +53,6 @@ const char *proto_load_state_name(int state);
 
 /* Serializes any protobuf-c message into a malloc'd buffer the caller frees.
  * Returns 0, or QC_ENOMEM with *out NULL. */
-int proto_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *out_len);
+QC_MUST_CHECK int proto_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *out_len);
 
 #endif

@@ -6,18 +6,20 @@
 #include <stdint.h>
 
 #include "proto_envelope.h"
+#include "qc_error.h"
 
 /* Encodes raw (r || s, 32 bytes each, big-endian) as a DER ECDSA-Sig-Value into der
  * (capacity der_cap, PROTO_SIG_DER_MAX is always enough). Leading zero bytes are stripped
  * and a 0x00 is prepended where the high bit is set, as DER requires.
  * Returns 0 and sets *der_len, or QC_EINVAL (r or s zero, der_cap too small). */
-int proto_ecdsa_raw_to_der(const uint8_t raw[PROTO_SIG_RAW_SIZE], uint8_t *der, size_t der_cap,
-                           size_t *der_len);
+QC_MUST_CHECK int proto_ecdsa_raw_to_der(const uint8_t raw[PROTO_SIG_RAW_SIZE], uint8_t *der,
+                                         size_t der_cap, size_t *der_len);
 
 /* Decodes a strict DER ECDSA-Sig-Value into raw r || s, left-padded with zeros.
  * Returns 0, or QC_EDECODE for anything that is not minimal DER of two positive integers
  * of at most 32 significant bytes each; raw is untouched on error. */
-int proto_ecdsa_der_to_raw(const uint8_t *der, size_t der_len, uint8_t raw[PROTO_SIG_RAW_SIZE]);
+QC_MUST_CHECK int proto_ecdsa_der_to_raw(const uint8_t *der, size_t der_len,
+                                         uint8_t raw[PROTO_SIG_RAW_SIZE]);
 
 /* Every ECDSA signature (r, s) has a twin, (r, n - s), that verifies as well; quancun
  * accepts only the low form, s <= n/2 (n the order of P-256), so each signature has one

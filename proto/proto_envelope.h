@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 
 #include "proto_limits.h"
+#include "qc_error.h"
 
 #define PROTO_DIGEST_SIZE 32 /* SHA-256 */
 #define PROTO_KEY_ID_SIZE 32
@@ -44,34 +45,35 @@ const char *proto_type_context(proto_type_t type);
 
 /* Computes SHA-256(context(type) || 0x00 || body) into digest: the value that is signed.
  * Returns 0, or QC_ECRYPTO. */
-int proto_envelope_digest(proto_type_t type, const uint8_t *body, size_t body_len,
-                          uint8_t digest[PROTO_DIGEST_SIZE]);
+QC_MUST_CHECK int proto_envelope_digest(proto_type_t type, const uint8_t *body, size_t body_len,
+                                        uint8_t digest[PROTO_DIGEST_SIZE]);
 
 /* Computes plain SHA-256(bytes): the request digest and the allow digest of docs/DESIGN.md
  * section 2. Returns 0, or QC_ECRYPTO. */
-int proto_sha256(const uint8_t *bytes, size_t len, uint8_t digest[PROTO_DIGEST_SIZE]);
+QC_MUST_CHECK int proto_sha256(const uint8_t *bytes, size_t len, uint8_t digest[PROTO_DIGEST_SIZE]);
 
 /* Computes the key id of a public (or private) EC key: SHA-256 of its SPKI DER.
  * Returns 0, or QC_ECRYPTO. */
-int proto_key_id(EVP_PKEY *key, uint8_t key_id[PROTO_KEY_ID_SIZE]);
+QC_MUST_CHECK int proto_key_id(EVP_PKEY *key, uint8_t key_id[PROTO_KEY_ID_SIZE]);
 
 /* Signs body as type with a software key (devices, tests) and serializes the Signed
  * envelope. cert_der may be NULL (cert_len 0); when given it travels in the envelope.
  * On success *out is a malloc'd buffer the caller frees and *out_len its length.
  * Returns 0, QC_EINVAL (not a P-256 key, body empty), QC_ECRYPTO or QC_ENOMEM; on error
  * *out is NULL. */
-int proto_envelope_sign(proto_type_t type, const uint8_t *body, size_t body_len, EVP_PKEY *key,
-                        uint32_t key_version, const uint8_t *cert_der, size_t cert_len,
-                        uint8_t **out, size_t *out_len);
+QC_MUST_CHECK int proto_envelope_sign(proto_type_t type, const uint8_t *body, size_t body_len,
+                                      EVP_PKEY *key, uint32_t key_version, const uint8_t *cert_der,
+                                      size_t cert_len, uint8_t **out, size_t *out_len);
 
 /* Builds a Signed envelope around a signature made elsewhere (the HSM): sig_der is the
  * DER signature over proto_envelope_digest(type, body), with low S (a high S is QC_EINVAL:
  * normalize with proto_ecdsa_raw_low_s() first). Same ownership and errors as
  * proto_envelope_sign(). */
-int proto_envelope_seal(const uint8_t *body, size_t body_len,
-                        const uint8_t key_id[PROTO_KEY_ID_SIZE], uint32_t key_version,
-                        const uint8_t *sig_der, size_t sig_len, const uint8_t *cert_der,
-                        size_t cert_len, uint8_t **out, size_t *out_len);
+QC_MUST_CHECK int proto_envelope_seal(const uint8_t *body, size_t body_len,
+                                      const uint8_t key_id[PROTO_KEY_ID_SIZE], uint32_t key_version,
+                                      const uint8_t *sig_der, size_t sig_len,
+                                      const uint8_t *cert_der, size_t cert_len, uint8_t **out,
+                                      size_t *out_len);
 
 /* A parsed, not yet verified, envelope. Opaque. */
 typedef struct proto_envelope proto_envelope_t;
@@ -81,13 +83,14 @@ typedef struct proto_envelope proto_envelope_t;
  * algorithm, presence and sizes of key id, version and signature. No crypto is done.
  * Returns 0 and sets *out, or QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG, QC_ENOMEM
  * with *out NULL. */
-int proto_envelope_open(const uint8_t *bytes, size_t len, proto_envelope_t **out);
+QC_MUST_CHECK int proto_envelope_open(const uint8_t *bytes, size_t len, proto_envelope_t **out);
 
 /* Verifies env as a signature of type by key: the envelope's key id must equal key's id
  * (else QC_EKEYID), key must be P-256 (else QC_EALG), then the signature must be strict
  * DER with low S and verify (else QC_EBADSIG).
  * Returns 0 only when the body may be believed. */
-int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type, EVP_PKEY *key);
+QC_MUST_CHECK int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type,
+                                        EVP_PKEY *key);
 
 /* Borrowed views into the envelope, valid until it is destroyed. */
 const uint8_t *proto_envelope_body(const proto_envelope_t *env, size_t *len);

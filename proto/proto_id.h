@@ -17,6 +17,7 @@
 #define PROTO_ID_H
 
 #include <stddef.h>
+#include "qc_error.h"
 
 typedef enum proto_id_alphabet {
     PROTO_ID_VISIBLE = 0,
@@ -26,11 +27,12 @@ typedef enum proto_id_alphabet {
 /* Checks the NUL-terminated id (at most max + 1 bytes of it are read). Returns 0, or
  * QC_EMISSING (NULL or empty), QC_ETOOBIG (longer than max bytes), QC_EDECODE (a byte outside
  * the alphabet). max must be at least 1 (asserted). */
-int proto_id_check(const char *id, size_t max, proto_id_alphabet_t alphabet);
+QC_MUST_CHECK int proto_id_check(const char *id, size_t max, proto_id_alphabet_t alphabet);
 
 /* The same rule over exactly len bytes, which need not be NUL-terminated (a certificate's
  * commonName, a name inside an audit record): a NUL among them is outside every alphabet.
  * Returns as proto_id_check() (a NULL id is QC_EMISSING). */
-int proto_id_check_len(const char *id, size_t len, size_t max, proto_id_alphabet_t alphabet);
+QC_MUST_CHECK int proto_id_check_len(const char *id, size_t len, size_t max,
+                                     proto_id_alphabet_t alphabet);
 
 #endif

@@ -19,6 +19,7 @@
 
 #include "proto_envelope.h"
 #include "quancun.pb-c.h"
+#include "qc_error.h"
 
 /* Checks that allow says what request says, field by field in the order txn_id, device_id,
  * account_id, amount, currency, counter, request digest. request_digest is the SHA-256 of
@@ -27,8 +28,9 @@
  * Quancun__LoadRequest with just them. NULL strings compare as differing.
  * Returns 0, or QC_EMISMATCH with *why (if why is not NULL) set to a static sentence naming
  * the first field that differs ("allow names another counter"); *why is NULL on 0. */
-int proto_allow_matches_request(const Quancun__LoadAllow *allow,
-                                const Quancun__LoadRequest *request,
-                                const uint8_t request_digest[PROTO_DIGEST_SIZE], const char **why);
+QC_MUST_CHECK int proto_allow_matches_request(const Quancun__LoadAllow *allow,
+                                              const Quancun__LoadRequest *request,
+                                              const uint8_t request_digest[PROTO_DIGEST_SIZE],
+                                              const char **why);
 
 #endif

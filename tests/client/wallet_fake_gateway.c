@@ -107,7 +107,8 @@ static int handle_load(const proto_rpc_request_t *req, uint8_t **out, size_t *ou
             goto out;
         }
         uint8_t digest[32];
-        proto_sha256(body, body_len, digest);
+        if ((rc = proto_sha256(body, body_len, digest)) != 0)
+            goto out;
         Quancun__LoadAllow a = QUANCUN__LOAD_ALLOW__INIT;
         a.txn_id = r->txn_id;
         a.device_id = r->device_id;
@@ -267,7 +268,8 @@ int main(int argc, char **argv)
             rc = QC_EMETHOD;
         if (!lose) {
             const char *msg = rc == QC_EFUNDS ? "account acct-cli holds 0.00" : NULL;
-            proto_rpc_server_reply(srv, req, rc, msg, out, out_len);
+            if (proto_rpc_server_reply(srv, req, rc, msg, out, out_len) != 0)
+                fprintf(stderr, "wallet_fake_gateway: a reply could not be sent\n");
         }
         free(out);
         proto_rpc_request_destroy(&req);

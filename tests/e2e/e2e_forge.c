@@ -269,8 +269,10 @@ static int cmd_report(const forge_opts_t *o)
         free(allow);
         if (s == NULL)
             return 1;
-        proto_sha256(s->body.data, s->body.len, digest);
+        int rc = proto_sha256(s->body.data, s->body.len, digest);
         quancun__signed__free_unpacked(s, NULL);
+        if (rc != 0)
+            return 1;
     }
     Quancun__ExecutionReport e = QUANCUN__EXECUTION_REPORT__INIT;
     e.txn_id.data = txn;
@@ -370,6 +372,16 @@ static int cmd_tamper(const forge_opts_t *o)
     return rc;
 }
 
+/* Relays a reply to the device; one that cannot be sent is said on stderr (the device's
+ * retry is what the test then sees). */
+static void mitm_reply(proto_rpc_server_t *srv, proto_rpc_request_t *req, int code,
+                       const char *message, const uint8_t *body, size_t len)
+{
+    int rc = proto_rpc_server_reply(srv, req, code, message, body, len);
+    if (rc != 0)
+        fprintf(stderr, "e2e_forge: mitm could not reply (%s)\n", qc_errname(rc));
+}
+
 /* Forwards one device call upstream and replies with what came back, altering an allow. */
 static void mitm_forward(proto_rpc_server_t *srv, proto_rpc_client_t *up, proto_rpc_request_t *req,
                          const forge_opts_t *o, EVP_PKEY *own_key)
@@ -381,7 +393,7 @@ static void mitm_forward(proto_rpc_server_t *srv, proto_rpc_client_t *up, proto_
     int rc = proto_rpc_client_call(up, req->method, req->body, req->body_len, (int)o->timeout_ms, 0,
                                    &reply);
     if (rc != 0) {
-        proto_rpc_server_reply(srv, req, rc, NULL, NULL, 0);
+        mitm_reply(srv, req, rc, NULL, NULL, 0);
         return;
     }
     uint8_t *alt = NULL;
@@ -399,9 +411,9 @@ static void mitm_forward(proto_rpc_server_t *srv, proto_rpc_client_t *up, proto_
         fprintf(stderr, "e2e_forge: mitm altered an allow (%s)\n", qc_errname(rc));
     }
     if (alt != NULL)
-        proto_rpc_server_reply(srv, req, 0, NULL, alt, alt_len);
+        mitm_reply(srv, req, 0, NULL, alt, alt_len);
     else
-        proto_rpc_server_reply(srv, req, reply->code, reply->message, reply->body, reply->body_len);
+        mitm_reply(srv, req, reply->code, reply->message, reply->body, reply->body_len);
     free(alt);
     proto_rpc_reply_destroy(&reply);
 }
