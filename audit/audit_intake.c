@@ -121,11 +121,20 @@ static int intake_decode(audit_intake_t *in, size_t i, audit_event_t *ev)
     return 0;
 }
 
+/* Sends one reply; a reply that cannot be sent is logged, and the sender's at-least-once
+ * retry asks again (its events are deduplicated). */
+static void intake_send(audit_intake_t *in, size_t i, int code, const uint8_t *body, size_t len)
+{
+    int rc = proto_rpc_server_reply(in->srv, in->reqs[i], code, NULL, body, len);
+    if (rc != 0)
+        ops_log(OPS_LOG_WARN, "audit.reply_failed", "error", qc_errname(rc), NULL);
+}
+
 static void intake_reply(audit_intake_t *in, size_t i, int code, const audit_append_result_t *r)
 {
     if (code != 0) {
         ops_counter_add(in->m_refused, 1);
-        (void)proto_rpc_server_reply(in->srv, in->reqs[i], code, NULL, NULL, 0);
+        intake_send(in, i, code, NULL, 0);
         return;
     }
     Qcaudit__AppendReply rep = QCAUDIT__APPEND_REPLY__INIT;
@@ -134,7 +143,7 @@ static void intake_reply(audit_intake_t *in, size_t i, int code, const audit_app
     uint8_t *body = NULL;
     size_t len = 0;
     int rc = proto_pack(&rep.base, &body, &len);
-    (void)proto_rpc_server_reply(in->srv, in->reqs[i], rc, NULL, body, len);
+    intake_send(in, i, rc, body, len);
     free(body);
 }
 

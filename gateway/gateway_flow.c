@@ -391,7 +391,9 @@ static void gateway_accept(gateway_t *gw, proto_rpc_request_t *req)
         op = gateway_op_new(gw, req);
     if (op == NULL) {
         ops_counter_add(gw->m_busy, 1);
-        proto_rpc_server_reply(gw->server, req, QC_EBUSY, NULL, NULL, 0);
+        int rc = proto_rpc_server_reply(gw->server, req, QC_EBUSY, NULL, NULL, 0);
+        if (rc != 0)
+            ops_log(OPS_LOG_WARN, "gateway.reply_failed", "error", qc_errname(rc), NULL);
         proto_rpc_request_destroy(&req);
         return;
     }

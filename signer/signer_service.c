@@ -167,7 +167,9 @@ static void signer_accept(signer_service_t *svc, proto_rpc_request_t *req)
         if (rc == QC_EBUSY)
             ops_counter_add(svc->busy_total, 1);
     }
-    proto_rpc_server_reply(svc->srv, req, rc, NULL, NULL, 0);
+    int reply_rc = proto_rpc_server_reply(svc->srv, req, rc, NULL, NULL, 0);
+    if (reply_rc != 0)
+        ops_log(OPS_LOG_WARN, "signer.reply_failed", "error", qc_strerror(reply_rc), NULL);
     proto_rpc_request_destroy(&req);
 }
 

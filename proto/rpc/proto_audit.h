@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "proto_rpc_client.h"
+#include "qc_error.h"
 
 #define PROTO_AUDIT_QUEUE_MAX 1024  /* events waiting for audit; beyond it new ones drop */
 #define PROTO_AUDIT_INFLIGHT_MAX 64 /* appends sent and not yet answered */
@@ -24,8 +25,9 @@ typedef struct proto_audit proto_audit_t;
 
 /* Creates the queue for source (e.g. "gateway-0", "signer-1"). With endpoints NULL events are only
  * logged and counted. Returns 0, QC_ECONFIG or QC_ENOMEM. */
-int proto_audit_new(void *ctx, const char *source, const char *endpoints, const char *audit_key,
-                    const proto_curve_keypair_t *keys, proto_audit_t **out);
+QC_MUST_CHECK int proto_audit_new(void *ctx, const char *source, const char *endpoints,
+                                  const char *audit_key, const proto_curve_keypair_t *keys,
+                                  proto_audit_t **out);
 
 /* Queues one event: type ("security.bad_report"), the txn it concerns (16 bytes or NULL) and
  * the exact bytes received. Never blocks, never fails: when the queue is full the event is

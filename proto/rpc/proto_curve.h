@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "qc_error.h"
 
 #define PROTO_CURVE_KEY_Z85_LEN 40 /* a Z85 CURVE key, without the NUL */
 #define PROTO_CURVE_KEY_SIZE 32    /* a raw CURVE key */
@@ -22,13 +23,13 @@ typedef struct proto_curve_keypair {
 
 /* Reads a key pair file: two lines "public = Z85" and "secret = Z85" ('#' comments).
  * Returns 0, QC_EIO or QC_ECONFIG. */
-int proto_curve_keypair_load(const char *path, proto_curve_keypair_t *out);
+QC_MUST_CHECK int proto_curve_keypair_load(const char *path, proto_curve_keypair_t *out);
 
 /* Creates a new key pair and writes it to path with mode 0600 (the public key also to
  * path + ".pub", as one bare Z85 line so allow-lists can be concatenated from .pub files).
  * Never overwrites: an existing path (or path.pub) gives QC_EIO. Returns 0, QC_EIO or
  * QC_ECRYPTO; on error nothing is left on disk and *out holds no secret. */
-int proto_curve_keypair_create(const char *path, proto_curve_keypair_t *out);
+QC_MUST_CHECK int proto_curve_keypair_create(const char *path, proto_curve_keypair_t *out);
 
 /* Wipes the secret half. */
 void proto_curve_keypair_wipe(proto_curve_keypair_t *kp);
@@ -43,7 +44,8 @@ typedef struct proto_curve_keylist {
  * most count_max keys into *out, which must be empty. Returns 0, QC_ECONFIG (unreadable, a
  * line that is not a Z85 CURVE key, more than count_max keys; logged as rpc.allow_unreadable
  * or rpc.allow_invalid with the path and line) or QC_ENOMEM; on error *out is left empty. */
-int proto_curve_keylist_load(const char *path, size_t count_max, proto_curve_keylist_t *out);
+QC_MUST_CHECK int proto_curve_keylist_load(const char *path, size_t count_max,
+                                           proto_curve_keylist_t *out);
 
 /* True when key is in list; compares in constant time per key. */
 bool proto_curve_keylist_contains(const proto_curve_keylist_t *list,

@@ -30,6 +30,7 @@
 
 #include "proto_curve.h"
 #include "proto_decode.h"
+#include "qc_error.h"
 
 #define PROTO_RPC_ENDPOINTS_MAX 16  /* instances of one service a client knows */
 #define PROTO_RPC_RETRIES_MAX 3     /* resends of an idempotent call */
@@ -62,15 +63,17 @@ void proto_rpc_reply_destroy(proto_rpc_reply_t **reply_p);
 
 /* Creates a client in zmq context ctx (not owned) and connects to every endpoint.
  * Returns 0, QC_ECONFIG or QC_ENOMEM. */
-int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_t *cfg, proto_rpc_client_t **out);
+QC_MUST_CHECK int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_t *cfg,
+                                       proto_rpc_client_t **out);
 
 /* Calls method with body and waits for the reply, for at most timeout_ms in all. An
  * idempotent call is resent on a fresh socket to the next endpoint when an attempt gets
  * no answer within timeout_ms / (PROTO_RPC_RETRIES_MAX + 1), at most PROTO_RPC_RETRIES_MAX
  * times. Returns 0 with *out set when a reply arrived (its code may still be an error),
  * QC_ETIMEOUT when none did, QC_EUNAVAIL when no endpoint is configured. */
-int proto_rpc_client_call(proto_rpc_client_t *cli, const char *method, const uint8_t *body,
-                          size_t body_len, int timeout_ms, int flags, proto_rpc_reply_t **out);
+QC_MUST_CHECK int proto_rpc_client_call(proto_rpc_client_t *cli, const char *method,
+                                        const uint8_t *body, size_t body_len, int timeout_ms,
+                                        int flags, proto_rpc_reply_t **out);
 /* call() may be used while asynchronous calls are in flight on the same client: those that
  * finish during it are kept and handed to done by the next proto_rpc_client_process().
  * A non-idempotent call whose endpoint is removed by a reload, or whose socket had to be
@@ -85,9 +88,9 @@ typedef void(proto_rpc_done_fn)(void *arg, void *tag, int code, proto_rpc_reply_
 /* Starts a call; tag is handed back to the done callback. Returns 0 and sets
  * *request_id, QC_EBUSY at PROTO_RPC_INFLIGHT_MAX, QC_EUNAVAIL, QC_ENOMEM, or QC_ETOOBIG
  * when the request frame would exceed PROTO_RPC_FRAME_MAX (call() too). */
-int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uint8_t *body,
-                          size_t body_len, int timeout_ms, int flags, void *tag,
-                          uint64_t *request_id);
+QC_MUST_CHECK int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method,
+                                        const uint8_t *body, size_t body_len, int timeout_ms,
+                                        int flags, void *tag, uint64_t *request_id);
 
 /* Fills items (capacity cap, zmq_pollitem_t) with the client's sockets, POLLIN; returns how
  * many. Sockets are replaced by retries and SIGHUP reloads: refill before every poll. */

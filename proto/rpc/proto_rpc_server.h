@@ -25,6 +25,7 @@
 
 #include "proto_curve.h"
 #include "proto_decode.h"
+#include "qc_error.h"
 
 #define PROTO_RPC_ALLOW_MAX 1024 /* client keys in one server's allow-list */
 #define PROTO_RPC_ROUTING_ID_MAX 256
@@ -56,7 +57,8 @@ typedef struct proto_rpc_request {
 /* Creates a server in zmq context ctx (not owned): starts its ZAP handler, configures CURVE
  * and the socket limits, binds. Returns 0 and sets *out, or QC_ECONFIG (bad keys or allow
  * file), QC_EIO (bind failed), QC_ENOMEM. */
-int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_t *cfg, proto_rpc_server_t **out);
+QC_MUST_CHECK int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_t *cfg,
+                                       proto_rpc_server_t **out);
 
 /* The ROUTER socket, for zmq_poll(). */
 void *proto_rpc_server_socket(proto_rpc_server_t *srv);
@@ -67,13 +69,15 @@ void *proto_rpc_server_socket(proto_rpc_server_t *srv);
  * load keeps the current list (logged as rpc.allow_reload_failed). Connections already
  * admitted stay open: a removed key is refused only when it connects again.
  * Returns 0 and sets *out, QC_ETIMEOUT when none arrived, or QC_EIO (context terminated). */
-int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms, proto_rpc_request_t **out);
+QC_MUST_CHECK int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms,
+                                        proto_rpc_request_t **out);
 
 /* Sends the reply for req: code 0 with body, or a negative QC_E* code with a message
  * (NULL = qc_strerror(code)). A peer that went away is not an error (the reply is dropped
  * and counted). Returns 0, or QC_ENOMEM / QC_EIO. */
-int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req, int code,
-                           const char *message, const uint8_t *body, size_t body_len);
+QC_MUST_CHECK int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req,
+                                         int code, const char *message, const uint8_t *body,
+                                         size_t body_len);
 
 void proto_rpc_request_destroy(proto_rpc_request_t **req_p);
 

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "ops_metrics.h"
+#include "qc_error.h"
 
 #define PROTO_RPC_HEARTBEAT_IVL_MS 1000
 #define PROTO_RPC_HEARTBEAT_TIMEOUT_MS 3000
@@ -16,11 +17,11 @@
 ops_counter_t *rpc_counter(const char *name, const char *service, const char *help);
 
 /* zmq_setsockopt() of an int option; returns its result. */
-int rpc_setsockopt_int(void *sock, int option, int value);
+QC_MUST_CHECK int rpc_setsockopt_int(void *sock, int option, int value);
 
 /* Options every socket of this library shares: no lingering on close, the frame limit
  * (PROTO_RPC_FRAME_MAX), and heartbeats. Returns 0 or QC_EIO. */
-int rpc_socket_common(void *sock);
+QC_MUST_CHECK int rpc_socket_common(void *sock);
 
 /* Reads the rest of a multipart message so the next recv starts on a boundary. */
 void rpc_drain(void *sock);

@@ -22,6 +22,7 @@
 #include "ops_metrics.h"
 #include "proto_curve.h"
 #include "rpc_common.h"
+#include "qc_error.h"
 
 typedef struct rpc_zap rpc_zap_t;
 
@@ -40,7 +41,7 @@ typedef struct rpc_zap_domain {
 /* Finds or starts the handler of ctx and adds d to it under a domain name unique in ctx
  * (written to d->name). Returns 0 and sets *out, QC_EIO (the handler could not bind or did
  * not answer its self-check; logged) or QC_ENOMEM. */
-int rpc_zap_attach(void *ctx, rpc_zap_domain_t *d, rpc_zap_t **out);
+QC_MUST_CHECK int rpc_zap_attach(void *ctx, rpc_zap_domain_t *d, rpc_zap_t **out);
 
 /* Removes d; the last domain of a context stops its handler thread. Every socket that
  * relies on the handler must be closed first. */

@@ -201,10 +201,11 @@ static void fake_serve(world_t *w, proto_rpc_server_t *srv, int shard)
     if (m->drop > 0) {
         m->drop--;
     } else if (m->mode == FAKE_REFUSE) {
-        proto_rpc_server_reply(srv, req, m->refuse_code, "refused by the fake", NULL, 0);
+        FAKE_CHECK(
+            proto_rpc_server_reply(srv, req, m->refuse_code, "refused by the fake", NULL, 0) == 0);
     } else if (m->mode == FAKE_GARBAGE) {
         const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff};
-        proto_rpc_server_reply(srv, req, 0, NULL, junk, sizeof junk);
+        FAKE_CHECK(proto_rpc_server_reply(srv, req, 0, NULL, junk, sizeof junk) == 0);
     } else if (m->mode != FAKE_SILENT) {
         if (m == &w->sign)
             fake_sign(w, srv, req);
