@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "proto_limits.h"
+#include "qc_error.h"
 
 #define AUDIT_HASH_SIZE 32
 #define AUDIT_ENCODING_VERSION 1
@@ -76,38 +77,40 @@ typedef struct audit_entry {
 
 /* Checks every field of e against the limits above (names, lengths, seq >= 1,
  * source_seq >= 1). Returns 0, QC_EINVAL or QC_ETOOBIG. */
-int audit_chain_validate(const audit_entry_t *e);
+QC_MUST_CHECK int audit_chain_validate(const audit_entry_t *e);
 
 /* Length of canonical(e). e must be valid. */
 size_t audit_chain_encoded_len(const audit_entry_t *e);
 
 /* Writes canonical(e) into out (capacity cap). Returns 0 and sets *len, or QC_EINVAL when
  * e is invalid, QC_ETOOBIG when cap is too small. */
-int audit_chain_encode(const audit_entry_t *e, uint8_t *out, size_t cap, size_t *len);
+QC_MUST_CHECK int audit_chain_encode(const audit_entry_t *e, uint8_t *out, size_t cap, size_t *len);
 
 /* Computes SHA-256(e->prev_hash || canonical(e)) into hash (e->hash is neither read nor
  * written). Returns 0, QC_EINVAL (invalid e), QC_ENOMEM or QC_ECRYPTO. */
-int audit_chain_hash(const audit_entry_t *e, uint8_t hash[AUDIT_HASH_SIZE]);
+QC_MUST_CHECK int audit_chain_hash(const audit_entry_t *e, uint8_t hash[AUDIT_HASH_SIZE]);
 
 /* Builds the stored record canonical(e) || e->hash into a malloc'd buffer the caller frees.
  * Returns 0, QC_EINVAL or QC_ENOMEM (with *out NULL). */
-int audit_chain_record(const audit_entry_t *e, uint8_t **out, size_t *out_len);
+QC_MUST_CHECK int audit_chain_record(const audit_entry_t *e, uint8_t **out, size_t *out_len);
 
 /* Parses a stored record (untrusted bytes: a copy of the files may have been altered) into
  * *e, whose byte fields then point into rec. Checks the size first, then every length
  * against the limits and the remaining bytes, the version, the names, and that nothing
  * trails. Does not check the hash. Returns 0, QC_ETOOBIG, QC_EDECODE or QC_EVERSION. */
-int audit_chain_parse(const uint8_t *rec, size_t len, audit_entry_t *e);
+QC_MUST_CHECK int audit_chain_parse(const uint8_t *rec, size_t len, audit_entry_t *e);
 
 /* Recomputes e's hash and compares it (CRYPTO_memcmp) with e->hash and e->prev_hash with
  * expected_prev. Returns 0 when both hold, QC_EMISMATCH when prev_hash is not expected_prev,
  * QC_EBADSIG when the hash does not match, or the errors of audit_chain_hash(). */
-int audit_chain_check(const audit_entry_t *e, const uint8_t expected_prev[AUDIT_HASH_SIZE]);
+QC_MUST_CHECK int audit_chain_check(const audit_entry_t *e,
+                                    const uint8_t expected_prev[AUDIT_HASH_SIZE]);
 
 /* Parses a stored record into *e (as audit_chain_parse()) and checks it (as
  * audit_chain_check()), hashing the stored bytes themselves: the parse is strict, so they
  * are canonical(e). Returns 0 or the first error of either. */
-int audit_chain_check_record(const uint8_t *rec, size_t len,
-                             const uint8_t expected_prev[AUDIT_HASH_SIZE], audit_entry_t *e);
+QC_MUST_CHECK int audit_chain_check_record(const uint8_t *rec, size_t len,
+                                           const uint8_t expected_prev[AUDIT_HASH_SIZE],
+                                           audit_entry_t *e);
 
 #endif

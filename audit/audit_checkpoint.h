@@ -19,6 +19,7 @@
 
 #include "audit_store.h"
 #include "proto_rpc.h"
+#include "qc_error.h"
 
 #define AUDIT_CHECKPOINT_ENTRIES 1000 /* default: entries between checkpoints */
 #define AUDIT_CHECKPOINT_SECONDS 10   /* default: longest time an entry waits for one */
@@ -41,15 +42,16 @@ typedef struct audit_checkpoint_config {
 } audit_checkpoint_config_t;
 
 /* Creates the signer client. Returns 0 and sets *out, QC_ECONFIG or QC_ENOMEM. */
-int audit_checkpoint_new(const audit_checkpoint_config_t *cfg, audit_checkpoint_t **out);
+QC_MUST_CHECK int audit_checkpoint_new(const audit_checkpoint_config_t *cfg,
+                                       audit_checkpoint_t **out);
 
 /* Starts the thread. Returns 0 or QC_EINTERNAL. */
-int audit_checkpoint_start(audit_checkpoint_t *cp);
+QC_MUST_CHECK int audit_checkpoint_start(audit_checkpoint_t *cp);
 
 /* Makes one checkpoint now if anything is unsigned, in the caller's thread (the thread must
  * not be running). Returns 0 (also when there was nothing to sign), or the error of the
  * signer call, the check or the append. */
-int audit_checkpoint_once(audit_checkpoint_t *cp);
+QC_MUST_CHECK int audit_checkpoint_once(audit_checkpoint_t *cp);
 
 /* Stops and joins the thread, frees cp, nulls *cp_p; accepts NULL. */
 void audit_checkpoint_destroy(audit_checkpoint_t **cp_p);

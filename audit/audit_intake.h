@@ -17,6 +17,7 @@
 
 #include "audit_store.h"
 #include "proto_rpc.h"
+#include "qc_error.h"
 
 #define AUDIT_INTAKE_METHOD "append"
 
@@ -33,10 +34,10 @@ typedef struct audit_intake_config {
 } audit_intake_config_t;
 
 /* Binds the server. Returns 0 and sets *out, QC_ECONFIG, QC_EIO (bind) or QC_ENOMEM. */
-int audit_intake_new(const audit_intake_config_t *cfg, audit_intake_t **out);
+QC_MUST_CHECK int audit_intake_new(const audit_intake_config_t *cfg, audit_intake_t **out);
 
 /* Serves until ops_signal_stop_requested(). Returns 0, or QC_EIO when the socket fails. */
-int audit_intake_run(audit_intake_t *in);
+QC_MUST_CHECK int audit_intake_run(audit_intake_t *in);
 
 /* Closes the server, frees in, nulls *in_p; accepts NULL. */
 void audit_intake_destroy(audit_intake_t **in_p);

@@ -17,6 +17,7 @@
 #include "audit_store.h"
 #include "proto_limits.h"
 #include "proto_rpc.h"
+#include "qc_error.h"
 
 #define AUDIT_RELAY_SHARDS_MAX PROTO_SHARD_COUNT_MAX
 #define AUDIT_RELAY_RPC_TIMEOUT_MS 3000             /* budget of one outbox_read or outbox_ack */
@@ -39,10 +40,10 @@ typedef struct audit_relay_config {
 /* Parses the shard list and creates one RPC client per shard (no thread yet).
  * Returns 0 and sets *out, QC_ECONFIG (empty or bad list, too many shards, bad key) or
  * QC_ENOMEM. */
-int audit_relay_new(const audit_relay_config_t *cfg, audit_relay_t **out);
+QC_MUST_CHECK int audit_relay_new(const audit_relay_config_t *cfg, audit_relay_t **out);
 
 /* Starts the relay thread. Returns 0 or QC_EINTERNAL. */
-int audit_relay_start(audit_relay_t *relay);
+QC_MUST_CHECK int audit_relay_start(audit_relay_t *relay);
 
 /* Asks the thread to stop, joins it (an RPC in flight ends within its timeout), closes the
  * clients, frees relay, nulls *relay_p; accepts NULL. */

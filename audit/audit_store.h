@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "audit_chain.h"
+#include "qc_error.h"
 
 #define AUDIT_STORE_MAP_SIZE_DEFAULT (4ull << 30) /* 4 GiB of address space, grown lazily */
 #define AUDIT_STORE_MAP_SIZE_MIN (1ull << 20)
@@ -54,7 +55,8 @@ typedef struct audit_append_result {
 /* Opens (creating when writable) the environment in directory dir with a map of map_size
  * bytes (ignored read-only). Returns 0 and sets *out, or QC_EINVAL (map_size below
  * AUDIT_STORE_MAP_SIZE_MIN), QC_EIO (cannot open; logged), QC_ENOMEM. */
-int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_store_t **out);
+QC_MUST_CHECK int audit_store_open(const char *dir, unsigned flags, uint64_t map_size,
+                                   audit_store_t **out);
 
 /* Closes the environment, frees store, nulls *store_p; accepts NULL. */
 void audit_store_destroy(audit_store_t **store_p);
@@ -66,42 +68,45 @@ void audit_store_destroy(audit_store_t **store_p);
  * as a checkpoint covering source_seq. results[i] says what became of events[i].
  * Returns 0 once committed (results valid), or QC_EFULL (map full), QC_EIO, QC_ENOMEM,
  * QC_EDENIED (read-only store), and then nothing was appended. */
-int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t n,
-                       audit_append_result_t *results);
+QC_MUST_CHECK int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t n,
+                                     audit_append_result_t *results);
 
 /* Seq and hash of the last entry; seq 0 and a zero hash when the log is empty.
  * Returns 0, QC_EIO or QC_EDECODE (the last record does not parse). */
-int audit_store_last(audit_store_t *store, uint64_t *seq, uint8_t hash[AUDIT_HASH_SIZE]);
+QC_MUST_CHECK int audit_store_last(audit_store_t *store, uint64_t *seq,
+                                   uint8_t hash[AUDIT_HASH_SIZE]);
 
 /* Highest source_seq appended from source, 0 when none. Returns 0 or QC_EIO. */
-int audit_store_hwm(audit_store_t *store, const char *source, uint64_t *hwm);
+QC_MUST_CHECK int audit_store_hwm(audit_store_t *store, const char *source, uint64_t *hwm);
 
 /* The last checkpoint: seq of its entry and the seq it covers; both 0 when there is none.
  * Returns 0 or QC_EIO. */
-int audit_store_last_checkpoint(audit_store_t *store, uint64_t *entry_seq, uint64_t *covered_seq);
+QC_MUST_CHECK int audit_store_last_checkpoint(audit_store_t *store, uint64_t *entry_seq,
+                                              uint64_t *covered_seq);
 
 /* Number of entries and of checkpoints. Returns 0 or QC_EIO. */
-int audit_store_count(audit_store_t *store, uint64_t *entries, uint64_t *checkpoints);
+QC_MUST_CHECK int audit_store_count(audit_store_t *store, uint64_t *entries, uint64_t *checkpoints);
 
 /* A copy of the stored record of seq (canonical || hash) in a malloc'd buffer the caller
  * frees. Returns 0, QC_ENOTFOUND, QC_EIO, QC_ENOMEM. */
-int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *len);
+QC_MUST_CHECK int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *len);
 
 /* The seq dedupe holds for (source, source_seq). Returns 0, QC_ENOTFOUND or QC_EIO. */
-int audit_store_dedupe_get(audit_store_t *store, const char *source, uint64_t source_seq,
-                           uint64_t *seq);
+QC_MUST_CHECK int audit_store_dedupe_get(audit_store_t *store, const char *source,
+                                         uint64_t source_seq, uint64_t *seq);
 
 /* Calls fn for every record from from_seq on, in key order, inside one read transaction;
  * key_seq is the LMDB key (a verifier compares it with the seq inside the record), rec is
  * valid only during the call. A non-zero return of fn stops the walk and is returned.
  * Returns 0 at the end, fn's value, QC_EDECODE (a key that is not 8 bytes) or QC_EIO. */
 typedef int(audit_store_visit_fn)(void *arg, uint64_t key_seq, const uint8_t *rec, size_t len);
-int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_fn *fn, void *arg);
+QC_MUST_CHECK int audit_store_scan(audit_store_t *store, uint64_t from_seq,
+                                   audit_store_visit_fn *fn, void *arg);
 
 /* The seqs of every entry about txn_id, ascending, into seqs (capacity cap); *n is the total
  * found (it may exceed cap: then only cap were written). Returns 0 or QC_EIO. */
-int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn_id_len,
-                         uint64_t *seqs, size_t cap, size_t *n);
+QC_MUST_CHECK int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id,
+                                       size_t txn_id_len, uint64_t *seqs, size_t cap, size_t *n);
 
 /* Checks the indexes against the entries, in one read transaction: every dedupe key
  * (source, source_seq) names an entry with that source and source_seq, every by_txn pair
@@ -110,6 +115,6 @@ int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn
  * make audit answer "duplicate" for an event it never kept, so verify runs this too.
  * Returns 0; QC_EMISMATCH with *bad_seq set (the entry an index misnames, or 0 for a count
  * that differs); QC_EDECODE for a malformed index row; QC_EIO. */
-int audit_store_check_indexes(audit_store_t *store, uint64_t *bad_seq);
+QC_MUST_CHECK int audit_store_check_indexes(audit_store_t *store, uint64_t *bad_seq);
 
 #endif

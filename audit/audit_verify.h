@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include <openssl/evp.h>
+#include "qc_error.h"
 
 #define AUDIT_VERIFY_WHY_MAX 256
 
@@ -37,12 +38,12 @@ typedef struct audit_verify_report {
  * entry, with break_seq that entry, or last_seq + 1 when only a count differs) with
  * report->break_seq set, or QC_EIO / QC_ENOMEM
  * when the files could not be read (break_seq 0). */
-int audit_verify_dir(const char *dir, EVP_PKEY *key, audit_verify_report_t *report);
+QC_MUST_CHECK int audit_verify_dir(const char *dir, EVP_PKEY *key, audit_verify_report_t *report);
 
 /* Checks one checkpoint payload (a Signed AuditCheckpoint) under key: signature, then that
  * it covers covered_seq with covered_hash. Returns 0, the envelope's errors (QC_EKEYID,
  * QC_EBADSIG, QC_EDECODE ...) or QC_EMISMATCH. */
-int audit_verify_checkpoint(const uint8_t *payload, size_t len, EVP_PKEY *key, uint64_t covered_seq,
-                            const uint8_t covered_hash[32]);
+QC_MUST_CHECK int audit_verify_checkpoint(const uint8_t *payload, size_t len, EVP_PKEY *key,
+                                          uint64_t covered_seq, const uint8_t covered_hash[32]);
 
 #endif

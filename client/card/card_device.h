@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "card_store.h"
+#include "qc_error.h"
 
 #define CARD_KEY_FILE "card.key"
 #define CARD_CSR_FILE "card.csr"
@@ -38,14 +39,14 @@ typedef struct card_device card_device_t;
  * trusted_csv ("A,B,C", may be NULL or empty), and the first log line.
  * Returns 0, QC_EEXIST, QC_EINVAL (bad number, maximum, PIN or serial; too many serials),
  * QC_EBUSY, QC_ECRYPTO or QC_EIO. */
-int card_device_init(const char *home, const char *number, int64_t max_balance,
-                     const char *trusted_csv, const char *pin, size_t pin_len);
+QC_MUST_CHECK int card_device_init(const char *home, const char *number, int64_t max_balance,
+                                   const char *trusted_csv, const char *pin, size_t pin_len);
 
 /* Opens the card of home: takes its lock, loads the state (finishing a log line a crash
  * left unwritten), the key, and the certificate and CA bundle when installed.
  * Returns 0 and sets *out, QC_ENOTFOUND, QC_EBUSY, QC_EDECODE, QC_ECERT, QC_ECRYPTO,
  * QC_EIO or QC_ENOMEM. */
-int card_device_open(const char *home, card_device_t **out);
+QC_MUST_CHECK int card_device_open(const char *home, card_device_t **out);
 
 /* Wipes and frees the card, releases its lock, nulls *dev_p; accepts NULL. */
 void card_device_destroy(card_device_t **dev_p);
@@ -53,7 +54,8 @@ void card_device_destroy(card_device_t **dev_p);
 /* Installs the card's certificate (PEM; its key must be the card's and its CN the card
  * number) and the CA bundle (PEM) that device certificates must chain to.
  * Returns 0, QC_EIO (unreadable) or QC_ECERT. */
-int card_device_install_cert(card_device_t *dev, const char *cert_path, const char *ca_path);
+QC_MUST_CHECK int card_device_install_cert(card_device_t *dev, const char *cert_path,
+                                           const char *ca_path);
 
 /* A new contact: forgets the authentication, the PIN and the challenges of the last one. */
 void card_device_session_reset(card_device_t *dev);
@@ -62,8 +64,8 @@ void card_device_session_reset(card_device_t *dev);
  * Refusals are answers (code and sentence in the response), not errors.
  * Returns 0, or QC_ENOMEM / QC_ECRYPTO / QC_EIO when no answer could be made (the state
  * is then as before the request, or after it when only the answer was lost). */
-int card_device_handle(card_device_t *dev, const uint8_t *req, size_t req_len, uint8_t **resp,
-                       size_t *resp_len);
+QC_MUST_CHECK int card_device_handle(card_device_t *dev, const uint8_t *req, size_t req_len,
+                                     uint8_t **resp, size_t *resp_len);
 
 /* The card's state, borrowed (for `qc-card status`). */
 const card_state_t *card_device_state(const card_device_t *dev);

@@ -16,6 +16,7 @@
 #include "device_pin.h"
 #include "device_home.h"
 #include "device_pki.h"
+#include "qc_error.h"
 
 #define CARD_STATE_FILE "card.state"
 #define CARD_STATE_VERSION 1
@@ -53,11 +54,11 @@ typedef struct card_state {
 
 /* Atomically replaces HOME/card.state with st. Returns 0, QC_EINVAL (a field out of range),
  * QC_ENOMEM or QC_EIO; on error the old state is intact. */
-int card_state_save(const char *home, const card_state_t *st);
+QC_MUST_CHECK int card_state_save(const char *home, const card_state_t *st);
 
 /* Loads HOME/card.state into st. Returns 0, QC_ENOTFOUND (no card there), QC_ETOOBIG,
  * QC_EDECODE (damaged file: bad checksum, bad field), QC_EIO or QC_ENOMEM; st is wiped on
  * error. */
-int card_state_load(const char *home, card_state_t *st);
+QC_MUST_CHECK int card_state_load(const char *home, card_state_t *st);
 
 #endif

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "qc_error.h"
 
 #define DEVICE_AMOUNT_DECIMALS 2
 #define DEVICE_AMOUNT_TEXT_MAX 32   /* longest amount text accepted, without the NUL */
@@ -19,7 +20,7 @@
  * Returns 0 and sets *minor_out; or QC_EAMOUNT with *why set to a static sentence saying
  * what is wrong (negative, zero, too many decimals, not a number, too large, too long);
  * *minor_out is untouched on error. why may be NULL. */
-int device_amount_parse(const char *text, int64_t *minor_out, const char **why);
+QC_MUST_CHECK int device_amount_parse(const char *text, int64_t *minor_out, const char **why);
 
 /* Writes minor as "12.34" (or "-0.05") into out (capacity cap, DEVICE_AMOUNT_FORMAT_MAX
  * is always enough). Returns out. Asserts cap is large enough for the result. */

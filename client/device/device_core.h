@@ -26,6 +26,7 @@
 #include "device_pki.h"
 #include "device_wire.h"
 #include "proto_envelope.h"
+#include "qc_error.h"
 
 /* The device's limits are the wire's (proto_limits.h), under the device's names. */
 #define DEVICE_ACCOUNT_MAX PROTO_ACCOUNT_ID_MAX /* bytes of an account id */
@@ -89,14 +90,15 @@ void device_state_clear(device_state_t *st);
 
 /* Sets *blob_p to a malloc'd copy of bytes (len in 1..DEVICE_BLOB_MAX), freeing the old one.
  * Returns 0, QC_EINVAL or QC_ENOMEM (the old blob is kept on error). */
-int device_state_set_blob(uint8_t **blob_p, size_t *len_p, const uint8_t *bytes, size_t len);
+QC_MUST_CHECK int device_state_set_blob(uint8_t **blob_p, size_t *len_p, const uint8_t *bytes,
+                                        size_t len);
 
 /* Fills st (cleared first) as a new device: serial, the PIN record of pin hashed with
  * pin_iterations rounds (DEVICE_PIN_ITERATIONS for a device whose state is stored), balance
  * and counter 0, IDLE. Returns 0, QC_EINVAL (bad serial, PIN or iteration count) or
  * QC_ECRYPTO; st is cleared on error. */
-int device_state_init(device_state_t *st, const char *serial, const char *pin, size_t pin_len,
-                      uint32_t pin_iterations);
+QC_MUST_CHECK int device_state_init(device_state_t *st, const char *serial, const char *pin,
+                                    size_t pin_len, uint32_t pin_iterations);
 
 /* Returns the name of phase ("IDLE", "PENDING", "REPORTED"). */
 const char *device_phase_name(device_phase_t phase);
@@ -112,7 +114,7 @@ typedef struct device_core device_core_t;
  * No store, no certificate and no bank keys yet. The state must hold its invariants (a state
  * loaded from a file was checked by its loader). Returns 0 and sets *out, or QC_ENOMEM with
  * *st untouched. */
-int device_core_new(device_state_t *st, EVP_PKEY *key, device_core_t **out);
+QC_MUST_CHECK int device_core_new(device_state_t *st, EVP_PKEY *key, device_core_t **out);
 
 /* Wipes the state and drops the keys, frees the core and nulls *core_p; accepts NULL. */
 void device_core_destroy(device_core_t **core_p);
@@ -129,7 +131,7 @@ void device_core_set_store(device_core_t *c, device_store_fn *store, void *arg);
 /* Installs a copy of the device certificate (DER), which the caller checked holds the
  * device's key and serial; der NULL removes it. Returns 0, QC_EINVAL (too long) or
  * QC_ENOMEM. */
-int device_core_set_cert(device_core_t *c, const uint8_t *der, size_t der_len);
+QC_MUST_CHECK int device_core_set_cert(device_core_t *c, const uint8_t *der, size_t der_len);
 
 /* Installs the bank's allow-signing and outcome-signing keys (the core takes its own
  * references); NULL keys remove them. */
@@ -138,7 +140,7 @@ void device_core_set_bank(device_core_t *c, const device_bank_key_t *allow,
 
 /* Commits a log line (event, with detail when not NULL) that changes nothing else, such as
  * the birth of a device. Returns 0 or the store's error. */
-int device_core_note(device_core_t *c, const char *event, const char *detail);
+QC_MUST_CHECK int device_core_note(device_core_t *c, const char *event, const char *detail);
 
 /* The device's serial, borrowed. */
 const char *device_core_serial(const device_core_t *c);
@@ -171,11 +173,11 @@ void device_core_status(const device_core_t *c, device_status_t *out);
  * does), so cutting the power cannot buy free guesses. On success the core accepts
  * device_core_request() until it is destroyed. Returns 0, QC_EPIN (wrong, tries left),
  * QC_ELOCKED (locked now or already), QC_ECRYPTO or the store's error. */
-int device_core_verify_pin(device_core_t *c, const char *pin, size_t pin_len);
+QC_MUST_CHECK int device_core_verify_pin(device_core_t *c, const char *pin, size_t pin_len);
 
 /* The admin reset of the PIN retry counter (see device_pin.h). Returns 0 or the store's
  * error. */
-int device_core_admin_reset(device_core_t *c);
+QC_MUST_CHECK int device_core_admin_reset(device_core_t *c);
 
 /* IDLE -> PENDING: signs a LoadRequest for amount (minor units) of currency from
  * account_id, with a fresh txn id, the current balance and counter, and the device
@@ -185,13 +187,14 @@ int device_core_admin_reset(device_core_t *c);
  * QC_ECARDPENDING (a card transfer is pending), QC_ECERT (no certificate installed),
  * QC_ECONFIG (no bank keys installed), QC_EAMOUNT, QC_EINVAL (bad account or currency),
  * QC_ECRYPTO, or the store's error. */
-int device_core_request(device_core_t *c, const char *account_id, int64_t amount, uint32_t currency,
-                        const uint8_t **request, size_t *request_len);
+QC_MUST_CHECK int device_core_request(device_core_t *c, const char *account_id, int64_t amount,
+                                      uint32_t currency, const uint8_t **request,
+                                      size_t *request_len);
 
 /* The stored signed request of the load in progress (PENDING or REPORTED), borrowed.
  * Returns 0 or QC_ESTATE. */
-int device_core_pending_request(const device_core_t *c, const uint8_t **request,
-                                size_t *request_len);
+QC_MUST_CHECK int device_core_pending_request(const device_core_t *c, const uint8_t **request,
+                                              size_t *request_len);
 
 /* PENDING -> REPORTED: judges an allow (untrusted bytes). It is applied only if it is
  * signed by the bank's allow key (whose certificate, if any, is valid now) and names this
@@ -204,25 +207,27 @@ int device_core_pending_request(const device_core_t *c, const uint8_t **request,
  * Returns 0 when the allow was judged and the report stored; QC_ESTATE (no load pending),
  * QC_EREPLAY (this load was already judged: nothing changes), QC_ECONFIG (no bank key),
  * QC_ECRYPTO, QC_ENOMEM or the store's error (nothing changed). */
-int device_core_judge_allow(device_core_t *c, const uint8_t *allow, size_t allow_len, int *verdict);
+QC_MUST_CHECK int device_core_judge_allow(device_core_t *c, const uint8_t *allow, size_t allow_len,
+                                          int *verdict);
 
 /* The stored signed report of the load (REPORTED), borrowed, ready to be (re)sent.
  * Returns 0 or QC_ESTATE. */
-int device_core_report(const device_core_t *c, const uint8_t **report, size_t *report_len);
+QC_MUST_CHECK int device_core_report(const device_core_t *c, const uint8_t **report,
+                                     size_t *report_len);
 
 /* REPORTED -> IDLE: accepts a LoadOutcome (untrusted bytes) signed by the bank's outcome
  * key for this device's load, with a final state, which is stored in *load_state.
  * Returns 0; QC_ESTATE (no report outstanding), QC_EBUSY (the outcome is not final yet),
  * or a verification error (QC_ETOOBIG, QC_EDECODE, QC_EKEYID, QC_EBADSIG, QC_ECERTEXPIRED,
  * QC_EMISMATCH, QC_EDEVICEID) with nothing changed; the store's error. */
-int device_core_accept_outcome(device_core_t *c, const uint8_t *outcome, size_t outcome_len,
-                               int *load_state);
+QC_MUST_CHECK int device_core_accept_outcome(device_core_t *c, const uint8_t *outcome,
+                                             size_t outcome_len, int *load_state);
 
 /* PENDING -> IDLE without applying anything: the bank refused the request or no longer
  * knows it, or no answer came (server_code and message are logged). The counter is
  * unchanged, which proves to the ledger that the load was not applied. Returns 0, QC_ESTATE
  * or the store's error. */
-int device_core_abandon(device_core_t *c, int server_code, const char *message);
+QC_MUST_CHECK int device_core_abandon(device_core_t *c, int server_code, const char *message);
 
 /* ------------------------------------------------------------------ IC card transfers
  *
@@ -240,16 +245,16 @@ typedef enum device_card_result {
 } device_card_result_t;
 
 /* The device certificate (DER), borrowed. Returns 0, or QC_ECERT when none is installed. */
-int device_core_cert(const device_core_t *c, const uint8_t **der, size_t *der_len);
+QC_MUST_CHECK int device_core_cert(const device_core_t *c, const uint8_t **der, size_t *der_len);
 
 /* Signs the device's answer to a card's challenge: a CardChallenge {serial, card_number,
  * card_challenge, host_challenge} with the device certificate in the envelope. *out is
  * malloc'd (the caller frees it). Returns 0, QC_ECERT (no certificate installed),
  * QC_EINVAL (bad card number), QC_ECRYPTO or QC_ENOMEM. */
-int device_core_card_auth(device_core_t *c, const char *card_number,
-                          const uint8_t card_challenge[DEVICE_CARD_CHALLENGE_SIZE],
-                          const uint8_t host_challenge[DEVICE_CARD_CHALLENGE_SIZE], uint8_t **out,
-                          size_t *out_len);
+QC_MUST_CHECK int device_core_card_auth(device_core_t *c, const char *card_number,
+                                        const uint8_t card_challenge[DEVICE_CARD_CHALLENGE_SIZE],
+                                        const uint8_t host_challenge[DEVICE_CARD_CHALLENGE_SIZE],
+                                        uint8_t **out, size_t *out_len);
 
 /* Starts a card transfer: draws a transfer id, signs a CardCredit of amount for
  * card_number bound to the card's session challenge, and then debits the wallet and records
@@ -258,9 +263,9 @@ int device_core_card_auth(device_core_t *c, const char *card_number,
  * QC_ECARDPENDING (a card transfer is pending), QC_EAMOUNT (not positive),
  * QC_EFUNDS (more than the balance), QC_EINVAL, QC_ECERT, QC_ECRYPTO, the store's error;
  * nothing is debited on error. */
-int device_core_card_debit(device_core_t *c, const char *card_number, int64_t amount,
-                           const uint8_t session[DEVICE_CARD_CHALLENGE_SIZE], uint8_t **credit,
-                           size_t *credit_len);
+QC_MUST_CHECK int device_core_card_debit(device_core_t *c, const char *card_number, int64_t amount,
+                                         const uint8_t session[DEVICE_CARD_CHALLENGE_SIZE],
+                                         uint8_t **credit, size_t *credit_len);
 
 /* Settles the pending card transfer from a receipt (untrusted bytes) signed by card_key,
  * the key of the card's certificate, which the caller verified against the card CA for
@@ -271,9 +276,9 @@ int device_core_card_debit(device_core_t *c, const char *card_number, int64_t am
  * QC_EDECODE, QC_EKEYID, QC_EBADSIG, QC_EMISMATCH (another transfer, card, device or
  * amount), QC_EREPLAY (a NOT_CREDITED of another session) with nothing changed; the store's
  * error. */
-int device_core_card_settle(device_core_t *c, EVP_PKEY *card_key,
-                            const uint8_t host_challenge[DEVICE_CARD_CHALLENGE_SIZE],
-                            const uint8_t *receipt, size_t receipt_len,
-                            device_card_result_t *result);
+QC_MUST_CHECK int device_core_card_settle(device_core_t *c, EVP_PKEY *card_key,
+                                          const uint8_t host_challenge[DEVICE_CARD_CHALLENGE_SIZE],
+                                          const uint8_t *receipt, size_t receipt_len,
+                                          device_card_result_t *result);
 
 #endif

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "device_core.h"
+#include "qc_error.h"
 
 #define DEVICE_MESSAGE_MAX 256       /* bytes of a server message kept for the user */
 #define DEVICE_REPORT_ATTEMPTS_MAX 5 /* sends of one report before giving up for now */
@@ -57,13 +58,14 @@ bool device_flow_transient(int code);
  * Returns 0 when the device is IDLE (res says what happened); otherwise the code that
  * stopped it (QC_ETIMEOUT, the server's code, a verification error of the outcome), with the
  * device left PENDING or REPORTED for the next try. */
-int device_flow_settle(device_core_t *core, device_call_fn *call, void *arg,
-                       const char *report_method, device_flow_result_t *res);
+QC_MUST_CHECK int device_flow_settle(device_core_t *core, device_call_fn *call, void *arg,
+                                     const char *report_method, device_flow_result_t *res);
 
 /* A new load from IDLE (the PIN verified): signs the request, then settles it as above.
  * Returns 0 when an outcome arrived (res->verdict and res->outcome say whether money moved),
  * or as device_flow_settle(), or the refusal of device_core_request(). */
-int device_flow_load(device_core_t *core, const char *account_id, int64_t amount, uint32_t currency,
-                     device_call_fn *call, void *arg, device_flow_result_t *res);
+QC_MUST_CHECK int device_flow_load(device_core_t *core, const char *account_id, int64_t amount,
+                                   uint32_t currency, device_call_fn *call, void *arg,
+                                   device_flow_result_t *res);
 
 #endif

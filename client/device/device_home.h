@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "qc_error.h"
 
 #define DEVICE_STATE_FILE_MAX (256 * 1024) /* a state file larger than this is refused */
 #define DEVICE_LOG_LINE_MAX 1024           /* one operation-log line, without the newline */
@@ -30,39 +31,42 @@
 
 /* Builds "HOME/name" into out (capacity DEVICE_PATH_MAX). Returns 0 or QC_EINVAL when the
  * path does not fit. */
-int device_home_path(const char *home, const char *name, char out[DEVICE_PATH_MAX]);
+QC_MUST_CHECK int device_home_path(const char *home, const char *name, char out[DEVICE_PATH_MAX]);
 
 /* Atomically writes HOME/name with mode (tmp file, fsync, rename, fsync dir); an existing
  * file is replaced. Returns 0, QC_EINVAL or QC_EIO. */
-int device_home_write(const char *home, const char *name, const uint8_t *bytes, size_t len,
-                      mode_t mode);
+QC_MUST_CHECK int device_home_write(const char *home, const char *name, const uint8_t *bytes,
+                                    size_t len, mode_t mode);
 
 /* Reads HOME/name (at most max bytes) into a malloc'd buffer, NUL terminated for
  * convenience (the NUL is not counted in *len). Returns 0, QC_ENOTFOUND, QC_ETOOBIG, QC_EIO
  * or QC_ENOMEM. */
-int device_home_read(const char *home, const char *name, size_t max, uint8_t **out, size_t *len);
+QC_MUST_CHECK int device_home_read(const char *home, const char *name, size_t max, uint8_t **out,
+                                   size_t *len);
 
 /* Takes an exclusive advisory lock on HOME/.lock so that two programs never drive one
  * device at once. Returns 0 and sets *fd_out (close it to release), QC_EBUSY when another
  * process holds it, QC_EIO. */
-int device_home_lock(const char *home, int *fd_out);
+QC_MUST_CHECK int device_home_lock(const char *home, int *fd_out);
 
 /* Claims HOME for one device (or card) whose existence is the file HOME/state_name, and
  * locks it (device_home_lock()). With create, HOME is made (mode 0700) when missing and a
  * state file already there is refused (QC_EEXIST); without, a HOME without the state file is
  * refused (QC_ENOTFOUND) before any lock file is made there. Returns 0 and sets *fd_out;
  * QC_EEXIST, QC_ENOTFOUND, QC_EBUSY, QC_EINVAL (path too long) or QC_EIO, with no lock held. */
-int device_home_claim(const char *home, const char *state_name, bool create, int *fd_out);
+QC_MUST_CHECK int device_home_claim(const char *home, const char *state_name, bool create,
+                                    int *fd_out);
 
 /* Appends line (no newline; the function adds it) to the operation log and fsyncs.
  * Returns 0, QC_EINVAL (line too long or contains a newline) or QC_EIO. */
-int device_home_log_append(const char *home, const char *line);
+QC_MUST_CHECK int device_home_log_append(const char *home, const char *line);
 
 /* Makes the log agree with a state file after a crash: drops a torn last line (no newline),
  * and appends log_pending (line number log_seq, which the state carries) if the log's last
  * sequence number is log_seq - 1.
  * Returns 0; QC_EDECODE when the log is neither at log_seq nor one behind (it was edited or
  * lost: the state file stays authoritative); QC_EIO. */
-int device_home_log_recover(const char *home, uint64_t log_seq, const char *log_pending);
+QC_MUST_CHECK int device_home_log_recover(const char *home, uint64_t log_seq,
+                                          const char *log_pending);
 
 #endif

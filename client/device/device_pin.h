@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "qc_error.h"
 
 #define DEVICE_PIN_LEN_MIN 4
 #define DEVICE_PIN_LEN_MAX 12
@@ -35,18 +36,18 @@ typedef struct device_pin {
 
 /* Checks that pin (pin_len bytes, not NUL terminated) is DEVICE_PIN_LEN_MIN to
  * DEVICE_PIN_LEN_MAX decimal digits. Returns 0 or QC_EINVAL. */
-int device_pin_valid(const char *pin, size_t pin_len);
+QC_MUST_CHECK int device_pin_valid(const char *pin, size_t pin_len);
 
 /* Sets rec to a fresh salt and the hash of pin, with DEVICE_PIN_TRIES tries.
  * Returns 0, QC_EINVAL (pin not valid) or QC_ECRYPTO; rec is wiped on error. */
-int device_pin_set(device_pin_t *rec, const char *pin, size_t pin_len);
+QC_MUST_CHECK int device_pin_set(device_pin_t *rec, const char *pin, size_t pin_len);
 
 /* As device_pin_set(), with iterations rounds (DEVICE_PIN_ITERATIONS_SIMULATED to
  * DEVICE_PIN_ITERATIONS_MAX). Fewer than DEVICE_PIN_ITERATIONS_MIN is only for a device that
  * lives in memory and is never stored (qc-loadgen's simulated devices): the stores refuse
  * such a record. Returns 0, QC_EINVAL (pin or iterations) or QC_ECRYPTO. */
-int device_pin_set_iterations(device_pin_t *rec, const char *pin, size_t pin_len,
-                              uint32_t iterations);
+QC_MUST_CHECK int device_pin_set_iterations(device_pin_t *rec, const char *pin, size_t pin_len,
+                                            uint32_t iterations);
 
 /* Checks pin against rec and counts the try. The caller must persist rec after every call
  * whatever the result, because the counter has changed.
@@ -55,7 +56,7 @@ int device_pin_set_iterations(device_pin_t *rec, const char *pin, size_t pin_len
  *   - wrong PIN: tries_left - 1, returns QC_EPIN, or QC_ELOCKED if that was the last try.
  * Returns QC_ECRYPTO when the hash could not be computed (no try is counted). The
  * comparison is constant-time and the derived key is wiped. */
-int device_pin_check(device_pin_t *rec, const char *pin, size_t pin_len);
+QC_MUST_CHECK int device_pin_check(device_pin_t *rec, const char *pin, size_t pin_len);
 
 /* The admin reset: tries_left = DEVICE_PIN_TRIES. The PIN itself is kept. */
 void device_pin_admin_reset(device_pin_t *rec);

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "proto_limits.h"
+#include "qc_error.h"
 
 #define DEVICE_WIRE_FRAME_MAX                                                                      \
     (40 * 1024)                      /* a signed envelope (PROTO_ENVELOPE_MAX) and its frame       \
@@ -26,19 +27,19 @@ _Static_assert(DEVICE_WIRE_FRAME_MAX >= DEVICE_WIRE_HEADER_SIZE + PROTO_ENVELOPE
 
 /* Binds and listens on a Unix socket at path (an old socket file there is replaced).
  * Returns 0 and sets *fd_out, QC_EINVAL (path too long) or QC_EIO. */
-int device_wire_listen(const char *path, int *fd_out);
+QC_MUST_CHECK int device_wire_listen(const char *path, int *fd_out);
 
 /* Connects to the Unix socket at path. Returns 0 and sets *fd_out, QC_EINVAL (path too
  * long), QC_EUNAVAIL (nobody listens there: no card presented) or QC_EIO. */
-int device_wire_connect(const char *path, int *fd_out);
+QC_MUST_CHECK int device_wire_connect(const char *path, int *fd_out);
 
 /* Sends one frame of len bytes (1..DEVICE_WIRE_FRAME_MAX). Returns 0, QC_EINVAL, QC_ETIMEOUT or
  * QC_EIO (the peer went away). */
-int device_wire_send(int fd, const uint8_t *bytes, size_t len, int timeout_ms);
+QC_MUST_CHECK int device_wire_send(int fd, const uint8_t *bytes, size_t len, int timeout_ms);
 
 /* Receives one frame into a malloc'd *out (the caller frees it). Returns 0, QC_ENOTFOUND
  * (the peer closed the channel cleanly before a frame), QC_ETOOBIG (length over
  * DEVICE_WIRE_FRAME_MAX or zero: nothing more is read), QC_ETIMEOUT, QC_EIO or QC_ENOMEM. */
-int device_wire_recv(int fd, int timeout_ms, uint8_t **out, size_t *out_len);
+QC_MUST_CHECK int device_wire_recv(int fd, int timeout_ms, uint8_t **out, size_t *out_len);
 
 #endif

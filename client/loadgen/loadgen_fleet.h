@@ -24,6 +24,7 @@
 
 #include "device_core.h"
 #include "proto_rpc.h"
+#include "qc_error.h"
 
 #define LOADGEN_DEVICES_MAX 100000
 #define LOADGEN_TAG_MAX 16 /* run tag inside device and account ids */
@@ -56,7 +57,7 @@ typedef struct loadgen_admin_config {
 /* Makes the fleet: keys and certificates for cfg->count devices, with a progress line on
  * stderr. Returns 0 and sets *out; QC_EINVAL (count or tag out of range), QC_EIO (a file
  * unreadable), QC_ECRYPTO, QC_ENOMEM. */
-int loadgen_fleet_new(const loadgen_fleet_config_t *cfg, loadgen_fleet_t **out);
+QC_MUST_CHECK int loadgen_fleet_new(const loadgen_fleet_config_t *cfg, loadgen_fleet_t **out);
 
 /* Wipes every key and frees the fleet; nulls *fleet_p; accepts NULL. */
 void loadgen_fleet_destroy(loadgen_fleet_t **fleet_p);
@@ -65,7 +66,8 @@ void loadgen_fleet_destroy(loadgen_fleet_t **fleet_p);
  * of calls in flight per shard, with a progress line on stderr. Returns 0 when every call
  * succeeded; otherwise the first failure's code (QC_ETIMEOUT, or the ledger's refusal),
  * logged with the device it concerns. */
-int loadgen_fleet_enroll(loadgen_fleet_t *f, void *zctx, const loadgen_admin_config_t *admin);
+QC_MUST_CHECK int loadgen_fleet_enroll(loadgen_fleet_t *f, void *zctx,
+                                       const loadgen_admin_config_t *admin);
 
 size_t loadgen_fleet_count(const loadgen_fleet_t *f);
 const char *loadgen_fleet_device_id(const loadgen_fleet_t *f, size_t i);
@@ -77,7 +79,7 @@ device_core_t *loadgen_fleet_core(loadgen_fleet_t *f, size_t i);
 /* IDLE -> PENDING: device i signs a request for amount from its account
  * (device_core_request()); *out is the core's stored request, borrowed until its next
  * state change. Returns 0 or the core's refusal. */
-int loadgen_fleet_request(loadgen_fleet_t *f, size_t i, int64_t amount, const uint8_t **out,
-                          size_t *out_len);
+QC_MUST_CHECK int loadgen_fleet_request(loadgen_fleet_t *f, size_t i, int64_t amount,
+                                        const uint8_t **out, size_t *out_len);
 
 #endif

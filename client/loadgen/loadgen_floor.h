@@ -8,6 +8,7 @@
 #define LOADGEN_FLOOR_H
 
 #include <stddef.h>
+#include "qc_error.h"
 
 #define LOADGEN_PROCS_MAX 64
 #define LOADGEN_PROC_NAME_MAX 64
@@ -15,7 +16,7 @@
 /* Verifies a P-256 signature over a SHA-256 digest in a loop for about ms milliseconds, as
  * proto_envelope_verify() does (a fresh EVP_PKEY_CTX per verification). Sets *cpu_s to
  * the CPU seconds of one verification. Returns 0 or QC_ECRYPTO. */
-int loadgen_floor_verify(int ms, double *cpu_s);
+QC_MUST_CHECK int loadgen_floor_verify(int ms, double *cpu_s);
 
 /* Signs a digest with the PKCS#11 token of the cluster in a loop for about ms milliseconds:
  * the module at path module is dlopen()ed and driven directly, one session on the token
@@ -24,8 +25,9 @@ int loadgen_floor_verify(int ms, double *cpu_s);
  * first; the PIN is read from pin_path and wiped. Sets *cpu_s to the CPU seconds of one
  * signature. Returns 0, QC_EIO (no module or PIN file), QC_ENOTFOUND (no such token),
  * QC_EPIN, QC_EKEYID (no such key, or more than one), QC_ECRYPTO. */
-int loadgen_floor_hsm(const char *module, const char *softhsm_conf, const char *token_label,
-                      const char *pin_path, const char *key_label, int ms, double *cpu_s);
+QC_MUST_CHECK int loadgen_floor_hsm(const char *module, const char *softhsm_conf,
+                                    const char *token_label, const char *pin_path,
+                                    const char *key_label, int ms, double *cpu_s);
 
 /* A service process of the cluster, found by its pid file. */
 typedef struct loadgen_proc {
@@ -36,11 +38,12 @@ typedef struct loadgen_proc {
 
 /* Reads every DIR/NAME.pid of pids_dir whose process is alive into procs (capacity cap),
  * sorted by name. Returns 0 and sets *count, or QC_EIO when the directory is unreadable. */
-int loadgen_procs_find(const char *pids_dir, loadgen_proc_t *procs, size_t cap, size_t *count);
+QC_MUST_CHECK int loadgen_procs_find(const char *pids_dir, loadgen_proc_t *procs, size_t cap,
+                                     size_t *count);
 
 /* The CPU seconds (user + system) process pid has used so far, from /proc/PID/stat.
  * Returns 0, or QC_ENOTFOUND when the process is gone. */
-int loadgen_proc_cpu(int pid, double *cpu_s);
+QC_MUST_CHECK int loadgen_proc_cpu(int pid, double *cpu_s);
 
 /* CPU seconds (user + system) of the calling process so far. */
 double loadgen_self_cpu(void);

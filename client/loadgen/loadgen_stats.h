@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include "qc_error.h"
 
 #define LOADGEN_SAMPLES_MAX (40u * 1000u * 1000u)
 #define LOADGEN_ERROR_KINDS_MAX 64 /* distinct error codes counted */
@@ -37,7 +38,7 @@ typedef struct loadgen_latency {
 } loadgen_latency_t;
 
 /* Returns 0 and sets *out, or QC_ENOMEM. */
-int loadgen_stats_new(loadgen_stats_t **out);
+QC_MUST_CHECK int loadgen_stats_new(loadgen_stats_t **out);
 void loadgen_stats_destroy(loadgen_stats_t **stats_p);
 
 /* Records one latency of series, in nanoseconds. */

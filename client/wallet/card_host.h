@@ -13,6 +13,7 @@
 
 #include "proto_cert.h"
 #include "device_core.h"
+#include "qc_error.h"
 
 #define CARD_HOST_MESSAGE_MAX 512
 
@@ -29,7 +30,7 @@ typedef struct card_info {
 
 /* Connects to the card at socket_path. Returns 0 and sets *out, QC_EUNAVAIL (no card
  * there), QC_EINVAL (path too long), QC_EIO or QC_ENOMEM. */
-int card_host_connect(const char *socket_path, card_host_t **out);
+QC_MUST_CHECK int card_host_connect(const char *socket_path, card_host_t **out);
 
 /* Closes the contact, frees h and nulls *h_p; accepts NULL. */
 void card_host_destroy(card_host_t **h_p);
@@ -43,12 +44,14 @@ const char *card_host_message(const card_host_t *h);
  * On success *info holds what the card reports (balance, ...).
  * Returns 0; QC_ECERT*, QC_EUNTRUSTED, QC_EBADSIG, QC_EMISMATCH (the card is refused);
  * the card's own refusal code (it refused us); QC_EIO, QC_ETIMEOUT (the contact failed). */
-int card_host_authenticate(card_host_t *h, device_core_t *dev, const proto_trust_t *card_ca,
-                           const char *trusted_csv, card_info_t *info);
+QC_MUST_CHECK int card_host_authenticate(card_host_t *h, device_core_t *dev,
+                                         const proto_trust_t *card_ca, const char *trusted_csv,
+                                         card_info_t *info);
 
 /* Presents the card's PIN. Returns 0, QC_EPIN (tries left in info), QC_ELOCKED, or a
  * contact error. */
-int card_host_verify_pin(card_host_t *h, const char *pin, size_t pin_len, card_info_t *info);
+QC_MUST_CHECK int card_host_verify_pin(card_host_t *h, const char *pin, size_t pin_len,
+                                       card_info_t *info);
 
 /* Moves amount from the wallet to the authenticated card: checks the amount against the
  * wallet's balance and the card's room first (QC_EFUNDS, QC_ECARDMAX: nothing moved), then
@@ -57,14 +60,14 @@ int card_host_verify_pin(card_host_t *h, const char *pin, size_t pin_len, card_i
  * (the wallet is refunded). *result says where the money is; *info holds the card after.
  * Returns 0 when settled (completed or refunded); otherwise the transfer stays pending in
  * the wallet (settle it with card_host_settle() at the next contact) or nothing moved. */
-int card_host_transfer(card_host_t *h, device_core_t *dev, int64_t amount,
-                       device_card_result_t *result, card_info_t *info);
+QC_MUST_CHECK int card_host_transfer(card_host_t *h, device_core_t *dev, int64_t amount,
+                                     device_card_result_t *result, card_info_t *info);
 
 /* Settles the wallet's pending transfer with the authenticated card from its signed proof:
  * complete when it credited that transfer id, refund when it proves it never did.
  * Returns 0 with *result set, QC_ESTATE (nothing pending), QC_EMISMATCH (this is not the
  * card of the pending transfer), or a verification or contact error (still pending). */
-int card_host_settle(card_host_t *h, device_core_t *dev, device_card_result_t *result,
-                     card_info_t *info);
+QC_MUST_CHECK int card_host_settle(card_host_t *h, device_core_t *dev, device_card_result_t *result,
+                                   card_info_t *info);
 
 #endif

@@ -19,6 +19,7 @@
 #include <stddef.h>
 
 #include "device_core.h"
+#include "qc_error.h"
 
 #define WALLET_KEY_FILE "device.key"
 #define WALLET_CSR_FILE "device.csr"
@@ -34,13 +35,14 @@ typedef struct wallet_device wallet_device_t;
  * empty wallet with counter 0, and the first log line.
  * Returns 0, QC_EEXIST (a device already lives there), QC_EINVAL (bad serial or PIN),
  * QC_EBUSY (home locked), QC_ECRYPTO or QC_EIO. */
-int wallet_device_init(const char *home, const char *serial, const char *pin, size_t pin_len);
+QC_MUST_CHECK int wallet_device_init(const char *home, const char *serial, const char *pin,
+                                     size_t pin_len);
 
 /* Opens the device of home: takes its lock, loads the state (finishing a log line a crash
  * left unwritten), the key, and the certificate and bank keys when installed.
  * Returns 0 and sets *out, QC_ENOTFOUND (no device there), QC_EBUSY (another program
  * drives it), QC_EDECODE (damaged state), QC_ECRYPTO, QC_EIO or QC_ENOMEM. */
-int wallet_device_open(const char *home, wallet_device_t **out);
+QC_MUST_CHECK int wallet_device_open(const char *home, wallet_device_t **out);
 
 /* Releases the lock, wipes the keys, frees dev and nulls *dev_p; accepts NULL. */
 void wallet_device_destroy(wallet_device_t **dev_p);
@@ -52,11 +54,11 @@ device_core_t *wallet_device_core(wallet_device_t *dev);
 /* Installs the device certificate from cert_path (PEM): its public key must be the
  * device's and its commonName the serial. Returns 0, QC_EIO (unreadable), QC_ECERT (not a
  * certificate, another key or another name). */
-int wallet_device_install_cert(wallet_device_t *dev, const char *cert_path);
+QC_MUST_CHECK int wallet_device_install_cert(wallet_device_t *dev, const char *cert_path);
 
 /* Installs the bank's allow-signing and outcome-signing keys, each given as a PEM
  * certificate or PEM public key on P-256. Returns 0, QC_EIO or QC_ECERT. */
-int wallet_device_install_bank(wallet_device_t *dev, const char *allow_path,
-                               const char *outcome_path);
+QC_MUST_CHECK int wallet_device_install_bank(wallet_device_t *dev, const char *allow_path,
+                                             const char *outcome_path);
 
 #endif

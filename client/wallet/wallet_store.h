@@ -10,16 +10,17 @@
 #define WALLET_STORE_H
 
 #include "device_core.h"
+#include "qc_error.h"
 
 #define WALLET_STATE_FILE "state"
 
 /* Atomically replaces HOME/state with st (write state.tmp, fsync, rename, fsync HOME).
  * Returns 0, QC_EINVAL (a field out of range) or QC_EIO; on error the old state is intact. */
-int wallet_state_save(const char *home, const device_state_t *st);
+QC_MUST_CHECK int wallet_state_save(const char *home, const device_state_t *st);
 
 /* Loads HOME/state into st (which must be zeroed or cleared). Returns 0, QC_ENOTFOUND (no
  * device there), QC_ETOOBIG, QC_EDECODE (damaged or tampered file: wrong checksum, unknown
  * key, value out of range), QC_EIO or QC_ENOMEM; st is cleared on error. */
-int wallet_state_load(const char *home, device_state_t *st);
+QC_MUST_CHECK int wallet_state_load(const char *home, device_state_t *st);
 
 #endif

@@ -55,7 +55,9 @@ static void test_crash_after_request_signed(void **state)
         if (wallet_device_open(b->home, &d) != 0 ||
             device_core_verify_pin(wallet_device_core(d), WT_PIN, strlen(WT_PIN)) != 0)
             _exit(CHILD_FAILED);
-        (void)device_core_request(wallet_device_core(d), WT_ACCOUNT, AMOUNT, CURRENCY, &req, &len);
+        /* The fault point kills the child inside the call: its result is never seen. */
+        QC_IGNORE(
+            device_core_request(wallet_device_core(d), WT_ACCOUNT, AMOUNT, CURRENCY, &req, &len));
         _exit(CHILD_FAILED);
     }
     expect_killed(child);
@@ -100,7 +102,8 @@ static void test_crash_after_credit(void **state)
         int verdict = 0;
         if (wallet_device_open(b->home, &d) != 0)
             _exit(CHILD_FAILED);
-        (void)device_core_judge_allow(wallet_device_core(d), allow, allow_len, &verdict);
+        /* The fault point kills the child inside the call: its result is never seen. */
+        QC_IGNORE(device_core_judge_allow(wallet_device_core(d), allow, allow_len, &verdict));
         _exit(CHILD_FAILED);
     }
     expect_killed(child);
