@@ -21,7 +21,10 @@ out=$("$QCCTL" --config "$X/conf/qcctl.conf" --curve-key "$X/keys/stranger.key" 
   --timeout-ms $CALL_TIMEOUT_MS account open EVE-001 2>&1) || rc=$?
 assert_eq "qcctl with a stranger's key: exit (3 = no shard answered; it said: ${out##*qcctl: })" 3 "$rc"
 wait_until $LOG_WAIT_S "ledger logs rpc.refused" more_refusals "$X/logs/ledger-0.log" "$n"
-grep '"event":"rpc.refused"' "$X/logs/ledger-0.log" | grep -qF "$(tr -d '\n' <"$X/keys/stranger.key.pub")" ||
+# The key is a pattern (-e: a Z85 key may begin with '-'), and grep reads all its input (no -q:
+# under pipefail, the first grep dying of SIGPIPE would fail the check).
+stranger=$(tr -d '\n' <"$X/keys/stranger.key.pub")
+grep '"event":"rpc.refused"' "$X/logs/ledger-0.log" | grep -F -e "$stranger" >/dev/null ||
   fail "the ledger's rpc.refused lines do not name the stranger's key"
 # ... and with e2e_forge, a raw call.
 line=$("$FORGE" call --endpoint "$ledger_ep" --server-key "$ledger_pub" \
