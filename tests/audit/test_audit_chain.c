@@ -19,9 +19,10 @@
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
 
 #define T_MAP_SIZE (64ull << 20)
-#define T_DIR_MAX 128
+#define T_DIR_MAX QCTEST_PATH_MAX
 
 typedef struct fixture {
     char dir[T_DIR_MAX];
@@ -34,9 +35,7 @@ static int setup(void **state)
 {
     fixture_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    const char *tmp = getenv("TMPDIR");
-    snprintf(f->dir, sizeof f->dir, "%s/qc-audit-chain-XXXXXX", tmp != NULL ? tmp : "/tmp");
-    assert_non_null(mkdtemp(f->dir));
+    assert_int_equal(qctest_dir_new("qc-audit-chain", f->dir), 0);
     assert_int_equal(audit_store_open(f->dir, 0, T_MAP_SIZE, &f->store), 0);
     f->cp_key = qctest_key_new();
     f->other_key = qctest_key_new();
@@ -48,9 +47,7 @@ static int teardown(void **state)
 {
     fixture_t *f = *state;
     audit_store_destroy(&f->store);
-    char cmd[T_DIR_MAX + 16];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(qctest_dir_remove(f->dir), 0);
     EVP_PKEY_free(f->cp_key);
     EVP_PKEY_free(f->other_key);
     free(f);

@@ -15,8 +15,9 @@
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qcctl_audit.h"
+#include "qctest_fs.h"
 
-#define T_DIR_MAX 128
+#define T_DIR_MAX QCTEST_PATH_MAX
 #define T_PATH_MAX (T_DIR_MAX + 32)
 
 static int run(const char *const *args)
@@ -31,9 +32,7 @@ static void test_verbs(void **state)
 {
     (void)state;
     char dir[T_DIR_MAX], data[T_PATH_MAX], good[T_PATH_MAX], bad[T_PATH_MAX];
-    const char *tmp = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/qc-qcctl-audit-XXXXXX", tmp != NULL ? tmp : "/tmp");
-    assert_non_null(mkdtemp(dir));
+    assert_int_equal(qctest_dir_new("qc-qcctl-audit", dir), 0);
     snprintf(data, sizeof data, "%s", dir);
     snprintf(good, sizeof good, "%s/good.pem", dir);
     snprintf(bad, sizeof bad, "%s/bad.pem", dir);
@@ -105,9 +104,7 @@ static void test_verbs(void **state)
 
     EVP_PKEY_free(key);
     EVP_PKEY_free(other);
-    char cmd[T_DIR_MAX + 16];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(qctest_dir_remove(dir), 0);
 }
 
 int main(void)

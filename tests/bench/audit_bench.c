@@ -30,6 +30,7 @@
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
 
 #define BENCH_BATCHES_MAX 16
 #define BENCH_EVENTS_DEFAULT 20000
@@ -69,9 +70,7 @@ static void make_dir(const char *base, const char *name, char *out, size_t cap)
 
 static void remove_dir(const char *dir)
 {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
+    if (qctest_dir_remove(dir) != 0)
         fprintf(stderr, "audit_bench: could not remove %s\n", dir);
 }
 

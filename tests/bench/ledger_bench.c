@@ -28,6 +28,7 @@
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
 
 #define BENCH_BATCHES_MAX 16
 #define BENCH_PAIRS_DEFAULT 4096
@@ -174,8 +175,8 @@ static void *decode_body(const uint8_t *env_bytes, size_t len, int kind)
 
 static double bench_store(size_t batch, size_t count)
 {
-    char dir[] = "/tmp/qc-ledger-bench-XXXXXX";
-    if (mkdtemp(dir) == NULL)
+    char dir[QCTEST_PATH_MAX];
+    if (qctest_dir_new("qc-ledger-bench", dir) != 0)
         die("mkdtemp", QC_EIO);
     ledger_store_t *store = NULL;
     int rc = ledger_store_open(dir, BENCH_MAP_SIZE, &store);
@@ -252,9 +253,7 @@ static double bench_store(size_t batch, size_t count)
     ledger_saga_destroy(&saga);
     ledger_store_close(&store);
     EVP_PKEY_free(bank);
-    char cmd[64];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd) != 0)
+    if (qctest_dir_remove(dir) != 0)
         fprintf(stderr, "could not remove %s\n", dir);
     return rate;
 }

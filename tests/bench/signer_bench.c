@@ -30,6 +30,9 @@
 #include "signer.pb-c.h"
 #include "signer_sign.h"
 #include "signer_token.h"
+#include "qctest_fs.h"
+#include "qctest_http.h"
+#include "qctest_proc.h"
 
 #define BENCH_PIN "123456"
 #define BENCH_TOKEN "quancun"
@@ -60,21 +63,6 @@ typedef struct bench {
     int rounds;
     proto_curve_keypair_t server_kp, client_kp;
 } bench_t;
-
-static int run(char *const argv[])
-{
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    if (waitpid(pid, &status, 0) != pid)
-        return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 /* ---------------------------------------------------------------- raw C_Sign */
 
@@ -232,26 +220,11 @@ static void drive(const bench_t *b, proto_rpc_client_t *cli, const uint8_t *req,
  * returns its mean in microseconds, or -1. */
 static double worker_mean_us(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(BENCH_HTTP_PORT)};
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     char *page = malloc(BENCH_PAGE_MAX);
-    size_t got = 0;
-    if (page != NULL && connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
-        const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
-        if (write(fd, req, sizeof(req) - 1) == (ssize_t)(sizeof(req) - 1)) {
-            ssize_t r;
-            while (got < BENCH_PAGE_MAX - 1 &&
-                   (r = read(fd, page + got, BENCH_PAGE_MAX - 1 - got)) > 0)
-                got += (size_t)r;
-        }
-    }
-    close(fd);
+    if (page != NULL && qctest_http(BENCH_HTTP_PORT, "GET", "/metrics", page, BENCH_PAGE_MAX) < 0)
+        page[0] = '\0';
     double mean = -1;
     if (page != NULL) {
-        page[got] = '\0';
         const char *sum = strstr(page, "\nqc_signer_sign_seconds_sum");
         const char *count = strstr(page, "\nqc_signer_sign_seconds_count");
         if (sum != NULL && count != NULL) {
@@ -308,16 +281,10 @@ static double bench_service(const bench_t *b, void *zctx, signer_token_t *tok,
                     "--http-port",
                     http,
                     NULL};
-    pid_t pid = fork();
+    /* The audit log line of every signature is still written, to /dev/null. */
+    pid_t pid = qctest_spawn(&(qctest_cmd_t){.argv = argv, .err_path = "/dev/null"});
     if (pid < 0)
         return -1;
-    if (pid == 0) {
-        /* The audit log line of every signature is still written, to /dev/null. */
-        FILE *null = freopen("/dev/null", "w", stderr);
-        (void)null;
-        execv(argv[0], argv);
-        _exit(127);
-    }
     char ep[64];
     snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%d", BENCH_PORT);
     proto_rpc_client_config_t cfg = {.service = "signer",
@@ -368,8 +335,7 @@ static double bench_service(const bench_t *b, void *zctx, signer_token_t *tok,
 done:
     proto_rpc_client_destroy(&cli);
     free(req);
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
+    qctest_stop(pid, SIGTERM);
     return rate;
 }
 
@@ -389,8 +355,7 @@ static void usage(FILE *to)
 
 static int bench_setup(bench_t *b)
 {
-    snprintf(b->dir, sizeof(b->dir), "/tmp/qc-signer-bench-XXXXXX");
-    if (mkdtemp(b->dir) == NULL)
+    if (qctest_dir_new("qc-signer-bench", b->dir) != 0)
         return -1;
     snprintf(b->hsm, sizeof(b->hsm), "%s/hsm", b->dir);
     char devhsm[BENCH_PATH_MAX];
@@ -405,7 +370,7 @@ static int bench_setup(bench_t *b)
                     "--module",
                     (char *)b->module,
                     NULL};
-    if (run(argv) != 0)
+    if (qctest_run_argv(argv) != 0)
         return -1;
     char conf[BENCH_PATH_MAX + 32];
     snprintf(conf, sizeof(conf), "%s/softhsm2.conf", b->hsm);
@@ -496,6 +461,6 @@ int main(int argc, char **argv)
     signer_key_destroy(&key);
     signer_token_destroy(&tok);
     char *rm[] = {"/bin/rm", "-rf", b.dir, NULL};
-    run(rm);
+    qctest_run_argv(rm);
     return 0;
 }

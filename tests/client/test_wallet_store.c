@@ -14,9 +14,10 @@
 
 #include "qc_error.h"
 #include "wallet_store.h"
+#include "qctest_fs.h"
 
-#define DIR_MAX 64
-#define PATH_MAX_T 128
+#define DIR_MAX QCTEST_PATH_MAX
+#define PATH_MAX_T (DIR_MAX + 32)
 
 static void fill(device_state_t *st)
 {
@@ -50,8 +51,8 @@ static void fill(device_state_t *st)
 static void test_round_trip(void **state)
 {
     (void)state;
-    char dir[DIR_MAX] = "/tmp/qc-wallet-store-XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    char dir[DIR_MAX];
+    assert_int_equal(qctest_dir_new("qc-wallet-store", dir), 0);
     device_state_t a, b;
     fill(&a);
     memset(&b, 0, sizeof(b));
@@ -114,9 +115,7 @@ static void test_round_trip(void **state)
     assert_int_equal(wallet_state_save(dir, &a), QC_EINVAL);
     device_state_clear(&a);
 
-    char cmd[DIR_MAX + 16];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(qctest_dir_remove(dir), 0);
 }
 
 int main(void)

@@ -16,6 +16,7 @@
 #include "ledger_testkit.h"
 #include "proto_shard.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
 
 #define T_MAP_SIZE (64ull << 20)
 #define T_DEPOSIT 10000
@@ -25,7 +26,7 @@
 #define T_DEVICE "dev-1"
 
 typedef struct fx {
-    char dir[64];
+    char dir[QCTEST_PATH_MAX];
     ledger_store_t *store;
     ledger_saga_t *saga;
     EVP_PKEY *bank;
@@ -104,8 +105,7 @@ static void deposit(fx_t *f, const char *id, int64_t amount)
 static int setup(void **state)
 {
     fx_t *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/qc-ledger-saga-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
+    assert_int_equal(qctest_dir_new("qc-ledger-saga", f->dir), 0);
     assert_int_equal(ledger_store_open(f->dir, T_MAP_SIZE, &f->store), 0);
     f->bank = qctest_key_new();
     f->dev = qctest_key_new();
@@ -136,9 +136,7 @@ static int teardown(void **state)
     free(f->cert);
     free(f->load);
     free(f->load2);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(qctest_dir_remove(f->dir), 0);
     free(f);
     return 0;
 }
@@ -922,7 +920,7 @@ static void test_more_refusals(void **state)
 static void test_enroll_checks_the_ca(void **state)
 {
     fx_t *f = *state;
-    char ca_path[96];
+    char ca_path[QCTEST_PATH_MAX + 16];
     snprintf(ca_path, sizeof ca_path, "%s/ca.pem", f->dir);
     EVP_PKEY *ca_key = NULL;
     X509 *ca = NULL;
@@ -963,8 +961,8 @@ static void test_enroll_checks_the_ca(void **state)
 static void test_map_nearly_full_refuses_growth(void **state)
 {
     fx_t *f = *state;
-    char dir[] = "/tmp/qc-ledger-full-XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    char dir[QCTEST_PATH_MAX];
+    assert_int_equal(qctest_dir_new("qc-ledger-full", dir), 0);
     ledger_store_t *store = NULL;
     assert_int_equal(ledger_store_open(dir, LEDGER_MAP_SIZE_MIN, &store), 0);
     ledger_saga_t *saga = NULL;
@@ -1013,9 +1011,7 @@ static void test_map_nearly_full_refuses_growth(void **state)
     free_pair(&p);
     ledger_saga_destroy(&saga);
     ledger_store_close(&store);
-    char cmd[64];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    assert_int_equal(qctest_dir_remove(dir), 0);
 }
 
 int main(void)
