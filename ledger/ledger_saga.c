@@ -464,13 +464,22 @@ static int reserve_limits(const Quancun__LoadRequest *r, const ledger_device_t *
         return refuse(why, QC_ELIMIT, "amount %lld outside %lld..%lld", (long long)r->amount,
                       (long long)min, (long long)a->load_max);
     uint64_t day = now / LEDGER_DAY_MS;
-    int64_t total = a->day == day ? a->day_total : 0;
-    if (__builtin_add_overflow(total, r->amount, &total) ||
-        (a->daily_max > 0 && total > a->daily_max))
-        return refuse(why, QC_ELIMIT, "daily limit %lld reached", (long long)a->daily_max);
+    int64_t today = a->day == day ? a->day_total : 0;
+    assert(today >= 0);
+    /* A sum past INT64_MAX is over any daily limit; without one it only saturates the day's
+     * count, and the refusal, if any, must name the true reason (funds, cap), not a limit
+     * that does not exist (found by an independent device with a 2^63-1 amount). */
+    int64_t total = 0;
+    if (__builtin_add_overflow(today, r->amount, &total))
+        total = INT64_MAX;
+    if (a->daily_max > 0 && total > a->daily_max)
+        return refuse(why, QC_ELIMIT, "daily limit %lld: %lld loaded today, %lld more asked",
+                      (long long)a->daily_max, (long long)today, (long long)r->amount);
     int64_t wallet = 0;
-    if (dev->wallet_cap > 0 &&
-        (__builtin_add_overflow(r->balance_before, r->amount, &wallet) || wallet > dev->wallet_cap))
+    if (__builtin_add_overflow(r->balance_before, r->amount, &wallet))
+        return refuse(why, QC_EWALLETCAP, "wallet %lld + %lld would overflow the wallet",
+                      (long long)r->balance_before, (long long)r->amount);
+    if (dev->wallet_cap > 0 && wallet > dev->wallet_cap)
         return refuse(why, QC_EWALLETCAP, "wallet %lld + %lld over its cap %lld",
                       (long long)r->balance_before, (long long)r->amount,
                       (long long)dev->wallet_cap);

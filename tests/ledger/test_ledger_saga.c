@@ -734,6 +734,23 @@ static void test_limits(void **state)
     EVP_PKEY_free(k);
 }
 
+/* Found by an independent device: on an account without a daily limit, a 2^63-1 load after
+ * a first one overflowed the day's total and was refused as "daily limit 0 reached". The
+ * refusal must name the true reason: the funds. */
+static void test_limit_overflow_names_true_reason(void **state)
+{
+    fx_t *f = *state;
+    pair_t p = make_pair(f, 100, 0, 0);
+    assert_int_equal(reserve(f, &p), 0);
+    free_pair(&p);
+    p = make_pair(f, INT64_MAX, 1, 0);
+    int64_t before = balance(f, T_ACCOUNT);
+    assert_int_equal(reserve(f, &p), QC_EFUNDS);
+    assert_null(strstr(f->why, "daily limit"));
+    assert_int_equal(balance(f, T_ACCOUNT), before);
+    free_pair(&p);
+}
+
 static void test_bad_report_signature(void **state)
 {
     fx_t *f = *state;
@@ -1031,6 +1048,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_admin_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_limit_overflow_names_true_reason, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_report_signature, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shard_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_isolation, setup, teardown),
