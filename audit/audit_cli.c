@@ -321,8 +321,9 @@ static void show_keep(uint8_t **keep, size_t *keep_len, const ProtobufCBinaryDat
 }
 
 /* Verifies the signed artefacts of a Load record. The ledger writes each artefact once:
- * load.reserved carries the request and the allow, a settlement only the report, so the
- * request and allow seen earlier in this txn's history are kept in c to check the report. */
+ * load.reserved carries the request, load.allowed the allow the bank signed after the debit,
+ * a settlement only the report, so the request and allow seen earlier in this txn's history
+ * are kept in c to check the report. */
 static void show_load(show_ctx_t *c, const Qcledger__Load *l, time_t t)
 {
     printf("    load     state %s, amount %" PRId64 " (currency %u), device %s, account %s, "

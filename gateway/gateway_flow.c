@@ -1,11 +1,11 @@
-/* gateway_flow.c - the gateway's event loop: device calls in, signer and ledger calls out.
+/* gateway_flow.c - the gateway's event loop: device calls in, ledger calls out.
  *
  * Every device call is an operation in a fixed table, moving through stages:
  *
- *   load:   verify request --> SIGN_ALLOW (signer "sign") --> RESERVE (ledger "reserve")
- *           --> reply the stored signed allow
- *   report: verify report  --> SETTLE (ledger "settle") --> SIGN_OUTCOME (signer "sign")
- *           --> reply the signed outcome
+ *   load:   verify request --> RESERVE (ledger "reserve": it debits, commits, then has the bank
+ *           sign the allow and stores it) --> reply the stored signed allow
+ *   report: verify report  --> SETTLE (ledger "settle": it settles, commits, then has the bank
+ *           sign the outcome) --> reply the signed outcome
  *
  * Invariants:
  *  1. An operation is FREE or owns exactly one device request and waits for exactly one
@@ -13,8 +13,9 @@
  *  2. Every operation ends with exactly one reply to its device (gateway_op_finish()), which
  *     frees it; a device that has gone away loses only its reply.
  *  3. Nothing a device sent is believed before gateway_verify_*() returned 0.
- *  4. The gateway never decides money: the ledger decides reserve and settle, the signer signs
- *     only what the gateway built from verified input, and the ledger checks both signatures. */
+ *  4. The gateway never decides money and holds no signing power: it has no connection to the
+ *     signer, the ledger decides reserve and settle, and only the ledger obtains the bank's
+ *     signatures, after its commit. */
 #include "gateway_flow.h"
 
 #include <assert.h>
@@ -37,19 +38,17 @@
 #include "ops_time.h"
 #include "proto_shard.h"
 #include "qc_error.h"
-#include "signer.pb-c.h"
 
 #define GATEWAY_ENDPOINTS_TEXT_MAX 4096 /* one shard's endpoint list, as configured */
-#define GATEWAY_POLLITEMS_MAX (1 + (GATEWAY_SHARDS_MAX + 2) * PROTO_RPC_ENDPOINTS_MAX)
+#define GATEWAY_POLLITEMS_MAX (1 + (GATEWAY_SHARDS_MAX + 1) * PROTO_RPC_ENDPOINTS_MAX)
 #define GATEWAY_RECV_BATCH_MAX 256 /* device requests taken per loop turn */
 #define GATEWAY_MESSAGE_MAX 128    /* a refusal's words for the device */
 
 typedef enum gateway_stage {
     GATEWAY_OP_FREE = 0,
-    GATEWAY_OP_SIGN_ALLOW,
+    GATEWAY_OP_VERIFY, /* accepted, being checked: no downstream call yet */
     GATEWAY_OP_RESERVE,
     GATEWAY_OP_SETTLE,
-    GATEWAY_OP_SIGN_OUTCOME,
 } gateway_stage_t;
 
 typedef struct gateway_op {
@@ -57,7 +56,6 @@ typedef struct gateway_op {
     proto_rpc_request_t *req; /* the device's call, owned */
     uint32_t shard;
     uint64_t start_ns;
-    uint8_t *signed_allow; /* what the signer returned, owned, during RESERVE */
 } gateway_op_t;
 
 struct gateway {
@@ -68,7 +66,6 @@ struct gateway {
     proto_trust_t *trust_report;
     gateway_certcache_t *report_certs;
     proto_rpc_server_t *server;
-    proto_rpc_client_t *signer;
     proto_rpc_client_t *shards[GATEWAY_SHARDS_MAX];
     proto_audit_t *audit;
     uint32_t shard_count;
@@ -111,8 +108,6 @@ static void gateway_op_finish(gateway_t *gw, gateway_op_t *op, int code, const c
     if (rc != 0)
         ops_log(OPS_LOG_WARN, "gateway.reply_failed", "error", qc_errname(rc), NULL);
     proto_rpc_request_destroy(&op->req);
-    free(op->signed_allow);
-    op->signed_allow = NULL;
     op->stage = GATEWAY_OP_FREE;
     gw->free_ops[gw->free_count++] = (int)(op - gw->ops);
     ops_gauge_add(gw->m_inflight, -1);
@@ -136,8 +131,8 @@ static void gateway_op_call(gateway_t *gw, gateway_op_t *op, proto_rpc_client_t 
     }
     uint64_t request_id = 0;
     op->stage = stage;
-    /* Every downstream call of the gateway is idempotent: sign has no effect, and reserve and
-     * settle are idempotent by txn_id on the ledger. */
+    /* Every downstream call of the gateway is idempotent: reserve and settle are idempotent by
+     * txn_id on the ledger, which releases one stored allow per load whatever is resent. */
     rc = proto_rpc_client_send(cli, method, body, body_len, (int)gw->cfg.rpc_timeout_ms,
                                PROTO_RPC_IDEMPOTENT, op, &request_id);
     free(body);
@@ -145,24 +140,6 @@ static void gateway_op_call(gateway_t *gw, gateway_op_t *op, proto_rpc_client_t 
         ops_counter_add(gw->m_unavailable, 1);
         gateway_op_refuse(gw, op, QC_EUNAVAIL, "service unavailable - try again");
     }
-}
-
-static void gateway_sign(gateway_t *gw, gateway_op_t *op, gateway_stage_t stage,
-                         Quancun__SignKind kind, const ProtobufCMessage *msg)
-{
-    uint8_t *body = NULL;
-    size_t body_len = 0;
-    int rc = proto_pack(msg, &body, &body_len);
-    if (rc != 0) {
-        gateway_op_refuse(gw, op, rc, NULL);
-        return;
-    }
-    Quancun__SignRequest sr = QUANCUN__SIGN_REQUEST__INIT;
-    sr.kind = kind;
-    sr.body.data = body;
-    sr.body.len = body_len;
-    gateway_op_call(gw, op, gw->signer, stage, "sign", &sr.base);
-    free(body);
 }
 
 /* ------------------------------------------------------------------ load */
@@ -204,45 +181,12 @@ static void gateway_load_start(gateway_t *gw, gateway_op_t *op)
         return;
     }
     op->shard = proto_shard_of(req->account_id, gw->shard_count);
-    Quancun__LoadAllow allow = QUANCUN__LOAD_ALLOW__INIT;
-    allow.txn_id = req->txn_id;
-    allow.device_id = req->device_id;
-    allow.account_id = req->account_id;
-    allow.amount = req->amount;
-    allow.currency = req->currency;
-    allow.counter = req->counter;
-    allow.request_digest.data = digest;
-    allow.request_digest.len = sizeof digest;
-    allow.host_time_ms = now_ms;
-    allow.deadline_ms = now_ms + (uint64_t)gw->cfg.deadline_ms;
-    gateway_sign(gw, op, GATEWAY_OP_SIGN_ALLOW, QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW, &allow.base);
     quancun__load_request__free_unpacked(req, NULL);
-}
-
-static void gateway_load_signed(gateway_t *gw, gateway_op_t *op, const proto_rpc_reply_t *reply)
-{
-    Quancun__SignReply *sr = quancun__sign_reply__unpack(NULL, reply->body_len, reply->body);
-    if (sr == NULL || sr->signed_.len == 0) {
-        if (sr != NULL)
-            quancun__sign_reply__free_unpacked(sr, NULL);
-        gateway_op_refuse(gw, op, QC_EINTERNAL, "the signer's reply was malformed");
-        return;
-    }
-    op->signed_allow = malloc(sr->signed_.len);
-    if (op->signed_allow == NULL) {
-        quancun__sign_reply__free_unpacked(sr, NULL);
-        gateway_op_refuse(gw, op, QC_ENOMEM, NULL);
-        return;
-    }
-    memcpy(op->signed_allow, sr->signed_.data, sr->signed_.len);
+    /* The ledger verifies the request again, debits, commits, and only then has the bank sign
+     * the allow: the gateway passes on the device's exact bytes and nothing of its own. */
     Qcledger__ReserveRequest rr = QCLEDGER__RESERVE_REQUEST__INIT;
     rr.request.data = op->req->body;
     rr.request.len = op->req->body_len;
-    rr.allow.data = op->signed_allow;
-    rr.allow.len = sr->signed_.len;
-    quancun__sign_reply__free_unpacked(sr, NULL);
-    /* Chaos: the bank has signed an allow that no ledger has reserved yet. */
-    ops_fault_point("gateway.after_sign_before_reserve");
     gateway_op_call(gw, op, gw->shards[op->shard], GATEWAY_OP_RESERVE, "reserve", &rr.base);
 }
 
@@ -250,7 +194,10 @@ static void gateway_load_reserved(gateway_t *gw, gateway_op_t *op, const proto_r
 {
     Qcledger__ReserveReply *rr =
         qcledger__reserve_reply__unpack(NULL, reply->body_len, reply->body);
-    if (rr == NULL || rr->load == NULL || rr->allow.len == 0) {
+    /* A load the ledger settled before any allow was stored (its deadline passed while the
+     * signer was down) comes back with none: that is an answer, not a malformed reply. */
+    if (rr == NULL || rr->load == NULL ||
+        (rr->load->state == QUANCUN__LOAD_STATE__LOAD_RESERVED && rr->allow.len == 0)) {
         if (rr != NULL)
             qcledger__reserve_reply__free_unpacked(rr, NULL);
         gateway_op_refuse(gw, op, QC_EINTERNAL, "the ledger's reply was malformed");
@@ -315,37 +262,16 @@ static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
 
 static void gateway_report_settled(gateway_t *gw, gateway_op_t *op, const proto_rpc_reply_t *reply)
 {
-    Qcledger__LoadReply *lr = qcledger__load_reply__unpack(NULL, reply->body_len, reply->body);
-    if (lr == NULL || lr->load == NULL || lr->load->state == QUANCUN__LOAD_STATE__LOAD_NONE ||
-        lr->load->state == QUANCUN__LOAD_STATE__LOAD_RESERVED) {
-        if (lr != NULL)
-            qcledger__load_reply__free_unpacked(lr, NULL);
+    Qcledger__SettleReply *sr = qcledger__settle_reply__unpack(NULL, reply->body_len, reply->body);
+    if (sr == NULL || sr->load == NULL || sr->load->state == QUANCUN__LOAD_STATE__LOAD_NONE ||
+        sr->load->state == QUANCUN__LOAD_STATE__LOAD_RESERVED || sr->outcome.len == 0) {
+        if (sr != NULL)
+            qcledger__settle_reply__free_unpacked(sr, NULL);
         gateway_op_refuse(gw, op, QC_EINTERNAL, "the ledger's reply was malformed");
         return;
     }
-    Quancun__LoadOutcome out = QUANCUN__LOAD_OUTCOME__INIT;
-    out.txn_id = lr->load->txn_id;
-    out.device_id = lr->load->device_id;
-    out.state = lr->load->state;
-    out.amount = lr->load->amount;
-    out.currency = lr->load->currency;
-    out.reason = lr->load->reason;
-    out.host_time_ms = ops_time_wall_ms();
-    gateway_sign(gw, op, GATEWAY_OP_SIGN_OUTCOME, QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME, &out.base);
-    qcledger__load_reply__free_unpacked(lr, NULL);
-}
-
-static void gateway_report_signed(gateway_t *gw, gateway_op_t *op, const proto_rpc_reply_t *reply)
-{
-    Quancun__SignReply *sr = quancun__sign_reply__unpack(NULL, reply->body_len, reply->body);
-    if (sr == NULL || sr->signed_.len == 0) {
-        if (sr != NULL)
-            quancun__sign_reply__free_unpacked(sr, NULL);
-        gateway_op_refuse(gw, op, QC_EINTERNAL, "the signer's reply was malformed");
-        return;
-    }
-    gateway_op_finish(gw, op, 0, NULL, sr->signed_.data, sr->signed_.len);
-    quancun__sign_reply__free_unpacked(sr, NULL);
+    gateway_op_finish(gw, op, 0, NULL, sr->outcome.data, sr->outcome.len);
+    qcledger__settle_reply__free_unpacked(sr, NULL);
 }
 
 /* ------------------------------------------------------------------ loop */
@@ -360,24 +286,19 @@ static void gateway_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *r
         ops_counter_add(gw->m_unavailable, 1);
         gateway_op_refuse(gw, op, QC_EUNAVAIL, "service unavailable - try again");
     } else if (reply->code != 0) {
-        /* The ledger's or signer's refusal, passed on with its words. */
+        /* The ledger's refusal (its signer's failure included), passed on with its words. */
         gateway_op_refuse(gw, op, reply->code, reply->message);
     } else {
         switch (op->stage) {
-        case GATEWAY_OP_SIGN_ALLOW:
-            gateway_load_signed(gw, op, reply);
-            break;
         case GATEWAY_OP_RESERVE:
             gateway_load_reserved(gw, op, reply);
             break;
         case GATEWAY_OP_SETTLE:
             gateway_report_settled(gw, op, reply);
             break;
-        case GATEWAY_OP_SIGN_OUTCOME:
-            gateway_report_signed(gw, op, reply);
-            break;
         case GATEWAY_OP_FREE:
-            assert(!"unreachable");
+        case GATEWAY_OP_VERIFY:
+            assert(!"no call in flight in this stage");
         }
     }
     proto_rpc_reply_destroy(&reply);
@@ -397,7 +318,7 @@ static void gateway_accept(gateway_t *gw, proto_rpc_request_t *req)
         proto_rpc_request_destroy(&req);
         return;
     }
-    op->stage = GATEWAY_OP_SIGN_ALLOW; /* provisional: every path below moves or frees it */
+    op->stage = GATEWAY_OP_VERIFY; /* every path below moves it on or frees it */
     if (is_load)
         gateway_load_start(gw, op);
     else if (strcmp(req->method, "report") == 0 || strcmp(req->method, "sync") == 0)
@@ -410,9 +331,8 @@ int gateway_run(gateway_t *gw)
 {
     assert(gw != NULL);
     zmq_pollitem_t items[GATEWAY_POLLITEMS_MAX];
-    proto_rpc_client_t *clients[GATEWAY_SHARDS_MAX + 1];
+    proto_rpc_client_t *clients[GATEWAY_SHARDS_MAX];
     uint32_t client_count = 0;
-    clients[client_count++] = gw->signer;
     for (uint32_t s = 0; s < gw->shard_count; s++)
         clients[client_count++] = gw->shards[s];
     proto_rpc_client_t *audit = proto_audit_client(gw->audit);
@@ -502,7 +422,7 @@ static void gateway_metrics(gateway_t *gw)
     gw->m_bad_reports =
         ops_counter("qc_gateway_security_events_total{type=\"bad_report\"}", "security events");
     gw->m_unavailable =
-        ops_counter("qc_gateway_downstream_unavailable_total", "signer or ledger did not answer");
+        ops_counter("qc_gateway_downstream_unavailable_total", "a ledger shard did not answer");
     gw->m_busy = ops_counter("qc_gateway_busy_total", "device calls refused: table full");
     gw->m_load_seconds = ops_histogram("qc_gateway_load_seconds", "request to allow latency");
     gw->m_report_seconds = ops_histogram("qc_gateway_report_seconds", "report to outcome latency");
@@ -514,10 +434,8 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
     assert(ctx != NULL && cfg != NULL && out != NULL);
     assert(cfg->keys != NULL);
     *out = NULL;
-    if (cfg->deadline_ms < GATEWAY_DEADLINE_MIN_MS || cfg->deadline_ms > GATEWAY_DEADLINE_MAX_MS ||
-        cfg->rpc_timeout_ms <= 0 || cfg->signer_key == NULL || cfg->ledger_key == NULL ||
-        cfg->ledger == NULL || cfg->ca_path == NULL || cfg->listen == NULL ||
-        (cfg->signer == NULL) == (cfg->signer_file == NULL))
+    if (cfg->rpc_timeout_ms <= 0 || cfg->ledger_key == NULL || cfg->ledger == NULL ||
+        cfg->ca_path == NULL || cfg->listen == NULL)
         return QC_ECONFIG;
     gateway_t *gw = calloc(1, sizeof *gw);
     if (gw == NULL)
@@ -534,15 +452,6 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
     if (rc == 0)
         rc = gateway_certcache_new(gw->trust_report, &gw->report_certs);
     if (rc != 0)
-        goto err;
-    proto_rpc_client_config_t sc = {
-        .service = "signer",
-        .endpoints = cfg->signer,
-        .endpoints_path = cfg->signer_file,
-        .server_public_z85 = cfg->signer_key,
-        .keys = cfg->keys,
-    };
-    if ((rc = proto_rpc_client_new(ctx, &sc, &gw->signer)) != 0)
         goto err;
     if ((rc = gateway_connect_shards(gw, ctx)) != 0)
         goto err;
@@ -579,11 +488,9 @@ void gateway_destroy(gateway_t **gw_p)
     gateway_t *gw = *gw_p;
     for (int i = 0; i < GATEWAY_OPS_MAX; i++) {
         proto_rpc_request_destroy(&gw->ops[i].req);
-        free(gw->ops[i].signed_allow);
     }
     proto_rpc_server_destroy(&gw->server);
     proto_audit_destroy(&gw->audit);
-    proto_rpc_client_destroy(&gw->signer);
     for (uint32_t s = 0; s < gw->shard_count; s++)
         proto_rpc_client_destroy(&gw->shards[s]);
     gateway_trust_destroy(&gw->trust);

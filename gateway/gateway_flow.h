@@ -1,11 +1,12 @@
-/* gateway_flow.h - the gateway's event loop: device calls in, signer and ledger calls out.
+/* gateway_flow.h - the gateway's event loop: device calls in, ledger calls out.
  *
- * The gateway holds nothing durable. A device's "load" is verified, turned into a LoadAllow the
- * signer signs, and reserved on the ledger shard of its account; the device gets the allow the
- * ledger stored (on a retry, the very same bytes). A "report" (or "sync") is verified, settled
- * on the ledger, and answered with a LoadOutcome the signer signs. One thread drives every call
- * at once through a table of operations in flight, so one slow signer or shard stalls only the
- * devices waiting on it. */
+ * The gateway holds nothing durable and no signing power: it never talks to the signer. A
+ * device's "load" is verified and reserved on the ledger shard of its account, which debits,
+ * commits, has the bank sign the allow and stores it; the device gets the allow the ledger
+ * stored (on a retry, the very same bytes). A "report" (or "sync") is verified and settled on
+ * the ledger, whose reply carries the LoadOutcome the bank signed after the settlement. One
+ * thread drives every call at once through a table of operations in flight, so one slow shard
+ * stalls only the devices waiting on it. */
 #ifndef GATEWAY_FLOW_H
 #define GATEWAY_FLOW_H
 
@@ -15,7 +16,7 @@
 #include "proto_rpc.h"
 
 /* Device calls in flight in one gateway. It is also the admission limit: every call in flight
- * may be queued at the signer or a ledger shard, and a queue longer than the per-attempt
+ * may be queued at a ledger shard, and a queue longer than the per-attempt
  * timeout of those calls (rpc_timeout_ms / 4) makes the gateway resend calls the shard is
  * still working on. At 4096, an open-loop overload of 1.1x the peak grew the ledger's queue
  * past that timeout: it received 2.6 requests per call and completed loads fell from ~1000/s
@@ -25,23 +26,17 @@
 /* Calls kept for reports (and syncs) when the table fills: a report finishes a load whose
  * money is already held, so new loads are refused busy first. */
 #define GATEWAY_OPS_REPORT_RESERVE 64
-#define GATEWAY_SHARDS_MAX 64        /* ledger shards one gateway routes to */
-#define GATEWAY_POLL_MAX_MS 200      /* longest sleep of the loop, to notice signals */
-#define GATEWAY_DEADLINE_MIN_MS 1000 /* shortest load deadline the config may set */
-#define GATEWAY_DEADLINE_MAX_MS 86400000
+#define GATEWAY_SHARDS_MAX 64   /* ledger shards one gateway routes to */
+#define GATEWAY_POLL_MAX_MS 200 /* longest sleep of the loop, to notice signals */
 
 typedef struct gateway_config {
     const char *listen;                /* device endpoint */
     const proto_curve_keypair_t *keys; /* the gateway's CURVE key pair (server and client) */
-    const char *signer;                /* signer endpoints, comma-separated */
-    const char *signer_file;           /* or a file of them, re-read on SIGHUP */
-    const char *signer_key;            /* the signer's CURVE public key */
     const char *ledger;     /* shard endpoints: shards separated by ';', instances by ',' */
     const char *ledger_key; /* the ledger's CURVE public key */
     const char *ca_path;    /* device CA bundle (PEM) */
     const char *crl_path;   /* device CRL (PEM), NULL for none; re-read when it changes */
     bool crl_stale_ok;      /* use a CRL past its nextUpdate (default: refuse, QC_ECRLSTALE) */
-    int64_t deadline_ms;    /* a load's report deadline after its allow */
     int64_t rpc_timeout_ms; /* budget of one downstream call, retries included */
     const char *audit;      /* audit endpoints for security events, NULL = log only */
     const char *audit_key;  /* audit's CURVE public key */
@@ -51,7 +46,7 @@ typedef struct gateway_config {
 typedef struct gateway gateway_t;
 
 /* Creates the gateway in zmq context ctx (not owned): loads the trust store, binds the device
- * port, connects to the signer and every ledger shard. Returns 0, QC_ECONFIG, QC_EIO,
+ * port, connects to every ledger shard. Returns 0, QC_ECONFIG, QC_EIO,
  * QC_ECERT or QC_ENOMEM. */
 int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out);
 

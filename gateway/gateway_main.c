@@ -1,4 +1,4 @@
-/* gateway_main.c - qc-gateway: where devices connect; orchestrates loads across signer and ledger.
+/* gateway_main.c - qc-gateway: where devices connect; passes their loads on to the ledger.
  *
  * The start-up is the one every service shares (ops_service.h); the service is in
  * gateway_service.c, its loop in gateway_flow.c. */
@@ -30,10 +30,6 @@ static const ops_config_key_t gateway_keys[] = {
     {"listen", OPS_CONFIG_STRING, "tcp://127.0.0.1:7001", "device endpoint to bind",
      .check = ops_config_check_endpoint},
     {"curve_key", OPS_CONFIG_STRING, NULL, "the gateway's CURVE key pair file (qc-curve-keygen)"},
-    {"signer", OPS_CONFIG_STRING, NULL, "signer endpoints, comma-separated",
-     .check = ops_config_check_endpoints},
-    {"signer_file", OPS_CONFIG_STRING, NULL, "file of signer endpoints, re-read on SIGHUP"},
-    {"signer_key", OPS_CONFIG_STRING, NULL, "the signer's CURVE public key (Z85)"},
     {"ledger", OPS_CONFIG_STRING, NULL,
      "ledger endpoints: shard 0 first, shards separated by ';', instances by ','",
      .check = ops_config_check_endpoints},
@@ -44,9 +40,7 @@ static const ops_config_key_t gateway_keys[] = {
     {"crl_stale", OPS_CONFIG_STRING, "refuse",
      "a CRL past its nextUpdate: refuse (every device, QC_ECRLSTALE) or accept (keep using it)",
      .check = gateway_check_crl_stale},
-    {"deadline_ms", OPS_CONFIG_INT, "30000", "time a device has to report after its allow",
-     .min = GATEWAY_DEADLINE_MIN_MS, .max = GATEWAY_DEADLINE_MAX_MS},
-    {"rpc_timeout_ms", OPS_CONFIG_INT, "3000", "budget of one signer or ledger call", .min = 1,
+    {"rpc_timeout_ms", OPS_CONFIG_INT, "3000", "budget of one ledger call", .min = 1,
      .max = GATEWAY_RPC_TIMEOUT_MS_MAX},
     {"audit", OPS_CONFIG_STRING, NULL, "audit endpoints for security events (empty = log only)",
      .check = ops_config_check_endpoints},

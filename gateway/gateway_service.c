@@ -42,15 +42,11 @@ static int gateway_service_start(gateway_service_t *svc, const ops_config_t *cfg
     gateway_config_t gc = {
         .listen = ops_config_str(cfg, "listen"),
         .keys = &keys,
-        .signer = gateway_nonempty(ops_config_str(cfg, "signer")),
-        .signer_file = gateway_nonempty(ops_config_str(cfg, "signer_file")),
-        .signer_key = ops_config_str(cfg, "signer_key"),
         .ledger = ops_config_str(cfg, "ledger"),
         .ledger_key = ops_config_str(cfg, "ledger_key"),
         .ca_path = ops_config_str(cfg, "ca"),
         .crl_path = gateway_nonempty(ops_config_str(cfg, "crl")),
         .crl_stale_ok = strcmp(ops_config_str(cfg, "crl_stale"), "accept") == 0,
-        .deadline_ms = ops_config_int(cfg, "deadline_ms"),
         .rpc_timeout_ms = ops_config_int(cfg, "rpc_timeout_ms"),
         .audit = gateway_nonempty(ops_config_str(cfg, "audit")),
         .audit_key = gateway_nonempty(ops_config_str(cfg, "audit_key")),
@@ -60,7 +56,7 @@ static int gateway_service_start(gateway_service_t *svc, const ops_config_t *cfg
     proto_curve_keypair_wipe(&keys);
     if (rc != 0) {
         ops_log(OPS_LOG_ERROR, "gateway.start_failed", "error", qc_strerror(rc), "hint",
-                "check listen, signer, signer_key, ledger, ledger_key, ca, crl, deadline_ms", NULL);
+                "check listen, ledger, ledger_key, ca, crl", NULL);
         return rc;
     }
     ops_log(OPS_LOG_INFO, "gateway.started", "listen", gc.listen, NULL);

@@ -12,6 +12,12 @@
 
 #define LEDGER_MIB (1024ull * 1024ull)
 #define LEDGER_MAP_MB_MAX (1024ll * 1024ll) /* 1 TiB */
+#define LEDGER_SIGNER_TIMEOUT_MS_MAX 60000
+
+static const char *ledger_nonempty(const char *s)
+{
+    return s != NULL && s[0] != '\0' ? s : NULL;
+}
 
 static const ops_config_key_t ledger_keys[] = {
     {"listen", OPS_CONFIG_STRING, "tcp://127.0.0.1:7300", "endpoint the ROUTER socket binds",
@@ -36,6 +42,16 @@ static const ops_config_key_t ledger_keys[] = {
      .max = LEDGER_BATCH_MAX},
     {"batch_wait_us", OPS_CONFIG_INT, "200", "extra wait for a group commit to fill (us)", .min = 0,
      .max = LEDGER_BATCH_WAIT_US_MAX},
+    {"deadline_ms", OPS_CONFIG_INT, "30000",
+     "time a device has to report after its load is reserved (the allow carries it)",
+     .min = LEDGER_DEADLINE_MIN_MS, .max = LEDGER_DEADLINE_MAX_MS},
+    {"signer", OPS_CONFIG_STRING, NULL, "signer endpoints, comma-separated",
+     .check = ops_config_check_endpoints},
+    {"signer_file", OPS_CONFIG_STRING, NULL, "file of signer endpoints, re-read on SIGHUP"},
+    {"signer_key", OPS_CONFIG_STRING, NULL, "the signer's CURVE public key (Z85)"},
+    {"signer_timeout_ms", OPS_CONFIG_INT, "2000",
+     "budget of one signature, retries to every signer included", .min = 1,
+     .max = LEDGER_SIGNER_TIMEOUT_MS_MAX},
 };
 
 #define LEDGER_USAGE                                                                               \
@@ -84,6 +100,11 @@ int main(int argc, char **argv)
         .map_size = (uint64_t)ops_config_int(cfg, "map_size_mb") * LEDGER_MIB,
         .batch_max = (size_t)ops_config_int(cfg, "batch_max"),
         .batch_wait_us = (uint32_t)ops_config_int(cfg, "batch_wait_us"),
+        .deadline_ms = ops_config_int(cfg, "deadline_ms"),
+        .signer = ledger_nonempty(ops_config_str(cfg, "signer")),
+        .signer_file = ledger_nonempty(ops_config_str(cfg, "signer_file")),
+        .signer_key = ops_config_str(cfg, "signer_key"),
+        .signer_timeout_ms = (int)ops_config_int(cfg, "signer_timeout_ms"),
     };
     ledger_service_t *svc = NULL;
     rc = ledger_service_new(&scfg, &svc);

@@ -14,11 +14,16 @@
  *   7. device.counter only grows; a request below it is stale.
  *   8. Every change appends its audit events to the outbox in the same transaction.
  *   9. A refused operation changes nothing (it runs in its own nested transaction).
+ *  10. A load's allow is stored at most once, only while the load is RESERVED (its money held),
+ *      and its body is ledger_saga_allow_body() of the record: the stored allow is the only one
+ *      the ledger ever releases, so no allow exists for money that was not reserved.
  *
  * States and the function performing each transition:
  *
  *             saga_reserve_apply()             saga_confirm()
  *   (none) ------------------------> RESERVED -----------------------> CONFIRMED
+ *                                      |  ^ store_allow_txn(): the allow the bank signed
+ *                                      |  | after the commit, stored once (invariant 10)
  *                                      |   settle APPLIED + matching, or a next request
  *                                      |   whose counter is this load's counter + 1
  *                                      |
@@ -77,6 +82,7 @@ struct ledger_saga {
     saga_key_slot_t *keys; /* SAGA_KEY_CACHE_SLOTS */
     ledger_store_t *store;
     EVP_PKEY *allow_key;
+    uint8_t allow_key_id[PROTO_KEY_ID_SIZE];
     const proto_trust_t *trust;
     uint32_t shard;
     uint32_t shard_count;
@@ -128,6 +134,12 @@ int ledger_saga_new(const ledger_saga_config_t *cfg, ledger_saga_t **out)
     }
     s->store = cfg->store;
     s->allow_key = cfg->allow_key;
+    if (proto_key_id(cfg->allow_key, s->allow_key_id) != 0) {
+        free(s->prev);
+        free(s->keys);
+        free(s);
+        return QC_EINVAL;
+    }
     s->trust = cfg->trust;
     s->shard = cfg->shard;
     s->shard_count = cfg->shard_count;
@@ -185,17 +197,19 @@ static int emit(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const char *type,
 }
 
 /* A load event carries the record with the signed artefacts it adds: load.reserved the
- * request and the allow, a settlement the report that caused it (if any). The audit log
- * links them by txn id, so nothing is lost and a commit writes each artefact once. */
+ * request, load.allowed the allow the bank signed after the debit, a settlement the report
+ * that caused it (if any). The audit log links them by txn id, so nothing is lost and a
+ * commit writes each artefact once. */
 static int emit_load(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const char *type,
                      const ledger_load_t *l)
 {
     Qcledger__Load m;
     ledger_store_load_view(l, &m);
-    if (l->state != QUANCUN__LOAD_STATE__LOAD_RESERVED) {
+    bool allowed = strcmp(type, "load.allowed") == 0;
+    if (l->state != QUANCUN__LOAD_STATE__LOAD_RESERVED || allowed)
         m.request.len = 0;
+    if (l->state != QUANCUN__LOAD_STATE__LOAD_RESERVED || !allowed)
         m.allow.len = 0;
-    }
     return emit(s, txn, now, type, l->txn_id, &m.base);
 }
 
@@ -492,12 +506,14 @@ static int reserve_limits(const Quancun__LoadRequest *r, const ledger_device_t *
 }
 
 /* The new load itself, once its device's previous load is settled: limits, funds, the debit,
- * the record. Runs in its own nested txn (see saga_reserve_apply). */
+ * the record. Runs in its own nested txn (see saga_reserve_apply). The record holds no allow:
+ * the bank signs one only after this debit is committed (ledger_saga_store_allow). */
 static int reserve_new(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const Quancun__LoadRequest *r,
-                       const Quancun__LoadAllow *al, ledger_device_t *dev, const uint8_t *req,
-                       size_t req_len, const uint8_t *allow, size_t allow_len, ledger_load_t *out,
-                       char *why)
+                       uint64_t deadline_ms, ledger_device_t *dev, const uint8_t *req,
+                       size_t req_len, ledger_load_t *out, char *why)
 {
+    assert(deadline_ms > now);
+    assert(req_len <= sizeof out->request);
     ledger_account_t a;
     int rc;
     /* Reconciliation may have moved money back into the account: read it again. */
@@ -514,11 +530,10 @@ static int reserve_new(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const Quanc
     snprintf(out->device_id, sizeof out->device_id, "%s", dev->id);
     snprintf(out->account_id, sizeof out->account_id, "%s", a.id);
     out->counter = r->counter;
-    out->deadline_ms = al->deadline_ms;
+    out->deadline_ms = deadline_ms;
     memcpy(out->request, req, req_len);
     out->request_len = req_len;
-    memcpy(out->allow, allow, allow_len);
-    out->allow_len = allow_len;
+    out->allow_len = 0;
     out->report_len = 0;
     out->created_ms = now;
     out->updated_ms = now;
@@ -547,13 +562,15 @@ static int reserve_new(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const Quanc
  * refused (its funds, its limits): otherwise a refused request would undo the proof and the
  * deadline would refund a load the device holds. */
 static int saga_reserve_apply(ledger_saga_t *s, MDB_txn *txn, uint64_t now,
-                              const Quancun__LoadRequest *r, const Quancun__LoadAllow *al,
-                              const uint8_t *req, size_t req_len, const uint8_t *allow,
-                              size_t allow_len, ledger_load_t *out, char *why, bool *keep)
+                              const Quancun__LoadRequest *r, uint64_t deadline_ms,
+                              const uint8_t *req, size_t req_len, ledger_load_t *out, char *why,
+                              bool *keep)
 {
     *keep = false;
-    if (req_len > sizeof out->request || allow_len > sizeof out->allow)
+    if (req_len > sizeof out->request)
         return refuse(why, QC_ETOOBIG, "signed artefact larger than %d bytes", LEDGER_SIGNED_MAX);
+    if (deadline_ms <= now)
+        return refuse(why, QC_EEXPIRED, "deadline already passed");
     if (proto_shard_of(r->account_id, s->shard_count) != s->shard)
         return refuse(why, QC_ESHARD, "account %s is not on shard %u", r->account_id, s->shard);
     int rc = check_room(s, txn, why);
@@ -600,7 +617,7 @@ static int saga_reserve_apply(ledger_saga_t *s, MDB_txn *txn, uint64_t now,
     MDB_txn *child = NULL;
     if ((rc = saga_begin(s, txn, &child)) != 0)
         goto out;
-    rc = reserve_new(s, child, now, r, al, dev, req, req_len, allow, allow_len, out, why);
+    rc = reserve_new(s, child, now, r, deadline_ms, dev, req, req_len, out, why);
     rc = saga_finish(child, rc, false);
 out:
     free(dev);
@@ -624,11 +641,10 @@ static int reserve_known(ledger_saga_t *s, MDB_txn *txn, const uint8_t *txn_id, 
 }
 
 int ledger_saga_reserve_trusted(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
-                                const Quancun__LoadRequest *r, const Quancun__LoadAllow *al,
-                                const uint8_t *req, size_t req_len, const uint8_t *allow,
-                                size_t allow_len, ledger_load_t *out, char *why)
+                                uint64_t deadline_ms, const Quancun__LoadRequest *r,
+                                const uint8_t *req, size_t req_len, ledger_load_t *out, char *why)
 {
-    assert(s != NULL && r != NULL && al != NULL && out != NULL);
+    assert(s != NULL && r != NULL && out != NULL);
     assert(r->txn_id.len == LEDGER_TXN_ID_SIZE);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
@@ -637,8 +653,7 @@ int ledger_saga_reserve_trusted(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
     bool known = false, keep = false;
     rc = reserve_known(s, txn, r->txn_id.data, req, req_len, out, why, &known);
     if (rc == 0 && !known)
-        rc =
-            saga_reserve_apply(s, txn, now, r, al, req, req_len, allow, allow_len, out, why, &keep);
+        rc = saga_reserve_apply(s, txn, now, r, deadline_ms, req, req_len, out, why, &keep);
     return saga_finish(txn, rc, keep);
 }
 
@@ -689,31 +704,16 @@ static int verify_by_device(ledger_saga_t *s, MDB_txn *txn, const char *device_i
     return rc;
 }
 
-/* The allow must say what the request says: the one rule of proto_load.h. */
-static int allow_matches(const Quancun__LoadRequest *r, const Quancun__LoadAllow *a,
-                         const uint8_t *req_body, size_t req_body_len, char *why)
+static int reserve_verified(ledger_saga_t *s, MDB_txn *txn, uint64_t now, uint64_t deadline_ms,
+                            const uint8_t *req, size_t req_len, ledger_load_t *out, char *why,
+                            bool *keep)
 {
-    uint8_t digest[PROTO_DIGEST_SIZE];
-    int rc = proto_sha256(req_body, req_body_len, digest);
-    if (rc != 0)
-        return rc;
-    const char *differs = NULL;
-    if ((rc = proto_allow_matches_request(a, r, digest, &differs)) != 0)
-        return refuse(why, rc, "%s", differs);
-    return 0;
-}
-
-static int reserve_verified(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const uint8_t *req,
-                            size_t req_len, const uint8_t *allow, size_t allow_len,
-                            ledger_load_t *out, char *why, bool *keep)
-{
-    proto_envelope_t *renv = NULL, *aenv = NULL;
+    proto_envelope_t *renv = NULL;
     Quancun__LoadRequest *r = NULL;
-    Quancun__LoadAllow *a = NULL;
-    size_t rbody_len = 0, abody_len = 0;
+    size_t rbody_len = 0;
     bool known = false;
     int rc;
-    if (req_len > LEDGER_SIGNED_MAX || allow_len > LEDGER_SIGNED_MAX)
+    if (req_len > LEDGER_SIGNED_MAX)
         return refuse(why, QC_ETOOBIG, "signed artefact larger than %d bytes", LEDGER_SIGNED_MAX);
     if ((rc = proto_envelope_open(req, req_len, &renv)) != 0) {
         refuse(why, rc, "request envelope: %s", qc_strerror(rc));
@@ -725,7 +725,7 @@ static int reserve_verified(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const 
         goto out;
     }
     /* A retry carries the very bytes already verified and stored: answer it before any
-     * crypto, with the stored allow. */
+     * crypto, with the stored record (and its allow, once one is stored). */
     if ((rc = reserve_known(s, txn, r->txn_id.data, req, req_len, out, why, &known)) != 0 || known)
         goto out;
     if (proto_shard_of(r->account_id, s->shard_count) != s->shard) {
@@ -734,39 +734,16 @@ static int reserve_verified(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const 
     }
     if ((rc = verify_by_device(s, txn, r->device_id, renv, PROTO_TYPE_LOAD_REQUEST, why)) != 0)
         goto out;
-    if ((rc = proto_envelope_open(allow, allow_len, &aenv)) != 0) {
-        refuse(why, rc, "allow envelope: %s", qc_strerror(rc));
-        goto out;
-    }
-    if ((rc = proto_envelope_verify(aenv, PROTO_TYPE_LOAD_ALLOW, s->allow_key)) != 0) {
-        refuse(why, rc, "allow not signed by the bank's allow key");
-        goto out;
-    }
-    const uint8_t *abody = proto_envelope_body(aenv, &abody_len);
-    if ((rc = proto_decode_load_allow(abody, abody_len, &a)) != 0) {
-        refuse(why, rc, "allow body: %s", qc_strerror(rc));
-        goto out;
-    }
-    if ((rc = allow_matches(r, a, rbody, rbody_len, why)) != 0)
-        goto out;
-    if (a->deadline_ms <= now) {
-        rc = refuse(why, QC_EEXPIRED, "allow deadline already passed");
-        goto out;
-    }
-    rc = saga_reserve_apply(s, txn, now, r, a, req, req_len, allow, allow_len, out, why, keep);
+    rc = saga_reserve_apply(s, txn, now, r, deadline_ms, req, req_len, out, why, keep);
 out:
     if (r != NULL)
         quancun__load_request__free_unpacked(r, NULL);
-    if (a != NULL)
-        quancun__load_allow__free_unpacked(a, NULL);
     proto_envelope_destroy(&renv);
-    proto_envelope_destroy(&aenv);
     return rc;
 }
 
-int ledger_saga_reserve(ledger_saga_t *s, MDB_txn *parent, uint64_t now, const uint8_t *req,
-                        size_t req_len, const uint8_t *allow, size_t allow_len, ledger_load_t *out,
-                        char *why)
+int ledger_saga_reserve(ledger_saga_t *s, MDB_txn *parent, uint64_t now, uint64_t deadline_ms,
+                        const uint8_t *req, size_t req_len, ledger_load_t *out, char *why)
 {
     assert(s != NULL && out != NULL);
     assert(req != NULL || req_len == 0);
@@ -775,11 +752,154 @@ int ledger_saga_reserve(ledger_saga_t *s, MDB_txn *parent, uint64_t now, const u
     if (rc != 0)
         return rc;
     bool keep = false;
-    rc = reserve_verified(s, txn, now, req, req_len, allow, allow_len, out, why, &keep);
+    rc = reserve_verified(s, txn, now, deadline_ms, req, req_len, out, why, &keep);
     return saga_finish(txn, rc, keep);
 }
 
+/* ------------------------------------------------------------ the bank's signed answers */
+
+int ledger_saga_allow_body(const ledger_load_t *l, uint8_t **body, size_t *body_len)
+{
+    assert(l != NULL && body != NULL && body_len != NULL);
+    assert(l->request_len > 0);
+    proto_envelope_t *renv = NULL;
+    Quancun__LoadRequest *r = NULL;
+    uint8_t digest[PROTO_DIGEST_SIZE];
+    int rc = proto_envelope_open(l->request, l->request_len, &renv);
+    if (rc != 0)
+        return QC_EINTERNAL; /* we stored it after verifying it */
+    size_t rbody_len = 0;
+    const uint8_t *rbody = proto_envelope_body(renv, &rbody_len);
+    if ((rc = proto_sha256(rbody, rbody_len, digest)) != 0)
+        goto out;
+    if (proto_decode_load_request(rbody, rbody_len, &r) != 0) {
+        rc = QC_EINTERNAL;
+        goto out;
+    }
+    Quancun__LoadAllow a = QUANCUN__LOAD_ALLOW__INIT;
+    a.txn_id.data = (uint8_t *)l->txn_id;
+    a.txn_id.len = LEDGER_TXN_ID_SIZE;
+    a.device_id = (char *)l->device_id;
+    a.account_id = (char *)l->account_id;
+    a.amount = l->amount;
+    a.currency = l->currency;
+    a.counter = l->counter;
+    a.request_digest.data = digest;
+    a.request_digest.len = sizeof digest;
+    a.host_time_ms = l->created_ms;
+    a.deadline_ms = l->deadline_ms;
+    /* The record was made from this request: the allow says what it says (proto_load.h), or
+     * the record is corrupt. */
+    assert(proto_allow_matches_request(&a, r, digest, NULL) == 0);
+    assert(a.deadline_ms > a.host_time_ms);
+    rc = proto_pack(&a.base, body, body_len);
+out:
+    if (r != NULL)
+        quancun__load_request__free_unpacked(r, NULL);
+    proto_envelope_destroy(&renv);
+    return rc;
+}
+
+int ledger_saga_outcome_body(const ledger_load_t *l, uint64_t now_ms, uint8_t **body,
+                             size_t *body_len)
+{
+    assert(l != NULL && body != NULL && body_len != NULL);
+    assert(l->state != QUANCUN__LOAD_STATE__LOAD_NONE);
+    Quancun__LoadOutcome o = QUANCUN__LOAD_OUTCOME__INIT;
+    o.txn_id.data = (uint8_t *)l->txn_id;
+    o.txn_id.len = LEDGER_TXN_ID_SIZE;
+    o.device_id = (char *)l->device_id;
+    o.state = l->state;
+    o.amount = l->amount;
+    o.currency = l->currency;
+    o.reason = (char *)l->reason;
+    o.host_time_ms = now_ms;
+    return proto_pack(&o.base, body, body_len);
+}
+
+/* The signer's answer must be the allow of this very record, under the bank's allow key. */
+static int allow_is_ours(ledger_saga_t *s, const ledger_load_t *l, const uint8_t *allow,
+                         size_t allow_len, char *why)
+{
+    proto_envelope_t *env = NULL;
+    uint8_t *want = NULL;
+    size_t want_len = 0;
+    int rc = proto_envelope_open(allow, allow_len, &env);
+    if (rc != 0) {
+        refuse(why, rc, "allow envelope: %s", qc_strerror(rc));
+        goto out;
+    }
+    if (CRYPTO_memcmp(proto_envelope_key_id(env), s->allow_key_id, PROTO_KEY_ID_SIZE) != 0) {
+        rc = refuse(why, QC_EKEYID, "allow not under the bank's allow key");
+        goto out;
+    }
+    if ((rc = ledger_saga_allow_body(l, &want, &want_len)) != 0)
+        goto out;
+    size_t body_len = 0;
+    const uint8_t *body = proto_envelope_body(env, &body_len);
+    if (body_len != want_len || CRYPTO_memcmp(body, want, want_len) != 0)
+        rc = refuse(why, QC_EMISMATCH, "allow body is not the one the ledger asked for");
+out:
+    free(want);
+    proto_envelope_destroy(&env);
+    return rc;
+}
+
+static int store_allow_txn(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const uint8_t *txn_id,
+                           const uint8_t *allow, size_t allow_len, ledger_load_t *out, char *why)
+{
+    int rc = ledger_store_load_get(s->store, txn, txn_id, out);
+    if (rc == QC_ENOTFOUND)
+        return refuse(why, rc, "no load with this txn id");
+    if (rc != 0)
+        return rc;
+    if (out->allow_len > 0)
+        return 0; /* one allow per load, ever: the first one stored is the one released */
+    if (out->state != QUANCUN__LOAD_STATE__LOAD_RESERVED)
+        return refuse(why, QC_ESTATE, "load is %s: no allow is released for it",
+                      proto_load_state_name(out->state));
+    if (allow_len > sizeof out->allow)
+        return refuse(why, QC_ETOOBIG, "allow larger than %d bytes", LEDGER_SIGNED_MAX);
+    if ((rc = allow_is_ours(s, out, allow, allow_len, why)) != 0)
+        return rc;
+    memcpy(out->allow, allow, allow_len);
+    out->allow_len = allow_len;
+    out->updated_ms = now;
+    if ((rc = ledger_store_load_put(s->store, txn, out)) != 0)
+        return rc;
+    return emit_load(s, txn, now, "load.allowed", out);
+}
+
+int ledger_saga_store_allow(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
+                            const uint8_t txn_id[LEDGER_TXN_ID_SIZE], const uint8_t *allow,
+                            size_t allow_len, ledger_load_t *out, char *why)
+{
+    assert(s != NULL && txn_id != NULL && out != NULL);
+    assert(allow != NULL || allow_len == 0);
+    MDB_txn *txn = NULL;
+    int rc = saga_begin(s, parent, &txn);
+    if (rc != 0)
+        return rc;
+    rc = store_allow_txn(s, txn, now, txn_id, allow, allow_len, out, why);
+    return saga_finish(txn, rc, false);
+}
+
 /* ------------------------------------------------------------ settle */
+
+/* SHA-256 of the stored allow's body, or QC_EMISSING when the load has none. */
+static int allow_digest(const ledger_load_t *l, uint8_t digest[PROTO_DIGEST_SIZE])
+{
+    if (l->allow_len == 0)
+        return QC_EMISSING;
+    proto_envelope_t *aenv = NULL;
+    if (proto_envelope_open(l->allow, l->allow_len, &aenv) != 0)
+        return QC_EINTERNAL; /* we stored it after checking it */
+    size_t abody_len = 0;
+    const uint8_t *abody = proto_envelope_body(aenv, &abody_len);
+    int rc = proto_sha256(abody, abody_len, digest);
+    proto_envelope_destroy(&aenv);
+    return rc;
+}
 
 static int settle_apply(ledger_saga_t *s, MDB_txn *txn, uint64_t now, ledger_load_t *l,
                         const Quancun__ExecutionReport *rep, const uint8_t *report,
@@ -792,18 +912,12 @@ static int settle_apply(ledger_saga_t *s, MDB_txn *txn, uint64_t now, ledger_loa
         return refuse(why, QC_EMISMATCH, "report is from another device");
     if (report_len > sizeof l->report)
         return refuse(why, QC_ETOOBIG, "report larger than %d bytes", LEDGER_SIGNED_MAX);
-    proto_envelope_t *aenv = NULL;
-    int rc = proto_envelope_open(l->allow, l->allow_len, &aenv);
-    if (rc != 0)
-        return QC_EINTERNAL; /* we stored it after parsing it */
-    size_t abody_len = 0;
-    const uint8_t *abody = proto_envelope_body(aenv, &abody_len);
+    /* No allow stored means none was ever released: no report can name it. */
     uint8_t digest[PROTO_DIGEST_SIZE];
-    rc = proto_sha256(abody, abody_len, digest);
-    proto_envelope_destroy(&aenv);
-    if (rc != 0)
+    int rc = allow_digest(l, digest);
+    if (rc != 0 && rc != QC_EMISSING)
         return rc;
-    bool matching = strcmp(rep->account_id, l->account_id) == 0 &&
+    bool matching = rc == 0 && strcmp(rep->account_id, l->account_id) == 0 &&
                     rep->allow_digest.len == sizeof digest &&
                     CRYPTO_memcmp(rep->allow_digest.data, digest, sizeof digest) == 0 &&
                     rep->counter_after == l->counter + 1;

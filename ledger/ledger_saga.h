@@ -9,7 +9,8 @@
  * Refusals return a negative QC_E* code and, when why is not NULL, a sentence naming the
  * reason in why (capacity LEDGER_WHY_MAX).
  *
- * The saga verifies every signed artefact itself: the gateway's word is never taken. */
+ * The saga verifies every signed artefact a device sent itself: the gateway's word is never
+ * taken. The bank's allow is asked for by the ledger only after the debit is committed. */
 #ifndef LEDGER_SAGA_H
 #define LEDGER_SAGA_H
 
@@ -34,7 +35,7 @@ typedef struct ledger_saga ledger_saga_t;
 
 typedef struct ledger_saga_config {
     ledger_store_t *store;      /* borrowed */
-    EVP_PKEY *allow_key;        /* borrowed: verifies LoadAllow signatures */
+    EVP_PKEY *allow_key;        /* borrowed: the bank's allow key (its key id is checked) */
     const proto_trust_t *trust; /* borrowed; NULL = enrollment does not check the chain */
     uint32_t shard;
     uint32_t shard_count;
@@ -48,33 +49,54 @@ typedef struct ledger_saga_config {
 int ledger_saga_new(const ledger_saga_config_t *cfg, ledger_saga_t **out);
 void ledger_saga_destroy(ledger_saga_t **saga_p);
 
-/* Reserve(signed request, signed allow). Idempotent by txn id: when the txn is known and
- * the request bytes are the stored ones, *out is the stored record (its allow the stored
- * bytes) and nothing changes; another request under a known txn id is QC_EREPLAY.
- * Otherwise, in this order: sizes, parse, shard, device known, request signature by the
- * device's enrolled key, allow signature by the allow key, the allow matches the request
- * (txn, device, account, amount, currency, counter, request digest), deadline ahead, then
- * the business rules of ledger_saga_reserve_trusted(). On success *out is the new RESERVED
- * record. Refusals: QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG, QC_EAMOUNT, QC_ESHARD,
- * QC_EUNKNOWNDEV, QC_EKEYID, QC_EBADSIG, QC_EMISMATCH, QC_EEXPIRED, QC_EREPLAY, and those
- * of ledger_saga_reserve_trusted(). */
-int ledger_saga_reserve(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                        const uint8_t *request, size_t request_len, const uint8_t *allow,
-                        size_t allow_len, ledger_load_t *out, char *why);
+/* Reserve(signed request): the bank verifies and debits; it does not sign here. Idempotent by
+ * txn id: when the txn is known and the request bytes are the stored ones, *out is the stored
+ * record (with its allow, once one is stored) and nothing changes; another request under a
+ * known txn id is QC_EREPLAY. Otherwise, in this order: sizes, parse, shard, device known,
+ * request signature by the device's enrolled key, deadline_ms (absolute, set by the ledger)
+ * ahead of now_ms, then the business rules of ledger_saga_reserve_trusted(). On success *out
+ * is the new RESERVED record, with no allow: the caller commits, then has the bank sign
+ * ledger_saga_allow_body(*out) and stores the result with ledger_saga_store_allow().
+ * Refusals: QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG, QC_EAMOUNT, QC_ESHARD,
+ * QC_EUNKNOWNDEV, QC_EKEYID, QC_EBADSIG, QC_EEXPIRED, QC_EREPLAY, and those of
+ * ledger_saga_reserve_trusted(). */
+int ledger_saga_reserve(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms, uint64_t deadline_ms,
+                        const uint8_t *request, size_t request_len, ledger_load_t *out, char *why);
 
-/* The business half of reserve, for a caller that has verified both signatures and the
- * match between request and allow itself (the store-only benchmark): never call it with
- * untrusted input. request/allow are the envelopes stored byte for byte. Rules: device
- * active (QC_EREVOKED) and bound to the account (QC_ENOTBOUND), account known
- * (QC_EUNKNOWNACCT), same currency (QC_ECURRENCY), open (QC_EFROZEN); reconciliation of
- * the device's previous load; counter not stale (QC_ESTALE) nor ahead (QC_EMISMATCH);
- * amount within limits (QC_ELIMIT); wallet cap (QC_EWALLETCAP); funds (QC_EFUNDS); room
- * (QC_EFULL). */
+/* The business half of reserve, for a caller that has verified the request's signature
+ * itself (the store-only benchmark): never call it with untrusted input. request is the
+ * envelope stored byte for byte. Rules: device active (QC_EREVOKED) and bound to the account
+ * (QC_ENOTBOUND), account known (QC_EUNKNOWNACCT), same currency (QC_ECURRENCY), open
+ * (QC_EFROZEN); reconciliation of the device's previous load; counter not stale (QC_ESTALE)
+ * nor ahead (QC_EMISMATCH); amount within limits (QC_ELIMIT); wallet cap (QC_EWALLETCAP);
+ * funds (QC_EFUNDS); room (QC_EFULL). */
 int ledger_saga_reserve_trusted(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                                const Quancun__LoadRequest *req, const Quancun__LoadAllow *allow,
-                                const uint8_t *request, size_t request_len,
-                                const uint8_t *allow_bytes, size_t allow_len, ledger_load_t *out,
+                                uint64_t deadline_ms, const Quancun__LoadRequest *req,
+                                const uint8_t *request, size_t request_len, ledger_load_t *out,
                                 char *why);
+
+/* The LoadAllow body the bank signs for the reserved load l, packed into *body (malloc'd):
+ * txn, device, account, amount, currency, counter and request digest from the stored
+ * request, host time = l->created_ms, deadline = l->deadline_ms. A function of the record
+ * alone, so every signature ever asked for one load signs the same bytes. Returns 0,
+ * QC_EINTERNAL or QC_ENOMEM. */
+int ledger_saga_allow_body(const ledger_load_t *l, uint8_t **body, size_t *body_len);
+
+/* The LoadOutcome body for the settled (or any) record l at now_ms, packed into *body. */
+int ledger_saga_outcome_body(const ledger_load_t *l, uint64_t now_ms, uint8_t **body,
+                             size_t *body_len);
+
+/* Stores allow (a signed LoadAllow envelope, as the signer returned it) with the load txn_id,
+ * the first time only: one allow per load is ever released, and it is the stored one. The
+ * allow must be under the bank's allow key (key id, QC_EKEYID) and its body must be exactly
+ * ledger_saga_allow_body() of the record (QC_EMISMATCH); its signature is not re-verified
+ * (see docs/DESIGN.md: the ledger chose those bytes, and the device verifies them). A load
+ * that already has an allow keeps it: 0, *out shows the stored one. A load that is no longer
+ * RESERVED gets none: QC_ESTATE (no allow is released for money that is not held). Appends
+ * "load.allowed" with the allow to the outbox. QC_ENOTFOUND for an unknown txn. */
+int ledger_saga_store_allow(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                            const uint8_t txn_id[LEDGER_TXN_ID_SIZE], const uint8_t *allow,
+                            size_t allow_len, ledger_load_t *out, char *why);
 
 /* Settle(txn id, signed report). The report must verify with the load's device key: when
  * it does not, a security event is written to the outbox (and committed), the saga is

@@ -1,4 +1,11 @@
-/* ledger_service.c - the ledger's single-threaded RPC loop with group commit. */
+/* ledger_service.c - the ledger's single-threaded RPC loop with group commit.
+ *
+ * A load, as this loop runs it (docs/DESIGN.md has the whole sequence):
+ *   reserve: verify the request, debit, commit (durable) --> ask the signer for the allow
+ *            (ledger_signer, asynchronous: the loop goes on serving) --> the signed allow is
+ *            stored in a later group commit --> the stored allow is the reply.
+ *   settle:  verify the report, settle, commit --> ask the signer for the outcome --> reply.
+ * The writer never waits on the signer, and no allow is sent before it is stored. */
 #include "ledger_service.h"
 
 #include <assert.h>
@@ -14,6 +21,7 @@
 
 #include "ledger.pb-c.h"
 #include "ledger_saga.h"
+#include "ledger_signer.h"
 #include "ledger_store.h"
 #include "ops_fault.h"
 #include "ops_log.h"
@@ -65,6 +73,12 @@ struct svc_slot {
     char why[LEDGER_WHY_MAX];
     uint8_t *body;
     size_t body_len;
+    /* After the commit, the bank signs sign_body (SIGN_NONE: nothing to sign) for txn_id; the
+     * reply waits for it in the signing stage. */
+    Quancun__SignKind sign_kind;
+    uint8_t txn_id[LEDGER_TXN_ID_SIZE];
+    uint8_t *sign_body;
+    size_t sign_body_len;
 };
 
 struct ledger_service {
@@ -80,8 +94,11 @@ struct ledger_service {
     size_t batch_max;
     uint32_t batch_wait_us;
     svc_slot_t *slots;
-    ledger_load_t *load;       /* scratch for one reply */
-    uint64_t next_deadline_ms; /* 0 = none known; the earliest RESERVED deadline */
+    ledger_load_t *load;     /* scratch for one reply */
+    ledger_signer_t *signer; /* the signing stage: allows and outcomes, after the commit */
+    ledger_signer_allow_t *signed_allows; /* LEDGER_SIGNER_PENDING_MAX, one group commit's */
+    uint64_t deadline_ms;                 /* a load's report deadline after its reserve */
+    uint64_t next_deadline_ms;            /* 0 = none known; the earliest RESERVED deadline */
     uint64_t next_reader_check_ms;
     atomic_int last_commit_rc;
     /* metrics */
@@ -182,12 +199,55 @@ static void do_reserve(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_sl
         (Qcledger__ReserveRequest *)slot_unpack(slot, &qcledger__reserve_request__descriptor);
     if (m == NULL)
         return;
-    slot->code = ledger_saga_reserve(svc->saga, txn, now, m->request.data, m->request.len,
-                                     m->allow.data, m->allow.len, svc->load, slot->why);
+    slot->code = ledger_saga_reserve(svc->saga, txn, now, now + svc->deadline_ms, m->request.data,
+                                     m->request.len, svc->load, slot->why);
     qcledger__reserve_request__free_unpacked(m, NULL);
     count_result("reserve", slot->code);
-    if (slot->code == 0)
-        reply_load(svc, slot, true);
+    if (slot->code != 0)
+        return;
+    if (svc->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED || svc->load->allow_len > 0) {
+        reply_load(svc, slot, true); /* a retry: the stored allow, byte for byte, or none */
+        return;
+    }
+    /* Money held and not yet signed for: the bank signs once this commit is durable. */
+    int rc = ledger_saga_allow_body(svc->load, &slot->sign_body, &slot->sign_body_len);
+    if (rc != 0) {
+        slot_refuse(slot, rc, "the allow could not be built");
+        return;
+    }
+    slot->sign_kind = QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW;
+    memcpy(slot->txn_id, svc->load->txn_id, LEDGER_TXN_ID_SIZE);
+}
+
+/* The writes of signed allows that arrived since the last commit, inside that commit: each is
+ * stored (once per load) and its answer, built from the stored record, waits for the commit. */
+static void store_signed_allows(ledger_service_t *svc, MDB_txn *txn, uint64_t now)
+{
+    size_t n = ledger_signer_take(svc->signer, svc->signed_allows, LEDGER_SIGNER_PENDING_MAX);
+    for (size_t i = 0; i < n; i++) {
+        const ledger_signer_allow_t *a = &svc->signed_allows[i];
+        char why[LEDGER_WHY_MAX] = "";
+        int rc = ledger_saga_store_allow(svc->saga, txn, now, a->txn_id, a->allow, a->allow_len,
+                                         svc->load, why);
+        count_result("store_allow", rc);
+        if (rc == QC_ESTATE || rc == QC_EEXPIRED) {
+            /* The deadline (or the device's next request) settled the load first: it gets the
+             * record, and no allow exists for it. */
+            rc = 0;
+        }
+        if (rc != 0) {
+            char hex[2 * LEDGER_TXN_ID_SIZE + 1];
+            ops_log(OPS_LOG_ERROR, "ledger.allow_not_stored", "txn_id",
+                    ops_hex(a->txn_id, LEDGER_TXN_ID_SIZE, hex), "error", qc_errname(rc), "why",
+                    why, NULL);
+            ledger_signer_answer(svc->signer, a->handle, rc, why, NULL, 0);
+            continue;
+        }
+        svc_slot_t reply = {.code = 0};
+        reply_load(svc, &reply, true);
+        ledger_signer_answer(svc->signer, a->handle, reply.code, reply.why, reply.body,
+                             reply.body_len);
+    }
 }
 
 static void do_settle(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
@@ -210,7 +270,19 @@ static void do_settle(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slo
                         ops_hex(m->txn_id.data, LEDGER_TXN_ID_SIZE, hex), "state",
                         proto_load_state_name(svc->load->state), NULL);
             }
+            /* The reply is this record and, appended by the signing stage after the commit, the
+             * outcome the bank signs for it. */
             reply_load(svc, slot, false);
+            int rc =
+                ledger_saga_outcome_body(svc->load, now, &slot->sign_body, &slot->sign_body_len);
+            if (rc != 0) {
+                free(slot->body);
+                slot->body = NULL;
+                slot_refuse(slot, rc, "the outcome could not be built");
+            } else if (slot->code == 0) {
+                slot->sign_kind = QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME;
+                memcpy(slot->txn_id, svc->load->txn_id, LEDGER_TXN_ID_SIZE);
+            }
         }
     }
     qcledger__settle_request__free_unpacked(m, NULL);
@@ -537,6 +609,9 @@ static void admit(ledger_service_t *svc, svc_slot_t *slot, uint64_t wall)
     slot->why[0] = '\0';
     slot->body = NULL;
     slot->body_len = 0;
+    slot->sign_kind = QUANCUN__SIGN_KIND__SIGN_NONE;
+    slot->sign_body = NULL;
+    slot->sign_body_len = 0;
     if (m == NULL) {
         slot_refuse(slot, QC_EMETHOD, NULL);
         return;
@@ -584,10 +659,10 @@ static void load_next_deadline(ledger_service_t *svc)
 /* Applies the writes of slots[0..n) and due deadline compensations in one transaction and
  * commits it. On a failed commit every write slot gets the failure instead of its result. */
 static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uint64_t wall,
-                         size_t writes)
+                         size_t writes, int signed_count)
 {
     bool due = svc->next_deadline_ms != 0 && svc->next_deadline_ms <= wall;
-    if (writes == 0 && !due)
+    if (writes == 0 && !due && signed_count == 0)
         return;
     uint64_t t0 = ops_time_mono_ns();
     MDB_txn *txn = NULL;
@@ -600,6 +675,9 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
                                 &svc->next_deadline_ms);
         if (rc != 0)
             ops_log(OPS_LOG_ERROR, "ledger.expire_failed", "error", qc_strerror(rc), NULL);
+        /* Then the allows signed since the last commit: after the deadlines, so that an allow
+         * for a load its deadline just compensated is never stored nor sent. */
+        store_signed_allows(svc, txn, wall);
         rc = 0;
         size_t done = 0;
         for (size_t i = 0; i < n; i++) {
@@ -613,6 +691,7 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
         rc = ledger_store_txn_commit(txn);
     }
     atomic_store(&svc->last_commit_rc, rc);
+    ledger_signer_release(svc->signer, rc);
     if (rc != 0) {
         ops_counter_add(svc->m_commit_failures, 1);
         ops_log(OPS_LOG_ERROR, "ledger.commit_failed", "error", qc_strerror(rc), NULL);
@@ -622,6 +701,7 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
             free(slots[i].body);
             slots[i].body = NULL;
             slots[i].body_len = 0;
+            slots[i].sign_kind = QUANCUN__SIGN_KIND__SIGN_NONE;
             slot_refuse(&slots[i], rc, "the batch could not be committed; nothing was applied");
         }
         svc->next_deadline_ms = wall; /* look again */
@@ -637,7 +717,30 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
     ops_fault_point("ledger.after_commit_before_reply");
 }
 
-static void serve_batch(ledger_service_t *svc, size_t n)
+/* After the commit: a slot whose load the bank must sign now waits in the signing stage (its
+ * request moves there); when the stage cannot take it, the load stays as committed and the
+ * caller is told to try again. */
+static void ask_signer(ledger_service_t *svc, svc_slot_t *slot)
+{
+    assert(slot->code == 0 && slot->sign_body != NULL);
+    if (slot->sign_kind == QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW) {
+        /* Chaos: the money is held and durable, and no allow has been asked for. */
+        ops_fault_point("ledger.after_reserve_before_sign");
+    }
+    int rc = ledger_signer_ask(
+        svc->signer, slot->sign_kind, slot->txn_id, slot->sign_body, slot->sign_body_len,
+        slot->sign_kind == QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME ? &slot->body : NULL,
+        slot->body_len, &slot->req);
+    if (rc != 0) {
+        free(slot->body);
+        slot->body = NULL;
+        slot->body_len = 0;
+        slot_refuse(slot, rc == QC_EBUSY ? QC_EBUSY : QC_EUNAVAIL,
+                    "the bank's signer cannot be asked now: try again");
+    }
+}
+
+static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
 {
     uint64_t wall = ops_time_wall_ms();
     size_t writes = 0, reads = 0;
@@ -650,7 +753,7 @@ static void serve_batch(ledger_service_t *svc, size_t n)
                 reads++;
         }
     }
-    group_commit(svc, svc->slots, n, wall, writes);
+    group_commit(svc, svc->slots, n, wall, writes, signed_count);
     MDB_txn *rtxn = NULL;
     int rc = ledger_store_txn_begin(svc->store, NULL, false, &rtxn);
     if (rc == 0) {
@@ -670,6 +773,12 @@ static void serve_batch(ledger_service_t *svc, size_t n)
     ledger_store_txn_abort(rtxn);
     for (size_t i = 0; i < n; i++) {
         svc_slot_t *slot = &svc->slots[i];
+        if (slot->code == 0 && slot->sign_kind != QUANCUN__SIGN_KIND__SIGN_NONE)
+            ask_signer(svc, slot);
+        free(slot->sign_body);
+        slot->sign_body = NULL;
+        if (slot->req == NULL)
+            continue; /* it waits for its signature */
         int rrc =
             proto_rpc_server_reply(svc->srv, slot->req, slot->code,
                                    slot->code != 0 ? slot->why : NULL, slot->body, slot->body_len);
@@ -699,17 +808,35 @@ static bool wait_readable(void *sock, uint64_t wait_ns)
     return pselect(fd + 1, &set, NULL, NULL, &ts, NULL) > 0;
 }
 
+/* Waits at most wait_ms for a request or an answer of the signer. Returns 0, or QC_EIO when
+ * the context is gone. */
+static int wait_any(ledger_service_t *svc, int wait_ms)
+{
+    zmq_pollitem_t items[1 + PROTO_RPC_ENDPOINTS_MAX];
+    items[0] = (zmq_pollitem_t){.socket = proto_rpc_server_socket(svc->srv), .events = ZMQ_POLLIN};
+    int n = 1 + ledger_signer_pollitems(svc->signer, &items[1], PROTO_RPC_ENDPOINTS_MAX);
+    int t = ledger_signer_next_timeout_ms(svc->signer);
+    if (t >= 0 && t < wait_ms)
+        wait_ms = t;
+    if (zmq_poll(items, n, wait_ms) < 0 && errno != EINTR)
+        return errno == ETERM ? QC_EIO : 0;
+    return 0;
+}
+
 /* Takes up to batch_max requests: those waiting now, plus those arriving within
  * batch_wait_us. Returns how many, or a negative code when the socket failed. */
 static int gather(ledger_service_t *svc, int first_wait_ms)
 {
     size_t n = 0;
-    int wait_ms = first_wait_ms;
+    int rc = wait_any(svc, first_wait_ms);
+    if (rc != 0)
+        return rc;
+    int wait_ms = 0;
     bool waited_extra = false;
     uint64_t extra_end_ns = 0;
     while (n < svc->batch_max) {
         proto_rpc_request_t *req = NULL;
-        int rc = proto_rpc_server_recv(svc->srv, wait_ms, &req);
+        rc = proto_rpc_server_recv(svc->srv, wait_ms, &req);
         if (rc == 0) {
             svc->slots[n++].req = req;
             wait_ms = 0;
@@ -753,7 +880,9 @@ int ledger_service_run(ledger_service_t *svc)
             ops_log(OPS_LOG_ERROR, "ledger.socket_failed", "error", qc_strerror(n), NULL);
             return QC_EIO;
         }
-        serve_batch(svc, (size_t)n);
+        /* The signer's answers: outcomes go out now, allows are stored by this batch. */
+        int signed_count = ledger_signer_process(svc->signer);
+        serve_batch(svc, (size_t)n, signed_count);
         uint64_t mono = ops_time_mono_ms();
         if (mono >= svc->next_reader_check_ms) {
             svc->next_reader_check_ms = mono + LEDGER_READER_CHECK_MS;
@@ -811,10 +940,13 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
         cfg->data_dir == NULL || cfg->allow_cert == NULL || cfg->batch_max == 0 ||
         cfg->batch_max > LEDGER_BATCH_MAX || cfg->batch_wait_us > LEDGER_BATCH_WAIT_US_MAX ||
         cfg->shard_count == 0 || cfg->shard_count > PROTO_SHARD_COUNT_MAX ||
-        cfg->shard >= cfg->shard_count) {
+        cfg->shard >= cfg->shard_count || cfg->deadline_ms < LEDGER_DEADLINE_MIN_MS ||
+        cfg->deadline_ms > LEDGER_DEADLINE_MAX_MS || cfg->signer_timeout_ms <= 0 ||
+        cfg->signer_key == NULL || (cfg->signer == NULL) == (cfg->signer_file == NULL)) {
         ops_log(OPS_LOG_ERROR, "ledger.config_invalid", "error",
-                "listen, curve_key, allow_keys, data_dir, allow_cert are required; batch and "
-                "shard settings must be in range",
+                "listen, curve_key, allow_keys, data_dir, allow_cert, signer (or signer_file) "
+                "and signer_key are required; batch, shard and deadline settings must be in "
+                "range",
                 NULL);
         return QC_ECONFIG;
     }
@@ -825,6 +957,7 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
     svc->shard_count = cfg->shard_count;
     svc->batch_max = cfg->batch_max;
     svc->batch_wait_us = cfg->batch_wait_us;
+    svc->deadline_ms = cfg->deadline_ms;
     init_metrics(svc);
     proto_curve_keypair_t keys;
     memset(&keys, 0, sizeof keys);
@@ -832,7 +965,8 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
     int rc;
     svc->slots = calloc(cfg->batch_max, sizeof *svc->slots);
     svc->load = malloc(sizeof *svc->load);
-    if (svc->slots == NULL || svc->load == NULL) {
+    svc->signed_allows = calloc(LEDGER_SIGNER_PENDING_MAX, sizeof *svc->signed_allows);
+    if (svc->slots == NULL || svc->load == NULL || svc->signed_allows == NULL) {
         rc = QC_ENOMEM;
         goto err;
     }
@@ -877,6 +1011,20 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
                 qc_strerror(rc), NULL);
         goto err;
     }
+    /* The ledger asks the signer under its own CURVE identity: the signer signs allows and
+     * outcomes only for the keys of its ledger_keys. */
+    ledger_signer_config_t sgc = {.zctx = svc->zctx,
+                                  .server = svc->srv,
+                                  .endpoints = cfg->signer,
+                                  .endpoints_path = cfg->signer_file,
+                                  .server_public_z85 = cfg->signer_key,
+                                  .keys = &keys,
+                                  .timeout_ms = cfg->signer_timeout_ms};
+    if ((rc = ledger_signer_new(&sgc, &svc->signer)) != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.signer_invalid", "error", qc_strerror(rc), "hint",
+                "signer (or signer_file) and signer_key are required", NULL);
+        goto err;
+    }
     proto_curve_keypair_wipe(&keys);
     char shard[32];
     snprintf(shard, sizeof shard, "%u/%u", cfg->shard, cfg->shard_count);
@@ -895,6 +1043,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     if (svc_p == NULL || *svc_p == NULL)
         return;
     ledger_service_t *svc = *svc_p;
+    ledger_signer_destroy(&svc->signer); /* before the server its waiting requests came from */
     proto_rpc_server_destroy(&svc->srv);
     if (svc->zctx != NULL)
         zmq_ctx_term(svc->zctx);
@@ -906,6 +1055,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     proto_curve_keylist_clear(&svc->admin_keys);
     free(svc->slots);
     free(svc->load);
+    free(svc->signed_allows);
     free(svc);
     *svc_p = NULL;
 }

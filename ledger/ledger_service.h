@@ -1,11 +1,16 @@
 /* ledger_service.h - the ledger's RPC loop: one thread that reads, writes and group-commits.
  *
- * The loop polls the ROUTER socket, drains up to batch_max waiting requests (waiting at
- * most batch_wait_us more for stragglers), applies every write of the batch in one LMDB
- * write transaction (one nested transaction per request, so a refusal changes nothing),
- * compensates loads past their deadline in the same transaction, commits with fsync, and
- * only then replies to all of them: a reply means durable. Reads are answered from a read
- * transaction after the commit.
+ * The loop polls the ROUTER socket and the signer's, drains up to batch_max waiting requests
+ * (waiting at most batch_wait_us more for stragglers), applies every write of the batch in one
+ * LMDB write transaction (one nested transaction per request, so a refusal changes nothing),
+ * compensates loads past their deadline and stores the allows the signer returned in the same
+ * transaction, commits with fsync, and only then replies to all of them: a reply means
+ * durable. Reads are answered from a read transaction after the commit.
+ *
+ * The bank debits before it signs: a reserve's reply waits (in ledger_signer, never blocking
+ * the loop) until the bank's signer has signed the allow of the committed load and a later
+ * commit has stored it; a settle's reply carries the outcome signed after its commit. A signer
+ * that does not answer leaves the load RESERVED and its deadline compensates it.
  *
  * Methods (bodies in proto/ledger.proto): reserve, settle, outbox_read, outbox_ack (keys of
  * allow_keys); open_account, deposit, freeze, unfreeze, enroll_device, revoke_device (keys
@@ -25,6 +30,8 @@
 #define LEDGER_POLL_MS 250           /* longest sleep before looking at signals and deadlines */
 #define LEDGER_READER_CHECK_MS 10000 /* period of mdb_reader_check() */
 #define LEDGER_OUTBOX_READ_MAX PROTO_OUTBOX_READ_MAX /* events per outbox_read */
+#define LEDGER_DEADLINE_MIN_MS 1000 /* shortest report deadline the config may set */
+#define LEDGER_DEADLINE_MAX_MS 86400000
 
 typedef struct ledger_service ledger_service_t;
 
@@ -40,8 +47,13 @@ typedef struct ledger_service_config {
     uint32_t shard;
     uint32_t shard_count;
     uint64_t map_size;
-    size_t batch_max;       /* 1..LEDGER_BATCH_MAX */
-    uint32_t batch_wait_us; /* 0..LEDGER_BATCH_WAIT_US_MAX */
+    size_t batch_max;        /* 1..LEDGER_BATCH_MAX */
+    uint32_t batch_wait_us;  /* 0..LEDGER_BATCH_WAIT_US_MAX */
+    int64_t deadline_ms;     /* a load's report deadline after its reserve: the allow says it */
+    const char *signer;      /* signer endpoints, comma-separated, or */
+    const char *signer_file; /* a file of them, re-read on SIGHUP */
+    const char *signer_key;  /* the signer's CURVE public key */
+    int signer_timeout_ms;   /* budget of one signature, retries included */
 } ledger_service_config_t;
 
 /* Opens the store, loads the keys and binds the socket.

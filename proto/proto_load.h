@@ -1,6 +1,7 @@
 /* proto_load.h - the rules that tie the messages of one load together, written once for
- * every party that checks them: the ledger (before it stores an allow), the device (before
- * it credits its wallet) and the load generator (which plays a fleet of devices).
+ * every party that checks them: the device (before it credits its wallet), the load generator
+ * (which plays a fleet of devices), and the ledger, which builds the allow itself from the
+ * stored request after its debit and asserts the rule of the body it has the bank sign.
  *
  * "The allow says what the request says": a LoadAllow belongs to a LoadRequest when it names
  * the same txn_id, device_id, account_id, amount, currency and counter, and carries the

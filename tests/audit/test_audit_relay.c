@@ -151,13 +151,8 @@ static void one_load(fixture_t *f, uint8_t txn_id[16])
     uint8_t *req = NULL, *allow = NULL, *rep = NULL;
     size_t req_len = 0, allow_len = 0, rep_len = 0;
     request_with_cert(dev, &l, cert, cert_len, &req, &req_len);
-    tk_allow(lp->bank, req, req_len, ops_time_wall_ms() + 60000, &allow, &allow_len);
-    Qcledger__ReserveRequest rr = QCLEDGER__RESERVE_REQUEST__INIT;
-    rr.request.data = req;
-    rr.request.len = req_len;
-    rr.allow.data = allow;
-    rr.allow.len = allow_len;
-    assert_int_equal(lp_call(lp->gw, "reserve", &rr.base, NULL), 0);
+    assert_int_equal(lp_reserve(lp, req, req_len, &allow, &allow_len), 0);
+    assert_non_null(allow);
     tk_report(dev, &l, 1, QUANCUN__REPORT_STATUS__REPORT_APPLIED, allow, allow_len, &rep, &rep_len);
     Qcledger__SettleRequest sr = QCLEDGER__SETTLE_REQUEST__INIT;
     sr.txn_id.data = l.txn_id;
@@ -185,7 +180,9 @@ static void test_relay(void **state)
     uint8_t txn[16];
     one_load(f, txn);
     wait_drained(f);
-    assert_int_equal(qctest_metric(ap->http_port, T_SOURCE_METRIC), 9);
+    /* opened, 5 deposits, enrolled, reserved, allowed (the bank's allow, signed after the
+     * debit), confirmed */
+    assert_int_equal(qctest_metric(ap->http_port, T_SOURCE_METRIC), 10);
     /* The ack's reply (and so the gauge) may still be on its way when check sees 0. */
     int64_t lag = -1;
     for (int waited = 0; waited < T_DRAIN_MS && lag != 0; waited += 20) {
@@ -218,25 +215,25 @@ static void test_relay(void **state)
     assert_int_equal(qctest_metric(ap->http_port, T_SOURCE_METRIC), 2);
     assert_int_equal(ap_stop(ap, SIGTERM), 0);
 
-    /* The log: 39 events, seqs 1..39, ledger seqs 1..39 each once, chain intact. */
+    /* The log: 40 events, seqs 1..40, ledger seqs 1..40 each once, chain intact. */
     char data[AP_PATH_MAX];
     ap_path(ap, "data", data);
     audit_verify_report_t r;
     assert_int_equal(audit_verify_dir(data, NULL, &r), 0);
-    assert_int_equal(r.entries, 39);
+    assert_int_equal(r.entries, 40);
     audit_store_t *store = NULL;
     assert_int_equal(audit_store_open(data, AUDIT_STORE_RDONLY, 0, &store), 0);
     uint64_t hwm = 0, seq = 0;
     assert_int_equal(audit_store_hwm(store, "ledger-0", &hwm), 0);
-    assert_int_equal(hwm, 39);
-    for (uint64_t i = 1; i <= 39; i++) {
+    assert_int_equal(hwm, 40);
+    for (uint64_t i = 1; i <= 40; i++) {
         assert_int_equal(audit_store_dedupe_get(store, "ledger-0", i, &seq), 0);
         assert_int_equal(seq, i);
     }
     uint64_t seqs[8];
     size_t n = 0;
     assert_int_equal(audit_store_txn_seqs(store, txn, 16, seqs, 8, &n), 0);
-    assert_int_equal(n, 2); /* load.reserved, load.confirmed */
+    assert_int_equal(n, 3); /* load.reserved, load.allowed, load.confirmed */
     audit_store_destroy(&store);
 
     /* The load's history, every signature checked from the log alone. */
@@ -253,6 +250,7 @@ static void test_relay(void **state)
         fail();
     }
     assert_non_null(strstr(out, "load.reserved"));
+    assert_non_null(strstr(out, "load.allowed"));
     assert_non_null(strstr(out, "load.confirmed"));
     assert_non_null(strstr(out, "request  signature ok"));
     assert_non_null(strstr(out, "allow    signature ok, names this request"));

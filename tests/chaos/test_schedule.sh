@@ -20,10 +20,14 @@ for k in gateway signer ledger audit; do
   grep -q " kill $k-" "$s" || { echo "FAIL: no kill of $k in the schedule" >&2; exit 1; }
 done
 grep -q ' kill w' "$s" || { echo "FAIL: no kill of a device in the schedule" >&2; exit 1; }
-for p in ledger.after_commit_before_reply ledger.mid_group_commit signer.after_sign \
-  gateway.after_sign_before_reserve audit.after_commit_before_ack; do
+for p in ledger.after_commit_before_reply ledger.mid_group_commit ledger.after_reserve_before_sign \
+  ledger.after_sign_before_store signer.after_sign audit.after_commit_before_ack; do
   grep -q " point .* $p:" "$s" || { echo "FAIL: point $p not in the schedule" >&2; exit 1; }
 done
+if grep -q "gateway\.after_sign" "$s"; then
+  echo "FAIL: the gateway signs nothing, yet a gateway signing point is scheduled" >&2
+  exit 1
+fi
 grep -q ' stop ' "$s" && grep -q ' audit_down ' "$s" || { echo "FAIL: no stop or audit outage" >&2; exit 1; }
 for p in wallet.after_request_signed wallet.after_allow_received wallet.after_credit_before_report; do
   grep -q " $p " "$X"/a/chaos/plans/* || { echo "FAIL: $p in no device's plan" >&2; exit 1; }

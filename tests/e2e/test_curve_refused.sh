@@ -32,15 +32,16 @@ line=$("$FORGE" call --endpoint "$ledger_ep" --server-key "$ledger_pub" \
 assert_eq "raw ledger call with a stranger's key" QC_ETIMEOUT "$(forge_code "$line")"
 if q account show EVE-001 >/dev/null 2>&1; then fail "the stranger opened an account"; fi
 
-# The signer: a sign request with the stranger's key, then the same with the gateway's.
+# The signer: a sign request with the stranger's key, then the same with the ledger's (the one
+# service that asks it for allows and outcomes).
 n=$(refusals "$X/logs/signer-0.log")
 line=$("$FORGE" call --endpoint "$signer_ep" --server-key "$signer_pub" \
   --curve-keys "$X/keys/stranger.key" --method sign --timeout-ms $CALL_TIMEOUT_MS)
 assert_eq "signer call with a stranger's key" QC_ETIMEOUT "$(forge_code "$line")"
 wait_until $LOG_WAIT_S "signer logs rpc.refused" more_refusals "$X/logs/signer-0.log" "$n"
 line=$("$FORGE" call --endpoint "$signer_ep" --server-key "$signer_pub" \
-  --curve-keys "$X/keys/gateway-0.key" --method sign --timeout-ms $ALLOWED_TIMEOUT_MS)
-assert_match "signer call with the gateway's key is answered" '^QC_E(DECODE|MISSING|INVAL)' "$line"
+  --curve-keys "$X/keys/ledger.key" --method sign --timeout-ms $ALLOWED_TIMEOUT_MS)
+assert_match "signer call with the ledger's key is answered" '^QC_E(DECODE|MISSING|INVAL)' "$line"
 line=$("$FORGE" call --endpoint "$ledger_ep" --server-key "$ledger_pub" \
   --curve-keys "$X/keys/qcctl.key" --method no-such-method --timeout-ms $ALLOWED_TIMEOUT_MS)
 assert_match "ledger call with qcctl's key is answered" '^QC_E' "$line"

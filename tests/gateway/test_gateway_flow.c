@@ -10,10 +10,9 @@
  * shard and answered with the signed outcome, a downstream call that is not answered is sent
  * again, and every refusal reaches the device with its code.
  *
- * Signing order (issue 13 changes it: the ledger's Reserve will return the allow it had signed,
- * and the gateway will no longer call the signer for it). The assertions that depend on today's
- * order, where the gateway asks the signer for the allow before Reserve, are marked
- * "SIGNING ORDER" below. */
+ * The bank debits before it signs (issue 13): the gateway has no connection to the signer. The
+ * fake signer is still served, so that the tests can assert that nothing ever calls it: the
+ * allow comes in the ledger's Reserve reply, the outcome in its Settle reply. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,8 +47,7 @@
 
 #define T_SHARDS 2
 #define T_RPC_TIMEOUT_MS 1200 /* the gateway's budget of one downstream call, retries included */
-#define T_DEADLINE_MS 60000
-#define T_CALL_MS 5000 /* the device's budget: above the gateway's, so its answer arrives */
+#define T_CALL_MS 5000        /* the device's budget: above the gateway's, so its answer arrives */
 #define T_POLL_MS 20
 #define T_CURRENCY 156
 #define T_DEVICE "QCGWFLOW01"
@@ -60,8 +58,9 @@ typedef enum fake_mode {
     FAKE_ANSWER = 0, /* the answer a real service would give */
     FAKE_REFUSE,     /* refuse with code and message */
     FAKE_SILENT,     /* never answer */
-    FAKE_SETTLED,    /* reserve only: the load is already COMPENSATED */
+    FAKE_SETTLED,    /* reserve only: the load is already COMPENSATED, and no allow was stored */
     FAKE_GARBAGE,    /* a reply body that does not decode */
+    FAKE_NO_ALLOW,   /* reserve: RESERVED with no allow; settle: no outcome (both malformed) */
 } fake_mode_t;
 
 /* One method of a fake: its script and what it saw. */
@@ -144,9 +143,9 @@ static void fake_sign(world_t *w, proto_rpc_server_t *srv, const proto_rpc_reque
     quancun__sign_request__free_unpacked(sr, NULL);
 }
 
-/* The ledger's answer to reserve (a RESERVED load, or a COMPENSATED one, and the allow it
- * stored: other bytes than the signer's, so a test sees which ones reach the device) or to
- * settle (the state the report says). */
+/* The ledger's answer to reserve (a RESERVED load and the allow it had signed and stored, or a
+ * COMPENSATED one with none) or to settle (the state the report says, and the outcome it had
+ * signed). */
 static void fake_ledger(world_t *w, proto_rpc_server_t *srv, const proto_rpc_request_t *req,
                         fake_mode_t mode)
 {
@@ -165,8 +164,10 @@ static void fake_ledger(world_t *w, proto_rpc_server_t *srv, const proto_rpc_req
                                           : QUANCUN__LOAD_STATE__LOAD_RESERVED;
         Qcledger__ReserveReply rep = QCLEDGER__RESERVE_REPLY__INIT;
         rep.load = &load;
-        rep.allow.data = stored_allow;
-        rep.allow.len = sizeof stored_allow - 1;
+        if (mode == FAKE_ANSWER) {
+            rep.allow.data = stored_allow;
+            rep.allow.len = sizeof stored_allow - 1;
+        }
         FAKE_CHECK(proto_pack(&rep.base, &body, &len) == 0);
     } else {
         Qcledger__SettleRequest *sr =
@@ -176,8 +177,13 @@ static void fake_ledger(world_t *w, proto_rpc_server_t *srv, const proto_rpc_req
                          ? QUANCUN__LOAD_STATE__LOAD_CONFIRMED
                          : QUANCUN__LOAD_STATE__LOAD_COMPENSATED;
         qcledger__settle_request__free_unpacked(sr, NULL);
-        Qcledger__LoadReply rep = QCLEDGER__LOAD_REPLY__INIT;
+        static uint8_t outcome[] = "the-outcome-the-ledger-had-signed";
+        Qcledger__SettleReply rep = QCLEDGER__SETTLE_REPLY__INIT;
         rep.load = &load;
+        if (mode == FAKE_ANSWER) {
+            rep.outcome.data = outcome;
+            rep.outcome.len = sizeof outcome - 1;
+        }
         FAKE_CHECK(proto_pack(&rep.base, &body, &len) == 0);
     }
     FAKE_CHECK(proto_rpc_server_reply(srv, req, 0, NULL, body, len) == 0);
@@ -309,17 +315,14 @@ static int world_up(void **state)
         strcat(ledgers, s > 0 ? ";" : "");
         strcat(ledgers, ep);
     }
-    char listen[T_ENDPOINT_MAX], signer[T_ENDPOINT_MAX];
+    char listen[T_ENDPOINT_MAX];
     endpoint(w, "gateway", listen);
-    endpoint(w, "signer", signer);
+    /* No signer in the gateway's config: it has none to call. */
     gateway_config_t cfg = {.listen = listen,
                             .keys = &w->gw_keys,
-                            .signer = signer,
-                            .signer_key = w->signer_keys.public_z85,
                             .ledger = ledgers,
                             .ledger_key = w->ledger_keys.public_z85,
                             .ca_path = ca_path,
-                            .deadline_ms = T_DEADLINE_MS,
                             .rpc_timeout_ms = T_RPC_TIMEOUT_MS,
                             .source = "gateway-test"};
     assert_int_equal(gateway_new(w->ctx, &cfg, &w->gw), 0);
@@ -517,31 +520,12 @@ static void test_load_routed_allow_reaches_device(void **state)
         /* The ledger gets the device's signed request byte for byte. */
         assert_int_equal(rr->request.len, req_len);
         assert_memory_equal(rr->request.data, req, req_len);
-        /* SIGNING ORDER: the signer signed an allow before Reserve, and Reserve carried it. */
-        fake_method_t sign = seen(w, &w->sign);
-        assert_int_equal(sign.calls, 1);
-        assert_int_equal(sign.last_kind, QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW);
-        char signed_allow[64];
-        signed_by_signer(QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW, signed_allow, sizeof signed_allow);
-        assert_int_equal(rr->allow.len, strlen(signed_allow));
-        assert_memory_equal(rr->allow.data, signed_allow, strlen(signed_allow));
-        /* SIGNING ORDER: the allow the gateway asked for says what the request says. */
-        Quancun__SignRequest *sr =
-            quancun__sign_request__unpack(NULL, sign.last_len, sign.last_body);
-        assert_non_null(sr);
-        Quancun__LoadAllow *a = quancun__load_allow__unpack(NULL, sr->body.len, sr->body.data);
-        assert_non_null(a);
-        assert_memory_equal(a->txn_id.data, txn, PROTO_TXN_ID_SIZE);
-        assert_string_equal(a->device_id, T_DEVICE);
-        assert_string_equal(a->account_id, account);
-        assert_int_equal(a->amount, 1250);
-        assert_int_equal(a->counter, 3);
-        assert_true(a->deadline_ms > a->host_time_ms);
-        quancun__load_allow__free_unpacked(a, NULL);
-        quancun__sign_request__free_unpacked(sr, NULL);
+        /* Nothing but the request: no allow travels with a Reserve (it was field 2), and the
+         * signer was never called. */
+        assert_int_equal(rr->base.n_unknown_fields, 0);
+        assert_int_equal(seen_calls(w, &w->sign), 0);
         qcledger__reserve_request__free_unpacked(rr, NULL);
         free(reserve.last_body);
-        free(sign.last_body);
         proto_rpc_reply_destroy(&r);
         free(req);
     }
@@ -559,8 +543,7 @@ static void test_report_settled_outcome_signed(void **state)
     size_t rep_len = 0;
     assert_int_equal(RAND_bytes(txn, sizeof txn), 1);
     report(w, account, txn, QUANCUN__REPORT_STATUS__REPORT_APPLIED, &rep, &rep_len);
-    char outcome[64];
-    signed_by_signer(QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME, outcome, sizeof outcome);
+    const char outcome[] = "the-outcome-the-ledger-had-signed";
     for (int round = 1; round <= 2; round++) {
         proto_rpc_reply_t *r = NULL;
         assert_int_equal(device_call(w, "report", rep, rep_len, &r), 0);
@@ -581,20 +564,8 @@ static void test_report_settled_outcome_signed(void **state)
         qcledger__settle_request__free_unpacked(sr, NULL);
         free(settle.last_body);
 
-        /* The outcome the signer signed says what the ledger decided. */
-        fake_method_t sign = seen(w, &w->sign);
-        assert_int_equal(sign.calls, round);
-        assert_int_equal(sign.last_kind, QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME);
-        Quancun__SignRequest *sg =
-            quancun__sign_request__unpack(NULL, sign.last_len, sign.last_body);
-        assert_non_null(sg);
-        Quancun__LoadOutcome *o = quancun__load_outcome__unpack(NULL, sg->body.len, sg->body.data);
-        assert_non_null(o);
-        assert_int_equal(o->state, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
-        assert_string_equal(o->device_id, T_DEVICE);
-        quancun__load_outcome__free_unpacked(o, NULL);
-        quancun__sign_request__free_unpacked(sg, NULL);
-        free(sign.last_body);
+        /* The outcome is the ledger's: the gateway never calls the signer. */
+        assert_int_equal(seen_calls(w, &w->sign), 0);
     }
     /* "sync" is a report too. */
     proto_rpc_reply_t *r = NULL;
@@ -635,7 +606,7 @@ static void test_unanswered_calls_are_retried(void **state)
     free(req);
 }
 
-/* Every refusal reaches the device with its code: the ledger's and the signer's own, an
+/* Every refusal reaches the device with its code: the ledger's (its signer's failure too), an
  * unanswered downstream service, a settled load, a malformed reply, a forged or unknown call. */
 static void test_errors_map_to_codes(void **state)
 {
@@ -657,7 +628,8 @@ static void test_errors_map_to_codes(void **state)
     assert_int_equal(device_call(w, "report", rep, rep_len, &r), QC_ESTATE);
     proto_rpc_reply_destroy(&r);
 
-    /* A retried load the ledger settled meanwhile: the device goes back to idle. */
+    /* A retried load the ledger settled meanwhile (no allow was ever stored for it): the device
+     * goes back to idle. */
     script(w, &w->reserve, FAKE_SETTLED, 0, 0);
     assert_int_equal(device_call(w, "load", req, req_len, &r), QC_ESTATE);
     assert_non_null(strstr(r->message, "LOAD_COMPENSATED"));
@@ -678,17 +650,18 @@ static void test_errors_map_to_codes(void **state)
     assert_true(ops_time_mono_ms() - t0 < T_CALL_MS);
     proto_rpc_reply_destroy(&r);
 
-    /* SIGNING ORDER: the signer's refusal and silence on a load (the gateway asks it first). */
-    script(w, &w->reserve, FAKE_ANSWER, 0, 0);
-    script(w, &w->sign, FAKE_REFUSE, 0, QC_EDENIED);
-    int reserves = seen_calls(w, &w->reserve);
-    assert_int_equal(device_call(w, "load", req, req_len, &r), QC_EDENIED);
-    proto_rpc_reply_destroy(&r);
-    script(w, &w->sign, FAKE_SILENT, 0, 0);
+    /* The ledger's signer did not sign: the ledger's code reaches the device. A RESERVED load
+     * with no allow, or a settlement with no outcome, is a malformed reply. */
+    script(w, &w->reserve, FAKE_REFUSE, 0, QC_EUNAVAIL);
     assert_int_equal(device_call(w, "load", req, req_len, &r), QC_EUNAVAIL);
     proto_rpc_reply_destroy(&r);
-    assert_int_equal(seen_calls(w, &w->reserve), reserves); /* nothing reserved unsigned */
-    script(w, &w->sign, FAKE_ANSWER, 0, 0);
+    script(w, &w->reserve, FAKE_NO_ALLOW, 0, 0);
+    assert_int_equal(device_call(w, "load", req, req_len, &r), QC_EINTERNAL);
+    proto_rpc_reply_destroy(&r);
+    script(w, &w->settle, FAKE_NO_ALLOW, 0, 0);
+    assert_int_equal(device_call(w, "report", rep, rep_len, &r), QC_EINTERNAL);
+    proto_rpc_reply_destroy(&r);
+    assert_int_equal(seen_calls(w, &w->sign), 0);
 
     /* What a device sent is believed only once it verified: a changed byte, no downstream
      * call. */

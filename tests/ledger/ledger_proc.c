@@ -13,10 +13,12 @@
 
 #include "ledger_testkit.h"
 #include "proto_decode.h"
+#include "proto_envelope.h"
 #include "qc_error.h"
 #include "qctest_fs.h"
 #include "qctest_port.h"
 #include "qctest_proc.h"
+#include "signer.pb-c.h"
 
 #define LP_READY_MS 15000
 #define LP_CALL_MS 5000
@@ -25,6 +27,8 @@
 #define LP_PORT_SPAN 200
 #define LP_PORT_STEP 7
 #define LP_PORT_TRIES 28
+#define LP_SIGNER_PORT_OFFSET 17 /* the stand-in signer: this far from the ledger, in its range */
+#define LP_SIGNER_POLL_MS 50
 
 static void path_in(const lp_t *lp, const char *name, char *out)
 {
@@ -51,6 +55,93 @@ static int pick_port(int port)
 int lp_free_port(int port)
 {
     return pick_port(port);
+}
+
+/* One "sign" request: the kind's type signed with the bank key, as qc-signer would. */
+static void signer_serve(lp_t *lp, proto_rpc_server_t *srv, proto_rpc_request_t *req)
+{
+    Quancun__SignRequest *sr = quancun__sign_request__unpack(NULL, req->body_len, req->body);
+    proto_type_t type = PROTO_TYPE_LOAD_ALLOW;
+    int code = sr == NULL || strcmp(req->method, "sign") != 0 ? QC_EDECODE : 0;
+    if (code == 0 && sr->kind == QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME)
+        type = PROTO_TYPE_LOAD_OUTCOME;
+    else if (code == 0 && sr->kind != QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW)
+        code = QC_EDENIED;
+    uint8_t *env = NULL, *reply = NULL;
+    size_t env_len = 0, reply_len = 0;
+    if (code == 0)
+        code = proto_envelope_sign(type, sr->body.data, sr->body.len, lp->bank, 1, NULL, 0, &env,
+                                   &env_len);
+    if (code == 0) {
+        atomic_fetch_add(type == PROTO_TYPE_LOAD_ALLOW ? &lp->signed_allows : &lp->signed_outcomes,
+                         1);
+        Quancun__SignReply rep = QUANCUN__SIGN_REPLY__INIT;
+        rep.signed_.data = env;
+        rep.signed_.len = env_len;
+        code = proto_pack(&rep.base, &reply, &reply_len);
+    }
+    if (proto_rpc_server_reply(srv, req, code, NULL, reply, reply_len) != 0)
+        fprintf(stderr, "ledger_proc: the stand-in signer could not reply\n");
+    free(env);
+    free(reply);
+    if (sr != NULL)
+        quancun__sign_request__free_unpacked(sr, NULL);
+}
+
+static void *signer_main(void *arg)
+{
+    lp_t *lp = arg;
+    void *ctx = zmq_ctx_new();
+    char allow[LP_PATH_MAX];
+    path_in(lp, "signer.allow", allow);
+    proto_rpc_server_config_t cfg = {.service = "signer",
+                                     .endpoint = lp->signer_endpoint,
+                                     .keys = &lp->signer_keys,
+                                     .allow_path = allow};
+    proto_rpc_server_t *srv = NULL;
+    if (ctx == NULL || proto_rpc_server_new(ctx, &cfg, &srv) != 0) {
+        fprintf(stderr, "ledger_proc: the stand-in signer could not bind %s\n",
+                lp->signer_endpoint);
+        if (ctx != NULL)
+            zmq_ctx_term(ctx);
+        return NULL;
+    }
+    while (!atomic_load(&lp->signer_stop)) {
+        proto_rpc_request_t *req = NULL;
+        if (proto_rpc_server_recv(srv, LP_SIGNER_POLL_MS, &req) != 0)
+            continue;
+        if (!atomic_load(&lp->signer_down))
+            signer_serve(lp, srv, req);
+        proto_rpc_request_destroy(&req);
+    }
+    proto_rpc_server_destroy(&srv);
+    zmq_ctx_term(ctx);
+    return NULL;
+}
+
+static int signer_start(lp_t *lp)
+{
+    char p[LP_PATH_MAX];
+    path_in(lp, "signer.key", p);
+    if (proto_curve_keypair_create(p, &lp->signer_keys) != 0)
+        return -1;
+    path_in(lp, "signer.allow", p);
+    if (write_key_line(p, lp->server.public_z85) != 0)
+        return -1;
+    qctest_ports_t range = qctest_ports(LP_PORT_FIRST, LP_PORT_SPAN);
+    int port = qctest_port_pick(&range, lp->port + LP_SIGNER_PORT_OFFSET, lp->port);
+    snprintf(lp->signer_endpoint, sizeof lp->signer_endpoint, "tcp://127.0.0.1:%d", port);
+    atomic_store(&lp->signer_stop, false);
+    atomic_store(&lp->signer_down, false);
+    if (pthread_create(&lp->signer_thread, NULL, signer_main, lp) != 0)
+        return -1;
+    lp->signer_running = true;
+    return 0;
+}
+
+void lp_signer_down(lp_t *lp, bool down)
+{
+    atomic_store(&lp->signer_down, down);
 }
 
 int lp_setup(lp_t *lp, const char *bin, int port)
@@ -90,7 +181,9 @@ int lp_setup(lp_t *lp, const char *bin, int port)
         return -1;
     lp->gw = lp_client(lp, &lp->gateway);
     lp->op = lp_client(lp, &lp->admin);
-    return lp->gw != NULL && lp->op != NULL ? 0 : -1;
+    if (lp->gw == NULL || lp->op == NULL)
+        return -1;
+    return signer_start(lp);
 }
 
 proto_rpc_client_t *lp_client(lp_t *lp, const proto_curve_keypair_t *keys)
@@ -191,11 +284,26 @@ static int lp_start_once(lp_t *lp, const char *fault, int skip, const char *cons
     path_in(lp, "admin.keys", admin);
     path_in(lp, "allow.pem", cert);
     path_in(lp, "ledger.log", log);
-    const char *args[LP_ARGS_MAX] = {lp->bin, "--listen",      lp->endpoint, "--curve-key",
-                                     key,     "--allow-keys",  allow,        "--admin-keys",
-                                     admin,   "--data-dir",    data,         "--allow-cert",
-                                     cert,    "--map-size-mb", "256"};
-    int n = 15;
+    const char *args[LP_ARGS_MAX] = {lp->bin,
+                                     "--listen",
+                                     lp->endpoint,
+                                     "--curve-key",
+                                     key,
+                                     "--allow-keys",
+                                     allow,
+                                     "--admin-keys",
+                                     admin,
+                                     "--data-dir",
+                                     data,
+                                     "--allow-cert",
+                                     cert,
+                                     "--map-size-mb",
+                                     "256",
+                                     "--signer",
+                                     lp->signer_endpoint,
+                                     "--signer-key",
+                                     lp->signer_keys.public_z85};
+    int n = 19;
     for (int i = 0; extra != NULL && extra[i] != NULL && n < LP_ARGS_MAX - 1; i++)
         args[n++] = extra[i];
     args[n] = NULL;
@@ -265,6 +373,12 @@ void lp_teardown(lp_t *lp)
 {
     if (lp->pid > 0)
         lp_stop(lp, SIGKILL);
+    if (lp->signer_running) {
+        atomic_store(&lp->signer_stop, true);
+        pthread_join(lp->signer_thread, NULL);
+        lp->signer_running = false;
+    }
+    proto_curve_keypair_wipe(&lp->signer_keys);
     proto_rpc_client_destroy(&lp->gw);
     proto_rpc_client_destroy(&lp->op);
     if (lp->zctx != NULL)
@@ -277,6 +391,31 @@ void lp_teardown(lp_t *lp)
     proto_curve_keypair_wipe(&lp->admin);
     if (qctest_dir_remove(lp->dir) != 0)
         fprintf(stderr, "could not remove %s\n", lp->dir);
+}
+
+int lp_reserve(lp_t *lp, const uint8_t *req, size_t req_len, uint8_t **allow, size_t *allow_len)
+{
+    *allow = NULL;
+    *allow_len = 0;
+    Qcledger__ReserveRequest m = QCLEDGER__RESERVE_REQUEST__INIT;
+    m.request.data = (uint8_t *)req;
+    m.request.len = req_len;
+    proto_rpc_reply_t *r = NULL;
+    int rc = lp_call(lp->gw, "reserve", &m.base, &r);
+    if (rc != 0) {
+        proto_rpc_reply_destroy(&r);
+        return rc;
+    }
+    Qcledger__ReserveReply *rr = qcledger__reserve_reply__unpack(NULL, r->body_len, r->body);
+    proto_rpc_reply_destroy(&r);
+    if (rr == NULL)
+        return QC_EDECODE;
+    if (rr->allow.len > 0 && (*allow = malloc(rr->allow.len)) != NULL) {
+        memcpy(*allow, rr->allow.data, rr->allow.len);
+        *allow_len = rr->allow.len;
+    }
+    qcledger__reserve_reply__free_unpacked(rr, NULL);
+    return 0;
 }
 
 int lp_open_account(lp_t *lp, const char *id, uint32_t currency, int64_t load_max)

@@ -2,6 +2,8 @@
 #ifndef LEDGER_PROC_H
 #define LEDGER_PROC_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -23,12 +25,23 @@ typedef struct lp {
     int last_status; /* wait status of the last exit seen, -1 when none */
     proto_curve_keypair_t server, gateway, admin;
     EVP_PKEY *bank; /* allow-signing key; its public half is the ledger's allow_cert */
+    /* A stand-in for qc-signer, in a thread of the test: it serves "sign" to the ledger's key
+     * only, with bank, for allows and outcomes alike. */
+    proto_curve_keypair_t signer_keys;
+    char signer_endpoint[64];
+    pthread_t signer_thread;
+    bool signer_running;
+    atomic_bool signer_stop;
+    atomic_bool signer_down;  /* true: requests are read and never answered */
+    atomic_int signed_allows; /* LoadAllow signatures made */
+    atomic_int signed_outcomes;
     void *zctx;
     proto_rpc_client_t *gw; /* a client with the gateway key */
     proto_rpc_client_t *op; /* a client with the admin key */
 } lp_t;
 
-/* Makes a temp dir, CURVE keys, key files and the bank key. Returns 0 or -1. */
+/* Makes a temp dir, CURVE keys, key files and the bank key, and starts the stand-in signer
+ * the ledger is pointed at. Returns 0 or -1. */
 int lp_setup(lp_t *lp, const char *bin, int port);
 /* Starts qc-ledger (extra "--key value" flags in extra, NULL-terminated, may be NULL) with
  * QC_FAULT=fault (NULL = none) and QC_FAULT_SKIP=skip, and waits until it answers "check".
@@ -43,6 +56,9 @@ bool lp_alive(lp_t *lp);
 /* Kills the process if running, frees everything, removes the temp dir. */
 void lp_teardown(lp_t *lp);
 
+/* Makes the stand-in signer silent (down) or answering again. */
+void lp_signer_down(lp_t *lp, bool down);
+
 /* A free TCP port near port in the test's range (qctest_ports: 17300-17499 by hand). */
 int lp_free_port(int port);
 
@@ -53,6 +69,10 @@ proto_rpc_client_t *lp_client(lp_t *lp, const proto_curve_keypair_t *keys);
  * *out when out is not NULL (caller destroys). */
 int lp_call(proto_rpc_client_t *cli, const char *method, const ProtobufCMessage *msg,
             proto_rpc_reply_t **out);
+
+/* Reserves the signed request req with the gateway key; *allow gets the allow the ledger
+ * stored (malloc'd; NULL when none). Returns the reply code. */
+int lp_reserve(lp_t *lp, const uint8_t *req, size_t req_len, uint8_t **allow, size_t *allow_len);
 
 /* Admin helpers; each returns the reply code. */
 int lp_open_account(lp_t *lp, const char *id, uint32_t currency, int64_t load_max);

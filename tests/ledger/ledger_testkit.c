@@ -69,8 +69,9 @@ static void request_digest(const uint8_t *req, size_t req_len, uint8_t digest[32
     proto_envelope_destroy(&env);
 }
 
-void tk_allow_fields(EVP_PKEY *bank, const tk_load_t *l, const uint8_t *req, size_t req_len,
-                     uint64_t deadline_ms, uint8_t **out, size_t *out_len)
+static void allow_fields_at(EVP_PKEY *bank, const tk_load_t *l, const uint8_t *req, size_t req_len,
+                            uint64_t host_time_ms, uint64_t deadline_ms, uint8_t **out,
+                            size_t *out_len)
 {
     uint8_t digest[32];
     request_digest(req, req_len, digest);
@@ -84,13 +85,21 @@ void tk_allow_fields(EVP_PKEY *bank, const tk_load_t *l, const uint8_t *req, siz
     a.counter = l->counter;
     a.request_digest.data = digest;
     a.request_digest.len = sizeof digest;
-    a.host_time_ms = deadline_ms > TK_DEADLINE_MS ? deadline_ms - TK_DEADLINE_MS : 1;
+    a.host_time_ms = host_time_ms;
     a.deadline_ms = deadline_ms;
     sign(PROTO_TYPE_LOAD_ALLOW, &a.base, bank, out, out_len);
 }
 
-void tk_allow(EVP_PKEY *bank, const uint8_t *req, size_t req_len, uint64_t deadline_ms,
-              uint8_t **out, size_t *out_len)
+void tk_allow_fields(EVP_PKEY *bank, const tk_load_t *l, const uint8_t *req, size_t req_len,
+                     uint64_t deadline_ms, uint8_t **out, size_t *out_len)
+{
+    allow_fields_at(bank, l, req, req_len,
+                    deadline_ms > TK_DEADLINE_MS ? deadline_ms - TK_DEADLINE_MS : 1, deadline_ms,
+                    out, out_len);
+}
+
+/* The fields of the signed request req. */
+static Quancun__LoadRequest *request_fields(const uint8_t *req, size_t req_len, tk_load_t *l)
 {
     proto_envelope_t *env = NULL;
     Quancun__LoadRequest *r = NULL;
@@ -100,15 +109,32 @@ void tk_allow(EVP_PKEY *bank, const uint8_t *req, size_t req_len, uint64_t deadl
     const uint8_t *body = proto_envelope_body(env, &len);
     if (proto_decode_load_request(body, len, &r) != 0)
         die("decode request");
-    tk_load_t l = {.device_id = r->device_id,
-                   .account_id = r->account_id,
-                   .amount = r->amount,
-                   .currency = r->currency,
-                   .counter = r->counter};
-    memcpy(l.txn_id, r->txn_id.data, 16);
+    proto_envelope_destroy(&env);
+    *l = (tk_load_t){.device_id = r->device_id,
+                     .account_id = r->account_id,
+                     .amount = r->amount,
+                     .currency = r->currency,
+                     .counter = r->counter};
+    memcpy(l->txn_id, r->txn_id.data, 16);
+    return r; /* owns the strings l points to */
+}
+
+void tk_allow(EVP_PKEY *bank, const uint8_t *req, size_t req_len, uint64_t deadline_ms,
+              uint8_t **out, size_t *out_len)
+{
+    tk_load_t l;
+    Quancun__LoadRequest *r = request_fields(req, req_len, &l);
     tk_allow_fields(bank, &l, req, req_len, deadline_ms, out, out_len);
     quancun__load_request__free_unpacked(r, NULL);
-    proto_envelope_destroy(&env);
+}
+
+void tk_allow_at(EVP_PKEY *bank, const uint8_t *req, size_t req_len, uint64_t host_time_ms,
+                 uint64_t deadline_ms, uint8_t **out, size_t *out_len)
+{
+    tk_load_t l;
+    Quancun__LoadRequest *r = request_fields(req, req_len, &l);
+    allow_fields_at(bank, &l, req, req_len, host_time_ms, deadline_ms, out, out_len);
+    quancun__load_request__free_unpacked(r, NULL);
 }
 
 void tk_report(EVP_PKEY *key, const tk_load_t *l, uint64_t counter_after,

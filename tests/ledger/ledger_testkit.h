@@ -32,6 +32,10 @@ void tk_request(EVP_PKEY *key, const tk_load_t *l, uint8_t **out, size_t *out_le
 /* Signed LoadAllow matching the signed request req with the bank key; deadline absolute. */
 void tk_allow(EVP_PKEY *bank, const uint8_t *req, size_t req_len, uint64_t deadline_ms,
               uint8_t **out, size_t *out_len);
+/* Signed LoadAllow matching req with the host time given: the body the ledger builds for a
+ * load reserved at host_time_ms with deadline_ms (ledger_saga_allow_body()). */
+void tk_allow_at(EVP_PKEY *bank, const uint8_t *req, size_t req_len, uint64_t host_time_ms,
+                 uint64_t deadline_ms, uint8_t **out, size_t *out_len);
 /* Signed LoadAllow with fields given explicitly (for mismatch tests). */
 void tk_allow_fields(EVP_PKEY *bank, const tk_load_t *l, const uint8_t *req, size_t req_len,
                      uint64_t deadline_ms, uint8_t **out, size_t *out_len);

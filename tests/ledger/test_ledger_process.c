@@ -23,6 +23,7 @@
 #include "ledger_proc.h"
 #include "ledger_testkit.h"
 #include "proto_decode.h"
+#include "proto_envelope.h"
 #include "qc_error.h"
 #include "qctest_http.h"
 #include "qctest_port.h"
@@ -30,7 +31,7 @@
 /* Port i of the test's range (qc_test_ports in CMakeLists.txt). */
 static qctest_ports_t ports;
 #define T_PORT(i) qctest_port(&ports, (i))
-#define T_DEADLINE_MS 60000
+#define T_LEDGER_DEADLINE_MS 30000 /* qc-ledger's default deadline_ms */
 #define T_ASYNC_MS 10000
 #define T_DEVICES_MAX 64
 
@@ -58,15 +59,15 @@ static void dev_free(dev_t_ *d)
     free(d->cert);
 }
 
-/* A signed request + allow for device d, packed as a ReserveRequest body. */
+/* A signed request for device d, packed as a ReserveRequest body, and the allow the ledger
+ * replied with (after reserve()). */
 typedef struct rsv {
     tk_load_t l;
     uint8_t *req, *allow, *body;
     size_t req_len, allow_len, body_len;
 } rsv_t;
 
-static void rsv_make(lp_t *lp, dev_t_ *d, const char *account, int64_t amount, uint64_t deadline,
-                     rsv_t *r)
+static void rsv_make(dev_t_ *d, const char *account, int64_t amount, rsv_t *r)
 {
     memset(r, 0, sizeof *r);
     r->l.device_id = d->id;
@@ -75,13 +76,9 @@ static void rsv_make(lp_t *lp, dev_t_ *d, const char *account, int64_t amount, u
     r->l.counter = d->counter;
     tk_txn_id(r->l.txn_id);
     tk_request(d->key, &r->l, &r->req, &r->req_len);
-    tk_allow(lp->bank, r->req, r->req_len, deadline ? deadline : ops_time_wall_ms() + T_DEADLINE_MS,
-             &r->allow, &r->allow_len);
     Qcledger__ReserveRequest m = QCLEDGER__RESERVE_REQUEST__INIT;
     m.request.data = r->req;
     m.request.len = r->req_len;
-    m.allow.data = r->allow;
-    m.allow.len = r->allow_len;
     assert_int_equal(proto_pack(&m.base, &r->body, &r->body_len), 0);
 }
 
@@ -92,8 +89,9 @@ static void rsv_free(rsv_t *r)
     free(r->body);
 }
 
-/* Reserves r with client cli; returns the code and, on success, the reply in *out. */
-static int reserve(proto_rpc_client_t *cli, const rsv_t *r, Qcledger__ReserveReply **out)
+/* Reserves r with client cli; returns the code and, on success, the reply in *out. The first
+ * allow replied becomes r->allow; every later reply must carry the same bytes. */
+static int reserve(proto_rpc_client_t *cli, rsv_t *r, Qcledger__ReserveReply **out)
 {
     proto_rpc_reply_t *rep = NULL;
     int rc = proto_rpc_client_call(cli, "reserve", r->body, r->body_len, 5000, PROTO_RPC_IDEMPOTENT,
@@ -101,12 +99,63 @@ static int reserve(proto_rpc_client_t *cli, const rsv_t *r, Qcledger__ReserveRep
     if (rc != 0)
         return rc;
     rc = rep->code;
-    if (rc == 0 && out != NULL) {
-        *out = qcledger__reserve_reply__unpack(NULL, rep->body_len, rep->body);
-        assert_non_null(*out);
+    if (rc == 0) {
+        Qcledger__ReserveReply *rr =
+            qcledger__reserve_reply__unpack(NULL, rep->body_len, rep->body);
+        assert_non_null(rr);
+        if (rr->allow.len > 0 && r->allow == NULL) {
+            r->allow = malloc(rr->allow.len);
+            memcpy(r->allow, rr->allow.data, rr->allow.len);
+            r->allow_len = rr->allow.len;
+        } else if (rr->allow.len > 0) {
+            assert_int_equal(rr->allow.len, r->allow_len);
+            assert_memory_equal(rr->allow.data, r->allow, r->allow_len);
+        }
+        if (out != NULL)
+            *out = rr;
+        else
+            qcledger__reserve_reply__free_unpacked(rr, NULL);
     }
     proto_rpc_reply_destroy(&rep);
     return rc;
+}
+
+/* The allow verifies with the bank's key and says what the request says, with the ledger's
+ * deadline. */
+static void assert_allow_for(lp_t *lp, const rsv_t *r, uint64_t deadline_ms)
+{
+    proto_envelope_t *env = NULL;
+    assert_int_equal(proto_envelope_open(r->allow, r->allow_len, &env), 0);
+    assert_int_equal(proto_envelope_verify(env, PROTO_TYPE_LOAD_ALLOW, lp->bank), 0);
+    size_t len = 0;
+    const uint8_t *body = proto_envelope_body(env, &len);
+    Quancun__LoadAllow *a = NULL;
+    assert_int_equal(proto_decode_load_allow(body, len, &a), 0);
+    assert_memory_equal(a->txn_id.data, r->l.txn_id, 16);
+    assert_string_equal(a->device_id, r->l.device_id);
+    assert_string_equal(a->account_id, r->l.account_id);
+    assert_int_equal(a->amount, r->l.amount);
+    assert_int_equal(a->counter, r->l.counter);
+    assert_int_equal(a->deadline_ms - a->host_time_ms, deadline_ms);
+    quancun__load_allow__free_unpacked(a, NULL);
+    proto_envelope_destroy(&env);
+}
+
+/* The stored record of a load: its state, and whether it holds an allow. */
+static Quancun__LoadState get_load(lp_t *lp, const uint8_t *txn_id, size_t *allow_len)
+{
+    Qcledger__GetLoadRequest m = QCLEDGER__GET_LOAD_REQUEST__INIT;
+    m.txn_id.data = (uint8_t *)txn_id;
+    m.txn_id.len = 16;
+    proto_rpc_reply_t *rep = NULL;
+    assert_int_equal(lp_call(lp->op, "get_load", &m.base, &rep), 0);
+    Qcledger__LoadReply *lr = qcledger__load_reply__unpack(NULL, rep->body_len, rep->body);
+    proto_rpc_reply_destroy(&rep);
+    assert_non_null(lr);
+    Quancun__LoadState st = lr->load->state;
+    *allow_len = lr->load->allow.len;
+    qcledger__load_reply__free_unpacked(lr, NULL);
+    return st;
 }
 
 static Quancun__LoadState get_state(lp_t *lp, const uint8_t *txn_id, char *reason, size_t cap)
@@ -170,29 +219,23 @@ static void test_methods_and_roles(void **state)
     assert_int_equal(lp_call(lp->gw, "freeze", &fr.base, NULL), QC_EDENIED);
     assert_int_equal(lp_call(lp->gw, "no_such_method", NULL, NULL), QC_EMETHOD);
     rsv_t r;
-    rsv_make(lp, &d, "alice", 700, 0, &r);
+    rsv_make(&d, "alice", 700, &r);
     assert_int_equal(reserve(lp->op, &r, NULL), QC_EDENIED);
-    /* Reserve, then a retry with a freshly signed allow: the stored allow comes back. */
+    assert_int_equal(atomic_load(&lp->signed_allows), 0);
+    /* Reserve: the ledger debits, has the bank sign the allow, stores it, replies with it. */
     Qcledger__ReserveReply *rr = NULL;
     assert_int_equal(reserve(lp->gw, &r, &rr), 0);
     assert_int_equal(rr->load->state, QUANCUN__LOAD_STATE__LOAD_RESERVED);
-    assert_int_equal(rr->allow.len, r.allow_len);
-    assert_memory_equal(rr->allow.data, r.allow, r.allow_len);
+    assert_int_equal(rr->load->allow.len, r.allow_len);
+    assert_memory_equal(rr->load->allow.data, r.allow, r.allow_len);
     qcledger__reserve_reply__free_unpacked(rr, NULL);
-    rsv_t retry = r;
-    tk_allow(lp->bank, r.req, r.req_len, ops_time_wall_ms() + T_DEADLINE_MS, &retry.allow,
-             &retry.allow_len);
-    Qcledger__ReserveRequest m = QCLEDGER__RESERVE_REQUEST__INIT;
-    m.request.data = r.req;
-    m.request.len = r.req_len;
-    m.allow.data = retry.allow;
-    m.allow.len = retry.allow_len;
-    assert_int_equal(proto_pack(&m.base, &retry.body, &retry.body_len), 0);
-    assert_int_equal(reserve(lp->gw, &retry, &rr), 0);
-    assert_memory_equal(rr->allow.data, r.allow, r.allow_len);
-    qcledger__reserve_reply__free_unpacked(rr, NULL);
-    free(retry.allow);
-    free(retry.body);
+    assert_allow_for(lp, &r, T_LEDGER_DEADLINE_MS);
+    assert_int_equal(atomic_load(&lp->signed_allows), 1);
+    /* Retries get the stored allow byte for byte (reserve() asserts it), and the bank signs
+     * nothing more. */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(reserve(lp->gw, &r, NULL), 0);
+    assert_int_equal(atomic_load(&lp->signed_allows), 1);
     bool ok = false;
     assert_int_equal(lp_balance(lp, "alice", &ok), 10000 - 700);
     assert_true(ok);
@@ -209,10 +252,22 @@ static void test_methods_and_roles(void **state)
     sr.verdict = QUANCUN__REPORT_STATUS__REPORT_APPLIED;
     proto_rpc_reply_t *reply = NULL;
     assert_int_equal(lp_call(lp->gw, "settle", &sr.base, &reply), 0);
-    Qcledger__LoadReply *lr = qcledger__load_reply__unpack(NULL, reply->body_len, reply->body);
+    Qcledger__SettleReply *lr = qcledger__settle_reply__unpack(NULL, reply->body_len, reply->body);
     assert_non_null(lr);
     assert_int_equal(lr->load->state, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
-    qcledger__load_reply__free_unpacked(lr, NULL);
+    /* The outcome the bank signed after the settlement comes with it. */
+    proto_envelope_t *oenv = NULL;
+    assert_int_equal(proto_envelope_open(lr->outcome.data, lr->outcome.len, &oenv), 0);
+    assert_int_equal(proto_envelope_verify(oenv, PROTO_TYPE_LOAD_OUTCOME, lp->bank), 0);
+    size_t olen = 0;
+    const uint8_t *obody = proto_envelope_body(oenv, &olen);
+    Quancun__LoadOutcome *oc = NULL;
+    assert_int_equal(proto_decode_load_outcome(obody, olen, &oc), 0);
+    assert_int_equal(oc->state, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
+    assert_memory_equal(oc->txn_id.data, r.l.txn_id, 16);
+    quancun__load_outcome__free_unpacked(oc, NULL);
+    proto_envelope_destroy(&oenv);
+    qcledger__settle_reply__free_unpacked(lr, NULL);
     proto_rpc_reply_destroy(&reply);
     free(rep);
     assert_int_equal(get_state(lp, r.l.txn_id, NULL, 0), QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
@@ -224,7 +279,8 @@ static void test_methods_and_roles(void **state)
         qcledger__outbox_read_reply__unpack(NULL, reply->body_len, reply->body);
     proto_rpc_reply_destroy(&reply);
     assert_non_null(orr);
-    assert_true(orr->n_events >= 5); /* opened, deposit, enrolled, reserved, confirmed */
+    assert_true(orr->n_events >= 6); /* opened, deposit, enrolled, reserved, allowed, confirmed */
+    assert_string_equal(orr->events[orr->n_events - 2]->type, "load.allowed");
     assert_string_equal(orr->events[orr->n_events - 1]->type, "load.confirmed");
     Qcledger__OutboxAckRequest oa = QCLEDGER__OUTBOX_ACK_REQUEST__INIT;
     oa.upto_seq = orr->events[orr->n_events - 1]->seq;
@@ -262,7 +318,9 @@ static void test_methods_and_roles(void **state)
     qctest_http(hp, "GET", "/healthz", page, sizeof page);
     assert_non_null(strstr(page, " 200 "));
     qctest_http(hp, "GET", "/metrics", page, sizeof page);
-    assert_non_null(strstr(page, "qc_ledger_reserve_total{result=\"ok\"} 2"));
+    assert_non_null(strstr(page, "qc_ledger_reserve_total{result=\"ok\"} 4"));
+    /* One allow, however many retries, and one outcome. */
+    assert_non_null(strstr(page, "qc_ledger_sign_requests_total 2"));
     /* Refused before the saga, so counted as denied, not as a reserve result. */
     assert_null(strstr(page, "qc_ledger_reserve_total{result=\"QC_EDENIED\"}"));
     assert_non_null(strstr(page, "qc_ledger_denied_total 2"));
@@ -298,7 +356,7 @@ static void *worker_main(void *arg)
     proto_rpc_client_t *cli = lp_client(w->lp, &w->lp->gateway);
     for (int i = 0; i < T_LOADS_PER_THREAD; i++) {
         rsv_t r;
-        rsv_make(w->lp, &w->dev, "pool", T_POOL_AMOUNT, 0, &r);
+        rsv_make(&w->dev, "pool", T_POOL_AMOUNT, &r);
         int rc = reserve(cli, &r, NULL);
         if (rc == 0) {
             w->ok++;
@@ -358,15 +416,17 @@ static void test_concurrent_reserves_never_overdraw(void **state)
 static void test_deadline_compensates_without_callers(void **state)
 {
     (void)state;
-    lp_t *lp = start(2);
+    static const char *const extra[] = {"--deadline-ms", "1000", NULL};
+    lp_t *lp = start_with(2, extra);
     dev_t_ d;
     dev_make(&d, "dev-late");
     assert_int_equal(lp_open_account(lp, "dora", TK_CURRENCY, 0), 0);
     assert_int_equal(lp_deposit(lp, "dora", 5000), 0);
     assert_int_equal(lp_enroll(lp, "dora", d.cert, d.cert_len), 0);
     rsv_t r;
-    rsv_make(lp, &d, "dora", 1200, ops_time_wall_ms() + 300, &r);
+    rsv_make(&d, "dora", 1200, &r);
     assert_int_equal(reserve(lp->gw, &r, NULL), 0);
+    assert_allow_for(lp, &r, 1000);
     char reason[64] = "";
     Quancun__LoadState st = QUANCUN__LOAD_STATE__LOAD_NONE;
     for (int i = 0; i < 100; i++) { /* up to 5 s */
@@ -456,7 +516,7 @@ static void test_sigkill_mid_group_commit(void **state)
     int codes[T_CRASH_DEVICES];
     size_t half = T_CRASH_DEVICES / 2;
     for (size_t i = 0; i < T_CRASH_DEVICES; i++)
-        rsv_make(lp, &devs[i], "kay", T_CRASH_AMOUNT, 0, &rs[i]);
+        rsv_make(&devs[i], "kay", T_CRASH_AMOUNT, &rs[i]);
     reserve_stream(lp, rs, half, half, codes);
     int status = lp_wait_exit(lp, 10000);
     assert_true(status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
@@ -510,23 +570,131 @@ static void test_sigkill_after_commit_before_reply(void **state)
     assert_int_equal(lp_stop(lp, SIGTERM), 0);
     assert_int_equal(lp_start(lp, "ledger.after_commit_before_reply", 0, NULL), 0);
     rsv_t r;
-    rsv_make(lp, &d, "kim", 1000, 0, &r);
+    rsv_make(&d, "kim", 1000, &r);
     int code = 1;
     reserve_stream(lp, &r, 1, 1, &code);
     assert_int_not_equal(code, 0);
     int status = lp_wait_exit(lp, 10000);
     assert_true(status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-    /* Committed though never answered: the retry gets the stored record, no second debit. */
+    /* Committed though never answered (nor signed for): the retry gets the stored record with
+     * the allow the bank signs now, and no second debit; the next retry the same allow. */
+    assert_int_equal(atomic_load(&lp->signed_allows), 0);
     assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
-    Qcledger__ReserveReply *rr = NULL;
-    assert_int_equal(reserve(lp->gw, &r, &rr), 0);
-    assert_memory_equal(rr->allow.data, r.allow, r.allow_len);
-    qcledger__reserve_reply__free_unpacked(rr, NULL);
     assert_int_equal(reserve(lp->gw, &r, NULL), 0);
+    assert_non_null(r.allow);
+    assert_int_equal(reserve(lp->gw, &r, NULL), 0);
+    assert_int_equal(atomic_load(&lp->signed_allows), 1);
     bool ok = false;
     assert_int_equal(lp_balance(lp, "kim", &ok), 2000);
     assert_int_equal(lp_check(lp), 1);
     rsv_free(&r);
+    dev_free(&d);
+    finish(lp);
+}
+
+/* ------------------------------------------------------------ the bank signs after the debit */
+
+/* A gateway's retries of one reserve until an answer, at most tries, a second apart. */
+static int reserve_until(lp_t *lp, rsv_t *r, int tries)
+{
+    int rc = QC_ETIMEOUT;
+    for (int i = 0; i < tries && rc != 0; i++) {
+        rc = reserve(lp->gw, r, NULL);
+        if (rc != 0)
+            usleep(200000);
+    }
+    return rc;
+}
+
+/* The signer is down: the money stays held, no allow exists, and the deadline gives it back.
+ * A retry after the deadline gets the compensated record and still no allow. */
+static void test_signer_down_leaves_reserved_then_compensates(void **state)
+{
+    (void)state;
+    static const char *const extra[] = {"--deadline-ms", "2000", "--signer-timeout-ms", "300",
+                                        NULL};
+    lp_t *lp = start_with(5, extra);
+    dev_t_ d;
+    dev_make(&d, "dev-nosig");
+    assert_int_equal(lp_open_account(lp, "nina", TK_CURRENCY, 0), 0);
+    assert_int_equal(lp_deposit(lp, "nina", 5000), 0);
+    assert_int_equal(lp_enroll(lp, "nina", d.cert, d.cert_len), 0);
+    lp_signer_down(lp, true);
+    rsv_t r;
+    rsv_make(&d, "nina", 1500, &r);
+    assert_int_equal(reserve(lp->gw, &r, NULL), QC_EUNAVAIL);
+    assert_null(r.allow);
+    size_t allow_len = 1;
+    assert_int_equal(get_load(lp, r.l.txn_id, &allow_len), QUANCUN__LOAD_STATE__LOAD_RESERVED);
+    assert_int_equal(allow_len, 0);
+    bool ok = false;
+    assert_int_equal(lp_balance(lp, "nina", &ok), 5000 - 1500); /* debited, not signed for */
+    Quancun__LoadState st = QUANCUN__LOAD_STATE__LOAD_RESERVED;
+    for (int i = 0; i < 100 && st == QUANCUN__LOAD_STATE__LOAD_RESERVED; i++) { /* up to 5 s */
+        usleep(50000);
+        st = get_load(lp, r.l.txn_id, &allow_len);
+    }
+    assert_int_equal(st, QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
+    assert_int_equal(allow_len, 0);
+    assert_int_equal(lp_balance(lp, "nina", &ok), 5000);
+    /* The signer is back: the retry gets the record, and no allow is signed for it. */
+    lp_signer_down(lp, false);
+    Qcledger__ReserveReply *rr = NULL;
+    assert_int_equal(reserve(lp->gw, &r, &rr), 0);
+    assert_int_equal(rr->load->state, QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
+    assert_int_equal(rr->allow.len, 0);
+    qcledger__reserve_reply__free_unpacked(rr, NULL);
+    assert_int_equal(atomic_load(&lp->signed_allows), 0);
+    assert_int_equal(lp_check(lp), 1);
+    rsv_free(&r);
+    dev_free(&d);
+    finish(lp);
+}
+
+/* Killed after the debit committed and before the signer was asked, then killed after the
+ * signer signed and before the allow was stored: after each restart the load is RESERVED with
+ * no allow, a retry has it signed and stored, and every later retry gets those same bytes. */
+static void test_sigkill_around_the_signature(void **state)
+{
+    (void)state;
+    static const char *const points[] = {"ledger.after_reserve_before_sign",
+                                         "ledger.after_sign_before_store"};
+    lp_t *lp = start(6);
+    dev_t_ d;
+    dev_make(&d, "dev-k3");
+    assert_int_equal(lp_open_account(lp, "kit", TK_CURRENCY, 0), 0);
+    assert_int_equal(lp_deposit(lp, "kit", 5000), 0);
+    assert_int_equal(lp_enroll(lp, "kit", d.cert, d.cert_len), 0);
+    assert_int_equal(lp_stop(lp, SIGTERM), 0);
+    for (int p = 0; p < 2; p++) {
+        int signed_before = atomic_load(&lp->signed_allows);
+        assert_int_equal(lp_start(lp, points[p], 0, NULL), 0);
+        rsv_t r;
+        rsv_make(&d, "kit", 1000, &r);
+        int code = 1;
+        reserve_stream(lp, &r, 1, 1, &code);
+        assert_int_not_equal(code, 0);
+        int status = lp_wait_exit(lp, 10000);
+        assert_true(status != -1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+        /* after_sign_before_store: the bank signed once, and that allow was never sent. */
+        assert_int_equal(atomic_load(&lp->signed_allows), signed_before + p);
+        assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+        size_t allow_len = 1;
+        assert_int_equal(get_load(lp, r.l.txn_id, &allow_len), QUANCUN__LOAD_STATE__LOAD_RESERVED);
+        assert_int_equal(allow_len, 0);
+        bool ok = false;
+        assert_int_equal(lp_balance(lp, "kit", &ok), 5000 - 1000 * (p + 1));
+        assert_int_equal(reserve_until(lp, &r, 5), 0);
+        assert_non_null(r.allow);
+        assert_allow_for(lp, &r, T_LEDGER_DEADLINE_MS);
+        assert_int_equal(reserve(lp->gw, &r, NULL), 0); /* the same bytes */
+        assert_int_equal(atomic_load(&lp->signed_allows), signed_before + p + 1);
+        assert_int_equal(lp_balance(lp, "kit", &ok), 5000 - 1000 * (p + 1));
+        assert_int_equal(lp_check(lp), 1);
+        assert_int_equal(lp_stop(lp, SIGTERM), 0);
+        d.counter++; /* the device applies it: its next request proves it */
+        rsv_free(&r);
+    }
     dev_free(&d);
     finish(lp);
 }
@@ -546,6 +714,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_deadline_compensates_without_callers),
         cmocka_unit_test(test_sigkill_mid_group_commit),
         cmocka_unit_test(test_sigkill_after_commit_before_reply),
+        cmocka_unit_test(test_signer_down_leaves_reserved_then_compensates),
+        cmocka_unit_test(test_sigkill_around_the_signature),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

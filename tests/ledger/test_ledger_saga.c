@@ -14,6 +14,7 @@
 #include "ledger_saga.h"
 #include "ledger_store.h"
 #include "ledger_testkit.h"
+#include "proto_envelope.h"
 #include "proto_shard.h"
 #include "qc_error.h"
 #include "qctest_fs.h"
@@ -141,9 +142,11 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A signed request + allow pair for the default device. */
+/* A signed request for the default device, and the allow the bank stored for it (after
+ * reserve()). */
 typedef struct pair {
     tk_load_t l;
+    uint64_t deadline; /* absolute; 0 = f->now + T_DEADLINE_MS */
     uint8_t *req, *allow;
     size_t req_len, allow_len;
 } pair_t;
@@ -151,12 +154,10 @@ typedef struct pair {
 static pair_t make_pair(fx_t *f, int64_t amount, uint64_t counter, uint64_t deadline)
 {
     pair_t p = {
-        .l = {
-            .device_id = T_DEVICE, .account_id = T_ACCOUNT, .amount = amount, .counter = counter}};
+        .l = {.device_id = T_DEVICE, .account_id = T_ACCOUNT, .amount = amount, .counter = counter},
+        .deadline = deadline};
     tk_txn_id(p.l.txn_id);
     tk_request(f->dev, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, deadline ? deadline : f->now + T_DEADLINE_MS, &p.allow,
-             &p.allow_len);
     return p;
 }
 
@@ -164,12 +165,53 @@ static void free_pair(pair_t *p)
 {
     free(p->req);
     free(p->allow);
+    p->allow = NULL;
 }
 
-static int reserve(fx_t *f, const pair_t *p)
+/* The bank's signature over the allow body the ledger builds for load l, as the signer
+ * would return it. */
+static void bank_signs(fx_t *f, EVP_PKEY *key, const ledger_load_t *l, uint8_t **out,
+                       size_t *out_len)
 {
-    return ledger_saga_reserve(f->saga, NULL, f->now, p->req, p->req_len, p->allow, p->allow_len,
-                               f->load, f->why);
+    uint8_t *body = NULL;
+    size_t body_len = 0;
+    assert_int_equal(ledger_saga_allow_body(l, &body, &body_len), 0);
+    assert_int_equal(
+        proto_envelope_sign(PROTO_TYPE_LOAD_ALLOW, body, body_len, key, 1, NULL, 0, out, out_len),
+        0);
+    free(body);
+    (void)f;
+}
+
+/* Reserve as the service runs it: the debit, then the bank's allow stored with the load. The
+ * stored allow becomes p->allow (what the device would get). */
+static int reserve_on(fx_t *f, ledger_saga_t *saga, pair_t *p)
+{
+    uint64_t deadline = p->deadline ? p->deadline : f->now + T_DEADLINE_MS;
+    int rc = ledger_saga_reserve(saga, NULL, f->now, deadline, p->req, p->req_len, f->load, f->why);
+    if (rc != 0 || f->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED)
+        return rc;
+    if (f->load->allow_len == 0) {
+        uint8_t *allow = NULL;
+        size_t allow_len = 0;
+        bank_signs(f, f->bank, f->load, &allow, &allow_len);
+        rc = ledger_saga_store_allow(saga, NULL, f->now, p->l.txn_id, allow, allow_len, f->load,
+                                     f->why);
+        free(allow);
+        if (rc != 0)
+            return rc;
+    }
+    if (p->allow == NULL) {
+        p->allow = malloc(f->load->allow_len);
+        memcpy(p->allow, f->load->allow, f->load->allow_len);
+        p->allow_len = f->load->allow_len;
+    }
+    return 0;
+}
+
+static int reserve(fx_t *f, pair_t *p)
+{
+    return reserve_on(f, f->saga, p);
 }
 
 static int settle(fx_t *f, const pair_t *p, EVP_PKEY *key, uint64_t counter_after,
@@ -177,7 +219,9 @@ static int settle(fx_t *f, const pair_t *p, EVP_PKEY *key, uint64_t counter_afte
 {
     uint8_t *rep = NULL;
     size_t rep_len = 0;
-    tk_report(key, &p->l, counter_after, status, p->allow, p->allow_len, &rep, &rep_len);
+    /* A pair never reserved has no allow: its report names the request's body instead. */
+    tk_report(key, &p->l, counter_after, status, p->allow != NULL ? p->allow : p->req,
+              p->allow != NULL ? p->allow_len : p->req_len, &rep, &rep_len);
     int rc = ledger_saga_settle(f->saga, NULL, f->now, p->l.txn_id, rep, rep_len, f->load, f->why);
     free(rep);
     return rc;
@@ -311,7 +355,6 @@ static void test_late_confirm_by_report_overdraws(void **state)
     pair_t q = {.l = {.device_id = "dev-2", .account_id = T_ACCOUNT, .amount = T_DEPOSIT}};
     tk_txn_id(q.l.txn_id);
     tk_request(k2, &q.l, &q.req, &q.req_len);
-    tk_allow(f->bank, q.req, q.req_len, f->now + T_DEADLINE_MS, &q.allow, &q.allow_len);
     assert_int_equal(reserve(f, &q), 0);
     assert_int_equal(balance(f, T_ACCOUNT), 0);
     /* The first device's APPLIED report arrives late: LATE_CONFIRMED, account below 0. */
@@ -448,15 +491,22 @@ static void test_reserve_idempotent(void **state)
     pair_t p = make_pair(f, T_AMOUNT, 0, 0);
     assert_int_equal(reserve(f, &p), 0);
     snap_t s = snap(f);
-    /* The gateway retries with a freshly signed allow: the stored one comes back. */
+    /* The gateway retries, and the signer signs the same body again (another signature): the
+     * stored allow comes back, byte for byte, and the second signature is never stored. */
     uint8_t *allow2 = NULL;
     size_t allow2_len = 0;
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &allow2, &allow2_len);
+    bank_signs(f, f->bank, f->load, &allow2, &allow2_len);
+    assert_false(allow2_len == p.allow_len && memcmp(allow2, p.allow, p.allow_len) == 0);
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, p.req, p.req_len, allow2,
-                                             allow2_len, f->load, f->why),
+        assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, f->now + T_DEADLINE_MS + i,
+                                             p.req, p.req_len, f->load, f->why),
                          0);
         assert_int_equal(f->load->state, QUANCUN__LOAD_STATE__LOAD_RESERVED);
+        assert_int_equal(f->load->allow_len, p.allow_len);
+        assert_memory_equal(f->load->allow, p.allow, p.allow_len);
+        assert_int_equal(ledger_saga_store_allow(f->saga, NULL, f->now, p.l.txn_id, allow2,
+                                                 allow2_len, f->load, f->why),
+                         0);
         assert_int_equal(f->load->allow_len, p.allow_len);
         assert_memory_equal(f->load->allow, p.allow, p.allow_len);
     }
@@ -465,8 +515,8 @@ static void test_reserve_idempotent(void **state)
     pair_t q = p;
     q.l.amount = T_AMOUNT + 1;
     tk_request(f->dev, &q.l, &q.req, &q.req_len);
-    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, q.req, q.req_len, p.allow,
-                                         p.allow_len, f->load, f->why),
+    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, f->now + T_DEADLINE_MS, q.req,
+                                         q.req_len, f->load, f->why),
                      QC_EREPLAY);
     assert_same(s, snap(f));
     /* Settle twice: confirmed once. */
@@ -540,7 +590,7 @@ static void test_admin_idempotent(void **state)
 /* ------------------------------------------------------------ refusals */
 
 /* Reserves p and expects code, with nothing changed. */
-static void expect_refused(fx_t *f, const pair_t *p, int code)
+static void expect_refused(fx_t *f, pair_t *p, int code)
 {
     snap_t before = snap(f);
     f->why[0] = '\0';
@@ -571,33 +621,14 @@ static void test_refusals_change_nothing(void **state)
     EVP_PKEY *other = qctest_key_new();
     p = make_pair(f, T_AMOUNT, 0, 0);
     free(p.req);
-    free(p.allow);
     tk_request(other, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
     expect_refused(f, &p, QC_EKEYID);
-    free_pair(&p);
-
-    /* Allow signed by a key that is not the bank's. */
-    p = make_pair(f, T_AMOUNT, 0, 0);
-    free(p.allow);
-    tk_allow(other, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
-    expect_refused(f, &p, QC_EKEYID);
-    free_pair(&p);
-
-    /* Allow for another amount than the request. */
-    p = make_pair(f, T_AMOUNT, 0, 0);
-    free(p.allow);
-    tk_load_t l2 = p.l;
-    l2.amount = T_AMOUNT * 2;
-    tk_allow_fields(f->bank, &l2, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
-    expect_refused(f, &p, QC_EMISMATCH);
     free_pair(&p);
 
     /* Unknown device. */
     p.l = (tk_load_t){.device_id = "ghost", .account_id = T_ACCOUNT, .amount = T_AMOUNT};
     tk_txn_id(p.l.txn_id);
     tk_request(other, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
     expect_refused(f, &p, QC_EUNKNOWNDEV);
     free_pair(&p);
 
@@ -611,7 +642,6 @@ static void test_refusals_change_nothing(void **state)
         .device_id = T_DEVICE, .account_id = T_ACCOUNT, .amount = T_AMOUNT, .currency = 840};
     tk_txn_id(p.l.txn_id);
     tk_request(f->dev, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
     expect_refused(f, &p, QC_ECURRENCY);
     free_pair(&p);
 
@@ -621,7 +651,6 @@ static void test_refusals_change_nothing(void **state)
     p.l = (tk_load_t){.device_id = T_DEVICE, .account_id = "bob", .amount = T_AMOUNT};
     tk_txn_id(p.l.txn_id);
     tk_request(f->dev, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
     expect_refused(f, &p, QC_ENOTBOUND);
     free_pair(&p);
 
@@ -676,14 +705,12 @@ static void test_refusals_change_nothing(void **state)
         .device_id = "dev-3", .account_id = T_ACCOUNT, .amount = 200, .balance_before = 900};
     tk_txn_id(p.l.txn_id);
     tk_request(k3, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
     expect_refused(f, &p, QC_EWALLETCAP);
     free_pair(&p);
     assert_int_equal(ledger_saga_revoke_device(f->saga, NULL, f->now, "dev-3", d, f->why), 0);
     p.l = (tk_load_t){.device_id = "dev-3", .account_id = T_ACCOUNT, .amount = 10};
     tk_txn_id(p.l.txn_id);
     tk_request(k3, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
     expect_refused(f, &p, QC_EREVOKED);
     free_pair(&p);
 
@@ -691,6 +718,146 @@ static void test_refusals_change_nothing(void **state)
     free(c3);
     EVP_PKEY_free(other);
     free(d);
+}
+
+/* The bank debits before it signs: reserve stores no allow, and the one allow a load ever gets
+ * is the first the signer returned for exactly the body the ledger built, stored while the
+ * money is held. */
+static void test_store_allow_only_ours_only_once(void **state)
+{
+    fx_t *f = *state;
+    pair_t p = make_pair(f, T_AMOUNT, 0, 0);
+    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, f->now + T_DEADLINE_MS, p.req,
+                                         p.req_len, f->load, f->why),
+                     0);
+    assert_int_equal(f->load->state, QUANCUN__LOAD_STATE__LOAD_RESERVED);
+    assert_int_equal(f->load->allow_len, 0);
+    assert_int_equal(f->load->deadline_ms, f->now + T_DEADLINE_MS);
+    snap_t s = snap(f);
+    assert_int_equal(s.hold, T_AMOUNT); /* debited before any signature */
+
+    /* The body is a function of the record: its fields, the request digest, the ledger's times. */
+    uint8_t *body = NULL;
+    size_t body_len = 0;
+    assert_int_equal(ledger_saga_allow_body(f->load, &body, &body_len), 0);
+    Quancun__LoadAllow *a = quancun__load_allow__unpack(NULL, body_len, body);
+    assert_non_null(a);
+    assert_int_equal(a->amount, T_AMOUNT);
+    assert_int_equal(a->counter, 0);
+    assert_string_equal(a->device_id, T_DEVICE);
+    assert_string_equal(a->account_id, T_ACCOUNT);
+    assert_int_equal(a->host_time_ms, f->now);
+    assert_int_equal(a->deadline_ms, f->now + T_DEADLINE_MS);
+    quancun__load_allow__free_unpacked(a, NULL);
+    uint8_t *again = NULL;
+    size_t again_len = 0;
+    assert_int_equal(ledger_saga_allow_body(f->load, &again, &again_len), 0);
+    assert_int_equal(again_len, body_len);
+    assert_memory_equal(again, body, body_len);
+    free(again);
+    free(body);
+
+    /* Not the bank's allow key: refused, nothing stored. */
+    EVP_PKEY *other = qctest_key_new();
+    uint8_t *bad = NULL;
+    size_t bad_len = 0;
+    bank_signs(f, other, f->load, &bad, &bad_len);
+    assert_int_equal(
+        ledger_saga_store_allow(f->saga, NULL, f->now, p.l.txn_id, bad, bad_len, f->load, f->why),
+        QC_EKEYID);
+    free(bad);
+    /* The bank's key over another body (another amount): refused. */
+    tk_load_t l2 = p.l;
+    l2.amount = T_AMOUNT * 2;
+    tk_allow_fields(f->bank, &l2, p.req, p.req_len, f->now + T_DEADLINE_MS, &bad, &bad_len);
+    assert_int_equal(
+        ledger_saga_store_allow(f->saga, NULL, f->now, p.l.txn_id, bad, bad_len, f->load, f->why),
+        QC_EMISMATCH);
+    free(bad);
+    /* Not an envelope at all. */
+    uint8_t junk[40];
+    memset(junk, 0x5a, sizeof junk);
+    assert_int_equal(ledger_saga_store_allow(f->saga, NULL, f->now, p.l.txn_id, junk, sizeof junk,
+                                             f->load, f->why),
+                     QC_EDECODE);
+    assert_same(s, snap(f));
+    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, f->now + T_DEADLINE_MS, p.req,
+                                         p.req_len, f->load, f->why),
+                     0);
+    assert_int_equal(f->load->allow_len, 0);
+
+    /* The bank's allow for this body: stored, with its audit event. */
+    uint8_t *first = NULL, *second = NULL;
+    size_t first_len = 0, second_len = 0;
+    bank_signs(f, f->bank, f->load, &first, &first_len);
+    bank_signs(f, f->bank, f->load, &second, &second_len);
+    assert_int_equal(ledger_saga_store_allow(f->saga, NULL, f->now, p.l.txn_id, first, first_len,
+                                             f->load, f->why),
+                     0);
+    assert_int_equal(f->load->allow_len, first_len);
+    assert_memory_equal(f->load->allow, first, first_len);
+    snap_t s2 = snap(f);
+    assert_int_equal(s2.outbox, s.outbox + 1); /* load.allowed */
+    s2.outbox = s.outbox;
+    assert_same(s, s2);
+    /* A second signature of the same body (a retry's): the first stays, nothing changes. */
+    s = snap(f);
+    assert_int_equal(ledger_saga_store_allow(f->saga, NULL, f->now, p.l.txn_id, second, second_len,
+                                             f->load, f->why),
+                     0);
+    assert_memory_equal(f->load->allow, first, first_len);
+    assert_same(s, snap(f));
+    free(second);
+    free(first);
+
+    /* A load its deadline compensated before the signature came: no allow, ever. */
+    pair_t q = make_pair(f, T_AMOUNT, 1, f->now + 50);
+    assert_int_equal(
+        settle(f, &(pair_t){.l = p.l, .allow = f->load->allow, .allow_len = f->load->allow_len},
+               f->dev, 1, QUANCUN__REPORT_STATUS__REPORT_APPLIED),
+        0);
+    assert_int_equal(f->load->state, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
+    assert_int_equal(
+        ledger_saga_reserve(f->saga, NULL, f->now, q.deadline, q.req, q.req_len, f->load, f->why),
+        0);
+    assert_int_equal(ledger_saga_expire(f->saga, NULL, f->now + 60, 10, NULL, NULL), 0);
+    assert_int_equal(state_of(f, q.l.txn_id), QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
+    bank_signs(f, f->bank, f->load2, &bad, &bad_len);
+    s = snap(f);
+    assert_int_equal(ledger_saga_store_allow(f->saga, NULL, f->now + 60, q.l.txn_id, bad, bad_len,
+                                             f->load, f->why),
+                     QC_ESTATE);
+    assert_int_equal(f->load->allow_len, 0);
+    assert_same(s, snap(f));
+    /* A report naming that never-released allow confirms nothing. */
+    q.allow = bad;
+    q.allow_len = bad_len;
+    assert_int_equal(settle(f, &q, f->dev, 2, QUANCUN__REPORT_STATUS__REPORT_APPLIED), 0);
+    assert_int_equal(f->load->state, QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
+    assert_same(s, snap(f));
+    free_pair(&q);
+    EVP_PKEY_free(other);
+    free(p.req);
+}
+
+/* A report about a RESERVED load whose allow was never stored (the signer was down): the
+ * device cannot have applied it, so the saga compensates. */
+static void test_settle_without_allow_compensates(void **state)
+{
+    fx_t *f = *state;
+    pair_t p = make_pair(f, T_AMOUNT, 0, 0);
+    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, f->now + T_DEADLINE_MS, p.req,
+                                         p.req_len, f->load, f->why),
+                     0);
+    bank_signs(f, f->bank, f->load, &p.allow, &p.allow_len); /* signed, never stored */
+    assert_int_equal(settle(f, &p, f->dev, 1, QUANCUN__REPORT_STATUS__REPORT_APPLIED), 0);
+    assert_int_equal(f->load->state, QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
+    assert_string_equal(f->load->reason, "REPORT_MISMATCH");
+    snap_t s = snap(f);
+    assert_int_equal(s.acct, T_DEPOSIT);
+    assert_int_equal(s.hold, 0);
+    assert_int_equal(s.flt, 0);
+    free_pair(&p);
 }
 
 static void test_limits(void **state)
@@ -709,7 +876,6 @@ static void test_limits(void **state)
     pair_t p = {.l = {.device_id = "dev-c", .account_id = "carol", .amount = 301}};
     tk_txn_id(p.l.txn_id);
     tk_request(k, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
     int64_t before = balance(f, "carol");
     assert_int_equal(reserve(f, &p), QC_ELIMIT);
     assert_int_equal(balance(f, "carol"), before);
@@ -718,13 +884,11 @@ static void test_limits(void **state)
     p.l.amount = 300;
     tk_txn_id(p.l.txn_id);
     tk_request(k, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
     assert_int_equal(reserve(f, &p), 0);
     free_pair(&p);
     p.l.counter = 1;
     tk_txn_id(p.l.txn_id);
     tk_request(k, &p.l, &p.req, &p.req_len);
-    tk_allow(f->bank, p.req, p.req_len, f->now + T_DEADLINE_MS, &p.allow, &p.allow_len);
     before = balance(f, "carol");
     assert_int_equal(reserve(f, &p), QC_ELIMIT);
     assert_int_equal(balance(f, "carol"), before);
@@ -808,12 +972,13 @@ static void test_group_isolation(void **state)
     assert_int_equal(ledger_store_txn_begin(f->store, NULL, true, &parent), 0);
     pair_t ok = make_pair(f, T_AMOUNT, 0, 0);
     pair_t bad = make_pair(f, T_DEPOSIT * 2, 0, 0);
-    assert_int_equal(ledger_saga_reserve(f->saga, parent, f->now, bad.req, bad.req_len, bad.allow,
-                                         bad.allow_len, f->load, f->why),
+    uint64_t deadline = f->now + T_DEADLINE_MS;
+    assert_int_equal(ledger_saga_reserve(f->saga, parent, f->now, deadline, bad.req, bad.req_len,
+                                         f->load, f->why),
                      QC_EFUNDS);
-    assert_int_equal(ledger_saga_reserve(f->saga, parent, f->now, ok.req, ok.req_len, ok.allow,
-                                         ok.allow_len, f->load, f->why),
-                     0);
+    assert_int_equal(
+        ledger_saga_reserve(f->saga, parent, f->now, deadline, ok.req, ok.req_len, f->load, f->why),
+        0);
     assert_int_equal(ledger_store_txn_commit(parent), 0);
     assert_int_equal(state_of(f, ok.l.txn_id), QUANCUN__LOAD_STATE__LOAD_RESERVED);
     assert_int_equal(state_of(f, bad.l.txn_id), QUANCUN__LOAD_STATE__LOAD_NONE);
@@ -886,15 +1051,13 @@ static void test_more_refusals(void **state)
     uint8_t junk[64];
     memset(junk, 0x5a, sizeof junk);
     pair_t p = make_pair(f, T_AMOUNT, 0, 0);
-    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, junk, sizeof junk, p.allow,
-                                         p.allow_len, f->load, f->why),
-                     QC_EDECODE);
-    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, p.req, p.req_len, junk, sizeof junk,
-                                         f->load, f->why),
-                     QC_EDECODE);
+    uint64_t deadline = f->now + T_DEADLINE_MS;
+    assert_int_equal(
+        ledger_saga_reserve(f->saga, NULL, f->now, deadline, junk, sizeof junk, f->load, f->why),
+        QC_EDECODE);
     uint8_t *big = calloc(1, LEDGER_SIGNED_MAX + 1);
-    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, big, LEDGER_SIGNED_MAX + 1, p.allow,
-                                         p.allow_len, f->load, f->why),
+    assert_int_equal(ledger_saga_reserve(f->saga, NULL, f->now, deadline, big,
+                                         LEDGER_SIGNED_MAX + 1, f->load, f->why),
                      QC_ETOOBIG);
     free(big);
     assert_same(before, snap(f));
@@ -905,9 +1068,9 @@ static void test_more_refusals(void **state)
                                 .shard = 1 - proto_shard_of(T_ACCOUNT, 2),
                                 .shard_count = 2};
     assert_int_equal(ledger_saga_new(&cfg, &s2), 0);
-    assert_int_equal(ledger_saga_reserve(s2, NULL, f->now, p.req, p.req_len, p.allow, p.allow_len,
-                                         f->load, f->why),
-                     QC_ESHARD);
+    assert_int_equal(
+        ledger_saga_reserve(s2, NULL, f->now, deadline, p.req, p.req_len, f->load, f->why),
+        QC_ESHARD);
     ledger_saga_destroy(&s2);
     assert_same(before, snap(f));
     /* A genuine report about load B offered to settle load A. */
@@ -997,9 +1160,7 @@ static void test_map_nearly_full_refuses_growth(void **state)
                      0);
     free(d);
     pair_t p = make_pair(f, T_AMOUNT, 0, 0);
-    assert_int_equal(ledger_saga_reserve(saga, NULL, f->now, p.req, p.req_len, p.allow, p.allow_len,
-                                         f->load, f->why),
-                     0);
+    assert_int_equal(reserve_on(f, saga, &p), 0);
     /* Fill with accounts, a few hundred per commit, until growth is refused. */
     int rc = 0, n = 0;
     while (rc == 0 && n < 100000) {
@@ -1049,6 +1210,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limit_overflow_names_true_reason, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_allow_only_ours_only_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_settle_without_allow_compensates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_report_signature, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shard_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_isolation, setup, teardown),

@@ -92,13 +92,8 @@ static void test_qcctl_verbs(void **state)
     uint8_t *req = NULL, *allow = NULL;
     size_t req_len = 0, allow_len = 0;
     tk_request(dev, &l, &req, &req_len);
-    tk_allow(lp->bank, req, req_len, ops_time_wall_ms() + 60000, &allow, &allow_len);
-    Qcledger__ReserveRequest m = QCLEDGER__RESERVE_REQUEST__INIT;
-    m.request.data = req;
-    m.request.len = req_len;
-    m.allow.data = allow;
-    m.allow.len = allow_len;
-    assert_int_equal(lp_call(lp->gw, "reserve", &m.base, NULL), 0);
+    assert_int_equal(lp_reserve(lp, req, req_len, &allow, &allow_len), 0);
+    assert_non_null(allow);
     char hex[33];
     for (int i = 0; i < 16; i++)
         snprintf(hex + 2 * i, 3, "%02x", l.txn_id[i]);
