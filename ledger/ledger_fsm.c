@@ -208,9 +208,8 @@ static int open_body(const ProtobufCBinaryData *signed_bytes, const char *what,
 static int op_reserve(ledger_fsm_t *f, MDB_txn *txn, uint64_t now, const Qcreplica__Reserve *m,
                       char *why)
 {
-    proto_envelope_t *renv = NULL, *aenv = NULL;
+    proto_envelope_t *renv = NULL;
     Quancun__LoadRequest *r = NULL;
-    Quancun__LoadAllow *a = NULL;
     const uint8_t *body = NULL;
     size_t body_len = 0;
     int rc = open_body(&m->request, "request", &renv, &body, &body_len, why);
@@ -220,31 +219,26 @@ static int op_reserve(ledger_fsm_t *f, MDB_txn *txn, uint64_t now, const Qcrepli
         refuse(why, rc, "request body: %s", qc_strerror(rc));
         goto out;
     }
-    if ((rc = open_body(&m->allow, "allow", &aenv, &body, &body_len, why)) != 0)
-        goto out;
-    if ((rc = proto_decode_load_allow(body, body_len, &a)) != 0) {
-        refuse(why, rc, "allow body: %s", qc_strerror(rc));
-        goto out;
-    }
-    /* The deadline is judged by the entry's time; a retry of a stored load is answered by
-     * the saga with the stored record whatever the time, as the verifying path does. */
-    rc = ledger_store_load_get(f->store, txn, r->txn_id.data, f->load);
-    if (rc == QC_ENOTFOUND && a->deadline_ms <= now) {
-        rc = refuse(why, QC_EEXPIRED, "allow deadline already passed");
-        goto out;
-    }
-    if (rc != 0 && rc != QC_ENOTFOUND)
-        goto out;
-    rc = ledger_saga_reserve_trusted(f->saga, txn, now, r, a, m->request.data, m->request.len,
-                                     m->allow.data, m->allow.len, f->load, why);
+    /* The deadline is judged by the entry's time inside the saga; a retry of a stored load is
+     * answered with the stored record whatever the time, as the verifying path does. */
+    rc = ledger_saga_reserve_trusted(f->saga, txn, now, m->deadline_ms, r, m->request.data,
+                                     m->request.len, f->load, why);
 out:
     if (r != NULL)
         quancun__load_request__free_unpacked(r, NULL);
-    if (a != NULL)
-        quancun__load_allow__free_unpacked(a, NULL);
     proto_envelope_destroy(&renv);
-    proto_envelope_destroy(&aenv);
     return rc;
+}
+
+static int op_store_allow(ledger_fsm_t *f, MDB_txn *txn, uint64_t now,
+                          const Qcreplica__StoreAllow *m, char *why)
+{
+    if (m->txn_id.len != LEDGER_TXN_ID_SIZE)
+        return refuse(why, QC_EDECODE, "txn_id must be %d bytes", LEDGER_TXN_ID_SIZE);
+    if (m->allow.len > LEDGER_SIGNED_MAX)
+        return refuse(why, QC_ETOOBIG, "allow larger than %d bytes", LEDGER_SIGNED_MAX);
+    return ledger_saga_store_allow(f->saga, txn, now, m->txn_id.data, m->allow.data, m->allow.len,
+                                   f->load, why);
 }
 
 static int op_settle(ledger_fsm_t *f, MDB_txn *txn, uint64_t now, const Qcreplica__Settle *m,
@@ -330,6 +324,9 @@ static int apply_op(ledger_fsm_t *f, MDB_txn *txn, uint64_t now, const Qcreplica
         break;
     case QCREPLICA__OP__OP_SETTLE:
         rc = op_settle(f, txn, now, op->settle, why);
+        break;
+    case QCREPLICA__OP__OP_STORE_ALLOW:
+        rc = op_store_allow(f, txn, now, op->store_allow, why);
         break;
     case QCREPLICA__OP__OP_EXPIRE:
         rc = op_expire(f, txn, now, op->expire, expired);
@@ -837,16 +834,30 @@ static bool artefact_ok(const uint8_t *bytes, size_t len)
 }
 
 int ledger_fsm_batch_reserve(ledger_fsm_batch_t *b, const uint8_t *request, size_t request_len,
-                             const uint8_t *allow, size_t allow_len)
+                             uint64_t deadline_ms)
 {
-    if (!artefact_ok(request, request_len) || !artefact_ok(allow, allow_len))
+    if (!artefact_ok(request, request_len))
         return QC_EINVAL;
     Qcreplica__Reserve m = QCREPLICA__RESERVE__INIT;
     m.request = bin(request, request_len);
-    m.allow = bin(allow, allow_len);
+    m.deadline_ms = deadline_ms;
     Qcreplica__Op op = QCREPLICA__OP__INIT;
     op.op_case = QCREPLICA__OP__OP_RESERVE;
     op.reserve = &m;
+    return batch_add(b, &op);
+}
+
+int ledger_fsm_batch_store_allow(ledger_fsm_batch_t *b, const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                 const uint8_t *allow, size_t allow_len)
+{
+    if (txn_id == NULL || !artefact_ok(allow, allow_len))
+        return QC_EINVAL;
+    Qcreplica__StoreAllow m = QCREPLICA__STORE_ALLOW__INIT;
+    m.txn_id = bin(txn_id, LEDGER_TXN_ID_SIZE);
+    m.allow = bin(allow, allow_len);
+    Qcreplica__Op op = QCREPLICA__OP__INIT;
+    op.op_case = QCREPLICA__OP__OP_STORE_ALLOW;
+    op.store_allow = &m;
     return batch_add(b, &op);
 }
 

@@ -8,7 +8,8 @@
  * Entry format (proto/replica.proto, version 1): an Entry {version, time_ms, ops[]}, at most
  * LEDGER_FSM_ENTRY_MAX bytes and LEDGER_FSM_OPS_MAX ops, canonically encoded (it re-measures
  * to exactly its length). Each op carries what its apply needs, already verified by the
- * leader: signed envelopes byte for byte (reserve: request + allow; settle: report), admin
+ * leader: signed envelopes byte for byte (reserve: request + deadline; store_allow: the allow
+ * the bank signed after the reserve applied; settle: report), admin
  * arguments, the deadline compensation "expire up to T", an outbox acknowledgement.
  *
  * Apply is deterministic: it reads the replica's LMDB and the entry, nothing else. Its "now"
@@ -163,8 +164,12 @@ int ledger_fsm_batch_new(uint64_t time_ms, ledger_fsm_batch_t **out);
 void ledger_fsm_batch_destroy(ledger_fsm_batch_t **batch_p);
 size_t ledger_fsm_batch_count(const ledger_fsm_batch_t *b);
 
+/* reserve: the verified request and the deadline the leader set; store_allow: the allow the
+ * bank signed after that reserve applied (the bank debits before it signs). */
 int ledger_fsm_batch_reserve(ledger_fsm_batch_t *b, const uint8_t *request, size_t request_len,
-                             const uint8_t *allow, size_t allow_len);
+                             uint64_t deadline_ms);
+int ledger_fsm_batch_store_allow(ledger_fsm_batch_t *b, const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                 const uint8_t *allow, size_t allow_len);
 int ledger_fsm_batch_settle(ledger_fsm_batch_t *b, const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
                             const uint8_t *report, size_t report_len);
 int ledger_fsm_batch_bad_report(ledger_fsm_batch_t *b, const uint8_t txn_id[LEDGER_TXN_ID_SIZE],

@@ -858,6 +858,8 @@ static int store_allow_txn(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const u
     if (out->state != QUANCUN__LOAD_STATE__LOAD_RESERVED)
         return refuse(why, QC_ESTATE, "load is %s: no allow is released for it",
                       proto_load_state_name(out->state));
+    if (out->deadline_ms <= now) /* its compensation is due: the money is on its way back */
+        return refuse(why, QC_EEXPIRED, "the load's deadline passed: no allow is released");
     if (allow_len > sizeof out->allow)
         return refuse(why, QC_ETOOBIG, "allow larger than %d bytes", LEDGER_SIGNED_MAX);
     if ((rc = allow_is_ours(s, out, allow, allow_len, why)) != 0)

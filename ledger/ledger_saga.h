@@ -92,7 +92,8 @@ int ledger_saga_outcome_body(const ledger_load_t *l, uint64_t now_ms, uint8_t **
  * ledger_saga_allow_body() of the record (QC_EMISMATCH); its signature is not re-verified
  * (see docs/DESIGN.md: the ledger chose those bytes, and the device verifies them). A load
  * that already has an allow keeps it: 0, *out shows the stored one. A load that is no longer
- * RESERVED gets none: QC_ESTATE (no allow is released for money that is not held). Appends
+ * RESERVED gets none: QC_ESTATE (no allow is released for money that is not held), nor one
+ * whose deadline is at or before now_ms: QC_EEXPIRED (its compensation is due). Appends
  * "load.allowed" with the allow to the outbox. QC_ENOTFOUND for an unknown txn. */
 int ledger_saga_store_allow(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
                             const uint8_t txn_id[LEDGER_TXN_ID_SIZE], const uint8_t *allow,

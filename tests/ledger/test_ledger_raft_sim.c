@@ -96,6 +96,7 @@ typedef struct sim_device {
     tk_load_t load;
     uint8_t *req, *allow, *report;
     size_t req_len, allow_len, report_len;
+    uint64_t deadline; /* of the load being reserved */
 } sim_device_t;
 
 typedef struct sim_replica {
@@ -501,12 +502,13 @@ static void add_setup(sim_t *s, ledger_fsm_batch_t *b, sim_req_t *r)
     s->setup_in_flight = true;
 }
 
-/* The device's next op into b: a new load, its settlement, or a retry of either. Returns
- * false when it has nothing to send. */
-static bool dev_op(sim_t *s, unsigned leader, sim_device_t *d, ledger_fsm_batch_t *b)
+/* The device's next op into b: a new load (its reserve, then the store of the allow the bank
+ * signs for it), its settlement, or a retry of either. Returns how many ops it added: 0 when
+ * it has nothing to send; the first is the device's. */
+static unsigned dev_op(sim_t *s, unsigned leader, sim_device_t *d, ledger_fsm_batch_t *b)
 {
     if (d->in_flight)
-        return false;
+        return 0;
     if (d->state == DEV_IDLE) {
         d->load = (tk_load_t){.device_id = d->id,
                               .account_id = d->account,
@@ -522,7 +524,13 @@ static bool dev_op(sim_t *s, unsigned leader, sim_device_t *d, ledger_fsm_batch_
         uint64_t deadline =
             leader_now(s, leader) + SIM_DEADLINE_MIN_MS + rng_below(&s->rng, SIM_DEADLINE_SPAN_MS);
         tk_request(d->key, &d->load, &d->req, &d->req_len);
-        tk_allow(s->bank, d->req, d->req_len, deadline, &d->allow, &d->allow_len);
+        /* The allow the bank signs once the reserve applied: its body is the one the ledger
+         * builds for a load reserved at the entry's time. A slower new leader's entry applies
+         * at the applied time instead: then the body differs, the replicas all refuse to store
+         * it, and the device's report of it compensates. */
+        tk_allow_at(s->bank, d->req, d->req_len, leader_now(s, leader), deadline, &d->allow,
+                    &d->allow_len);
+        d->deadline = deadline;
         d->state = DEV_RESERVING;
     } else if (d->state == DEV_RESERVED) {
         /* What the device does with its allow: applies it and reports, rejects it, or
@@ -536,7 +544,7 @@ static bool dev_op(sim_t *s, unsigned leader, sim_device_t *d, ledger_fsm_batch_
         if (what >= 8) {
             d->state = DEV_IDLE;
             dev_forget(d);
-            return false;
+            return 0;
         }
         tk_report(d->key, &d->load, applied ? before + 1 : before,
                   applied ? QUANCUN__REPORT_STATUS__REPORT_APPLIED
@@ -545,11 +553,15 @@ static bool dev_op(sim_t *s, unsigned leader, sim_device_t *d, ledger_fsm_batch_
         d->state = DEV_SETTLING;
     }
     int rc = d->state == DEV_RESERVING
-                 ? ledger_fsm_batch_reserve(b, d->req, d->req_len, d->allow, d->allow_len)
+                 ? ledger_fsm_batch_reserve(b, d->req, d->req_len, d->deadline)
                  : ledger_fsm_batch_settle(b, d->load.txn_id, d->report, d->report_len);
     assert_int_equal(rc, 0);
     d->in_flight = true;
-    return true;
+    if (d->state != DEV_RESERVING)
+        return 1;
+    /* In the same entry, after the reserve. */
+    assert_int_equal(ledger_fsm_batch_store_allow(b, d->load.txn_id, d->allow, d->allow_len), 0);
+    return 2;
 }
 
 /* The highest outbox sequence the leader holds, 0 when none. */
@@ -587,8 +599,9 @@ static void step_propose(sim_t *s, unsigned leader)
         unsigned want = 1 + rng_below(&s->rng, SIM_BATCH_MAX);
         for (unsigned k = 0; k < want; k++) {
             unsigned d = rng_below(&s->rng, SIM_DEVICES);
-            if (dev_op(s, leader, &s->dev[d], b))
-                r->dev[r->n++] = (int)d;
+            unsigned added = dev_op(s, leader, &s->dev[d], b);
+            for (unsigned op = 0; op < added; op++)
+                r->dev[r->n++] = op == 0 ? (int)d : -1;
         }
         if (rng_below(&s->rng, 8) == 0) {
             assert_int_equal(ledger_fsm_batch_outbox_ack(b, outbox_last(s, leader)), 0);
@@ -1155,10 +1168,11 @@ static struct raft_buffer reserve_entry(fx_t *x, uint64_t now, uint64_t deadline
     l->amount = amount;
     l->currency = TK_CURRENCY;
     tk_request(x->dev, l, &req, &req_len);
-    tk_allow(x->bank, req, req_len, deadline, allow, allow_len);
+    tk_allow_at(x->bank, req, req_len, now, deadline, allow, allow_len);
     ledger_fsm_batch_t *b = NULL;
     assert_int_equal(ledger_fsm_batch_new(now, &b), 0);
-    assert_int_equal(ledger_fsm_batch_reserve(b, req, req_len, *allow, *allow_len), 0);
+    assert_int_equal(ledger_fsm_batch_reserve(b, req, req_len, deadline), 0);
+    assert_int_equal(ledger_fsm_batch_store_allow(b, l->txn_id, *allow, *allow_len), 0);
     free(req);
     return encode(b);
 }
@@ -1193,6 +1207,7 @@ static void test_fsm_apply_once(void **state)
     struct raft_buffer rsv = reserve_entry(x, now + 10, now + 5000, 700, &l, &allow, &allow_len);
     res = apply_ok(x->fsm[0], 3, rsv);
     assert_int_equal(res->ops[0].code, 0);
+    assert_int_equal(res->ops[1].code, 0); /* the bank's allow, stored after the debit */
     assert_int_equal(balance(x->fsm[0], "alice"), 10000 - 700);
 
     /* Handed the same entries again (a restart replays the log): skipped. */
@@ -1217,6 +1232,7 @@ static void test_fsm_apply_once(void **state)
     res = apply_ok(x->fsm[0], 4, rsv);
     assert_false(res->skipped);
     assert_int_equal(res->ops[0].code, 0);
+    assert_int_equal(res->ops[1].code, 0); /* the stored allow stays */
     assert_int_equal(balance(x->fsm[0], "alice"), 10000 - 700);
     tk_load_t l2 = {.counter = 0};
     uint8_t *allow2 = NULL;
@@ -1225,6 +1241,7 @@ static void test_fsm_apply_once(void **state)
         reserve_entry(x, now + 20, now + 5000, 1000000, &l2, &allow2, &allow2_len);
     res = apply_ok(x->fsm[0], 5, big);
     assert_int_equal(res->ops[0].code, QC_EFUNDS);
+    assert_int_equal(res->ops[1].code, QC_ENOTFOUND); /* no allow for money never held */
     assert_true(strlen(res->ops[0].why) > 0);
     assert_int_equal(ledger_fsm_applied(x->fsm[0], &idx, &t), 0);
     assert_int_equal(idx, 5);
@@ -1292,7 +1309,7 @@ static void test_fsm_bad_entries(void **state)
     struct raft_buffer setup = setup_entry(x, SIM_EPOCH_MS);
     ledger_fsm_batch_t *b = NULL;
     assert_int_equal(ledger_fsm_batch_new(SIM_EPOCH_MS, &b), 0);
-    assert_int_equal(ledger_fsm_batch_reserve(b, junk, sizeof junk, junk, sizeof junk), 0);
+    assert_int_equal(ledger_fsm_batch_reserve(b, junk, sizeof junk, SIM_EPOCH_MS + 5000), 0);
     assert_int_equal(ledger_fsm_batch_set_frozen(b, "alice", true), 0);
     struct raft_buffer mixed = encode(b);
     apply_ok(x->fsm[0], 3, setup);
@@ -1374,7 +1391,9 @@ static void test_fsm_batch_limits(void **state)
     assert_int_equal(ledger_fsm_batch_outbox_ack(b, 1), QC_EFULL);
     assert_int_equal(ledger_fsm_batch_count(b), LEDGER_FSM_OPS_MAX);
     static uint8_t huge[LEDGER_SIGNED_MAX + 1];
-    assert_int_equal(ledger_fsm_batch_reserve(b, huge, sizeof huge, huge, 1), QC_EINVAL);
+    assert_int_equal(ledger_fsm_batch_reserve(b, huge, sizeof huge, 1), QC_EINVAL);
+    uint8_t txn[LEDGER_TXN_ID_SIZE] = {0};
+    assert_int_equal(ledger_fsm_batch_store_allow(b, txn, huge, sizeof huge), QC_EINVAL);
     ledger_fsm_batch_destroy(&b);
     assert_null(b);
 }
