@@ -1,7 +1,8 @@
 /* signer_service.c - the signer's loop: requests to the worker pool, replies and audit events out.
  *
- * The main thread owns the ROUTER socket: it receives "sign" requests, hands them to the
- * worker pool (signer_pool.h) and sends the replies the workers hand back. It never signs. */
+ * The main thread owns the ROUTER socket: it receives "sign" requests, checks that the caller's
+ * role may have the kind signed (signer_roles.h), hands them to the worker pool (signer_pool.h)
+ * and sends the replies the workers hand back. It never signs. */
 #include "signer_service.h"
 
 #include <assert.h>
@@ -25,6 +26,7 @@
 #include "qc_error.h"
 #include "signer_login.h"
 #include "signer_pool.h"
+#include "signer_roles.h"
 #include "signer_sign.h"
 #include "signer_token.h"
 #include "signer.pb-c.h"
@@ -50,9 +52,23 @@ typedef struct signer_service {
     signer_pool_t *pool;
     proto_rpc_server_t *srv;
     proto_audit_t *audit; /* every signature, delivered to the audit log at least once */
+    signer_roles_t *roles;
     ops_counter_t *busy_total;
     ops_counter_t *method_total;
+    ops_counter_t *refused_total[SIGNER_KIND_COUNT]; /* by kind: the caller's role may not */
 } signer_service_t;
+
+/* The kinds a role may ask for, in SIGNER_KIND order, as they appear in metrics and events. */
+static const Quancun__SignKind signer_kinds[SIGNER_KIND_COUNT] = {
+    [SIGNER_KIND_ALLOW] = QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW,
+    [SIGNER_KIND_OUTCOME] = QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME,
+    [SIGNER_KIND_CHECKPOINT] = QUANCUN__SIGN_KIND__SIGN_AUDIT_CHECKPOINT,
+};
+static const char *const signer_kind_names[SIGNER_KIND_COUNT] = {
+    [SIGNER_KIND_ALLOW] = "load_allow",
+    [SIGNER_KIND_OUTCOME] = "load_outcome",
+    [SIGNER_KIND_CHECKPOINT] = "audit_checkpoint",
+};
 
 bool signer_service_healthy(void *arg, char *why, size_t why_cap)
 {
@@ -100,7 +116,11 @@ static int signer_start(signer_service_t *svc)
         return QC_ECONFIG;
     }
 
-    int rc = signer_login_open(cfg, &svc->tok);
+    int rc = signer_roles_new(ops_config_str(cfg, "ledger_keys"), ops_config_str(cfg, "audit_keys"),
+                              &svc->roles);
+    if (rc != 0)
+        return rc;
+    rc = signer_login_open(cfg, &svc->tok);
     if (rc == 0)
         rc = signer_keyring_load(svc->tok, versions, &svc->ring);
     if (rc == 0)
@@ -146,6 +166,12 @@ static int signer_start(signer_service_t *svc)
     }
     svc->busy_total = ops_counter("qc_signer_busy_total", "Requests refused: queue full");
     svc->method_total = ops_counter("qc_signer_bad_method_total", "Requests for other methods");
+    for (int k = 0; k < SIGNER_KIND_COUNT; k++) {
+        char name[96];
+        snprintf(name, sizeof name, "qc_signer_refused_total{kind=\"%s\"}", signer_kind_names[k]);
+        svc->refused_total[k] =
+            ops_counter(name, "Sign requests refused: the caller's role may not have this kind");
+    }
     char workers_text[24];
     snprintf(workers_text, sizeof(workers_text), "%" PRId64, workers);
     ops_log(OPS_LOG_INFO, "signer.started", "listen", scfg.endpoint, "token_label",
@@ -153,13 +179,46 @@ static int signer_start(signer_service_t *svc)
     return 0;
 }
 
+/* The role check, before anything is signed: allows and outcomes for ledger keys only,
+ * checkpoints for audit keys only. A refusal is a security event: counted, logged, and sent to
+ * the audit log with the request that was refused. Returns 0 or QC_EROLE (with why). A body
+ * that is not a SignRequest of a known kind is left to the pool, which refuses it. */
+static int signer_authorize(signer_service_t *svc, const proto_rpc_request_t *req, char *why,
+                            size_t why_cap)
+{
+    Quancun__SignRequest *sr = quancun__sign_request__unpack(NULL, req->body_len, req->body);
+    if (sr == NULL)
+        return 0;
+    Quancun__SignKind kind = sr->kind;
+    quancun__sign_request__free_unpacked(sr, NULL);
+    int k = 0;
+    while (k < SIGNER_KIND_COUNT && signer_kinds[k] != kind)
+        k++;
+    if (k == SIGNER_KIND_COUNT)
+        return 0;
+    int rc = signer_roles_check(svc->roles, kind, req->peer_key);
+    if (rc == 0)
+        return 0;
+    const char *role = signer_roles_role_of(kind);
+    ops_counter_add(svc->refused_total[k], 1);
+    ops_log(OPS_LOG_WARN, "security.sign_refused", "peer", req->peer_key, "kind",
+            signer_kind_names[k], "role_needed", role, NULL);
+    proto_audit_event(svc->audit, "security.sign_refused", NULL, req->body, req->body_len);
+    snprintf(why, why_cap, "%s is signed for %s keys only, and this key holds no %s role",
+             signer_kind_names[k], role, role);
+    return QC_EROLE;
+}
+
 /* Hands one request to the pool, or answers it at once when it cannot be queued. */
 static void signer_accept(signer_service_t *svc, proto_rpc_request_t *req)
 {
     int rc;
+    char why[SIGNER_MESSAGE_MAX] = "";
     if (strcmp(req->method, SIGNER_METHOD_SIGN) != 0) {
         ops_counter_add(svc->method_total, 1);
         rc = QC_EMETHOD;
+    } else if ((rc = signer_authorize(svc, req, why, sizeof why)) != 0) {
+        /* refused: nothing goes to the pool */
     } else {
         rc = signer_pool_submit(svc->pool, req, req->body, req->body_len, req->deadline_ms);
         if (rc == 0)
@@ -167,7 +226,7 @@ static void signer_accept(signer_service_t *svc, proto_rpc_request_t *req)
         if (rc == QC_EBUSY)
             ops_counter_add(svc->busy_total, 1);
     }
-    int reply_rc = proto_rpc_server_reply(svc->srv, req, rc, NULL, NULL, 0);
+    int reply_rc = proto_rpc_server_reply(svc->srv, req, rc, why[0] != '\0' ? why : NULL, NULL, 0);
     if (reply_rc != 0)
         ops_log(OPS_LOG_WARN, "signer.reply_failed", "error", qc_strerror(reply_rc), NULL);
     proto_rpc_request_destroy(&req);
@@ -241,6 +300,7 @@ static int signer_serve(signer_service_t *svc)
         int n = zmq_poll(items, count, timeout);
         if (n < 0 && zmq_errno() != EINTR)
             return QC_EIO;
+        (void)signer_roles_refresh(svc->roles); /* after a SIGHUP; a failure keeps them */
         for (int i = 0; i < SIGNER_RECV_BATCH_MAX; i++) {
             proto_rpc_request_t *req = NULL;
             int rc = proto_rpc_server_recv(svc->srv, 0, &req);
@@ -271,6 +331,7 @@ static void signer_stop(signer_service_t *svc)
         zmq_ctx_term(svc->zctx);
     signer_keyring_destroy(&svc->ring);
     signer_token_destroy(&svc->tok);
+    signer_roles_destroy(&svc->roles);
 }
 
 int signer_service_new(const ops_config_t *cfg, signer_service_t **out)

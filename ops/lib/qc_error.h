@@ -23,6 +23,7 @@
     X(QC_EMETHOD, -11, "unknown method")                                                           \
     X(QC_EDENIED, -12, "permission denied")                                                        \
     X(QC_EBUSY, -13, "busy, try again")                                                            \
+    X(QC_EROLE, -14, "the caller's role may not have this signed")                                 \
     /* wire and decoding */                                                                        \
     X(QC_ETOOBIG, -20, "message larger than the limit")                                            \
     X(QC_EDECODE, -21, "malformed message")                                                        \

@@ -70,6 +70,13 @@ static int setup(void **state)
     ap_path(ap, "signer.key", key);
     assert_int_equal(proto_curve_keypair_create(key, &f->signer_kp), 0);
     ap_path(ap, "audit.key.pub", allow); /* the signer admits audit's key */
+    /* Roles: audit's key may have checkpoints signed; no ledger in this test. */
+    char no_ledger[AP_PATH_MAX];
+    ap_path(ap, "no-ledger.roles", no_ledger);
+    FILE *roles = fopen(no_ledger, "w");
+    assert_non_null(roles);
+    fprintf(roles, "# no ledger key: this signer signs no allow\n");
+    assert_int_equal(fclose(roles), 0);
     ap_path(ap, "signer.log", log);
     int port = ap_pick_port(T_SIGNER_PORT, ap->http_port);
     snprintf(f->signer_ep, sizeof f->signer_ep, "tcp://127.0.0.1:%d", port);
@@ -79,6 +86,10 @@ static int setup(void **state)
                      "--curve_key",
                      key,
                      "--allow",
+                     allow,
+                     "--ledger_keys",
+                     no_ledger,
+                     "--audit_keys",
                      allow,
                      "--token_label",
                      "quancun",

@@ -8,6 +8,8 @@
  *   send     send the bytes of --in as --method (a replay)
  *   tamper   change the amount inside the signed request --in, keep its signature, send it
  *   call     call --method with the bytes of --in (or nothing) on any service
+ *   sign     ask a signer to sign a body of --kind allow|outcome|checkpoint made up here (an
+ *            allow of --amount for --device and --account), as any key may try
  *   mitm     a man in the middle between a device and the gateway that alters every allow
  *            (--tamper amount: keeps the bank's signature; --tamper resign: signs with a key
  *            of its own; --tamper none: alters nothing); it forwards everything else
@@ -34,6 +36,7 @@
 #include "proto_rpc.h"
 #include "qc_error.h"
 #include "quancun.pb-c.h"
+#include "signer.pb-c.h"
 
 #define FORGE_TIMEOUT_MS_DEFAULT 5000
 #define FORGE_FILE_MAX (256 * 1024)
@@ -48,7 +51,7 @@ static char forge_txn_hex[2 * PROTO_TXN_ID_SIZE + 1]; /* printed after the code 
 typedef struct forge_opts {
     const char *endpoint, *server_key, *curve_keys, *method, *in, *save, *allow_out;
     const char *key, *cert, *device, *account, *txn_hex, *status, *allow, *reason;
-    const char *listen, *tamper;
+    const char *listen, *tamper, *kind;
     long long amount, counter, balance, currency, timeout_ms;
     bool no_send;
 } forge_opts_t;
@@ -65,6 +68,8 @@ static void usage(FILE *to)
                 "  send    --method M --in FILE\n"
                 "  tamper  --in FILE --amount N\n"
                 "  call    --method M [--in FILE]\n"
+                "  sign    --kind allow|outcome|checkpoint [--device ID] [--account ID]\n"
+                "          [--amount N] (against a signer)\n"
                 "  mitm    --listen E --curve-keys FILE --tamper amount|resign|none [--save FILE]\n"
                 "          (--endpoint and --server-key name the real gateway)\n");
 }
@@ -208,6 +213,67 @@ static int call_and_print(const forge_opts_t *o, const char *method, const uint8
     zmq_ctx_destroy(ctx);
     proto_curve_keypair_wipe(&kp);
     return rc == 0 ? 0 : 1;
+}
+
+/* A body of the kind asked for, made up: nothing was reserved or logged for it. */
+static int sign_body(const forge_opts_t *o, Quancun__SignKind *kind, uint8_t **body, size_t *len)
+{
+    uint8_t txn[PROTO_TXN_ID_SIZE], digest[PROTO_DIGEST_SIZE];
+    if (RAND_bytes(txn, sizeof txn) != 1 || RAND_bytes(digest, sizeof digest) != 1)
+        return 1;
+    uint64_t now = ops_time_wall_ms();
+    if (strcmp(o->kind, "allow") == 0) {
+        Quancun__LoadAllow a = QUANCUN__LOAD_ALLOW__INIT;
+        a.txn_id = (ProtobufCBinaryData){.len = sizeof txn, .data = txn};
+        a.device_id = (char *)(o->device != NULL ? o->device : "INVENTED-0001");
+        a.account_id = (char *)(o->account != NULL ? o->account : "NOBODY-001");
+        a.amount = o->amount > 0 ? o->amount : 100000;
+        a.currency = (uint32_t)o->currency;
+        a.request_digest = (ProtobufCBinaryData){.len = sizeof digest, .data = digest};
+        a.host_time_ms = now;
+        a.deadline_ms = now + 30000;
+        *kind = QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW;
+        return proto_pack(&a.base, body, len) == 0 ? 0 : 1;
+    }
+    if (strcmp(o->kind, "outcome") == 0) {
+        Quancun__LoadOutcome oc = QUANCUN__LOAD_OUTCOME__INIT;
+        oc.txn_id = (ProtobufCBinaryData){.len = sizeof txn, .data = txn};
+        oc.device_id = (char *)(o->device != NULL ? o->device : "INVENTED-0001");
+        oc.state = QUANCUN__LOAD_STATE__LOAD_CONFIRMED;
+        oc.amount = o->amount > 0 ? o->amount : 100000;
+        oc.currency = (uint32_t)o->currency;
+        oc.host_time_ms = now;
+        *kind = QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME;
+        return proto_pack(&oc.base, body, len) == 0 ? 0 : 1;
+    }
+    if (strcmp(o->kind, "checkpoint") == 0) {
+        Quancun__AuditCheckpoint c = QUANCUN__AUDIT_CHECKPOINT__INIT;
+        c.seq = 1;
+        c.hash = (ProtobufCBinaryData){.len = sizeof digest, .data = digest};
+        c.time_ms = now;
+        *kind = QUANCUN__SIGN_KIND__SIGN_AUDIT_CHECKPOINT;
+        return proto_pack(&c.base, body, len) == 0 ? 0 : 1;
+    }
+    return 2;
+}
+
+static int cmd_sign(const forge_opts_t *o)
+{
+    if (o->kind == NULL)
+        return 2;
+    Quancun__SignKind kind = QUANCUN__SIGN_KIND__SIGN_NONE;
+    uint8_t *body = NULL, *req = NULL;
+    size_t body_len = 0, req_len = 0;
+    int rc = sign_body(o, &kind, &body, &body_len);
+    if (rc != 0)
+        return rc;
+    Quancun__SignRequest sr = QUANCUN__SIGN_REQUEST__INIT;
+    sr.kind = kind;
+    sr.body = (ProtobufCBinaryData){.len = body_len, .data = body};
+    rc = proto_pack(&sr.base, &req, &req_len) == 0 ? call_and_print(o, "sign", req, req_len) : 1;
+    free(body);
+    free(req);
+    return rc;
 }
 
 static int cmd_request(const forge_opts_t *o)
@@ -485,6 +551,7 @@ static bool parse_opts(int argc, char **argv, forge_opts_t *o)
         {"--reason", &o->reason, NULL},
         {"--listen", &o->listen, NULL},
         {"--tamper", &o->tamper, NULL},
+        {"--kind", &o->kind, NULL},
         {"--amount", NULL, &o->amount},
         {"--counter", NULL, &o->counter},
         {"--balance", NULL, &o->balance},
@@ -543,6 +610,8 @@ int main(int argc, char **argv)
         rc = cmd_send(&o, true);
     else if (strcmp(cmd, "call") == 0)
         rc = cmd_send(&o, false);
+    else if (strcmp(cmd, "sign") == 0)
+        rc = cmd_sign(&o);
     else if (strcmp(cmd, "tamper") == 0)
         rc = cmd_tamper(&o);
     else if (strcmp(cmd, "mitm") == 0)

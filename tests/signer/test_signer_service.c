@@ -58,6 +58,9 @@ typedef struct fixture {
     char server_key[SIGNER_TEST_PATH_MAX];
     char client_key[SIGNER_TEST_PATH_MAX];
     char allow[SIGNER_TEST_PATH_MAX + 16];
+    /* Role files: the test client holds both roles unless a test says otherwise. */
+    char ledger_keys[SIGNER_TEST_PATH_MAX + 16];
+    char audit_keys[SIGNER_TEST_PATH_MAX + 16];
     char log[SIGNER_TEST_PATH_MAX];
     proto_curve_keypair_t server_kp, client_kp;
     EVP_PKEY *pub[3]; /* allow, outcome, checkpoint */
@@ -107,6 +110,8 @@ static int setup(void **state)
     assert_int_equal(proto_curve_keypair_create(f->server_key, &f->server_kp), 0);
     assert_int_equal(proto_curve_keypair_create(f->client_key, &f->client_kp), 0);
     snprintf(f->allow, sizeof(f->allow), "%s.pub", f->client_key);
+    snprintf(f->ledger_keys, sizeof(f->ledger_keys), "%s", f->allow);
+    snprintf(f->audit_keys, sizeof(f->audit_keys), "%s", f->allow);
     f->zctx = zmq_ctx_new();
     assert_non_null(f->zctx);
     return 0;
@@ -134,11 +139,27 @@ static pid_t start_signer(fixture_t *f, int rpc_port, int http_port, ...)
     snprintf(listen, sizeof(listen), "tcp://127.0.0.1:%d", rpc_port);
     snprintf(http, sizeof(http), "%d", http_port);
     char *argv[QCTEST_ARGS_MAX] = {
-        (char *)signer_bin, "--listen",  listen,        "--curve-key", f->server_key,
-        "--allow",          f->allow,    "--http-port", http,          "--token-label",
-        "quancun",          "--workers", "2",           "--pin-file",  f->pin_file,
+        (char *)signer_bin,
+        "--listen",
+        listen,
+        "--curve-key",
+        f->server_key,
+        "--allow",
+        f->allow,
+        "--http-port",
+        http,
+        "--token-label",
+        "quancun",
+        "--workers",
+        "2",
+        "--pin-file",
+        f->pin_file,
+        "--ledger-keys",
+        f->ledger_keys,
+        "--audit-keys",
+        f->audit_keys,
     };
-    int argc = 15;
+    int argc = 19;
     va_list ap;
     va_start(ap, http_port);
     for (char *a; (a = va_arg(ap, char *)) != NULL && argc < QCTEST_ARGS_MAX - 1;)
@@ -148,7 +169,8 @@ static pid_t start_signer(fixture_t *f, int rpc_port, int http_port, ...)
     return qctest_spawn(&(qctest_cmd_t){.argv = argv, .out_path = f->log, .err_path = f->log});
 }
 
-static proto_rpc_client_t *client_for(fixture_t *f, int rpc_port)
+/* A client of the signer with key pair kp, closed by the teardown. */
+static proto_rpc_client_t *client_with(fixture_t *f, int rpc_port, const proto_curve_keypair_t *kp)
 {
     char ep[64];
     snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%d", rpc_port);
@@ -156,7 +178,7 @@ static proto_rpc_client_t *client_for(fixture_t *f, int rpc_port)
         .service = "signer",
         .endpoints = ep,
         .server_public_z85 = f->server_kp.public_z85,
-        .keys = &f->client_kp,
+        .keys = kp,
     };
     for (int i = 0; i < TEST_CLIENTS_MAX; i++) {
         if (f->clients[i] == NULL) {
@@ -166,6 +188,11 @@ static proto_rpc_client_t *client_for(fixture_t *f, int rpc_port)
     }
     fail_msg("more than %d clients open", TEST_CLIENTS_MAX);
     return NULL;
+}
+
+static proto_rpc_client_t *client_for(fixture_t *f, int rpc_port)
+{
+    return client_with(f, rpc_port, &f->client_kp);
 }
 
 /* Closes a client opened by client_for(). */
@@ -377,6 +404,127 @@ static void test_sign_every_kind_and_verify(void **state)
     assert_int_equal(qctest_exit_code(qctest_stop(f->pids[0], SIGTERM)), 0);
     f->pids[0] = 0;
     assert_true(qctest_file_contains(f->log, "signer.stopped"));
+}
+
+static void write_keys(const char *path, const char *a, const char *b, const char *c)
+{
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fprintf(fp, "# written by test_signer_service\n");
+    const char *keys[3] = {a, b, c};
+    for (int i = 0; i < 3; i++)
+        if (keys[i] != NULL)
+            fprintf(fp, "%s\n", keys[i]);
+    assert_int_equal(fclose(fp), 0);
+}
+
+/* The code of one sign call of kind by cli, with a fresh body. */
+static int sign_kind(proto_rpc_client_t *cli, Quancun__SignKind kind)
+{
+    size_t len = 0;
+    uint8_t *body = kind == QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW     ? allow_body(&len)
+                    : kind == QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME ? outcome_body(&len)
+                                                                    : checkpoint_body(9, &len);
+    int rc = call_sign(cli, kind, body, len, TEST_CALL_TIMEOUT_MS, NULL, NULL);
+    free(body);
+    return rc;
+}
+
+/* Roles by kind: allows and outcomes for ledger keys only, checkpoints for audit keys only. A
+ * gateway's key the allow-list admits (a misconfiguration) gets nothing signed: QC_EROLE,
+ * counted, logged as a security event, and no signature made. The roles are re-read on
+ * SIGHUP, and a file that no longer loads keeps them. A signer without role files does not
+ * start. */
+static void test_roles_by_kind(void **state)
+{
+    fixture_t *f = *state;
+    const Quancun__SignKind allow = QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW,
+                            outcome = QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME,
+                            checkpoint = QUANCUN__SIGN_KIND__SIGN_AUDIT_CHECKPOINT;
+    proto_curve_keypair_t ledger_kp, gateway_kp;
+    char ledger_key[SIGNER_TEST_PATH_MAX], gateway_key[SIGNER_TEST_PATH_MAX];
+    path_in(f, ledger_key, "ledger.key");
+    path_in(f, gateway_key, "gateway.key");
+    assert_int_equal(proto_curve_keypair_create(ledger_key, &ledger_kp), 0);
+    assert_int_equal(proto_curve_keypair_create(gateway_key, &gateway_kp), 0);
+    /* Everyone may connect; the test client is the audit service. */
+    path_in(f, f->allow, "all.allow");
+    write_keys(f->allow, f->client_kp.public_z85, ledger_kp.public_z85, gateway_kp.public_z85);
+    path_in(f, f->ledger_keys, "ledger.roles");
+    write_keys(f->ledger_keys, ledger_kp.public_z85, NULL, NULL);
+    path_in(f, f->audit_keys, "audit.roles");
+    write_keys(f->audit_keys, f->client_kp.public_z85, NULL, NULL);
+
+    f->pids[0] = start_signer(f, T_PORT(3), T_PORT(8), NULL);
+    proto_rpc_client_t *audit = client_for(f, T_PORT(3));
+    wait_ready(f, audit, f->pids[0]); /* a checkpoint, for the audit key */
+    proto_rpc_client_t *ledger = client_with(f, T_PORT(3), &ledger_kp);
+    proto_rpc_client_t *gateway = client_with(f, T_PORT(3), &gateway_kp);
+
+    assert_int_equal(sign_kind(gateway, allow), QC_EROLE);
+    assert_int_equal(sign_kind(gateway, outcome), QC_EROLE);
+    assert_int_equal(sign_kind(gateway, checkpoint), QC_EROLE);
+    assert_int_equal(sign_kind(ledger, checkpoint), QC_EROLE);
+    assert_int_equal(sign_kind(audit, allow), QC_EROLE);
+    assert_int_equal(sign_kind(ledger, allow), 0);
+    assert_int_equal(sign_kind(ledger, outcome), 0);
+    assert_int_equal(sign_kind(audit, checkpoint), 0);
+
+    /* Nothing was signed for a refused caller: one allow and one outcome (the ledger's), and
+     * two checkpoints (the audit's, wait_ready's included). */
+    char *page = malloc(TEST_HTTP_MAX);
+    assert_non_null(page);
+    qctest_http(T_PORT(8), "GET", "/metrics", page, TEST_HTTP_MAX);
+    assert_non_null(strstr(page, "qc_signer_signatures_total{kind=\"load_allow\"} 1"));
+    assert_non_null(strstr(page, "qc_signer_signatures_total{kind=\"load_outcome\"} 1"));
+    assert_non_null(strstr(page, "qc_signer_signatures_total{kind=\"audit_checkpoint\"} 2"));
+    assert_non_null(strstr(page, "qc_signer_refused_total{kind=\"load_allow\"} 2"));
+    assert_non_null(strstr(page, "qc_signer_refused_total{kind=\"load_outcome\"} 1"));
+    assert_non_null(strstr(page, "qc_signer_refused_total{kind=\"audit_checkpoint\"} 2"));
+    char line[256];
+    snprintf(line, sizeof line, "\"event\":\"security.sign_refused\",\"peer\":\"%s\"",
+             gateway_kp.public_z85);
+    assert_true(qctest_file_contains(f->log, line));
+
+    /* SIGHUP: the gateway's key is made a ledger key; then a role file that does not load is
+     * refused and the roles in force stay. */
+    write_keys(f->ledger_keys, ledger_kp.public_z85, gateway_kp.public_z85, NULL);
+    assert_int_equal(kill(f->pids[0], SIGHUP), 0);
+    int rc = QC_EROLE;
+    for (int i = 0; i < 50 && rc == QC_EROLE; i++) {
+        rc = sign_kind(gateway, allow);
+        if (rc == QC_EROLE)
+            usleep(100000);
+    }
+    assert_int_equal(rc, 0);
+    write_keys(f->audit_keys, "not a key", NULL, NULL);
+    assert_int_equal(kill(f->pids[0], SIGHUP), 0);
+    for (int i = 0; i < 50 && !qctest_file_contains(f->log, "signer.roles_reload_failed"); i++)
+        usleep(100000);
+    assert_true(qctest_file_contains(f->log, "signer.roles_reload_failed"));
+    assert_int_equal(sign_kind(audit, checkpoint), 0);
+    assert_int_equal(sign_kind(gateway, checkpoint), QC_EROLE);
+    free(page);
+    client_close(f, gateway);
+    client_close(f, ledger);
+    client_close(f, audit);
+    assert_int_equal(qctest_exit_code(qctest_stop(f->pids[0], SIGTERM)), 0);
+    f->pids[0] = 0;
+
+    /* No role files: it does not start. */
+    f->audit_keys[0] = '\0';
+    char listen[64];
+    snprintf(listen, sizeof(listen), "tcp://127.0.0.1:%d", T_PORT(4));
+    char *argv[] = {(char *)signer_bin, "--listen",   listen,      "--curve-key",
+                    f->server_key,      "--allow",    f->allow,    "--token-label",
+                    "quancun",          "--pin-file", f->pin_file, "--ledger-keys",
+                    f->ledger_keys,     NULL};
+    pid_t pid = qctest_spawn(&(qctest_cmd_t){.argv = argv, .out_path = f->log, .err_path = f->log});
+    int status = qctest_exit_code(qctest_wait(pid, TEST_EXIT_TIMEOUT_MS));
+    assert_true(status > 0);
+    assert_true(qctest_file_contains(f->log, "ledger_keys and audit_keys are required"));
+    proto_curve_keypair_wipe(&ledger_kp);
+    proto_curve_keypair_wipe(&gateway_kp);
 }
 
 static void test_many_random_digests(void **state)
@@ -705,6 +853,7 @@ int main(int argc, char **argv)
     signer_bin = argv[1];
     const struct CMUnitTest sign[] = {
         cmocka_unit_test_setup_teardown(test_sign_every_kind_and_verify, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_roles_by_kind, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_random_digests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refuses_wrong_type, setup, teardown),
     };
