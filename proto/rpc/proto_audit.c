@@ -120,7 +120,10 @@ void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_i
         ops_counter_add(ga->m_dropped, 1);
         return;
     }
-    memcpy(e->payload, payload, payload_len);
+    /* An empty payload may come as NULL (a report frame with no body): memcpy(dst, NULL, 0)
+     * is undefined, and the sanitized gateway stopped on it (found by qc-fuzz-live). */
+    if (payload_len > 0)
+        memcpy(e->payload, payload, payload_len);
     e->payload_len = payload_len;
     e->used = true;
     e->source_seq = ga->seq_base + ++ga->seq_next;
