@@ -50,7 +50,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(m->descriptor == desc);
     size_t len = 0;
     uint8_t *bytes = pack(m, &len);
-    if (len != size - 1) {
+    /* Only canonical input is held to the round trip: protobuf-c accepts a field-0 tag written
+     * in two bytes (0x80 0x00), packs it back in one and then refuses its own output, and our
+     * decoders refuse such input anyway (proto_decode_canonical). */
+    if (len != size - 1 || memcmp(bytes, data + 1, len) != 0) {
         free(bytes);
         protobuf_c_message_free_unpacked(m, NULL);
         return 0;
