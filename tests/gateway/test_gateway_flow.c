@@ -262,7 +262,8 @@ static void keypair(world_t *w, const char *name, proto_curve_keypair_t *kp)
 
 static void endpoint(const world_t *w, const char *name, char out[T_ENDPOINT_MAX])
 {
-    snprintf(out, T_ENDPOINT_MAX, "ipc://%s/%s", w->dir, name);
+    int n = snprintf(out, T_ENDPOINT_MAX, "ipc://%s/%s", w->dir, name);
+    assert_true(n > 0 && n < T_ENDPOINT_MAX);
 }
 
 static proto_rpc_server_t *fake_server(world_t *w, const char *service, const char *name,
