@@ -29,9 +29,8 @@
 
 /* Sharding and the outbox. */
 #define PROTO_SHARD_COUNT_MAX 256 /* ledger shards of one deployment */
-#define PROTO_OUTBOX_READ_MAX                                                                      \
-    1024 /* events in one outbox_read, asked by audit, served by ledger                            \
-          */
+/* Events in one outbox_read, asked by audit, served by the ledger. */
+#define PROTO_OUTBOX_READ_MAX 1024
 
 _Static_assert(PROTO_CURRENCY_MAX == 999, "ISO 4217 numeric codes have three digits");
 _Static_assert(PROTO_DEVICE_ID_MAX + PROTO_ACCOUNT_ID_MAX + PROTO_REASON_MAX < PROTO_BODY_MAX,
