@@ -202,7 +202,8 @@ static int ops_config_set(ops_config_t *cfg, size_t index, const char *value,
 static int ops_config_on_pair(void *user, const char *section, const char *name, const char *value)
 {
     ops_config_file_ctx_t *ctx = user;
-    assert(section != NULL && section[0] == '\0'); /* sections are refused before inih */
+    assert(section != NULL);
+    assert(section[0] == '\0'); /* sections are refused before inih */
     (void)section;
     int index = ops_config_find(ctx->cfg->keys, ctx->cfg->key_count, name, strlen(name));
     if (index < 0) {
@@ -341,9 +342,11 @@ static void ops_config_check_keys(const ops_config_key_t *keys, size_t key_count
     assert(key_count <= OPS_CONFIG_KEYS_MAX);
     assert(keys != NULL || key_count == 0);
     for (size_t i = 0; i < key_count; i++) {
-        assert(keys[i].name != NULL && keys[i].name[0] != '\0');
+        assert(keys[i].name != NULL);
+        assert(keys[i].name[0] != '\0');
         assert(strchr(keys[i].name, '=') == NULL);
-        assert(strcmp(keys[i].name, "config") != 0 && strcmp(keys[i].name, "help") != 0);
+        assert(strcmp(keys[i].name, "config") != 0);
+        assert(strcmp(keys[i].name, "help") != 0);
         assert((unsigned)keys[i].type <= OPS_CONFIG_BOOL);
         assert(ops_config_find(keys, i, keys[i].name, strlen(keys[i].name)) < 0);
         /* Initialised: (void)bv reads it, and reading an indeterminate bool is undefined
@@ -477,8 +480,10 @@ int ops_config_load(const char *program, const char *usage, const ops_config_key
                     size_t key_count, int argc, char **argv, ops_config_t **out, char *err,
                     size_t errcap)
 {
-    assert(program != NULL && out != NULL);
-    assert(argc >= 0 && (argv != NULL || argc == 0));
+    assert(program != NULL);
+    assert(out != NULL);
+    assert(argc >= 0);
+    assert(argv != NULL || argc == 0);
     ops_config_check_keys(keys, key_count);
     *out = NULL;
     if (err != NULL && errcap > 0)
@@ -520,7 +525,8 @@ err:
 
 static size_t ops_config_index(const ops_config_t *cfg, const char *name)
 {
-    assert(cfg != NULL && name != NULL);
+    assert(cfg != NULL);
+    assert(name != NULL);
     int index = ops_config_find(cfg->keys, cfg->key_count, name, strlen(name));
     assert(index >= 0); /* asking for an undeclared key is a programming error */
     if (index < 0)

@@ -82,8 +82,10 @@ static int ops_service_load(ops_service_t *svc, int argc, char **argv)
 
 int ops_service_start(const ops_service_spec_t *spec, int argc, char **argv, ops_service_t **out)
 {
-    assert(spec != NULL && out != NULL);
-    assert(spec->program != NULL && spec->service != NULL);
+    assert(spec != NULL);
+    assert(out != NULL);
+    assert(spec->program != NULL);
+    assert(spec->service != NULL);
     assert(spec->key_count <= OPS_CONFIG_KEYS_MAX - OPS_SERVICE_KEYS);
     assert(spec->keys != NULL || spec->key_count == 0);
     *out = NULL;
@@ -109,7 +111,8 @@ int ops_service_start(const ops_service_spec_t *spec, int argc, char **argv, ops
     ops_log_init(spec->service, ops_config_str(cfg, "instance"), (ops_log_level_t)level);
     ops_signal_install();
     int64_t port = ops_config_int(cfg, "http_port");
-    assert(port >= 0 && port <= OPS_CONFIG_PORT_MAX);
+    assert(port >= 0);
+    assert(port <= OPS_CONFIG_PORT_MAX);
     if ((rc = ops_http_start((uint16_t)port, ops_service_health, svc, &svc->http)) != 0) {
         char event[OPS_SERVICE_EVENT_MAX];
         snprintf(event, sizeof event, "%s.http_failed", spec->service);
@@ -132,7 +135,8 @@ int ops_service_start_status(int rc)
 
 const ops_config_t *ops_service_config(const ops_service_t *svc)
 {
-    assert(svc != NULL && svc->cfg != NULL);
+    assert(svc != NULL);
+    assert(svc->cfg != NULL);
     return svc->cfg;
 }
 
