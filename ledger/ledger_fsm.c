@@ -91,7 +91,8 @@ static int fsm_restore_cb(struct raft_fsm *rf, struct raft_buffer *buf);
 
 int ledger_fsm_new(const ledger_fsm_config_t *cfg, ledger_fsm_t **out)
 {
-    assert(cfg != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (cfg->dir == NULL || cfg->allow_key == NULL || cfg->shard_count == 0 ||
         cfg->shard >= cfg->shard_count)
@@ -173,13 +174,16 @@ ledger_saga_t *ledger_fsm_saga(ledger_fsm_t *fsm)
 
 void ledger_fsm_stats(const ledger_fsm_t *fsm, ledger_fsm_stats_t *out)
 {
-    assert(fsm != NULL && out != NULL);
+    assert(fsm != NULL);
+    assert(out != NULL);
     *out = fsm->stats;
 }
 
 int ledger_fsm_applied(ledger_fsm_t *fsm, uint64_t *index, uint64_t *time_ms)
 {
-    assert(fsm != NULL && index != NULL && time_ms != NULL);
+    assert(fsm != NULL);
+    assert(index != NULL);
+    assert(time_ms != NULL);
     MDB_txn *txn = NULL;
     int rc = ledger_store_txn_begin(fsm->store, NULL, false, &txn);
     if (rc != 0)
@@ -510,7 +514,8 @@ static int snap_record(void *arg, unsigned db, const uint8_t *key, size_t key_le
     snap_writer_t *w = arg;
     assert(db < LEDGER_STORE_DB_COUNT);
     /* LMDB keeps keys within LEDGER_STORE_KEY_MAX; our records are far below the value limit. */
-    assert(key_len > 0 && key_len <= LEDGER_STORE_KEY_MAX);
+    assert(key_len > 0);
+    assert(key_len <= LEDGER_STORE_KEY_MAX);
     if (val_len > LEDGER_FSM_VALUE_MAX)
         return QC_EINTERNAL;
     uint8_t head[FSM_RECORD_HEAD_SIZE], vlen[FSM_VALUE_LEN_SIZE];
@@ -552,7 +557,9 @@ static int snap_dump(ledger_fsm_t *f, snap_writer_t *w, uint8_t digest[PROTO_DIG
 
 int ledger_fsm_snapshot(ledger_fsm_t *f, uint8_t **out, size_t *out_len)
 {
-    assert(f != NULL && out != NULL && out_len != NULL);
+    assert(f != NULL);
+    assert(out != NULL);
+    assert(out_len != NULL);
     *out = NULL;
     *out_len = 0;
     snap_writer_t w = {.keep = true, .cap = FSM_SNAP_INITIAL_CAP};
@@ -586,7 +593,9 @@ int ledger_fsm_snapshot(ledger_fsm_t *f, uint8_t **out, size_t *out_len)
 
 int ledger_fsm_digest(ledger_fsm_t *f, uint8_t digest[PROTO_DIGEST_SIZE], uint64_t *index)
 {
-    assert(f != NULL && digest != NULL && index != NULL);
+    assert(f != NULL);
+    assert(digest != NULL);
+    assert(index != NULL);
     snap_writer_t w = {.keep = false};
     uint64_t time_ms = 0;
     return snap_dump(f, &w, digest, index, &time_ms);
@@ -797,7 +806,8 @@ static size_t varint_put(uint8_t *p, uint64_t v)
 /* Packs op at the end of the batch as one more Entry.ops field. */
 static int batch_add(ledger_fsm_batch_t *b, const Qcreplica__Op *op)
 {
-    assert(b != NULL && op != NULL);
+    assert(b != NULL);
+    assert(op != NULL);
     size_t size = qcreplica__op__get_packed_size(op);
     size_t need = 1 + FSM_VARINT_MAX + size;
     if (b->n_ops >= LEDGER_FSM_OPS_MAX || FSM_ENTRY_HEAD_MAX + b->len + need > LEDGER_FSM_ENTRY_MAX)
@@ -983,7 +993,8 @@ int ledger_fsm_batch_outbox_ack(ledger_fsm_batch_t *b, uint64_t upto_seq)
 
 int ledger_fsm_batch_encode(const ledger_fsm_batch_t *b, struct raft_buffer *out)
 {
-    assert(b != NULL && out != NULL);
+    assert(b != NULL);
+    assert(out != NULL);
     /* protobuf-c packs fields in number order: version and time, then the ops, which is
      * exactly the head packed alone followed by the ops packed one by one. */
     Qcreplica__Entry head = QCREPLICA__ENTRY__INIT;

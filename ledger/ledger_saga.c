@@ -116,7 +116,8 @@ void ledger_system_account_id(Qcledger__AccountKind kind, uint32_t currency, cha
 
 int ledger_saga_new(const ledger_saga_config_t *cfg, ledger_saga_t **out)
 {
-    assert(cfg != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (cfg->store == NULL || cfg->allow_key == NULL || cfg->shard_count == 0 ||
         cfg->shard_count > PROTO_SHARD_COUNT_MAX || cfg->shard >= cfg->shard_count)
@@ -644,7 +645,9 @@ int ledger_saga_reserve_trusted(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
                                 uint64_t deadline_ms, const Quancun__LoadRequest *r,
                                 const uint8_t *req, size_t req_len, ledger_load_t *out, char *why)
 {
-    assert(s != NULL && r != NULL && out != NULL);
+    assert(s != NULL);
+    assert(r != NULL);
+    assert(out != NULL);
     assert(r->txn_id.len == LEDGER_TXN_ID_SIZE);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
@@ -745,7 +748,8 @@ out:
 int ledger_saga_reserve(ledger_saga_t *s, MDB_txn *parent, uint64_t now, uint64_t deadline_ms,
                         const uint8_t *req, size_t req_len, ledger_load_t *out, char *why)
 {
-    assert(s != NULL && out != NULL);
+    assert(s != NULL);
+    assert(out != NULL);
     assert(req != NULL || req_len == 0);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
@@ -760,7 +764,9 @@ int ledger_saga_reserve(ledger_saga_t *s, MDB_txn *parent, uint64_t now, uint64_
 
 int ledger_saga_allow_body(const ledger_load_t *l, uint8_t **body, size_t *body_len)
 {
-    assert(l != NULL && body != NULL && body_len != NULL);
+    assert(l != NULL);
+    assert(body != NULL);
+    assert(body_len != NULL);
     assert(l->request_len > 0);
     proto_envelope_t *renv = NULL;
     Quancun__LoadRequest *r = NULL;
@@ -803,7 +809,9 @@ out:
 int ledger_saga_outcome_body(const ledger_load_t *l, uint64_t now_ms, uint8_t **body,
                              size_t *body_len)
 {
-    assert(l != NULL && body != NULL && body_len != NULL);
+    assert(l != NULL);
+    assert(body != NULL);
+    assert(body_len != NULL);
     assert(l->state != QUANCUN__LOAD_STATE__LOAD_NONE);
     Quancun__LoadOutcome o = QUANCUN__LOAD_OUTCOME__INIT;
     o.txn_id.data = (uint8_t *)l->txn_id;
@@ -876,7 +884,9 @@ int ledger_saga_store_allow(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
                             const uint8_t txn_id[LEDGER_TXN_ID_SIZE], const uint8_t *allow,
                             size_t allow_len, ledger_load_t *out, char *why)
 {
-    assert(s != NULL && txn_id != NULL && out != NULL);
+    assert(s != NULL);
+    assert(txn_id != NULL);
+    assert(out != NULL);
     assert(allow != NULL || allow_len == 0);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
@@ -953,7 +963,10 @@ int ledger_saga_settle_trusted(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
                                const Quancun__ExecutionReport *rep, const uint8_t *report,
                                size_t report_len, ledger_load_t *out, char *why)
 {
-    assert(s != NULL && txn_id != NULL && rep != NULL && out != NULL);
+    assert(s != NULL);
+    assert(txn_id != NULL);
+    assert(rep != NULL);
+    assert(out != NULL);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
     if (rc != 0)
@@ -970,7 +983,9 @@ int ledger_saga_settle(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
                        const uint8_t txn_id[LEDGER_TXN_ID_SIZE], const uint8_t *report,
                        size_t report_len, ledger_load_t *out, char *why)
 {
-    assert(s != NULL && txn_id != NULL && out != NULL);
+    assert(s != NULL);
+    assert(txn_id != NULL);
+    assert(out != NULL);
     MDB_txn *txn = NULL;
     proto_envelope_t *env = NULL;
     Quancun__ExecutionReport *rep = NULL;
@@ -1140,7 +1155,9 @@ static int open_account_txn(ledger_saga_t *s, MDB_txn *txn, uint64_t now,
 int ledger_saga_open_account(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
                              const ledger_account_t *spec, ledger_account_t *out, char *why)
 {
-    assert(s != NULL && spec != NULL && out != NULL);
+    assert(s != NULL);
+    assert(spec != NULL);
+    assert(out != NULL);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
     if (rc != 0)
@@ -1193,7 +1210,10 @@ int ledger_saga_deposit(ledger_saga_t *s, MDB_txn *parent, uint64_t now, const c
                         int64_t amount, const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
                         ledger_account_t *out, char *why)
 {
-    assert(s != NULL && account_id != NULL && txn_id != NULL && out != NULL);
+    assert(s != NULL);
+    assert(account_id != NULL);
+    assert(txn_id != NULL);
+    assert(out != NULL);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
     if (rc != 0)
@@ -1220,7 +1240,9 @@ static int set_frozen_txn(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const ch
 int ledger_saga_set_frozen(ledger_saga_t *s, MDB_txn *parent, uint64_t now, const char *account_id,
                            bool frozen, ledger_account_t *out, char *why)
 {
-    assert(s != NULL && account_id != NULL && out != NULL);
+    assert(s != NULL);
+    assert(account_id != NULL);
+    assert(out != NULL);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
     if (rc != 0)
@@ -1306,7 +1328,9 @@ int ledger_saga_enroll_device(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
                               const char *account_id, const uint8_t *cert, size_t cert_len,
                               int64_t wallet_cap, uint64_t counter, ledger_device_t *out, char *why)
 {
-    assert(s != NULL && account_id != NULL && out != NULL);
+    assert(s != NULL);
+    assert(account_id != NULL);
+    assert(out != NULL);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
     if (rc != 0)
@@ -1334,7 +1358,9 @@ static int revoke_txn(ledger_saga_t *s, MDB_txn *txn, uint64_t now, const char *
 int ledger_saga_revoke_device(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
                               const char *device_id, ledger_device_t *out, char *why)
 {
-    assert(s != NULL && device_id != NULL && out != NULL);
+    assert(s != NULL);
+    assert(device_id != NULL);
+    assert(out != NULL);
     MDB_txn *txn = NULL;
     int rc = saga_begin(s, parent, &txn);
     if (rc != 0)
@@ -1538,7 +1564,8 @@ static int check_device(void *arg, const ledger_device_t *d)
 
 int ledger_saga_check(ledger_saga_t *s, MDB_txn *txn, ledger_check_t *out)
 {
-    assert(s != NULL && out != NULL);
+    assert(s != NULL);
+    assert(out != NULL);
     memset(out, 0, sizeof *out);
     out->ok = true;
     MDB_txn *own = NULL;

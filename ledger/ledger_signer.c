@@ -63,7 +63,8 @@ struct ledger_signer {
 
 int ledger_signer_new(const ledger_signer_config_t *cfg, ledger_signer_t **out)
 {
-    assert(cfg != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (cfg->zctx == NULL || cfg->server == NULL || cfg->keys == NULL ||
         cfg->server_public_z85 == NULL || cfg->timeout_ms <= 0 ||
@@ -111,7 +112,8 @@ static void entry_free(ledger_signer_t *ls, signer_entry_t *e)
     free(e->body);
     memset(e, 0, sizeof *e);
     ls->used--;
-    assert(ls->used >= 0 && ls->signed_count >= 0);
+    assert(ls->used >= 0);
+    assert(ls->signed_count >= 0);
 }
 
 void ledger_signer_destroy(ledger_signer_t **ls_p)
@@ -184,7 +186,11 @@ int ledger_signer_ask(ledger_signer_t *ls, Quancun__SignKind kind,
                       size_t body_len, uint8_t **prefix, size_t prefix_len,
                       proto_rpc_request_t **req)
 {
-    assert(ls != NULL && txn_id != NULL && body != NULL && req != NULL && *req != NULL);
+    assert(ls != NULL);
+    assert(txn_id != NULL);
+    assert(body != NULL);
+    assert(req != NULL);
+    assert(*req != NULL);
     assert(kind == QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW ||
            kind == QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME);
     assert((kind == QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME) == (prefix != NULL));
@@ -270,7 +276,8 @@ static void on_signed(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
 {
     ledger_signer_t *ls = arg;
     signer_entry_t *e = tag;
-    assert(e >= ls->entries && e < ls->entries + LEDGER_SIGNER_PENDING_MAX);
+    assert(e >= ls->entries);
+    assert(e < ls->entries + LEDGER_SIGNER_PENDING_MAX);
     assert(e->state == SIGNER_ASKING);
     Quancun__SignReply *sr = NULL;
     if (code == 0 && reply->code != 0)
@@ -320,7 +327,8 @@ int ledger_signer_process(ledger_signer_t *ls)
 
 size_t ledger_signer_take(ledger_signer_t *ls, ledger_signer_allow_t *out, size_t cap)
 {
-    assert(ls != NULL && (out != NULL || cap == 0));
+    assert(ls != NULL);
+    assert(out != NULL || cap == 0);
     size_t n = 0;
     for (int i = 0; i < LEDGER_SIGNER_PENDING_MAX && n < cap && ls->signed_count > 0; i++) {
         signer_entry_t *e = &ls->entries[i];
@@ -339,7 +347,9 @@ size_t ledger_signer_take(ledger_signer_t *ls, ledger_signer_allow_t *out, size_
 void ledger_signer_answer(ledger_signer_t *ls, int handle, int code, const char *why, uint8_t *body,
                           size_t body_len)
 {
-    assert(ls != NULL && handle >= 0 && handle < LEDGER_SIGNER_PENDING_MAX);
+    assert(ls != NULL);
+    assert(handle >= 0);
+    assert(handle < LEDGER_SIGNER_PENDING_MAX);
     signer_entry_t *e = &ls->entries[handle];
     assert(e->state == SIGNER_STORING);
     assert(e->body == NULL);
