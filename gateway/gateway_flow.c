@@ -85,7 +85,8 @@ static gateway_op_t *gateway_op_new(gateway_t *gw, proto_rpc_request_t *req)
     if (gw->free_count == 0)
         return NULL;
     gateway_op_t *op = &gw->ops[gw->free_ops[--gw->free_count]];
-    assert(op->stage == GATEWAY_OP_FREE && op->req == NULL);
+    assert(op->stage == GATEWAY_OP_FREE);
+    assert(op->req == NULL);
     op->req = req;
     op->start_ns = ops_time_mono_ns();
     ops_gauge_add(gw->m_inflight, 1);
@@ -96,7 +97,8 @@ static gateway_op_t *gateway_op_new(gateway_t *gw, proto_rpc_request_t *req)
 static void gateway_op_finish(gateway_t *gw, gateway_op_t *op, int code, const char *message,
                               const uint8_t *body, size_t body_len)
 {
-    assert(op->stage != GATEWAY_OP_FREE && op->req != NULL);
+    assert(op->stage != GATEWAY_OP_FREE);
+    assert(op->req != NULL);
     bool is_load = strcmp(op->req->method, "load") == 0;
     double seconds = (double)(ops_time_mono_ns() - op->start_ns) / 1e9;
     ops_histogram_observe(is_load ? gw->m_load_seconds : gw->m_report_seconds, seconds);
@@ -280,7 +282,8 @@ static void gateway_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *r
 {
     gateway_t *gw = arg;
     gateway_op_t *op = tag;
-    assert(op >= gw->ops && op < gw->ops + GATEWAY_OPS_MAX);
+    assert(op >= gw->ops);
+    assert(op < gw->ops + GATEWAY_OPS_MAX);
     assert(op->stage != GATEWAY_OP_FREE); /* invariant 1 */
     if (code != 0) {
         ops_counter_add(gw->m_unavailable, 1);
@@ -431,7 +434,9 @@ static void gateway_metrics(gateway_t *gw)
 
 int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
 {
-    assert(ctx != NULL && cfg != NULL && out != NULL);
+    assert(ctx != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
     assert(cfg->keys != NULL);
     *out = NULL;
     if (cfg->rpc_timeout_ms <= 0 || cfg->ledger_key == NULL || cfg->ledger == NULL ||

@@ -65,7 +65,8 @@ static int gateway_service_start(gateway_service_t *svc, const ops_config_t *cfg
 
 int gateway_service_new(const ops_config_t *cfg, gateway_service_t **out)
 {
-    assert(cfg != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
     *out = NULL;
     gateway_service_t *svc = calloc(1, sizeof *svc);
     if (svc == NULL)
@@ -82,7 +83,8 @@ int gateway_service_new(const ops_config_t *cfg, gateway_service_t **out)
 
 int gateway_service_run(gateway_service_t *svc)
 {
-    assert(svc != NULL && svc->gw != NULL);
+    assert(svc != NULL);
+    assert(svc->gw != NULL);
     return gateway_run(svc->gw);
 }
 

@@ -88,7 +88,8 @@ void gateway_trust_destroy(gateway_trust_t **trust_p)
 int gateway_trust_poll(gateway_trust_t *t, uint64_t now_ms, uint64_t hup_generation)
 {
     assert(t != NULL);
-    assert(t->store != NULL && t->certs != NULL);
+    assert(t->store != NULL);
+    assert(t->certs != NULL);
     bool hup = hup_generation != t->hup_seen;
     if (!hup && (t->crl_path == NULL || now_ms - t->polled_ms < GATEWAY_TRUST_POLL_MS))
         return 0;
@@ -130,6 +131,7 @@ int gateway_trust_poll(gateway_trust_t *t, uint64_t now_ms, uint64_t hup_generat
 
 gateway_certcache_t *gateway_trust_certs(gateway_trust_t *t)
 {
-    assert(t != NULL && t->certs != NULL);
+    assert(t != NULL);
+    assert(t->certs != NULL);
     return t->certs;
 }
