@@ -115,8 +115,10 @@ int signer_keygen_main(int argc, char **argv)
     const char *out_dir = ops_config_str(cfg, "out");
     int64_t version = ops_config_int(cfg, "version");
     int64_t days = ops_config_int(cfg, "days");
-    assert(version >= 1 && version <= SIGNER_KEY_VERSION_MAX); /* the keys' bounds */
-    assert(days >= 1 && days <= SIGNER_CERT_DAYS_MAX);
+    assert(version >= 1);
+    assert(version <= SIGNER_KEY_VERSION_MAX); /* the keys' bounds */
+    assert(days >= 1);
+    assert(days <= SIGNER_CERT_DAYS_MAX);
     if (label == NULL || out_dir == NULL) {
         fprintf(stderr, "qc-signer keygen: --label and --out are required\n");
         ops_config_destroy(&cfg);

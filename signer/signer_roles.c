@@ -99,7 +99,8 @@ const char *signer_roles_role_of(Quancun__SignKind kind)
 
 int signer_roles_check(const signer_roles_t *r, Quancun__SignKind kind, const char *peer_z85)
 {
-    assert(r != NULL && peer_z85 != NULL);
+    assert(r != NULL);
+    assert(peer_z85 != NULL);
     uint8_t key[PROTO_CURVE_KEY_SIZE];
     if (strlen(peer_z85) != PROTO_CURVE_KEY_Z85_LEN || zmq_z85_decode(key, peer_z85) == NULL)
         return QC_EINVAL;

@@ -336,7 +336,8 @@ static void signer_stop(signer_service_t *svc)
 
 int signer_service_new(const ops_config_t *cfg, signer_service_t **out)
 {
-    assert(cfg != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
     *out = NULL;
     signer_service_t *svc = calloc(1, sizeof *svc);
     if (svc == NULL)
@@ -353,7 +354,8 @@ int signer_service_new(const ops_config_t *cfg, signer_service_t **out)
 
 int signer_service_run(signer_service_t *svc)
 {
-    assert(svc != NULL && svc->pool != NULL);
+    assert(svc != NULL);
+    assert(svc->pool != NULL);
     return signer_serve(svc);
 }
 
