@@ -513,7 +513,9 @@ out:
 
 int audit_cli_main(const char *prog, int argc, char **argv)
 {
-    assert(prog != NULL && argc >= 1 && argv != NULL);
+    assert(prog != NULL);
+    assert(argc >= 1);
+    assert(argv != NULL);
     /* Library errors (an unreadable file) are logged as JSON lines on stderr. */
     ops_log_init("audit-cli", "0", OPS_LOG_WARN);
     cli_opts_t o;

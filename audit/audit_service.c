@@ -114,7 +114,8 @@ static int audit_service_start(audit_service_t *svc, const ops_config_t *cfg, co
 
 int audit_service_new(const ops_config_t *cfg, audit_service_t **out)
 {
-    assert(cfg != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
     *out = NULL;
     const char *data_dir = nonempty(ops_config_str(cfg, "data_dir"));
     const char *key_path = nonempty(ops_config_str(cfg, "curve_key"));
@@ -146,7 +147,8 @@ int audit_service_new(const ops_config_t *cfg, audit_service_t **out)
 
 int audit_service_run(audit_service_t *svc)
 {
-    assert(svc != NULL && svc->intake != NULL);
+    assert(svc != NULL);
+    assert(svc->intake != NULL);
     return audit_intake_run(svc->intake);
 }
 
