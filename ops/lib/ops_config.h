@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qc_error.h"
+
 #define OPS_CONFIG_KEYS_MAX 128
 #define OPS_CONFIG_VALUE_MAX 1024
 #define OPS_CONFIG_ERROR_MAX 256
@@ -74,9 +76,9 @@ typedef struct ops_config ops_config_t;
  * QC_ECONFIG with a message in err (capacity errcap) naming the key, value and line
  * (unknown key, bad int, bad bool, a value outside its key's bounds, missing value, unreadable
  * file). */
-int ops_config_load(const char *program, const char *usage, const ops_config_key_t *keys,
-                    size_t key_count, int argc, char **argv, ops_config_t **out, char *err,
-                    size_t errcap);
+QC_MUST_CHECK int ops_config_load(const char *program, const char *usage,
+                                  const ops_config_key_t *keys, size_t key_count, int argc,
+                                  char **argv, ops_config_t **out, char *err, size_t errcap);
 
 /* Value of key name as a string (borrowed), or NULL when unset. Asserts name is declared. */
 const char *ops_config_str(const ops_config_t *cfg, const char *name);

@@ -25,6 +25,7 @@
 
 #include "ops_config.h"
 #include "ops_metrics.h"
+#include "qc_error.h"
 
 #define OPS_SERVICE_EXIT_OK 0
 #define OPS_SERVICE_EXIT_FAILED 1
@@ -53,7 +54,8 @@ typedef struct ops_service ops_service_t;
  * the flags, the file or a check refused (a message "<program>: <why>" on stderr; nothing was
  * started); QC_EIO when the HTTP port cannot be bound, QC_ENOMEM (both logged; nothing is left
  * running). ops_service_start_status() turns these into the exit status. */
-int ops_service_start(const ops_service_spec_t *spec, int argc, char **argv, ops_service_t **out);
+QC_MUST_CHECK int ops_service_start(const ops_service_spec_t *spec, int argc, char **argv,
+                                    ops_service_t **out);
 
 /* The exit status for what ops_service_start() returned when it was not 0: OPS_SERVICE_EXIT_OK
  * after --help, OPS_SERVICE_EXIT_USAGE for QC_ECONFIG, OPS_SERVICE_EXIT_FAILED otherwise. */
