@@ -54,6 +54,7 @@
 
 #include "ledger_saga.h"
 #include "ledger_store.h"
+#include "qc_error.h"
 
 struct raft;
 struct raft_fsm;
@@ -108,7 +109,7 @@ typedef struct ledger_fsm_stats {
 /* Opens (creating when empty) the replica's environment in cfg->dir, binds it to the shard
  * and makes the saga over it. Returns 0 and sets *out, or QC_EINVAL, QC_ECONFIG (the
  * directory belongs to another shard), QC_EIO, QC_ENOMEM. */
-int ledger_fsm_new(const ledger_fsm_config_t *cfg, ledger_fsm_t **out);
+QC_MUST_CHECK int ledger_fsm_new(const ledger_fsm_config_t *cfg, ledger_fsm_t **out);
 
 /* Closes the environment and frees fsm; nulls *fsm_p; accepts NULL. The raft instance it
  * was given to must be closed first. */
@@ -126,24 +127,25 @@ void ledger_fsm_bind(ledger_fsm_t *fsm, struct raft *raft);
  * drive the log themselves (tests, tools). *result (may be NULL) gets the outcome.
  * Returns 0 (applied, skipped, or refused whole), QC_EVERSION (unknown entry version),
  * QC_EIO, QC_EFULL, QC_ENOMEM, QC_EINTERNAL (nothing applied; the replica must stop). */
-int ledger_fsm_apply(ledger_fsm_t *fsm, uint64_t index, const uint8_t *entry, size_t len,
-                     const ledger_fsm_result_t **result);
+QC_MUST_CHECK int ledger_fsm_apply(ledger_fsm_t *fsm, uint64_t index, const uint8_t *entry,
+                                   size_t len, const ledger_fsm_result_t **result);
 
 /* A snapshot of the whole state, as above, in *out (allocated with raft_malloc(): free it
  * with raft_free(), or hand it to raft). Returns 0, QC_ENOMEM, QC_EIO, QC_EDECODE. */
-int ledger_fsm_snapshot(ledger_fsm_t *fsm, uint8_t **out, size_t *out_len);
+QC_MUST_CHECK int ledger_fsm_snapshot(ledger_fsm_t *fsm, uint8_t **out, size_t *out_len);
 
 /* Restores snap (not consumed). *replaced (may be NULL) tells whether the state was
  * replaced or kept. Returns 0, QC_EDECODE (damaged or malformed), QC_EVERSION, QC_ECONFIG
  * (another shard's), QC_EIO, QC_EFULL; on error the state is unchanged. */
-int ledger_fsm_restore(ledger_fsm_t *fsm, const uint8_t *snap, size_t len, bool *replaced);
+QC_MUST_CHECK int ledger_fsm_restore(ledger_fsm_t *fsm, const uint8_t *snap, size_t len,
+                                     bool *replaced);
 
 /* The stored applied index and time (0, 0 before the first entry). Returns 0 or QC_EIO. */
-int ledger_fsm_applied(ledger_fsm_t *fsm, uint64_t *index, uint64_t *time_ms);
+QC_MUST_CHECK int ledger_fsm_applied(ledger_fsm_t *fsm, uint64_t *index, uint64_t *time_ms);
 
 /* SHA-256 of the snapshot body of the current state, and the applied index it is at.
  * Returns 0, QC_ENOMEM, QC_EIO. */
-int ledger_fsm_digest(ledger_fsm_t *fsm, uint8_t digest[32], uint64_t *index);
+QC_MUST_CHECK int ledger_fsm_digest(ledger_fsm_t *fsm, uint8_t digest[32], uint64_t *index);
 
 /* Borrowed views, for reads and the invariant check (ledger_saga_check). Never write
  * through them on a replica: only apply writes. */
@@ -160,32 +162,39 @@ void ledger_fsm_stats(const ledger_fsm_t *fsm, ledger_fsm_stats_t *out);
  * an artefact over LEDGER_SIGNED_MAX), QC_ENOMEM. */
 typedef struct ledger_fsm_batch ledger_fsm_batch_t;
 
-int ledger_fsm_batch_new(uint64_t time_ms, ledger_fsm_batch_t **out);
+QC_MUST_CHECK int ledger_fsm_batch_new(uint64_t time_ms, ledger_fsm_batch_t **out);
 void ledger_fsm_batch_destroy(ledger_fsm_batch_t **batch_p);
 size_t ledger_fsm_batch_count(const ledger_fsm_batch_t *b);
 
 /* reserve: the verified request and the deadline the leader set; store_allow: the allow the
  * bank signed after that reserve applied (the bank debits before it signs). */
-int ledger_fsm_batch_reserve(ledger_fsm_batch_t *b, const uint8_t *request, size_t request_len,
-                             uint64_t deadline_ms);
-int ledger_fsm_batch_store_allow(ledger_fsm_batch_t *b, const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
-                                 const uint8_t *allow, size_t allow_len);
-int ledger_fsm_batch_settle(ledger_fsm_batch_t *b, const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
-                            const uint8_t *report, size_t report_len);
-int ledger_fsm_batch_bad_report(ledger_fsm_batch_t *b, const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
-                                const uint8_t *report, size_t report_len);
-int ledger_fsm_batch_expire(ledger_fsm_batch_t *b, uint64_t upto_ms, uint32_t max);
-int ledger_fsm_batch_open_account(ledger_fsm_batch_t *b, const ledger_account_t *spec);
-int ledger_fsm_batch_deposit(ledger_fsm_batch_t *b, const char *account_id, int64_t amount,
-                             const uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
-int ledger_fsm_batch_set_frozen(ledger_fsm_batch_t *b, const char *account_id, bool frozen);
-int ledger_fsm_batch_enroll(ledger_fsm_batch_t *b, const char *account_id, const uint8_t *cert,
-                            size_t cert_len, int64_t wallet_cap, uint64_t counter);
-int ledger_fsm_batch_revoke(ledger_fsm_batch_t *b, const char *device_id);
-int ledger_fsm_batch_outbox_ack(ledger_fsm_batch_t *b, uint64_t upto_seq);
+QC_MUST_CHECK int ledger_fsm_batch_reserve(ledger_fsm_batch_t *b, const uint8_t *request,
+                                           size_t request_len, uint64_t deadline_ms);
+QC_MUST_CHECK int ledger_fsm_batch_store_allow(ledger_fsm_batch_t *b,
+                                               const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                               const uint8_t *allow, size_t allow_len);
+QC_MUST_CHECK int ledger_fsm_batch_settle(ledger_fsm_batch_t *b,
+                                          const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                          const uint8_t *report, size_t report_len);
+QC_MUST_CHECK int ledger_fsm_batch_bad_report(ledger_fsm_batch_t *b,
+                                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                              const uint8_t *report, size_t report_len);
+QC_MUST_CHECK int ledger_fsm_batch_expire(ledger_fsm_batch_t *b, uint64_t upto_ms, uint32_t max);
+QC_MUST_CHECK int ledger_fsm_batch_open_account(ledger_fsm_batch_t *b,
+                                                const ledger_account_t *spec);
+QC_MUST_CHECK int ledger_fsm_batch_deposit(ledger_fsm_batch_t *b, const char *account_id,
+                                           int64_t amount,
+                                           const uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
+QC_MUST_CHECK int ledger_fsm_batch_set_frozen(ledger_fsm_batch_t *b, const char *account_id,
+                                              bool frozen);
+QC_MUST_CHECK int ledger_fsm_batch_enroll(ledger_fsm_batch_t *b, const char *account_id,
+                                          const uint8_t *cert, size_t cert_len, int64_t wallet_cap,
+                                          uint64_t counter);
+QC_MUST_CHECK int ledger_fsm_batch_revoke(ledger_fsm_batch_t *b, const char *device_id);
+QC_MUST_CHECK int ledger_fsm_batch_outbox_ack(ledger_fsm_batch_t *b, uint64_t upto_seq);
 
 /* The entry's bytes in out->base (raft_malloc'd; raft_apply() takes them over, else free
  * with raft_free()). Returns 0 or QC_ENOMEM. */
-int ledger_fsm_batch_encode(const ledger_fsm_batch_t *b, struct raft_buffer *out);
+QC_MUST_CHECK int ledger_fsm_batch_encode(const ledger_fsm_batch_t *b, struct raft_buffer *out);
 
 #endif

@@ -22,6 +22,7 @@
 
 #include "ledger_store.h"
 #include "proto_cert.h"
+#include "qc_error.h"
 
 #define LEDGER_WHY_MAX 256
 #define LEDGER_OUTBOX_MAX 1000000   /* events waiting for the relay before growth is refused */
@@ -46,7 +47,7 @@ typedef struct ledger_saga_config {
 } ledger_saga_config_t;
 
 /* Creates a saga engine over cfg. Returns 0 and sets *out, or QC_EINVAL, QC_ENOMEM. */
-int ledger_saga_new(const ledger_saga_config_t *cfg, ledger_saga_t **out);
+QC_MUST_CHECK int ledger_saga_new(const ledger_saga_config_t *cfg, ledger_saga_t **out);
 void ledger_saga_destroy(ledger_saga_t **saga_p);
 
 /* Reserve(signed request): the bank verifies and debits; it does not sign here. Idempotent by
@@ -60,8 +61,9 @@ void ledger_saga_destroy(ledger_saga_t **saga_p);
  * Refusals: QC_ETOOBIG, QC_EDECODE, QC_EMISSING, QC_EALG, QC_EAMOUNT, QC_ESHARD,
  * QC_EUNKNOWNDEV, QC_EKEYID, QC_EBADSIG, QC_EEXPIRED, QC_EREPLAY, and those of
  * ledger_saga_reserve_trusted(). */
-int ledger_saga_reserve(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms, uint64_t deadline_ms,
-                        const uint8_t *request, size_t request_len, ledger_load_t *out, char *why);
+QC_MUST_CHECK int ledger_saga_reserve(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                      uint64_t deadline_ms, const uint8_t *request,
+                                      size_t request_len, ledger_load_t *out, char *why);
 
 /* The business half of reserve, for a caller that has verified the request's signature
  * itself (the store-only benchmark): never call it with untrusted input. request is the
@@ -70,21 +72,21 @@ int ledger_saga_reserve(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms, u
  * (QC_EFROZEN); reconciliation of the device's previous load; counter not stale (QC_ESTALE)
  * nor ahead (QC_EMISMATCH); amount within limits (QC_ELIMIT); wallet cap (QC_EWALLETCAP);
  * funds (QC_EFUNDS); room (QC_EFULL). */
-int ledger_saga_reserve_trusted(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                                uint64_t deadline_ms, const Quancun__LoadRequest *req,
-                                const uint8_t *request, size_t request_len, ledger_load_t *out,
-                                char *why);
+QC_MUST_CHECK int ledger_saga_reserve_trusted(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                              uint64_t deadline_ms, const Quancun__LoadRequest *req,
+                                              const uint8_t *request, size_t request_len,
+                                              ledger_load_t *out, char *why);
 
 /* The LoadAllow body the bank signs for the reserved load l, packed into *body (malloc'd):
  * txn, device, account, amount, currency, counter and request digest from the stored
  * request, host time = l->created_ms, deadline = l->deadline_ms. A function of the record
  * alone, so every signature ever asked for one load signs the same bytes. Returns 0,
  * QC_EINTERNAL or QC_ENOMEM. */
-int ledger_saga_allow_body(const ledger_load_t *l, uint8_t **body, size_t *body_len);
+QC_MUST_CHECK int ledger_saga_allow_body(const ledger_load_t *l, uint8_t **body, size_t *body_len);
 
 /* The LoadOutcome body for the settled (or any) record l at now_ms, packed into *body. */
-int ledger_saga_outcome_body(const ledger_load_t *l, uint64_t now_ms, uint8_t **body,
-                             size_t *body_len);
+QC_MUST_CHECK int ledger_saga_outcome_body(const ledger_load_t *l, uint64_t now_ms, uint8_t **body,
+                                           size_t *body_len);
 
 /* Stores allow (a signed LoadAllow envelope, as the signer returned it) with the load txn_id,
  * the first time only: one allow per load is ever released, and it is the stored one. The
@@ -95,9 +97,10 @@ int ledger_saga_outcome_body(const ledger_load_t *l, uint64_t now_ms, uint8_t **
  * RESERVED gets none: QC_ESTATE (no allow is released for money that is not held), nor one
  * whose deadline is at or before now_ms: QC_EEXPIRED (its compensation is due). Appends
  * "load.allowed" with the allow to the outbox. QC_ENOTFOUND for an unknown txn. */
-int ledger_saga_store_allow(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                            const uint8_t txn_id[LEDGER_TXN_ID_SIZE], const uint8_t *allow,
-                            size_t allow_len, ledger_load_t *out, char *why);
+QC_MUST_CHECK int ledger_saga_store_allow(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                          const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                          const uint8_t *allow, size_t allow_len,
+                                          ledger_load_t *out, char *why);
 
 /* Settle(txn id, signed report). The report must verify with the load's device key: when
  * it does not, a security event is written to the outbox (and committed), the saga is
@@ -107,21 +110,23 @@ int ledger_saga_store_allow(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_m
  * matching -> COMPENSATED; COMPENSATED + APPLIED and matching -> LATE_CONFIRMED; any other
  * combination changes nothing. Idempotent. *out is the record afterwards.
  * QC_ENOTFOUND for an unknown txn. */
-int ledger_saga_settle(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                       const uint8_t txn_id[LEDGER_TXN_ID_SIZE], const uint8_t *report,
-                       size_t report_len, ledger_load_t *out, char *why);
+QC_MUST_CHECK int ledger_saga_settle(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                     const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                     const uint8_t *report, size_t report_len, ledger_load_t *out,
+                                     char *why);
 
 /* The decision half of settle, for a caller that verified the report itself. */
-int ledger_saga_settle_trusted(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                               const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
-                               const Quancun__ExecutionReport *rep, const uint8_t *report,
-                               size_t report_len, ledger_load_t *out, char *why);
+QC_MUST_CHECK int ledger_saga_settle_trusted(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                             const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                             const Quancun__ExecutionReport *rep,
+                                             const uint8_t *report, size_t report_len,
+                                             ledger_load_t *out, char *why);
 
 /* Compensates (reason REPORT_MISSING) up to max RESERVED loads whose deadline is at or
  * before now_ms, earliest first. *count (may be NULL) gets how many. *next_deadline_ms
  * (may be NULL) gets the earliest deadline still pending, 0 when none. */
-int ledger_saga_expire(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms, size_t max,
-                       size_t *count, uint64_t *next_deadline_ms);
+QC_MUST_CHECK int ledger_saga_expire(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                     size_t max, size_t *count, uint64_t *next_deadline_ms);
 
 /* Admin operations. Each is idempotent: repeating it with the same arguments returns the
  * current record and changes nothing.
@@ -135,19 +140,22 @@ int ledger_saga_expire(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms, si
  *   device id; verified against the trust store when one is configured) to account_id.
  * revoke_device: the device's requests are refused from now on; its RESERVED load, if
  *   any, still settles or expires. */
-int ledger_saga_open_account(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                             const ledger_account_t *spec, ledger_account_t *out, char *why);
-int ledger_saga_deposit(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                        const char *account_id, int64_t amount,
-                        const uint8_t txn_id[LEDGER_TXN_ID_SIZE], ledger_account_t *out, char *why);
-int ledger_saga_set_frozen(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                           const char *account_id, bool frozen, ledger_account_t *out, char *why);
-int ledger_saga_enroll_device(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                              const char *account_id, const uint8_t *cert, size_t cert_len,
-                              int64_t wallet_cap, uint64_t counter, ledger_device_t *out,
-                              char *why);
-int ledger_saga_revoke_device(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
-                              const char *device_id, ledger_device_t *out, char *why);
+QC_MUST_CHECK int ledger_saga_open_account(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                           const ledger_account_t *spec, ledger_account_t *out,
+                                           char *why);
+QC_MUST_CHECK int ledger_saga_deposit(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                      const char *account_id, int64_t amount,
+                                      const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                      ledger_account_t *out, char *why);
+QC_MUST_CHECK int ledger_saga_set_frozen(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                         const char *account_id, bool frozen, ledger_account_t *out,
+                                         char *why);
+QC_MUST_CHECK int ledger_saga_enroll_device(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                            const char *account_id, const uint8_t *cert,
+                                            size_t cert_len, int64_t wallet_cap, uint64_t counter,
+                                            ledger_device_t *out, char *why);
+QC_MUST_CHECK int ledger_saga_revoke_device(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                            const char *device_id, ledger_device_t *out, char *why);
 
 /* The result of the invariant check. */
 typedef struct ledger_check_totals {
@@ -174,7 +182,7 @@ typedef struct ledger_check {
  * the RESERVED loads; replaying every transfer gives every stored balance. out->ok tells.
  * Returns 0 (whatever the verdict), or QC_EIO, QC_EDECODE, QC_ENOMEM when it could not
  * look. */
-int ledger_saga_check(ledger_saga_t *saga, MDB_txn *txn, ledger_check_t *out);
+QC_MUST_CHECK int ledger_saga_check(ledger_saga_t *saga, MDB_txn *txn, ledger_check_t *out);
 
 /* "HOLD:156" etc. into out (capacity LEDGER_ID_MAX + 1). */
 void ledger_system_account_id(Qcledger__AccountKind kind, uint32_t currency, char *out);

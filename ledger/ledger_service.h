@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "proto_limits.h"
+#include "qc_error.h"
 
 #define LEDGER_BATCH_MAX 256     /* requests applied in one group commit, at most */
 #define LEDGER_BATCH_WAIT_US 200 /* extra wait for a batch to fill, at most */
@@ -58,14 +59,14 @@ typedef struct ledger_service_config {
 
 /* Opens the store, loads the keys and binds the socket.
  * Returns 0 and sets *out, or QC_ECONFIG, QC_EIO, QC_ENOMEM (each logged). */
-int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **out);
+QC_MUST_CHECK int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **out);
 
 /* The ledger's /healthz check (an ops_health_fn, called from the HTTP thread): false once a
  * group commit failed. */
 bool ledger_service_healthy(void *svc, char *why, size_t why_cap);
 
 /* Serves until ops_signal_stop_requested(). Returns 0, or QC_EIO when the socket failed. */
-int ledger_service_run(ledger_service_t *svc);
+QC_MUST_CHECK int ledger_service_run(ledger_service_t *svc);
 
 /* Stops everything, closes the store, frees svc, nulls *svc_p; accepts NULL. */
 void ledger_service_destroy(ledger_service_t **svc_p);

@@ -29,6 +29,7 @@
 #include "ledger_store.h"
 #include "proto_rpc.h"
 #include "signer.pb-c.h"
+#include "qc_error.h"
 
 #define LEDGER_SIGNER_PENDING_MAX 1024 /* signatures asked for and not yet answered */
 #define LEDGER_SIGNER_WAITERS_MAX 4    /* requests waiting for one allow */
@@ -46,7 +47,7 @@ typedef struct ledger_signer_config {
 } ledger_signer_config_t;
 
 /* Connects to the signer. Returns 0 and sets *out, or QC_ECONFIG, QC_ENOMEM. */
-int ledger_signer_new(const ledger_signer_config_t *cfg, ledger_signer_t **out);
+QC_MUST_CHECK int ledger_signer_new(const ledger_signer_config_t *cfg, ledger_signer_t **out);
 
 /* Drops every waiting request unanswered, frees ls, nulls *ls_p; accepts NULL. */
 void ledger_signer_destroy(ledger_signer_t **ls_p);
@@ -59,10 +60,10 @@ void ledger_signer_destroy(ledger_signer_t **ls_p);
  *   envelope is appended to, as field 2 of a SettleReply.
  * Returns 0; or QC_EBUSY (table full), QC_EUNAVAIL (no signer configured), QC_ENOMEM, and then
  * *req and *prefix are left to the caller. */
-int ledger_signer_ask(ledger_signer_t *ls, Quancun__SignKind kind,
-                      const uint8_t txn_id[LEDGER_TXN_ID_SIZE], const uint8_t *body,
-                      size_t body_len, uint8_t **prefix, size_t prefix_len,
-                      proto_rpc_request_t **req);
+QC_MUST_CHECK int ledger_signer_ask(ledger_signer_t *ls, Quancun__SignKind kind,
+                                    const uint8_t txn_id[LEDGER_TXN_ID_SIZE], const uint8_t *body,
+                                    size_t body_len, uint8_t **prefix, size_t prefix_len,
+                                    proto_rpc_request_t **req);
 
 /* Fills items (zmq_pollitem_t, capacity cap) with the signer client's sockets; returns how
  * many. Refill before every poll. */

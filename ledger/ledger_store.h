@@ -31,6 +31,7 @@
 #include "proto_cert.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
+#include "qc_error.h"
 
 #define LEDGER_ID_MAX PROTO_ACCOUNT_ID_MAX       /* bytes of an account id */
 #define LEDGER_DEVICE_ID_MAX PROTO_DEVICE_ID_MAX /* bytes of a device id */
@@ -113,7 +114,7 @@ typedef struct ledger_transfer {
  * map of map_size bytes, opens every database, and clears stale reader slots left by dead
  * processes (mdb_reader_check). Returns 0 and sets *out, or QC_EINVAL (map_size below
  * LEDGER_MAP_SIZE_MIN), QC_EIO (LMDB refused: the message is logged), QC_ENOMEM. */
-int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out);
+QC_MUST_CHECK int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out);
 
 /* Closes the environment, frees store, nulls *store_p; accepts NULL. No transaction may be
  * open. */
@@ -122,57 +123,68 @@ void ledger_store_close(ledger_store_t **store_p);
 /* Records (or, on later opens, checks) the shard identity this environment belongs to, so
  * a data directory cannot be served as another shard. Commits its own transaction.
  * Returns 0, QC_ECONFIG when the stored identity differs, QC_EIO. */
-int ledger_store_bind_shard(ledger_store_t *store, uint32_t shard, uint32_t shard_count);
+QC_MUST_CHECK int ledger_store_bind_shard(ledger_store_t *store, uint32_t shard,
+                                          uint32_t shard_count);
 
 /* Begins a transaction: a read-only one (write false, parent NULL), a top-level write one
  * (parent NULL), or a nested write one inside parent. Returns 0, QC_EIO or QC_EBUSY. */
-int ledger_store_txn_begin(ledger_store_t *store, MDB_txn *parent, bool write, MDB_txn **out);
+QC_MUST_CHECK int ledger_store_txn_begin(ledger_store_t *store, MDB_txn *parent, bool write,
+                                         MDB_txn **out);
 /* Commits txn (durably, for a top-level write txn). Returns 0, QC_EFULL (map full),
  * QC_EIO. txn is gone either way. */
-int ledger_store_txn_commit(MDB_txn *txn);
+QC_MUST_CHECK int ledger_store_txn_commit(MDB_txn *txn);
 void ledger_store_txn_abort(MDB_txn *txn);
 
 /* Record access. get: 0, QC_ENOTFOUND, QC_EDECODE (a corrupt record), QC_EIO.
  * put: 0, QC_EFULL, QC_EIO. */
-int ledger_store_account_get(ledger_store_t *store, MDB_txn *txn, const char *id,
-                             ledger_account_t *out);
-int ledger_store_account_put(ledger_store_t *store, MDB_txn *txn, const ledger_account_t *acct);
-int ledger_store_device_get(ledger_store_t *store, MDB_txn *txn, const char *id,
-                            ledger_device_t *out);
-int ledger_store_device_put(ledger_store_t *store, MDB_txn *txn, const ledger_device_t *dev);
-int ledger_store_load_get(ledger_store_t *store, MDB_txn *txn,
-                          const uint8_t txn_id[LEDGER_TXN_ID_SIZE], ledger_load_t *out);
-int ledger_store_load_put(ledger_store_t *store, MDB_txn *txn, const ledger_load_t *load);
+QC_MUST_CHECK int ledger_store_account_get(ledger_store_t *store, MDB_txn *txn, const char *id,
+                                           ledger_account_t *out);
+QC_MUST_CHECK int ledger_store_account_put(ledger_store_t *store, MDB_txn *txn,
+                                           const ledger_account_t *acct);
+QC_MUST_CHECK int ledger_store_device_get(ledger_store_t *store, MDB_txn *txn, const char *id,
+                                          ledger_device_t *out);
+QC_MUST_CHECK int ledger_store_device_put(ledger_store_t *store, MDB_txn *txn,
+                                          const ledger_device_t *dev);
+QC_MUST_CHECK int ledger_store_load_get(ledger_store_t *store, MDB_txn *txn,
+                                        const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                        ledger_load_t *out);
+QC_MUST_CHECK int ledger_store_load_put(ledger_store_t *store, MDB_txn *txn,
+                                        const ledger_load_t *load);
 
 /* Transfers are immutable: add returns QC_EEXIST when (txn id, kind) is already there. */
-int ledger_store_transfer_add(ledger_store_t *store, MDB_txn *txn, const ledger_transfer_t *t);
-int ledger_store_transfer_get(ledger_store_t *store, MDB_txn *txn,
-                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE], Qcledger__TransferKind kind,
-                              ledger_transfer_t *out);
+QC_MUST_CHECK int ledger_store_transfer_add(ledger_store_t *store, MDB_txn *txn,
+                                            const ledger_transfer_t *t);
+QC_MUST_CHECK int ledger_store_transfer_get(ledger_store_t *store, MDB_txn *txn,
+                                            const uint8_t txn_id[LEDGER_TXN_ID_SIZE],
+                                            Qcledger__TransferKind kind, ledger_transfer_t *out);
 
 /* The deadline index of RESERVED loads. del of an absent entry returns QC_ENOTFOUND.
  * first: the earliest entry, or QC_ENOTFOUND when there is none. */
-int ledger_store_deadline_add(ledger_store_t *store, MDB_txn *txn, uint64_t deadline_ms,
-                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
-int ledger_store_deadline_del(ledger_store_t *store, MDB_txn *txn, uint64_t deadline_ms,
-                              const uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
-int ledger_store_deadline_first(ledger_store_t *store, MDB_txn *txn, uint64_t *deadline_ms,
-                                uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
+QC_MUST_CHECK int ledger_store_deadline_add(ledger_store_t *store, MDB_txn *txn,
+                                            uint64_t deadline_ms,
+                                            const uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
+QC_MUST_CHECK int ledger_store_deadline_del(ledger_store_t *store, MDB_txn *txn,
+                                            uint64_t deadline_ms,
+                                            const uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
+QC_MUST_CHECK int ledger_store_deadline_first(ledger_store_t *store, MDB_txn *txn,
+                                              uint64_t *deadline_ms,
+                                              uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
 
 /* Appends an audit event with the next per-shard sequence (set in *seq when seq is not
  * NULL). txn_id may be NULL. Returns 0, QC_EFULL, QC_EIO. */
-int ledger_store_outbox_append(ledger_store_t *store, MDB_txn *txn, uint32_t shard,
-                               const char *type, const uint8_t *txn_id, uint64_t time_ms,
-                               const uint8_t *payload, size_t payload_len, uint64_t *seq);
+QC_MUST_CHECK int ledger_store_outbox_append(ledger_store_t *store, MDB_txn *txn, uint32_t shard,
+                                             const char *type, const uint8_t *txn_id,
+                                             uint64_t time_ms, const uint8_t *payload,
+                                             size_t payload_len, uint64_t *seq);
 /* Events waiting for the relay. */
-int ledger_store_outbox_depth(ledger_store_t *store, MDB_txn *txn, uint64_t *depth);
+QC_MUST_CHECK int ledger_store_outbox_depth(ledger_store_t *store, MDB_txn *txn, uint64_t *depth);
 /* Up to max events with seq > after_seq, in order, into reply->events (malloc'd; free
  * with ledger_store_outbox_read_free()). Returns 0, QC_ENOMEM, QC_EIO, QC_EDECODE. */
-int ledger_store_outbox_read(ledger_store_t *store, MDB_txn *txn, uint64_t after_seq, size_t max,
-                             Qcledger__OutboxReadReply *reply);
+QC_MUST_CHECK int ledger_store_outbox_read(ledger_store_t *store, MDB_txn *txn, uint64_t after_seq,
+                                           size_t max, Qcledger__OutboxReadReply *reply);
 void ledger_store_outbox_read_free(Qcledger__OutboxReadReply *reply);
 /* Deletes every event with seq <= upto_seq (the relay delivered them). */
-int ledger_store_outbox_ack(ledger_store_t *store, MDB_txn *txn, uint64_t upto_seq);
+QC_MUST_CHECK int ledger_store_outbox_ack(ledger_store_t *store, MDB_txn *txn, uint64_t upto_seq);
 
 /* Iteration for the invariant check: fn is called for every record, in key order, and may
  * stop the walk by returning non-zero (which is returned). Devices come without their
@@ -182,24 +194,25 @@ typedef int(ledger_store_load_fn)(void *arg, const ledger_load_t *load);
 typedef int(ledger_store_transfer_fn)(void *arg, const ledger_transfer_t *t);
 typedef int(ledger_store_device_fn)(void *arg, const ledger_device_t *dev);
 typedef int(ledger_store_deadline_fn)(void *arg, uint64_t deadline_ms, const uint8_t *txn_id);
-int ledger_store_each_account(ledger_store_t *store, MDB_txn *txn, ledger_store_account_fn *fn,
-                              void *arg);
-int ledger_store_each_load(ledger_store_t *store, MDB_txn *txn, ledger_store_load_fn *fn,
-                           void *arg);
-int ledger_store_each_transfer(ledger_store_t *store, MDB_txn *txn, ledger_store_transfer_fn *fn,
-                               void *arg);
-int ledger_store_each_device(ledger_store_t *store, MDB_txn *txn, ledger_store_device_fn *fn,
-                             void *arg);
-int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn, ledger_store_deadline_fn *fn,
-                               void *arg);
+QC_MUST_CHECK int ledger_store_each_account(ledger_store_t *store, MDB_txn *txn,
+                                            ledger_store_account_fn *fn, void *arg);
+QC_MUST_CHECK int ledger_store_each_load(ledger_store_t *store, MDB_txn *txn,
+                                         ledger_store_load_fn *fn, void *arg);
+QC_MUST_CHECK int ledger_store_each_transfer(ledger_store_t *store, MDB_txn *txn,
+                                             ledger_store_transfer_fn *fn, void *arg);
+QC_MUST_CHECK int ledger_store_each_device(ledger_store_t *store, MDB_txn *txn,
+                                           ledger_store_device_fn *fn, void *arg);
+QC_MUST_CHECK int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn,
+                                             ledger_store_deadline_fn *fn, void *arg);
 
 /* Raft replication (ledger_fsm.h). The applied index is the Raft index of the last log
  * entry applied to this environment, and the applied time the leader's time it applied with
  * (never decreasing); both are written in the write txn that applies the entry. get: 0, with
  * both 0 when nothing was ever applied, QC_EDECODE, QC_EIO. put: 0, QC_EFULL, QC_EIO. */
-int ledger_store_applied_get(ledger_store_t *store, MDB_txn *txn, uint64_t *index,
-                             uint64_t *time_ms);
-int ledger_store_applied_put(ledger_store_t *store, MDB_txn *txn, uint64_t index, uint64_t time_ms);
+QC_MUST_CHECK int ledger_store_applied_get(ledger_store_t *store, MDB_txn *txn, uint64_t *index,
+                                           uint64_t *time_ms);
+QC_MUST_CHECK int ledger_store_applied_put(ledger_store_t *store, MDB_txn *txn, uint64_t index,
+                                           uint64_t time_ms);
 
 /* Raw records, for snapshots. The databases of the table above are numbered in its order
  * (accounts 0, devices 1, ... certs 7); the numbers are part of the snapshot format.
@@ -212,11 +225,12 @@ int ledger_store_applied_put(ledger_store_t *store, MDB_txn *txn, uint64_t index
 #define LEDGER_STORE_KEY_MAX 511 /* LMDB's default key size limit */
 typedef int(ledger_store_record_fn)(void *arg, unsigned db, const uint8_t *key, size_t key_len,
                                     const uint8_t *val, size_t val_len);
-int ledger_store_each_record(ledger_store_t *store, MDB_txn *txn, ledger_store_record_fn *fn,
-                             void *arg);
-int ledger_store_wipe(ledger_store_t *store, MDB_txn *txn);
-int ledger_store_record_append(ledger_store_t *store, MDB_txn *txn, unsigned db, const uint8_t *key,
-                               size_t key_len, const uint8_t *val, size_t val_len);
+QC_MUST_CHECK int ledger_store_each_record(ledger_store_t *store, MDB_txn *txn,
+                                           ledger_store_record_fn *fn, void *arg);
+QC_MUST_CHECK int ledger_store_wipe(ledger_store_t *store, MDB_txn *txn);
+QC_MUST_CHECK int ledger_store_record_append(ledger_store_t *store, MDB_txn *txn, unsigned db,
+                                             const uint8_t *key, size_t key_len, const uint8_t *val,
+                                             size_t val_len);
 
 /* True when the map is more than LEDGER_MAP_USED_PCT_MAX percent used: callers refuse
  * growth (new loads, accounts, deposits) with QC_EFULL while releases still fit. Sets
@@ -225,7 +239,7 @@ bool ledger_store_nearly_full(ledger_store_t *store, uint64_t *used_bytes, uint6
 
 /* Clears reader slots of dead processes; *dead (may be NULL) gets their number.
  * Returns 0 or QC_EIO. */
-int ledger_store_reader_check(ledger_store_t *store, int *dead);
+QC_MUST_CHECK int ledger_store_reader_check(ledger_store_t *store, int *dead);
 
 /* Record <-> protobuf views: the message points into the struct (no allocation), valid
  * while the struct lives and is unchanged. For packing RPC replies. */
@@ -235,9 +249,10 @@ void ledger_store_load_view(const ledger_load_t *load, Qcledger__Load *msg);
 
 /* Copies a decoded protobuf record into a struct, checking every length.
  * Returns 0 or QC_EDECODE. For qcctl and the gateway side of the RPC. */
-int ledger_store_account_from_msg(const Qcledger__Account *msg, ledger_account_t *out);
-int ledger_store_device_from_msg(const Qcledger__Device *msg, ledger_device_t *out);
-int ledger_store_load_from_msg(const Qcledger__Load *msg, ledger_load_t *out);
+QC_MUST_CHECK int ledger_store_account_from_msg(const Qcledger__Account *msg,
+                                                ledger_account_t *out);
+QC_MUST_CHECK int ledger_store_device_from_msg(const Qcledger__Device *msg, ledger_device_t *out);
+QC_MUST_CHECK int ledger_store_load_from_msg(const Qcledger__Load *msg, ledger_load_t *out);
 
 /* Text name of a transfer kind, for logs and the CLI. */
 const char *ledger_transfer_kind_name(Qcledger__TransferKind kind);

@@ -383,7 +383,8 @@ static void dump_replica(sim_t *s, unsigned i)
     if (getenv("QC_SIM_DUMP") == NULL || ledger_store_txn_begin(st, NULL, false, &txn) != 0)
         return;
     fprintf(stderr, "replica %u:\n", i);
-    ledger_store_each_record(st, txn, dump_record, NULL);
+    /* A diagnostic dump on the way to a failure: a failed read only shortens it. */
+    QC_IGNORE(ledger_store_each_record(st, txn, dump_record, NULL));
     ledger_store_txn_abort(txn);
 }
 
