@@ -10,6 +10,7 @@
 #include <openssl/x509.h>
 
 #include "signer_token.h"
+#include "qc_error.h"
 
 #define SIGNER_CERT_DAYS_DEFAULT 3650
 #define SIGNER_CERT_DAYS_MAX 36500
@@ -21,13 +22,13 @@
  * (ecdsa-with-SHA256) by the token through sess, then checked against key's public key.
  * Returns 0 and sets *out (the caller frees it with X509_free); QC_EINVAL (bad days or
  * name), QC_ECRYPTO, or the signing error of signer_session_sign(). */
-int signer_cert_self_signed(signer_session_t *sess, const signer_key_t *key,
-                            const char *common_name, int days, X509 **out);
+QC_MUST_CHECK int signer_cert_self_signed(signer_session_t *sess, const signer_key_t *key,
+                                          const char *common_name, int days, X509 **out);
 
 /* Builds a PKCS#10 certificate signing request for key, subject CN=common_name, O=quancun,
  * signed by the token through sess and checked. Returns as signer_cert_self_signed();
  * the caller frees *out with X509_REQ_free. */
-int signer_cert_request(signer_session_t *sess, const signer_key_t *key, const char *common_name,
-                        X509_REQ **out);
+QC_MUST_CHECK int signer_cert_request(signer_session_t *sess, const signer_key_t *key,
+                                      const char *common_name, X509_REQ **out);
 
 #endif

@@ -7,12 +7,13 @@
 
 #include "ops_config.h"
 #include "signer_token.h"
+#include "qc_error.h"
 
 /* Opens the token of cfg's "module" and "token_label" keys and logs in with the PIN of its
  * "pin_file" key (or $QC_SIGNER_PIN). Returns 0 and sets *out (freed with
  * signer_token_destroy()), or the QC_E* code of signer_token_open(), QC_EIO / QC_ECONFIG (PIN
  * file unreadable, empty or too long; no PIN at all) or of signer_token_login(); every failure
  * is logged. */
-int signer_login_open(const ops_config_t *cfg, signer_token_t **out);
+QC_MUST_CHECK int signer_login_open(const ops_config_t *cfg, signer_token_t **out);
 
 #endif

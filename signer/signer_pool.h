@@ -14,6 +14,7 @@
 
 #include "signer_sign.h"
 #include "signer_token.h"
+#include "qc_error.h"
 
 #define SIGNER_WORKERS_MAX 64
 #define SIGNER_QUEUE_MAX 4096 /* jobs waiting for a worker; beyond it callers get QC_EBUSY */
@@ -24,15 +25,15 @@ typedef struct signer_pool signer_pool_t;
  * that sign with ring (both borrowed: they must outlive the pool). queue_max bounds the
  * jobs waiting (1 .. SIGNER_QUEUE_MAX). Returns 0 and sets *out; QC_EINVAL (counts out of
  * range), QC_EBUSY (the token has fewer sessions), QC_ECRYPTO, QC_ENOMEM, QC_EIO. */
-int signer_pool_new(signer_token_t *tok, const signer_keyring_t *ring, size_t workers,
-                    size_t queue_max, signer_pool_t **out);
+QC_MUST_CHECK int signer_pool_new(signer_token_t *tok, const signer_keyring_t *ring, size_t workers,
+                                  size_t queue_max, signer_pool_t **out);
 
 /* Queues the SignRequest bytes body (borrowed until the job is taken back) for a worker;
  * tag is handed back by signer_pool_take(). A job whose deadline_ms (wall clock, 0 = none)
  * has passed when a worker gets to it is not signed (QC_EEXPIRED). Returns 0, or QC_EBUSY
  * when queue_max jobs are already waiting (nothing is queued). */
-int signer_pool_submit(signer_pool_t *pool, void *tag, const uint8_t *body, size_t body_len,
-                       uint64_t deadline_ms);
+QC_MUST_CHECK int signer_pool_submit(signer_pool_t *pool, void *tag, const uint8_t *body,
+                                     size_t body_len, uint64_t deadline_ms);
 
 /* A file descriptor that becomes readable when finished jobs wait, for poll(). */
 int signer_pool_fd(const signer_pool_t *pool);

@@ -19,6 +19,7 @@
 #include <stdbool.h>
 
 #include "signer.pb-c.h"
+#include "qc_error.h"
 
 #define SIGNER_ROLE_KEYS_MAX 1024 /* keys in one role's file */
 
@@ -26,19 +27,20 @@ typedef struct signer_roles signer_roles_t;
 
 /* Loads both role files. Returns 0 and sets *out, or QC_ECONFIG (a path missing, a file
  * unreadable or not a key list; logged with the path) or QC_ENOMEM. */
-int signer_roles_new(const char *ledger_keys_path, const char *audit_keys_path,
-                     signer_roles_t **out);
+QC_MUST_CHECK int signer_roles_new(const char *ledger_keys_path, const char *audit_keys_path,
+                                   signer_roles_t **out);
 
 /* Re-reads both files when a SIGHUP came since the last look; keeps the current roles when
  * either fails to load. Returns 0, or the load's error (the roles did not change). */
-int signer_roles_refresh(signer_roles_t *roles);
+QC_MUST_CHECK int signer_roles_refresh(signer_roles_t *roles);
 
 /* The name of the role that may have kind signed ("ledger", "audit"), NULL for none. */
 const char *signer_roles_role_of(Quancun__SignKind kind);
 
 /* 0 when the caller with CURVE public key peer_z85 may have kind signed; QC_EROLE when it
  * holds no role for it (an unknown kind included); QC_EINVAL for a key that is not Z85. */
-int signer_roles_check(const signer_roles_t *roles, Quancun__SignKind kind, const char *peer_z85);
+QC_MUST_CHECK int signer_roles_check(const signer_roles_t *roles, Quancun__SignKind kind,
+                                     const char *peer_z85);
 
 /* Frees roles and nulls *roles_p; accepts NULL. */
 void signer_roles_destroy(signer_roles_t **roles_p);

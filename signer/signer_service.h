@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "ops_config.h"
+#include "qc_error.h"
 
 typedef struct signer_service signer_service_t;
 
@@ -19,7 +20,7 @@ typedef struct signer_service signer_service_t;
  * socket and connects to the audit log. cfg is borrowed and must outlive the
  * service. Returns 0 and sets *out; QC_ECONFIG, QC_EIO, QC_ENOMEM or the token's QC_E* code
  * (each logged); on error nothing is left running. */
-int signer_service_new(const ops_config_t *cfg, signer_service_t **out);
+QC_MUST_CHECK int signer_service_new(const ops_config_t *cfg, signer_service_t **out);
 
 /* The signer's /healthz check (an ops_health_fn, called from the HTTP thread): false while
  * the token is unavailable to the workers. */
@@ -27,7 +28,7 @@ bool signer_service_healthy(void *svc, char *why, size_t why_cap);
 
 /* Serves until ops_signal_stop_requested(), then gives the jobs in flight a bounded time to
  * finish. Returns 0, or QC_EIO when the socket fails. */
-int signer_service_run(signer_service_t *svc);
+QC_MUST_CHECK int signer_service_run(signer_service_t *svc);
 
 /* Stops the workers, closes the socket and the token, frees svc, nulls *svc_p; accepts NULL. */
 void signer_service_destroy(signer_service_t **svc_p);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "signer_token.h"
+#include "qc_error.h"
 
 #define SIGNER_REQUEST_MAX (PROTO_BODY_MAX + 64) /* a SignRequest: kind plus one body */
 #define SIGNER_MESSAGE_MAX 160                   /* an error message for the caller */
@@ -35,8 +36,9 @@ typedef struct signer_keyring signer_keyring_t;
 /* Finds the key of every kind in tok at versions[kind] (each must exist: a missing key is
  * logged by name and version). Returns 0 and sets *out, or the first error of
  * signer_token_find_key() (QC_EKEYID when a key is missing). */
-int signer_keyring_load(signer_token_t *tok, const uint32_t versions[SIGNER_KIND_COUNT],
-                        signer_keyring_t **out);
+QC_MUST_CHECK int signer_keyring_load(signer_token_t *tok,
+                                      const uint32_t versions[SIGNER_KIND_COUNT],
+                                      signer_keyring_t **out);
 
 /* The key of kind, borrowed. */
 const signer_key_t *signer_keyring_key(const signer_keyring_t *ring, signer_kind_t kind);
@@ -52,8 +54,8 @@ void signer_keyring_destroy(signer_keyring_t **ring_p);
  * SIGNER_MESSAGE_MAX) says why, for the caller. Returns 0; QC_ETOOBIG, QC_EDECODE (not a
  * SignRequest, an unknown kind, or a body that is not the kind's message); QC_EUNAVAIL or
  * QC_ECRYPTO from the token; QC_ENOMEM. */
-int signer_sign_request(signer_session_t *sess, const signer_keyring_t *ring, const uint8_t *req,
-                        size_t req_len, uint8_t **reply, size_t *reply_len,
-                        char msg[SIGNER_MESSAGE_MAX]);
+QC_MUST_CHECK int signer_sign_request(signer_session_t *sess, const signer_keyring_t *ring,
+                                      const uint8_t *req, size_t req_len, uint8_t **reply,
+                                      size_t *reply_len, char msg[SIGNER_MESSAGE_MAX]);
 
 #endif

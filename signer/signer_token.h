@@ -24,6 +24,7 @@
 #include <openssl/evp.h>
 
 #include "proto_envelope.h"
+#include "qc_error.h"
 
 #define SIGNER_MODULE_DEFAULT "/usr/lib/softhsm/libsofthsm2.so"
 #define SIGNER_TOKEN_LABEL_MAX 32   /* a PKCS#11 token label is 32 bytes, space padded */
@@ -40,29 +41,30 @@ typedef struct signer_key signer_key_t;
  * Returns 0 and sets *out; QC_EIO when the module cannot be loaded or is not a PKCS#11
  * module, QC_ENOTFOUND when no token has that label, QC_ECRYPTO when the module fails.
  * Every failure is logged with the reason. On error nothing is left initialized. */
-int signer_token_open(const char *module_path, const char *token_label, signer_token_t **out);
+QC_MUST_CHECK int signer_token_open(const char *module_path, const char *token_label,
+                                    signer_token_t **out);
 
 /* Logs in as the user with pin (pin_len bytes, not NUL terminated necessarily). The login
  * holds for every session of the token until it is destroyed. The caller wipes its pin.
  * Returns 0, QC_EPIN (wrong PIN), QC_ELOCKED (PIN locked), QC_EINVAL (empty or too long),
  * or QC_ECRYPTO. */
-int signer_token_login(signer_token_t *tok, const char *pin, size_t pin_len);
+QC_MUST_CHECK int signer_token_login(signer_token_t *tok, const char *pin, size_t pin_len);
 
 /* Finds the key pair named label, version (see the naming above), reads its public key and
  * computes its key id (SHA-256 of the SPKI DER). Exactly one private and one public key
  * object must match; the private key must be an EC P-256 key allowed to sign.
  * Returns 0 and sets *out (freed with signer_key_destroy()); QC_EKEYID when the key is
  * missing, QC_ECONFIG when it is ambiguous or unusable, QC_ECRYPTO. Must be logged in. */
-int signer_token_find_key(signer_token_t *tok, const char *label, uint32_t version,
-                          signer_key_t **out);
+QC_MUST_CHECK int signer_token_find_key(signer_token_t *tok, const char *label, uint32_t version,
+                                        signer_key_t **out);
 
 /* Generates a P-256 key pair inside the token under label, version: the private key is
  * CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, not CKA_EXTRACTABLE, CKA_SIGN only. Refuses when a
  * key object with that label and version already exists. Returns 0 and sets *out as
  * signer_token_find_key() does; QC_EEXIST, QC_EINVAL (label or version out of range),
  * QC_ECRYPTO. Must be logged in. */
-int signer_token_generate_key(signer_token_t *tok, const char *label, uint32_t version,
-                              signer_key_t **out);
+QC_MUST_CHECK int signer_token_generate_key(signer_token_t *tok, const char *label,
+                                            uint32_t version, signer_key_t **out);
 
 /* Finalizes the module and frees tok; nulls *tok_p; accepts NULL. Every session of the token
  * must have been destroyed (asserted). Keys found through it stay valid as plain data
@@ -71,14 +73,15 @@ void signer_token_destroy(signer_token_t **tok_p);
 
 /* Opens a new session on tok for one thread's signing. Returns 0, QC_EBUSY (the token has no
  * session left), QC_ECRYPTO. */
-int signer_session_open(signer_token_t *tok, signer_session_t **out);
+QC_MUST_CHECK int signer_session_open(signer_token_t *tok, signer_session_t **out);
 
 /* Signs a 32-byte digest with key's private key (CKM_ECDSA, the digest is not hashed again)
  * and writes the raw r || s the token returns into raw, with s made low (s <= n/2,
  * proto_ecdsa_raw_low_s()): the one form verifiers accept. Returns 0, QC_EUNAVAIL (the token
  * went away: the session is unusable), QC_ECRYPTO. */
-int signer_session_sign(signer_session_t *sess, const signer_key_t *key,
-                        const uint8_t digest[PROTO_DIGEST_SIZE], uint8_t raw[PROTO_SIG_RAW_SIZE]);
+QC_MUST_CHECK int signer_session_sign(signer_session_t *sess, const signer_key_t *key,
+                                      const uint8_t digest[PROTO_DIGEST_SIZE],
+                                      uint8_t raw[PROTO_SIG_RAW_SIZE]);
 
 /* Closes the session and frees it; nulls *sess_p; accepts NULL. */
 void signer_session_destroy(signer_session_t **sess_p);
