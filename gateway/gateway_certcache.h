@@ -21,6 +21,7 @@
 #include <openssl/evp.h>
 
 #include "proto_cert.h"
+#include "qc_error.h"
 
 #define GATEWAY_CERTCACHE_SLOTS 16384 /* power of two */
 #define GATEWAY_CERTCACHE_TTL_S 60
@@ -29,7 +30,7 @@ typedef struct gateway_certcache gateway_certcache_t;
 
 /* Creates an empty cache over trust (borrowed: it must outlive the cache). Returns 0 and sets
  * *out, or QC_ENOMEM. */
-int gateway_certcache_new(const proto_trust_t *trust, gateway_certcache_t **out);
+QC_MUST_CHECK int gateway_certcache_new(const proto_trust_t *trust, gateway_certcache_t **out);
 
 /* Frees every entry and the cache; nulls *cache_p; accepts NULL. */
 void gateway_certcache_destroy(gateway_certcache_t **cache_p);
@@ -37,8 +38,9 @@ void gateway_certcache_destroy(gateway_certcache_t **cache_p);
 /* Same contract as proto_cert_verify() with pub required: *pub is a new reference the caller
  * frees. Answers from the cache under the rules above, else verifies with proto_cert_verify()
  * and remembers a success. */
-int gateway_certcache_verify(gateway_certcache_t *c, const uint8_t *der, size_t der_len, time_t now,
-                             char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub);
+QC_MUST_CHECK int gateway_certcache_verify(gateway_certcache_t *c, const uint8_t *der,
+                                           size_t der_len, time_t now,
+                                           char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub);
 
 /* Hits and misses so far, for /metrics and the benchmark. */
 void gateway_certcache_stats(const gateway_certcache_t *c, uint64_t *hits, uint64_t *misses);

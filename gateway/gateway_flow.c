@@ -379,7 +379,10 @@ int gateway_run(gateway_t *gw)
         for (uint32_t c = 0; c < client_count; c++)
             proto_rpc_client_process(clients[c], gateway_on_done, gw);
         proto_audit_process(gw->audit);
-        gateway_trust_poll(gw->trust, ops_time_mono_ns() / 1000000u, ops_signal_hup_generation());
+        /* A failed re-read is logged by the poll and keeps the current store: the gateway
+         * serves on, and the next SIGHUP or due time tries again. */
+        QC_IGNORE(gateway_trust_poll(gw->trust, ops_time_mono_ns() / 1000000u,
+                                     ops_signal_hup_generation()));
     }
     return 0;
 }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "proto_rpc.h"
+#include "qc_error.h"
 
 /* Device calls in flight in one gateway. It is also the admission limit: every call in flight
  * may be queued at a ledger shard, and a queue longer than the per-attempt
@@ -48,11 +49,11 @@ typedef struct gateway gateway_t;
 /* Creates the gateway in zmq context ctx (not owned): loads the trust store, binds the device
  * port, connects to every ledger shard. Returns 0, QC_ECONFIG, QC_EIO,
  * QC_ECERT or QC_ENOMEM. */
-int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out);
+QC_MUST_CHECK int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out);
 
 /* Runs the loop until ops_signal_stop_requested(). Calls still in flight when it stops are
  * dropped: every one of them is safe to retry by the device. Returns 0 or QC_EIO. */
-int gateway_run(gateway_t *gw);
+QC_MUST_CHECK int gateway_run(gateway_t *gw);
 
 /* True when the gateway can serve: used by /healthz. */
 int gateway_inflight(const gateway_t *gw);

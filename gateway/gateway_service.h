@@ -4,6 +4,7 @@
 #define GATEWAY_SERVICE_H
 
 #include "ops_config.h"
+#include "qc_error.h"
 
 typedef struct gateway_service gateway_service_t;
 
@@ -11,10 +12,10 @@ typedef struct gateway_service gateway_service_t;
  * trust store, device port, signer and ledger connections). cfg is borrowed and must outlive
  * the service. Returns 0 and sets *out; QC_ECONFIG, QC_EIO, QC_ECERT or QC_ENOMEM (each
  * logged); on error nothing is left running. */
-int gateway_service_new(const ops_config_t *cfg, gateway_service_t **out);
+QC_MUST_CHECK int gateway_service_new(const ops_config_t *cfg, gateway_service_t **out);
 
 /* Runs the flow until ops_signal_stop_requested(). Returns 0 or QC_EIO. */
-int gateway_service_run(gateway_service_t *svc);
+QC_MUST_CHECK int gateway_service_run(gateway_service_t *svc);
 
 /* Destroys the gateway and its zmq context, frees svc, nulls *svc_p; accepts NULL. */
 void gateway_service_destroy(gateway_service_t **svc_p);

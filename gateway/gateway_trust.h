@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "gateway_certcache.h"
+#include "qc_error.h"
 
 #define GATEWAY_TRUST_POLL_MS 1000 /* how often the CRL file is looked at (one stat) */
 
@@ -30,8 +31,8 @@ typedef struct gateway_trust gateway_trust_t;
  * proto_trust_new_ex() flags. hup_generation is the SIGHUP count now. Returns 0 and sets *out,
  * or proto_trust_new_ex()'s codes (QC_EIO, QC_ECERT, QC_ENOMEM). The paths are borrowed and
  * must outlive the store. */
-int gateway_trust_new(const char *ca_path, const char *crl_path, unsigned flags,
-                      uint64_t hup_generation, gateway_trust_t **out);
+QC_MUST_CHECK int gateway_trust_new(const char *ca_path, const char *crl_path, unsigned flags,
+                                    uint64_t hup_generation, gateway_trust_t **out);
 
 /* Frees the store and its cache; nulls *trust_p; accepts NULL. */
 void gateway_trust_destroy(gateway_trust_t **trust_p);
@@ -39,7 +40,7 @@ void gateway_trust_destroy(gateway_trust_t **trust_p);
 /* Re-reads the files when due (see above). now_ms is a monotonic time. Returns 1 when a new
  * store is in use, 0 when nothing changed, or a negative code when re-reading failed (the
  * current store stays in use). */
-int gateway_trust_poll(gateway_trust_t *t, uint64_t now_ms, uint64_t hup_generation);
+QC_MUST_CHECK int gateway_trust_poll(gateway_trust_t *t, uint64_t now_ms, uint64_t hup_generation);
 
 /* The certificate cache over the current store: valid until the next gateway_trust_poll(). */
 gateway_certcache_t *gateway_trust_certs(gateway_trust_t *t);
