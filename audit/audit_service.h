@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "ops_config.h"
+#include "qc_error.h"
 
 #define AUDIT_RELAY_STALE_MS 30000 /* /healthz fails when no relay round succeeded since */
 
@@ -19,14 +20,14 @@ typedef struct audit_service audit_service_t;
  * configured) and the checkpoints (when a signer is). cfg is borrowed and must outlive the
  * service. Returns 0 and sets *out; QC_ECONFIG, QC_EIO, QC_ENOMEM, QC_EINTERNAL (each logged);
  * on error nothing is left running. */
-int audit_service_new(const ops_config_t *cfg, audit_service_t **out);
+QC_MUST_CHECK int audit_service_new(const ops_config_t *cfg, audit_service_t **out);
 
 /* The service's /healthz check (an ops_health_fn, called from the HTTP thread): false when no
  * ledger shard round of the relay succeeded for AUDIT_RELAY_STALE_MS. */
 bool audit_service_healthy(void *svc, char *why, size_t why_cap);
 
 /* Serves append until ops_signal_stop_requested(). Returns 0 or the intake's QC_E* code. */
-int audit_service_run(audit_service_t *svc);
+QC_MUST_CHECK int audit_service_run(audit_service_t *svc);
 
 /* Requests a stop, joins the relay and checkpoint threads, closes the log, frees svc, nulls
  * *svc_p; accepts NULL. */
