@@ -360,7 +360,8 @@ static void ops_config_check_keys(const ops_config_key_t *keys, size_t key_count
         assert(keys[i].default_value == NULL || keys[i].type != OPS_CONFIG_BOOL ||
                ops_config_parse_bool(keys[i].default_value, &bv));
         /* Bounds belong to their type, make sense, and hold for the default. */
-        assert(keys[i].type == OPS_CONFIG_INT || (keys[i].min == 0 && keys[i].max == 0));
+        assert(keys[i].type == OPS_CONFIG_INT || keys[i].min == 0);
+        assert(keys[i].type == OPS_CONFIG_INT || keys[i].max == 0);
         assert(keys[i].type == OPS_CONFIG_STRING || keys[i].check == NULL);
         assert(keys[i].min <= keys[i].max);
         char why[OPS_CONFIG_ERROR_MAX] = "";

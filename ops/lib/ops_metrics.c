@@ -119,7 +119,8 @@ static size_t ops_metric_family_len(const char *name)
         i++;
     }
     assert(i > 0);
-    assert(i == len || (name[len - 1] == '}' && len > i + 2));
+    assert(i == len || name[len - 1] == '}');
+    assert(i == len || len > i + 2);
     return i;
 }
 
