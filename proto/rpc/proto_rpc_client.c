@@ -11,7 +11,17 @@
  *  2. A PENDING call with endpoint -1 has not been handed to libzmq (every socket refused it
  *     under ZMQ_IMMEDIATE), so resending it is safe even when it is not idempotent.
  *  3. calls[id & PROTO_RPC_SLOT_MASK].request_id == id for every call in flight; a reply whose
- *     id fails this test is late or forged and is dropped. */
+ *     id fails this test is late or forged and is dropped.
+ *  4. A call follows at most (endpoints) QC_ENOTLEADER redirects (its hops), all within its
+ *     own deadline, so followers that point at each other cannot keep it alive.
+ *  5. preferred is -1 or a used endpoint: the leader found by the last redirect, tried
+ *     first by every new call (no redirect ever seen: round-robin as before).
+ *
+ * Following the leader (replicated ledger shards): a follower changed nothing when it
+ * answered QC_ENOTLEADER, so resending the same frame (same request id) is safe even for a
+ * call that is not idempotent. The resend goes to RpcReply.leader when that is one of our
+ * endpoints (a leader outside the configured list is never dialled: the list is the trust
+ * boundary), else to the next endpoint after the one that answered. */
 #include "proto_rpc_client.h"
 
 #include <assert.h>
@@ -71,6 +81,7 @@ typedef struct rpc_call {
     uint64_t sent_mono;
     int attempt_ms;
     int retries;
+    int hops;     /* QC_ENOTLEADER redirects followed (invariant 4) */
     int endpoint; /* -1 while no socket took it */
     /* DONE: the outcome parked for the next process(). */
     int code;
@@ -93,7 +104,8 @@ struct proto_rpc_client {
     char server_public_z85[PROTO_CURVE_KEY_Z85_LEN + 1];
     proto_curve_keypair_t keys;
     rpc_endpoint_t endpoints[PROTO_RPC_ENDPOINTS_MAX];
-    int rr; /* next endpoint to try */
+    int rr;        /* next endpoint to try */
+    int preferred; /* the leader found by a redirect, or -1 (invariant 5) */
     uint64_t hup_seen;
     rpc_call_t calls[PROTO_RPC_SLOTS];
     int free_slots[PROTO_RPC_SLOTS];
@@ -105,6 +117,7 @@ struct proto_rpc_client {
     ops_counter_t *retries;
     ops_counter_t *timeouts;
     ops_counter_t *recreated;
+    ops_counter_t *redirects;
 };
 
 static int rpc_endpoint_open(proto_rpc_client_t *cli, rpc_endpoint_t *ep)
@@ -208,6 +221,8 @@ static int rpc_endpoints_apply(proto_rpc_client_t *cli, char list[][PROTO_RPC_EN
                 ep->addr, NULL);
         rpc_endpoint_close(ep);
         ep->used = false;
+        if (cli->preferred == e)
+            cli->preferred = -1;
         for (int s = 0; s < PROTO_RPC_SLOTS; s++) {
             rpc_call_t *c = &cli->calls[s];
             if (c->state != RPC_CALL_PENDING || c->endpoint != e)
@@ -283,6 +298,7 @@ int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_t *cfg, proto_
     memcpy(cli->server_public_z85, cfg->server_public_z85, sizeof cli->server_public_z85);
     cli->keys = *cfg->keys;
     cli->hup_seen = ops_signal_hup_generation();
+    cli->preferred = -1;
     for (int i = 0; i < PROTO_RPC_SLOTS; i++)
         cli->free_slots[i] = PROTO_RPC_SLOTS - 1 - i;
     cli->free_count = PROTO_RPC_SLOTS;
@@ -294,6 +310,8 @@ int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_t *cfg, proto_
         rpc_counter("qc_rpc_client_timeouts_total", cfg->service, "calls that got no reply");
     cli->recreated = rpc_counter("qc_rpc_client_sockets_recreated_total", cfg->service,
                                  "sockets closed and reopened after a silent endpoint");
+    cli->redirects = rpc_counter("qc_rpc_client_leader_redirects_total", cfg->service,
+                                 "calls resent after a replica answered QC_ENOTLEADER");
     char list[PROTO_RPC_ENDPOINTS_MAX][PROTO_RPC_ENDPOINT_MAX];
     int count;
     if (cfg->endpoints_path != NULL) {
@@ -349,13 +367,18 @@ static int rpc_endpoint_count(const proto_rpc_client_t *cli)
     return n;
 }
 
-/* Offers the call to the endpoints in round-robin order, starting after `avoid` when it is
- * set; the first socket that takes it wins. Returns true when one did. */
-static bool rpc_call_transmit(proto_rpc_client_t *cli, rpc_call_t *c, int avoid, uint64_t now)
+/* Where a call that is not moving away from an endpoint starts: the leader a redirect
+ * found, else the round-robin position. */
+static int rpc_start_of(const proto_rpc_client_t *cli)
 {
-    int start = cli->rr;
-    if (avoid >= 0)
-        start = avoid + 1;
+    return cli->preferred >= 0 ? cli->preferred : cli->rr;
+}
+
+/* Offers the call to the endpoints in order from endpoint `start` on, wrapping around; the
+ * first socket that takes it wins. Returns true when one did. */
+static bool rpc_call_transmit(proto_rpc_client_t *cli, rpc_call_t *c, int start, uint64_t now)
+{
+    assert(start >= 0);
     for (int i = 0; i < PROTO_RPC_ENDPOINTS_MAX; i++) {
         int e = (start + i) % PROTO_RPC_ENDPOINTS_MAX;
         rpc_endpoint_t *ep = &cli->endpoints[e];
@@ -432,7 +455,7 @@ int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uin
         c->attempt_ms = 1;
     c->endpoint = -1;
     cli->inflight++;
-    rpc_call_transmit(cli, c, -1, now);
+    rpc_call_transmit(cli, c, rpc_start_of(cli), now);
     *request_id = id;
     return 0;
 }
@@ -532,6 +555,49 @@ static proto_rpc_reply_t *rpc_reply_from(const Quancun__RpcReply *m)
     return r;
 }
 
+/* The used endpoint whose address is addr, or -1. */
+static int rpc_endpoint_find(const proto_rpc_client_t *cli, const char *addr)
+{
+    if (addr == NULL || addr[0] == '\0' || strlen(addr) >= PROTO_RPC_ENDPOINT_MAX)
+        return -1;
+    for (int e = 0; e < PROTO_RPC_ENDPOINTS_MAX; e++)
+        if (cli->endpoints[e].used && cli->endpoints[e].sock != NULL &&
+            strcmp(cli->endpoints[e].addr, addr) == 0)
+            return e;
+    return -1;
+}
+
+/* Endpoint `from` answered call c with QC_ENOTLEADER naming leader (maybe empty). Resends
+ * the call to the leader when it is one of ours, else to the next endpoint, unless the call
+ * has used its hops or its deadline (invariant 4). Returns true when the call was resent
+ * (or waits to be: no socket took it yet), false when it ends with this reply. */
+static bool rpc_call_redirect(proto_rpc_client_t *cli, rpc_call_t *c, int from, const char *leader)
+{
+    assert(c->state == RPC_CALL_PENDING);
+    assert(from >= 0 && from < PROTO_RPC_ENDPOINTS_MAX);
+    uint64_t now = ops_time_mono_ms();
+    if (c->hops >= rpc_endpoint_count(cli) || now >= c->deadline_mono)
+        return false;
+    int to = rpc_endpoint_find(cli, leader);
+    if (to == from)
+        to = -1; /* a replica naming itself leader while refusing: do not ask it again */
+    if (cli->preferred == from)
+        cli->preferred = -1;
+    if (to >= 0)
+        cli->preferred = to;
+    c->hops++;
+    ops_counter_add(cli->redirects, 1);
+    char shown[PROTO_RPC_ENDPOINT_MAX];
+    snprintf(shown, sizeof shown, "%s", leader != NULL && leader[0] != '\0' ? leader : "unknown");
+    ops_log(OPS_LOG_INFO, "rpc.leader_redirect", "rpc_service", cli->service, "endpoint",
+            cli->endpoints[from].addr, "leader", shown, "leader_known", to >= 0 ? "yes" : "no",
+            NULL);
+    /* A new attempt with the time the call has left: the follower's answer proves nothing
+     * about the next endpoint, and retries of idempotent calls keep their own count. */
+    rpc_call_transmit(cli, c, to >= 0 ? to : (from + 1) % PROTO_RPC_ENDPOINTS_MAX, now);
+    return true;
+}
+
 /* Reads every reply waiting on one endpoint. Returns the number of calls finished. */
 static int rpc_endpoint_drain(proto_rpc_client_t *cli, int e, proto_rpc_done_fn *done, void *arg)
 {
@@ -564,6 +630,18 @@ static int rpc_endpoint_drain(proto_rpc_client_t *cli, int e, proto_rpc_done_fn 
             quancun__rpc_reply__free_unpacked(m, NULL);
             continue;
         }
+        if (m->code == QC_ENOTLEADER && c->endpoint != e) {
+            /* An earlier attempt's refusal: the call is already waiting elsewhere. */
+            ops_counter_add(cli->late, 1);
+            quancun__rpc_reply__free_unpacked(m, NULL);
+            continue;
+        }
+        if (m->code == QC_ENOTLEADER && rpc_call_redirect(cli, c, e, m->leader)) {
+            quancun__rpc_reply__free_unpacked(m, NULL);
+            continue;
+        }
+        if (c->hops > 0 && m->code != QC_ENOTLEADER && m->code != QC_ENOQUORUM)
+            cli->preferred = e; /* found by walking the list: this one leads */
         proto_rpc_reply_t *r = rpc_reply_from(m);
         quancun__rpc_reply__free_unpacked(m, NULL);
         if (r == NULL)
@@ -585,8 +663,11 @@ static int rpc_endpoint_recreate(proto_rpc_client_t *cli, int e, proto_rpc_done_
             NULL);
     ops_counter_add(cli->recreated, 1);
     rpc_endpoint_close(ep);
-    if (rpc_endpoint_open(cli, ep) != 0)
+    if (rpc_endpoint_open(cli, ep) != 0) {
         ep->used = false;
+        if (cli->preferred == e)
+            cli->preferred = -1;
+    }
     for (int s = 0; s < PROTO_RPC_SLOTS; s++) {
         rpc_call_t *c = &cli->calls[s];
         if (c->state != RPC_CALL_PENDING || c->endpoint != e)
@@ -638,7 +719,8 @@ static int rpc_client_tick(proto_rpc_client_t *cli, proto_rpc_done_fn *done, voi
             continue;
         }
         if (c->endpoint < 0) {
-            rpc_call_transmit(cli, c, -1, now); /* never sent: always safe to offer again */
+            /* never sent: always safe to offer again */
+            rpc_call_transmit(cli, c, rpc_start_of(cli), now);
             continue;
         }
         if (!(c->flags & PROTO_RPC_IDEMPOTENT) || c->retries >= PROTO_RPC_RETRIES_MAX) {
@@ -654,7 +736,7 @@ static int rpc_client_tick(proto_rpc_client_t *cli, proto_rpc_done_fn *done, voi
         if (cli->endpoints[e].last_rx_mono < c->sent_mono)
             finished += rpc_endpoint_recreate(cli, e, done, arg);
         if (c->state == RPC_CALL_PENDING)
-            rpc_call_transmit(cli, c, e, now);
+            rpc_call_transmit(cli, c, (e + 1) % PROTO_RPC_ENDPOINTS_MAX, now);
     }
     return finished;
 }

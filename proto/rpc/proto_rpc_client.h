@@ -9,9 +9,19 @@
  * Implementation notes (proto_rpc_client.c), part of the contract:
  *  - Metrics (ops_metrics counters, label service="<service>"):
  *    qc_rpc_client_late_replies_total, qc_rpc_client_retries_total,
- *    qc_rpc_client_timeouts_total, qc_rpc_client_sockets_recreated_total.
+ *    qc_rpc_client_timeouts_total, qc_rpc_client_sockets_recreated_total,
+ *    qc_rpc_client_leader_redirects_total.
  *  - Log events: rpc.endpoint_added/removed/silent, rpc.endpoints_reload_failed,
- *    rpc.connect_failed, rpc.reply_malformed.
+ *    rpc.connect_failed, rpc.reply_malformed, rpc.leader_redirect.
+ *  - Replicated services (a ledger shard's replicas are its endpoints): a reply with code
+ *    QC_ENOTLEADER is not handed to the caller while the call has hops left. The same
+ *    request (same id) is resent, idempotent or not (the follower changed nothing), to
+ *    RpcReply.leader when that string equals one of the configured endpoints, else to the
+ *    next endpoint in the list; at most (number of endpoints) such hops per call, all within
+ *    the call's timeout, in call() and in the asynchronous path alike. A call out of hops
+ *    ends with the last QC_ENOTLEADER reply. The leader found (named, or the endpoint that
+ *    answered after a hop) is where every later call starts, until it answers QC_ENOTLEADER
+ *    itself or is removed; a client that never saw a redirect keeps its round-robin.
  *  - Service names: letters, digits, '_', '-', '.', at most 64 (else QC_ECONFIG).
  *  - Lazy Pirate exception: when the endpoint of a timed-out attempt has answered anything
  *    since that attempt was sent, it is alive, so its socket (and the other calls on it) is
@@ -69,7 +79,8 @@ QC_MUST_CHECK int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_
 /* Calls method with body and waits for the reply, for at most timeout_ms in all. An
  * idempotent call is resent on a fresh socket to the next endpoint when an attempt gets
  * no answer within timeout_ms / (PROTO_RPC_RETRIES_MAX + 1), at most PROTO_RPC_RETRIES_MAX
- * times. Returns 0 with *out set when a reply arrived (its code may still be an error),
+ * times; any call follows QC_ENOTLEADER redirects as described above.
+ * Returns 0 with *out set when a reply arrived (its code may still be an error),
  * QC_ETIMEOUT when none did, QC_EUNAVAIL when no endpoint is configured. */
 QC_MUST_CHECK int proto_rpc_client_call(proto_rpc_client_t *cli, const char *method,
                                         const uint8_t *body, size_t body_len, int timeout_ms,

@@ -278,13 +278,16 @@ int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms, proto_rpc_req
     }
 }
 
-int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req, int code,
-                           const char *message, const uint8_t *body, size_t body_len)
+/* Packs and sends one RpcReply; leader is set only with QC_ENOTLEADER. */
+static int rpc_server_send_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req, int code,
+                                 const char *message, const uint8_t *body, size_t body_len,
+                                 const char *leader)
 {
     assert(srv != NULL);
     assert(req != NULL);
     assert(code <= 0);
     assert(body != NULL || body_len == 0);
+    assert(leader == NULL || code == QC_ENOTLEADER);
     Quancun__RpcReply r = QUANCUN__RPC_REPLY__INIT;
     r.request_id = req->request_id;
     r.code = code;
@@ -292,6 +295,8 @@ int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *r
     char text[PROTO_RPC_MESSAGE_MAX + 1];
     snprintf(text, sizeof text, "%s", message != NULL ? message : qc_strerror(code));
     r.message = text;
+    if (leader != NULL)
+        r.leader = (char *)leader;
     r.body.data = (uint8_t *)body;
     r.body.len = body_len;
     size_t len = quancun__rpc_reply__get_packed_size(&r);
@@ -319,6 +324,20 @@ int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *r
         ops_counter_add(srv->unroutable, 1);
     }
     return rc;
+}
+
+int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req, int code,
+                           const char *message, const uint8_t *body, size_t body_len)
+{
+    return rpc_server_send_reply(srv, req, code, message, body, body_len, NULL);
+}
+
+int proto_rpc_server_reply_not_leader(proto_rpc_server_t *srv, const proto_rpc_request_t *req,
+                                      const char *leader)
+{
+    assert(leader == NULL || strlen(leader) < PROTO_RPC_LEADER_MAX);
+    return rpc_server_send_reply(srv, req, QC_ENOTLEADER, NULL, NULL, 0,
+                                 leader != NULL && leader[0] != '\0' ? leader : NULL);
 }
 
 void proto_rpc_request_destroy(proto_rpc_request_t **req_p)

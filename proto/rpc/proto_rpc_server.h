@@ -29,6 +29,7 @@
 
 #define PROTO_RPC_ALLOW_MAX 1024 /* client keys in one server's allow-list */
 #define PROTO_RPC_ROUTING_ID_MAX 256
+#define PROTO_RPC_LEADER_MAX 256 /* a leader endpoint in a QC_ENOTLEADER reply */
 
 typedef struct proto_rpc_server proto_rpc_server_t;
 
@@ -78,6 +79,14 @@ QC_MUST_CHECK int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms,
 QC_MUST_CHECK int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req,
                                          int code, const char *message, const uint8_t *body,
                                          size_t body_len);
+
+/* Replies QC_ENOTLEADER to req, naming leader: the client endpoint ("tcp://host:port") of
+ * the shard's leader as the clients are configured with it, or NULL / "" when this replica
+ * knows none. The client resends the request there (proto_rpc_client.h), so reply this only
+ * when nothing was changed. Returns as proto_rpc_server_reply(). */
+QC_MUST_CHECK int proto_rpc_server_reply_not_leader(proto_rpc_server_t *srv,
+                                                    const proto_rpc_request_t *req,
+                                                    const char *leader);
 
 void proto_rpc_request_destroy(proto_rpc_request_t **req_p);
 

@@ -1,4 +1,5 @@
-/* rpc_echo_server.c - a proto_rpc server for the RPC tests: echoes, names itself, stalls. */
+/* rpc_echo_server.c - a proto_rpc server for the RPC tests: echoes, names itself, stalls,
+ * or plays a replica that is not its shard's leader. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,9 +21,12 @@ static void usage(FILE *to)
 {
     fprintf(to, "usage: rpc_echo_server --endpoint E --keys PATH (--allow PATH | --allow-any)\n"
                 "                       [--service NAME] [--name INSTANCE] [--stall]\n"
+                "                       [--not-leader LEADER-ENDPOINT]\n"
                 "Methods: echo (body back), peer (the caller's CURVE key), whoami (--name),\n"
                 "stats (the server's drop counters), stall (no reply when --stall),\n"
-                "slow (sleeps body milliseconds, at most 3000, then echoes).\n");
+                "slow (sleeps body milliseconds, at most 3000, then echoes).\n"
+                "--not-leader: every method but whoami and stats is answered QC_ENOTLEADER\n"
+                "naming LEADER-ENDPOINT (\"\" = leader unknown), as a follower replica does.\n");
 }
 
 static uint64_t counter_value(const char *name, const char *service)
@@ -38,6 +42,7 @@ int main(int argc, char **argv)
     const char *keys_path = NULL;
     const char *name = "0";
     bool stall = false;
+    const char *not_leader = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -58,6 +63,8 @@ int main(int argc, char **argv)
             cfg.service = v, i++;
         } else if (v != NULL && strcmp(a, "--name") == 0) {
             name = v, i++;
+        } else if (v != NULL && strcmp(a, "--not-leader") == 0) {
+            not_leader = v, i++;
         } else {
             usage(stderr);
             return 2;
@@ -89,7 +96,10 @@ int main(int argc, char **argv)
             continue;
         if (rc != 0)
             break;
-        if (strcmp(req->method, "echo") == 0) {
+        bool answers = strcmp(req->method, "whoami") == 0 || strcmp(req->method, "stats") == 0;
+        if (not_leader != NULL && !answers) {
+            rc = proto_rpc_server_reply_not_leader(srv, req, not_leader);
+        } else if (strcmp(req->method, "echo") == 0) {
             rc = proto_rpc_server_reply(srv, req, 0, "ok", req->body, req->body_len);
         } else if (strcmp(req->method, "peer") == 0) {
             rc = proto_rpc_server_reply(srv, req, 0, "ok", (const uint8_t *)req->peer_key,

@@ -81,7 +81,7 @@ static void endpoint_of(int port, char *out, size_t cap)
 
 /* Port i of the test's range, and its endpoint (a string that lives as long as the test). */
 static qctest_ports_t ports;
-#define T_PORTS_USED 15
+#define T_PORTS_USED 21
 #define T_PORT(i) qctest_port(&ports, (i))
 static const char *endpoint_at(int i)
 {
@@ -91,9 +91,10 @@ static const char *endpoint_at(int i)
     return eps[i];
 }
 
-/* Starts an echo server on port; stderr goes to stderr_path when it is set. */
-static pid_t spawn_server(fixture_t *f, int port, const char *name, bool stall,
-                          const char *stderr_path)
+/* Starts an echo server on port; stderr goes to stderr_path when it is set. With not_leader
+ * set it plays a follower replica that names not_leader as its leader. */
+static pid_t spawn_echo(fixture_t *f, int port, const char *name, bool stall,
+                        const char *stderr_path, const char *not_leader)
 {
     char endpoint[64];
     endpoint_of(port, endpoint, sizeof endpoint);
@@ -115,11 +116,21 @@ static pid_t spawn_server(fixture_t *f, int port, const char *name, bool stall,
     args[n++] = name;
     if (stall)
         args[n++] = "--stall";
+    if (not_leader != NULL) {
+        args[n++] = "--not-leader";
+        args[n++] = not_leader;
+    }
     args[n] = NULL;
     pid_t pid = qctest_spawn(&(qctest_cmd_t){.argv = (char *const *)args, .err_path = stderr_path});
     assert_true(pid >= 0);
     f->children[slot] = pid;
     return pid;
+}
+
+static pid_t spawn_server(fixture_t *f, int port, const char *name, bool stall,
+                          const char *stderr_path)
+{
+    return spawn_echo(f, port, name, stall, stderr_path, NULL);
 }
 
 static void kill_server(fixture_t *f, pid_t pid)
@@ -758,6 +769,102 @@ static void test_shared_context(void **state)
     proto_rpc_server_destroy(&srv[0]);
 }
 
+/* Calls whoami round-robin until every one of names (the client's endpoints, in order) has
+ * answered and the last answer came from the last one, so the client's next call starts at
+ * the first endpoint: the leader tests below depend on where a call starts. */
+static void rotate_to_first(proto_rpc_client_t *cli, const char *const *names, int count)
+{
+    bool seen[PROTO_RPC_ENDPOINTS_MAX] = {false};
+    int seen_count = 0;
+    uint64_t end = ops_time_mono_ms() + T_READY_MS;
+    char out[64];
+    while (ops_time_mono_ms() < end) {
+        if (call_text(cli, "whoami", NULL, 300, PROTO_RPC_IDEMPOTENT, out, sizeof out) != 0)
+            continue;
+        for (int i = 0; i < count; i++) {
+            if (strcmp(out, names[i]) == 0 && !seen[i]) {
+                seen[i] = true;
+                seen_count++;
+            }
+        }
+        if (seen_count == count && strcmp(out, names[count - 1]) == 0)
+            return;
+    }
+    fail_msg("not every endpoint answered within %d ms", T_READY_MS);
+}
+
+/* 11. Following the leader: followers answer QC_ENOTLEADER with the leader's endpoint (or
+ * none, or one the client does not know) and the call, not idempotent, ends at the leader;
+ * the leader found is where later calls start; followers that point at each other end the
+ * call with QC_ENOTLEADER after a bounded number of hops, well within its deadline. */
+static void test_follow_leader(void **state)
+{
+    fixture_t *f = *state;
+    const char *a = endpoint_at(15), *b = endpoint_at(16), *c = endpoint_at(17);
+    const char *d = endpoint_at(18), *e = endpoint_at(19), *g = endpoint_at(20);
+    spawn_echo(f, T_PORT(15), "a", false, NULL, c);                  /* knows the leader */
+    spawn_echo(f, T_PORT(16), "b", false, NULL, "");                 /* knows none */
+    spawn_server(f, T_PORT(17), "c", false, NULL);                   /* the leader */
+    spawn_echo(f, T_PORT(18), "d", false, NULL, "tcp://10.9.9.9:1"); /* names a stranger */
+    spawn_echo(f, T_PORT(19), "e", false, NULL, g);                  /* e and g: a loop */
+    spawn_echo(f, T_PORT(20), "g", false, NULL, e);
+    char list[4 * QCTEST_ENDPOINT_MAX + 4];
+    char out[64];
+
+    /* The follower names the leader: one hop, straight there, then straight on. */
+    snprintf(list, sizeof list, "%s,%s,%s", a, b, c);
+    proto_rpc_client_t *cli = client_new(f, list, NULL, &f->client);
+    rotate_to_first(cli, (const char *const[]){"a", "b", "c"}, 3);
+    uint64_t before = client_counter("qc_rpc_client_leader_redirects_total");
+    assert_int_equal(call_text(cli, "echo", "one", T_CALL_MS, 0, out, sizeof out), 0);
+    assert_string_equal(out, "one");
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 1);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(call_text(cli, "echo", "again", T_CALL_MS, 0, out, sizeof out), 0);
+        assert_string_equal(out, "again");
+    }
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 1);
+
+    /* Leader unknown, then a leader outside the list: each time the next endpoint. */
+    snprintf(list, sizeof list, "%s,%s,%s", b, d, c);
+    cli = client_new(f, list, NULL, &f->client);
+    rotate_to_first(cli, (const char *const[]){"b", "d", "c"}, 3);
+    before = client_counter("qc_rpc_client_leader_redirects_total");
+    assert_int_equal(call_text(cli, "echo", "two", T_CALL_MS, 0, out, sizeof out), 0);
+    assert_string_equal(out, "two");
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 2);
+    /* Found by walking the list, the leader is remembered all the same. */
+    assert_int_equal(call_text(cli, "echo", "three", T_CALL_MS, 0, out, sizeof out), 0);
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 2);
+
+    /* Two followers naming each other: two hops (one per endpoint), then the refusal. */
+    snprintf(list, sizeof list, "%s,%s", e, g);
+    cli = client_new(f, list, NULL, &f->client);
+    rotate_to_first(cli, (const char *const[]){"e", "g"}, 2);
+    before = client_counter("qc_rpc_client_leader_redirects_total");
+    uint64_t t0 = ops_time_mono_ms();
+    assert_int_equal(call_text(cli, "echo", "loop", 3000, 0, out, sizeof out), QC_ENOTLEADER);
+    assert_true(ops_time_mono_ms() - t0 < 3000);
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 2);
+    assert_int_equal(proto_rpc_client_inflight(cli), 0);
+
+    /* The asynchronous path follows the leader too. */
+    snprintf(list, sizeof list, "%s,%s", a, c);
+    cli = client_new(f, list, NULL, &f->client);
+    rotate_to_first(cli, (const char *const[]){"a", "c"}, 2);
+    before = client_counter("qc_rpc_client_leader_redirects_total");
+    async_one_t o = {0};
+    uint64_t id = 0;
+    assert_int_equal(
+        proto_rpc_client_send(cli, "echo", (const uint8_t *)"four", 4, T_CALL_MS, 0, NULL, &id), 0);
+    pump(cli, one_done, &o, T_CALL_MS + 500, &o.done);
+    assert_true(o.done);
+    assert_int_equal(o.code, 0);
+    assert_string_equal(o.body, "four");
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 1);
+    assert_int_equal(proto_rpc_client_inflight(cli), 0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -779,6 +886,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_garbage_frame, setup, teardown),
         cmocka_unit_test_setup_teardown(test_late_reply_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_context, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_follow_leader, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
