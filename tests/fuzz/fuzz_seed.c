@@ -24,6 +24,7 @@
 #include "fuzz_msgs.h"
 #include "ledger.pb-c.h"
 #include "proto_decode.h"
+#include "proto_merkle.h"
 #include "qctest_key.h"
 #include "signer.pb-c.h"
 #include "wallet_store.h"
@@ -390,6 +391,68 @@ static void make_families(void)
     }
 }
 
+/* ------------------------------------------------------------ Merkle proofs */
+
+/* The honest tree of fuzz_merkle.c: leaf i is the leaf hash of i's 8 bytes in host order. */
+#define SEED_TREE_MAX 300
+static uint8_t seed_levels[10][SEED_TREE_MAX][PROTO_MERKLE_HASH_SIZE];
+
+static int seed_node(void *arg, unsigned level, uint64_t index, uint8_t out[PROTO_MERKLE_HASH_SIZE])
+{
+    (void)arg;
+    memcpy(out, seed_levels[level][index], PROTO_MERKLE_HASH_SIZE);
+    return 0;
+}
+
+/* One input of fuzz_merkle: mode, a and b big-endian, then the hashes. */
+static void seed_merkle(uint8_t mode, uint64_t a, uint64_t b, const proto_merkle_hash_t *h,
+                        size_t n)
+{
+    uint8_t buf[1 + 16 + (PROTO_MERKLE_PROOF_MAX + 1) * PROTO_MERKLE_HASH_SIZE];
+    buf[0] = mode;
+    for (int i = 0; i < 8; i++) {
+        buf[1 + i] = (uint8_t)(a >> (56 - 8 * i));
+        buf[9 + i] = (uint8_t)(b >> (56 - 8 * i));
+    }
+    FUZZ_CHECK(n <= PROTO_MERKLE_PROOF_MAX + 1);
+    if (n > 0)
+        memcpy(buf + 17, h, n * PROTO_MERKLE_HASH_SIZE);
+    seed("merkle", buf, 17 + n * PROTO_MERKLE_HASH_SIZE);
+}
+
+static void make_merkle(void)
+{
+    proto_merkle_compact_t c = {0};
+    for (uint64_t i = 0; i < SEED_TREE_MAX; i++) {
+        uint8_t entry[8], leaf[PROTO_MERKLE_HASH_SIZE];
+        memcpy(entry, &i, sizeof entry);
+        FUZZ_CHECK(proto_merkle_leaf_hash(entry, sizeof entry, leaf) == 0);
+        proto_merkle_hash_t done[PROTO_MERKLE_LEVELS_MAX];
+        size_t nd = 0;
+        FUZZ_CHECK(proto_merkle_compact_append(&c, leaf, done, &nd) == 0);
+        for (size_t l = 0; l < nd; l++)
+            memcpy(seed_levels[l][i >> l], done[l], PROTO_MERKLE_HASH_SIZE);
+    }
+    /* Honest proofs (b = size - 1): inclusion of 5 and 98 in 100, consistency 37 -> 100 and
+     * 64 -> 299; then the same with a raw size. */
+    proto_merkle_hash_t p[PROTO_MERKLE_PROOF_MAX];
+    size_t n = 0;
+    static const uint64_t incl[][2] = {{5, 100}, {98, 100}, {0, 1}, {255, 299}};
+    for (size_t i = 0; i < sizeof incl / sizeof incl[0]; i++) {
+        FUZZ_CHECK(proto_merkle_prove_inclusion(seed_node, NULL, incl[i][0], incl[i][1], p, &n) ==
+                   0);
+        seed_merkle(0, incl[i][0], incl[i][1] - 1, p, n);
+        seed_merkle(2, incl[i][0], incl[i][1], p, n);
+    }
+    static const uint64_t cons[][2] = {{37, 100}, {64, 299}, {1, 2}, {299, 299}};
+    for (size_t i = 0; i < sizeof cons / sizeof cons[0]; i++) {
+        FUZZ_CHECK(proto_merkle_prove_consistency(seed_node, NULL, cons[i][0], cons[i][1], p, &n) ==
+                   0);
+        seed_merkle(1, cons[i][0], cons[i][1] - 1, p, n);
+        seed_merkle(3, cons[i][0], cons[i][1], p, n);
+    }
+}
+
 /* ------------------------------------------------------------ audit records */
 
 static void make_audit(void)
@@ -615,6 +678,7 @@ int main(int argc, char **argv)
     make_rpc();
     make_families();
     make_audit();
+    make_merkle();
     make_config();
     make_states();
     for (int t = 0; t < PROTO_TYPE_COUNT; t++)
