@@ -1,4 +1,4 @@
-/* ledger_testkit.c - signed load messages for the ledger's tests (see ledger_testkit.h). */
+/* ledger_testkit.c - signed load messages for the tests (see ledger_testkit.h). */
 #include "ledger_testkit.h"
 
 #include <stdio.h>

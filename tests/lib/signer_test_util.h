@@ -1,5 +1,5 @@
-/* signer_test_util.h - helpers for the signer tests: a SoftHSM2 token in a temporary dir
- * (processes, files and keys come from tests/lib). */
+/* signer_test_util.h - a SoftHSM2 token in a temporary dir, for the signer tests and the audit
+ * checkpoint test (processes, files and keys come from the rest of tests/lib). */
 #ifndef SIGNER_TEST_UTIL_H
 #define SIGNER_TEST_UTIL_H
 

@@ -1,5 +1,5 @@
-/* ledger_testkit.h - signed load messages for the ledger's tests (keys and certificates come
- * from tests/lib: qctest_key.h). */
+/* ledger_testkit.h - signed load messages for the tests of the ledger, the audit log and the
+ * benchmarks (keys and certificates come from qctest_key.h). */
 #ifndef LEDGER_TESTKIT_H
 #define LEDGER_TESTKIT_H
 

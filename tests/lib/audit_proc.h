@@ -1,5 +1,5 @@
-/* audit_proc.h - runs qc-audit as a real process for the audit tests (ports: the test's range,
- * 18000-18199 by hand). */
+/* audit_proc.h - runs qc-audit as a real process for the audit tests and the audit benchmark
+ * (ports: the test's range, 18000-18199 by hand). */
 #ifndef AUDIT_PROC_H
 #define AUDIT_PROC_H
 

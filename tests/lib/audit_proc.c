@@ -1,4 +1,4 @@
-/* audit_proc.c - runs qc-audit as a real process for the audit tests. */
+/* audit_proc.c - runs qc-audit as a real process for the tests (see audit_proc.h). */
 #include "audit_proc.h"
 
 #include <signal.h>
