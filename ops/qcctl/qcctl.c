@@ -1,5 +1,10 @@
-/* qcctl.c - the operator's command line: accounts, devices, loads and the invariant check,
- * over the same authenticated RPC the services use. */
+/* qcctl.c - the operator's command line: accounts, devices, loads, the invariant check and
+ * the replicas of each shard, over the same authenticated RPC the services use.
+ *
+ * Each shard is reached through one client over all its replicas (its ',' list), which
+ * follows a follower's QC_ENOTLEADER to the leader (proto_rpc_client.h). `shard status` and
+ * `check --replicas` instead ask every replica on its own, through one client per endpoint,
+ * because there the point is what each replica says. */
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -27,6 +32,8 @@
 #define QCCTL_TXN_SIZE PROTO_TXN_ID_SIZE
 #define QCCTL_CURRENCY_DEFAULT "156"
 #define QCCTL_TIMEOUT_DEFAULT "5000"
+#define QCCTL_REPLICA_TIMEOUT_MS 2000 /* shard status: a replica that is down costs this */
+#define QCCTL_REPLICA_ID_MAX 1000000  /* raft ids of replicas (ops/cluster uses 1..5) */
 
 /* Exit statuses. */
 #define QCCTL_EXIT_OK 0
@@ -49,6 +56,15 @@ static const ops_config_key_t qcctl_keys[] = {
     {"counter", OPS_CONFIG_INT, "0", "device enroll: the device's counter now"},
     {"txn", OPS_CONFIG_STRING, NULL, "account deposit: idempotency key, 32 hex digits"},
     {"timeout_ms", OPS_CONFIG_INT, QCCTL_TIMEOUT_DEFAULT, "per call, retries included"},
+    {"replicas", OPS_CONFIG_BOOL, "false", "check: ask every replica of every shard on its own"},
+    {"shard", OPS_CONFIG_INT, "-1", "shard verbs: the shard (status: default every shard)", -1,
+     QCCTL_SHARDS_MAX - 1},
+    {"id", OPS_CONFIG_INT, "0", "shard add-replica/remove-replica: the replica's raft id", 0,
+     QCCTL_REPLICA_ID_MAX},
+    {"raft_address", OPS_CONFIG_STRING, NULL, "shard add-replica: its replica link, HOST:PORT"},
+    {"endpoint", OPS_CONFIG_STRING, NULL, "shard add-replica: its client endpoint, tcp://H:P", 0, 0,
+     ops_config_check_endpoint},
+    {"raft_key", OPS_CONFIG_STRING, NULL, "shard add-replica: its raft CURVE public key (Z85)"},
     {"log_level", OPS_CONFIG_STRING, "warn", "debug, info, warn or error"},
 };
 
@@ -60,7 +76,11 @@ static const ops_config_key_t qcctl_keys[] = {
     "  device enroll CERT_FILE --account ID [--wallet-cap N] [--counter N]\n"                      \
     "  device revoke DEVICE_ID | device show DEVICE_ID\n"                                          \
     "  load show TXN_HEX\n"                                                                        \
-    "  check            invariants of every shard; JSON; exit 1 when any fails\n"                  \
+    "  check [--replicas]  invariants of every shard (of every replica with --replicas);\n"        \
+    "                   JSON; exit 1 when any fails\n"                                             \
+    "  shard status [--shard S]   every replica of each shard: role, term, indexes, lag\n"         \
+    "  shard add-replica --shard S --id N --raft-address H:P --endpoint E --raft-key Z85\n"        \
+    "  shard remove-replica --shard S --id N   (qcctl shard --help)\n"                             \
     "  audit verify|show|export ...   the audit log, offline (qcctl audit --help)\n"               \
     "Exit: 0 ok, 1 refused or check failed, 2 usage, 3 a shard did not answer."
 
@@ -68,7 +88,10 @@ typedef struct qcctl {
     const ops_config_t *cfg;
     void *zctx;
     proto_rpc_client_t *shards[QCCTL_SHARDS_MAX];
+    char *shard_endpoints[QCCTL_SHARDS_MAX]; /* each shard's replica list, as configured */
     uint32_t shard_count;
+    const proto_curve_keypair_t *keys;
+    const char *ledger_key;
     bool json;
     int timeout_ms;
 } qcctl_t;
@@ -172,19 +195,19 @@ static void print_load(const qcctl_t *q, const Qcledger__Load *l)
 /* Calls method on shard with msg. On success *reply is set (caller destroys) and 0 is
  * returned; a refusal prints the ledger's reason and returns its code; a shard that does
  * not answer returns QC_ETIMEOUT. */
-static int call(qcctl_t *q, uint32_t shard, const char *method, const ProtobufCMessage *msg,
-                proto_rpc_reply_t **reply, bool quiet)
+static int call_on(proto_rpc_client_t *cli, const char *who, const char *method,
+                   const ProtobufCMessage *msg, int timeout_ms, int flags,
+                   proto_rpc_reply_t **reply, bool quiet)
 {
     uint8_t *body = NULL;
     size_t len = 0;
     *reply = NULL;
     if (msg != NULL && proto_pack(msg, &body, &len) != 0)
         return QC_ENOMEM;
-    int rc = proto_rpc_client_call(q->shards[shard], method, body, len, q->timeout_ms,
-                                   PROTO_RPC_IDEMPOTENT, reply);
+    int rc = proto_rpc_client_call(cli, method, body, len, timeout_ms, flags, reply);
     free(body);
     if (rc != 0) {
-        fprintf(stderr, "qcctl: shard %u did not answer: %s\n", shard, qc_strerror(rc));
+        fprintf(stderr, "qcctl: %s did not answer: %s\n", who, qc_strerror(rc));
         return rc;
     }
     rc = (*reply)->code;
@@ -195,6 +218,15 @@ static int call(qcctl_t *q, uint32_t shard, const char *method, const ProtobufCM
         proto_rpc_reply_destroy(reply);
     }
     return rc;
+}
+
+static int call(qcctl_t *q, uint32_t shard, const char *method, const ProtobufCMessage *msg,
+                proto_rpc_reply_t **reply, bool quiet)
+{
+    char who[32];
+    snprintf(who, sizeof who, "shard %u", shard);
+    return call_on(q->shards[shard], who, method, msg, q->timeout_ms, PROTO_RPC_IDEMPOTENT, reply,
+                   quiet);
 }
 
 static int exit_for(int rc)
@@ -429,58 +461,452 @@ static int cmd_load(qcctl_t *q, const char *sub, const char *arg)
     return QCCTL_EXIT_OK;
 }
 
+/* ------------------------------------------------------------ replicas */
+
+/* Splits a shard's replica list (',' between replicas) into trimmed endpoints; returns how
+ * many, at most cap. text is modified. */
+static int split_replicas(char *text, char *eps[], int cap)
+{
+    int n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(text, ",", &save); tok != NULL && n < cap;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ' || *tok == '\t')
+            tok++;
+        size_t len = strlen(tok);
+        while (len > 0 && (tok[len - 1] == ' ' || tok[len - 1] == '\t'))
+            tok[--len] = '\0';
+        if (len > 0)
+            eps[n++] = tok;
+    }
+    return n;
+}
+
+/* A client of one replica alone (no failover, no following): NULL when the endpoint is
+ * malformed. */
+static proto_rpc_client_t *replica_client(const qcctl_t *q, const char *endpoint)
+{
+    proto_rpc_client_config_t cc = {.service = "ledger",
+                                    .endpoints = endpoint,
+                                    .server_public_z85 = q->ledger_key,
+                                    .keys = q->keys};
+    proto_rpc_client_t *cli = NULL;
+    if (proto_rpc_client_new(q->zctx, &cc, &cli) != 0)
+        fprintf(stderr, "qcctl: bad replica endpoint %s\n", endpoint);
+    return cli;
+}
+
+/* ------------------------------------------------------------ check */
+
+/* Prints one element of check's "shards" array: shard s as cli answers for it (endpoint set
+ * when cli is one replica alone). Clears *all_ok on a problem, sets *unreachable on silence. */
+static void check_one(qcctl_t *q, uint32_t s, proto_rpc_client_t *cli, const char *endpoint,
+                      bool *all_ok, bool *unreachable)
+{
+    Qcledger__CheckRequest m = QCLEDGER__CHECK_REQUEST__INIT;
+    proto_rpc_reply_t *r = NULL;
+    printf("{\"shard\":%u,", s);
+    if (endpoint != NULL) {
+        printf("\"endpoint\":");
+        json_str(stdout, endpoint);
+        printf(",");
+    }
+    char who[64];
+    snprintf(who, sizeof who, "shard %u", s);
+    int rc = cli != NULL ? call_on(cli, endpoint != NULL ? endpoint : who, "check", &m.base,
+                                   q->timeout_ms, PROTO_RPC_IDEMPOTENT, &r, false)
+                         : QC_ECONFIG;
+    Qcledger__CheckReply *c =
+        rc == 0 ? qcledger__check_reply__unpack(NULL, r->body_len, r->body) : NULL;
+    proto_rpc_reply_destroy(&r);
+    if (c == NULL) {
+        *all_ok = false;
+        *unreachable |= rc == QC_ETIMEOUT || rc == QC_EUNAVAIL;
+        printf("\"ok\":false,\"error\":");
+        json_str(stdout, rc != 0 ? qc_strerror(rc) : "malformed reply");
+        printf("}");
+        return;
+    }
+    if (c->shard != s || c->shard_count != q->shard_count) {
+        c->ok = false;
+        fprintf(stderr, "qcctl: endpoint %u serves shard %u of %u\n", s, c->shard, c->shard_count);
+    }
+    *all_ok &= c->ok;
+    printf("\"ok\":%s,\"accounts\":%" PRIu64 ",\"devices\":%" PRIu64 ",\"loads\":%" PRIu64
+           ",\"reserved\":%" PRIu64 ",\"transfers\":%" PRIu64 ",\"outbox_depth\":%" PRIu64
+           ",\"currencies\":[",
+           c->ok ? "true" : "false", c->accounts, c->devices, c->loads, c->reserved, c->transfers,
+           c->outbox_depth);
+    for (size_t i = 0; i < c->n_currencies; i++) {
+        const Qcledger__CurrencyTotals *t = c->currencies[i];
+        printf("%s{\"currency\":%u,\"sum\":%" PRId64 ",\"hold\":%" PRId64
+               ",\"reserved_sum\":%" PRId64 ",\"float\":%" PRId64 "}",
+               i ? "," : "", t->currency, t->sum, t->hold, t->reserved_sum, t->float_balance);
+    }
+    printf("],\"problems\":[");
+    for (size_t i = 0; i < c->n_problems; i++) {
+        if (i)
+            printf(",");
+        json_str(stdout, c->problems[i]);
+    }
+    printf("]}");
+    qcledger__check_reply__free_unpacked(c, NULL);
+}
+
 /* The invariant check of every shard, as one JSON document (whatever --json says: it is
- * meant for scripts and for the operator's eyes alike). */
+ * meant for scripts and for the operator's eyes alike). With --replicas, one element per
+ * replica of each shard, each with its "endpoint": every replica checks its own LMDB. */
 static int cmd_check(qcctl_t *q)
 {
     bool all_ok = true, unreachable = false;
+    bool each = ops_config_bool(q->cfg, "replicas");
+    int printed = 0;
     printf("{\"shards\":[");
     for (uint32_t s = 0; s < q->shard_count; s++) {
-        Qcledger__CheckRequest m = QCLEDGER__CHECK_REQUEST__INIT;
-        proto_rpc_reply_t *r = NULL;
-        printf("%s{\"shard\":%u,", s ? "," : "", s);
-        int rc = call(q, s, "check", &m.base, &r, false);
-        Qcledger__CheckReply *c =
-            rc == 0 ? qcledger__check_reply__unpack(NULL, r->body_len, r->body) : NULL;
-        proto_rpc_reply_destroy(&r);
-        if (c == NULL) {
-            all_ok = false;
-            unreachable |= rc == QC_ETIMEOUT || rc == QC_EUNAVAIL;
-            printf("\"ok\":false,\"error\":");
-            json_str(stdout, rc != 0 ? qc_strerror(rc) : "malformed reply");
-            printf("}");
+        if (!each) {
+            printf("%s", printed++ ? "," : "");
+            check_one(q, s, q->shards[s], NULL, &all_ok, &unreachable);
             continue;
         }
-        if (c->shard != s || c->shard_count != q->shard_count) {
-            c->ok = false;
-            fprintf(stderr, "qcctl: endpoint %u serves shard %u of %u\n", s, c->shard,
-                    c->shard_count);
+        char list[QCCTL_ENDPOINTS_MAX];
+        char *eps[PROTO_RPC_ENDPOINTS_MAX];
+        snprintf(list, sizeof list, "%s", q->shard_endpoints[s]);
+        int n = split_replicas(list, eps, PROTO_RPC_ENDPOINTS_MAX);
+        for (int i = 0; i < n; i++) {
+            proto_rpc_client_t *cli = replica_client(q, eps[i]);
+            printf("%s", printed++ ? "," : "");
+            check_one(q, s, cli, eps[i], &all_ok, &unreachable);
+            proto_rpc_client_destroy(&cli);
         }
-        all_ok &= c->ok;
-        printf("\"ok\":%s,\"accounts\":%" PRIu64 ",\"devices\":%" PRIu64 ",\"loads\":%" PRIu64
-               ",\"reserved\":%" PRIu64 ",\"transfers\":%" PRIu64 ",\"outbox_depth\":%" PRIu64
-               ",\"currencies\":[",
-               c->ok ? "true" : "false", c->accounts, c->devices, c->loads, c->reserved,
-               c->transfers, c->outbox_depth);
-        for (size_t i = 0; i < c->n_currencies; i++) {
-            const Qcledger__CurrencyTotals *t = c->currencies[i];
-            printf("%s{\"currency\":%u,\"sum\":%" PRId64 ",\"hold\":%" PRId64
-                   ",\"reserved_sum\":%" PRId64 ",\"float\":%" PRId64 "}",
-                   i ? "," : "", t->currency, t->sum, t->hold, t->reserved_sum, t->float_balance);
-        }
-        printf("],\"problems\":[");
-        for (size_t i = 0; i < c->n_problems; i++) {
-            if (i)
-                printf(",");
-            json_str(stdout, c->problems[i]);
-        }
-        printf("]}");
-        qcledger__check_reply__free_unpacked(c, NULL);
     }
     printf("],\"ok\":%s}\n", all_ok ? "true" : "false");
     if (unreachable)
         return QCCTL_EXIT_UNREACHABLE;
     return all_ok ? QCCTL_EXIT_OK : QCCTL_EXIT_FAILED;
+}
+
+/* ------------------------------------------------------------ shard */
+
+#define QCCTL_SHARD_HELP                                                                           \
+    "qcctl shard: the replicas of a ledger shard (a shard's replicas are its ',' list in\n"        \
+    "ledger_endpoints).\n\n"                                                                       \
+    "  qcctl shard status [--shard S] [--json]\n"                                                  \
+    "      asks every replica of the shard (every shard without --shard) on its own and\n"         \
+    "      prints per replica: id, role, term, commit index, applied index, lag (the leader's\n"   \
+    "      commit index minus the replica's applied index; without a leader, the highest\n"        \
+    "      commit index seen), endpoint. A replica that does not answer is shown unreachable.\n"   \
+    "      Exit 0 when every replica answered and every shard has a leader, 1 when a shard\n"      \
+    "      has none, 3 when a replica did not answer.\n\n"                                         \
+    "  qcctl shard add-replica --shard S --id N --raft-address HOST:PORT \\\n"                     \
+    "                          --endpoint tcp://HOST:PORT --raft-key Z85 [--json]\n"               \
+    "      adds replica N to shard S, on the shard's leader: its replica link address, its\n"      \
+    "      client endpoint and the public CURVE key of its raft_key (the 40 characters of\n"       \
+    "      its .pub file). Start the new replica (join = true, empty data) before or after;\n"     \
+    "      it catches up from a snapshot and the log. Add its endpoint to the clients' lists.\n\n" \
+    "  qcctl shard remove-replica --shard S --id N [--json]\n"                                     \
+    "      removes replica N from shard S's configuration, on the leader.\n\n"                     \
+    "Both changes are committed by a majority of the shard before the answer; they go to the\n"    \
+    "leader through the shard's whole list (a follower's QC_ENOTLEADER is followed).\n"
+
+static const char *role_name(Qcledger__ReplicaRole r)
+{
+    switch (r) {
+    case QCLEDGER__REPLICA_ROLE__ROLE_FOLLOWER:
+        return "follower";
+    case QCLEDGER__REPLICA_ROLE__ROLE_CANDIDATE:
+        return "candidate";
+    case QCLEDGER__REPLICA_ROLE__ROLE_LEADER:
+        return "leader";
+    case QCLEDGER__REPLICA_ROLE__ROLE_UNAVAILABLE:
+        return "unavailable";
+    default:
+        return "none";
+    }
+}
+
+typedef struct replica_view {
+    const char *endpoint;
+    int rc;                         /* 0 when the replica answered */
+    Qcledger__ShardStatusReply *st; /* when rc == 0 */
+} replica_view_t;
+
+/* The configuration a replica knows (the leader's is the one that counts), as JSON. */
+static void print_configuration_json(const Qcledger__ShardStatusReply *st)
+{
+    printf("[");
+    for (size_t i = 0; i < st->n_replicas; i++) {
+        const Qcledger__ReplicaInfo *ri = st->replicas[i];
+        printf("%s{\"id\":%" PRIu64 ",\"raft_address\":", i ? "," : "", ri->id);
+        json_str(stdout, ri->raft_address);
+        printf(",\"endpoint\":");
+        json_str(stdout, ri->endpoint);
+        printf(",\"voter\":%s,\"match_index\":%" PRIu64 "}", ri->voter ? "true" : "false",
+               ri->match_index);
+    }
+    printf("]");
+}
+
+static void print_configuration_text(const Qcledger__ShardStatusReply *st)
+{
+    printf("  configuration (as replica %" PRIu64 " knows it):\n", st->id);
+    for (size_t i = 0; i < st->n_replicas; i++) {
+        const Qcledger__ReplicaInfo *ri = st->replicas[i];
+        printf("    %-4" PRIu64 " %-9s raft %-22s %s\n", ri->id, ri->voter ? "voter" : "non-voter",
+               ri->raft_address, ri->endpoint);
+    }
+}
+
+/* The replica's fields of a status reply, as the inside of a JSON object. */
+static void print_status_fields_json(const Qcledger__ShardStatusReply *st, uint64_t lag)
+{
+    printf("\"id\":%" PRIu64 ",\"role\":\"%s\",\"term\":%" PRIu64 ",\"commit_index\":%" PRIu64
+           ",\"applied_index\":%" PRIu64 ",\"last_index\":%" PRIu64 ",\"lag\":%" PRIu64
+           ",\"leader_id\":%" PRIu64 ",\"leader_endpoint\":",
+           st->id, role_name(st->role), st->term, st->commit_index, st->applied_index,
+           st->last_index, lag, st->leader_id);
+    json_str(stdout, st->leader_endpoint);
+}
+
+/* Asks one replica for its status; fills v (v->st owned by the caller on success). */
+static void replica_status(qcctl_t *q, uint32_t shard, replica_view_t *v)
+{
+    v->st = NULL;
+    proto_rpc_client_t *cli = replica_client(q, v->endpoint);
+    if (cli == NULL) {
+        v->rc = QC_ECONFIG;
+        return;
+    }
+    Qcledger__ShardStatusRequest m = QCLEDGER__SHARD_STATUS_REQUEST__INIT;
+    proto_rpc_reply_t *r = NULL;
+    int timeout =
+        q->timeout_ms < QCCTL_REPLICA_TIMEOUT_MS ? q->timeout_ms : QCCTL_REPLICA_TIMEOUT_MS;
+    v->rc = call_on(cli, v->endpoint, "shard_status", &m.base, timeout, PROTO_RPC_IDEMPOTENT, &r,
+                    false);
+    proto_rpc_client_destroy(&cli);
+    if (v->rc != 0)
+        return;
+    v->st = qcledger__shard_status_reply__unpack(NULL, r->body_len, r->body);
+    proto_rpc_reply_destroy(&r);
+    if (v->st == NULL) {
+        fprintf(stderr, "qcctl: %s: malformed shard_status reply\n", v->endpoint);
+        v->rc = QC_EDECODE;
+    } else if (v->st->shard != shard) {
+        fprintf(stderr, "qcctl: %s serves shard %u, listed under shard %u\n", v->endpoint,
+                v->st->shard, shard);
+        v->rc = QC_ECONFIG;
+        qcledger__shard_status_reply__free_unpacked(v->st, NULL);
+        v->st = NULL;
+    }
+}
+
+/* Status of every replica of shard s, printed; returns its exit status. */
+static int shard_status_one(qcctl_t *q, uint32_t s, bool first)
+{
+    char list[QCCTL_ENDPOINTS_MAX];
+    char *eps[PROTO_RPC_ENDPOINTS_MAX];
+    snprintf(list, sizeof list, "%s", q->shard_endpoints[s]);
+    int n = split_replicas(list, eps, PROTO_RPC_ENDPOINTS_MAX);
+    replica_view_t v[PROTO_RPC_ENDPOINTS_MAX];
+    const Qcledger__ShardStatusReply *leader = NULL;
+    uint64_t top_commit = 0;
+    bool unreachable = false;
+    for (int i = 0; i < n; i++) {
+        v[i].endpoint = eps[i];
+        replica_status(q, s, &v[i]);
+        unreachable |= v[i].rc != 0;
+        if (v[i].st == NULL)
+            continue;
+        if (v[i].st->commit_index > top_commit)
+            top_commit = v[i].st->commit_index;
+        /* Two replicas claiming leadership: the higher term is the real one. */
+        if (v[i].st->role == QCLEDGER__REPLICA_ROLE__ROLE_LEADER &&
+            (leader == NULL || v[i].st->term > leader->term))
+            leader = v[i].st;
+    }
+    uint64_t ref = leader != NULL ? leader->commit_index : top_commit;
+    if (q->json) {
+        printf("%s{\"shard\":%u,\"leader_id\":", first ? "" : ",", s);
+        if (leader != NULL)
+            printf("%" PRIu64, leader->id);
+        else
+            printf("null");
+        printf(",\"replicas\":[");
+    } else {
+        printf("%sshard %u: ", first ? "" : "\n", s);
+        if (leader != NULL)
+            printf("leader %" PRIu64 ", term %" PRIu64 "\n", leader->id, leader->term);
+        else
+            printf("NO LEADER reachable\n");
+        printf("  %-4s %-11s %-6s %-10s %-10s %-8s %s\n", "ID", "ROLE", "TERM", "COMMIT", "APPLIED",
+               "LAG", "ENDPOINT");
+    }
+    for (int i = 0; i < n; i++) {
+        const Qcledger__ShardStatusReply *st = v[i].st;
+        uint64_t lag = st != NULL && ref > st->applied_index ? ref - st->applied_index : 0;
+        if (q->json) {
+            printf("%s{\"endpoint\":", i ? "," : "");
+            json_str(stdout, v[i].endpoint);
+            if (st == NULL) {
+                printf(",\"reachable\":false,\"error\":");
+                json_str(stdout, qc_strerror(v[i].rc));
+                printf("}");
+                continue;
+            }
+            printf(",\"reachable\":true,");
+            print_status_fields_json(st, lag);
+            printf("}");
+        } else if (st == NULL) {
+            printf("  %-4s %-11s %-6s %-10s %-10s %-8s %s (%s)\n", "-", "unreachable", "-", "-",
+                   "-", "-", v[i].endpoint, qc_strerror(v[i].rc));
+        } else {
+            printf("  %-4" PRIu64 " %-11s %-6" PRIu64 " %-10" PRIu64 " %-10" PRIu64 " %-8" PRIu64
+                   " %s\n",
+                   st->id, role_name(st->role), st->term, st->commit_index, st->applied_index, lag,
+                   v[i].endpoint);
+        }
+    }
+    if (q->json) {
+        printf("],\"configuration\":");
+        if (leader != NULL)
+            print_configuration_json(leader);
+        else
+            printf("null");
+        printf("}");
+    } else if (leader != NULL) {
+        print_configuration_text(leader);
+    }
+    for (int i = 0; i < n; i++)
+        if (v[i].st != NULL)
+            qcledger__shard_status_reply__free_unpacked(v[i].st, NULL);
+    if (unreachable)
+        return QCCTL_EXIT_UNREACHABLE;
+    return leader != NULL ? QCCTL_EXIT_OK : QCCTL_EXIT_FAILED;
+}
+
+/* --shard, or -1 when not given; false (said on stderr) when the configuration has no such
+ * shard. */
+static bool shard_option(const qcctl_t *q, int64_t *shard)
+{
+    *shard = ops_config_int(q->cfg, "shard");
+    if (*shard < (int64_t)q->shard_count)
+        return true;
+    fprintf(stderr, "qcctl: --shard %" PRId64 ": ledger_endpoints lists %u shard(s)\n", *shard,
+            q->shard_count);
+    return false;
+}
+
+static int cmd_shard_status(qcctl_t *q)
+{
+    int64_t only = -1;
+    if (!shard_option(q, &only))
+        return QCCTL_EXIT_USAGE;
+    int worst = QCCTL_EXIT_OK;
+    bool first = true;
+    if (q->json)
+        printf("{\"shards\":[");
+    for (uint32_t s = 0; s < q->shard_count; s++) {
+        if (only >= 0 && (uint32_t)only != s)
+            continue;
+        int rc = shard_status_one(q, s, first);
+        first = false;
+        /* Unreachable (3) outranks no leader (1): it is the likelier cause. */
+        if (rc > worst)
+            worst = rc;
+    }
+    if (q->json)
+        printf("],\"ok\":%s}\n", worst == QCCTL_EXIT_OK ? "true" : "false");
+    return worst;
+}
+
+/* add-replica / remove-replica on the leader of --shard, through the following client. */
+static int cmd_shard_change(qcctl_t *q, bool add)
+{
+    const char *verb = add ? "add-replica" : "remove-replica";
+    int64_t shard = -1;
+    int64_t id = ops_config_int(q->cfg, "id");
+    if (!shard_option(q, &shard))
+        return QCCTL_EXIT_USAGE;
+    if (shard < 0 || id < 1) {
+        fprintf(stderr, "qcctl: shard %s needs --shard S and --id N (N >= 1)\n", verb);
+        return QCCTL_EXIT_USAGE;
+    }
+    Qcledger__AddReplicaRequest a = QCLEDGER__ADD_REPLICA_REQUEST__INIT;
+    Qcledger__RemoveReplicaRequest rm = QCLEDGER__REMOVE_REPLICA_REQUEST__INIT;
+    const ProtobufCMessage *msg = &rm.base;
+    rm.id = (uint64_t)id;
+    if (add) {
+        const char *addr = ops_config_str(q->cfg, "raft_address");
+        const char *ep = ops_config_str(q->cfg, "endpoint");
+        const char *key = ops_config_str(q->cfg, "raft_key");
+        if (addr == NULL || ep == NULL || key == NULL) {
+            fprintf(stderr, "qcctl: shard add-replica needs --raft-address HOST:PORT, --endpoint "
+                            "tcp://HOST:PORT and --raft-key Z85\n");
+            return QCCTL_EXIT_USAGE;
+        }
+        const char *colon = strrchr(addr, ':');
+        if (colon == NULL || colon == addr || colon[1] == '\0' || strchr(addr, '/') != NULL) {
+            fprintf(stderr, "qcctl: --raft-address %s is not HOST:PORT\n", addr);
+            return QCCTL_EXIT_USAGE;
+        }
+        uint8_t raw[32];
+        if (strlen(key) != PROTO_CURVE_KEY_Z85_LEN || zmq_z85_decode(raw, key) == NULL) {
+            fprintf(stderr, "qcctl: --raft-key must be a Z85 CURVE public key (%d characters)\n",
+                    PROTO_CURVE_KEY_Z85_LEN);
+            return QCCTL_EXIT_USAGE;
+        }
+        a.id = (uint64_t)id;
+        a.raft_address = (char *)addr;
+        a.endpoint = (char *)ep;
+        a.raft_public_key = (char *)key;
+        msg = &a.base;
+    }
+    char who[32];
+    snprintf(who, sizeof who, "shard %" PRId64, shard);
+    proto_rpc_reply_t *r = NULL;
+    /* Not idempotent: a resend after a lost answer would be refused as already done. */
+    int rc = call_on(q->shards[shard], who, add ? "add_replica" : "remove_replica", msg,
+                     q->timeout_ms, 0, &r, false);
+    if (rc != 0)
+        return exit_for(rc);
+    Qcledger__ReplicaChangeReply *c =
+        qcledger__replica_change_reply__unpack(NULL, r->body_len, r->body);
+    proto_rpc_reply_destroy(&r);
+    if (c == NULL) {
+        fprintf(stderr, "qcctl: malformed %s reply\n", verb);
+        return QCCTL_EXIT_FAILED;
+    }
+    if (q->json) {
+        printf("{\"shard\":%" PRId64 ",\"%s\":%" PRId64 ",\"status\":", shard,
+               add ? "added" : "removed", id);
+        if (c->status != NULL) {
+            printf("{");
+            print_status_fields_json(c->status, 0);
+            printf(",\"configuration\":");
+            print_configuration_json(c->status);
+            printf("}");
+        } else {
+            printf("null");
+        }
+        printf("}\n");
+    } else {
+        printf("shard %" PRId64 ": replica %" PRId64 " %s\n", shard, id, add ? "added" : "removed");
+        if (c->status != NULL)
+            print_configuration_text(c->status);
+    }
+    qcledger__replica_change_reply__free_unpacked(c, NULL);
+    return QCCTL_EXIT_OK;
+}
+
+static int cmd_shard(qcctl_t *q, const char *sub)
+{
+    if (sub != NULL && strcmp(sub, "status") == 0)
+        return cmd_shard_status(q);
+    if (sub != NULL && strcmp(sub, "add-replica") == 0)
+        return cmd_shard_change(q, true);
+    if (sub != NULL && strcmp(sub, "remove-replica") == 0)
+        return cmd_shard_change(q, false);
+    fprintf(stderr, "%s", QCCTL_SHARD_HELP);
+    return QCCTL_EXIT_USAGE;
 }
 
 /* ------------------------------------------------------------ set-up */
@@ -511,12 +937,16 @@ static int connect_shards(qcctl_t *q, const proto_curve_keypair_t *keys)
             fprintf(stderr, "qcctl: bad ledger endpoint or key: %s\n", tok);
             return -1;
         }
-        q->shard_count++;
+        q->shard_endpoints[q->shard_count] = strdup(tok);
+        if (q->shard_endpoints[q->shard_count++] == NULL)
+            return -1;
     }
     if (q->shard_count == 0) {
         fprintf(stderr, "qcctl: no ledger endpoints\n");
         return -1;
     }
+    q->keys = keys;
+    q->ledger_key = pub;
     return 0;
 }
 
@@ -538,6 +968,8 @@ static int run(qcctl_t *q)
         rc = cmd_load(q, a1, a2);
     else if (strcmp(verb, "check") == 0)
         rc = cmd_check(q);
+    else if (strcmp(verb, "shard") == 0)
+        return cmd_shard(q, a1);
     if (rc == QCCTL_EXIT_USAGE)
         fprintf(stderr, "qcctl: usage: qcctl %s\n", QCCTL_USAGE);
     return rc;
@@ -548,6 +980,16 @@ int main(int argc, char **argv)
     /* The audit verbs work offline on a data directory and have flags of their own. */
     if (argc >= 2 && strcmp(argv[1], "audit") == 0)
         return qcctl_audit_main(argc - 1, argv + 1);
+    /* `qcctl shard ... --help`: the shard verbs' own page, not the whole option list. */
+    bool shard = false, help = false;
+    for (int i = 1; i < argc; i++) {
+        shard |= strcmp(argv[i], "shard") == 0;
+        help |= strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
+    }
+    if (shard && help) {
+        printf("%s", QCCTL_SHARD_HELP);
+        return QCCTL_EXIT_OK;
+    }
     char err[OPS_CONFIG_ERROR_MAX];
     ops_config_t *cfg = NULL;
     int rc =
@@ -576,8 +1018,10 @@ int main(int argc, char **argv)
     if (q.zctx != NULL && connect_shards(&q, &keys) == 0)
         status = run(&q);
     proto_curve_keypair_wipe(&keys);
-    for (uint32_t s = 0; s < q.shard_count; s++)
+    for (uint32_t s = 0; s < q.shard_count; s++) {
         proto_rpc_client_destroy(&q.shards[s]);
+        free(q.shard_endpoints[s]);
+    }
     if (q.zctx != NULL)
         zmq_ctx_term(q.zctx);
     ops_config_destroy(&cfg);
