@@ -600,7 +600,7 @@ static const svc_method_t *find_method(const char *name)
 }
 
 /* Decides whether the slot's request may run at all: method, caller, deadline. */
-static void admit(ledger_service_t *svc, svc_slot_t *slot, uint64_t wall)
+static void admit(ledger_service_t *svc, svc_slot_t *slot)
 {
     proto_rpc_request_t *req = slot->req;
     const svc_method_t *m = find_method(req->method);
@@ -627,7 +627,7 @@ static void admit(ledger_service_t *svc, svc_slot_t *slot, uint64_t wall)
         slot_refuse(slot, QC_EDENIED, "this key may not call this method");
         return;
     }
-    if (req->deadline_ms != 0 && req->deadline_ms < wall) {
+    if (req->deadline_mono_ms != 0 && req->deadline_mono_ms < ops_time_mono_ms()) {
         slot_refuse(slot, QC_ETIMEOUT, "request deadline passed before it was served");
         return;
     }
@@ -745,7 +745,7 @@ static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
     uint64_t wall = ops_time_wall_ms();
     size_t writes = 0, reads = 0;
     for (size_t i = 0; i < n; i++) {
-        admit(svc, &svc->slots[i], wall);
+        admit(svc, &svc->slots[i]);
         if (svc->slots[i].method != NULL) {
             if (svc->slots[i].method->kind == KIND_WRITE)
                 writes++;

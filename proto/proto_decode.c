@@ -206,6 +206,8 @@ static int check_rpc(const Quancun__Rpc *m)
     if (m->request_id == 0)
         return QC_EMISSING;
     CHECK(proto_id_check(m->method, PROTO_METHOD_MAX, PROTO_ID_VISIBLE));
+    if (m->timeout_ms > PROTO_RPC_TIMEOUT_MAX)
+        return QC_EDECODE;
     return 0; /* an empty body is a call without arguments */
 }
 
@@ -214,6 +216,10 @@ static int check_rpc_reply(const Quancun__RpcReply *m)
     if (m->request_id == 0)
         return QC_EMISSING;
     CHECK(check_text(m->message, PROTO_RPC_MESSAGE_MAX));
+    CHECK(check_text(m->leader, PROTO_RPC_LEADER_MAX));
+    if (protobuf_c_enum_descriptor_get_value(&quancun__load_state__descriptor,
+                                             (int)m->load_state) == NULL)
+        return QC_EDECODE;
     return 0;
 }
 
@@ -244,6 +250,30 @@ DEFINE_DECODER(audit_checkpoint, Quancun__AuditCheckpoint, quancun__audit_checkp
                PROTO_BODY_MAX)
 DEFINE_DECODER(rpc, Quancun__Rpc, quancun__rpc__descriptor, PROTO_RPC_FRAME_MAX)
 DEFINE_DECODER(rpc_reply, Quancun__RpcReply, quancun__rpc_reply__descriptor, PROTO_RPC_FRAME_MAX)
+
+uint64_t proto_decode_rpc_request_id(const uint8_t *bytes, size_t len)
+{
+    assert(bytes != NULL || len == 0);
+    if (len > PROTO_RPC_FRAME_MAX)
+        return 0;
+    Quancun__Rpc *m = quancun__rpc__unpack(NULL, len, bytes);
+    if (m != NULL) {
+        uint64_t id = m->request_id;
+        quancun__rpc__free_unpacked(m, NULL);
+        return id;
+    }
+    /* It did not parse at all: believe only a leading field 1 (varint, tag 0x08), as every
+     * encoder writes it first. */
+    if (len < 2 || bytes[0] != 0x08)
+        return 0;
+    uint64_t id = 0;
+    for (size_t i = 1; i < len && i <= 10; i++) {
+        id |= (uint64_t)(bytes[i] & 0x7f) << (7 * (i - 1));
+        if ((bytes[i] & 0x80) == 0)
+            return id;
+    }
+    return 0;
+}
 
 int proto_pack(const ProtobufCMessage *msg, uint8_t **out, size_t *out_len)
 {

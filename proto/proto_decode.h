@@ -46,6 +46,11 @@ QC_MUST_CHECK int proto_decode_audit_checkpoint(const uint8_t *bytes, size_t len
 QC_MUST_CHECK int proto_decode_rpc(const uint8_t *bytes, size_t len, Quancun__Rpc **out);
 QC_MUST_CHECK int proto_decode_rpc_reply(const uint8_t *bytes, size_t len, Quancun__RpcReply **out);
 
+/* The request id of an Rpc frame that proto_decode_rpc() refused, so the refusal can be
+ * answered: the id of a lenient parse, else of a leading varint field 1; 0 when there is
+ * none (or the frame is over PROTO_RPC_FRAME_MAX). Believed for addressing the answer only. */
+uint64_t proto_decode_rpc_request_id(const uint8_t *bytes, size_t len);
+
 /* The name of a load state as operators and devices read it: "RESERVED", "CONFIRMED",
  * "COMPENSATED", "LATE_CONFIRMED", "NONE" for the zero value, "UNKNOWN" for anything else.
  * Never NULL; a static string. */

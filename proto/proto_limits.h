@@ -26,6 +26,8 @@
 #define PROTO_ENVELOPE_MAX (32 * 1024)   /* any signed envelope */
 #define PROTO_RPC_MESSAGE_MAX 1024       /* RpcReply.message: words, not payload */
 #define PROTO_RPC_FRAME_MAX (256 * 1024) /* any Rpc or RpcReply frame (also ZMQ_MAXMSGSIZE) */
+#define PROTO_RPC_LEADER_MAX 256         /* RpcReply.leader: a client endpoint */
+#define PROTO_RPC_TIMEOUT_MAX 86400000u  /* Rpc.timeout_ms: a call's budget, 24 h at most */
 
 /* Sharding and the outbox. */
 #define PROTO_SHARD_COUNT_MAX 256 /* ledger shards of one deployment */

@@ -31,7 +31,7 @@ typedef struct signer_job {
     void *tag;
     const uint8_t *body;
     size_t body_len;
-    uint64_t deadline_ms;
+    uint64_t deadline_mono_ms;
     int code;
     uint8_t *reply;
     size_t reply_len;
@@ -101,7 +101,7 @@ static void signer_wake(signer_pool_t *pool)
 
 static void signer_work(signer_pool_t *pool, signer_session_t *sess, signer_job_t *job)
 {
-    if (job->deadline_ms != 0 && ops_time_wall_ms() > job->deadline_ms) {
+    if (job->deadline_mono_ms != 0 && ops_time_mono_ms() > job->deadline_mono_ms) {
         job->code = QC_EEXPIRED;
         snprintf(job->msg, sizeof(job->msg), "request deadline passed before signing");
         return;
@@ -217,7 +217,7 @@ int signer_pool_new(signer_token_t *tok, const signer_keyring_t *ring, size_t wo
 }
 
 int signer_pool_submit(signer_pool_t *pool, void *tag, const uint8_t *body, size_t body_len,
-                       uint64_t deadline_ms)
+                       uint64_t deadline_mono_ms)
 {
     assert(pool != NULL);
     assert(body != NULL || body_len == 0);
@@ -227,7 +227,7 @@ int signer_pool_submit(signer_pool_t *pool, void *tag, const uint8_t *body, size
     job->tag = tag;
     job->body = body;
     job->body_len = body_len;
-    job->deadline_ms = deadline_ms;
+    job->deadline_mono_ms = deadline_mono_ms;
     pthread_mutex_lock(&pool->mu);
     assert(!pool->stopping);
     if (pool->queue.count >= pool->queue_max) {

@@ -29,11 +29,11 @@ QC_MUST_CHECK int signer_pool_new(signer_token_t *tok, const signer_keyring_t *r
                                   size_t queue_max, signer_pool_t **out);
 
 /* Queues the SignRequest bytes body (borrowed until the job is taken back) for a worker;
- * tag is handed back by signer_pool_take(). A job whose deadline_ms (wall clock, 0 = none)
- * has passed when a worker gets to it is not signed (QC_EEXPIRED). Returns 0, or QC_EBUSY
+ * tag is handed back by signer_pool_take(). A job whose deadline_mono_ms (ops_time_mono_ms(), 0 =
+ * none) has passed when a worker gets to it is not signed (QC_EEXPIRED). Returns 0, or QC_EBUSY
  * when queue_max jobs are already waiting (nothing is queued). */
 QC_MUST_CHECK int signer_pool_submit(signer_pool_t *pool, void *tag, const uint8_t *body,
-                                     size_t body_len, uint64_t deadline_ms);
+                                     size_t body_len, uint64_t deadline_mono_ms);
 
 /* A file descriptor that becomes readable when finished jobs wait, for poll(). */
 int signer_pool_fd(const signer_pool_t *pool);

@@ -220,7 +220,7 @@ static void signer_accept(signer_service_t *svc, proto_rpc_request_t *req)
     } else if ((rc = signer_authorize(svc, req, why, sizeof why)) != 0) {
         /* refused: nothing goes to the pool */
     } else {
-        rc = signer_pool_submit(svc->pool, req, req->body, req->body_len, req->deadline_ms);
+        rc = signer_pool_submit(svc->pool, req, req->body, req->body_len, req->deadline_mono_ms);
         if (rc == 0)
             return;
         if (rc == QC_EBUSY)

@@ -12,6 +12,13 @@
  * that a missing handler fails closed. The admitted key (Z85) reaches every request as
  * peer_key. Refusals are logged and counted.
  *
+ * Deadlines travel as budgets, never as clock readings: each send carries Rpc.timeout_ms,
+ * what is left of the call's budget at that moment, and the server adds it to its own
+ * monotonic clock on receipt (as gRPC's grpc-timeout). No two machines' clocks are ever
+ * compared, so a skewed clock cannot make calls vanish. A legacy absolute deadline_ms is
+ * honoured only without a budget, and a call past it is answered QC_EEXPIRED with the
+ * server's time, never dropped in silence.
+ *
  * Clients: request ids, a per-call deadline, bounded retries of idempotent calls with a
  * fresh socket per retry (the zguide's Lazy Pirate), and failover across the endpoints of
  * the service. The endpoint list is re-read on SIGHUP (see ops_signal.h) so an operator

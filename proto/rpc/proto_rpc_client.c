@@ -74,7 +74,10 @@ typedef struct rpc_call {
     uint64_t request_id;
     int flags;
     void *tag;
-    uint8_t *frame; /* the packed Rpc, kept for resends */
+    /* The packed Rpc, kept for resends: fields 1-4 (frame_prefix bytes), then field 5, the
+     * budget left, rewritten at each send (rpc_call_stamp), which keeps the field order. */
+    uint8_t *frame;
+    size_t frame_prefix;
     size_t frame_len;
     uint64_t deadline_mono;
     uint64_t attempt_deadline_mono;
@@ -367,6 +370,26 @@ static int rpc_endpoint_count(const proto_rpc_client_t *cli)
     return n;
 }
 
+#define RPC_BUDGET_FIELD_MAX 6 /* tag 0x28 and a uint32 varint */
+
+/* Writes Rpc.timeout_ms = what is left of the call's budget at now (at least 1 ms) after
+ * the frame's prefix: the receiver times the call on its own clock from this. */
+static void rpc_call_stamp(rpc_call_t *c, uint64_t now)
+{
+    uint64_t left = c->deadline_mono > now ? c->deadline_mono - now : 1;
+    if (left > PROTO_RPC_TIMEOUT_MAX)
+        left = PROTO_RPC_TIMEOUT_MAX;
+    uint8_t *p = c->frame + c->frame_prefix;
+    *p++ = (5u << 3) | 0u; /* field 5, varint */
+    while (left >= 0x80) {
+        *p++ = (uint8_t)(left | 0x80);
+        left >>= 7;
+    }
+    *p++ = (uint8_t)left;
+    c->frame_len = (size_t)(p - c->frame);
+    assert(c->frame_len <= c->frame_prefix + RPC_BUDGET_FIELD_MAX);
+}
+
 /* Where a call that is not moving away from an endpoint starts: the leader a redirect
  * found, else the round-robin position. */
 static int rpc_start_of(const proto_rpc_client_t *cli)
@@ -384,6 +407,7 @@ static bool rpc_call_transmit(proto_rpc_client_t *cli, rpc_call_t *c, int start,
         rpc_endpoint_t *ep = &cli->endpoints[e];
         if (!ep->used || ep->sock == NULL)
             continue;
+        rpc_call_stamp(c, now);
         if (zmq_send(ep->sock, c->frame, c->frame_len, ZMQ_DONTWAIT) < 0) {
             if (ep->refused_since == 0) /* EAGAIN under ZMQ_IMMEDIATE: no live connection */
                 ep->refused_since = now;
@@ -428,13 +452,12 @@ int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uin
     Quancun__Rpc m = QUANCUN__RPC__INIT;
     m.request_id = id;
     m.method = (char *)method;
-    m.deadline_ms = ops_time_wall_ms() + (uint64_t)timeout_ms;
     m.body.data = (uint8_t *)body;
     m.body.len = body_len;
-    size_t len = quancun__rpc__get_packed_size(&m);
-    if (len > PROTO_RPC_FRAME_MAX)
+    size_t len = quancun__rpc__get_packed_size(&m); /* timeout_ms is 0: not packed */
+    if (len + RPC_BUDGET_FIELD_MAX > PROTO_RPC_FRAME_MAX)
         return QC_ETOOBIG;
-    uint8_t *frame = malloc(len);
+    uint8_t *frame = malloc(len + RPC_BUDGET_FIELD_MAX);
     if (frame == NULL)
         return QC_ENOMEM;
     quancun__rpc__pack(&m, frame);
@@ -445,6 +468,7 @@ int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uin
     c->flags = flags;
     c->tag = tag;
     c->frame = frame;
+    c->frame_prefix = len;
     c->frame_len = len;
     uint64_t now = ops_time_mono_ms();
     c->deadline_mono = now + (uint64_t)timeout_ms;
@@ -543,6 +567,9 @@ static proto_rpc_reply_t *rpc_reply_from(const Quancun__RpcReply *m)
         return NULL;
     r->request_id = m->request_id;
     r->code = m->code;
+    r->server_time_ms = m->server_time_ms;
+    r->load_state = (int)m->load_state;
+    snprintf(r->leader, sizeof r->leader, "%s", m->leader != NULL ? m->leader : "");
     r->message = strdup(m->message != NULL ? m->message : "");
     if (m->body.len > 0) {
         r->body = malloc(m->body.len);

@@ -65,6 +65,9 @@ typedef struct proto_rpc_reply {
     char *message; /* never NULL */
     uint8_t *body; /* may be NULL when body_len is 0 */
     size_t body_len;
+    uint64_t server_time_ms;               /* RpcReply.server_time_ms: set on refusals, else 0 */
+    int load_state;                        /* RpcReply.load_state (Quancun__LoadState), 0 = none */
+    char leader[PROTO_RPC_LEADER_MAX + 1]; /* RpcReply.leader, "" = none */
 } proto_rpc_reply_t;
 
 void proto_rpc_reply_destroy(proto_rpc_reply_t **reply_p);

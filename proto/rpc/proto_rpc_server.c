@@ -151,6 +151,24 @@ static void rpc_server_malformed(proto_rpc_server_t *srv, const char *why, const
     ops_counter_add(srv->malformed, 1);
 }
 
+static int rpc_server_send(proto_rpc_server_t *srv, const uint8_t *rid, size_t rid_len,
+                           const Quancun__RpcReply *r);
+
+/* Answers a request refused before it became a proto_rpc_request_t (late, malformed), when
+ * it has an id. Sending errors are counted, never fatal. */
+static void rpc_server_answer_early(proto_rpc_server_t *srv, zmq_msg_t *rid, uint64_t request_id,
+                                    int code, const char *message)
+{
+    if (request_id == 0)
+        return;
+    Quancun__RpcReply r = QUANCUN__RPC_REPLY__INIT;
+    r.request_id = request_id;
+    r.code = code;
+    r.message = (char *)message;
+    r.server_time_ms = ops_time_wall_ms();
+    QC_IGNORE(rpc_server_send(srv, zmq_msg_data(rid), zmq_msg_size(rid), &r)); /* best effort */
+}
+
 /* Reads one message without waiting. Returns 0 with *out set, 1 when a frame was dropped,
  * QC_ETIMEOUT when nothing was waiting, QC_EIO on context termination, QC_ENOMEM. */
 static int rpc_server_recv_one(proto_rpc_server_t *srv, proto_rpc_request_t **out)
@@ -190,14 +208,30 @@ static int rpc_server_recv_one(proto_rpc_server_t *srv, proto_rpc_request_t **ou
     int drc = proto_decode_rpc(zmq_msg_data(&body), zmq_msg_size(&body), &m);
     if (drc != 0) {
         rpc_server_malformed(srv, qc_errname(drc), addr);
+        /* Answered where there is a request id to answer, so the caller learns why. */
+        rpc_server_answer_early(
+            srv, &rid, proto_decode_rpc_request_id(zmq_msg_data(&body), zmq_msg_size(&body)), drc,
+            "malformed request frame");
         goto out;
     }
     ops_counter_add(srv->requests, 1);
-    if (m->deadline_ms != 0 && m->deadline_ms < ops_time_wall_ms()) {
-        ops_log(OPS_LOG_INFO, "rpc.expired", "rpc_service", srv->domain.service, "method",
-                m->method, "peer", user, NULL);
-        ops_counter_add(srv->expired, 1);
-        goto out;
+    uint64_t now_mono = ops_time_mono_ms();
+    uint64_t deadline_mono = 0;
+    if (m->timeout_ms != 0) {
+        deadline_mono = now_mono + m->timeout_ms;
+    } else if (m->deadline_ms != 0) {
+        /* A legacy caller's absolute deadline: what it leaves on our clock, now. */
+        uint64_t wall = ops_time_wall_ms();
+        if (m->deadline_ms < wall) {
+            ops_log(OPS_LOG_INFO, "rpc.expired", "rpc_service", srv->domain.service, "method",
+                    m->method, "peer", user, NULL);
+            ops_counter_add(srv->expired, 1);
+            rpc_server_answer_early(srv, &rid, m->request_id, QC_EEXPIRED,
+                                    "the call's deadline_ms had passed on the server's clock "
+                                    "(see server_time_ms); send timeout_ms instead");
+            goto out;
+        }
+        deadline_mono = now_mono + (m->deadline_ms - wall);
     }
     req = calloc(1, sizeof *req);
     if (req == NULL || (m->body.len > 0 && (req->body = malloc(m->body.len)) == NULL)) {
@@ -209,7 +243,7 @@ static int rpc_server_recv_one(proto_rpc_server_t *srv, proto_rpc_request_t **ou
     memcpy(req->peer_key, user, PROTO_CURVE_KEY_Z85_LEN + 1);
     req->request_id = m->request_id;
     snprintf(req->method, sizeof req->method, "%s", m->method);
-    req->deadline_ms = m->deadline_ms;
+    req->deadline_mono_ms = deadline_mono;
     if (m->body.len > 0)
         memcpy(req->body, m->body.data, m->body.len);
     req->body_len = m->body.len;
@@ -278,36 +312,63 @@ int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms, proto_rpc_req
     }
 }
 
-/* Packs and sends one RpcReply; leader is set only with QC_ENOTLEADER. */
-static int rpc_server_send_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req, int code,
-                                 const char *message, const uint8_t *body, size_t body_len,
-                                 const char *leader)
+int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req, int code,
+                           const char *message, const uint8_t *body, size_t body_len)
+{
+    proto_rpc_answer_t a = {.code = code, .message = message, .body = body, .body_len = body_len};
+    return proto_rpc_server_answer(srv, req, &a);
+}
+
+int proto_rpc_server_reply_not_leader(proto_rpc_server_t *srv, const proto_rpc_request_t *req,
+                                      const char *leader)
+{
+    assert(leader == NULL || strlen(leader) < PROTO_RPC_LEADER_MAX);
+    proto_rpc_answer_t a = {.code = QC_ENOTLEADER, .leader = leader};
+    return proto_rpc_server_answer(srv, req, &a);
+}
+
+int proto_rpc_server_answer(proto_rpc_server_t *srv, const proto_rpc_request_t *req,
+                            const proto_rpc_answer_t *a)
 {
     assert(srv != NULL);
     assert(req != NULL);
-    assert(code <= 0);
-    assert(body != NULL || body_len == 0);
-    assert(leader == NULL || code == QC_ENOTLEADER);
+    assert(a != NULL);
+    assert(a->code <= 0);
+    assert(a->body != NULL || a->body_len == 0);
+    assert(a->leader == NULL || a->code == QC_ENOTLEADER);
+    assert(a->load_state >= 0);
+    assert(a->load_state <= QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED);
     Quancun__RpcReply r = QUANCUN__RPC_REPLY__INIT;
     r.request_id = req->request_id;
-    r.code = code;
+    r.code = a->code;
     /* A longer message would make the client refuse the whole reply: truncate it. */
     char text[PROTO_RPC_MESSAGE_MAX + 1];
-    snprintf(text, sizeof text, "%s", message != NULL ? message : qc_strerror(code));
+    snprintf(text, sizeof text, "%s", a->message != NULL ? a->message : qc_strerror(a->code));
     r.message = text;
-    if (leader != NULL)
-        r.leader = (char *)leader;
-    r.body.data = (uint8_t *)body;
-    r.body.len = body_len;
-    size_t len = quancun__rpc_reply__get_packed_size(&r);
+    r.body.data = (uint8_t *)a->body;
+    r.body.len = a->body_len;
+    char leader[PROTO_RPC_LEADER_MAX + 1] = "";
+    if (a->leader != NULL)
+        snprintf(leader, sizeof leader, "%s", a->leader);
+    r.leader = leader;
+    r.load_state = (Quancun__LoadState)a->load_state;
+    if (a->code != 0)
+        r.server_time_ms = ops_time_wall_ms();
+    return rpc_server_send(srv, req->routing_id, req->routing_id_len, &r);
+}
+
+static int rpc_server_send(proto_rpc_server_t *srv, const uint8_t *rid, size_t rid_len,
+                           const Quancun__RpcReply *r)
+{
+    size_t len = quancun__rpc_reply__get_packed_size(r);
     if (len > PROTO_RPC_FRAME_MAX)
         return QC_ETOOBIG;
     zmq_msg_t msg;
     if (zmq_msg_init_size(&msg, len) != 0)
         return QC_ENOMEM;
-    quancun__rpc_reply__pack(&r, zmq_msg_data(&msg));
+    quancun__rpc_reply__pack(r, zmq_msg_data(&msg));
     int rc = 0;
-    if (zmq_send(srv->sock, req->routing_id, req->routing_id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+    if (zmq_send(srv->sock, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         int e = zmq_errno();
         if (e == EHOSTUNREACH || e == EAGAIN) {
             /* The client went away (or stopped reading): its retry, if any, will go
@@ -324,20 +385,6 @@ static int rpc_server_send_reply(proto_rpc_server_t *srv, const proto_rpc_reques
         ops_counter_add(srv->unroutable, 1);
     }
     return rc;
-}
-
-int proto_rpc_server_reply(proto_rpc_server_t *srv, const proto_rpc_request_t *req, int code,
-                           const char *message, const uint8_t *body, size_t body_len)
-{
-    return rpc_server_send_reply(srv, req, code, message, body, body_len, NULL);
-}
-
-int proto_rpc_server_reply_not_leader(proto_rpc_server_t *srv, const proto_rpc_request_t *req,
-                                      const char *leader)
-{
-    assert(leader == NULL || strlen(leader) < PROTO_RPC_LEADER_MAX);
-    return rpc_server_send_reply(srv, req, QC_ENOTLEADER, NULL, NULL, 0,
-                                 leader != NULL && leader[0] != '\0' ? leader : NULL);
 }
 
 void proto_rpc_request_destroy(proto_rpc_request_t **req_p)

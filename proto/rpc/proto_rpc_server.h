@@ -29,7 +29,6 @@
 
 #define PROTO_RPC_ALLOW_MAX 1024 /* client keys in one server's allow-list */
 #define PROTO_RPC_ROUTING_ID_MAX 256
-#define PROTO_RPC_LEADER_MAX 256 /* a leader endpoint in a QC_ENOTLEADER reply */
 
 typedef struct proto_rpc_server proto_rpc_server_t;
 
@@ -50,8 +49,11 @@ typedef struct proto_rpc_request {
     char peer_key[PROTO_CURVE_KEY_Z85_LEN + 1]; /* the client's CURVE public key */
     uint64_t request_id;
     char method[PROTO_METHOD_MAX + 1];
-    uint64_t deadline_ms; /* absolute wall-clock ms, 0 = none */
-    uint8_t *body;        /* owned; may be NULL when body_len is 0 */
+    /* This server's ops_time_mono_ms() past which the caller no longer waits: the time of
+     * receipt plus Rpc.timeout_ms (or, from a legacy caller without one, what its absolute
+     * deadline_ms left); 0 = none. */
+    uint64_t deadline_mono_ms;
+    uint8_t *body; /* owned; may be NULL when body_len is 0 */
     size_t body_len;
 } proto_rpc_request_t;
 
@@ -65,13 +67,32 @@ QC_MUST_CHECK int proto_rpc_server_new(void *ctx, const proto_rpc_server_config_
 void *proto_rpc_server_socket(proto_rpc_server_t *srv);
 
 /* Waits up to timeout_ms (0 = do not wait, -1 = forever) for one well-formed request.
- * Malformed frames are dropped, logged and counted, and do not end the wait. After a SIGHUP
+ * Malformed frames are dropped, logged and counted, and do not end the wait; one whose
+ * request id can be read (proto_decode_rpc_request_id) is answered with the decoding code.
+ * A call whose legacy absolute deadline_ms has passed on this server's clock is answered
+ * QC_EEXPIRED (both answers carry server_time_ms) and not returned. After a SIGHUP
  * (ops_signal_hup_generation() changed) it first re-reads allow_path; a file that does not
  * load keeps the current list (logged as rpc.allow_reload_failed). Connections already
  * admitted stay open: a removed key is refused only when it connects again.
  * Returns 0 and sets *out, QC_ETIMEOUT when none arrived, or QC_EIO (context terminated). */
 QC_MUST_CHECK int proto_rpc_server_recv(proto_rpc_server_t *srv, int timeout_ms,
                                         proto_rpc_request_t **out);
+
+/* A reply with everything RpcReply can say. */
+typedef struct proto_rpc_answer {
+    int code;            /* 0 or a negative QC_E* code */
+    const char *message; /* NULL = qc_strerror(code); truncated to PROTO_RPC_MESSAGE_MAX */
+    const uint8_t *body;
+    size_t body_len;
+    const char *leader; /* RpcReply.leader (QC_ENOTLEADER); NULL = none; at most
+                           PROTO_RPC_LEADER_MAX bytes are sent */
+    int load_state;     /* RpcReply.load_state (Quancun__LoadState), 0 = none */
+} proto_rpc_answer_t;
+
+/* Sends the answer for req. Every refusal (code != 0) carries the server's wall clock in
+ * RpcReply.server_time_ms. Returns as proto_rpc_server_reply(). */
+QC_MUST_CHECK int proto_rpc_server_answer(proto_rpc_server_t *srv, const proto_rpc_request_t *req,
+                                          const proto_rpc_answer_t *a);
 
 /* Sends the reply for req: code 0 with body, or a negative QC_E* code with a message
  * (NULL = qc_strerror(code)). A peer that went away is not an error (the reply is dropped

@@ -8,6 +8,7 @@
 #include <zmq.h>
 
 #include "ops_log.h"
+#include "ops_time.h"
 #include "ops_metrics.h"
 #include "ops_signal.h"
 #include "proto_rpc.h"
@@ -24,7 +25,8 @@ static void usage(FILE *to)
                 "                       [--not-leader LEADER-ENDPOINT]\n"
                 "Methods: echo (body back), peer (the caller's CURVE key), whoami (--name),\n"
                 "stats (the server's drop counters), stall (no reply when --stall),\n"
-                "slow (sleeps body milliseconds, at most 3000, then echoes).\n"
+                "slow (sleeps body milliseconds, at most 3000, then echoes),\n"
+                "budget (the caller's budget left on this server's clock, or \"none\").\n"
                 "--not-leader: every method but whoami and stats is answered QC_ENOTLEADER\n"
                 "naming LEADER-ENDPOINT (\"\" = leader unknown), as a follower replica does.\n");
 }
@@ -115,6 +117,16 @@ int main(int argc, char **argv)
             if (wait > 0 && wait <= ECHO_SLOW_MAX_MS)
                 usleep((useconds_t)wait * 1000);
             rc = proto_rpc_server_reply(srv, req, 0, "ok", req->body, req->body_len);
+        } else if (strcmp(req->method, "budget") == 0) {
+            /* What is left of the caller's budget on this server's clock, "none" without. */
+            char text[32] = "none";
+            uint64_t now = ops_time_mono_ms();
+            if (req->deadline_mono_ms != 0)
+                snprintf(text, sizeof text, "%llu",
+                         (unsigned long long)(req->deadline_mono_ms > now
+                                                  ? req->deadline_mono_ms - now
+                                                  : 0));
+            rc = proto_rpc_server_reply(srv, req, 0, "ok", (const uint8_t *)text, strlen(text));
         } else if (strcmp(req->method, "stats") == 0) {
             char text[ECHO_STATS_MAX];
             int n =

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -614,7 +615,8 @@ static void test_garbage_frame(void **state)
     /* An Rpc without a method is malformed too. */
     const uint8_t no_method[] = {0x08, 0x01};
     assert_int_equal(zmq_send(raw, no_method, sizeof no_method, 0), (int)sizeof no_method);
-    /* A well-formed call whose deadline has passed is dropped and counted as expired. */
+    /* A well-formed call whose legacy absolute deadline has passed is not served, counted as
+     * expired, and answered QC_EEXPIRED with the server's clock (the caller learns why). */
     Quancun__Rpc m = QUANCUN__RPC__INIT;
     m.request_id = 9;
     m.method = "echo";
@@ -633,10 +635,91 @@ static void test_garbage_frame(void **state)
     }
     assert_non_null(strstr(out, "malformed=2"));
     assert_non_null(strstr(out, "expired=1"));
+    /* The garbage has no request id: no answer. The method-less call (id 1) is answered with
+     * its decoding code, the late one (id 9) with QC_EEXPIRED; both carry the server's time. */
+    uint64_t wall_before = ops_time_wall_ms() - T_LOG_WAIT_MS - 1000;
+    int answered = 0;
     zmq_pollitem_t item = {raw, 0, ZMQ_POLLIN, 0};
+    while (answered < 2 && zmq_poll(&item, 1, T_CALL_MS) == 1) {
+        uint8_t buf[512];
+        int n = zmq_recv(raw, buf, sizeof buf, 0);
+        assert_true(n > 0);
+        Quancun__RpcReply *r = NULL;
+        assert_int_equal(proto_decode_rpc_reply(buf, (size_t)n, &r), 0);
+        assert_true(r->server_time_ms > wall_before);
+        assert_true(r->server_time_ms <= ops_time_wall_ms());
+        if (r->request_id == 1)
+            assert_int_equal(r->code, QC_EMISSING);
+        else if (r->request_id == 9)
+            assert_int_equal(r->code, QC_EEXPIRED);
+        else
+            fail_msg("an answer to request %" PRIu64, r->request_id);
+        quancun__rpc_reply__free_unpacked(r, NULL);
+        answered++;
+    }
+    assert_int_equal(answered, 2);
     assert_int_equal(zmq_poll(&item, 1, 0), 0);
     assert_int_equal(call_text(cli, "echo", "still", T_CALL_MS, 0, out, sizeof out), 0);
     assert_string_equal(out, "still");
+}
+
+/* 8b. Deadlines travel as budgets: a call whose caller's clock is an hour behind (its legacy
+ * deadline_ms long past) but which carries timeout_ms is served, because the server times it
+ * on its own clock; and the client library sends a budget, not a clock reading. */
+static void test_budget_beats_skewed_clock(void **state)
+{
+    fixture_t *f = *state;
+    spawn_server(f, T_PORT(12), "a", false, NULL);
+    proto_rpc_client_t *cli = client_new(f, endpoint_at(12), NULL, &f->client);
+    wait_ready(cli);
+    char out[128];
+    assert_int_equal(call_text(cli, "stats", NULL, T_CALL_MS, 0, out, sizeof out), 0);
+    void *raw = raw_dealer(f, T_PORT(12));
+    Quancun__Rpc m = QUANCUN__RPC__INIT;
+    m.request_id = 11;
+    m.method = "echo";
+    m.deadline_ms = ops_time_wall_ms() - 3600 * 1000; /* what a skewed clock would say */
+    m.timeout_ms = 5000;
+    m.body.data = (uint8_t *)"skewed";
+    m.body.len = 6;
+    uint8_t packed[64];
+    size_t packed_len = quancun__rpc__get_packed_size(&m);
+    assert_true(packed_len <= sizeof packed);
+    quancun__rpc__pack(&m, packed);
+    assert_int_equal(zmq_send(raw, packed, packed_len, 0), (int)packed_len);
+    zmq_pollitem_t item = {raw, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&item, 1, T_CALL_MS), 1);
+    uint8_t buf[512];
+    int n = zmq_recv(raw, buf, sizeof buf, 0);
+    assert_true(n > 0);
+    Quancun__RpcReply *r = NULL;
+    assert_int_equal(proto_decode_rpc_reply(buf, (size_t)n, &r), 0);
+    assert_int_equal(r->request_id, 11);
+    assert_int_equal(r->code, 0);
+    assert_int_equal(r->server_time_ms, 0); /* only refusals carry the clock */
+    assert_int_equal(r->body.len, 6);
+    assert_memory_equal(r->body.data, "skewed", 6);
+    quancun__rpc_reply__free_unpacked(r, NULL);
+    /* A budget over the 24 h limit is malformed, and answered as such. */
+    m.request_id = 12;
+    m.timeout_ms = PROTO_RPC_TIMEOUT_MAX + 1;
+    packed_len = quancun__rpc__get_packed_size(&m);
+    quancun__rpc__pack(&m, packed);
+    assert_int_equal(zmq_send(raw, packed, packed_len, 0), (int)packed_len);
+    assert_int_equal(zmq_poll(&item, 1, T_CALL_MS), 1);
+    n = zmq_recv(raw, buf, sizeof buf, 0);
+    assert_true(n > 0);
+    assert_int_equal(proto_decode_rpc_reply(buf, (size_t)n, &r), 0);
+    assert_int_equal(r->request_id, 12);
+    assert_int_equal(r->code, QC_EDECODE);
+    assert_true(r->server_time_ms != 0);
+    quancun__rpc_reply__free_unpacked(r, NULL);
+    /* The library's own calls carry a budget: the server sees at most what the caller gave,
+     * and most of it (the call takes far less than a second here). */
+    assert_int_equal(call_text(cli, "budget", NULL, 4000, 0, out, sizeof out), 0);
+    long left = strtol(out, NULL, 10);
+    assert_true(left > 1000);
+    assert_true(left <= 4000);
 }
 
 static uint64_t client_counter(const char *name)
@@ -884,6 +967,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_sighup_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_garbage_frame, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_beats_skewed_clock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_late_reply_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_context, setup, teardown),
         cmocka_unit_test_setup_teardown(test_follow_leader, setup, teardown),

@@ -209,12 +209,14 @@ static void put_key_id(const char *name, EVP_PKEY *key)
 }
 
 /* A refusal of a load, as the gateway sends it. */
-static void put_refusal(int n, uint64_t request_id, int code, const char *message)
+static void put_refusal(int n, uint64_t request_id, int code, const char *message, int load_state)
 {
     Quancun__RpcReply r = QUANCUN__RPC_REPLY__INIT;
     r.request_id = request_id;
     r.code = code;
     r.message = (char *)message;
+    r.server_time_ms = 1796000000500ULL; /* every refusal carries the bank's clock */
+    r.load_state = (Quancun__LoadState)load_state;
     char prefix[64];
     snprintf(prefix, sizeof prefix, "refusal.%d", n);
     put_frame(prefix, &r.base);
@@ -330,6 +332,7 @@ static void generate(void)
     call.request_id = 1;
     call.method = "load";
     call.deadline_ms = 0;
+    call.timeout_ms = 30000; /* the call's budget, not a clock reading */
     call.body = (ProtobufCBinaryData){req_env_len, req_env};
     put_frame("rpc.load", &call.base);
     Quancun__RpcReply ok = QUANCUN__RPC_REPLY__INIT;
@@ -344,10 +347,11 @@ static void generate(void)
     ok.body = (ProtobufCBinaryData){out_env_len, out_env};
     put_frame("rpc.report_reply", &ok.base);
 
-    put_refusal(1, 1, QC_EFUNDS, "insufficient funds");
-    put_refusal(2, 1, QC_ESTATE, "the load is already settled: LOAD_COMPENSATED");
-    put_refusal(3, 1, QC_EBUSY, "busy, try again");
-    put_refusal(4, 1, QC_ECERTREVOKED, "certificate revoked");
+    put_refusal(1, 1, QC_EFUNDS, "insufficient funds", 0);
+    put_refusal(2, 1, QC_ESTATE, "the load is already settled: LOAD_COMPENSATED",
+                QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
+    put_refusal(3, 1, QC_EBUSY, "busy, try again", 0);
+    put_refusal(4, 1, QC_ECERTREVOKED, "certificate revoked", 0);
 
     /* Envelopes that must be refused. */
     uint8_t bad[VEC_BYTES_MAX];
