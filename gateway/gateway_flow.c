@@ -94,11 +94,11 @@ static gateway_op_t *gateway_op_new(gateway_t *gw, proto_rpc_request_t *req)
 }
 
 /* Replies to the device and frees op (invariant 2). */
-static void gateway_op_finish(gateway_t *gw, gateway_op_t *op, int code, const char *message,
-                              const uint8_t *body, size_t body_len)
+static void gateway_op_answer(gateway_t *gw, gateway_op_t *op, const proto_rpc_answer_t *a)
 {
     assert(op->stage != GATEWAY_OP_FREE);
     assert(op->req != NULL);
+    int code = a->code;
     bool is_load = strcmp(op->req->method, "load") == 0;
     double seconds = (double)(ops_time_mono_ns() - op->start_ns) / 1e9;
     ops_histogram_observe(is_load ? gw->m_load_seconds : gw->m_report_seconds, seconds);
@@ -106,7 +106,7 @@ static void gateway_op_finish(gateway_t *gw, gateway_op_t *op, int code, const c
         ops_counter_add(is_load ? gw->m_loads_ok : gw->m_reports_ok, 1);
     else
         ops_counter_add(is_load ? gw->m_loads_refused : gw->m_reports_refused, 1);
-    int rc = proto_rpc_server_reply(gw->server, op->req, code, message, body, body_len);
+    int rc = proto_rpc_server_answer(gw->server, op->req, a);
     if (rc != 0)
         ops_log(OPS_LOG_WARN, "gateway.reply_failed", "error", qc_errname(rc), NULL);
     proto_rpc_request_destroy(&op->req);
@@ -115,9 +115,27 @@ static void gateway_op_finish(gateway_t *gw, gateway_op_t *op, int code, const c
     ops_gauge_add(gw->m_inflight, -1);
 }
 
+static void gateway_op_finish(gateway_t *gw, gateway_op_t *op, int code, const char *message,
+                              const uint8_t *body, size_t body_len)
+{
+    proto_rpc_answer_t a = {.code = code, .message = message, .body = body, .body_len = body_len};
+    gateway_op_answer(gw, op, &a);
+}
+
 static void gateway_op_refuse(gateway_t *gw, gateway_op_t *op, int code, const char *message)
 {
     gateway_op_finish(gw, op, code, message != NULL ? message : qc_strerror(code), NULL, 0);
+}
+
+/* A refusal that names the state the load already reached (RpcReply.load_state), for a
+ * device to act on without reading words. */
+static void gateway_op_refuse_state(gateway_t *gw, gateway_op_t *op, int code, const char *message,
+                                    int load_state)
+{
+    proto_rpc_answer_t a = {.code = code, .message = message, .load_state = load_state};
+    if (a.load_state < 0 || a.load_state > QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED)
+        a.load_state = 0; /* a ledger's unknown state is not passed on */
+    gateway_op_answer(gw, op, &a);
 }
 
 /* Sends a downstream call for op, or refuses the device when it cannot be sent. */
@@ -213,8 +231,9 @@ static void gateway_load_reserved(gateway_t *gw, gateway_op_t *op, const proto_r
         char message[GATEWAY_MESSAGE_MAX];
         snprintf(message, sizeof message, "the load is already settled: %s",
                  state != NULL ? state->name : "unknown state");
+        int load_state = (int)rr->load->state;
         qcledger__reserve_reply__free_unpacked(rr, NULL);
-        gateway_op_refuse(gw, op, QC_ESTATE, message);
+        gateway_op_refuse_state(gw, op, QC_ESTATE, message, load_state);
         return;
     }
     gateway_op_finish(gw, op, 0, NULL, rr->allow.data, rr->allow.len);
@@ -289,8 +308,9 @@ static void gateway_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *r
         ops_counter_add(gw->m_unavailable, 1);
         gateway_op_refuse(gw, op, QC_EUNAVAIL, "service unavailable - try again");
     } else if (reply->code != 0) {
-        /* The ledger's refusal (its signer's failure included), passed on with its words. */
-        gateway_op_refuse(gw, op, reply->code, reply->message);
+        /* The ledger's refusal (its signer's failure included), passed on with its words
+         * and the load's state when the ledger named it. */
+        gateway_op_refuse_state(gw, op, reply->code, reply->message, reply->load_state);
     } else {
         switch (op->stage) {
         case GATEWAY_OP_RESERVE:

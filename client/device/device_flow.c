@@ -43,6 +43,8 @@ bool device_flow_transient(int code)
 static void note_server(device_flow_result_t *res, const device_reply_t *reply)
 {
     res->server_code = reply->code;
+    res->server_load_state = reply->load_state;
+    res->server_time_ms = reply->server_time_ms;
     snprintf(res->server_message, sizeof(res->server_message), "%s",
              reply->message[0] != '\0' ? reply->message : qc_strerror(reply->code));
 }

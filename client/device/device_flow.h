@@ -28,6 +28,8 @@ typedef struct device_reply {
     char message[DEVICE_MESSAGE_MAX + 1];
     uint8_t *body;
     size_t body_len;
+    int load_state;          /* RpcReply.load_state: with QC_ESTATE, the load's state */
+    uint64_t server_time_ms; /* RpcReply.server_time_ms: the bank's clock at a refusal */
 } device_reply_t;
 
 void device_reply_clear(device_reply_t *reply);
@@ -46,6 +48,8 @@ typedef struct device_flow_result {
     bool abandoned;  /* the bank refused the request; nothing was applied */
     int server_code; /* the last error code the server sent, 0 when none */
     char server_message[DEVICE_MESSAGE_MAX + 1];
+    int server_load_state;   /* the state the bank named with server_code, 0 when none */
+    uint64_t server_time_ms; /* the bank's clock at that refusal, 0 when not sent */
 } device_flow_result_t;
 
 /* True for server codes that mean "try again later" rather than "no". */

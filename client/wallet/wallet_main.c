@@ -17,6 +17,7 @@
 #include "card_host.h"
 #include "ops_config.h"
 #include "ops_log.h"
+#include "ops_time.h"
 #include "proto_rpc.h"
 #include "qc_error.h"
 #include "device_amount.h"
@@ -109,6 +110,19 @@ static void say_error(const char *what, int code, const char *server_message)
     else
         fprintf(stderr, "%s: %s: %s (%s)\n", MAIN_PROGRAM, what, qc_strerror(code),
                 qc_errname(code));
+}
+
+/* When the bank sent its clock with a refusal and ours differs by more than a second,
+ * says so: a skewed clock is a cause the user (or vendor) can fix. */
+static void say_clock(uint64_t server_time_ms)
+{
+    if (server_time_ms == 0)
+        return;
+    uint64_t now = ops_time_wall_ms();
+    uint64_t skew = now > server_time_ms ? now - server_time_ms : server_time_ms - now;
+    if (skew > 1000)
+        fprintf(stderr, "%s: note: this device's clock is %.1f s %s the bank's\n", MAIN_PROGRAM,
+                (double)skew / 1000.0, now > server_time_ms ? "ahead of" : "behind");
 }
 
 static const char *amount_text(int64_t minor, char buf[DEVICE_AMOUNT_FORMAT_MAX])
@@ -286,6 +300,8 @@ static int net_call(void *arg, const char *method, const uint8_t *body, size_t b
     if (rc != 0)
         return rc;
     out->code = reply->code;
+    out->load_state = reply->load_state;
+    out->server_time_ms = reply->server_time_ms;
     snprintf(out->message, sizeof(out->message), "%s", reply->message);
     if (reply->body_len > 0) {
         out->body = malloc(reply->body_len);
@@ -384,10 +400,15 @@ static int report_flow(wallet_device_t *dev, int rc, int64_t amount,
         return MAIN_EXIT_OK; /* nothing was in progress */
     if (res->abandoned) {
         say_error("the bank refused the load", res->server_code, res->server_message);
+        if (res->server_load_state != 0)
+            printf("The bank says this load is %s.\n",
+                   proto_load_state_name(res->server_load_state));
+        say_clock(res->server_time_ms);
         printf("Nothing was debited or credited.\n");
         return MAIN_EXIT_FAILED;
     }
     say_error("the load is not finished", rc, res->server_message);
+    say_clock(res->server_time_ms);
     if (s.phase != DEVICE_IDLE)
         printf("Transaction: %s\n", ops_hex(s.txn_id, DEVICE_TXN_SIZE, hex));
     if (s.phase == DEVICE_PENDING)

@@ -624,6 +624,10 @@ static void test_errors_map_to_codes(void **state)
     script(w, &w->reserve, FAKE_REFUSE, 0, QC_EFUNDS);
     assert_int_equal(device_call(w, "load", req, req_len, &r), QC_EFUNDS);
     assert_string_equal(r->message, "refused by the fake");
+    assert_int_equal(r->load_state, 0);
+    /* Every refusal carries the bank's clock (the device learns its skew). */
+    assert_true(r->server_time_ms + 60000 > ops_time_wall_ms());
+    assert_true(r->server_time_ms <= ops_time_wall_ms());
     proto_rpc_reply_destroy(&r);
     script(w, &w->settle, FAKE_REFUSE, 0, QC_ESTATE);
     assert_int_equal(device_call(w, "report", rep, rep_len, &r), QC_ESTATE);
@@ -634,6 +638,9 @@ static void test_errors_map_to_codes(void **state)
     script(w, &w->reserve, FAKE_SETTLED, 0, 0);
     assert_int_equal(device_call(w, "load", req, req_len, &r), QC_ESTATE);
     assert_non_null(strstr(r->message, "LOAD_COMPENSATED"));
+    /* ... and the state is a field the device acts on, not only words. */
+    assert_int_equal(r->load_state, QUANCUN__LOAD_STATE__LOAD_COMPENSATED);
+    assert_true(r->server_time_ms != 0);
     proto_rpc_reply_destroy(&r);
 
     /* A reply that does not decode. */
