@@ -652,9 +652,62 @@ static bool bytes_equal(const ProtobufCBinaryData *b, const uint8_t *want, size_
     return b->len == want_len && CRYPTO_memcmp(b->data, want, want_len) == 0;
 }
 
+/* The time this device signed its pending request, on its own clock (the request's
+ * device_time_ms, read back from the stored envelope). Returns 0, or QC_EDECODE. */
+static int pending_request_time(const device_state_t *st, uint64_t *out)
+{
+    proto_envelope_t *env = NULL;
+    Quancun__LoadRequest *req = NULL;
+    size_t body_len = 0;
+    int rc = proto_envelope_open(st->request, st->request_len, &env);
+    if (rc == 0) {
+        const uint8_t *body = proto_envelope_body(env, &body_len);
+        rc = proto_decode_load_request(body, body_len, &req);
+    }
+    if (rc == 0)
+        *out = req->device_time_ms;
+    if (req != NULL)
+        quancun__load_request__free_unpacked(req, NULL);
+    proto_envelope_destroy(&env);
+    return rc == 0 ? 0 : QC_EDECODE;
+}
+
+/* The allow is timed by elapsed time, never by comparing two machines' clocks: the bank
+ * grants the report window deadline_ms - host_time_ms (both on the bank's clock), and the
+ * device spends it from the moment it signed its request (on its own clock), which is before
+ * the bank started the window. So a device whose clock is off, by any amount, judges the
+ * same way as one whose clock is right; only its own clock's running matters. A clock that
+ * went back since the request leaves the elapsed time unknown: refused, the safe side (the
+ * bank's deadline gives the money back). */
+static int allow_in_time(const device_state_t *st, const Quancun__LoadAllow *allow,
+                         const char **reason)
+{
+    if (allow->deadline_ms <= allow->host_time_ms) {
+        *reason = "allow deadline has passed";
+        return QC_EEXPIRED;
+    }
+    uint64_t window = allow->deadline_ms - allow->host_time_ms;
+    uint64_t sent = 0;
+    if (pending_request_time(st, &sent) != 0) {
+        *reason = "the pending request cannot be read back";
+        return QC_EDECODE;
+    }
+    uint64_t now = ops_time_wall_ms();
+    if (now < sent) {
+        *reason = "this device's clock went back since the request";
+        return QC_EEXPIRED;
+    }
+    if (now - sent >= window) {
+        *reason = "allow deadline has passed";
+        return QC_EEXPIRED;
+    }
+    return 0;
+}
+
 /* An allow (verified, decoded) belongs to the pending load of st when it says what the
- * request said (the one rule, proto_load.h) and its deadline has not passed. Returns 0, or
- * the refusal code with *reason set to the sentence the report will carry. */
+ * request said (the one rule, proto_load.h) and its report window, timed from the request by
+ * this device's clock (allow_in_time), has not run out. Returns 0, or the refusal code with
+ * *reason set to the sentence the report will carry. */
 static int allow_matches(const device_state_t *st, const Quancun__LoadAllow *allow,
                          const char **reason)
 {
@@ -668,11 +721,7 @@ static int allow_matches(const device_state_t *st, const Quancun__LoadAllow *all
     int rc = proto_allow_matches_request(allow, &pending, st->request_digest, reason);
     if (rc != 0)
         return rc;
-    if (allow->deadline_ms == 0 || allow->deadline_ms <= ops_time_wall_ms()) {
-        *reason = "allow deadline has passed";
-        return QC_EEXPIRED;
-    }
-    return 0;
+    return allow_in_time(st, allow, reason);
 }
 
 /* Judges an allow against the pending load. Returns 0 when it may be applied, or the

@@ -181,6 +181,15 @@ static void tweak_expired(Quancun__LoadAllow *a)
     a->deadline_ms = ops_time_wall_ms() - 1;
 }
 
+/* A window of 1 ms, spent by the time the device judges: timed by elapsed time on the device,
+ * whatever the two clocks say (here the bank's deadline is still ahead of the device's). */
+static void tweak_window_spent(Quancun__LoadAllow *a)
+{
+    a->host_time_ms = ops_time_wall_ms() + 60000;
+    a->deadline_ms = a->host_time_ms + 1;
+    usleep(5 * 1000); /* > 1 ms since the request, which was signed before this */
+}
+
 typedef struct refusal {
     const char *name;
     wt_allow_tweak_fn *tweak;
@@ -198,6 +207,7 @@ static const refusal_t refusals[] = {
     {"other amount", tweak_amount, 0, 0, QC_EMISMATCH, "amount"},
     {"other account", tweak_account, 0, 0, QC_EMISMATCH, "account"},
     {"deadline passed", tweak_expired, 0, 0, QC_EEXPIRED, "deadline"},
+    {"window spent", tweak_window_spent, 0, 0, QC_EEXPIRED, "deadline"},
     {"stranger's key", NULL, 1, 0, QC_EKEYID, "not signed"},
     {"outcome key", NULL, 2, 0, QC_EKEYID, "not signed"},
     {"bad signature", NULL, 0, 1, QC_EBADSIG, "signature"},
@@ -271,6 +281,31 @@ static void test_refusals(void **state)
         free(allow);
         free(oc);
     }
+}
+
+/* The bank's clock an hour behind the device's (or the device's an hour ahead): the allow's
+ * deadline is long past by the device's clock, yet its 30 s window, timed from the device's
+ * own request, has barely begun, so the allow is applied. (Judged by comparing clocks, as
+ * before issue 20, this device refused every allow and every load was compensated.) */
+static void tweak_bank_clock_behind(Quancun__LoadAllow *a)
+{
+    a->host_time_ms = ops_time_wall_ms() - 3600 * 1000;
+    a->deadline_ms = a->host_time_ms + 30000;
+}
+
+static void test_allow_timed_by_elapsed_time(void **state)
+{
+    fixture_t *f = *state;
+    begin(f);
+    uint8_t *allow = NULL;
+    size_t allow_len = 0;
+    wt_make_allow(f->bank, f->req, f->req_len, tweak_bank_clock_behind, NULL, &allow, &allow_len);
+    int verdict = -999;
+    assert_int_equal(
+        device_core_judge_allow(wallet_device_core(f->dev), allow, allow_len, &verdict), 0);
+    assert_int_equal(verdict, 0);
+    expect(f, DEVICE_REPORTED, AMOUNT, 1);
+    free(allow);
 }
 
 /* The bank's allow key installed as a certificate: an expired one is refused, a current one
@@ -624,6 +659,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_happy_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_allow_timed_by_elapsed_time, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bank_certificate_validity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allow_applied_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outcome_checks, setup, teardown),
