@@ -1,5 +1,6 @@
 /* rpc_common.h - what the modules of proto/rpc share: socket options, name and key checks,
- * per-service counters. Internal to qcrpc: nothing outside proto/rpc includes it. */
+ * per-service counters. Internal to qcrpc, but for the ledger's replica links
+ * (ledger/ledger_raftnet.c), which use rpc_zap.h and give their sockets the same options. */
 #ifndef RPC_COMMON_H
 #define RPC_COMMON_H
 

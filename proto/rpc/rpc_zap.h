@@ -1,5 +1,6 @@
 /* rpc_zap.h - the ZAP handler (RFC 27) that admits CURVE clients to the servers of one zmq
- * context. Internal to qcrpc: only proto_rpc_server.c uses it.
+ * context. Used by proto_rpc_server.c and by the ledger's replica links
+ * (ledger/ledger_raftnet.c), whose transport runs a zmq context of its own.
  *
  * libzmq looks for exactly one handler per context, at inproc://zeromq.zap.01, so one handler
  * thread serves every server of a context. It finds the server by the ZAP domain, which each
