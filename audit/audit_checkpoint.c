@@ -1,5 +1,5 @@
-/* audit_checkpoint.c - asks the signer to sign {seq, hash, time} and logs the result in the chain.
- */
+/* audit_checkpoint.c - asks the signer to sign the tree head {seq, hash, time, root} and logs the
+ * result in the chain. */
 #include "audit_checkpoint.h"
 
 #include <assert.h>
@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <openssl/crypto.h>
 
 #include "audit_verify.h"
 #include "ops_log.h"
@@ -80,12 +82,15 @@ int audit_checkpoint_new(const audit_checkpoint_config_t *cfg, audit_checkpoint_
 
 /* Asks the signer to sign {seq, hash, now}; on success *signed_out is the envelope. */
 static int checkpoint_sign(audit_checkpoint_t *cp, uint64_t seq, const uint8_t *hash,
-                           proto_rpc_reply_t **reply_out, Quancun__SignReply **signed_out)
+                           const uint8_t *root, proto_rpc_reply_t **reply_out,
+                           Quancun__SignReply **signed_out)
 {
     Quancun__AuditCheckpoint body = QUANCUN__AUDIT_CHECKPOINT__INIT;
     body.seq = seq;
     body.hash.data = (uint8_t *)hash;
     body.hash.len = AUDIT_HASH_SIZE;
+    body.root.data = (uint8_t *)root;
+    body.root.len = AUDIT_HASH_SIZE;
     body.time_ms = ops_time_wall_ms();
     uint8_t *packed = NULL, *req_bytes = NULL;
     size_t packed_len = 0, req_len = 0;
@@ -133,6 +138,21 @@ static int checkpoint_pending(audit_checkpoint_t *cp, uint64_t *pending, uint64_
     return 0;
 }
 
+/* The signed head says what was asked: seq, chain hash and root, under the checkpoint key. */
+static int checkpoint_check(const audit_checkpoint_t *cp, const Quancun__SignReply *sr,
+                            uint64_t seq, const uint8_t *hash, const uint8_t *root)
+{
+    audit_tree_head_t head;
+    int rc = audit_verify_tree_head(sr->signed_.data, sr->signed_.len, cp->cert_key, &head);
+    if (rc != 0)
+        return rc;
+    if (head.size != seq || !head.has_root ||
+        CRYPTO_memcmp(head.chain_hash, hash, AUDIT_HASH_SIZE) != 0 ||
+        CRYPTO_memcmp(head.root, root, AUDIT_HASH_SIZE) != 0)
+        return QC_EMISMATCH;
+    return 0;
+}
+
 int audit_checkpoint_once(audit_checkpoint_t *cp)
 {
     assert(cp != NULL);
@@ -143,9 +163,13 @@ int audit_checkpoint_once(audit_checkpoint_t *cp)
         return rc;
     proto_rpc_reply_t *reply = NULL;
     Quancun__SignReply *sr = NULL;
-    rc = checkpoint_sign(cp, seq, hash, &reply, &sr);
+    /* The tree head: the Merkle root of the same entries 1..seq the chain hash covers. */
+    uint8_t root[AUDIT_HASH_SIZE];
+    rc = audit_store_tree_root(cp->store, seq, root);
+    if (rc == 0)
+        rc = checkpoint_sign(cp, seq, hash, root, &reply, &sr);
     if (rc == 0 && cp->cert_key != NULL)
-        rc = audit_verify_checkpoint(sr->signed_.data, sr->signed_.len, cp->cert_key, seq, hash);
+        rc = checkpoint_check(cp, sr, seq, hash, root);
     if (rc == 0) {
         audit_event_t ev = {
             .source = AUDIT_SOURCE_SELF,

@@ -2,10 +2,11 @@
  *
  * One thread. Every checkpoint_entries entries, or checkpoint_seconds after the last
  * checkpoint when anything was appended since, it asks the signer (method "sign",
- * SignRequest{SIGN_AUDIT_CHECKPOINT, packed AuditCheckpoint{seq, hash, time_ms}}) to sign
- * the last entry's seq and hash, checks the signed envelope against the audit-checkpoint
- * certificate when one is configured (a signer with another key is refused, not stored),
- * and appends it as a checkpoint entry (source "audit", type "audit.checkpoint",
+ * SignRequest{SIGN_AUDIT_CHECKPOINT, packed AuditCheckpoint{seq, hash, time_ms, root}}) to
+ * sign the last entry's seq and chain hash and the Merkle root of entries 1..seq (the log's
+ * signed tree head, RFC 9162, audit_store.h), checks the signed envelope against the
+ * audit-checkpoint certificate when one is configured (a signer with another key is refused, not
+ * stored), and appends it as a checkpoint entry (source "audit", type "audit.checkpoint",
  * source_seq = the covered seq).
  *
  * Metrics: qc_audit_checkpoints_total, qc_audit_checkpoint_errors_total,

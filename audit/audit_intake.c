@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "audit.pb-c.h"
+#include "audit_proof.h"
 #include "audit_relay.h"
 #include "ops_fault.h"
 #include "ops_log.h"
@@ -15,6 +16,10 @@
 #include "proto_decode.h"
 #include "proto_id.h"
 #include "qc_error.h"
+
+/* intake_decode()'s answer for a read method (audit_proof.h): no event, answered after the
+ * batch's commit so that it sees every event acknowledged before it. */
+#define INTAKE_READ 1
 
 struct audit_intake {
     audit_store_t *store;
@@ -31,6 +36,7 @@ struct audit_intake {
     ops_counter_t *m_appended;
     ops_counter_t *m_dedupe;
     ops_counter_t *m_refused;
+    ops_counter_t *m_reads;
     ops_histogram_t *m_commit;
 };
 
@@ -76,6 +82,8 @@ int audit_intake_new(const audit_intake_config_t *cfg, audit_intake_t **out)
     in->m_appended = ops_counter("qc_audit_entries_appended_total", "Entries appended to the log");
     in->m_dedupe = ops_counter("qc_audit_dedupe_hits_total", "Events already in the log");
     in->m_refused = ops_counter("qc_audit_append_refused_total", "append requests refused");
+    in->m_reads = ops_counter("qc_audit_proof_reads_total", "tree_head, prove and consistency "
+                                                            "requests answered");
     in->m_commit = ops_histogram("qc_audit_commit_seconds", "Group commit of append requests");
     *out = in;
     return 0;
@@ -85,6 +93,8 @@ int audit_intake_new(const audit_intake_config_t *cfg, audit_intake_t **out)
 static int intake_decode(audit_intake_t *in, size_t i, audit_event_t *ev)
 {
     const proto_rpc_request_t *req = in->reqs[i];
+    if (audit_proof_is_method(req->method))
+        return INTAKE_READ;
     if (strcmp(req->method, AUDIT_INTAKE_METHOD) != 0)
         return QC_EMETHOD;
     Qcaudit__AppendRequest *m = qcaudit__append_request__unpack(NULL, req->body_len, req->body);
@@ -130,6 +140,18 @@ static void intake_send(audit_intake_t *in, size_t i, int code, const uint8_t *b
         ops_log(OPS_LOG_WARN, "audit.reply_failed", "error", qc_errname(rc), NULL);
 }
 
+/* Answers read request i from the store (audit_proof.h). */
+static void intake_read(audit_intake_t *in, size_t i)
+{
+    const proto_rpc_request_t *req = in->reqs[i];
+    uint8_t *body = NULL;
+    size_t len = 0;
+    int rc = audit_proof_answer(in->store, req->method, req->body, req->body_len, &body, &len);
+    ops_counter_add(rc == 0 ? in->m_reads : in->m_refused, 1);
+    intake_send(in, i, rc, body, len);
+    free(body);
+}
+
 static void intake_reply(audit_intake_t *in, size_t i, int code, const audit_append_result_t *r)
 {
     if (code != 0) {
@@ -169,6 +191,11 @@ static void intake_batch(audit_intake_t *in, size_t n)
     for (size_t i = 0; i < n; i++) {
         const audit_append_result_t *r = NULL;
         int code = in->codes[i];
+        if (code == INTAKE_READ) {
+            intake_read(in, i);
+            proto_rpc_request_destroy(&in->reqs[i]);
+            continue;
+        }
         if (code == 0) {
             r = &in->results[in->event_of[i]];
             code = rc != 0 ? rc : r->code;

@@ -9,6 +9,10 @@
  * QC_EMETHOD (another method); a failed commit answers every event of the batch with its
  * code (QC_EFULL, QC_EIO), and the caller resends.
  *
+ * The read methods of audit_proof.h ("tree_head", "prove", "consistency") are served by the
+ * same socket to the same callers (a gateway forwards its devices' requests), answered after
+ * the batch they arrive with is committed.
+ *
  * Fault point "audit.append_after_commit_before_reply": SIGKILL between commit and replies. */
 #ifndef AUDIT_INTAKE_H
 #define AUDIT_INTAKE_H

@@ -6,18 +6,22 @@
 #include <string.h>
 
 #include <lmdb.h>
+#include <openssl/crypto.h>
 
 #include "ops_bytes.h"
 #include "ops_lmdb.h"
 #include "ops_log.h"
 #include "ops_time.h"
 #include "proto_id.h"
+#include "proto_merkle.h"
 #include "qc_error.h"
 
-#define STORE_DBI_COUNT 5
+#define STORE_DBI_COUNT 6
 #define STORE_SEQ_KEY_SIZE 8
 #define STORE_DEDUPE_KEY_MAX (1 + AUDIT_SOURCE_MAX + 8)
 #define STORE_FILE_MODE 0600
+#define STORE_NODE_KEY_SIZE (1 + 8) /* level, be64(index) */
+#define STORE_QC_CODE_MIN (-1000)   /* our codes are small negatives, LMDB's MDB_* below -30000 */
 
 enum store_dbi {
     DBI_ENTRIES = 0,
@@ -25,10 +29,11 @@ enum store_dbi {
     DBI_DEDUPE,
     DBI_SOURCES,
     DBI_CHECKPOINTS,
+    DBI_NODES,
 };
 
 static const char *const store_dbi_names[STORE_DBI_COUNT] = {
-    "entries", "by_txn", "dedupe", "sources", "checkpoints",
+    "entries", "by_txn", "dedupe", "sources", "checkpoints", "nodes",
 };
 
 struct audit_store {
@@ -37,10 +42,19 @@ struct audit_store {
     bool rdonly;
 };
 
+static int tree_backfill(audit_store_t *store, MDB_txn *txn);
+static int store_rc(const char *what, int rc);
+
 /* Maps an LMDB error to our code space (ops_lmdb.h) and logs the unexpected ones. */
 static int store_err(const char *what, int rc)
 {
     return ops_lmdb_error("audit.lmdb", what, rc);
+}
+
+/* rc of a loop that mixes our codes and LMDB's (errno values and MDB_* codes). */
+static int store_rc(const char *what, int rc)
+{
+    return rc > 0 || rc < STORE_QC_CODE_MIN ? store_err(what, rc) : rc;
 }
 
 int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_store_t **out)
@@ -83,6 +97,11 @@ int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_s
             mdb_txn_abort(txn);
             goto err;
         }
+    }
+    if (!rdonly && (rc = tree_backfill(store, txn)) != 0) {
+        ops_log(OPS_LOG_ERROR, "audit.store_open", "dir", dir, "error", qc_strerror(rc), NULL);
+        mdb_txn_abort(txn);
+        goto err;
     }
     if ((rc = mdb_txn_commit(txn)) != 0) {
         ops_log(OPS_LOG_ERROR, "audit.store_open", "dir", dir, "error", mdb_strerror(rc), NULL);
@@ -168,6 +187,116 @@ static int put_u64(MDB_txn *txn, MDB_dbi dbi, const void *key, size_t key_len, u
     return rc == 0 ? 0 : store_err("put", rc);
 }
 
+/* ------------------------------------------------------------------ the Merkle tree */
+
+static void node_key(unsigned level, uint64_t index, uint8_t key[STORE_NODE_KEY_SIZE])
+{
+    assert(level < PROTO_MERKLE_LEVELS_MAX);
+    key[0] = (uint8_t)level;
+    ops_be_put(key + 1, index, 8);
+}
+
+/* The stored hash of complete subtree (level, index) inside txn. A missing node is
+ * QC_ENOTFOUND (the tree has fewer leaves), a malformed one QC_EDECODE. */
+static int node_get(audit_store_t *store, MDB_txn *txn, unsigned level, uint64_t index,
+                    uint8_t out[PROTO_MERKLE_HASH_SIZE])
+{
+    uint8_t key[STORE_NODE_KEY_SIZE];
+    node_key(level, index, key);
+    MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
+    int rc = mdb_get(txn, store->dbi[DBI_NODES], &k, &v);
+    if (rc != 0)
+        return store_err("get_node", rc);
+    if (v.mv_size != PROTO_MERKLE_HASH_SIZE)
+        return QC_EDECODE;
+    memcpy(out, v.mv_data, PROTO_MERKLE_HASH_SIZE);
+    return 0;
+}
+
+static int node_put(audit_store_t *store, MDB_txn *txn, unsigned level, uint64_t index,
+                    const uint8_t hash[PROTO_MERKLE_HASH_SIZE])
+{
+    uint8_t key[STORE_NODE_KEY_SIZE];
+    node_key(level, index, key);
+    MDB_val k = {.mv_size = sizeof key, .mv_data = key};
+    MDB_val d = {.mv_size = PROTO_MERKLE_HASH_SIZE, .mv_data = (void *)hash};
+    int rc = mdb_put(txn, store->dbi[DBI_NODES], &k, &d, 0);
+    return rc == 0 ? 0 : store_err("put_node", rc);
+}
+
+/* Adds entry seq as leaf seq - 1 (its hash over canonical, the stored record without its
+ * chain hash) and every complete subtree it completes: one per trailing one bit of seq - 1. */
+static int tree_append(audit_store_t *store, MDB_txn *txn, uint64_t seq, const uint8_t *canonical,
+                       size_t len)
+{
+    assert(seq >= 1);
+    uint64_t index = seq - 1;
+    uint8_t h[PROTO_MERKLE_HASH_SIZE], left[PROTO_MERKLE_HASH_SIZE];
+    int rc = proto_merkle_leaf_hash(canonical, len, h);
+    unsigned level = 0;
+    if (rc == 0)
+        rc = node_put(store, txn, 0, index, h);
+    while (rc == 0 && (index & 1) != 0) {
+        if ((rc = node_get(store, txn, level, index - 1, left)) != 0 ||
+            (rc = proto_merkle_node_hash(left, h, h)) != 0)
+            break;
+        level++;
+        index >>= 1;
+        rc = node_put(store, txn, level, index, h);
+    }
+    return rc;
+}
+
+/* Rebuilds the nodes of a log written before the tree existed (or whose last leaf is
+ * missing): drops them all and adds every entry again, in txn. */
+static int tree_backfill(audit_store_t *store, MDB_txn *txn)
+{
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[DBI_ENTRIES], &cur);
+    if (rc != 0)
+        return store_err("cursor_open", rc);
+    MDB_val k, v;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    if (rc == MDB_NOTFOUND) {
+        mdb_cursor_close(cur);
+        return 0;
+    }
+    uint8_t last_leaf[PROTO_MERKLE_HASH_SIZE];
+    if (rc != 0 || k.mv_size != STORE_SEQ_KEY_SIZE) {
+        mdb_cursor_close(cur);
+        return rc != 0 ? store_err("last", rc) : QC_EDECODE;
+    }
+    uint64_t last = ops_be_get(k.mv_data, 8);
+    rc = last >= 1 ? node_get(store, txn, 0, last - 1, last_leaf) : QC_EDECODE;
+    if (rc != QC_ENOTFOUND) {
+        mdb_cursor_close(cur);
+        return rc;
+    }
+    ops_log(OPS_LOG_WARN, "audit.tree_backfill", "error",
+            "the log has entries without Merkle leaves: rebuilding the tree", NULL);
+    if ((rc = mdb_drop(txn, store->dbi[DBI_NODES], 0)) != 0) {
+        mdb_cursor_close(cur);
+        return store_err("drop_nodes", rc);
+    }
+    uint64_t expect = 1;
+    int op = MDB_FIRST;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        if (k.mv_size != STORE_SEQ_KEY_SIZE || ops_be_get(k.mv_data, 8) != expect ||
+            v.mv_size < AUDIT_ENCODING_FIXED + AUDIT_HASH_SIZE) {
+            rc = QC_EDECODE;
+            break;
+        }
+        if ((rc = tree_append(store, txn, expect, v.mv_data, v.mv_size - AUDIT_HASH_SIZE)) != 0)
+            break;
+        expect++;
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    return store_rc("backfill", rc);
+}
+
 /* Appends one new event as entry seq after prev inside txn, with its indexes. */
 static int append_one(audit_store_t *store, MDB_txn *txn, const audit_event_t *ev, uint64_t seq,
                       const uint8_t *dkey, size_t dkey_len, uint8_t prev[AUDIT_HASH_SIZE])
@@ -198,9 +327,14 @@ static int append_one(audit_store_t *store, MDB_txn *txn, const audit_event_t *e
     MDB_val k = {.mv_size = sizeof key, .mv_data = key};
     MDB_val d = {.mv_size = rec_len, .mv_data = rec};
     rc = mdb_put(txn, store->dbi[DBI_ENTRIES], &k, &d, MDB_APPEND);
+    if (rc != 0) {
+        free(rec);
+        return store_err("put_entry", rc);
+    }
+    rc = tree_append(store, txn, seq, rec, rec_len - AUDIT_HASH_SIZE);
     free(rec);
     if (rc != 0)
-        return store_err("put_entry", rc);
+        return rc;
     if (e.txn_id_len > 0 &&
         (rc = put_u64(txn, store->dbi[DBI_BY_TXN], e.txn_id, e.txn_id_len, seq, 0)) != 0)
         return rc;
@@ -608,4 +742,184 @@ int audit_store_check_indexes(audit_store_t *store, uint64_t *bad_seq)
         rc = walk_index(store, txn, DBI_CHECKPOINTS, check_checkpoint_row, &rows, bad_seq);
     mdb_txn_abort(txn);
     return rc;
+}
+
+/* ------------------------------------------------------------------ proofs */
+
+typedef struct node_reader {
+    audit_store_t *store;
+    MDB_txn *txn;
+} node_reader_t;
+
+static int node_read(void *arg, unsigned level, uint64_t index, uint8_t out[PROTO_MERKLE_HASH_SIZE])
+{
+    node_reader_t *r = arg;
+    int rc = node_get(r->store, r->txn, level, index, out);
+    /* The proof asked for a node the log's size says exists: the tree is damaged. */
+    return rc == QC_ENOTFOUND ? QC_EDECODE : rc;
+}
+
+/* Begins a read txn and checks that the log holds at least size entries. */
+static int tree_begin(audit_store_t *store, uint64_t size, node_reader_t *r)
+{
+    r->store = store;
+    int rc = read_begin(store, &r->txn);
+    if (rc != 0)
+        return rc;
+    uint64_t last = 0;
+    uint8_t hash[AUDIT_HASH_SIZE];
+    if ((rc = last_in(store, r->txn, &last, hash)) == 0 && size > last)
+        rc = QC_ENOTFOUND;
+    if (rc != 0)
+        mdb_txn_abort(r->txn);
+    return rc;
+}
+
+int audit_store_tree_root(audit_store_t *store, uint64_t size, uint8_t root[AUDIT_HASH_SIZE])
+{
+    assert(store != NULL);
+    assert(root != NULL);
+    node_reader_t r;
+    int rc = tree_begin(store, size, &r);
+    if (rc != 0)
+        return rc;
+    rc = proto_merkle_root(node_read, &r, size, root);
+    mdb_txn_abort(r.txn);
+    return rc;
+}
+
+int audit_store_prove_inclusion(audit_store_t *store, uint64_t seq, uint64_t size,
+                                proto_merkle_hash_t path[PROTO_MERKLE_PROOF_MAX], size_t *path_len)
+{
+    assert(store != NULL);
+    assert(path != NULL);
+    assert(path_len != NULL);
+    *path_len = 0;
+    if (seq == 0 || seq > size)
+        return QC_EINVAL;
+    node_reader_t r;
+    int rc = tree_begin(store, size, &r);
+    if (rc != 0)
+        return rc;
+    rc = proto_merkle_prove_inclusion(node_read, &r, seq - 1, size, path, path_len);
+    mdb_txn_abort(r.txn);
+    return rc;
+}
+
+int audit_store_prove_consistency(audit_store_t *store, uint64_t old_size, uint64_t new_size,
+                                  proto_merkle_hash_t proof[PROTO_MERKLE_PROOF_MAX],
+                                  size_t *proof_len)
+{
+    assert(store != NULL);
+    assert(proof != NULL);
+    assert(proof_len != NULL);
+    *proof_len = 0;
+    if (old_size > new_size)
+        return QC_EINVAL;
+    node_reader_t r;
+    int rc = tree_begin(store, new_size, &r);
+    if (rc != 0)
+        return rc;
+    rc = proto_merkle_prove_consistency(node_read, &r, old_size, new_size, proof, proof_len);
+    mdb_txn_abort(r.txn);
+    return rc;
+}
+
+int audit_store_checkpoint_for(audit_store_t *store, uint64_t size, uint64_t *entry_seq,
+                               uint64_t *covered_seq)
+{
+    assert(store != NULL);
+    assert(entry_seq != NULL);
+    assert(covered_seq != NULL);
+    *entry_seq = *covered_seq = 0;
+    MDB_txn *txn = NULL;
+    int rc = read_begin(store, &txn);
+    if (rc != 0)
+        return rc;
+    MDB_cursor *cur = NULL;
+    if ((rc = mdb_cursor_open(txn, store->dbi[DBI_CHECKPOINTS], &cur)) != 0) {
+        mdb_txn_abort(txn);
+        return store_err("cursor_open", rc);
+    }
+    /* Newest first: heads asked for are recent, and covered seqs grow with the entry seq. */
+    MDB_val k, v;
+    int op = MDB_LAST;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_PREV;
+        if (k.mv_size != STORE_SEQ_KEY_SIZE || v.mv_size != 8) {
+            rc = QC_EDECODE;
+            break;
+        }
+        uint64_t covered = ops_be_get(v.mv_data, 8);
+        if (size == 0 || covered == size) {
+            *entry_seq = ops_be_get(k.mv_data, 8);
+            *covered_seq = covered;
+            break;
+        }
+        if (covered < size) {
+            rc = MDB_NOTFOUND;
+            break;
+        }
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return store_rc("checkpoint_for", rc);
+}
+
+int audit_store_check_tree(audit_store_t *store, uint64_t *bad_seq)
+{
+    assert(store != NULL);
+    assert(bad_seq != NULL);
+    *bad_seq = 0;
+    node_reader_t r;
+    int rc = tree_begin(store, 0, &r);
+    if (rc != 0)
+        return rc;
+    MDB_cursor *cur = NULL;
+    if ((rc = mdb_cursor_open(r.txn, store->dbi[DBI_ENTRIES], &cur)) != 0) {
+        mdb_txn_abort(r.txn);
+        return store_err("cursor_open", rc);
+    }
+    proto_merkle_compact_t c = {0};
+    uint64_t nodes = 0;
+    MDB_val k, v;
+    int op = MDB_FIRST;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        *bad_seq = c.size + 1;
+        if (k.mv_size != STORE_SEQ_KEY_SIZE || v.mv_size < AUDIT_HASH_SIZE) {
+            rc = QC_EDECODE;
+            break;
+        }
+        uint8_t leaf[PROTO_MERKLE_HASH_SIZE], stored[PROTO_MERKLE_HASH_SIZE];
+        proto_merkle_hash_t done[PROTO_MERKLE_LEVELS_MAX];
+        size_t nd = 0;
+        uint64_t index = c.size;
+        if ((rc = proto_merkle_leaf_hash(v.mv_data, v.mv_size - AUDIT_HASH_SIZE, leaf)) != 0 ||
+            (rc = proto_merkle_compact_append(&c, leaf, done, &nd)) != 0)
+            break;
+        for (size_t l = 0; l < nd && rc == 0; l++) {
+            rc = node_get(store, r.txn, (unsigned)l, index >> l, stored);
+            if (rc == QC_ENOTFOUND ||
+                (rc == 0 && CRYPTO_memcmp(stored, done[l], PROTO_MERKLE_HASH_SIZE) != 0))
+                rc = QC_EMISMATCH;
+        }
+        if (rc != 0)
+            break;
+        nodes += nd;
+    }
+    mdb_cursor_close(cur);
+    MDB_stat st;
+    if (rc == MDB_NOTFOUND) {
+        rc = mdb_stat(r.txn, store->dbi[DBI_NODES], &st);
+        if (rc == 0 && st.ms_entries != nodes) {
+            /* Nodes beyond the entries: a tree longer than the log. */
+            *bad_seq = c.size + 1;
+            rc = QC_EMISMATCH;
+        } else if (rc == 0) {
+            *bad_seq = 0;
+        }
+    }
+    mdb_txn_abort(r.txn);
+    return store_rc("check_tree", rc);
 }

@@ -6,6 +6,15 @@
  *   dedupe       u8 len || source || be64(source_seq) -> be64(seq)
  *   sources      source -> be64(highest source_seq appended)  (the relay resumes after it)
  *   checkpoints  be64(seq of the checkpoint entry) -> be64(seq it covers)
+ *   nodes        u8 level || be64(index) -> 32-byte hash    (the Merkle tree, below)
+ *
+ * The Merkle tree (RFC 9162, proto/proto_merkle.h) has one leaf per entry: leaf seq - 1 is
+ * SHA-256(0x00 || canonical(entry)), canonical(entry) being the stored record without its
+ * trailing chain hash (audit_chain.h). nodes holds the hash of every complete subtree:
+ * level 0 the leaves, level l index i the subtree of leaves [i << l, (i + 1) << l). An
+ * append adds its leaf and the subtrees it completes in the same transaction, about two rows
+ * per entry; a proof reads O(log n) of them. A log written before the tree existed gets its
+ * nodes rebuilt when it is next opened writable.
  *
  * Appends are group commits: one write transaction per call, however many events, so one
  * fsync (LMDB's default durable commit) covers them all. A call returns only after the
@@ -19,6 +28,7 @@
 #include <stdint.h>
 
 #include "audit_chain.h"
+#include "proto_merkle.h"
 #include "qc_error.h"
 
 #define AUDIT_STORE_MAP_SIZE_DEFAULT (4ull << 30) /* 4 GiB of address space, grown lazily */
@@ -116,5 +126,37 @@ QC_MUST_CHECK int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_
  * Returns 0; QC_EMISMATCH with *bad_seq set (the entry an index misnames, or 0 for a count
  * that differs); QC_EDECODE for a malformed index row; QC_EIO. */
 QC_MUST_CHECK int audit_store_check_indexes(audit_store_t *store, uint64_t *bad_seq);
+
+/* MTH of the first size entries (size 0: the empty tree). Returns 0, QC_ENOTFOUND (the log
+ * has fewer entries), QC_EDECODE (a node is missing or malformed), QC_EIO. */
+QC_MUST_CHECK int audit_store_tree_root(audit_store_t *store, uint64_t size,
+                                        uint8_t root[AUDIT_HASH_SIZE]);
+
+/* The inclusion proof of entry seq (leaf seq - 1) in the tree of the first size entries.
+ * Returns 0, QC_EINVAL (seq 0 or above size), QC_ENOTFOUND (fewer than size entries),
+ * QC_EDECODE, QC_EIO. */
+QC_MUST_CHECK int audit_store_prove_inclusion(audit_store_t *store, uint64_t seq, uint64_t size,
+                                              proto_merkle_hash_t path[PROTO_MERKLE_PROOF_MAX],
+                                              size_t *path_len);
+
+/* The consistency proof from the tree of old_size entries to that of new_size. Returns 0,
+ * QC_EINVAL (old_size > new_size), QC_ENOTFOUND (fewer than new_size entries), QC_EDECODE,
+ * QC_EIO. */
+QC_MUST_CHECK int audit_store_prove_consistency(audit_store_t *store, uint64_t old_size,
+                                                uint64_t new_size,
+                                                proto_merkle_hash_t proof[PROTO_MERKLE_PROOF_MAX],
+                                                size_t *proof_len);
+
+/* The checkpoint (signed tree head) of tree size size, or the latest when size is 0: the seq
+ * of its entry and the size it covers. Returns 0, QC_ENOTFOUND (no checkpoint covers exactly
+ * size, or none at all), QC_EDECODE, QC_EIO. */
+QC_MUST_CHECK int audit_store_checkpoint_for(audit_store_t *store, uint64_t size,
+                                             uint64_t *entry_seq, uint64_t *covered_seq);
+
+/* Recomputes the tree from the stored entries, in one read transaction, and compares every
+ * stored node: each leaf and each complete subtree, and that nodes holds nothing else.
+ * Returns 0; QC_EMISMATCH with *bad_seq the entry whose leaf or completed subtree differs or
+ * is missing (the entry after the last for surplus nodes); QC_EDECODE; QC_EIO. */
+QC_MUST_CHECK int audit_store_check_tree(audit_store_t *store, uint64_t *bad_seq);
 
 #endif

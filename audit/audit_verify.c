@@ -14,6 +14,7 @@
 #include "audit_store.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
+#include "proto_receipt.h"
 #include "qc_error.h"
 
 typedef struct verify_walk {
@@ -39,33 +40,65 @@ static int verify_break(verify_walk_t *w, uint64_t seq, int code, const char *fm
     return code;
 }
 
+int audit_verify_tree_head(const uint8_t *payload, size_t len, EVP_PKEY *key,
+                           audit_tree_head_t *head)
+{
+    assert(key != NULL);
+    assert(head != NULL);
+    memset(head, 0, sizeof *head);
+    proto_tree_head_t h;
+    int rc = proto_checkpoint_open(payload, len, key, &h, &head->has_root);
+    if (rc != 0)
+        return rc;
+    head->size = h.size;
+    head->time_ms = h.time_ms;
+    memcpy(head->chain_hash, h.chain_hash, AUDIT_HASH_SIZE);
+    memcpy(head->root, h.root, AUDIT_HASH_SIZE);
+    return 0;
+}
+
 int audit_verify_checkpoint(const uint8_t *payload, size_t len, EVP_PKEY *key, uint64_t covered_seq,
                             const uint8_t covered_hash[32])
 {
     assert(key != NULL);
     assert(covered_hash != NULL);
-    if (payload == NULL || len == 0)
-        return QC_EMISSING;
-    proto_envelope_t *env = NULL;
-    int rc = proto_envelope_open(payload, len, &env);
+    audit_tree_head_t head;
+    int rc = audit_verify_tree_head(payload, len, key, &head);
     if (rc != 0)
         return rc;
-    if ((rc = proto_envelope_verify(env, PROTO_TYPE_AUDIT_CHECKPOINT, key)) != 0) {
-        proto_envelope_destroy(&env);
-        return rc;
-    }
-    size_t body_len = 0;
-    const uint8_t *body = proto_envelope_body(env, &body_len);
-    Quancun__AuditCheckpoint *cp = NULL;
-    rc = proto_decode_audit_checkpoint(body, body_len, &cp);
-    proto_envelope_destroy(&env);
+    if (head.size != covered_seq ||
+        CRYPTO_memcmp(head.chain_hash, covered_hash, AUDIT_HASH_SIZE) != 0)
+        return QC_EMISMATCH;
+    return 0;
+}
+
+/* The tree head in checkpoint entry e (whose signature and chain hash verified): its root is the
+ * root of the first e->source_seq entries, from the stored tree (checked against the entries
+ * at the end of the walk, audit_store_check_tree()). */
+static int verify_tree_head_entry(verify_walk_t *w, const audit_entry_t *e)
+{
+    audit_tree_head_t head;
+    int rc = audit_verify_tree_head(e->payload, e->payload_len, w->key, &head);
     if (rc != 0)
-        return rc;
-    if (cp->seq != covered_seq || cp->hash.len != AUDIT_HASH_SIZE ||
-        CRYPTO_memcmp(cp->hash.data, covered_hash, AUDIT_HASH_SIZE) != 0)
-        rc = QC_EMISMATCH;
-    quancun__audit_checkpoint__free_unpacked(cp, NULL);
-    return rc;
+        return verify_break(w, e->seq, rc, "tree head at seq %" PRIu64 " does not open: %s", e->seq,
+                            qc_strerror(rc));
+    if (!head.has_root)
+        return 0;
+    uint8_t root[AUDIT_HASH_SIZE];
+    if ((rc = audit_store_tree_root(w->store, head.size, root)) != 0)
+        return verify_break(w, e->seq, rc,
+                            "tree head at seq %" PRIu64 ": the tree of %" PRIu64
+                            " entries cannot be read: %s",
+                            e->seq, head.size, qc_strerror(rc));
+    if (CRYPTO_memcmp(root, head.root, AUDIT_HASH_SIZE) != 0)
+        return verify_break(w, e->seq, QC_EMISMATCH,
+                            "tree head at seq %" PRIu64 " signs a Merkle root that is not the root "
+                            "of entries 1..%" PRIu64,
+                            e->seq, head.size);
+    w->report->tree_heads++;
+    if (head.size > w->report->tree_size)
+        w->report->tree_size = head.size;
+    return 0;
 }
 
 /* Checks the checkpoint entry e against the entry it covers. */
@@ -92,6 +125,8 @@ static int verify_checkpoint_entry(verify_walk_t *w, const audit_entry_t *e)
                             "checkpoint at seq %" PRIu64 " (covering seq %" PRIu64
                             ") does not verify: %s",
                             e->seq, e->source_seq, qc_strerror(rc));
+    if ((rc = verify_tree_head_entry(w, e)) != 0)
+        return rc;
     w->report->checkpoints++;
     if (e->source_seq > w->report->signed_seq)
         w->report->signed_seq = e->source_seq;
@@ -164,6 +199,14 @@ int audit_verify_dir(const char *dir, EVP_PKEY *key, audit_verify_report_t *repo
                           : "the dedupe index does not hold exactly one key per entry (%" PRIu64
                             " entries)",
                  bad != 0 ? bad : report->entries);
+    }
+    if (rc == 0 && (rc = audit_store_check_tree(store, &bad)) != 0) {
+        report->break_seq = bad != 0 ? bad : report->last_seq + 1;
+        report->break_code = rc;
+        snprintf(report->why, sizeof report->why,
+                 "the stored Merkle tree differs from the entries at entry %" PRIu64
+                 " (a leaf or subtree hash is wrong, missing or extra)",
+                 report->break_seq);
     }
     audit_store_destroy(&store);
     return rc;

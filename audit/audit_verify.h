@@ -8,13 +8,21 @@
  * AuditCheckpoint that verifies under the audit-checkpoint key, names an earlier entry
  * (the seq in its source_seq) and that entry's hash. The first break stops the walk.
  * Then the indexes are checked against the entries (audit_store_check_indexes()): a forged
- * dedupe key would otherwise let audit call an event a duplicate and never keep it. */
+ * dedupe key would otherwise let audit call an event a duplicate and never keep it.
+ *
+ * Checkpoints are also the log's signed tree heads (RFC 9162): a checkpoint with a Merkle
+ * root must carry the root of entries 1..seq it covers, recomputed from the stored tree; and
+ * the stored tree is recomputed from the entries, every leaf and complete subtree
+ * (audit_store_check_tree()). A checkpoint without a root (made before the tree existed) is
+ * checked as a chain checkpoint only and not counted as a tree head. */
 #ifndef AUDIT_VERIFY_H
 #define AUDIT_VERIFY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <openssl/evp.h>
+#include "audit_chain.h"
 #include "qc_error.h"
 
 #define AUDIT_VERIFY_WHY_MAX 256
@@ -24,6 +32,8 @@ typedef struct audit_verify_report {
     uint64_t checkpoints;           /* checkpoint entries whose signature verified */
     uint64_t last_seq;              /* last entry checked */
     uint64_t signed_seq;            /* highest seq covered by a verified checkpoint */
+    uint64_t tree_heads;            /* checkpoints whose Merkle root verified too */
+    uint64_t tree_size;             /* largest tree size of a verified tree head */
     uint64_t break_seq;             /* seq of the first break, 0 when the log is intact */
     int break_code;                 /* QC_E* code of the break, 0 when intact */
     char why[AUDIT_VERIFY_WHY_MAX]; /* one sentence naming the break */
@@ -45,5 +55,20 @@ QC_MUST_CHECK int audit_verify_dir(const char *dir, EVP_PKEY *key, audit_verify_
  * QC_EBADSIG, QC_EDECODE ...) or QC_EMISMATCH. */
 QC_MUST_CHECK int audit_verify_checkpoint(const uint8_t *payload, size_t len, EVP_PKEY *key,
                                           uint64_t covered_seq, const uint8_t covered_hash[32]);
+
+/* A signed tree head, opened: the fields of the AuditCheckpoint it signs. */
+typedef struct audit_tree_head {
+    uint64_t size;    /* tree size = the last entry's seq covered */
+    uint64_t time_ms; /* when it was signed */
+    bool has_root;    /* false for a checkpoint made before the tree existed */
+    uint8_t chain_hash[AUDIT_HASH_SIZE];
+    uint8_t root[AUDIT_HASH_SIZE];
+} audit_tree_head_t;
+
+/* Opens a Signed AuditCheckpoint under key (signature first, then the body's decoding) into
+ * *head. Returns 0, QC_EMISSING (no payload), the envelope's errors (QC_EKEYID, QC_EBADSIG,
+ * QC_EDECODE ...) or the decoder's. */
+QC_MUST_CHECK int audit_verify_tree_head(const uint8_t *payload, size_t len, EVP_PKEY *key,
+                                         audit_tree_head_t *head);
 
 #endif

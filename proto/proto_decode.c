@@ -198,6 +198,9 @@ static int check_audit_checkpoint(const Quancun__AuditCheckpoint *m)
     CHECK(check_bytes(&m->hash, PROTO_DIGEST_SIZE));
     if (m->time_ms == 0)
         return QC_EMISSING;
+    /* The Merkle root is absent from checkpoints made before the tree existed. */
+    if (m->root.len != 0 && m->root.len != PROTO_DIGEST_SIZE)
+        return QC_EDECODE;
     return 0;
 }
 

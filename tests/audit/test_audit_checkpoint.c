@@ -181,6 +181,9 @@ static void test_checkpoints(void **state)
     assert_true(r.checkpoints >= 2);
     assert_true(r.signed_seq >= T_EVENTS);
     assert_int_equal(r.entries, T_EVENTS + r.checkpoints);
+    /* Every checkpoint the HSM signed is a tree head whose Merkle root matches the entries. */
+    assert_int_equal(r.tree_heads, r.checkpoints);
+    assert_int_equal(r.tree_size, r.signed_seq);
 
     char out[T_OUT_MAX];
     const char *ok[] = {"qc-audit", "verify", "--dir", data, "--cert", f->cert, NULL};
