@@ -11,7 +11,10 @@
  *      an accepted hello is dropped (counted), while the same key claiming its own id is
  *      welcomed, and the group still replicates afterwards;
  *   4. a follower closed and restarted on its directory catches up with entries applied
- *      while it was down, through the leader's snapshot (larger than one link chunk).
+ *      while it was down, through the leader's snapshot (larger than one link chunk);
+ *   5. a replica the others drop from their tables (ledger_raftnet_set_peers, as a SIGHUP
+ *      re-reading replicas_file does) is cut off at once, open links included, and gets
+ *      nothing; put back, it catches up.
  * Every wait has a deadline. */
 #include <errno.h>
 #include <inttypes.h>
@@ -66,6 +69,7 @@ typedef struct node {
     struct raft_fsm fsm;
     struct raft raft;
     bool running;
+    bool isolated; /* cut off by the others' tables: the conditions leave it out */
     bool closed;
     uint64_t count, sum;    /* the state machine: entries applied, and their values' sum */
     uint64_t restored_max;  /* the largest count a restored snapshot carried */
@@ -237,7 +241,7 @@ static node_t *leader_of(group_t *g)
 {
     for (int i = 0; i < T_REPLICAS; i++) {
         node_t *nd = &g->nodes[i];
-        if (nd->running && raft_state(&nd->raft) == RAFT_LEADER)
+        if (nd->running && !nd->isolated && raft_state(&nd->raft) == RAFT_LEADER)
             return nd;
     }
     return NULL;
@@ -254,7 +258,7 @@ static bool cond_leader(group_t *g, const void *arg)
         node_t *nd = &g->nodes[i];
         raft_id id = 0;
         const char *address = NULL;
-        if (!nd->running)
+        if (!nd->running || nd->isolated)
             continue;
         raft_leader(&nd->raft, &id, &address);
         if (id != l->id)
@@ -268,7 +272,8 @@ static bool cond_caught_up(group_t *g, const void *arg)
     (void)arg;
     for (int i = 0; i < T_REPLICAS; i++) {
         node_t *nd = &g->nodes[i];
-        if (nd->running && (nd->count != g->expect_count || nd->sum != g->expect_sum))
+        if (nd->running && !nd->isolated &&
+            (nd->count != g->expect_count || nd->sum != g->expect_sum))
             return false;
     }
     return true;
@@ -630,6 +635,50 @@ static void test_follower_restart_catches_up(void **state)
     assert_true(la.links_out_lost + la.connects_failed > lb.links_out_lost + lb.connects_failed);
 }
 
+static void test_table_change_cuts_a_replica_off(void **state)
+{
+    group_t *g = *state;
+    assert_true(run_until(g, cond_leader, NULL, T_WAIT_MS));
+    node_t *l = leader_of(g);
+    assert_non_null(l);
+    node_t *x = &g->nodes[l == &g->nodes[T_REPLICAS - 1] ? 0 : T_REPLICAS - 1];
+    ledger_raftnet_peer_t without[T_REPLICAS - 1];
+    size_t n = 0;
+    for (int i = 0; i < T_REPLICAS; i++)
+        if (g->table[i].id != x->id)
+            without[n++] = g->table[i];
+    uint64_t refused_before = refused_total();
+    ledger_raftnet_stats_t lb, la;
+    ledger_raftnet_stats(&l->transport, &lb);
+
+    /* Both others drop x; the open links with x end at once. */
+    for (int i = 0; i < T_REPLICAS; i++)
+        if (&g->nodes[i] != x)
+            assert_int_equal(ledger_raftnet_set_peers(&g->nodes[i].transport, without, n), 0);
+    x->isolated = true;
+    uint64_t x_count = x->count;
+    apply_entries(g, 10); /* the two others are a majority */
+    assert_true(run_until(g, cond_caught_up, NULL, T_WAIT_MS));
+    run_for(g, 1500); /* x tries again meanwhile, and is refused */
+    assert_int_equal(x->count, x_count);
+    assert_true(refused_total() > refused_before);
+    ledger_raftnet_stats(&l->transport, &la);
+    assert_true(la.links_out_lost > lb.links_out_lost); /* its link to x was cut */
+
+    /* A malformed table is refused and the current one kept. */
+    ledger_raftnet_peer_t twice[2] = {without[0], without[0]};
+    assert_int_equal(ledger_raftnet_set_peers(&l->transport, twice, 2), QC_EINVAL);
+
+    /* Listed again, x catches up (its campaigns raised its term: there may be an election). */
+    for (int i = 0; i < T_REPLICAS; i++)
+        if (&g->nodes[i] != x)
+            assert_int_equal(ledger_raftnet_set_peers(&g->nodes[i].transport, g->table, T_REPLICAS),
+                             0);
+    x->isolated = false;
+    apply_entries(g, 5);
+    assert_true(run_until(g, cond_caught_up, NULL, T_WAIT_MS));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -637,6 +686,7 @@ int main(void)
         cmocka_unit_test(test_stranger_cannot_join),
         cmocka_unit_test(test_listed_key_cannot_claim_another_id),
         cmocka_unit_test(test_follower_restart_catches_up),
+        cmocka_unit_test(test_table_change_cuts_a_replica_off),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
