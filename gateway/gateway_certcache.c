@@ -48,6 +48,17 @@ int gateway_certcache_new(const proto_trust_t *trust, gateway_certcache_t **out)
     return 0;
 }
 
+void gateway_certcache_rebind(gateway_certcache_t *c, const proto_trust_t *trust)
+{
+    assert(c != NULL);
+    assert(trust != NULL);
+    for (size_t i = 0; i < GATEWAY_CERTCACHE_SLOTS; i++) {
+        EVP_PKEY_free(c->slots[i].pub);
+        memset(&c->slots[i], 0, sizeof c->slots[i]);
+    }
+    c->trust = trust;
+}
+
 void gateway_certcache_destroy(gateway_certcache_t **cache_p)
 {
     if (cache_p == NULL || *cache_p == NULL)

@@ -32,6 +32,10 @@ typedef struct gateway_certcache gateway_certcache_t;
  * *out, or QC_ENOMEM. */
 QC_MUST_CHECK int gateway_certcache_new(const proto_trust_t *trust, gateway_certcache_t **out);
 
+/* Empties the cache and binds it to trust (borrowed), allocating nothing: after a new trust
+ * store, nothing verified under the old one is answered from memory. */
+void gateway_certcache_rebind(gateway_certcache_t *c, const proto_trust_t *trust);
+
 /* Frees every entry and the cache; nulls *cache_p; accepts NULL. */
 void gateway_certcache_destroy(gateway_certcache_t **cache_p);
 

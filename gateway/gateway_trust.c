@@ -1,54 +1,17 @@
-/* gateway_trust.c - the gateway's device trust store, re-read when the CRL changes or on SIGHUP. */
+/* gateway_trust.c - the gateway's device trust store (proto_trust_watch.h) and the
+ * certificate cache over it, built again whenever the store is. */
 #include "gateway_trust.h"
 
 #include <assert.h>
-#include <errno.h>
-#include <stdbool.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
 
-#include "ops_log.h"
-#include "proto_cert.h"
+#include "proto_trust_watch.h"
 #include "qc_error.h"
 
 struct gateway_trust {
-    const char *ca_path;  /* borrowed */
-    const char *crl_path; /* borrowed; NULL for none */
-    unsigned flags;       /* proto_trust_new_ex() flags */
-    proto_trust_t *store;
-    gateway_certcache_t *certs; /* over store */
-    struct stat crl_seen;       /* the CRL file as last read (or tried) */
-    bool crl_seen_valid;
-    uint64_t polled_ms;
-    uint64_t hup_seen;
+    proto_trust_watch_t *watch;
+    gateway_certcache_t *certs; /* over the watch's current store */
 };
-
-/* True when a and b describe the same file contents as far as stat can tell. */
-static bool same_file(const struct stat *a, const struct stat *b)
-{
-    return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
-           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
-}
-
-/* Builds a store and its cache from the files; on error nothing is kept. */
-static int trust_load(const gateway_trust_t *t, proto_trust_t **store, gateway_certcache_t **certs)
-{
-    *store = NULL;
-    *certs = NULL;
-    int rc = proto_trust_new_ex(t->ca_path, t->crl_path, t->flags, store);
-    if (rc == 0)
-        rc = gateway_certcache_new(*store, certs);
-    if (rc != 0)
-        proto_trust_destroy(store);
-    return rc;
-}
-
-/* Notes the CRL file's identity; a missing file reads as "changed" next time. */
-static void trust_stat(gateway_trust_t *t)
-{
-    t->crl_seen_valid = t->crl_path != NULL && stat(t->crl_path, &t->crl_seen) == 0;
-}
 
 int gateway_trust_new(const char *ca_path, const char *crl_path, unsigned flags,
                       uint64_t hup_generation, gateway_trust_t **out)
@@ -59,15 +22,11 @@ int gateway_trust_new(const char *ca_path, const char *crl_path, unsigned flags,
     gateway_trust_t *t = calloc(1, sizeof *t);
     if (t == NULL)
         return QC_ENOMEM;
-    t->ca_path = ca_path;
-    t->crl_path = crl_path;
-    t->flags = flags;
-    t->hup_seen = hup_generation;
-    /* Stat before reading: a change made while reading is then seen at the next poll. */
-    trust_stat(t);
-    int rc = trust_load(t, &t->store, &t->certs);
+    int rc = proto_trust_watch_new("gateway", ca_path, crl_path, flags, hup_generation, &t->watch);
+    if (rc == 0)
+        rc = gateway_certcache_new(proto_trust_watch_store(t->watch), &t->certs);
     if (rc != 0) {
-        free(t);
+        gateway_trust_destroy(&t);
         return rc;
     }
     *out = t;
@@ -80,7 +39,7 @@ void gateway_trust_destroy(gateway_trust_t **trust_p)
         return;
     gateway_trust_t *t = *trust_p;
     gateway_certcache_destroy(&t->certs);
-    proto_trust_destroy(&t->store);
+    proto_trust_watch_destroy(&t->watch);
     free(t);
     *trust_p = NULL;
 }
@@ -88,44 +47,14 @@ void gateway_trust_destroy(gateway_trust_t **trust_p)
 int gateway_trust_poll(gateway_trust_t *t, uint64_t now_ms, uint64_t hup_generation)
 {
     assert(t != NULL);
-    assert(t->store != NULL);
+    assert(t->watch != NULL);
     assert(t->certs != NULL);
-    bool hup = hup_generation != t->hup_seen;
-    if (!hup && (t->crl_path == NULL || now_ms - t->polled_ms < GATEWAY_TRUST_POLL_MS))
-        return 0;
-    t->hup_seen = hup_generation;
-    t->polled_ms = now_ms;
-    const char *why = "sighup";
-    if (!hup) {
-        struct stat now_st;
-        if (stat(t->crl_path, &now_st) != 0) {
-            /* A CRL replaced by rename is absent for no time; a removed one keeps the old. */
-            if (t->crl_seen_valid)
-                ops_log(OPS_LOG_WARN, "gateway.crl_missing", "path", t->crl_path, "error",
-                        strerror(errno), NULL);
-            t->crl_seen_valid = false;
-            return 0;
-        }
-        if (t->crl_seen_valid && same_file(&now_st, &t->crl_seen))
-            return 0;
-        why = "file_changed";
-    }
-    trust_stat(t);
-    proto_trust_t *store = NULL;
-    gateway_certcache_t *certs = NULL;
-    int rc = trust_load(t, &store, &certs);
-    if (rc != 0) {
-        ops_log(OPS_LOG_ERROR, "gateway.crl_reload_failed", "path",
-                t->crl_path != NULL ? t->crl_path : t->ca_path, "error", qc_errname(rc), "hint",
-                "the previous CA bundle and CRL stay in use", NULL);
+    int rc = proto_trust_watch_poll(t->watch, now_ms, hup_generation);
+    if (rc != 1)
         return rc;
-    }
-    gateway_certcache_destroy(&t->certs);
-    proto_trust_destroy(&t->store);
-    t->store = store;
-    t->certs = certs;
-    ops_log(OPS_LOG_INFO, "gateway.crl_reloaded", "why", why, "path",
-            t->crl_path != NULL ? t->crl_path : "(none)", NULL);
+    /* A new store: the cache is emptied, so nothing verified under the old CRL is answered
+     * from memory. */
+    gateway_certcache_rebind(t->certs, proto_trust_watch_store(t->watch));
     return 1;
 }
 

@@ -1,29 +1,22 @@
 /* gateway_trust.h - the device trust store the gateway checks requests with, kept current.
  *
  * A device revoked in the CA's CRL must stop loading money without a gateway restart. This
- * module owns the trust store (CA bundle and CRL, proto_cert.h) and the certificate cache over
- * it (gateway_certcache.h), and builds both again, from the files:
- *   - when the CRL file changed (inode, size or modification time), looked at no more often
- *     than every GATEWAY_TRUST_POLL_MS, and
- *   - when SIGHUP arrived (the caller passes ops_signal_hup_generation()), which also re-reads
- *     the CA bundle.
- * The new cache starts empty, so no certificate verified under the old CRL is answered from
- * memory. A file that cannot be read or parsed leaves the current store in use (a half-written
- * CRL must not open the door) and is logged as gateway.crl_reload_failed; it is tried again
- * when the file changes again or on the next SIGHUP.
- *
- * A CRL past its nextUpdate refuses every certificate with QC_ECRLSTALE (fail closed) unless
- * the store was made with PROTO_TRUST_STALE_CRL_OK (the gateway's crl_stale = accept). One
- * thread uses it. */
+ * module owns a proto_trust_watch (proto_trust_watch.h: the CA bundle and CRL, re-read when
+ * the CRL file changes and on SIGHUP, a bad file keeping the current store, a stale CRL
+ * failing closed unless crl_stale = accept; events gateway.crl_reloaded,
+ * gateway.crl_reload_failed, gateway.crl_missing) and the certificate cache over it
+ * (gateway_certcache.h), which is emptied whenever the store is re-read, so no certificate
+ * verified under the old CRL is answered from memory. One thread uses it. */
 #ifndef GATEWAY_TRUST_H
 #define GATEWAY_TRUST_H
 
 #include <stdint.h>
 
 #include "gateway_certcache.h"
+#include "proto_trust_watch.h"
 #include "qc_error.h"
 
-#define GATEWAY_TRUST_POLL_MS 1000 /* how often the CRL file is looked at (one stat) */
+#define GATEWAY_TRUST_POLL_MS PROTO_TRUST_WATCH_POLL_MS /* how often the CRL file is looked at */
 
 typedef struct gateway_trust gateway_trust_t;
 

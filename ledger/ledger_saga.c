@@ -1250,6 +1250,12 @@ int ledger_saga_set_frozen(ledger_saga_t *s, MDB_txn *parent, uint64_t now, cons
     return saga_finish(txn, set_frozen_txn(s, txn, now, account_id, frozen, out, why), false);
 }
 
+void ledger_saga_set_trust(ledger_saga_t *s, const proto_trust_t *trust)
+{
+    assert(s != NULL);
+    s->trust = trust;
+}
+
 /* The device id (subject CN) and key of a certificate, checked against the trust store
  * when there is one. */
 static int cert_identity(ledger_saga_t *s, uint64_t now, const uint8_t *cert, size_t len,

@@ -48,6 +48,10 @@ typedef struct ledger_saga_config {
 
 /* Creates a saga engine over cfg. Returns 0 and sets *out, or QC_EINVAL, QC_ENOMEM. */
 QC_MUST_CHECK int ledger_saga_new(const ledger_saga_config_t *cfg, ledger_saga_t **out);
+
+/* Replaces the trust store enrollment checks with (borrowed; NULL = none), as after the CRL
+ * file was re-read (proto_trust_watch.h). Between two calls, never during one. */
+void ledger_saga_set_trust(ledger_saga_t *saga, const proto_trust_t *trust);
 void ledger_saga_destroy(ledger_saga_t **saga_p);
 
 /* Reserve(signed request): the bank verifies and debits; it does not sign here. Idempotent by

@@ -29,6 +29,7 @@
 #include "ops_signal.h"
 #include "ops_time.h"
 #include "proto_cert.h"
+#include "proto_trust_watch.h"
 #include "proto_rpc.h"
 #include "proto_shard.h"
 #include "qc_error.h"
@@ -85,7 +86,7 @@ struct ledger_service {
     ledger_store_t *store;
     ledger_saga_t *saga;
     EVP_PKEY *allow_key;
-    proto_trust_t *trust;
+    proto_trust_watch_t *trust; /* CAs and CRL for enrollment, re-read when the CRL changes */
     void *zctx;
     proto_rpc_server_t *srv;
     proto_curve_keylist_t service_keys;
@@ -880,6 +881,10 @@ int ledger_service_run(ledger_service_t *svc)
             ops_log(OPS_LOG_ERROR, "ledger.socket_failed", "error", qc_strerror(n), NULL);
             return QC_EIO;
         }
+        /* A device revoked in the CRL is refused enrollment from the next batch on. */
+        if (svc->trust != NULL && proto_trust_watch_poll(svc->trust, ops_time_mono_ms(),
+                                                         ops_signal_hup_generation()) == 1)
+            ledger_saga_set_trust(svc->saga, proto_trust_watch_store(svc->trust));
         /* The signer's answers: outcomes go out now, allows are stored by this batch. */
         int signed_count = ledger_signer_process(svc->signer);
         serve_batch(svc, (size_t)n, signed_count);
@@ -980,14 +985,17 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
         rc = QC_ECONFIG;
         goto err;
     }
-    if (cfg->ca_path != NULL && (rc = proto_trust_new(cfg->ca_path, cfg->crl_path, &svc->trust))) {
+    if (cfg->ca_path != NULL &&
+        (rc = proto_trust_watch_new("ledger", cfg->ca_path, cfg->crl_path, 0,
+                                    ops_signal_hup_generation(), &svc->trust)) != 0) {
         ops_log(OPS_LOG_ERROR, "ledger.ca_invalid", "path", cfg->ca_path, NULL);
         rc = QC_ECONFIG;
         goto err;
     }
     ledger_saga_config_t scfg = {.store = svc->store,
                                  .allow_key = svc->allow_key,
-                                 .trust = svc->trust,
+                                 .trust = svc->trust != NULL ? proto_trust_watch_store(svc->trust)
+                                                             : NULL,
                                  .shard = cfg->shard,
                                  .shard_count = cfg->shard_count};
     if ((rc = ledger_saga_new(&scfg, &svc->saga)) != 0)
@@ -1051,7 +1059,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
         zmq_ctx_term(svc->zctx);
     ledger_saga_destroy(&svc->saga);
     ledger_store_close(&svc->store);
-    proto_trust_destroy(&svc->trust);
+    proto_trust_watch_destroy(&svc->trust);
     EVP_PKEY_free(svc->allow_key);
     proto_curve_keylist_clear(&svc->service_keys);
     proto_curve_keylist_clear(&svc->admin_keys);

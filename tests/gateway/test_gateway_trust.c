@@ -37,40 +37,9 @@ typedef struct fixture {
     size_t der_len;
 } fixture_t;
 
-/* Writes a CRL of the CA revoking serials[0..n), valid from a day ago until next_update_s from
- * now (negative: already past). */
 static void write_crl(fixture_t *f, const long *serials, int n, long next_update_s)
 {
-    time_t now = time(NULL);
-    X509_CRL *crl = X509_CRL_new();
-    assert_non_null(crl);
-    assert_int_equal(X509_CRL_set_version(crl, 1), 1);
-    assert_int_equal(X509_CRL_set_issuer_name(crl, X509_get_subject_name(f->ca)), 1);
-    ASN1_TIME *t = X509_time_adj_ex(NULL, -2, 0, &now);
-    assert_int_equal(X509_CRL_set1_lastUpdate(crl, t), 1);
-    ASN1_TIME_free(t);
-    t = X509_time_adj_ex(NULL, 0, next_update_s, &now);
-    assert_int_equal(X509_CRL_set1_nextUpdate(crl, t), 1);
-    ASN1_TIME_free(t);
-    for (int i = 0; i < n; i++) {
-        X509_REVOKED *rev = X509_REVOKED_new();
-        ASN1_INTEGER *sn = ASN1_INTEGER_new();
-        assert_non_null(rev);
-        assert_int_equal(ASN1_INTEGER_set(sn, serials[i]), 1);
-        assert_int_equal(X509_REVOKED_set_serialNumber(rev, sn), 1);
-        ASN1_INTEGER_free(sn);
-        t = X509_time_adj_ex(NULL, 0, -60, &now);
-        assert_int_equal(X509_REVOKED_set_revocationDate(rev, t), 1);
-        ASN1_TIME_free(t);
-        assert_int_equal(X509_CRL_add0_revoked(crl, rev), 1);
-    }
-    assert_int_equal(X509_CRL_sort(crl), 1);
-    assert_true(X509_CRL_sign(crl, f->ca_key, EVP_sha256()) > 0);
-    FILE *fp = fopen(f->crl_path, "w");
-    assert_non_null(fp);
-    assert_int_equal(PEM_write_X509_CRL(fp, crl), 1);
-    assert_int_equal(fclose(fp), 0);
-    X509_CRL_free(crl);
+    qctest_write_crl(f->crl_path, f->ca_key, f->ca, serials, n, next_update_s);
 }
 
 static int setup(void **state)

@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,6 +19,8 @@
 
 #include <cmocka.h>
 #include <zmq.h>
+
+#include <openssl/x509.h>
 
 #include "ops_time.h"
 #include "ledger_proc.h"
@@ -654,6 +657,88 @@ static void test_signer_down_leaves_reserved_then_compensates(void **state)
 /* Killed after the debit committed and before the signer was asked, then killed after the
  * signer signed and before the allow was stored: after each restart the load is RESERVED with
  * no allow, a retry has it signed and stored, and every later retry gets those same bytes. */
+/* ------------------------------------------------------------ revocation */
+
+/* True when the ledger's log has a line containing needle. */
+static bool ledger_log_has(const lp_t *lp, const char *needle)
+{
+    char path[LP_PATH_MAX + 16], line[2048];
+    snprintf(path, sizeof path, "%s/ledger.log", lp->dir);
+    FILE *f = fopen(path, "r");
+    bool found = false;
+    while (f != NULL && !found && fgets(line, sizeof line, f) != NULL)
+        found = strstr(line, needle) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return found;
+}
+
+/* A device certificate issued by the CA with the given serial. */
+static void issued_cert(EVP_PKEY *ca_key, X509 *ca, const char *cn, long serial, uint8_t **der,
+                        size_t *der_len)
+{
+    EVP_PKEY *key = qctest_key_new();
+    qctest_cert_t spec = {.key = key,
+                          .cn = cn,
+                          .signer = ca_key,
+                          .issuer = ca,
+                          .serial = serial,
+                          .not_before_s = -3600,
+                          .not_after_s = 30 * 86400L,
+                          .ext = QCTEST_EXT_LEAF};
+    X509 *cert = qctest_cert_new(&spec);
+    qctest_cert_der(cert, der, der_len);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+}
+
+/* A device revoked in the CA's CRL while the ledger runs cannot be enrolled any more: the
+ * ledger re-reads its CRL file when the file changes, without a restart (issue 20). */
+static void test_crl_reread_without_restart(void **state)
+{
+    (void)state;
+    lp_t *lp = calloc(1, sizeof *lp);
+    assert_non_null(lp);
+    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT(7)), 0);
+    char ca_path[LP_PATH_MAX + 16], crl_path[LP_PATH_MAX + 16];
+    snprintf(ca_path, sizeof ca_path, "%s/ca.pem", lp->dir);
+    snprintf(crl_path, sizeof crl_path, "%s/crl.pem", lp->dir);
+    EVP_PKEY *ca_key = NULL;
+    X509 *ca = NULL;
+    qctest_ca_new(&ca_key, &ca);
+    qctest_write_cert(ca_path, ca);
+    qctest_write_crl(crl_path, ca_key, ca, NULL, 0, 7 * 86400L);
+    uint8_t *kept = NULL, *revoked = NULL;
+    size_t kept_len = 0, revoked_len = 0;
+    issued_cert(ca_key, ca, "dev-kept", 501, &kept, &kept_len);
+    issued_cert(ca_key, ca, "dev-revoked", 502, &revoked, &revoked_len);
+    const char *const extra[] = {"--ca", ca_path, "--crl", crl_path, NULL};
+    assert_int_equal(lp_start(lp, NULL, 0, extra), 0);
+    assert_int_equal(lp_open_account(lp, "rita", TK_CURRENCY, 0), 0);
+    assert_int_equal(lp_enroll(lp, "rita", kept, kept_len), 0);
+
+    const long serials[] = {502};
+    qctest_write_crl(crl_path, ca_key, ca, serials, 1, 7 * 86400L);
+    /* The file is looked at every PROTO_TRUST_WATCH_POLL_MS; wait for the reload it logs. */
+    uint64_t end = ops_time_mono_ms() + T_ASYNC_MS;
+    while (!ledger_log_has(lp, "\"event\":\"ledger.crl_reloaded\"") && ops_time_mono_ms() < end)
+        usleep(50 * 1000);
+    assert_true(ledger_log_has(lp, "\"event\":\"ledger.crl_reloaded\""));
+    assert_true(lp_alive(lp));
+    assert_int_equal(lp_enroll(lp, "rita", revoked, revoked_len), QC_ECERTREVOKED);
+    /* The store was rebuilt, not emptied: the CA still admits a device it did not revoke. */
+    uint8_t *fresh = NULL;
+    size_t fresh_len = 0;
+    issued_cert(ca_key, ca, "dev-fresh", 503, &fresh, &fresh_len);
+    assert_int_equal(lp_enroll(lp, "rita", fresh, fresh_len), 0);
+    free(kept);
+    free(revoked);
+    free(fresh);
+    EVP_PKEY_free(ca_key);
+    X509_free(ca);
+    finish(lp);
+}
+
 static void test_sigkill_around_the_signature(void **state)
 {
     (void)state;
@@ -716,6 +801,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_sigkill_after_commit_before_reply),
         cmocka_unit_test(test_signer_down_leaves_reserved_then_compensates),
         cmocka_unit_test(test_sigkill_around_the_signature),
+        cmocka_unit_test(test_crl_reread_without_restart),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

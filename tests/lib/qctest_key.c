@@ -206,3 +206,41 @@ void qctest_cert_from_csr(const char *csr_path, EVP_PKEY *signer, const char *is
     EVP_PKEY_free(pub);
     X509_REQ_free(req);
 }
+
+void qctest_write_crl(const char *path, EVP_PKEY *ca_key, const X509 *ca_cert, const long *serials,
+                      int n, long next_update_s)
+{
+    time_t now = time(NULL);
+    X509_CRL *crl = X509_CRL_new();
+    if (crl == NULL || X509_CRL_set_version(crl, 1) != 1 ||
+        X509_CRL_set_issuer_name(crl, X509_get_subject_name(ca_cert)) != 1)
+        die("X509_CRL");
+    ASN1_TIME *t = X509_time_adj_ex(NULL, -2, 0, &now);
+    if (t == NULL || X509_CRL_set1_lastUpdate(crl, t) != 1)
+        die("X509_CRL lastUpdate");
+    ASN1_TIME_free(t);
+    t = X509_time_adj_ex(NULL, 0, next_update_s, &now);
+    if (t == NULL || X509_CRL_set1_nextUpdate(crl, t) != 1)
+        die("X509_CRL nextUpdate");
+    ASN1_TIME_free(t);
+    for (int i = 0; i < n; i++) {
+        X509_REVOKED *rev = X509_REVOKED_new();
+        ASN1_INTEGER *sn = ASN1_INTEGER_new();
+        t = X509_time_adj_ex(NULL, 0, -60, &now);
+        if (rev == NULL || sn == NULL || t == NULL || ASN1_INTEGER_set(sn, serials[i]) != 1 ||
+            X509_REVOKED_set_serialNumber(rev, sn) != 1 ||
+            X509_REVOKED_set_revocationDate(rev, t) != 1 || X509_CRL_add0_revoked(crl, rev) != 1)
+            die("X509_REVOKED");
+        ASN1_INTEGER_free(sn);
+        ASN1_TIME_free(t);
+    }
+    if (X509_CRL_sort(crl) != 1 || X509_CRL_sign(crl, ca_key, EVP_sha256()) <= 0)
+        die("X509_CRL_sign");
+    /* Written aside and renamed, as an operator's tool would: a reader never sees half. */
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *fp = fopen(tmp, "w");
+    if (fp == NULL || PEM_write_X509_CRL(fp, crl) != 1 || fclose(fp) != 0 || rename(tmp, path) != 0)
+        die("write CRL");
+    X509_CRL_free(crl);
+}

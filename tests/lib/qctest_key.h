@@ -60,6 +60,11 @@ void qctest_ca_new(EVP_PKEY **ca_key, X509 **ca_cert);
 void qctest_cert_issued_der(EVP_PKEY *key, const char *cn, EVP_PKEY *ca_key, const X509 *ca_cert,
                             uint8_t **der, size_t *der_len);
 
+/* Writes to path (PEM) a CRL of the CA (ca_key, ca_cert) revoking serials[0..n), valid from
+ * two days ago until next_update_s from now (negative: already past). */
+void qctest_write_crl(const char *path, EVP_PKEY *ca_key, const X509 *ca_cert, const long *serials,
+                      int n, long next_update_s);
+
 /* cert's DER encoding into *der (malloc'd, the caller frees it) and *der_len. */
 void qctest_cert_der(const X509 *cert, uint8_t **der, size_t *der_len);
 
