@@ -12,7 +12,9 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include "audit.pb-c.h"
 #include "audit_chain.h"
+#include "audit_proof.h"
 #include "audit_store.h"
 #include "audit_verify.h"
 #include "ledger.pb-c.h"
@@ -21,6 +23,8 @@
 #include "ops_hex.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
+#include "proto_merkle.h"
+#include "proto_receipt.h"
 #include "qc_error.h"
 
 #define CLI_EXIT_OK 0
@@ -37,23 +41,33 @@ typedef struct cli_opts {
     const char *outcome_cert;
     const char *ca;
     uint64_t from;
-    const char *arg; /* the one positional argument (show's txn) */
+    uint64_t size;    /* --size: the tree head to prove against, 0 = the latest */
+    bool json;        /* --json: one JSON object on stdout */
+    const char *arg;  /* the first positional argument (show's and prove's txn, OLD) */
+    const char *arg2; /* the second (consistency's NEW) */
 } cli_opts_t;
 
 bool audit_cli_is_verb(const char *name)
 {
     return name != NULL && (strcmp(name, "verify") == 0 || strcmp(name, "show") == 0 ||
-                            strcmp(name, "export") == 0);
+                            strcmp(name, "export") == 0 || strcmp(name, "prove") == 0 ||
+                            strcmp(name, "consistency") == 0);
 }
 
 static void cli_usage(FILE *f, const char *prog)
 {
     fprintf(f,
-            "usage: %s verify --dir DATA --cert PEM\n"
+            "usage: %s verify --dir DATA --cert PEM [--json]\n"
             "       %s show --dir DATA [--allow-cert PEM] [--outcome-cert PEM] [--ca PEM] TXN_HEX\n"
             "       %s export --dir DATA [--from SEQ]\n"
-            "DATA is a copy of the audit service's data_dir (opened read-only).\n",
-            prog, prog, prog);
+            "       %s prove --dir DATA --cert PEM [--size N] [--json] TXN_HEX\n"
+            "       %s consistency --dir DATA --cert PEM [--json] OLD NEW\n"
+            "DATA is a copy of the audit service's data_dir (opened read-only); PEM the\n"
+            "audit-checkpoint certificate. prove: every entry of the load with its Merkle\n"
+            "inclusion proof against the latest signed tree head (or the head of size N),\n"
+            "verified. consistency: the proof that the signed tree head of size NEW (0: the\n"
+            "latest) extends that of size OLD, verified.\n",
+            prog, prog, prog, prog, prog);
 }
 
 /* Parses argv[1..argc) into o. Returns 0, 1 for --help, or -1 on bad usage. */
@@ -80,17 +94,20 @@ static int cli_parse(int argc, char **argv, cli_opts_t *o)
             if (i + 1 >= argc)
                 return -1;
             *slot = argv[++i];
-        } else if (strcmp(a, "--from") == 0) {
+        } else if (strcmp(a, "--from") == 0 || strcmp(a, "--size") == 0) {
             char *end = NULL;
             if (i + 1 >= argc)
                 return -1;
-            o->from = strtoull(argv[++i], &end, 10);
-            if (end == argv[i] || *end != '\0')
+            uint64_t v = strtoull(argv[++i], &end, 10);
+            if (end == argv[i] || *end != '\0' || argv[i][0] == '-')
                 return -1;
-        } else if (a[0] == '-' || o->arg != NULL) {
+            *(strcmp(a, "--from") == 0 ? &o->from : &o->size) = v;
+        } else if (strcmp(a, "--json") == 0) {
+            o->json = true;
+        } else if (a[0] == '-' || o->arg2 != NULL) {
             return -1;
         } else {
-            o->arg = a;
+            *(o->arg == NULL ? &o->arg : &o->arg2) = a;
         }
     }
     return o->dir != NULL ? 0 : -1;
@@ -106,6 +123,9 @@ static int cli_load_key(const char *prog, const char *what, const char *path, EV
         fprintf(stderr, "%s: cannot load %s %s: %s\n", prog, what, path, qc_strerror(rc));
     return rc;
 }
+
+static void json_str(FILE *f, const char *s, size_t len);
+static void hex_out(FILE *f, const uint8_t *b, size_t len);
 
 /* ------------------------------------------------------------------ verify */
 
@@ -125,6 +145,20 @@ static int cli_verify(const char *prog, const cli_opts_t *o)
         fprintf(stderr, "%s: %s\n", prog, r.why);
         return CLI_EXIT_USAGE;
     }
+    if (o->json) {
+        printf("{\"ok\":%s,\"entries\":%" PRIu64 ",\"last_seq\":%" PRIu64
+               ",\"checkpoints\":%" PRIu64 ",\"signed_seq\":%" PRIu64 ",\"tree_heads\":%" PRIu64
+               ",\"tree_size\":%" PRIu64,
+               rc == 0 ? "true" : "false", r.entries, r.last_seq, r.checkpoints, r.signed_seq,
+               r.tree_heads, r.tree_size);
+        if (rc != 0) {
+            printf(",\"break_seq\":%" PRIu64 ",\"error\":\"%s\",\"why\":", r.break_seq,
+                   qc_errname(r.break_code));
+            json_str(stdout, r.why, strlen(r.why));
+        }
+        printf("}\n");
+        return rc != 0 ? CLI_EXIT_BAD : CLI_EXIT_OK;
+    }
     if (rc != 0) {
         printf("BROKEN at seq %" PRIu64 " (%s): %s\n", r.break_seq, qc_errname(r.break_code),
                r.why);
@@ -136,6 +170,9 @@ static int cli_verify(const char *prog, const cli_opts_t *o)
            " checkpoints verify, signed up to seq %" PRIu64 " (%" PRIu64
            " entries after the last checkpoint)\n",
            r.entries, r.last_seq, r.checkpoints, r.signed_seq, r.last_seq - r.signed_seq);
+    printf("ok: %" PRIu64 " signed tree heads carry the Merkle root of the entries they cover, "
+           "the largest of %" PRIu64 " entries; every stored tree node matches the entries\n",
+           r.tree_heads, r.tree_size);
     return CLI_EXIT_OK;
 }
 
@@ -473,7 +510,7 @@ static int cli_show(const char *prog, const cli_opts_t *o)
 {
     uint8_t txn[AUDIT_TXN_ID_MAX];
     size_t txn_len = 0;
-    if (o->arg == NULL || hex_parse(o->arg, txn, sizeof txn, &txn_len) != 0) {
+    if (o->arg == NULL || o->arg2 != NULL || hex_parse(o->arg, txn, sizeof txn, &txn_len) != 0) {
         cli_usage(stderr, prog);
         return CLI_EXIT_USAGE;
     }
@@ -511,6 +548,319 @@ out:
     return exit_code;
 }
 
+/* ------------------------------------------------------------------ prove, consistency */
+
+static void time_out(FILE *f, uint64_t ms)
+{
+    time_t t = (time_t)(ms / CLI_MS_PER_S);
+    struct tm tm;
+    char when[32] = "?";
+    if (gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    fputs(when, f);
+}
+
+static void b64_out(FILE *f, const uint8_t *b, size_t len)
+{
+    uint8_t *out = malloc(4 * ((len + 2) / 3) + 1);
+    if (out == NULL) {
+        fputs("?", f);
+        return;
+    }
+    int n = EVP_EncodeBlock(out, b, (int)len);
+    fprintf(f, "%.*s", n < 0 ? 0 : n, (const char *)out);
+    free(out);
+}
+
+static void head_json(const proto_tree_head_t *h)
+{
+    printf("{\"size\":%" PRIu64 ",\"time_ms\":%" PRIu64 ",\"root\":\"", h->size, h->time_ms);
+    hex_out(stdout, h->root, sizeof h->root);
+    printf("\"}");
+}
+
+static void head_text(const char *what, const proto_tree_head_t *h)
+{
+    printf("%s: size %" PRIu64 ", signed ", what, h->size);
+    time_out(stdout, h->time_ms);
+    printf(", root ");
+    hex_out(stdout, h->root, sizeof h->root);
+    printf(" (signature verified)\n");
+}
+
+static void hashes_json(const ProtobufCBinaryData *h, size_t n)
+{
+    putchar('[');
+    for (size_t i = 0; i < n; i++) {
+        printf("%s\"", i > 0 ? "," : "");
+        hex_out(stdout, h[i].data, h[i].len);
+        putchar('"');
+    }
+    putchar(']');
+}
+
+/* Asks the store (as the service would be asked) and returns the reply body. */
+static int cli_ask(audit_store_t *store, const char *method, const ProtobufCMessage *req,
+                   uint8_t **reply, size_t *len)
+{
+    uint8_t *body = NULL;
+    size_t body_len = 0;
+    int rc = proto_pack(req, &body, &body_len);
+    if (rc == 0)
+        rc = audit_proof_answer(store, method, body, body_len, reply, len);
+    free(body);
+    return rc;
+}
+
+typedef struct prove_walk {
+    const cli_opts_t *o;
+    size_t shown; /* entries printed so far */
+    bool head_shown;
+} prove_walk_t;
+
+/* Prints one verified page of a ProveReply (text or the entries of the JSON object). */
+static void prove_print(prove_walk_t *w, const Qcaudit__ProveReply *r, const proto_receipt_t *rc)
+{
+    if (!w->head_shown) {
+        if (w->o->json) {
+            printf("{\"txn\":\"%s\",\"tree_head\":", w->o->arg);
+            head_json(&rc->head);
+            printf(",\"signed_tree_head\":\"");
+            b64_out(stdout, r->tree_head.data, r->tree_head.len);
+            printf("\",\"entries\":[");
+        } else {
+            head_text("tree head", &rc->head);
+        }
+        w->head_shown = true;
+    }
+    for (size_t i = 0; i < r->n_proofs; i++) {
+        const Qcaudit__InclusionProof *p = r->proofs[i];
+        uint8_t leaf[PROTO_MERKLE_HASH_SIZE];
+        if (proto_merkle_leaf_hash(p->entry.data, p->entry.len, leaf) != 0)
+            memset(leaf, 0, sizeof leaf);
+        if (w->o->json) {
+            printf("%s{\"seq\":%" PRIu64 ",\"leaf_index\":%" PRIu64 ",\"type\":\"%s\","
+                   "\"leaf_hash\":\"",
+                   w->shown > 0 ? "," : "", p->seq, p->seq - 1, rc->types[i]);
+            hex_out(stdout, leaf, sizeof leaf);
+            printf("\",\"entry\":\"");
+            b64_out(stdout, p->entry.data, p->entry.len);
+            printf("\",\"path\":");
+            hashes_json(p->path, p->n_path);
+            putchar('}');
+        } else {
+            printf("seq %" PRIu64 " (leaf %" PRIu64 ")  %s  leaf ", p->seq, p->seq - 1,
+                   rc->types[i]);
+            hex_out(stdout, leaf, sizeof leaf);
+            printf("\n    inclusion verified with %zu hashes:", p->n_path);
+            for (size_t j = 0; j < p->n_path; j++) {
+                printf("%s", j % 2 == 0 ? "\n      " : " ");
+                hex_out(stdout, p->path[j].data, p->path[j].len);
+            }
+            putchar('\n');
+        }
+        w->shown++;
+    }
+}
+
+/* One page: asks, verifies, prints. Returns 0 (with *more) or the first failure. */
+static int prove_page(prove_walk_t *w, audit_store_t *store, EVP_PKEY *key, const uint8_t *txn,
+                      uint64_t *size, uint64_t *from, bool *more, uint32_t *pending)
+{
+    Qcaudit__ProveRequest req = QCAUDIT__PROVE_REQUEST__INIT;
+    req.txn_id.data = (uint8_t *)txn;
+    req.txn_id.len = PROTO_TXN_ID_SIZE;
+    req.tree_size = *size;
+    req.from_seq = *from;
+    uint8_t *reply = NULL;
+    size_t len = 0;
+    int rc = cli_ask(store, AUDIT_PROOF_METHOD_PROVE, &req.base, &reply, &len);
+    proto_receipt_t *rcpt = calloc(1, sizeof *rcpt);
+    if (rc == 0 && rcpt == NULL)
+        rc = QC_ENOMEM;
+    if (rc == 0)
+        rc = proto_receipt_verify(reply, len, key, txn, rcpt);
+    Qcaudit__ProveReply *r = rc == 0 ? qcaudit__prove_reply__unpack(NULL, len, reply) : NULL;
+    if (rc == 0 && r == NULL)
+        rc = QC_EDECODE;
+    if (rc == 0) {
+        prove_print(w, r, rcpt);
+        *more = r->more;
+        *pending = r->pending;
+        *size = rcpt->head.size;
+        *from = rcpt->seqs[rcpt->entries - 1];
+    } else if (rcpt != NULL) {
+        *pending = rcpt->pending;
+    }
+    if (r != NULL)
+        qcaudit__prove_reply__free_unpacked(r, NULL);
+    free(rcpt);
+    free(reply);
+    return rc;
+}
+
+static int cli_prove(const char *prog, const cli_opts_t *o)
+{
+    uint8_t txn[AUDIT_TXN_ID_MAX];
+    size_t txn_len = 0;
+    if (o->cert == NULL || o->arg == NULL || o->arg2 != NULL ||
+        hex_parse(o->arg, txn, sizeof txn, &txn_len) != 0 || txn_len != PROTO_TXN_ID_SIZE) {
+        cli_usage(stderr, prog);
+        return CLI_EXIT_USAGE;
+    }
+    EVP_PKEY *key = NULL;
+    audit_store_t *store = NULL;
+    if (cli_load_key(prog, "checkpoint certificate", o->cert, &key) != 0)
+        return CLI_EXIT_USAGE;
+    int rc = audit_store_open(o->dir, AUDIT_STORE_RDONLY, 0, &store);
+    if (rc != 0) {
+        fprintf(stderr, "%s: cannot open %s: %s\n", prog, o->dir, qc_strerror(rc));
+        EVP_PKEY_free(key);
+        return CLI_EXIT_USAGE;
+    }
+    prove_walk_t w = {.o = o};
+    uint64_t size = o->size, from = 0;
+    uint32_t pending = 0;
+    bool more = true;
+    for (size_t page = 0; rc == 0 && more && page < CLI_TXN_SEQS_MAX; page++)
+        rc = prove_page(&w, store, key, txn, &size, &from, &more, &pending);
+    audit_store_destroy(&store);
+    EVP_PKEY_free(key);
+    if (o->json) {
+        if (!w.head_shown)
+            printf("{\"txn\":\"%s\",\"entries\":[", o->arg);
+        printf("],\"pending\":%" PRIu32 ",\"verified\":%s", pending, rc == 0 ? "true" : "false");
+        if (rc != 0)
+            printf(",\"error\":\"%s\"", qc_errname(rc));
+        printf("}\n");
+    } else if (rc == QC_ENOTFOUND && w.shown == 0) {
+        printf("no proof: %s\n", pending > 0 ? "the load's entries are not yet under a signed "
+                                               "tree head (ask again after the next checkpoint)"
+                                             : "no signed tree head, or no entry about this load");
+    } else if (rc != 0) {
+        printf("NOT VERIFIED: %s (%s)\n", qc_strerror(rc), qc_errname(rc));
+    } else {
+        printf("ok: %zu entries of the load are in the log under the signed tree head", w.shown);
+        if (pending > 0)
+            printf("; %" PRIu32 " more after it (ask again after the next checkpoint)", pending);
+        printf("\n");
+    }
+    return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_BAD;
+}
+
+static int parse_size(const char *s, uint64_t *v)
+{
+    char *end = NULL;
+    if (s == NULL || s[0] == '-' || s[0] == '\0')
+        return -1;
+    *v = strtoull(s, &end, 10);
+    return *end == '\0' ? 0 : -1;
+}
+
+/* Opens and checks the heads and proof of a ConsistencyReply; prints them. */
+static int consistency_check(const cli_opts_t *o, const Qcaudit__ConsistencyReply *c, EVP_PKEY *key,
+                             uint64_t old_size)
+{
+    proto_tree_head_t old = {0}, cur;
+    int rc = proto_tree_head_open(c->tree_head.data, c->tree_head.len, key, &cur);
+    if (rc == 0 && old_size > 0)
+        rc = c->old_tree_head.len > 0
+                 ? proto_tree_head_open(c->old_tree_head.data, c->old_tree_head.len, key, &old)
+                 : QC_ENOTFOUND;
+    if (rc == 0 && old.size != old_size)
+        rc = QC_EMISMATCH;
+    proto_merkle_hash_t proof[PROTO_MERKLE_PROOF_MAX];
+    if (rc == 0 && c->n_proof > PROTO_MERKLE_PROOF_MAX)
+        rc = QC_ETOOBIG;
+    for (size_t i = 0; rc == 0 && i < c->n_proof; i++) {
+        if (c->proof[i].len != PROTO_MERKLE_HASH_SIZE)
+            rc = QC_EDECODE;
+        else
+            memcpy(proof[i], c->proof[i].data, PROTO_MERKLE_HASH_SIZE);
+    }
+    if (rc == 0)
+        rc = proto_tree_head_consistent(&old, &cur, proof, c->n_proof);
+    if (o->json) {
+        printf("{\"old\":");
+        head_json(&old);
+        printf(",\"new\":");
+        head_json(&cur);
+        printf(",\"proof\":");
+        hashes_json(c->proof, c->n_proof);
+        printf(",\"consistent\":%s", rc == 0 ? "true" : "false");
+        if (rc != 0)
+            printf(",\"error\":\"%s\"", qc_errname(rc));
+        printf("}\n");
+        return rc;
+    }
+    if (rc == QC_ENOTFOUND) {
+        printf("no proof: no signed tree head of size %" PRIu64 " (a head a device kept is always "
+               "one the log signed)\n",
+               old_size);
+        return rc;
+    }
+    if (old_size > 0 && old.size == old_size)
+        head_text("old tree head", &old);
+    if (cur.size > 0)
+        head_text("new tree head", &cur);
+    printf("consistency proof: %zu hashes", c->n_proof);
+    for (size_t i = 0; i < c->n_proof; i++) {
+        printf("%s", i % 2 == 0 ? "\n  " : " ");
+        hex_out(stdout, c->proof[i].data, c->proof[i].len);
+    }
+    if (rc == 0)
+        printf("\nok: the log of %" PRIu64 " entries extends the log of %" PRIu64 "\n", cur.size,
+               old.size);
+    else
+        printf("\nNOT CONSISTENT: %s (%s)%s\n", qc_strerror(rc), qc_errname(rc),
+               rc == QC_EMISMATCH ? ": the log was rewritten or forked" : "");
+    return rc;
+}
+
+static int cli_consistency(const char *prog, const cli_opts_t *o)
+{
+    uint64_t old_size = 0, new_size = 0;
+    if (o->cert == NULL || parse_size(o->arg, &old_size) != 0 ||
+        parse_size(o->arg2, &new_size) != 0) {
+        cli_usage(stderr, prog);
+        return CLI_EXIT_USAGE;
+    }
+    EVP_PKEY *key = NULL;
+    audit_store_t *store = NULL;
+    if (cli_load_key(prog, "checkpoint certificate", o->cert, &key) != 0)
+        return CLI_EXIT_USAGE;
+    int rc = audit_store_open(o->dir, AUDIT_STORE_RDONLY, 0, &store);
+    if (rc != 0) {
+        fprintf(stderr, "%s: cannot open %s: %s\n", prog, o->dir, qc_strerror(rc));
+        EVP_PKEY_free(key);
+        return CLI_EXIT_USAGE;
+    }
+    Qcaudit__ConsistencyRequest req = QCAUDIT__CONSISTENCY_REQUEST__INIT;
+    req.old_size = old_size;
+    req.new_size = new_size;
+    uint8_t *reply = NULL;
+    size_t len = 0;
+    rc = cli_ask(store, AUDIT_PROOF_METHOD_CONSISTENCY, &req.base, &reply, &len);
+    Qcaudit__ConsistencyReply *c =
+        rc == 0 ? qcaudit__consistency_reply__unpack(NULL, len, reply) : NULL;
+    if (rc == 0 && c == NULL)
+        rc = QC_EDECODE;
+    if (rc == 0) {
+        rc = consistency_check(o, c, key, old_size);
+    } else if (o->json) {
+        printf("{\"consistent\":false,\"error\":\"%s\"}\n", qc_errname(rc));
+    } else {
+        printf("no proof: %s (%s): no signed tree head of that size, or OLD is above NEW\n",
+               qc_strerror(rc), qc_errname(rc));
+    }
+    if (c != NULL)
+        qcaudit__consistency_reply__free_unpacked(c, NULL);
+    free(reply);
+    audit_store_destroy(&store);
+    EVP_PKEY_free(key);
+    return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_BAD;
+}
+
 int audit_cli_main(const char *prog, int argc, char **argv)
 {
     assert(prog != NULL);
@@ -532,5 +882,9 @@ int audit_cli_main(const char *prog, int argc, char **argv)
         return cli_verify(prog, &o);
     if (strcmp(argv[0], "export") == 0)
         return cli_export(prog, &o);
+    if (strcmp(argv[0], "prove") == 0)
+        return cli_prove(prog, &o);
+    if (strcmp(argv[0], "consistency") == 0)
+        return cli_consistency(prog, &o);
     return cli_show(prog, &o);
 }

@@ -1,4 +1,5 @@
-/* audit_main.c - qc-audit: the audit service, and `qc-audit verify|show|export` for operators.
+/* audit_main.c - qc-audit: the audit service, and `qc-audit verify|show|export|prove|consistency`
+ * for operators.
  *
  * The start-up is the one every service shares (ops_service.h); the service is in
  * audit_service.c, the operator verbs in audit_cli.c. */
@@ -43,7 +44,7 @@ static const ops_config_key_t audit_keys[] = {
 
 #define AUDIT_USAGE                                                                                \
     "[--config FILE] [options]\n"                                                                  \
-    "       qc-audit verify|show|export --dir DATA ... (qc-audit verify --help)\n"                 \
+    "       qc-audit verify|show|export|prove|consistency --dir DATA ... (--help)\n"               \
     "Keeps the bank's audit log: relays every ledger shard's outbox, takes security events\n"      \
     "(method append, proto/audit.proto), chains every entry by SHA-256 and has the signer\n"       \
     "sign checkpoints. A reply or an outbox ack means the event is durable."

@@ -81,7 +81,8 @@ static const ops_config_key_t qcctl_keys[] = {
     "  shard status [--shard S]   every replica of each shard: role, term, indexes, lag\n"         \
     "  shard add-replica --shard S --id N --raft-address H:P --endpoint E --raft-key Z85\n"        \
     "  shard remove-replica --shard S --id N   (qcctl shard --help)\n"                             \
-    "  audit verify|show|export ...   the audit log, offline (qcctl audit --help)\n"               \
+    "  audit verify|show|export|prove|consistency ...   the audit log, offline (qcctl audit "      \
+    "--help)\n"                                                                                    \
     "Exit: 0 ok, 1 refused or check failed, 2 usage, 3 a shard did not answer."
 
 typedef struct qcctl {

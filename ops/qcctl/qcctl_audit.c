@@ -18,8 +18,10 @@ int qcctl_audit_main(int argc, char **argv)
         return audit_cli_main(QCCTL_AUDIT_PROG, 2, help);
     }
     if (argc < 2 || argv == NULL || !audit_cli_is_verb(argv[1])) {
-        fprintf(stderr, "usage: %s verify|show|export --dir DATA ... (%s verify --help)\n",
-                QCCTL_AUDIT_PROG, QCCTL_AUDIT_PROG);
+        fprintf(
+            stderr,
+            "usage: %s verify|show|export|prove|consistency --dir DATA ... (%s verify --help)\n",
+            QCCTL_AUDIT_PROG, QCCTL_AUDIT_PROG);
         return QCCTL_AUDIT_EXIT_USAGE;
     }
     return audit_cli_main(QCCTL_AUDIT_PROG, argc - 1, argv + 1);

@@ -1,4 +1,5 @@
-/* qcctl_audit.h - `qcctl audit verify|show|export`: the audit log's operator verbs in qcctl.
+/* qcctl_audit.h - `qcctl audit verify|show|export|prove|consistency`: the audit log's operator
+ * verbs in qcctl.
  *
  * The verbs work offline on a copy of the audit service's data_dir (no RPC, no key pair),
  * so qcctl dispatches to this function before it reads its own config and flags:
@@ -9,7 +10,9 @@
  * Verbs, flags and exit statuses are those of audit/audit_cli.h:
  *   qcctl audit verify --dir DATA --cert PEM
  *   qcctl audit show --dir DATA [--allow-cert PEM] [--outcome-cert PEM] [--ca PEM] TXN_HEX
- *   qcctl audit export --dir DATA [--from SEQ] */
+ *   qcctl audit export --dir DATA [--from SEQ]
+ *   qcctl audit prove --dir DATA --cert PEM [--size N] [--json] TXN_HEX
+ *   qcctl audit consistency --dir DATA --cert PEM [--json] OLD NEW */
 #ifndef QCCTL_AUDIT_H
 #define QCCTL_AUDIT_H
 
