@@ -15,7 +15,12 @@
  *   5. a replica the others drop from their tables (ledger_raftnet_set_peers, as a SIGHUP
  *      re-reading replicas_file does) is cut off at once, open links included, and gets
  *      nothing; put back, it catches up.
- * Every wait has a deadline. */
+ * Every wait has a deadline.
+ *
+ * By hand, a figure: test_ledger_raftnet --bench ENTRIES BYTES [tcp] applies ENTRIES entries
+ * of BYTES each on the leader, at most T_BENCH_WINDOW (and T_BENCH_WINDOW_BYTES) in flight, and
+ * prints how long until all three replicas applied them, over ledger_raftnet or over libraft's
+ * stock TCP transport (tcp), for comparison. Run it under the ports lock. */
 #include <errno.h>
 #include <inttypes.h>
 #include <setjmp.h>
@@ -57,6 +62,9 @@
 #define T_STRANGER_MS 4000 /* the stranger campaigns this long: several election rounds */
 #define T_RAW_WAIT_MS 2000 /* a raw socket waits this long for an answer */
 #define T_TICK_MS 5
+#define T_BENCH_WINDOW 256                     /* entries in flight in --bench, at most */
+#define T_BENCH_WINDOW_BYTES (2 * 1024 * 1024) /* and bytes in flight */
+#define T_BENCH_BYTES_MAX (1 << 20)
 #define T_REFUSED_METRIC "qc_rpc_refused_total{service=\"raft\"}"
 
 typedef struct node {
@@ -76,6 +84,10 @@ typedef struct node {
     uint64_t applied_cb_ok; /* raft_apply callbacks with status 0 */
 } node_t;
 
+static bool t_stock_tcp;                                     /* --bench ... tcp */
+static unsigned t_snapshot_threshold = T_SNAPSHOT_THRESHOLD; /* --bench: rare snapshots */
+static unsigned t_inflight;                                  /* raft_apply()s not answered yet */
+
 typedef struct group {
     uv_loop_t loop;
     uv_timer_t tick;
@@ -92,7 +104,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 {
     node_t *nd = fsm->data;
     uint64_t v;
-    if (buf->len != sizeof v)
+    if (buf->len < sizeof v)
         return RAFT_MALFORMED;
     memcpy(&v, buf->base, sizeof v);
     nd->count++;
@@ -187,7 +199,10 @@ static void node_start(group_t *g, node_t *nd, const ledger_raftnet_peer_t *tabl
 {
     nd->count = nd->sum = 0;
     nd->closed = false;
-    assert_int_equal(ledger_raftnet_init(&nd->transport, &g->loop, &nd->keys, table, n), 0);
+    if (t_stock_tcp)
+        assert_int_equal(raft_uv_tcp_init(&nd->transport, &g->loop), 0);
+    else
+        assert_int_equal(ledger_raftnet_init(&nd->transport, &g->loop, &nd->keys, table, n), 0);
     assert_int_equal(raft_uv_init(&nd->io, &g->loop, nd->dir, &nd->transport), 0);
     raft_uv_set_connect_retry_delay(&nd->io, 250);
     nd->fsm = (struct raft_fsm){.version = 1,
@@ -197,7 +212,7 @@ static void node_start(group_t *g, node_t *nd, const ledger_raftnet_peer_t *tabl
                                 .restore = fsm_restore};
     assert_int_equal(raft_init(&nd->raft, &nd->io, &nd->fsm, nd->id, nd->address), 0);
     nd->raft.data = nd;
-    raft_set_snapshot_threshold(&nd->raft, T_SNAPSHOT_THRESHOLD);
+    raft_set_snapshot_threshold(&nd->raft, t_snapshot_threshold);
     raft_set_snapshot_trailing(&nd->raft, T_SNAPSHOT_TRAILING);
     if (voters != NULL) {
         struct raft_configuration conf;
@@ -226,7 +241,10 @@ static void node_stop(group_t *g, node_t *nd)
     raft_close(&nd->raft, node_closed_cb);
     assert_true(run_until(g, cond_closed, nd, T_WAIT_MS));
     raft_uv_close(&nd->io);
-    ledger_raftnet_close(&nd->transport);
+    if (t_stock_tcp)
+        raft_uv_tcp_close(&nd->transport);
+    else
+        ledger_raftnet_close(&nd->transport);
     nd->running = false;
 }
 
@@ -290,7 +308,26 @@ static void applied_cb(struct raft_apply *req, int status, void *result)
     (void)result;
     if (status == 0)
         a->leader->applied_cb_ok++;
+    t_inflight--;
     free(a);
+}
+
+/* Proposes one entry of bytes (>= 8) carrying the value next_value on the leader l. */
+static void apply_one(group_t *g, node_t *l, size_t bytes)
+{
+    applying_t *a = calloc(1, sizeof *a);
+    assert_non_null(a);
+    a->req.data = a;
+    a->leader = l;
+    uint64_t v = ++g->next_value;
+    struct raft_buffer buf = {.base = raft_malloc(bytes), .len = bytes};
+    assert_non_null(buf.base);
+    memset(buf.base, 0x5A, bytes);
+    memcpy(buf.base, &v, sizeof v);
+    assert_int_equal(raft_apply(&l->raft, &a->req, &buf, 1, applied_cb), 0);
+    t_inflight++;
+    g->expect_count++;
+    g->expect_sum += v;
 }
 
 /* Proposes count entries (values next_value..) on the leader; all must be accepted. */
@@ -299,19 +336,8 @@ static void apply_entries(group_t *g, int count)
     assert_true(run_until(g, cond_leader, NULL, T_WAIT_MS));
     node_t *l = leader_of(g);
     assert_non_null(l);
-    for (int i = 0; i < count; i++) {
-        applying_t *a = calloc(1, sizeof *a);
-        assert_non_null(a);
-        a->req.data = a;
-        a->leader = l;
-        uint64_t v = ++g->next_value;
-        struct raft_buffer buf = {.base = raft_malloc(sizeof v), .len = sizeof v};
-        assert_non_null(buf.base);
-        memcpy(buf.base, &v, sizeof v);
-        assert_int_equal(raft_apply(&l->raft, &a->req, &buf, 1, applied_cb), 0);
-        g->expect_count++;
-        g->expect_sum += v;
-    }
+    for (int i = 0; i < count; i++)
+        apply_one(g, l, sizeof g->next_value);
 }
 
 /* ---- the group ---- */
@@ -685,8 +711,58 @@ static void test_table_change_cuts_a_replica_off(void **state)
     assert_true(run_until(g, cond_caught_up, NULL, T_WAIT_MS));
 }
 
-int main(void)
+static bool cond_window(group_t *g, const void *arg)
 {
+    (void)g;
+    (void)arg;
+    return t_inflight < *(const unsigned *)arg;
+}
+
+/* --bench ENTRIES BYTES [tcp]: the figure described at the top. */
+static int bench(int argc, char **argv)
+{
+    long entries = argc > 2 ? strtol(argv[2], NULL, 10) : 0;
+    long bytes = argc > 3 ? strtol(argv[3], NULL, 10) : 0;
+    if (entries < 1 || entries > 10000000 || bytes < 8 || bytes > T_BENCH_BYTES_MAX) {
+        fprintf(stderr, "usage: test_ledger_raftnet --bench ENTRIES(1..1e7) BYTES(8..%d) [tcp]\n",
+                T_BENCH_BYTES_MAX);
+        return 2;
+    }
+    t_stock_tcp = argc > 4 && strcmp(argv[4], "tcp") == 0;
+    t_snapshot_threshold = (unsigned)entries * 2; /* no snapshot during the run */
+    void *state = NULL;
+    group_setup(&state);
+    group_t *g = state;
+    ops_log_init("test_ledger_raftnet", "bench", OPS_LOG_WARN);
+    if (!run_until(g, cond_leader, NULL, T_WAIT_MS)) {
+        fprintf(stderr, "no leader\n");
+        return 1;
+    }
+    node_t *l = leader_of(g);
+    unsigned window = (unsigned)(T_BENCH_WINDOW_BYTES / bytes);
+    window = window < 1 ? 1 : window > T_BENCH_WINDOW ? T_BENCH_WINDOW : window;
+    uint64_t t0 = ops_time_mono_ns();
+    for (long i = 0; i < entries; i++) {
+        if (!run_until(g, cond_window, &window, T_WAIT_MS) || leader_of(g) != l) {
+            fprintf(stderr, "stalled or lost the leader at entry %ld\n", i);
+            return 1;
+        }
+        apply_one(g, l, (size_t)bytes);
+    }
+    bool done = run_until(g, cond_caught_up, NULL, (uint64_t)T_WAIT_MS * 10);
+    double s = (double)(ops_time_mono_ns() - t0) / 1e9;
+    printf("%s: %ld entries of %ld bytes applied on %d replicas in %.3f s: %.0f entries/s, "
+           "%.1f MB/s%s\n",
+           t_stock_tcp ? "stock tcp" : "raftnet", entries, bytes, T_REPLICAS, s, entries / s,
+           entries * (double)bytes / s / 1e6, done ? "" : " (NOT all applied)");
+    group_teardown(&state);
+    return done ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--bench") == 0)
+        return bench(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_replicate),
         cmocka_unit_test(test_stranger_cannot_join),
