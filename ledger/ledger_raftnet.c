@@ -53,6 +53,7 @@
 #include <zmq.h>
 
 #include "ops_log.h"
+#include "ops_metrics.h"
 #include "ops_time.h"
 #include "rpc_zap.h"
 
@@ -125,10 +126,37 @@ typedef struct raftnet_in {
     struct raftnet_in *next;
 } raftnet_in_t;
 
-typedef struct raftnet_counters {
-    atomic_uint_fast64_t links_out, connects_failed, links_out_lost, links_in, links_replaced,
-        hello_refused, frames_dropped;
-} raftnet_counters_t;
+/* The counters of ledger_raftnet_stats_t, each also a metric of the process. */
+typedef enum raftnet_stat {
+    RAFTNET_LINKS_OUT,
+    RAFTNET_CONNECTS_FAILED,
+    RAFTNET_LINKS_OUT_LOST,
+    RAFTNET_LINKS_IN,
+    RAFTNET_LINKS_REPLACED,
+    RAFTNET_HELLO_REFUSED,
+    RAFTNET_FRAMES_DROPPED,
+    RAFTNET_STATS,
+} raftnet_stat_t;
+
+static const struct {
+    const char *name;
+    const char *help;
+} raftnet_metrics[RAFTNET_STATS] = {
+    [RAFTNET_LINKS_OUT] = {"qc_raftnet_links_total{direction=\"out\"}",
+                           "Replica links opened (out: welcomed; in: hellos accepted)"},
+    [RAFTNET_CONNECTS_FAILED] = {"qc_raftnet_connects_failed_total",
+                                 "Replica link connects that ended without a link"},
+    [RAFTNET_LINKS_OUT_LOST] = {"qc_raftnet_links_lost_total",
+                                "Open outbound replica links closed by a drop or a BYE"},
+    [RAFTNET_LINKS_IN] = {"qc_raftnet_links_total{direction=\"in\"}",
+                          "Replica links opened (out: welcomed; in: hellos accepted)"},
+    [RAFTNET_LINKS_REPLACED] = {"qc_raftnet_links_replaced_total",
+                                "Inbound replica links replaced by a new hello of the replica"},
+    [RAFTNET_HELLO_REFUSED] = {"qc_raftnet_hellos_refused_total",
+                               "Replica hellos refused: id, key, address, version or size"},
+    [RAFTNET_FRAMES_DROPPED] = {"qc_raftnet_frames_dropped_total",
+                                "Replica link frames dropped: no accepted hello, or malformed"},
+};
 
 typedef struct raftnet {
     struct raft_uv_transport *t;
@@ -166,12 +194,15 @@ typedef struct raftnet {
     uint64_t serial;
     uint64_t generation_seen;
 
-    raftnet_counters_t counters;
+    atomic_uint_fast64_t stats[RAFTNET_STATS];
+    ops_counter_t *metrics[RAFTNET_STATS];
 } raftnet_t;
 
-static void raftnet_count(atomic_uint_fast64_t *c)
+static void raftnet_count(raftnet_t *n, raftnet_stat_t which)
 {
-    atomic_fetch_add(c, 1);
+    assert(which < RAFTNET_STATS);
+    atomic_fetch_add(&n->stats[which], 1);
+    ops_counter_add(n->metrics[which], 1);
 }
 
 static uint64_t raftnet_be64(const uint8_t *p)
@@ -299,7 +330,7 @@ static void raftnet_out_fail(raftnet_t *n, raftnet_out_t *o, const char *why)
     o->msg = NULL;
     o->dead = true;
     m->kind = RAFTNET_CONNECT_FAILED;
-    raftnet_count(&n->counters.connects_failed);
+    raftnet_count(n, RAFTNET_CONNECTS_FAILED);
     raftnet_emit(n, m);
 }
 
@@ -314,7 +345,7 @@ static void raftnet_out_lost(raftnet_t *n, raftnet_out_t *o, const char *why)
     char id[24];
     snprintf(id, sizeof id, "%" PRIu64, o->id);
     ops_log(OPS_LOG_INFO, "raftnet.link_lost", "peer_id", id, "reason", why, NULL);
-    raftnet_count(&n->counters.links_out_lost);
+    raftnet_count(n, RAFTNET_LINKS_OUT_LOST);
     o->dead = true;
 }
 
@@ -378,7 +409,7 @@ static void raftnet_out_start(raftnet_t *n, raftnet_msg_t *m)
     if (o == NULL) {
         raftnet_close_fd(&m->bridge_fd);
         m->kind = RAFTNET_CONNECT_FAILED;
-        raftnet_count(&n->counters.connects_failed);
+        raftnet_count(n, RAFTNET_CONNECTS_FAILED);
         raftnet_emit(n, m);
         atomic_fetch_sub(&n->outbound, 1);
         return;
@@ -445,7 +476,7 @@ static void raftnet_out_recv(raftnet_t *n, raftnet_out_t *o)
             o->msg = NULL;
             o->state = RAFTNET_OUT_OPEN;
             m->kind = RAFTNET_CONNECTED;
-            raftnet_count(&n->counters.links_out);
+            raftnet_count(n, RAFTNET_LINKS_OUT);
             raftnet_emit(n, m);
         } else if (got == 1 && frame[0] == LEDGER_RAFTNET_MSG_BYE) {
             raftnet_out_lost(n, o, "peer said bye");
@@ -607,7 +638,7 @@ static void raftnet_refuse(raftnet_t *n, const uint8_t *rid, size_t rid_len, uin
     char id_text[24];
     snprintf(id_text, sizeof id_text, "%" PRIu64, id);
     ops_log(OPS_LOG_WARN, "raftnet.refused", "peer_id", id_text, "key", key, "reason", why, NULL);
-    raftnet_count(&n->counters.hello_refused);
+    raftnet_count(n, RAFTNET_HELLO_REFUSED);
     raftnet_bye(n, rid, rid_len);
 }
 
@@ -631,7 +662,7 @@ static void raftnet_hello(raftnet_t *n, const uint8_t *rid, size_t rid_len, zmq_
     for (raftnet_in_t *in = n->ins; in != NULL; in = in->next) {
         if (!in->dead && in->id == id) {
             raftnet_in_end(n, in);
-            raftnet_count(&n->counters.links_replaced);
+            raftnet_count(n, RAFTNET_LINKS_REPLACED);
         }
     }
     if (raftnet_in_live(n) >= LEDGER_RAFTNET_INBOUND_MAX) {
@@ -664,7 +695,7 @@ static void raftnet_hello(raftnet_t *n, const uint8_t *rid, size_t rid_len, zmq_
     if (zmq_send(n->router, rid, rid_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
         /* Lost (HWM): the peer's connect times out and raft tries again. */
         QC_IGNORE(zmq_send(n->router, welcome, sizeof welcome, ZMQ_DONTWAIT));
-    raftnet_count(&n->counters.links_in);
+    raftnet_count(n, RAFTNET_LINKS_IN);
     char id_text[24];
     snprintf(id_text, sizeof id_text, "%" PRIu64, id);
     ops_log(OPS_LOG_INFO, "raftnet.accepted", "peer_id", id_text, "peer", address, NULL);
@@ -700,7 +731,7 @@ static bool raftnet_router_one(raftnet_t *n)
     else if (in != NULL && p[0] == LEDGER_RAFTNET_MSG_DATA && size > 1)
         raftnet_in_deliver(n, in, p + 1, size - 1);
     else {
-        raftnet_count(&n->counters.frames_dropped);
+        raftnet_count(n, RAFTNET_FRAMES_DROPPED);
         if (in != NULL)
             raftnet_in_end(n, in); /* a broken stream: raft must not read it further */
         else if (rid_len > 0)
@@ -1245,6 +1276,10 @@ int ledger_raftnet_init(struct raft_uv_transport *t, struct uv_loop_s *loop,
     n->n_peers = n_peers;
     atomic_init(&n->stop, false);
     atomic_init(&n->outbound, 0);
+    for (int i = 0; i < RAFTNET_STATS; i++) {
+        atomic_init(&n->stats[i], 0);
+        n->metrics[i] = ops_counter(raftnet_metrics[i].name, raftnet_metrics[i].help);
+    }
     t->impl = n;
     t->init = raftnet_init_cb;
     t->listen = raftnet_listen;
@@ -1282,14 +1317,13 @@ void ledger_raftnet_stats(struct raft_uv_transport *t, ledger_raftnet_stats_t *o
     assert(out != NULL);
     raftnet_t *n = t->impl;
     assert(n != NULL);
-    raftnet_counters_t *c = &n->counters;
-    out->links_out = atomic_load(&c->links_out);
-    out->connects_failed = atomic_load(&c->connects_failed);
-    out->links_out_lost = atomic_load(&c->links_out_lost);
-    out->links_in = atomic_load(&c->links_in);
-    out->links_replaced = atomic_load(&c->links_replaced);
-    out->hello_refused = atomic_load(&c->hello_refused);
-    out->frames_dropped = atomic_load(&c->frames_dropped);
+    out->links_out = atomic_load(&n->stats[RAFTNET_LINKS_OUT]);
+    out->connects_failed = atomic_load(&n->stats[RAFTNET_CONNECTS_FAILED]);
+    out->links_out_lost = atomic_load(&n->stats[RAFTNET_LINKS_OUT_LOST]);
+    out->links_in = atomic_load(&n->stats[RAFTNET_LINKS_IN]);
+    out->links_replaced = atomic_load(&n->stats[RAFTNET_LINKS_REPLACED]);
+    out->hello_refused = atomic_load(&n->stats[RAFTNET_HELLO_REFUSED]);
+    out->frames_dropped = atomic_load(&n->stats[RAFTNET_FRAMES_DROPPED]);
 }
 
 void ledger_raftnet_close(struct raft_uv_transport *t)

@@ -83,7 +83,11 @@ typedef struct ledger_raftnet_peer {
     char public_z85[PROTO_CURVE_KEY_Z85_LEN + 1]; /* its raft_key's public half */
 } ledger_raftnet_peer_t;
 
-/* What a transport has seen since ledger_raftnet_init(); safe to read from any thread. */
+/* What a transport has seen since ledger_raftnet_init(); safe to read from any thread. Each
+ * counter is also a metric of the process, summed over its transports (one in qc-ledger):
+ * qc_raftnet_links_total{direction="out"|"in"}, qc_raftnet_connects_failed_total,
+ * qc_raftnet_links_lost_total, qc_raftnet_links_replaced_total,
+ * qc_raftnet_hellos_refused_total, qc_raftnet_frames_dropped_total. */
 typedef struct ledger_raftnet_stats {
     uint64_t links_out;       /* outbound links opened (WELCOME received) */
     uint64_t connects_failed; /* connect() attempts that ended without a link */

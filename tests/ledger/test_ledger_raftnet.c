@@ -583,6 +583,8 @@ static void test_listed_key_cannot_claim_another_id(void **state)
     uint64_t t_index = target->id - 1;
     group_view_t before, after;
     group_view(g, &before);
+    ops_counter_t *refused_metric = ops_counter("qc_raftnet_hellos_refused_total", "");
+    uint64_t refused_metric_before = ops_counter_value(refused_metric);
 
     /* The liar's key (listed) claims the victim's id and address: refused with BYE. */
     raw_t raw;
@@ -609,6 +611,7 @@ static void test_listed_key_cannot_claim_another_id(void **state)
     group_view(g, &after);
     ledger_raftnet_stats_t *sb = &before.stats[t_index], *sa = &after.stats[t_index];
     assert_int_equal(sa->hello_refused, sb->hello_refused + 1);
+    assert_int_equal(ops_counter_value(refused_metric), refused_metric_before + 1); /* /metrics */
     assert_true(sa->frames_dropped >= sb->frames_dropped + 2);
     assert_true(sa->links_in >= sb->links_in + 1);
     assert_true(sa->links_replaced >= sb->links_replaced + 1);
