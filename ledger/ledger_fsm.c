@@ -725,8 +725,11 @@ static int fsm_apply_cb(struct raft_fsm *rf, const struct raft_buffer *buf, void
     uint64_t index = raft_last_applied(f->raft) + 1;
     const ledger_fsm_result_t *res = NULL;
     int rc = ledger_fsm_apply(f, index, buf->base, buf->len, &res);
-    if (rc != 0)
+    f->stats.apply_error = rc;
+    if (rc != 0) {
+        f->stats.apply_failures++;
         return raft_code(rc);
+    }
     *result = (void *)res;
     return 0;
 }

@@ -104,6 +104,8 @@ typedef struct ledger_fsm_stats {
     uint64_t snapshots_taken;
     uint64_t snapshots_restored; /* that replaced the state */
     uint64_t snapshots_kept;     /* not applied: the replica was as far or further */
+    uint64_t apply_failures;     /* local failures of apply through libraft (nothing applied) */
+    int apply_error;             /* the last apply's local failure, 0 once one applies again */
 } ledger_fsm_stats_t;
 
 /* Opens (creating when empty) the replica's environment in cfg->dir, binds it to the shard

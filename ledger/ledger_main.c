@@ -3,6 +3,7 @@
  * The start-up is the one every service shares (ops_service.h); the loop is in ledger_service.c. */
 #include <stdio.h>
 
+#include "ledger_replica.h"
 #include "ledger_service.h"
 #include "ops_config.h"
 #include "ops_log.h"
@@ -13,6 +14,7 @@
 #define LEDGER_MIB (1024ull * 1024ull)
 #define LEDGER_MAP_MB_MAX (1024ll * 1024ll) /* 1 TiB */
 #define LEDGER_SIGNER_TIMEOUT_MS_MAX 60000
+#define LEDGER_REPLICA_ID_MAX 1000000 /* Raft ids: small numbers, one per replica ever */
 
 static const char *ledger_nonempty(const char *s)
 {
@@ -52,6 +54,21 @@ static const ops_config_key_t ledger_keys[] = {
     {"signer_timeout_ms", OPS_CONFIG_INT, "2000",
      "budget of one signature, retries to every signer included", .min = 1,
      .max = LEDGER_SIGNER_TIMEOUT_MS_MAX},
+    {"replica_id", OPS_CONFIG_INT, "0",
+     "this replica's Raft id in its shard's group (1..); 0 = one process without Raft", .min = 0,
+     .max = LEDGER_REPLICA_ID_MAX},
+    {"replicas_file", OPS_CONFIG_STRING, NULL,
+     "the shard's replicas, one a line: <id> <host:port> <tcp://host:port> <Z85 key>; "
+     "re-read on SIGHUP"},
+    {"raft_key", OPS_CONFIG_STRING, NULL, "this replica's CURVE key pair for the replica links"},
+    {"raft_dir", OPS_CONFIG_STRING, NULL, "libraft's log and snapshots (default <data_dir>/raft)"},
+    {"join", OPS_CONFIG_BOOL, "false",
+     "with an empty raft_dir, wait for the leader instead of bootstrapping from replicas_file "
+     "(a replica added online, or one whose disk was wiped)"},
+    {"snapshot_threshold", OPS_CONFIG_INT, "4096", "Raft entries between two snapshots",
+     .min = LEDGER_SNAPSHOT_THRESHOLD_MIN, .max = LEDGER_SNAPSHOT_THRESHOLD_MAX},
+    {"snapshot_trailing", OPS_CONFIG_INT, "1024", "Raft entries kept behind a snapshot", .min = 0,
+     .max = LEDGER_SNAPSHOT_TRAILING_MAX},
 };
 
 #define LEDGER_USAGE                                                                               \
@@ -59,15 +76,21 @@ static const ops_config_key_t ledger_keys[] = {
     "Serves one shard of the quancun ledger: accounts, devices and load sagas in LMDB,\n"          \
     "group-committed (a reply means durable). Methods and bodies: proto/ledger.proto."
 
-/* The one bound that spans two keys. */
+/* The bounds that span two keys. */
 static bool ledger_check(const ops_config_t *cfg, char *err, size_t errcap)
 {
     int64_t shard = ops_config_int(cfg, "shard"), count = ops_config_int(cfg, "shard_count");
-    if (shard < count)
-        return true;
-    snprintf(err, errcap, "shard: %lld is not below shard_count %lld", (long long)shard,
-             (long long)count);
-    return false;
+    if (shard >= count) {
+        snprintf(err, errcap, "shard: %lld is not below shard_count %lld", (long long)shard,
+                 (long long)count);
+        return false;
+    }
+    if (ops_config_int(cfg, "replica_id") != 0 &&
+        ledger_nonempty(ops_config_str(cfg, "replicas_file")) == NULL) {
+        snprintf(err, errcap, "replica_id: a replica needs replicas_file");
+        return false;
+    }
+    return true;
 }
 
 static const ops_service_spec_t ledger_spec = {
@@ -105,6 +128,13 @@ int main(int argc, char **argv)
         .signer_file = ledger_nonempty(ops_config_str(cfg, "signer_file")),
         .signer_key = ops_config_str(cfg, "signer_key"),
         .signer_timeout_ms = (int)ops_config_int(cfg, "signer_timeout_ms"),
+        .replica_id = (uint64_t)ops_config_int(cfg, "replica_id"),
+        .replicas_file = ledger_nonempty(ops_config_str(cfg, "replicas_file")),
+        .raft_key = ledger_nonempty(ops_config_str(cfg, "raft_key")),
+        .raft_dir = ledger_nonempty(ops_config_str(cfg, "raft_dir")),
+        .join = ops_config_bool(cfg, "join"),
+        .snapshot_threshold = (unsigned)ops_config_int(cfg, "snapshot_threshold"),
+        .snapshot_trailing = (unsigned)ops_config_int(cfg, "snapshot_trailing"),
     };
     ledger_service_t *svc = NULL;
     rc = ledger_service_new(&scfg, &svc);

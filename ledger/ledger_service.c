@@ -9,6 +9,7 @@
 #include "ledger_service.h"
 
 #include <assert.h>
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -17,9 +18,12 @@
 #include <sys/select.h>
 #include <time.h>
 
+#include <raft.h>
 #include <zmq.h>
 
 #include "ledger.pb-c.h"
+#include "ledger_fsm.h"
+#include "ledger_replica.h"
 #include "ledger_saga.h"
 #include "ledger_signer.h"
 #include "ledger_store.h"
@@ -51,19 +55,29 @@ typedef enum svc_role {
 typedef enum svc_kind {
     KIND_WRITE,
     KIND_READ,
+    KIND_CHANGE, /* a membership change of the replica group (leader only) */
 } svc_kind_t;
 
 typedef struct svc_slot svc_slot_t;
 typedef struct ledger_service ledger_service_t;
 typedef void(svc_write_fn)(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot);
 typedef void(svc_read_fn)(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot);
+/* Replica mode: adds the verified write of slot to the entry being built (ledger_fsm.h). */
+typedef int(svc_propose_fn)(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                            uint64_t now);
 
+/* A method. In replica mode a write runs three times: write() verifies it against the
+ * leader's applied state in a transaction that is aborted (admission), propose() adds it to
+ * the entry, and after() builds its reply from the state once the entry applied. */
 typedef struct svc_method {
     const char *name;
     svc_role_t role;
     svc_kind_t kind;
     svc_write_fn *write;
     svc_read_fn *read;
+    svc_propose_fn *propose;
+    svc_read_fn *after;
+    bool everywhere; /* answered by every replica, leader or not */
 } svc_method_t;
 
 /* One request of the batch and its reply. */
@@ -80,7 +94,46 @@ struct svc_slot {
     uint8_t txn_id[LEDGER_TXN_ID_SIZE];
     uint8_t *sign_body;
     size_t sign_body_len;
+    /* Replica mode. */
+    int op;                      /* the write's op index in its proposed entry, -1: none */
+    int code_after;              /* reply this refusal once the op applied (a bad report) */
+    char key[LEDGER_ID_MAX + 1]; /* the account or device the reply reads after apply */
+    bool not_leader;             /* reply QC_ENOTLEADER naming leader */
+    char leader[LEDGER_REPLICA_ADDRESS_MAX];
 };
+
+/* A Raft entry proposed by this leader, and the requests that wait for it to apply. */
+typedef struct svc_proposal_allow {
+    int handle; /* ledger_signer's */
+    int op;
+    uint8_t txn_id[LEDGER_TXN_ID_SIZE];
+} svc_proposal_allow_t;
+
+typedef struct svc_proposal {
+    struct raft_apply req; /* req.data = this */
+    ledger_service_t *svc;
+    size_t n_slots;
+    svc_slot_t *slots;
+    size_t n_allows;
+    svc_proposal_allow_t *allows;
+    bool expire;
+    uint64_t t0_ns;
+} svc_proposal_t;
+
+typedef struct svc_barrier {
+    struct raft_barrier req;
+    ledger_service_t *svc;
+    uint64_t term;
+} svc_barrier_t;
+
+/* The membership change in flight (one at a time, as libraft allows). */
+typedef struct svc_change {
+    struct raft_change req;
+    ledger_service_t *svc;
+    proto_rpc_request_t *waiter;
+    uint64_t id;
+    bool assign_next; /* added as a spare: make it a voter next */
+} svc_change_t;
 
 struct ledger_service {
     ledger_store_t *store;
@@ -102,6 +155,18 @@ struct ledger_service {
     uint64_t next_deadline_ms;            /* 0 = none known; the earliest RESERVED deadline */
     uint64_t next_reader_check_ms;
     atomic_int last_commit_rc;
+    /* Replica mode (replica != NULL): the fsm owns the LMDB (store above is its), the node
+     * runs libraft; see "Replica mode" below. */
+    ledger_fsm_t *fsm;
+    ledger_replica_t *replica;
+    uint64_t ready_term;  /* a barrier of this term applied: the leader's state is current */
+    bool barrier_pending; /* proposed, not yet applied */
+    bool expire_in_flight;
+    size_t proposals;           /* entries proposed and not yet applied or failed */
+    proto_rpc_request_t **held; /* requests waiting for a new leader's barrier */
+    size_t n_held;
+    svc_change_t *change;
+    uint64_t hup_seen;
     /* metrics */
     ops_counter_t *m_commits;
     ops_counter_t *m_commit_failures;
@@ -166,6 +231,20 @@ static void reply_device(svc_slot_t *slot, const ledger_device_t *d)
     slot_pack(slot, &r.base);
 }
 
+/* A write's record is its reply; a replica also notes whose record it is, to read it again
+ * once the entry applied. */
+static void account_done(svc_slot_t *slot, const ledger_account_t *a)
+{
+    snprintf(slot->key, sizeof slot->key, "%s", a->id);
+    reply_account(slot, a);
+}
+
+static void device_done(svc_slot_t *slot, const ledger_device_t *d)
+{
+    snprintf(slot->key, sizeof slot->key, "%s", d->id);
+    reply_device(slot, d);
+}
+
 /* Unpacks the request body as desc, or refuses the slot with QC_EDECODE. */
 static ProtobufCMessage *slot_unpack(svc_slot_t *slot, const ProtobufCMessageDescriptor *desc)
 {
@@ -206,6 +285,7 @@ static void do_reserve(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_sl
     count_result("reserve", slot->code);
     if (slot->code != 0)
         return;
+    memcpy(slot->txn_id, svc->load->txn_id, LEDGER_TXN_ID_SIZE);
     if (svc->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED || svc->load->allow_len > 0) {
         reply_load(svc, slot, true); /* a retry: the stored allow, byte for byte, or none */
         return;
@@ -258,6 +338,7 @@ static void do_settle(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slo
     if (m == NULL)
         return;
     if (txn_id_ok(slot, m->txn_id)) {
+        memcpy(slot->txn_id, m->txn_id.data, LEDGER_TXN_ID_SIZE);
         slot->code = ledger_saga_settle(svc->saga, txn, now, m->txn_id.data, m->report.data,
                                         m->report.len, svc->load, slot->why);
         count_result("settle", slot->code);
@@ -306,7 +387,7 @@ static void do_open_account(ledger_service_t *svc, MDB_txn *txn, uint64_t now, s
         snprintf(spec.id, sizeof spec.id, "%s", m->account_id);
         slot->code = ledger_saga_open_account(svc->saga, txn, now, &spec, &out, slot->why);
         if (slot->code == 0)
-            reply_account(slot, &out);
+            account_done(slot, &out);
     }
     qcledger__open_account_request__free_unpacked(m, NULL);
 }
@@ -322,7 +403,7 @@ static void do_deposit(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_sl
         slot->code = ledger_saga_deposit(svc->saga, txn, now, m->account_id, m->amount,
                                          m->txn_id.data, &out, slot->why);
         if (slot->code == 0)
-            reply_account(slot, &out);
+            account_done(slot, &out);
     }
     qcledger__deposit_request__free_unpacked(m, NULL);
 }
@@ -338,7 +419,7 @@ static void do_set_frozen(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc
     slot->code =
         ledger_saga_set_frozen(svc->saga, txn, now, m->account_id, frozen, &out, slot->why);
     if (slot->code == 0)
-        reply_account(slot, &out);
+        account_done(slot, &out);
     qcledger__freeze_request__free_unpacked(m, NULL);
 }
 
@@ -366,7 +447,7 @@ static void do_enroll(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slo
             ledger_saga_enroll_device(svc->saga, txn, now, m->account_id, m->cert.data, m->cert.len,
                                       m->wallet_cap, m->counter, d, slot->why);
         if (slot->code == 0)
-            reply_device(slot, d);
+            device_done(slot, d);
     }
     free(d);
     qcledger__enroll_device_request__free_unpacked(m, NULL);
@@ -384,7 +465,7 @@ static void do_revoke(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slo
     } else {
         slot->code = ledger_saga_revoke_device(svc->saga, txn, now, m->device_id, d, slot->why);
         if (slot->code == 0)
-            reply_device(slot, d);
+            device_done(slot, d);
     }
     free(d);
     qcledger__revoke_device_request__free_unpacked(m, NULL);
@@ -528,21 +609,331 @@ static void do_outbox_read(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot
     qcledger__outbox_read_request__free_unpacked(m, NULL);
 }
 
+/* ------------------------------------------------------------ replica mode: entries and replies
+ *
+ * propose_*: the write, verified by its write() on the leader, as an op of the entry.
+ * after_*: its reply, read from the state once the entry applied here. */
+
+static int propose_reserve(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                           uint64_t now)
+{
+    Qcledger__ReserveRequest *m =
+        (Qcledger__ReserveRequest *)slot_unpack(slot, &qcledger__reserve_request__descriptor);
+    if (m == NULL)
+        return QC_EDECODE;
+    /* The deadline the admission checked against (do_reserve), carried in the entry. */
+    int rc = ledger_fsm_batch_reserve(b, m->request.data, m->request.len, now + svc->deadline_ms);
+    qcledger__reserve_request__free_unpacked(m, NULL);
+    return rc;
+}
+
+static int propose_settle(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                          uint64_t now)
+{
+    (void)svc;
+    (void)now;
+    Qcledger__SettleRequest *m =
+        (Qcledger__SettleRequest *)slot_unpack(slot, &qcledger__settle_request__descriptor);
+    if (m == NULL)
+        return QC_EDECODE;
+    assert(m->txn_id.len == LEDGER_TXN_ID_SIZE); /* admission checked it */
+    /* A report that does not verify settles nothing: it is evidence for audit. */
+    int rc = slot->code_after != 0
+                 ? ledger_fsm_batch_bad_report(b, m->txn_id.data, m->report.data, m->report.len)
+                 : ledger_fsm_batch_settle(b, m->txn_id.data, m->report.data, m->report.len);
+    qcledger__settle_request__free_unpacked(m, NULL);
+    return rc;
+}
+
+static int propose_outbox_ack(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                              uint64_t now)
+{
+    (void)svc;
+    (void)now;
+    Qcledger__OutboxAckRequest *m =
+        (Qcledger__OutboxAckRequest *)slot_unpack(slot, &qcledger__outbox_ack_request__descriptor);
+    if (m == NULL)
+        return QC_EDECODE;
+    int rc = ledger_fsm_batch_outbox_ack(b, m->upto_seq);
+    qcledger__outbox_ack_request__free_unpacked(m, NULL);
+    return rc;
+}
+
+static int propose_open_account(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                                uint64_t now)
+{
+    (void)svc;
+    (void)now;
+    Qcledger__OpenAccountRequest *m = (Qcledger__OpenAccountRequest *)slot_unpack(
+        slot, &qcledger__open_account_request__descriptor);
+    if (m == NULL)
+        return QC_EDECODE;
+    ledger_account_t spec = {.currency = m->currency,
+                             .load_min = m->load_min,
+                             .load_max = m->load_max,
+                             .daily_max = m->daily_max};
+    snprintf(spec.id, sizeof spec.id, "%s", m->account_id); /* admission checked its length */
+    int rc = ledger_fsm_batch_open_account(b, &spec);
+    qcledger__open_account_request__free_unpacked(m, NULL);
+    return rc;
+}
+
+static int propose_deposit(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                           uint64_t now)
+{
+    (void)svc;
+    (void)now;
+    Qcledger__DepositRequest *m =
+        (Qcledger__DepositRequest *)slot_unpack(slot, &qcledger__deposit_request__descriptor);
+    if (m == NULL)
+        return QC_EDECODE;
+    int rc = ledger_fsm_batch_deposit(b, m->account_id, m->amount, m->txn_id.data);
+    qcledger__deposit_request__free_unpacked(m, NULL);
+    return rc;
+}
+
+static int propose_set_frozen(svc_slot_t *slot, ledger_fsm_batch_t *b, bool frozen)
+{
+    Qcledger__FreezeRequest *m =
+        (Qcledger__FreezeRequest *)slot_unpack(slot, &qcledger__freeze_request__descriptor);
+    if (m == NULL)
+        return QC_EDECODE;
+    int rc = ledger_fsm_batch_set_frozen(b, m->account_id, frozen);
+    qcledger__freeze_request__free_unpacked(m, NULL);
+    return rc;
+}
+
+static int propose_freeze(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                          uint64_t now)
+{
+    (void)svc;
+    (void)now;
+    return propose_set_frozen(slot, b, true);
+}
+
+static int propose_unfreeze(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                            uint64_t now)
+{
+    (void)svc;
+    (void)now;
+    return propose_set_frozen(slot, b, false);
+}
+
+static int propose_enroll(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                          uint64_t now)
+{
+    (void)svc;
+    (void)now;
+    Qcledger__EnrollDeviceRequest *m = (Qcledger__EnrollDeviceRequest *)slot_unpack(
+        slot, &qcledger__enroll_device_request__descriptor);
+    if (m == NULL)
+        return QC_EDECODE;
+    int rc = ledger_fsm_batch_enroll(b, m->account_id, m->cert.data, m->cert.len, m->wallet_cap,
+                                     m->counter);
+    qcledger__enroll_device_request__free_unpacked(m, NULL);
+    return rc;
+}
+
+static int propose_revoke(ledger_service_t *svc, svc_slot_t *slot, ledger_fsm_batch_t *b,
+                          uint64_t now)
+{
+    (void)svc;
+    (void)now;
+    Qcledger__RevokeDeviceRequest *m = (Qcledger__RevokeDeviceRequest *)slot_unpack(
+        slot, &qcledger__revoke_device_request__descriptor);
+    if (m == NULL)
+        return QC_EDECODE;
+    int rc = ledger_fsm_batch_revoke(b, m->device_id);
+    qcledger__revoke_device_request__free_unpacked(m, NULL);
+    return rc;
+}
+
+/* The load as applied: RESERVED and not yet signed for, the bank signs now (the debit is
+ * committed by a majority and applied); otherwise the record, with its stored allow. */
+static void after_reserve(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    slot->code = ledger_store_load_get(svc->store, txn, slot->txn_id, svc->load);
+    if (slot->code != 0) {
+        slot_refuse(slot, slot->code, "the applied load could not be read");
+        return;
+    }
+    if (svc->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED || svc->load->allow_len > 0) {
+        reply_load(svc, slot, true);
+        return;
+    }
+    int rc = ledger_saga_allow_body(svc->load, &slot->sign_body, &slot->sign_body_len);
+    if (rc != 0) {
+        slot_refuse(slot, rc, "the allow could not be built");
+        return;
+    }
+    slot->sign_kind = QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW;
+}
+
+static void after_settle(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    slot->code = ledger_store_load_get(svc->store, txn, slot->txn_id, svc->load);
+    if (slot->code != 0) {
+        slot_refuse(slot, slot->code, "the applied load could not be read");
+        return;
+    }
+    reply_load(svc, slot, false);
+    if (slot->code != 0)
+        return;
+    int rc = ledger_saga_outcome_body(svc->load, ops_time_wall_ms(), &slot->sign_body,
+                                      &slot->sign_body_len);
+    if (rc != 0) {
+        free(slot->body);
+        slot->body = NULL;
+        slot_refuse(slot, rc, "the outcome could not be built");
+        return;
+    }
+    slot->sign_kind = QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME;
+}
+
+static void after_account(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    ledger_account_t a;
+    slot->code = ledger_store_account_get(svc->store, txn, slot->key, &a);
+    if (slot->code == 0)
+        reply_account(slot, &a);
+    else
+        slot_refuse(slot, slot->code, "the applied account could not be read");
+}
+
+static void after_device(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    ledger_device_t *d = malloc(sizeof *d);
+    if (d == NULL) {
+        slot_refuse(slot, QC_ENOMEM, NULL);
+        return;
+    }
+    slot->code = ledger_store_device_get(svc->store, txn, slot->key, d);
+    if (slot->code == 0)
+        reply_device(slot, d);
+    else
+        slot_refuse(slot, slot->code, "the applied device could not be read");
+    free(d);
+}
+
+static void after_outbox_ack(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    Qcledger__OutboxAckReply r = QCLEDGER__OUTBOX_ACK_REPLY__INIT;
+    slot->code = ledger_store_outbox_depth(svc->store, txn, &r.depth);
+    if (slot->code == 0)
+        slot_pack(slot, &r.base);
+    else
+        slot_refuse(slot, slot->code, NULL);
+}
+
+/* ------------------------------------------------------------ shard status */
+
+static Qcledger__ReplicaRole role_of(int raft_state)
+{
+    switch (raft_state) {
+    case RAFT_FOLLOWER:
+        return QCLEDGER__REPLICA_ROLE__ROLE_FOLLOWER;
+    case RAFT_CANDIDATE:
+        return QCLEDGER__REPLICA_ROLE__ROLE_CANDIDATE;
+    case RAFT_LEADER:
+        return QCLEDGER__REPLICA_ROLE__ROLE_LEADER;
+    default:
+        return QCLEDGER__REPLICA_ROLE__ROLE_UNAVAILABLE;
+    }
+}
+
+/* The status of this replica, in r (strings borrowed from libraft and the peer table, valid
+ * until the loop runs again). infos has room for LEDGER_REPLICAS_MAX. match_index comes from
+ * libraft's public struct raft (leader_state.progress, by configuration position): known on
+ * the leader only; this replica's own is its last index. */
+static int status_fill(ledger_service_t *svc, MDB_txn *txn, Qcledger__ShardStatusReply *r,
+                       Qcledger__ReplicaInfo *infos, Qcledger__ReplicaInfo **ptrs)
+{
+    qcledger__shard_status_reply__init(r);
+    r->shard = svc->shard;
+    uint64_t applied = 0, applied_ms = 0;
+    int rc = ledger_store_applied_get(svc->store, txn, &applied, &applied_ms);
+    if (rc != 0)
+        return rc;
+    r->applied_index = applied;
+    if (svc->replica == NULL) {
+        r->role = QCLEDGER__REPLICA_ROLE__ROLE_LEADER; /* one process: it decides alone */
+        return 0;
+    }
+    struct raft *rf = ledger_replica_raft(svc->replica);
+    uint64_t self = ledger_replica_id(svc->replica);
+    int state = raft_state(rf);
+    r->id = self;
+    r->role = role_of(state);
+    r->term = rf->current_term;
+    r->commit_index = rf->commit_index;
+    r->last_index = raft_last_index(rf);
+    const char *leader_ep = NULL;
+    r->leader_id = ledger_replica_leader(svc->replica, &leader_ep);
+    if (leader_ep != NULL)
+        r->leader_endpoint = (char *)leader_ep;
+    size_t n =
+        rf->configuration.n < LEDGER_REPLICAS_MAX ? rf->configuration.n : LEDGER_REPLICAS_MAX;
+    for (size_t i = 0; i < n; i++) {
+        const struct raft_server *s = &rf->configuration.servers[i];
+        qcledger__replica_info__init(&infos[i]);
+        infos[i].id = s->id;
+        infos[i].raft_address = s->address;
+        const ledger_replica_peer_t *p = ledger_replica_peer(svc->replica, s->id);
+        if (p != NULL)
+            infos[i].endpoint = (char *)p->endpoint;
+        infos[i].voter = s->role == RAFT_VOTER;
+        if (s->id == self)
+            infos[i].match_index = r->last_index;
+        else if (state == RAFT_LEADER && rf->leader_state.progress != NULL)
+            infos[i].match_index = rf->leader_state.progress[i].match_index;
+        ptrs[i] = &infos[i];
+    }
+    r->n_replicas = n;
+    r->replicas = ptrs;
+    return 0;
+}
+
+static void do_shard_status(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    Qcledger__ShardStatusReply r;
+    Qcledger__ReplicaInfo infos[LEDGER_REPLICAS_MAX];
+    Qcledger__ReplicaInfo *ptrs[LEDGER_REPLICAS_MAX];
+    slot->code = status_fill(svc, txn, &r, infos, ptrs);
+    if (slot->code == 0)
+        slot_pack(slot, &r.base);
+    else
+        slot_refuse(slot, slot->code, NULL);
+}
+
+/* Membership changes run on the leader only (replica mode): see start_change(). */
+static void do_change(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
+{
+    (void)svc;
+    (void)txn;
+    (void)now;
+    slot_refuse(slot, QC_EINVAL, "this ledger runs without replicas (no replica_id)");
+}
+
 static const svc_method_t svc_methods[] = {
-    {"reserve", ROLE_SERVICE, KIND_WRITE, do_reserve, NULL},
-    {"settle", ROLE_SERVICE, KIND_WRITE, do_settle, NULL},
-    {"outbox_ack", ROLE_SERVICE, KIND_WRITE, do_outbox_ack, NULL},
-    {"outbox_read", ROLE_SERVICE, KIND_READ, NULL, do_outbox_read},
-    {"open_account", ROLE_ADMIN, KIND_WRITE, do_open_account, NULL},
-    {"deposit", ROLE_ADMIN, KIND_WRITE, do_deposit, NULL},
-    {"freeze", ROLE_ADMIN, KIND_WRITE, do_freeze, NULL},
-    {"unfreeze", ROLE_ADMIN, KIND_WRITE, do_unfreeze, NULL},
-    {"enroll_device", ROLE_ADMIN, KIND_WRITE, do_enroll, NULL},
-    {"revoke_device", ROLE_ADMIN, KIND_WRITE, do_revoke, NULL},
-    {"get_load", ROLE_ANY, KIND_READ, NULL, do_get_load},
-    {"get_account", ROLE_ANY, KIND_READ, NULL, do_get_account},
-    {"get_device", ROLE_ANY, KIND_READ, NULL, do_get_device},
-    {"check", ROLE_ANY, KIND_READ, NULL, do_check},
+    {"reserve", ROLE_SERVICE, KIND_WRITE, do_reserve, NULL, propose_reserve, after_reserve, false},
+    {"settle", ROLE_SERVICE, KIND_WRITE, do_settle, NULL, propose_settle, after_settle, false},
+    {"outbox_ack", ROLE_SERVICE, KIND_WRITE, do_outbox_ack, NULL, propose_outbox_ack,
+     after_outbox_ack, false},
+    {"outbox_read", ROLE_SERVICE, KIND_READ, NULL, do_outbox_read, NULL, NULL, false},
+    {"open_account", ROLE_ADMIN, KIND_WRITE, do_open_account, NULL, propose_open_account,
+     after_account, false},
+    {"deposit", ROLE_ADMIN, KIND_WRITE, do_deposit, NULL, propose_deposit, after_account, false},
+    {"freeze", ROLE_ADMIN, KIND_WRITE, do_freeze, NULL, propose_freeze, after_account, false},
+    {"unfreeze", ROLE_ADMIN, KIND_WRITE, do_unfreeze, NULL, propose_unfreeze, after_account, false},
+    {"enroll_device", ROLE_ADMIN, KIND_WRITE, do_enroll, NULL, propose_enroll, after_device, false},
+    {"revoke_device", ROLE_ADMIN, KIND_WRITE, do_revoke, NULL, propose_revoke, after_device, false},
+    {"get_load", ROLE_ANY, KIND_READ, NULL, do_get_load, NULL, NULL, false},
+    {"get_account", ROLE_ANY, KIND_READ, NULL, do_get_account, NULL, NULL, false},
+    {"get_device", ROLE_ANY, KIND_READ, NULL, do_get_device, NULL, NULL, false},
+    {"check", ROLE_ANY, KIND_READ, NULL, do_check, NULL, NULL, true},
+    {"shard_status", ROLE_ANY, KIND_READ, NULL, do_shard_status, NULL, NULL, true},
+    {"add_replica", ROLE_ADMIN, KIND_CHANGE, do_change, NULL, NULL, NULL, false},
+    {"remove_replica", ROLE_ADMIN, KIND_CHANGE, do_change, NULL, NULL, NULL, false},
 };
 
 /* ------------------------------------------------------------ keys */
@@ -613,6 +1004,11 @@ static void admit(ledger_service_t *svc, svc_slot_t *slot)
     slot->sign_kind = QUANCUN__SIGN_KIND__SIGN_NONE;
     slot->sign_body = NULL;
     slot->sign_body_len = 0;
+    slot->op = -1;
+    slot->code_after = 0;
+    slot->key[0] = '\0';
+    slot->not_leader = false;
+    slot->leader[0] = '\0';
     if (m == NULL) {
         slot_refuse(slot, QC_EMETHOD, NULL);
         return;
@@ -741,12 +1137,38 @@ static void ask_signer(ledger_service_t *svc, svc_slot_t *slot)
     }
 }
 
+/* Sends the slot's reply, unless its request moved to the signing stage (which answers it
+ * once the bank signed), and frees what the slot held. */
+static void finish_slot(ledger_service_t *svc, svc_slot_t *slot)
+{
+    if (slot->code == 0 && slot->sign_kind != QUANCUN__SIGN_KIND__SIGN_NONE)
+        ask_signer(svc, slot);
+    free(slot->sign_body);
+    slot->sign_body = NULL;
+    if (slot->req == NULL)
+        return; /* it waits for its signature */
+    int rrc = slot->not_leader
+                  ? proto_rpc_server_reply_not_leader(svc->srv, slot->req, slot->leader)
+                  : proto_rpc_server_reply(svc->srv, slot->req, slot->code,
+                                           slot->code != 0 ? slot->why : NULL, slot->body,
+                                           slot->body_len);
+    if (rrc != 0)
+        ops_log(OPS_LOG_WARN, "ledger.reply_failed", "error", qc_strerror(rrc), NULL);
+    free(slot->body);
+    slot->body = NULL;
+    proto_rpc_request_destroy(&slot->req);
+}
+
 static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
 {
     uint64_t wall = ops_time_wall_ms();
     size_t writes = 0, reads = 0;
     for (size_t i = 0; i < n; i++) {
         admit(svc, &svc->slots[i]);
+        if (svc->slots[i].method != NULL && svc->slots[i].method->kind == KIND_CHANGE) {
+            svc->slots[i].method->write(svc, NULL, wall, &svc->slots[i]);
+            svc->slots[i].method = NULL;
+        }
         if (svc->slots[i].method != NULL) {
             if (svc->slots[i].method->kind == KIND_WRITE)
                 writes++;
@@ -772,22 +1194,580 @@ static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
             slot->method->read(svc, rtxn, slot);
     }
     ledger_store_txn_abort(rtxn);
-    for (size_t i = 0; i < n; i++) {
-        svc_slot_t *slot = &svc->slots[i];
-        if (slot->code == 0 && slot->sign_kind != QUANCUN__SIGN_KIND__SIGN_NONE)
-            ask_signer(svc, slot);
-        free(slot->sign_body);
-        slot->sign_body = NULL;
-        if (slot->req == NULL)
-            continue; /* it waits for its signature */
-        int rrc =
-            proto_rpc_server_reply(svc->srv, slot->req, slot->code,
-                                   slot->code != 0 ? slot->why : NULL, slot->body, slot->body_len);
-        if (rrc != 0)
-            ops_log(OPS_LOG_WARN, "ledger.reply_failed", "error", qc_strerror(rrc), NULL);
+    for (size_t i = 0; i < n; i++)
+        finish_slot(svc, &svc->slots[i]);
+}
+
+/* ------------------------------------------------------------ replica mode
+ *
+ * The leader admits a batch as the single process does (method, key, deadline, then each
+ * write's own checks: every signature, certificate and rule, in a write transaction over its
+ * applied state that is aborted), and proposes the writes that passed as one Raft entry,
+ * together with the deadline compensation that is due and the allows signed since the last
+ * entry. Replies wait for the entry to be committed by a majority and applied here
+ * (proposal_applied): each write's op result, and its record read from the applied state.
+ * A reserve's allow is asked for after its entry applied and stored by a later entry.
+ * Followers answer check and shard_status themselves, and refuse everything else with
+ * QC_ENOTLEADER naming the leader (QC_ENOQUORUM when none is known). A new leader first has
+ * a barrier of its term applied, so that it serves from a state holding every entry
+ * committed before it; requests wait in the meantime (held). */
+
+/* Raft's refusal of a proposal or change, as a code. */
+static int raft_to_qc(int rv)
+{
+    switch (rv) {
+    case RAFT_NOTLEADER:
+        return QC_ENOTLEADER;
+    case RAFT_CANTCHANGE:
+        return QC_EBUSY;
+    case RAFT_DUPLICATEID:
+    case RAFT_DUPLICATEADDRESS:
+        return QC_EEXIST;
+    case RAFT_BADID:
+    case RAFT_BADROLE:
+        return QC_EINVAL;
+    case RAFT_NOMEM:
+        return QC_ENOMEM;
+    default:
+        return QC_EUNAVAIL;
+    }
+}
+
+/* The refusal of a replica that is not the leader: nothing was changed. */
+static void refuse_not_leader(ledger_service_t *svc, svc_slot_t *slot)
+{
+    const char *ep = NULL;
+    uint64_t id = ledger_replica_leader(svc->replica, &ep);
+    if (id != 0 && id != ledger_replica_id(svc->replica)) {
+        slot->code = QC_ENOTLEADER;
+        slot->not_leader = true;
+        snprintf(slot->leader, sizeof slot->leader, "%s", ep != NULL ? ep : "");
+        return;
+    }
+    slot_refuse(slot, QC_ENOQUORUM,
+                "no leader is known in this shard's replica group: nothing changed, try again");
+}
+
+static void proposal_free(svc_proposal_t *p)
+{
+    free(p->slots);
+    free(p->allows);
+    free(p);
+}
+
+/* Every request of p learns that its entry is not known to be committed. */
+static void proposal_fail(ledger_service_t *svc, svc_proposal_t *p, int code, const char *why)
+{
+    for (size_t i = 0; i < p->n_allows; i++)
+        ledger_signer_finish(svc->signer, p->allows[i].handle, QC_EUNAVAIL,
+                             "the allow could not be stored: try again", NULL, 0);
+    for (size_t i = 0; i < p->n_slots; i++) {
+        svc_slot_t *slot = &p->slots[i];
         free(slot->body);
         slot->body = NULL;
-        proto_rpc_request_destroy(&slot->req);
+        slot->body_len = 0;
+        slot->sign_kind = QUANCUN__SIGN_KIND__SIGN_NONE;
+        if (code == QC_ENOTLEADER)
+            refuse_not_leader(svc, slot);
+        else
+            slot_refuse(slot, code, why);
+        finish_slot(svc, slot);
+    }
+}
+
+/* The reply of each signed allow the entry stored: the record as applied, with its allow; a
+ * load that the deadline (or its device's next request) settled first gets its record and no
+ * allow, as in the single process. */
+static void allows_applied(ledger_service_t *svc, svc_proposal_t *p, MDB_txn *rtxn,
+                           const ledger_fsm_result_t *res)
+{
+    for (size_t i = 0; i < p->n_allows; i++) {
+        const svc_proposal_allow_t *a = &p->allows[i];
+        assert(a->op >= 0 && (size_t)a->op < res->n_ops);
+        int rc = res->ops[a->op].code;
+        const char *why = res->ops[a->op].why;
+        if (rc == QC_ESTATE || rc == QC_EEXPIRED)
+            rc = 0;
+        if (rc == 0 && (rc = ledger_store_load_get(svc->store, rtxn, a->txn_id, svc->load)) != 0)
+            why = "the load could not be read";
+        if (rc != 0) {
+            char hex[2 * LEDGER_TXN_ID_SIZE + 1];
+            ops_log(OPS_LOG_ERROR, "ledger.allow_not_stored", "txn_id",
+                    ops_hex(a->txn_id, LEDGER_TXN_ID_SIZE, hex), "error", qc_errname(rc), "why",
+                    why, NULL);
+            ledger_signer_finish(svc->signer, a->handle, rc, why, NULL, 0);
+            continue;
+        }
+        svc_slot_t reply = {.code = 0};
+        reply_load(svc, &reply, true);
+        ledger_signer_finish(svc->signer, a->handle, reply.code, reply.why, reply.body,
+                             reply.body_len);
+    }
+}
+
+/* libraft: the entry applied here after a majority committed it (status 0, result the
+ * fsm's), or it is not known to be (leadership lost, closing). */
+static void proposal_applied(struct raft_apply *req, int status, void *result)
+{
+    svc_proposal_t *p = req->data;
+    ledger_service_t *svc = p->svc;
+    const ledger_fsm_result_t *res = result;
+    assert(svc->proposals > 0);
+    svc->proposals--;
+    if (p->expire)
+        svc->expire_in_flight = false;
+    if (status != 0 || res == NULL || res->skipped || res->refused) {
+        ops_log(OPS_LOG_WARN, "ledger.proposal_failed", "error",
+                status != 0 ? raft_strerror(status) : "entry not applied as proposed", NULL);
+        proposal_fail(svc, p, QC_EUNAVAIL,
+                      "proposed but not known to be committed (the leader changed): "
+                      "retry with the same txn id");
+        proposal_free(p);
+        return;
+    }
+    ops_counter_add(svc->m_commits, 1);
+    ops_counter_add(svc->m_expired, res->expired);
+    ops_histogram_observe(svc->m_commit_seconds, (double)(ops_time_mono_ns() - p->t0_ns) / 1e9);
+    if (p->n_slots > 0)
+        observe_batch(svc, p->n_slots);
+    MDB_txn *rtxn = NULL;
+    int rc = ledger_store_txn_begin(svc->store, NULL, false, &rtxn);
+    if (rc != 0) {
+        proposal_fail(svc, p, rc, "applied, but the state could not be read: ask again");
+        proposal_free(p);
+        return;
+    }
+    allows_applied(svc, p, rtxn, res);
+    for (size_t i = 0; i < p->n_slots; i++) {
+        svc_slot_t *slot = &p->slots[i];
+        assert(slot->op >= 0 && (size_t)slot->op < res->n_ops);
+        const ledger_fsm_op_result_t *op = &res->ops[slot->op];
+        if (op->code != 0)
+            slot_refuse(slot, op->code, op->why);
+        else if (slot->code_after != 0)
+            slot->code = slot->code_after; /* its why is admission's */
+        else
+            slot->method->after(svc, rtxn, slot);
+    }
+    ledger_store_txn_abort(rtxn);
+    for (size_t i = 0; i < p->n_slots; i++)
+        finish_slot(svc, &p->slots[i]);
+    ops_fault_point("ledger.after_commit_before_reply");
+    proposal_free(p);
+}
+
+/* Admission of one write on the leader: write() runs it against the applied state (inside
+ * txn, which the caller aborts) with every check of the single process. What passed becomes
+ * an op of b; what did not is answered now. Returns true when slot moved into the entry. */
+static bool admit_write(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot,
+                        ledger_fsm_batch_t *b, uint64_t wall)
+{
+    slot->method->write(svc, txn, wall, slot);
+    /* Only the verdict counts: the reply is read again from the applied state. */
+    free(slot->body);
+    slot->body = NULL;
+    slot->body_len = 0;
+    free(slot->sign_body);
+    slot->sign_body = NULL;
+    slot->sign_kind = QUANCUN__SIGN_KIND__SIGN_NONE;
+    if (slot->method->propose == propose_settle &&
+        (slot->code == QC_EBADSIG || slot->code == QC_EKEYID)) {
+        /* Not the device speaking: the report goes to audit through the log. */
+        slot->code_after = slot->code;
+        slot->code = 0;
+    }
+    if (slot->code != 0)
+        return false;
+    size_t before = ledger_fsm_batch_count(b);
+    int rc = slot->method->propose(svc, slot, b, wall);
+    if (rc != 0) {
+        slot_refuse(slot, rc == QC_EFULL ? QC_EBUSY : rc, "the entry could not take this write");
+        return false;
+    }
+    assert(ledger_fsm_batch_count(b) == before + 1);
+    slot->op = (int)before;
+    return true;
+}
+
+/* The deadline compensation, due on the leader from the replicated state (a new leader takes
+ * the timers over from it): at most one such entry in flight. */
+static bool expire_due(ledger_service_t *svc, uint64_t wall)
+{
+    if (svc->expire_in_flight)
+        return false;
+    load_next_deadline(svc);
+    return svc->next_deadline_ms != 0 && svc->next_deadline_ms <= wall;
+}
+
+/* The allows signed since the last entry, as store_allow ops of b. */
+static void propose_allows(ledger_service_t *svc, svc_proposal_t *p, ledger_fsm_batch_t *b)
+{
+    size_t cap = LEDGER_FSM_OPS_MAX - svc->batch_max - 1; /* room for the writes and expire */
+    size_t n = ledger_signer_take(svc->signer, svc->signed_allows, cap);
+    for (size_t i = 0; i < n; i++) {
+        const ledger_signer_allow_t *a = &svc->signed_allows[i];
+        size_t before = ledger_fsm_batch_count(b);
+        int rc = ledger_fsm_batch_store_allow(b, a->txn_id, a->allow, a->allow_len);
+        if (rc != 0) {
+            ledger_signer_finish(svc->signer, a->handle, rc, "the allow could not be proposed",
+                                 NULL, 0);
+            continue;
+        }
+        svc_proposal_allow_t *pa = &p->allows[p->n_allows++];
+        pa->handle = a->handle;
+        pa->op = (int)before;
+        memcpy(pa->txn_id, a->txn_id, LEDGER_TXN_ID_SIZE);
+    }
+}
+
+/* Hands b to libraft as one entry; on refusal every request of p is answered. */
+static void propose(ledger_service_t *svc, svc_proposal_t *p, ledger_fsm_batch_t *b)
+{
+    struct raft_buffer buf = {0};
+    int rc = ledger_fsm_batch_encode(b, &buf);
+    if (rc != 0) {
+        proposal_fail(svc, p, rc, "the entry could not be encoded");
+        proposal_free(p);
+        return;
+    }
+    p->req.data = p;
+    int rv = raft_apply(ledger_replica_raft(svc->replica), &p->req, &buf, 1, proposal_applied);
+    if (rv != 0) {
+        raft_free(buf.base);
+        ops_log(OPS_LOG_WARN, "ledger.propose_failed", "error", raft_strerror(rv), NULL);
+        /* Not appended: nothing can change, so a moved leader is named. */
+        proposal_fail(svc, p, raft_to_qc(rv) == QC_ENOTLEADER ? QC_ENOTLEADER : QC_EUNAVAIL,
+                      "the entry could not be proposed: try again");
+        proposal_free(p);
+        return;
+    }
+    svc->proposals++;
+    if (p->expire)
+        svc->expire_in_flight = true;
+}
+
+/* The writes of slots[0..n) that pass admission, the due compensation and the signed allows:
+ * one entry. */
+static void replica_writes(ledger_service_t *svc, size_t n, size_t writes, int signed_count,
+                           uint64_t wall)
+{
+    bool expire = expire_due(svc, wall);
+    if (writes == 0 && !expire && signed_count == 0)
+        return;
+    if (svc->proposals >= LEDGER_PROPOSALS_MAX) {
+        for (size_t i = 0; i < n; i++)
+            if (svc->slots[i].method != NULL && svc->slots[i].method->kind == KIND_WRITE)
+                slot_refuse(&svc->slots[i], QC_EBUSY, "too many entries in flight: try again");
+        return;
+    }
+    ledger_fsm_batch_t *b = NULL;
+    svc_proposal_t *p = calloc(1, sizeof *p);
+    int rc = p == NULL ? QC_ENOMEM : ledger_fsm_batch_new(wall, &b);
+    if (rc == 0) {
+        p->svc = svc;
+        p->t0_ns = ops_time_mono_ns();
+        p->slots = calloc(writes > 0 ? writes : 1, sizeof *p->slots);
+        p->allows = calloc(LEDGER_FSM_OPS_MAX, sizeof *p->allows);
+        if (p->slots == NULL || p->allows == NULL)
+            rc = QC_ENOMEM;
+    }
+    if (rc == 0 && expire) {
+        rc = ledger_fsm_batch_expire(b, wall, LEDGER_EXPIRE_BATCH_MAX);
+        p->expire = rc == 0;
+    }
+    MDB_txn *txn = NULL;
+    if (rc == 0)
+        rc = ledger_store_txn_begin(svc->store, NULL, true, &txn);
+    if (rc != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.admission_failed", "error", qc_strerror(rc), NULL);
+        for (size_t i = 0; i < n; i++)
+            if (svc->slots[i].method != NULL && svc->slots[i].method->kind == KIND_WRITE)
+                slot_refuse(&svc->slots[i], rc, "the write could not be admitted");
+        ledger_fsm_batch_destroy(&b);
+        if (p != NULL)
+            proposal_free(p);
+        return;
+    }
+    propose_allows(svc, p, b);
+    for (size_t i = 0; i < n; i++) {
+        svc_slot_t *slot = &svc->slots[i];
+        if (slot->method == NULL || slot->method->kind != KIND_WRITE)
+            continue;
+        if (admit_write(svc, txn, slot, b, wall)) {
+            p->slots[p->n_slots++] = *slot; /* its request moves to the proposal */
+            slot->req = NULL;
+        }
+    }
+    ledger_store_txn_abort(txn);
+    if (ledger_fsm_batch_count(b) == 0) {
+        assert(p->n_slots == 0 && p->n_allows == 0);
+        proposal_free(p);
+    } else {
+        propose(svc, p, b);
+    }
+    ledger_fsm_batch_destroy(&b);
+}
+
+static void barrier_applied(struct raft_barrier *req, int status)
+{
+    svc_barrier_t *b = req->data;
+    ledger_service_t *svc = b->svc;
+    svc->barrier_pending = false;
+    struct raft *rf = ledger_replica_raft(svc->replica);
+    if (status == 0 && raft_state(rf) == RAFT_LEADER && rf->current_term == b->term) {
+        svc->ready_term = b->term;
+        ops_logf(OPS_LOG_INFO, "ledger.leader_ready",
+                 "leader of term %" PRIu64 ", applied %" PRIu64, b->term,
+                 (uint64_t)raft_last_applied(rf));
+    }
+    free(b);
+}
+
+/* A new leader proposes a barrier of its term; it serves once that applied. */
+static void leader_barrier(ledger_service_t *svc)
+{
+    if (svc->barrier_pending)
+        return;
+    struct raft *rf = ledger_replica_raft(svc->replica);
+    svc_barrier_t *b = calloc(1, sizeof *b);
+    if (b == NULL)
+        return;
+    b->svc = svc;
+    b->term = rf->current_term;
+    b->req.data = b;
+    int rv = raft_barrier(rf, &b->req, barrier_applied);
+    if (rv != 0) {
+        ops_log(OPS_LOG_WARN, "ledger.barrier_failed", "error", raft_strerror(rv), NULL);
+        free(b);
+        return;
+    }
+    svc->barrier_pending = true;
+}
+
+/* Keeps the request of slot until the leader is ready. */
+static void hold(ledger_service_t *svc, svc_slot_t *slot)
+{
+    if (svc->n_held == LEDGER_HELD_MAX) {
+        slot_refuse(slot, QC_EBUSY, "the new leader is not serving yet: try again");
+        return;
+    }
+    svc->held[svc->n_held++] = slot->req;
+    slot->req = NULL;
+}
+
+/* Moves held requests into the batch once they can be served (or refused). */
+static size_t take_held(ledger_service_t *svc)
+{
+    struct raft *rf = ledger_replica_raft(svc->replica);
+    bool leader = raft_state(rf) == RAFT_LEADER;
+    if (svc->n_held == 0 || (leader && svc->ready_term != rf->current_term))
+        return 0;
+    size_t k = svc->n_held < svc->batch_max ? svc->n_held : svc->batch_max;
+    for (size_t i = 0; i < k; i++)
+        svc->slots[i].req = svc->held[i];
+    memmove(svc->held, svc->held + k, (svc->n_held - k) * sizeof *svc->held);
+    svc->n_held -= k;
+    return k;
+}
+
+static void change_reply(ledger_service_t *svc, proto_rpc_request_t **waiter, int code,
+                         const char *why)
+{
+    svc_slot_t reply = {.code = code, .req = *waiter};
+    if (code != 0) {
+        slot_refuse(&reply, code, why);
+    } else {
+        Qcledger__ShardStatusReply st;
+        Qcledger__ReplicaInfo infos[LEDGER_REPLICAS_MAX];
+        Qcledger__ReplicaInfo *ptrs[LEDGER_REPLICAS_MAX];
+        int rc = status_fill(svc, NULL, &st, infos, ptrs);
+        if (rc != 0) {
+            slot_refuse(&reply, rc, NULL);
+        } else {
+            Qcledger__ReplicaChangeReply r = QCLEDGER__REPLICA_CHANGE_REPLY__INIT;
+            r.status = &st;
+            slot_pack(&reply, &r.base);
+        }
+    }
+    *waiter = NULL;
+    finish_slot(svc, &reply);
+}
+
+/* libraft: the configuration change committed (status 0) or failed. An added replica is a
+ * spare first, then becomes a voter once it caught up (raft_assign). */
+static void change_done(struct raft_change *req, int status)
+{
+    svc_change_t *c = req->data;
+    ledger_service_t *svc = c->svc;
+    if (status == 0 && c->assign_next) {
+        c->assign_next = false;
+        status =
+            raft_assign(ledger_replica_raft(svc->replica), &c->req, c->id, RAFT_VOTER, change_done);
+        if (status == 0)
+            return;
+    }
+    ops_logf(status == 0 ? OPS_LOG_INFO : OPS_LOG_WARN, "ledger.replica_change",
+             "replica %" PRIu64 ": %s", c->id, status == 0 ? "done" : raft_strerror(status));
+    change_reply(svc, &c->waiter, status == 0 ? 0 : raft_to_qc(status),
+                 status == 0 ? NULL : raft_strerror(status));
+    svc->change = NULL;
+    free(c);
+}
+
+static int server_index(const struct raft *rf, uint64_t id)
+{
+    for (unsigned i = 0; i < rf->configuration.n; i++)
+        if (rf->configuration.servers[i].id == id)
+            return (int)i;
+    return -1;
+}
+
+/* add_replica / remove_replica on the leader: starts the change; the reply waits for it. */
+static void start_change(ledger_service_t *svc, svc_slot_t *slot)
+{
+    struct raft *rf = ledger_replica_raft(svc->replica);
+    bool add = strcmp(slot->method->name, "add_replica") == 0;
+    if (svc->change != NULL) {
+        slot_refuse(slot, QC_EBUSY, "a membership change is in progress: try again");
+        return;
+    }
+    ledger_replica_peer_t peer;
+    memset(&peer, 0, sizeof peer);
+    if (add) {
+        Qcledger__AddReplicaRequest *m = (Qcledger__AddReplicaRequest *)slot_unpack(
+            slot, &qcledger__add_replica_request__descriptor);
+        if (m == NULL)
+            return;
+        char line[4 * LEDGER_REPLICA_ADDRESS_MAX];
+        snprintf(line, sizeof line, "%" PRIu64 " %s %s %s", m->id, m->raft_address, m->endpoint,
+                 m->raft_public_key);
+        int rc = ledger_replica_parse_peer(line, &peer);
+        qcledger__add_replica_request__free_unpacked(m, NULL);
+        if (rc != 0) {
+            slot_refuse(slot, QC_EINVAL,
+                        "want id >= 1, raft_address host:port, endpoint tcp://host:port and a "
+                        "40-character Z85 key");
+            return;
+        }
+    } else {
+        Qcledger__RemoveReplicaRequest *m = (Qcledger__RemoveReplicaRequest *)slot_unpack(
+            slot, &qcledger__remove_replica_request__descriptor);
+        if (m == NULL)
+            return;
+        peer.id = m->id;
+        qcledger__remove_replica_request__free_unpacked(m, NULL);
+        if (peer.id == 0 || peer.id == ledger_replica_id(svc->replica)) {
+            slot_refuse(slot, QC_EINVAL, "a leader does not remove itself (nor replica 0)");
+            return;
+        }
+    }
+    int at = server_index(rf, peer.id);
+    svc_change_t *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        slot_refuse(slot, QC_ENOMEM, NULL);
+        return;
+    }
+    c->svc = svc;
+    c->id = peer.id;
+    c->req.data = c;
+    int rv = 0;
+    if (add) {
+        if (ledger_replica_add_peer(svc->replica, &peer) != 0) {
+            free(c);
+            slot_refuse(slot, QC_EFULL, "the peer table is full");
+            return;
+        }
+        if (at < 0) {
+            c->assign_next = true;
+            rv = raft_add(rf, &c->req, peer.id, peer.address, change_done);
+        } else if (rf->configuration.servers[at].role != RAFT_VOTER) {
+            rv = raft_assign(rf, &c->req, peer.id, RAFT_VOTER, change_done);
+        } else {
+            at = -2; /* a voter already: nothing to change */
+        }
+    } else if (at >= 0) {
+        rv = raft_remove(rf, &c->req, peer.id, change_done);
+    } else {
+        at = -2; /* not a member: nothing to change */
+    }
+    if (at == -2 || rv != 0) {
+        free(c);
+        if (rv != 0)
+            slot_refuse(slot, raft_to_qc(rv), raft_strerror(rv));
+        else
+            change_reply(svc, &slot->req, 0, NULL);
+        return;
+    }
+    c->waiter = slot->req;
+    slot->req = NULL;
+    svc->change = c;
+}
+
+/* One batch in replica mode. */
+static void replica_serve(ledger_service_t *svc, size_t n, int signed_count)
+{
+    uint64_t wall = ops_time_wall_ms();
+    struct raft *rf = ledger_replica_raft(svc->replica);
+    bool leader = raft_state(rf) == RAFT_LEADER;
+    if (!leader) {
+        svc->ready_term = 0;
+        svc->next_deadline_ms = 0;
+    } else if (svc->ready_term != rf->current_term) {
+        leader_barrier(svc);
+    }
+    bool ready = leader && svc->ready_term == rf->current_term;
+    size_t writes = 0, reads = 0;
+    for (size_t i = 0; i < n; i++) {
+        svc_slot_t *slot = &svc->slots[i];
+        admit(svc, slot);
+        if (slot->method == NULL)
+            continue;
+        if (slot->method->everywhere) {
+            reads++;
+            continue;
+        }
+        if (!leader)
+            refuse_not_leader(svc, slot);
+        else if (!ready)
+            hold(svc, slot);
+        else if (slot->method->kind == KIND_CHANGE)
+            start_change(svc, slot);
+        else if (slot->method->kind == KIND_WRITE)
+            writes++;
+        else
+            reads++;
+        if (slot->req == NULL || slot->code != 0 || slot->method->kind == KIND_CHANGE)
+            slot->method = NULL; /* answered, held or waiting for its change */
+    }
+    if (ready)
+        replica_writes(svc, n, writes, signed_count, wall);
+    MDB_txn *rtxn = NULL;
+    int rc = reads > 0 ? ledger_store_txn_begin(svc->store, NULL, false, &rtxn) : 0;
+    for (size_t i = 0; reads > 0 && i < n; i++) {
+        svc_slot_t *slot = &svc->slots[i];
+        if (slot->method == NULL || slot->method->kind != KIND_READ || slot->req == NULL)
+            continue;
+        if (rc != 0)
+            slot_refuse(slot, rc, NULL);
+        else
+            slot->method->read(svc, rtxn, slot);
+    }
+    if (rtxn != NULL)
+        ledger_store_txn_abort(rtxn);
+    for (size_t i = 0; i < n; i++)
+        finish_slot(svc, &svc->slots[i]);
+}
+
+/* After each turn of the loop: health from the fsm, the peer table after SIGHUP. */
+static void replica_housekeeping(ledger_service_t *svc)
+{
+    ledger_fsm_stats_t st;
+    ledger_fsm_stats(svc->fsm, &st);
+    atomic_store(&svc->last_commit_rc, st.apply_error);
+    uint64_t hup = ops_signal_hup_generation();
+    if (hup != svc->hup_seen) {
+        svc->hup_seen = hup;
+        (void)ledger_replica_reload(svc->replica);
     }
 }
 
@@ -813,22 +1793,30 @@ static bool wait_readable(void *sock, uint64_t wait_ns)
  * the context is gone. */
 static int wait_any(ledger_service_t *svc, int wait_ms)
 {
-    zmq_pollitem_t items[1 + PROTO_RPC_ENDPOINTS_MAX];
+    zmq_pollitem_t items[2 + PROTO_RPC_ENDPOINTS_MAX];
     items[0] = (zmq_pollitem_t){.socket = proto_rpc_server_socket(svc->srv), .events = ZMQ_POLLIN};
     int n = 1 + ledger_signer_pollitems(svc->signer, &items[1], PROTO_RPC_ENDPOINTS_MAX);
     int t = ledger_signer_next_timeout_ms(svc->signer);
     if (t >= 0 && t < wait_ms)
         wait_ms = t;
+    if (svc->replica != NULL) {
+        /* libraft's loop: its backend descriptor is readable when any of its sockets, files
+         * or wake-ups is, and its next timer bounds the wait. */
+        items[n++] = (zmq_pollitem_t){.fd = ledger_replica_fd(svc->replica), .events = ZMQ_POLLIN};
+        t = ledger_replica_timeout_ms(svc->replica);
+        if (t >= 0 && t < wait_ms)
+            wait_ms = t;
+    }
     if (zmq_poll(items, n, wait_ms) < 0 && errno != EINTR)
         return errno == ETERM ? QC_EIO : 0;
     return 0;
 }
 
-/* Takes up to batch_max requests: those waiting now, plus those arriving within
- * batch_wait_us. Returns how many, or a negative code when the socket failed. */
-static int gather(ledger_service_t *svc, int first_wait_ms)
+/* Takes up to batch_max requests after the first n already in the batch: those waiting now,
+ * plus those arriving within batch_wait_us. Returns how many in all, or a negative code when
+ * the socket failed. */
+static int gather(ledger_service_t *svc, int first_wait_ms, size_t n)
 {
-    size_t n = 0;
     int rc = wait_any(svc, first_wait_ms);
     if (rc != 0)
         return rc;
@@ -874,7 +1862,8 @@ int ledger_service_run(ledger_service_t *svc)
             if (left < (uint64_t)wait_ms)
                 wait_ms = (int)left;
         }
-        int n = gather(svc, wait_ms);
+        size_t held = svc->replica != NULL ? take_held(svc) : 0;
+        int n = gather(svc, held > 0 ? 0 : wait_ms, held);
         if (n < 0) {
             if (ops_signal_stop_requested())
                 break;
@@ -885,9 +1874,18 @@ int ledger_service_run(ledger_service_t *svc)
         if (svc->trust != NULL && proto_trust_watch_poll(svc->trust, ops_time_mono_ms(),
                                                          ops_signal_hup_generation()) == 1)
             ledger_saga_set_trust(svc->saga, proto_trust_watch_store(svc->trust));
+        /* libraft's turn: messages, disk, timers; committed entries apply and their requests
+         * are answered (proposal_applied). */
+        if (svc->replica != NULL)
+            ledger_replica_run(svc->replica);
         /* The signer's answers: outcomes go out now, allows are stored by this batch. */
         int signed_count = ledger_signer_process(svc->signer);
-        serve_batch(svc, (size_t)n, signed_count);
+        if (svc->replica != NULL) {
+            replica_serve(svc, (size_t)n, signed_count);
+            replica_housekeeping(svc);
+        } else {
+            serve_batch(svc, (size_t)n, signed_count);
+        }
         uint64_t mono = ops_time_mono_ms();
         if (mono >= svc->next_reader_check_ms) {
             svc->next_reader_check_ms = mono + LEDGER_READER_CHECK_MS;
@@ -910,7 +1908,9 @@ bool ledger_service_healthy(void *arg, char *why, size_t why_cap)
     ledger_service_t *svc = arg;
     int rc = atomic_load(&svc->last_commit_rc);
     if (rc != 0) {
-        snprintf(why, why_cap, "last commit failed: %s", qc_strerror(rc));
+        snprintf(why, why_cap, "%s: %s",
+                 svc->replica != NULL ? "this replica cannot apply the log" : "last commit failed",
+                 qc_strerror(rc));
         return false;
     }
     return true;
@@ -939,6 +1939,27 @@ static void init_metrics(ledger_service_t *svc)
     svc->m_map_used = ops_gauge("qc_ledger_map_used_bytes", "LMDB map bytes in use");
 }
 
+/* Replica mode's node, once the server and the signing stage exist (its callbacks answer
+ * through them). */
+static int replica_start(ledger_service_t *svc, const ledger_service_config_t *cfg)
+{
+    char raft_dir[SVC_PATH_MAX];
+    int n = cfg->raft_dir != NULL ? snprintf(raft_dir, sizeof raft_dir, "%s", cfg->raft_dir)
+                                  : snprintf(raft_dir, sizeof raft_dir, "%s/raft", cfg->data_dir);
+    if (n < 0 || (size_t)n >= sizeof raft_dir)
+        return QC_ECONFIG;
+    ledger_replica_config_t rcfg = {.id = cfg->replica_id,
+                                    .replicas_file = cfg->replicas_file,
+                                    .raft_dir = raft_dir,
+                                    .raft_key = cfg->raft_key,
+                                    .join = cfg->join,
+                                    .snapshot_threshold = cfg->snapshot_threshold,
+                                    .snapshot_trailing = cfg->snapshot_trailing,
+                                    .fsm = svc->fsm};
+    svc->hup_seen = ops_signal_hup_generation();
+    return ledger_replica_new(&rcfg, &svc->replica);
+}
+
 int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **out)
 {
     assert(cfg != NULL && out != NULL);
@@ -949,11 +1970,15 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
         cfg->shard_count == 0 || cfg->shard_count > PROTO_SHARD_COUNT_MAX ||
         cfg->shard >= cfg->shard_count || cfg->deadline_ms < LEDGER_DEADLINE_MIN_MS ||
         cfg->deadline_ms > LEDGER_DEADLINE_MAX_MS || cfg->signer_timeout_ms <= 0 ||
-        cfg->signer_key == NULL || (cfg->signer == NULL) == (cfg->signer_file == NULL)) {
+        cfg->signer_key == NULL || (cfg->signer == NULL) == (cfg->signer_file == NULL) ||
+        (cfg->replica_id != 0 &&
+         (cfg->replicas_file == NULL || cfg->snapshot_threshold < LEDGER_SNAPSHOT_THRESHOLD_MIN ||
+          cfg->snapshot_threshold > LEDGER_SNAPSHOT_THRESHOLD_MAX ||
+          cfg->snapshot_trailing > LEDGER_SNAPSHOT_TRAILING_MAX))) {
         ops_log(OPS_LOG_ERROR, "ledger.config_invalid", "error",
                 "listen, curve_key, allow_keys, data_dir, allow_cert, signer (or signer_file) "
-                "and signer_key are required; batch, shard and deadline settings must be in "
-                "range",
+                "and signer_key are required (and replicas_file with replica_id); batch, "
+                "shard, deadline and snapshot settings must be in range",
                 NULL);
         return QC_ECONFIG;
     }
@@ -977,12 +2002,28 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
         rc = QC_ENOMEM;
         goto err;
     }
-    if ((rc = ledger_store_open(cfg->data_dir, cfg->map_size, &svc->store)) != 0 ||
-        (rc = ledger_store_bind_shard(svc->store, cfg->shard, cfg->shard_count)) != 0)
-        goto err;
     if ((rc = proto_key_load_pem(cfg->allow_cert, &svc->allow_key)) != 0) {
         ops_log(OPS_LOG_ERROR, "ledger.allow_cert_invalid", "path", cfg->allow_cert, NULL);
         rc = QC_ECONFIG;
+        goto err;
+    }
+    if (cfg->replica_id != 0) {
+        /* Replica mode: the fsm owns the LMDB; the service reads it and admits against it. */
+        ledger_fsm_config_t fcfg = {.dir = cfg->data_dir,
+                                    .map_size = cfg->map_size,
+                                    .allow_key = svc->allow_key,
+                                    .shard = cfg->shard,
+                                    .shard_count = cfg->shard_count};
+        if ((rc = ledger_fsm_new(&fcfg, &svc->fsm)) != 0)
+            goto err;
+        svc->store = ledger_fsm_store(svc->fsm);
+        svc->held = calloc(LEDGER_HELD_MAX, sizeof *svc->held);
+        if (svc->held == NULL) {
+            rc = QC_ENOMEM;
+            goto err;
+        }
+    } else if ((rc = ledger_store_open(cfg->data_dir, cfg->map_size, &svc->store)) != 0 ||
+               (rc = ledger_store_bind_shard(svc->store, cfg->shard, cfg->shard_count)) != 0) {
         goto err;
     }
     if (cfg->ca_path != NULL &&
@@ -1036,6 +2077,8 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
         goto err;
     }
     proto_curve_keypair_wipe(&keys);
+    if (cfg->replica_id != 0 && (rc = replica_start(svc, cfg)) != 0)
+        goto err;
     char shard[32];
     snprintf(shard, sizeof shard, "%u/%u", cfg->shard, cfg->shard_count);
     ops_log(OPS_LOG_INFO, "ledger.started", "listen", cfg->listen, "shard", shard, "data_dir",
@@ -1053,12 +2096,25 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     if (svc_p == NULL || *svc_p == NULL)
         return;
     ledger_service_t *svc = *svc_p;
+    /* First libraft: closing it answers the requests waiting for its entries. */
+    ledger_replica_destroy(&svc->replica);
+    if (svc->change != NULL) {
+        proto_rpc_request_destroy(&svc->change->waiter);
+        free(svc->change);
+        svc->change = NULL;
+    }
+    for (size_t i = 0; i < svc->n_held; i++)
+        proto_rpc_request_destroy(&svc->held[i]);
+    free(svc->held);
     ledger_signer_destroy(&svc->signer); /* before the server its waiting requests came from */
     proto_rpc_server_destroy(&svc->srv);
     if (svc->zctx != NULL)
         zmq_ctx_term(svc->zctx);
     ledger_saga_destroy(&svc->saga);
-    ledger_store_close(&svc->store);
+    if (svc->fsm != NULL)
+        ledger_fsm_destroy(&svc->fsm); /* it owns the store */
+    else
+        ledger_store_close(&svc->store);
     proto_trust_watch_destroy(&svc->trust);
     EVP_PKEY_free(svc->allow_key);
     proto_curve_keylist_clear(&svc->service_keys);

@@ -13,8 +13,16 @@
  * that does not answer leaves the load RESERVED and its deadline compensates it.
  *
  * Methods (bodies in proto/ledger.proto): reserve, settle, outbox_read, outbox_ack (keys of
- * allow_keys); open_account, deposit, freeze, unfreeze, enroll_device, revoke_device (keys
- * of admin_keys); get_load, get_account, get_device, check (either). */
+ * allow_keys); open_account, deposit, freeze, unfreeze, enroll_device, revoke_device,
+ * add_replica, remove_replica (keys of admin_keys); get_load, get_account, get_device, check,
+ * shard_status (either).
+ *
+ * Replica mode (replica_id set; docs/DESIGN.md, "Replication"): the same loop drives a Raft
+ * node (ledger_replica.h) on the same thread. The leader admits a batch as above against its
+ * applied state, in a transaction it aborts, proposes what passed as one Raft entry
+ * (ledger_fsm.h), and replies once the entry is committed by a majority and applied here;
+ * every LMDB write is an apply. Followers answer check and shard_status, and refuse the rest
+ * with QC_ENOTLEADER naming the leader, or QC_ENOQUORUM. */
 #ifndef LEDGER_SERVICE_H
 #define LEDGER_SERVICE_H
 
@@ -33,6 +41,8 @@
 #define LEDGER_OUTBOX_READ_MAX PROTO_OUTBOX_READ_MAX /* events per outbox_read */
 #define LEDGER_DEADLINE_MIN_MS 1000 /* shortest report deadline the config may set */
 #define LEDGER_DEADLINE_MAX_MS 86400000
+#define LEDGER_PROPOSALS_MAX 64 /* replica mode: entries proposed and not yet applied */
+#define LEDGER_HELD_MAX 4096    /* replica mode: requests waiting for a new leader's barrier */
 
 typedef struct ledger_service ledger_service_t;
 
@@ -55,6 +65,15 @@ typedef struct ledger_service_config {
     const char *signer_file; /* a file of them, re-read on SIGHUP */
     const char *signer_key;  /* the signer's CURVE public key */
     int signer_timeout_ms;   /* budget of one signature, retries included */
+    /* Replica mode (docs/DESIGN.md, "Replication"; ledger_replica.h): replica_id 0 runs one
+     * process without Raft, as before. */
+    uint64_t replica_id;
+    const char *replicas_file;
+    const char *raft_dir; /* NULL: <data_dir>/raft */
+    const char *raft_key; /* may be NULL while the stock TCP transport is used */
+    bool join;
+    unsigned snapshot_threshold;
+    unsigned snapshot_trailing;
 } ledger_service_config_t;
 
 /* Opens the store, loads the keys and binds the socket.

@@ -375,6 +375,17 @@ void ledger_signer_release(ledger_signer_t *ls, int commit_rc)
     }
 }
 
+void ledger_signer_finish(ledger_signer_t *ls, int handle, int code, const char *why, uint8_t *body,
+                          size_t body_len)
+{
+    assert(ls != NULL && handle >= 0 && handle < LEDGER_SIGNER_PENDING_MAX);
+    signer_entry_t *e = &ls->entries[handle];
+    assert(e->state == SIGNER_STORING);
+    ledger_signer_answer(ls, handle, code, why, body, body_len);
+    entry_reply(ls, e, e->code, e->why, e->body, e->body_len);
+    entry_free(ls, e);
+}
+
 int ledger_signer_pending(const ledger_signer_t *ls)
 {
     assert(ls != NULL);

@@ -98,6 +98,12 @@ void ledger_signer_answer(ledger_signer_t *ls, int handle, int code, const char 
  * waiters get commit_rc (nothing was stored; a retry asks again). Frees those entries. */
 void ledger_signer_release(ledger_signer_t *ls, int commit_rc);
 
+/* For one taken allow, instead of answer + release: a replica stores allows in Raft entries,
+ * each applied on its own, so each allow's waiters get their reply (code 0 with body, taken;
+ * or a refusal) as soon as the entry that stored it applied or failed. Frees the entry. */
+void ledger_signer_finish(ledger_signer_t *ls, int handle, int code, const char *why, uint8_t *body,
+                          size_t body_len);
+
 /* Signatures asked for and not yet released. */
 int ledger_signer_pending(const ledger_signer_t *ls);
 

@@ -144,17 +144,37 @@ void lp_signer_down(lp_t *lp, bool down)
     atomic_store(&lp->signer_down, down);
 }
 
-int lp_setup(lp_t *lp, const char *bin, int port)
+/* Copies the file name of like's dir into lp's (key files: small text). */
+static int copy_from(lp_t *lp, const lp_t *like, const char *name)
 {
-    memset(lp, 0, sizeof *lp);
-    lp->pid = -1;
-    lp->last_status = -1;
-    if (qctest_dir_new("qc-ledger-proc", lp->dir) != 0)
+    char from[LP_PATH_MAX], to[LP_PATH_MAX], text[4096];
+    qctest_path(like->dir, name, from);
+    path_in(lp, name, to);
+    long n = qctest_file_read(from, text, sizeof text);
+    if (n <= 0 || (size_t)n >= sizeof text - 1)
         return -1;
-    snprintf(lp->bin, sizeof lp->bin, "%s", bin);
-    lp->port = pick_port(port);
-    qctest_endpoint(lp->port, lp->endpoint);
+    return qctest_file_write(to, text);
+}
+
+/* The service's, the gateway's and the operator's CURVE keys and the bank key: new, or
+ * like's (a replica of the same shard). */
+static int keys_setup(lp_t *lp, const lp_t *like)
+{
     char p[LP_PATH_MAX];
+    static const char *const files[] = {"server.key", "gateway.key", "admin.key",
+                                        "allow.keys", "admin.keys",  "allow.pem"};
+    if (like != NULL) {
+        for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
+            if (copy_from(lp, like, files[i]) != 0)
+                return -1;
+        lp->server = like->server;
+        lp->gateway = like->gateway;
+        lp->admin = like->admin;
+        if (EVP_PKEY_up_ref(like->bank) != 1)
+            return -1;
+        lp->bank = like->bank;
+        return 0;
+    }
     path_in(lp, "server.key", p);
     if (proto_curve_keypair_create(p, &lp->server) != 0)
         return -1;
@@ -173,6 +193,27 @@ int lp_setup(lp_t *lp, const char *bin, int port)
     lp->bank = qctest_key_new();
     path_in(lp, "allow.pem", p);
     qctest_write_pubkey(p, lp->bank);
+    return 0;
+}
+
+int lp_setup(lp_t *lp, const char *bin, int port)
+{
+    return lp_setup_like(lp, bin, port, NULL);
+}
+
+int lp_setup_like(lp_t *lp, const char *bin, int port, const lp_t *like)
+{
+    memset(lp, 0, sizeof *lp);
+    lp->pid = -1;
+    lp->last_status = -1;
+    if (qctest_dir_new("qc-ledger-proc", lp->dir) != 0)
+        return -1;
+    snprintf(lp->bin, sizeof lp->bin, "%s", bin);
+    lp->port = pick_port(port);
+    qctest_endpoint(lp->port, lp->endpoint);
+    char p[LP_PATH_MAX];
+    if (keys_setup(lp, like) != 0)
+        return -1;
     path_in(lp, "data", p);
     if (mkdir(p, 0700) != 0)
         return -1;

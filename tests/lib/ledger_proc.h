@@ -43,6 +43,9 @@ typedef struct lp {
 /* Makes a temp dir, CURVE keys, key files and the bank key, and starts the stand-in signer
  * the ledger is pointed at. Returns 0 or -1. */
 int lp_setup(lp_t *lp, const char *bin, int port);
+/* As lp_setup(), for another replica of like's shard: the same service, gateway and operator
+ * keys and the same bank key (its own dir, port and stand-in signer). */
+int lp_setup_like(lp_t *lp, const char *bin, int port, const lp_t *like);
 /* Starts qc-ledger (extra "--key value" flags in extra, NULL-terminated, may be NULL) with
  * QC_FAULT=fault (NULL = none) and QC_FAULT_SKIP=skip, and waits until it answers "check".
  * Returns 0 or -1. */

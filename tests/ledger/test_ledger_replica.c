@@ -1,0 +1,464 @@
+/* test_ledger_replica.c - a ledger shard as a Raft group of three real qc-ledger processes
+ * over real ZeroMQ: a leader is elected and serves loads; a follower names it; every replica
+ * holds the same state (check on each, and the digest of each stopped replica's LMDB). */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <zmq.h>
+
+#include "ledger_fsm.h"
+#include "ledger_proc.h"
+#include "ledger_testkit.h"
+#include "ops_time.h"
+#include "proto_decode.h"
+#include "proto_envelope.h"
+#include "qc_error.h"
+#include "qctest_port.h"
+
+static qctest_ports_t ports;
+#define T_PORT(i) qctest_port(&ports, (i))
+#define T_REPLICAS 3
+#define T_RAFT_PORT_OFFSET 40 /* raft ports: this far into the range */
+#define T_LEADER_MS 20000     /* longest wait for a leader */
+#define T_CALL_MS 5000
+#define T_ACCOUNT "acct-r1"
+#define T_FUNDS 1000000
+#define T_LOADS 12
+
+static const char *ledger_bin;
+
+typedef struct group {
+    lp_t r[T_REPLICAS];
+    int raft_port[T_REPLICAS];
+    proto_curve_keypair_t raft_keys[T_REPLICAS];
+    char extra[T_REPLICAS][12][LP_PATH_MAX];
+    const char *argv[T_REPLICAS][16];
+} group_t;
+
+typedef struct dev {
+    char id[32];
+    EVP_PKEY *key;
+    uint8_t *cert;
+    size_t cert_len;
+    uint64_t counter;
+} dev_t_;
+
+/* ------------------------------------------------------------ the group */
+
+static void write_replicas_file(group_t *g)
+{
+    char text[4096] = "# id raft-address endpoint raft-key\n";
+    for (int i = 0; i < T_REPLICAS; i++) {
+        char line[512];
+        snprintf(line, sizeof line, "%d 127.0.0.1:%d %s %s\n", i + 1, g->raft_port[i],
+                 g->r[i].endpoint, g->raft_keys[i].public_z85);
+        strncat(text, line, sizeof text - strlen(text) - 1);
+    }
+    for (int i = 0; i < T_REPLICAS; i++) {
+        char p[LP_PATH_MAX];
+        qctest_path(g->r[i].dir, "replicas", p);
+        assert_int_equal(qctest_file_write(p, text), 0);
+    }
+}
+
+/* The flags that make replica i of the group (join for a replica that lost its disk). */
+static const char *const *replica_args(group_t *g, int i, bool join)
+{
+    char(*e)[LP_PATH_MAX] = g->extra[i];
+    snprintf(e[0], LP_PATH_MAX, "%d", i + 1);
+    qctest_path(g->r[i].dir, "replicas", e[1]);
+    qctest_path(g->r[i].dir, "raft.key", e[2]);
+    const char **a = g->argv[i];
+    int n = 0;
+    a[n++] = "--replica-id";
+    a[n++] = e[0];
+    a[n++] = "--replicas-file";
+    a[n++] = e[1];
+    a[n++] = "--raft-key";
+    a[n++] = e[2];
+    a[n++] = "--snapshot-threshold";
+    a[n++] = "32";
+    a[n++] = "--snapshot-trailing";
+    a[n++] = "8";
+    a[n++] = "--join";
+    a[n++] = join ? "true" : "false";
+    a[n] = NULL;
+    return a;
+}
+
+static void group_setup(group_t *g)
+{
+    memset(g, 0, sizeof *g);
+    for (int i = 0; i < T_REPLICAS; i++) {
+        assert_int_equal(lp_setup_like(&g->r[i], ledger_bin, T_PORT(i), i == 0 ? NULL : &g->r[0]),
+                         0);
+        g->raft_port[i] = lp_free_port(T_PORT(T_RAFT_PORT_OFFSET + i));
+        char p[LP_PATH_MAX];
+        qctest_path(g->r[i].dir, "raft.key", p);
+        assert_int_equal(proto_curve_keypair_create(p, &g->raft_keys[i]), 0);
+    }
+    write_replicas_file(g);
+}
+
+static void group_start(group_t *g, int i, bool join)
+{
+    assert_int_equal(lp_start(&g->r[i], NULL, 0, replica_args(g, i, join)), 0);
+}
+
+static void group_teardown(group_t *g)
+{
+    for (int i = 0; i < T_REPLICAS; i++) {
+        proto_curve_keypair_wipe(&g->raft_keys[i]);
+        lp_teardown(&g->r[i]);
+    }
+}
+
+/* shard_status of replica i, or NULL when it did not answer. */
+static Qcledger__ShardStatusReply *status_of(lp_t *lp)
+{
+    Qcledger__ShardStatusRequest m = QCLEDGER__SHARD_STATUS_REQUEST__INIT;
+    proto_rpc_reply_t *rep = NULL;
+    if (lp_call(lp->op, "shard_status", &m.base, &rep) != 0) {
+        proto_rpc_reply_destroy(&rep);
+        return NULL;
+    }
+    Qcledger__ShardStatusReply *s =
+        qcledger__shard_status_reply__unpack(NULL, rep->body_len, rep->body);
+    proto_rpc_reply_destroy(&rep);
+    return s;
+}
+
+/* Waits (bounded) until one running replica leads and serves (its barrier applied: a read
+ * through it is answered); returns its index. */
+static int wait_leader(group_t *g, const bool *running)
+{
+    uint64_t end = ops_time_mono_ms() + T_LEADER_MS;
+    while (ops_time_mono_ms() < end) {
+        for (int i = 0; i < T_REPLICAS; i++) {
+            if (!running[i])
+                continue;
+            Qcledger__ShardStatusReply *s = status_of(&g->r[i]);
+            bool leads = s != NULL && s->role == QCLEDGER__REPLICA_ROLE__ROLE_LEADER;
+            if (s != NULL)
+                qcledger__shard_status_reply__free_unpacked(s, NULL);
+            if (!leads)
+                continue;
+            Qcledger__GetAccountRequest m = QCLEDGER__GET_ACCOUNT_REQUEST__INIT;
+            m.account_id = "nobody";
+            int rc = lp_call(g->r[i].op, "get_account", &m.base, NULL);
+            if (rc == QC_EUNKNOWNACCT || rc == 0)
+                return i;
+        }
+        usleep(100 * 1000);
+    }
+    fail_msg("no leader within %d ms", T_LEADER_MS);
+    return -1;
+}
+
+/* ------------------------------------------------------------ loads */
+
+static void dev_make(dev_t_ *d, const char *id)
+{
+    snprintf(d->id, sizeof d->id, "%s", id);
+    d->key = qctest_key_new();
+    qctest_cert_self_der(d->key, d->id, &d->cert, &d->cert_len);
+    d->counter = 0;
+}
+
+static void dev_free(dev_t_ *d)
+{
+    EVP_PKEY_free(d->key);
+    free(d->cert);
+}
+
+/* Reserves a load of amount for d through lp; returns the code, the allow in *allow. */
+static int reserve(lp_t *lp, dev_t_ *d, int64_t amount, tk_load_t *l, uint8_t **allow,
+                   size_t *allow_len)
+{
+    memset(l, 0, sizeof *l);
+    l->device_id = d->id;
+    l->account_id = T_ACCOUNT;
+    l->amount = amount;
+    l->counter = d->counter;
+    tk_txn_id(l->txn_id);
+    uint8_t *req = NULL;
+    size_t req_len = 0;
+    tk_request(d->key, l, &req, &req_len);
+    int rc = lp_reserve(lp, req, req_len, allow, allow_len);
+    free(req);
+    return rc;
+}
+
+/* Settles l as applied by the device (counter + 1); returns the code and the final state. */
+static int settle(lp_t *lp, dev_t_ *d, const tk_load_t *l, const uint8_t *allow, size_t allow_len,
+                  Quancun__LoadState *state)
+{
+    uint8_t *rep = NULL;
+    size_t rep_len = 0;
+    tk_report(d->key, l, l->counter + 1, QUANCUN__REPORT_STATUS__REPORT_APPLIED, allow, allow_len,
+              &rep, &rep_len);
+    Qcledger__SettleRequest sr = QCLEDGER__SETTLE_REQUEST__INIT;
+    sr.txn_id.data = (uint8_t *)l->txn_id;
+    sr.txn_id.len = 16;
+    sr.report.data = rep;
+    sr.report.len = rep_len;
+    proto_rpc_reply_t *reply = NULL;
+    int rc = lp_call(lp->gw, "settle", &sr.base, &reply);
+    free(rep);
+    if (rc == 0) {
+        Qcledger__SettleReply *r =
+            qcledger__settle_reply__unpack(NULL, reply->body_len, reply->body);
+        assert_non_null(r);
+        assert_non_null(r->load);
+        *state = r->load->state;
+        assert_true(r->outcome.len > 0); /* signed after the entry applied */
+        qcledger__settle_reply__free_unpacked(r, NULL);
+    }
+    proto_rpc_reply_destroy(&reply);
+    return rc;
+}
+
+/* One whole load through the leader: reserve, allow, settle CONFIRMED. */
+static void one_load(lp_t *lp, dev_t_ *d, int64_t amount)
+{
+    tk_load_t l;
+    uint8_t *allow = NULL;
+    size_t allow_len = 0;
+    assert_int_equal(reserve(lp, d, amount, &l, &allow, &allow_len), 0);
+    assert_non_null(allow);
+    proto_envelope_t *env = NULL;
+    assert_int_equal(proto_envelope_open(allow, allow_len, &env), 0);
+    assert_int_equal(proto_envelope_verify(env, PROTO_TYPE_LOAD_ALLOW, lp->bank), 0);
+    proto_envelope_destroy(&env);
+    Quancun__LoadState st = QUANCUN__LOAD_STATE__LOAD_NONE;
+    assert_int_equal(settle(lp, d, &l, allow, allow_len, &st), 0);
+    assert_int_equal(st, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
+    d->counter++;
+    free(allow);
+}
+
+/* ------------------------------------------------------------ raw replies */
+
+/* Calls method on endpoint with a bare DEALER socket and returns the whole RpcReply (the
+ * client library follows QC_ENOTLEADER itself; the test wants to see the field). */
+static Quancun__RpcReply *raw_call(lp_t *lp, const char *method, const ProtobufCMessage *msg)
+{
+    void *s = zmq_socket(lp->zctx, ZMQ_DEALER);
+    assert_non_null(s);
+    int linger = 0, timeout = T_CALL_MS;
+    assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_RCVTIMEO, &timeout, sizeof timeout), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, lp->server.public_z85, 41), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, lp->admin.public_z85, 41), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, lp->admin.secret_z85, 41), 0);
+    assert_int_equal(zmq_connect(s, lp->endpoint), 0);
+    uint8_t *body = NULL, *frame = NULL;
+    size_t body_len = 0, frame_len = 0;
+    assert_int_equal(proto_pack(msg, &body, &body_len), 0);
+    Quancun__Rpc rpc = QUANCUN__RPC__INIT;
+    rpc.request_id = 7;
+    rpc.method = (char *)method;
+    rpc.body.data = body;
+    rpc.body.len = body_len;
+    assert_int_equal(proto_pack(&rpc.base, &frame, &frame_len), 0);
+    assert_int_equal(zmq_send(s, frame, frame_len, 0), (int)frame_len);
+    uint8_t buf[4096];
+    int n = zmq_recv(s, buf, sizeof buf, 0);
+    assert_true(n > 0);
+    Quancun__RpcReply *r = quancun__rpc_reply__unpack(NULL, (size_t)n, buf);
+    assert_non_null(r);
+    free(body);
+    free(frame);
+    zmq_close(s);
+    return r;
+}
+
+/* ------------------------------------------------------------ state */
+
+/* The check of replica lp: ok, and its totals (the customer balance sum) in *sum. */
+static void check_replica(lp_t *lp, Qcledger__CheckReply **out)
+{
+    Qcledger__CheckRequest m = QCLEDGER__CHECK_REQUEST__INIT;
+    proto_rpc_reply_t *rep = NULL;
+    assert_int_equal(lp_call(lp->op, "check", &m.base, &rep), 0);
+    Qcledger__CheckReply *c = qcledger__check_reply__unpack(NULL, rep->body_len, rep->body);
+    proto_rpc_reply_destroy(&rep);
+    assert_non_null(c);
+    for (size_t i = 0; i < c->n_problems; i++)
+        fprintf(stderr, "check problem: %s\n", c->problems[i]);
+    assert_true(c->ok);
+    *out = c;
+}
+
+/* The checks of two replicas count and total the same. */
+static void assert_same_check(const Qcledger__CheckReply *a, const Qcledger__CheckReply *b)
+{
+    assert_int_equal(a->accounts, b->accounts);
+    assert_int_equal(a->devices, b->devices);
+    assert_int_equal(a->loads, b->loads);
+    assert_int_equal(a->reserved, b->reserved);
+    assert_int_equal(a->transfers, b->transfers);
+    assert_int_equal(a->outbox_depth, b->outbox_depth);
+    assert_int_equal(a->n_currencies, b->n_currencies);
+    for (size_t i = 0; i < a->n_currencies; i++) {
+        assert_int_equal(a->currencies[i]->hold, b->currencies[i]->hold);
+        assert_int_equal(a->currencies[i]->float_balance, b->currencies[i]->float_balance);
+        assert_int_equal(a->currencies[i]->reserved_sum, b->currencies[i]->reserved_sum);
+    }
+}
+
+/* Waits (bounded) until every running replica applied as far as the leader committed. */
+static void wait_caught_up(group_t *g, const bool *running, int leader)
+{
+    uint64_t end = ops_time_mono_ms() + T_LEADER_MS;
+    while (ops_time_mono_ms() < end) {
+        Qcledger__ShardStatusReply *ls = status_of(&g->r[leader]);
+        assert_non_null(ls);
+        uint64_t want = ls->commit_index;
+        qcledger__shard_status_reply__free_unpacked(ls, NULL);
+        bool all = true;
+        for (int i = 0; i < T_REPLICAS; i++) {
+            if (!running[i])
+                continue;
+            Qcledger__ShardStatusReply *s = status_of(&g->r[i]);
+            all = all && s != NULL && s->applied_index >= want;
+            if (s != NULL)
+                qcledger__shard_status_reply__free_unpacked(s, NULL);
+        }
+        if (all)
+            return;
+        usleep(50 * 1000);
+    }
+    fail_msg("replicas did not catch up within %d ms", T_LEADER_MS);
+}
+
+/* The digest of replica lp's LMDB, read after it stopped. */
+static void digest_of(lp_t *lp, uint8_t digest[32], uint64_t *index)
+{
+    char data[LP_PATH_MAX];
+    qctest_path(lp->dir, "data", data);
+    ledger_fsm_config_t cfg = {
+        .dir = data, .map_size = 256ull << 20, .allow_key = lp->bank, .shard = 0, .shard_count = 1};
+    ledger_fsm_t *f = NULL;
+    assert_int_equal(ledger_fsm_new(&cfg, &f), 0);
+    assert_int_equal(ledger_fsm_digest(f, digest, index), 0);
+    ledger_fsm_destroy(&f);
+}
+
+/* ------------------------------------------------------------ tests */
+
+/* Three replicas elect a leader, which serves an account, a deposit and whole loads; a
+ * follower refuses with QC_ENOTLEADER and the leader's endpoint; every replica checks ok and
+ * holds the same state: the same check totals while running, the same digest once stopped. */
+static void test_three_replicas_serve_and_agree(void **state)
+{
+    (void)state;
+    group_t *g = calloc(1, sizeof *g);
+    assert_non_null(g);
+    group_setup(g);
+    bool running[T_REPLICAS];
+    for (int i = 0; i < T_REPLICAS; i++) {
+        group_start(g, i, false);
+        running[i] = true;
+    }
+    int leader = wait_leader(g, running);
+    lp_t *L = &g->r[leader];
+    assert_int_equal(lp_open_account(L, T_ACCOUNT, TK_CURRENCY, 100000), 0);
+    assert_int_equal(lp_deposit(L, T_ACCOUNT, T_FUNDS), 0);
+    dev_t_ d;
+    dev_make(&d, "dev-r1");
+    assert_int_equal(lp_enroll(L, T_ACCOUNT, d.cert, d.cert_len), 0);
+    int64_t loaded = 0;
+    for (int i = 0; i < T_LOADS; i++) {
+        one_load(L, &d, 100 + i);
+        loaded += 100 + i;
+    }
+    bool ok = false;
+    assert_int_equal(lp_balance(L, T_ACCOUNT, &ok), T_FUNDS - loaded);
+    assert_true(ok);
+
+    /* A follower changes nothing and names the leader. */
+    int follower = (leader + 1) % T_REPLICAS;
+    Qcledger__DepositRequest dm = QCLEDGER__DEPOSIT_REQUEST__INIT;
+    uint8_t txn[16];
+    tk_txn_id(txn);
+    dm.account_id = T_ACCOUNT;
+    dm.amount = 5;
+    dm.txn_id.data = txn;
+    dm.txn_id.len = sizeof txn;
+    Quancun__RpcReply *r = raw_call(&g->r[follower], "deposit", &dm.base);
+    assert_int_equal(r->code, QC_ENOTLEADER);
+    assert_string_equal(r->leader, L->endpoint);
+    quancun__rpc_reply__free_unpacked(r, NULL);
+    Qcledger__GetAccountRequest gm = QCLEDGER__GET_ACCOUNT_REQUEST__INIT;
+    gm.account_id = T_ACCOUNT;
+    r = raw_call(&g->r[follower], "get_account", &gm.base);
+    assert_int_equal(r->code, QC_ENOTLEADER);
+    assert_string_equal(r->leader, L->endpoint);
+    quancun__rpc_reply__free_unpacked(r, NULL);
+
+    /* The leader's status knows every replica's progress. */
+    Qcledger__ShardStatusReply *s = status_of(L);
+    assert_non_null(s);
+    assert_int_equal(s->role, QCLEDGER__REPLICA_ROLE__ROLE_LEADER);
+    assert_int_equal(s->id, leader + 1);
+    assert_int_equal(s->leader_id, leader + 1);
+    assert_string_equal(s->leader_endpoint, L->endpoint);
+    assert_int_equal(s->n_replicas, T_REPLICAS);
+    for (size_t i = 0; i < s->n_replicas; i++) {
+        assert_true(s->replicas[i]->voter);
+        assert_true(s->replicas[i]->match_index > 0);
+    }
+    qcledger__shard_status_reply__free_unpacked(s, NULL);
+
+    /* Every replica checks ok, with the same totals. */
+    wait_caught_up(g, running, leader);
+    Qcledger__CheckReply *c[T_REPLICAS];
+    for (int i = 0; i < T_REPLICAS; i++)
+        check_replica(&g->r[i], &c[i]);
+    for (int i = 1; i < T_REPLICAS; i++)
+        assert_same_check(c[0], c[i]);
+    assert_int_equal(c[0]->loads, T_LOADS);
+    for (int i = 0; i < T_REPLICAS; i++)
+        qcledger__check_reply__free_unpacked(c[i], NULL);
+
+    /* Stopped, their LMDBs are byte-identical in content. */
+    uint8_t dg[T_REPLICAS][32];
+    uint64_t idx[T_REPLICAS];
+    for (int i = 0; i < T_REPLICAS; i++)
+        assert_int_equal(WIFEXITED(lp_stop(&g->r[i], SIGTERM)), 1);
+    for (int i = 0; i < T_REPLICAS; i++)
+        digest_of(&g->r[i], dg[i], &idx[i]);
+    for (int i = 1; i < T_REPLICAS; i++) {
+        assert_int_equal(idx[i], idx[0]);
+        assert_memory_equal(dg[i], dg[0], 32);
+    }
+    dev_free(&d);
+    group_teardown(g);
+    free(g);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s PATH-TO-qc-ledger\n", argv[0]);
+        return 2;
+    }
+    ledger_bin = argv[1];
+    ports = qctest_ports(17400, 60);
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_three_replicas_serve_and_agree),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
