@@ -487,6 +487,41 @@ static void group_view(group_t *g, group_view_t *v)
 
 /* ---- the tests ---- */
 
+static void test_init_refuses_bad_tables(void **state)
+{
+    group_t *g = *state;
+    struct raft_uv_transport t;
+    ledger_raftnet_peer_t bad[T_REPLICAS];
+    const proto_curve_keypair_t *keys = &g->nodes[0].keys;
+    memcpy(bad, g->table, sizeof bad);
+    bad[1].id = bad[0].id; /* an id twice */
+    assert_int_equal(ledger_raftnet_init(&t, &g->loop, keys, bad, T_REPLICAS), QC_EINVAL);
+    memcpy(bad, g->table, sizeof bad);
+    memcpy(bad[1].public_z85, bad[0].public_z85, sizeof bad[0].public_z85); /* a key twice */
+    assert_int_equal(ledger_raftnet_init(&t, &g->loop, keys, bad, T_REPLICAS), QC_EINVAL);
+    memcpy(bad, g->table, sizeof bad);
+    bad[2].public_z85[5] = '\0'; /* not a key */
+    assert_int_equal(ledger_raftnet_init(&t, &g->loop, keys, bad, T_REPLICAS), QC_EINVAL);
+    memcpy(bad, g->table, sizeof bad);
+    bad[2].id = 0;
+    assert_int_equal(ledger_raftnet_init(&t, &g->loop, keys, bad, T_REPLICAS), QC_EINVAL);
+    assert_int_equal(ledger_raftnet_init(&t, &g->loop, keys, g->table, 0), QC_EINVAL);
+
+    /* A good table, but raft starts under an id whose entry holds another key: raft_init
+     * fails (the transport's init refuses) and everything is freed. */
+    struct raft_io io;
+    struct raft r;
+    struct raft_fsm fsm = {.version = 1, .apply = fsm_apply};
+    char dir[QCTEST_PATH_MAX];
+    qctest_path(g->dir, "raft-refused", dir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    assert_int_equal(ledger_raftnet_init(&t, &g->loop, keys, g->table, T_REPLICAS), 0);
+    assert_int_equal(raft_uv_init(&io, &g->loop, dir, &t), 0);
+    assert_int_not_equal(raft_init(&r, &io, &fsm, g->table[1].id, g->table[1].address), 0);
+    raft_uv_close(&io);
+    ledger_raftnet_close(&t);
+}
+
 static void test_replicate(void **state)
 {
     group_t *g = *state;
@@ -767,6 +802,7 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "--bench") == 0)
         return bench(argc, argv);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_init_refuses_bad_tables),
         cmocka_unit_test(test_replicate),
         cmocka_unit_test(test_stranger_cannot_join),
         cmocka_unit_test(test_listed_key_cannot_claim_another_id),
