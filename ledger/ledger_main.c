@@ -86,8 +86,9 @@ static bool ledger_check(const ops_config_t *cfg, char *err, size_t errcap)
         return false;
     }
     if (ops_config_int(cfg, "replica_id") != 0 &&
-        ledger_nonempty(ops_config_str(cfg, "replicas_file")) == NULL) {
-        snprintf(err, errcap, "replica_id: a replica needs replicas_file");
+        (ledger_nonempty(ops_config_str(cfg, "replicas_file")) == NULL ||
+         ledger_nonempty(ops_config_str(cfg, "raft_key")) == NULL)) {
+        snprintf(err, errcap, "replica_id: a replica needs replicas_file and raft_key");
         return false;
     }
     return true;

@@ -28,6 +28,7 @@
 #include <raft/uv.h>
 #include <uv.h>
 
+#include "ledger_raftnet.h"
 #include "ops_log.h"
 #include "ops_time.h"
 #include "qc_error.h"
@@ -48,6 +49,8 @@ struct ledger_replica {
     size_t n_peers;
     ledger_fsm_t *fsm;
 };
+
+static int replica_links_update(ledger_replica_t *rep);
 
 /* ------------------------------------------------------------ peer table */
 
@@ -148,6 +151,7 @@ int ledger_replica_reload(ledger_replica_t *rep)
         memcpy(rep->peers, peers, n * sizeof *peers);
         rep->n_peers = n;
         ops_logf(OPS_LOG_INFO, "ledger.replicas_reloaded", "%zu replicas", n);
+        rc = replica_links_update(rep);
     }
     free(peers);
     return rc;
@@ -157,38 +161,91 @@ int ledger_replica_add_peer(ledger_replica_t *rep, const ledger_replica_peer_t *
 {
     assert(rep != NULL && peer != NULL);
     assert(peer->id > 0);
-    for (size_t i = 0; i < rep->n_peers; i++) {
+    bool found = false;
+    for (size_t i = 0; i < rep->n_peers && !found; i++) {
         if (rep->peers[i].id == peer->id) {
             rep->peers[i] = *peer;
-            return 0;
+            found = true;
         }
     }
-    if (rep->n_peers == LEDGER_REPLICAS_MAX)
+    if (!found && rep->n_peers == LEDGER_REPLICAS_MAX)
         return QC_EFULL;
-    rep->peers[rep->n_peers++] = *peer;
-    return 0;
+    if (!found)
+        rep->peers[rep->n_peers++] = *peer;
+    return replica_links_update(rep);
 }
 
 /* ------------------------------------------------------------ start and stop */
 
-/* The replica link. libraft's stock TCP transport neither authenticates nor encrypts; the
- * CURVE transport (ledger_raftnet.h) takes its place here. */
+/* The peer table as the replica links want it. */
+static size_t raftnet_peers(const ledger_replica_t *rep, ledger_raftnet_peer_t *out)
+{
+    _Static_assert(LEDGER_RAFTNET_ADDRESS_MAX == LEDGER_REPLICA_ADDRESS_MAX, "one address limit");
+    _Static_assert(LEDGER_RAFTNET_PEERS_MAX >= LEDGER_REPLICAS_MAX, "every replica linked");
+    for (size_t i = 0; i < rep->n_peers; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        out[i].id = rep->peers[i].id;
+        memcpy(out[i].address, rep->peers[i].address, sizeof out[i].address);
+        memcpy(out[i].public_z85, rep->peers[i].public_z85, sizeof out[i].public_z85);
+    }
+    return rep->n_peers;
+}
+
+/* Tells the replica links the table changed (SIGHUP, add_replica). */
+static int replica_links_update(ledger_replica_t *rep)
+{
+    if (!rep->transport_ready)
+        return 0;
+    ledger_raftnet_peer_t peers[LEDGER_REPLICAS_MAX];
+    size_t n = raftnet_peers(rep, peers);
+    int rc = ledger_raftnet_set_peers(&rep->transport, peers, n);
+    if (rc != 0)
+        ops_log(OPS_LOG_ERROR, "ledger.raft_peers_refused", "error", qc_strerror(rc), NULL);
+    return rc;
+}
+
+/* The replica links: CURVE over ZeroMQ (ledger_raftnet.h), each replica with its own key,
+ * only the replicas of the table admitted. (libraft's stock TCP transport, which neither
+ * authenticates nor encrypts, served here until the links existed.) */
 static int replica_transport_init(ledger_replica_t *rep, const ledger_replica_config_t *cfg)
 {
-    (void)cfg;
-    int rv = raft_uv_tcp_init(&rep->transport, &rep->loop);
-    if (rv != 0) {
-        ops_log(OPS_LOG_ERROR, "ledger.raft_transport_failed", "error", raft_strerror(rv), NULL);
-        return QC_EIO;
+    if (cfg->raft_key == NULL) {
+        ops_log(OPS_LOG_ERROR, "ledger.raft_key_missing", "hint",
+                "a replica needs raft_key: its own CURVE key pair for the replica links", NULL);
+        return QC_ECONFIG;
+    }
+    proto_curve_keypair_t keys;
+    int rc = proto_curve_keypair_load(cfg->raft_key, &keys);
+    if (rc != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.raft_key_invalid", "path", cfg->raft_key, NULL);
+        return QC_ECONFIG;
+    }
+    const ledger_replica_peer_t *self = ledger_replica_peer(rep, rep->id);
+    assert(self != NULL);
+    if (strcmp(self->public_z85, keys.public_z85) != 0) {
+        proto_curve_keypair_wipe(&keys);
+        ops_logf(OPS_LOG_ERROR, "ledger.raft_key_mismatch",
+                 "raft_key %s is not the key replicas_file lists for replica %" PRIu64,
+                 cfg->raft_key, rep->id);
+        return QC_ECONFIG;
+    }
+    ledger_raftnet_peer_t peers[LEDGER_REPLICAS_MAX];
+    size_t n = raftnet_peers(rep, peers);
+    rc = ledger_raftnet_init(&rep->transport, &rep->loop, &keys, peers, n);
+    proto_curve_keypair_wipe(&keys);
+    if (rc != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.raft_transport_failed", "error", qc_strerror(rc), NULL);
+        return rc == QC_ENOMEM ? QC_ENOMEM : QC_ECONFIG;
     }
     rep->transport_ready = true;
     return 0;
 }
 
+/* After raft_close() completed (or when raft never started the transport). */
 static void replica_transport_close(ledger_replica_t *rep)
 {
     if (rep->transport_ready)
-        raft_uv_tcp_close(&rep->transport);
+        ledger_raftnet_close(&rep->transport);
     rep->transport_ready = false;
 }
 

@@ -18,9 +18,9 @@
  * log. A replica whose raft_dir is empty while its LMDB has applied entries lost its Raft
  * state but not its data: it does not bootstrap (it joins), and says so in the log.
  *
- * The replica link: libraft's stock TCP transport (raft_uv_tcp_init) for now, created in one
- * function (replica_transport_init in ledger_replica.c) so that the CURVE transport of
- * ledger_raftnet.h replaces it in one place. Not thread-safe. */
+ * The replica links: the CURVE transport of ledger_raftnet.h, with this replica's raft_key,
+ * admitting only the replicas of the peer table (kept in step with it on reload and add).
+ * Not thread-safe. */
 #ifndef LEDGER_REPLICA_H
 #define LEDGER_REPLICA_H
 
@@ -55,8 +55,8 @@ typedef struct ledger_replica_config {
     uint64_t id;               /* this replica's Raft id, >= 1, listed in replicas_file */
     const char *replicas_file; /* the peer table */
     const char *raft_dir;      /* libraft's log and snapshots */
-    const char *raft_key;      /* this replica's CURVE key pair for the links; may be NULL
-                                  while the stock TCP transport is used */
+    const char *raft_key;      /* this replica's CURVE key pair for the links; its public
+                                  key is the one replicas_file lists for id */
     bool join;                 /* never bootstrap: wait for the leader */
     unsigned snapshot_threshold;
     unsigned snapshot_trailing;
@@ -93,11 +93,12 @@ const ledger_replica_peer_t *ledger_replica_peer(const ledger_replica_t *rep, ui
  * leader is known, or its id is not in the peer table). */
 uint64_t ledger_replica_leader(ledger_replica_t *rep, const char **endpoint);
 
-/* Re-reads replicas_file into the peer table; keeps the old table when the file does not
- * parse. Returns 0 or QC_ECONFIG. */
+/* Re-reads replicas_file into the peer table and the links' allow-list; keeps the old table
+ * when the file does not parse. Returns 0, QC_ECONFIG or the links' refusal. */
 int ledger_replica_reload(ledger_replica_t *rep);
 
-/* Adds (or replaces, by id) a peer in the table. Returns 0 or QC_EFULL. */
+/* Adds (or replaces, by id) a peer in the table, and lets it on the links. Returns 0,
+ * QC_EFULL, or the links' refusal (QC_EINVAL, QC_ENOMEM; the peer stays in the table). */
 int ledger_replica_add_peer(ledger_replica_t *rep, const ledger_replica_peer_t *peer);
 
 /* Parses one peer line; returns 0 or QC_EDECODE. Blank and '#' lines are QC_ENOTFOUND. */

@@ -1971,14 +1971,14 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
         cfg->shard >= cfg->shard_count || cfg->deadline_ms < LEDGER_DEADLINE_MIN_MS ||
         cfg->deadline_ms > LEDGER_DEADLINE_MAX_MS || cfg->signer_timeout_ms <= 0 ||
         cfg->signer_key == NULL || (cfg->signer == NULL) == (cfg->signer_file == NULL) ||
-        (cfg->replica_id != 0 &&
-         (cfg->replicas_file == NULL || cfg->snapshot_threshold < LEDGER_SNAPSHOT_THRESHOLD_MIN ||
-          cfg->snapshot_threshold > LEDGER_SNAPSHOT_THRESHOLD_MAX ||
-          cfg->snapshot_trailing > LEDGER_SNAPSHOT_TRAILING_MAX))) {
+        (cfg->replica_id != 0 && (cfg->replicas_file == NULL || cfg->raft_key == NULL ||
+                                  cfg->snapshot_threshold < LEDGER_SNAPSHOT_THRESHOLD_MIN ||
+                                  cfg->snapshot_threshold > LEDGER_SNAPSHOT_THRESHOLD_MAX ||
+                                  cfg->snapshot_trailing > LEDGER_SNAPSHOT_TRAILING_MAX))) {
         ops_log(OPS_LOG_ERROR, "ledger.config_invalid", "error",
                 "listen, curve_key, allow_keys, data_dir, allow_cert, signer (or signer_file) "
-                "and signer_key are required (and replicas_file with replica_id); batch, "
-                "shard, deadline and snapshot settings must be in range",
+                "and signer_key are required (and replicas_file, raft_key with replica_id); "
+                "batch, shard, deadline and snapshot settings must be in range",
                 NULL);
         return QC_ECONFIG;
     }

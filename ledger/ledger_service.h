@@ -70,7 +70,7 @@ typedef struct ledger_service_config {
     uint64_t replica_id;
     const char *replicas_file;
     const char *raft_dir; /* NULL: <data_dir>/raft */
-    const char *raft_key; /* may be NULL while the stock TCP transport is used */
+    const char *raft_key; /* this replica's CURVE key pair for the replica links */
     bool join;
     unsigned snapshot_threshold;
     unsigned snapshot_trailing;
