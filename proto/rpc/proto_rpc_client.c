@@ -84,7 +84,12 @@ typedef struct rpc_call {
     uint64_t sent_mono;
     int attempt_ms;
     int retries;
-    int hops;     /* QC_ENOTLEADER redirects followed (invariant 4) */
+    int hops; /* QC_ENOTLEADER redirects followed (invariant 4) */
+    /* After a redirect naming a leader: only that endpoint is offered the call until
+     * only_until_mono, so a leader whose connection is not up yet is waited for rather than
+     * skipped (which would spend the hops on followers). -1 when unset. */
+    int only;
+    uint64_t only_until_mono;
     int endpoint; /* -1 while no socket took it */
     /* DONE: the outcome parked for the next process(). */
     int code;
@@ -402,7 +407,14 @@ static int rpc_start_of(const proto_rpc_client_t *cli)
 static bool rpc_call_transmit(proto_rpc_client_t *cli, rpc_call_t *c, int start, uint64_t now)
 {
     assert(start >= 0);
-    for (int i = 0; i < PROTO_RPC_ENDPOINTS_MAX; i++) {
+    int tries = PROTO_RPC_ENDPOINTS_MAX;
+    if (c->only >= 0 && now < c->only_until_mono) {
+        start = c->only;
+        tries = 1;
+    } else {
+        c->only = -1;
+    }
+    for (int i = 0; i < tries; i++) {
         int e = (start + i) % PROTO_RPC_ENDPOINTS_MAX;
         rpc_endpoint_t *ep = &cli->endpoints[e];
         if (!ep->used || ep->sock == NULL)
@@ -478,6 +490,7 @@ int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uin
     if (c->attempt_ms <= 0)
         c->attempt_ms = 1;
     c->endpoint = -1;
+    c->only = -1;
     cli->inflight++;
     rpc_call_transmit(cli, c, rpc_start_of(cli), now);
     *request_id = id;
@@ -613,6 +626,10 @@ static bool rpc_call_redirect(proto_rpc_client_t *cli, rpc_call_t *c, int from, 
     if (to >= 0)
         cli->preferred = to;
     c->hops++;
+    c->only = to;
+    c->only_until_mono = now + (uint64_t)c->attempt_ms / 2;
+    if (c->only_until_mono > c->deadline_mono)
+        c->only_until_mono = c->deadline_mono;
     ops_counter_add(cli->redirects, 1);
     char shown[PROTO_RPC_ENDPOINT_MAX];
     snprintf(shown, sizeof shown, "%s", leader != NULL && leader[0] != '\0' ? leader : "unknown");

@@ -17,7 +17,9 @@
  *    QC_ENOTLEADER is not handed to the caller while the call has hops left. The same
  *    request (same id) is resent, idempotent or not (the follower changed nothing), to
  *    RpcReply.leader when that string equals one of the configured endpoints, else to the
- *    next endpoint in the list; at most (number of endpoints) such hops per call, all within
+ *    next endpoint in the list (a named leader whose connection is not up yet is waited
+ *    for, up to half the call's attempt time, before the others are offered the call); at
+ *    most (number of endpoints) such hops per call, all within
  *    the call's timeout, in call() and in the asynchronous path alike. A call out of hops
  *    ends with the last QC_ENOTLEADER reply. The leader found (named, or the endpoint that
  *    answered after a hop) is where every later call starts, until it answers QC_ENOTLEADER

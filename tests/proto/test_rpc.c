@@ -82,7 +82,7 @@ static void endpoint_of(int port, char *out, size_t cap)
 
 /* Port i of the test's range, and its endpoint (a string that lives as long as the test). */
 static qctest_ports_t ports;
-#define T_PORTS_USED 21
+#define T_PORTS_USED 23
 #define T_PORT(i) qctest_port(&ports, (i))
 static const char *endpoint_at(int i)
 {
@@ -852,6 +852,17 @@ static void test_shared_context(void **state)
     proto_rpc_server_destroy(&srv[0]);
 }
 
+/* Calls whoami until the (single) endpoint of cli answers. */
+static void wait_up(proto_rpc_client_t *cli)
+{
+    uint64_t end = ops_time_mono_ms() + T_READY_MS;
+    char out[64];
+    while (ops_time_mono_ms() < end)
+        if (call_text(cli, "whoami", NULL, 300, PROTO_RPC_IDEMPOTENT, out, sizeof out) == 0)
+            return;
+    fail_msg("the endpoint did not answer within %d ms", T_READY_MS);
+}
+
 /* Calls whoami round-robin until every one of names (the client's endpoints, in order) has
  * answered and the last answer came from the last one, so the client's next call starts at
  * the first endpoint: the leader tests below depend on where a call starts. */
@@ -930,6 +941,27 @@ static void test_follow_leader(void **state)
     assert_true(ops_time_mono_ms() - t0 < 3000);
     assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 2);
     assert_int_equal(proto_rpc_client_inflight(cli), 0);
+
+    /* A leader named before its connection is up is waited for (within half the attempt),
+     * not skipped: here it is not even running when the follower names it. */
+    const char *a2 = endpoint_at(21), *h = endpoint_at(22);
+    spawn_echo(f, T_PORT(21), "a2", false, NULL, h);
+    wait_up(client_new(f, a2, NULL, &f->client));
+    snprintf(list, sizeof list, "%s,%s", a2, h);
+    cli = client_new(f, list, NULL, &f->client);
+    before = client_counter("qc_rpc_client_leader_redirects_total");
+    async_one_t late = {0};
+    uint64_t late_id = 0;
+    assert_int_equal(
+        proto_rpc_client_send(cli, "echo", (const uint8_t *)"late", 4, 5000, 0, NULL, &late_id), 0);
+    pump(cli, one_done, &late, 200, &late.done);
+    assert_false(late.done);
+    spawn_server(f, T_PORT(22), "h", false, NULL);
+    pump(cli, one_done, &late, 5000, &late.done);
+    assert_true(late.done);
+    assert_int_equal(late.code, 0);
+    assert_string_equal(late.body, "late");
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 1);
 
     /* The asynchronous path follows the leader too. */
     snprintf(list, sizeof list, "%s,%s", a, c);
