@@ -1332,8 +1332,17 @@ void ledger_raftnet_close(struct raft_uv_transport *t)
     raftnet_t *n = t->impl;
     if (n == NULL)
         return;
-    /* raft_close() must have completed: its transport close callback ran. */
-    assert(!n->initialised || n->closed);
+    if (n->initialised && !n->closed) {
+        /* raft_close() has not completed (a slow disk, a caller that gave up waiting): the
+         * loop still holds our async handle and will call into us, so freeing now would be a
+         * use after free. Leaking is the lesser harm, and it happens only at exit. */
+        ops_log(OPS_LOG_WARN, "raftnet.close_pending", "detail",
+                "raft_close() had not completed: the transport is left allocated", NULL);
+        if (n->closing) /* the bridge has stopped: nothing uses the key any more */
+            proto_curve_keypair_wipe(&n->keys);
+        t->impl = NULL;
+        return;
+    }
     assert(!n->thread_running);
     assert(n->cmds == NULL);
     assert(n->events == NULL);

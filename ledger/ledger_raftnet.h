@@ -118,7 +118,9 @@ QC_MUST_CHECK int ledger_raftnet_set_peers(struct raft_uv_transport *t,
 void ledger_raftnet_stats(struct raft_uv_transport *t, ledger_raftnet_stats_t *out);
 
 /* Frees what init made, once raft_close() has completed (its transport close callback has
- * run), or when raft never initialised the transport. Wipes the secret key. */
+ * run), or when raft never initialised the transport. Wipes the secret key. Called before
+ * raft_close() completed (a caller that gave up waiting), it logs raftnet.close_pending and
+ * leaves the transport allocated: the loop still holds its handle. */
 void ledger_raftnet_close(struct raft_uv_transport *t);
 
 #endif
