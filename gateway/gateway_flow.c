@@ -6,6 +6,9 @@
  *           sign the allow and stores it) --> reply the stored signed allow
  *   report: verify report  --> SETTLE (ledger "settle": it settles, commits, then has the bank
  *           sign the outcome) --> reply the signed outcome
+ *   receipt, tree_consistency: check the request's shape --> AUDIT_READ (audit "prove" or
+ *           "consistency") --> check the reply's shape --> reply it as it came; the device
+ *           verifies it against the bank's checkpoint certificate (proto_receipt.h)
  *
  * Invariants:
  *  1. An operation is FREE or owns exactly one device request and waits for exactly one
@@ -36,11 +39,12 @@
 #include "ops_metrics.h"
 #include "ops_signal.h"
 #include "ops_time.h"
+#include "proto_receipt.h"
 #include "proto_shard.h"
 #include "qc_error.h"
 
 #define GATEWAY_ENDPOINTS_TEXT_MAX 4096 /* one shard's endpoint list, as configured */
-#define GATEWAY_POLLITEMS_MAX (1 + (GATEWAY_SHARDS_MAX + 1) * PROTO_RPC_ENDPOINTS_MAX)
+#define GATEWAY_POLLITEMS_MAX (1 + (GATEWAY_SHARDS_MAX + 2) * PROTO_RPC_ENDPOINTS_MAX)
 #define GATEWAY_RECV_BATCH_MAX 256 /* device requests taken per loop turn */
 #define GATEWAY_MESSAGE_MAX 128    /* a refusal's words for the device */
 
@@ -49,6 +53,7 @@ typedef enum gateway_stage {
     GATEWAY_OP_VERIFY, /* accepted, being checked: no downstream call yet */
     GATEWAY_OP_RESERVE,
     GATEWAY_OP_SETTLE,
+    GATEWAY_OP_AUDIT_READ,
 } gateway_stage_t;
 
 typedef struct gateway_op {
@@ -68,17 +73,25 @@ struct gateway {
     proto_rpc_server_t *server;
     proto_rpc_client_t *shards[GATEWAY_SHARDS_MAX];
     proto_audit_t *audit;
+    proto_rpc_client_t *audit_reader; /* receipts: NULL when no audit is configured */
     uint32_t shard_count;
     gateway_op_t ops[GATEWAY_OPS_MAX];
     int free_ops[GATEWAY_OPS_MAX];
     int free_count;
     ops_counter_t *m_loads_ok, *m_loads_refused, *m_reports_ok, *m_reports_refused;
-    ops_counter_t *m_bad_reports, *m_unavailable, *m_busy;
+    ops_counter_t *m_bad_reports, *m_unavailable, *m_busy, *m_receipts_ok, *m_receipts_refused;
     ops_histogram_t *m_load_seconds, *m_report_seconds;
     ops_gauge_t *m_inflight;
 };
 
 /* ------------------------------------------------------------------ operations */
+
+/* The device's read methods of the audit log (proto_receipt.h). */
+static bool gateway_is_receipt(const char *method)
+{
+    return strcmp(method, PROTO_METHOD_RECEIPT) == 0 ||
+           strcmp(method, PROTO_METHOD_TREE_CONSISTENCY) == 0;
+}
 
 static gateway_op_t *gateway_op_new(gateway_t *gw, proto_rpc_request_t *req)
 {
@@ -101,11 +114,15 @@ static void gateway_op_answer(gateway_t *gw, gateway_op_t *op, const proto_rpc_a
     int code = a->code;
     bool is_load = strcmp(op->req->method, "load") == 0;
     double seconds = (double)(ops_time_mono_ns() - op->start_ns) / 1e9;
-    ops_histogram_observe(is_load ? gw->m_load_seconds : gw->m_report_seconds, seconds);
-    if (code == 0)
-        ops_counter_add(is_load ? gw->m_loads_ok : gw->m_reports_ok, 1);
-    else
-        ops_counter_add(is_load ? gw->m_loads_refused : gw->m_reports_refused, 1);
+    if (gateway_is_receipt(op->req->method)) {
+        ops_counter_add(code == 0 ? gw->m_receipts_ok : gw->m_receipts_refused, 1);
+    } else {
+        ops_histogram_observe(is_load ? gw->m_load_seconds : gw->m_report_seconds, seconds);
+        if (code == 0)
+            ops_counter_add(is_load ? gw->m_loads_ok : gw->m_reports_ok, 1);
+        else
+            ops_counter_add(is_load ? gw->m_loads_refused : gw->m_reports_refused, 1);
+    }
     int rc = proto_rpc_server_answer(gw->server, op->req, a);
     if (rc != 0)
         ops_log(OPS_LOG_WARN, "gateway.reply_failed", "error", qc_errname(rc), NULL);
@@ -295,6 +312,51 @@ static void gateway_report_settled(gateway_t *gw, gateway_op_t *op, const proto_
     qcledger__settle_reply__free_unpacked(sr, NULL);
 }
 
+/* ------------------------------------------------------------------ receipts */
+
+/* The audit method a device's read method is forwarded to. */
+static const char *gateway_audit_method(const char *method)
+{
+    return strcmp(method, PROTO_METHOD_RECEIPT) == 0 ? "prove" : "consistency";
+}
+
+/* A device asks for a receipt or a consistency proof: only its shape is checked here (a
+ * receipt proves itself to the device, under the bank's checkpoint key), and it is passed on
+ * as it came. */
+static void gateway_receipt_start(gateway_t *gw, gateway_op_t *op)
+{
+    if (gw->audit_reader == NULL) {
+        gateway_op_refuse(gw, op, QC_EUNAVAIL, "this gateway has no audit log configured");
+        return;
+    }
+    int rc = proto_receipt_check_request(op->req->method, op->req->body, op->req->body_len);
+    if (rc != 0) {
+        gateway_op_refuse(gw, op, rc, NULL);
+        return;
+    }
+    uint64_t request_id = 0;
+    op->stage = GATEWAY_OP_AUDIT_READ;
+    /* Reads: idempotent. */
+    rc = proto_rpc_client_send(gw->audit_reader, gateway_audit_method(op->req->method),
+                               op->req->body, op->req->body_len, (int)gw->cfg.rpc_timeout_ms,
+                               PROTO_RPC_IDEMPOTENT, op, &request_id);
+    if (rc != 0) {
+        ops_counter_add(gw->m_unavailable, 1);
+        gateway_op_refuse(gw, op, QC_EUNAVAIL, "service unavailable - try again");
+    }
+}
+
+static void gateway_receipt_done(gateway_t *gw, gateway_op_t *op, const proto_rpc_reply_t *reply)
+{
+    int rc = proto_receipt_check_reply(op->req->method, reply->body, reply->body_len);
+    if (rc != 0) {
+        ops_log(OPS_LOG_WARN, "gateway.audit_reply_malformed", "error", qc_errname(rc), NULL);
+        gateway_op_refuse(gw, op, QC_EINTERNAL, "the audit log's reply was malformed");
+        return;
+    }
+    gateway_op_finish(gw, op, 0, NULL, reply->body, reply->body_len);
+}
+
 /* ------------------------------------------------------------------ loop */
 
 static void gateway_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
@@ -319,6 +381,9 @@ static void gateway_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *r
         case GATEWAY_OP_SETTLE:
             gateway_report_settled(gw, op, reply);
             break;
+        case GATEWAY_OP_AUDIT_READ:
+            gateway_receipt_done(gw, op, reply);
+            break;
         case GATEWAY_OP_FREE:
         case GATEWAY_OP_VERIFY:
             assert(!"no call in flight in this stage");
@@ -329,9 +394,11 @@ static void gateway_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *r
 
 static void gateway_accept(gateway_t *gw, proto_rpc_request_t *req)
 {
+    /* Receipts wait, like new loads, when only the reports' reserve is left. */
     bool is_load = strcmp(req->method, "load") == 0;
+    bool is_receipt = gateway_is_receipt(req->method);
     gateway_op_t *op = NULL;
-    if (!is_load || gw->free_count > GATEWAY_OPS_REPORT_RESERVE)
+    if ((!is_load && !is_receipt) || gw->free_count > GATEWAY_OPS_REPORT_RESERVE)
         op = gateway_op_new(gw, req);
     if (op == NULL) {
         ops_counter_add(gw->m_busy, 1);
@@ -346,6 +413,8 @@ static void gateway_accept(gateway_t *gw, proto_rpc_request_t *req)
         gateway_load_start(gw, op);
     else if (strcmp(req->method, "report") == 0 || strcmp(req->method, "sync") == 0)
         gateway_report_start(gw, op);
+    else if (is_receipt)
+        gateway_receipt_start(gw, op);
     else
         gateway_op_refuse(gw, op, QC_EMETHOD, NULL);
 }
@@ -354,10 +423,12 @@ int gateway_run(gateway_t *gw)
 {
     assert(gw != NULL);
     zmq_pollitem_t items[GATEWAY_POLLITEMS_MAX];
-    proto_rpc_client_t *clients[GATEWAY_SHARDS_MAX];
+    proto_rpc_client_t *clients[GATEWAY_SHARDS_MAX + 1]; /* the shards and the audit reader */
     uint32_t client_count = 0;
     for (uint32_t s = 0; s < gw->shard_count; s++)
         clients[client_count++] = gw->shards[s];
+    if (gw->audit_reader != NULL)
+        clients[client_count++] = gw->audit_reader;
     proto_rpc_client_t *audit = proto_audit_client(gw->audit);
 
     while (!ops_signal_stop_requested()) {
@@ -450,6 +521,10 @@ static void gateway_metrics(gateway_t *gw)
     gw->m_unavailable =
         ops_counter("qc_gateway_downstream_unavailable_total", "a ledger shard did not answer");
     gw->m_busy = ops_counter("qc_gateway_busy_total", "device calls refused: table full");
+    gw->m_receipts_ok =
+        ops_counter("qc_gateway_receipts_total{result=\"answered\"}", "receipts and proofs");
+    gw->m_receipts_refused =
+        ops_counter("qc_gateway_receipts_total{result=\"refused\"}", "receipts and proofs");
     gw->m_load_seconds = ops_histogram("qc_gateway_load_seconds", "request to allow latency");
     gw->m_report_seconds = ops_histogram("qc_gateway_report_seconds", "report to outcome latency");
     gw->m_inflight = ops_gauge("qc_gateway_inflight", "device calls in flight");
@@ -487,6 +562,17 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
                          cfg->audit_key, cfg->keys, &gw->audit);
     if (rc != 0)
         goto err;
+    if (cfg->audit != NULL && cfg->audit_key != NULL) {
+        /* A client of its own: the sender's replies are the sender's to process. */
+        proto_rpc_client_config_t ac = {
+            .service = "audit",
+            .endpoints = cfg->audit,
+            .server_public_z85 = cfg->audit_key,
+            .keys = cfg->keys,
+        };
+        if ((rc = proto_rpc_client_new(ctx, &ac, &gw->audit_reader)) != 0)
+            goto err;
+    }
     /* Devices are not pre-registered: their identity is their certificate and signatures. */
     proto_rpc_server_config_t srv = {
         .service = "gateway",
@@ -519,6 +605,7 @@ void gateway_destroy(gateway_t **gw_p)
     }
     proto_rpc_server_destroy(&gw->server);
     proto_audit_destroy(&gw->audit);
+    proto_rpc_client_destroy(&gw->audit_reader);
     for (uint32_t s = 0; s < gw->shard_count; s++)
         proto_rpc_client_destroy(&gw->shards[s]);
     gateway_trust_destroy(&gw->trust);

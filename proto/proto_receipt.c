@@ -186,3 +186,96 @@ int proto_receipt_verify(const uint8_t *reply, size_t len, EVP_PKEY *key, const 
     qcaudit__prove_reply__free_unpacked(r, NULL);
     return rc;
 }
+
+int proto_receipt_check_request(const char *method, const uint8_t *body, size_t len)
+{
+    assert(method != NULL);
+    if (len > PROTO_RECEIPT_REQUEST_MAX)
+        return QC_ETOOBIG;
+    if (len > 0 && body == NULL)
+        return QC_EINVAL;
+    int rc = 0;
+    if (strcmp(method, PROTO_METHOD_RECEIPT) == 0) {
+        Qcaudit__ProveRequest *r = qcaudit__prove_request__unpack(NULL, len, body);
+        if (r == NULL)
+            return QC_EDECODE;
+        if (qcaudit__prove_request__get_packed_size(r) != len)
+            rc = QC_EDECODE;
+        else if (r->txn_id.len != PROTO_TXN_ID_SIZE)
+            rc = QC_EINVAL;
+        qcaudit__prove_request__free_unpacked(r, NULL);
+        return rc;
+    }
+    if (strcmp(method, PROTO_METHOD_TREE_CONSISTENCY) == 0) {
+        Qcaudit__ConsistencyRequest *r = qcaudit__consistency_request__unpack(NULL, len, body);
+        if (r == NULL)
+            return QC_EDECODE;
+        if (qcaudit__consistency_request__get_packed_size(r) != len)
+            rc = QC_EDECODE;
+        else if (r->new_size != 0 && r->old_size > r->new_size)
+            rc = QC_EINVAL;
+        qcaudit__consistency_request__free_unpacked(r, NULL);
+        return rc;
+    }
+    return QC_EMETHOD;
+}
+
+static int hashes_check(const ProtobufCBinaryData *h, size_t n)
+{
+    if (n > PROTO_MERKLE_PROOF_MAX)
+        return QC_ETOOBIG;
+    for (size_t i = 0; i < n; i++)
+        if (h[i].len != PROTO_MERKLE_HASH_SIZE)
+            return QC_EDECODE;
+    return 0;
+}
+
+static int prove_reply_check(const Qcaudit__ProveReply *r)
+{
+    if (r->tree_head.len == 0)
+        return QC_EMISSING;
+    if (r->tree_head.len > PROTO_ENVELOPE_MAX || r->n_proofs > PROTO_RECEIPT_ENTRIES_MAX)
+        return QC_ETOOBIG;
+    for (size_t i = 0; i < r->n_proofs; i++) {
+        int rc = hashes_check(r->proofs[i]->path, r->proofs[i]->n_path);
+        if (rc != 0)
+            return rc;
+        if (r->proofs[i]->seq == 0 || r->proofs[i]->entry.len == 0)
+            return QC_EDECODE;
+    }
+    return 0;
+}
+
+static int consistency_reply_check(const Qcaudit__ConsistencyReply *r)
+{
+    if (r->tree_head.len == 0)
+        return QC_EMISSING;
+    if (r->tree_head.len > PROTO_ENVELOPE_MAX || r->old_tree_head.len > PROTO_ENVELOPE_MAX)
+        return QC_ETOOBIG;
+    return hashes_check(r->proof, r->n_proof);
+}
+
+int proto_receipt_check_reply(const char *method, const uint8_t *body, size_t len)
+{
+    assert(method != NULL);
+    if (len > PROTO_RECEIPT_REPLY_MAX)
+        return QC_ETOOBIG;
+    if (len == 0 || body == NULL)
+        return QC_EMISSING;
+    int rc = QC_EMETHOD;
+    if (strcmp(method, PROTO_METHOD_RECEIPT) == 0) {
+        Qcaudit__ProveReply *r = qcaudit__prove_reply__unpack(NULL, len, body);
+        if (r == NULL)
+            return QC_EDECODE;
+        rc = qcaudit__prove_reply__get_packed_size(r) != len ? QC_EDECODE : prove_reply_check(r);
+        qcaudit__prove_reply__free_unpacked(r, NULL);
+    } else if (strcmp(method, PROTO_METHOD_TREE_CONSISTENCY) == 0) {
+        Qcaudit__ConsistencyReply *r = qcaudit__consistency_reply__unpack(NULL, len, body);
+        if (r == NULL)
+            return QC_EDECODE;
+        rc = qcaudit__consistency_reply__get_packed_size(r) != len ? QC_EDECODE
+                                                                   : consistency_reply_check(r);
+        qcaudit__consistency_reply__free_unpacked(r, NULL);
+    }
+    return rc;
+}

@@ -34,6 +34,12 @@
 #define PROTO_RECEIPT_REPLY_MAX PROTO_RPC_FRAME_MAX
 #define PROTO_RECEIPT_ENTRIES_MAX 32 /* entries of one load in one reply (the audit log's page) */
 #define PROTO_AUDIT_ENTRY_VERSION 1
+/* The device-facing methods of a gateway (docs/PROTOCOL.md), forwarded to the audit log's
+ * "prove" and "consistency" (proto/audit.proto). */
+#define PROTO_METHOD_RECEIPT "receipt" /* ProveRequest -> ProveReply */
+#define PROTO_METHOD_TREE_CONSISTENCY                                                              \
+    "tree_consistency"               /* ConsistencyRequest -> ConsistencyReply */
+#define PROTO_RECEIPT_REQUEST_MAX 64 /* either request: a txn id or two sizes, and tags */
 
 /* A verified tree head: the AuditCheckpoint's fields. */
 typedef struct proto_tree_head {
@@ -78,6 +84,14 @@ QC_MUST_CHECK int proto_tree_head_consistent(const proto_tree_head_t *old_head,
  * an entry about another load) or QC_ETOOBIG. */
 QC_MUST_CHECK int proto_receipt_verify(const uint8_t *reply, size_t len, EVP_PKEY *key,
                                        const uint8_t *txn_id, proto_receipt_t *out);
+
+/* The shape of a request or reply of the two methods above, for a forwarder that holds no key
+ * (the gateway): sizes first, then a canonical decoding, then every count and length (the
+ * txn id 16 bytes, at most PROTO_RECEIPT_ENTRIES_MAX proofs of at most PROTO_MERKLE_PROOF_MAX
+ * hashes of 32 bytes, tree heads of at most PROTO_ENVELOPE_MAX bytes). Nothing is verified.
+ * Returns 0, QC_ETOOBIG, QC_EDECODE, QC_EINVAL or QC_EMETHOD. */
+QC_MUST_CHECK int proto_receipt_check_request(const char *method, const uint8_t *body, size_t len);
+QC_MUST_CHECK int proto_receipt_check_reply(const char *method, const uint8_t *body, size_t len);
 
 /* Reads seq, txn id and type from an entry's canonical bytes (audit/audit_chain.h's layout,
  * only as far as the txn id). The pointers point into entry. Returns 0, QC_EDECODE or

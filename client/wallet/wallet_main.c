@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -16,13 +17,16 @@
 
 #include "card_host.h"
 #include "ops_config.h"
+#include "ops_hex.h"
 #include "ops_log.h"
 #include "ops_time.h"
+#include "proto_cert.h"
 #include "proto_rpc.h"
 #include "qc_error.h"
 #include "device_amount.h"
 #include "wallet_device.h"
 #include "device_flow.h"
+#include "wallet_receipt.h"
 #include "wallet_store.h"
 
 #define MAIN_PROGRAM "qc-wallet"
@@ -63,6 +67,8 @@ static const ops_config_key_t bank_keys[] = {
     KEY_HOME,
     {"allow", OPS_CONFIG_STRING, NULL, "PEM certificate or public key that signs allows"},
     {"outcome", OPS_CONFIG_STRING, NULL, "PEM certificate or public key that signs outcomes"},
+    {"checkpoint", OPS_CONFIG_STRING, NULL,
+     "PEM certificate or public key that signs the audit log's tree heads (receipts)"},
     KEY_LOG_LEVEL,
 };
 static const ops_config_key_t unlock_keys[] = {
@@ -82,6 +88,26 @@ static const ops_config_key_t net_keys[] = {
     {"gateway", OPS_CONFIG_STRING, NULL, "gateway endpoints, comma-separated"},
     {"gateway_key", OPS_CONFIG_STRING, NULL, "the gateway's CURVE public key (Z85)"},
     {"timeout_ms", OPS_CONFIG_INT, "5000", "time allowed for one call to the gateway"},
+    KEY_LOG_LEVEL,
+};
+/* receipt: the gateway keys of load and sync (one wallet.conf serves all three), and where to
+ * export the receipt. */
+static const ops_config_key_t receipt_keys[] = {
+    KEY_HOME,
+    {"account", OPS_CONFIG_STRING, NULL, "(load's, ignored)"},
+    {"currency", OPS_CONFIG_INT, "156", "(load's, ignored)"},
+    {"yes", OPS_CONFIG_BOOL, "false", "(load's, ignored)"},
+    {"confirm_timeout_s", OPS_CONFIG_INT, "30", "(load's, ignored)"},
+    KEY_PIN_FD,
+    {"gateway", OPS_CONFIG_STRING, NULL, "gateway endpoints, comma-separated"},
+    {"gateway_key", OPS_CONFIG_STRING, NULL, "the gateway's CURVE public key (Z85)"},
+    {"timeout_ms", OPS_CONFIG_INT, "5000", "time allowed for one call to the gateway"},
+    {"export", OPS_CONFIG_STRING, NULL, "also write the verified receipt to this file"},
+    KEY_LOG_LEVEL,
+};
+static const ops_config_key_t verify_receipt_keys[] = {
+    {"checkpoint", OPS_CONFIG_STRING, NULL,
+     "the bank's audit-checkpoint certificate or public key (PEM)"},
     KEY_LOG_LEVEL,
 };
 /* card-transfer and card-sync: the card is reached through a local socket (the reader). */
@@ -529,13 +555,17 @@ static int cmd_install_bank(const ops_config_t *cfg)
     if (open_device(cfg, &dev) != 0)
         return MAIN_EXIT_FAILED;
     int rc = wallet_device_install_bank(dev, allow, outcome);
+    const char *checkpoint = ops_config_str(cfg, "checkpoint");
+    if (rc == 0 && checkpoint != NULL)
+        rc = wallet_receipt_install_checkpoint(ops_config_str(cfg, "home"), checkpoint);
     if (rc == QC_ECERT)
         fprintf(stderr, "%s: the bank keys must be PEM certificates or public keys on P-256\n",
                 MAIN_PROGRAM);
     else if (rc != 0)
         say_error("cannot install the bank keys", rc, NULL);
     else
-        printf("Installed the bank's allow and outcome keys\n");
+        printf("Installed the bank's allow and outcome keys%s\n",
+               checkpoint != NULL ? ", and its audit-checkpoint key (receipts)" : "");
     wallet_device_destroy(&dev);
     return rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
 }
@@ -955,6 +985,126 @@ out:
     return status;
 }
 
+/* ------------------------------------------------------------------ receipts */
+
+static void print_receipt(const proto_receipt_t *r)
+{
+    char hex[2 * PROTO_MERKLE_HASH_SIZE + 1];
+    time_t t = (time_t)(r->head.time_ms / 1000);
+    struct tm tm;
+    char when[32] = "?";
+    if (gmtime_r(&t, &tm) != NULL)
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    printf("tree head:   %" PRIu64 " entries, signed %s by the bank's audit-checkpoint key\n",
+           r->head.size, when);
+    printf("root:        %s\n", ops_hex(r->head.root, PROTO_MERKLE_HASH_SIZE, hex));
+    for (size_t i = 0; i < r->entries; i++)
+        printf("  entry %-8" PRIu64 " %-24s in the log (inclusion proof verified)\n", r->seqs[i],
+               r->types[i]);
+    if (r->pending > 0)
+        printf("  %" PRIu32 " more entr%s after this head: ask again after the next checkpoint\n",
+               r->pending, r->pending == 1 ? "y" : "ies");
+    if (r->more)
+        printf("  (more entries than one receipt holds)\n");
+}
+
+static int parse_txn(const char *text, uint8_t txn[PROTO_TXN_ID_SIZE])
+{
+    if (text == NULL || strlen(text) != 2 * PROTO_TXN_ID_SIZE ||
+        ops_unhex(text, txn, PROTO_TXN_ID_SIZE) != 0) {
+        fprintf(stderr, "%s: TXN is the load's id, %d hex digits (qc-wallet status shows it)\n",
+                MAIN_PROGRAM, 2 * PROTO_TXN_ID_SIZE);
+        return QC_EINVAL;
+    }
+    return 0;
+}
+
+static int cmd_receipt(const ops_config_t *cfg)
+{
+    uint8_t txn[PROTO_TXN_ID_SIZE];
+    if (ops_config_argc(cfg) != 1 || parse_txn(ops_config_arg(cfg, 0), txn) != 0)
+        return MAIN_EXIT_USAGE;
+    const char *home = ops_config_str(cfg, "home");
+    wallet_device_t *dev = NULL;
+    if (open_device(cfg, &dev) != 0) /* for its lock: one program keeps the tree head */
+        return MAIN_EXIT_FAILED;
+    net_t net;
+    int status = MAIN_EXIT_FAILED;
+    if (net_open(cfg, &net) == 0) {
+        wallet_receipt_result_t res;
+        uint8_t *reply = NULL;
+        size_t len = 0;
+        char message[DEVICE_MESSAGE_MAX + 1];
+        int rc = wallet_receipt_get(home, net_call, &net, txn, &res, &reply, &len, message);
+        if (rc == 0) {
+            print_receipt(&res.receipt);
+            printf("consistency: %s\n",
+                   !res.had_head ? "first tree head seen; kept to check the next ones"
+                   : res.advanced
+                       ? "the log extends the one seen before (consistency proof verified)"
+                       : "the log agrees with the one seen before");
+            const char *path = ops_config_str(cfg, "export");
+            if (path != NULL && (rc = wallet_receipt_export(path, txn, reply, len)) != 0)
+                say_error("cannot write the receipt", rc, path);
+            else if (path != NULL)
+                printf("exported:    %s (check it anywhere: %s verify-receipt %s --checkpoint "
+                       "PEM)\n",
+                       path, MAIN_PROGRAM, path);
+            status = rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
+        } else if (rc == QC_EMISMATCH && res.receipt.entries > 0) {
+            fprintf(stderr,
+                    "%s: FORK: the bank's audit log shown now does not extend the one shown "
+                    "before (tree head of %" PRIu64 " entries against the kept one of %" PRIu64
+                    "); the conflicting head is kept in %s/%s as evidence\n",
+                    MAIN_PROGRAM, res.receipt.head.size, res.kept_size, home,
+                    WALLET_TREE_HEAD_FORK_FILE);
+        } else if (rc == QC_EMISSING) {
+            fprintf(stderr,
+                    "%s: no audit-checkpoint key: install-bank --checkpoint PEM (the bank's "
+                    "audit-checkpoint certificate)\n",
+                    MAIN_PROGRAM);
+        } else {
+            say_error(rc == QC_ENOTFOUND ? "no receipt yet (the load's entries are not under a "
+                                           "signed tree head; try again in a few seconds)"
+                                         : "the receipt does not verify",
+                      rc, message);
+        }
+        free(reply);
+        net_close(&net);
+    }
+    wallet_device_destroy(&dev);
+    return status;
+}
+
+static int cmd_verify_receipt(const ops_config_t *cfg)
+{
+    const char *pem = ops_config_str(cfg, "checkpoint");
+    if (ops_config_argc(cfg) != 1 || pem == NULL) {
+        fprintf(stderr, "%s: verify-receipt takes one FILE and --checkpoint PEM\n", MAIN_PROGRAM);
+        return MAIN_EXIT_USAGE;
+    }
+    EVP_PKEY *key = NULL;
+    int rc = proto_key_load_pem(pem, &key);
+    if (rc != 0) {
+        say_error("cannot load the checkpoint certificate", rc, pem);
+        return MAIN_EXIT_USAGE;
+    }
+    uint8_t txn[PROTO_TXN_ID_SIZE];
+    proto_receipt_t *r = calloc(1, sizeof *r);
+    rc = r == NULL ? QC_ENOMEM : wallet_receipt_verify_file(ops_config_arg(cfg, 0), key, txn, r);
+    EVP_PKEY_free(key);
+    char hex[2 * PROTO_TXN_ID_SIZE + 1];
+    if (rc == 0) {
+        printf("load:        %s\n", ops_hex(txn, PROTO_TXN_ID_SIZE, hex));
+        print_receipt(r);
+        printf("ok: the receipt verifies under %s\n", pem);
+    } else {
+        say_error("the receipt does not verify", rc, NULL);
+    }
+    free(r);
+    return rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
+}
+
 /* ------------------------------------------------------------------ main */
 
 typedef struct verb {
@@ -971,7 +1121,8 @@ static const verb_t verbs[] = {
      NULL, cmd_init},
     {"install-cert", "--home DIR CERT: install the certificate from enrollment", home_keys,
      COUNT(home_keys), NULL, cmd_install_cert},
-    {"install-bank", "--home DIR --allow PEM --outcome PEM: install the bank's keys", bank_keys,
+    {"install-bank",
+     "--home DIR --allow PEM --outcome PEM [--checkpoint PEM]: install the bank's keys", bank_keys,
      COUNT(bank_keys), NULL, cmd_install_bank},
     {"load", "AMOUNT --home DIR --account ID [--yes] [--pin-fd N]: load money", net_keys,
      COUNT(net_keys), MAIN_CONFIG_FILE, cmd_load},
@@ -981,6 +1132,12 @@ static const verb_t verbs[] = {
      cmd_log},
     {"sync", "--home DIR: finish a load in progress (re-send request or report)", net_keys,
      COUNT(net_keys), MAIN_CONFIG_FILE, cmd_sync},
+    {"receipt",
+     "TXN --home DIR [--export FILE]: prove a load is in the bank's audit log, and that the "
+     "log extends the one seen before",
+     receipt_keys, COUNT(receipt_keys), MAIN_CONFIG_FILE, cmd_receipt},
+    {"verify-receipt", "FILE --checkpoint PEM: check an exported receipt, anywhere",
+     verify_receipt_keys, COUNT(verify_receipt_keys), NULL, cmd_verify_receipt},
     {"unlock", "--home DIR --admin-reset: reset the PIN retry counter", unlock_keys,
      COUNT(unlock_keys), NULL, cmd_unlock},
     {"card-transfer",
@@ -1006,6 +1163,15 @@ static void usage(FILE *out)
             "HOME/%s (key = value, e.g. card_ca = /path/ca.pem, card_trust = CARD1,CARD2).\n"
             "Exit status: 0 done, 1 the operation failed (see the message), 2 bad usage.\n",
             MAIN_CONFIG_FILE, MAIN_CARD_CONFIG_FILE);
+}
+
+/* True when verb has key name (verify-receipt has no home: it checks a file anywhere). */
+static bool verb_has_key(const verb_t *verb, const char *name)
+{
+    for (size_t i = 0; i < verb->key_count; i++)
+        if (strcmp(verb->keys[i].name, name) == 0)
+            return true;
+    return false;
 }
 
 /* Finds "--home X" / "--home=X" in argv, for the default config file. */
@@ -1083,7 +1249,7 @@ int main(int argc, char **argv)
     int level = ops_log_level_parse(ops_config_str(cfg, "log_level"));
     ops_log_init(MAIN_PROGRAM, verb->name, level < 0 ? OPS_LOG_ERROR : (ops_log_level_t)level);
     int status;
-    if (ops_config_str(cfg, "home") == NULL) {
+    if (verb_has_key(verb, "home") && ops_config_str(cfg, "home") == NULL) {
         fprintf(stderr, "%s %s: --home DIR is required\n", MAIN_PROGRAM, verb->name);
         status = MAIN_EXIT_USAGE;
     } else {
