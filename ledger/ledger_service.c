@@ -5,7 +5,26 @@
  *            (ledger_signer, asynchronous: the loop goes on serving) --> the signed allow is
  *            stored in a later group commit --> the stored allow is the reply.
  *   settle:  verify the report, settle, commit --> ask the signer for the outcome --> reply.
- * The writer never waits on the signer, and no allow is sent before it is stored. */
+ * The writer never waits on the signer, and no allow is sent before it is stored.
+ *
+ * Invariants of the loop, in both modes (one process, or a replica group; asserted where
+ * they must hold):
+ *   1. A batch holds at most batch_max requests (at most LEDGER_BATCH_MAX), one per slot, in
+ *      slots [0, n), each slot empty when a request is put in it (gather(), take_held()).
+ *   2. Admission decides each slot once: either it runs (its method set, code 0) or it is
+ *      answered already (no method, a QC_E* code) (admit(), serve_batch(), replica_serve()).
+ *   3. Every admitted write runs exactly once: in the process's one transaction of the batch
+ *      (and when that commit fails, every write slot is refused with the failure and asks for
+ *      no signature), or in a replica's admission before it joins the entry proposed
+ *      (group_commit(), replica_writes()).
+ *   4. A slot asks the signer only after its commit (or its entry applied), with code 0 and a
+ *      body to sign; its request then moves to the signing stage (ask_signer()).
+ *   5. Every request gets exactly one reply, from finish_slot(): at the end of its batch, once
+ *      its entry applied, or from the signing stage once the bank has signed. A finished slot
+ *      holds no request, no reply body and no body to sign.
+ *   6. A load record replied with is a record the saga keeps: a valid state, a positive
+ *      amount, its device, account and request, the txn id it was asked for (assert_load();
+ *      ledger_store_load_put() asserts the same before it stores one). */
 #include "ledger_service.h"
 
 #include <assert.h>
@@ -271,6 +290,22 @@ static void count_result(const char *method, int code)
     ops_counter_add(ops_counter(name, "Ledger operations by result"), 1);
 }
 
+/* Invariant 6: what the saga stores is what the service reads back and replies with. txn_id
+ * (may be NULL) is the id the caller asked for. */
+static void assert_load(const ledger_load_t *l, const uint8_t *txn_id)
+{
+    assert(l->state >= QUANCUN__LOAD_STATE__LOAD_RESERVED);
+    assert(l->state <= QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED);
+    assert(l->amount > 0);
+    assert(l->device_id[0] != '\0');
+    assert(l->account_id[0] != '\0');
+    assert(l->request_len > 0);
+    assert(l->request_len <= LEDGER_SIGNED_MAX);
+    assert(l->allow_len <= LEDGER_SIGNED_MAX);
+    assert(l->report_len <= LEDGER_SIGNED_MAX);
+    assert(txn_id == NULL || memcmp(l->txn_id, txn_id, LEDGER_TXN_ID_SIZE) == 0);
+}
+
 /* ------------------------------------------------------------ writes */
 
 static void do_reserve(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slot_t *slot)
@@ -285,12 +320,15 @@ static void do_reserve(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_sl
     count_result("reserve", slot->code);
     if (slot->code != 0)
         return;
+    assert_load(svc->load, NULL);
     memcpy(slot->txn_id, svc->load->txn_id, LEDGER_TXN_ID_SIZE);
     if (svc->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED || svc->load->allow_len > 0) {
         reply_load(svc, slot, true); /* a retry: the stored allow, byte for byte, or none */
         return;
     }
     /* Money held and not yet signed for: the bank signs once this commit is durable. */
+    assert(svc->load->state == QUANCUN__LOAD_STATE__LOAD_RESERVED);
+    assert(svc->load->allow_len == 0);
     int rc = ledger_saga_allow_body(svc->load, &slot->sign_body, &slot->sign_body_len);
     if (rc != 0) {
         slot_refuse(slot, rc, "the allow could not be built");
@@ -305,6 +343,7 @@ static void do_reserve(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_sl
 static void store_signed_allows(ledger_service_t *svc, MDB_txn *txn, uint64_t now)
 {
     size_t n = ledger_signer_take(svc->signer, svc->signed_allows, LEDGER_SIGNER_PENDING_MAX);
+    assert(n <= LEDGER_SIGNER_PENDING_MAX);
     for (size_t i = 0; i < n; i++) {
         const ledger_signer_allow_t *a = &svc->signed_allows[i];
         char why[LEDGER_WHY_MAX] = "";
@@ -324,6 +363,8 @@ static void store_signed_allows(ledger_service_t *svc, MDB_txn *txn, uint64_t no
             ledger_signer_answer(svc->signer, a->handle, rc, why, NULL, 0);
             continue;
         }
+        /* Stored now, or settled first: either way svc->load is the record of this txn. */
+        assert_load(svc->load, a->txn_id);
         svc_slot_t reply = {.code = 0};
         reply_load(svc, &reply, true);
         ledger_signer_answer(svc->signer, a->handle, reply.code, reply.why, reply.body,
@@ -343,6 +384,9 @@ static void do_settle(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slo
                                         m->report.len, svc->load, slot->why);
         count_result("settle", slot->code);
         if (slot->code == 0) {
+            /* A report moves a RESERVED load on; a settled load keeps its state. */
+            assert_load(svc->load, m->txn_id.data);
+            assert(svc->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED);
             bool applied = svc->load->state == QUANCUN__LOAD_STATE__LOAD_CONFIRMED ||
                            svc->load->state == QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED;
             if (m->verdict != QUANCUN__REPORT_STATUS__REPORT_NONE &&
@@ -505,9 +549,10 @@ static void do_get_load(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
         return;
     if (txn_id_ok(slot, m->txn_id)) {
         slot->code = ledger_store_load_get(svc->store, txn, m->txn_id.data, svc->load);
-        if (slot->code == 0)
+        if (slot->code == 0) {
+            assert_load(svc->load, m->txn_id.data);
             reply_load(svc, slot, false);
-        else if (slot->code == QC_ENOTFOUND)
+        } else if (slot->code == QC_ENOTFOUND)
             slot_refuse(slot, QC_ENOTFOUND, "no load with this txn id");
     }
     qcledger__get_load_request__free_unpacked(m, NULL);
@@ -757,6 +802,7 @@ static void after_reserve(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
         slot_refuse(slot, slot->code, "the applied load could not be read");
         return;
     }
+    assert_load(svc->load, slot->txn_id);
     if (svc->load->state != QUANCUN__LOAD_STATE__LOAD_RESERVED || svc->load->allow_len > 0) {
         reply_load(svc, slot, true);
         return;
@@ -776,6 +822,7 @@ static void after_settle(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
         slot_refuse(slot, slot->code, "the applied load could not be read");
         return;
     }
+    assert_load(svc->load, slot->txn_id);
     reply_load(svc, slot, false);
     if (slot->code != 0)
         return;
@@ -995,6 +1042,7 @@ static const svc_method_t *find_method(const char *name)
 static void admit(ledger_service_t *svc, svc_slot_t *slot)
 {
     proto_rpc_request_t *req = slot->req;
+    assert(req != NULL);
     const svc_method_t *m = find_method(req->method);
     slot->method = NULL;
     slot->code = 0;
@@ -1058,6 +1106,9 @@ static void load_next_deadline(ledger_service_t *svc)
 static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uint64_t wall,
                          size_t writes, int signed_count)
 {
+    assert(n <= svc->batch_max);
+    assert(writes <= n);
+    assert(signed_count >= 0);
     bool due = svc->next_deadline_ms != 0 && svc->next_deadline_ms <= wall;
     if (writes == 0 && !due && signed_count == 0)
         return;
@@ -1081,10 +1132,16 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
             if (slots[i].method == NULL || slots[i].method->kind != KIND_WRITE)
                 continue;
             slots[i].method->write(svc, txn, wall, &slots[i]);
+            /* A write answers with a code, and asks for a signature only when it succeeded. */
+            assert(slots[i].code <= 0);
+            assert(slots[i].sign_kind == QUANCUN__SIGN_KIND__SIGN_NONE || slots[i].code == 0);
+            assert(slots[i].sign_kind == QUANCUN__SIGN_KIND__SIGN_NONE ||
+                   slots[i].sign_body != NULL);
             /* The chaos suite kills us here: half a batch applied, nothing committed. */
             if (++done == (writes + 1) / 2)
                 ops_fault_point("ledger.mid_group_commit");
         }
+        assert(done == writes); /* invariant 3: each admitted write ran, once */
         rc = ledger_store_txn_commit(txn);
     }
     atomic_store(&svc->last_commit_rc, rc);
@@ -1100,6 +1157,7 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
             slots[i].body_len = 0;
             slots[i].sign_kind = QUANCUN__SIGN_KIND__SIGN_NONE;
             slot_refuse(&slots[i], rc, "the batch could not be committed; nothing was applied");
+            assert(slots[i].code < 0);
         }
         svc->next_deadline_ms = wall; /* look again */
         return;
@@ -1119,7 +1177,10 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
  * caller is told to try again. */
 static void ask_signer(ledger_service_t *svc, svc_slot_t *slot)
 {
-    assert(slot->code == 0 && slot->sign_body != NULL);
+    assert(slot->code == 0);
+    assert(slot->req != NULL);
+    assert(slot->sign_body != NULL);
+    assert(slot->sign_body_len > 0);
     if (slot->sign_kind == QUANCUN__SIGN_KIND__SIGN_LOAD_ALLOW) {
         /* Chaos: the money is held and durable, and no allow has been asked for. */
         ops_fault_point("ledger.after_reserve_before_sign");
@@ -1128,7 +1189,11 @@ static void ask_signer(ledger_service_t *svc, svc_slot_t *slot)
         svc->signer, slot->sign_kind, slot->txn_id, slot->sign_body, slot->sign_body_len,
         slot->sign_kind == QUANCUN__SIGN_KIND__SIGN_LOAD_OUTCOME ? &slot->body : NULL,
         slot->body_len, &slot->req);
-    if (rc != 0) {
+    if (rc == 0) {
+        /* The request and the reply's prefix moved to the signing stage, which replies. */
+        assert(slot->req == NULL);
+        assert(slot->body == NULL);
+    } else {
         free(slot->body);
         slot->body = NULL;
         slot->body_len = 0;
@@ -1145,8 +1210,11 @@ static void finish_slot(ledger_service_t *svc, svc_slot_t *slot)
         ask_signer(svc, slot);
     free(slot->sign_body);
     slot->sign_body = NULL;
-    if (slot->req == NULL)
-        return; /* it waits for its signature */
+    if (slot->req == NULL) {
+        /* Its request moved on (signing stage, entry, held, change) and took its reply along. */
+        assert(slot->body == NULL);
+        return;
+    }
     int rrc = slot->not_leader
                   ? proto_rpc_server_reply_not_leader(svc->srv, slot->req, slot->leader)
                   : proto_rpc_server_reply(svc->srv, slot->req, slot->code,
@@ -1157,14 +1225,19 @@ static void finish_slot(ledger_service_t *svc, svc_slot_t *slot)
     free(slot->body);
     slot->body = NULL;
     proto_rpc_request_destroy(&slot->req);
+    assert(slot->req == NULL); /* invariant 5: replied once, and never again from this slot */
 }
 
 static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
 {
+    assert(n <= svc->batch_max);
     uint64_t wall = ops_time_wall_ms();
     size_t writes = 0, reads = 0;
     for (size_t i = 0; i < n; i++) {
         admit(svc, &svc->slots[i]);
+        /* Invariant 2: the slot runs (method, code 0) or is answered already (a code). */
+        assert(svc->slots[i].method != NULL || svc->slots[i].code < 0);
+        assert(svc->slots[i].method == NULL || svc->slots[i].code == 0);
         if (svc->slots[i].method != NULL && svc->slots[i].method->kind == KIND_CHANGE) {
             svc->slots[i].method->write(svc, NULL, wall, &svc->slots[i]);
             svc->slots[i].method = NULL;
@@ -1176,6 +1249,7 @@ static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
                 reads++;
         }
     }
+    assert(writes + reads <= n);
     group_commit(svc, svc->slots, n, wall, writes, signed_count);
     MDB_txn *rtxn = NULL;
     int rc = ledger_store_txn_begin(svc->store, NULL, false, &rtxn);
@@ -1184,6 +1258,7 @@ static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
         if (ledger_store_outbox_depth(svc->store, rtxn, &depth) == 0)
             ops_gauge_set(svc->m_outbox_depth, (int64_t)depth);
     }
+    size_t read_count = 0;
     for (size_t i = 0; reads > 0 && i < n; i++) {
         svc_slot_t *slot = &svc->slots[i];
         if (slot->method == NULL || slot->method->kind != KIND_READ)
@@ -1192,10 +1267,16 @@ static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
             slot_refuse(slot, rc, NULL);
         else
             slot->method->read(svc, rtxn, slot);
+        assert(slot->code <= 0);
+        read_count++;
     }
+    assert(read_count == reads); /* each admitted read ran, once */
     ledger_store_txn_abort(rtxn);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        /* One process: every request is still in its slot until finish_slot() answers it. */
+        assert(svc->slots[i].req != NULL);
         finish_slot(svc, &svc->slots[i]);
+    }
 }
 
 /* ------------------------------------------------------------ replica mode
@@ -1283,7 +1364,8 @@ static void allows_applied(ledger_service_t *svc, svc_proposal_t *p, MDB_txn *rt
 {
     for (size_t i = 0; i < p->n_allows; i++) {
         const svc_proposal_allow_t *a = &p->allows[i];
-        assert(a->op >= 0 && (size_t)a->op < res->n_ops);
+        assert(a->op >= 0);
+        assert((size_t)a->op < res->n_ops);
         int rc = res->ops[a->op].code;
         const char *why = res->ops[a->op].why;
         if (rc == QC_ESTATE || rc == QC_EEXPIRED)
@@ -1298,6 +1380,7 @@ static void allows_applied(ledger_service_t *svc, svc_proposal_t *p, MDB_txn *rt
             ledger_signer_finish(svc->signer, a->handle, rc, why, NULL, 0);
             continue;
         }
+        assert_load(svc->load, a->txn_id);
         svc_slot_t reply = {.code = 0};
         reply_load(svc, &reply, true);
         ledger_signer_finish(svc->signer, a->handle, reply.code, reply.why, reply.body,
@@ -1340,7 +1423,8 @@ static void proposal_applied(struct raft_apply *req, int status, void *result)
     allows_applied(svc, p, rtxn, res);
     for (size_t i = 0; i < p->n_slots; i++) {
         svc_slot_t *slot = &p->slots[i];
-        assert(slot->op >= 0 && (size_t)slot->op < res->n_ops);
+        assert(slot->op >= 0);
+        assert((size_t)slot->op < res->n_ops);
         const ledger_fsm_op_result_t *op = &res->ops[slot->op];
         if (op->code != 0)
             slot_refuse(slot, op->code, op->why);
@@ -1362,6 +1446,8 @@ static void proposal_applied(struct raft_apply *req, int status, void *result)
 static bool admit_write(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot,
                         ledger_fsm_batch_t *b, uint64_t wall)
 {
+    assert(slot->req != NULL);
+    assert(slot->code == 0);
     slot->method->write(svc, txn, wall, slot);
     /* Only the verdict counts: the reply is read again from the applied state. */
     free(slot->body);
@@ -1489,18 +1575,25 @@ static void replica_writes(ledger_service_t *svc, size_t n, size_t writes, int s
         return;
     }
     propose_allows(svc, p, b);
+    size_t done = 0;
     for (size_t i = 0; i < n; i++) {
         svc_slot_t *slot = &svc->slots[i];
         if (slot->method == NULL || slot->method->kind != KIND_WRITE)
             continue;
+        done++;
         if (admit_write(svc, txn, slot, b, wall)) {
             p->slots[p->n_slots++] = *slot; /* its request moves to the proposal */
             slot->req = NULL;
+        } else {
+            assert(slot->code < 0); /* refused: answered at the end of the batch */
         }
     }
+    assert(done == writes); /* invariant 3: each admitted write ran its admission, once */
+    assert(p->n_slots <= writes);
     ledger_store_txn_abort(txn);
     if (ledger_fsm_batch_count(b) == 0) {
-        assert(p->n_slots == 0 && p->n_allows == 0);
+        assert(p->n_slots == 0);
+        assert(p->n_allows == 0);
         proposal_free(p);
     } else {
         propose(svc, p, b);
@@ -1563,8 +1656,10 @@ static size_t take_held(ledger_service_t *svc)
     if (svc->n_held == 0 || (leader && svc->ready_term != rf->current_term))
         return 0;
     size_t k = svc->n_held < svc->batch_max ? svc->n_held : svc->batch_max;
-    for (size_t i = 0; i < k; i++)
+    for (size_t i = 0; i < k; i++) {
+        assert(svc->slots[i].req == NULL); /* invariant 1: the last batch left it empty */
         svc->slots[i].req = svc->held[i];
+    }
     memmove(svc->held, svc->held + k, (svc->n_held - k) * sizeof *svc->held);
     svc->n_held -= k;
     return k;
@@ -1720,6 +1815,8 @@ static void replica_serve(ledger_service_t *svc, size_t n, int signed_count)
     for (size_t i = 0; i < n; i++) {
         svc_slot_t *slot = &svc->slots[i];
         admit(svc, slot);
+        assert(slot->method != NULL || slot->code < 0); /* invariant 2 */
+        assert(slot->method == NULL || slot->code == 0);
         if (slot->method == NULL)
             continue;
         if (slot->method->everywhere) {
@@ -1817,6 +1914,7 @@ static int wait_any(ledger_service_t *svc, int wait_ms)
  * the socket failed. */
 static int gather(ledger_service_t *svc, int first_wait_ms, size_t n)
 {
+    assert(n <= svc->batch_max);
     int rc = wait_any(svc, first_wait_ms);
     if (rc != 0)
         return rc;
@@ -1827,6 +1925,8 @@ static int gather(ledger_service_t *svc, int first_wait_ms, size_t n)
         proto_rpc_request_t *req = NULL;
         rc = proto_rpc_server_recv(svc->srv, wait_ms, &req);
         if (rc == 0) {
+            assert(req != NULL);
+            assert(svc->slots[n].req == NULL); /* invariant 1: the last batch left it empty */
             svc->slots[n++].req = req;
             wait_ms = 0;
             continue;
@@ -1847,6 +1947,7 @@ static int gather(ledger_service_t *svc, int first_wait_ms, size_t n)
             break;
         wait_ms = 0;
     }
+    assert(n <= svc->batch_max);
     return (int)n;
 }
 
@@ -1962,7 +2063,8 @@ static int replica_start(ledger_service_t *svc, const ledger_service_config_t *c
 
 int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **out)
 {
-    assert(cfg != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (cfg->listen == NULL || cfg->curve_key_path == NULL || cfg->allow_keys == NULL ||
         cfg->data_dir == NULL || cfg->allow_cert == NULL || cfg->batch_max == 0 ||

@@ -467,8 +467,17 @@ int ledger_store_load_put(ledger_store_t *store, MDB_txn *txn, const ledger_load
     assert(store != NULL);
     assert(txn != NULL);
     assert(load != NULL);
+    /* Only records the saga built are stored: the service asserts the same of what it reads
+     * back (ledger_service.c, invariant 6). */
     assert(load->state >= QUANCUN__LOAD_STATE__LOAD_RESERVED);
     assert(load->state <= QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED);
+    assert(load->amount > 0); /* its reserve transfer moved it */
+    assert(load->device_id[0] != '\0');
+    assert(load->account_id[0] != '\0');
+    assert(load->request_len > 0); /* every load is the answer to its signed request */
+    assert(load->request_len <= LEDGER_SIGNED_MAX);
+    assert(load->allow_len <= LEDGER_SIGNED_MAX);
+    assert(load->report_len <= LEDGER_SIGNED_MAX);
     Qcledger__Load m;
     ledger_store_load_view(load, &m);
     return store_put_msg(store, txn, DBI_LOADS, load->txn_id, LEDGER_TXN_ID_SIZE, &m.base, 0);
