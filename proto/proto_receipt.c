@@ -94,8 +94,11 @@ int proto_receipt_entry_fields(const uint8_t *entry, size_t len, uint64_t *seq,
                                size_t *type_len)
 {
     assert(entry != NULL);
-    assert(seq != NULL && txn_id != NULL && txn_id_len != NULL);
-    assert(type != NULL && type_len != NULL);
+    assert(seq != NULL);
+    assert(txn_id != NULL);
+    assert(txn_id_len != NULL);
+    assert(type != NULL);
+    assert(type_len != NULL);
     if (len < ENTRY_SOURCE_LEN_OFF)
         return QC_EDECODE;
     if (entry[0] != PROTO_AUDIT_ENTRY_VERSION)

@@ -614,7 +614,8 @@ static int rpc_endpoint_find(const proto_rpc_client_t *cli, const char *addr)
 static bool rpc_call_redirect(proto_rpc_client_t *cli, rpc_call_t *c, int from, const char *leader)
 {
     assert(c->state == RPC_CALL_PENDING);
-    assert(from >= 0 && from < PROTO_RPC_ENDPOINTS_MAX);
+    assert(from >= 0);
+    assert(from < PROTO_RPC_ENDPOINTS_MAX);
     uint64_t now = ops_time_mono_ms();
     if (c->hops >= rpc_endpoint_count(cli) || now >= c->deadline_mono)
         return false;
