@@ -451,6 +451,21 @@ static void make_merkle(void)
         seed_merkle(1, cons[i][0], cons[i][1] - 1, p, n);
         seed_merkle(3, cons[i][0], cons[i][1], p, n);
     }
+    /* The dictionary: the mode bytes, and sizes and indexes around powers of two as the
+     * big-endian u64s the header holds. */
+    FILE *f = dict_open("merkle");
+    for (uint8_t mode = 0; mode < 8; mode++)
+        dict_bytes(f, &mode, 1);
+    for (unsigned k = 0; k < 64; k += 7) {
+        uint64_t vals[3] = {(UINT64_C(1) << k) - 1, UINT64_C(1) << k, (UINT64_C(1) << k) + 1};
+        for (int v = 0; v < 3; v++) {
+            uint8_t be[8];
+            for (int i = 0; i < 8; i++)
+                be[i] = (uint8_t)(vals[v] >> (56 - 8 * i));
+            dict_bytes(f, be, sizeof be);
+        }
+    }
+    FUZZ_CHECK(fclose(f) == 0);
 }
 
 /* ------------------------------------------------------------ audit records */
