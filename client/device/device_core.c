@@ -57,6 +57,7 @@
 #include "ops_time.h"
 #include "proto_cert.h"
 #include "proto_decode.h"
+#include "proto_ecdsa.h"
 #include "proto_envelope.h"
 #include "proto_load.h"
 #include "qc_error.h"
@@ -75,6 +76,8 @@ struct device_core {
     bool pin_ok;
     device_store_fn *store; /* NULL: memory only */
     void *store_arg;
+    device_sign_fn *sign; /* NULL: key is the private key and OpenSSL signs */
+    void *sign_arg;
 };
 
 /* ------------------------------------------------------------------ invariants */
@@ -452,6 +455,8 @@ int device_core_verify_pin(device_core_t *c, const char *pin, size_t pin_len)
     assert(c != NULL);
     assert(pin != NULL || pin_len == 0);
     c->pin_ok = false;
+    if (c->sign != NULL)
+        return QC_EDENIED; /* the PIN is the signer's (device_core_pin_verified()) */
     if (c->st.pin.tries_left == 0)
         return QC_ELOCKED;
     /* Count the try in the store first, then compare. */
@@ -489,6 +494,45 @@ int device_core_admin_reset(device_core_t *c)
 
 /* ------------------------------------------------------------------ signing */
 
+void device_core_set_signer(device_core_t *c, device_sign_fn *sign, void *arg)
+{
+    assert(c != NULL);
+    assert(sign != NULL);
+    c->sign = sign;
+    c->sign_arg = arg;
+    c->pin_ok = false;
+}
+
+void device_core_pin_verified(device_core_t *c)
+{
+    assert(c != NULL);
+    assert(c->sign != NULL);
+    c->pin_ok = true;
+}
+
+/* Signs body as type through the core's signer: digest, raw r || s, low S, DER, envelope. */
+static int sign_external(const device_core_t *c, proto_type_t type, const uint8_t *body, size_t len,
+                         bool with_cert, uint8_t **out, size_t *out_len)
+{
+    uint8_t digest[PROTO_DIGEST_SIZE], key_id[PROTO_KEY_ID_SIZE], raw[PROTO_SIG_RAW_SIZE];
+    uint8_t der[PROTO_SIG_DER_MAX];
+    size_t der_len = 0;
+    int rc = proto_envelope_digest(type, body, len, digest);
+    if (rc == 0)
+        rc = proto_key_id(c->key, key_id);
+    if (rc == 0)
+        rc = c->sign(c->sign_arg, digest, raw);
+    if (rc == 0 && proto_ecdsa_raw_low_s(raw) < 0)
+        rc = QC_ECRYPTO;
+    if (rc == 0 && proto_ecdsa_raw_to_der(raw, der, sizeof(der), &der_len) != 0)
+        rc = QC_ECRYPTO;
+    if (rc == 0)
+        rc = proto_envelope_seal(body, len, key_id, DEVICE_KEY_VERSION, der, der_len,
+                                 with_cert ? c->cert_der : NULL, with_cert ? c->cert_len : 0, out,
+                                 out_len);
+    return rc;
+}
+
 /* Packs msg and signs it as type with the device key (and certificate when given). */
 static int sign_message(const device_core_t *c, proto_type_t type, const ProtobufCMessage *msg,
                         bool with_cert, uint8_t **out, size_t *out_len,
@@ -508,7 +552,9 @@ static int sign_message(const device_core_t *c, proto_type_t type, const Protobu
     int rc = 0;
     if (body_digest != NULL)
         rc = proto_sha256(body, len, body_digest);
-    if (rc == 0)
+    if (rc == 0 && c->sign != NULL)
+        rc = sign_external(c, type, body, len, with_cert, out, out_len);
+    else if (rc == 0)
         rc = proto_envelope_sign(type, body, len, c->key, DEVICE_KEY_VERSION,
                                  with_cert ? c->cert_der : NULL, with_cert ? c->cert_len : 0, out,
                                  out_len);

@@ -128,6 +128,22 @@ typedef int device_store_fn(void *arg, const device_state_t *st, bool has_line);
  * only, as qc-loadgen's devices do). */
 void device_core_set_store(device_core_t *c, device_store_fn *store, void *arg);
 
+/* Signs a 32-byte digest with the device key held outside the process (a PKCS#11 token,
+ * client/wallet/wallet_token.h) and writes the raw r || s (any S: the core makes it low).
+ * Returns 0 or a QC_E* code. */
+typedef int device_sign_fn(void *arg, const uint8_t digest[PROTO_DIGEST_SIZE],
+                           uint8_t raw[PROTO_SIG_RAW_SIZE]);
+
+/* From now on the core signs through sign (the key given to device_core_new() is then only
+ * the public half, used for the key id and the certificate), and the PIN is the signer's:
+ * the state's PIN record is not used, device_core_verify_pin() refuses (QC_EDENIED), and the
+ * owner, having had the PIN accepted by the signer, calls device_core_pin_verified(). */
+void device_core_set_signer(device_core_t *c, device_sign_fn *sign, void *arg);
+
+/* Tells a core with a signer (device_core_set_signer()) that the signer accepted the PIN; the
+ * core then accepts device_core_request() until it is destroyed. */
+void device_core_pin_verified(device_core_t *c);
+
 /* Installs a copy of the device certificate (DER), which the caller checked holds the
  * device's key and serial; der NULL removes it. Returns 0, QC_EINVAL (too long) or
  * QC_ENOMEM. */

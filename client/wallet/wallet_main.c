@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <zmq.h>
 
 #include "card_host.h"
@@ -28,6 +29,7 @@
 #include "device_flow.h"
 #include "wallet_receipt.h"
 #include "wallet_store.h"
+#include "wallet_token.h"
 
 #define MAIN_PROGRAM "qc-wallet"
 #define MAIN_TRANSPORT_KEY_FILE "transport.key"
@@ -39,6 +41,8 @@
 #define MAIN_EXIT_USAGE 2  /* bad command line or bad amount: nothing was done */
 #define MAIN_ARGV_MAX 64
 #define MAIN_LOG_CHUNK 4096
+#define MAIN_TOKEN_LABEL_DEFAULT "qc-wallet"
+#define MAIN_SO_PIN_RANDOM_BYTES 16
 
 /* ------------------------------------------------------------------ the option tables */
 
@@ -56,11 +60,37 @@
             "read the PIN from this file descriptor (else env QC_WALLET_PIN, else the terminal)"   \
     }
 
+#define KEY_TOKEN_MODULE                                                                           \
+    {                                                                                              \
+        "token_module", OPS_CONFIG_STRING, NULL,                                                   \
+            "PKCS#11 module of the token (default " WALLET_TOKEN_MODULE_DEFAULT ")"                \
+    }
+#define KEY_TOKEN_LABEL                                                                            \
+    {                                                                                              \
+        "token_label", OPS_CONFIG_STRING, NULL,                                                    \
+            "label of the token that holds the device key (with SoftHSM2: a new token in "         \
+            "HOME/token)"                                                                          \
+    }
+#define KEY_TOKEN_EXISTING                                                                         \
+    {                                                                                              \
+        "token_existing", OPS_CONFIG_BOOL, "false",                                                \
+            "the token is a key its issuer initialized (found by label, PIN = its user PIN), not " \
+            "one this wallet creates in HOME/token"                                                \
+    }
+
 static const ops_config_key_t init_keys[] = {
     KEY_HOME,
     {"serial", OPS_CONFIG_STRING, NULL, "hardware serial (default: QC + 16 random hex digits)"},
     KEY_PIN_FD,
+    KEY_TOKEN_MODULE,
+    KEY_TOKEN_LABEL,
+    KEY_TOKEN_EXISTING,
+    {"pem_key", OPS_CONFIG_BOOL, "false",
+     "keep the device key as a PEM file in HOME (no token: tests and tools only)"},
     KEY_LOG_LEVEL,
+};
+static const ops_config_key_t migrate_keys[] = {
+    KEY_HOME, KEY_PIN_FD, KEY_TOKEN_MODULE, KEY_TOKEN_LABEL, KEY_TOKEN_EXISTING, KEY_LOG_LEVEL,
 };
 static const ops_config_key_t home_keys[] = {KEY_HOME, KEY_LOG_LEVEL};
 static const ops_config_key_t bank_keys[] = {
@@ -73,6 +103,7 @@ static const ops_config_key_t bank_keys[] = {
 };
 static const ops_config_key_t unlock_keys[] = {
     KEY_HOME,
+    KEY_PIN_FD,
     {"admin_reset", OPS_CONFIG_BOOL, "false",
      "reset the PIN retry counter (a real device needs the issuer's signed command)"},
     KEY_LOG_LEVEL,
@@ -267,10 +298,57 @@ static int get_pin(const ops_config_t *cfg, bool twice, char pin[MAIN_LINE_MAX])
 
 /* ------------------------------------------------------------------ device helpers */
 
+/* Set by main for the verbs that sign or change the state: a token wallet logs in to its
+ * token as it is opened (the token, not the state file, checks the PIN). */
+static bool g_login_at_open;
+
+/* Logs in to a token wallet's token with the PIN. Prints why on failure. */
+static int token_login(wallet_device_t *dev, const ops_config_t *cfg)
+{
+    char pin[MAIN_LINE_MAX];
+    int n = get_pin(cfg, false, pin);
+    if (n < 0) {
+        OPENSSL_cleanse(pin, sizeof(pin));
+        return n;
+    }
+    uint32_t tries = 0;
+    int rc = wallet_device_login(dev, pin, (size_t)n, &tries);
+    OPENSSL_cleanse(pin, sizeof(pin));
+    if (rc == QC_EPIN)
+        fprintf(stderr, "%s: wrong PIN (the token refused it), %" PRIu32 " %s left\n", MAIN_PROGRAM,
+                tries, tries == 1 ? "try" : "tries");
+    else if (rc == QC_ELOCKED)
+        fprintf(stderr,
+                "%s: the token's PIN is locked after %u wrong PINs; its issuer must unblock it "
+                "with the token's SO PIN\n",
+                MAIN_PROGRAM, WALLET_TOKEN_TRIES);
+    else if (rc != 0)
+        say_error("the token refused the login", rc, NULL);
+    return rc;
+}
+
 static int open_device(const ops_config_t *cfg, wallet_device_t **dev)
 {
     const char *home = ops_config_str(cfg, "home");
     int rc = wallet_device_open(home, dev);
+    if (rc == QC_EUNAVAIL)
+        fprintf(stderr,
+                "%s: the token that holds this device's keys is not present (see %s/%s): the "
+                "keys never leave it, so a copy of the home without it is not the device; plug "
+                "the key in (or restore %s/%s)\n",
+                MAIN_PROGRAM, home, WALLET_TOKEN_CONF_FILE, home, WALLET_TOKEN_DIR);
+    else if (rc == QC_EBADSIG)
+        fprintf(stderr,
+                "%s: the state file in %s is not signed by this device's token: it was edited "
+                "or replaced; refusing it (QC_EBADSIG)\n",
+                MAIN_PROGRAM, home);
+    if (rc == 0 && g_login_at_open && wallet_device_has_token(*dev) &&
+        token_login(*dev, cfg) != 0) {
+        wallet_device_destroy(dev);
+        return QC_EPIN;
+    }
+    if (rc == QC_EUNAVAIL || rc == QC_EBADSIG)
+        return rc;
     if (rc == QC_ENOTFOUND)
         fprintf(stderr, "%s: no device in %s: create one with `%s init --home %s`\n", MAIN_PROGRAM,
                 home, MAIN_PROGRAM, home);
@@ -284,6 +362,8 @@ static int open_device(const ops_config_t *cfg, wallet_device_t **dev)
 
 static int check_pin(wallet_device_t *dev, const ops_config_t *cfg)
 {
+    if (wallet_device_has_token(dev))
+        return 0; /* the token checked the PIN as the device was opened (g_login_at_open) */
     char pin[MAIN_LINE_MAX];
     int n = get_pin(cfg, false, pin);
     if (n < 0) {
@@ -467,17 +547,84 @@ static int settle_previous(wallet_device_t *dev, net_t *net, const char *method)
 
 /* ------------------------------------------------------------------ verbs */
 
+/* Where init and migrate-to-token put the keys, from the command line. With SoftHSM2 the
+ * token is this wallet's own, made in HOME/token; any other module's token is a key its
+ * issuer initialized, found by its label. The SO PIN of a token made here is
+ * $QC_WALLET_SO_PIN (the issuer's, to unblock the user PIN), else random and forgotten.
+ * so_pin has MAIN_LINE_MAX bytes. Returns 0 or QC_EINVAL (message printed). */
+static int token_place(const ops_config_t *cfg, wallet_token_place_t *place, char *so_pin)
+{
+    memset(place, 0, sizeof(*place));
+    place->module = ops_config_str(cfg, "token_module");
+    if (place->module == NULL)
+        place->module = WALLET_TOKEN_MODULE_DEFAULT;
+    place->label = ops_config_str(cfg, "token_label");
+    if (place->label == NULL)
+        place->label = MAIN_TOKEN_LABEL_DEFAULT;
+    place->home_token =
+        !ops_config_bool(cfg, "token_existing") && strstr(place->module, "softhsm") != NULL;
+    if (strlen(place->label) > WALLET_TOKEN_LABEL_MAX) {
+        fprintf(stderr, "%s: a token label has at most %d characters\n", MAIN_PROGRAM,
+                WALLET_TOKEN_LABEL_MAX);
+        return QC_EINVAL;
+    }
+    const char *env = getenv("QC_WALLET_SO_PIN");
+    uint8_t rnd[MAIN_SO_PIN_RANDOM_BYTES];
+    if (env != NULL && env[0] != '\0' && strlen(env) < MAIN_LINE_MAX) {
+        memcpy(so_pin, env, strlen(env) + 1);
+    } else if (RAND_bytes(rnd, sizeof(rnd)) == 1) {
+        ops_hex(rnd, sizeof(rnd), so_pin);
+        OPENSSL_cleanse(rnd, sizeof(rnd));
+    } else {
+        return QC_ECRYPTO;
+    }
+    place->so_pin = so_pin;
+    place->so_pin_len = strlen(so_pin);
+    return 0;
+}
+
+/* init makes a token wallet unless --pem-key; a token flag with --pem-key is a usage error. */
+static int init_wants_token(const ops_config_t *cfg, bool *token)
+{
+    bool flags = ops_config_str(cfg, "token_module") != NULL ||
+                 ops_config_str(cfg, "token_label") != NULL ||
+                 ops_config_bool(cfg, "token_existing");
+    *token = !ops_config_bool(cfg, "pem_key");
+    if (!*token && flags) {
+        fprintf(stderr, "%s: --pem-key keeps the key in a file: no --token-* with it\n",
+                MAIN_PROGRAM);
+        return QC_EINVAL;
+    }
+    return 0;
+}
+
 static int cmd_init(const ops_config_t *cfg)
 {
     const char *home = ops_config_str(cfg, "home");
+    bool token = false;
+    if (init_wants_token(cfg, &token) != 0)
+        return MAIN_EXIT_USAGE;
+    wallet_token_place_t place;
+    char so_pin[MAIN_LINE_MAX] = {0};
+    if (token && token_place(cfg, &place, so_pin) != 0)
+        return MAIN_EXIT_USAGE;
     char pin[MAIN_LINE_MAX];
     int n = get_pin(cfg, true, pin);
     if (n < 0) {
         OPENSSL_cleanse(pin, sizeof(pin));
+        OPENSSL_cleanse(so_pin, sizeof(so_pin));
         return MAIN_EXIT_FAILED;
     }
-    int rc = wallet_device_init(home, ops_config_str(cfg, "serial"), pin, (size_t)n);
+    const char *serial = ops_config_str(cfg, "serial");
+    int rc = token ? wallet_device_init_token(home, serial, &place, pin, (size_t)n)
+                   : wallet_device_init(home, serial, pin, (size_t)n);
     OPENSSL_cleanse(pin, sizeof(pin));
+    OPENSSL_cleanse(so_pin, sizeof(so_pin));
+    if (rc == QC_EUNAVAIL || rc == QC_EIO) {
+        fprintf(stderr, "%s: no token labelled \"%s\" through %s (%s)\n", MAIN_PROGRAM, place.label,
+                place.module, qc_strerror(rc));
+        return MAIN_EXIT_FAILED;
+    }
     if (rc == QC_EINVAL) {
         fprintf(stderr,
                 "%s: the PIN must be %d to %d digits and the serial letters, digits, '-' or "
@@ -508,6 +655,10 @@ static int cmd_init(const ops_config_t *cfg)
         return MAIN_EXIT_FAILED;
     }
     printf("Created device %s in %s\n", device_core_serial(wallet_device_core(dev)), home);
+    if (token)
+        printf("  keys: inside the PKCS#11 token \"%s\" (%s)%s; no private key in the home\n",
+               place.label, place.module,
+               place.home_token ? ", kept in HOME/" WALLET_TOKEN_DIR " (the USB key)" : "");
     printf("  certificate request: %s/%s (CN=%s), for the operator's enrollment\n", home,
            WALLET_CSR_FILE, device_core_serial(wallet_device_core(dev)));
     printf("  transport public key: %s\n", kp.public_z85);
@@ -517,6 +668,35 @@ static int cmd_init(const ops_config_t *cfg)
     proto_curve_keypair_wipe(&kp);
     wallet_device_destroy(&dev);
     return MAIN_EXIT_OK;
+}
+
+static int cmd_migrate(const ops_config_t *cfg)
+{
+    const char *home = ops_config_str(cfg, "home");
+    wallet_token_place_t place;
+    char so_pin[MAIN_LINE_MAX] = {0};
+    if (token_place(cfg, &place, so_pin) != 0)
+        return MAIN_EXIT_USAGE;
+    char pin[MAIN_LINE_MAX];
+    int n = get_pin(cfg, false, pin);
+    int rc = n < 0 ? n : wallet_device_migrate_token(home, &place, pin, (size_t)n);
+    OPENSSL_cleanse(pin, sizeof(pin));
+    OPENSSL_cleanse(so_pin, sizeof(so_pin));
+    if (n < 0)
+        return MAIN_EXIT_FAILED;
+    if (rc == QC_EEXIST)
+        fprintf(stderr, "%s: the device in %s keeps its key in a token already\n", MAIN_PROGRAM,
+                home);
+    else if (rc == QC_EPIN || rc == QC_ELOCKED)
+        fprintf(stderr, "%s: %s; nothing was moved\n", MAIN_PROGRAM,
+                rc == QC_EPIN ? "wrong PIN" : "the device is locked");
+    else if (rc != 0)
+        say_error("cannot move the key into the token", rc, NULL);
+    else
+        printf("Moved the device key of %s into the token \"%s\"; %s/%s is wiped. The PIN is "
+               "the token's now.\n",
+               home, place.label, home, WALLET_KEY_FILE);
+    return rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
 }
 
 static int cmd_install_cert(const ops_config_t *cfg)
@@ -606,7 +786,11 @@ static int cmd_status(const ops_config_t *cfg)
         return MAIN_EXIT_FAILED;
     device_status_t s;
     device_core_status(wallet_device_core(dev), &s);
+    s.pin_tries_left = wallet_device_pin_tries(dev);
     print_status(&s);
+    if (wallet_device_has_token(dev))
+        printf("keys:        in the PKCS#11 token named in %s (state signed by it)\n",
+               WALLET_TOKEN_CONF_FILE);
     wallet_device_destroy(&dev);
     return MAIN_EXIT_OK;
 }
@@ -631,6 +815,32 @@ static int cmd_log(const ops_config_t *cfg)
     return MAIN_EXIT_OK;
 }
 
+/* unlock --admin-reset of a token wallet: the issuer's SO PIN ($QC_WALLET_SO_PIN) sets a new
+ * user PIN (asked twice) in the token. */
+static int unlock_token(const ops_config_t *cfg, wallet_device_t **dev)
+{
+    const char *so_pin = getenv("QC_WALLET_SO_PIN");
+    if (so_pin == NULL || so_pin[0] == '\0') {
+        fprintf(stderr,
+                "%s: the token's PIN is unblocked by its issuer: set QC_WALLET_SO_PIN to the "
+                "token's SO PIN; the new PIN is then asked\n",
+                MAIN_PROGRAM);
+        wallet_device_destroy(dev);
+        return MAIN_EXIT_FAILED;
+    }
+    char pin[MAIN_LINE_MAX];
+    int n = get_pin(cfg, true, pin);
+    int rc = n < 0 ? n : wallet_device_unblock(*dev, so_pin, strlen(so_pin), pin, (size_t)n);
+    OPENSSL_cleanse(pin, sizeof(pin));
+    if (rc == 0)
+        printf("The token's PIN is set anew and its retry counter reset to %u\n",
+               WALLET_TOKEN_TRIES);
+    else if (n >= 0)
+        say_error("the token refused the unblock", rc, NULL);
+    wallet_device_destroy(dev);
+    return rc == 0 ? MAIN_EXIT_OK : MAIN_EXIT_FAILED;
+}
+
 static int cmd_unlock(const ops_config_t *cfg)
 {
     if (!ops_config_bool(cfg, "admin_reset")) {
@@ -640,6 +850,8 @@ static int cmd_unlock(const ops_config_t *cfg)
     wallet_device_t *dev = NULL;
     if (open_device(cfg, &dev) != 0)
         return MAIN_EXIT_FAILED;
+    if (wallet_device_has_token(dev))
+        return unlock_token(cfg, &dev);
     int rc = device_core_admin_reset(wallet_device_core(dev));
     if (rc == 0)
         printf("PIN retry counter reset to %u\n", DEVICE_PIN_TRIES);
@@ -1117,8 +1329,13 @@ typedef struct verb {
 } verb_t;
 
 static const verb_t verbs[] = {
-    {"init", "--home DIR [--serial S] [--pin-fd N]: create the device", init_keys, COUNT(init_keys),
-     NULL, cmd_init},
+    {"init",
+     "--home DIR [--serial S] [--pin-fd N] [--token-module M] [--token-label L] [--pem-key]: "
+     "create the device (its keys in a PKCS#11 token)",
+     init_keys, COUNT(init_keys), NULL, cmd_init},
+    {"migrate-to-token",
+     "--home DIR [--token-module M] [--token-label L]: move a PEM device key into a token",
+     migrate_keys, COUNT(migrate_keys), NULL, cmd_migrate},
     {"install-cert", "--home DIR CERT: install the certificate from enrollment", home_keys,
      COUNT(home_keys), NULL, cmd_install_cert},
     {"install-bank",
@@ -1246,6 +1463,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: %s\n", MAIN_PROGRAM, err);
         return MAIN_EXIT_USAGE;
     }
+    /* The verbs that sign or change the state log in to a token wallet's token at open. */
+    g_login_at_open = strcmp(verb->name, "load") == 0 || strcmp(verb->name, "sync") == 0 ||
+                      strcmp(verb->name, "card-transfer") == 0 ||
+                      strcmp(verb->name, "card-sync") == 0;
     int level = ops_log_level_parse(ops_config_str(cfg, "log_level"));
     ops_log_init(MAIN_PROGRAM, verb->name, level < 0 ? OPS_LOG_ERROR : (ops_log_level_t)level);
     int status;

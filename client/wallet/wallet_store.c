@@ -13,11 +13,13 @@
 #include <openssl/evp.h>
 
 #include "ops_hex.h"
+#include "proto_ecdsa.h"
 #include "proto_id.h"
 #include "qc_error.h"
 
 #define STATE_VERSION 1
 #define STATE_CHECKSUM_KEY "checksum "
+#define STATE_SIG_KEY "state_sig "
 #define STATE_LINE_KEY_MAX 32
 #define STATE_MODE 0600
 
@@ -145,7 +147,26 @@ static int sha256(const void *bytes, size_t len, uint8_t out[DEVICE_DIGEST_SIZE]
     return 0;
 }
 
+/* The digest a state signature signs: SHA-256(context || 0x00 || text). */
+static int state_sig_digest(const char *text, size_t len, uint8_t out[PROTO_DIGEST_SIZE])
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned int out_len = 0;
+    static const char ctx[] = WALLET_STATE_SIG_CONTEXT; /* with its NUL: the 0x00 */
+    int ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(md, ctx, sizeof(ctx)) == 1 && EVP_DigestUpdate(md, text, len) == 1 &&
+             EVP_DigestFinal_ex(md, out, &out_len) == 1 && out_len == PROTO_DIGEST_SIZE;
+    EVP_MD_CTX_free(md);
+    return ok ? 0 : QC_ECRYPTO;
+}
+
 int wallet_state_save(const char *home, const device_state_t *st)
+{
+    return wallet_state_save_signed(home, st, NULL, NULL);
+}
+
+int wallet_state_save_signed(const char *home, const device_state_t *st, wallet_state_sign_fn *sign,
+                             void *arg)
 {
     assert(home != NULL);
     assert(st != NULL);
@@ -186,6 +207,14 @@ int wallet_state_save(const char *home, const device_state_t *st)
     }
     tb_printf(&tb, "log_seq %" PRIu64 "\n", st->log_seq);
     tb_hex(&tb, "log_pending", (const uint8_t *)st->log_pending, strlen(st->log_pending));
+    if (sign != NULL && tb.rc == 0) {
+        uint8_t sig_digest[PROTO_DIGEST_SIZE], raw[PROTO_SIG_RAW_SIZE];
+        tb.rc = state_sig_digest(tb.p, tb.len, sig_digest);
+        if (tb.rc == 0)
+            tb.rc = sign(arg, sig_digest, raw);
+        if (tb.rc == 0)
+            tb_hex(&tb, "state_sig", raw, sizeof(raw));
+    }
     uint8_t digest[DEVICE_DIGEST_SIZE];
     if (tb.rc == 0)
         tb.rc = sha256(tb.p, tb.len, digest);
@@ -341,7 +370,35 @@ static int state_line(device_state_t *st, const char *key, const char *v, int *v
     return QC_EDECODE; /* an unknown key: a newer or damaged file */
 }
 
-static int state_parse(char *text, size_t len, device_state_t *st)
+/* Verifies and cuts off the state signature line, which must end text (the checksum line
+ * already cut). */
+static int state_sig_check(char *text, EVP_PKEY *state_key)
+{
+    char *mark = NULL;
+    for (char *p = text; (p = strstr(p, "\n" STATE_SIG_KEY)) != NULL; p++)
+        mark = p + 1;
+    if (mark == NULL)
+        return QC_EBADSIG;
+    const char *hex = mark + strlen(STATE_SIG_KEY);
+    uint8_t raw[PROTO_SIG_RAW_SIZE], digest[PROTO_DIGEST_SIZE], der[PROTO_SIG_DER_MAX];
+    size_t der_len = 0;
+    if (strlen(hex) != 2 * PROTO_SIG_RAW_SIZE + 1 || hex[2 * PROTO_SIG_RAW_SIZE] != '\n' ||
+        unhex(hex, 2 * PROTO_SIG_RAW_SIZE, raw, sizeof(raw)) != 0 ||
+        proto_ecdsa_raw_to_der(raw, der, sizeof(der), &der_len) != 0)
+        return QC_EBADSIG;
+    if (state_sig_digest(text, (size_t)(mark - text), digest) != 0)
+        return QC_ECRYPTO;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, state_key, NULL);
+    int ok = ctx != NULL && EVP_PKEY_verify_init(ctx) == 1 &&
+             EVP_PKEY_verify(ctx, der, der_len, digest, sizeof(digest)) == 1;
+    EVP_PKEY_CTX_free(ctx);
+    if (!ok)
+        return QC_EBADSIG;
+    *mark = '\0';
+    return 0;
+}
+
+static int state_parse(char *text, size_t len, device_state_t *st, EVP_PKEY *state_key)
 {
     /* The checksum line covers every byte before it and must be the last line. */
     char *mark = NULL;
@@ -362,6 +419,11 @@ static int state_parse(char *text, size_t len, device_state_t *st)
     if (CRYPTO_memcmp(want, got, sizeof(want)) != 0)
         return QC_EDECODE;
     *mark = '\0';
+    if (state_key != NULL) {
+        int rc = state_sig_check(text, state_key);
+        if (rc != 0)
+            return rc;
+    }
 
     int version = 0;
     bool have_serial = false, have_pin = false;
@@ -390,6 +452,11 @@ static int state_parse(char *text, size_t len, device_state_t *st)
 
 int wallet_state_load(const char *home, device_state_t *st)
 {
+    return wallet_state_load_signed(home, st, NULL);
+}
+
+int wallet_state_load_signed(const char *home, device_state_t *st, EVP_PKEY *state_key)
+{
     assert(home != NULL);
     assert(st != NULL);
     assert(st->request == NULL);
@@ -400,7 +467,7 @@ int wallet_state_load(const char *home, device_state_t *st)
     if (rc != 0)
         return rc;
     memset(st, 0, sizeof(*st));
-    rc = state_parse((char *)text, len, st);
+    rc = state_parse((char *)text, len, st, state_key);
     if (rc != 0)
         device_state_clear(st);
     OPENSSL_cleanse(text, len);

@@ -168,7 +168,7 @@ static void start_gateway(fixture_t *f, int port, const char *flag, const char *
     assert_int_equal(fclose(fp), 0);
 }
 
-static int setup(void **state)
+static int setup_with(void **state, bool pem)
 {
     fixture_t *f = calloc(1, sizeof(*f));
     if (f == NULL)
@@ -186,7 +186,12 @@ static int setup(void **state)
     qctest_write_private(path, f->b->outcome_key);
 
     /* The enrollment, as the operator runs it. */
-    RUN_EXPECT(f, 0, WT_PIN, "init", "--home", f->b->home, "--serial", SERIAL);
+    /* A PEM wallet counts PIN tries in its state file (test_cli_load); the default, a token
+     * wallet, has them counted by its token (test_cli_token). */
+    if (pem)
+        RUN_EXPECT(f, 0, WT_PIN, "init", "--pem-key", "--home", f->b->home, "--serial", SERIAL);
+    else
+        RUN_EXPECT(f, 0, WT_PIN, "init", "--home", f->b->home, "--serial", SERIAL);
     expect_out(f, "Created device " SERIAL);
     char cert[WT_PATH_MAX + 64], allow[WT_PATH_MAX + 64], outcome[WT_PATH_MAX + 64];
     snprintf(cert, sizeof(cert), "%s/issued.pem", f->b->dir);
@@ -200,6 +205,16 @@ static int setup(void **state)
                outcome);
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_with(state, true);
+}
+
+static int setup_token(void **state)
+{
+    return setup_with(state, false);
 }
 
 static int teardown(void **state)
@@ -284,6 +299,31 @@ static void test_cli_load(void **state)
     RUN_EXPECT(f, 2, NULL, "frobnicate");
 }
 
+/* The default wallet keeps its keys in a SoftHSM2 token in HOME/token: the same load, the
+ * PIN checked and counted by the token, no private key in the home. */
+static void test_cli_token(void **state)
+{
+    fixture_t *f = *state;
+    start_gateway(f, PORT_HAPPY, "--lose-load-replies", "0");
+    const char *h = f->b->home;
+    char key[WT_PATH_MAX + 64];
+    snprintf(key, sizeof(key), "%s/%s", h, WALLET_KEY_FILE);
+    assert_int_not_equal(access(key, F_OK), 0);
+
+    RUN_EXPECT(f, 0, WT_PIN, "load", "12.34", "--home", h, "--account", WT_ACCOUNT, "--yes");
+    expect_out(f, "CONFIRMED");
+    assert_int_equal(balance_of(f, NULL), 1234);
+    RUN_EXPECT(f, 1, "9999", "load", "1", "--home", h, "--account", WT_ACCOUNT, "--yes");
+    expect_out(f, "wrong PIN (the token refused it), 2 tries left");
+    RUN_EXPECT(f, 0, NULL, "status", "--home", h); /* reading needs no PIN */
+    expect_out(f, "balance:     12.34");
+    expect_out(f, "PIN tries:   2 of 3");
+    expect_out(f, "keys:        in the PKCS#11 token");
+    RUN_EXPECT(f, 1, WT_PIN, "migrate-to-token", "--home", h);
+    expect_out(f, "in a token already");
+    assert_int_equal(balance_of(f, NULL), 1234);
+}
+
 /* Every reply to load is lost while a switch file exists, however often the client retries:
  * the device keeps PENDING; once replies flow again, sync re-sends the same request and the
  * gateway (idempotent by txn) answers with the same allow. */
@@ -345,6 +385,7 @@ int main(int argc, char **argv)
     gateway_bin = argv[2];
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_cli_load, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cli_token, setup_token, teardown),
         cmocka_unit_test_setup_teardown(test_cli_lost_allow_then_sync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_refused, setup, teardown),
     };

@@ -162,7 +162,9 @@ wallet_new() {
   local name=$1 account=$2 home=$X/$1 enroll=1
   shift 2
   if [ "${1:-}" == --no-enroll ]; then enroll=0; shift; fi
-  "$WALLET" init --home "$home" >/dev/null || fail "qc-wallet init $name"
+  # --pem-key: the attack tests forge messages with a device's own key (forge_as), which a
+  # token wallet never gives out; the token path runs in tests/client and ops/demo.
+  "$WALLET" init --pem-key --home "$home" >/dev/null || fail "qc-wallet init $name"
   "$S/ops/devca" issue "$X/ca" "$home/device.csr" "$home/device.pem" >/dev/null ||
     fail "devca issue $name"
   "$WALLET" install-cert --home "$home" "$home/device.pem" >/dev/null || fail "install-cert $name"
