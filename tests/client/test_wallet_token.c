@@ -362,10 +362,12 @@ static void test_migrate_pem_home(void **state)
 
 static void copy_home(const char *from, const char *to, bool with_token)
 {
-    char cmd[3 * WT_PATH_MAX];
-    snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s' && rm -f '%s/.lock'%s%s%s", from, to, to,
-             with_token ? "" : " && rm -rf '", with_token ? "" : to,
-             with_token ? "" : "/" WALLET_TOKEN_DIR "'");
+    char cmd[8 * WT_PATH_MAX];
+    int n = snprintf(cmd, sizeof(cmd), "cp -a '%s' '%s' && rm -f '%s/.lock'%s%s%s", from, to, to,
+                     with_token ? "" : " && rm -rf '", with_token ? "" : to,
+                     with_token ? "" : "/" WALLET_TOKEN_DIR "'");
+    assert_true(n > 0);
+    assert_true((size_t)n < sizeof(cmd));
     assert_int_equal(system(cmd), 0);
 }
 
@@ -384,8 +386,10 @@ static void test_copied_home_is_not_the_device(void **state)
     assert_int_equal(wallet_device_open(copy, &dev), QC_EUNAVAIL);
     assert_null(dev);
     /* Nor does a PEM key put into the copy make one: the state is bound to the token. */
-    char cmd[2 * WT_PATH_MAX];
-    snprintf(cmd, sizeof(cmd), "rm -f '%s/%s'", copy, WALLET_TOKEN_CONF_FILE);
+    char cmd[4 * WT_PATH_MAX];
+    int n = snprintf(cmd, sizeof(cmd), "rm -f '%s/%s'", copy, WALLET_TOKEN_CONF_FILE);
+    assert_true(n > 0);
+    assert_true((size_t)n < sizeof(cmd));
     assert_int_equal(system(cmd), 0);
     assert_int_equal(wallet_device_open(copy, &dev), QC_EDECODE);
 
