@@ -357,6 +357,12 @@ bool card_device_has_cert(const card_device_t *dev)
     return dev->cert_der != NULL && dev->trust != NULL;
 }
 
+bool card_device_pin_verified(const card_device_t *dev)
+{
+    assert(dev != NULL);
+    return dev->phase == SESSION_PIN_OK;
+}
+
 /* ------------------------------------------------------------------ the answers */
 
 /* What one request produces: a code and sentence, the fields, and an owned signed blob. */

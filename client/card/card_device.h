@@ -70,5 +70,7 @@ QC_MUST_CHECK int card_device_handle(card_device_t *dev, const uint8_t *req, siz
 /* The card's state, borrowed (for `qc-card status`). */
 const card_state_t *card_device_state(const card_device_t *dev);
 bool card_device_has_cert(const card_device_t *dev);
+/* True when the current contact has presented the right PIN. */
+bool card_device_pin_verified(const card_device_t *dev);
 
 #endif

@@ -1,20 +1,20 @@
 /* card_main.c - qc-card, the simulated IC card: personalisation (init, install-cert), its
- * contact interface (serve, on a local Unix socket) and what its holder can read (status). */
+ * contact interface (serve: an ISO 7816-4 applet inserted into a PC/SC reader through the
+ * vsmartcard vpcd driver) and what its holder can read (status). */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
 
+#include "card_applet.h"
 #include "card_device.h"
-#include "device_wire.h"
+#include "card_vpcd.h"
 #include "ops_config.h"
 #include "ops_log.h"
 #include "ops_signal.h"
@@ -27,8 +27,9 @@
 #define CARD_EXIT_FAILED 1
 #define CARD_EXIT_USAGE 2
 #define CARD_PIN_LINE_MAX 64
-#define CARD_ACCEPT_POLL_MS 200 /* how often serve looks at the stop flag */
-#define CARD_STATUS_SHOWN 20    /* credits listed by status, newest last */
+#define CARD_POLL_MS 200     /* how often serve looks at the stop flag */
+#define CARD_HOST_MAX 256    /* the reader's host name in --vpcd HOST:PORT */
+#define CARD_STATUS_SHOWN 20 /* credits listed by status, newest last */
 
 #define KEY_HOME                                                                                   \
     {                                                                                              \
@@ -54,7 +55,8 @@ static const ops_config_key_t cert_keys[] = {
 };
 static const ops_config_key_t serve_keys[] = {
     KEY_HOME,
-    {"socket", OPS_CONFIG_STRING, NULL, "the Unix socket standing in for the card interface"},
+    {"vpcd", OPS_CONFIG_STRING, "localhost:35963",
+     "the vpcd reader to insert the card into, HOST:PORT (see /etc/reader.conf.d/vpcd)"},
     KEY_LOG_LEVEL,
 };
 static const ops_config_key_t home_keys[] = {KEY_HOME, KEY_LOG_LEVEL};
@@ -180,38 +182,79 @@ static int cmd_install_cert(const ops_config_t *cfg)
     return rc == 0 ? CARD_EXIT_OK : CARD_EXIT_FAILED;
 }
 
-/* Serves one contact until the reader goes away. */
-static void serve_contact(card_device_t *dev, int fd)
+/* One message from the reader: a control command or a command APDU. Returns 0 when it was
+ * answered (or needed no answer), else the link's error. */
+static int serve_message(card_applet_t *applet, int fd, const uint8_t *msg, size_t len,
+                         uint8_t *rapdu)
 {
-    card_device_session_reset(dev);
+    if (len == 1) {
+        size_t atr_len = 0;
+        const uint8_t *atr = card_applet_atr(&atr_len);
+        switch (msg[0]) {
+        case CARD_VPCD_POWER_OFF:
+        case CARD_VPCD_POWER_ON:
+        case CARD_VPCD_RESET:
+            card_applet_reset(applet); /* a new contact */
+            return 0;
+        case CARD_VPCD_GET_ATR:
+            return card_vpcd_send(fd, atr, atr_len);
+        default:
+            ops_log(OPS_LOG_WARN, "card.unknown_control", NULL);
+            return 0;
+        }
+    }
+    size_t rlen = 0;
+    card_applet_process(applet, msg, len, rapdu, CARD_APPLET_RAPDU_MAX, &rlen);
+    return card_vpcd_send(fd, rapdu, rlen);
+}
+
+/* Serves the reader on fd until it closes the link or a stop is asked. */
+static void serve_reader(card_applet_t *applet, int fd, uint8_t *msg, uint8_t *rapdu)
+{
+    card_applet_reset(applet);
     while (!ops_signal_stop_requested()) {
-        uint8_t *req = NULL, *resp = NULL;
-        size_t req_len = 0, resp_len = 0;
-        int rc = device_wire_recv(fd, DEVICE_WIRE_TIMEOUT_MS, &req, &req_len);
+        size_t len = 0;
+        int rc = card_vpcd_recv(fd, CARD_POLL_MS, msg, CARD_VPCD_MESSAGE_MAX, &len);
+        if (rc == QC_ETIMEOUT)
+            continue;
+        if (rc == 0 && len == 0)
+            continue; /* an empty message says nothing */
+        if (rc == 0)
+            rc = serve_message(applet, fd, msg, len, rapdu);
+        OPENSSL_cleanse(msg, len); /* a VERIFY carries the PIN */
         if (rc != 0) {
             if (rc != QC_ENOTFOUND)
-                ops_log(OPS_LOG_WARN, "card.contact_lost", "error", qc_strerror(rc), NULL);
-            break;
-        }
-        rc = card_device_handle(dev, req, req_len, &resp, &resp_len);
-        OPENSSL_cleanse(req, req_len);
-        free(req);
-        if (rc == 0)
-            rc = device_wire_send(fd, resp, resp_len, DEVICE_WIRE_TIMEOUT_MS);
-        free(resp);
-        if (rc != 0) {
-            ops_log(OPS_LOG_WARN, "card.answer_failed", "error", qc_strerror(rc), NULL);
+                ops_log(OPS_LOG_WARN, "card.reader_lost", "error", qc_strerror(rc), NULL);
             break;
         }
     }
-    card_device_session_reset(dev);
+    card_applet_reset(applet);
+}
+
+/* Splits HOST:PORT. Returns 0 or QC_EINVAL. */
+static int parse_vpcd(const char *text, char host[CARD_HOST_MAX], uint16_t *port)
+{
+    const char *colon = strrchr(text, ':');
+    if (colon == NULL || colon == text || (size_t)(colon - text) >= CARD_HOST_MAX)
+        return QC_EINVAL;
+    char *end = NULL;
+    long p = strtol(colon + 1, &end, 10);
+    if (*(colon + 1) == '\0' || *end != '\0' || p <= 0 || p > UINT16_MAX)
+        return QC_EINVAL;
+    memcpy(host, text, (size_t)(colon - text));
+    host[colon - text] = '\0';
+    *port = (uint16_t)p;
+    return 0;
 }
 
 static int cmd_serve(const ops_config_t *cfg)
 {
-    const char *path = ops_config_str(cfg, "socket");
-    if (path == NULL) {
-        fprintf(stderr, "%s: serve needs --socket PATH\n", CARD_PROGRAM);
+    char host[CARD_HOST_MAX];
+    uint16_t port = 0;
+    const char *vpcd = ops_config_str(cfg, "vpcd");
+    if (parse_vpcd(vpcd, host, &port) != 0) {
+        fprintf(stderr, "%s: --vpcd \"%s\": give HOST:PORT, as localhost:%d\n", CARD_PROGRAM, vpcd,
+                CARD_VPCD_PORT_DEFAULT);
         return CARD_EXIT_USAGE;
     }
     card_device_t *dev = NULL;
@@ -220,32 +263,43 @@ static int cmd_serve(const ops_config_t *cfg)
     if (!card_device_has_cert(dev))
         fprintf(stderr, "%s: warning: no certificate installed; every authentication fails\n",
                 CARD_PROGRAM);
-    int lfd = -1;
-    int rc = device_wire_listen(path, &lfd);
-    if (rc != 0) {
-        fprintf(stderr, "%s: cannot listen on %s: %s (at most %d bytes)\n", CARD_PROGRAM, path,
-                qc_strerror(rc), DEVICE_WIRE_PATH_MAX);
-        card_device_destroy(&dev);
-        return CARD_EXIT_FAILED;
-    }
+    card_applet_t *applet = NULL;
+    uint8_t *msg = malloc(CARD_VPCD_MESSAGE_MAX);
+    uint8_t *rapdu = malloc(CARD_APPLET_RAPDU_MAX);
+    int status = CARD_EXIT_FAILED;
+    if (msg == NULL || rapdu == NULL || card_applet_new(dev, &applet) != 0)
+        goto out;
     ops_signal_install();
-    ops_log(OPS_LOG_INFO, "card.serving", "socket", path, NULL);
+    bool waiting_logged = false;
+    /* Inserted while connected; a reader that goes away is waited for again. */
     while (!ops_signal_stop_requested()) {
-        struct pollfd p = {.fd = lfd, .events = POLLIN};
-        int pr = poll(&p, 1, CARD_ACCEPT_POLL_MS);
-        if (pr <= 0)
-            continue; /* timeout or EINTR: look at the stop flag again */
-        int fd = accept(lfd, NULL, NULL);
-        if (fd < 0)
+        int fd = -1;
+        int rc = card_vpcd_connect(host, port, &fd);
+        if (rc != 0) {
+            if (rc != QC_EUNAVAIL) {
+                fprintf(stderr, "%s: cannot reach the reader at %s: %s\n", CARD_PROGRAM, vpcd,
+                        qc_strerror(rc));
+                goto out;
+            }
+            if (!waiting_logged)
+                ops_log(OPS_LOG_INFO, "card.waiting_for_reader", "vpcd", vpcd, NULL);
+            waiting_logged = true;
+            poll(NULL, 0, CARD_POLL_MS);
             continue;
-        (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
-        serve_contact(dev, fd);
+        }
+        waiting_logged = false;
+        ops_log(OPS_LOG_INFO, "card.inserted", "vpcd", vpcd, NULL);
+        serve_reader(applet, fd, msg, rapdu);
         close(fd);
+        ops_log(OPS_LOG_INFO, "card.removed", "vpcd", vpcd, NULL);
     }
-    close(lfd);
-    (void)unlink(path);
+    status = CARD_EXIT_OK;
+out:
+    card_applet_destroy(&applet);
+    free(msg);
+    free(rapdu);
     card_device_destroy(&dev);
-    return CARD_EXIT_OK;
+    return status;
 }
 
 static int cmd_status(const ops_config_t *cfg)
@@ -303,7 +357,7 @@ static const verb_t verbs[] = {
      init_keys, COUNT(init_keys), cmd_init},
     {"install-cert", "--home DIR --ca CA.pem CERT: install the card's certificate and device CA",
      cert_keys, COUNT(cert_keys), cmd_install_cert},
-    {"serve", "--home DIR --socket PATH: answer readers on a local socket until SIGTERM",
+    {"serve", "--home DIR [--vpcd HOST:PORT]: sit in a PC/SC (vpcd) reader until SIGTERM",
      serve_keys, COUNT(serve_keys), cmd_serve},
     {"status", "--home DIR: number, balance, maximum, counter, PIN tries, credits", home_keys,
      COUNT(home_keys), cmd_status},

@@ -1,5 +1,6 @@
-/* card_host.h - the wallet device's side of the card protocol: it reaches a card through
- * its socket (client/device/device_wire.h), authenticates it, presents its PIN, and moves money
+/* card_host.h - the wallet device's side of the card protocol: it reaches a card through a
+ * PC/SC reader (card_pcsc.h) with the ISO 7816-4 APDUs of client/device/card_apdu.h
+ * (docs/CARD.md), authenticates it, presents its PIN, and moves money
  * from the wallet to it with device_core_card_debit() / device_core_card_settle(), or settles a
  * transfer an earlier contact left pending from the card's signed proof.
  *
@@ -28,9 +29,12 @@ typedef struct card_info {
     uint32_t pin_tries_left;
 } card_info_t;
 
-/* Connects to the card at socket_path. Returns 0 and sets *out, QC_EUNAVAIL (no card
- * there), QC_EINVAL (path too long), QC_EIO or QC_ENOMEM. */
-QC_MUST_CHECK int card_host_connect(const char *socket_path, card_host_t **out);
+/* Connects to the card in reader (NULL: the first virtual reader with a card, else the first
+ * reader with one; see card_pcsc_open()) and selects the quancun applet. Returns 0 and sets
+ * *out; on failure *out is still set (unless QC_ENOMEM) so card_host_message() can say why,
+ * and the caller destroys it: QC_EUNAVAIL (no pcscd), QC_ENOTFOUND (no such reader, or no
+ * quancun applet on the card), QC_ETIMEOUT (no card presented), QC_EBUSY, QC_EIO. */
+QC_MUST_CHECK int card_host_connect(const char *reader, card_host_t **out);
 
 /* Closes the contact, frees h and nulls *h_p; accepts NULL. */
 void card_host_destroy(card_host_t **h_p);
@@ -48,10 +52,13 @@ QC_MUST_CHECK int card_host_authenticate(card_host_t *h, device_core_t *dev,
                                          const proto_trust_t *card_ca, const char *trusted_csv,
                                          card_info_t *info);
 
-/* Presents the card's PIN. Returns 0, QC_EPIN (tries left in info), QC_ELOCKED, or a
- * contact error. */
+/* Presents the card's PIN (VERIFY). Returns 0, QC_EPIN (tries left in info; status word
+ * 63Cx), QC_ELOCKED (63C0: this try blocked it; 6983: it was blocked), or a contact error. */
 QC_MUST_CHECK int card_host_verify_pin(card_host_t *h, const char *pin, size_t pin_len,
                                        card_info_t *info);
+
+/* The status word of the card's last answer (0 before any). */
+uint16_t card_host_last_sw(const card_host_t *h);
 
 /* Moves amount from the wallet to the authenticated card: checks the amount against the
  * wallet's balance and the card's room first (QC_EFUNDS, QC_ECARDMAX: nothing moved), then

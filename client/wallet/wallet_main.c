@@ -34,7 +34,7 @@
 #define MAIN_PROGRAM "qc-wallet"
 #define MAIN_TRANSPORT_KEY_FILE "transport.key"
 #define MAIN_CONFIG_FILE "wallet.conf"
-#define MAIN_CARD_CONFIG_FILE "card.conf" /* card_ca, card_trust, card for the card verbs */
+#define MAIN_CARD_CONFIG_FILE "card.conf" /* card_ca, card_trust, reader for the card verbs */
 #define MAIN_LINE_MAX 64 /* a typed PIN or answer, with room to spot one too long */
 #define MAIN_EXIT_OK 0
 #define MAIN_EXIT_FAILED 1 /* the operation ran and did not succeed */
@@ -141,10 +141,12 @@ static const ops_config_key_t verify_receipt_keys[] = {
      "the bank's audit-checkpoint certificate or public key (PEM)"},
     KEY_LOG_LEVEL,
 };
-/* card-transfer and card-sync: the card is reached through a local socket (the reader). */
+/* card-transfer and card-sync: the card is reached through a PC/SC reader. */
 static const ops_config_key_t card_keys[] = {
     KEY_HOME,
-    {"card", OPS_CONFIG_STRING, NULL, "the card's socket (a reader with the card on it)"},
+    {"reader", OPS_CONFIG_STRING, NULL,
+     "the PC/SC reader holding the card (default: the first \"Virtual PCD\" with a card, else "
+     "the first reader with one)"},
     {"card_ca", OPS_CONFIG_STRING, NULL, "PEM CA bundle that card certificates must chain to"},
     {"card_trust", OPS_CONFIG_STRING, NULL, "card numbers this wallet accepts, comma-separated"},
     {"yes", OPS_CONFIG_BOOL, "false", "card-transfer: do not ask for confirmation"},
@@ -970,7 +972,7 @@ static int cmd_load(const ops_config_t *cfg)
         char a[DEVICE_AMOUNT_FORMAT_MAX];
         fprintf(stderr,
                 "%s: a transfer of %s to card %s is not settled yet; settle it first with "
-                "`%s card-sync --home DIR --card SOCKET ...` (nothing was signed)\n",
+                "`%s card-sync --home DIR ...` (nothing was signed)\n",
                 MAIN_PROGRAM, amount_text(s.card_amount, a), s.card_number, MAIN_PROGRAM);
         wallet_device_destroy(&dev);
         return MAIN_EXIT_FAILED;
@@ -1027,13 +1029,13 @@ static void card_close(card_ctx_t *c)
 static int card_open(const ops_config_t *cfg, card_ctx_t *c)
 {
     memset(c, 0, sizeof(*c));
-    const char *sock = ops_config_str(cfg, "card");
+    const char *reader = ops_config_str(cfg, "reader");
     const char *ca = ops_config_str(cfg, "card_ca");
     const char *trust = ops_config_str(cfg, "card_trust");
-    if (sock == NULL || ca == NULL || trust == NULL) {
+    if (ca == NULL || trust == NULL) {
         fprintf(stderr,
-                "%s: give --card SOCKET, --card-ca CA.pem and --card-trust NUMBER,... (or write "
-                "them in HOME/%s)\n",
+                "%s: give --card-ca CA.pem and --card-trust NUMBER,... (or write them in "
+                "HOME/%s)\n",
                 MAIN_PROGRAM, MAIN_CARD_CONFIG_FILE);
         return QC_EINVAL;
     }
@@ -1045,10 +1047,10 @@ static int card_open(const ops_config_t *cfg, card_ctx_t *c)
         say_error("cannot read the card CA bundle", rc, ca);
         return rc;
     }
-    rc = card_host_connect(sock, &c->host);
+    rc = card_host_connect(reader, &c->host);
     if (rc != 0) {
-        fprintf(stderr, "%s: no card at %s (%s): present the card and try again\n", MAIN_PROGRAM,
-                sock, qc_strerror(rc));
+        fprintf(stderr, "%s: no card to talk to: %s: present the card and try again\n",
+                MAIN_PROGRAM, c->host != NULL ? card_host_message(c->host) : qc_strerror(rc));
         return rc;
     }
     rc = card_host_authenticate(c->host, wallet_device_core(c->dev), c->trust, trust, &c->info);
@@ -1358,11 +1360,11 @@ static const verb_t verbs[] = {
     {"unlock", "--home DIR --admin-reset: reset the PIN retry counter", unlock_keys,
      COUNT(unlock_keys), NULL, cmd_unlock},
     {"card-transfer",
-     "AMOUNT --home DIR --card SOCKET [--card-ca PEM --card-trust N,...] [--yes] "
+     "AMOUNT --home DIR [--reader NAME] [--card-ca PEM --card-trust N,...] [--yes] "
      "[--pin-fd N] [--card-pin-fd N]: move money to a card",
      card_keys, COUNT(card_keys), MAIN_CARD_CONFIG_FILE, cmd_card_transfer},
     {"card-sync",
-     "--home DIR --card SOCKET [--card-ca PEM --card-trust N,...]: settle an interrupted "
+     "--home DIR [--reader NAME] [--card-ca PEM --card-trust N,...]: settle an interrupted "
      "card transfer from the card's proof",
      card_keys, COUNT(card_keys), MAIN_CARD_CONFIG_FILE, cmd_card_sync},
 };

@@ -16,20 +16,28 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <winscard.h>
+
 #include "card_store.h"
-#include "device_wire.h"
 #include "qc_error.h"
 #include "qctest_fs.h"
+#include "qctest_port.h"
 #include "qctest_proc.h"
 #include "wallet_device.h"
 
-#define TC_SOCKET_WAIT_MS 15000
-#define TC_SOCKET_POLL_MS 20
+#define TC_READER_WAIT_MS 15000
+#define TC_POLL_MS 20
 #define TC_STOP_WAIT_MS 15000
 #define TC_CURRENCY 156
 
 const char *tc_qc_wallet;
 const char *tc_qc_card;
+
+/* The process's private pcscd (ops/pcscd), shared by its tests one after another. */
+static pid_t pcscd_pid;
+static char pcscd_dir[64];               /* /tmp/qc-pcscd-XXXXXX */
+static char pcscd_env[TC_PATH_MAX + 32]; /* PCSCLITE_CSOCK_NAME=... for children */
+static char vpcd_endpoint[64];
 
 static void devca_path(char *out, size_t cap)
 {
@@ -47,7 +55,7 @@ static pid_t spawn_to(const char *path, const char *fault, const char *card_pin,
     snprintf(card_env, sizeof(card_env), "QC_CARD_PIN=%s",
              card_pin != NULL ? card_pin : TC_CARD_PIN);
     const char *env[] = {fault != NULL ? fault_env : "QC_FAULT", "QC_WALLET_PIN=" TC_WALLET_PIN,
-                         card_env, NULL};
+                         card_env, pcscd_env[0] != '\0' ? pcscd_env : "PCSCLITE_CSOCK_NAME", NULL};
     qctest_cmd_t cmd = {.argv = argv,
                         .out_path = path,
                         .err_path = path,
@@ -129,9 +137,7 @@ tc_env_t *tc_env_new(const char *serial, int64_t wallet_minor, const char *numbe
     snprintf(e->ca, sizeof(e->ca), "%s/ca", e->b->dir);
     snprintf(e->card_ca, sizeof(e->card_ca), "%s/ca/ca.pem", e->b->dir);
     snprintf(e->card, sizeof(e->card), "%s/card", e->b->dir);
-    snprintf(e->sock, sizeof(e->sock), "%s/s", e->b->dir);
     snprintf(e->out, sizeof(e->out), "%s/out.txt", e->b->dir);
-    assert_true(strlen(e->sock) < DEVICE_WIRE_PATH_MAX);
     tc_devca("init", e->ca, NULL, NULL);
 
     /* The wallet: funded by the in-test bank, certified by the dev CA. */
@@ -179,34 +185,109 @@ void tc_env_free(tc_env_t *e)
     free(e);
 }
 
+void tc_pcscd_start(void)
+{
+    if (pcscd_pid > 0)
+        return;
+    qctest_ports_t ports = qctest_ports(TC_PORT_FIRST, TC_PORT_COUNT);
+    int port = qctest_port(&ports, 0);
+    const char *src = getenv("QC_SOURCE_DIR");
+    assert_non_null(src);
+    char tmpl[] = "/tmp/qc-pcscd-XXXXXX";
+    assert_non_null(mkdtemp(tmpl));
+    snprintf(pcscd_dir, sizeof(pcscd_dir), "%s", tmpl);
+    char script[TC_PATH_MAX], port_text[16], log[TC_PATH_MAX + 16];
+    snprintf(script, sizeof(script), "%s/ops/pcscd", src);
+    snprintf(port_text, sizeof(port_text), "%d", port);
+    snprintf(log, sizeof(log), "%s/pcscd.log", pcscd_dir);
+    char *argv[] = {script, pcscd_dir, port_text, NULL};
+    qctest_cmd_t cmd = {.argv = argv, .out_path = log, .err_path = log, .stdin_null = true};
+    pcscd_pid = qctest_spawn(&cmd);
+    assert_true(pcscd_pid > 0);
+    snprintf(pcscd_env, sizeof(pcscd_env), "PCSCLITE_CSOCK_NAME=%s/run/pcscd.comm", pcscd_dir);
+    assert_int_equal(setenv("PCSCLITE_CSOCK_NAME", strchr(pcscd_env, '=') + 1, 1), 0);
+    snprintf(vpcd_endpoint, sizeof(vpcd_endpoint), "localhost:%d", port);
+    /* Ready when its reader is listed. */
+    for (int waited = 0; waited < TC_READER_WAIT_MS; waited += TC_POLL_MS) {
+        SCARDCONTEXT ctx;
+        if (SCardEstablishContext(SCARD_SCOPE_SYSTEM, NULL, NULL, &ctx) == SCARD_S_SUCCESS) {
+            DWORD len = 0;
+            LONG rv = SCardListReaders(ctx, NULL, NULL, &len);
+            SCardReleaseContext(ctx);
+            if (rv == SCARD_S_SUCCESS)
+                return;
+        }
+        if (qctest_wait(pcscd_pid, 0) != QCTEST_STATUS_RUNNING) {
+            char out[TC_OUTPUT_MAX];
+            qctest_file_read(log, out, sizeof(out));
+            fail_msg("ops/pcscd exited early:\n%s", out);
+        }
+        poll(NULL, 0, TC_POLL_MS);
+    }
+    fail_msg("pcscd did not list its reader");
+}
+
+void tc_pcscd_stop(void)
+{
+    if (pcscd_pid <= 0)
+        return;
+    int status = qctest_stop(pcscd_pid, SIGTERM);
+    pcscd_pid = 0;
+    if (status == QCTEST_STATUS_RUNNING)
+        fail_msg("pcscd did not stop");
+    if (getenv("QC_PCSCD_LOG") == NULL)          /* else kept for its log */
+        QC_IGNORE(qctest_dir_remove(pcscd_dir)); /* a temp dir left behind harms nobody */
+    pcscd_env[0] = '\0';
+}
+
+const char *tc_vpcd(void)
+{
+    assert_true(pcscd_pid > 0);
+    return vpcd_endpoint;
+}
+
+void tc_reader_wait(bool present)
+{
+    /* A new context each time: libpcsclite answers a context from the states it last heard. */
+    LONG rv = 0;
+    DWORD state = 0;
+    for (int waited = 0; waited < TC_READER_WAIT_MS; waited += TC_POLL_MS) {
+        SCARDCONTEXT ctx;
+        rv = SCardEstablishContext(SCARD_SCOPE_SYSTEM, NULL, NULL, &ctx);
+        if (rv == SCARD_S_SUCCESS) {
+            SCARD_READERSTATE rs = {.szReader = TC_READER, .dwCurrentState = SCARD_STATE_UNAWARE};
+            rv = SCardGetStatusChange(ctx, 0, &rs, 1);
+            state = rs.dwEventState;
+            SCardReleaseContext(ctx);
+            if (rv == SCARD_S_SUCCESS && ((state & SCARD_STATE_PRESENT) != 0) == present)
+                return;
+        }
+        poll(NULL, 0, TC_POLL_MS);
+    }
+    fail_msg("the reader never showed the card %s (rv 0x%lx, state 0x%lx)",
+             present ? "present" : "gone", (unsigned long)rv, (unsigned long)state);
+}
+
 void tc_card_start(tc_env_t *e, const char *fault)
 {
     assert_int_equal(e->card_pid, 0);
+    tc_pcscd_start();
     char log[TC_PATH_MAX + 16];
     snprintf(log, sizeof(log), "%s/card.log", e->b->dir);
     char fault_env[TC_PATH_MAX];
     snprintf(fault_env, sizeof(fault_env), "QC_FAULT=%s", fault != NULL ? fault : "");
     const char *env[] = {fault != NULL ? fault_env : "QC_FAULT", NULL};
-    char *argv[] = {(char *)tc_qc_card, "serve", "--home", e->card, "--socket", e->sock, NULL};
+    char *argv[] = {(char *)tc_qc_card, "serve",           "--home", e->card,
+                    "--vpcd",           (char *)tc_vpcd(), NULL};
     qctest_cmd_t cmd = {.argv = argv, .out_path = log, .err_path = log, .env = env};
     pid_t pid = qctest_spawn(&cmd);
     assert_true(pid >= 0);
     e->card_pid = pid;
-    /* Ready when a connection succeeds (and the card is still alive). */
-    for (int waited = 0; waited < TC_SOCKET_WAIT_MS; waited += TC_SOCKET_POLL_MS) {
-        int fd = -1;
-        if (device_wire_connect(e->sock, &fd) == 0) {
-            close(fd);
-            return;
-        }
-        int status = qctest_wait(pid, 0);
-        if (status != QCTEST_STATUS_RUNNING) {
-            e->card_pid = 0;
-            fail_msg("qc-card serve exited early (status 0x%x)", status);
-        }
-        poll(NULL, 0, TC_SOCKET_POLL_MS);
+    tc_reader_wait(true);
+    if (qctest_wait(pid, 0) != QCTEST_STATUS_RUNNING) {
+        e->card_pid = 0;
+        fail_msg("qc-card serve exited early");
     }
-    fail_msg("qc-card serve did not listen on %s", e->sock);
 }
 
 void tc_card_stop(tc_env_t *e, bool expect_killed)
@@ -225,6 +306,7 @@ void tc_card_stop(tc_env_t *e, bool expect_killed)
         fail_msg("the card did not die at its fault point (status 0x%x)", status);
     if (!expect_killed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
         fail_msg("the card did not stop cleanly (status 0x%x)", status);
+    tc_reader_wait(false);
 }
 
 /* The argv of qc-wallet card-transfer AMOUNT against the card (out has 13 slots). */
@@ -235,8 +317,8 @@ static void transfer_argv(tc_env_t *e, const char *amount, char *out[13])
                     (char *)amount,
                     "--home",
                     e->b->home,
-                    "--card",
-                    e->sock,
+                    "--reader",
+                    TC_READER,
                     "--card-ca",
                     e->card_ca,
                     "--card-trust",
@@ -262,9 +344,9 @@ pid_t tc_transfer_start(tc_env_t *e, const char *amount)
 
 int tc_sync(tc_env_t *e, const char *fault)
 {
-    char *argv[] = {
-        (char *)tc_qc_wallet, "card-sync", "--home",       e->b->home, "--card", e->sock,
-        "--card-ca",          e->card_ca,  "--card-trust", e->trust,   NULL};
+    char *argv[] = {(char *)tc_qc_wallet, "card-sync", "--home",    e->b->home,
+                    "--reader",           TC_READER,   "--card-ca", e->card_ca,
+                    "--card-trust",       e->trust,    NULL};
     return tc_run(e, fault, NULL, argv);
 }
 

@@ -1,6 +1,7 @@
 /* test_card_env.h - the world of the card tests: a dev CA (ops/devca), a wallet device with
- * a balance loaded through the in-test bank, a card personalised by that CA, and helpers
- * that run the real qc-wallet and qc-card binaries (fork/exec) and read both balances. */
+ * a balance loaded through the in-test bank, a card personalised by that CA, a private pcscd
+ * with a vpcd reader (ops/pcscd) for the card to sit in, and helpers that run the real
+ * qc-wallet and qc-card binaries (fork/exec) and read both balances. */
 #ifndef TEST_CARD_ENV_H
 #define TEST_CARD_ENV_H
 
@@ -14,12 +15,14 @@
 #define TC_CARD_PIN "1357"
 #define TC_PATH_MAX 600
 #define TC_OUTPUT_MAX 16384
+#define TC_READER "Virtual PCD 00 00" /* vpcd's first slot: the port the card connects to */
+#define TC_PORT_FIRST 17710           /* tests/client/CMakeLists.txt: qc_test_ports */
+#define TC_PORT_COUNT 2               /* vpcd listens on the port and the next one */
 
 typedef struct tc_env {
     wt_bank_t *b;           /* b->dir: the temp dir; b->home: the wallet home */
     char ca[TC_PATH_MAX];   /* the dev CA directory (ops/devca init) */
     char card[TC_PATH_MAX]; /* the card home */
-    char sock[TC_PATH_MAX]; /* the card's socket, short enough for sun_path */
     char out[TC_PATH_MAX];  /* where the last command's output went */
     char serial[64];
     char number[64];
@@ -32,6 +35,18 @@ typedef struct tc_env {
 /* The binaries, from argv (set once by main). */
 extern const char *tc_qc_wallet;
 extern const char *tc_qc_card;
+
+/* Starts the process's private pcscd (ops/pcscd) on the test's port, once, and points this
+ * process's and its children's libpcsclite at it (PCSCLITE_CSOCK_NAME). Asserts on failure.
+ * tc_pcscd_stop() ends it. */
+void tc_pcscd_start(void);
+void tc_pcscd_stop(void);
+
+/* "localhost:PORT", where the card connects to the reader. */
+const char *tc_vpcd(void);
+
+/* Waits until the test reader holds a card (present) or not; fails the test after 15 s. */
+void tc_reader_wait(bool present);
 
 /* Creates the world: CA, wallet serial with wallet_minor on it, card number with maximum
  * max_text ("100.00") trusting card_trusts (NULL = the wallet serial). Asserts on failure. */
@@ -49,9 +64,10 @@ void tc_devca(const char *cmd, const char *dir, const char *a1, const char *a2);
  * 128 + signal. */
 int tc_run(tc_env_t *e, const char *fault, const char *card_pin, char *const argv[]);
 
-/* Starts `qc-card serve` (QC_FAULT=fault) and waits until its socket accepts. */
+/* Starts `qc-card serve` (QC_FAULT=fault) and waits until the reader holds it. */
 void tc_card_start(tc_env_t *e, const char *fault);
-/* Reaps a card killed at its fault point (expect_killed) or stops it with SIGTERM. */
+/* Reaps a card killed at its fault point (expect_killed) or stops it with SIGTERM, and
+ * waits until the reader has noticed it is gone. */
 void tc_card_stop(tc_env_t *e, bool expect_killed);
 
 /* Starts qc-wallet card-transfer AMOUNT without waiting (output to e->out); the caller

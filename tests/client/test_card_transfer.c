@@ -1,7 +1,9 @@
 /* test_card_transfer.c - qc-wallet card-transfer against qc-card serve, end to end with the
  * real binaries: a transfer moves money and never changes the sum of the two balances;
- * every refusal says why and moves nothing; a kill -9 of either side at each fault point is
- * settled by the next contact from the card's proof, leaving the money on exactly one side.
+ * every refusal says why and moves nothing; a wrong PIN gives 63Cx; a kill -9 of either side
+ * at each fault point, and a card pulled out of the reader, is settled by the next contact
+ * from the card's proof, leaving the money on exactly one side. All over PC/SC: a private
+ * pcscd (ops/pcscd) whose vpcd reader qc-card is inserted into.
  *
  * Usage: test_card_transfer QC_WALLET QC_CARD (QC_SOURCE_DIR in the environment). */
 #include <setjmp.h>
@@ -58,15 +60,9 @@ static void test_transfer_moves_money_and_logs_it(void **state)
     assert_non_null(f);
     fprintf(f, "card_ca = %s\ncard_trust = CARD-X,CARD-T1\n", e->card_ca);
     assert_int_equal(fclose(f), 0);
-    char *bare[] = {(char *)tc_qc_wallet,
-                    "card-transfer",
-                    "12.34",
-                    "--home",
-                    e->b->home,
-                    "--card",
-                    e->sock,
-                    "--yes",
-                    NULL};
+    /* No --reader: the first virtual reader holding a card. */
+    char *bare[] = {(char *)tc_qc_wallet, "card-transfer", "12.34", "--home",
+                    e->b->home,           "--yes",         NULL};
     assert_int_equal(tc_run(e, NULL, NULL, bare), EXIT_OK);
     assert_true(tc_said(e, "Card CARD-T1: balance 0.00 (maximum 100.00)"));
     assert_true(tc_said(e, "Transferred 12.34 to card CARD-T1."));
@@ -135,15 +131,16 @@ static void test_wrong_pin_then_locked(void **state)
     (void)state;
     tc_env_t *e = tc_env_new("QCCT3", 5000, "CARD-T3", "100.00", NULL);
     tc_card_start(e, NULL);
+    /* VERIFY answers 63Cx with the tries left, 63C0 when this try blocked it, then 6983. */
     assert_int_equal(tc_transfer(e, "1.00", NULL, "9999"), EXIT_FAILED);
-    assert_true(tc_said(e, "wrong card PIN, 2 tries left"));
+    assert_true(tc_said(e, "wrong card PIN, 2 tries left (SW 63C2)"));
     assert_int_equal(tc_transfer(e, "1.00", NULL, "9999"), EXIT_FAILED);
-    assert_true(tc_said(e, "wrong card PIN, 1 try left"));
+    assert_true(tc_said(e, "wrong card PIN, 1 try left (SW 63C1)"));
     assert_int_equal(tc_transfer(e, "1.00", NULL, "9999"), EXIT_FAILED);
-    assert_true(tc_said(e, "card CARD-T3 is now locked"));
+    assert_true(tc_said(e, "card CARD-T3 is now locked (SW 63C0)"));
     /* Locked: even the right PIN is refused. */
     assert_int_equal(tc_transfer(e, "1.00", NULL, TC_CARD_PIN), EXIT_FAILED);
-    assert_true(tc_said(e, "card CARD-T3 is locked after 3 wrong PINs"));
+    assert_true(tc_said(e, "card CARD-T3 is locked after 3 wrong PINs (SW 6983)"));
     assert_true(tc_said(e, "nothing moved"));
     expect_balances(e, 5000, 0);
     tc_card_stop(e, false);
@@ -327,6 +324,63 @@ static void test_kill_at_random_moments(void **state)
     tc_env_free(e);
 }
 
+static int group_setup(void **state)
+{
+    (void)state;
+    tc_pcscd_start();
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    tc_pcscd_stop();
+    return 0;
+}
+
+/* The card pulled out of the reader mid-transfer (the virtual card leaves vpcd): the wallet
+ * learns the contact is lost, the reader shows no card, and the card's proof at the next
+ * contact settles the transfer, the money on exactly one side. */
+static void test_card_removed_mid_transfer(void **state)
+{
+    (void)state;
+    tc_env_t *e = tc_env_new("QCCT8", 10000, "CARD-T8", "100.00", NULL);
+    bool pending = false;
+    /* After its credit, before its receipt: completed by the proof. */
+    tc_card_start(e, "card.after_credit_before_receipt");
+    assert_int_equal(tc_transfer(e, "7.00", NULL, NULL), EXIT_FAILED);
+    assert_true(tc_said(e, "the contact with the card was lost"));
+    assert_true(tc_said(e, "card-sync"));
+    tc_card_stop(e, true); /* and the reader shows it gone */
+    assert_int_equal(tc_wallet_balance(e, &pending), 9300);
+    assert_true(pending);
+    assert_int_equal(tc_card_balance(e), 700);
+    /* No card in the reader: nothing to talk to, still pending. */
+    assert_int_equal(tc_sync(e, NULL), EXIT_FAILED);
+    assert_true(tc_said(e, "no card"));
+    tc_card_start(e, NULL);
+    assert_int_equal(tc_sync(e, NULL), EXIT_OK);
+    assert_true(tc_said(e, "The card had credited it"));
+    expect_balances(e, 9300, 700);
+
+    /* Before its credit: refunded by the proof. */
+    tc_card_stop(e, false);
+    tc_card_start(e, "card.before_credit");
+    assert_int_equal(tc_transfer(e, "8.00", NULL, NULL), EXIT_FAILED);
+    assert_true(tc_said(e, "the contact with the card was lost"));
+    tc_card_stop(e, true);
+    assert_int_equal(tc_wallet_balance(e, &pending), 8500);
+    assert_true(pending);
+    assert_int_equal(tc_card_balance(e), 700);
+    tc_card_start(e, NULL);
+    assert_int_equal(tc_sync(e, NULL), EXIT_OK);
+    assert_true(tc_said(e, "never credited it: 8.00 went back to the wallet"));
+    expect_balances(e, 9300, 700);
+    assert_int_equal(settled_sum(e), 10000);
+    tc_card_stop(e, false);
+    tc_env_free(e);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -343,6 +397,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_certificates_from_another_ca_refused),
         cmocka_unit_test(test_kill_at_every_fault_point),
         cmocka_unit_test(test_kill_at_random_moments),
+        cmocka_unit_test(test_card_removed_mid_transfer),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    if (getenv("TC_TEST_FILTER") != NULL) /* a run by hand of one test */
+        cmocka_set_test_filter(getenv("TC_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
