@@ -120,8 +120,9 @@ static int exchange(card_host_t *h, const card_apdu_t *cmd, uint8_t *resp, size_
     OPENSSL_cleanse(buf, len);
     if (rc != 0)
         return say(h, QC_EIO, "the contact with the card was lost (%s)", card_pcsc_why(h->reader));
+    /* vpcd answers a command the card never answered (it was pulled out) with nothing. */
     if (card_apdu_response(resp, *resp_len, sw, data_len) != 0)
-        return say(h, QC_EIO, "the card's answer has no status word");
+        return say(h, QC_EIO, "the contact with the card was lost (no status word came back)");
     return 0;
 }
 
