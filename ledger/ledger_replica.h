@@ -30,6 +30,7 @@
 
 #include "ledger_fsm.h"
 #include "proto_curve.h"
+#include "qc_error.h"
 
 struct raft;
 
@@ -67,7 +68,7 @@ typedef struct ledger_replica_config {
  * the fsm, bootstrap unless join or state exists, raft_start). Returns 0 and sets *out, or
  * QC_ECONFIG (peer table, id not in it, key), QC_EIO (raft_dir, libraft's start), QC_ENOMEM;
  * each logged. */
-int ledger_replica_new(const ledger_replica_config_t *cfg, ledger_replica_t **out);
+QC_MUST_CHECK int ledger_replica_new(const ledger_replica_config_t *cfg, ledger_replica_t **out);
 
 /* Closes libraft (its pending requests get their callbacks with an error, on this thread),
  * waits for it at most LEDGER_REPLICA_CLOSE_MS, frees rep, nulls *rep_p; accepts NULL. */
@@ -95,13 +96,13 @@ uint64_t ledger_replica_leader(ledger_replica_t *rep, const char **endpoint);
 
 /* Re-reads replicas_file into the peer table and the links' allow-list; keeps the old table
  * when the file does not parse. Returns 0, QC_ECONFIG or the links' refusal. */
-int ledger_replica_reload(ledger_replica_t *rep);
+QC_MUST_CHECK int ledger_replica_reload(ledger_replica_t *rep);
 
 /* Adds (or replaces, by id) a peer in the table, and lets it on the links. Returns 0,
  * QC_EFULL, or the links' refusal (QC_EINVAL, QC_ENOMEM; the peer stays in the table). */
-int ledger_replica_add_peer(ledger_replica_t *rep, const ledger_replica_peer_t *peer);
+QC_MUST_CHECK int ledger_replica_add_peer(ledger_replica_t *rep, const ledger_replica_peer_t *peer);
 
 /* Parses one peer line; returns 0 or QC_EDECODE. Blank and '#' lines are QC_ENOTFOUND. */
-int ledger_replica_parse_peer(const char *line, ledger_replica_peer_t *out);
+QC_MUST_CHECK int ledger_replica_parse_peer(const char *line, ledger_replica_peer_t *out);
 
 #endif

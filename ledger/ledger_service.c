@@ -1864,7 +1864,9 @@ static void replica_housekeeping(ledger_service_t *svc)
     uint64_t hup = ops_signal_hup_generation();
     if (hup != svc->hup_seen) {
         svc->hup_seen = hup;
-        (void)ledger_replica_reload(svc->replica);
+        /* A table that does not parse, or links that refuse it, are logged by the reload and
+         * keep the old table: the replica serves on, and the next SIGHUP tries again. */
+        QC_IGNORE(ledger_replica_reload(svc->replica));
     }
 }
 
