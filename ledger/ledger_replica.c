@@ -56,7 +56,8 @@ static int replica_links_update(ledger_replica_t *rep);
 
 int ledger_replica_parse_peer(const char *line, ledger_replica_peer_t *out)
 {
-    assert(line != NULL && out != NULL);
+    assert(line != NULL);
+    assert(out != NULL);
     const char *p = line;
     while (*p == ' ' || *p == '\t')
         p++;
@@ -159,7 +160,8 @@ int ledger_replica_reload(ledger_replica_t *rep)
 
 int ledger_replica_add_peer(ledger_replica_t *rep, const ledger_replica_peer_t *peer)
 {
-    assert(rep != NULL && peer != NULL);
+    assert(rep != NULL);
+    assert(peer != NULL);
     assert(peer->id > 0);
     bool found = false;
     for (size_t i = 0; i < rep->n_peers && !found; i++) {
@@ -309,7 +311,8 @@ static int replica_first_start(ledger_replica_t *rep, const ledger_replica_confi
 
 int ledger_replica_new(const ledger_replica_config_t *cfg, ledger_replica_t **out)
 {
-    assert(cfg != NULL && out != NULL);
+    assert(cfg != NULL);
+    assert(out != NULL);
     *out = NULL;
     if (cfg->id == 0 || cfg->replicas_file == NULL || cfg->raft_dir == NULL || cfg->fsm == NULL ||
         strlen(cfg->replicas_file) >= sizeof((ledger_replica_t *)0)->replicas_file ||
@@ -473,7 +476,8 @@ uint64_t ledger_replica_id(const ledger_replica_t *rep)
 
 uint64_t ledger_replica_leader(ledger_replica_t *rep, const char **endpoint)
 {
-    assert(rep != NULL && endpoint != NULL);
+    assert(rep != NULL);
+    assert(endpoint != NULL);
     raft_id id = 0;
     const char *address = NULL;
     raft_leader(&rep->raft, &id, &address);

@@ -378,7 +378,9 @@ void ledger_signer_release(ledger_signer_t *ls, int commit_rc)
 void ledger_signer_finish(ledger_signer_t *ls, int handle, int code, const char *why, uint8_t *body,
                           size_t body_len)
 {
-    assert(ls != NULL && handle >= 0 && handle < LEDGER_SIGNER_PENDING_MAX);
+    assert(ls != NULL);
+    assert(handle >= 0);
+    assert(handle < LEDGER_SIGNER_PENDING_MAX);
     signer_entry_t *e = &ls->entries[handle];
     assert(e->state == SIGNER_STORING);
     ledger_signer_answer(ls, handle, code, why, body, body_len);

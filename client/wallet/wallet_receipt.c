@@ -156,7 +156,9 @@ int wallet_receipt_get(const char *home, device_call_fn *call, void *arg, const 
     assert(home != NULL);
     assert(call != NULL);
     assert(txn_id != NULL);
-    assert(out != NULL && reply_out != NULL && reply_len != NULL);
+    assert(out != NULL);
+    assert(reply_out != NULL);
+    assert(reply_len != NULL);
     memset(out, 0, sizeof *out);
     *reply_out = NULL;
     *reply_len = 0;
