@@ -33,7 +33,8 @@ static const ops_config_key_t gateway_keys[] = {
     {"ledger", OPS_CONFIG_STRING, NULL,
      "ledger endpoints: shard 0 first, shards separated by ';', instances by ','",
      .check = ops_config_check_endpoints},
-    {"ledger_key", OPS_CONFIG_STRING, NULL, "the ledger's CURVE public key (Z85)"},
+    {"ledger_key", OPS_CONFIG_STRING, NULL, "the ledger's CURVE public key (Z85)",
+     .check = ops_config_check_curve_key},
     {"ca", OPS_CONFIG_STRING, NULL, "device CA bundle (PEM)"},
     {"crl", OPS_CONFIG_STRING, NULL,
      "device CRL (PEM); empty for none; re-read when the file changes and on SIGHUP"},
@@ -44,7 +45,8 @@ static const ops_config_key_t gateway_keys[] = {
      .max = GATEWAY_RPC_TIMEOUT_MS_MAX},
     {"audit", OPS_CONFIG_STRING, NULL, "audit endpoints for security events (empty = log only)",
      .check = ops_config_check_endpoints},
-    {"audit_key", OPS_CONFIG_STRING, NULL, "the audit service's CURVE public key (Z85)"},
+    {"audit_key", OPS_CONFIG_STRING, NULL, "the audit service's CURVE public key (Z85)",
+     .check = ops_config_check_curve_key},
 };
 
 static const ops_service_spec_t gateway_spec = {

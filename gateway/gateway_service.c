@@ -10,6 +10,7 @@
 
 #include "gateway_flow.h"
 #include "ops_log.h"
+#include "proto_cert.h"
 #include "qc_error.h"
 
 struct gateway_service {
@@ -22,19 +23,68 @@ static const char *gateway_nonempty(const char *s)
     return s != NULL && s[0] != '\0' ? s : NULL;
 }
 
+/* Logs "gateway.config": the setting at fault, its value and what is wrong with it. */
+static void gateway_config_error(const char *setting, const char *value, const char *error)
+{
+    ops_log(OPS_LOG_ERROR, "gateway.config", "setting", setting, "value",
+            value != NULL ? value : "(unset)", "error", error, NULL);
+}
+
+/* Checks the settings gateway_new() would only refuse with one code for all of them, so a
+ * start error names the one at fault: the required ones are set, the CA bundle loads alone,
+ * then with the CRL (under the crl_stale policy). Returns 0 or the first failure's code,
+ * logged. */
+static int gateway_service_precheck(const ops_config_t *cfg)
+{
+    static const char *const required[] = {"curve_key", "ledger", "ledger_key", "ca"};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        const char *v = ops_config_str(cfg, required[i]);
+        if (v == NULL || v[0] == '\0') {
+            gateway_config_error(required[i], v, "required");
+            return QC_ECONFIG;
+        }
+    }
+    const char *audit = gateway_nonempty(ops_config_str(cfg, "audit"));
+    if (audit != NULL && gateway_nonempty(ops_config_str(cfg, "audit_key")) == NULL) {
+        gateway_config_error("audit_key", NULL, "required when audit is set");
+        return QC_ECONFIG;
+    }
+    const char *ca = ops_config_str(cfg, "ca");
+    const char *crl = gateway_nonempty(ops_config_str(cfg, "crl"));
+    proto_trust_t *trust = NULL;
+    int rc = proto_trust_new_ex(ca, NULL, PROTO_TRUST_NO_CHECK_TIME, &trust);
+    proto_trust_destroy(&trust);
+    if (rc != 0) {
+        gateway_config_error("ca", ca,
+                             rc == QC_EIO ? "cannot read the file" : "not a PEM CA bundle");
+        return rc;
+    }
+    if (crl == NULL)
+        return 0;
+    unsigned flags =
+        strcmp(ops_config_str(cfg, "crl_stale"), "accept") == 0 ? PROTO_TRUST_STALE_CRL_OK : 0;
+    rc = proto_trust_new_ex(ca, crl, flags, &trust);
+    proto_trust_destroy(&trust);
+    if (rc != 0) {
+        gateway_config_error("crl", crl,
+                             rc == QC_EIO     ? "cannot read the file"
+                             : rc == QC_ECERT ? "not a PEM CRL of the ca bundle"
+                                              : qc_strerror(rc));
+        return rc;
+    }
+    return 0;
+}
+
 /* Builds the gateway of cfg in svc->ctx; the key pair is wiped before returning. */
 static int gateway_service_start(gateway_service_t *svc, const ops_config_t *cfg)
 {
-    int rc;
+    int rc = gateway_service_precheck(cfg);
+    if (rc != 0)
+        return rc;
     proto_curve_keypair_t keys;
     const char *key_path = ops_config_str(cfg, "curve_key");
-    if (key_path == NULL) {
-        ops_log(OPS_LOG_ERROR, "gateway.config", "error", "curve_key is required", NULL);
-        return QC_ECONFIG;
-    }
     if ((rc = proto_curve_keypair_load(key_path, &keys)) != 0) {
-        ops_log(OPS_LOG_ERROR, "gateway.config", "error", qc_strerror(rc), "curve_key", key_path,
-                NULL);
+        gateway_config_error("curve_key", key_path, qc_strerror(rc));
         return rc;
     }
     char source[OPS_CONFIG_VALUE_MAX];
@@ -55,8 +105,10 @@ static int gateway_service_start(gateway_service_t *svc, const ops_config_t *cfg
     rc = gateway_new(svc->ctx, &gc, &svc->gw);
     proto_curve_keypair_wipe(&keys);
     if (rc != 0) {
-        ops_log(OPS_LOG_ERROR, "gateway.start_failed", "error", qc_strerror(rc), "hint",
-                "check listen, ledger, ledger_key, ca, crl", NULL);
+        /* The settings were checked above; what is left is binding listen (rpc.bind_failed
+         * names the endpoint) and the sockets to ledger and audit. */
+        ops_log(OPS_LOG_ERROR, "gateway.start_failed", "error", qc_strerror(rc), "listen",
+                gc.listen, "ledger", gc.ledger, "audit", gc.audit != NULL ? gc.audit : "", NULL);
         return rc;
     }
     ops_log(OPS_LOG_INFO, "gateway.started", "listen", gc.listen, NULL);

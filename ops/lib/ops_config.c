@@ -665,3 +665,28 @@ bool ops_config_check_endpoints(const char *value, char *why, size_t why_cap)
         p += len + 1;
     }
 }
+
+bool ops_config_check_curve_key(const char *value, char *why, size_t why_cap)
+{
+    /* The Z85 alphabet of ZeroMQ's RFC 32. */
+    static const char z85[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                              ".-:+=^!/*?&<>()[]{}@%$#";
+    assert(value != NULL);
+    size_t len = strlen(value);
+    if (len == 0)
+        return true;
+    if (len != OPS_CONFIG_Z85_KEY_LEN) {
+        snprintf(why, why_cap,
+                 "a CURVE public key is %d Z85 characters, not %zu (the line of the key's .pub "
+                 "file, not its path)",
+                 OPS_CONFIG_Z85_KEY_LEN, len);
+        return false;
+    }
+    size_t bad = strspn(value, z85);
+    if (bad != len) {
+        snprintf(why, why_cap, "character %zu ('%c') is not in the Z85 alphabet", bad + 1,
+                 value[bad]);
+        return false;
+    }
+    return true;
+}

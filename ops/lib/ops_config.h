@@ -33,6 +33,7 @@
 #define OPS_CONFIG_VALUE_MAX 1024
 #define OPS_CONFIG_ERROR_MAX 256
 #define OPS_CONFIG_PORT_MAX 65535 /* a TCP port, as in an endpoint or http_port */
+#define OPS_CONFIG_Z85_KEY_LEN 40 /* a 32-byte CURVE key in Z85 */
 
 typedef enum ops_config_type {
     OPS_CONFIG_STRING,
@@ -65,6 +66,10 @@ typedef struct ops_config_key {
  * an empty list is accepted (no endpoint configured), an empty item is not. */
 bool ops_config_check_endpoint(const char *value, char *why, size_t why_cap);
 bool ops_config_check_endpoints(const char *value, char *why, size_t why_cap);
+/* ops_config_check_curve_key: a CURVE public key written in Z85, OPS_CONFIG_Z85_KEY_LEN
+ * characters of the Z85 alphabet (as qc-curve-keygen writes PATH.pub); an empty value is
+ * accepted (no key configured), so an optional key may carry the check. */
+bool ops_config_check_curve_key(const char *value, char *why, size_t why_cap);
 
 typedef struct ops_config ops_config_t;
 

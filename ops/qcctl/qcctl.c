@@ -44,7 +44,8 @@
 static const ops_config_key_t qcctl_keys[] = {
     {"ledger_endpoints", OPS_CONFIG_STRING, NULL,
      "ledger shards in shard order, ';' between shards, ',' between instances of one shard"},
-    {"ledger_public_key", OPS_CONFIG_STRING, NULL, "the ledger's CURVE public key (Z85)"},
+    {"ledger_public_key", OPS_CONFIG_STRING, NULL, "the ledger's CURVE public key (Z85)",
+     .check = ops_config_check_curve_key},
     {"curve_key", OPS_CONFIG_STRING, NULL, "qcctl's CURVE key pair file (in the admin_keys)"},
     {"json", OPS_CONFIG_BOOL, "false", "print JSON instead of text"},
     {"currency", OPS_CONFIG_INT, QCCTL_CURRENCY_DEFAULT, "account open: ISO 4217 numeric code"},
@@ -64,7 +65,8 @@ static const ops_config_key_t qcctl_keys[] = {
     {"raft_address", OPS_CONFIG_STRING, NULL, "shard add-replica: its replica link, HOST:PORT"},
     {"endpoint", OPS_CONFIG_STRING, NULL, "shard add-replica: its client endpoint, tcp://H:P", 0, 0,
      ops_config_check_endpoint},
-    {"raft_key", OPS_CONFIG_STRING, NULL, "shard add-replica: its raft CURVE public key (Z85)"},
+    {"raft_key", OPS_CONFIG_STRING, NULL, "shard add-replica: its raft CURVE public key (Z85)",
+     .check = ops_config_check_curve_key},
     {"log_level", OPS_CONFIG_STRING, "warn", "debug, info, warn or error"},
 };
 

@@ -506,6 +506,30 @@ static void test_endpoint_checks_name_the_key(void **state)
     assert_true(ops_config_check_endpoints("tcp://10.0.0.1:7300", why, sizeof why));
 }
 
+/* A CURVE public key is refused unless it is 40 Z85 characters, the error saying which way it
+ * is wrong (a path given for the key, as operators do, is named as such); empty is no key. */
+static void test_curve_key_check(void **state)
+{
+    (void)state;
+    char why[OPS_CONFIG_ERROR_MAX] = "";
+    const char *good = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+    assert_int_equal(strlen(good), OPS_CONFIG_Z85_KEY_LEN);
+    assert_true(ops_config_check_curve_key(good, why, sizeof why));
+    assert_true(ops_config_check_curve_key("", why, sizeof why));
+    assert_false(ops_config_check_curve_key("/etc/quancun/keys/ledger.key.pub", why, sizeof why));
+    assert_string_equal(why, "a CURVE public key is 40 Z85 characters, not 32 (the line of the "
+                             "key's .pub file, not its path)");
+    char bad[OPS_CONFIG_Z85_KEY_LEN + 1];
+    memcpy(bad, good, sizeof bad);
+    bad[7] = '~'; /* not in the Z85 alphabet */
+    assert_false(ops_config_check_curve_key(bad, why, sizeof why));
+    assert_string_equal(why, "character 8 ('~') is not in the Z85 alphabet");
+    bad[7] = ' ';
+    assert_false(ops_config_check_curve_key(bad, why, sizeof why));
+    assert_false(
+        ops_config_check_curve_key("rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf", why, sizeof why));
+}
+
 static int load_bounded_help(void)
 {
     ops_config_t *cfg = NULL;
@@ -543,6 +567,7 @@ int main(void)
         cmocka_unit_test(test_int_bounds_name_the_key),
         cmocka_unit_test_setup_teardown(test_int_bounds_in_file, setup_dir, teardown_dir),
         cmocka_unit_test(test_endpoint_checks_name_the_key),
+        cmocka_unit_test(test_curve_key_check),
         cmocka_unit_test_setup_teardown(test_help_shows_bounds, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
