@@ -36,7 +36,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$S/ops/cluster" up --dir "$X" --build "$B" --base-port "$LOADGEN_BASE_PORT" >"$X/cluster-up.log" 2>&1 ||
+"$S/ops/cluster" up --dir "$X" --build "$B" --base-port "$LOADGEN_BASE_PORT" --replicas 1 \
+  >"$X/cluster-up.log" 2>&1 ||
   { cat "$X/cluster-up.log" >&2; fail "ops/cluster up failed"; }
 
 "$B/client/loadgen/qc-loadgen" --dir "$X" --devices "$DEVICES" --mode closed --concurrency "$CONCURRENCY" \

@@ -123,9 +123,13 @@ e2e_begin() {
   e2e_log "directory $X, base port $E2E_BASE_PORT"
 }
 
-# cluster_up [ops/cluster up options]: the whole cluster on this test's ports.
+# cluster_up [ops/cluster up options]: the whole cluster on this test's ports. Ledger shards
+# are single processes (--replicas 1) unless the test asks for replicas.
 cluster_up() {
-  "$S/ops/cluster" up --dir "$X" --build "$B" --base-port "$E2E_BASE_PORT" "$@" >"$X/cluster-up.log" 2>&1 ||
+  local replicas=(--replicas 1)
+  [[ " $* " == *" --replicas "* ]] && replicas=()
+  "$S/ops/cluster" up --dir "$X" --build "$B" --base-port "$E2E_BASE_PORT" "${replicas[@]}" "$@" \
+    >"$X/cluster-up.log" 2>&1 ||
     { cat "$X/cluster-up.log" >&2; fail "ops/cluster up failed"; }
   GW_ENDPOINT=$(sed -n 's/^gateway = //p' "$X/conf/wallet.conf" | cut -d, -f1)
   GW_KEY=$(sed -n 's/^gateway_key = //p' "$X/conf/wallet.conf")
