@@ -19,6 +19,7 @@
 #include "card.pb-c.h"
 #include "card_store.h"
 #include "device_core.h"
+#include "card_apdu.h"
 #include "fuzz_common.h"
 #include "fuzz_family.h"
 #include "fuzz_msgs.h"
@@ -468,6 +469,88 @@ static void make_merkle(void)
     FUZZ_CHECK(fclose(f) == 0);
 }
 
+/* ------------------------------------------------------------ card APDUs */
+
+/* One seed of the apdu target: the parser's byte, then its input. */
+static void seed_apdu(uint8_t parser, const uint8_t *bytes, size_t len)
+{
+    uint8_t buf[1 + 512];
+    FUZZ_CHECK(len < sizeof buf);
+    buf[0] = parser;
+    memcpy(buf + 1, bytes, len);
+    seed("apdu", buf, 1 + len);
+}
+
+static void make_apdu(void)
+{
+    /* Commands of the applet in each ISO 7816-3 case, short and extended (docs/CARD.md). */
+    uint8_t data[300];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)i;
+    const card_apdu_t cmds[] = {
+        {.cla = 0x00,
+         .ins = CARD_INS_SELECT,
+         .p1 = 0x04,
+         .data = card_apdu_aid,
+         .nc = CARD_APDU_AID_SIZE,
+         .ne = 256},
+        {.cla = 0x00, .ins = CARD_INS_GET_DATA, .p1 = 0x01, .p2 = 0x01, .ne = 256},
+        {.cla = 0x00, .ins = CARD_INS_VERIFY, .p2 = CARD_P2_VERIFY_PIN, .data = data, .nc = 6},
+        {.cla = 0x00, .ins = CARD_INS_VERIFY, .p2 = CARD_P2_VERIFY_PIN},
+        {.cla = 0x80, .ins = CARD_INS_CREDIT, .data = data, .nc = 200, .ne = 256},
+        {.cla = 0x90, .ins = CARD_INS_CREDIT, .data = data, .nc = 255},
+        {.cla = 0x00, .ins = CARD_INS_INTERNAL_AUTH, .data = data, .nc = 300, .ne = 1000},
+        {.cla = 0x00, .ins = CARD_INS_GET_RESPONSE, .ne = 70000 - 4464},
+    };
+    uint8_t buf[512];
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        size_t n = 0;
+        FUZZ_CHECK(card_apdu_encode(&cmds[i], buf, sizeof buf, &n) == 0);
+        seed_apdu(0, buf, n);
+    }
+    static const uint8_t responses[][4] = {{0x90, 0x00}, {0x01, 0x02, 0x61, 0x10}, {0x63, 0xC2}};
+    seed_apdu(1, responses[0], 2);
+    seed_apdu(1, responses[1], 4);
+    seed_apdu(1, responses[2], 2);
+    card_apdu_purse_t p = {.number = "QC-CARD-0001",
+                           .balance = 1234,
+                           .max_balance = 100000,
+                           .counter = 7,
+                           .pin_tries_left = 3};
+    uint8_t purse[CARD_APDU_PURSE_MAX];
+    size_t n = card_apdu_purse_encode(&p, purse);
+    FUZZ_CHECK(n > 0);
+    seed_apdu(2, purse, n);
+    /* The dictionary: parser bytes, the class and instruction bytes, status words, the AID. */
+    FILE *f = dict_open("apdu");
+    static const uint8_t words[][3] = {{0x00},
+                                       {0x01},
+                                       {0x02},
+                                       {0x80},
+                                       {0x90},
+                                       {0x10},
+                                       {CARD_INS_SELECT},
+                                       {CARD_INS_GET_RESPONSE},
+                                       {CARD_INS_GET_DATA},
+                                       {CARD_INS_INTERNAL_AUTH},
+                                       {CARD_INS_EXTERNAL_AUTH},
+                                       {CARD_INS_VERIFY},
+                                       {CARD_INS_CREDIT},
+                                       {CARD_INS_PROOF},
+                                       {0x90, 0x00},
+                                       {0x61, 0x00},
+                                       {0x63, 0xC2},
+                                       {0x69, 0x83},
+                                       {0x67, 0x00},
+                                       {0x00, 0xFF, 0xFF},
+                                       {0x00, 0x00, 0x00},
+                                       {0x00, 0x01, 0x00}};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        dict_bytes(f, words[i], i < 14 ? 1 : (i < 19 ? 2 : 3));
+    dict_bytes(f, card_apdu_aid, CARD_APDU_AID_SIZE);
+    FUZZ_CHECK(fclose(f) == 0);
+}
+
 /* ------------------------------------------------------------ audit records */
 
 static void make_audit(void)
@@ -694,6 +777,7 @@ int main(int argc, char **argv)
     make_families();
     make_audit();
     make_merkle();
+    make_apdu();
     make_config();
     make_states();
     for (int t = 0; t < PROTO_TYPE_COUNT; t++)
