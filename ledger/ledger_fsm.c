@@ -46,6 +46,9 @@
 #define FSM_OP_TAG 0x1a       /* Entry field 3 (ops), wire type 2 (length-delimited) */
 #define FSM_VARINT_MAX 10     /* bytes of a 64-bit varint */
 #define FSM_ENTRY_HEAD_MAX 32 /* bytes of an Entry's version and time fields, at most */
+#define FSM_PAD_TAG 0x22      /* Entry field 4 (padding), wire type 2 */
+#define FSM_PAD_ALIGN 8       /* libraft's uv I/O: entry lengths a multiple of 8 */
+#define FSM_PAD_MAX 10        /* tag, one-byte length, 1..8 zeros */
 #define FSM_BAD_REPORT_EVENT "security.bad_report_signature"
 
 struct ledger_fsm {
@@ -813,7 +816,8 @@ static int batch_add(ledger_fsm_batch_t *b, const Qcreplica__Op *op)
     assert(op != NULL);
     size_t size = qcreplica__op__get_packed_size(op);
     size_t need = 1 + FSM_VARINT_MAX + size;
-    if (b->n_ops >= LEDGER_FSM_OPS_MAX || FSM_ENTRY_HEAD_MAX + b->len + need > LEDGER_FSM_ENTRY_MAX)
+    if (b->n_ops >= LEDGER_FSM_OPS_MAX ||
+        FSM_ENTRY_HEAD_MAX + b->len + need + FSM_PAD_MAX > LEDGER_FSM_ENTRY_MAX)
         return QC_EFULL;
     if (b->len + need > b->cap) {
         size_t cap = b->cap == 0 ? FSM_SNAP_INITIAL_CAP : b->cap;
@@ -1005,15 +1009,30 @@ int ledger_fsm_batch_encode(const ledger_fsm_batch_t *b, struct raft_buffer *out
     head.time_ms = b->time_ms;
     size_t head_len = qcreplica__entry__get_packed_size(&head);
     assert(head_len <= FSM_ENTRY_HEAD_MAX);
-    out->len = head_len + b->len;
+    /* Then the padding field (tag, length, zeros) when the length is not a multiple of 8. */
+    size_t len = head_len + b->len, zeros = 0;
+    if (len % FSM_PAD_ALIGN != 0) {
+        zeros = (FSM_PAD_ALIGN - (len + 2) % FSM_PAD_ALIGN) % FSM_PAD_ALIGN;
+        if (zeros == 0)
+            zeros = FSM_PAD_ALIGN; /* an empty bytes field is not packed */
+    }
+    out->len = len + (zeros > 0 ? 2 + zeros : 0);
+    assert(out->len % FSM_PAD_ALIGN == 0);
+    assert(out->len - len <= FSM_PAD_MAX);
     out->base = raft_malloc(out->len);
     if (out->base == NULL) {
         out->len = 0;
         return QC_ENOMEM;
     }
-    size_t packed = qcreplica__entry__pack(&head, out->base);
+    uint8_t *p = out->base;
+    size_t packed = qcreplica__entry__pack(&head, p);
     assert(packed == head_len);
     if (b->len > 0)
-        memcpy((uint8_t *)out->base + head_len, b->ops, b->len);
+        memcpy(p + head_len, b->ops, b->len);
+    if (zeros > 0) {
+        p[len] = FSM_PAD_TAG;
+        p[len + 1] = (uint8_t)zeros;
+        memset(p + len + 2, 0, zeros);
+    }
     return 0;
 }

@@ -5,9 +5,10 @@
  * applies the committed entries to its own LMDB through the saga (ledger_saga.h), and so
  * every replica that applied the same index holds the same bytes in every database.
  *
- * Entry format (proto/replica.proto, version 1): an Entry {version, time_ms, ops[]}, at most
- * LEDGER_FSM_ENTRY_MAX bytes and LEDGER_FSM_OPS_MAX ops, canonically encoded (it re-measures
- * to exactly its length). Each op carries what its apply needs, already verified by the
+ * Entry format (proto/replica.proto, version 1): an Entry {version, time_ms, ops[], padding},
+ * at most LEDGER_FSM_ENTRY_MAX bytes and LEDGER_FSM_OPS_MAX ops, canonically encoded (it
+ * re-measures to exactly its length), its length a multiple of 8 (padding: zeros, because
+ * libraft's uv I/O decodes several entries of one message at 8-byte aligned offsets). Each op carries what its apply needs, already verified by the
  * leader: signed envelopes byte for byte (reserve: request + deadline; store_allow: the allow
  * the bank signed after the reserve applied; settle: report), admin
  * arguments, the deadline compensation "expire up to T", an outbox acknowledgement.
