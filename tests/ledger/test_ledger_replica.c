@@ -1,7 +1,10 @@
 /* test_ledger_replica.c - a ledger shard as a Raft group of three real qc-ledger processes
  * over real ZeroMQ: a leader is elected and serves loads; a follower names it; every replica
- * holds the same state (check on each, and the digest of each stopped replica's LMDB). */
+ * holds the same state (check on each, and the digest of each stopped replica's LMDB); the
+ * leader killed during writes loses nothing acknowledged; without a majority nothing moves. */
+#include <pthread.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -96,9 +99,13 @@ static const char *const *replica_args(group_t *g, int i, bool join)
     return a;
 }
 
+/* The running group, which the teardown stops even when a test failed half-way. */
+static group_t *current;
+
 static void group_setup(group_t *g)
 {
     memset(g, 0, sizeof *g);
+    current = g;
     for (int i = 0; i < T_REPLICAS; i++) {
         assert_int_equal(lp_setup_like(&g->r[i], ledger_bin, T_PORT(i), i == 0 ? NULL : &g->r[0]),
                          0);
@@ -121,6 +128,19 @@ static void group_teardown(group_t *g)
         proto_curve_keypair_wipe(&g->raft_keys[i]);
         lp_teardown(&g->r[i]);
     }
+    current = NULL;
+}
+
+/* cmocka's teardown: no qc-ledger outlives its test. */
+static int teardown(void **state)
+{
+    (void)state;
+    if (current != NULL) {
+        group_t *g = current;
+        group_teardown(g);
+        free(g);
+    }
+    return 0;
 }
 
 /* shard_status of replica i, or NULL when it did not answer. */
@@ -448,6 +468,330 @@ static void test_three_replicas_serve_and_agree(void **state)
     free(g);
 }
 
+/* ------------------------------------------------------------ a writer through every replica */
+
+#define T_WRITER_LOADS 40  /* loads the writer makes, at most */
+#define T_RETRY_MS 30000   /* a load's retries end after this */
+#define T_KILL_AFTER 8     /* acknowledged loads before the leader dies */
+
+/* A client that knows every replica of the group, as gateways do. */
+static proto_rpc_client_t *group_client(group_t *g, const proto_curve_keypair_t *keys)
+{
+    char eps[3 * 64 + 8] = "";
+    for (int i = 0; i < T_REPLICAS; i++) {
+        if (i > 0)
+            strcat(eps, ",");
+        strcat(eps, g->r[i].endpoint);
+    }
+    proto_rpc_client_config_t cfg = {.service = "ledger",
+                                     .endpoints = eps,
+                                     .server_public_z85 = g->r[0].server.public_z85,
+                                     .keys = keys};
+    proto_rpc_client_t *cli = NULL;
+    assert_int_equal(proto_rpc_client_new(g->r[0].zctx, &cfg, &cli), 0);
+    return cli;
+}
+
+/* Codes after which the same request is sent again: nothing was decided, or the outcome is
+ * unknown and the txn id keeps a retry exact. */
+static bool transient(int rc)
+{
+    return rc == QC_ETIMEOUT || rc == QC_EUNAVAIL || rc == QC_ENOTLEADER || rc == QC_ENOQUORUM ||
+           rc == QC_EBUSY;
+}
+
+/* Calls method with body until a definitive answer, at most T_RETRY_MS; the reply in *out. */
+static int call_retry(proto_rpc_client_t *cli, const char *method, const uint8_t *body, size_t len,
+                      proto_rpc_reply_t **out)
+{
+    uint64_t end = ops_time_mono_ms() + T_RETRY_MS;
+    int rc = QC_ETIMEOUT;
+    while (ops_time_mono_ms() < end) {
+        proto_rpc_reply_t *rep = NULL;
+        rc = proto_rpc_client_call(cli, method, body, len, 2000, PROTO_RPC_IDEMPOTENT, &rep);
+        if (rc == 0)
+            rc = rep->code;
+        if (!transient(rc)) {
+            *out = rep;
+            return rc;
+        }
+        proto_rpc_reply_destroy(&rep);
+        usleep(50 * 1000);
+    }
+    return rc;
+}
+
+typedef struct writer {
+    group_t *g;
+    dev_t_ *d;
+    proto_rpc_client_t *cli;
+    atomic_int acked; /* loads acknowledged CONFIRMED */
+    atomic_bool stop;
+    uint8_t txn[T_WRITER_LOADS][16];
+    int64_t amount[T_WRITER_LOADS];
+    uint64_t acked_ms[T_WRITER_LOADS]; /* when each was acknowledged (mono) */
+    int failed;                        /* the code of a load that never got an answer */
+} writer_t;
+
+/* One load, reserve and settle, each retried with the same bytes until decided. */
+static int writer_load(writer_t *w, int i)
+{
+    tk_load_t l;
+    memset(&l, 0, sizeof l);
+    l.device_id = w->d->id;
+    l.account_id = T_ACCOUNT;
+    l.amount = 100 + i;
+    l.counter = w->d->counter;
+    tk_txn_id(l.txn_id);
+    uint8_t *req = NULL, *body = NULL;
+    size_t req_len = 0, body_len = 0;
+    tk_request(w->d->key, &l, &req, &req_len);
+    Qcledger__ReserveRequest m = QCLEDGER__RESERVE_REQUEST__INIT;
+    m.request.data = req;
+    m.request.len = req_len;
+    assert_int_equal(proto_pack(&m.base, &body, &body_len), 0);
+    proto_rpc_reply_t *rep = NULL;
+    int rc = call_retry(w->cli, "reserve", body, body_len, &rep);
+    free(body);
+    free(req);
+    if (rc != 0) {
+        proto_rpc_reply_destroy(&rep);
+        return rc;
+    }
+    Qcledger__ReserveReply *rr = qcledger__reserve_reply__unpack(NULL, rep->body_len, rep->body);
+    proto_rpc_reply_destroy(&rep);
+    assert_non_null(rr);
+    assert_true(rr->allow.len > 0);
+    uint8_t *report = NULL;
+    size_t report_len = 0;
+    tk_report(w->d->key, &l, l.counter + 1, QUANCUN__REPORT_STATUS__REPORT_APPLIED, rr->allow.data,
+              rr->allow.len, &report, &report_len);
+    qcledger__reserve_reply__free_unpacked(rr, NULL);
+    Qcledger__SettleRequest sr = QCLEDGER__SETTLE_REQUEST__INIT;
+    sr.txn_id.data = l.txn_id;
+    sr.txn_id.len = 16;
+    sr.report.data = report;
+    sr.report.len = report_len;
+    assert_int_equal(proto_pack(&sr.base, &body, &body_len), 0);
+    rc = call_retry(w->cli, "settle", body, body_len, &rep);
+    free(body);
+    free(report);
+    if (rc == 0) {
+        Qcledger__SettleReply *s = qcledger__settle_reply__unpack(NULL, rep->body_len, rep->body);
+        assert_non_null(s);
+        assert_int_equal(s->load->state, QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
+        qcledger__settle_reply__free_unpacked(s, NULL);
+        memcpy(w->txn[i], l.txn_id, 16);
+        w->amount[i] = l.amount;
+        w->d->counter++;
+    }
+    proto_rpc_reply_destroy(&rep);
+    return rc;
+}
+
+static void *writer_main(void *arg)
+{
+    writer_t *w = arg;
+    for (int i = 0; i < T_WRITER_LOADS && !atomic_load(&w->stop); i++) {
+        int rc = writer_load(w, i);
+        if (rc != 0) {
+            w->failed = rc;
+            break;
+        }
+        w->acked_ms[i] = ops_time_mono_ms();
+        atomic_store(&w->acked, i + 1);
+    }
+    return NULL;
+}
+
+/* The record of txn on the leader: its state (or -1 when not found). */
+static int load_state_on(lp_t *lp, const uint8_t *txn)
+{
+    Qcledger__GetLoadRequest m = QCLEDGER__GET_LOAD_REQUEST__INIT;
+    m.txn_id.data = (uint8_t *)txn;
+    m.txn_id.len = 16;
+    proto_rpc_reply_t *rep = NULL;
+    int rc = lp_call(lp->op, "get_load", &m.base, &rep);
+    if (rc != 0) {
+        proto_rpc_reply_destroy(&rep);
+        return -1;
+    }
+    Qcledger__LoadReply *lr = qcledger__load_reply__unpack(NULL, rep->body_len, rep->body);
+    proto_rpc_reply_destroy(&rep);
+    assert_non_null(lr);
+    int st = lr->load->state;
+    qcledger__load_reply__free_unpacked(lr, NULL);
+    return st;
+}
+
+/* The group running with an account, its funds and an enrolled device; returns the leader. */
+static int group_up(group_t *g, bool *running, dev_t_ *d, const char *dev_id)
+{
+    group_setup(g);
+    for (int i = 0; i < T_REPLICAS; i++) {
+        group_start(g, i, false);
+        running[i] = true;
+    }
+    int leader = wait_leader(g, running);
+    lp_t *L = &g->r[leader];
+    assert_int_equal(lp_open_account(L, T_ACCOUNT, TK_CURRENCY, 100000), 0);
+    assert_int_equal(lp_deposit(L, T_ACCOUNT, T_FUNDS), 0);
+    dev_make(d, dev_id);
+    assert_int_equal(lp_enroll(L, T_ACCOUNT, d->cert, d->cert_len), 0);
+    return leader;
+}
+
+/* Every running replica checks ok with the same totals. */
+static void assert_replicas_agree(group_t *g, const bool *running, int leader)
+{
+    wait_caught_up(g, running, leader);
+    Qcledger__CheckReply *first = NULL;
+    for (int i = 0; i < T_REPLICAS; i++) {
+        if (!running[i])
+            continue;
+        Qcledger__CheckReply *c = NULL;
+        check_replica(&g->r[i], &c);
+        if (first == NULL) {
+            first = c;
+            continue;
+        }
+        assert_same_check(first, c);
+        qcledger__check_reply__free_unpacked(c, NULL);
+    }
+    qcledger__check_reply__free_unpacked(first, NULL);
+}
+
+/* kill -9 of the leader while a writer loads through every replica: a new leader serves within
+ * seconds, every acknowledged load is CONFIRMED on the survivors, and they agree. */
+static void test_leader_killed_during_writes(void **state)
+{
+    (void)state;
+    group_t *g = calloc(1, sizeof *g);
+    assert_non_null(g);
+    bool running[T_REPLICAS];
+    dev_t_ d;
+    int leader = group_up(g, running, &d, "dev-r2");
+    writer_t *w = calloc(1, sizeof *w);
+    assert_non_null(w);
+    w->g = g;
+    w->d = &d;
+    w->cli = group_client(g, &g->r[0].gateway);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, writer_main, w), 0);
+    uint64_t end = ops_time_mono_ms() + T_RETRY_MS;
+    while (atomic_load(&w->acked) < T_KILL_AFTER && ops_time_mono_ms() < end)
+        usleep(10 * 1000);
+    assert_true(atomic_load(&w->acked) >= T_KILL_AFTER);
+    int acked_at_kill = atomic_load(&w->acked);
+    uint64_t killed_ms = ops_time_mono_ms();
+    lp_stop(&g->r[leader], SIGKILL);
+    running[leader] = false;
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(w->failed, 0);
+    int acked = atomic_load(&w->acked);
+    assert_int_equal(acked, T_WRITER_LOADS);
+    /* The first load acknowledged after the kill: the group served again. */
+    uint64_t back_ms = 0;
+    for (int i = acked_at_kill; i < acked && back_ms == 0; i++)
+        if (w->acked_ms[i] > killed_ms)
+            back_ms = w->acked_ms[i] - killed_ms;
+    int next = wait_leader(g, running);
+    assert_true(next != leader);
+    fprintf(stderr, "figure: first load acknowledged %llu ms after kill -9 of the leader\n",
+            (unsigned long long)back_ms);
+    assert_true(back_ms > 0 && back_ms < 10000);
+    int64_t loaded = 0;
+    for (int i = 0; i < acked; i++) {
+        assert_int_equal(load_state_on(&g->r[next], w->txn[i]),
+                         QUANCUN__LOAD_STATE__LOAD_CONFIRMED);
+        loaded += w->amount[i];
+    }
+    bool ok = false;
+    assert_int_equal(lp_balance(&g->r[next], T_ACCOUNT, &ok), T_FUNDS - loaded);
+    assert_true(ok);
+    assert_replicas_agree(g, running, next);
+    proto_rpc_client_destroy(&w->cli);
+    free(w);
+    dev_free(&d);
+    group_teardown(g);
+    free(g);
+}
+
+/* Two of three stopped: the survivor refuses writes with QC_ENOQUORUM and nothing moves; once
+ * they are back, writes succeed and every replica agrees. */
+static void test_no_quorum_refuses_then_recovers(void **state)
+{
+    (void)state;
+    group_t *g = calloc(1, sizeof *g);
+    assert_non_null(g);
+    bool running[T_REPLICAS];
+    dev_t_ d;
+    int leader = group_up(g, running, &d, "dev-r3");
+    one_load(&g->r[leader], &d, 250);
+    Qcledger__CheckReply *before = NULL;
+    wait_caught_up(g, running, leader);
+    int survivor = (leader + 1) % T_REPLICAS;
+    check_replica(&g->r[survivor], &before);
+    for (int i = 0; i < T_REPLICAS; i++) {
+        if (i == survivor)
+            continue;
+        lp_stop(&g->r[i], i == leader ? SIGKILL : SIGTERM);
+        running[i] = false;
+    }
+    /* Bounded: the survivor learns that no leader is left. */
+    uint64_t end = ops_time_mono_ms() + T_LEADER_MS;
+    bool leaderless = false;
+    while (!leaderless && ops_time_mono_ms() < end) {
+        Qcledger__ShardStatusReply *s = status_of(&g->r[survivor]);
+        assert_non_null(s);
+        leaderless = s->leader_id == 0 && s->role != QCLEDGER__REPLICA_ROLE__ROLE_LEADER;
+        qcledger__shard_status_reply__free_unpacked(s, NULL);
+        if (!leaderless)
+            usleep(100 * 1000);
+    }
+    assert_true(leaderless);
+    Qcledger__DepositRequest dm = QCLEDGER__DEPOSIT_REQUEST__INIT;
+    uint8_t txn[16];
+    tk_txn_id(txn);
+    dm.account_id = T_ACCOUNT;
+    dm.amount = 77;
+    dm.txn_id.data = txn;
+    dm.txn_id.len = sizeof txn;
+    Quancun__RpcReply *r = raw_call(&g->r[survivor], "deposit", &dm.base);
+    assert_int_equal(r->code, QC_ENOQUORUM);
+    quancun__rpc_reply__free_unpacked(r, NULL);
+    Qcledger__GetAccountRequest gm = QCLEDGER__GET_ACCOUNT_REQUEST__INIT;
+    gm.account_id = T_ACCOUNT;
+    r = raw_call(&g->r[survivor], "get_account", &gm.base);
+    assert_int_equal(r->code, QC_ENOQUORUM);
+    quancun__rpc_reply__free_unpacked(r, NULL);
+    /* Nothing moved on the survivor. */
+    Qcledger__CheckReply *during = NULL;
+    check_replica(&g->r[survivor], &during);
+    assert_same_check(before, during);
+    qcledger__check_reply__free_unpacked(during, NULL);
+    /* Back: a leader again, and writes go through. */
+    for (int i = 0; i < T_REPLICAS; i++) {
+        if (running[i])
+            continue;
+        group_start(g, i, false);
+        running[i] = true;
+    }
+    int next = wait_leader(g, running);
+    bool ok = false;
+    int64_t balance = lp_balance(&g->r[next], T_ACCOUNT, &ok);
+    assert_true(ok);
+    assert_int_equal(balance, T_FUNDS - 250);
+    assert_int_equal(lp_deposit(&g->r[next], T_ACCOUNT, 77), 0);
+    assert_int_equal(lp_balance(&g->r[next], T_ACCOUNT, &ok), T_FUNDS - 250 + 77);
+    one_load(&g->r[next], &d, 260);
+    assert_replicas_agree(g, running, next);
+    qcledger__check_reply__free_unpacked(before, NULL);
+    dev_free(&d);
+    group_teardown(g);
+    free(g);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -458,7 +802,9 @@ int main(int argc, char **argv)
     ports = qctest_ports(17400, 60);
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_three_replicas_serve_and_agree),
+        cmocka_unit_test_teardown(test_three_replicas_serve_and_agree, teardown),
+        cmocka_unit_test_teardown(test_leader_killed_during_writes, teardown),
+        cmocka_unit_test_teardown(test_no_quorum_refuses_then_recovers, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
