@@ -8,10 +8,11 @@
  * Entry format (proto/replica.proto, version 1): an Entry {version, time_ms, ops[], padding},
  * at most LEDGER_FSM_ENTRY_MAX bytes and LEDGER_FSM_OPS_MAX ops, canonically encoded (it
  * re-measures to exactly its length), its length a multiple of 8 (padding: zeros, because
- * libraft's uv I/O decodes several entries of one message at 8-byte aligned offsets). Each op carries what its apply needs, already verified by the
- * leader: signed envelopes byte for byte (reserve: request + deadline; store_allow: the allow
- * the bank signed after the reserve applied; settle: report), admin
- * arguments, the deadline compensation "expire up to T", an outbox acknowledgement.
+ * libraft's uv I/O decodes several entries of one message at 8-byte aligned offsets). Each op
+ * carries what its apply needs, already verified by the leader: signed envelopes byte for byte
+ * (reserve: request + deadline; store_allow: the allow the bank signed after the reserve applied;
+ * settle: report), admin arguments, the deadline compensation "expire up to T", an outbox
+ * acknowledgement.
  *
  * Apply is deterministic: it reads the replica's LMDB and the entry, nothing else. Its "now"
  * is max(entry time, applied time): the leader's clock, never going back when a leader with

@@ -470,9 +470,9 @@ static void test_three_replicas_serve_and_agree(void **state)
 
 /* ------------------------------------------------------------ a writer through every replica */
 
-#define T_WRITER_LOADS 40  /* loads the writer makes, at most */
-#define T_RETRY_MS 30000   /* a load's retries end after this */
-#define T_KILL_AFTER 8     /* acknowledged loads before the leader dies */
+#define T_WRITER_LOADS 40 /* loads the writer makes, at most */
+#define T_RETRY_MS 30000  /* a load's retries end after this */
+#define T_KILL_AFTER 8    /* acknowledged loads before the leader dies */
 
 /* A client that knows every replica of the group, as gateways do. */
 static proto_rpc_client_t *group_client(group_t *g, const proto_curve_keypair_t *keys)
