@@ -454,33 +454,9 @@ int audit_store_hwm(audit_store_t *store, const char *source, uint64_t *hwm)
 
 int audit_store_last_checkpoint(audit_store_t *store, uint64_t *entry_seq, uint64_t *covered_seq)
 {
-    assert(store != NULL);
-    assert(entry_seq != NULL);
-    assert(covered_seq != NULL);
-    *entry_seq = *covered_seq = 0;
-    MDB_txn *txn = NULL;
-    int rc = read_begin(store, &txn);
-    if (rc != 0)
-        return rc;
-    MDB_cursor *cur = NULL;
-    if ((rc = mdb_cursor_open(txn, store->dbi[DBI_CHECKPOINTS], &cur)) != 0) {
-        mdb_txn_abort(txn);
-        return store_err("cursor_open", rc);
-    }
-    MDB_val k, v;
-    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
-    if (rc == 0 && (k.mv_size != STORE_SEQ_KEY_SIZE || v.mv_size != 8))
-        rc = QC_EDECODE;
-    else if (rc == 0) {
-        *entry_seq = ops_be_get(k.mv_data, 8);
-        *covered_seq = ops_be_get(v.mv_data, 8);
-    } else if (rc == MDB_NOTFOUND)
-        rc = 0;
-    else
-        rc = store_err("last_checkpoint", rc);
-    mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
-    return rc;
+    /* The newest checkpoint is the one for size 0; none yet is not an error here. */
+    int rc = audit_store_checkpoint_for(store, 0, entry_seq, covered_seq);
+    return rc == QC_ENOTFOUND ? 0 : rc;
 }
 
 int audit_store_count(audit_store_t *store, uint64_t *entries, uint64_t *checkpoints)
