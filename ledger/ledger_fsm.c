@@ -684,6 +684,7 @@ int ledger_fsm_restore(ledger_fsm_t *f, const uint8_t *snap, size_t len, bool *r
         return rc;
     if ((rc = ledger_store_applied_get(f->store, txn, &applied, &applied_ms)) != 0)
         goto abort;
+    uint64_t old_applied = applied;
     if (h.index <= applied) {
         /* Both are prefixes of the one committed log, and ours is the longer. */
         ledger_store_txn_abort(txn);
@@ -702,6 +703,12 @@ int ledger_fsm_restore(ledger_fsm_t *f, const uint8_t *snap, size_t len, bool *r
     if ((rc = ledger_store_txn_commit(txn)) != 0)
         return rc;
     f->stats.snapshots_restored++;
+    /* Rare and worth seeing: a replica that lost its data (or fell far behind) took its whole
+     * state from the leader's snapshot. */
+    ops_logf(OPS_LOG_INFO, "ledger.fsm_snapshot_restored",
+             "snapshot at %llu: %llu records, %zu bytes, replacing state at %llu",
+             (unsigned long long)h.index, (unsigned long long)h.count, len,
+             (unsigned long long)old_applied);
     if (replaced != NULL)
         *replaced = true;
     return 0;
