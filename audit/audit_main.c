@@ -25,6 +25,9 @@ static const ops_config_key_t audit_keys[] = {
      .check = ops_config_check_endpoints},
     {"ledger_key", OPS_CONFIG_STRING, NULL, "the ledger's CURVE public key (Z85)",
      .check = ops_config_check_curve_key},
+    {"consumer", OPS_CONFIG_STRING, NULL,
+     "this witness's name on the ledgers' audit_consumers list (audit-1); empty = the one "
+     "consumer of a ledger without the list"},
     {"signer", OPS_CONFIG_STRING, NULL, "signer endpoints, comma-separated (checkpoints)",
      .check = ops_config_check_endpoints},
     {"signer_key", OPS_CONFIG_STRING, NULL, "the signer's CURVE public key (Z85)",

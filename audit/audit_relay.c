@@ -37,6 +37,7 @@ typedef struct relay_shard {
 
 struct audit_relay {
     audit_store_t *store;
+    char consumer[AUDIT_RELAY_CONSUMER_MAX + 1]; /* "" = anonymous, before witnesses */
     uint32_t batch_max;
     uint32_t poll_ms;
     size_t shard_count;
@@ -57,7 +58,8 @@ int audit_relay_new(const audit_relay_config_t *cfg, audit_relay_t **out)
     assert(out != NULL);
     *out = NULL;
     if (cfg->ledger == NULL || cfg->ledger[0] == '\0' || cfg->ledger_key == NULL ||
-        cfg->keys == NULL || cfg->batch_max < 1 || cfg->batch_max > AUDIT_RELAY_BATCH_MAX)
+        cfg->keys == NULL || cfg->batch_max < 1 || cfg->batch_max > AUDIT_RELAY_BATCH_MAX ||
+        (cfg->consumer != NULL && strlen(cfg->consumer) > AUDIT_RELAY_CONSUMER_MAX))
         return QC_ECONFIG;
     audit_relay_t *r = calloc(1, sizeof *r);
     char *list = strdup(cfg->ledger);
@@ -68,6 +70,7 @@ int audit_relay_new(const audit_relay_config_t *cfg, audit_relay_t **out)
         return QC_ENOMEM;
     }
     r->store = cfg->store;
+    snprintf(r->consumer, sizeof r->consumer, "%s", cfg->consumer != NULL ? cfg->consumer : "");
     r->batch_max = cfg->batch_max;
     r->poll_ms = cfg->poll_ms;
     atomic_init(&r->stop, false);
@@ -145,19 +148,21 @@ static int relay_call(relay_shard_t *s, const char *method, const ProtobufCMessa
 /* Acks everything up to upto on shard s and records the depth the ledger reports. */
 static int relay_ack(audit_relay_t *r, relay_shard_t *s, uint64_t upto)
 {
-    (void)r;
     Qcledger__OutboxAckRequest req = QCLEDGER__OUTBOX_ACK_REQUEST__INIT;
     req.upto_seq = upto;
+    req.consumer = r->consumer;
     Qcledger__OutboxAckReply *rep = NULL;
     int rc = relay_call(s, "outbox_ack", &req.base, &qcledger__outbox_ack_reply__descriptor,
                         (ProtobufCMessage **)&rep);
     if (rc != 0)
         return rc;
     s->acked = upto;
-    ops_gauge_set(s->m_lag, (int64_t)rep->depth);
-    if (rep->depth >= AUDIT_RELAY_LAG_WARN)
+    /* A named consumer's lag is its own; the depth also counts what other witnesses lack. */
+    uint64_t lag = r->consumer[0] != '\0' ? rep->lag : rep->depth;
+    ops_gauge_set(s->m_lag, (int64_t)lag);
+    if (lag >= AUDIT_RELAY_LAG_WARN)
         ops_logf(OPS_LOG_WARN, "audit.relay_lag", "%s has %" PRIu64 " events not yet relayed",
-                 s->source, rep->depth);
+                 s->source, lag);
     qcledger__outbox_ack_reply__free_unpacked(rep, NULL);
     return 0;
 }
@@ -249,6 +254,7 @@ static int relay_round(audit_relay_t *r, relay_shard_t *s, bool *full)
     Qcledger__OutboxReadRequest req = QCLEDGER__OUTBOX_READ_REQUEST__INIT;
     req.after_seq = hwm;
     req.max = s->read_max;
+    req.consumer = r->consumer;
     Qcledger__OutboxReadReply *rep = NULL;
     rc = relay_call(s, "outbox_read", &req.base, &qcledger__outbox_read_reply__descriptor,
                     (ProtobufCMessage **)&rep);
@@ -262,6 +268,17 @@ static int relay_round(audit_relay_t *r, relay_shard_t *s, bool *full)
         s->read_max = s->read_max * 2 < r->batch_max ? s->read_max * 2 : r->batch_max;
     *full = rep->n_events > 0 && rep->n_events >= req.max;
     int n = (int)rep->n_events;
+    if (n > 0 && rep->events[0]->seq != hwm + 1) {
+        /* The shard deleted events this log never held: every consumer it knows acked them,
+         * so this log was lost or restored from an older copy. Appending would hide the
+         * hole; the operator restores the log from another witness (docs/OPERATIONS.md). */
+        ops_logf(OPS_LOG_ERROR, "audit.relay_gap",
+                 "%s starts at seq %" PRIu64 " but the log holds up to %" PRIu64
+                 ": restore this witness from another one's copy",
+                 s->source, rep->events[0]->seq, hwm);
+        qcledger__outbox_read_reply__free_unpacked(rep, NULL);
+        return QC_ESTATE;
+    }
     if (n > 0) {
         uint64_t upto = rep->events[n - 1]->seq;
         rc = relay_append(r, s, rep);

@@ -7,6 +7,14 @@
  * commit and the ack (fault point "audit.after_commit_before_ack") is repaired on restart:
  * the relay acks up to its high-water mark before reading again.
  *
+ * Witnesses (docs/DESIGN.md section 4): each audit instance is a witness with its own log and
+ * relay, named by `consumer`; the ledger keeps an event until every consumer on its
+ * audit_consumers list acked it. Reads and acks carry the name. A read whose first event is
+ * not the one after the log's high-water mark means the shard deleted events this log never
+ * held (the log was wiped, or restored from an older copy): the relay appends nothing from
+ * that shard, logs audit.relay_gap and counts an error, until the log is restored from a
+ * surviving witness's copy.
+ *
  * Metrics: qc_audit_relay_events_total{source}, qc_audit_relay_lag{source} (events left in
  * the shard's outbox after the last ack), qc_audit_relay_errors_total{source}. */
 #ifndef AUDIT_RELAY_H
@@ -24,6 +32,7 @@
 #define AUDIT_RELAY_LAG_WARN 100000                 /* outbox depth that is logged as a warning */
 #define AUDIT_RELAY_BATCH_MAX PROTO_OUTBOX_READ_MAX /* events per outbox_read */
 #define AUDIT_RELAY_SOURCE_PREFIX "ledger-"
+#define AUDIT_RELAY_CONSUMER_MAX 32 /* a witness's name on the ledgers' audit_consumers */
 
 typedef struct audit_relay audit_relay_t;
 
@@ -35,6 +44,7 @@ typedef struct audit_relay_config {
     const proto_curve_keypair_t *keys; /* audit's own key pair */
     uint32_t batch_max;                /* events per read, 1..AUDIT_RELAY_BATCH_MAX */
     uint32_t poll_ms;                  /* idle wait between rounds */
+    const char *consumer;              /* this witness's name ("audit-1"), or NULL */
 } audit_relay_config_t;
 
 /* Parses the shard list and creates one RPC client per shard (no thread yet).

@@ -78,6 +78,7 @@ static int audit_service_start(audit_service_t *svc, const ops_config_t *cfg, co
                                      .store = svc->store,
                                      .ledger = ledger,
                                      .ledger_key = ops_config_str(cfg, "ledger_key"),
+                                     .consumer = nonempty(ops_config_str(cfg, "consumer")),
                                      .keys = &svc->keys,
                                      .batch_max = batch,
                                      .poll_ms = poll};

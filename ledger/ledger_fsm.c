@@ -362,7 +362,15 @@ static int apply_op(ledger_fsm_t *f, MDB_txn *txn, uint64_t now, const Qcreplica
                                        why);
         break;
     case QCREPLICA__OP__OP_OUTBOX_ACK:
-        rc = ledger_store_outbox_ack(f->store, txn, op->outbox_ack->upto_seq);
+        if (op->outbox_ack->n_consumers > LEDGER_OUTBOX_CONSUMERS_MAX)
+            rc = refuse(why, QC_EDECODE, "outbox ack lists %zu consumers",
+                        op->outbox_ack->n_consumers);
+        else if ((rc = ledger_store_outbox_ack_by(f->store, txn, op->outbox_ack->consumer,
+                                                  op->outbox_ack->upto_seq,
+                                                  (const char *const *)op->outbox_ack->consumers,
+                                                  op->outbox_ack->n_consumers)) == QC_EDENIED)
+            rc = refuse(why, rc, "outbox ack by \"%.32s\", not a configured consumer",
+                        op->outbox_ack->consumer != NULL ? op->outbox_ack->consumer : "");
         break;
     default:
         rc = refuse(why, QC_EDECODE, "op of unknown kind %d", (int)op->op_case);
@@ -997,8 +1005,20 @@ int ledger_fsm_batch_revoke(ledger_fsm_batch_t *b, const char *device_id)
 
 int ledger_fsm_batch_outbox_ack(ledger_fsm_batch_t *b, uint64_t upto_seq)
 {
+    return ledger_fsm_batch_outbox_ack_by(b, upto_seq, NULL, NULL, 0);
+}
+
+int ledger_fsm_batch_outbox_ack_by(ledger_fsm_batch_t *b, uint64_t upto_seq, const char *consumer,
+                                   const char *const *consumers, size_t consumer_count)
+{
+    assert(consumer_count == 0 || consumers != NULL);
+    assert(consumer_count <= LEDGER_OUTBOX_CONSUMERS_MAX);
     Qcledger__OutboxAckRequest m = QCLEDGER__OUTBOX_ACK_REQUEST__INIT;
     m.upto_seq = upto_seq;
+    if (consumer != NULL)
+        m.consumer = (char *)consumer;
+    m.consumers = (char **)consumers;
+    m.n_consumers = consumer_count;
     Qcreplica__Op op = QCREPLICA__OP__INIT;
     op.op_case = QCREPLICA__OP__OP_OUTBOX_ACK;
     op.outbox_ack = &m;

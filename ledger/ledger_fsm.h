@@ -196,6 +196,11 @@ QC_MUST_CHECK int ledger_fsm_batch_enroll(ledger_fsm_batch_t *b, const char *acc
                                           uint64_t counter);
 QC_MUST_CHECK int ledger_fsm_batch_revoke(ledger_fsm_batch_t *b, const char *device_id);
 QC_MUST_CHECK int ledger_fsm_batch_outbox_ack(ledger_fsm_batch_t *b, uint64_t upto_seq);
+/* An outbox ack by one of several consumers (ledger_store_outbox_ack_by()): consumer and the
+ * leader's configured list travel in the op, so every replica deletes the same events. */
+QC_MUST_CHECK int ledger_fsm_batch_outbox_ack_by(ledger_fsm_batch_t *b, uint64_t upto_seq,
+                                                 const char *consumer, const char *const *consumers,
+                                                 size_t consumer_count);
 
 /* The entry's bytes in out->base (raft_malloc'd; raft_apply() takes them over, else free
  * with raft_free()). Returns 0 or QC_ENOMEM. */

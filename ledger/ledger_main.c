@@ -54,6 +54,9 @@ static const ops_config_key_t ledger_keys[] = {
     {"signer_timeout_ms", OPS_CONFIG_INT, "2000",
      "budget of one signature, retries to every signer included", .min = 1,
      .max = LEDGER_SIGNER_TIMEOUT_MS_MAX},
+    {"audit_consumers", OPS_CONFIG_STRING, NULL,
+     "audit witnesses that each pull the outbox, comma-separated (audit-1,audit-2): an event "
+     "is kept until every one acked it; empty = one consumer"},
     {"replica_id", OPS_CONFIG_INT, "0",
      "this replica's Raft id in its shard's group (1..); 0 = one process without Raft", .min = 0,
      .max = LEDGER_REPLICA_ID_MAX},
@@ -129,6 +132,7 @@ int main(int argc, char **argv)
         .signer_file = ledger_nonempty(ops_config_str(cfg, "signer_file")),
         .signer_key = ops_config_str(cfg, "signer_key"),
         .signer_timeout_ms = (int)ops_config_int(cfg, "signer_timeout_ms"),
+        .audit_consumers = ledger_nonempty(ops_config_str(cfg, "audit_consumers")),
         .replica_id = (uint64_t)ops_config_int(cfg, "replica_id"),
         .replicas_file = ledger_nonempty(ops_config_str(cfg, "replicas_file")),
         .raft_key = ledger_nonempty(ops_config_str(cfg, "raft_key")),

@@ -42,6 +42,7 @@
 
 #include "ledger.pb-c.h"
 #include "ledger_fsm.h"
+#include "ledger_outbox.h"
 #include "ledger_replica.h"
 #include "ledger_saga.h"
 #include "ledger_signer.h"
@@ -197,6 +198,7 @@ struct ledger_service {
     ops_counter_t *m_denied;
     ops_gauge_t *m_outbox_depth;
     ops_gauge_t *m_map_used;
+    ledger_outbox_t *outbox; /* the audit consumers (ledger_outbox.h) */
 };
 
 static const unsigned svc_batch_le[SVC_BATCH_BUCKETS] = {1, 4, 16, 64, 256, 1u << 30};
@@ -526,14 +528,16 @@ static void do_outbox_ack(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc
     Qcledger__OutboxAckReply r = QCLEDGER__OUTBOX_ACK_REPLY__INIT;
     slot->code = ledger_store_txn_begin(svc->store, txn, true, &child);
     if (slot->code == 0) {
-        slot->code = ledger_store_outbox_ack(svc->store, child, m->upto_seq);
+        slot->code = ledger_outbox_ack(svc->outbox, svc->store, child, m->consumer, m->upto_seq);
         if (slot->code == 0)
-            slot->code = ledger_store_outbox_depth(svc->store, child, &r.depth);
+            slot->code = ledger_outbox_reply(svc->outbox, svc->store, child, m->consumer, &r);
         if (slot->code == 0)
             slot->code = ledger_store_txn_commit(child);
         else
             ledger_store_txn_abort(child);
     }
+    if (slot->code == QC_EDENIED)
+        slot_refuse(slot, QC_EDENIED, "outbox_ack: the consumer is not in audit_consumers");
     if (slot->code == 0)
         slot_pack(slot, &r.base);
     qcledger__outbox_ack_request__free_unpacked(m, NULL);
@@ -646,7 +650,11 @@ static void do_outbox_read(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot
         return;
     size_t max = m->max == 0 || m->max > LEDGER_OUTBOX_READ_MAX ? LEDGER_OUTBOX_READ_MAX : m->max;
     Qcledger__OutboxReadReply r;
-    slot->code = ledger_store_outbox_read(svc->store, txn, m->after_seq, max, &r);
+    if (m->consumer != NULL && m->consumer[0] != '\0' &&
+        !ledger_outbox_known(svc->outbox, m->consumer))
+        slot_refuse(slot, QC_EDENIED, "outbox_read: the consumer is not in audit_consumers");
+    else
+        slot->code = ledger_store_outbox_read(svc->store, txn, m->after_seq, max, &r);
     if (slot->code == 0) {
         slot_pack(slot, &r.base);
         ledger_store_outbox_read_free(&r);
@@ -699,7 +707,9 @@ static int propose_outbox_ack(ledger_service_t *svc, svc_slot_t *slot, ledger_fs
         (Qcledger__OutboxAckRequest *)slot_unpack(slot, &qcledger__outbox_ack_request__descriptor);
     if (m == NULL)
         return QC_EDECODE;
-    int rc = ledger_fsm_batch_outbox_ack(b, m->upto_seq);
+    size_t count = 0;
+    const char *const *consumers = ledger_outbox_consumers(svc->outbox, &count);
+    int rc = ledger_fsm_batch_outbox_ack_by(b, m->upto_seq, m->consumer, consumers, count);
     qcledger__outbox_ack_request__free_unpacked(m, NULL);
     return rc;
 }
@@ -865,7 +875,12 @@ static void after_device(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
 static void after_outbox_ack(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
 {
     Qcledger__OutboxAckReply r = QCLEDGER__OUTBOX_ACK_REPLY__INIT;
-    slot->code = ledger_store_outbox_depth(svc->store, txn, &r.depth);
+    Qcledger__OutboxAckRequest *m =
+        (Qcledger__OutboxAckRequest *)slot_unpack(slot, &qcledger__outbox_ack_request__descriptor);
+    if (m == NULL)
+        return;
+    slot->code = ledger_outbox_reply(svc->outbox, svc->store, txn, m->consumer, &r);
+    qcledger__outbox_ack_request__free_unpacked(m, NULL);
     if (slot->code == 0)
         slot_pack(slot, &r.base);
     else
@@ -1257,6 +1272,7 @@ static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
         uint64_t depth = 0;
         if (ledger_store_outbox_depth(svc->store, rtxn, &depth) == 0)
             ops_gauge_set(svc->m_outbox_depth, (int64_t)depth);
+        ledger_outbox_gauges(svc->outbox, svc->store, rtxn);
     }
     size_t read_count = 0;
     for (size_t i = 0; reads > 0 && i < n; i++) {
@@ -2106,6 +2122,8 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
         rc = QC_ENOMEM;
         goto err;
     }
+    if ((rc = ledger_outbox_new(cfg->audit_consumers, &svc->outbox)) != 0)
+        goto err;
     if ((rc = proto_key_load_pem(cfg->allow_cert, &svc->allow_key)) != 0) {
         ops_log(OPS_LOG_ERROR, "ledger.allow_cert_invalid", "path", cfg->allow_cert, NULL);
         rc = QC_ECONFIG;
@@ -2226,6 +2244,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     free(svc->slots);
     free(svc->load);
     free(svc->signed_allows);
+    ledger_outbox_destroy(&svc->outbox);
     free(svc);
     *svc_p = NULL;
 }

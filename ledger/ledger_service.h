@@ -65,6 +65,9 @@ typedef struct ledger_service_config {
     const char *signer_file; /* a file of them, re-read on SIGHUP */
     const char *signer_key;  /* the signer's CURVE public key */
     int signer_timeout_ms;   /* budget of one signature, retries included */
+    /* The audit witnesses that each pull the outbox, comma-separated (ledger_outbox.h);
+     * NULL: one consumer, as before witnesses. */
+    const char *audit_consumers;
     /* Replica mode (docs/DESIGN.md, "Replication"; ledger_replica.h): replica_id 0 runs one
      * process without Raft, as before. */
     uint64_t replica_id;

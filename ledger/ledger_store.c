@@ -676,11 +676,10 @@ int ledger_store_outbox_append(ledger_store_t *store, MDB_txn *txn, uint32_t sha
     assert(type != NULL);
     assert(strlen(type) <= LEDGER_EVENT_TYPE_MAX);
     uint64_t next = 1;
-    int rc = meta_get_u64(store, txn, STORE_META_OUTBOX_NEXT, &next);
-    if (rc == QC_ENOTFOUND)
-        next = 1;
-    else if (rc != 0)
+    int rc = ledger_store_outbox_last(store, txn, &next);
+    if (rc != 0)
         return rc;
+    next++;
     Qcledger__OutboxEvent ev = QCLEDGER__OUTBOX_EVENT__INIT;
     ev.seq = next;
     ev.shard = shard;
@@ -784,6 +783,78 @@ int ledger_store_outbox_ack(ledger_store_t *store, MDB_txn *txn, uint64_t upto_s
     if (rc == 0 || rc == MDB_NOTFOUND)
         return 0;
     return store_err("outbox_ack", rc);
+}
+
+#define STORE_META_OUTBOX_ACKED "outbox_acked:"
+
+/* The meta key of consumer's cursor; false when the name does not fit. */
+static bool outbox_cursor_key(const char *consumer, char *key, size_t cap)
+{
+    int n = snprintf(key, cap, STORE_META_OUTBOX_ACKED "%s", consumer);
+    return n > 0 && (size_t)n < cap;
+}
+
+int ledger_store_outbox_acked(ledger_store_t *store, MDB_txn *txn, const char *consumer,
+                              uint64_t *seq)
+{
+    assert(store != NULL);
+    assert(consumer != NULL);
+    assert(seq != NULL);
+    char key[sizeof STORE_META_OUTBOX_ACKED + LEDGER_OUTBOX_CONSUMER_NAME_MAX];
+    *seq = 0;
+    if (!outbox_cursor_key(consumer, key, sizeof key))
+        return QC_EDENIED;
+    int rc = meta_get_u64(store, txn, key, seq);
+    return rc == QC_ENOTFOUND ? 0 : rc;
+}
+
+int ledger_store_outbox_last(ledger_store_t *store, MDB_txn *txn, uint64_t *seq)
+{
+    assert(store != NULL);
+    assert(seq != NULL);
+    uint64_t next = 1;
+    int rc = meta_get_u64(store, txn, STORE_META_OUTBOX_NEXT, &next);
+    if (rc == QC_ENOTFOUND)
+        next = 1;
+    else if (rc != 0)
+        return rc;
+    assert(next >= 1);
+    *seq = next - 1;
+    return 0;
+}
+
+int ledger_store_outbox_ack_by(ledger_store_t *store, MDB_txn *txn, const char *consumer,
+                               uint64_t upto_seq, const char *const *consumers,
+                               size_t consumer_count)
+{
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(consumer_count == 0 || consumers != NULL);
+    if (consumer_count == 0)
+        return ledger_store_outbox_ack(store, txn, upto_seq);
+    bool listed = false;
+    for (size_t i = 0; consumer != NULL && i < consumer_count; i++)
+        listed = listed || strcmp(consumers[i], consumer) == 0;
+    char key[sizeof STORE_META_OUTBOX_ACKED + LEDGER_OUTBOX_CONSUMER_NAME_MAX];
+    if (!listed || !outbox_cursor_key(consumer, key, sizeof key))
+        return QC_EDENIED;
+    uint64_t cursor = 0;
+    int rc = ledger_store_outbox_acked(store, txn, consumer, &cursor);
+    if (rc != 0)
+        return rc;
+    /* A cursor only moves forward: a witness restored from an older copy acks what it holds,
+     * which never takes back what it acknowledged before. */
+    if (upto_seq > cursor && (rc = meta_put_u64(store, txn, key, upto_seq)) != 0)
+        return rc;
+    uint64_t all = UINT64_MAX;
+    for (size_t i = 0; i < consumer_count; i++) {
+        uint64_t c = 0;
+        if ((rc = ledger_store_outbox_acked(store, txn, consumers[i], &c)) != 0)
+            return rc;
+        all = c < all ? c : all;
+    }
+    assert(all != UINT64_MAX);
+    return all > 0 ? ledger_store_outbox_ack(store, txn, all) : 0;
 }
 
 /* ------------------------------------------------------------ iteration */

@@ -14,7 +14,8 @@
  *   deadlines  deadline_ms (8, BE) || txn id (16) -> empty; exactly the RESERVED loads
  *   transfers  txn id (16) || kind (1) -> Transfer; one transfer of each kind per txn
  *   outbox     seq (8, BE)           -> OutboxEvent
- *   meta       name                  -> value (shard identity, next outbox sequence)
+ *   meta       name                  -> value (shard identity, next outbox sequence, each
+ *                                        outbox consumer's cursor "outbox_acked:<consumer>")
  *   certs      device id             -> the device's certificate (DER), written once
  *
  * The environment is opened without MDB_NOSYNC: a commit returns once it is on disk. */
@@ -185,6 +186,25 @@ QC_MUST_CHECK int ledger_store_outbox_read(ledger_store_t *store, MDB_txn *txn, 
 void ledger_store_outbox_read_free(Qcledger__OutboxReadReply *reply);
 /* Deletes every event with seq <= upto_seq (the relay delivered them). */
 QC_MUST_CHECK int ledger_store_outbox_ack(ledger_store_t *store, MDB_txn *txn, uint64_t upto_seq);
+
+/* Outbox consumers (audit witnesses, docs/DESIGN.md section 4): each of the names in
+ * consumers[] (consumer_count of them, the ledger's configured list) pulls every event, and
+ * an event is deleted only once every one of them acknowledged it. With consumer_count 0 (one
+ * relay, as before witnesses) this is ledger_store_outbox_ack(). Otherwise consumer must be
+ * one of consumers[] (else QC_EDENIED, nothing changed); its cursor becomes
+ * max(cursor, upto_seq), and every event at or below the smallest cursor of consumers[] (a
+ * consumer that never acknowledged counts 0) is deleted. Everything it reads is the store and
+ * its arguments, so replicas applying the same op agree. Returns 0, QC_EDENIED, QC_EIO. */
+#define LEDGER_OUTBOX_CONSUMERS_MAX 8      /* audit witnesses per shard */
+#define LEDGER_OUTBOX_CONSUMER_NAME_MAX 32 /* "audit-1" */
+QC_MUST_CHECK int ledger_store_outbox_ack_by(ledger_store_t *store, MDB_txn *txn,
+                                             const char *consumer, uint64_t upto_seq,
+                                             const char *const *consumers, size_t consumer_count);
+/* The highest seq consumer acknowledged (0 when it never did), and the last seq appended (0
+ * when none was). Returns 0 or QC_EIO. */
+QC_MUST_CHECK int ledger_store_outbox_acked(ledger_store_t *store, MDB_txn *txn,
+                                            const char *consumer, uint64_t *seq);
+QC_MUST_CHECK int ledger_store_outbox_last(ledger_store_t *store, MDB_txn *txn, uint64_t *seq);
 
 /* Iteration for the invariant check: fn is called for every record, in key order, and may
  * stop the walk by returning non-zero (which is returned). Devices come without their
