@@ -12,8 +12,8 @@
  *     under ZMQ_IMMEDIATE), so resending it is safe even when it is not idempotent.
  *  3. calls[id & PROTO_RPC_SLOT_MASK].request_id == id for every call in flight; a reply whose
  *     id fails this test is late or forged and is dropped.
- *  4. A call follows at most (endpoints) QC_ENOTLEADER redirects (its hops), all within its
- *     own deadline, so followers that point at each other cannot keep it alive.
+ *  4. A call follows at most (endpoints) QC_ENOTLEADER or QC_ENOQUORUM redirects (its hops), all
+ * within its own deadline, so followers that point at each other cannot keep it alive.
  *  5. preferred is -1 or a used endpoint: the leader found by the last redirect, tried
  *     first by every new call (no redirect ever seen: round-robin as before).
  *
@@ -21,7 +21,9 @@
  * answered QC_ENOTLEADER, so resending the same frame (same request id) is safe even for a
  * call that is not idempotent. The resend goes to RpcReply.leader when that is one of our
  * endpoints (a leader outside the configured list is never dialled: the list is the trust
- * boundary), else to the next endpoint after the one that answered. */
+ * boundary), else to the next endpoint after the one that answered. QC_ENOQUORUM (a replica
+ * that knows no leader, e.g. one cut off from the others) is followed to the next endpoint
+ * the same way: it changed nothing either. */
 #include "proto_rpc_client.h"
 
 #include <assert.h>
@@ -675,13 +677,18 @@ static int rpc_endpoint_drain(proto_rpc_client_t *cli, int e, proto_rpc_done_fn 
             quancun__rpc_reply__free_unpacked(m, NULL);
             continue;
         }
-        if (m->code == QC_ENOTLEADER && c->endpoint != e) {
+        /* QC_ENOQUORUM (a replica that knows no leader: a candidate cut off from the others,
+         * or one in an election) changed nothing either: the next replica may know the
+         * leader. It is followed like QC_ENOTLEADER without a leader, within the same hops;
+         * when every replica says so, the call ends with it. */
+        bool refused = m->code == QC_ENOTLEADER || m->code == QC_ENOQUORUM;
+        if (refused && c->endpoint != e) {
             /* An earlier attempt's refusal: the call is already waiting elsewhere. */
             ops_counter_add(cli->late, 1);
             quancun__rpc_reply__free_unpacked(m, NULL);
             continue;
         }
-        if (m->code == QC_ENOTLEADER && rpc_call_redirect(cli, c, e, m->leader)) {
+        if (refused && rpc_call_redirect(cli, c, e, m->code == QC_ENOTLEADER ? m->leader : NULL)) {
             quancun__rpc_reply__free_unpacked(m, NULL);
             continue;
         }

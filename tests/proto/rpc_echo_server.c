@@ -22,13 +22,15 @@ static void usage(FILE *to)
 {
     fprintf(to, "usage: rpc_echo_server --endpoint E --keys PATH (--allow PATH | --allow-any)\n"
                 "                       [--service NAME] [--name INSTANCE] [--stall]\n"
-                "                       [--not-leader LEADER-ENDPOINT]\n"
+                "                       [--not-leader LEADER-ENDPOINT | --no-quorum]\n"
                 "Methods: echo (body back), peer (the caller's CURVE key), whoami (--name),\n"
                 "stats (the server's drop counters), stall (no reply when --stall),\n"
                 "slow (sleeps body milliseconds, at most 3000, then echoes),\n"
                 "budget (the caller's budget left on this server's clock, or \"none\").\n"
                 "--not-leader: every method but whoami and stats is answered QC_ENOTLEADER\n"
-                "naming LEADER-ENDPOINT (\"\" = leader unknown), as a follower replica does.\n");
+                "naming LEADER-ENDPOINT (\"\" = leader unknown), as a follower replica does.\n"
+                "--no-quorum: the same methods are answered QC_ENOQUORUM, as a replica that\n"
+                "knows no leader does (a candidate cut off from the others).\n");
 }
 
 static uint64_t counter_value(const char *name, const char *service)
@@ -45,6 +47,7 @@ int main(int argc, char **argv)
     const char *name = "0";
     bool stall = false;
     const char *not_leader = NULL;
+    bool no_quorum = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -53,6 +56,8 @@ int main(int argc, char **argv)
             return 0;
         } else if (strcmp(a, "--allow-any") == 0) {
             cfg.allow_any = true;
+        } else if (strcmp(a, "--no-quorum") == 0) {
+            no_quorum = true;
         } else if (strcmp(a, "--stall") == 0) {
             stall = true;
         } else if (v != NULL && strcmp(a, "--endpoint") == 0) {
@@ -99,7 +104,9 @@ int main(int argc, char **argv)
         if (rc != 0)
             break;
         bool answers = strcmp(req->method, "whoami") == 0 || strcmp(req->method, "stats") == 0;
-        if (not_leader != NULL && !answers) {
+        if (no_quorum && !answers) {
+            rc = proto_rpc_server_reply(srv, req, QC_ENOQUORUM, "no leader is known", NULL, 0);
+        } else if (not_leader != NULL && !answers) {
             rc = proto_rpc_server_reply_not_leader(srv, req, not_leader);
         } else if (strcmp(req->method, "echo") == 0) {
             rc = proto_rpc_server_reply(srv, req, 0, "ok", req->body, req->body_len);

@@ -82,7 +82,7 @@ static void endpoint_of(int port, char *out, size_t cap)
 
 /* Port i of the test's range, and its endpoint (a string that lives as long as the test). */
 static qctest_ports_t ports;
-#define T_PORTS_USED 23
+#define T_PORTS_USED 26
 #define T_PORT(i) qctest_port(&ports, (i))
 static const char *endpoint_at(int i)
 {
@@ -92,8 +92,12 @@ static const char *endpoint_at(int i)
     return eps[i];
 }
 
+/* not_leader of spawn_echo for a replica that knows no leader (QC_ENOQUORUM). */
+#define T_NO_QUORUM "(no quorum)"
+
 /* Starts an echo server on port; stderr goes to stderr_path when it is set. With not_leader
- * set it plays a follower replica that names not_leader as its leader. */
+ * set it plays a follower replica that names not_leader as its leader (T_NO_QUORUM: one that
+ * knows none and answers QC_ENOQUORUM). */
 static pid_t spawn_echo(fixture_t *f, int port, const char *name, bool stall,
                         const char *stderr_path, const char *not_leader)
 {
@@ -117,7 +121,9 @@ static pid_t spawn_echo(fixture_t *f, int port, const char *name, bool stall,
     args[n++] = name;
     if (stall)
         args[n++] = "--stall";
-    if (not_leader != NULL) {
+    if (not_leader != NULL && strcmp(not_leader, T_NO_QUORUM) == 0) {
+        args[n++] = "--no-quorum";
+    } else if (not_leader != NULL) {
         args[n++] = "--not-leader";
         args[n++] = not_leader;
     }
@@ -980,6 +986,39 @@ static void test_follow_leader(void **state)
     assert_int_equal(proto_rpc_client_inflight(cli), 0);
 }
 
+/* 12. A replica that knows no leader (a candidate cut off from the others) answers
+ * QC_ENOQUORUM: it changed nothing, so the call moves on to the next replica and ends at the
+ * leader; when every replica says so, the call ends with QC_ENOQUORUM after one hop per
+ * endpoint, well within its deadline. */
+static void test_follow_past_no_quorum(void **state)
+{
+    fixture_t *f = *state;
+    const char *q1 = endpoint_at(23), *q2 = endpoint_at(24), *c = endpoint_at(25);
+    spawn_echo(f, T_PORT(23), "q1", false, NULL, T_NO_QUORUM);
+    spawn_echo(f, T_PORT(24), "q2", false, NULL, T_NO_QUORUM);
+    spawn_server(f, T_PORT(25), "c", false, NULL);
+    char list[3 * QCTEST_ENDPOINT_MAX + 3];
+    char out[64];
+
+    snprintf(list, sizeof list, "%s,%s", q1, c);
+    proto_rpc_client_t *cli = client_new(f, list, NULL, &f->client);
+    rotate_to_first(cli, (const char *const[]){"q1", "c"}, 2);
+    uint64_t before = client_counter("qc_rpc_client_leader_redirects_total");
+    assert_int_equal(call_text(cli, "echo", "past", T_CALL_MS, 0, out, sizeof out), 0);
+    assert_string_equal(out, "past");
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 1);
+
+    snprintf(list, sizeof list, "%s,%s", q1, q2);
+    cli = client_new(f, list, NULL, &f->client);
+    rotate_to_first(cli, (const char *const[]){"q1", "q2"}, 2);
+    before = client_counter("qc_rpc_client_leader_redirects_total");
+    uint64_t t0 = ops_time_mono_ms();
+    assert_int_equal(call_text(cli, "echo", "none", 3000, 0, out, sizeof out), QC_ENOQUORUM);
+    assert_true(ops_time_mono_ms() - t0 < 3000);
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 2);
+    assert_int_equal(proto_rpc_client_inflight(cli), 0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -1003,6 +1042,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_late_reply_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shared_context, setup, teardown),
         cmocka_unit_test_setup_teardown(test_follow_leader, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_follow_past_no_quorum, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
