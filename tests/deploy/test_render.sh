@@ -149,5 +149,14 @@ grep -q "^sig: changed etc/quancun/audit.conf: systemctl restart quancun-audit" 
 ! grep -v '^gw2:' "$ch" | grep -q "ledger-1.replicas\|ledger-0-1.conf\|\.key" || fail "an unchanged file listed as changed"
 grep -q "^gw2: new etc/quancun/gateway-1.conf: systemctl enable --now quancun-gateway@1" "$ch" || fail "no start of gateway-1"
 ok "re-render: keys kept, the change listed with its commands"
+
+# --- the gateway on gw2 removed again: its config goes, the change says to disable it
+printf '%s\n' "$base" "signer gw2" "replica 0 gw2" >"$X/inv"
+deploy render --inventory "$X/inv" --out "$X/out" >"$X/render3.log" 2>&1 || { cat "$X/render3.log"; fail "third render"; }
+[ ! -e "$H/gw2/etc/quancun/gateway-1.conf" ] || fail "gateway-1.conf still on gw2"
+grep -q "^gw2: gone etc/quancun/gateway-1.conf: systemctl disable --now quancun-gateway@1" "$ch" ||
+  fail "no disable of the removed gateway: $(cat "$ch")"
+grep -qx 'join = true' "$H/gw2/etc/quancun/ledger-0-4.conf" || fail "replica 4 lost its join on a later render"
+ok "a removed gateway: its config deleted, the disable command listed"
 failed=0
 echo "PASS test_render" >&2
