@@ -37,7 +37,7 @@ set deadline_ms 5000
 set log_level warn"
 case "${1:-}" in -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 source "$(dirname "$0")/netns_lib.sh"
-readonly LOADS=${LOADS:-200} DEVICES=${DEVICES:-20} CONC=${CONC:-8} DEADLINE_S=5
+readonly LOADS=${LOADS:-200} DEVICES=${DEVICES:-20} CONC=${CONC:-8}
 confirmed_total=0
 
 # run_bg OUT LOADS: a qc-loadgen run in the background (its pid in LG).
