@@ -44,7 +44,8 @@
 #include "qc_error.h"
 
 #define GATEWAY_ENDPOINTS_TEXT_MAX 4096 /* one shard's endpoint list, as configured */
-#define GATEWAY_POLLITEMS_MAX (1 + (GATEWAY_SHARDS_MAX + 2) * PROTO_RPC_ENDPOINTS_MAX)
+#define GATEWAY_POLLITEMS_MAX                                                                      \
+    (1 + (GATEWAY_SHARDS_MAX + 1) * PROTO_RPC_ENDPOINTS_MAX + PROTO_AUDIT_POLLITEMS_MAX)
 #define GATEWAY_RECV_BATCH_MAX 256 /* device requests taken per loop turn */
 #define GATEWAY_MESSAGE_MAX 128    /* a refusal's words for the device */
 
@@ -429,7 +430,6 @@ int gateway_run(gateway_t *gw)
         clients[client_count++] = gw->shards[s];
     if (gw->audit_reader != NULL)
         clients[client_count++] = gw->audit_reader;
-    proto_rpc_client_t *audit = proto_audit_client(gw->audit);
 
     while (!ops_signal_stop_requested()) {
         int n = 0;
@@ -445,12 +445,10 @@ int gateway_run(gateway_t *gw)
             if (t >= 0 && t < timeout)
                 timeout = t;
         }
-        if (audit != NULL) {
-            n += proto_rpc_client_pollitems(audit, &items[n], GATEWAY_POLLITEMS_MAX - n);
-            int t = proto_rpc_client_next_timeout_ms(audit);
-            if (t >= 0 && t < timeout)
-                timeout = t;
-        }
+        n += proto_audit_pollitems(gw->audit, &items[n], GATEWAY_POLLITEMS_MAX - n);
+        int t = proto_audit_next_timeout_ms(gw->audit);
+        if (t >= 0 && t < timeout)
+            timeout = t;
         if (zmq_poll(items, n, timeout) < 0) {
             if (errno == EINTR)
                 continue;
@@ -563,14 +561,26 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
     if (rc != 0)
         goto err;
     if (cfg->audit != NULL && cfg->audit_key != NULL) {
-        /* A client of its own: the sender's replies are the sender's to process. */
+        /* A client of its own: the sender's replies are the sender's to process. The
+         * witnesses' logs differ, so a device's proofs come from the first witness that is
+         * up (in order), not from each in turn: ';' between witnesses becomes ','. */
+        char *list = strdup(cfg->audit);
+        if (list == NULL) {
+            rc = QC_ENOMEM;
+            goto err;
+        }
+        for (char *p = strchr(list, ';'); p != NULL; p = strchr(p, ';'))
+            *p = ',';
         proto_rpc_client_config_t ac = {
             .service = "audit",
-            .endpoints = cfg->audit,
+            .endpoints = list,
             .server_public_z85 = cfg->audit_key,
             .keys = cfg->keys,
+            .in_order = true,
         };
-        if ((rc = proto_rpc_client_new(ctx, &ac, &gw->audit_reader)) != 0)
+        rc = proto_rpc_client_new(ctx, &ac, &gw->audit_reader);
+        free(list);
+        if (rc != 0)
             goto err;
     }
     /* Devices are not pre-registered: their identity is their certificate and signatures. */

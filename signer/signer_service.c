@@ -284,19 +284,16 @@ static void signer_send_replies(signer_service_t *svc)
 /* Serves until a stop is requested. Returns 0, or QC_EIO when the socket fails. */
 static int signer_serve(signer_service_t *svc)
 {
-    zmq_pollitem_t items[2 + PROTO_RPC_ENDPOINTS_MAX] = {
+    zmq_pollitem_t items[2 + PROTO_AUDIT_POLLITEMS_MAX] = {
         {proto_rpc_server_socket(svc->srv), 0, ZMQ_POLLIN, 0},
         {NULL, signer_pool_fd(svc->pool), ZMQ_POLLIN, 0},
     };
-    proto_rpc_client_t *audit = proto_audit_client(svc->audit);
     while (!ops_signal_stop_requested()) {
         int count = 2, timeout = SIGNER_POLL_MS;
-        if (audit != NULL) {
-            count += proto_rpc_client_pollitems(audit, &items[2], PROTO_RPC_ENDPOINTS_MAX);
-            int t = proto_rpc_client_next_timeout_ms(audit);
-            if (t >= 0 && t < timeout)
-                timeout = t;
-        }
+        count += proto_audit_pollitems(svc->audit, &items[2], PROTO_AUDIT_POLLITEMS_MAX);
+        int t = proto_audit_next_timeout_ms(svc->audit);
+        if (t >= 0 && t < timeout)
+            timeout = t;
         int n = zmq_poll(items, count, timeout);
         if (n < 0 && zmq_errno() != EINTR)
             return QC_EIO;

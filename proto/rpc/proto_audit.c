@@ -1,8 +1,11 @@
-/* proto_audit.c - events of a service without storage, delivered to audit at least once.
+/* proto_audit.c - events of a service without storage, delivered to every audit witness at
+ * least once.
  *
- * A ring of events; each is QUEUED (waiting to be sent) or SENT (an append in flight). A reply
- * frees it; a refusal that audit calls final (bad shape) is logged and frees it too; a timeout
- * puts it back to QUEUED with the same source_seq, so audit can deduplicate a resend. */
+ * One link per witness, each a ring of events; each event is QUEUED (waiting to be sent) or
+ * SENT (an append in flight). A reply frees it; a refusal that audit calls final (bad shape)
+ * is logged and frees it too; a timeout puts it back to QUEUED with the same source_seq, so
+ * the witness can deduplicate a resend. Links share nothing but the source_seq counter: a
+ * witness that is down fills only its own ring. */
 #include "proto_audit.h"
 
 #include <assert.h>
@@ -10,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <zmq.h>
 
 #include "audit.pb-c.h"
 #include "ops_log.h"
@@ -31,35 +36,85 @@ typedef struct proto_audit_event {
     size_t payload_len;
 } proto_audit_event_t;
 
-struct proto_audit {
-    char source[PROTO_AUDIT_NAME_MAX + 1];
-    proto_rpc_client_t *cli; /* NULL: log only */
+/* One witness: its client and its ring. */
+typedef struct proto_audit_link {
+    proto_audit_t *owner;
+    proto_rpc_client_t *cli;
     proto_audit_event_t events[PROTO_AUDIT_QUEUE_MAX];
     size_t head;  /* oldest event */
     size_t count; /* events in the ring */
     int inflight;
+} proto_audit_link_t;
+
+struct proto_audit {
+    char source[PROTO_AUDIT_NAME_MAX + 1];
+    size_t link_count; /* 0: log only */
+    proto_audit_link_t *links;
     uint64_t seq_base;
     uint64_t seq_next;
     ops_counter_t *m_raised, *m_delivered, *m_dropped;
     ops_gauge_t *m_queued;
 };
 
-static void proto_audit_free_event(proto_audit_t *ga, proto_audit_event_t *e)
+static void proto_audit_free_event(proto_audit_link_t *l, proto_audit_event_t *e)
 {
     if (e->sent)
-        ga->inflight--;
+        l->inflight--;
     free(e->payload);
     memset(e, 0, sizeof *e);
 }
 
-/* Drops empty slots at the head, so count covers the oldest live event onwards. */
-static void proto_audit_compact(proto_audit_t *ga)
+/* Drops empty slots at the head of l, so count covers the oldest live event onwards; the
+ * gauge counts the events waiting for any witness. */
+static void proto_audit_compact(proto_audit_link_t *l)
 {
-    while (ga->count > 0 && !ga->events[ga->head].used) {
-        ga->head = (ga->head + 1) % PROTO_AUDIT_QUEUE_MAX;
-        ga->count--;
+    while (l->count > 0 && !l->events[l->head].used) {
+        l->head = (l->head + 1) % PROTO_AUDIT_QUEUE_MAX;
+        l->count--;
     }
-    ops_gauge_set(ga->m_queued, (int64_t)ga->count);
+    size_t queued = 0;
+    for (size_t i = 0; i < l->owner->link_count; i++)
+        queued += l->owner->links[i].count;
+    ops_gauge_set(l->owner->m_queued, (int64_t)queued);
+}
+
+/* One link per witness of endpoints (';'-separated). Returns 0, QC_ECONFIG, QC_ENOMEM. */
+static int proto_audit_links(proto_audit_t *ga, void *ctx, const char *endpoints,
+                             const char *audit_key, const proto_curve_keypair_t *keys)
+{
+    size_t n = 1;
+    for (const char *p = endpoints; *p != '\0'; p++)
+        n += *p == ';';
+    if (n > PROTO_AUDIT_WITNESSES_MAX)
+        return QC_ECONFIG;
+    char *list = strdup(endpoints);
+    ga->links = calloc(n, sizeof *ga->links);
+    if (list == NULL || ga->links == NULL) {
+        free(list);
+        return QC_ENOMEM;
+    }
+    int rc = 0;
+    char *next = NULL;
+    for (char *p = list; rc == 0 && p != NULL; p = next) {
+        next = strchr(p, ';');
+        if (next != NULL)
+            *next++ = '\0';
+        proto_rpc_client_config_t cc = {
+            .service = "audit",
+            .endpoints = p,
+            .server_public_z85 = audit_key,
+            .keys = keys,
+        };
+        proto_audit_link_t *l = &ga->links[ga->link_count];
+        l->owner = ga;
+        if (p[0] == '\0')
+            rc = QC_ECONFIG;
+        else if ((rc = proto_rpc_client_new(ctx, &cc, &l->cli)) == 0)
+            ga->link_count++;
+    }
+    assert(ga->link_count <= n);
+    free(list);
+    return rc;
 }
 
 int proto_audit_new(void *ctx, const char *source, const char *endpoints, const char *audit_key,
@@ -76,26 +131,50 @@ int proto_audit_new(void *ctx, const char *source, const char *endpoints, const 
     snprintf(ga->source, sizeof ga->source, "%s", source);
     ga->seq_base = ops_time_wall_ms() << PROTO_AUDIT_SEQ_SHIFT;
     ga->m_raised = ops_counter("qc_proto_audit_events_total", "security events raised");
-    ga->m_delivered =
-        ops_counter("qc_proto_audit_delivered_total", "security events audit acknowledged");
-    ga->m_dropped =
-        ops_counter("qc_proto_audit_dropped_total", "security events dropped: queue full");
-    ga->m_queued = ops_gauge("qc_proto_audit_queued", "security events waiting for audit");
+    ga->m_delivered = ops_counter("qc_proto_audit_delivered_total",
+                                  "security events a witness acknowledged (one per witness)");
+    ga->m_dropped = ops_counter("qc_proto_audit_dropped_total",
+                                "security events dropped for a witness: its queue full");
+    ga->m_queued = ops_gauge("qc_proto_audit_queued", "security events waiting for a witness");
     if (endpoints != NULL) {
-        proto_rpc_client_config_t cc = {
-            .service = "audit",
-            .endpoints = endpoints,
-            .server_public_z85 = audit_key,
-            .keys = keys,
-        };
-        int rc = proto_rpc_client_new(ctx, &cc, &ga->cli);
+        int rc = proto_audit_links(ga, ctx, endpoints, audit_key, keys);
         if (rc != 0) {
-            free(ga);
+            proto_audit_destroy(&ga);
             return rc;
         }
     }
     *out = ga;
     return 0;
+}
+
+/* Queues the event for one witness; false when its ring is full or memory ran out. */
+static bool proto_audit_queue(proto_audit_link_t *l, uint64_t source_seq, uint64_t time_ms,
+                              const char *type, const uint8_t *txn_id, const uint8_t *payload,
+                              size_t payload_len)
+{
+    if (l->count == PROTO_AUDIT_QUEUE_MAX)
+        return false; /* the oldest may be in flight (its slot is a call's tag): the newest goes */
+    proto_audit_event_t *e = &l->events[(l->head + l->count) % PROTO_AUDIT_QUEUE_MAX];
+    assert(!e->used);
+    e->payload = malloc(payload_len > 0 ? payload_len : 1);
+    if (e->payload == NULL)
+        return false;
+    /* An empty payload may come as NULL (a report frame with no body): memcpy(dst, NULL, 0)
+     * is undefined, and the sanitized gateway stopped on it (found by qc-fuzz-live). */
+    if (payload_len > 0)
+        memcpy(e->payload, payload, payload_len);
+    e->payload_len = payload_len;
+    e->used = true;
+    e->source_seq = source_seq;
+    e->time_ms = time_ms;
+    snprintf(e->type, sizeof e->type, "%s", type);
+    if (txn_id != NULL) {
+        memcpy(e->txn_id, txn_id, PROTO_TXN_ID_SIZE);
+        e->has_txn = true;
+    }
+    l->count++;
+    proto_audit_compact(l);
+    return true;
 }
 
 void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_id,
@@ -105,48 +184,50 @@ void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_i
     assert(type != NULL);
     assert(strlen(type) <= PROTO_AUDIT_NAME_MAX);
     ops_counter_add(ga->m_raised, 1);
-    if (ga->cli == NULL)
+    if (ga->link_count == 0)
         return;
-    if (ga->count == PROTO_AUDIT_QUEUE_MAX) {
-        /* The oldest may be in flight (its slot is the tag of a call), so the newest goes. */
+    uint64_t source_seq = ga->seq_base + ++ga->seq_next;
+    uint64_t time_ms = ops_time_wall_ms();
+    for (size_t i = 0; i < ga->link_count; i++) {
+        if (proto_audit_queue(&ga->links[i], source_seq, time_ms, type, txn_id, payload,
+                              payload_len))
+            continue;
+        char witness[24];
+        snprintf(witness, sizeof witness, "%zu", i);
         ops_counter_add(ga->m_dropped, 1);
-        ops_log(OPS_LOG_ERROR, "audit.event_dropped", "type", type, "why", "queue full", NULL);
-        return;
+        ops_log(OPS_LOG_ERROR, "audit.event_dropped", "type", type, "witness", witness, "why",
+                "queue full", NULL);
     }
-    proto_audit_event_t *e = &ga->events[(ga->head + ga->count) % PROTO_AUDIT_QUEUE_MAX];
-    assert(!e->used);
-    e->payload = malloc(payload_len > 0 ? payload_len : 1);
-    if (e->payload == NULL) {
-        ops_counter_add(ga->m_dropped, 1);
-        return;
-    }
-    /* An empty payload may come as NULL (a report frame with no body): memcpy(dst, NULL, 0)
-     * is undefined, and the sanitized gateway stopped on it (found by qc-fuzz-live). */
-    if (payload_len > 0)
-        memcpy(e->payload, payload, payload_len);
-    e->payload_len = payload_len;
-    e->used = true;
-    e->source_seq = ga->seq_base + ++ga->seq_next;
-    e->time_ms = ops_time_wall_ms();
-    snprintf(e->type, sizeof e->type, "%s", type);
-    if (txn_id != NULL) {
-        memcpy(e->txn_id, txn_id, PROTO_TXN_ID_SIZE);
-        e->has_txn = true;
-    }
-    ga->count++;
-    ops_gauge_set(ga->m_queued, (int64_t)ga->count);
 }
 
-proto_rpc_client_t *proto_audit_client(proto_audit_t *ga)
+int proto_audit_pollitems(proto_audit_t *ga, void *items, int cap)
 {
     assert(ga != NULL);
-    return ga->cli;
+    assert(cap >= 0);
+    int n = 0;
+    for (size_t i = 0; i < ga->link_count && n < cap; i++)
+        n += proto_rpc_client_pollitems(
+            ga->links[i].cli, (char *)items + (size_t)n * sizeof(zmq_pollitem_t), cap - n);
+    assert(n <= cap);
+    return n;
 }
 
-static void proto_audit_send(proto_audit_t *ga, proto_audit_event_t *e)
+int proto_audit_next_timeout_ms(const proto_audit_t *ga)
+{
+    assert(ga != NULL);
+    int timeout = -1;
+    for (size_t i = 0; i < ga->link_count; i++) {
+        int t = proto_rpc_client_next_timeout_ms(ga->links[i].cli);
+        if (t >= 0 && (timeout < 0 || t < timeout))
+            timeout = t;
+    }
+    return timeout;
+}
+
+static void proto_audit_send(proto_audit_link_t *l, proto_audit_event_t *e)
 {
     Qcaudit__AppendRequest req = QCAUDIT__APPEND_REQUEST__INIT;
-    req.source = ga->source;
+    req.source = l->owner->source;
     req.source_seq = e->source_seq;
     req.type = e->type;
     req.time_ms = e->time_ms;
@@ -161,35 +242,35 @@ static void proto_audit_send(proto_audit_t *ga, proto_audit_event_t *e)
     if (proto_pack(&req.base, &body, &body_len) != 0)
         return;
     uint64_t request_id = 0;
-    int rc = proto_rpc_client_send(ga->cli, "append", body, body_len, PROTO_AUDIT_TIMEOUT_MS,
+    int rc = proto_rpc_client_send(l->cli, "append", body, body_len, PROTO_AUDIT_TIMEOUT_MS,
                                    PROTO_RPC_IDEMPOTENT, e, &request_id);
     free(body);
     if (rc == 0) {
         e->sent = true;
-        ga->inflight++;
+        l->inflight++;
     }
 }
 
 static void proto_audit_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
 {
-    proto_audit_t *ga = arg;
+    proto_audit_link_t *l = arg;
     proto_audit_event_t *e = tag;
-    assert(e >= ga->events);
-    assert(e < ga->events + PROTO_AUDIT_QUEUE_MAX);
+    assert(e >= l->events);
+    assert(e < l->events + PROTO_AUDIT_QUEUE_MAX);
     assert(e->used);
     assert(e->sent);
     if (code != 0 || reply->code == QC_EFULL || reply->code == QC_EIO) {
-        /* Audit did not take it: resend later with the same source_seq. */
+        /* The witness did not take it: resend later with the same source_seq. */
         e->sent = false;
-        ga->inflight--;
+        l->inflight--;
     } else {
         if (reply->code == 0)
-            ops_counter_add(ga->m_delivered, 1);
+            ops_counter_add(l->owner->m_delivered, 1);
         else
             ops_log(OPS_LOG_ERROR, "audit.event_refused", "type", e->type, "error",
                     qc_errname(reply->code), "message", reply->message, NULL);
-        proto_audit_free_event(ga, e);
-        proto_audit_compact(ga);
+        proto_audit_free_event(l, e);
+        proto_audit_compact(l);
     }
     proto_rpc_reply_destroy(&reply);
 }
@@ -197,13 +278,14 @@ static void proto_audit_on_done(void *arg, void *tag, int code, proto_rpc_reply_
 void proto_audit_process(proto_audit_t *ga)
 {
     assert(ga != NULL);
-    if (ga->cli == NULL)
-        return;
-    proto_rpc_client_process(ga->cli, proto_audit_on_done, ga);
-    for (size_t i = 0; i < ga->count && ga->inflight < PROTO_AUDIT_INFLIGHT_MAX; i++) {
-        proto_audit_event_t *e = &ga->events[(ga->head + i) % PROTO_AUDIT_QUEUE_MAX];
-        if (e->used && !e->sent)
-            proto_audit_send(ga, e);
+    for (size_t w = 0; w < ga->link_count; w++) {
+        proto_audit_link_t *l = &ga->links[w];
+        proto_rpc_client_process(l->cli, proto_audit_on_done, l);
+        for (size_t i = 0; i < l->count && l->inflight < PROTO_AUDIT_INFLIGHT_MAX; i++) {
+            proto_audit_event_t *e = &l->events[(l->head + i) % PROTO_AUDIT_QUEUE_MAX];
+            if (e->used && !e->sent)
+                proto_audit_send(l, e);
+        }
     }
 }
 
@@ -212,9 +294,12 @@ void proto_audit_destroy(proto_audit_t **ga_p)
     if (ga_p == NULL || *ga_p == NULL)
         return;
     proto_audit_t *ga = *ga_p;
-    proto_rpc_client_destroy(&ga->cli);
-    for (size_t i = 0; i < PROTO_AUDIT_QUEUE_MAX; i++)
-        free(ga->events[i].payload);
+    for (size_t w = 0; ga->links != NULL && w < ga->link_count; w++) {
+        proto_rpc_client_destroy(&ga->links[w].cli);
+        for (size_t i = 0; i < PROTO_AUDIT_QUEUE_MAX; i++)
+            free(ga->links[w].events[i].payload);
+    }
+    free(ga->links);
     free(ga);
     *ga_p = NULL;
 }

@@ -1,5 +1,11 @@
-/* proto_audit.h - events of a service without storage (gateway, signer), delivered to the
- * audit service at least once.
+/* proto_audit.h - events of a service without storage (gateway, signer), delivered to every
+ * audit witness at least once.
+ *
+ * The audit log is kept by independent witnesses (docs/DESIGN.md section 4), each with its
+ * own log: endpoints lists them separated by ';' (the endpoints of one witness, its
+ * fail-over instances, by ','), and every event goes to each of them, through a queue and
+ * resends of its own, so a witness that is down or slow neither stops nor drops what the
+ * others get. One witness (no ';') is the sender as before witnesses.
  *
  * Such a service keeps nothing on disk, so its events wait in a bounded queue in memory and
  * are resent with the same (source, source_seq) until audit acknowledges them; audit
@@ -16,27 +22,35 @@
 #include "proto_rpc_client.h"
 #include "qc_error.h"
 
-#define PROTO_AUDIT_QUEUE_MAX 1024  /* events waiting for audit; beyond it new ones drop */
+#define PROTO_AUDIT_QUEUE_MAX 1024  /* events waiting for a witness; beyond it new ones drop */
+#define PROTO_AUDIT_WITNESSES_MAX 8 /* audit witnesses each event goes to */
+#define PROTO_AUDIT_POLLITEMS_MAX (PROTO_AUDIT_WITNESSES_MAX * PROTO_RPC_ENDPOINTS_MAX)
 #define PROTO_AUDIT_INFLIGHT_MAX 64 /* appends sent and not yet answered */
 #define PROTO_AUDIT_TIMEOUT_MS 3000 /* budget of one append, retries included */
 #define PROTO_AUDIT_SEQ_SHIFT 20    /* events one process may raise per ms of uptime */
 
 typedef struct proto_audit proto_audit_t;
 
-/* Creates the queue for source (e.g. "gateway-0", "signer-1"). With endpoints NULL events are only
- * logged and counted. Returns 0, QC_ECONFIG or QC_ENOMEM. */
+/* Creates the queues for source (e.g. "gateway-0", "signer-1"): one per witness of endpoints
+ * (';' between witnesses, ',' between the instances of one). With endpoints NULL events are
+ * only logged and counted. Returns 0, QC_ECONFIG (an empty witness, more than
+ * PROTO_AUDIT_WITNESSES_MAX) or QC_ENOMEM. */
 QC_MUST_CHECK int proto_audit_new(void *ctx, const char *source, const char *endpoints,
                                   const char *audit_key, const proto_curve_keypair_t *keys,
                                   proto_audit_t **out);
 
-/* Queues one event: type ("security.bad_report"), the txn it concerns (16 bytes or NULL) and
- * the exact bytes received. Never blocks, never fails: when the queue is full the event is
- * dropped, logged and counted in qc_audit_client_dropped_total. */
+/* Queues one event for every witness: type ("security.bad_report"), the txn it concerns (16
+ * bytes or NULL) and the exact bytes received; the same source_seq everywhere. Never blocks,
+ * never fails: where a witness's queue is full the event is dropped for that witness, logged
+ * and counted in qc_proto_audit_dropped_total. */
 void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_id,
                        const uint8_t *payload, size_t payload_len);
 
-/* The RPC client, for the caller's poll loop; NULL when audit is not configured. */
-proto_rpc_client_t *proto_audit_client(proto_audit_t *ga);
+/* For the caller's poll loop: fills items (zmq_pollitem_t, capacity cap) with every
+ * witness's sockets and returns how many (refill before every poll); and the longest the
+ * caller may wait before calling proto_audit_process() (-1: no limit). */
+int proto_audit_pollitems(proto_audit_t *ga, void *items, int cap);
+int proto_audit_next_timeout_ms(const proto_audit_t *ga);
 
 /* Sends queued events, handles replies and timeouts. Call every loop turn. */
 void proto_audit_process(proto_audit_t *ga);

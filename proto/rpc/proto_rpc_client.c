@@ -115,6 +115,7 @@ struct proto_rpc_client {
     proto_curve_keypair_t keys;
     rpc_endpoint_t endpoints[PROTO_RPC_ENDPOINTS_MAX];
     int rr;        /* next endpoint to try */
+    bool in_order; /* rr stays 0: every call starts at the first endpoint that takes it */
     int preferred; /* the leader found by a redirect, or -1 (invariant 5) */
     uint64_t hup_seen;
     rpc_call_t calls[PROTO_RPC_SLOTS];
@@ -309,6 +310,7 @@ int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_t *cfg, proto_
     cli->keys = *cfg->keys;
     cli->hup_seen = ops_signal_hup_generation();
     cli->preferred = -1;
+    cli->in_order = cfg->in_order;
     for (int i = 0; i < PROTO_RPC_SLOTS; i++)
         cli->free_slots[i] = PROTO_RPC_SLOTS - 1 - i;
     cli->free_count = PROTO_RPC_SLOTS;
@@ -427,7 +429,9 @@ static bool rpc_call_transmit(proto_rpc_client_t *cli, rpc_call_t *c, int start,
                 ep->refused_since = now;
             continue;
         }
-        cli->rr = (e + 1) % PROTO_RPC_ENDPOINTS_MAX;
+        if (!cli->in_order)
+            cli->rr = (e + 1) % PROTO_RPC_ENDPOINTS_MAX;
+        assert(!cli->in_order || cli->rr == 0);
         c->endpoint = e;
         ep->refused_since = 0;
         c->sent_mono = now;

@@ -58,6 +58,10 @@ typedef struct proto_rpc_client_config {
     const char *endpoints_path;
     const char *server_public_z85;     /* the service's CURVE public key */
     const proto_curve_keypair_t *keys; /* this client's key pair */
+    /* Instances that are not interchangeable (audit witnesses keep different logs, so a
+     * device's proofs must come from one): every call starts at the first endpoint whose
+     * connection takes it, instead of round-robin; retries still move on. */
+    bool in_order;
 } proto_rpc_client_config_t;
 
 /* A reply, owned by the caller; free with proto_rpc_reply_destroy(). */

@@ -80,11 +80,43 @@ static void test_empty_payload_queued(void **state)
     assert_int_equal(queued(), before + 2);
 }
 
+/* Two witnesses: every event is queued for each, so one that is down loses nothing the other
+ * gets, and a list that names no witness between two ';' or too many is refused. */
+static void test_every_witness_gets_every_event(void **state)
+{
+    fixture_t *f = *state;
+    proto_audit_t *two = NULL;
+    assert_int_equal(proto_audit_new(f->ctx, "test-1", "tcp://127.0.0.1:9;tcp://127.0.0.1:10",
+                                     f->server.public_z85, &f->mine, &two),
+                     0);
+    /* The gauge is the last sender's count (one sender a process): one event, two queues. */
+    static const uint8_t some[] = {0x0a, 0x00};
+    proto_audit_event(two, "security.bad_request", NULL, some, sizeof some);
+    assert_int_equal(queued(), 2);
+    proto_audit_process(two);
+    assert_int_equal(queued(), 2);
+    zmq_pollitem_t items[PROTO_AUDIT_POLLITEMS_MAX];
+    assert_true(proto_audit_pollitems(two, items, PROTO_AUDIT_POLLITEMS_MAX) >= 2);
+    proto_audit_destroy(&two);
+    assert_null(two);
+    assert_int_equal(proto_audit_new(f->ctx, "test-2", "tcp://127.0.0.1:9;;tcp://127.0.0.1:10",
+                                     f->server.public_z85, &f->mine, &two),
+                     QC_ECONFIG);
+    assert_int_equal(proto_audit_new(f->ctx, "test-2",
+                                     "tcp://127.0.0.1:1;tcp://127.0.0.1:2;tcp://127.0.0.1:3;"
+                                     "tcp://127.0.0.1:4;tcp://127.0.0.1:5;tcp://127.0.0.1:6;"
+                                     "tcp://127.0.0.1:7;tcp://127.0.0.1:8;tcp://127.0.0.1:9",
+                                     f->server.public_z85, &f->mine, &two),
+                     QC_ECONFIG);
+    assert_null(two);
+}
+
 int main(void)
 {
     ops_log_init("test_audit_sender", "0", OPS_LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_empty_payload_queued, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_witness_gets_every_event, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
