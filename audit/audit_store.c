@@ -69,7 +69,9 @@ int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_s
     if (store == NULL)
         return QC_ENOMEM;
     store->rdonly = rdonly;
-    unsigned envflags = MDB_NOTLS | (rdonly ? MDB_RDONLY | MDB_NOLOCK : 0);
+    /* A shared reader registers in lock.mdb, so a running qc-audit keeps the pages it reads. */
+    bool shared = (flags & AUDIT_STORE_SHARED) != 0;
+    unsigned envflags = MDB_NOTLS | (rdonly ? MDB_RDONLY | (shared ? 0 : MDB_NOLOCK) : 0);
     int rc = mdb_env_create(&store->env);
     if (rc != 0) {
         free(store);
@@ -543,18 +545,21 @@ int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_
     uint8_t key[STORE_SEQ_KEY_SIZE];
     ops_be_put(key, from_seq, 8);
     MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
-    int op = MDB_SET_RANGE;
+    int op = MDB_SET_RANGE, stop = 0;
     while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
         op = MDB_NEXT;
         if (k.mv_size != STORE_SEQ_KEY_SIZE) {
             rc = QC_EDECODE;
             break;
         }
-        if ((rc = fn(arg, ops_be_get(k.mv_data, 8), v.mv_data, v.mv_size)) != 0)
+        if ((stop = fn(arg, ops_be_get(k.mv_data, 8), v.mv_data, v.mv_size)) != 0)
             break;
     }
     mdb_cursor_close(cur);
     mdb_txn_abort(txn);
+    /* fn's value as it is: a positive one is not an LMDB error. */
+    if (stop != 0)
+        return stop;
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc > 0)

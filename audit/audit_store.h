@@ -40,6 +40,9 @@
 #define AUDIT_STORE_RDONLY                                                                         \
     0x1 /* MDB_RDONLY | MDB_NOLOCK: for a copy of the files; never writes                          \
          */
+/* With AUDIT_STORE_RDONLY: read beside a running qc-audit, registered as a reader in its
+ * lock.mdb (which must be writable), instead of on a copy without a lock. */
+#define AUDIT_STORE_SHARED 0x2
 
 typedef struct audit_store audit_store_t;
 

@@ -1610,3 +1610,35 @@ done:
     ledger_store_txn_abort(own);
     return rc;
 }
+
+/* ------------------------------------------------------------ replay */
+
+int ledger_saga_replay_settle(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
+                              const ledger_load_t *after, ledger_load_t *out, char *why)
+{
+    assert(s != NULL);
+    assert(after != NULL);
+    assert(out != NULL);
+    MDB_txn *txn = NULL;
+    int rc = saga_begin(s, parent, &txn);
+    if (rc != 0)
+        return rc;
+    rc = ledger_store_load_get(s->store, txn, after->txn_id, out);
+    if (rc == QC_ENOTFOUND)
+        refuse(why, rc, "no load with this txn id");
+    if (rc != 0)
+        return saga_finish(txn, rc, false);
+    const uint8_t *report = after->report_len > 0 ? after->report : NULL;
+    Quancun__LoadState from = out->state, to = after->state;
+    if (from == QUANCUN__LOAD_STATE__LOAD_RESERVED && to == QUANCUN__LOAD_STATE__LOAD_CONFIRMED)
+        rc = saga_confirm(s, txn, now, out, after->reason, report, after->report_len, why);
+    else if (from == QUANCUN__LOAD_STATE__LOAD_RESERVED &&
+             to == QUANCUN__LOAD_STATE__LOAD_COMPENSATED)
+        rc = saga_compensate(s, txn, now, out, after->reason, report, after->report_len, why);
+    else if (from == QUANCUN__LOAD_STATE__LOAD_COMPENSATED &&
+             to == QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED)
+        rc = saga_late_confirm(s, txn, now, out, after->reason, report, after->report_len, why);
+    else
+        rc = refuse(why, QC_ESTATE, "no transition from state %d to %d", (int)from, (int)to);
+    return saga_finish(txn, rc, false);
+}

@@ -161,6 +161,18 @@ QC_MUST_CHECK int ledger_saga_enroll_device(ledger_saga_t *saga, MDB_txn *parent
 QC_MUST_CHECK int ledger_saga_revoke_device(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
                                             const char *device_id, ledger_device_t *out, char *why);
 
+/* Replays one settlement the audit log recorded (an event "load.confirmed",
+ * "load.compensated" or "load.late_confirmed" whose payload, decoded, is after): moves the
+ * stored load from the state before to after->state by the same transition, at now_ms (the
+ * event's time), with after's reason and report (the report is not verified again: the
+ * ledger verified it when it settled). It covers every cause of a settlement: a report, a
+ * deadline, and the counter of a next request whose own reserve may have been refused.
+ * For restores (ledger_replay.h) only. Returns 0, QC_ENOTFOUND, QC_ESTATE (no such
+ * transition from the stored state), or the store's errors. */
+QC_MUST_CHECK int ledger_saga_replay_settle(ledger_saga_t *saga, MDB_txn *parent, uint64_t now_ms,
+                                            const ledger_load_t *after, ledger_load_t *out,
+                                            char *why);
+
 /* The result of the invariant check. */
 typedef struct ledger_check_totals {
     uint32_t currency;

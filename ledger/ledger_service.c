@@ -41,8 +41,10 @@
 #include <zmq.h>
 
 #include "ledger.pb-c.h"
+#include "ledger_backup.h"
 #include "ledger_fsm.h"
 #include "ledger_outbox.h"
+#include "ledger_replay.h"
 #include "ledger_replica.h"
 #include "ledger_saga.h"
 #include "ledger_signer.h"
@@ -187,6 +189,7 @@ struct ledger_service {
     size_t n_held;
     svc_change_t *change;
     uint64_t hup_seen;
+    ledger_backup_t *backup; /* hot copies for `qcctl shard backup` (ledger_backup.h) */
     /* metrics */
     ops_counter_t *m_commits;
     ops_counter_t *m_commit_failures;
@@ -976,6 +979,23 @@ static void do_change(ledger_service_t *svc, MDB_txn *txn, uint64_t now, svc_slo
     slot_refuse(slot, QC_EINVAL, "this ledger runs without replicas (no replica_id)");
 }
 
+/* "backup" (any replica, on its own state): starts or polls a hot copy (ledger_backup.h). */
+static void do_backup(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    (void)txn;
+    Qcledger__BackupRequest *m =
+        (Qcledger__BackupRequest *)slot_unpack(slot, &qcledger__backup_request__descriptor);
+    if (m == NULL)
+        return;
+    Qcledger__BackupReply r;
+    int rc = ledger_backup_request(svc->backup, m->dir, &r);
+    qcledger__backup_request__free_unpacked(m, NULL);
+    if (rc != 0)
+        slot_refuse(slot, rc, rc == QC_EEXIST ? "the backup directory is not empty" : NULL);
+    else
+        slot_pack(slot, &r.base);
+}
+
 static const svc_method_t svc_methods[] = {
     {"reserve", ROLE_SERVICE, KIND_WRITE, do_reserve, NULL, propose_reserve, after_reserve, false},
     {"settle", ROLE_SERVICE, KIND_WRITE, do_settle, NULL, propose_settle, after_settle, false},
@@ -994,6 +1014,7 @@ static const svc_method_t svc_methods[] = {
     {"get_device", ROLE_ANY, KIND_READ, NULL, do_get_device, NULL, NULL, false},
     {"check", ROLE_ANY, KIND_READ, NULL, do_check, NULL, NULL, true},
     {"shard_status", ROLE_ANY, KIND_READ, NULL, do_shard_status, NULL, NULL, true},
+    {"backup", ROLE_ADMIN, KIND_READ, NULL, do_backup, NULL, NULL, true},
     {"add_replica", ROLE_ADMIN, KIND_CHANGE, do_change, NULL, NULL, NULL, false},
     {"remove_replica", ROLE_ADMIN, KIND_CHANGE, do_change, NULL, NULL, NULL, false},
 };
@@ -2148,6 +2169,12 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
                (rc = ledger_store_bind_shard(svc->store, cfg->shard, cfg->shard_count)) != 0) {
         goto err;
     }
+    /* A restored copy is brought forward from the audit log before anything is served. */
+    if ((rc = ledger_replay_pending(svc->store, svc->allow_key, cfg->shard, cfg->shard_count,
+                                    cfg->data_dir)) != 0 ||
+        (rc = ledger_backup_new(svc->store, cfg->shard, cfg->shard_count, cfg->map_size,
+                                &svc->backup)) != 0)
+        goto err;
     if (cfg->ca_path != NULL &&
         (rc = proto_trust_watch_new("ledger", cfg->ca_path, cfg->crl_path, 0,
                                     ops_signal_hup_generation(), &svc->trust)) != 0) {
@@ -2233,6 +2260,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     if (svc->zctx != NULL)
         zmq_ctx_term(svc->zctx);
     ledger_saga_destroy(&svc->saga);
+    ledger_backup_destroy(&svc->backup); /* waits for a copy that runs: it reads the store */
     if (svc->fsm != NULL)
         ledger_fsm_destroy(&svc->fsm); /* it owns the store */
     else

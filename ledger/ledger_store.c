@@ -2,6 +2,7 @@
 #include "ledger_store.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1117,4 +1118,48 @@ const char *ledger_transfer_kind_name(Qcledger__TransferKind kind)
     default:
         return "none";
     }
+}
+
+/* ------------------------------------------------------------ backup and restore */
+
+int ledger_store_copy(ledger_store_t *store, const char *dir)
+{
+    assert(store != NULL);
+    assert(dir != NULL);
+    /* mdb_env_copy2 reads in one read txn of its own: writers go on, and the copy is the
+     * state of one commit. Compaction leaves the free pages out. */
+    int rc = mdb_env_copy2(store->env, dir, MDB_CP_COMPACT);
+    if (rc != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.copy_failed", "dir", dir, "error", mdb_strerror(rc), NULL);
+        return rc == ENOSPC ? QC_EFULL : QC_EIO;
+    }
+    return 0;
+}
+
+int ledger_store_outbox_next(ledger_store_t *store, MDB_txn *txn, uint64_t *next)
+{
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(next != NULL);
+    *next = 1;
+    int rc = meta_get_u64(store, txn, STORE_META_OUTBOX_NEXT, next);
+    if (rc == QC_ENOTFOUND) {
+        *next = 1;
+        return 0;
+    }
+    return rc;
+}
+
+int ledger_store_applied_clear(ledger_store_t *store, MDB_txn *txn)
+{
+    assert(store != NULL);
+    assert(txn != NULL);
+    const char *names[] = {STORE_META_APPLIED_INDEX, STORE_META_APPLIED_TIME};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        MDB_val k = {.mv_size = strlen(names[i]), .mv_data = (void *)names[i]};
+        int rc = mdb_del(txn, store->dbi[DBI_META], &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND)
+            return store_err("meta_del", rc);
+    }
+    return 0;
 }

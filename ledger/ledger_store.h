@@ -234,6 +234,18 @@ QC_MUST_CHECK int ledger_store_applied_get(ledger_store_t *store, MDB_txn *txn, 
 QC_MUST_CHECK int ledger_store_applied_put(ledger_store_t *store, MDB_txn *txn, uint64_t index,
                                            uint64_t time_ms);
 
+/* Backup and restore (ledger_backup.h, ledger_replay.h).
+ * copy: a compacted, consistent copy of the environment into directory dir (which must exist
+ *   and hold no data.mdb), read in one read txn while writers go on (mdb_env_copy2).
+ *   Returns 0, QC_EFULL (no space), QC_EIO.
+ * outbox_next: the sequence the next outbox event will get (1 when none was ever appended):
+ *   every event up to *next - 1 was written by this environment. Returns 0, QC_EDECODE, QC_EIO.
+ * applied_clear: forgets the applied index and time (both read 0 afterwards), for a state
+ *   that starts a new Raft group (a restore). Returns 0 or QC_EIO. */
+QC_MUST_CHECK int ledger_store_copy(ledger_store_t *store, const char *dir);
+QC_MUST_CHECK int ledger_store_outbox_next(ledger_store_t *store, MDB_txn *txn, uint64_t *next);
+QC_MUST_CHECK int ledger_store_applied_clear(ledger_store_t *store, MDB_txn *txn);
+
 /* Raw records, for snapshots. The databases of the table above are numbered in its order
  * (accounts 0, devices 1, ... certs 7); the numbers are part of the snapshot format.
  * each_record calls fn for every record of every database, database by database, each in

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -25,6 +27,7 @@
 #include "proto_shard.h"
 #include "qc_error.h"
 #include "qcctl_audit.h"
+#include "qcctl_restore.h"
 
 #define QCCTL_SHARDS_MAX PROTO_SHARD_COUNT_MAX
 #define QCCTL_ENDPOINTS_MAX 4096 /* bytes of the ledger_endpoints setting */
@@ -32,8 +35,10 @@
 #define QCCTL_TXN_SIZE PROTO_TXN_ID_SIZE
 #define QCCTL_CURRENCY_DEFAULT "156"
 #define QCCTL_TIMEOUT_DEFAULT "5000"
-#define QCCTL_REPLICA_TIMEOUT_MS 2000 /* shard status: a replica that is down costs this */
-#define QCCTL_REPLICA_ID_MAX 1000000  /* raft ids of replicas (ops/cluster uses 1..5) */
+#define QCCTL_REPLICA_TIMEOUT_MS 2000         /* shard status: a replica that is down costs this */
+#define QCCTL_BACKUP_WAIT_MS (60 * 60 * 1000) /* shard backup: the longest copy waited for */
+#define QCCTL_BACKUP_POLL_MS 100              /* shard backup: between two asks */
+#define QCCTL_REPLICA_ID_MAX 1000000          /* raft ids of replicas (ops/cluster uses 1..5) */
 
 /* Exit statuses. */
 #define QCCTL_EXIT_OK 0
@@ -67,6 +72,8 @@ static const ops_config_key_t qcctl_keys[] = {
      ops_config_check_endpoint},
     {"raft_key", OPS_CONFIG_STRING, NULL, "shard add-replica: its raft CURVE public key (Z85)",
      .check = ops_config_check_curve_key},
+    {"to", OPS_CONFIG_STRING, NULL,
+     "shard backup: the directory to copy into, on the ledger's host (absent or empty)"},
     {"log_level", OPS_CONFIG_STRING, "warn", "debug, info, warn or error"},
 };
 
@@ -83,6 +90,8 @@ static const ops_config_key_t qcctl_keys[] = {
     "  shard status [--shard S]   every replica of each shard: role, term, indexes, lag\n"         \
     "  shard add-replica --shard S --id N --raft-address H:P --endpoint E --raft-key Z85\n"        \
     "  shard remove-replica --shard S --id N   (qcctl shard --help)\n"                             \
+    "  shard backup --shard S --to DIR [--endpoint E]   a hot copy of the shard\n"                 \
+    "  shard restore --from DIR --data-dir DIR [--replay-audit --audit-dir DIR] (offline)\n"       \
     "  audit verify|show|export|prove|consistency ...   the audit log, offline (qcctl audit "      \
     "--help)\n"                                                                                    \
     "Exit: 0 ok, 1 refused or check failed, 2 usage, 3 a shard did not answer."
@@ -609,7 +618,17 @@ static int cmd_check(qcctl_t *q)
     "  qcctl shard remove-replica --shard S --id N [--json]\n"                                     \
     "      removes replica N from shard S's configuration, on the leader.\n\n"                     \
     "Both changes are committed by a majority of the shard before the answer; they go to the\n"    \
-    "leader through the shard's whole list (a follower's QC_ENOTLEADER is followed).\n"
+    "leader through the shard's whole list (a follower's QC_ENOTLEADER is followed).\n\n"          \
+    "  qcctl shard backup --shard S --to DIR [--endpoint E] [--json]\n"                            \
+    "      a hot, consistent copy of the shard's store into DIR (absent or empty) on the\n"        \
+    "      ledger's host, by the replica E (default: the first of the shard's list); writes go\n"  \
+    "      on while it runs. DIR gets data.mdb and MANIFEST (applied index, last outbox event,\n"  \
+    "      time, SHA-256).\n\n"                                                                    \
+    "  qcctl shard restore --from DIR --data-dir DIR [--replay-audit --audit-dir DIR]\n"           \
+    "                      [--new-group --raft-dir DIR] [--force] [--json]\n"                      \
+    "      offline, with the ledger stopped: puts the backup back and, with --replay-audit,\n"     \
+    "      the audit log's events since it, which the ledger replays when it starts\n"             \
+    "      (docs/OPERATIONS.md, \"Back up and restore a shard\").\n"
 
 static const char *role_name(Qcledger__ReplicaRole r)
 {
@@ -900,6 +919,80 @@ static int cmd_shard_change(qcctl_t *q, bool add)
     return QCCTL_EXIT_OK;
 }
 
+/* backup: starts a hot copy on one replica of --shard and asks until it is done. */
+static int cmd_shard_backup(qcctl_t *q)
+{
+    int64_t shard = -1;
+    const char *to = ops_config_str(q->cfg, "to");
+    if (!shard_option(q, &shard))
+        return QCCTL_EXIT_USAGE;
+    if (shard < 0 || to == NULL) {
+        fprintf(stderr, "qcctl: shard backup needs --shard S and --to DIR\n");
+        return QCCTL_EXIT_USAGE;
+    }
+    /* The ledger creates DIR on its host: a relative path is taken from here. */
+    char dir[QCCTL_ENDPOINTS_MAX], cwd[QCCTL_ENDPOINTS_MAX / 2];
+    if (to[0] == '/')
+        snprintf(dir, sizeof dir, "%s", to);
+    else if (getcwd(cwd, sizeof cwd) != NULL)
+        snprintf(dir, sizeof dir, "%s/%s", cwd, to);
+    else
+        return QCCTL_EXIT_USAGE;
+    /* Every poll must reach the replica that copies: one client on one endpoint. */
+    char list[QCCTL_ENDPOINTS_MAX];
+    char *eps[PROTO_RPC_ENDPOINTS_MAX];
+    snprintf(list, sizeof list, "%s", q->shard_endpoints[shard]);
+    const char *ep = ops_config_str(q->cfg, "endpoint");
+    if (ep == NULL && split_replicas(list, eps, PROTO_RPC_ENDPOINTS_MAX) > 0)
+        ep = eps[0];
+    proto_rpc_client_t *cli = ep != NULL ? replica_client(q, ep) : NULL;
+    if (cli == NULL)
+        return QCCTL_EXIT_USAGE;
+    Qcledger__BackupRequest m = QCLEDGER__BACKUP_REQUEST__INIT;
+    m.dir = dir;
+    Qcledger__BackupReply *b = NULL;
+    int rc = 0;
+    for (int waited = 0; rc == 0 && waited <= QCCTL_BACKUP_WAIT_MS;
+         waited += QCCTL_BACKUP_POLL_MS) {
+        proto_rpc_reply_t *r = NULL;
+        rc = call_on(cli, ep, "backup", &m.base, q->timeout_ms, PROTO_RPC_IDEMPOTENT, &r, false);
+        if (rc != 0)
+            break;
+        b = qcledger__backup_reply__unpack(NULL, r->body_len, r->body);
+        proto_rpc_reply_destroy(&r);
+        if (b == NULL) {
+            fprintf(stderr, "qcctl: malformed backup reply\n");
+            rc = QC_EDECODE;
+        } else if (b->done) {
+            break;
+        } else {
+            qcledger__backup_reply__free_unpacked(b, NULL);
+            b = NULL;
+            struct timespec ts = {.tv_nsec = QCCTL_BACKUP_POLL_MS * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    proto_rpc_client_destroy(&cli);
+    if (rc == 0 && b == NULL) {
+        fprintf(stderr, "qcctl: shard backup: not done after %d s\n", QCCTL_BACKUP_WAIT_MS / 1000);
+        rc = QC_ETIMEOUT;
+    }
+    if (rc != 0)
+        return exit_for(rc);
+    if (q->json)
+        printf("{\"shard\":%u,\"dir\":\"%s\",\"applied_index\":%" PRIu64 ",\"outbox_seq\":%" PRIu64
+               ",\"time_ms\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"copy_ms\":%" PRIu64
+               ",\"sha256\":\"%s\"}\n",
+               b->shard, b->dir, b->applied_index, b->outbox_seq, b->time_ms, b->bytes, b->copy_ms,
+               b->sha256);
+    else
+        printf("shard %u copied to %s: applied index %" PRIu64 ", outbox event %" PRIu64
+               ", %" PRIu64 " bytes in %" PRIu64 " ms\n",
+               b->shard, b->dir, b->applied_index, b->outbox_seq, b->bytes, b->copy_ms);
+    qcledger__backup_reply__free_unpacked(b, NULL);
+    return QCCTL_EXIT_OK;
+}
+
 static int cmd_shard(qcctl_t *q, const char *sub)
 {
     if (sub != NULL && strcmp(sub, "status") == 0)
@@ -908,6 +1001,8 @@ static int cmd_shard(qcctl_t *q, const char *sub)
         return cmd_shard_change(q, true);
     if (sub != NULL && strcmp(sub, "remove-replica") == 0)
         return cmd_shard_change(q, false);
+    if (sub != NULL && strcmp(sub, "backup") == 0)
+        return cmd_shard_backup(q);
     fprintf(stderr, "%s", QCCTL_SHARD_HELP);
     return QCCTL_EXIT_USAGE;
 }
@@ -983,6 +1078,10 @@ int main(int argc, char **argv)
     /* The audit verbs work offline on a data directory and have flags of their own. */
     if (argc >= 2 && strcmp(argv[1], "audit") == 0)
         return qcctl_audit_main(argc - 1, argv + 1);
+    /* `qcctl shard restore` works offline, on a data directory, with flags of its own. */
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], "shard") == 0 && strcmp(argv[i + 1], "restore") == 0)
+            return qcctl_restore_main(argc, argv);
     /* `qcctl shard ... --help`: the shard verbs' own page, not the whole option list. */
     bool shard = false, help = false;
     for (int i = 1; i < argc; i++) {
