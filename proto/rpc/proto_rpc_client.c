@@ -8,14 +8,19 @@
  * Invariants of the client:
  *  1. A call slot is FREE, PENDING (waiting for a reply or for a send) or DONE (finished
  *     during proto_rpc_client_call() for another caller, parked until the next process()).
- *  2. A PENDING call with endpoint -1 has not been handed to libzmq (every socket refused it
- *     under ZMQ_IMMEDIATE), so resending it is safe even when it is not idempotent.
+ *  2. A PENDING call with endpoint -1 is not outstanding anywhere: it has not been handed to
+ *     libzmq (every socket refused it under ZMQ_IMMEDIATE), or every replica it reached
+ *     refused it with QC_ENOTLEADER or QC_ENOQUORUM (nothing changed) and it waits out a
+ *     backoff. So resending it is safe even when it is not idempotent.
  *  3. calls[id & PROTO_RPC_SLOT_MASK].request_id == id for every call in flight; a reply whose
  *     id fails this test is late or forged and is dropped.
  *  4. A call follows at most (endpoints) QC_ENOTLEADER or QC_ENOQUORUM redirects (its hops), all
  * within its own deadline, so followers that point at each other cannot keep it alive.
  *  5. preferred is -1 or a used endpoint: the leader found by the last redirect, tried
  *     first by every new call (no redirect ever seen: round-robin as before).
+ *  6. A call that waits for a leader (refusal kept) ends with that refusal only when its
+ *     budget is spent while it is not outstanding; a call outstanding at its deadline ends
+ *     with QC_ETIMEOUT (its outcome is unknown), and its kept refusal is dropped.
  *
  * Following the leader (replicated ledger shards): a follower changed nothing when it
  * answered QC_ENOTLEADER, so resending the same frame (same request id) is safe even for a
@@ -23,7 +28,14 @@
  * endpoints (a leader outside the configured list is never dialled: the list is the trust
  * boundary), else to the next endpoint after the one that answered. QC_ENOQUORUM (a replica
  * that knows no leader, e.g. one cut off from the others) is followed to the next endpoint
- * the same way: it changed nothing either. */
+ * the same way: it changed nothing either.
+ *
+ * Waiting out an election: when the call has used its hops and the last replica still
+ * refused it (QC_ENOQUORUM, or QC_ENOTLEADER), no replica it reached knows a leader it can
+ * serve through: the group is electing. The call is then held for a backoff
+ * (PROTO_RPC_ELECTION_BACKOFF_MIN_MS, doubling up to _MAX_MS) and offered again from the next
+ * endpoint with its hops renewed, for as long as its budget lasts; only a call whose budget
+ * cannot cover another backoff hands the refusal to its caller. */
 #include "proto_rpc_client.h"
 
 #include <assert.h>
@@ -44,7 +56,12 @@
 #define PROTO_RPC_ENDPOINT_MAX 256   /* one endpoint string */
 #define PROTO_RPC_SEND_RETRY_MS 10   /* a call no socket accepted is offered again */
 #define PROTO_RPC_REOPEN_MIN_MS 1000 /* a socket that cannot connect is reopened */
-#define PROTO_RPC_SLOTS 4096         /* == PROTO_RPC_INFLIGHT_MAX, a power of two */
+/* A call refused during an election waits this long before it is offered again, doubling
+ * each time up to the max: libraft elects within one to two election timeouts (about 1-3 s
+ * on a busy machine), and 50 refusals a second per waiting call would be load for nothing. */
+#define PROTO_RPC_ELECTION_BACKOFF_MIN_MS 25
+#define PROTO_RPC_ELECTION_BACKOFF_MAX_MS 200
+#define PROTO_RPC_SLOTS 4096 /* == PROTO_RPC_INFLIGHT_MAX, a power of two */
 #define PROTO_RPC_SLOT_MASK (PROTO_RPC_SLOTS - 1)
 #define PROTO_RPC_SLOT_BITS 12
 
@@ -92,7 +109,12 @@ typedef struct rpc_call {
      * skipped (which would spend the hops on followers). -1 when unset. */
     int only;
     uint64_t only_until_mono;
-    int endpoint; /* -1 while no socket took it */
+    int endpoint; /* -1 while no socket took it, or while it waits for a leader */
+    /* Waiting for a leader (invariant 6): the last refusal, the backoff it waits, and the
+     * endpoint it is offered to next (-1: where every call starts). */
+    proto_rpc_reply_t *refusal;
+    int backoff_ms;
+    int resume;
     /* DONE: the outcome parked for the next process(). */
     int code;
     proto_rpc_reply_t *reply;
@@ -129,6 +151,7 @@ struct proto_rpc_client {
     ops_counter_t *timeouts;
     ops_counter_t *recreated;
     ops_counter_t *redirects;
+    ops_counter_t *election_waits;
 };
 
 static int rpc_endpoint_open(proto_rpc_client_t *cli, rpc_endpoint_t *ep)
@@ -258,7 +281,11 @@ static int rpc_endpoints_apply(proto_rpc_client_t *cli, char list[][PROTO_RPC_EN
             if (ep->used)
                 continue;
             ep->used = true;
-            snprintf(ep->addr, sizeof ep->addr, "%s", list[i]);
+            /* memcpy, not snprintf: gcc -O2 cannot see list[i]'s bound through the callers
+             * and fails the build with -Wformat-truncation. Both are one endpoint's size. */
+            _Static_assert(sizeof ep->addr == PROTO_RPC_ENDPOINT_MAX, "one endpoint size");
+            memcpy(ep->addr, list[i], sizeof ep->addr);
+            ep->addr[sizeof ep->addr - 1] = '\0';
             if (rpc_endpoint_open(cli, ep) != 0)
                 ep->used = false;
             else
@@ -324,6 +351,9 @@ int proto_rpc_client_new(void *ctx, const proto_rpc_client_config_t *cfg, proto_
                                  "sockets closed and reopened after a silent endpoint");
     cli->redirects = rpc_counter("qc_rpc_client_leader_redirects_total", cfg->service,
                                  "calls resent after a replica answered QC_ENOTLEADER");
+    cli->election_waits =
+        rpc_counter("qc_rpc_client_election_waits_total", cfg->service,
+                    "backoffs of calls refused while a replicated service had no leader");
     char list[PROTO_RPC_ENDPOINTS_MAX][PROTO_RPC_ENDPOINT_MAX];
     int count;
     if (cfg->endpoints_path != NULL) {
@@ -497,6 +527,7 @@ int proto_rpc_client_send(proto_rpc_client_t *cli, const char *method, const uin
         c->attempt_ms = 1;
     c->endpoint = -1;
     c->only = -1;
+    c->resume = -1;
     cli->inflight++;
     rpc_call_transmit(cli, c, rpc_start_of(cli), now);
     *request_id = id;
@@ -550,6 +581,7 @@ static void rpc_call_release(proto_rpc_client_t *cli, int slot)
 {
     rpc_call_t *c = &cli->calls[slot];
     free(c->frame);
+    proto_rpc_reply_destroy(&c->refusal);
     memset(c, 0, sizeof *c);
     assert(cli->free_count < PROTO_RPC_SLOTS);
     cli->free_slots[cli->free_count++] = slot;
@@ -649,6 +681,37 @@ static bool rpc_call_redirect(proto_rpc_client_t *cli, rpc_call_t *c, int from, 
     return true;
 }
 
+/* Endpoint `from` refused call c because the group has no leader it can name (QC_ENOQUORUM,
+ * or QC_ENOTLEADER with the hops used): keeps the refusal r and holds the call for a backoff,
+ * after which the tick offers it again from the next endpoint with its hops renewed. Returns
+ * false (r not taken) when the call's budget cannot cover the backoff and another attempt:
+ * the call then ends with r. */
+static bool rpc_call_wait_leader(proto_rpc_client_t *cli, rpc_call_t *c, int from,
+                                 proto_rpc_reply_t *r)
+{
+    assert(c->state == RPC_CALL_PENDING);
+    assert(c->endpoint == from);
+    assert(r != NULL);
+    uint64_t now = ops_time_mono_ms();
+    int backoff = c->backoff_ms == 0 ? PROTO_RPC_ELECTION_BACKOFF_MIN_MS : 2 * c->backoff_ms;
+    if (backoff > PROTO_RPC_ELECTION_BACKOFF_MAX_MS)
+        backoff = PROTO_RPC_ELECTION_BACKOFF_MAX_MS;
+    if (now + 2 * (uint64_t)backoff >= c->deadline_mono)
+        return false;
+    c->backoff_ms = backoff;
+    proto_rpc_reply_destroy(&c->refusal);
+    c->refusal = r;
+    c->hops = 0;
+    c->only = -1;
+    c->endpoint = -1; /* invariant 2: refused, so not outstanding */
+    c->resume = (from + 1) % PROTO_RPC_ENDPOINTS_MAX;
+    c->attempt_deadline_mono = now + (uint64_t)backoff;
+    if (cli->preferred == from)
+        cli->preferred = -1;
+    ops_counter_add(cli->election_waits, 1);
+    return true;
+}
+
 /* Reads every reply waiting on one endpoint. Returns the number of calls finished. */
 static int rpc_endpoint_drain(proto_rpc_client_t *cli, int e, proto_rpc_done_fn *done, void *arg)
 {
@@ -702,6 +765,8 @@ static int rpc_endpoint_drain(proto_rpc_client_t *cli, int e, proto_rpc_done_fn 
         quancun__rpc_reply__free_unpacked(m, NULL);
         if (r == NULL)
             continue; /* out of memory: the call times out or is retried */
+        if (refused && rpc_call_wait_leader(cli, c, e, r))
+            continue;
         rpc_call_finish(cli, slot, 0, r, done, arg);
         finished++;
     }
@@ -770,13 +835,19 @@ static int rpc_client_tick(proto_rpc_client_t *cli, proto_rpc_done_fn *done, voi
         if (c->state != RPC_CALL_PENDING || c->attempt_deadline_mono > now)
             continue;
         if (now >= c->deadline_mono) {
-            rpc_call_finish(cli, s, QC_ETIMEOUT, NULL, done, arg);
+            /* Invariant 6: the refusal only when nothing is outstanding. */
+            proto_rpc_reply_t *r = c->endpoint < 0 ? c->refusal : NULL;
+            if (r == NULL)
+                proto_rpc_reply_destroy(&c->refusal);
+            c->refusal = NULL;
+            rpc_call_finish(cli, s, r != NULL ? 0 : QC_ETIMEOUT, r, done, arg);
             finished++;
             continue;
         }
         if (c->endpoint < 0) {
-            /* never sent: always safe to offer again */
-            rpc_call_transmit(cli, c, rpc_start_of(cli), now);
+            /* never sent, or refused by every replica it reached: safe to offer again */
+            int start = cli->preferred < 0 && c->resume >= 0 ? c->resume : rpc_start_of(cli);
+            rpc_call_transmit(cli, c, start, now);
             continue;
         }
         if (!(c->flags & PROTO_RPC_IDEMPOTENT) || c->retries >= PROTO_RPC_RETRIES_MAX) {
@@ -884,6 +955,7 @@ void proto_rpc_client_destroy(proto_rpc_client_t **cli_p)
     for (int s = 0; s < PROTO_RPC_SLOTS; s++) {
         free(cli->calls[s].frame);
         proto_rpc_reply_destroy(&cli->calls[s].reply);
+        proto_rpc_reply_destroy(&cli->calls[s].refusal);
     }
     proto_curve_keypair_wipe(&cli->keys);
     free(cli->endpoints_path);

@@ -10,7 +10,7 @@
  *  - Metrics (ops_metrics counters, label service="<service>"):
  *    qc_rpc_client_late_replies_total, qc_rpc_client_retries_total,
  *    qc_rpc_client_timeouts_total, qc_rpc_client_sockets_recreated_total,
- *    qc_rpc_client_leader_redirects_total.
+ *    qc_rpc_client_leader_redirects_total, qc_rpc_client_election_waits_total.
  *  - Log events: rpc.endpoint_added/removed/silent, rpc.endpoints_reload_failed,
  *    rpc.connect_failed, rpc.reply_malformed, rpc.leader_redirect.
  *  - Replicated services (a ledger shard's replicas are its endpoints): a reply with code
@@ -24,6 +24,14 @@
  *    ends with the last QC_ENOTLEADER reply. The leader found (named, or the endpoint that
  *    answered after a hop) is where every later call starts, until it answers QC_ENOTLEADER
  *    itself or is removed; a client that never saw a redirect keeps its round-robin.
+ *  - Elections: a reply QC_ENOQUORUM (the replica knows no leader), or QC_ENOTLEADER once
+ *    the call has used its hops, is not handed to the caller while the call's budget lasts.
+ *    Nothing was changed, so the same request is offered again, idempotent or not, after a
+ *    backoff (25 ms, doubling up to 200 ms), starting at the next endpoint, its hops renewed.
+ *    A call whose budget cannot cover another backoff and attempt ends with the refusal
+ *    (QC_ENOQUORUM or QC_ENOTLEADER); a call that was resent and got no reply by its deadline
+ *    ends with QC_ETIMEOUT, as any call does. So a load started during an election completes
+ *    once a new leader serves, if its budget covers the election.
  *  - Service names: letters, digits, '_', '-', '.', at most 64 (else QC_ECONFIG).
  *  - Lazy Pirate exception: when the endpoint of a timed-out attempt has answered anything
  *    since that attempt was sent, it is alive, so its socket (and the other calls on it) is

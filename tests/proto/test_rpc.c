@@ -82,7 +82,7 @@ static void endpoint_of(int port, char *out, size_t cap)
 
 /* Port i of the test's range, and its endpoint (a string that lives as long as the test). */
 static qctest_ports_t ports;
-#define T_PORTS_USED 26
+#define T_PORTS_USED 28
 #define T_PORT(i) qctest_port(&ports, (i))
 static const char *endpoint_at(int i)
 {
@@ -895,8 +895,9 @@ static void rotate_to_first(proto_rpc_client_t *cli, const char *const *names, i
 
 /* 11. Following the leader: followers answer QC_ENOTLEADER with the leader's endpoint (or
  * none, or one the client does not know) and the call, not idempotent, ends at the leader;
- * the leader found is where later calls start; followers that point at each other end the
- * call with QC_ENOTLEADER after a bounded number of hops, well within its deadline. */
+ * the leader found is where later calls start; followers that point at each other make at
+ * most one hop per endpoint between backoffs, and the call ends with QC_ENOTLEADER within its
+ * deadline. */
 static void test_follow_leader(void **state)
 {
     fixture_t *f = *state;
@@ -937,15 +938,22 @@ static void test_follow_leader(void **state)
     assert_int_equal(call_text(cli, "echo", "three", T_CALL_MS, 0, out, sizeof out), 0);
     assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 2);
 
-    /* Two followers naming each other: two hops (one per endpoint), then the refusal. */
+    /* Two followers naming each other: two hops (one per endpoint), then a backoff (no
+     * leader is reachable: an election), again and again until the budget is spent, then
+     * the refusal. */
     snprintf(list, sizeof list, "%s,%s", e, g);
     cli = client_new(f, list, NULL, &f->client);
     rotate_to_first(cli, (const char *const[]){"e", "g"}, 2);
     before = client_counter("qc_rpc_client_leader_redirects_total");
+    uint64_t waits = client_counter("qc_rpc_client_election_waits_total");
     uint64_t t0 = ops_time_mono_ms();
     assert_int_equal(call_text(cli, "echo", "loop", 3000, 0, out, sizeof out), QC_ENOTLEADER);
     assert_true(ops_time_mono_ms() - t0 < 3000);
-    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 2);
+    uint64_t rounds = client_counter("qc_rpc_client_election_waits_total") - waits;
+    assert_true(rounds >= 1);
+    assert_true(rounds <= 3000 / 25);
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"),
+                     before + 2 * (rounds + 1));
     assert_int_equal(proto_rpc_client_inflight(cli), 0);
 
     /* A leader named before its connection is up is waited for (within half the attempt),
@@ -988,8 +996,8 @@ static void test_follow_leader(void **state)
 
 /* 12. A replica that knows no leader (a candidate cut off from the others) answers
  * QC_ENOQUORUM: it changed nothing, so the call moves on to the next replica and ends at the
- * leader; when every replica says so, the call ends with QC_ENOQUORUM after one hop per
- * endpoint, well within its deadline. */
+ * leader; when every replica says so, the call ends with QC_ENOQUORUM within its deadline,
+ * after at most one hop per endpoint between the backoffs of test 13. */
 static void test_follow_past_no_quorum(void **state)
 {
     fixture_t *f = *state;
@@ -1013,9 +1021,53 @@ static void test_follow_past_no_quorum(void **state)
     rotate_to_first(cli, (const char *const[]){"q1", "q2"}, 2);
     before = client_counter("qc_rpc_client_leader_redirects_total");
     uint64_t t0 = ops_time_mono_ms();
+    uint64_t waits = client_counter("qc_rpc_client_election_waits_total");
     assert_int_equal(call_text(cli, "echo", "none", 3000, 0, out, sizeof out), QC_ENOQUORUM);
     assert_true(ops_time_mono_ms() - t0 < 3000);
-    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"), before + 2);
+    /* No leader anywhere: an election, waited out (test 13) in rounds of one hop per
+     * endpoint until the budget is spent. */
+    uint64_t rounds = client_counter("qc_rpc_client_election_waits_total") - waits;
+    assert_true(rounds >= 1);
+    assert_int_equal(client_counter("qc_rpc_client_leader_redirects_total"),
+                     before + 2 * (rounds + 1));
+    assert_int_equal(proto_rpc_client_inflight(cli), 0);
+}
+
+/* 13. Waiting out an election: a replica that knows no leader answers QC_ENOQUORUM; a call
+ * (not idempotent) started then waits with backoffs, within its budget, and is served once a
+ * leader is up; a call whose budget ends first gets the refusal, not QC_ETIMEOUT. */
+static void test_wait_out_election(void **state)
+{
+    fixture_t *f = *state;
+    const char *q = endpoint_at(26), *l = endpoint_at(27);
+    spawn_echo(f, T_PORT(26), "q", false, NULL, T_NO_QUORUM);
+    wait_up(client_new(f, q, NULL, &f->client));
+    char list[2 * QCTEST_ENDPOINT_MAX + 4];
+    snprintf(list, sizeof list, "%s,%s", q, l);
+    proto_rpc_client_t *cli = client_new(f, list, NULL, &f->client);
+    uint64_t waits = client_counter("qc_rpc_client_election_waits_total");
+    async_one_t o = {0};
+    uint64_t id = 0;
+    assert_int_equal(
+        proto_rpc_client_send(cli, "echo", (const uint8_t *)"held", 4, 5000, 0, NULL, &id), 0);
+    pump(cli, one_done, &o, 400, &o.done);
+    assert_false(o.done); /* refused, and held */
+    assert_true(client_counter("qc_rpc_client_election_waits_total") > waits);
+    spawn_server(f, T_PORT(27), "l", false, NULL); /* the new leader */
+    pump(cli, one_done, &o, 5000, &o.done);
+    assert_true(o.done);
+    assert_int_equal(o.code, 0);
+    assert_string_equal(o.body, "held");
+    assert_int_equal(proto_rpc_client_inflight(cli), 0);
+
+    /* Only the replica without a leader: the budget ends, and the caller sees why. */
+    cli = client_new(f, q, NULL, &f->client);
+    char out[64];
+    uint64_t t0 = ops_time_mono_ms();
+    assert_int_equal(call_text(cli, "echo", "short", 600, 0, out, sizeof out), QC_ENOQUORUM);
+    uint64_t took = ops_time_mono_ms() - t0;
+    assert_true(took >= 600 - 2 * 200); /* it waited most of its budget */
+    assert_true(took <= 600 + 200);
     assert_int_equal(proto_rpc_client_inflight(cli), 0);
 }
 
@@ -1043,6 +1095,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_shared_context, setup, teardown),
         cmocka_unit_test_setup_teardown(test_follow_leader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_follow_past_no_quorum, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wait_out_election, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
