@@ -40,6 +40,9 @@ static qctest_ports_t ports;
 #define T_LOADS 12
 
 static const char *ledger_bin;
+/* Small, so the tests' groups really snapshot and compact; the bench uses the defaults. */
+static const char *snapshot_threshold = "32";
+static const char *snapshot_trailing = "8";
 
 typedef struct group {
     lp_t r[T_REPLICAS];
@@ -91,9 +94,9 @@ static const char *const *replica_args(group_t *g, int i, bool join)
     a[n++] = "--raft-key";
     a[n++] = e[2];
     a[n++] = "--snapshot-threshold";
-    a[n++] = "32";
+    a[n++] = snapshot_threshold;
     a[n++] = "--snapshot-trailing";
-    a[n++] = "8";
+    a[n++] = snapshot_trailing;
     a[n++] = "--join";
     a[n++] = join ? "true" : "false";
     a[n] = NULL;
@@ -870,15 +873,79 @@ static void test_wiped_follower_catches_up(void **state)
     free(g);
 }
 
+/* ------------------------------------------------------------ the catch-up figure */
+
+#define T_BENCH_LOADS_MAX 1000000
+#define T_BENCH_CATCHUP_MS 600000 /* longest wait for the wiped replica */
+
+/* Not a test: the seconds a follower wiped after n loads takes to catch up (restart with
+ * join = true until its applied index reaches the leader's commit index), with the default
+ * snapshot settings (4096, 1024), printed as one line. Returns the exit status. */
+static int catchup_bench(long n)
+{
+    snapshot_threshold = "4096";
+    snapshot_trailing = "1024";
+    group_t *g = calloc(1, sizeof *g);
+    assert_non_null(g);
+    bool running[T_REPLICAS];
+    dev_t_ d;
+    int leader = group_up(g, running, &d, "dev-bench");
+    lp_t *L = &g->r[leader];
+    uint64_t t0 = ops_time_mono_ms();
+    for (long i = 0; i < n; i++)
+        one_load(L, &d, 1 + i % 50);
+    double load_s = (double)(ops_time_mono_ms() - t0) / 1000.0;
+    int lost = (leader + 1) % T_REPLICAS;
+    wipe_replica(g, lost);
+    Qcledger__ShardStatusReply *s = status_of(L);
+    assert_non_null(s);
+    uint64_t want = s->commit_index;
+    qcledger__shard_status_reply__free_unpacked(s, NULL);
+    uint64_t start = ops_time_mono_ms();
+    group_start(g, lost, true);
+    uint64_t started = ops_time_mono_ms();
+    uint64_t applied = 0, end = start + T_BENCH_CATCHUP_MS;
+    while (applied < want && ops_time_mono_ms() < end) {
+        s = status_of(&g->r[lost]);
+        if (s != NULL) {
+            applied = s->applied_index;
+            qcledger__shard_status_reply__free_unpacked(s, NULL);
+        }
+        if (applied < want)
+            usleep(10 * 1000);
+    }
+    uint64_t done = ops_time_mono_ms();
+    char log[LP_PATH_MAX];
+    qctest_path(g->r[lost].dir, "ledger.log", log);
+    bool snap = qctest_file_contains(log, "ledger.fsm_snapshot_restored");
+    printf("catch-up: %ld loads (%.1f s to make), %llu entries; wiped replica %s after "
+           "%.2f s (process up in %.2f s), %s\n",
+           n, load_s, (unsigned long long)want, applied >= want ? "caught up" : "NOT caught up",
+           (double)(done - start) / 1000.0, (double)(started - start) / 1000.0,
+           snap ? "from a snapshot and the log" : "from the log alone");
+    dev_free(&d);
+    group_teardown(g);
+    free(g);
+    return applied >= want ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s PATH-TO-qc-ledger\n", argv[0]);
+        fprintf(stderr, "usage: %s PATH-TO-qc-ledger [--catchup N]\n", argv[0]);
         return 2;
     }
     ledger_bin = argv[1];
     ports = qctest_ports(17400, 60);
     signal(SIGPIPE, SIG_IGN);
+    if (argc == 4 && strcmp(argv[2], "--catchup") == 0) {
+        long n = strtol(argv[3], NULL, 10);
+        if (n < 1 || n > T_BENCH_LOADS_MAX) {
+            fprintf(stderr, "--catchup N: 1..%d loads\n", T_BENCH_LOADS_MAX);
+            return 2;
+        }
+        return catchup_bench(n);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_three_replicas_serve_and_agree, teardown),
         cmocka_unit_test_teardown(test_leader_killed_during_writes, teardown),
