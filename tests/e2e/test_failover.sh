@@ -47,12 +47,17 @@ new=$(leader_id)
 secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 e2e_log "FIGURE seconds to a new leader after kill -9: $secs (ledger-0-$new)"
 
-# The run ends by itself (bounded by --loads and each call's budget). While no leader was
-# known, loads and reports were refused whole (QC_ENOQUORUM): each load still ends, either
-# with its outcome or refused; one whose report was refused is settled by the deadline.
-wait "$lg" || e2e_log "qc-loadgen exited $? (some loads refused during the change of leader)"
+# The run ends by itself (bounded by --loads and each call's budget). While no leader is
+# known the replicas answer QC_ENOQUORUM (or QC_ENOTLEADER naming nobody), and the gateway's
+# client waits the election out within its budget (rpc_timeout_ms, 3 s): no load may be
+# refused for want of a leader. Each load still ends, with its outcome or refused for another
+# reason; one whose report was refused is settled by the deadline.
+wait "$lg" || e2e_log "qc-loadgen exited $? (some loads failed during the change of leader)"
 cat "$X/loadgen.out" >&2
 r=$X/result.json
+no_leader=$(jq '[.errors | to_entries[] | select(.key | test("ENOQUORUM|ENOTLEADER")) | .value] | add // 0' "$r")
+e2e_log "FIGURE loads refused for want of a leader: $no_leader; failed in all: $(jq -r .failed "$r") of $LOADS ($(jq -c .errors "$r"))"
+assert_eq "loads refused QC_ENOQUORUM or QC_ENOTLEADER during the election" 0 "$no_leader"
 assert_eq "loads started" "$LOADS" "$(jq -r .started "$r")"
 assert_eq "loads that ended (an outcome or a refusal each)" "$LOADS" \
   "$(($(jq -r .completed "$r") + $(jq -r .failed "$r")))"
