@@ -15,6 +15,9 @@
  *   card     NAME BALANCE                            qc-card status (minor units): an IC card
  *   audit    STATUS                                  ok, failed or pending (no audit service)
  *   aentry   SOURCE SOURCE_SEQ TYPE TXN              qc-audit export (TXN "-" when none)
+ *   replica  SHARD ENDPOINT OK TOTALS                qcctl check --replicas, one a replica:
+ *                                                    OK true|false, TOTALS its counts and
+ *                                                    currency sums as one opaque string
  *
  * Lines starting with '#' and empty lines are ignored. Nothing here trusts the run: every
  * property is recomputed from what the ledger, the devices and the audit log hold now. */
@@ -91,6 +94,13 @@ typedef struct {
 } chaos_ack_t;
 
 typedef struct {
+    long shard;
+    char endpoint[CHAOS_ID_MAX];
+    bool ok;
+    char totals[CHAOS_LINE_MAX];
+} chaos_replica_t;
+
+typedef struct {
     char source[CHAOS_NAME_MAX];
     char source_seq[CHAOS_NAME_MAX]; /* decimal text: a uint64 that a double would round */
     char type[CHAOS_NAME_MAX];
@@ -104,7 +114,8 @@ typedef struct {
 } chaos_vec_t;
 
 typedef struct {
-    chaos_vec_t currencies, shards, accounts, loads, wallets, cards, wlogs, acks, aentries;
+    chaos_vec_t currencies, shards, accounts, loads, wallets, cards, wlogs, acks, aentries,
+        replicas;
     size_t ledger_problems; /* what the ledger's own check found wrong (a txn debited twice...) */
     char audit_status[CHAOS_NAME_MAX];
     FILE *out;
@@ -141,14 +152,15 @@ static void facts_init(chaos_facts_t *f, FILE *out)
     f->wlogs.size = sizeof(chaos_wlog_t);
     f->acks.size = sizeof(chaos_ack_t);
     f->aentries.size = sizeof(chaos_aentry_t);
+    f->replicas.size = sizeof(chaos_replica_t);
     snprintf(f->audit_status, sizeof(f->audit_status), "pending");
     f->out = out;
 }
 
 static void facts_free(chaos_facts_t *f)
 {
-    chaos_vec_t *all[] = {&f->currencies, &f->shards, &f->accounts, &f->loads,   &f->wallets,
-                          &f->cards,      &f->wlogs,  &f->acks,     &f->aentries};
+    chaos_vec_t *all[] = {&f->currencies, &f->shards, &f->accounts, &f->loads,    &f->wallets,
+                          &f->cards,      &f->wlogs,  &f->acks,     &f->aentries, &f->replicas};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         free(all[i]->items);
 }
@@ -285,6 +297,18 @@ static int parse_fact(chaos_facts_t *f, char **x, size_t n)
             !copy_field(it->txn, sizeof(it->txn), x[2]) ||
             !copy_field(it->outcome, sizeof(it->outcome), x[3]))
             return QC_EINVAL;
+        return 0;
+    }
+    if (strcmp(k, "replica") == 0 && n == 5) {
+        chaos_replica_t *it = vec_push(&f->replicas);
+        if (it == NULL)
+            return QC_ENOMEM;
+        if (!parse_i64(x[1], &a) || !copy_field(it->endpoint, sizeof(it->endpoint), x[2]) ||
+            (strcmp(x[3], "true") != 0 && strcmp(x[3], "false") != 0) ||
+            !copy_field(it->totals, sizeof(it->totals), x[4]))
+            return QC_EINVAL;
+        it->shard = (long)a;
+        it->ok = strcmp(x[3], "true") == 0;
         return 0;
     }
     if (strcmp(k, "audit") == 0 && n == 2) {
@@ -700,6 +724,35 @@ static chaos_verdict_t check_audit(chaos_facts_t *f)
     return v;
 }
 
+/* 8. Every replica of every shard checks ok on its own LMDB, and the replicas of a shard hold
+ * the same totals (a replica that lost its disk and caught up included). */
+static chaos_verdict_t check_replicas(chaos_facts_t *f)
+{
+    if (f->replicas.count == 0) {
+        fprintf(f->out, "PENDING 8. replicas agree: no replica facts; not checked\n");
+        return CHAOS_VERDICT_PENDING;
+    }
+    size_t bad = 0, differ = 0;
+    for (size_t i = 0; i < f->replicas.count; i++) {
+        const chaos_replica_t *r = VEC_AT(f->replicas, chaos_replica_t, i);
+        if (!r->ok && bad++ < CHAOS_SHOW_MAX)
+            fprintf(f->out, "    replica %s of shard %ld: check not ok\n", r->endpoint, r->shard);
+        /* The first replica listed for its shard is the reference. */
+        const chaos_replica_t *ref = NULL;
+        for (size_t j = 0; j < i && ref == NULL; j++)
+            if (VEC_AT(f->replicas, chaos_replica_t, j)->shard == r->shard)
+                ref = VEC_AT(f->replicas, chaos_replica_t, j);
+        if (ref != NULL && strcmp(ref->totals, r->totals) != 0 && differ++ < CHAOS_SHOW_MAX)
+            fprintf(f->out, "    replica %s of shard %ld: %s, but %s has %s\n", r->endpoint,
+                    r->shard, r->totals, ref->endpoint, ref->totals);
+    }
+    chaos_verdict_t v = verdict(bad == 0 && differ == 0);
+    fprintf(f->out,
+            "%s 8. replicas agree: %zu replicas, %zu not ok, %zu differing from their shard\n",
+            verdict_name(v), f->replicas.count, bad, differ);
+    return v;
+}
+
 int chaos_check_run(FILE *facts, FILE *out, chaos_check_result_t *result)
 {
     assert(facts != NULL);
@@ -726,8 +779,8 @@ int chaos_check_run(FILE *facts, FILE *out, chaos_check_result_t *result)
     }
     memset(result, 0, sizeof(*result));
     chaos_verdict_t (*checks[CHAOS_CHECK_COUNT + 1])(chaos_facts_t *) = {
-        NULL,           check_sum_zero, check_hold_zero, check_float,
-        check_accounts, check_once,     check_acks,      check_audit};
+        NULL,       check_sum_zero, check_hold_zero, check_float,   check_accounts,
+        check_once, check_acks,     check_audit,     check_replicas};
     for (int i = 1; i <= CHAOS_CHECK_COUNT; i++) {
         result->verdicts[i] = checks[i](&f);
         result->failed += result->verdicts[i] == CHAOS_VERDICT_FAIL;

@@ -13,7 +13,8 @@ enum {
     CHAOS_CHECK_ONCE,         /* no txn applied twice; counters only grew, by one per load */
     CHAOS_CHECK_ACKS,         /* every acknowledged outcome is the ledger's final state */
     CHAOS_CHECK_AUDIT,        /* the audit chain verifies and has every ledger transition */
-    CHAOS_CHECK_COUNT = CHAOS_CHECK_AUDIT
+    CHAOS_CHECK_REPLICAS,     /* every replica of a shard checks ok and equals the others */
+    CHAOS_CHECK_COUNT = CHAOS_CHECK_REPLICAS
 };
 
 /* The verdict of one property. */
@@ -27,7 +28,7 @@ typedef struct {
 } chaos_check_result_t;
 
 /* Reads the facts of a run from `facts` (one fact a line, tab-separated fields, the first
- * naming the kind; the format is described at the top of chaos_check.c), proves the seven
+ * naming the kind; the format is described at the top of chaos_check.c), proves the eight
  * properties, and prints to `out` one line "PASS|FAIL|PENDING n. name: figures" per property,
  * followed by up to a few lines naming the offending items of a failed one.
  *

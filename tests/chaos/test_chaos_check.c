@@ -38,7 +38,9 @@ static const char BASE[] = "# a consistent run\n"
                            "aentry\tledger-0\t2\tload.confirmed\tT1\n"
                            "aentry\tledger-0\t3\tload.reserved\tT2\n"
                            "aentry\tledger-0\t4\tload.compensated\tT2\n"
-                           "aentry\tledger-0\t5\tload.late_confirmed\tT2\n";
+                           "aentry\tledger-0\t5\tload.late_confirmed\tT2\n"
+                           "replica\t0\ttcp://r1\ttrue\t{\"loads\":2,\"reserved\":0}\n"
+                           "replica\t0\ttcp://r2\ttrue\t{\"loads\":2,\"reserved\":0}\n";
 
 /* Runs the checker on BASE with the first occurrence of `from` replaced by `to` (both NULL:
  * BASE as is). Returns chaos_check_run's code; the verdicts are in *r. */
@@ -199,6 +201,26 @@ static void test_audit_absent_is_pending_not_pass(void **state)
     assert_int_equal(r.failed, 0);
 }
 
+static void test_replicas_not_ok_or_differing_fail(void **state)
+{
+    (void)state;
+    expect_fail("tcp://r2\ttrue", "tcp://r2\tfalse", CHAOS_CHECK_REPLICAS);
+    expect_fail("tcp://r2\ttrue\t{\"loads\":2", "tcp://r2\ttrue\t{\"loads\":1",
+                CHAOS_CHECK_REPLICAS);
+    /* Another shard's replica is not compared with shard 0's. */
+    chaos_check_result_t r;
+    assert_int_equal(run_edited("replica\t0\ttcp://r2\ttrue\t{\"loads\":2",
+                                "replica\t1\ttcp://r2\ttrue\t{\"loads\":7", &r),
+                     0);
+    assert_int_equal(r.verdicts[CHAOS_CHECK_REPLICAS], CHAOS_VERDICT_PASS);
+    /* No replica facts: not checked, which is not a pass. */
+    assert_int_equal(run_edited("replica\t0\ttcp://r1\ttrue\t{\"loads\":2,\"reserved\":0}\n"
+                                "replica\t0\ttcp://r2\ttrue\t{\"loads\":2,\"reserved\":0}\n",
+                                "", &r),
+                     0);
+    assert_int_equal(r.verdicts[CHAOS_CHECK_REPLICAS], CHAOS_VERDICT_PENDING);
+}
+
 static void test_malformed_fact_is_refused(void **state)
 {
     (void)state;
@@ -206,6 +228,7 @@ static void test_malformed_fact_is_refused(void **state)
     assert_int_equal(run_edited("wallet\tw1\t300", "wallet\tw1\tx300", &r), QC_EINVAL);
     assert_int_equal(run_edited("shard\t", "shrad\t", &r), QC_EINVAL);
     assert_int_equal(run_edited("load\tT2\t", "load\tT1\t", &r), QC_EINVAL);
+    assert_int_equal(run_edited("tcp://r2\ttrue", "tcp://r2\tyes", &r), QC_EINVAL);
 }
 
 int main(void)
@@ -222,6 +245,7 @@ int main(void)
         cmocka_unit_test(test_audit_broken_or_incomplete),
         cmocka_unit_test(test_audit_big_source_seqs_are_distinct),
         cmocka_unit_test(test_audit_absent_is_pending_not_pass),
+        cmocka_unit_test(test_replicas_not_ok_or_differing_fail),
         cmocka_unit_test(test_malformed_fact_is_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

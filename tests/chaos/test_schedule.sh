@@ -32,4 +32,15 @@ grep -q ' stop ' "$s" && grep -q ' audit_down ' "$s" || { echo "FAIL: no stop or
 for p in wallet.after_request_signed wallet.after_allow_received wallet.after_credit_before_report; do
   grep -q " $p " "$X"/a/chaos/plans/* || { echo "FAIL: $p in no device's plan" >&2; exit 1; }
 done
+# Replicated shards: leader kills and follower wipes are scheduled, ledger targets are
+# replicas (ledger-S-R), and no ledger fault point (followers commit nothing).
+"$QC_SOURCE_DIR/tests/chaos/run" --loads 500 --seed 5 --replicas 3 --plan-only --dir "$X/r" \
+  --build "$QC_BINARY_DIR" >/dev/null
+s=$X/r/chaos/schedule
+grep -q ' leader ledger-[0-9]* ' "$s" || { echo "FAIL: no leader kill with --replicas 3" >&2; exit 1; }
+grep -q ' wipe ledger-[0-9]* ' "$s" || { echo "FAIL: no follower wipe with --replicas 3" >&2; exit 1; }
+if grep -q ' point .* ledger\.' "$s" || grep -E -q ' (kill|stop) ledger-[0-9]+ ' "$s"; then
+  echo "FAIL: with --replicas 3 a ledger point, or a ledger target that is not a replica" >&2
+  exit 1
+fi
 echo "PASS: the schedule is a function of the seed and holds every kind of fault"
