@@ -24,8 +24,10 @@
  *    ends with the last QC_ENOTLEADER reply. The leader found (named, or the endpoint that
  *    answered after a hop) is where every later call starts, until it answers QC_ENOTLEADER
  *    itself or is removed; a client that never saw a redirect keeps its round-robin.
- *  - Elections: a reply QC_ENOQUORUM (the replica knows no leader), or QC_ENOTLEADER once
- *    the call has used its hops, is not handed to the caller while the call's budget lasts.
+ *  - QC_ENOQUORUM (a replica that knows no leader) is followed like a QC_ENOTLEADER naming
+ *    none: to the next endpoint, within the same hops.
+ *  - Elections: a refusal (QC_ENOQUORUM or QC_ENOTLEADER) that comes once the call has used
+ *    its hops is not handed to the caller while the call's budget lasts.
  *    Nothing was changed, so the same request is offered again, idempotent or not, after a
  *    backoff (25 ms, doubling up to 200 ms), starting at the next endpoint, its hops renewed.
  *    A call whose budget cannot cover another backoff and attempt ends with the refusal
