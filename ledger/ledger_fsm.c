@@ -372,6 +372,9 @@ static int apply_op(ledger_fsm_t *f, MDB_txn *txn, uint64_t now, const Qcreplica
             rc = refuse(why, rc, "outbox ack by \"%.32s\", not a configured consumer",
                         op->outbox_ack->consumer != NULL ? op->outbox_ack->consumer : "");
         break;
+    case QCREPLICA__OP__OP_DIGEST:
+        rc = 0; /* compared before the entry applied (digest_check) */
+        break;
     default:
         rc = refuse(why, QC_EDECODE, "op of unknown kind %d", (int)op->op_case);
         break;
@@ -416,6 +419,37 @@ static int entry_decode(const uint8_t *entry, size_t len, Qcreplica__Entry **out
     return 0;
 }
 
+/* A digest op first in e: this replica's state at applied must be the proposer's. A replica
+ * that applies it at another index (an entry came in between) skips it, as every replica
+ * does. Returns 0, or QC_EMISMATCH once diverged (and for every entry after). */
+static int digest_check(ledger_fsm_t *f, uint64_t applied, const Qcreplica__Entry *e)
+{
+    if (f->stats.diverged)
+        return QC_EMISMATCH;
+    if (e->n_ops == 0 || e->ops[0]->op_case != QCREPLICA__OP__OP_DIGEST)
+        return 0;
+    const Qcreplica__Digest *d = e->ops[0]->digest;
+    if (d->index != applied || d->digest.len != PROTO_DIGEST_SIZE)
+        return 0;
+    uint8_t mine[PROTO_DIGEST_SIZE];
+    uint64_t at = 0;
+    int rc = ledger_fsm_digest(f, mine, &at);
+    if (rc != 0)
+        return rc;
+    assert(at == applied);
+    f->stats.digest_checks++;
+    if (CRYPTO_memcmp(mine, d->digest.data, PROTO_DIGEST_SIZE) == 0)
+        return 0;
+    f->stats.digest_mismatches++;
+    f->stats.diverged = true;
+    f->stats.diverged_index = applied;
+    ops_logf(OPS_LOG_ERROR, "ledger.fsm_diverged",
+             "state at index %llu differs from the leader's: stopping until it is rebuilt from a "
+             "healthy replica's snapshot",
+             (unsigned long long)applied);
+    return QC_EMISMATCH;
+}
+
 int ledger_fsm_apply(ledger_fsm_t *f, uint64_t index, const uint8_t *entry, size_t len,
                      const ledger_fsm_result_t **result)
 {
@@ -451,6 +485,11 @@ int ledger_fsm_apply(ledger_fsm_t *f, uint64_t index, const uint8_t *entry, size
                  "entry %llu is of a version this replica does not know: stopping",
                  (unsigned long long)index);
         return QC_EVERSION;
+    }
+    if (drc == 0 && (rc = digest_check(f, applied, e)) != 0) {
+        qcreplica__entry__free_unpacked(e, NULL);
+        ledger_store_txn_abort(txn);
+        return rc;
     }
     uint64_t now = applied_ms;
     if (drc == 0 && e->time_ms > now)
@@ -673,7 +712,35 @@ static int snap_load(ledger_fsm_t *f, MDB_txn *txn, const uint8_t *body, size_t 
     return n == count ? 0 : QC_EDECODE;
 }
 
+static int restore(ledger_fsm_t *f, const uint8_t *snap, size_t len, bool *replaced, bool repair);
+
 int ledger_fsm_restore(ledger_fsm_t *f, const uint8_t *snap, size_t len, bool *replaced)
+{
+    return restore(f, snap, len, replaced, false);
+}
+
+int ledger_fsm_repair(ledger_fsm_t *f, const uint8_t *snap, size_t len)
+{
+    assert(f != NULL);
+    if (!f->stats.diverged)
+        return QC_ESTATE;
+    snap_header_t h;
+    int rc = snap_header_check(f, snap, len, &h);
+    if (rc != 0)
+        return rc;
+    if (h.index < f->stats.diverged_index)
+        return QC_ESTALE;
+    bool replaced = false;
+    if ((rc = restore(f, snap, len, &replaced, true)) != 0)
+        return rc;
+    assert(replaced);
+    f->stats.diverged = false;
+    ops_logf(OPS_LOG_INFO, "ledger.fsm_repaired", "state rebuilt from a snapshot at index %llu",
+             (unsigned long long)h.index);
+    return 0;
+}
+
+static int restore(ledger_fsm_t *f, const uint8_t *snap, size_t len, bool *replaced, bool repair)
 {
     assert(f != NULL);
     assert(snap != NULL || len == 0);
@@ -693,7 +760,7 @@ int ledger_fsm_restore(ledger_fsm_t *f, const uint8_t *snap, size_t len, bool *r
     if ((rc = ledger_store_applied_get(f->store, txn, &applied, &applied_ms)) != 0)
         goto abort;
     uint64_t old_applied = applied;
-    if (h.index <= applied) {
+    if (h.index <= applied && !repair) {
         /* Both are prefixes of the one committed log, and ours is the longer. */
         ledger_store_txn_abort(txn);
         f->stats.snapshots_kept++;
@@ -717,6 +784,9 @@ int ledger_fsm_restore(ledger_fsm_t *f, const uint8_t *snap, size_t len, bool *r
              "snapshot at %llu: %llu records, %zu bytes, replacing state at %llu",
              (unsigned long long)h.index, (unsigned long long)h.count, len,
              (unsigned long long)old_applied);
+    /* A leader's snapshot past the index that diverged is a repair too. */
+    if (f->stats.diverged && h.index >= f->stats.diverged_index)
+        f->stats.diverged = false;
     if (replaced != NULL)
         *replaced = true;
     return 0;
@@ -1022,6 +1092,19 @@ int ledger_fsm_batch_outbox_ack_by(ledger_fsm_batch_t *b, uint64_t upto_seq, con
     Qcreplica__Op op = QCREPLICA__OP__INIT;
     op.op_case = QCREPLICA__OP__OP_OUTBOX_ACK;
     op.outbox_ack = &m;
+    return batch_add(b, &op);
+}
+
+int ledger_fsm_batch_digest(ledger_fsm_batch_t *b, uint64_t index, const uint8_t digest[32])
+{
+    assert(b != NULL);
+    assert(digest != NULL);
+    Qcreplica__Digest m = QCREPLICA__DIGEST__INIT;
+    m.index = index;
+    m.digest = bin(digest, PROTO_DIGEST_SIZE);
+    Qcreplica__Op op = QCREPLICA__OP__INIT;
+    op.op_case = QCREPLICA__OP__OP_DIGEST;
+    op.digest = &m;
     return batch_add(b, &op);
 }
 

@@ -108,6 +108,10 @@ typedef struct ledger_fsm_stats {
     uint64_t snapshots_kept;     /* not applied: the replica was as far or further */
     uint64_t apply_failures;     /* local failures of apply through libraft (nothing applied) */
     int apply_error;             /* the last apply's local failure, 0 once one applies again */
+    uint64_t digest_checks;      /* digest ops compared with this replica's state */
+    uint64_t digest_mismatches;  /* of which differed */
+    bool diverged;               /* a digest differed: nothing applies until ledger_fsm_repair */
+    uint64_t diverged_index;     /* the applied index whose state differed */
 } ledger_fsm_stats_t;
 
 /* Opens (creating when empty) the replica's environment in cfg->dir, binds it to the shard
@@ -143,6 +147,17 @@ QC_MUST_CHECK int ledger_fsm_snapshot(ledger_fsm_t *fsm, uint8_t **out, size_t *
  * (another shard's), QC_EIO, QC_EFULL; on error the state is unchanged. */
 QC_MUST_CHECK int ledger_fsm_restore(ledger_fsm_t *fsm, const uint8_t *snap, size_t len,
                                      bool *replaced);
+
+/* Replica repair (docs/DESIGN.md, "Replica repair"). A replica whose state differed from the
+ * leader's at a digest op is diverged: apply refuses every entry (QC_EMISMATCH, a local
+ * failure: libraft stops this replica) until its state is replaced by a healthy replica's
+ * snapshot here, whatever its own applied index, as long as the snapshot is at or past the
+ * index that diverged (its raft instance applied up to there and goes on after it; entries
+ * up to the snapshot's index are then skipped). The raft log and vote are kept: only the
+ * state is rebuilt, so the replica rejoins under its own id without breaking Raft's rules.
+ * Returns 0 (diverged is cleared), QC_ESTALE (a snapshot before the diverged index),
+ * QC_ESTATE (not diverged), and the errors of ledger_fsm_restore. */
+QC_MUST_CHECK int ledger_fsm_repair(ledger_fsm_t *fsm, const uint8_t *snap, size_t len);
 
 /* The stored applied index and time (0, 0 before the first entry). Returns 0 or QC_EIO. */
 QC_MUST_CHECK int ledger_fsm_applied(ledger_fsm_t *fsm, uint64_t *index, uint64_t *time_ms);
@@ -201,6 +216,10 @@ QC_MUST_CHECK int ledger_fsm_batch_outbox_ack(ledger_fsm_batch_t *b, uint64_t up
 QC_MUST_CHECK int ledger_fsm_batch_outbox_ack_by(ledger_fsm_batch_t *b, uint64_t upto_seq,
                                                  const char *consumer, const char *const *consumers,
                                                  size_t consumer_count);
+/* digest: the proposer's state digest at its applied index (ledger_fsm_digest); to be the
+ * only op of its entry, proposed when nothing else is in flight. */
+QC_MUST_CHECK int ledger_fsm_batch_digest(ledger_fsm_batch_t *b, uint64_t index,
+                                          const uint8_t digest[32]);
 
 /* The entry's bytes in out->base (raft_malloc'd; raft_apply() takes them over, else free
  * with raft_free()). Returns 0 or QC_ENOMEM. */

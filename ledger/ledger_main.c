@@ -72,6 +72,10 @@ static const ops_config_key_t ledger_keys[] = {
      .min = LEDGER_SNAPSHOT_THRESHOLD_MIN, .max = LEDGER_SNAPSHOT_THRESHOLD_MAX},
     {"snapshot_trailing", OPS_CONFIG_INT, "1024", "Raft entries kept behind a snapshot", .min = 0,
      .max = LEDGER_SNAPSHOT_TRAILING_MAX},
+    {"digest_interval_ms", OPS_CONFIG_INT, "60000",
+     "replicas: the leader proposes its state digest this often, every replica compares (0 = "
+     "never)",
+     .min = 0, .max = LEDGER_DIGEST_INTERVAL_MS_MAX},
 };
 
 #define LEDGER_USAGE                                                                               \
@@ -140,6 +144,7 @@ int main(int argc, char **argv)
         .join = ops_config_bool(cfg, "join"),
         .snapshot_threshold = (unsigned)ops_config_int(cfg, "snapshot_threshold"),
         .snapshot_trailing = (unsigned)ops_config_int(cfg, "snapshot_trailing"),
+        .digest_interval_ms = (uint64_t)ops_config_int(cfg, "digest_interval_ms"),
     };
     ledger_service_t *svc = NULL;
     rc = ledger_service_new(&scfg, &svc);

@@ -189,7 +189,9 @@ struct ledger_service {
     size_t n_held;
     svc_change_t *change;
     uint64_t hup_seen;
-    ledger_backup_t *backup; /* hot copies for `qcctl shard backup` (ledger_backup.h) */
+    ledger_backup_t *backup;     /* hot copies for `qcctl shard backup` (ledger_backup.h) */
+    uint64_t digest_interval_ms; /* replica mode: digest ops (0 = none) */
+    uint64_t next_digest_ms;
     /* metrics */
     ops_counter_t *m_commits;
     ops_counter_t *m_commit_failures;
@@ -929,6 +931,11 @@ static int status_fill(ledger_service_t *svc, MDB_txn *txn, Qcledger__ShardStatu
     int state = raft_state(rf);
     r->id = self;
     r->role = role_of(state);
+    ledger_fsm_stats_t fst;
+    ledger_fsm_stats(svc->fsm, &fst);
+    r->diverged = fst.diverged;
+    r->diverged_index = fst.diverged_index;
+    r->digest_checks = fst.digest_checks;
     r->term = rf->current_term;
     r->commit_index = rf->commit_index;
     r->last_index = raft_last_index(rf);
@@ -1638,6 +1645,38 @@ static void replica_writes(ledger_service_t *svc, size_t n, size_t writes, int s
     ledger_fsm_batch_destroy(&b);
 }
 
+/* Replica repair (docs/DESIGN.md): every digest_interval_ms, when nothing is in flight, the
+ * leader proposes its state digest at its applied index alone in an entry; each replica
+ * applying it right after that index compares its own, and one that differs stops
+ * (ledger_fsm.h). The entry answers nobody. */
+static void propose_digest(ledger_service_t *svc, uint64_t wall)
+{
+    struct raft *rf = ledger_replica_raft(svc->replica);
+    if (svc->digest_interval_ms == 0 || wall < svc->next_digest_ms || svc->proposals > 0 ||
+        raft_last_applied(rf) != raft_last_index(rf))
+        return;
+    svc->next_digest_ms = wall + svc->digest_interval_ms;
+    uint8_t d[PROTO_DIGEST_SIZE];
+    uint64_t idx = 0;
+    ledger_fsm_batch_t *b = NULL;
+    svc_proposal_t *p = calloc(1, sizeof *p);
+    int rc = p == NULL ? QC_ENOMEM : ledger_fsm_digest(svc->fsm, d, &idx);
+    if (rc == 0)
+        rc = ledger_fsm_batch_new(wall, &b);
+    if (rc == 0)
+        rc = ledger_fsm_batch_digest(b, idx, d);
+    if (rc != 0) {
+        ops_log(OPS_LOG_WARN, "ledger.digest_failed", "error", qc_strerror(rc), NULL);
+        free(p);
+        ledger_fsm_batch_destroy(&b);
+        return;
+    }
+    p->svc = svc;
+    p->t0_ns = ops_time_mono_ns();
+    propose(svc, p, b);
+    ledger_fsm_batch_destroy(&b);
+}
+
 static void barrier_applied(struct raft_barrier *req, int status)
 {
     svc_barrier_t *b = req->data;
@@ -1873,8 +1912,10 @@ static void replica_serve(ledger_service_t *svc, size_t n, int signed_count)
         if (slot->req == NULL || slot->code != 0 || slot->method->kind == KIND_CHANGE)
             slot->method = NULL; /* answered, held or waiting for its change */
     }
-    if (ready)
+    if (ready) {
         replica_writes(svc, n, writes, signed_count, wall);
+        propose_digest(svc, wall);
+    }
     MDB_txn *rtxn = NULL;
     int rc = reads > 0 ? ledger_store_txn_begin(svc->store, NULL, false, &rtxn) : 0;
     for (size_t i = 0; reads > 0 && i < n; i++) {
@@ -2131,6 +2172,8 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
     svc->batch_max = cfg->batch_max;
     svc->batch_wait_us = cfg->batch_wait_us;
     svc->deadline_ms = cfg->deadline_ms;
+    svc->digest_interval_ms = cfg->digest_interval_ms;
+    svc->next_digest_ms = ops_time_wall_ms() + cfg->digest_interval_ms;
     init_metrics(svc);
     proto_curve_keypair_t keys;
     memset(&keys, 0, sizeof keys);

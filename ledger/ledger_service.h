@@ -42,7 +42,10 @@
 #define LEDGER_DEADLINE_MIN_MS 1000 /* shortest report deadline the config may set */
 #define LEDGER_DEADLINE_MAX_MS 86400000
 #define LEDGER_PROPOSALS_MAX 64 /* replica mode: entries proposed and not yet applied */
-#define LEDGER_HELD_MAX 4096    /* replica mode: requests waiting for a new leader's barrier */
+/* Replica mode: the longest period between two digest ops (a day). Each costs every replica
+ * one read of its whole state (the canonical dump's SHA-256). */
+#define LEDGER_DIGEST_INTERVAL_MS_MAX 86400000
+#define LEDGER_HELD_MAX 4096 /* replica mode: requests waiting for a new leader's barrier */
 
 typedef struct ledger_service ledger_service_t;
 
@@ -77,6 +80,9 @@ typedef struct ledger_service_config {
     bool join;
     unsigned snapshot_threshold;
     unsigned snapshot_trailing;
+    /* Replica repair: the leader proposes its state digest this often (0 = never); a replica
+     * whose state differs stops (ledger_fsm.h, ledger_fsm_repair). */
+    uint64_t digest_interval_ms;
 } ledger_service_config_t;
 
 /* Opens the store, loads the keys and binds the socket.

@@ -683,9 +683,10 @@ static void print_status_fields_json(const Qcledger__ShardStatusReply *st, uint6
 {
     printf("\"id\":%" PRIu64 ",\"role\":\"%s\",\"term\":%" PRIu64 ",\"commit_index\":%" PRIu64
            ",\"applied_index\":%" PRIu64 ",\"last_index\":%" PRIu64 ",\"lag\":%" PRIu64
-           ",\"leader_id\":%" PRIu64 ",\"leader_endpoint\":",
+           ",\"diverged\":%s,\"digest_checks\":%" PRIu64 ",\"leader_id\":%" PRIu64
+           ",\"leader_endpoint\":",
            st->id, role_name(st->role), st->term, st->commit_index, st->applied_index,
-           st->last_index, lag, st->leader_id);
+           st->last_index, lag, st->diverged ? "true" : "false", st->digest_checks, st->leader_id);
     json_str(stdout, st->leader_endpoint);
 }
 
@@ -782,9 +783,11 @@ static int shard_status_one(qcctl_t *q, uint32_t s, bool first)
                    "-", "-", v[i].endpoint, qc_strerror(v[i].rc));
         } else {
             printf("  %-4" PRIu64 " %-11s %-6" PRIu64 " %-10" PRIu64 " %-10" PRIu64 " %-8" PRIu64
-                   " %s\n",
+                   " %s%s\n",
                    st->id, role_name(st->role), st->term, st->commit_index, st->applied_index, lag,
-                   v[i].endpoint);
+                   v[i].endpoint,
+                   st->diverged ? "  DIVERGED: its state differs from the leader's, rebuild it"
+                                : "");
         }
     }
     if (q->json) {

@@ -63,6 +63,7 @@
 #define SIM_REQ_OPS_MAX (3 * SIM_DEVICES) /* ops of one proposal: the setup is the largest */
 #define SIM_ACKED_MAX 8192                /* acknowledged loads remembered for the final check */
 #define SIM_DIR_MAX 256
+#define SIM_DIGEST_OP_ONE_IN 8 /* of the leader's turns with nothing in flight: a digest op */
 
 /* ------------------------------------------------------------ deterministic randomness */
 
@@ -109,6 +110,7 @@ typedef struct sim_figures {
     uint64_t steps, proposed, acked, unknown, entries_applied, entries_skipped, ops_refused;
     uint64_t snapshots_taken, snapshots_restored, snapshots_kept, install_snapshot_msgs;
     uint64_t invariant_checks, digest_checks, crashes, wipes, kills, partitions, leader_changes;
+    uint64_t digest_ops_compared; /* replicas that compared a leader's digest op with theirs */
     uint64_t loads_confirmed, loads_compensated, loads_late, commit_index, replacements;
     uint64_t refused_funds, refused_frozen, refused_expired, refused_other; /* devices' ops */
 } sim_figures_t;
@@ -249,6 +251,7 @@ static void fsm_retire(sim_t *s, unsigned i)
     s->fig.snapshots_taken += st.snapshots_taken;
     s->fig.snapshots_restored += st.snapshots_restored;
     s->fig.snapshots_kept += st.snapshots_kept;
+    s->fig.digest_ops_compared += st.digest_checks;
     ledger_fsm_destroy(&s->rep[i].fsm);
 }
 
@@ -354,6 +357,10 @@ static void sim_fini(sim_t *s)
 static void check_replica(sim_t *s, unsigned i)
 {
     ledger_check_t *c = &s->check;
+    ledger_fsm_stats_t st;
+    ledger_fsm_stats(s->rep[i].fsm, &st);
+    if (st.diverged)
+        fail_msg("replica %u diverged at index %" PRIu64, i, st.diverged_index);
     assert_int_equal(ledger_saga_check(ledger_fsm_saga(s->rep[i].fsm), NULL, c), 0);
     if (!c->ok) {
         for (size_t k = 0; k < c->n_problems; k++)
@@ -485,6 +492,24 @@ static void propose(sim_t *s, unsigned leader, ledger_fsm_batch_t *b, sim_req_t 
     s->fig.proposed++;
 }
 
+/* The leader's digest at its applied index, alone in an entry, as the service proposes it
+ * when nothing is in flight (it is compared only by replicas applying it right after that
+ * index; otherwise every replica skips it). */
+static void propose_digest(sim_t *s, unsigned leader)
+{
+    uint8_t d[32];
+    uint64_t idx = 0;
+    assert_int_equal(ledger_fsm_digest(s->rep[leader].fsm, d, &idx), 0);
+    ledger_fsm_batch_t *b = NULL;
+    assert_int_equal(ledger_fsm_batch_new(leader_now(s, leader), &b), 0);
+    assert_int_equal(ledger_fsm_batch_digest(b, idx, d), 0);
+    sim_req_t *r = calloc(1, sizeof *r);
+    assert_non_null(r);
+    r->dev[r->n++] = -1;
+    propose(s, leader, b, r);
+    ledger_fsm_batch_destroy(&b);
+}
+
 static void add_setup(sim_t *s, ledger_fsm_batch_t *b, sim_req_t *r)
 {
     for (unsigned d = 0; d < SIM_DEVICES; d++) {
@@ -584,6 +609,12 @@ static uint64_t outbox_last(sim_t *s, unsigned leader)
 
 static void step_propose(sim_t *s, unsigned leader)
 {
+    struct raft *lr = raft_fixture_get(&s->f, leader);
+    if (s->setup_done && raft_last_applied(lr) == raft_last_index(lr) &&
+        rng_below(&s->rng, SIM_DIGEST_OP_ONE_IN) == 0) {
+        propose_digest(s, leader);
+        return;
+    }
     ledger_fsm_batch_t *b = NULL;
     assert_int_equal(ledger_fsm_batch_new(leader_now(s, leader), &b), 0);
     sim_req_t *r = calloc(1, sizeof *r);
@@ -986,14 +1017,14 @@ static void print_figures(FILE *o, unsigned n, uint64_t seed, const sim_figures_
             " leader_changes %" PRIu64 " loads_acked %" PRIu64 " confirmed %" PRIu64
             " compensated %" PRIu64 " late_confirmed %" PRIu64 " replacements %" PRIu64
             " refused_funds %" PRIu64 " refused_frozen %" PRIu64 " refused_expired %" PRIu64
-            " refused_other %" PRIu64 "\n",
+            " refused_other %" PRIu64 " digest_ops_compared %" PRIu64 "\n",
             seed, n, g->steps, g->commit_index, g->proposed, g->acked, g->unknown,
             g->entries_applied, g->entries_skipped, g->ops_refused, g->snapshots_taken,
             g->snapshots_restored, g->snapshots_kept, g->install_snapshot_msgs, g->invariant_checks,
             g->digest_checks, g->crashes, g->wipes, g->kills, g->partitions, g->leader_changes,
             g->loads_confirmed + g->loads_compensated + g->loads_late, g->loads_confirmed,
             g->loads_compensated, g->loads_late, g->replacements, g->refused_funds,
-            g->refused_frozen, g->refused_expired, g->refused_other);
+            g->refused_frozen, g->refused_expired, g->refused_other, g->digest_ops_compared);
 }
 
 static uint64_t ci_seed(void)
@@ -1016,6 +1047,7 @@ static void test_sim_3_replicas(void **state)
     assert_true(g.snapshots_restored > 0);
     assert_true(g.replacements > 0);
     assert_true(g.invariant_checks >= 3 * SIM_STEPS_CI);
+    assert_true(g.digest_ops_compared > 0); /* and no replica diverged (check_replica) */
 }
 
 static void test_sim_5_replicas(void **state)
@@ -1027,6 +1059,123 @@ static void test_sim_5_replicas(void **state)
     assert_true(g.acked > 0);
     assert_true(g.snapshots_taken > 0);
     assert_true(g.replacements > 0);
+}
+
+/* ------------------------------------------------------------ replica repair */
+
+/* A fault LMDB cannot see: one bit of an account's balance flipped in replica i's store. */
+static void flip_balance(sim_t *s, unsigned i, const char *account)
+{
+    ledger_store_t *st = ledger_fsm_store(s->rep[i].fsm);
+    MDB_txn *txn = NULL;
+    ledger_account_t a;
+    assert_int_equal(ledger_store_txn_begin(st, NULL, true, &txn), 0);
+    assert_int_equal(ledger_store_account_get(st, txn, account, &a), 0);
+    a.balance ^= 64;
+    assert_int_equal(ledger_store_account_put(st, txn, &a), 0);
+    assert_int_equal(ledger_store_txn_commit(txn), 0);
+}
+
+static bool replica_diverged(struct raft_fixture *f, void *arg)
+{
+    (void)f;
+    ledger_fsm_stats_t st;
+    ledger_fsm_stats(arg, &st);
+    return st.diverged;
+}
+
+static uint64_t digest_checks_of(sim_t *s, unsigned i)
+{
+    ledger_fsm_stats_t st;
+    ledger_fsm_stats(s->rep[i].fsm, &st);
+    return st.digest_checks;
+}
+
+/* What the service does for a diverged replica: its raft instance stops (the apply error
+ * made it unavailable), its state is replaced by a healthy replica's snapshot, and it starts
+ * again under its own id with its own Raft log and vote. */
+static void repair_from(sim_t *s, unsigned bad, unsigned healthy)
+{
+    uint8_t *snap = NULL;
+    size_t len = 0;
+    assert_int_equal(ledger_fsm_snapshot(s->rep[healthy].fsm, &snap, &len), 0);
+    if (raft_fixture_alive(&s->f, bad))
+        raft_fixture_kill(&s->f, bad);
+    raft_fixture_step_until_elapsed(&s->f, SIM_DRAIN_MS);
+    struct raft *r = raft_fixture_get(&s->f, bad);
+    raft_close(r, NULL);
+    assert_int_equal(ledger_fsm_repair(s->rep[bad].fsm, snap, len), 0);
+    raft_free(snap);
+    struct raft_fixture_server *srv = &s->f.servers[bad];
+    assert_int_equal(
+        raft_init(r, &srv->io, ledger_fsm_raft(s->rep[bad].fsm), srv->id, srv->address), 0);
+    raft_tune(r);
+    ledger_fsm_bind(s->rep[bad].fsm, r);
+    assert_int_equal(raft_start(r), 0);
+    raft_fixture_revive(&s->f, bad);
+}
+
+/* Issue 21: a follower whose balance was flipped on disk is found by the leader's digest op
+ * (and only it: the others agree with the leader), stops applying, is rebuilt from the
+ * leader's snapshot without losing its Raft log or vote, and then agrees byte for byte. */
+static void test_sim_repair(void **state)
+{
+    (void)state;
+    sim_t *s = calloc(1, sizeof *s);
+    assert_non_null(s);
+    sim_init(s, 3, ci_seed() + 2);
+    for (unsigned k = 0; k < 40 || !s->setup_done; k++) {
+        assert_true(k < 400);
+        unsigned leader = raft_fixture_leader_index(&s->f);
+        if (leader < s->n)
+            step_propose(s, leader);
+        raft_fixture_step_until_elapsed(&s->f, 50);
+    }
+    sim_converge(s);
+    unsigned leader = raft_fixture_leader_index(&s->f);
+    unsigned bad = (leader + 1) % 3, other = (leader + 2) % 3;
+    uint64_t checks_other = digest_checks_of(s, other);
+    flip_balance(s, bad, s->dev[0].account);
+    propose_digest(s, leader);
+    assert_true(raft_fixture_step_until(&s->f, replica_diverged, s->rep[bad].fsm, 10000));
+    ledger_fsm_stats_t st;
+    for (unsigned i = 0; i < 3; i++) {
+        ledger_fsm_stats(s->rep[i].fsm, &st);
+        assert_int_equal(st.diverged, i == bad);
+    }
+    raft_fixture_step_until_elapsed(&s->f, 2000);
+    assert_true(digest_checks_of(s, other) > checks_other); /* the healthy follower compared */
+    /* The diverged replica applies nothing more on its wrong state. */
+    ledger_fsm_stats(s->rep[bad].fsm, &st);
+    uint64_t stuck = 0, t = 0;
+    assert_int_equal(ledger_fsm_applied(s->rep[bad].fsm, &stuck, &t), 0);
+    assert_int_equal(stuck, st.diverged_index);
+
+    unsigned healthy = leader;
+    repair_from(s, bad, healthy);
+    ledger_fsm_stats(s->rep[bad].fsm, &st);
+    assert_false(st.diverged);
+    check_replica(s, bad);
+    /* The group goes on, the repaired replica with it, and every replica agrees. */
+    for (unsigned k = 0; k < 40; k++) {
+        leader = raft_fixture_leader_index(&s->f);
+        if (leader < s->n)
+            step_propose(s, leader);
+        raft_fixture_step_until_elapsed(&s->f, 50);
+        for (unsigned i = 0; i < 3; i++)
+            check_replica(s, i);
+    }
+    sim_converge(s);
+    uint64_t checks_bad = digest_checks_of(s, bad);
+    propose_digest(s, raft_fixture_leader_index(&s->f));
+    raft_fixture_step_until_elapsed(&s->f, 2000);
+    assert_true(digest_checks_of(s, bad) > checks_bad);
+    for (unsigned i = 0; i < 3; i++)
+        check_replica(s, i);
+    fprintf(stderr, "repair: replica %u diverged at index %" PRIu64 ", rebuilt from replica %u\n",
+            bad, stuck, healthy);
+    sim_fini(s);
+    free(s);
 }
 
 /* ------------------------------------------------------------ the campaign */
@@ -1410,6 +1559,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_fsm_batch_limits),
         cmocka_unit_test(test_sim_3_replicas),
         cmocka_unit_test(test_sim_5_replicas),
+        cmocka_unit_test(test_sim_repair),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

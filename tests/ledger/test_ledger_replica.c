@@ -50,6 +50,9 @@ typedef struct group {
     proto_curve_keypair_t raft_keys[T_REPLICAS];
     char extra[T_REPLICAS][12][LP_PATH_MAX];
     const char *argv[T_REPLICAS][16];
+    /* The leader's digest ops (replica repair): off unless a test turns them on, so that an
+     * idle group proposes nothing and stopped replicas end at the same index. */
+    char digest_ms[16];
 } group_t;
 
 typedef struct dev {
@@ -97,6 +100,8 @@ static const char *const *replica_args(group_t *g, int i, bool join)
     a[n++] = snapshot_threshold;
     a[n++] = "--snapshot-trailing";
     a[n++] = snapshot_trailing;
+    a[n++] = "--digest-interval-ms";
+    a[n++] = g->digest_ms[0] != '\0' ? g->digest_ms : "0";
     a[n++] = "--join";
     a[n++] = join ? "true" : "false";
     a[n] = NULL;
@@ -108,7 +113,10 @@ static group_t *current;
 
 static void group_setup(group_t *g)
 {
+    char digest_ms[sizeof g->digest_ms]; /* the one setting a test makes before the set-up */
+    memcpy(digest_ms, g->digest_ms, sizeof digest_ms);
     memset(g, 0, sizeof *g);
+    memcpy(g->digest_ms, digest_ms, sizeof digest_ms);
     current = g;
     for (int i = 0; i < T_REPLICAS; i++) {
         assert_int_equal(lp_setup_like(&g->r[i], ledger_bin, T_PORT(i), i == 0 ? NULL : &g->r[0]),
@@ -929,6 +937,94 @@ static int catchup_bench(long n)
     return applied >= want ? 0 : 1;
 }
 
+/* Replica repair with real processes (issue 21): one bit of the account's balance flipped in a
+ * stopped follower's LMDB (a fault LMDB cannot see). Started again, the follower finds at the
+ * leader's next digest op that its state differs and stops applying (shard_status: diverged),
+ * while the leader and the other follower, whose digests agree, go on serving. Rebuilt as
+ * the runbook says (its LMDB emptied, its Raft log and vote kept: libraft restores its own
+ * snapshot and log), it rejoins and every replica agrees again. */
+static void test_follower_diverged_stops_then_rebuilt(void **state)
+{
+    (void)state;
+    group_t *g = calloc(1, sizeof *g);
+    assert_non_null(g);
+    bool running[T_REPLICAS];
+    dev_t_ d;
+    snprintf(g->digest_ms, sizeof g->digest_ms, "300"); /* group_setup keeps it */
+    int leader = group_up(g, running, &d, "dev-r4");
+    one_load(&g->r[leader], &d, 310);
+    wait_caught_up(g, running, leader);
+    int bad = (leader + 1) % T_REPLICAS;
+    lp_stop(&g->r[bad], SIGTERM);
+    running[bad] = false;
+    char data[LP_PATH_MAX];
+    qctest_path(g->r[bad].dir, "data", data);
+    ledger_store_t *st = NULL;
+    MDB_txn *txn = NULL;
+    ledger_account_t a;
+    assert_int_equal(ledger_store_open(data, 256ull << 20, &st), 0);
+    assert_int_equal(ledger_store_txn_begin(st, NULL, true, &txn), 0);
+    assert_int_equal(ledger_store_account_get(st, txn, T_ACCOUNT, &a), 0);
+    a.balance ^= 64;
+    assert_int_equal(ledger_store_account_put(st, txn, &a), 0);
+    assert_int_equal(ledger_store_txn_commit(txn), 0);
+    ledger_store_close(&st);
+    group_start(g, bad, false);
+
+    uint64_t end = ops_time_mono_ms() + T_LEADER_MS;
+    bool diverged = false;
+    while (!diverged && ops_time_mono_ms() < end) {
+        Qcledger__ShardStatusReply *s = status_of(&g->r[bad]);
+        diverged = s != NULL && s->diverged;
+        if (s != NULL)
+            qcledger__shard_status_reply__free_unpacked(s, NULL);
+        if (!diverged)
+            usleep(100 * 1000);
+    }
+    assert_true(diverged);
+    /* The others compared the same digests and agree; the group serves on without it. */
+    one_load(&g->r[leader], &d, 320);
+    wait_caught_up(g, running, leader);
+    for (int i = 0; i < T_REPLICAS; i++) {
+        if (i == bad)
+            continue;
+        Qcledger__ShardStatusReply *s = status_of(&g->r[i]);
+        assert_non_null(s);
+        assert_false(s->diverged);
+        assert_true(s->digest_checks > 0);
+        qcledger__shard_status_reply__free_unpacked(s, NULL);
+    }
+    Qcledger__ShardStatusReply *s = status_of(&g->r[bad]);
+    assert_non_null(s);
+    uint64_t stuck = s->applied_index;
+    assert_int_equal(s->diverged_index, stuck);
+    qcledger__shard_status_reply__free_unpacked(s, NULL);
+    usleep(500 * 1000);
+    s = status_of(&g->r[bad]);
+    assert_non_null(s);
+    assert_int_equal(s->applied_index, stuck); /* nothing applies on the wrong state */
+    qcledger__shard_status_reply__free_unpacked(s, NULL);
+
+    /* Rebuilt: its LMDB emptied, its raft directory (log, vote, snapshots) kept. */
+    lp_stop(&g->r[bad], SIGTERM);
+    char f[LP_PATH_MAX + 16];
+    snprintf(f, sizeof f, "%s/data.mdb", data);
+    assert_int_equal(unlink(f), 0);
+    snprintf(f, sizeof f, "%s/lock.mdb", data);
+    unlink(f);
+    group_start(g, bad, false);
+    running[bad] = true;
+    one_load(&g->r[leader], &d, 330);
+    assert_replicas_agree(g, running, leader);
+    s = status_of(&g->r[bad]);
+    assert_non_null(s);
+    assert_false(s->diverged);
+    qcledger__shard_status_reply__free_unpacked(s, NULL);
+    dev_free(&d);
+    group_teardown(g);
+    free(g);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -951,6 +1047,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_leader_killed_during_writes, teardown),
         cmocka_unit_test_teardown(test_no_quorum_refuses_then_recovers, teardown),
         cmocka_unit_test_teardown(test_wiped_follower_catches_up, teardown),
+        cmocka_unit_test_teardown(test_follower_diverged_stops_then_rebuilt, teardown),
     };
     /* T_FILTER=name runs one test (cmocka's pattern), for a look at one failure. */
     if (getenv("T_FILTER") != NULL)
