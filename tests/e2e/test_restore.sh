@@ -7,14 +7,24 @@
 # wallets and qc-loadgen's confirmed loads, and the ledger's new events reach the audit log.
 #
 # RESTORE_LOADS (default 300 here, 1000 for the issue's figure) sets the qc-loadgen run after
-# the backup; the time to restore and replay is printed as a FIGURE line.
+# the backup; the time to restore and replay is printed as a FIGURE line. RESTORE_REPLICAS=3
+# runs it on a Raft group of 3 that loses every replica: each is restored from the same copy
+# with --new-group, and the group bootstraps again (CTest runs the single process).
 source "$(dirname "$0")/lib.sh"
 e2e_begin restore
 
 readonly LOADS=${RESTORE_LOADS:-300} DEVICES=20 CONCURRENCY=8 AMOUNT=100
-readonly WALLETS=3
+readonly WALLETS=3 REPLICAS=${RESTORE_REPLICAS:-1}
 
-cluster_up --deadline-ms 5000
+if [ "$REPLICAS" -gt 1 ]; then
+  cluster_up --deadline-ms 5000 --replicas "$REPLICAS"
+  has_leader() { q --json --timeout-ms 1000 shard status --shard 0 2>/dev/null | jq -e '.shards[0].leader_id != null' >/dev/null; }
+  wait_until 30 "a leader" has_leader
+  NAMES=$(seq -f 'ledger-0-%g' 1 "$REPLICAS")
+else
+  cluster_up --deadline-ms 5000
+  NAMES=ledger-0
+fi
 for i in $(seq 1 "$WALLETS"); do
   account_new "RESTORE-00$i" 1000000
   wallet_new "w$i" "RESTORE-00$i"
@@ -52,23 +62,34 @@ summary() { q check | jq -c '.shards[0] | {accounts, devices, loads, reserved, t
 before=$(summary)
 e2e_log "state before the loss: $before"
 
-# The loss: kill -9 and the data dir wiped.
-"$S/ops/cluster" kill ledger-0 --dir "$X" >/dev/null
-rm -rf "$X/data/ledger-0"
-mkdir -p "$X/data/ledger-0"
+# The loss: kill -9 and the data dir wiped (every replica's, raft log included).
+for n in $NAMES; do
+  "$S/ops/cluster" kill "$n" --dir "$X" >/dev/null
+  rm -rf "$X/data/$n"
+  mkdir -p "$X/data/$n"
+done
 
 t0=$(date +%s.%N)
-"$QCCTL" shard restore --from "$X/backup" --data-dir "$X/data/ledger-0" --replay-audit \
-  --audit-dir "$X/data/audit-0" --json >"$X/restore.json" ||
-  fail "qcctl shard restore: $(cat "$X/restore.json")"
-"$S/ops/cluster" start ledger-0 --dir "$X" >/dev/null || fail "ops/cluster start ledger-0"
+for n in $NAMES; do
+  group=()
+  [ "$REPLICAS" -gt 1 ] && group=(--new-group --raft-dir "$X/data/$n/raft")
+  "$QCCTL" shard restore --from "$X/backup" --data-dir "$X/data/$n" --replay-audit \
+    --audit-dir "$X/data/audit-0" "${group[@]}" --json >"$X/restore.json" ||
+    fail "qcctl shard restore $n: $(cat "$X/restore.json")"
+done
+for n in $NAMES; do
+  "$S/ops/cluster" start "$n" --dir "$X" >/dev/null || fail "ops/cluster start $n"
+done
 check_answers() { q check >/dev/null; }
 wait_until 60 "the restored ledger answers" check_answers
+[ "$REPLICAS" -gt 1 ] && wait_until 30 "a leader of the new group" has_leader
 secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 e2e_log "restore: $(cat "$X/restore.json")"
 e2e_log "replay: $(grep -h '"ledger.replay_done"' "$X"/logs/ledger-0*.log | tail -1)"
 e2e_log "FIGURE seconds to restore, replay $(jq -r .events_to_replay "$X/restore.json") audit events ($LOADS qc-loadgen loads and $((WALLETS * 2)) wallet loads) and answer again: $secs"
-[ -f "$X/data/ledger-0/replay.events.done" ] || fail "the replay file was not applied"
+for n in $NAMES; do
+  [ -f "$X/data/$n/replay.events.done" ] || fail "$n: the replay file was not applied"
+done
 
 after=$(summary)
 assert_eq "the state after restore and replay is the one that was lost" "$before" "$after"
@@ -95,4 +116,14 @@ for i in $(seq 1 "$WALLETS"); do sum=$((sum + $(wallet_balance "w$i"))); done
 loadgen_total=$(((DEVICES + confirmed) * AMOUNT))
 assert_eq "FLOAT == the wallets + qc-loadgen's confirmed loads" "$(float_total)" \
   $((sum + loadgen_total))
+if [ "$REPLICAS" -gt 1 ]; then
+  replicas_agree() {
+    local c
+    c=$(q check --replicas) || return 1
+    [ "$(jq '[.shards[] | select(.ok)] | length' <<<"$c")" == "$REPLICAS" ] &&
+      [ "$(jq -c '[.shards[] | {loads, reserved, transfers, currencies}] | unique | length' <<<"$c")" == 1 ]
+  }
+  wait_until 30 "every restored replica checks ok and agrees" replicas_agree
+  e2e_log "replicas after the restore: $(q check --replicas | jq -c '[.shards[] | {endpoint, ok, loads}]')"
+fi
 e2e_log "PASS"
