@@ -1271,6 +1271,15 @@ static void finish_slot(ledger_service_t *svc, svc_slot_t *slot)
     assert(slot->req == NULL); /* invariant 5: replied once, and never again from this slot */
 }
 
+/* The outbox's depth and each audit consumer's lag, from the state in rtxn. */
+static void outbox_gauges(ledger_service_t *svc, MDB_txn *rtxn)
+{
+    uint64_t depth = 0;
+    if (ledger_store_outbox_depth(svc->store, rtxn, &depth) == 0)
+        ops_gauge_set(svc->m_outbox_depth, (int64_t)depth);
+    ledger_outbox_gauges(svc->outbox, svc->store, rtxn);
+}
+
 static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
 {
     assert(n <= svc->batch_max);
@@ -1296,12 +1305,8 @@ static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
     group_commit(svc, svc->slots, n, wall, writes, signed_count);
     MDB_txn *rtxn = NULL;
     int rc = ledger_store_txn_begin(svc->store, NULL, false, &rtxn);
-    if (rc == 0) {
-        uint64_t depth = 0;
-        if (ledger_store_outbox_depth(svc->store, rtxn, &depth) == 0)
-            ops_gauge_set(svc->m_outbox_depth, (int64_t)depth);
-        ledger_outbox_gauges(svc->outbox, svc->store, rtxn);
-    }
+    if (rc == 0)
+        outbox_gauges(svc, rtxn);
     size_t read_count = 0;
     for (size_t i = 0; reads > 0 && i < n; i++) {
         svc_slot_t *slot = &svc->slots[i];
@@ -1465,6 +1470,7 @@ static void proposal_applied(struct raft_apply *req, int status, void *result)
         return;
     }
     allows_applied(svc, p, rtxn, res);
+    outbox_gauges(svc, rtxn); /* on the leader, after each of its entries */
     for (size_t i = 0; i < p->n_slots; i++) {
         svc_slot_t *slot = &p->slots[i];
         assert(slot->op >= 0);

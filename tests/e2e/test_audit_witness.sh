@@ -8,7 +8,8 @@
 #  - the ledger kept for audit-1 every event audit-1 had not acked (its lag gauge);
 #  - audit-1 started on an empty store refuses to append across the hole (audit.relay_gap);
 #  - audit-1 rebuilt from a hot copy of audit-0 (mdb_copy, docs/OPERATIONS.md) catches up and
-#    holds the same ledger events as audit-0, and verifies.
+#    holds the same ledger events as audit-0, and verifies;
+#  - with audit-0 killed too, a device's receipt is served from audit-1 through the gateway.
 source "$(dirname "$0")/lib.sh"
 e2e_begin audit_witness
 
@@ -111,5 +112,24 @@ for w in 0 1; do
   assert_ge "signatures of allows in audit-$w" 1 \
     "$("$QCCTL" audit export --dir "$X/copy-$w" | jq -r .type | grep -c '^sign.load_allow$')"
 done
+
+# Receipts: a gateway forwards a device's receipt to the first witness that is up. With
+# audit-0 lost as well, the device's load is proven from audit-1's log, under a head the HSM
+# signed.
+account_new ALICE-001 100000
+wallet_new w1 ALICE-001
+"$WALLET" install-bank --home "$X/w1" --allow "$X/hsm/keys/allow-signing-v1.cert.pem" \
+  --outcome "$X/hsm/keys/outcome-signing-v1.cert.pem" --checkpoint "$cp_cert" >/dev/null ||
+  fail "install-bank --checkpoint"
+wallet_load w1 ALICE-001 12.34 || fail "load: $(cat "$X/w1.out")"
+txn=$(sed -n 's/^Transaction: //p' "$X/w1.out")
+"$S/ops/cluster" kill audit-0 --dir "$X" >/dev/null
+receipt_confirmed() {
+  "$WALLET" receipt "$txn" --home "$X/w1" >"$X/receipt.out" 2>&1 &&
+    grep -q 'load.confirmed' "$X/receipt.out"
+}
+wait_until 40 "a receipt from audit-1 with audit-0 killed" receipt_confirmed
+assert_match "the request proven from audit-1's log" 'load.reserved .*inclusion proof verified' \
+  "$(cat "$X/receipt.out")"
 check_ok
 e2e_log "PASS"
