@@ -29,6 +29,7 @@
 #include <uv.h>
 
 #include "ledger_raftnet.h"
+#include "ops_config.h"
 #include "ops_log.h"
 #include "ops_time.h"
 #include "qc_error.h"
@@ -75,6 +76,12 @@ int ledger_replica_parse_peer(const char *line, ledger_replica_peer_t *out)
         return QC_EDECODE;
     if (strchr(addr, ':') == NULL || strncmp(ep, "tcp://", 6) != 0 ||
         strlen(key) != PROTO_CURVE_KEY_Z85_LEN)
+        return QC_EDECODE;
+    /* Both ports in 1..65535, as every port setting (a bad one would bind somewhere else). */
+    char why[OPS_CONFIG_ERROR_MAX], tcp[LEDGER_REPLICA_ADDRESS_MAX + 8];
+    snprintf(tcp, sizeof tcp, "tcp://%s", addr);
+    if (!ops_config_check_endpoint(tcp, why, sizeof why) ||
+        !ops_config_check_endpoint(ep, why, sizeof why))
         return QC_EDECODE;
     memset(out, 0, sizeof *out);
     out->id = v;
