@@ -1392,6 +1392,7 @@ typedef struct check_ctx {
     check_acct_t *accts;
     size_t n_accts, cap_accts;
     uint64_t n_deadlines;
+    ledger_load_t *scratch; /* the check's own: the saga's scratch belongs to its writer */
 } check_ctx_t;
 
 static void problem(ledger_check_t *out, const char *fmt, ...)
@@ -1542,7 +1543,7 @@ static int check_deadline(void *arg, uint64_t deadline_ms, const uint8_t *txn_id
 {
     check_ctx_t *c = arg;
     c->n_deadlines++;
-    ledger_load_t *l = c->s->prev;
+    ledger_load_t *l = c->scratch;
     char hex[2 * LEDGER_TXN_ID_SIZE + 1];
     int rc = ledger_store_load_get(c->s->store, c->txn, txn_id, l);
     if (rc != 0 && rc != QC_ENOTFOUND)
@@ -1559,7 +1560,7 @@ static int check_device(void *arg, const ledger_device_t *d)
     c->out->devices++;
     if (!d->has_reserved)
         return 0;
-    ledger_load_t *l = c->s->prev;
+    ledger_load_t *l = c->scratch;
     int rc = ledger_store_load_get(c->s->store, c->txn, d->reserved_txn, l);
     if (rc != 0 && rc != QC_ENOTFOUND)
         return rc;
@@ -1581,7 +1582,11 @@ int ledger_saga_check(ledger_saga_t *s, MDB_txn *txn, ledger_check_t *out)
             return rc;
         txn = own;
     }
-    check_ctx_t c = {.s = s, .txn = txn, .out = out};
+    check_ctx_t c = {.s = s, .txn = txn, .out = out, .scratch = malloc(sizeof(ledger_load_t))};
+    if (c.scratch == NULL) {
+        rc = QC_ENOMEM;
+        goto done;
+    }
     if ((rc = ledger_store_each_account(s->store, txn, check_account, &c)) != 0 ||
         (rc = ledger_store_each_transfer(s->store, txn, check_transfer, &c)) != 0 ||
         (rc = ledger_store_each_load(s->store, txn, check_load, &c)) != 0 ||
@@ -1606,6 +1611,7 @@ int ledger_saga_check(ledger_saga_t *s, MDB_txn *txn, ledger_check_t *out)
         problem(out, "%llu deadline entries for %llu RESERVED loads",
                 (unsigned long long)c.n_deadlines, (unsigned long long)out->reserved);
 done:
+    free(c.scratch);
     free(c.accts);
     ledger_store_txn_abort(own);
     return rc;

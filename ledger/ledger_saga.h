@@ -197,7 +197,8 @@ typedef struct ledger_check {
  * one valid state with exactly the transfers of that state; the deadline index is exactly
  * the RESERVED loads; replaying every transfer gives every stored balance. out->ok tells.
  * Returns 0 (whatever the verdict), or QC_EIO, QC_EDECODE, QC_ENOMEM when it could not
- * look. */
+ * look. It reads saga's store and nothing else of saga, so it may run on another thread than
+ * the one writing through saga, in a read txn of that thread (ledger_query.h does). */
 QC_MUST_CHECK int ledger_saga_check(ledger_saga_t *saga, MDB_txn *txn, ledger_check_t *out);
 
 /* "HOLD:156" etc. into out (capacity LEDGER_ID_MAX + 1). */

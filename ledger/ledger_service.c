@@ -44,6 +44,7 @@
 #include "ledger_backup.h"
 #include "ledger_fsm.h"
 #include "ledger_outbox.h"
+#include "ledger_query.h"
 #include "ledger_replay.h"
 #include "ledger_replica.h"
 #include "ledger_saga.h"
@@ -172,6 +173,7 @@ struct ledger_service {
     svc_slot_t *slots;
     ledger_load_t *load;     /* scratch for one reply */
     ledger_signer_t *signer; /* the signing stage: allows and outcomes, after the commit */
+    ledger_query_t *query;   /* the operator queries' thread */
     ledger_signer_allow_t *signed_allows; /* LEDGER_SIGNER_PENDING_MAX, one group commit's */
     uint64_t deadline_ms;                 /* a load's report deadline after its reserve */
     uint64_t next_deadline_ms;            /* 0 = none known; the earliest RESERVED deadline */
@@ -602,49 +604,14 @@ static void do_get_device(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
     qcledger__get_device_request__free_unpacked(m, NULL);
 }
 
-static void do_check(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+/* The operator queries (check, list_loads, account_statement) run on their own thread in a
+ * read transaction of theirs, so that a long one does not stop the writes (ledger_query.h):
+ * the request moves there, and the loop sends its answer (ledger_query_reply()). */
+static void do_query(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
 {
-    ledger_check_t *c = malloc(sizeof *c);
-    if (c == NULL) {
-        slot_refuse(slot, QC_ENOMEM, NULL);
-        return;
-    }
-    slot->code = ledger_saga_check(svc->saga, txn, c);
-    if (slot->code == 0) {
-        Qcledger__CheckReply r = QCLEDGER__CHECK_REPLY__INIT;
-        Qcledger__CurrencyTotals tot[LEDGER_CHECK_CURRENCIES_MAX];
-        Qcledger__CurrencyTotals *tp[LEDGER_CHECK_CURRENCIES_MAX];
-        char *pp[LEDGER_CHECK_PROBLEMS_MAX];
-        r.ok = c->ok;
-        r.shard = svc->shard;
-        r.shard_count = svc->shard_count;
-        for (size_t i = 0; i < c->n_currencies; i++) {
-            qcledger__currency_totals__init(&tot[i]);
-            tot[i].currency = c->currencies[i].currency;
-            tot[i].sum = c->currencies[i].sum;
-            tot[i].hold = c->currencies[i].hold;
-            tot[i].reserved_sum = c->currencies[i].reserved_sum;
-            tot[i].float_balance = c->currencies[i].float_balance;
-            tp[i] = &tot[i];
-        }
-        r.n_currencies = c->n_currencies;
-        r.currencies = tp;
-        for (size_t i = 0; i < c->n_problems; i++)
-            pp[i] = c->problems[i];
-        r.n_problems = c->n_problems;
-        r.problems = pp;
-        r.accounts = c->accounts;
-        r.devices = c->devices;
-        r.loads = c->loads;
-        r.reserved = c->reserved;
-        r.transfers = c->transfers;
-        r.outbox_depth = c->outbox_depth;
-        slot_pack(slot, &r.base);
-        if (!c->ok)
-            ops_logf(OPS_LOG_ERROR, "ledger.check_failed", "%llu problems, first: %s",
-                     (unsigned long long)c->problem_count, c->problems[0]);
-    }
-    free(c);
+    (void)txn;
+    if (ledger_query_submit(svc->query, &slot->req) != 0)
+        slot_refuse(slot, QC_EBUSY, "the ledger runs as many queries as it may: try again");
 }
 
 static void do_outbox_read(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
@@ -1019,7 +986,9 @@ static const svc_method_t svc_methods[] = {
     {"get_load", ROLE_ANY, KIND_READ, NULL, do_get_load, NULL, NULL, false},
     {"get_account", ROLE_ANY, KIND_READ, NULL, do_get_account, NULL, NULL, false},
     {"get_device", ROLE_ANY, KIND_READ, NULL, do_get_device, NULL, NULL, false},
-    {"check", ROLE_ANY, KIND_READ, NULL, do_check, NULL, NULL, true},
+    {"check", ROLE_ANY, KIND_READ, NULL, do_query, NULL, NULL, true},
+    {"list_loads", ROLE_ANY, KIND_READ, NULL, do_query, NULL, NULL, false},
+    {"account_statement", ROLE_ANY, KIND_READ, NULL, do_query, NULL, NULL, false},
     {"shard_status", ROLE_ANY, KIND_READ, NULL, do_shard_status, NULL, NULL, true},
     {"backup", ROLE_ADMIN, KIND_READ, NULL, do_backup, NULL, NULL, true},
     {"add_replica", ROLE_ADMIN, KIND_CHANGE, do_change, NULL, NULL, NULL, false},
@@ -1322,8 +1291,9 @@ static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
     assert(read_count == reads); /* each admitted read ran, once */
     ledger_store_txn_abort(rtxn);
     for (size_t i = 0; i < n; i++) {
-        /* One process: every request is still in its slot until finish_slot() answers it. */
-        assert(svc->slots[i].req != NULL);
+        /* One process: every request is still in its slot until finish_slot() answers it,
+         * but for a query, which moved to the query thread. */
+        assert(svc->slots[i].req != NULL || svc->slots[i].method->read == do_query);
         finish_slot(svc, &svc->slots[i]);
     }
 }
@@ -1976,9 +1946,10 @@ static bool wait_readable(void *sock, uint64_t wait_ns)
  * the context is gone. */
 static int wait_any(ledger_service_t *svc, int wait_ms)
 {
-    zmq_pollitem_t items[2 + PROTO_RPC_ENDPOINTS_MAX];
+    zmq_pollitem_t items[3 + PROTO_RPC_ENDPOINTS_MAX];
     items[0] = (zmq_pollitem_t){.socket = proto_rpc_server_socket(svc->srv), .events = ZMQ_POLLIN};
     int n = 1 + ledger_signer_pollitems(svc->signer, &items[1], PROTO_RPC_ENDPOINTS_MAX);
+    items[n++] = (zmq_pollitem_t){.fd = ledger_query_fd(svc->query), .events = ZMQ_POLLIN};
     int t = ledger_signer_next_timeout_ms(svc->signer);
     if (t >= 0 && t < wait_ms)
         wait_ms = t;
@@ -2057,6 +2028,7 @@ int ledger_service_run(ledger_service_t *svc)
             ops_log(OPS_LOG_ERROR, "ledger.socket_failed", "error", qc_strerror(n), NULL);
             return QC_EIO;
         }
+        ledger_query_reply(svc->query, svc->srv); /* the answers of finished queries */
         /* A device revoked in the CRL is refused enrollment from the next batch on. */
         if (svc->trust != NULL && proto_trust_watch_poll(svc->trust, ops_time_mono_ms(),
                                                          ops_signal_hup_generation()) == 1)
@@ -2237,7 +2209,9 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
                                                              : NULL,
                                  .shard = cfg->shard,
                                  .shard_count = cfg->shard_count};
-    if ((rc = ledger_saga_new(&scfg, &svc->saga)) != 0)
+    if ((rc = ledger_saga_new(&scfg, &svc->saga)) != 0 ||
+        (rc = ledger_query_new(svc->store, svc->saga, cfg->shard, cfg->shard_count, &svc->query)) !=
+            0)
         goto err;
     if ((rc = load_keys(svc, cfg, union_path, sizeof union_path)) != 0)
         goto err;
@@ -2305,6 +2279,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
         proto_rpc_request_destroy(&svc->held[i]);
     free(svc->held);
     ledger_signer_destroy(&svc->signer); /* before the server its waiting requests came from */
+    ledger_query_destroy(&svc->query);   /* before the store its thread reads */
     proto_rpc_server_destroy(&svc->srv);
     if (svc->zctx != NULL)
         zmq_ctx_term(svc->zctx);

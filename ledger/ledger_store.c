@@ -863,17 +863,23 @@ int ledger_store_outbox_ack_by(ledger_store_t *store, MDB_txn *txn, const char *
 /* Walks database dbi, calling visit(arg, fn_arg, key, value) for each entry. */
 typedef int(store_visit_fn)(void *fn, void *arg, const MDB_val *k, const MDB_val *v);
 
-static int store_walk(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi,
-                      store_visit_fn *visit, void *fn, void *arg)
+/* Visits the records of dbi in key order whose key is above after (after_len bytes; 0: from
+ * the first record). */
+static int store_walk_after(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi,
+                            const uint8_t *after, size_t after_len, store_visit_fn *visit, void *fn,
+                            void *arg)
 {
     MDB_cursor *cur = NULL;
     int rc = mdb_cursor_open(txn, store->dbi[dbi], &cur);
     if (rc != 0)
         return store_err("cursor_open", rc);
-    MDB_val k, v;
-    int op = MDB_FIRST;
+    MDB_val k = {.mv_size = after_len, .mv_data = (void *)after}, v;
+    int op = after_len > 0 ? MDB_SET_RANGE : MDB_FIRST;
     while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
         op = MDB_NEXT;
+        /* MDB_SET_RANGE lands on the key itself when it exists: that one was visited. */
+        if (after_len > 0 && k.mv_size == after_len && memcmp(k.mv_data, after, after_len) == 0)
+            continue;
         if ((rc = visit(fn, arg, &k, &v)) != 0)
             break;
     }
@@ -883,6 +889,12 @@ static int store_walk(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi,
     if (rc > 0)
         return store_err("walk", rc);
     return rc;
+}
+
+static int store_walk(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi,
+                      store_visit_fn *visit, void *fn, void *arg)
+{
+    return store_walk_after(store, txn, dbi, NULL, 0, visit, fn, arg);
 }
 
 static int visit_account(void *fn, void *arg, const MDB_val *k, const MDB_val *v)
@@ -972,6 +984,16 @@ int ledger_store_each_device(ledger_store_t *store, MDB_txn *txn, ledger_store_d
 int ledger_store_each_load(ledger_store_t *store, MDB_txn *txn, ledger_store_load_fn *fn, void *arg)
 {
     return store_walk(store, txn, DBI_LOADS, visit_load, (void *)fn, arg);
+}
+
+int ledger_store_each_load_after(ledger_store_t *store, MDB_txn *txn, const uint8_t *after_txn,
+                                 ledger_store_load_fn *fn, void *arg)
+{
+    assert(store != NULL);
+    assert(fn != NULL);
+    return store_walk_after(store, txn, DBI_LOADS, after_txn,
+                            after_txn != NULL ? LEDGER_TXN_ID_SIZE : 0, visit_load, (void *)fn,
+                            arg);
 }
 
 int ledger_store_each_transfer(ledger_store_t *store, MDB_txn *txn, ledger_store_transfer_fn *fn,

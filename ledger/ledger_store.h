@@ -220,6 +220,11 @@ QC_MUST_CHECK int ledger_store_each_load(ledger_store_t *store, MDB_txn *txn,
                                          ledger_store_load_fn *fn, void *arg);
 QC_MUST_CHECK int ledger_store_each_transfer(ledger_store_t *store, MDB_txn *txn,
                                              ledger_store_transfer_fn *fn, void *arg);
+/* As each_load, from the first load whose txn id is above after_txn (LEDGER_TXN_ID_SIZE
+ * bytes; NULL: from the first load): the pages of a listing (ledger_query.h). */
+QC_MUST_CHECK int ledger_store_each_load_after(ledger_store_t *store, MDB_txn *txn,
+                                               const uint8_t *after_txn, ledger_store_load_fn *fn,
+                                               void *arg);
 QC_MUST_CHECK int ledger_store_each_device(ledger_store_t *store, MDB_txn *txn,
                                            ledger_store_device_fn *fn, void *arg);
 QC_MUST_CHECK int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn,

@@ -5,11 +5,14 @@
  * follows a follower's QC_ENOTLEADER to the leader (proto_rpc_client.h). `shard status` and
  * `check --replicas` instead ask every replica on its own, through one client per endpoint,
  * because there the point is what each replica says. */
+#define _GNU_SOURCE /* strptime, timegm */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +25,7 @@
 #include "ops_config.h"
 #include "ops_log.h"
 #include "ops_hex.h"
+#include "proto_amount.h"
 #include "proto_decode.h"
 #include "proto_rpc.h"
 #include "proto_shard.h"
@@ -39,6 +43,13 @@
 #define QCCTL_BACKUP_WAIT_MS (60 * 60 * 1000) /* shard backup: the longest copy waited for */
 #define QCCTL_BACKUP_POLL_MS 100              /* shard backup: between two asks */
 #define QCCTL_REPLICA_ID_MAX 1000000          /* raft ids of replicas (ops/cluster uses 1..5) */
+/* load list / account statement: --limit's default, and its bound (a bulk fetch of a big
+ * shard: the chaos checker lists every load of a run). The ledger answers in pages of at most
+ * LEDGER_LIST_PAGE_MAX (1000), fetched one after the other. */
+#define QCCTL_LIST_DEFAULT "100"
+#define QCCTL_LIST_LIMIT_MAX 10000000
+#define QCCTL_PAGE_MAX 1000
+#define QCCTL_CURSOR_MAX 48 /* "S:" + 32 hex digits */
 
 /* Exit statuses. */
 #define QCCTL_EXIT_OK 0
@@ -46,28 +57,57 @@
 #define QCCTL_EXIT_USAGE 2
 #define QCCTL_EXIT_UNREACHABLE 3
 
+/* A replica link address, HOST:PORT: checked as the tcp endpoint it is, so a bad port is
+ * named with its range like every other port setting. */
+static bool check_host_port(const char *value, char *why, size_t why_cap)
+{
+    char ep[QCCTL_ENDPOINTS_MAX];
+    if (value[0] == '\0')
+        return true;
+    if (strchr(value, '/') != NULL || strchr(value, ':') == NULL) {
+        snprintf(why, why_cap, "not HOST:PORT");
+        return false;
+    }
+    snprintf(ep, sizeof ep, "tcp://%s", value);
+    return ops_config_check_endpoint(ep, why, why_cap);
+}
+
 static const ops_config_key_t qcctl_keys[] = {
     {"ledger_endpoints", OPS_CONFIG_STRING, NULL,
-     "ledger shards in shard order, ';' between shards, ',' between instances of one shard"},
+     "ledger shards in shard order, ';' between shards, ',' between instances of one shard",
+     .check = ops_config_check_endpoints},
     {"ledger_public_key", OPS_CONFIG_STRING, NULL, "the ledger's CURVE public key (Z85)",
      .check = ops_config_check_curve_key},
     {"curve_key", OPS_CONFIG_STRING, NULL, "qcctl's CURVE key pair file (in the admin_keys)"},
     {"json", OPS_CONFIG_BOOL, "false", "print JSON instead of text"},
     {"currency", OPS_CONFIG_INT, QCCTL_CURRENCY_DEFAULT, "account open: ISO 4217 numeric code"},
-    {"load_min", OPS_CONFIG_INT, "0", "account open: smallest load (0 = 1)"},
-    {"load_max", OPS_CONFIG_INT, "0", "account open: largest load (0 = no limit)"},
-    {"daily_max", OPS_CONFIG_INT, "0", "account open: loads per UTC day (0 = no limit)"},
+    {"minor", OPS_CONFIG_BOOL, "false",
+     "amounts in minor units (fen) instead of yuan, shown and taken (JSON is always fen)"},
+    {"load_min", OPS_CONFIG_STRING, "0", "account open: smallest load, an amount (0 = 0.01)"},
+    {"load_max", OPS_CONFIG_STRING, "0", "account open: largest load, an amount (0 = no limit)"},
+    {"daily_max", OPS_CONFIG_STRING, "0",
+     "account open: sum of loads per UTC day, an amount (0 = no limit)"},
     {"account", OPS_CONFIG_STRING, NULL, "device enroll: the account the device loads from"},
-    {"wallet_cap", OPS_CONFIG_INT, "0", "device enroll: wallet cap (0 = none)"},
+    {"wallet_cap", OPS_CONFIG_STRING, "0", "device enroll: wallet cap, an amount (0 = none)"},
     {"counter", OPS_CONFIG_INT, "0", "device enroll: the device's counter now"},
     {"txn", OPS_CONFIG_STRING, NULL, "account deposit: idempotency key, 32 hex digits"},
+    {"state", OPS_CONFIG_STRING, NULL,
+     "load list: RESERVED, CONFIRMED, COMPENSATED or LATE_CONFIRMED (default any)"},
+    {"device", OPS_CONFIG_STRING, NULL, "load list: only this device's loads"},
+    {"since", OPS_CONFIG_STRING, NULL,
+     "load list, account statement: from this time, UTC (2026-12-08T01:00:00Z or Unix ms)"},
+    {"until", OPS_CONFIG_STRING, NULL, "load list, account statement: before this time"},
+    {"limit", OPS_CONFIG_INT, QCCTL_LIST_DEFAULT, "load list, account statement: at most this many",
+     1, QCCTL_LIST_LIMIT_MAX},
+    {"after", OPS_CONFIG_STRING, NULL, "load list: continue after this cursor (its \"next\")"},
     {"timeout_ms", OPS_CONFIG_INT, QCCTL_TIMEOUT_DEFAULT, "per call, retries included"},
     {"replicas", OPS_CONFIG_BOOL, "false", "check: ask every replica of every shard on its own"},
     {"shard", OPS_CONFIG_INT, "-1", "shard verbs: the shard (status: default every shard)", -1,
      QCCTL_SHARDS_MAX - 1},
     {"id", OPS_CONFIG_INT, "0", "shard add-replica/remove-replica: the replica's raft id", 0,
      QCCTL_REPLICA_ID_MAX},
-    {"raft_address", OPS_CONFIG_STRING, NULL, "shard add-replica: its replica link, HOST:PORT"},
+    {"raft_address", OPS_CONFIG_STRING, NULL, "shard add-replica: its replica link, HOST:PORT",
+     .check = check_host_port},
     {"endpoint", OPS_CONFIG_STRING, NULL, "shard add-replica: its client endpoint, tcp://H:P", 0, 0,
      ops_config_check_endpoint},
     {"raft_key", OPS_CONFIG_STRING, NULL, "shard add-replica: its raft CURVE public key (Z85)",
@@ -80,11 +120,15 @@ static const ops_config_key_t qcctl_keys[] = {
 #define QCCTL_USAGE                                                                                \
     "[--config FILE] [options] VERB ...\n"                                                         \
     "  account open ID [--currency N] [--load-min N] [--load-max N] [--daily-max N]\n"             \
-    "  account deposit ID AMOUNT [--txn HEX32]\n"                                                  \
+    "  account deposit ID AMOUNT [--txn HEX32]   AMOUNT in yuan (12.34), fen with --minor\n"       \
     "  account show ID | account freeze ID | account unfreeze ID\n"                                \
     "  device enroll CERT_FILE --account ID [--wallet-cap N] [--counter N]\n"                      \
     "  device revoke DEVICE_ID | device show DEVICE_ID\n"                                          \
     "  load show TXN_HEX\n"                                                                        \
+    "  load list [--state S] [--device ID] [--account ID] [--since T] [--until T] [--limit N]\n"   \
+    "            [--after CURSOR]   loads of every shard, --limit at most (default 100)\n"         \
+    "  account statement ID [--since T] [--until T] [--limit N]   movements, running balance\n"    \
+    "  (T: 2026-12-08T01:00:00Z or Unix ms, UTC)\n"                                                \
     "  check [--replicas]  invariants of every shard (of every replica with --replicas);\n"        \
     "                   JSON; exit 1 when any fails\n"                                             \
     "  shard status [--shard S]   every replica of each shard: role, term, indexes, lag\n"         \
@@ -94,6 +138,8 @@ static const ops_config_key_t qcctl_keys[] = {
     "  shard restore --from DIR --data-dir DIR [--replay-audit --audit-dir DIR] (offline)\n"       \
     "  audit verify|show|export|prove|consistency ...   the audit log, offline (qcctl audit "      \
     "--help)\n"                                                                                    \
+    "Amounts are shown and taken in yuan as the wallet shows them (12.34; at most 2 decimals),\n"  \
+    "in fen with --minor; JSON output always carries fen (integers).\n"                            \
     "Exit: 0 ok, 1 refused or check failed, 2 usage, 3 a shard did not answer."
 
 typedef struct qcctl {
@@ -105,6 +151,7 @@ typedef struct qcctl {
     const proto_curve_keypair_t *keys;
     const char *ledger_key;
     bool json;
+    bool minor; /* amounts in fen, not yuan */
     int timeout_ms;
 } qcctl_t;
 
@@ -125,6 +172,32 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
+/* An amount as the operator reads it: yuan ("12.34"), or fen with --minor. */
+static const char *money(const qcctl_t *q, int64_t minor, char out[PROTO_AMOUNT_FORMAT_MAX])
+{
+    if (q->minor) {
+        snprintf(out, PROTO_AMOUNT_FORMAT_MAX, "%" PRId64, minor);
+        return out;
+    }
+    return proto_amount_format(minor, out, PROTO_AMOUNT_FORMAT_MAX);
+}
+
+/* Parses an amount the operator typed (yuan, or fen with --minor) into minor units; what is
+ * named in the message (an option or an argument). flags as proto_amount_parse(). False, said
+ * on stderr, when it is not an amount. */
+static bool amount_arg(const qcctl_t *q, const char *what, const char *text, unsigned flags,
+                       int64_t *minor)
+{
+    const char *why = NULL;
+    if (text != NULL &&
+        proto_amount_parse(text, flags | (q->minor ? PROTO_AMOUNT_MINOR : 0), minor, &why) == 0)
+        return true;
+    fprintf(stderr, "qcctl: %s %s: %s (%s)\n", what, text != NULL ? text : "(missing)",
+            why != NULL ? why : "an amount is required",
+            q->minor ? "fen, with --minor" : "yuan, as 12.34; --minor for fen");
+    return false;
+}
+
 static const char *account_status(Qcledger__AccountStatus s)
 {
     return s == QCLEDGER__ACCOUNT_STATUS__ACCOUNT_OPEN     ? "open"
@@ -143,11 +216,13 @@ static void print_account(const qcctl_t *q, const Qcledger__Account *a)
                a->daily_max, a->overdrawn ? "true" : "false");
         return;
     }
-    printf("account   %s\ncurrency  %u\nbalance   %" PRId64 "\nstatus    %s%s\n"
-           "limits    per load %" PRId64 "..%" PRId64 ", per day %" PRId64 " (0 = none)\n",
-           a->id, a->currency, a->balance, account_status(a->status),
-           a->overdrawn ? " (OVERDRAWN by a late report)" : "", a->load_min, a->load_max,
-           a->daily_max);
+    char bal[PROTO_AMOUNT_FORMAT_MAX], lo[PROTO_AMOUNT_FORMAT_MAX], hi[PROTO_AMOUNT_FORMAT_MAX],
+        day[PROTO_AMOUNT_FORMAT_MAX];
+    printf("account   %s\ncurrency  %u\nbalance   %s%s\nstatus    %s%s\n"
+           "limits    per load %s..%s, per day %s (0 = none)\n",
+           a->id, a->currency, money(q, a->balance, bal), q->minor ? " fen" : "",
+           account_status(a->status), a->overdrawn ? " (OVERDRAWN by a late report)" : "",
+           money(q, a->load_min, lo), money(q, a->load_max, hi), money(q, a->daily_max, day));
 }
 
 static void print_device(const qcctl_t *q, const Qcledger__Device *d)
@@ -170,9 +245,31 @@ static void print_device(const qcctl_t *q, const Qcledger__Device *d)
                status, d->counter, d->wallet_cap, fp, rsv);
         return;
     }
-    printf("device    %s\naccount   %s\nstatus    %s\ncounter   %" PRIu64 "\nwallet cap %" PRId64
+    char cap[PROTO_AMOUNT_FORMAT_MAX];
+    printf("device    %s\naccount   %s\nstatus    %s\ncounter   %" PRIu64 "\nwallet cap %s%s"
            "\ncert sha256 %s\nreserved  %s\n",
-           d->id, d->account_id, status, d->counter, d->wallet_cap, fp, rsv[0] ? rsv : "-");
+           d->id, d->account_id, status, d->counter, money(q, d->wallet_cap, cap),
+           d->wallet_cap == 0 ? " (none)" : "", fp, rsv[0] ? rsv : "-");
+}
+
+/* A load as one JSON object, without a newline. */
+static void print_load_json(const Qcledger__Load *l)
+{
+    char txn[2 * QCCTL_TXN_SIZE + 1] = "";
+    if (l->txn_id.len == QCCTL_TXN_SIZE)
+        ops_hex(l->txn_id.data, QCCTL_TXN_SIZE, txn);
+    printf("{\"txn_id\":\"%s\",\"state\":\"%s\",\"amount\":%" PRId64 ",\"currency\":%u,"
+           "\"device\":",
+           txn, proto_load_state_name(l->state), l->amount, l->currency);
+    json_str(stdout, l->device_id);
+    printf(",\"account\":");
+    json_str(stdout, l->account_id);
+    printf(",\"counter\":%" PRIu64 ",\"deadline_ms\":%" PRIu64 ",\"created_ms\":%" PRIu64
+           ",\"updated_ms\":%" PRIu64 ",\"reason\":",
+           l->counter, l->deadline_ms, l->created_ms, l->updated_ms);
+    json_str(stdout, l->reason);
+    printf(",\"flagged\":%s,\"request_bytes\":%zu,\"allow_bytes\":%zu,\"report_bytes\":%zu}",
+           l->flagged ? "true" : "false", l->request.len, l->allow.len, l->report.len);
 }
 
 static void print_load(const qcctl_t *q, const Qcledger__Load *l)
@@ -181,25 +278,18 @@ static void print_load(const qcctl_t *q, const Qcledger__Load *l)
     if (l->txn_id.len == QCCTL_TXN_SIZE)
         ops_hex(l->txn_id.data, QCCTL_TXN_SIZE, txn);
     if (q->json) {
-        printf("{\"txn_id\":\"%s\",\"state\":\"%s\",\"amount\":%" PRId64 ",\"currency\":%u,"
-               "\"device\":",
-               txn, proto_load_state_name(l->state), l->amount, l->currency);
-        json_str(stdout, l->device_id);
-        printf(",\"account\":");
-        json_str(stdout, l->account_id);
-        printf(",\"counter\":%" PRIu64 ",\"deadline_ms\":%" PRIu64 ",\"reason\":", l->counter,
-               l->deadline_ms);
-        json_str(stdout, l->reason);
-        printf(",\"flagged\":%s,\"request_bytes\":%zu,\"allow_bytes\":%zu,\"report_bytes\":%zu}\n",
-               l->flagged ? "true" : "false", l->request.len, l->allow.len, l->report.len);
+        print_load_json(l);
+        printf("\n");
         return;
     }
-    printf("load      %s\nstate     %s%s\namount    %" PRId64 " (currency %u)\ndevice    %s\n"
+    char amt[PROTO_AMOUNT_FORMAT_MAX];
+    printf("load      %s\nstate     %s%s\namount    %s%s (currency %u)\ndevice    %s\n"
            "account   %s\ncounter   %" PRIu64 "\ndeadline  %" PRIu64 " ms\nreason    %s\n"
            "evidence  request %zu B, allow %zu B, report %zu B\n",
            txn, proto_load_state_name(l->state), l->flagged ? " (FLAGGED: account overdrawn)" : "",
-           l->amount, l->currency, l->device_id, l->account_id, l->counter, l->deadline_ms,
-           l->reason[0] ? l->reason : "-", l->request.len, l->allow.len, l->report.len);
+           money(q, l->amount, amt), q->minor ? " fen" : "", l->currency, l->device_id,
+           l->account_id, l->counter, l->deadline_ms, l->reason[0] ? l->reason : "-",
+           l->request.len, l->allow.len, l->report.len);
 }
 
 /* ------------------------------------------------------------ calls */
@@ -287,10 +377,14 @@ static int show_device_reply(qcctl_t *q, proto_rpc_reply_t *r)
 
 /* ------------------------------------------------------------ verbs */
 
+static int cmd_statement(qcctl_t *q, const char *id);
+
 static int cmd_account(qcctl_t *q, const char *sub, const char *id, const char *arg)
 {
     if (sub == NULL || id == NULL)
         return QCCTL_EXIT_USAGE;
+    if (strcmp(sub, "statement") == 0)
+        return cmd_statement(q, id);
     uint32_t shard = shard_of(q, id);
     proto_rpc_reply_t *r = NULL;
     int rc;
@@ -298,17 +392,18 @@ static int cmd_account(qcctl_t *q, const char *sub, const char *id, const char *
         Qcledger__OpenAccountRequest m = QCLEDGER__OPEN_ACCOUNT_REQUEST__INIT;
         m.account_id = (char *)id;
         m.currency = (uint32_t)ops_config_int(q->cfg, "currency");
-        m.load_min = ops_config_int(q->cfg, "load_min");
-        m.load_max = ops_config_int(q->cfg, "load_max");
-        m.daily_max = ops_config_int(q->cfg, "daily_max");
+        if (!amount_arg(q, "--load-min", ops_config_str(q->cfg, "load_min"), PROTO_AMOUNT_ZERO_OK,
+                        &m.load_min) ||
+            !amount_arg(q, "--load-max", ops_config_str(q->cfg, "load_max"), PROTO_AMOUNT_ZERO_OK,
+                        &m.load_max) ||
+            !amount_arg(q, "--daily-max", ops_config_str(q->cfg, "daily_max"), PROTO_AMOUNT_ZERO_OK,
+                        &m.daily_max))
+            return QCCTL_EXIT_USAGE;
         rc = call(q, shard, "open_account", &m.base, &r, false);
     } else if (strcmp(sub, "deposit") == 0) {
-        char *end = NULL;
-        long long amount = arg != NULL ? strtoll(arg, &end, 10) : 0;
-        if (arg == NULL || *end != '\0' || amount <= 0) {
-            fprintf(stderr, "qcctl: account deposit ID AMOUNT (minor units, > 0)\n");
+        int64_t amount = 0;
+        if (!amount_arg(q, "account deposit: AMOUNT", arg, 0, &amount))
             return QCCTL_EXIT_USAGE;
-        }
         uint8_t txn[QCCTL_TXN_SIZE];
         const char *txn_hex = ops_config_str(q->cfg, "txn");
         if (txn_hex != NULL ? ops_unhex(txn_hex, txn, sizeof txn) != 0
@@ -402,10 +497,14 @@ static int cmd_device(qcctl_t *q, const char *sub, const char *arg)
     int rc;
     if (strcmp(sub, "enroll") == 0) {
         const char *account = ops_config_str(q->cfg, "account");
+        int64_t wallet_cap = 0;
         if (account == NULL) {
             fprintf(stderr, "qcctl: device enroll CERT_FILE --account ID\n");
             return QCCTL_EXIT_USAGE;
         }
+        if (!amount_arg(q, "--wallet-cap", ops_config_str(q->cfg, "wallet_cap"),
+                        PROTO_AMOUNT_ZERO_OK, &wallet_cap))
+            return QCCTL_EXIT_USAGE;
         uint8_t *der = NULL;
         size_t len = 0;
         if (read_cert(arg, &der, &len) != 0) {
@@ -416,8 +515,8 @@ static int cmd_device(qcctl_t *q, const char *sub, const char *arg)
         m.account_id = (char *)account;
         m.cert.data = der;
         m.cert.len = len;
-        m.wallet_cap = ops_config_int(q->cfg, "wallet_cap");
         m.counter = (uint64_t)ops_config_int(q->cfg, "counter");
+        m.wallet_cap = wallet_cap;
         rc = call(q, shard_of(q, account), "enroll_device", &m.base, &r, false);
         free(der);
     } else if (strcmp(sub, "show") == 0) {
@@ -447,9 +546,13 @@ static int cmd_device(qcctl_t *q, const char *sub, const char *arg)
     return rc != 0 ? exit_for(rc) : show_device_reply(q, r);
 }
 
+static int cmd_load_list(qcctl_t *q);
+
 static int cmd_load(qcctl_t *q, const char *sub, const char *arg)
 {
     uint8_t txn[QCCTL_TXN_SIZE];
+    if (sub != NULL && strcmp(sub, "list") == 0)
+        return cmd_load_list(q);
     if (sub == NULL || strcmp(sub, "show") != 0 || ops_unhex(arg, txn, sizeof txn) != 0) {
         fprintf(stderr, "qcctl: load show TXN (32 hex digits)\n");
         return QCCTL_EXIT_USAGE;
@@ -470,6 +573,339 @@ static int cmd_load(qcctl_t *q, const char *sub, const char *arg)
     }
     print_load(q, l->load);
     qcledger__load_reply__free_unpacked(l, NULL);
+    return QCCTL_EXIT_OK;
+}
+
+/* ------------------------------------------------------------ load list, account statement */
+
+/* A time given to --since / --until: Unix ms, or UTC as 2026-12-08T01:00:00Z (or without
+ * the seconds, or a date alone). 0 when not given. False, said on stderr, when it does not
+ * parse. */
+static bool time_option(const qcctl_t *q, const char *key, uint64_t *ms)
+{
+    const char *text = ops_config_str(q->cfg, key);
+    *ms = 0;
+    if (text == NULL)
+        return true;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno == 0 && end != text && *end == '\0' && text[0] != '-') {
+        *ms = v;
+        return true;
+    }
+    static const char *const formats[] = {"%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%MZ", "%Y-%m-%d"};
+    for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++) {
+        struct tm tm = {0};
+        const char *rest = strptime(text, formats[i], &tm);
+        if (rest != NULL && *rest == '\0') {
+            time_t t = timegm(&tm);
+            if (t >= 0) {
+                *ms = (uint64_t)t * 1000u;
+                return true;
+            }
+        }
+    }
+    fprintf(stderr, "qcctl: --%s %s: not a time (2026-12-08T01:00:00Z, UTC, or Unix ms)\n", key,
+            text);
+    return false;
+}
+
+/* UTC text of a time in ms: 2026-12-08T01:02:03.456Z. */
+static const char *utc_text(uint64_t ms, char out[32])
+{
+    time_t t = (time_t)(ms / 1000u);
+    struct tm tm;
+    if (gmtime_r(&t, &tm) == NULL) {
+        snprintf(out, 32, "%" PRIu64, ms);
+        return out;
+    }
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%03uZ", (unsigned)(ms % 1000u));
+    return out;
+}
+
+static bool state_option(const qcctl_t *q, Quancun__LoadState *state)
+{
+    const char *text = ops_config_str(q->cfg, "state");
+    *state = QUANCUN__LOAD_STATE__LOAD_NONE;
+    if (text == NULL)
+        return true;
+    for (int s = QUANCUN__LOAD_STATE__LOAD_RESERVED; s <= QUANCUN__LOAD_STATE__LOAD_LATE_CONFIRMED;
+         s++) {
+        if (strcasecmp(text, proto_load_state_name((Quancun__LoadState)s)) == 0) {
+            *state = (Quancun__LoadState)s;
+            return true;
+        }
+    }
+    fprintf(stderr, "qcctl: --state %s: not RESERVED, CONFIRMED, COMPENSATED or LATE_CONFIRMED\n",
+            text);
+    return false;
+}
+
+/* --after S:HEX32 into the shard and the txn id to start after. */
+static bool cursor_option(const qcctl_t *q, uint32_t *shard, uint8_t txn[QCCTL_TXN_SIZE],
+                          bool *has_txn)
+{
+    const char *text = ops_config_str(q->cfg, "after");
+    *shard = 0;
+    *has_txn = false;
+    if (text == NULL)
+        return true;
+    char *end = NULL;
+    unsigned long s = strtoul(text, &end, 10);
+    if (end != text && *end == ':' && s < q->shard_count &&
+        ops_unhex(end + 1, txn, QCCTL_TXN_SIZE) == 0) {
+        *shard = (uint32_t)s;
+        *has_txn = true;
+        return true;
+    }
+    fprintf(stderr, "qcctl: --after %s: not a cursor of load list (SHARD:TXN_HEX)\n", text);
+    return false;
+}
+
+typedef struct list_state {
+    int64_t limit, printed;
+    uint32_t shard; /* of the last load printed */
+    uint8_t last[QCCTL_TXN_SIZE];
+} list_state_t;
+
+static void print_list_row(const qcctl_t *q, list_state_t *st, const Qcledger__Load *l)
+{
+    if (q->json) {
+        printf("%s", st->printed > 0 ? "," : "");
+        print_load_json(l);
+        return;
+    }
+    char txn[2 * QCCTL_TXN_SIZE + 1] = "", amt[PROTO_AMOUNT_FORMAT_MAX], when[32];
+    if (l->txn_id.len == QCCTL_TXN_SIZE)
+        ops_hex(l->txn_id.data, QCCTL_TXN_SIZE, txn);
+    printf("%-32s %-14s %14s %-24s %-20s %s\n", txn, proto_load_state_name(l->state),
+           money(q, l->amount, amt), utc_text(l->created_ms, when), l->device_id, l->account_id);
+}
+
+/* Pages through shard s from after (NULL: its first load), printing until st->limit.
+ * Returns 0 when the shard was listed to its end, 1 when the limit stopped it, or a QC_E*
+ * code. */
+static int list_shard(qcctl_t *q, uint32_t s, const uint8_t *after, Qcledger__ListLoadsRequest *m,
+                      list_state_t *st)
+{
+    uint8_t cursor[QCCTL_TXN_SIZE];
+    bool has_cursor = after != NULL;
+    if (has_cursor)
+        memcpy(cursor, after, QCCTL_TXN_SIZE);
+    for (;;) {
+        int64_t want = st->limit - st->printed;
+        m->limit = (uint32_t)(want < QCCTL_PAGE_MAX ? want : QCCTL_PAGE_MAX);
+        m->after_txn.data = has_cursor ? cursor : NULL;
+        m->after_txn.len = has_cursor ? QCCTL_TXN_SIZE : 0;
+        proto_rpc_reply_t *r = NULL;
+        int rc = call(q, s, "list_loads", &m->base, &r, false);
+        if (rc != 0)
+            return rc;
+        Qcledger__ListLoadsReply *page =
+            qcledger__list_loads_reply__unpack(NULL, r->body_len, r->body);
+        proto_rpc_reply_destroy(&r);
+        if (page == NULL || page->n_loads > m->limit ||
+            (page->next_after.len != 0 && page->next_after.len != QCCTL_TXN_SIZE)) {
+            fprintf(stderr, "qcctl: shard %u: malformed list_loads reply\n", s);
+            if (page != NULL)
+                qcledger__list_loads_reply__free_unpacked(page, NULL);
+            return QC_EDECODE;
+        }
+        for (size_t i = 0; i < page->n_loads; i++) {
+            const Qcledger__Load *l = page->loads[i];
+            print_list_row(q, st, l);
+            st->printed++;
+            st->shard = s;
+            if (l->txn_id.len == QCCTL_TXN_SIZE)
+                memcpy(st->last, l->txn_id.data, QCCTL_TXN_SIZE);
+        }
+        bool more = page->next_after.len == QCCTL_TXN_SIZE;
+        if (more)
+            memcpy(cursor, page->next_after.data, QCCTL_TXN_SIZE);
+        has_cursor = more;
+        qcledger__list_loads_reply__free_unpacked(page, NULL);
+        if (st->printed == st->limit)
+            return 1;
+        if (!more)
+            return 0;
+    }
+}
+
+/* load list: every shard in order, each in txn id order, filtered; at most --limit loads.
+ * When the limit stopped the listing, the cursor to continue with (--after) is printed. */
+static int cmd_load_list(qcctl_t *q)
+{
+    Qcledger__ListLoadsRequest m = QCLEDGER__LIST_LOADS_REQUEST__INIT;
+    uint32_t from = 0;
+    uint8_t after[QCCTL_TXN_SIZE];
+    bool has_after = false;
+    if (!state_option(q, &m.state) || !time_option(q, "since", &m.since_ms) ||
+        !time_option(q, "until", &m.until_ms) || !cursor_option(q, &from, after, &has_after))
+        return QCCTL_EXIT_USAGE;
+    if (m.until_ms != 0 && m.until_ms <= m.since_ms) {
+        fprintf(stderr, "qcctl: --until must be after --since\n");
+        return QCCTL_EXIT_USAGE;
+    }
+    const char *device = ops_config_str(q->cfg, "device");
+    const char *account = ops_config_str(q->cfg, "account");
+    m.device_id = (char *)(device != NULL ? device : "");
+    m.account_id = (char *)(account != NULL ? account : "");
+    list_state_t st = {.limit = ops_config_int(q->cfg, "limit")};
+    if (q->json)
+        printf("{\"loads\":[");
+    else
+        printf("%-32s %-14s %14s %-24s %-20s %s\n", "TXN", "STATE",
+               q->minor ? "AMOUNT (fen)" : "AMOUNT", "CREATED (UTC)", "DEVICE", "ACCOUNT");
+    int rc = 0;
+    uint32_t s = from;
+    /* An account lives on one shard: only that one is asked. */
+    uint32_t only = account != NULL ? shard_of(q, account) : UINT32_MAX;
+    for (; s < q->shard_count && rc == 0; s++) {
+        if (only != UINT32_MAX && s != only)
+            continue;
+        rc = list_shard(q, s, has_after && s == from ? after : NULL, &m, &st);
+    }
+    bool stopped = rc == 1;
+    char next[QCCTL_CURSOR_MAX] = "";
+    if (stopped) {
+        char hex[2 * QCCTL_TXN_SIZE + 1];
+        snprintf(next, sizeof next, "%u:%s", st.shard, ops_hex(st.last, QCCTL_TXN_SIZE, hex));
+    }
+    if (q->json) {
+        printf("],\"count\":%" PRId64 ",\"next\":", st.printed);
+        if (stopped)
+            printf("\"%s\"", next);
+        else
+            printf("null");
+        printf("}\n");
+    } else {
+        printf("(%" PRId64 " load%s)\n", st.printed, st.printed == 1 ? "" : "s");
+        if (stopped)
+            printf("more: qcctl load list ... --after %s\n", next);
+    }
+    if (rc < 0)
+        return exit_for(rc);
+    return QCCTL_EXIT_OK;
+}
+
+static const char *transfer_kind(Qcledger__TransferKind k)
+{
+    switch (k) {
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_DEPOSIT:
+        return "DEPOSIT";
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_RESERVE:
+        return "RESERVE";
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_CONFIRM:
+        return "CONFIRM";
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_COMPENSATE:
+        return "COMPENSATE";
+    case QCLEDGER__TRANSFER_KIND__TRANSFER_LATE_CONFIRM:
+        return "LATE_CONFIRM";
+    default:
+        return "NONE";
+    }
+}
+
+static void print_statement_line(const qcctl_t *q, const Qcledger__StatementLine *ln, bool first)
+{
+    char txn[2 * QCCTL_TXN_SIZE + 1] = "", amt[PROTO_AMOUNT_FORMAT_MAX],
+                                  bal[PROTO_AMOUNT_FORMAT_MAX], when[32];
+    if (ln->txn_id.len == QCCTL_TXN_SIZE)
+        ops_hex(ln->txn_id.data, QCCTL_TXN_SIZE, txn);
+    if (q->json) {
+        printf("%s{\"time_ms\":%" PRIu64 ",\"kind\":\"%s\",\"amount\":%" PRId64
+               ",\"balance\":%" PRId64 ",\"txn_id\":\"%s\",\"counterparty\":",
+               first ? "" : ",", ln->time_ms, transfer_kind(ln->kind), ln->amount, ln->balance,
+               txn);
+        json_str(stdout, ln->counterparty);
+        printf("}");
+        return;
+    }
+    char signed_amt[PROTO_AMOUNT_FORMAT_MAX + 1];
+    snprintf(signed_amt, sizeof signed_amt, "%s%s", ln->amount > 0 ? "+" : "",
+             money(q, ln->amount, amt));
+    printf("%-24s %-13s %15s %14s %s %s\n", utc_text(ln->time_ms, when), transfer_kind(ln->kind),
+           signed_amt, money(q, ln->balance, bal), txn, ln->counterparty);
+}
+
+/* account statement ID: the account's movements in time order with the running balance,
+ * fetched a page at a time from its shard. */
+static int cmd_statement(qcctl_t *q, const char *id)
+{
+    Qcledger__StatementRequest m = QCLEDGER__STATEMENT_REQUEST__INIT;
+    if (!time_option(q, "since", &m.since_ms) || !time_option(q, "until", &m.until_ms))
+        return QCCTL_EXIT_USAGE;
+    if (m.until_ms != 0 && m.until_ms <= m.since_ms) {
+        fprintf(stderr, "qcctl: --until must be after --since\n");
+        return QCCTL_EXIT_USAGE;
+    }
+    m.account_id = (char *)id;
+    int64_t limit = ops_config_int(q->cfg, "limit"), printed = 0;
+    uint8_t cursor_txn[QCCTL_TXN_SIZE];
+    int64_t opening = 0, closing = 0;
+    bool more = true, header = false;
+    while (more && printed < limit) {
+        int64_t want = limit - printed;
+        m.limit = (uint32_t)(want < QCCTL_PAGE_MAX ? want : QCCTL_PAGE_MAX);
+        proto_rpc_reply_t *r = NULL;
+        int rc = call(q, shard_of(q, id), "account_statement", &m.base, &r, false);
+        if (rc != 0) {
+            if (header && q->json)
+                printf("]}\n");
+            return exit_for(rc);
+        }
+        Qcledger__StatementReply *p = qcledger__statement_reply__unpack(NULL, r->body_len, r->body);
+        proto_rpc_reply_destroy(&r);
+        if (p == NULL || p->account == NULL || p->n_lines > m.limit) {
+            fprintf(stderr, "qcctl: malformed account_statement reply\n");
+            if (p != NULL)
+                qcledger__statement_reply__free_unpacked(p, NULL);
+            if (header && q->json)
+                printf("]}\n");
+            return QCCTL_EXIT_FAILED;
+        }
+        if (!header) {
+            header = true;
+            opening = closing = p->opening_balance;
+            char bal[PROTO_AMOUNT_FORMAT_MAX], open_[PROTO_AMOUNT_FORMAT_MAX];
+            if (q->json) {
+                printf("{\"account\":");
+                json_str(stdout, p->account->id);
+                printf(",\"currency\":%u,\"balance\":%" PRId64 ",\"opening_balance\":%" PRId64
+                       ",\"lines\":[",
+                       p->account->currency, p->account->balance, opening);
+            } else {
+                printf("account %s (currency %u), balance now %s%s\nopening balance %s\n",
+                       p->account->id, p->account->currency, money(q, p->account->balance, bal),
+                       q->minor ? " fen" : "", money(q, opening, open_));
+                printf("%-24s %-13s %15s %14s %-32s %s\n", "TIME (UTC)", "KIND",
+                       q->minor ? "AMOUNT (fen)" : "AMOUNT", "BALANCE", "TXN", "COUNTERPARTY");
+            }
+        }
+        for (size_t i = 0; i < p->n_lines; i++) {
+            const Qcledger__StatementLine *ln = p->lines[i];
+            print_statement_line(q, ln, printed == 0);
+            printed++;
+            closing = ln->balance;
+            m.after_time_ms = ln->time_ms;
+            m.after_kind = ln->kind;
+            if (ln->txn_id.len == QCCTL_TXN_SIZE)
+                memcpy(cursor_txn, ln->txn_id.data, QCCTL_TXN_SIZE);
+            m.after_txn.data = cursor_txn;
+            m.after_txn.len = QCCTL_TXN_SIZE;
+        }
+        more = p->more;
+        qcledger__statement_reply__free_unpacked(p, NULL);
+    }
+    char bal[PROTO_AMOUNT_FORMAT_MAX];
+    if (q->json)
+        printf("],\"closing_balance\":%" PRId64 ",\"count\":%" PRId64 ",\"more\":%s}\n", closing,
+               printed, more ? "true" : "false");
+    else
+        printf("closing balance %s (%" PRId64 " movement%s%s)\n", money(q, closing, bal), printed,
+               printed == 1 ? "" : "s", more ? "; more after them: raise --limit" : "");
     return QCCTL_EXIT_OK;
 }
 
@@ -1108,7 +1544,8 @@ int main(int argc, char **argv)
     }
     int level = ops_log_level_parse(ops_config_str(cfg, "log_level"));
     ops_log_init("qcctl", "0", level < 0 ? OPS_LOG_WARN : (ops_log_level_t)level);
-    qcctl_t q = {.cfg = cfg, .json = ops_config_bool(cfg, "json")};
+    qcctl_t q = {
+        .cfg = cfg, .json = ops_config_bool(cfg, "json"), .minor = ops_config_bool(cfg, "minor")};
     int64_t timeout = ops_config_int(cfg, "timeout_ms");
     q.timeout_ms = timeout < 1 || timeout > INT32_MAX ? 5000 : (int)timeout;
     proto_curve_keypair_t keys;

@@ -138,12 +138,12 @@ cluster_up() {
 
 q() { "$QCCTL" --config "$X/conf/qcctl.conf" "$@"; }
 
-# account_new ID AMOUNT [account open options]
+# account_new ID AMOUNT [account open options]: AMOUNT and the options in minor units (fen)
 account_new() {
   local id=$1 amount=$2
   shift 2
-  q account open "$id" "$@" >/dev/null || fail "qcctl account open $id"
-  q account deposit "$id" "$amount" >/dev/null || fail "qcctl account deposit $id $amount"
+  q --minor account open "$id" "$@" >/dev/null || fail "qcctl account open $id"
+  q --minor account deposit "$id" "$amount" >/dev/null || fail "qcctl account deposit $id $amount"
 }
 
 account_balance() { q --json account show "$1" | jq -r .balance; }
@@ -175,7 +175,7 @@ wallet_new() {
   "$WALLET" install-bank --home "$home" --allow "$X/hsm/keys/allow-signing-v1.cert.pem" \
     --outcome "$X/hsm/keys/outcome-signing-v1.cert.pem" >/dev/null || fail "install-bank $name"
   if [ "$enroll" -eq 1 ]; then
-    q device enroll "$home/device.pem" --account "$account" "$@" >/dev/null ||
+    q --minor device enroll "$home/device.pem" --account "$account" "$@" >/dev/null ||
       fail "qcctl device enroll $name"
   fi
   cp "$X/conf/wallet.conf" "$home/"

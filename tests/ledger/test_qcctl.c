@@ -51,11 +51,12 @@ static int qcctl(lp_t *lp, const char *fmt, ...)
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-static void test_qcctl_verbs(void **state)
+/* A ledger started on port, and a qcctl.conf for it in its directory. */
+static lp_t *ledger_with_qcctl(int port)
 {
-    (void)state;
     lp_t *lp = calloc(1, sizeof *lp);
-    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT(0)), 0);
+    assert_non_null(lp);
+    assert_int_equal(lp_setup(lp, ledger_bin, port), 0);
     assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
     char path[LP_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/qcctl.conf", lp->dir);
@@ -64,13 +65,37 @@ static void test_qcctl_verbs(void **state)
     fprintf(f, "ledger_endpoints = %s\nledger_public_key = %s\ncurve_key = %s/admin.key\n",
             lp->endpoint, lp->server.public_z85, lp->dir);
     fclose(f);
+    return lp;
+}
 
-    assert_int_equal(qcctl(lp, "account open alice --currency 156 --load-max 5000"), 0);
+static void test_qcctl_verbs(void **state)
+{
+    (void)state;
+    lp_t *lp = ledger_with_qcctl(T_PORT(0));
+    char path[LP_PATH_MAX + 32];
+
+    assert_int_equal(qcctl(lp, "account open alice --currency 156 --load-max 50.00"), 0);
     assert_non_null(strstr(out, "alice"));
-    assert_int_equal(qcctl(lp, "--json account deposit alice 7000"), 0);
+    assert_non_null(strstr(out, "per load 0.00..50.00"));
+    /* Amounts in yuan as the wallet shows them; JSON carries fen. */
+    assert_int_equal(qcctl(lp, "--json account deposit alice 70.00"), 0);
     assert_non_null(strstr(out, "\"balance\":7000"));
+    assert_int_equal(qcctl(lp, "--json --minor account deposit alice 5"), 0);
+    assert_non_null(strstr(out, "\"balance\":7005"));
+    assert_int_equal(qcctl(lp, "account show alice"), 0);
+    assert_non_null(strstr(out, "balance   70.05\n"));
+    assert_int_equal(qcctl(lp, "--minor account show alice"), 0);
+    assert_non_null(strstr(out, "balance   7005 fen\n"));
     assert_int_equal(qcctl(lp, "account show nobody"), 1);
     assert_int_equal(qcctl(lp, "account deposit alice -5"), 2);
+    /* Refused before anything is sent: more than 2 decimals, a decimal in fen, overflow. */
+    assert_int_equal(qcctl(lp, "account deposit alice 1.234"), 2);
+    assert_int_equal(qcctl(lp, "--minor account deposit alice 1.5"), 2);
+    assert_int_equal(qcctl(lp, "account deposit alice 92233720368547758.08"), 2);
+    assert_int_equal(qcctl(lp, "--minor account deposit alice 9223372036854775808"), 2);
+    assert_int_equal(qcctl(lp, "account open bob --load-max 1.001"), 2);
+    assert_int_equal(qcctl(lp, "--json account show alice"), 0);
+    assert_non_null(strstr(out, "\"balance\":7005"));
     assert_int_equal(qcctl(lp, "--json account freeze alice"), 0);
     assert_non_null(strstr(out, "\"status\":\"frozen\""));
     assert_int_equal(qcctl(lp, "--json account unfreeze alice"), 0);
@@ -81,7 +106,8 @@ static void test_qcctl_verbs(void **state)
     X509 *dev_cert = qctest_cert_self(dev, "dev-q");
     qctest_write_cert(path, dev_cert);
     X509_free(dev_cert);
-    assert_int_equal(qcctl(lp, "device enroll %s --account alice --wallet-cap 9000", path), 0);
+    assert_int_equal(qcctl(lp, "device enroll %s --account alice --wallet-cap 90.00", path), 0);
+    assert_non_null(strstr(out, "wallet cap 90.00\n"));
     assert_int_equal(qcctl(lp, "--json device show dev-q"), 0);
     assert_non_null(strstr(out, "\"status\":\"active\""));
     assert_non_null(strstr(out, "\"wallet_cap\":9000"));
@@ -99,6 +125,7 @@ static void test_qcctl_verbs(void **state)
         snprintf(hex + 2 * i, 3, "%02x", l.txn_id[i]);
     assert_int_equal(qcctl(lp, "load show %s", hex), 0);
     assert_non_null(strstr(out, "RESERVED"));
+    assert_non_null(strstr(out, "amount    15.00 (currency"));
     assert_int_equal(qcctl(lp, "--json load show %s", hex), 0);
     assert_non_null(strstr(out, "\"state\":\"RESERVED\""));
     assert_int_equal(qcctl(lp, "load show 00000000000000000000000000000000"), 1);
@@ -179,7 +206,7 @@ static void test_qcctl_two_shards(void **state)
             snprintf(id[s], sizeof id[s], "acct-%d", n++);
         while ((int)proto_shard_of(id[s], 2) != s);
         assert_int_equal(qcctl(lp[0], "account open %s", id[s]), 0);
-        assert_int_equal(qcctl(lp[0], "--json account deposit %s 1234", id[s]), 0);
+        assert_int_equal(qcctl(lp[0], "--minor --json account deposit %s 1234", id[s]), 0);
         assert_non_null(strstr(out, "\"balance\":1234"));
     }
     assert_int_equal(qcctl(lp[0], "check"), 0);
@@ -196,6 +223,95 @@ static void test_qcctl_two_shards(void **state)
     }
 }
 
+/* load list (filters, paging by cursor, --json) and account statement (movements with the
+ * running balance) against a real ledger: five loads of one device, each request settling the
+ * one before (counter + 1). */
+static void test_qcctl_list_and_statement(void **state)
+{
+    (void)state;
+    lp_t *lp = ledger_with_qcctl(T_PORT(25));
+    char path[LP_PATH_MAX + 32];
+    assert_int_equal(qcctl(lp, "account open carol"), 0);
+    assert_int_equal(qcctl(lp, "account deposit carol 1000.00"), 0);
+    EVP_PKEY *dev = qctest_key_new();
+    snprintf(path, sizeof path, "%s/dev.pem", lp->dir);
+    X509 *dev_cert = qctest_cert_self(dev, "dev-l");
+    qctest_write_cert(path, dev_cert);
+    X509_free(dev_cert);
+    assert_int_equal(qcctl(lp, "device enroll %s --account carol", path), 0);
+    enum { LOADS = 5 };
+    char hex[LOADS][33];
+    for (int n = 0; n < LOADS; n++) {
+        tk_load_t l = {.device_id = "dev-l",
+                       .account_id = "carol",
+                       .amount = 100 + n,
+                       .balance_before = 0,
+                       .counter = (uint64_t)n};
+        tk_txn_id(l.txn_id);
+        for (int i = 0; i < 16; i++)
+            snprintf(hex[n] + 2 * i, 3, "%02x", l.txn_id[i]);
+        uint8_t *req = NULL, *allow = NULL;
+        size_t req_len = 0, allow_len = 0;
+        tk_request(dev, &l, &req, &req_len);
+        assert_int_equal(lp_reserve(lp, req, req_len, &allow, &allow_len), 0);
+        free(req);
+        free(allow);
+    }
+    /* Every load, then the filters. */
+    assert_int_equal(qcctl(lp, "load list"), 0);
+    for (int n = 0; n < LOADS; n++)
+        assert_non_null(strstr(out, hex[n]));
+    assert_non_null(strstr(out, "(5 loads)"));
+    assert_non_null(strstr(out, " 1.04 "));
+    assert_int_equal(qcctl(lp, "--json load list --state RESERVED"), 0);
+    assert_non_null(strstr(out, "\"count\":1,\"next\":null"));
+    assert_non_null(strstr(out, hex[LOADS - 1]));
+    assert_int_equal(qcctl(lp, "--json load list --state confirmed --device dev-l"), 0);
+    assert_non_null(strstr(out, "\"count\":4,"));
+    assert_int_equal(qcctl(lp, "--json load list --device nobody"), 0);
+    assert_non_null(strstr(out, "\"count\":0,"));
+    assert_int_equal(qcctl(lp, "--json load list --account carol --since 2020-01-01"), 0);
+    assert_non_null(strstr(out, "\"count\":5,"));
+    assert_int_equal(qcctl(lp, "--json load list --since 2000-01-01 --until 2000-01-02T00:00Z"), 0);
+    assert_non_null(strstr(out, "\"count\":0,"));
+    assert_int_equal(qcctl(lp, "load list --state FOO"), 2);
+    assert_int_equal(qcctl(lp, "load list --since yesterday"), 2);
+    assert_int_equal(qcctl(lp, "load list --limit 0"), 2);
+    /* Paging: 2, then the rest after the cursor; together every load once. */
+    assert_int_equal(qcctl(lp, "--json load list --limit 2"), 0);
+    assert_non_null(strstr(out, "\"count\":2,"));
+    char *nx = strstr(out, "\"next\":\"");
+    assert_non_null(nx);
+    char cursor[64];
+    assert_int_equal(sscanf(nx + 8, "%63[^\"]", cursor), 1);
+    char first[T_OUT_MAX];
+    snprintf(first, sizeof first, "%s", out);
+    assert_int_equal(qcctl(lp, "--json load list --after %s --limit 10", cursor), 0);
+    assert_non_null(strstr(out, "\"count\":3,\"next\":null"));
+    for (int n = 0; n < LOADS; n++)
+        assert_true((strstr(first, hex[n]) != NULL) != (strstr(out, hex[n]) != NULL));
+    assert_int_equal(qcctl(lp, "load list --after 0:zz"), 2);
+
+    /* The statement: the deposit, five reserves; the running balance ends at the balance. */
+    assert_int_equal(qcctl(lp, "--json --minor account statement carol"), 0);
+    assert_non_null(strstr(out, "\"opening_balance\":0,"));
+    assert_non_null(strstr(out, "\"kind\":\"DEPOSIT\",\"amount\":100000,\"balance\":100000"));
+    assert_non_null(strstr(out, "\"kind\":\"RESERVE\",\"amount\":-100,"));
+    assert_non_null(strstr(out, "\"closing_balance\":99490,\"count\":6,\"more\":false"));
+    assert_non_null(strstr(out, "\"balance\":99490,\"opening_balance\""));
+    assert_int_equal(qcctl(lp, "account statement carol --limit 2"), 0);
+    assert_non_null(strstr(out, "+1000.00"));
+    assert_non_null(strstr(out, "more after them"));
+    assert_int_equal(
+        qcctl(lp, "--json account statement carol --since 2000-01-01 --until 2000-01-02"), 0);
+    assert_non_null(strstr(out, "\"opening_balance\":0,\"lines\":[],\"closing_balance\":0"));
+    assert_int_equal(qcctl(lp, "account statement nobody"), 1);
+    assert_int_equal(qcctl(lp, "check"), 0);
+    EVP_PKEY_free(dev);
+    lp_teardown(lp);
+    free(lp);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -209,6 +325,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qcctl_verbs),
         cmocka_unit_test(test_qcctl_two_shards),
+        cmocka_unit_test(test_qcctl_list_and_statement),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,7 @@
 set -euo pipefail
 build=${1:?usage: start_errors.sh BUILD_DIR WORK_DIR}
 work=${2:?usage: start_errors.sh BUILD_DIR WORK_DIR}
+src=$(cd "$(dirname "$0")/../.." && pwd)
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
@@ -95,6 +96,14 @@ expect 2 "ledger_public_key: ledger.key.pub: a CURVE public key" -- \
   "$qcctl" --ledger-public-key ledger.key.pub status
 expect 2 "gateway_key: gw.key.pub: a CURVE public key" -- \
   "$wallet" sync --home "$work/wallet" --gateway-key gw.key.pub
+expect 2 "ledger_endpoints: tcp://127.0.0.1:7200;tcp://127.0.0.1:99999: port 99999 is out of range" -- \
+  "$qcctl" --ledger-endpoints "tcp://127.0.0.1:7200;tcp://127.0.0.1:99999" check
+expect 2 "raft_address: 127.0.0.1:70000: port 70000 is out of range" -- \
+  "$qcctl" --raft-address 127.0.0.1:70000 shard status
+expect 2 "gateway: tcp://127.0.0.1:99999: port 99999 is out of range" -- \
+  "$wallet" sync --home "$work/wallet" --gateway tcp://127.0.0.1:99999
+expect 1 "--base-port 70000 is out of range" -- \
+  "$src/ops/cluster" up --dir "$work/cluster" --base-port 70000
 
 echo "ops_start_errors: $cases cases, $failures failed"
 [ "$failures" -eq 0 ]
