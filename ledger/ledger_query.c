@@ -134,10 +134,59 @@ static void run_check(ledger_query_t *q, MDB_txn *txn, const proto_rpc_request_t
 
 /* ------------------------------------------------------------ list_loads */
 
+/* A load of a page: the record without its signed evidence (a ledger_load_t holds three
+ * envelopes, about 25 KiB; this is under 1 KiB). */
+typedef struct list_item {
+    uint8_t txn_id[LEDGER_TXN_ID_SIZE];
+    Quancun__LoadState state;
+    int64_t amount;
+    uint32_t currency;
+    char device_id[LEDGER_DEVICE_ID_MAX + 1];
+    char account_id[LEDGER_ID_MAX + 1];
+    uint64_t counter, deadline_ms, created_ms, updated_ms;
+    char reason[LEDGER_REASON_MAX + 1];
+    bool flagged;
+} list_item_t;
+
+static void item_copy(list_item_t *it, const ledger_load_t *l)
+{
+    memcpy(it->txn_id, l->txn_id, LEDGER_TXN_ID_SIZE);
+    it->state = l->state;
+    it->amount = l->amount;
+    it->currency = l->currency;
+    memcpy(it->device_id, l->device_id, sizeof it->device_id);
+    memcpy(it->account_id, l->account_id, sizeof it->account_id);
+    it->counter = l->counter;
+    it->deadline_ms = l->deadline_ms;
+    it->created_ms = l->created_ms;
+    it->updated_ms = l->updated_ms;
+    memcpy(it->reason, l->reason, sizeof it->reason);
+    it->flagged = l->flagged;
+}
+
+/* The message of it, pointing into it (valid while it lives). */
+static void item_view(const list_item_t *it, Qcledger__Load *m)
+{
+    qcledger__load__init(m);
+    m->txn_id.data = (uint8_t *)it->txn_id;
+    m->txn_id.len = LEDGER_TXN_ID_SIZE;
+    m->state = it->state;
+    m->amount = it->amount;
+    m->currency = it->currency;
+    m->device_id = (char *)it->device_id;
+    m->account_id = (char *)it->account_id;
+    m->counter = it->counter;
+    m->deadline_ms = it->deadline_ms;
+    m->reason = (char *)it->reason;
+    m->created_ms = it->created_ms;
+    m->updated_ms = it->updated_ms;
+    m->flagged = it->flagged;
+}
+
 typedef struct list_ctx {
     const Qcledger__ListLoadsRequest *m;
     uint32_t limit;
-    ledger_load_t *items; /* the page, copied without the signed evidence */
+    list_item_t *items; /* the page */
     size_t n;
     size_t bytes;                     /* packed size of the page's loads */
     uint64_t scanned;                 /* records read */
@@ -167,14 +216,10 @@ static int list_visit(void *arg, const ledger_load_t *l)
     }
     c->scanned++;
     if (load_matches(c->m, l)) {
-        ledger_load_t *it = &c->items[c->n];
-        memcpy(it, l, offsetof(ledger_load_t, request));
-        it->request_len = it->allow_len = it->report_len = 0;
-        it->created_ms = l->created_ms;
-        it->updated_ms = l->updated_ms;
-        it->flagged = l->flagged;
+        list_item_t *it = &c->items[c->n];
+        item_copy(it, l);
         Qcledger__Load view;
-        ledger_store_load_view(it, &view);
+        item_view(it, &view);
         size_t sz = qcledger__load__get_packed_size(&view) + 8; /* tag and length */
         if (c->bytes + sz > LEDGER_LIST_REPLY_MAX) {
             c->scanned--; /* this one starts the next page */
@@ -224,7 +269,7 @@ static void run_list_loads(ledger_query_t *q, MDB_txn *txn, const proto_rpc_requ
         refuse(a, QC_ENOMEM, NULL);
     } else {
         for (size_t i = 0; i < c.n; i++) {
-            ledger_store_load_view(&c.items[i], &views[i]);
+            item_view(&c.items[i], &views[i]);
             ptrs[i] = &views[i];
         }
         Qcledger__ListLoadsReply r = QCLEDGER__LIST_LOADS_REPLY__INIT;
