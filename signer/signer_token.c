@@ -37,6 +37,8 @@ static const uint8_t signer_p256_oid[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
 #define SIGNER_EC_POINT_RAW_SIZE 65 /* 0x04 || X || Y */
 #define SIGNER_EC_POINT_MAX 128     /* CKA_EC_POINT buffer: the DER OCTET STRING of the point */
 #define SIGNER_EC_PARAMS_MAX 64
+/* Keys a signing session keeps a session copy of: the three kinds, a few versions each. */
+#define SIGNER_SESSION_KEYS_MAX 16
 #define SIGNER_KEY_ID_ATTR_MAX 16 /* "v9999" and room to spare */
 /* Objects a key search collects: more than one match is an ambiguity we refuse. */
 #define SIGNER_FIND_MAX 2
@@ -50,9 +52,17 @@ struct signer_token {
     atomic_int sessions; /* signing sessions open, checked at destroy */
 };
 
+/* A token key and this session's copy of it (signer_session_sign() says why). */
+typedef struct signer_session_key {
+    CK_OBJECT_HANDLE token; /* the token object, CKA_TOKEN true */
+    CK_OBJECT_HANDLE copy;  /* its session copy; 0: none (the token refused one) */
+} signer_session_key_t;
+
 struct signer_session {
     signer_token_t *tok;
     CK_SESSION_HANDLE h;
+    signer_session_key_t keys[SIGNER_SESSION_KEYS_MAX];
+    size_t key_count;
 };
 
 struct signer_key {
@@ -550,6 +560,59 @@ int signer_session_open(signer_token_t *tok, signer_session_t **out)
     return 0;
 }
 
+/* True when the object may not leave the token: sensitive and not extractable. */
+static bool signer_object_sealed(signer_session_t *sess, CK_OBJECT_HANDLE obj)
+{
+    CK_BBOOL sensitive = CK_FALSE, extractable = CK_TRUE, token = CK_TRUE;
+    CK_ATTRIBUTE attrs[] = {
+        {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+        {CKA_EXTRACTABLE, &extractable, sizeof(extractable)},
+        {CKA_TOKEN, &token, sizeof(token)},
+    };
+    return sess->tok->p11->C_GetAttributeValue(sess->h, obj, attrs, 3) == CKR_OK &&
+           sensitive == CK_TRUE && extractable == CK_FALSE && token == CK_FALSE;
+}
+
+/* The object this session signs with for the token key priv: a session copy made the first
+ * time (C_CopyObject with CKA_TOKEN false), or priv itself when the token refuses to copy it
+ * (CKA_COPYABLE false, as many hardware tokens set it) or the copy is not sealed.
+ *
+ * Why a copy: SoftHSM2 (the default module) keeps token objects in files and, on every
+ * C_SignInit with one, opens, locks and re-reads the object's file to see whether another
+ * process changed it; a session object lives in the module's memory. Measured on the 2-core
+ * test machine: C_SignInit + C_Sign fell from 125 to 63 us of CPU (docs/PERFORMANCE.md). The
+ * copy is made inside the token, inherits CKA_SENSITIVE and not CKA_EXTRACTABLE (checked),
+ * never leaves it, and is destroyed with the session (C_CloseSession). */
+static CK_OBJECT_HANDLE signer_session_handle(signer_session_t *sess, CK_OBJECT_HANDLE priv)
+{
+    for (size_t i = 0; i < sess->key_count; i++) {
+        if (sess->keys[i].token == priv) {
+            assert(sess->keys[i].copy != priv);
+            return sess->keys[i].copy != 0 ? sess->keys[i].copy : priv;
+        }
+    }
+    if (sess->key_count == SIGNER_SESSION_KEYS_MAX)
+        return priv; /* more keys than expected: sign with the token object */
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {{CKA_TOKEN, &no, sizeof(no)}};
+    CK_OBJECT_HANDLE copy = 0;
+    CK_RV rv = sess->tok->p11->C_CopyObject(sess->h, priv, tmpl, 1, &copy);
+    if (rv == CKR_OK && !signer_object_sealed(sess, copy)) {
+        QC_IGNORE(sess->tok->p11->C_DestroyObject(sess->h, copy)); /* unused either way */
+        copy = 0;
+    } else if (rv != CKR_OK) {
+        char hex[32];
+        snprintf(hex, sizeof(hex), "0x%lx", (unsigned long)rv);
+        copy = 0;
+        ops_log(OPS_LOG_INFO, "signer.session_copy_refused", "rv",
+                signer_rv_name(rv) != NULL ? signer_rv_name(rv) : hex, NULL);
+    }
+    sess->keys[sess->key_count].token = priv;
+    sess->keys[sess->key_count].copy = copy;
+    sess->key_count++;
+    return copy != 0 ? copy : priv;
+}
+
 int signer_session_sign(signer_session_t *sess, const signer_key_t *key,
                         const uint8_t digest[PROTO_DIGEST_SIZE], uint8_t raw[PROTO_SIG_RAW_SIZE])
 {
@@ -559,7 +622,7 @@ int signer_session_sign(signer_session_t *sess, const signer_key_t *key,
     assert(raw != NULL);
     CK_FUNCTION_LIST_PTR p11 = sess->tok->p11;
     CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
-    CK_RV rv = p11->C_SignInit(sess->h, &mech, key->priv);
+    CK_RV rv = p11->C_SignInit(sess->h, &mech, signer_session_handle(sess, key->priv));
     if (rv == CKR_OK) {
         CK_ULONG len = PROTO_SIG_RAW_SIZE;
         /* C_Sign takes the data as non-const but only reads it. */
@@ -585,6 +648,16 @@ int signer_session_sign(signer_session_t *sess, const signer_key_t *key,
         rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED)
         return QC_EUNAVAIL;
     return QC_ECRYPTO;
+}
+
+size_t signer_session_copies(const signer_session_t *sess)
+{
+    assert(sess != NULL);
+    assert(sess->key_count <= SIGNER_SESSION_KEYS_MAX);
+    size_t n = 0;
+    for (size_t i = 0; i < sess->key_count; i++)
+        n += sess->keys[i].copy != 0;
+    return n;
 }
 
 void signer_session_destroy(signer_session_t **sess_p)

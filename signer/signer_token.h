@@ -75,13 +75,19 @@ void signer_token_destroy(signer_token_t **tok_p);
  * session left), QC_ECRYPTO. */
 QC_MUST_CHECK int signer_session_open(signer_token_t *tok, signer_session_t **out);
 
-/* Signs a 32-byte digest with key's private key (CKM_ECDSA, the digest is not hashed again)
+/* Signs a 32-byte digest with key's private key (CKM_ECDSA, the digest is not hashed again),
+ * through this session's copy of it (CKA_TOKEN false, made inside the token at the first
+ * signature, sensitive and not extractable as the original) when the token allows copies,
  * and writes the raw r || s the token returns into raw, with s made low (s <= n/2,
  * proto_ecdsa_raw_low_s()): the one form verifiers accept. Returns 0, QC_EUNAVAIL (the token
  * went away: the session is unusable), QC_ECRYPTO. */
 QC_MUST_CHECK int signer_session_sign(signer_session_t *sess, const signer_key_t *key,
                                       const uint8_t digest[PROTO_DIGEST_SIZE],
                                       uint8_t raw[PROTO_SIG_RAW_SIZE]);
+
+/* How many keys this session signs with through a session copy (the others, if any, through
+ * the token object itself). */
+size_t signer_session_copies(const signer_session_t *sess);
 
 /* Closes the session and frees it; nulls *sess_p; accepts NULL. */
 void signer_session_destroy(signer_session_t **sess_p);

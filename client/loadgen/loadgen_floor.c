@@ -2,7 +2,8 @@
  *
  * The HSM rate is a benchmark of the token, not of qc-signer: the module is loaded here and
  * driven through the bare PKCS#11 interface (p11-kit's header), one session, one
- * C_SignInit + C_Sign per signature, which is the least any signer must do per signature. */
+ * C_SignInit + C_Sign per signature with a session copy of the key (as qc-signer signs),
+ * which is the least any signer must do per signature. */
 #include "loadgen_floor.h"
 
 #include <assert.h>
@@ -169,6 +170,14 @@ static int loadgen_p11_find(loadgen_p11_t *p, const char *label)
     if (n != 1)
         return QC_EKEYID;
     p->key = found[0];
+    /* Sign with a session copy of the key when the token makes one, as qc-signer does
+     * (signer_token.c says why: SoftHSM2 re-reads a token object's file at each C_SignInit),
+     * so that the floor is the least a signer must do with this token. */
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE copy_tmpl[] = {{CKA_TOKEN, &no, sizeof no}};
+    CK_OBJECT_HANDLE copy = 0;
+    if (p->fn->C_CopyObject(p->session, found[0], copy_tmpl, 1, &copy) == CKR_OK)
+        p->key = copy;
     return 0;
 }
 

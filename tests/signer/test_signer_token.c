@@ -95,6 +95,8 @@ static void test_generate_find_sign_verify(void **state)
         assert_int_not_equal(verify_raw(signer_key_public(found), digest, raw), 0);
     }
     assert_true(short_scalars > 0);
+    /* SoftHSM2 copies keys: every signature above went through one sealed session copy. */
+    assert_int_equal(signer_session_copies(sess), 1);
     signer_session_destroy(&sess);
     assert_null(sess);
     signer_key_destroy(&made);
