@@ -69,8 +69,12 @@
 /* Device public keys, parsed once from their enrolled certificates: OpenSSL 3 decodes a
  * certificate's key through its provider machinery, which costs more than the signature
  * check itself. Direct-mapped by device id; an entry counts only when the certificate
- * fingerprint matches too, so a re-enrolled device never meets its old key. */
-#define SAGA_KEY_CACHE_SLOTS 1024
+ * fingerprint matches too, so a re-enrolled device never meets its old key.
+ * 8192 slots (at most 8192 keys, about 2 KiB each in OpenSSL 3: 16 MiB): with 1024, the
+ * benchmark's 2000 devices missed on about half the verifications and the misses' decoding
+ * was 10 % of the ledger's CPU; what matters in production is that a report, which follows
+ * its request within seconds, finds its device's key still there (docs/PERFORMANCE.md). */
+#define SAGA_KEY_CACHE_SLOTS 8192
 
 typedef struct saga_key_slot {
     char id[LEDGER_DEVICE_ID_MAX + 1];
