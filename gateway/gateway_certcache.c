@@ -17,7 +17,7 @@ typedef struct gateway_certcache_entry {
     bool used;
     uint8_t fp[PROTO_DIGEST_SIZE];
     char device_id[PROTO_DEVICE_ID_MAX + 1];
-    EVP_PKEY *pub;
+    proto_verifier_t *ver;        /* the certificate's key, prepared */
     time_t not_before, not_after; /* of the certificate */
     time_t verified_at;
 } gateway_certcache_entry_t;
@@ -25,6 +25,8 @@ typedef struct gateway_certcache_entry {
 struct gateway_certcache {
     const proto_trust_t *trust;
     gateway_certcache_entry_t *slots;
+    /* A verified key that could not be remembered: lent until the next call. */
+    proto_verifier_t *uncached;
     uint64_t hits, misses;
 };
 
@@ -53,9 +55,10 @@ void gateway_certcache_rebind(gateway_certcache_t *c, const proto_trust_t *trust
     assert(c != NULL);
     assert(trust != NULL);
     for (size_t i = 0; i < GATEWAY_CERTCACHE_SLOTS; i++) {
-        EVP_PKEY_free(c->slots[i].pub);
+        proto_verifier_destroy(&c->slots[i].ver);
         memset(&c->slots[i], 0, sizeof c->slots[i]);
     }
+    proto_verifier_destroy(&c->uncached);
     c->trust = trust;
 }
 
@@ -65,7 +68,8 @@ void gateway_certcache_destroy(gateway_certcache_t **cache_p)
         return;
     gateway_certcache_t *c = *cache_p;
     for (size_t i = 0; i < GATEWAY_CERTCACHE_SLOTS; i++)
-        EVP_PKEY_free(c->slots[i].pub);
+        proto_verifier_destroy(&c->slots[i].ver);
+    proto_verifier_destroy(&c->uncached);
     free(c->slots);
     free(c);
     *cache_p = NULL;
@@ -105,43 +109,72 @@ static bool gateway_certcache_fresh(const gateway_certcache_entry_t *e, time_t n
            now >= e->not_before && now <= e->not_after;
 }
 
-int gateway_certcache_verify(gateway_certcache_t *c, const uint8_t *der, size_t der_len, time_t now,
-                             char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub)
+int gateway_certcache_verifier(gateway_certcache_t *c, const uint8_t *der, size_t der_len,
+                               time_t now, char device_id[PROTO_DEVICE_ID_MAX + 1],
+                               proto_verifier_t **ver)
 {
     assert(c != NULL);
     assert(device_id != NULL);
-    assert(pub != NULL);
-    *pub = NULL;
+    assert(ver != NULL);
+    *ver = NULL;
+    proto_verifier_destroy(&c->uncached);
     uint8_t fp[PROTO_DIGEST_SIZE];
-    if (der == NULL || der_len == 0 || der_len > PROTO_CERT_MAX)
-        return proto_cert_verify(c->trust, der, der_len, now, device_id, pub);
-    int rc = proto_sha256(der, der_len, fp);
-    if (rc != 0)
-        return rc;
-    uint32_t slot = ((uint32_t)fp[0] | (uint32_t)fp[1] << 8 | (uint32_t)fp[2] << 16) &
-                    (GATEWAY_CERTCACHE_SLOTS - 1);
-    gateway_certcache_entry_t *e = &c->slots[slot];
-    if (e->used && CRYPTO_memcmp(e->fp, fp, sizeof fp) == 0 && gateway_certcache_fresh(e, now) &&
-        EVP_PKEY_up_ref(e->pub) == 1) {
-        c->hits++;
-        memcpy(device_id, e->device_id, sizeof e->device_id);
-        *pub = e->pub;
-        return 0;
+    EVP_PKEY *pub = NULL;
+    gateway_certcache_entry_t *e = NULL;
+    int rc;
+    if (der != NULL && der_len > 0 && der_len <= PROTO_CERT_MAX) {
+        if ((rc = proto_sha256(der, der_len, fp)) != 0)
+            return rc;
+        uint32_t slot = ((uint32_t)fp[0] | (uint32_t)fp[1] << 8 | (uint32_t)fp[2] << 16) &
+                        (GATEWAY_CERTCACHE_SLOTS - 1);
+        e = &c->slots[slot];
+        if (e->used && CRYPTO_memcmp(e->fp, fp, sizeof fp) == 0 &&
+            gateway_certcache_fresh(e, now)) {
+            assert(e->ver != NULL);
+            c->hits++;
+            memcpy(device_id, e->device_id, sizeof e->device_id);
+            *ver = e->ver;
+            return 0;
+        }
+        c->misses++;
     }
-    c->misses++;
-    rc = proto_cert_verify(c->trust, der, der_len, now, device_id, pub);
+    if ((rc = proto_cert_verify(c->trust, der, der_len, now, device_id, &pub)) != 0)
+        return rc;
+    proto_verifier_t *v = NULL;
+    rc = proto_verifier_new(pub, &v);
+    EVP_PKEY_free(pub);
     if (rc != 0)
         return rc;
     time_t nb = 0, na = 0;
-    if (gateway_certcache_validity(der, der_len, &nb, &na) != 0 || EVP_PKEY_up_ref(*pub) != 1)
-        return 0; /* verified; just not remembered */
-    EVP_PKEY_free(e->pub);
+    if (e == NULL || gateway_certcache_validity(der, der_len, &nb, &na) != 0) {
+        c->uncached = v; /* verified; just not remembered */
+        *ver = v;
+        return 0;
+    }
+    proto_verifier_destroy(&e->ver);
     e->used = true;
     memcpy(e->fp, fp, sizeof fp);
     memcpy(e->device_id, device_id, sizeof e->device_id);
-    e->pub = *pub;
+    e->ver = v;
     e->not_before = nb;
     e->not_after = na;
     e->verified_at = now;
+    *ver = v;
+    return 0;
+}
+
+int gateway_certcache_verify(gateway_certcache_t *c, const uint8_t *der, size_t der_len, time_t now,
+                             char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub)
+{
+    assert(pub != NULL);
+    *pub = NULL;
+    proto_verifier_t *v = NULL;
+    int rc = gateway_certcache_verifier(c, der, der_len, now, device_id, &v);
+    if (rc != 0)
+        return rc;
+    EVP_PKEY *key = proto_verifier_key(v);
+    if (EVP_PKEY_up_ref(key) != 1)
+        return QC_ECRYPTO;
+    *pub = key;
     return 0;
 }

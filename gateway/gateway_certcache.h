@@ -21,6 +21,7 @@
 #include <openssl/evp.h>
 
 #include "proto_cert.h"
+#include "proto_envelope.h"
 #include "qc_error.h"
 
 #define GATEWAY_CERTCACHE_SLOTS 16384 /* power of two */
@@ -45,6 +46,15 @@ void gateway_certcache_destroy(gateway_certcache_t **cache_p);
 QC_MUST_CHECK int gateway_certcache_verify(gateway_certcache_t *c, const uint8_t *der,
                                            size_t der_len, time_t now,
                                            char device_id[PROTO_DEVICE_ID_MAX + 1], EVP_PKEY **pub);
+
+/* The same check, answering with the certificate's key prepared for verifying signatures
+ * (proto_envelope_verify_prepared()), borrowed: valid until the next call on c. This is what
+ * the gateway uses per message: the key id and OpenSSL's verify context are made once per
+ * cached certificate, not once per signature. */
+QC_MUST_CHECK int gateway_certcache_verifier(gateway_certcache_t *c, const uint8_t *der,
+                                             size_t der_len, time_t now,
+                                             char device_id[PROTO_DEVICE_ID_MAX + 1],
+                                             proto_verifier_t **ver);
 
 /* Hits and misses so far, for /metrics and the benchmark. */
 void gateway_certcache_stats(const gateway_certcache_t *c, uint64_t *hits, uint64_t *misses);

@@ -29,11 +29,10 @@ static int gateway_verify_envelope(gateway_certcache_t *certs, const uint8_t *by
         proto_envelope_destroy(&env);
         return QC_EMISSING;
     }
-    EVP_PKEY *pub = NULL;
-    rc = gateway_certcache_verify(certs, cert, cert_len, now, device_id, &pub);
+    proto_verifier_t *ver = NULL; /* borrowed from the cache */
+    rc = gateway_certcache_verifier(certs, cert, cert_len, now, device_id, &ver);
     if (rc == 0)
-        rc = proto_envelope_verify(env, type, pub);
-    EVP_PKEY_free(pub);
+        rc = proto_envelope_verify_prepared(env, type, ver);
     if (rc != 0) {
         proto_envelope_destroy(&env);
         return rc;

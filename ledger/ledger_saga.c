@@ -79,7 +79,7 @@
 typedef struct saga_key_slot {
     char id[LEDGER_DEVICE_ID_MAX + 1];
     uint8_t fp[PROTO_DIGEST_SIZE];
-    EVP_PKEY *key; /* NULL = empty */
+    proto_verifier_t *key; /* NULL = empty; its key id and verify context made once */
 } saga_key_slot_t;
 
 struct ledger_saga {
@@ -158,7 +158,7 @@ void ledger_saga_destroy(ledger_saga_t **saga_p)
     if (saga_p == NULL || *saga_p == NULL)
         return;
     for (size_t i = 0; i < SAGA_KEY_CACHE_SLOTS; i++)
-        EVP_PKEY_free((*saga_p)->keys[i].key);
+        proto_verifier_destroy(&(*saga_p)->keys[i].key);
     free((*saga_p)->keys);
     free((*saga_p)->prev);
     free(*saga_p);
@@ -664,8 +664,9 @@ int ledger_saga_reserve_trusted(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
     return saga_finish(txn, rc, keep);
 }
 
-/* The public key of a device from its enrolled certificate, borrowed from the cache. */
-static int device_key(ledger_saga_t *s, const ledger_device_t *d, EVP_PKEY **key)
+/* The public key of a device from its enrolled certificate, prepared for verifying and
+ * borrowed from the cache. */
+static int device_key(ledger_saga_t *s, const ledger_device_t *d, proto_verifier_t **key)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
     for (const char *c = d->id; *c != '\0'; c++)
@@ -680,11 +681,16 @@ static int device_key(ledger_saga_t *s, const ledger_device_t *d, EVP_PKEY **key
     X509 *x = d2i_X509(NULL, &p, (long)d->cert_len);
     if (x == NULL)
         return QC_ECERT;
-    EVP_PKEY *k = X509_get_pubkey(x);
+    EVP_PKEY *pub = X509_get_pubkey(x);
     X509_free(x);
-    if (k == NULL)
+    if (pub == NULL)
         return QC_ECERT;
-    EVP_PKEY_free(slot->key);
+    proto_verifier_t *k = NULL;
+    int rc = proto_verifier_new(pub, &k);
+    EVP_PKEY_free(pub);
+    if (rc != 0)
+        return rc;
+    proto_verifier_destroy(&slot->key);
     slot->key = k;
     snprintf(slot->id, sizeof slot->id, "%s", d->id);
     memcpy(slot->fp, d->cert_fp, sizeof slot->fp);
@@ -699,12 +705,12 @@ static int verify_by_device(ledger_saga_t *s, MDB_txn *txn, const char *device_i
     ledger_device_t *d = malloc(sizeof *d);
     if (d == NULL)
         return QC_ENOMEM;
-    EVP_PKEY *key = NULL;
+    proto_verifier_t *key = NULL;
     int rc = ledger_store_device_get(s->store, txn, device_id, d);
     if (rc == QC_ENOTFOUND)
         rc = refuse(why, QC_EUNKNOWNDEV, "device %s is not enrolled", device_id);
     else if (rc == 0 && (rc = device_key(s, d, &key)) == 0)
-        rc = proto_envelope_verify(env, type, key);
+        rc = proto_envelope_verify_prepared(env, type, key);
     if (rc == QC_EKEYID || rc == QC_EBADSIG)
         refuse(why, rc, "%s not signed by device %s's key", proto_type_context(type), device_id);
     free(d);

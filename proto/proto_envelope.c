@@ -2,6 +2,7 @@
 #include "proto_envelope.h"
 
 #include <assert.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -300,23 +301,27 @@ int proto_envelope_open(const uint8_t *bytes, size_t len, proto_envelope_t **out
     return 0;
 }
 
-int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type, EVP_PKEY *key)
+/* A public key prepared once for many verifications (proto_envelope.h). */
+struct proto_verifier {
+    EVP_PKEY *key; /* up-referenced */
+    uint8_t key_id[PROTO_KEY_ID_SIZE];
+    bool p256;
+    EVP_PKEY_CTX *ctx; /* verify-initialized with SHA-256; NULL when !p256 */
+};
+
+/* Checks env against a key whose id and curve are known, with ctx verify-initialized for it:
+ * the one body of proto_envelope_verify() and proto_envelope_verify_prepared(). */
+static int verify_known(const proto_envelope_t *env, proto_type_t type,
+                        const uint8_t key_id[PROTO_KEY_ID_SIZE], bool p256, EVP_PKEY_CTX *ctx)
 {
-    assert(env != NULL);
-    assert(env->msg != NULL);
-    assert(key != NULL);
     const Quancun__Signed *msg = env->msg;
     assert(msg->key_id.len == PROTO_KEY_ID_SIZE);
-
-    uint8_t key_id[PROTO_KEY_ID_SIZE];
-    int rc = proto_key_id(key, key_id);
-    if (rc != 0)
-        return rc;
     if (CRYPTO_memcmp(key_id, msg->key_id.data, PROTO_KEY_ID_SIZE) != 0)
         return QC_EKEYID;
     /* A key with the right id on another curve cannot have made a P-256 signature. */
-    if (!key_is_p256(key))
+    if (!p256)
         return QC_EALG;
+    assert(ctx != NULL);
     /* OpenSSL also insists on canonical DER, but the rule is ours, so check it here; and
      * only the low-S form of a signature is accepted, so each has one encoding. */
     uint8_t raw[PROTO_SIG_RAW_SIZE];
@@ -326,25 +331,103 @@ int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type, EVP_PK
         return QC_EBADSIG;
 
     uint8_t digest[PROTO_DIGEST_SIZE];
-    rc = proto_envelope_digest(type, msg->body.data, msg->body.len, digest);
+    int rc = proto_envelope_digest(type, msg->body.data, msg->body.len, digest);
     if (rc != 0)
         return rc;
-
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
-    if (ctx == NULL)
-        return QC_ENOMEM;
-    rc = QC_ECRYPTO;
-    if (EVP_PKEY_verify_init(ctx) != 1)
-        goto out;
-    if (EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) != 1)
-        goto out;
     int ok =
         EVP_PKEY_verify(ctx, msg->signature.data, msg->signature.len, digest, PROTO_DIGEST_SIZE);
     /* 0 is a wrong signature, a negative value a malformed one: both are refusals. */
-    rc = ok == 1 ? 0 : QC_EBADSIG;
-out:
+    return ok == 1 ? 0 : QC_EBADSIG;
+}
+
+/* A verify context for key: initialized once, reusable for every verification by key. */
+static EVP_PKEY_CTX *verify_ctx_new(EVP_PKEY *key)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    if (ctx == NULL)
+        return NULL;
+    if (EVP_PKEY_verify_init(ctx) != 1 || EVP_PKEY_CTX_set_signature_md(ctx, EVP_sha256()) != 1) {
+        EVP_PKEY_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type, EVP_PKEY *key)
+{
+    assert(env != NULL);
+    assert(env->msg != NULL);
+    assert(key != NULL);
+    uint8_t key_id[PROTO_KEY_ID_SIZE];
+    int rc = proto_key_id(key, key_id);
+    if (rc != 0)
+        return rc;
+    bool p256 = key_is_p256(key);
+    EVP_PKEY_CTX *ctx = NULL;
+    /* The key id is compared before the context is made, so that refusals cost no context. */
+    if (CRYPTO_memcmp(key_id, env->msg->key_id.data, PROTO_KEY_ID_SIZE) == 0 && p256) {
+        ctx = verify_ctx_new(key);
+        if (ctx == NULL)
+            return QC_ECRYPTO;
+    }
+    rc = verify_known(env, type, key_id, p256, ctx);
     EVP_PKEY_CTX_free(ctx);
     return rc;
+}
+
+int proto_verifier_new(EVP_PKEY *key, proto_verifier_t **out)
+{
+    assert(key != NULL);
+    assert(out != NULL);
+    *out = NULL;
+    proto_verifier_t *v = calloc(1, sizeof *v);
+    if (v == NULL)
+        return QC_ENOMEM;
+    int rc = proto_key_id(key, v->key_id);
+    if (rc != 0) {
+        free(v);
+        return rc;
+    }
+    v->p256 = key_is_p256(key);
+    if (v->p256 && (v->ctx = verify_ctx_new(key)) == NULL) {
+        free(v);
+        return QC_ECRYPTO;
+    }
+    if (EVP_PKEY_up_ref(key) != 1) {
+        EVP_PKEY_CTX_free(v->ctx);
+        free(v);
+        return QC_ECRYPTO;
+    }
+    v->key = key;
+    *out = v;
+    return 0;
+}
+
+int proto_envelope_verify_prepared(const proto_envelope_t *env, proto_type_t type,
+                                   proto_verifier_t *v)
+{
+    assert(env != NULL);
+    assert(env->msg != NULL);
+    assert(v != NULL);
+    assert(v->key != NULL);
+    assert(!v->p256 || v->ctx != NULL);
+    return verify_known(env, type, v->key_id, v->p256, v->ctx);
+}
+
+EVP_PKEY *proto_verifier_key(const proto_verifier_t *v)
+{
+    assert(v != NULL);
+    return v->key;
+}
+
+void proto_verifier_destroy(proto_verifier_t **v_p)
+{
+    if (v_p == NULL || *v_p == NULL)
+        return;
+    EVP_PKEY_CTX_free((*v_p)->ctx);
+    EVP_PKEY_free((*v_p)->key);
+    free(*v_p);
+    *v_p = NULL;
 }
 
 const uint8_t *proto_envelope_body(const proto_envelope_t *env, size_t *len)

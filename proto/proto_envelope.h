@@ -92,6 +92,29 @@ QC_MUST_CHECK int proto_envelope_open(const uint8_t *bytes, size_t len, proto_en
 QC_MUST_CHECK int proto_envelope_verify(const proto_envelope_t *env, proto_type_t type,
                                         EVP_PKEY *key);
 
+/* A public key prepared for verifying many envelopes: its key id computed and its OpenSSL
+ * verify context initialized once. OpenSSL 3 spends about as much on fetching, key id and
+ * context set-up as on the P-256 arithmetic of one verification (perf of the gateway and the
+ * ledger, docs/PERFORMANCE.md), so the services keep one per cached device key.
+ * proto_envelope_verify_prepared() checks exactly what proto_envelope_verify() checks, in the
+ * same order, with the same codes. A verifier is used by one thread at a time. */
+typedef struct proto_verifier proto_verifier_t;
+
+/* Prepares key (up-referenced: the caller keeps its own reference). Returns 0 and sets *out,
+ * or QC_ENOMEM, QC_ECRYPTO with *out NULL. A key that is not P-256 is prepared too, and every
+ * envelope checked with it then fails as proto_envelope_verify() fails it. */
+QC_MUST_CHECK int proto_verifier_new(EVP_PKEY *key, proto_verifier_t **out);
+
+/* proto_envelope_verify(env, type, the verifier's key), without the per-call set-up. */
+QC_MUST_CHECK int proto_envelope_verify_prepared(const proto_envelope_t *env, proto_type_t type,
+                                                 proto_verifier_t *v);
+
+/* The verifier's key, borrowed: valid until proto_verifier_destroy(). */
+EVP_PKEY *proto_verifier_key(const proto_verifier_t *v);
+
+/* Frees v and its reference to the key; nulls *v_p; accepts NULL. */
+void proto_verifier_destroy(proto_verifier_t **v_p);
+
 /* Borrowed views into the envelope, valid until it is destroyed. */
 const uint8_t *proto_envelope_body(const proto_envelope_t *env, size_t *len);
 const uint8_t *proto_envelope_key_id(const proto_envelope_t *env); /* PROTO_KEY_ID_SIZE bytes */
