@@ -67,6 +67,7 @@
 #define SVC_ZAP_ALLOW_FILE "rpc-allow.keys" /* union of allow_keys and admin_keys, in data_dir */
 #define SVC_BATCH_BUCKETS 6
 #define SVC_METRIC_NAME_MAX 128
+#define SVC_GAUGES_PERIOD_MS 1000 /* replica mode: outbox gauges refreshed at most this often */
 
 /* Which keys may call a method. */
 typedef enum svc_role {
@@ -194,6 +195,7 @@ struct ledger_service {
     ledger_backup_t *backup;     /* hot copies for `qcctl shard backup` (ledger_backup.h) */
     uint64_t digest_interval_ms; /* replica mode: digest ops (0 = none) */
     uint64_t next_digest_ms;
+    uint64_t gauges_due_ms; /* replica mode: next refresh of the outbox gauges (monotonic) */
     /* metrics */
     ops_counter_t *m_commits;
     ops_counter_t *m_commit_failures;
@@ -1909,12 +1911,26 @@ static void replica_serve(ledger_service_t *svc, size_t n, int signed_count)
         finish_slot(svc, &svc->slots[i]);
 }
 
-/* After each turn of the loop: health from the fsm, the peer table after SIGHUP. */
+/* After each turn of the loop: health from the fsm, the peer table after SIGHUP, and at most
+ * every SVC_GAUGES_PERIOD_MS the outbox gauges from the applied state (the single process
+ * sets them after each group commit; a replica applies entries in libraft's callbacks). */
 static void replica_housekeeping(ledger_service_t *svc)
 {
     ledger_fsm_stats_t st;
     ledger_fsm_stats(svc->fsm, &st);
     atomic_store(&svc->last_commit_rc, st.apply_error);
+    uint64_t now = ops_time_mono_ms();
+    if (now >= svc->gauges_due_ms) {
+        svc->gauges_due_ms = now + SVC_GAUGES_PERIOD_MS;
+        MDB_txn *rtxn = NULL;
+        if (ledger_store_txn_begin(svc->store, NULL, false, &rtxn) == 0) {
+            uint64_t depth = 0;
+            if (ledger_store_outbox_depth(svc->store, rtxn, &depth) == 0)
+                ops_gauge_set(svc->m_outbox_depth, (int64_t)depth);
+            ledger_outbox_gauges(svc->outbox, svc->store, rtxn);
+            ledger_store_txn_abort(rtxn);
+        }
+    }
     uint64_t hup = ops_signal_hup_generation();
     if (hup != svc->hup_seen) {
         svc->hup_seen = hup;

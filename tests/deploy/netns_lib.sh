@@ -88,6 +88,12 @@ nsx_begin() {
     exit $NSX_SKIP
   fi
   NSX_TAG=$(printf '%06x' $(((($$ & 0xfff) << 12 | (RANDOM & 0xfff)) & 0xffffff)))
+  # Root without CAP_SYS_ADMIN or CAP_NET_ADMIN (an unprivileged container) cannot either.
+  if ! ip netns add "qc-$NSX_TAG-probe" 2>/dev/null; then
+    echo "$NSX_NAME: SKIP: 'ip netns add' is not permitted here (no CAP_SYS_ADMIN)" >&2
+    exit $NSX_SKIP
+  fi
+  ip netns del "qc-$NSX_TAG-probe"
   X=$(mktemp -d "${TMPDIR:-/tmp}/qc-netns-$NSX_NAME.XXXXXX")
   mkdir -p "$X/logs"
   trap nsx_cleanup EXIT
