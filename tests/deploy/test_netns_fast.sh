@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# test_netns_fast.sh - five hosts in network namespaces, rendered by ops/deploy from one
-# inventory: a gateway host that is also the operator's (qcctl, qc-loadgen), a host with the
-# signer and audit, and three ledger hosts, one replica of shard 0 each. Loads cross hosts;
-# then the shard's leader is cut from its two followers with iptables: the followers elect a
-# new leader, the old one refuses a write, and loads go on through the gateway, which follows
-# the new leader. Healed, every replica catches up and checks ok, money conserved.
+# test_netns_fast.sh - six hosts in network namespaces, rendered by ops/deploy from one
+# inventory: a gateway host that is also the operator's (qcctl, qc-loadgen), a signer host, an
+# audit host and three ledger hosts, one replica of shard 0 each. Loads cross hosts. The audit
+# host is cut off (link down): loads go on, the events wait in the outbox (qcctl check and the
+# alert's gauge) and drain once it is back. Then the shard's leader is cut from its two
+# followers with iptables: the followers elect a new leader, the old one refuses a write, and
+# loads go on through the gateway, which follows the new leader. Healed, every replica catches
+# up and checks ok, money conserved.
 # Bounded: a CTest TIMEOUT, a watchdog and qc-loadgen runs of a fixed count.
 NSX_NAME=netns_fast
 NSX_INVENTORY="
 host front 10.77.1.1
 host back 10.77.1.2
+host aud 10.77.1.3
 host l1 10.77.1.11
 host l2 10.77.1.12
 host l3 10.77.1.13
 gateway front
 admin front
 signer back
-audit back
+audit aud
 replica 0 l1
 replica 0 l2
 replica 0 l3
@@ -33,7 +36,25 @@ nsx_loadgen before $LOADS $DEVICES || fail "qc-loadgen before the partition: $(t
 assert_eq "loads CONFIRMED across hosts" $LOADS "$(lg before '.outcomes.CONFIRMED // 0')"
 nsx_log "FIGURE loads/s across hosts (ASan build): $(lg before .loads_per_s)"
 
-# 2. The leader cut from its followers (the operator's host still reaches every replica).
+# 2. The audit host cut off: loads do not wait for it; the shard's outbox keeps the events.
+lh=$(replica_host "$(leader_id)")
+lport=$(http_of "ledger-0-$(leader_id)")
+outbox() { q check | jq '.shards[0].outbox_depth'; }
+gauge() { nsx_exec "$lh" curl -sf --max-time 2 "http://127.0.0.1:$lport/metrics" | awk '$1 == "qc_ledger_outbox_depth" { print $2 }'; }
+nsx_link_down aud
+nsx_loadgen noaudit $((LOADS / 2)) $DEVICES || fail "qc-loadgen with the audit cut off: $(tail -3 "$X/noaudit.err")"
+assert_eq "loads CONFIRMED with the audit cut off" $((LOADS / 2)) "$(lg noaudit '.outcomes.CONFIRMED // 0')"
+assert_ge "events waiting in the outbox (qcctl check)" 1 "$(outbox)"
+gauge_up() { [ "$(gauge)" -ge 1 ]; }
+wait_until 5 "qc_ledger_outbox_depth >= 1 on the leader (QuancunOutboxBacklog's gauge)" gauge_up
+nsx_log "FIGURE outbox with the audit cut off: $(outbox) events (gauge $(gauge))"
+nsx_heal
+t0=$(now_s)
+drained() { [ "$(outbox)" = 0 ] && [ "$(gauge)" = 0 ]; }
+wait_until 30 "the audit relay drains the outbox" drained
+nsx_log "FIGURE outbox drained $(since "$t0") s after the audit's link came back"
+
+# 3. The leader cut from its followers (the operator's host still reaches every replica).
 old=$(leader_id)
 [ -n "$old" ] || fail "no leader"
 oh=$(replica_host "$old")
@@ -63,7 +84,7 @@ nsx_log "write to the cut-off replica: exit $rc: $out"
 nsx_loadgen during $LOADS $DEVICES || fail "qc-loadgen during the partition: $(tail -3 "$X/during.err")"
 assert_eq "loads CONFIRMED while the old leader is cut off" $LOADS "$(lg during '.outcomes.CONFIRMED // 0')"
 
-# 3. Healed: the old leader catches up and follows; the write it refused never happened.
+# 4. Healed: the old leader catches up and follows; the write it refused never happened.
 nsx_heal
 caught_up() {
   local st
@@ -76,5 +97,5 @@ q account show CUT-OFF-1 >/dev/null 2>&1
 rc=$?
 set -e
 [ "$rc" -ne 0 ] || fail "the write refused by the cut-off replica exists after healing"
-nsx_invariants $((2 * LOADS))
+nsx_invariants $((2 * LOADS + LOADS / 2))
 nsx_log "PASS"
