@@ -1912,8 +1912,8 @@ static void replica_serve(ledger_service_t *svc, size_t n, int signed_count)
 }
 
 /* After each turn of the loop: health from the fsm, the peer table after SIGHUP, and at most
- * every SVC_GAUGES_PERIOD_MS the outbox gauges from the applied state (the single process
- * sets them after each group commit; a replica applies entries in libraft's callbacks). */
+ * every SVC_GAUGES_PERIOD_MS the outbox gauges from the applied state (the leader also sets
+ * them after each of its entries; a follower only here). */
 static void replica_housekeeping(ledger_service_t *svc)
 {
     ledger_fsm_stats_t st;
@@ -1924,10 +1924,7 @@ static void replica_housekeeping(ledger_service_t *svc)
         svc->gauges_due_ms = now + SVC_GAUGES_PERIOD_MS;
         MDB_txn *rtxn = NULL;
         if (ledger_store_txn_begin(svc->store, NULL, false, &rtxn) == 0) {
-            uint64_t depth = 0;
-            if (ledger_store_outbox_depth(svc->store, rtxn, &depth) == 0)
-                ops_gauge_set(svc->m_outbox_depth, (int64_t)depth);
-            ledger_outbox_gauges(svc->outbox, svc->store, rtxn);
+            outbox_gauges(svc, rtxn);
             ledger_store_txn_abort(rtxn);
         }
     }
