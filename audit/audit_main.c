@@ -3,6 +3,9 @@
  *
  * The start-up is the one every service shares (ops_service.h); the service is in
  * audit_service.c, the operator verbs in audit_cli.c. */
+#include <stdio.h>
+#include <string.h>
+
 #include "audit_checkpoint.h"
 #include "audit_cli.h"
 #include "audit_relay.h"
@@ -10,6 +13,7 @@
 #include "ops_config.h"
 #include "ops_log.h"
 #include "ops_service.h"
+#include "ops_store.h"
 #include "qc_error.h"
 
 #define AUDIT_POLL_MS_MAX 60000
@@ -34,7 +38,11 @@ static const ops_config_key_t audit_keys[] = {
      .check = ops_config_check_curve_key},
     {"checkpoint_cert", OPS_CONFIG_STRING, NULL,
      "audit-checkpoint certificate (PEM): every signed checkpoint is checked before it is kept"},
-    {"data_dir", OPS_CONFIG_STRING, NULL, "directory of the log's LMDB environment"},
+    {"data_dir", OPS_CONFIG_STRING, NULL,
+     "directory of the log's LMDB environment (made by `qc-audit init`)"},
+    {"cluster_id", OPS_CONFIG_STRING, "quancun",
+     "this bank's cluster id, written into the store by init and checked at every start",
+     .check = ops_store_check_cluster_id},
     {"map_size_mb", OPS_CONFIG_INT, "4096", "LMDB map size in MiB", .min = 1,
      .max = AUDIT_MAP_MB_MAX},
     {"checkpoint_entries", OPS_CONFIG_INT, "1000", "entries between signed checkpoints", .min = 1,
@@ -49,6 +57,7 @@ static const ops_config_key_t audit_keys[] = {
 
 #define AUDIT_USAGE                                                                                \
     "[--config FILE] [options]\n"                                                                  \
+    "       qc-audit init [--upgrade] --help\n"                                                    \
     "       qc-audit verify|show|export|prove|consistency --dir DATA ... (--help)\n"               \
     "Keeps the bank's audit log: relays every ledger shard's outbox, takes security events\n"      \
     "(method append, proto/audit.proto), chains every entry by SHA-256 and has the signer\n"       \
@@ -62,14 +71,35 @@ static const ops_service_spec_t audit_spec = {
     .key_count = sizeof audit_keys / sizeof audit_keys[0],
 };
 
+/* The identity this config's store must have (ops_store.h): the log has no shard. */
+static void audit_identity(const ops_config_t *cfg, ops_store_identity_t *want)
+{
+    memset(want, 0, sizeof *want);
+    snprintf(want->kind, sizeof want->kind, "audit");
+    snprintf(want->cluster_id, sizeof want->cluster_id, "%s", ops_config_str(cfg, "cluster_id"));
+    want->shard = OPS_STORE_NO_SHARD;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "init") == 0)
+        return ops_store_init_main(&audit_spec, audit_identity, argc - 1, argv + 1);
     if (argc >= 2 && audit_cli_is_verb(argv[1]))
         return audit_cli_main("qc-audit", argc - 1, argv + 1);
     ops_service_t *ops = NULL;
     int rc = ops_service_start(&audit_spec, argc, argv, &ops);
     if (rc != 0)
         return ops_service_start_status(rc);
+    /* One owner per store, and only a store init made for this cluster (ops_store.h). */
+    ops_store_identity_t want;
+    audit_identity(ops_service_config(ops), &want);
+    ops_store_lock_t *owner = NULL;
+    char why[OPS_STORE_WHY_MAX];
+    if (ops_store_claim(ops_config_str(ops_service_config(ops), "data_dir"), &want, &owner, why,
+                        sizeof why) != 0) {
+        ops_service_destroy(&ops);
+        return OPS_SERVICE_EXIT_FAILED;
+    }
     audit_service_t *svc = NULL;
     rc = audit_service_new(ops_service_config(ops), &svc);
     if (rc == 0) {
@@ -78,6 +108,7 @@ int main(int argc, char **argv)
     }
     ops_service_stopping(ops);
     audit_service_destroy(&svc);
+    ops_store_unlock(&owner);
     ops_service_destroy(&ops);
     if (rc != 0) {
         ops_log(OPS_LOG_ERROR, "audit.exit", "error", qc_strerror(rc), NULL);

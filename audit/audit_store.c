@@ -11,6 +11,7 @@
 #include "ops_bytes.h"
 #include "ops_lmdb.h"
 #include "ops_log.h"
+#include "ops_store.h"
 #include "ops_time.h"
 #include "proto_id.h"
 #include "proto_merkle.h"
@@ -65,6 +66,14 @@ int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_s
     bool rdonly = (flags & AUDIT_STORE_RDONLY) != 0;
     if (!rdonly && map_size < AUDIT_STORE_MAP_SIZE_MIN)
         return QC_EINVAL;
+    /* Before LMDB maps it: a missing copy, an empty or a truncated file is refused here, never
+     * met as SIGBUS (ops_store.h). */
+    char why[OPS_STORE_WHY_MAX];
+    int frc = ops_store_check_file(dir, !rdonly, why, sizeof why);
+    if (frc != 0) {
+        ops_log(OPS_LOG_ERROR, "audit.store_refused", "dir", dir, "error", why, NULL);
+        return frc;
+    }
     audit_store_t *store = calloc(1, sizeof *store);
     if (store == NULL)
         return QC_ENOMEM;

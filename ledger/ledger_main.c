@@ -2,12 +2,14 @@
  *
  * The start-up is the one every service shares (ops_service.h); the loop is in ledger_service.c. */
 #include <stdio.h>
+#include <string.h>
 
 #include "ledger_replica.h"
 #include "ledger_service.h"
 #include "ops_config.h"
 #include "ops_log.h"
 #include "ops_service.h"
+#include "ops_store.h"
 #include "proto_shard.h"
 #include "qc_error.h"
 
@@ -29,7 +31,11 @@ static const ops_config_key_t ledger_keys[] = {
      "file of service client keys (gateways, audit relay): reserve, settle, outbox_*"},
     {"admin_keys", OPS_CONFIG_STRING, NULL,
      "file of operator keys (qcctl): open_account, deposit, freeze, enroll_device, ..."},
-    {"data_dir", OPS_CONFIG_STRING, NULL, "directory of this shard's LMDB environment"},
+    {"data_dir", OPS_CONFIG_STRING, NULL,
+     "directory of this shard's LMDB environment (made by `qc-ledger init`)"},
+    {"cluster_id", OPS_CONFIG_STRING, "quancun",
+     "this bank's cluster id, written into the store by init and checked at every start",
+     .check = ops_store_check_cluster_id},
     {"shard", OPS_CONFIG_INT, "0", "this shard's number, 0 .. shard_count-1", .min = 0,
      .max = PROTO_SHARD_COUNT_MAX - 1},
     {"shard_count", OPS_CONFIG_INT, "1", "number of ledger shards", .min = 1,
@@ -79,7 +85,7 @@ static const ops_config_key_t ledger_keys[] = {
 };
 
 #define LEDGER_USAGE                                                                               \
-    "[--config FILE] [options]\n"                                                                  \
+    "[--config FILE] [options]   |   init [--upgrade] --help\n"                                    \
     "Serves one shard of the quancun ledger: accounts, devices and load sagas in LMDB,\n"          \
     "group-committed (a reply means durable). Methods and bodies: proto/ledger.proto."
 
@@ -110,13 +116,35 @@ static const ops_service_spec_t ledger_spec = {
     .check = ledger_check,
 };
 
+/* The identity this config's store must have (ops_store.h). */
+static void ledger_identity(const ops_config_t *cfg, ops_store_identity_t *want)
+{
+    memset(want, 0, sizeof *want);
+    snprintf(want->kind, sizeof want->kind, "ledger");
+    snprintf(want->cluster_id, sizeof want->cluster_id, "%s", ops_config_str(cfg, "cluster_id"));
+    want->shard = ops_config_int(cfg, "shard");
+    want->shard_count = (uint32_t)ops_config_int(cfg, "shard_count");
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "init") == 0)
+        return ops_store_init_main(&ledger_spec, ledger_identity, argc - 1, argv + 1);
     ops_service_t *ops = NULL;
     int rc = ops_service_start(&ledger_spec, argc, argv, &ops);
     if (rc != 0)
         return ops_service_start_status(rc);
     const ops_config_t *cfg = ops_service_config(ops);
+    /* One owner per store, and only a store init made for this cluster and shard: held until
+     * the process ends (the lock goes with the process, whatever ends it). */
+    ops_store_identity_t want;
+    ledger_identity(cfg, &want);
+    ops_store_lock_t *owner = NULL;
+    char why[OPS_STORE_WHY_MAX];
+    if (ops_store_claim(ops_config_str(cfg, "data_dir"), &want, &owner, why, sizeof why) != 0) {
+        ops_service_destroy(&ops);
+        return OPS_SERVICE_EXIT_FAILED;
+    }
     ledger_service_config_t scfg = {
         .listen = ops_config_str(cfg, "listen"),
         .curve_key_path = ops_config_str(cfg, "curve_key"),
@@ -154,6 +182,7 @@ int main(int argc, char **argv)
     }
     ops_service_stopping(ops);
     ledger_service_destroy(&svc);
+    ops_store_unlock(&owner);
     ops_service_destroy(&ops);
     if (rc != 0) {
         ops_log(OPS_LOG_ERROR, "ledger.exit", "error", qc_strerror(rc), NULL);

@@ -10,6 +10,7 @@
 #include "ops_bytes.h"
 #include "ops_lmdb.h"
 #include "ops_log.h"
+#include "ops_store.h"
 #include "qc_error.h"
 
 #define STORE_DBI_COUNT 8
@@ -59,6 +60,14 @@ int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out)
     *out = NULL;
     if (map_size < LEDGER_MAP_SIZE_MIN)
         return QC_EINVAL;
+    /* Before LMDB maps it: an empty or a truncated file is refused here, never met as SIGBUS
+     * (ops_store.h). */
+    char why[OPS_STORE_WHY_MAX];
+    int frc = ops_store_check_file(dir, true, why, sizeof why);
+    if (frc != 0) {
+        ops_log(OPS_LOG_ERROR, "ledger.store_refused", "dir", dir, "error", why, NULL);
+        return frc;
+    }
     ledger_store_t *store = calloc(1, sizeof *store);
     if (store == NULL)
         return QC_ENOMEM;

@@ -174,3 +174,8 @@ void ops_service_destroy(ops_service_t **svc_p)
     free(svc);
     *svc_p = NULL;
 }
+
+const ops_config_key_t *ops_service_shared_keys(void)
+{
+    return ops_service_keys;
+}

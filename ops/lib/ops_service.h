@@ -75,4 +75,8 @@ void ops_service_stopping(ops_service_t *svc);
 /* Stops the HTTP server, frees the config and svc, nulls *svc_p; accepts NULL. */
 void ops_service_destroy(ops_service_t **svc_p);
 
+/* The OPS_SERVICE_KEYS keys the start-up adds to every table (a static table), for a
+ * subcommand that reads the service's own config file without starting it (`init`). */
+const ops_config_key_t *ops_service_shared_keys(void);
+
 #endif

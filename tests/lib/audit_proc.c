@@ -15,6 +15,7 @@
 #include "qctest_http.h"
 #include "qctest_port.h"
 #include "qctest_proc.h"
+#include "qctest_store.h"
 
 #define AP_READY_MS 15000
 #define AP_CALL_MS 5000
@@ -84,6 +85,8 @@ int ap_spawn(ap_t *ap, const char *fault, int skip, const char *const *extra)
     for (int i = 0; extra != NULL && extra[i] != NULL && n < AP_ARGS_MAX - 1; i++)
         args[n++] = extra[i];
     args[n] = NULL;
+    if (!ap->no_init && qctest_store_init(args, data, log) != 0)
+        return -1;
     char fault_env[AP_PATH_MAX], skip_env[32];
     snprintf(fault_env, sizeof fault_env, "QC_FAULT=%s", fault != NULL ? fault : "");
     snprintf(skip_env, sizeof skip_env, "QC_FAULT_SKIP=%d", skip);

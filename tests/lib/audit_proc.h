@@ -22,6 +22,9 @@ typedef struct ap {
     int port;
     int http_port;
     pid_t pid;
+    /* false (ap_setup's default): ap_spawn runs `qc-audit init` with the same flags first when
+     * the data dir holds no store with an identity; true: it starts on the dir as it is. */
+    bool no_init;
     proto_curve_keypair_t server; /* audit's keys (file dir/audit.key) */
     proto_curve_keypair_t client; /* a caller on the allow-list (gateway, signer) */
     void *zctx;

@@ -18,6 +18,7 @@
 #include "qctest_fs.h"
 #include "qctest_port.h"
 #include "qctest_proc.h"
+#include "qctest_store.h"
 #include "signer.pb-c.h"
 
 #define LP_READY_MS 15000
@@ -348,6 +349,8 @@ static int lp_start_once(lp_t *lp, const char *fault, int skip, const char *cons
     for (int i = 0; extra != NULL && extra[i] != NULL && n < LP_ARGS_MAX - 1; i++)
         args[n++] = extra[i];
     args[n] = NULL;
+    if (!lp->no_init && qctest_store_init(args, data, log) != 0)
+        return -1;
     char fault_env[LP_PATH_MAX], skip_env[32];
     snprintf(fault_env, sizeof fault_env, "QC_FAULT=%s", fault != NULL ? fault : "");
     snprintf(skip_env, sizeof skip_env, "QC_FAULT_SKIP=%d", skip);
@@ -365,6 +368,7 @@ static int lp_start_once(lp_t *lp, const char *fault, int skip, const char *cons
         int status = qctest_wait(pid, 0);
         if (status != QCTEST_STATUS_RUNNING) {
             lp->pid = -1;
+            lp->last_status = status;
             fprintf(stderr, "qc-ledger exited at start (status %d), see %s\n", status, log);
             return -1;
         }

@@ -23,6 +23,10 @@ typedef struct lp {
     int port;
     pid_t pid;
     int last_status; /* wait status of the last exit seen, -1 when none */
+    /* false (lp_setup's default): lp_start runs `qc-ledger init` (or `init --upgrade` on a
+     * store made without one) with the same flags first, as an operator does once; true: it
+     * starts on the data dir as it is (tests of the refusals). */
+    bool no_init;
     proto_curve_keypair_t server, gateway, admin;
     EVP_PKEY *bank; /* allow-signing key; its public half is the ledger's allow_cert */
     /* A stand-in for qc-signer, in a thread of the test: it serves "sign" to the ledger's key
