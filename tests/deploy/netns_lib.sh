@@ -162,6 +162,15 @@ nsx_start() {
   h=$(host_of "$n")
   [ -n "$h" ] || fail "no host runs $n"
   case "$n" in signer-*) env=(SOFTHSM2_CONF="$(E "$h")/softhsm2-${n#signer-}.conf") ;; esac
+  # A store is made once, by init, as install.sh does on a new host.
+  case "$n" in
+    ledger-* | audit)
+      local d
+      d=$(sed -n 's/^data_dir = //p' "$(E "$h")/$n.conf")
+      [ -e "$d/data.mdb" ] || "$(binary_of "$n")" init --config "$(E "$h")/$n.conf" \
+        >>"$X/logs/$n.log" 2>&1 || fail "$n: init failed"
+      ;;
+  esac
   ip netns exec "$(ns "$h")" env "${env[@]}" "$(binary_of "$n")" --config "$(E "$h")/$n.conf" \
     >>"$X/logs/$n.log" 2>&1 </dev/null &
   NSX_PID[$n]=$!
