@@ -10,6 +10,7 @@
 #include "audit_cli.h"
 #include "audit_relay.h"
 #include "audit_service.h"
+#include "audit_store.h"
 #include "ops_config.h"
 #include "ops_log.h"
 #include "ops_service.h"
@@ -78,12 +79,13 @@ static void audit_identity(const ops_config_t *cfg, ops_store_identity_t *want)
     snprintf(want->kind, sizeof want->kind, "audit");
     snprintf(want->cluster_id, sizeof want->cluster_id, "%s", ops_config_str(cfg, "cluster_id"));
     want->shard = OPS_STORE_NO_SHARD;
+    want->format = AUDIT_STORE_FORMAT;
 }
 
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "init") == 0)
-        return ops_store_init_main(&audit_spec, audit_identity, argc - 1, argv + 1);
+        return ops_store_init_main(&audit_spec, audit_identity, NULL, argc - 1, argv + 1);
     if (argc >= 2 && audit_cli_is_verb(argv[1]))
         return audit_cli_main("qc-audit", argc - 1, argv + 1);
     ops_service_t *ops = NULL;

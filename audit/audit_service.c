@@ -2,6 +2,7 @@
 #include "audit_service.h"
 
 #include <assert.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -12,6 +13,7 @@
 #include "audit_intake.h"
 #include "audit_relay.h"
 #include "audit_store.h"
+#include "audit_verify.h"
 #include "ops_log.h"
 #include "ops_signal.h"
 #include "proto_cert.h"
@@ -63,6 +65,18 @@ static int audit_service_start(audit_service_t *svc, const ops_config_t *cfg, co
              audit_store_open(data_dir, 0, (uint64_t)ops_config_int(cfg, "map_size_mb") * AUDIT_MIB,
                               &svc->store)) != 0)
         return rc;
+    /* Nothing is appended after a broken chain: what the last checkpoint signed is trusted,
+     * every entry since is checked before the service takes an event (issue 21). */
+    audit_verify_report_t tail;
+    if ((rc = audit_verify_tail(svc->store, &tail)) != 0) {
+        char seq[24];
+        snprintf(seq, sizeof seq, "%" PRIu64, tail.break_seq);
+        ops_log(OPS_LOG_ERROR, "audit.chain_broken", "seq", seq, "error", tail.why, NULL);
+        return QC_ECORRUPT;
+    }
+    char checked[24];
+    snprintf(checked, sizeof checked, "%" PRIu64, tail.entries);
+    ops_log(OPS_LOG_INFO, "audit.chain_checked", "entries", checked, NULL);
     audit_intake_config_t ic = {.zctx = svc->zctx,
                                 .store = svc->store,
                                 .listen = ops_config_str(cfg, "listen"),

@@ -2,6 +2,8 @@
 #include "audit_store.h"
 
 #include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,6 +143,28 @@ static int read_begin(audit_store_t *store, MDB_txn **txn)
     return rc == 0 ? 0 : store_err("txn_begin", rc);
 }
 
+/* Checks the stored record of seq, as every read of one does: it parses, carries seq, and
+ * hashes to its stored hash (its chain hash is its checksum: audit_chain.h). A mismatch is
+ * logged as audit.corrupt_entry naming the seq. Returns 0 or QC_ECORRUPT. */
+static int entry_check(uint64_t seq, const MDB_val *v)
+{
+    audit_entry_t e;
+    int rc = audit_chain_parse(v->mv_data, v->mv_size, &e);
+    if (rc == 0 && e.seq != seq)
+        rc = QC_EMISMATCH;
+    if (rc == 0)
+        rc = audit_chain_check(&e, e.prev_hash);
+    if (rc == 0)
+        return 0;
+    char s[24];
+    snprintf(s, sizeof s, "%" PRIu64, seq);
+    ops_log(OPS_LOG_ERROR, "audit.corrupt_entry", "seq", s, "error",
+            "the stored entry does not parse or hash to its stored hash: it is not what was "
+            "written",
+            NULL);
+    return QC_ECORRUPT;
+}
+
 /* Seq and hash of the last entry inside txn (0 and zeros when empty). */
 static int last_in(audit_store_t *store, MDB_txn *txn, uint64_t *seq, uint8_t hash[AUDIT_HASH_SIZE])
 {
@@ -161,6 +185,9 @@ static int last_in(audit_store_t *store, MDB_txn *txn, uint64_t *seq, uint8_t ha
     if (k.mv_size != STORE_SEQ_KEY_SIZE || v.mv_size < AUDIT_ENCODING_FIXED + AUDIT_HASH_SIZE)
         return QC_EDECODE;
     *seq = ops_be_get(k.mv_data, 8);
+    /* The next append chains to this hash: a corrupt last entry is never built upon. */
+    if ((rc = entry_check(*seq, &v)) != 0)
+        return rc;
     memcpy(hash, (const uint8_t *)v.mv_data + v.mv_size - AUDIT_HASH_SIZE, AUDIT_HASH_SIZE);
     return 0;
 }
@@ -503,6 +530,10 @@ int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *l
     ops_be_put(key, seq, 8);
     MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
     rc = mdb_get(txn, store->dbi[DBI_ENTRIES], &k, &v);
+    if (rc == 0 && (rc = entry_check(seq, &v)) != 0) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
     if (rc == 0) {
         *rec = malloc(v.mv_size > 0 ? v.mv_size : 1);
         if (*rec == NULL) {

@@ -35,6 +35,10 @@
 #define AUDIT_STORE_MAP_SIZE_MIN (1ull << 20)
 #define AUDIT_STORE_READERS_MAX 126
 #define AUDIT_STORE_BATCH_MAX 4096 /* events in one append call */
+/* The record format of the store's identity (ops/lib/ops_store.h). Entries carry their chain
+ * hash, which is their checksum: audit_store_get() and the last entry an append chains to are
+ * checked on every read (QC_ECORRUPT, logged as audit.corrupt_entry with the seq). */
+#define AUDIT_STORE_FORMAT 1
 
 /* Open flags. */
 #define AUDIT_STORE_RDONLY                                                                         \

@@ -23,6 +23,7 @@
 
 #include <openssl/evp.h>
 #include "audit_chain.h"
+#include "audit_store.h"
 #include "qc_error.h"
 
 #define AUDIT_VERIFY_WHY_MAX 256
@@ -49,6 +50,13 @@ typedef struct audit_verify_report {
  * report->break_seq set, or QC_EIO / QC_ENOMEM
  * when the files could not be read (break_seq 0). */
 QC_MUST_CHECK int audit_verify_dir(const char *dir, EVP_PKEY *key, audit_verify_report_t *report);
+
+/* What qc-audit checks when it starts, on its open store: the chain since the last checkpoint
+ * (from the entry it covers to the last entry: keys without a gap, each record parses, carries
+ * its key's seq, links to the previous and hashes to its stored hash). Signatures are not
+ * checked (the offline verify does that). Fills *report; returns 0 or the break's code with
+ * report->break_seq and why set (as audit_verify_dir()). */
+QC_MUST_CHECK int audit_verify_tail(audit_store_t *store, audit_verify_report_t *report);
 
 /* Checks one checkpoint payload (a Signed AuditCheckpoint) under key: signature, then that
  * it covers covered_seq with covered_hash. Returns 0, the envelope's errors (QC_EKEYID,

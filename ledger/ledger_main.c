@@ -5,7 +5,9 @@
 #include <string.h>
 
 #include "ledger_replica.h"
+#include "ledger_scrub.h"
 #include "ledger_service.h"
+#include "ledger_store.h"
 #include "ops_config.h"
 #include "ops_log.h"
 #include "ops_service.h"
@@ -82,6 +84,9 @@ static const ops_config_key_t ledger_keys[] = {
      "replicas: the leader proposes its state digest this often, every replica compares (0 = "
      "never)",
      .min = 0, .max = LEDGER_DIGEST_INTERVAL_MS_MAX},
+    {"scrub_per_second", OPS_CONFIG_INT, "1000",
+     "records whose checksum the background scrub checks a second (0 = off)", .min = 0,
+     .max = LEDGER_SCRUB_PER_SECOND_MAX},
 };
 
 #define LEDGER_USAGE                                                                               \
@@ -124,12 +129,34 @@ static void ledger_identity(const ops_config_t *cfg, ops_store_identity_t *want)
     snprintf(want->cluster_id, sizeof want->cluster_id, "%s", ops_config_str(cfg, "cluster_id"));
     want->shard = ops_config_int(cfg, "shard");
     want->shard_count = (uint32_t)ops_config_int(cfg, "shard_count");
+    want->format = LEDGER_STORE_FORMAT;
+}
+
+/* init --upgrade: a store without identity, or of format 1, gets the checksum of every record
+ * (ledger_store.h) before its identity says format 2. */
+static int ledger_upgrade(const char *dir, uint32_t from, void *arg, char *why, size_t why_cap)
+{
+    const ops_config_t *cfg = arg;
+    if (from >= LEDGER_STORE_FORMAT)
+        return 0;
+    uint64_t count = 0;
+    int rc = ledger_store_add_checksums(
+        dir, (uint64_t)ops_config_int(cfg, "map_size_mb") * LEDGER_MIB, &count);
+    if (rc != 0) {
+        snprintf(why, why_cap, "adding checksums to the records in %s failed: %s (nothing changed)",
+                 dir, qc_strerror(rc));
+        return rc;
+    }
+    printf("qc-ledger init: %llu records of %s now carry their checksum\n",
+           (unsigned long long)count, dir);
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "init") == 0)
-        return ops_store_init_main(&ledger_spec, ledger_identity, argc - 1, argv + 1);
+        return ops_store_init_main(&ledger_spec, ledger_identity, ledger_upgrade, argc - 1,
+                                   argv + 1);
     ops_service_t *ops = NULL;
     int rc = ops_service_start(&ledger_spec, argc, argv, &ops);
     if (rc != 0)
@@ -173,6 +200,7 @@ int main(int argc, char **argv)
         .snapshot_threshold = (unsigned)ops_config_int(cfg, "snapshot_threshold"),
         .snapshot_trailing = (unsigned)ops_config_int(cfg, "snapshot_trailing"),
         .digest_interval_ms = (uint64_t)ops_config_int(cfg, "digest_interval_ms"),
+        .scrub_per_second = (uint32_t)ops_config_int(cfg, "scrub_per_second"),
     };
     ledger_service_t *svc = NULL;
     rc = ledger_service_new(&scfg, &svc);

@@ -48,6 +48,7 @@
 #include "ledger_replay.h"
 #include "ledger_replica.h"
 #include "ledger_saga.h"
+#include "ledger_scrub.h"
 #include "ledger_signer.h"
 #include "ledger_store.h"
 #include "ops_fault.h"
@@ -162,6 +163,7 @@ typedef struct svc_change {
 struct ledger_service {
     ledger_store_t *store;
     ledger_saga_t *saga;
+    ledger_scrub_t *scrub; /* every record's checksum, at scrub_per_second */
     EVP_PKEY *allow_key;
     proto_trust_watch_t *trust; /* CAs and CRL for enrollment, re-read when the CRL changes */
     void *zctx;
@@ -1086,6 +1088,13 @@ static void admit(ledger_service_t *svc, svc_slot_t *slot)
         slot_refuse(slot, QC_EDENIED, "this key may not call this method");
         return;
     }
+    if (m->kind != KIND_READ && ledger_store_corrupt(svc->store)) {
+        /* A record failed its checksum (ledger.corrupt_record names it): nothing more is
+         * written on this shard until an operator repairs it; reads go on. */
+        slot_refuse(slot, QC_ECORRUPT,
+                    "a stored record of this shard failed its checksum: writes are stopped");
+        return;
+    }
     if (req->deadline_mono_ms != 0 && req->deadline_mono_ms < ops_time_mono_ms()) {
         slot_refuse(slot, QC_ETIMEOUT, "request deadline passed before it was served");
         return;
@@ -1123,7 +1132,9 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
     assert(n <= svc->batch_max);
     assert(writes <= n);
     assert(signed_count >= 0);
-    bool due = svc->next_deadline_ms != 0 && svc->next_deadline_ms <= wall;
+    /* A corrupt store (a checksum failed) writes nothing more, compensations included. */
+    bool due = svc->next_deadline_ms != 0 && svc->next_deadline_ms <= wall &&
+               !ledger_store_corrupt(svc->store);
     if (writes == 0 && !due && signed_count == 0)
         return;
     uint64_t t0 = ops_time_mono_ns();
@@ -2059,6 +2070,7 @@ int ledger_service_run(ledger_service_t *svc)
             serve_batch(svc, (size_t)n, signed_count);
         }
         uint64_t mono = ops_time_mono_ms();
+        ledger_scrub_tick(svc->scrub, mono);
         if (mono >= svc->next_reader_check_ms) {
             svc->next_reader_check_ms = mono + LEDGER_READER_CHECK_MS;
             /* A failure is logged by the store; clearing stale readers is housekeeping the
@@ -2078,6 +2090,10 @@ int ledger_service_run(ledger_service_t *svc)
 bool ledger_service_healthy(void *arg, char *why, size_t why_cap)
 {
     ledger_service_t *svc = arg;
+    if (ledger_store_corrupt(svc->store)) {
+        snprintf(why, why_cap, "a stored record failed its checksum: writes are stopped");
+        return false;
+    }
     int rc = atomic_load(&svc->last_commit_rc);
     if (rc != 0) {
         snprintf(why, why_cap, "%s: %s",
@@ -2224,7 +2240,8 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
                                  .shard_count = cfg->shard_count};
     if ((rc = ledger_saga_new(&scfg, &svc->saga)) != 0 ||
         (rc = ledger_query_new(svc->store, svc->saga, cfg->shard, cfg->shard_count, &svc->query)) !=
-            0)
+            0 ||
+        (rc = ledger_scrub_new(svc->store, cfg->scrub_per_second, &svc->scrub)) != 0)
         goto err;
     if ((rc = load_keys(svc, cfg, union_path, sizeof union_path)) != 0)
         goto err;
@@ -2298,6 +2315,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
         zmq_ctx_term(svc->zctx);
     ledger_saga_destroy(&svc->saga);
     ledger_backup_destroy(&svc->backup); /* waits for a copy that runs: it reads the store */
+    ledger_scrub_destroy(&svc->scrub);
     if (svc->fsm != NULL)
         ledger_fsm_destroy(&svc->fsm); /* it owns the store */
     else

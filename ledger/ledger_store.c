@@ -3,13 +3,17 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ops_bytes.h"
+#include "ops_crc32c.h"
+#include "ops_hex.h"
 #include "ops_lmdb.h"
 #include "ops_log.h"
+#include "ops_metrics.h"
 #include "ops_store.h"
 #include "qc_error.h"
 
@@ -23,6 +27,8 @@
 #define STORE_META_APPLIED_INDEX "raft_applied_index"
 #define STORE_META_APPLIED_TIME "raft_applied_time_ms"
 #define STORE_FILE_MODE 0600
+#define STORE_SUM_SIZE OPS_CRC32C_SIZE
+#define STORE_KEY_HEX_MAX 64 /* key bytes named in a corrupt_record log line */
 
 enum store_dbi {
     DBI_ACCOUNTS = 0,
@@ -45,7 +51,23 @@ static const char *const store_dbi_names[STORE_DBI_COUNT] = {
 struct ledger_store {
     MDB_env *env;
     MDB_dbi dbi[STORE_DBI_COUNT];
+    atomic_bool corrupt; /* a record failed its checksum: see ledger_store_corrupt() */
+    ops_counter_t *m_corrupt;
 };
+
+/* The databases whose values carry CRC-32C(key || value) in their last STORE_SUM_SIZE bytes
+ * (ledger_store.h). deadlines (empty values), meta (counters) and certs (DER, bound to its
+ * device by the fingerprint in the device's summed record) carry none. */
+static bool store_summed(enum store_dbi dbi)
+{
+    return dbi == DBI_ACCOUNTS || dbi == DBI_DEVICES || dbi == DBI_LOADS || dbi == DBI_TRANSFERS ||
+           dbi == DBI_OUTBOX;
+}
+
+static uint32_t store_sum(const MDB_val *k, const void *val, size_t val_len)
+{
+    return ops_crc32c(ops_crc32c(0, k->mv_data, k->mv_size), val, val_len);
+}
 
 /* Maps an LMDB error to our code space (ops_lmdb.h) and logs the unexpected ones. */
 static int store_err(const char *what, int rc)
@@ -71,6 +93,9 @@ int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out)
     ledger_store_t *store = calloc(1, sizeof *store);
     if (store == NULL)
         return QC_ENOMEM;
+    atomic_init(&store->corrupt, false);
+    store->m_corrupt = ops_counter("qc_ledger_corrupt_records_total",
+                                   "Records that failed their checksum when read (writes stop)");
     int rc = mdb_env_create(&store->env);
     if (rc != 0) {
         free(store);
@@ -158,38 +183,76 @@ void ledger_store_txn_abort(MDB_txn *txn)
 
 /* ------------------------------------------------------------ generic encode/decode */
 
-/* Packs msg straight into LMDB's page (MDB_RESERVE), so nothing is allocated. */
+/* Packs msg straight into LMDB's page (MDB_RESERVE), so nothing is allocated, and appends
+ * its checksum. */
 static int store_put_msg(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi, const void *key,
                          size_t key_len, const ProtobufCMessage *msg, unsigned flags)
 {
+    assert(store_summed(dbi));
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
-    MDB_val v = {.mv_size = protobuf_c_message_get_packed_size(msg), .mv_data = NULL};
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    MDB_val v = {.mv_size = len + STORE_SUM_SIZE, .mv_data = NULL};
     int rc = mdb_put(txn, store->dbi[dbi], &k, &v, flags | MDB_RESERVE);
     if (rc != 0)
         return store_err("put", rc);
     size_t packed = protobuf_c_message_pack(msg, v.mv_data);
-    assert(packed == v.mv_size);
-    (void)packed;
+    assert(packed == len);
+    ops_be_put((uint8_t *)v.mv_data + len, store_sum(&k, v.mv_data, len), STORE_SUM_SIZE);
     return 0;
 }
 
-/* Looks key up and unpacks the value as desc; the caller frees *out. */
+/* Checks the checksum of a record of a summed database and gives the length of its value
+ * without it. A mismatch names the record in the log (ledger.corrupt_record: db, key in hex),
+ * counts it, and marks the store corrupt: the service stops writing. Returns 0 or
+ * QC_ECORRUPT. */
+static int store_check(ledger_store_t *store, enum store_dbi dbi, const MDB_val *k,
+                       const MDB_val *v, size_t *len)
+{
+    assert(store_summed(dbi));
+    if (v->mv_size >= STORE_SUM_SIZE) {
+        size_t n = v->mv_size - STORE_SUM_SIZE;
+        uint64_t want = ops_be_get((const uint8_t *)v->mv_data + n, STORE_SUM_SIZE);
+        if (store_sum(k, v->mv_data, n) == (uint32_t)want) {
+            *len = n;
+            return 0;
+        }
+    }
+    char hex[2 * STORE_KEY_HEX_MAX + 1];
+    size_t shown = k->mv_size < STORE_KEY_HEX_MAX ? k->mv_size : STORE_KEY_HEX_MAX;
+    ops_hex(k->mv_data, shown, hex);
+    ops_log(OPS_LOG_ERROR, "ledger.corrupt_record", "db", store_dbi_names[dbi], "key", hex, "error",
+            "checksum mismatch: the record is not what was written; writes stop", NULL);
+    ops_counter_add(store->m_corrupt, 1);
+    atomic_store(&store->corrupt, true);
+    return QC_ECORRUPT;
+}
+
+/* Looks key up, checks its checksum and unpacks the value as desc; the caller frees *out. */
 static int store_get_msg(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi, const void *key,
                          size_t key_len, const ProtobufCMessageDescriptor *desc,
                          ProtobufCMessage **out)
 {
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
     MDB_val v;
+    size_t len = 0;
     *out = NULL;
     int rc = mdb_get(txn, store->dbi[dbi], &k, &v);
     if (rc != 0)
         return store_err("get", rc);
-    *out = protobuf_c_message_unpack(desc, NULL, v.mv_size, v.mv_data);
+    if ((rc = store_check(store, dbi, &k, &v, &len)) != 0)
+        return rc;
+    *out = protobuf_c_message_unpack(desc, NULL, len, v.mv_data);
     if (*out == NULL) {
         ops_log(OPS_LOG_ERROR, "ledger.corrupt_record", "db", store_dbi_names[dbi], NULL);
         return QC_EDECODE;
     }
     return 0;
+}
+
+bool ledger_store_corrupt(const ledger_store_t *store)
+{
+    assert(store != NULL);
+    return atomic_load(&((ledger_store_t *)store)->corrupt);
 }
 
 /* Copies a string field into a fixed buffer; refuses what does not fit. */
@@ -757,7 +820,10 @@ int ledger_store_outbox_read(ledger_store_t *store, MDB_txn *txn, uint64_t after
     int op = MDB_SET_RANGE;
     while (reply->n_events < max && (rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
         op = MDB_NEXT;
-        Qcledger__OutboxEvent *ev = qcledger__outbox_event__unpack(NULL, v.mv_size, v.mv_data);
+        size_t len = 0;
+        if ((rc = store_check(store, DBI_OUTBOX, &k, &v, &len)) != 0)
+            break;
+        Qcledger__OutboxEvent *ev = qcledger__outbox_event__unpack(NULL, len, v.mv_data);
         if (ev == NULL) {
             rc = QC_EDECODE;
             break;
@@ -873,10 +939,10 @@ int ledger_store_outbox_ack_by(ledger_store_t *store, MDB_txn *txn, const char *
 typedef int(store_visit_fn)(void *fn, void *arg, const MDB_val *k, const MDB_val *v);
 
 /* Visits the records of dbi in key order whose key is above after (after_len bytes; 0: from
- * the first record). */
+ * the first record), each value's checksum checked, and stripped unless raw. */
 static int store_walk_after(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi,
-                            const uint8_t *after, size_t after_len, store_visit_fn *visit, void *fn,
-                            void *arg)
+                            const uint8_t *after, size_t after_len, bool raw, store_visit_fn *visit,
+                            void *fn, void *arg)
 {
     MDB_cursor *cur = NULL;
     int rc = mdb_cursor_open(txn, store->dbi[dbi], &cur);
@@ -889,7 +955,13 @@ static int store_walk_after(ledger_store_t *store, MDB_txn *txn, enum store_dbi 
         /* MDB_SET_RANGE lands on the key itself when it exists: that one was visited. */
         if (after_len > 0 && k.mv_size == after_len && memcmp(k.mv_data, after, after_len) == 0)
             continue;
-        if ((rc = visit(fn, arg, &k, &v)) != 0)
+        /* Every record read is checked, the raw walk (snapshots) included: a corrupt record
+         * is never handed on, not even to another replica. */
+        size_t len = v.mv_size;
+        if (store_summed(dbi) && (rc = store_check(store, dbi, &k, &v, &len)) != 0)
+            break;
+        MDB_val body = {.mv_size = raw ? v.mv_size : len, .mv_data = v.mv_data};
+        if ((rc = visit(fn, arg, &k, &body)) != 0)
             break;
     }
     mdb_cursor_close(cur);
@@ -900,10 +972,11 @@ static int store_walk_after(ledger_store_t *store, MDB_txn *txn, enum store_dbi 
     return rc;
 }
 
+/* Walks dbi with each value's checksum checked and stripped. */
 static int store_walk(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi,
                       store_visit_fn *visit, void *fn, void *arg)
 {
-    return store_walk_after(store, txn, dbi, NULL, 0, visit, fn, arg);
+    return store_walk_after(store, txn, dbi, NULL, 0, false, visit, fn, arg);
 }
 
 static int visit_account(void *fn, void *arg, const MDB_val *k, const MDB_val *v)
@@ -1001,8 +1074,8 @@ int ledger_store_each_load_after(ledger_store_t *store, MDB_txn *txn, const uint
     assert(store != NULL);
     assert(fn != NULL);
     return store_walk_after(store, txn, DBI_LOADS, after_txn,
-                            after_txn != NULL ? LEDGER_TXN_ID_SIZE : 0, visit_load, (void *)fn,
-                            arg);
+                            after_txn != NULL ? LEDGER_TXN_ID_SIZE : 0, false, visit_load,
+                            (void *)fn, arg);
 }
 
 int ledger_store_each_transfer(ledger_store_t *store, MDB_txn *txn, ledger_store_transfer_fn *fn,
@@ -1064,7 +1137,8 @@ int ledger_store_each_record(ledger_store_t *store, MDB_txn *txn, ledger_store_r
     assert(fn != NULL);
     store_record_walk_t w = {.fn = fn, .arg = arg};
     for (w.db = 0; w.db < STORE_DBI_COUNT; w.db++) {
-        int rc = store_walk(store, txn, (enum store_dbi)w.db, visit_record, NULL, &w);
+        int rc = store_walk_after(store, txn, (enum store_dbi)w.db, NULL, 0, true, visit_record,
+                                  NULL, &w);
         if (rc != 0)
             return rc;
     }
@@ -1097,6 +1171,141 @@ int ledger_store_record_append(ledger_store_t *store, MDB_txn *txn, unsigned db,
     if (rc == MDB_KEYEXIST)
         return QC_EDECODE; /* out of key order */
     return rc == 0 ? 0 : store_err("record_append", rc);
+}
+
+/* ------------------------------------------------------------ scrub */
+
+/* Checks the records of db from s's position on, at most max - *done of them; *end true when
+ * db has no more. */
+static int scrub_db(ledger_store_t *store, MDB_txn *txn, ledger_store_scrub_t *s, size_t max,
+                    size_t *done, bool *end)
+{
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[s->db], &cur);
+    if (rc != 0)
+        return store_err("cursor_open", rc);
+    MDB_val k = {.mv_size = s->key_len, .mv_data = s->key}, v;
+    rc = mdb_cursor_get(cur, &k, &v, s->key_len > 0 ? MDB_SET_RANGE : MDB_FIRST);
+    if (rc == 0 && s->key_len > 0 && k.mv_size == s->key_len &&
+        memcmp(k.mv_data, s->key, s->key_len) == 0)
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT); /* checked by the last step */
+    while (rc == 0 && *done < max) {
+        size_t len = 0;
+        if (store_check(store, (enum store_dbi)s->db, &k, &v, &len) != 0)
+            s->corrupt++;
+        s->checked++;
+        (*done)++;
+        assert(k.mv_size <= sizeof s->key);
+        memcpy(s->key, k.mv_data, k.mv_size);
+        s->key_len = k.mv_size;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    *end = rc == MDB_NOTFOUND;
+    if (rc == 0 || rc == MDB_NOTFOUND)
+        return 0;
+    return store_err("scrub", rc);
+}
+
+int ledger_store_scrub_step(ledger_store_t *store, ledger_store_scrub_t *s, size_t max,
+                            bool *pass_done)
+{
+    assert(store != NULL);
+    assert(s != NULL);
+    assert(s->db < STORE_DBI_COUNT);
+    *pass_done = false;
+    MDB_txn *txn = NULL;
+    int rc = ledger_store_txn_begin(store, NULL, false, &txn);
+    if (rc != 0)
+        return rc;
+    size_t done = 0;
+    /* At most one lap of the databases per step, however few records there are. */
+    for (int moves = 0; rc == 0 && done < max && moves <= STORE_DBI_COUNT; moves++) {
+        bool end = true;
+        if (store_summed((enum store_dbi)s->db))
+            rc = scrub_db(store, txn, s, max, &done, &end);
+        if (rc != 0 || !end)
+            break;
+        s->key_len = 0;
+        if (++s->db == STORE_DBI_COUNT) {
+            s->db = 0;
+            s->passes++;
+            *pass_done = true;
+            break;
+        }
+    }
+    ledger_store_txn_abort(txn);
+    return rc;
+}
+
+/* ------------------------------------------------------------ format upgrade */
+
+/* Appends the checksum to every value of one summed database that lacks it, in txn. */
+static int upgrade_db(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi, uint64_t *count)
+{
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[dbi], &cur);
+    if (rc != 0)
+        return store_err("cursor_open", rc);
+    MDB_val k, v;
+    int op = MDB_FIRST;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        /* A record that already ends in its own checksum keeps it (a store written by this
+         * release's store API, e.g. a test's, that has no identity yet): the upgrade can run
+         * twice. A record without one passes that test by chance once in 2^32. */
+        size_t n = v.mv_size >= STORE_SUM_SIZE ? v.mv_size - STORE_SUM_SIZE : 0;
+        if (v.mv_size >= STORE_SUM_SIZE &&
+            store_sum(&k, v.mv_data, n) ==
+                (uint32_t)ops_be_get((const uint8_t *)v.mv_data + n, STORE_SUM_SIZE))
+            continue;
+        /* The key and value point into the page the put rewrites (a larger value is a delete
+         * and an insert): both are copied first. */
+        assert(k.mv_size <= LEDGER_STORE_KEY_MAX);
+        uint8_t key[LEDGER_STORE_KEY_MAX];
+        memcpy(key, k.mv_data, k.mv_size);
+        MDB_val kc = {.mv_size = k.mv_size, .mv_data = key};
+        uint8_t *buf = malloc(v.mv_size + STORE_SUM_SIZE);
+        if (buf == NULL) {
+            rc = QC_ENOMEM;
+            break;
+        }
+        memcpy(buf, v.mv_data, v.mv_size);
+        ops_be_put(buf + v.mv_size, store_sum(&kc, buf, v.mv_size), STORE_SUM_SIZE);
+        MDB_val nv = {.mv_size = v.mv_size + STORE_SUM_SIZE, .mv_data = buf};
+        rc = mdb_cursor_put(cur, &kc, &nv, MDB_CURRENT);
+        free(buf);
+        if (rc != 0)
+            break;
+        (*count)++;
+    }
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    return rc > 0 ? store_err("upgrade", rc) : rc;
+}
+
+int ledger_store_add_checksums(const char *dir, uint64_t map_size, uint64_t *count)
+{
+    assert(dir != NULL);
+    assert(count != NULL);
+    *count = 0;
+    ledger_store_t *store = NULL;
+    int rc = ledger_store_open(dir, map_size, &store);
+    if (rc != 0)
+        return rc;
+    MDB_txn *txn = NULL;
+    if ((rc = ledger_store_txn_begin(store, NULL, true, &txn)) == 0) {
+        for (int db = 0; rc == 0 && db < STORE_DBI_COUNT; db++)
+            if (store_summed((enum store_dbi)db))
+                rc = upgrade_db(store, txn, (enum store_dbi)db, count);
+        if (rc == 0)
+            rc = ledger_store_txn_commit(txn);
+        else
+            ledger_store_txn_abort(txn);
+    }
+    ledger_store_close(&store);
+    return rc;
 }
 
 /* ------------------------------------------------------------ hygiene */

@@ -18,6 +18,17 @@
  *                                        outbox consumer's cursor "outbox_acked:<consumer>")
  *   certs      device id             -> the device's certificate (DER), written once
  *
+ * Checksums (issue 21; LMDB keeps none of keys or values). The value of every record of
+ * accounts, devices, loads, transfers and outbox is the protobuf followed by 4 bytes,
+ * CRC-32C(key || protobuf) big-endian (ops/lib/ops_crc32c.h says why CRC-32C). Every read
+ * checks it: get, the walks (each_*, each_record for snapshots), outbox_read. A mismatch is
+ * QC_ECORRUPT to the caller, one log line ledger.corrupt_record naming the database and the
+ * key (hex), the counter qc_ledger_corrupt_records_total, and ledger_store_corrupt() true for
+ * the life of the store: the service then refuses every write (reads go on). A flipped bit in
+ * a key is caught too, since the checksum covers the key the record was written under.
+ * Stores written before checksums (identity format < LEDGER_STORE_FORMAT) are refused at
+ * start; `qc-ledger init --upgrade` adds them (ledger_store_add_checksums()).
+ *
  * The environment is opened without MDB_NOSYNC: a commit returns once it is on disk. */
 #ifndef LEDGER_STORE_H
 #define LEDGER_STORE_H
@@ -121,6 +132,21 @@ QC_MUST_CHECK int ledger_store_open(const char *dir, uint64_t map_size, ledger_s
  * open. */
 void ledger_store_close(ledger_store_t **store_p);
 
+/* The record format of the store's identity (ops/lib/ops_store.h): 2 = every record of the
+ * summed databases carries its checksum. */
+#define LEDGER_STORE_FORMAT 2
+
+/* True once a record read through this store failed its checksum (QC_ECORRUPT): the shard
+ * stops writing. Safe from any thread. */
+bool ledger_store_corrupt(const ledger_store_t *store);
+
+/* Upgrades the store of dir (no other process may have it open) to LEDGER_STORE_FORMAT:
+ * appends the checksum to every value of the summed databases that does not already end in
+ * its own (so it may run twice), in one write transaction. *count gets the number of records
+ * changed. Returns 0, or what ledger_store_open() and LMDB return
+ * (nothing changed then). */
+QC_MUST_CHECK int ledger_store_add_checksums(const char *dir, uint64_t map_size, uint64_t *count);
+
 /* Records (or, on later opens, checks) the shard identity this environment belongs to, so
  * a data directory cannot be served as another shard. Commits its own transaction.
  * Returns 0, QC_ECONFIG when the stored identity differs, QC_EIO. */
@@ -136,7 +162,8 @@ QC_MUST_CHECK int ledger_store_txn_begin(ledger_store_t *store, MDB_txn *parent,
 QC_MUST_CHECK int ledger_store_txn_commit(MDB_txn *txn);
 void ledger_store_txn_abort(MDB_txn *txn);
 
-/* Record access. get: 0, QC_ENOTFOUND, QC_EDECODE (a corrupt record), QC_EIO.
+/* Record access. get: 0, QC_ENOTFOUND, QC_ECORRUPT (checksum mismatch), QC_EDECODE (a
+ * record that does not parse), QC_EIO.
  * put: 0, QC_EFULL, QC_EIO. */
 QC_MUST_CHECK int ledger_store_account_get(ledger_store_t *store, MDB_txn *txn, const char *id,
                                            ledger_account_t *out);
@@ -268,6 +295,25 @@ QC_MUST_CHECK int ledger_store_wipe(ledger_store_t *store, MDB_txn *txn);
 QC_MUST_CHECK int ledger_store_record_append(ledger_store_t *store, MDB_txn *txn, unsigned db,
                                              const uint8_t *key, size_t key_len, const uint8_t *val,
                                              size_t val_len);
+
+/* The scrub: a walk over every record of the summed databases that checks each checksum, a
+ * few at a time (the service does ledger_store_scrub_step() on a timer: scrub_per_second), so
+ * that a flipped bit in a record nobody reads is found too. A corrupt record is logged,
+ * counted and marks the store as any read does; the walk goes on past it. */
+typedef struct ledger_store_scrub {
+    unsigned db;                           /* the database the walk is in */
+    uint8_t key[LEDGER_STORE_KEY_MAX + 1]; /* the last key checked there */
+    size_t key_len;                        /* 0: from the first key */
+    uint64_t checked;                      /* records checked, all passes */
+    uint64_t corrupt;                      /* of which failed their checksum */
+    uint64_t passes;                       /* whole walks completed */
+} ledger_store_scrub_t;
+
+/* Checks up to max records from where s left off, in one read transaction, and moves on
+ * (wrapping to the first database after the last: *pass_done true then). s starts zeroed.
+ * Returns 0, QC_EIO or QC_EBUSY (no reader slot). */
+QC_MUST_CHECK int ledger_store_scrub_step(ledger_store_t *store, ledger_store_scrub_t *s,
+                                          size_t max, bool *pass_done);
 
 /* True when the map is more than LEDGER_MAP_USED_PCT_MAX percent used: callers refuse
  * growth (new loads, accounts, deposits) with QC_EFULL while releases still fit. Sets

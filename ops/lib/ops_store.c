@@ -383,8 +383,9 @@ int ops_store_identity_check(const ops_store_identity_t *have, const ops_store_i
     return 0;
 }
 
-/* Writes id into the store of dir (created when missing): the identity database and record. */
-static int identity_write(const char *dir, const ops_store_identity_t *id, char *why,
+/* Writes id into the store of dir (created when missing): the identity database and record
+ * (replacing one only when replace). */
+static int identity_write(const char *dir, const ops_store_identity_t *id, bool replace, char *why,
                           size_t why_cap)
 {
     char text[STORE_IDENTITY_TEXT_MAX];
@@ -401,7 +402,7 @@ static int identity_write(const char *dir, const ops_store_identity_t *id, char 
         (rc = mdb_env_open(env, dir, MDB_NOTLS, 0600)) != 0 ||
         (rc = mdb_txn_begin(env, NULL, 0, &txn)) != 0 ||
         (rc = mdb_dbi_open(txn, OPS_STORE_IDENTITY_DB, MDB_CREATE, &dbi)) != 0 ||
-        (rc = mdb_put(txn, dbi, &k, &v, MDB_NOOVERWRITE)) != 0) {
+        (rc = mdb_put(txn, dbi, &k, &v, replace ? 0 : MDB_NOOVERWRITE)) != 0) {
         why_set(why, why_cap, "cannot write the identity of the store in %s: %s", dir,
                 mdb_strerror(rc));
         rc = rc == MDB_KEYEXIST ? QC_EEXIST : QC_EIO;
@@ -422,8 +423,31 @@ out:
     return rc;
 }
 
-int ops_store_init(const char *dir, const ops_store_identity_t *id, bool upgrade, char *why,
-                   size_t why_cap)
+/* The upgrade of the store in dir (locked, data.mdb present and whole) to id's format. */
+static int store_upgrade(const char *dir, const ops_store_identity_t *id,
+                         ops_store_upgrade_fn *upgrade_fn, void *arg, char *why, size_t why_cap)
+{
+    ops_store_identity_t have;
+    int rc = ops_store_identity_read(dir, &have, why, why_cap);
+    if (rc != 0 && rc != QC_ENOTFOUND)
+        return rc;
+    bool had = rc == 0;
+    if (had && have.format >= id->format) {
+        why_set(why, why_cap, "the store in %s is current already (format %" PRIu32 ")", dir,
+                have.format);
+        return QC_EEXIST;
+    }
+    if (had && (rc = ops_store_identity_check(&have, id, dir, why, why_cap)) != 0)
+        return rc;
+    if (upgrade_fn != NULL && (rc = upgrade_fn(dir, had ? have.format : 0, arg, why, why_cap)) != 0)
+        return rc;
+    ops_store_identity_t w = *id;
+    w.created_ms = had ? have.created_ms : ops_time_wall_ms();
+    return identity_write(dir, &w, had, why, why_cap);
+}
+
+int ops_store_init(const char *dir, const ops_store_identity_t *id, bool upgrade,
+                   ops_store_upgrade_fn *upgrade_fn, void *arg, char *why, size_t why_cap)
 {
     assert(dir != NULL);
     assert(id != NULL);
@@ -445,7 +469,6 @@ int ops_store_init(const char *dir, const ops_store_identity_t *id, bool upgrade
     path_in(dir, OPS_STORE_DATA_FILE, path);
     struct stat st;
     bool exists = stat(path, &st) == 0;
-    ops_store_identity_t have;
     if (!upgrade && exists) {
         why_set(why, why_cap,
                 "%s exists already: init makes new stores only (an old store without identity "
@@ -456,15 +479,14 @@ int ops_store_init(const char *dir, const ops_store_identity_t *id, bool upgrade
         why_set(why, why_cap, "%s does not exist: nothing to upgrade (init without --upgrade)",
                 path);
         rc = QC_ENOTFOUND;
-    } else if (upgrade && (rc = ops_store_identity_read(dir, &have, why, why_cap)) == 0) {
-        why_set(why, why_cap, "the store in %s has an identity already (cluster \"%s\")", dir,
-                have.cluster_id);
-        rc = QC_EEXIST;
-    } else if (!upgrade || rc == QC_ENOTFOUND) {
+    } else if (upgrade) {
+        rc = ops_store_check_file(dir, false, why, why_cap);
+        if (rc == 0)
+            rc = store_upgrade(dir, id, upgrade_fn, arg, why, why_cap);
+    } else {
         ops_store_identity_t w = *id;
-        w.format = OPS_STORE_FORMAT;
         w.created_ms = ops_time_wall_ms();
-        rc = identity_write(dir, &w, why, why_cap);
+        rc = identity_write(dir, &w, false, why, why_cap);
     }
     ops_store_unlock(&lock);
     return rc;
@@ -489,6 +511,20 @@ static int store_claim(const char *dir, const ops_store_identity_t *want, ops_st
     ops_store_identity_t have;
     if ((rc = ops_store_identity_read(dir, &have, why, why_cap)) == 0)
         rc = ops_store_identity_check(&have, want, dir, why, why_cap);
+    if (rc == 0 && have.format < want->format) {
+        why_set(why, why_cap,
+                "the store in %s is of format %" PRIu32 ", older than this release's %" PRIu32
+                " (records without checksums): stop, run init --upgrade once, start",
+                dir, have.format, want->format);
+        rc = QC_EVERSION;
+    }
+    if (rc == 0 && have.format > want->format) {
+        why_set(why, why_cap,
+                "the store in %s is of format %" PRIu32 ", newer than this release's %" PRIu32
+                ": run the release that wrote it",
+                dir, have.format, want->format);
+        rc = QC_EVERSION;
+    }
     if (rc != 0)
         ops_store_unlock(lock);
     return rc;
@@ -518,8 +554,8 @@ static const ops_config_key_t store_init_keys[STORE_INIT_EXTRA] = {
      "give an existing store made before init existed its identity (nothing else changes)"},
 };
 
-int ops_store_init_main(const ops_service_spec_t *spec, ops_store_identity_fn *fn, int argc,
-                        char **argv)
+int ops_store_init_main(const ops_service_spec_t *spec, ops_store_identity_fn *fn,
+                        ops_store_upgrade_fn *upgrade_fn, int argc, char **argv)
 {
     assert(spec != NULL);
     assert(fn != NULL);
@@ -566,14 +602,14 @@ int ops_store_init_main(const ops_service_spec_t *spec, ops_store_identity_fn *f
     fn(cfg, &want);
     char why[OPS_STORE_WHY_MAX] = "";
     bool upgrade = ops_config_bool(cfg, "upgrade");
-    rc = ops_store_init(dir, &want, upgrade, why, sizeof why);
+    rc = ops_store_init(dir, &want, upgrade, upgrade_fn, cfg, why, sizeof why);
     char shard[64] = "";
     if (want.shard != OPS_STORE_NO_SHARD)
         snprintf(shard, sizeof shard, ", shard %" PRId64 " of %" PRIu32, want.shard,
                  want.shard_count);
     if (rc == 0)
         printf("%s: %s the %s store in %s (cluster %s%s)\n", program,
-               upgrade ? "gave an identity to" : "created", want.kind, dir, want.cluster_id, shard);
+               upgrade ? "upgraded" : "created", want.kind, dir, want.cluster_id, shard);
     else
         fprintf(stderr, "%s: refused: %s\n", program, why);
     ops_config_destroy(&cfg);

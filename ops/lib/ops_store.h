@@ -15,7 +15,7 @@
  *
  * The identity is one record, OPS_STORE_IDENTITY_KEY in the named database
  * OPS_STORE_IDENTITY_DB, kept outside the databases a store replicates or snapshots, as text
- * lines ("kind=ledger\ncluster=...\nshard=0\nshard_count=2\ncreated_ms=...\nformat=1\n") so that
+ * lines ("kind=ledger\ncluster=...\nshard=0\nshard_count=2\ncreated_ms=...\nformat=2\n") so that
  * mdb_dump shows it. A store without it was made before `init` existed: the service refuses it
  * and `init --upgrade` gives it one (docs/OPERATIONS.md). */
 #ifndef OPS_STORE_H
@@ -36,7 +36,6 @@
 #define OPS_STORE_WHY_MAX 512           /* one refusal sentence, paths included */
 #define OPS_STORE_CLUSTER_ID_MAX 64     /* bytes of a cluster id: [A-Za-z0-9._-] */
 #define OPS_STORE_KIND_MAX 16           /* "ledger", "audit" */
-#define OPS_STORE_FORMAT 1              /* the record format a new store is written in */
 #define OPS_STORE_NO_SHARD (-1)         /* the shard of a store that has none (audit) */
 #define OPS_STORE_MAP_SIZE (1ull << 20) /* init's map: the store grows it on its first open */
 
@@ -46,7 +45,7 @@ typedef struct ops_store_identity {
     int64_t shard;        /* OPS_STORE_NO_SHARD, or 0 .. shard_count - 1 */
     uint32_t shard_count; /* 0 when there is no shard */
     uint64_t created_ms;  /* wall clock at init (informative: never compared) */
-    uint32_t format;      /* OPS_STORE_FORMAT when written */
+    uint32_t format;      /* the kind's record format (ledger_store.h: 2 = checksums) */
 } ops_store_identity_t;
 
 typedef struct ops_store_lock ops_store_lock_t;
@@ -84,32 +83,41 @@ QC_MUST_CHECK int ops_store_identity_check(const ops_store_identity_t *have,
                                            const ops_store_identity_t *want, const char *dir,
                                            char *why, size_t why_cap);
 
-/* Creates the store of dir with identity id (format and created_ms are filled in here):
- * mkdir dir (0700) when missing, the owner lock, then data.mdb must be missing. With upgrade,
- * data.mdb must instead exist, pass ops_store_check_file() and have no identity yet: an old
- * store gets one, nothing else changes. Returns 0; QC_EEXIST (a store is there already, or
- * already has an identity), QC_ENOTFOUND (upgrade of nothing), QC_EBUSY (a process owns dir),
- * QC_ECORRUPT, QC_EIO; why says which. */
+/* Brings the records of the store in dir from format from (0: a store without identity) to
+ * the current one, under the owner lock, before the new identity is written. arg is
+ * ops_store_init()'s. Returns 0 or a QC_E* code with why filled in. */
+typedef int(ops_store_upgrade_fn)(const char *dir, uint32_t from, void *arg, char *why,
+                                  size_t why_cap);
+
+/* Creates the store of dir with identity id (created_ms is filled in here): mkdir dir (0700)
+ * when missing, the owner lock, then data.mdb must be missing. With upgrade, data.mdb must
+ * instead exist and pass ops_store_check_file(), and have no identity or one of an older
+ * format of the same cluster and shard: upgrade_fn (may be NULL) brings its records to id's
+ * format, then the identity is (re)written. Returns 0; QC_EEXIST (a store is there already,
+ * or is current), QC_ENOTFOUND (upgrade of nothing), QC_EBUSY (a process owns dir),
+ * QC_ECONFIG (another cluster's or shard's), QC_ECORRUPT, QC_EIO; why says which. */
 QC_MUST_CHECK int ops_store_init(const char *dir, const ops_store_identity_t *id, bool upgrade,
-                                 char *why, size_t why_cap);
+                                 ops_store_upgrade_fn *upgrade_fn, void *arg, char *why,
+                                 size_t why_cap);
 
 /* What a service does before it opens its store: the owner lock, the file check (must exist),
- * the identity read and compared with want. Returns 0 and sets *lock (the caller keeps it for
+ * the identity read and compared with want (a format other than want's is QC_EVERSION: an
+ * older store must be upgraded first). Returns 0 and sets *lock (the caller keeps it for
  * the process's life), or the code of the first refusal with why (one sentence naming dir),
  * which is also logged as "<want->kind>.store_refused" (fields data_dir, error). dir NULL or
  * empty is refused too (QC_ECONFIG). */
 QC_MUST_CHECK int ops_store_claim(const char *dir, const ops_store_identity_t *want,
                                   ops_store_lock_t **lock, char *why, size_t why_cap);
 
-/* Fills want's identity from a service's config (kind, cluster id; shard and count when
- * has_shard: the config's "shard" and "shard_count"). */
+/* Fills want's identity from a service's config: kind, cluster id, shard and count, format. */
 typedef void(ops_store_identity_fn)(const ops_config_t *cfg, ops_store_identity_t *want);
 
 /* `<program> init [--upgrade] [--config FILE] [flags]` for a service: loads the service's config
  * (the same file and flags it starts with, plus --upgrade), builds the identity with fn, and
- * runs ops_store_init() on the config's data_dir. Prints one line on stdout (done) or stderr
- * (why not). Returns the exit status: OPS_SERVICE_EXIT_OK, _FAILED or _USAGE. */
-int ops_store_init_main(const ops_service_spec_t *spec, ops_store_identity_fn *fn, int argc,
-                        char **argv);
+ * runs ops_store_init() on the config's data_dir with upgrade_fn (may be NULL; its arg is the
+ * loaded config). Prints one line on stdout (done) or stderr (why not). Returns the exit
+ * status: OPS_SERVICE_EXIT_OK, _FAILED or _USAGE. */
+int ops_store_init_main(const ops_service_spec_t *spec, ops_store_identity_fn *fn,
+                        ops_store_upgrade_fn *upgrade_fn, int argc, char **argv);
 
 #endif

@@ -102,6 +102,8 @@ static const ops_config_key_t qcctl_keys[] = {
     {"after", OPS_CONFIG_STRING, NULL, "load list: continue after this cursor (its \"next\")"},
     {"timeout_ms", OPS_CONFIG_INT, QCCTL_TIMEOUT_DEFAULT, "per call, retries included"},
     {"replicas", OPS_CONFIG_BOOL, "false", "check: ask every replica of every shard on its own"},
+    {"deep", OPS_CONFIG_BOOL, "false",
+     "check: also every record's checksum, each shard's whole store (the scrub, on demand)"},
     {"shard", OPS_CONFIG_INT, "-1", "shard verbs: the shard (status: default every shard)", -1,
      QCCTL_SHARDS_MAX - 1},
     {"id", OPS_CONFIG_INT, "0", "shard add-replica/remove-replica: the replica's raft id", 0,
@@ -129,7 +131,8 @@ static const ops_config_key_t qcctl_keys[] = {
     "            [--after CURSOR]   loads of every shard, --limit at most (default 100)\n"         \
     "  account statement ID [--since T] [--until T] [--limit N]   movements, running balance\n"    \
     "  (T: 2026-12-08T01:00:00Z or Unix ms, UTC)\n"                                                \
-    "  check [--replicas]  invariants of every shard (of every replica with --replicas);\n"        \
+    "  check [--replicas] [--deep]  invariants of every shard (of every replica with\n"            \
+    "                   --replicas; with --deep every record's checksum first);\n"                 \
     "                   JSON; exit 1 when any fails\n"                                             \
     "  shard status [--shard S]   every replica of each shard: role, term, indexes, lag\n"         \
     "  shard add-replica --shard S --id N --raft-address H:P --endpoint E --raft-key Z85\n"        \
@@ -952,6 +955,7 @@ static void check_one(qcctl_t *q, uint32_t s, proto_rpc_client_t *cli, const cha
                       bool *all_ok, bool *unreachable)
 {
     Qcledger__CheckRequest m = QCLEDGER__CHECK_REQUEST__INIT;
+    m.deep = ops_config_bool(q->cfg, "deep");
     proto_rpc_reply_t *r = NULL;
     printf("{\"shard\":%u,", s);
     if (endpoint != NULL) {
@@ -981,10 +985,13 @@ static void check_one(qcctl_t *q, uint32_t s, proto_rpc_client_t *cli, const cha
     }
     *all_ok &= c->ok;
     printf("\"ok\":%s,\"accounts\":%" PRIu64 ",\"devices\":%" PRIu64 ",\"loads\":%" PRIu64
-           ",\"reserved\":%" PRIu64 ",\"transfers\":%" PRIu64 ",\"outbox_depth\":%" PRIu64
-           ",\"currencies\":[",
+           ",\"reserved\":%" PRIu64 ",\"transfers\":%" PRIu64 ",\"outbox_depth\":%" PRIu64,
            c->ok ? "true" : "false", c->accounts, c->devices, c->loads, c->reserved, c->transfers,
            c->outbox_depth);
+    if (m.deep)
+        printf(",\"checksums_checked\":%" PRIu64 ",\"checksums_failed\":%" PRIu64,
+               c->checksums_checked, c->checksums_failed);
+    printf(",\"currencies\":[");
     for (size_t i = 0; i < c->n_currencies; i++) {
         const Qcledger__CurrencyTotals *t = c->currencies[i];
         printf("%s{\"currency\":%u,\"sum\":%" PRId64 ",\"hold\":%" PRId64

@@ -32,6 +32,24 @@
 static const char *ledger_bin;
 static const char *audit_bin;
 
+/* The processes of the running test, in static storage: a failed assertion leaves the test
+ * function at once, and the teardown still finds them (and their stand-in signer threads) to
+ * stop. */
+static lp_t g_lp[2];
+static ap_t g_ap[2];
+
+static int teardown(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof g_lp / sizeof g_lp[0]; i++)
+        if (g_lp[i].zctx != NULL)
+            lp_teardown(&g_lp[i]);
+    for (size_t i = 0; i < sizeof g_ap / sizeof g_ap[0]; i++)
+        if (g_ap[i].zctx != NULL)
+            ap_teardown(&g_ap[i]);
+    return 0;
+}
+
 /* The process ended by itself with exit status 1 (a refusal), not by a signal. */
 static void assert_refused(int status)
 {
@@ -89,28 +107,28 @@ static long file_size(const char *path)
 static void test_ledger_missing(void **state)
 {
     (void)state;
-    lp_t lp;
-    assert_int_equal(lp_setup(&lp, ledger_bin, T_PORT), 0);
-    lp.no_init = true;
-    ledger_refused(&lp, NULL, "does not exist");
+    lp_t *lp = &g_lp[0];
+    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT), 0);
+    lp->no_init = true;
+    ledger_refused(lp, NULL, "does not exist");
     char mdb[LP_PATH_MAX];
-    ledger_data(&lp, "data.mdb", mdb);
+    ledger_data(lp, "data.mdb", mdb);
     assert_int_not_equal(access(mdb, F_OK), 0); /* and it created nothing */
-    lp_teardown(&lp);
+    lp_teardown(lp);
 }
 
 /* A 0-byte data.mdb (a wiped disk) is refused: LMDB alone would make it a new store. */
 static void test_ledger_empty(void **state)
 {
     (void)state;
-    lp_t lp;
-    ledger_filled(&lp);
+    lp_t *lp = &g_lp[0];
+    ledger_filled(lp);
     char mdb[LP_PATH_MAX];
-    ledger_data(&lp, "data.mdb", mdb);
+    ledger_data(lp, "data.mdb", mdb);
     assert_int_equal(truncate(mdb, 0), 0);
-    ledger_refused(&lp, NULL, "is 0 bytes");
+    ledger_refused(lp, NULL, "is 0 bytes");
     assert_int_equal(file_size(mdb), 0);
-    lp_teardown(&lp);
+    lp_teardown(lp);
 }
 
 /* Truncated to 8 KiB (the two meta pages) and to half: refused before the map, never SIGBUS. */
@@ -119,16 +137,16 @@ static void test_ledger_truncated(void **state)
     (void)state;
     long sizes[2] = {8192, 0};
     for (int i = 0; i < 2; i++) {
-        lp_t lp;
-        ledger_filled(&lp);
+        lp_t *lp = &g_lp[0];
+        ledger_filled(lp);
         char mdb[LP_PATH_MAX];
-        ledger_data(&lp, "data.mdb", mdb);
+        ledger_data(lp, "data.mdb", mdb);
         long full = file_size(mdb);
         assert_true(full > 4 * 8192);
         long to = sizes[i] != 0 ? sizes[i] : full / 2;
         assert_int_equal(truncate(mdb, to), 0);
-        ledger_refused(&lp, NULL, "is truncated");
-        lp_teardown(&lp);
+        ledger_refused(lp, NULL, "is truncated");
+        lp_teardown(lp);
     }
 }
 
@@ -136,70 +154,181 @@ static void test_ledger_truncated(void **state)
 static void test_ledger_foreign(void **state)
 {
     (void)state;
-    lp_t lp;
-    assert_int_equal(lp_setup(&lp, ledger_bin, T_PORT), 0);
+    lp_t *lp = &g_lp[0];
+    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT), 0);
     const char *a[] = {"--cluster-id", "bank-a", NULL};
-    assert_int_equal(lp_start(&lp, NULL, 0, a), 0);
-    assert_int_not_equal(lp_stop(&lp, SIGTERM), -1);
+    assert_int_equal(lp_start(lp, NULL, 0, a), 0);
+    assert_int_not_equal(lp_stop(lp, SIGTERM), -1);
     const char *b[] = {"--cluster-id", "bank-b", NULL};
-    ledger_refused(&lp, b, "belongs to cluster \\\"bank-a\\\", not to this cluster \\\"bank-b\\\"");
+    ledger_refused(lp, b, "belongs to cluster \\\"bank-a\\\", not to this cluster \\\"bank-b\\\"");
     const char *shard[] = {"--cluster-id", "bank-a", "--shard", "1", "--shard-count", "2", NULL};
-    ledger_refused(&lp, shard, "is shard 0 of 1, not shard 1 of 2");
-    assert_int_equal(lp_start(&lp, NULL, 0, a), 0); /* its own identity still starts */
-    lp_teardown(&lp);
+    ledger_refused(lp, shard, "is shard 0 of 1, not shard 1 of 2");
+    assert_int_equal(lp_start(lp, NULL, 0, a), 0); /* its own identity still starts */
+    lp_teardown(lp);
 }
 
 /* Two ledgers on one data directory: the second refuses and names the first one's pid. */
 static void test_ledger_two_owners(void **state)
 {
     (void)state;
-    lp_t first, second;
-    assert_int_equal(lp_setup(&first, ledger_bin, T_PORT), 0);
-    assert_int_equal(lp_start(&first, NULL, 0, NULL), 0);
-    assert_int_equal(lp_setup_like(&second, ledger_bin, first.port + 1, &first), 0);
-    second.no_init = true;
+    lp_t *first = &g_lp[0], *second = &g_lp[1];
+    assert_int_equal(lp_setup(first, ledger_bin, T_PORT), 0);
+    assert_int_equal(lp_start(first, NULL, 0, NULL), 0);
+    assert_int_equal(lp_setup_like(second, ledger_bin, first->port + 1, first), 0);
+    second->no_init = true;
     char data[LP_PATH_MAX], needle[64];
-    qctest_path(first.dir, "data", data);
+    qctest_path(first->dir, "data", data);
     const char *extra[] = {"--data-dir", data, NULL};
-    snprintf(needle, sizeof needle, "is in use by process %d", (int)first.pid);
-    ledger_refused(&second, extra, needle);
-    assert_true(lp_alive(&first));
-    assert_int_equal(lp_check(&first), 1);
+    snprintf(needle, sizeof needle, "is in use by process %d", (int)first->pid);
+    ledger_refused(second, extra, needle);
+    assert_true(lp_alive(first));
+    assert_int_equal(lp_check(first), 1);
     /* Once the first is gone, its lock went with it: the directory starts again. */
-    assert_int_not_equal(lp_stop(&first, SIGKILL), -1);
-    assert_int_equal(lp_start(&second, NULL, 0, extra), 0);
-    lp_teardown(&second);
-    lp_teardown(&first);
+    assert_int_not_equal(lp_stop(first, SIGKILL), -1);
+    assert_int_equal(lp_start(second, NULL, 0, extra), 0);
+    lp_teardown(second);
+    lp_teardown(first);
 }
 
-/* An old store (made by the store API, no identity) is refused until init --upgrade. */
+/* A store of the release before init and checksums: no identity, records without their
+ * checksum. Refused until init --upgrade, which gives it both; then it serves what it held. */
 static void test_ledger_upgrade(void **state)
 {
     (void)state;
-    lp_t lp;
-    assert_int_equal(lp_setup(&lp, ledger_bin, T_PORT), 0);
-    assert_int_equal(lp_start(&lp, NULL, 0, NULL), 0);
-    assert_int_not_equal(lp_stop(&lp, SIGTERM), -1);
-    /* Take its identity away, as a store made before init existed. */
+    lp_t *lp = &g_lp[0];
+    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT), 0);
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    assert_int_equal(lp_open_account(lp, "ACCT-OLD", 156, 0), 0);
+    assert_int_equal(lp_deposit(lp, "ACCT-OLD", 777), 0);
+    assert_int_not_equal(lp_stop(lp, SIGTERM), -1);
+    /* Make it old: drop the identity, strip each record's 4-byte checksum. */
     char data[LP_PATH_MAX];
-    qctest_path(lp.dir, "data", data);
+    qctest_path(lp->dir, "data", data);
     MDB_env *env = NULL;
     MDB_txn *txn = NULL;
     MDB_dbi dbi;
     assert_int_equal(mdb_env_create(&env), 0);
     assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+    assert_int_equal(mdb_env_set_mapsize(env, 256ull << 20), 0);
     assert_int_equal(mdb_env_open(env, data, 0, 0600), 0);
     assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
     assert_int_equal(mdb_dbi_open(txn, "identity", 0, &dbi), 0);
     assert_int_equal(mdb_drop(txn, dbi, 1), 0);
+    const char *summed[] = {"accounts", "devices", "loads", "transfers", "outbox"};
+    for (size_t d = 0; d < sizeof summed / sizeof summed[0]; d++) {
+        MDB_cursor *cur = NULL;
+        assert_int_equal(mdb_dbi_open(txn, summed[d], 0, &dbi), 0);
+        assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+        MDB_val k, v;
+        int op = MDB_FIRST;
+        while (mdb_cursor_get(cur, &k, &v, op) == 0) {
+            op = MDB_NEXT;
+            uint8_t buf[4096], key[512];
+            assert_true(v.mv_size > 4);
+            assert_true(v.mv_size <= sizeof buf);
+            assert_true(k.mv_size <= sizeof key);
+            memcpy(buf, v.mv_data, v.mv_size - 4);
+            memcpy(key, k.mv_data, k.mv_size); /* both point into the page the put rewrites */
+            MDB_val nk = {.mv_size = k.mv_size, .mv_data = key};
+            MDB_val nv = {.mv_size = v.mv_size - 4, .mv_data = buf};
+            assert_int_equal(mdb_cursor_put(cur, &nk, &nv, MDB_CURRENT), 0);
+        }
+        mdb_cursor_close(cur);
+    }
     assert_int_equal(mdb_txn_commit(txn), 0);
     mdb_env_close(env);
-    lp.no_init = true;
-    ledger_refused(&lp, NULL, "has no identity");
-    lp.no_init = false; /* the helper runs init --upgrade, as the operator would */
-    assert_int_equal(lp_start(&lp, NULL, 0, NULL), 0);
-    assert_int_equal(lp_check(&lp), 1);
-    lp_teardown(&lp);
+    lp->no_init = true;
+    ledger_refused(lp, NULL, "has no identity");
+    lp->no_init = false; /* the helper runs init --upgrade, as the operator would */
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    assert_int_equal(lp_check(lp), 1);
+    bool ok = false;
+    assert_int_equal(lp_balance(lp, "ACCT-OLD", &ok), 777);
+    assert_true(ok);
+    assert_int_equal(lp_deposit(lp, "ACCT-OLD", 1), 0);
+    lp_teardown(lp);
+}
+
+/* Flips the low bit of byte offset of the value of key in database db of the (stopped) store
+ * in dir. */
+static void flip_bit(const char *dir, const char *db, const void *key, size_t key_len,
+                     size_t offset)
+{
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi dbi;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+    assert_int_equal(mdb_env_set_mapsize(env, 256ull << 20), 0);
+    assert_int_equal(mdb_env_open(env, dir, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key}, v;
+    assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+    uint8_t buf[4096];
+    assert_true(v.mv_size <= sizeof buf);
+    assert_true(offset < v.mv_size);
+    memcpy(buf, v.mv_data, v.mv_size);
+    buf[offset] ^= 0x01;
+    MDB_val nv = {.mv_size = v.mv_size, .mv_data = buf};
+    assert_int_equal(mdb_put(txn, dbi, &k, &nv, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
+/* A flipped bit in an account's balance: the ledger still starts and serves reads, refuses
+ * that record with QC_ECORRUPT and names it in its log, then refuses every write of the shard.
+ * On the old code it served the wrong balance and went on writing. */
+static void test_ledger_flipped_balance(void **state)
+{
+    (void)state;
+    lp_t *lp = &g_lp[0];
+    assert_int_equal(lp_setup(lp, ledger_bin, T_PORT), 0);
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    assert_int_equal(lp_open_account(lp, "ACCT-A", 156, 0), 0);
+    assert_int_equal(lp_open_account(lp, "ACCT-B", 156, 0), 0);
+    assert_int_equal(lp_deposit(lp, "ACCT-A", 1000), 0);
+    assert_int_equal(lp_deposit(lp, "ACCT-B", 2000), 0);
+    assert_int_not_equal(lp_stop(lp, SIGTERM), -1);
+    char data[LP_PATH_MAX];
+    qctest_path(lp->dir, "data", data);
+    /* An Account starts id (field 1: 0a 06 "ACCT-A"), currency (field 2: 10 9c 01), balance
+     * (field 3: 18, then its varint at byte 12). */
+    flip_bit(data, "accounts", "ACCT-A", 6, 12);
+    const char *no_scrub[] = {"--scrub-per-second", "0", NULL};
+    assert_int_equal(lp_start(lp, NULL, 0, no_scrub), 0);
+    /* check --deep finds it before anything read it. */
+    Qcledger__CheckRequest creq = QCLEDGER__CHECK_REQUEST__INIT;
+    creq.deep = true;
+    proto_rpc_reply_t *r = NULL;
+    assert_int_equal(lp_call(lp->op, "check", &creq.base, &r), 0);
+    Qcledger__CheckReply *c = qcledger__check_reply__unpack(NULL, r->body_len, r->body);
+    proto_rpc_reply_destroy(&r);
+    assert_non_null(c);
+    assert_false(c->ok);
+    assert_int_equal(c->checksums_failed, 1);
+    assert_true(c->checksums_checked >= 4);
+    qcledger__check_reply__free_unpacked(c, NULL);
+    bool ok = false;
+    assert_int_equal(lp_balance(lp, "ACCT-B", &ok), 2000);
+    assert_true(ok);
+    (void)lp_balance(lp, "ACCT-A", &ok);
+    assert_false(ok);
+    assert_int_equal(lp_deposit(lp, "ACCT-B", 5), QC_ECORRUPT);
+    assert_int_equal(lp_balance(lp, "ACCT-B", &ok), 2000);
+    assert_true(ok);
+    char log[LP_PATH_MAX];
+    ledger_log(lp, log);
+    assert_true(qctest_file_contains(
+        log, "\"event\":\"ledger.corrupt_record\",\"db\":\"accounts\",\"key\":\"414343542d41\""));
+    /* Restarted with the background scrub on (its default rate) and nothing reading ACCT-A:
+     * the scrub finds the record by itself and writes stop. */
+    assert_int_not_equal(lp_stop(lp, SIGTERM), -1);
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    qctest_sleep_ms(1500);
+    assert_int_equal(lp_deposit(lp, "ACCT-B", 5), QC_ECORRUPT);
+    assert_true(qctest_file_contains(log, "ledger.scrub_pass"));
+    lp_teardown(lp);
 }
 
 static void audit_refused(ap_t *ap, const char *needle)
@@ -219,48 +348,48 @@ static void audit_refused(ap_t *ap, const char *needle)
 static void test_audit(void **state)
 {
     (void)state;
-    ap_t ap;
-    assert_int_equal(ap_setup(&ap, audit_bin, T_PORT + 10), 0);
-    ap.no_init = true;
-    audit_refused(&ap, "does not exist");
-    ap.no_init = false;
-    assert_int_equal(ap_start(&ap, NULL, 0, NULL), 0);
+    ap_t *ap = &g_ap[0];
+    assert_int_equal(ap_setup(ap, audit_bin, T_PORT + 10), 0);
+    ap->no_init = true;
+    audit_refused(ap, "does not exist");
+    ap->no_init = false;
+    assert_int_equal(ap_start(ap, NULL, 0, NULL), 0);
     for (uint64_t i = 1; i <= 200; i++) {
         uint64_t seq = 0;
         bool dup = false;
         uint8_t payload[256];
         memset(payload, (int)i, sizeof payload);
-        assert_int_equal(ap_append(&ap, "gateway-0", i, "security.test", NULL, 0, payload,
+        assert_int_equal(ap_append(ap, "gateway-0", i, "security.test", NULL, 0, payload,
                                    sizeof payload, &seq, &dup),
                          0);
     }
     /* A second qc-audit on the same directory. */
-    ap_t second;
-    assert_int_equal(ap_setup(&second, audit_bin, T_PORT + 14), 0);
-    second.no_init = true;
+    ap_t *second = &g_ap[1];
+    assert_int_equal(ap_setup(second, audit_bin, T_PORT + 14), 0);
+    second->no_init = true;
     char data[AP_PATH_MAX], data2[AP_PATH_MAX], needle[64];
-    ap_path(&ap, "data", data);
-    ap_path(&second, "data", data2);
+    ap_path(ap, "data", data);
+    ap_path(second, "data", data2);
     assert_int_equal(rmdir(data2), 0);
     assert_int_equal(symlink(data, data2), 0);
-    snprintf(needle, sizeof needle, "is in use by process %d", (int)ap.pid);
-    audit_refused(&second, needle);
+    snprintf(needle, sizeof needle, "is in use by process %d", (int)ap->pid);
+    audit_refused(second, needle);
     assert_int_equal(unlink(data2), 0);
     assert_int_equal(mkdir(data2, 0700), 0);
-    ap_teardown(&second);
-    assert_int_not_equal(ap_stop(&ap, SIGTERM), -1);
+    ap_teardown(second);
+    assert_int_not_equal(ap_stop(ap, SIGTERM), -1);
 
     char mdb[AP_PATH_MAX], copy[AP_PATH_MAX], cmdb[AP_PATH_MAX], err[AP_PATH_MAX];
     qctest_path(data, "data.mdb", mdb);
-    ap_path(&ap, "copy", copy);
+    ap_path(ap, "copy", copy);
     assert_int_equal(mkdir(copy, 0700), 0);
     qctest_path(copy, "data.mdb", cmdb);
     char *const cp[] = {"cp", mdb, cmdb, NULL};
     assert_int_equal(qctest_run_argv(cp), 0);
     assert_int_equal(truncate(cmdb, file_size(cmdb) / 2), 0);
-    ap_path(&ap, "verify.err", err);
+    ap_path(ap, "verify.err", err);
     char cert[AP_PATH_MAX];
-    ap_path(&ap, "checkpoint.pem", cert);
+    ap_path(ap, "checkpoint.pem", cert);
     char *const keygen[] = {"sh", "-c",
                             "openssl ecparam -name prime256v1 -genkey | openssl ec -pubout -out "
                             "\"$0\" 2>/dev/null",
@@ -274,11 +403,17 @@ static void test_audit(void **state)
     if (!qctest_file_contains(err, "is truncated"))
         fail_msg("%s does not say the copy is truncated", err);
 
+    /* A flipped bit inside entry 100: qc-audit checks its chain since the last checkpoint (none
+     * here: all of it) at start and refuses to append after it. */
+    uint8_t key[8] = {0, 0, 0, 0, 0, 0, 0, 100};
+    flip_bit(data, "entries", key, sizeof key, 60);
+    audit_refused(ap, "\"event\":\"audit.chain_broken\",\"seq\":\"100\"");
+
     assert_int_equal(truncate(mdb, 8192), 0);
-    audit_refused(&ap, "is truncated");
+    audit_refused(ap, "is truncated");
     assert_int_equal(truncate(mdb, 0), 0);
-    audit_refused(&ap, "is 0 bytes");
-    ap_teardown(&ap);
+    audit_refused(ap, "is 0 bytes");
+    ap_teardown(ap);
 }
 
 int main(int argc, char **argv)
@@ -290,13 +425,14 @@ int main(int argc, char **argv)
     ledger_bin = argv[1];
     audit_bin = argv[2];
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ledger_missing),
-        cmocka_unit_test(test_ledger_empty),
-        cmocka_unit_test(test_ledger_truncated),
-        cmocka_unit_test(test_ledger_foreign),
-        cmocka_unit_test(test_ledger_two_owners),
-        cmocka_unit_test(test_ledger_upgrade),
-        cmocka_unit_test(test_audit),
+        cmocka_unit_test_teardown(test_ledger_missing, teardown),
+        cmocka_unit_test_teardown(test_ledger_empty, teardown),
+        cmocka_unit_test_teardown(test_ledger_truncated, teardown),
+        cmocka_unit_test_teardown(test_ledger_foreign, teardown),
+        cmocka_unit_test_teardown(test_ledger_two_owners, teardown),
+        cmocka_unit_test_teardown(test_ledger_upgrade, teardown),
+        cmocka_unit_test_teardown(test_ledger_flipped_balance, teardown),
+        cmocka_unit_test_teardown(test_audit, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -55,9 +56,14 @@ pid_t qctest_spawn(const qctest_cmd_t *cmd)
     assert(cmd->argv[0] != NULL);
     fflush(stdout);
     fflush(stderr);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid != 0)
         return pid;
+    /* A child never outlives its test: a test that fails or is killed (CTest's timeout) would
+     * leave its services running, holding ports and the inherited ports-lock slot. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+        _exit(126);
     if (cmd->new_session)
         setsid();
     if (cmd->out_path != NULL && redirect(cmd->out_path, STDOUT_FILENO, cmd->truncate) != 0)
