@@ -79,8 +79,10 @@ assert_eq "loads on the shard == loads reserved in audit-0" "$(loads_on_shard)" 
 out=$("$QCCTL" audit verify --json --dir "$X/copy-0" --cert "$cp_cert") || fail "verify audit-0: $out"
 assert_eq "audit-0 verifies" true "$(jq -r .ok <<<"$out")"
 
-# audit-1 started on its empty store: the shard deleted events both witnesses had acked, so
-# its first event is not seq 1, and the relay appends nothing across the hole.
+# audit-1 started on a new, empty store (made by init, as on a new disk: a service refuses a
+# missing one): the shard deleted events both witnesses had acked, so its first event is not
+# seq 1, and the relay appends nothing across the hole.
+"$B/audit/qc-audit" init --config "$X/conf/audit-1.conf" >/dev/null || fail "init audit-1's new store"
 "$S/ops/cluster" start audit-1 --dir "$X" >/dev/null || fail "start audit-1 on an empty store"
 gap_logged() { log_has "$X/logs/audit-1.log" 'audit.relay_gap'; }
 wait_until 15 "audit-1 on an empty store refuses the hole" gap_logged
