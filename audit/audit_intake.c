@@ -20,6 +20,7 @@
 /* intake_decode()'s answer for a read method (audit_proof.h): no event, answered after the
  * batch's commit so that it sees every event acknowledged before it. */
 #define INTAKE_READ 1
+#define AUDIT_INTAKE_STORAGE_POLL_MS 1000 /* look at free space and the map this often */
 
 struct audit_intake {
     audit_store_t *store;
@@ -183,8 +184,11 @@ static void intake_batch(audit_intake_t *in, size_t n)
         uint64_t t0 = ops_time_mono_ns();
         rc = audit_store_append(in->store, in->events, ne, in->results);
         ops_histogram_observe(in->m_commit, (double)(ops_time_mono_ns() - t0) / 1e9);
-        if (rc != 0)
-            ops_log(OPS_LOG_ERROR, "audit.commit_failed", "error", qc_strerror(rc), NULL);
+        /* Senders resend until it commits: one line per storm, not per resend; a full disk
+         * or map is logged by the store's watch once per change of state. */
+        if (rc != 0 && rc != QC_ENOSPACE && rc != QC_EFULL)
+            ops_log_limited(OPS_LOG_ERROR, "audit.commit_failed", NULL, "error", qc_strerror(rc),
+                            NULL);
         else
             ops_fault_point("audit.append_after_commit_before_reply");
     }
@@ -213,7 +217,14 @@ static void intake_batch(audit_intake_t *in, size_t n)
 int audit_intake_run(audit_intake_t *in)
 {
     assert(in != NULL);
+    uint64_t next_poll_ms = 0;
     while (!ops_signal_stop_requested()) {
+        uint64_t now = ops_time_mono_ms();
+        if (now >= next_poll_ms) {
+            /* Free space and the map's use: gauges, and the way out of a full disk. */
+            next_poll_ms = now + AUDIT_INTAKE_STORAGE_POLL_MS;
+            audit_store_poll(in->store);
+        }
         size_t n = 0;
         int rc = proto_rpc_server_recv(in->srv, (int)in->poll_ms, &in->reqs[0]);
         if (rc == QC_ETIMEOUT)

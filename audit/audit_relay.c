@@ -138,8 +138,8 @@ static int relay_call(relay_shard_t *s, const char *method, const ProtobufCMessa
         if (*out == NULL)
             rc = QC_EDECODE;
     } else {
-        ops_log(OPS_LOG_WARN, "audit.relay_refused", "source", s->source, "method", method, "error",
-                reply->message, NULL);
+        ops_log_limited(OPS_LOG_WARN, "audit.relay_refused", s->source, "source", s->source,
+                        "method", method, "error", reply->message, NULL);
     }
     proto_rpc_reply_destroy(&reply);
     return rc;

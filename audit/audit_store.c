@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 
 #include "ops_bytes.h"
 #include "ops_lmdb.h"
+#include "ops_storage.h"
 #include "ops_log.h"
 #include "ops_store.h"
 #include "ops_time.h"
@@ -43,6 +45,8 @@ struct audit_store {
     MDB_env *env;
     MDB_dbi dbi[STORE_DBI_COUNT];
     bool rdonly;
+    ops_storage_t *storage; /* writable stores: full disk and map as states (ops_storage.h) */
+    atomic_int last_append_rc;
 };
 
 static int tree_backfill(audit_store_t *store, MDB_txn *txn);
@@ -120,6 +124,12 @@ int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_s
         ops_log(OPS_LOG_ERROR, "audit.store_open", "dir", dir, "error", mdb_strerror(rc), NULL);
         goto err;
     }
+    /* The audit log's writers are three threads (intake, relay, checkpoints), so the map is
+     * never resized under them: a full map asks for a larger map_size_mb and a restart. */
+    ops_storage_config_t stc = {
+        .name = "audit", .dir = dir, .env = store->env, .map_max = 0, .map_max_key = "map_size_mb"};
+    if (!rdonly && ops_storage_new(&stc, &store->storage) != 0)
+        goto err;
     *out = store;
     return 0;
 err:
@@ -132,9 +142,31 @@ void audit_store_destroy(audit_store_t **store_p)
 {
     if (store_p == NULL || *store_p == NULL)
         return;
+    ops_storage_destroy(&(*store_p)->storage);
     mdb_env_close((*store_p)->env);
     free(*store_p);
     *store_p = NULL;
+}
+
+void audit_store_poll(audit_store_t *store)
+{
+    assert(store != NULL);
+    if (store->storage != NULL)
+        (void)ops_storage_poll(store->storage, false); /* its state is read by health */
+}
+
+bool audit_store_healthy(audit_store_t *store, char *why, size_t why_cap)
+{
+    assert(store != NULL);
+    if (store->storage != NULL && !ops_storage_healthy(store->storage, why, why_cap))
+        return false;
+    int rc = atomic_load(&store->last_append_rc);
+    if (rc != 0) {
+        snprintf(why, why_cap, "degraded: audit: the last append could not be committed: %s",
+                 qc_strerror(rc));
+        return false;
+    }
+    return true;
 }
 
 static int read_begin(audit_store_t *store, MDB_txn **txn)
@@ -412,8 +444,24 @@ static int event_check(const audit_event_t *ev)
     return 0;
 }
 
+static int append_txn(audit_store_t *store, const audit_event_t *events, size_t n,
+                      audit_append_result_t *results);
+
 int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t n,
                        audit_append_result_t *results)
+{
+    int rc = append_txn(store, events, n, results);
+    /* Health fails while appends cannot commit, whatever the cause; a full disk or map is
+     * also a state of its own, logged once per change (not once per resend). */
+    if (!store->rdonly && rc != QC_ENOMEM) {
+        atomic_store(&store->last_append_rc, rc);
+        ops_storage_note(store->storage, rc);
+    }
+    return rc;
+}
+
+static int append_txn(audit_store_t *store, const audit_event_t *events, size_t n,
+                      audit_append_result_t *results)
 {
     assert(store != NULL);
     assert(events != NULL);

@@ -78,6 +78,14 @@ QC_MUST_CHECK int audit_store_open(const char *dir, unsigned flags, uint64_t map
 /* Closes the environment, frees store, nulls *store_p; accepts NULL. */
 void audit_store_destroy(audit_store_t **store_p);
 
+/* A writable store watches its space (ops/lib/ops_storage.h): a full disk or full map is a
+ * state, logged once when entered and once when left, with gauges labelled store="audit".
+ * poll looks at the free space and the map (call about once a second, from one thread).
+ * healthy is false, with the sentence in why, while the disk or map is full or the last
+ * append could not be committed (for any reason); thread-safe. */
+void audit_store_poll(audit_store_t *store);
+bool audit_store_healthy(audit_store_t *store, char *why, size_t why_cap);
+
 /* Appends events[0..n) in order in one durable transaction (1 <= n <= AUDIT_STORE_BATCH_MAX),
  * chaining each to the previous entry; events already in the log by (source, source_seq),
  * including earlier ones of the same call, are not appended again (duplicate, seq of the

@@ -126,7 +126,7 @@ static void gateway_op_answer(gateway_t *gw, gateway_op_t *op, const proto_rpc_a
     }
     int rc = proto_rpc_server_answer(gw->server, op->req, a);
     if (rc != 0)
-        ops_log(OPS_LOG_WARN, "gateway.reply_failed", "error", qc_errname(rc), NULL);
+        ops_log_limited(OPS_LOG_WARN, "gateway.reply_failed", NULL, "error", qc_errname(rc), NULL);
     proto_rpc_request_destroy(&op->req);
     op->stage = GATEWAY_OP_FREE;
     gw->free_ops[gw->free_count++] = (int)(op - gw->ops);
@@ -210,8 +210,8 @@ static void gateway_load_start(gateway_t *gw, gateway_op_t *op)
     int rc = gateway_verify_request(gateway_trust_certs(gw->trust), op->req->body,
                                     op->req->body_len, (time_t)(now_ms / 1000), &req, digest);
     if (rc != 0) {
-        ops_log(OPS_LOG_WARN, "load.refused", "error", qc_errname(rc), "peer", op->req->peer_key,
-                NULL);
+        ops_log_limited(OPS_LOG_WARN, "load.refused", op->req->peer_key, "error", qc_errname(rc),
+                        NULL);
         if (gateway_security_code(rc))
             proto_audit_event(gw->audit, "security.bad_request", NULL, op->req->body,
                               op->req->body_len);
@@ -274,8 +274,8 @@ static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
          * device's own loads, and the ledger checks it against the load and the enrolled
          * certificate, as it does for a device revoked in its registry. Chain and signature
          * still hold. */
-        ops_log(OPS_LOG_WARN, "report.certificate_no_longer_valid", "error", qc_errname(rc), "peer",
-                op->req->peer_key, NULL);
+        ops_log_limited(OPS_LOG_WARN, "report.certificate_no_longer_valid", op->req->peer_key,
+                        "error", qc_errname(rc), NULL);
         proto_audit_event(gw->audit, "security.report_certificate_no_longer_valid", NULL,
                           op->req->body, op->req->body_len);
         rc = gateway_verify_report(gw->report_certs, op->req->body, op->req->body_len, now, &rep);
@@ -283,8 +283,8 @@ static void gateway_report_start(gateway_t *gw, gateway_op_t *op)
     if (rc != 0) {
         /* Not the device speaking: a security event, and nothing is settled. */
         ops_counter_add(gw->m_bad_reports, 1);
-        ops_log(OPS_LOG_WARN, "security.bad_report", "error", qc_errname(rc), "peer",
-                op->req->peer_key, NULL);
+        ops_log_limited(OPS_LOG_WARN, "security.bad_report", op->req->peer_key, "error",
+                        qc_errname(rc), NULL);
         proto_audit_event(gw->audit, "security.bad_report", NULL, op->req->body, op->req->body_len);
         gateway_op_refuse(gw, op, rc, NULL);
         return;
@@ -351,7 +351,8 @@ static void gateway_receipt_done(gateway_t *gw, gateway_op_t *op, const proto_rp
 {
     int rc = proto_receipt_check_reply(op->req->method, reply->body, reply->body_len);
     if (rc != 0) {
-        ops_log(OPS_LOG_WARN, "gateway.audit_reply_malformed", "error", qc_errname(rc), NULL);
+        ops_log_limited(OPS_LOG_WARN, "gateway.audit_reply_malformed", NULL, "error",
+                        qc_errname(rc), NULL);
         gateway_op_refuse(gw, op, QC_EINTERNAL, "the audit log's reply was malformed");
         return;
     }
@@ -405,7 +406,8 @@ static void gateway_accept(gateway_t *gw, proto_rpc_request_t *req)
         ops_counter_add(gw->m_busy, 1);
         int rc = proto_rpc_server_reply(gw->server, req, QC_EBUSY, NULL, NULL, 0);
         if (rc != 0)
-            ops_log(OPS_LOG_WARN, "gateway.reply_failed", "error", qc_errname(rc), NULL);
+            ops_log_limited(OPS_LOG_WARN, "gateway.reply_failed", NULL, "error", qc_errname(rc),
+                            NULL);
         proto_rpc_request_destroy(&req);
         return;
     }

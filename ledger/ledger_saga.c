@@ -241,8 +241,10 @@ static int check_room(ledger_saga_t *s, MDB_txn *txn, char *why)
 {
     uint64_t used = 0, map = 0, depth = 0;
     if (!s->replica && ledger_store_nearly_full(s->store, &used, &map))
-        return refuse(why, QC_EFULL, "ledger map %llu of %llu bytes used", (unsigned long long)used,
-                      (unsigned long long)map);
+        return refuse(why, QC_EFULL,
+                      "ledger map %llu of %llu bytes used, over 90%%, and it may not grow "
+                      "further (map_max_mb)",
+                      (unsigned long long)used, (unsigned long long)map);
     int rc = ledger_store_outbox_depth(s->store, txn, &depth);
     if (rc != 0)
         return rc;
@@ -1020,8 +1022,8 @@ int ledger_saga_settle(ledger_saga_t *s, MDB_txn *parent, uint64_t now,
     if (rc == QC_EKEYID || rc == QC_EBADSIG) {
         /* Not the device speaking: evidence for audit, and the saga waits for its deadline. */
         char hex[2 * LEDGER_TXN_ID_SIZE + 1];
-        ops_log(OPS_LOG_WARN, "ledger.bad_report_signature", "txn_id",
-                ops_hex(txn_id, LEDGER_TXN_ID_SIZE, hex), "device", out->device_id, NULL);
+        ops_log_limited(OPS_LOG_WARN, "ledger.bad_report_signature", out->device_id, "txn_id",
+                        ops_hex(txn_id, LEDGER_TXN_ID_SIZE, hex), "device", out->device_id, NULL);
         rc = ledger_store_outbox_append(s->store, txn, s->shard, "security.bad_report_signature",
                                         txn_id, now, report, report_len, NULL);
         keep = rc == 0;

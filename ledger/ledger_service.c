@@ -55,6 +55,7 @@
 #include "ops_log.h"
 #include "ops_metrics.h"
 #include "ops_signal.h"
+#include "ops_storage.h"
 #include "ops_time.h"
 #include "proto_cert.h"
 #include "proto_trust_watch.h"
@@ -182,6 +183,8 @@ struct ledger_service {
     uint64_t next_deadline_ms;            /* 0 = none known; the earliest RESERVED deadline */
     uint64_t next_reader_check_ms;
     atomic_int last_commit_rc;
+    ops_storage_t *storage; /* full disk, full map, growth: one state, one line per change */
+    uint64_t next_storage_poll_ms;
     /* Replica mode (replica != NULL): the fsm owns the LMDB (store above is its), the node
      * runs libraft; see "Replica mode" below. */
     ledger_fsm_t *fsm;
@@ -1084,7 +1087,7 @@ static void admit(ledger_service_t *svc, svc_slot_t *slot)
                                       : svc_key || adm_key;
     if (!ok) {
         ops_counter_add(svc->m_denied, 1);
-        ops_log(OPS_LOG_WARN, "ledger.denied", "method", req->method, "peer", req->peer_key, NULL);
+        ops_log_limited(OPS_LOG_WARN, "ledger.denied", req->peer_key, "method", req->method, NULL);
         slot_refuse(slot, QC_EDENIED, "this key may not call this method");
         return;
     }
@@ -1147,7 +1150,8 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
         rc = ledger_saga_expire(svc->saga, txn, wall, LEDGER_EXPIRE_BATCH_MAX, &expired,
                                 &svc->next_deadline_ms);
         if (rc != 0)
-            ops_log(OPS_LOG_ERROR, "ledger.expire_failed", "error", qc_strerror(rc), NULL);
+            ops_log_limited(OPS_LOG_ERROR, "ledger.expire_failed", NULL, "error", qc_strerror(rc),
+                            NULL);
         /* Then the allows signed since the last commit: after the deadlines, so that an allow
          * for a load its deadline just compensated is never stored nor sent. */
         store_signed_allows(svc, txn, wall);
@@ -1169,11 +1173,19 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
         assert(done == writes); /* invariant 3: each admitted write ran, once */
         rc = ledger_store_txn_commit(txn);
     }
-    atomic_store(&svc->last_commit_rc, rc);
     ledger_signer_release(svc->signer, rc);
+    /* A full disk or map is a state with one line per change (ops_storage.h), not a line per
+     * failed commit; other failures are limited as any repeated error. A sweep that found
+     * nothing to do wrote nothing: its commit proves nothing about the disk. */
+    if (rc != 0 || writes > 0 || expired > 0 || signed_count > 0) {
+        atomic_store(&svc->last_commit_rc, rc);
+        ops_storage_note(svc->storage, rc);
+    }
     if (rc != 0) {
         ops_counter_add(svc->m_commit_failures, 1);
-        ops_log(OPS_LOG_ERROR, "ledger.commit_failed", "error", qc_strerror(rc), NULL);
+        if (rc != QC_ENOSPACE && rc != QC_EFULL)
+            ops_log_limited(OPS_LOG_ERROR, "ledger.commit_failed", NULL, "error", qc_strerror(rc),
+                            NULL);
         for (size_t i = 0; i < n; i++) {
             if (slots[i].method == NULL || slots[i].method->kind != KIND_WRITE)
                 continue;
@@ -1184,7 +1196,8 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
             slot_refuse(&slots[i], rc, "the batch could not be committed; nothing was applied");
             assert(slots[i].code < 0);
         }
-        svc->next_deadline_ms = wall; /* look again */
+        /* Look again, after a pause: a failed commit retried at once spun a core. */
+        svc->next_deadline_ms = wall + LEDGER_COMMIT_RETRY_MS;
         return;
     }
     /* New reserves may have brought an earlier deadline. */
@@ -2080,6 +2093,16 @@ int ledger_service_run(ledger_service_t *svc)
             ledger_store_nearly_full(svc->store, &used, NULL);
             ops_gauge_set(svc->m_map_used, (int64_t)used);
         }
+        if (mono >= svc->next_storage_poll_ms) {
+            svc->next_storage_poll_ms = mono + LEDGER_STORAGE_POLL_MS;
+            /* Between turns no transaction of ours is open: the map may grow here. */
+            ops_storage_state_t st = ops_storage_poll(svc->storage, true);
+            int last = atomic_load(&svc->last_commit_rc);
+            /* Space came back: the next write will tell; until then health says ok. */
+            if ((st == OPS_STORAGE_OK || st == OPS_STORAGE_MAP_HIGH) &&
+                (last == QC_ENOSPACE || last == QC_EFULL) && svc->replica == NULL)
+                atomic_store(&svc->last_commit_rc, 0);
+        }
     }
     ops_log(OPS_LOG_INFO, "ledger.stopping", NULL);
     return 0;
@@ -2094,6 +2117,9 @@ bool ledger_service_healthy(void *arg, char *why, size_t why_cap)
         snprintf(why, why_cap, "a stored record failed its checksum: writes are stopped");
         return false;
     }
+    /* A full disk or map first: it says what is refused, what is served and what to do. */
+    if (!ops_storage_healthy(svc->storage, why, why_cap))
+        return false;
     int rc = atomic_load(&svc->last_commit_rc);
     if (rc != 0) {
         snprintf(why, why_cap, "%s: %s",
@@ -2225,6 +2251,14 @@ int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **ou
         (rc = ledger_backup_new(svc->store, cfg->shard, cfg->shard_count, cfg->map_size,
                                 &svc->backup)) != 0)
         goto err;
+    ops_storage_config_t stc = {.name = "ledger",
+                                .dir = cfg->data_dir,
+                                .env = ledger_store_env(svc->store),
+                                .map_max = cfg->map_max,
+                                .map_max_key = "map_max_mb",
+                                .refuse_high = cfg->replica_id == 0};
+    if ((rc = ops_storage_new(&stc, &svc->storage)) != 0)
+        goto err;
     if (cfg->ca_path != NULL &&
         (rc = proto_trust_watch_new("ledger", cfg->ca_path, cfg->crl_path, 0,
                                     ops_signal_hup_generation(), &svc->trust)) != 0) {
@@ -2316,6 +2350,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     ledger_saga_destroy(&svc->saga);
     ledger_backup_destroy(&svc->backup); /* waits for a copy that runs: it reads the store */
     ledger_scrub_destroy(&svc->scrub);
+    ops_storage_destroy(&svc->storage);
     if (svc->fsm != NULL)
         ledger_fsm_destroy(&svc->fsm); /* it owns the store */
     else

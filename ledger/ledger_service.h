@@ -38,6 +38,10 @@
 #define LEDGER_BATCH_WAIT_US_MAX 100000
 #define LEDGER_POLL_MS 250           /* longest sleep before looking at signals and deadlines */
 #define LEDGER_READER_CHECK_MS 10000 /* period of mdb_reader_check() */
+#define LEDGER_STORAGE_POLL_MS 1000  /* period of the look at free space and the map's use */
+/* A commit that failed (full disk, full map, I/O) is retried by the deadline sweep after this
+ * long, not at once: a retry in a loop spun at 89% of a core on a full disk (issue 21). */
+#define LEDGER_COMMIT_RETRY_MS 1000
 #define LEDGER_OUTBOX_READ_MAX PROTO_OUTBOX_READ_MAX /* events per outbox_read */
 #define LEDGER_DEADLINE_MIN_MS 1000 /* shortest report deadline the config may set */
 #define LEDGER_DEADLINE_MAX_MS 86400000
@@ -61,6 +65,7 @@ typedef struct ledger_service_config {
     uint32_t shard;
     uint32_t shard_count;
     uint64_t map_size;
+    uint64_t map_max;        /* online growth up to this (bytes); 0 or at most map_size: none */
     size_t batch_max;        /* 1..LEDGER_BATCH_MAX */
     uint32_t batch_wait_us;  /* 0..LEDGER_BATCH_WAIT_US_MAX */
     int64_t deadline_ms;     /* a load's report deadline after its reserve: the allow says it */

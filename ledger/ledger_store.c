@@ -1371,7 +1371,7 @@ int ledger_store_copy(ledger_store_t *store, const char *dir)
     int rc = mdb_env_copy2(store->env, dir, MDB_CP_COMPACT);
     if (rc != 0) {
         ops_log(OPS_LOG_ERROR, "ledger.copy_failed", "dir", dir, "error", mdb_strerror(rc), NULL);
-        return rc == ENOSPC ? QC_EFULL : QC_EIO;
+        return rc == ENOSPC ? QC_ENOSPACE : QC_EIO;
     }
     return 0;
 }
@@ -1402,4 +1402,11 @@ int ledger_store_applied_clear(ledger_store_t *store, MDB_txn *txn)
             return store_err("meta_del", rc);
     }
     return 0;
+}
+
+MDB_env *ledger_store_env(ledger_store_t *store)
+{
+    assert(store != NULL);
+    assert(store->env != NULL);
+    return store->env;
 }

@@ -269,7 +269,7 @@ QC_MUST_CHECK int ledger_store_applied_put(ledger_store_t *store, MDB_txn *txn, 
 /* Backup and restore (ledger_backup.h, ledger_replay.h).
  * copy: a compacted, consistent copy of the environment into directory dir (which must exist
  *   and hold no data.mdb), read in one read txn while writers go on (mdb_env_copy2).
- *   Returns 0, QC_EFULL (no space), QC_EIO.
+ *   Returns 0, QC_ENOSPACE (no space left on the disk), QC_EIO.
  * outbox_next: the sequence the next outbox event will get (1 when none was ever appended):
  *   every event up to *next - 1 was written by this environment. Returns 0, QC_EDECODE, QC_EIO.
  * applied_clear: forgets the applied index and time (both read 0 afterwards), for a state
@@ -319,6 +319,10 @@ QC_MUST_CHECK int ledger_store_scrub_step(ledger_store_t *store, ledger_store_sc
  * growth (new loads, accounts, deposits) with QC_EFULL while releases still fit. Sets
  * *used_bytes and *map_bytes when not NULL. */
 bool ledger_store_nearly_full(ledger_store_t *store, uint64_t *used_bytes, uint64_t *map_bytes);
+
+/* The environment, borrowed, for the watch of its space (ops/lib/ops_storage.h): valid while
+ * the store is open. */
+MDB_env *ledger_store_env(ledger_store_t *store);
 
 /* Clears reader slots of dead processes; *dead (may be NULL) gets their number.
  * Returns 0 or QC_EIO. */

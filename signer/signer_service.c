@@ -201,8 +201,8 @@ static int signer_authorize(signer_service_t *svc, const proto_rpc_request_t *re
         return 0;
     const char *role = signer_roles_role_of(kind);
     ops_counter_add(svc->refused_total[k], 1);
-    ops_log(OPS_LOG_WARN, "security.sign_refused", "peer", req->peer_key, "kind",
-            signer_kind_names[k], "role_needed", role, NULL);
+    ops_log_limited(OPS_LOG_WARN, "security.sign_refused", req->peer_key, "kind",
+                    signer_kind_names[k], "role_needed", role, NULL);
     proto_audit_event(svc->audit, "security.sign_refused", NULL, req->body, req->body_len);
     snprintf(why, why_cap, "%s is signed for %s keys only, and this key holds no %s role",
              signer_kind_names[k], role, role);

@@ -226,7 +226,8 @@ int signer_sign_request(signer_session_t *sess, const signer_keyring_t *ring, co
                  qc_strerror(rc));
         quancun__sign_request__free_unpacked(sr, NULL);
         ops_counter_add(ring->refused_total, 1);
-        ops_log(OPS_LOG_WARN, "sign.refused", "kind", signer_kinds[kind].name, "reason", msg, NULL);
+        ops_log_limited(OPS_LOG_WARN, "sign.refused", NULL, "kind", signer_kinds[kind].name,
+                        "reason", msg, NULL);
         return QC_EDECODE;
     }
     rc = signer_sign_body(sess, ring, (signer_kind_t)kind, sr->body.data, sr->body.len, reply,

@@ -28,6 +28,7 @@ bool device_flow_transient(int code)
     case QC_EUNAVAIL:
     case QC_EBUSY:
     case QC_EIO:
+    case QC_ENOSPACE: /* the bank's disk is full: nothing changed, its operators free space */
     case QC_ENOMEM:
     case QC_EINTERNAL:
     case QC_ECRYPTO:

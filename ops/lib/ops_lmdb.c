@@ -2,6 +2,7 @@
 #include "ops_lmdb.h"
 
 #include <assert.h>
+#include <errno.h>
 
 #include <lmdb.h>
 
@@ -23,6 +24,9 @@ int ops_lmdb_error(const char *event, const char *op, int rc)
         return QC_EFULL;
     case MDB_READERS_FULL:
         return QC_EBUSY;
+    case ENOSPC:
+    case EDQUOT:
+        return QC_ENOSPACE;
     default:
         ops_log(OPS_LOG_ERROR, event, "op", op, "error", mdb_strerror(rc), NULL);
         return QC_EIO;

@@ -8,6 +8,8 @@
  *   MDB_KEYEXIST                    -> QC_EEXIST     (expected: not logged)
  *   MDB_MAP_FULL, MDB_TXN_FULL      -> QC_EFULL      (an operating limit: not logged here)
  *   MDB_READERS_FULL                -> QC_EBUSY      (try again once a reader ends)
+ *   ENOSPC, EDQUOT (a full disk)    -> QC_ENOSPACE   (an operating limit: not logged here;
+ *                                                     ops_storage.h logs the change of state)
  *   anything else                   -> QC_EIO, logged at error level with LMDB's words */
 #ifndef OPS_LMDB_H
 #define OPS_LMDB_H

@@ -3,6 +3,8 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -10,6 +12,12 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "ops_ratelimit.h"
+#include "ops_time.h"
+
+#define OPS_LOG_XSTR(x) #x
+#define OPS_LOG_STR(x) OPS_LOG_XSTR(x)
 
 /* Longest service or instance name kept; longer names are cut (they are operator-chosen). */
 #define OPS_LOG_NAME_MAX 64
@@ -244,6 +252,94 @@ static bool ops_log_enabled(ops_log_level_t level)
     return (int)level >= atomic_load(&ops_log_min_level);
 }
 
+static void ops_log_put_fields(ops_log_line_t *line, va_list ap)
+{
+    for (;;) {
+        const char *key = va_arg(ap, const char *);
+        if (key == NULL)
+            break;
+        const char *value = va_arg(ap, const char *);
+        ops_log_put_field(line, key, value);
+    }
+}
+
+/* The limiter of ops_log_limited(): one table for the process, made on first use, under a
+ * lock (it is called from the HTTP thread and the service's own threads). */
+static pthread_mutex_t ops_log_rl_lock = PTHREAD_MUTEX_INITIALIZER;
+static ops_ratelimit_t *ops_log_rl;
+static _Atomic uint64_t ops_log_rl_next_flush_ms;
+/* How often the summaries are looked for; a summary is due at the end of a key's window. */
+#define OPS_LOG_FLUSH_EVERY_MS 1000
+
+static void ops_log_summary(void *arg, const ops_ratelimit_summary_t *s)
+{
+    (void)arg;
+    char count[24];
+    snprintf(count, sizeof count, "%" PRIu64, s->suppressed);
+    ops_log_line_t line;
+    ops_log_begin(&line, OPS_LOG_WARN, "log.suppressed");
+    ops_log_put_field(&line, "of", s->event);
+    if (s->peer != NULL)
+        ops_log_put_field(&line, "peer", s->peer);
+    ops_log_put_field(&line, "suppressed", count);
+    ops_log_put_field(&line, "window_ms", OPS_LOG_STR(OPS_RATELIMIT_WINDOW_MS));
+    ops_log_end(&line);
+}
+
+/* Writes the summaries due, at most once per OPS_LOG_FLUSH_EVERY_MS; the caller holds no
+ * lock. */
+static void ops_log_flush_due(void)
+{
+    uint64_t now = ops_time_mono_ms();
+    uint64_t next = atomic_load(&ops_log_rl_next_flush_ms);
+    if (now < next)
+        return;
+    if (!atomic_compare_exchange_strong(&ops_log_rl_next_flush_ms, &next,
+                                        now + OPS_LOG_FLUSH_EVERY_MS))
+        return; /* another thread flushes */
+    pthread_mutex_lock(&ops_log_rl_lock);
+    if (ops_log_rl != NULL)
+        (void)ops_ratelimit_flush(ops_log_rl, now); /* the count is for tests */
+    pthread_mutex_unlock(&ops_log_rl_lock);
+}
+
+void ops_log_limited_flush(void)
+{
+    ops_log_flush_due();
+}
+
+void ops_log_limited(ops_log_level_t level, const char *event, const char *peer, ...)
+{
+    assert(event != NULL);
+    if (!ops_log_enabled(level))
+        return;
+    uint64_t suppressed = 0;
+    pthread_mutex_lock(&ops_log_rl_lock);
+    if (ops_log_rl == NULL)
+        ops_log_rl = ops_ratelimit_new(ops_log_summary, NULL);
+    /* Without a table (out of memory) every line is written: better a storm than silence. */
+    bool write = ops_log_rl == NULL ||
+                 ops_ratelimit_allow(ops_log_rl, event, peer, ops_time_mono_ms(), &suppressed);
+    pthread_mutex_unlock(&ops_log_rl_lock);
+    if (write) {
+        ops_log_line_t line;
+        ops_log_begin(&line, level, event);
+        if (peer != NULL)
+            ops_log_put_field(&line, "peer", peer);
+        va_list ap;
+        va_start(ap, peer);
+        ops_log_put_fields(&line, ap);
+        va_end(ap);
+        if (suppressed > 0) {
+            char count[24];
+            snprintf(count, sizeof count, "%" PRIu64, suppressed);
+            ops_log_put_field(&line, "suppressed", count);
+        }
+        ops_log_end(&line);
+    }
+    ops_log_flush_due();
+}
+
 void ops_log(ops_log_level_t level, const char *event, ...)
 {
     if (!ops_log_enabled(level))
@@ -252,15 +348,10 @@ void ops_log(ops_log_level_t level, const char *event, ...)
     ops_log_begin(&line, level, event);
     va_list ap;
     va_start(ap, event);
-    for (;;) {
-        const char *key = va_arg(ap, const char *);
-        if (key == NULL)
-            break;
-        const char *value = va_arg(ap, const char *);
-        ops_log_put_field(&line, key, value);
-    }
+    ops_log_put_fields(&line, ap);
     va_end(ap);
     ops_log_end(&line);
+    ops_log_flush_due();
 }
 
 void ops_logf(ops_log_level_t level, const char *event, const char *fmt, ...)

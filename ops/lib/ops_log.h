@@ -43,6 +43,20 @@ bool ops_log_level_check(const char *value, char *why, size_t why_cap);
  * past the arguments. */
 void ops_log(ops_log_level_t level, const char *event, ...) __attribute__((sentinel));
 
+/* Same, for a warning that may repeat (a storm of accept errors, bad reports, a full queue):
+ * at most OPS_RATELIMIT_BURST lines per (event, peer) and OPS_RATELIMIT_EVENT_BURST per event
+ * every OPS_RATELIMIT_WINDOW_MS (ops_ratelimit.h). peer (may be NULL) names who caused it and
+ * is written as the field "peer". A line written after some were held back carries
+ * "suppressed":"N"; a key that went quiet gets one "log.suppressed" line with the event, the
+ * peer and the count once its window is over (written by the next log line of any kind, or by
+ * ops_log_limited_flush()). Thread-safe. */
+void ops_log_limited(ops_log_level_t level, const char *event, const char *peer, ...)
+    __attribute__((sentinel));
+
+/* Writes the "log.suppressed" summaries that are due. Services call it from their loops so a
+ * storm that stopped is summed up even when nothing else is logged. */
+void ops_log_limited_flush(void);
+
 /* Same, with one "msg" field formatted printf-style. */
 void ops_logf(ops_log_level_t level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

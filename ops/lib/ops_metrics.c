@@ -458,7 +458,9 @@ static void ops_http_log(void *cls, const char *fmt, va_list ap)
     size_t len = strlen(msg);
     while (len > 0 && msg[len - 1] == '\n')
         msg[--len] = '\0';
-    ops_log(OPS_LOG_WARN, "http.error", "msg", msg, NULL);
+    /* At the descriptor limit libmicrohttpd says so on every accept it retries: 1.5 million
+     * identical lines in a minute before this was limited (issue 21). */
+    ops_log_limited(OPS_LOG_WARN, "http.error", NULL, "msg", msg, NULL);
 }
 
 int ops_http_start(uint16_t port, ops_health_fn *fn, void *arg, ops_http_t **out)

@@ -733,8 +733,8 @@ static int rpc_endpoint_drain(proto_rpc_client_t *cli, int e, proto_rpc_done_fn 
         if (more)
             rpc_drain(ep->sock);
         if (drc != 0) {
-            ops_log(OPS_LOG_WARN, "rpc.reply_malformed", "rpc_service", cli->service, "endpoint",
-                    ep->addr, "error", qc_errname(drc), NULL);
+            ops_log_limited(OPS_LOG_WARN, "rpc.reply_malformed", ep->addr, "rpc_service",
+                            cli->service, "endpoint", ep->addr, "error", qc_errname(drc), NULL);
             continue;
         }
         int slot = (int)(m->request_id & PROTO_RPC_SLOT_MASK);
@@ -780,8 +780,8 @@ static int rpc_endpoint_recreate(proto_rpc_client_t *cli, int e, proto_rpc_done_
 {
     rpc_endpoint_t *ep = &cli->endpoints[e];
     int finished = 0;
-    ops_log(OPS_LOG_WARN, "rpc.endpoint_silent", "rpc_service", cli->service, "endpoint", ep->addr,
-            NULL);
+    ops_log_limited(OPS_LOG_WARN, "rpc.endpoint_silent", ep->addr, "rpc_service", cli->service,
+                    "endpoint", ep->addr, NULL);
     ops_counter_add(cli->recreated, 1);
     rpc_endpoint_close(ep);
     if (rpc_endpoint_open(cli, ep) != 0) {

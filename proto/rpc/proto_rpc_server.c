@@ -146,8 +146,8 @@ void *proto_rpc_server_socket(proto_rpc_server_t *srv)
 
 static void rpc_server_malformed(proto_rpc_server_t *srv, const char *why, const char *peer)
 {
-    ops_log(OPS_LOG_WARN, "rpc.malformed", "rpc_service", srv->domain.service, "peer", peer,
-            "reason", why, NULL);
+    ops_log_limited(OPS_LOG_WARN, "rpc.malformed", peer, "rpc_service", srv->domain.service,
+                    "reason", why, NULL);
     ops_counter_add(srv->malformed, 1);
 }
 

@@ -68,7 +68,8 @@ static void rpc_zap_send_reply(void *sock, const char *request_id, const char *s
     for (size_t i = 0; i < count; i++) {
         int flags = i + 1 < count ? ZMQ_SNDMORE : 0;
         if (zmq_send(sock, frames[i], strlen(frames[i]), flags) < 0) {
-            ops_log(OPS_LOG_ERROR, "rpc.zap_send_failed", "error", zmq_strerror(zmq_errno()), NULL);
+            ops_log_limited(OPS_LOG_ERROR, "rpc.zap_send_failed", NULL, "error",
+                            zmq_strerror(zmq_errno()), NULL);
             return;
         }
     }
@@ -152,8 +153,10 @@ static void rpc_zap_handle(rpc_zap_t *zap)
             refused = rpc_counter("qc_rpc_refused_total", "unknown",
                                   "CURVE clients refused by the ZAP handler");
         ops_counter_add(refused, 1);
-        ops_log(OPS_LOG_WARN, "rpc.refused", "rpc_service", service[0] ? service : domain, "peer",
-                address, "key", key_z85, "reason", reason, NULL);
+        /* Per key: a stranger retrying its handshake in a loop is a storm (issue 21). */
+        ops_log_limited(OPS_LOG_WARN, "rpc.refused", key_z85[0] != '\0' ? key_z85 : address,
+                        "rpc_service", service[0] ? service : domain, "address", address, "key",
+                        key_z85, "reason", reason, NULL);
     }
     rpc_zap_send_reply(zap->sock, request_id, "400", reason, "");
 }

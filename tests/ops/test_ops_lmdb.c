@@ -23,6 +23,9 @@ static void test_table(void **state)
     assert_int_equal(ops_lmdb_error("test.lmdb", "put", MDB_MAP_FULL), QC_EFULL);
     assert_int_equal(ops_lmdb_error("test.lmdb", "put", MDB_TXN_FULL), QC_EFULL);
     assert_int_equal(ops_lmdb_error("test.lmdb", "txn_begin", MDB_READERS_FULL), QC_EBUSY);
+    /* A full disk is its own condition, not an I/O error (issue 21). */
+    assert_int_equal(ops_lmdb_error("test.lmdb", "commit", 28 /* ENOSPC */), QC_ENOSPACE);
+    assert_int_equal(ops_lmdb_error("test.lmdb", "commit", 122 /* EDQUOT */), QC_ENOSPACE);
     /* The rest is an I/O failure to the caller, whatever LMDB called it. */
     assert_int_equal(ops_lmdb_error("test.lmdb", "get", MDB_CORRUPTED), QC_EIO);
     assert_int_equal(ops_lmdb_error("test.lmdb", "open", MDB_INVALID), QC_EIO);
