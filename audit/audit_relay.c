@@ -33,6 +33,9 @@ typedef struct relay_shard {
     ops_counter_t *m_events;
     ops_counter_t *m_errors;
     ops_gauge_t *m_lag;
+    ops_gauge_t *m_rewound;        /* 1 while the shard reuses seqs the log holds */
+    uint64_t next_rewind_check_ms; /* monotonic */
+    bool rewound;                  /* checked every round until it is brought forward */
 } relay_shard_t;
 
 struct audit_relay {
@@ -46,6 +49,7 @@ struct audit_relay {
     bool started;
     atomic_bool stop;
     _Atomic uint64_t last_ok_ms;
+    _Atomic size_t rewound; /* 1 + index of a shard found rewound, 0 = none */
     ops_counter_t *m_appended;
     ops_counter_t *m_dedupe;
 };
@@ -107,6 +111,8 @@ int audit_relay_new(const audit_relay_config_t *cfg, audit_relay_t **out)
         s->m_errors = ops_counter(name, "Failed outbox reads, acks or commits");
         snprintf(name, sizeof name, "qc_audit_relay_lag{source=\"%s\"}", s->source);
         s->m_lag = ops_gauge(name, "Events left in the shard's outbox after the last ack");
+        snprintf(name, sizeof name, "qc_audit_relay_rewound{source=\"%s\"}", s->source);
+        s->m_rewound = ops_gauge(name, "1 while the shard's outbox reuses seqs the log holds");
         r->shard_count++;
     }
     free(list);
@@ -239,6 +245,79 @@ static int relay_append(audit_relay_t *r, relay_shard_t *s, const Qcledger__Outb
     return rc;
 }
 
+/* True when the log holds event e of shard s under its (source, seq) as it is now: same type
+ * (or kept as an invalid event), txn id and payload. */
+static bool relay_same(audit_relay_t *r, relay_shard_t *s, const Qcledger__OutboxEvent *e)
+{
+    uint64_t seq = 0;
+    uint8_t *rec = NULL;
+    size_t len = 0;
+    audit_entry_t entry;
+    if (audit_store_dedupe_get(r->store, s->source, e->seq, &seq) != 0 ||
+        audit_store_get(r->store, seq, &rec, &len) != 0)
+        return false;
+    bool same = audit_chain_parse(rec, len, &entry) == 0;
+    if (same && !(entry.type_len == strlen(RELAY_TYPE_INVALID) &&
+                  memcmp(entry.type, RELAY_TYPE_INVALID, entry.type_len) == 0)) {
+        size_t tl = e->type != NULL ? strlen(e->type) : 0;
+        same = entry.type_len == tl && memcmp(entry.type, e->type, tl) == 0 &&
+               entry.txn_id_len == e->txn_id.len &&
+               (e->txn_id.len == 0 || memcmp(entry.txn_id, e->txn_id.data, e->txn_id.len) == 0) &&
+               entry.payload_len == e->payload.len &&
+               (e->payload.len == 0 || memcmp(entry.payload, e->payload.data, e->payload.len) == 0);
+    }
+    free(rec);
+    return same;
+}
+
+/* The alarm of a shard behind the log (issue 21): after a ledger is restored from an older
+ * copy, its outbox hands out seqs the log already holds for other events. The relay reads
+ * after the log's high-water mark, so it would never see them, and its catch-up ack would
+ * delete them: evidence lost without a word. So, before that ack and every
+ * AUDIT_RELAY_REWIND_CHECK_MS, the events the shard still holds at or below the mark are
+ * compared with the log's; one that differs (or that the log lacks) raises the alarm: an
+ * error line, qc_audit_relay_rewound{source} = 1, /healthz degraded, and no ack of those seqs.
+ * Returns 0, QC_ESTATE (rewound) or the read's error. */
+static int relay_check_rewind(audit_relay_t *r, relay_shard_t *s, uint64_t hwm)
+{
+    Qcledger__OutboxReadRequest req = QCLEDGER__OUTBOX_READ_REQUEST__INIT;
+    req.after_seq = 0;
+    req.max = s->read_max;
+    req.consumer = r->consumer;
+    Qcledger__OutboxReadReply *rep = NULL;
+    int rc = relay_call(s, "outbox_read", &req.base, &qcledger__outbox_read_reply__descriptor,
+                        (ProtobufCMessage **)&rep);
+    if (rc != 0)
+        return rc;
+    const Qcledger__OutboxEvent *bad = NULL;
+    for (size_t i = 0; i < rep->n_events && bad == NULL; i++) {
+        if (rep->events[i]->seq <= hwm && !relay_same(r, s, rep->events[i]))
+            bad = rep->events[i];
+    }
+    size_t self = (size_t)(s - r->shards) + 1;
+    if (bad != NULL) {
+        char seq[24], mark[24];
+        snprintf(seq, sizeof seq, "%" PRIu64, bad->seq);
+        snprintf(mark, sizeof mark, "%" PRIu64, hwm);
+        ops_log_limited(OPS_LOG_ERROR, "audit.outbox_rewound", s->source, "source", s->source,
+                        "seq", seq, "log_holds_up_to", mark, "why",
+                        "the shard reuses a seq the log holds for another event: restored from "
+                        "an older copy? its events are not acked until it is brought forward",
+                        NULL);
+        ops_gauge_set(s->m_rewound, 1);
+        s->rewound = true;
+        atomic_store(&r->rewound, self);
+        rc = QC_ESTATE;
+    } else {
+        ops_gauge_set(s->m_rewound, 0);
+        s->rewound = false;
+        size_t expected = self;
+        atomic_compare_exchange_strong(&r->rewound, &expected, 0);
+    }
+    qcledger__outbox_read_reply__free_unpacked(rep, NULL);
+    return rc;
+}
+
 /* One round on shard s; *full when it read as many events as it asked for (more may wait).
  * Returns the number of events read (>= 0) or an error. */
 static int relay_round(audit_relay_t *r, relay_shard_t *s, bool *full)
@@ -248,6 +327,12 @@ static int relay_round(audit_relay_t *r, relay_shard_t *s, bool *full)
     int rc = audit_store_hwm(r->store, s->source, &hwm);
     if (rc != 0)
         return rc;
+    uint64_t now = ops_time_mono_ms();
+    if (hwm > 0 && (s->acked < hwm || s->rewound || now >= s->next_rewind_check_ms)) {
+        s->next_rewind_check_ms = now + AUDIT_RELAY_REWIND_CHECK_MS;
+        if ((rc = relay_check_rewind(r, s, hwm)) != 0)
+            return rc;
+    }
     /* After a restart (or a lost ack) the shard may still hold events the log has. */
     if (s->acked < hwm && (rc = relay_ack(r, s, hwm)) != 0)
         return rc;
@@ -317,8 +402,8 @@ static void *relay_main(void *arg)
             if (n < 0) {
                 all_ok = false;
                 ops_counter_add(s->m_errors, 1);
-                ops_log(OPS_LOG_WARN, "audit.relay_failed", "source", s->source, "error",
-                        qc_strerror(n), NULL);
+                ops_log_limited(OPS_LOG_WARN, "audit.relay_failed", s->source, "source", s->source,
+                                "error", qc_strerror(n), NULL);
             } else if (more) {
                 full = true;
             }
@@ -361,4 +446,17 @@ uint64_t audit_relay_stale_ms(const audit_relay_t *relay)
 {
     assert(relay != NULL);
     return ops_time_mono_ms() - atomic_load(&relay->last_ok_ms);
+}
+
+bool audit_relay_alarm(const audit_relay_t *relay, char *why, size_t why_cap)
+{
+    assert(relay != NULL);
+    size_t shard = atomic_load(&((audit_relay_t *)relay)->rewound);
+    if (shard == 0)
+        return false;
+    snprintf(why, why_cap,
+             "degraded: %s's outbox is behind what the audit log holds (restored from an older "
+             "copy?): its new events are not relayed",
+             relay->shards[shard - 1].source);
+    return true;
 }

@@ -20,6 +20,8 @@
 #ifndef AUDIT_RELAY_H
 #define AUDIT_RELAY_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "audit_store.h"
@@ -28,8 +30,9 @@
 #include "qc_error.h"
 
 #define AUDIT_RELAY_SHARDS_MAX PROTO_SHARD_COUNT_MAX
-#define AUDIT_RELAY_RPC_TIMEOUT_MS 3000             /* budget of one outbox_read or outbox_ack */
-#define AUDIT_RELAY_LAG_WARN 100000                 /* outbox depth that is logged as a warning */
+#define AUDIT_RELAY_RPC_TIMEOUT_MS 3000   /* budget of one outbox_read or outbox_ack */
+#define AUDIT_RELAY_LAG_WARN 100000       /* outbox depth that is logged as a warning */
+#define AUDIT_RELAY_REWIND_CHECK_MS 10000 /* a shard's held events compared with the log's */
 #define AUDIT_RELAY_BATCH_MAX PROTO_OUTBOX_READ_MAX /* events per outbox_read */
 #define AUDIT_RELAY_SOURCE_PREFIX "ledger-"
 #define AUDIT_RELAY_CONSUMER_MAX 32 /* a witness's name on the ledgers' audit_consumers */
@@ -62,5 +65,11 @@ void audit_relay_destroy(audit_relay_t **relay_p);
 /* Milliseconds since the last round in which every shard answered, or since
  * audit_relay_new() before the first (for /healthz). Thread-safe. */
 uint64_t audit_relay_stale_ms(const audit_relay_t *relay);
+
+/* True, with why, while a shard's outbox is behind what the log already holds: it still holds,
+ * at or below the log's high-water mark for its source, an event the log holds differently
+ * or not at all (a ledger restored from an older copy). Those events are not acked (nor
+ * deleted) until the shard is brought forward. Thread-safe. */
+bool audit_relay_alarm(const audit_relay_t *relay, char *why, size_t why_cap);
 
 #endif

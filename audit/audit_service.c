@@ -38,6 +38,8 @@ bool audit_service_healthy(void *arg, char *why, size_t cap)
     /* Evidence that cannot be committed is the audit log's one failure that matters most. */
     if (!audit_store_healthy(svc->store, why, cap))
         return false;
+    if (svc->relay != NULL && audit_relay_alarm(svc->relay, why, cap))
+        return false;
     if (svc->relay != NULL && audit_relay_stale_ms(svc->relay) > AUDIT_RELAY_STALE_MS) {
         snprintf(why, cap, "relay: no ledger shard round succeeded for %d s",
                  AUDIT_RELAY_STALE_MS / 1000);

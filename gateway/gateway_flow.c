@@ -626,3 +626,9 @@ void gateway_destroy(gateway_t **gw_p)
     free(gw);
     *gw_p = NULL;
 }
+
+bool gateway_healthy(const gateway_t *gw, char *why, size_t why_cap)
+{
+    assert(gw != NULL);
+    return gw->audit == NULL || proto_audit_healthy(gw->audit, why, why_cap);
+}

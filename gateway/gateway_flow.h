@@ -58,6 +58,10 @@ QC_MUST_CHECK int gateway_run(gateway_t *gw);
 /* True when the gateway can serve: used by /healthz. */
 int gateway_inflight(const gateway_t *gw);
 
+/* False, with why, while the gateway's audit events are shed or wait in a full queue
+ * (proto_audit_healthy()). Callable from the HTTP thread. */
+bool gateway_healthy(const gateway_t *gw, char *why, size_t why_cap);
+
 void gateway_destroy(gateway_t **gw_p);
 
 #endif

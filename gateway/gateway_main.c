@@ -66,7 +66,7 @@ int main(int argc, char **argv)
     gateway_service_t *svc = NULL;
     rc = gateway_service_new(ops_service_config(ops), &svc);
     if (rc == 0) {
-        ops_service_ready(ops, NULL, NULL);
+        ops_service_ready(ops, gateway_service_healthy, svc);
         rc = gateway_service_run(svc);
         ops_log(OPS_LOG_INFO, "gateway.stopped", "result", qc_strerror(rc), NULL);
     }

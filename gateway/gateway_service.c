@@ -18,6 +18,13 @@ struct gateway_service {
     gateway_t *gw;
 };
 
+bool gateway_service_healthy(void *arg, char *why, size_t why_cap)
+{
+    gateway_service_t *svc = arg;
+    assert(svc != NULL);
+    return svc->gw == NULL || gateway_healthy(svc->gw, why, why_cap);
+}
+
 static const char *gateway_nonempty(const char *s)
 {
     return s != NULL && s[0] != '\0' ? s : NULL;

@@ -3,6 +3,9 @@
 #ifndef GATEWAY_SERVICE_H
 #define GATEWAY_SERVICE_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "ops_config.h"
 #include "qc_error.h"
 
@@ -16,6 +19,10 @@ QC_MUST_CHECK int gateway_service_new(const ops_config_t *cfg, gateway_service_t
 
 /* Runs the flow until ops_signal_stop_requested(). Returns 0 or QC_EIO. */
 QC_MUST_CHECK int gateway_service_run(gateway_service_t *svc);
+
+/* /healthz (an ops_health_fn, arg the service): false while the gateway sheds audit events
+ * or its queue for audit is full (proto_audit_healthy()). */
+bool gateway_service_healthy(void *arg, char *why, size_t why_cap);
 
 /* Destroys the gateway and its zmq context, frees svc, nulls *svc_p; accepts NULL. */
 void gateway_service_destroy(gateway_service_t **svc_p);

@@ -54,6 +54,7 @@ typedef struct signer_service {
     proto_audit_t *audit; /* every signature, delivered to the audit log at least once */
     signer_roles_t *roles;
     ops_counter_t *busy_total;
+    ops_counter_t *no_evidence_total;
     ops_counter_t *method_total;
     ops_counter_t *refused_total[SIGNER_KIND_COUNT]; /* by kind: the caller's role may not */
 } signer_service_t;
@@ -77,7 +78,7 @@ bool signer_service_healthy(void *arg, char *why, size_t why_cap)
         snprintf(why, why_cap, "token unavailable");
         return false;
     }
-    return true;
+    return svc->audit == NULL || proto_audit_healthy(svc->audit, why, why_cap);
 }
 
 static void signer_free_request(void *tag)
@@ -165,6 +166,8 @@ static int signer_start(signer_service_t *svc)
         return rc;
     }
     svc->busy_total = ops_counter("qc_signer_busy_total", "Requests refused: queue full");
+    svc->no_evidence_total = ops_counter("qc_signer_evidence_full_total",
+                                         "Requests refused: the queue for audit was full");
     svc->method_total = ops_counter("qc_signer_bad_method_total", "Requests for other methods");
     for (int k = 0; k < SIGNER_KIND_COUNT; k++) {
         char name[96];
@@ -219,6 +222,15 @@ static void signer_accept(signer_service_t *svc, proto_rpc_request_t *req)
         rc = QC_EMETHOD;
     } else if ((rc = signer_authorize(svc, req, why, sizeof why)) != 0) {
         /* refused: nothing goes to the pool */
+    } else if (proto_audit_room(svc->audit) <= signer_pool_pending(svc->pool)) {
+        /* Back-pressure: every signature is evidence, and each job in the pool may need one
+         * slot of the queue for audit. What cannot be recorded is not signed. */
+        rc = QC_EBUSY;
+        ops_counter_add(svc->busy_total, 1);
+        ops_counter_add(svc->no_evidence_total, 1);
+        snprintf(why, sizeof why,
+                 "the audit log cannot take this signature's evidence now: nothing was signed");
+        ops_log_limited(OPS_LOG_WARN, "signer.evidence_full", NULL, "why", why, NULL);
     } else {
         rc = signer_pool_submit(svc->pool, req, req->body, req->body_len, req->deadline_mono_ms);
         if (rc == 0)

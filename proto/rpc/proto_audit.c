@@ -9,6 +9,8 @@
 #include "proto_audit.h"
 
 #include <assert.h>
+#include <inttypes.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +56,10 @@ struct proto_audit {
     uint64_t seq_next;
     ops_counter_t *m_raised, *m_delivered, *m_dropped;
     ops_gauge_t *m_queued;
+    /* For health, read from the HTTP thread. */
+    _Atomic size_t room;           /* proto_audit_room() as of the last change */
+    _Atomic uint64_t last_shed_ms; /* monotonic; 0 = never */
+    _Atomic uint64_t shed;
 };
 
 static void proto_audit_free_event(proto_audit_link_t *l, proto_audit_event_t *e)
@@ -72,10 +78,14 @@ static void proto_audit_compact(proto_audit_link_t *l)
         l->head = (l->head + 1) % PROTO_AUDIT_QUEUE_MAX;
         l->count--;
     }
-    size_t queued = 0;
-    for (size_t i = 0; i < l->owner->link_count; i++)
+    size_t queued = 0, room = 0;
+    for (size_t i = 0; i < l->owner->link_count; i++) {
         queued += l->owner->links[i].count;
+        size_t free_slots = PROTO_AUDIT_QUEUE_MAX - l->owner->links[i].count;
+        room = free_slots > room ? free_slots : room;
+    }
     ops_gauge_set(l->owner->m_queued, (int64_t)queued);
+    atomic_store(&l->owner->room, room);
 }
 
 /* One link per witness of endpoints (';'-separated). Returns 0, QC_ECONFIG, QC_ENOMEM. */
@@ -133,8 +143,9 @@ int proto_audit_new(void *ctx, const char *source, const char *endpoints, const 
     ga->m_raised = ops_counter("qc_proto_audit_events_total", "security events raised");
     ga->m_delivered = ops_counter("qc_proto_audit_delivered_total",
                                   "security events a witness acknowledged (one per witness)");
-    ga->m_dropped = ops_counter("qc_proto_audit_dropped_total",
-                                "security events dropped for a witness: its queue full");
+    ga->m_dropped = ops_counter("qc_audit_events_dropped_total",
+                                "audit events shed for a witness: its queue was full");
+    atomic_init(&ga->room, PROTO_AUDIT_QUEUE_MAX);
     ga->m_queued = ops_gauge("qc_proto_audit_queued", "security events waiting for a witness");
     if (endpoints != NULL) {
         int rc = proto_audit_links(ga, ctx, endpoints, audit_key, keys);
@@ -192,12 +203,52 @@ void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_i
         if (proto_audit_queue(&ga->links[i], source_seq, time_ms, type, txn_id, payload,
                               payload_len))
             continue;
+        /* Shed loudly: counted, health degraded, a limited line with the count held back. */
         char witness[24];
         snprintf(witness, sizeof witness, "%zu", i);
         ops_counter_add(ga->m_dropped, 1);
-        ops_log(OPS_LOG_ERROR, "audit.event_dropped", "type", type, "witness", witness, "why",
-                "queue full", NULL);
+        atomic_fetch_add(&ga->shed, 1);
+        uint64_t now = ops_time_mono_ms();
+        atomic_store(&ga->last_shed_ms, now > 0 ? now : 1);
+        ops_log_limited(OPS_LOG_ERROR, "audit.event_dropped", witness, "type", type, "witness",
+                        witness, "why", "queue for the witness full", NULL);
     }
+}
+
+size_t proto_audit_room(const proto_audit_t *ga)
+{
+    assert(ga != NULL);
+    if (ga->link_count == 0)
+        return SIZE_MAX; /* nothing is queued: events are only logged */
+    size_t room = 0;
+    for (size_t i = 0; i < ga->link_count; i++) {
+        assert(ga->links[i].count <= PROTO_AUDIT_QUEUE_MAX);
+        size_t free_slots = PROTO_AUDIT_QUEUE_MAX - ga->links[i].count;
+        room = free_slots > room ? free_slots : room;
+    }
+    return room;
+}
+
+bool proto_audit_healthy(const proto_audit_t *ga, char *why, size_t why_cap)
+{
+    assert(ga != NULL);
+    proto_audit_t *m = (proto_audit_t *)ga; /* atomics only */
+    uint64_t last = atomic_load(&m->last_shed_ms);
+    if (atomic_load(&m->room) == 0) {
+        snprintf(why, why_cap,
+                 "degraded: every audit witness's queue is full (%d events each): work that "
+                 "needs evidence is refused",
+                 PROTO_AUDIT_QUEUE_MAX);
+        return false;
+    }
+    if (last != 0 && ops_time_mono_ms() - last < PROTO_AUDIT_SHED_HEALTH_MS) {
+        snprintf(why, why_cap,
+                 "degraded: %" PRIu64 " audit events shed since start, the last %" PRIu64
+                 " ms ago (a witness's queue full)",
+                 atomic_load(&m->shed), ops_time_mono_ms() - last);
+        return false;
+    }
+    return true;
 }
 
 int proto_audit_pollitems(proto_audit_t *ga, void *items, int cap)
@@ -259,7 +310,8 @@ static void proto_audit_on_done(void *arg, void *tag, int code, proto_rpc_reply_
     assert(e < l->events + PROTO_AUDIT_QUEUE_MAX);
     assert(e->used);
     assert(e->sent);
-    if (code != 0 || reply->code == QC_EFULL || reply->code == QC_EIO) {
+    if (code != 0 || reply->code == QC_EFULL || reply->code == QC_ENOSPACE ||
+        reply->code == QC_EIO) {
         /* The witness did not take it: resend later with the same source_seq. */
         e->sent = false;
         l->inflight--;
@@ -267,8 +319,8 @@ static void proto_audit_on_done(void *arg, void *tag, int code, proto_rpc_reply_
         if (reply->code == 0)
             ops_counter_add(l->owner->m_delivered, 1);
         else
-            ops_log(OPS_LOG_ERROR, "audit.event_refused", "type", e->type, "error",
-                    qc_errname(reply->code), "message", reply->message, NULL);
+            ops_log_limited(OPS_LOG_ERROR, "audit.event_refused", NULL, "type", e->type, "error",
+                            qc_errname(reply->code), "message", reply->message, NULL);
         proto_audit_free_event(l, e);
         proto_audit_compact(l);
     }

@@ -16,6 +16,7 @@
 #ifndef PROTO_AUDIT_H
 #define PROTO_AUDIT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,9 +26,10 @@
 #define PROTO_AUDIT_QUEUE_MAX 1024  /* events waiting for a witness; beyond it new ones drop */
 #define PROTO_AUDIT_WITNESSES_MAX 8 /* audit witnesses each event goes to */
 #define PROTO_AUDIT_POLLITEMS_MAX (PROTO_AUDIT_WITNESSES_MAX * PROTO_RPC_ENDPOINTS_MAX)
-#define PROTO_AUDIT_INFLIGHT_MAX 64 /* appends sent and not yet answered */
-#define PROTO_AUDIT_TIMEOUT_MS 3000 /* budget of one append, retries included */
-#define PROTO_AUDIT_SEQ_SHIFT 20    /* events one process may raise per ms of uptime */
+#define PROTO_AUDIT_INFLIGHT_MAX 64      /* appends sent and not yet answered */
+#define PROTO_AUDIT_TIMEOUT_MS 3000      /* budget of one append, retries included */
+#define PROTO_AUDIT_SEQ_SHIFT 20         /* events one process may raise per ms of uptime */
+#define PROTO_AUDIT_SHED_HEALTH_MS 60000 /* health stays degraded this long after a drop */
 
 typedef struct proto_audit proto_audit_t;
 
@@ -41,8 +43,12 @@ QC_MUST_CHECK int proto_audit_new(void *ctx, const char *source, const char *end
 
 /* Queues one event for every witness: type ("security.bad_report"), the txn it concerns (16
  * bytes or NULL) and the exact bytes received; the same source_seq everywhere. Never blocks,
- * never fails: where a witness's queue is full the event is dropped for that witness, logged
- * and counted in qc_proto_audit_dropped_total. */
+ * never fails: where a witness's queue is full the event is shed for that witness, loudly:
+ * counted in qc_audit_events_dropped_total, logged (rate-limited, with a count of the lines
+ * held back) as audit.event_dropped, and proto_audit_healthy() is false for
+ * PROTO_AUDIT_SHED_HEALTH_MS. A caller that must not act without its evidence (the signer: it
+ * must not sign what it cannot record) asks proto_audit_room() first and refuses the work
+ * (back-pressure, docs/DESIGN.md section 4). */
 void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_id,
                        const uint8_t *payload, size_t payload_len);
 
@@ -51,6 +57,16 @@ void proto_audit_event(proto_audit_t *ga, const char *type, const uint8_t *txn_i
  * caller may wait before calling proto_audit_process() (-1: no limit). */
 int proto_audit_pollitems(proto_audit_t *ga, void *items, int cap);
 int proto_audit_next_timeout_ms(const proto_audit_t *ga);
+
+/* Events that can still be queued for at least one witness without shedding: the most room
+ * of any witness's queue (SIZE_MAX when audit is not configured: events are then only
+ * logged). A witness that is down does not stop the work the others can record. */
+size_t proto_audit_room(const proto_audit_t *ga);
+
+/* False, with a sentence in why, while no witness's queue has room or for
+ * PROTO_AUDIT_SHED_HEALTH_MS after an event was shed for some witness. Reads only atomics:
+ * callable from the HTTP thread. */
+bool proto_audit_healthy(const proto_audit_t *ga, char *why, size_t why_cap);
 
 /* Sends queued events, handles replies and timeouts. Call every loop turn. */
 void proto_audit_process(proto_audit_t *ga);

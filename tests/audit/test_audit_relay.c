@@ -269,20 +269,70 @@ static void test_relay(void **state)
 }
 
 /* Copies file name from src's dir to dst's dir (same name). */
-static void copy_file(const lp_t *src, const lp_t *dst, const char *name, bool append)
+/* Copies the file from to the file to (appended when append). */
+static void copy_path(const char *from, const char *to, bool append)
 {
-    char a[LP_PATH_MAX + 64], b[LP_PATH_MAX + 64];
-    snprintf(a, sizeof a, "%s/%s", src->dir, name);
-    snprintf(b, sizeof b, "%s/%s", dst->dir, name);
-    FILE *in = fopen(a, "r"), *out = fopen(b, append ? "a" : "w");
+    FILE *in = fopen(from, "r"), *out = fopen(to, append ? "a" : "w");
     assert_non_null(in);
     assert_non_null(out);
-    char buf[512];
+    char buf[4096];
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, in)) > 0)
         assert_int_equal(fwrite(buf, 1, n, out), n);
     fclose(in);
     assert_int_equal(fclose(out), 0);
+}
+
+static void copy_file(const lp_t *src, const lp_t *dst, const char *name, bool append)
+{
+    char a[LP_PATH_MAX + 64], b[LP_PATH_MAX + 64];
+    snprintf(a, sizeof a, "%s/%s", src->dir, name);
+    snprintf(b, sizeof b, "%s/%s", dst->dir, name);
+    copy_path(a, b, append);
+}
+
+/* A ledger restored from an older copy hands out outbox seqs the log already holds for other
+ * events (issue 21). The relay must not ack (delete) them in silence: it raises the alarm
+ * (health, metric, log line) and keeps them in the outbox. */
+static void test_relay_rewound_shard_alarms(void **state)
+{
+    fixture_t *f = *state;
+    lp_t *lp = &f->lp;
+    ap_t *ap = &f->ap;
+    assert_int_equal(ap_start(ap, NULL, 0, f->extra), 0);
+    assert_int_equal(lp_open_account(lp, "alice", TK_CURRENCY, 0), 0);
+    deposits(f, 2);
+    wait_drained(f);
+    /* The copy, taken while the ledger is stopped. */
+    char data[LP_PATH_MAX + 32], copy[LP_PATH_MAX + 32];
+    snprintf(data, sizeof data, "%s/data/data.mdb", lp->dir);
+    snprintf(copy, sizeof copy, "%s/data.mdb.copy", lp->dir);
+    assert_int_equal(lp_stop(lp, SIGTERM) & 0x7f, 0);
+    copy_path(data, copy, false);
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    deposits(f, 3);
+    wait_drained(f);
+    char resp[QCTEST_HTTP_MAX];
+    assert_int_equal(qctest_http(ap->http_port, "GET", "/healthz", resp, sizeof resp), 200);
+    /* Lost: restored from the copy; one new deposit takes a seq the log holds. */
+    assert_int_equal(lp_stop(lp, SIGTERM) & 0x7f, 0);
+    copy_path(copy, data, false);
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    assert_int_equal(lp_deposit(lp, "alice", 7), 0);
+    int status = 0;
+    for (int waited = 0; waited < T_DRAIN_MS; waited += 100) {
+        status = qctest_http(ap->http_port, "GET", "/healthz", resp, sizeof resp);
+        if (status == 503)
+            break;
+        qctest_sleep_ms(100);
+    }
+    assert_int_equal(status, 503);
+    assert_non_null(strstr(qctest_http_body(resp), "behind what the audit log holds"));
+    assert_int_equal(qctest_metric(ap->http_port, "qc_audit_relay_rewound{source=\"ledger-0\"}"),
+                     1);
+    /* Not acked, not deleted: the event waits for the shard to be brought forward. */
+    assert_true(outbox_depth(lp) >= 1);
+    assert_int_equal(ap_stop(ap, SIGTERM), 0);
 }
 
 /* The first "acct-N" that lives on shard of 2. */
@@ -388,6 +438,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_relay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relay_two_shards, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relay_rewound_shard_alarms, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

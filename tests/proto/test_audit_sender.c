@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -111,12 +112,37 @@ static void test_every_witness_gets_every_event(void **state)
     assert_null(two);
 }
 
+/* Audit does not answer and the queue fills: the sender says so before it sheds (room 0,
+ * health degraded), and what it sheds is counted, not lost in silence (issue 21: 14,954
+ * events were dropped with nothing but a log line each). */
+static void test_full_queue_sheds_loudly(void **state)
+{
+    fixture_t *f = *state;
+    char why[256] = "";
+    assert_true(proto_audit_healthy(f->ga, why, sizeof why));
+    assert_int_equal(proto_audit_room(f->ga), PROTO_AUDIT_QUEUE_MAX);
+    static const uint8_t body[] = {0x0a, 0x01, 0x41};
+    for (int i = 0; i < PROTO_AUDIT_QUEUE_MAX; i++)
+        proto_audit_event(f->ga, "sign.load_allow", NULL, body, sizeof body);
+    /* Full, nothing shed yet: a signer refuses new work here (back-pressure). */
+    assert_int_equal(proto_audit_room(f->ga), 0);
+    assert_false(proto_audit_healthy(f->ga, why, sizeof why));
+    assert_non_null(strstr(why, "queue is full"));
+    ops_counter_t *dropped = ops_counter("qc_audit_events_dropped_total", "");
+    uint64_t before = ops_counter_value(dropped);
+    for (int i = 0; i < 10; i++)
+        proto_audit_event(f->ga, "security.bad_report", NULL, body, sizeof body);
+    assert_int_equal(ops_counter_value(dropped), before + 10);
+    assert_false(proto_audit_healthy(f->ga, why, sizeof why));
+}
+
 int main(void)
 {
     ops_log_init("test_audit_sender", "0", OPS_LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_empty_payload_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_witness_gets_every_event, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_queue_sheds_loudly, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
