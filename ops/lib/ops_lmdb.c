@@ -28,7 +28,8 @@ int ops_lmdb_error(const char *event, const char *op, int rc)
     case EDQUOT:
         return QC_ENOSPACE;
     default:
-        ops_log(OPS_LOG_ERROR, event, "op", op, "error", mdb_strerror(rc), NULL);
+        /* A failing disk fails every call: one line per burst, with the count held back. */
+        ops_log_limited(OPS_LOG_ERROR, event, NULL, "op", op, "error", mdb_strerror(rc), NULL);
         return QC_EIO;
     }
 }
