@@ -40,6 +40,11 @@ static qctest_ports_t ports;
 #define T_RESUME_MS 10000
 
 static const char *ledger_bin;
+/* The ledger of the test, stopped by the teardown even when an assertion failed: a ledger
+ * left running on a full disk would spin (the old one) and hold the test's ports. */
+static lp_t lp;
+static bool lp_ready;
+static char data_mount[LP_PATH_MAX + 8];
 
 /* CPU time (user + system) of pid in ms, from /proc. */
 static uint64_t cpu_ms(pid_t pid)
@@ -97,14 +102,15 @@ static void test_full_disk(void **state)
         skip(); /* needs root and mount namespaces */
         return;
     }
-    lp_t lp;
     assert_int_equal(lp_setup(&lp, ledger_bin, T_PORT(0)), 0);
-    char data[LP_PATH_MAX + 8], filler[LP_PATH_MAX + 16], log[LP_PATH_MAX + 16];
-    snprintf(data, sizeof data, "%s/data", lp.dir);
+    lp_ready = true;
+    char *data = data_mount;
+    char filler[LP_PATH_MAX + 16], log[LP_PATH_MAX + 16];
+    snprintf(data, sizeof data_mount, "%s/data", lp.dir);
     snprintf(filler, sizeof filler, "%s/data/filler", lp.dir);
     snprintf(log, sizeof log, "%s/ledger.log", lp.dir);
     assert_int_equal(mount("tmpfs", data, "tmpfs", 0, T_TMPFS_OPTS), 0);
-    int http = T_PORT(1);
+    int http = T_PORT(3); /* the ledger and its stand-in signer take ports from T_PORT(0) on */
     char http_text[16];
     snprintf(http_text, sizeof http_text, "%d", http);
     /* A short deadline: the load reserved below is compensated while the disk is full, the
@@ -183,8 +189,19 @@ static void test_full_disk(void **state)
     free(req);
     free(allow);
     assert_int_equal(lp_stop(&lp, SIGTERM) & 0x7f, 0);
-    assert_int_equal(umount2(data, MNT_DETACH), 0);
-    lp_teardown(&lp);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (lp_ready) {
+        /* Lazily: the ledger may still hold its files; then the dir is an empty one again. */
+        if (data_mount[0] != '\0')
+            (void)umount2(data_mount, MNT_DETACH);
+        lp_teardown(&lp); /* kills the ledger if it still runs, removes the dir */
+        lp_ready = false;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -194,10 +211,10 @@ int main(int argc, char **argv)
         return 2;
     }
     ledger_bin = argv[1];
-    ports = qctest_ports(17560, 4);
+    ports = qctest_ports(17620, 4);
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_disk),
+        cmocka_unit_test_teardown(test_full_disk, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
