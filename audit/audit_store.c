@@ -451,6 +451,8 @@ int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t
                        audit_append_result_t *results)
 {
     int rc = append_txn(store, events, n, results);
+    if (store->storage != NULL)
+        rc = ops_storage_classify(store->storage, rc); /* a disk full mid-commit reads EIO */
     /* Health fails while appends cannot commit, whatever the cause; a full disk or map is
      * also a state of its own, logged once per change (not once per resend). */
     if (!store->rdonly && rc != QC_ENOMEM) {

@@ -1171,7 +1171,8 @@ static void group_commit(ledger_service_t *svc, svc_slot_t *slots, size_t n, uin
                 ops_fault_point("ledger.mid_group_commit");
         }
         assert(done == writes); /* invariant 3: each admitted write ran, once */
-        rc = ledger_store_txn_commit(txn);
+        /* A disk full in the middle of a commit comes back from LMDB as EIO. */
+        rc = ops_storage_classify(svc->storage, ledger_store_txn_commit(txn));
     }
     ledger_signer_release(svc->signer, rc);
     /* A full disk or map is a state with one line per change (ops_storage.h), not a line per

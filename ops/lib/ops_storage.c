@@ -205,6 +205,18 @@ void ops_storage_note(ops_storage_t *st, int rc)
     }
 }
 
+int ops_storage_classify(ops_storage_t *st, int rc)
+{
+    assert(st != NULL);
+    if (rc != QC_EIO)
+        return rc;
+    struct statvfs vfs;
+    if (statvfs(st->dir, &vfs) != 0)
+        return rc;
+    uint64_t free_bytes = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
+    return free_bytes < OPS_STORAGE_FREE_MIN ? QC_ENOSPACE : rc;
+}
+
 /* Doubles the map, up to map_max. The caller guarantees no transaction is open. */
 static bool ops_storage_grow(ops_storage_t *st)
 {

@@ -37,6 +37,7 @@
 
 #define OPS_STORAGE_HIGH_PCT 90 /* the warning, and the ledger's refusal of growth */
 #define OPS_STORAGE_GROW_PCT 75 /* growth starts here, so the warning is the last resort */
+#define OPS_STORAGE_FREE_MIN (1024 * 1024) /* below it an I/O error is a full disk */
 #define OPS_STORAGE_NAME_MAX 31
 #define OPS_STORAGE_WHY_MAX 1024
 
@@ -62,6 +63,11 @@ typedef struct ops_storage ops_storage_t;
  * the map's use and the free space once. */
 QC_MUST_CHECK int ops_storage_new(const ops_storage_config_t *cfg, ops_storage_t **out);
 void ops_storage_destroy(ops_storage_t **st_p);
+
+/* The code a failed write commit means: LMDB reports a write the disk took only in part as
+ * EIO (QC_EIO), not ENOSPC, so QC_EIO while the file system of the store has less than
+ * OPS_STORAGE_FREE_MIN bytes free is QC_ENOSPACE; any other rc is returned as it is. */
+QC_MUST_CHECK int ops_storage_classify(ops_storage_t *st, int rc);
 
 /* What a write commit returned: 0 ends DISK_FULL and MAP_FULL; QC_ENOSPACE enters DISK_FULL,
  * QC_EFULL MAP_FULL; any other code is not about space and changes nothing. */

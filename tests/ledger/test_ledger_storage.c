@@ -35,8 +35,8 @@ static qctest_ports_t ports;
 #define T_TMPFS_OPTS "size=3m" /* the disk the ledger gets */
 #define T_OPENS_MAX 400        /* account opens tried before the disk must be full */
 #define T_IDLE_MS 3000         /* idle time measured on the full disk */
-#define T_IDLE_CPU_MS_MAX 300  /* CPU the ledger may use in it (before: about 2,700) */
-#define T_IDLE_LINES_MAX 5     /* log lines it may write in it (before: about 45,000) */
+#define T_IDLE_CPU_MS_MAX 300  /* CPU it may use in it (before, Release: 1,910) */
+#define T_IDLE_LINES_MAX 10    /* lines: the limiter's bursts (before, Release: 86,740) */
 #define T_RESUME_MS 10000
 
 static const char *ledger_bin;

@@ -168,6 +168,10 @@ static void test_disk_full_one_line(void **state)
     /* Other failures are not about space: the state stays. */
     ops_storage_note(st, QC_EIO);
     assert_int_equal(ops_storage_state(st), OPS_STORAGE_DISK_FULL);
+    /* An I/O error with space left on the disk stays an I/O error; others pass unchanged. */
+    assert_int_equal(ops_storage_classify(st, QC_EIO), QC_EIO);
+    assert_int_equal(ops_storage_classify(st, QC_EFULL), QC_EFULL);
+    assert_int_equal(ops_storage_classify(st, 0), 0);
     /* A commit that went through ends it. */
     ops_storage_note(st, 0);
     assert_true(ops_storage_healthy(st, why, sizeof why));
