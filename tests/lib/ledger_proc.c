@@ -279,12 +279,14 @@ int lp_check(lp_t *lp)
 
 static int lp_start_once(lp_t *lp, const char *fault, int skip, const char *const *extra);
 
-/* True once the ledger answers "check" at all: a refusal counts (a store with a corrupt record
- * answers QC_ECORRUPT, and is up); only silence does not. */
+/* True once the ledger answers at all: a refusal counts; only silence does not. The probe is
+ * shard_status, which every replica (and a ledger without replicas) answers itself from a few
+ * keys of meta. It was `check`, which reads the whole shard: on a big store under load each
+ * probe outlived its timeout and the start was reported failed (test_ledger_query in CI). */
 static bool lp_answers(lp_t *lp)
 {
-    Qcledger__CheckRequest req = QCLEDGER__CHECK_REQUEST__INIT;
-    int rc = lp_call(lp->op, "check", &req.base, NULL);
+    Qcledger__ShardStatusRequest req = QCLEDGER__SHARD_STATUS_REQUEST__INIT;
+    int rc = lp_call(lp->op, "shard_status", &req.base, NULL);
     return rc != QC_ETIMEOUT && rc != QC_EUNAVAIL;
 }
 
