@@ -23,6 +23,7 @@
 
 #define LP_READY_MS 15000
 #define LP_CALL_MS 5000
+#define LP_CHECK_MS 60000 /* a check's budget: it reads every record */
 #define LP_ARGS_MAX 48
 #define LP_PORT_FIRST 17300 /* the ledger's area of test ports: 17300-17499 */
 #define LP_PORT_SPAN 200
@@ -238,15 +239,15 @@ proto_rpc_client_t *lp_client(lp_t *lp, const proto_curve_keypair_t *keys)
     return proto_rpc_client_new(lp->zctx, &cfg, &cli) == 0 ? cli : NULL;
 }
 
-int lp_call(proto_rpc_client_t *cli, const char *method, const ProtobufCMessage *msg,
-            proto_rpc_reply_t **out)
+static int lp_call_within(proto_rpc_client_t *cli, const char *method, const ProtobufCMessage *msg,
+                          int timeout_ms, proto_rpc_reply_t **out)
 {
     uint8_t *body = NULL;
     size_t len = 0;
     if (msg != NULL && proto_pack(msg, &body, &len) != 0)
         return QC_ENOMEM;
     proto_rpc_reply_t *r = NULL;
-    int rc = proto_rpc_client_call(cli, method, body, len, LP_CALL_MS, PROTO_RPC_IDEMPOTENT, &r);
+    int rc = proto_rpc_client_call(cli, method, body, len, timeout_ms, PROTO_RPC_IDEMPOTENT, &r);
     free(body);
     if (rc != 0)
         return rc;
@@ -258,11 +259,18 @@ int lp_call(proto_rpc_client_t *cli, const char *method, const ProtobufCMessage 
     return rc;
 }
 
+int lp_call(proto_rpc_client_t *cli, const char *method, const ProtobufCMessage *msg,
+            proto_rpc_reply_t **out)
+{
+    return lp_call_within(cli, method, msg, LP_CALL_MS, out);
+}
+
 int lp_check(lp_t *lp)
 {
     proto_rpc_reply_t *r = NULL;
     Qcledger__CheckRequest req = QCLEDGER__CHECK_REQUEST__INIT;
-    if (lp_call(lp->op, "check", &req.base, &r) != 0) {
+    /* A check reads the whole shard: seconds on a big one under ASan and load. */
+    if (lp_call_within(lp->op, "check", &req.base, LP_CHECK_MS, &r) != 0) {
         proto_rpc_reply_destroy(&r);
         return -1;
     }
