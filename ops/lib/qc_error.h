@@ -27,7 +27,7 @@
     X(QC_ENOTLEADER, -15, "this replica is not its shard's leader: ask the leader")                \
     X(QC_ENOQUORUM, -16, "no majority of the shard's replicas: nothing changed, try again later")  \
     X(QC_ENOSPACE, -17, "no space left on the bank's disk: nothing changed, try again later")      \
-    X(QC_ECORRUPT, -18, "stored data is corrupt: refused, see the service's log")                 \
+    X(QC_ECORRUPT, -18, "stored data is corrupt: refused, see the service's log")                  \
     /* wire and decoding */                                                                        \
     X(QC_ETOOBIG, -20, "message larger than the limit")                                            \
     X(QC_EDECODE, -21, "malformed message")                                                        \
