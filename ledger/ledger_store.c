@@ -889,10 +889,8 @@ int ledger_store_outbox_last(ledger_store_t *store, MDB_txn *txn, uint64_t *seq)
     assert(store != NULL);
     assert(seq != NULL);
     uint64_t next = 1;
-    int rc = meta_get_u64(store, txn, STORE_META_OUTBOX_NEXT, &next);
-    if (rc == QC_ENOTFOUND)
-        next = 1;
-    else if (rc != 0)
+    int rc = ledger_store_outbox_next(store, txn, &next);
+    if (rc != 0)
         return rc;
     assert(next >= 1);
     *seq = next - 1;
@@ -1379,7 +1377,6 @@ int ledger_store_copy(ledger_store_t *store, const char *dir)
 int ledger_store_outbox_next(ledger_store_t *store, MDB_txn *txn, uint64_t *next)
 {
     assert(store != NULL);
-    assert(txn != NULL);
     assert(next != NULL);
     *next = 1;
     int rc = meta_get_u64(store, txn, STORE_META_OUTBOX_NEXT, next);
