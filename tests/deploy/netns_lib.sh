@@ -3,14 +3,15 @@
 # machine. The harness makes its own namespaces, a bridge and one veth pair per host (each host
 # gets the address of its inventory line, a private 10.77.x.y), renders the inventory with
 # ops/deploy --in-place, runs the real services inside their host's namespace (ip netns exec),
-# and cuts, slows or drops links with iptables and tc. Everything it made is removed by an EXIT
+# and cuts, delays, slows or drops links with iptables, tc and qc-netdelay (a delay without
+# sch_netem: nsx_delay). Everything it made is removed by an EXIT
 # trap, on success and on failure. Names carry a per-run tag (pid and random bits), so two runs
 # can overlap. Only the inventory's addresses are ever used: the bridge has no address and no
 # route, so no packet leaves the namespaces.
 #
 # A test sets NSX_NAME and NSX_INVENTORY (text), sources this file, then calls nsx_begin,
-# nsx_up and its steps. Environment: QC_SOURCE_DIR, QC_BINARY_DIR (CTest sets them); root and
-# ip, iptables, tc (ops/bootstrap installs iproute2 and iptables).
+# nsx_up and its steps. Environment: QC_SOURCE_DIR, QC_BINARY_DIR (CTest sets them; the build
+# holds qc-netdelay); root and ip, iptables, tc (ops/bootstrap installs iproute2 and iptables).
 set -euo pipefail
 
 : "${QC_SOURCE_DIR:?set by CTest}" "${QC_BINARY_DIR:?set by CTest}" "${NSX_NAME:?}" "${NSX_INVENTORY:?}"
@@ -235,20 +236,52 @@ nsx_cut() { # A B: no packet between hosts A and B, either way
   nsx_exec "$2" iptables -I OUTPUT -d "${NSX_ADDR[$1]}" -j DROP
   nsx_log "cut $1 <-> $2"
 }
-nsx_heal() { # every rule and qdisc removed, every link up
+nsx_heal() { # every rule, qdisc and delayer removed, every link up
   local h
   for h in "${NSX_HOSTS[@]}"; do
     nsx_exec "$h" iptables -F
     nsx_exec "$h" tc qdisc del dev eth0 root 2>/dev/null || true
     nsx_exec "$h" ip link set eth0 up
+    # Its rule gone, a delayer lets what it still holds go at once when told to stop.
+    if [ -n "${NSX_PID[netdelay-$h]:-}" ]; then
+      kill -TERM "${NSX_PID[netdelay-$h]}" 2>/dev/null
+      wait "${NSX_PID[netdelay-$h]}" 2>/dev/null || true
+      unset "NSX_PID[netdelay-$h]"
+    fi
   done
   nsx_log "healed every link"
 }
 nsx_link_down() { nsx_exec "$1" ip link set eth0 down; nsx_log "link of $1 down"; }
 
-# nsx_degrade HOST LOSS_PCT DELAY_MS RATE: delay and loss on HOST's link. tc netem when the
-# kernel has it; else loss with iptables' statistic match and a rate limit with tc tbf (no
-# delay: nothing else in the kernel delays). Prints which was used.
+# nsx_delay HOST MS: every packet HOST sends on its link waits MS ms more, so every round trip
+# through HOST takes MS ms longer. tc netem when the kernel has it; else qc-netdelay
+# (deploy_delay.c) in HOST's namespace holds each packet of an NFQUEUE queue for MS ms and then
+# lets it go unchanged: the kernel of the test machine has no sch_netem (nor fq, etf or cake,
+# which would honour a departure time set by BPF), but it has nfnetlink_queue. The iptables
+# rule has --queue-bypass: should the delayer die, packets pass undelayed rather than drop (a
+# test that delays asserts the delay it measures). nsx_heal removes both. Prints which it used.
+nsx_delay() {
+  local h=$1 ms=$2 out=$X/netdelay-$1.out
+  if nsx_exec "$h" tc qdisc add dev eth0 root netem delay "${ms}ms" 2>/dev/null; then
+    nsx_log "delay $h: tc netem delay ${ms}ms"
+    return
+  fi
+  nsx_exec "$h" "$B/tests/deploy/qc-netdelay" --queue 0 --delay-ms "$ms" --seconds "$NSX_WATCHDOG_S" \
+    >"$out" 2>>"$X/logs/netdelay-$h.log" </dev/null &
+  NSX_PID[netdelay-$h]=$!
+  wait_until 5 "qc-netdelay on $h bound its queue" grep -q '^ready' "$out"
+  nsx_exec "$h" iptables -I OUTPUT -o eth0 -j NFQUEUE --queue-num 0 --queue-bypass
+  nsx_log "delay $h: no sch_netem in this kernel: qc-netdelay holds every packet $h sends for ${ms} ms (NFQUEUE)"
+}
+
+# tcp_rtt_ms FROM ADDRESS PORT: the time of a TCP handshake from host FROM (one round trip), ms.
+tcp_rtt_ms() {
+  nsx_exec "$1" bash -c 't0=$(date +%s%N); exec 3<>"/dev/tcp/$0/$1" || exit 1; t1=$(date +%s%N); exec 3>&-; echo $(((t1 - t0) / 1000000))' "$2" "$3"
+}
+
+# nsx_degrade HOST LOSS_PCT DELAY_MS RATE: delay, loss and a rate limit on HOST's link. tc netem
+# when the kernel has it; else nsx_delay for the delay, iptables' statistic match for the loss
+# (random DROP, each way) and tc tbf for the rate. Prints which was used.
 nsx_degrade() {
   local h=$1 loss=$2 delay=$3 rate=$4
   if nsx_exec "$h" tc qdisc add dev eth0 root netem delay "${delay}ms" loss "${loss}%" rate "$rate" 2>/dev/null; then
@@ -257,10 +290,13 @@ nsx_degrade() {
   fi
   local p
   p=$(awk -v l="$loss" 'BEGIN { printf "%.4f", l / 100 }')
+  # The delay's NFQUEUE rule first: the DROP rules go above it (a packet the queue accepts
+  # leaves the chain), so a dropped packet is never delayed first.
+  [ "$delay" -eq 0 ] || nsx_delay "$h" "$delay"
   nsx_exec "$h" iptables -I INPUT -i eth0 -m statistic --mode random --probability "$p" -j DROP
   nsx_exec "$h" iptables -I OUTPUT -o eth0 -m statistic --mode random --probability "$p" -j DROP
   nsx_exec "$h" tc qdisc add dev eth0 root tbf rate "$rate" burst 32kbit latency 400ms
-  nsx_log "degrade $h: no sch_netem in this kernel: iptables statistic DROP p=$p each way, tc tbf rate $rate (no delay)"
+  nsx_log "degrade $h: no sch_netem in this kernel: iptables statistic DROP p=$p each way, tc tbf rate $rate, delay ${delay} ms by qc-netdelay"
 }
 
 # Raft helpers (shard 0 unless told).

@@ -9,8 +9,8 @@
 #   3. the gateway cut from the shard during a run;
 #   4. the audit host cut off (link down) during a run: loads go on, the outbox grows, and the
 #      relay catches up once the link is back;
-#   5. loss and a rate limit on every ledger host and the gateway (tc netem, or iptables
-#      statistic + tbf where the kernel has no sch_netem);
+#   5. loss, a delay and a rate limit on every ledger host and the gateway (tc netem, or
+#      iptables statistic + qc-netdelay + tbf where the kernel has no sch_netem);
 #   6. a replica added from the inventory (render, reload, start with join, qcctl shard
 #      add-replica as the render prints it) and a second gateway, then loads through both.
 # Every FIGURE line is a measurement. LOADS scales every run (default 200).
@@ -125,12 +125,12 @@ wait_until 120 "the audit relay drains the outbox" drained
 nsx_log "FIGURE audit cut: outbox drained $(since "$t0") s after the link came back"
 nsx_invariants "$confirmed_total"
 
-# 5. Loss and a rate limit on the ledger hosts and the gateway.
+# 5. Loss, a 20 ms delay and a rate limit on the ledger hosts and the gateway.
 for h in gw1 l1 l2 l3; do nsx_degrade "$h" 5 20 20mbit; done
 NSX_LOADGEN_TIMEOUT_MS=20000 nsx_loadgen lossy "$LOADS" "$DEVICES" "$CONC" || nsx_log "qc-loadgen lossy exited $?"
 LG=0
 c=$(lg lossy '.outcomes.CONFIRMED // 0')
-nsx_log "FIGURE 5% loss + 20mbit: $LOADS loads, CONFIRMED $c, failed $(lg lossy .failed), $(lg lossy .loads_per_s) loads/s"
+nsx_log "FIGURE 5% loss + 20 ms + 20mbit: $LOADS loads, CONFIRMED $c, failed $(lg lossy .failed), $(lg lossy .loads_per_s) loads/s"
 assert_ge "loads CONFIRMED through 5% loss" 1 "$c"
 confirmed_total=$((confirmed_total + c))
 nsx_heal
