@@ -142,20 +142,34 @@ nsx_network() {
   nsx_log "network: ${#NSX_HOSTS[@]} namespaces on bridge $(bridge): $(for h in "${NSX_HOSTS[@]}"; do printf '%s=%s ' "$h" "${NSX_ADDR[$h]}"; done)"
 }
 
-# Which binary and environment a unit runs with; its config in the host's tree.
+# Which binary and environment a unit runs with; its config in the host's tree. An audit
+# witness's unit is one per host (quancun-audit, audit.conf): it is named by its `consumer`
+# (audit-0, audit-1 ... when there are several), or "audit" when it is the only one.
 E() { echo "$X/deploy/hosts/$1/etc/quancun"; }
-svc_of_unit() { # UNIT -> NAME (gateway-0, signer-0, ledger-0-1, audit)
-  local u=${1%.service}
-  case "$u" in quancun-audit) echo audit ;; *) u=${u#quancun-}; echo "${u%@*}-${u#*@}" ;; esac
+audit_name() { local c; c=$(sed -n 's/^consumer = //p' "$1"); echo "${c:-audit}"; } # audit.conf
+svc_of_unit() { # HOST UNIT -> NAME (gateway-0, signer-0, ledger-0-1, audit or audit-W)
+  local u=${2%.service}
+  case "$u" in quancun-audit) audit_name "$(E "$1")/audit.conf" ;; *) u=${u#quancun-}; echo "${u%@*}-${u#*@}" ;; esac
 }
 binary_of() {
   case "$1" in
     gateway-*) echo "$B/gateway/qc-gateway" ;; signer-*) echo "$B/signer/qc-signer" ;;
-    ledger-*) echo "$B/ledger/qc-ledger" ;; audit) echo "$B/audit/qc-audit" ;;
+    ledger-*) echo "$B/ledger/qc-ledger" ;; audit | audit-*) echo "$B/audit/qc-audit" ;;
   esac
 }
-host_of() { local h; for h in "${NSX_HOSTS[@]}"; do [ -f "$(E "$h")/$1.conf" ] && { echo "$h"; return; }; done; }
-http_of() { sed -n 's/^http_port = //p' "$(E "$(host_of "$1")")/$1.conf"; }
+conf_name() { case "$1" in audit | audit-*) echo audit ;; *) echo "$1" ;; esac; } # its file
+host_of() {
+  local h f
+  for h in "${NSX_HOSTS[@]}"; do
+    f=$(E "$h")/$(conf_name "$1").conf
+    [ -f "$f" ] || continue
+    case "$1" in audit | audit-*) [ "$(audit_name "$f")" = "$1" ] || continue ;; esac
+    echo "$h"
+    return
+  done
+}
+conf_of() { echo "$(E "$(host_of "$1")")/$(conf_name "$1").conf"; }
+http_of() { sed -n 's/^http_port = //p' "$(conf_of "$1")"; }
 
 # nsx_start NAME: runs the service in its host's namespace, as its unit would.
 nsx_start() {
@@ -165,20 +179,23 @@ nsx_start() {
   case "$n" in signer-*) env=(SOFTHSM2_CONF="$(E "$h")/softhsm2-${n#signer-}.conf") ;; esac
   # A store is made once, by init, as install.sh does on a new host.
   case "$n" in
-    ledger-* | audit)
+    ledger-* | audit | audit-*)
       local d
-      d=$(sed -n 's/^data_dir = //p' "$(E "$h")/$n.conf")
-      [ -e "$d/data.mdb" ] || "$(binary_of "$n")" init --config "$(E "$h")/$n.conf" \
+      d=$(sed -n 's/^data_dir = //p' "$(conf_of "$n")")
+      [ -e "$d/data.mdb" ] || "$(binary_of "$n")" init --config "$(conf_of "$n")" \
         >>"$X/logs/$n.log" 2>&1 || fail "$n: init failed"
       ;;
   esac
-  ip netns exec "$(ns "$h")" env "${env[@]}" "$(binary_of "$n")" --config "$(E "$h")/$n.conf" \
+  ip netns exec "$(ns "$h")" env "${env[@]}" "$(binary_of "$n")" --config "$(conf_of "$n")" \
     >>"$X/logs/$n.log" 2>&1 </dev/null &
   NSX_PID[$n]=$!
 }
 nsx_kill() { local p=${NSX_PID[$1]:-}; [ -n "$p" ] && { kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; }; unset "NSX_PID[$1]"; true; }
 nsx_healthy() { nsx_exec "$(host_of "$1")" curl -sf --max-time 1 "http://127.0.0.1:$(http_of "$1")/healthz" >/dev/null; }
-nsx_services() { local h; for h in "${NSX_HOSTS[@]}"; do cat "$X/deploy/hosts/$h/UNITS"; done | while read -r u; do svc_of_unit "$u"; done; }
+nsx_services() {
+  local h u
+  for h in "${NSX_HOSTS[@]}"; do while read -r u; do svc_of_unit "$h" "$u"; done <"$X/deploy/hosts/$h/UNITS"; done
+}
 
 q() { nsx_exec "$NSX_ADMIN" "$B/ops/qcctl/qcctl" --config "$(E "$NSX_ADMIN")/qcctl.conf" "$@"; }
 

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# test_netns_fast.sh - six hosts in network namespaces, rendered by ops/deploy from one
-# inventory: a gateway host that is also the operator's (qcctl, qc-loadgen), a signer host, an
-# audit host and three ledger hosts, one replica of shard 0 each. Loads cross hosts. The
-# leader's link is delayed 50 ms (tc netem, or qc-netdelay where the kernel has no sch_netem:
-# netns_lib.sh, nsx_delay): loads complete, and the TCP handshake with its host and the loads'
-# request-to-allow time grow by at least the delay; healed, qcctl check is ok. The audit
-# host is cut off (link down): loads go on, the events wait in the outbox (qcctl check and the
-# alert's gauge) and drain once it is back. Then the shard's leader is cut from its two
+# test_netns_fast.sh - seven hosts in network namespaces, rendered by ops/deploy from one
+# inventory: a gateway host that is also the operator's (qcctl, qc-loadgen), a signer host, two
+# audit witness hosts (audit-0 on aud, audit-1 on aud2) and three ledger hosts, one replica of
+# shard 0 each. Loads cross hosts. The leader's link is delayed 50 ms (tc netem, or
+# qc-netdelay where the kernel has no sch_netem: netns_lib.sh, nsx_delay): loads complete, and
+# the TCP handshake with its host and the loads' request-to-allow time grow by at least the
+# delay; healed, qcctl check is ok. audit-0's host is cut off (link down): loads go on, audit-1
+# acks every event, the outbox keeps them for audit-0 (qcctl check, the alert's gauge, the
+# per-witness lag) and drains once it is back. Then the shard's leader is cut from its two
 # followers with iptables: the followers elect a new leader, the old one refuses a write, and
 # loads go on through the gateway, which follows the new leader. Healed, every replica catches
-# up and checks ok, money conserved.
+# up and checks ok, money conserved; both witnesses hold the shard's events 1..N, the same,
+# and each verifies.
 # Bounded: a CTest TIMEOUT, a watchdog and qc-loadgen runs of a fixed count.
 NSX_NAME=netns_fast
 NSX_INVENTORY="
 host front 10.77.1.1
 host back 10.77.1.2
 host aud 10.77.1.3
+host aud2 10.77.1.4
 host l1 10.77.1.11
 host l2 10.77.1.12
 host l3 10.77.1.13
@@ -23,13 +26,14 @@ gateway front
 admin front
 signer back
 audit aud
+audit aud2
 replica 0 l1
 replica 0 l2
 replica 0 l3
 set deadline_ms 5000
 set log_level warn"
 source "$(dirname "$0")/netns_lib.sh"
-readonly LOADS=40 DEVICES=8 ELECTION_S=20 DELAY_MS=50
+readonly LOADS=40 DEVICES=8 ELECTION_S=20 DELAY_MS=50 DELAYED_LOADS=10
 
 nsx_begin
 nsx_up
@@ -51,8 +55,8 @@ nsx_delay "$dh" $DELAY_MS
 rtt1=$(tcp_rtt_ms "$NSX_ADMIN" "${NSX_ADDR[$dh]}" "$dport")
 nsx_log "FIGURE TCP handshake $NSX_ADMIN -> $dh: ${rtt0} ms, ${rtt1} ms with the delay"
 assert_ge "TCP handshake with the leader's host, delayed (ms)" $DELAY_MS "$rtt1"
-nsx_loadgen delayed $((LOADS / 2)) $DEVICES || fail "qc-loadgen with the delay: $(tail -3 "$X/delayed.err")"
-assert_eq "loads CONFIRMED with ${DELAY_MS} ms on the leader's link" $((LOADS / 2)) "$(lg delayed '.outcomes.CONFIRMED // 0')"
+nsx_loadgen delayed $DELAYED_LOADS $DEVICES || fail "qc-loadgen with the delay: $(tail -3 "$X/delayed.err")"
+assert_eq "loads CONFIRMED with ${DELAY_MS} ms on the leader's link" $DELAYED_LOADS "$(lg delayed '.outcomes.CONFIRMED // 0')"
 p50_0=$(lg before .latency_ms.request_allow.p50)
 p50_1=$(lg delayed .latency_ms.request_allow.p50)
 nsx_log "FIGURE request to allow p50: ${p50_0} ms, ${p50_1} ms with ${DELAY_MS} ms on the leader's link ($(lg delayed .loads_per_s) loads/s)"
@@ -60,18 +64,24 @@ assert_ge "request to allow p50 grew by (ms)" $DELAY_MS "$(awk -v a="$p50_0" -v 
 nsx_heal
 assert_eq "qcctl check after the delay" true "$(q check | jq -r .ok)"
 
-# 3. The audit host cut off: loads do not wait for it; the shard's outbox keeps the events.
+# 3. The host of witness audit-0 cut off: loads do not wait for it; audit-1 (on aud2) goes on
+# taking every event, and the shard's outbox keeps them for audit-0.
 lh=$(replica_host "$(leader_id)")
 lport=$(http_of "ledger-0-$(leader_id)")
 outbox() { q check | jq '.shards[0].outbox_depth'; }
-gauge() { nsx_exec "$lh" curl -sf --max-time 2 "http://127.0.0.1:$lport/metrics" | awk '$1 == "qc_ledger_outbox_depth" { print $2 }'; }
+metric() { nsx_exec "$lh" curl -sf --max-time 2 "http://127.0.0.1:$lport/metrics" | awk -v n="$1" '$1 == n { print $2 }'; }
+gauge() { metric qc_ledger_outbox_depth; }
+lag() { metric "qc_ledger_outbox_lag{consumer=\"$1\"}"; }
 nsx_link_down aud
 nsx_loadgen noaudit $((LOADS / 2)) $DEVICES || fail "qc-loadgen with the audit cut off: $(tail -3 "$X/noaudit.err")"
-assert_eq "loads CONFIRMED with the audit cut off" $((LOADS / 2)) "$(lg noaudit '.outcomes.CONFIRMED // 0')"
+assert_eq "loads CONFIRMED with audit-0 cut off" $((LOADS / 2)) "$(lg noaudit '.outcomes.CONFIRMED // 0')"
 assert_ge "events waiting in the outbox (qcctl check)" 1 "$(outbox)"
 gauge_up() { [ "$(gauge)" -ge 1 ]; }
 wait_until 5 "qc_ledger_outbox_depth >= 1 on the leader (QuancunOutboxBacklog's gauge)" gauge_up
-nsx_log "FIGURE outbox with the audit cut off: $(outbox) events (gauge $(gauge))"
+audit1_done() { [ "$(lag audit-1)" = 0 ]; }
+wait_until 10 "audit-1 acked every event while audit-0 is cut off" audit1_done
+assert_ge "events kept for audit-0 (its lag)" 1 "$(lag audit-0)"
+nsx_log "FIGURE outbox with audit-0 cut off: $(outbox) events (gauge $(gauge)), lag audit-0 $(lag audit-0), audit-1 $(lag audit-1)"
 nsx_heal
 t0=$(now_s)
 drained() { [ "$(outbox)" = 0 ] && [ "$(gauge)" = 0 ]; }
@@ -121,5 +131,27 @@ q account show CUT-OFF-1 >/dev/null 2>&1
 rc=$?
 set -e
 [ "$rc" -ne 0 ] || fail "the write refused by the cut-off replica exists after healing"
-nsx_invariants $((3 * LOADS))
+nsx_invariants $((2 * LOADS + LOADS / 2 + DELAYED_LOADS))
+
+# 6. Both witnesses hold the shard's every event, 1..N without a hole, the same ones, and the
+# signer's events too; each log verifies (qcctl audit verify on a consistent copy).
+cert=$(ls "$X"/deploy/secrets/hsm/keys/audit-checkpoint-v*.cert.pem | sort -V | tail -1)
+seqs() { "$B/ops/qcctl/qcctl" audit export --dir "$1" | jq -r 'select(.source == "ledger-0") | .source_seq' | sort -n; }
+both_acked() { [ "$(lag audit-0)" = 0 ] && [ "$(lag audit-1)" = 0 ]; }
+lh=$(replica_host "$(leader_id)")
+lport=$(http_of "ledger-0-$(leader_id)")
+wait_until 30 "both witnesses acked every event" both_acked
+for w in audit-0 audit-1; do
+  mkdir -p "$X/copy-$w"
+  mdb_copy "$(sed -n 's/^data_dir = //p' "$(conf_of "$w")")" "$X/copy-$w" || fail "mdb_copy of $w"
+  out=$("$B/ops/qcctl/qcctl" audit verify --json --dir "$X/copy-$w" --cert "$cert") || fail "verify $w: $out"
+  assert_eq "$w verifies" true "$(jq -r .ok <<<"$out")"
+  seqs "$X/copy-$w" >"$X/seqs-$w"
+  assert_ge "signatures of allows in $w (the signer sends to both)" 1 \
+    "$("$B/ops/qcctl/qcctl" audit export --dir "$X/copy-$w" | jq -r .type | grep -c '^sign.load_allow$')"
+done
+n=$(wc -l <"$X/seqs-audit-0")
+assert_eq "audit-0's shard events are 1..N" "$(seq 1 "$n" | md5sum)" "$(md5sum <"$X/seqs-audit-0")"
+assert_eq "audit-1 holds the same shard events as audit-0" "$(md5sum <"$X/seqs-audit-0")" "$(md5sum <"$X/seqs-audit-1")"
+nsx_log "FIGURE both witnesses hold shard events 1..$n and verify"
 nsx_log "PASS"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # test_render.sh - ops/deploy render: what lands on which host (no private key where it is not
 # needed), the errors and warnings of bad inventories, and a re-render after adding a
-# gateway, a signer and a replica: keys kept, the changes listed with the command that
-# applies each. Starts no service and opens no port.
+# gateway, a signer and a replica, and a second audit witness: keys kept, the changes listed
+# with the command that applies each. Starts no service and opens no port.
 set -euo pipefail
 : "${QC_SOURCE_DIR:?set by CTest}" "${QC_BINARY_DIR:?set by CTest}"
 S=$QC_SOURCE_DIR
@@ -99,8 +99,13 @@ gateway gw2 port=70000"
 refuse "a missing shard" "shard 1 has no replica, but there are 3 shards" \
   "$(printf '%s\n' "$base" | grep -v '^replica 1')
 replica 2 l1"
-refuse "a second audit" "a second audit" "$base
-audit gw2"
+refuse "two audit witnesses on one host" "bad:17: a second audit witness on host sig: one per host" "$base
+audit sig"
+nine="$base"
+for i in $(seq 1 9); do nine="$nine
+host w$i 10.0.1.$i
+audit w$i"; done
+refuse "nine audit witnesses" "more than 8 audit witnesses" "$nine"
 refuse "no signer" "no signer" "$(printf '%s\n' "$base" | grep -v '^signer')"
 refuse "unknown statement" "unknown statement 'ledger'" "$base
 ledger 0 l1"
@@ -158,5 +163,48 @@ grep -q "^gw2: gone etc/quancun/gateway-1.conf: systemctl disable --now quancun-
   fail "no disable of the removed gateway: $(cat "$ch")"
 grep -qx 'join = true' "$H/gw2/etc/quancun/ledger-0-4.conf" || fail "replica 4 lost its join on a later render"
 ok "a removed gateway: its config deleted, the disable command listed"
+# --- a second audit witness: every config names both, the new one starts from a copy
+W=$X/wit
+mkdir -p "$W"
+cp -a "$X/out/secrets" "$W/" # the key store of the renders above (a new one takes seconds)
+printf '%s\n' "$base" >"$X/inv1"
+deploy render --inventory "$X/inv1" --out "$W" >"$X/wit1.log" 2>&1 || { cat "$X/wit1.log"; fail "render (one witness)"; }
+! grep -q '^consumer' "$W/hosts/sig/etc/quancun/audit.conf" || fail "a single audit got a consumer name"
+! grep -rq '^audit_consumers' "$W/hosts/l1/etc/quancun/" || fail "ledgers list consumers with one audit"
+grep -qx 'audit = tcp://10.0.0.3:7398' "$W/hosts/gw1/etc/quancun/gateway-0.conf" || fail "gateway's audit with one witness"
+printf '%s\n' "$base" "audit gw2" >"$X/inv2"
+out=$("$S/ops/deploy" check --inventory "$X/inv2" 2>&1) || fail "two witnesses refused: $out"
+[[ $out =~ "2 audit witnesses" ]] || fail "check does not count 2 witnesses: $out"
+deploy render --inventory "$X/inv2" --out "$W" >"$X/wit2.log" 2>&1 || { cat "$X/wit2.log"; fail "render (two witnesses)"; }
+WH=$W/hosts
+for h in sig gw2; do
+  [ -f "$WH/$h/etc/quancun/keys/audit.key" ] && [ -f "$WH/$h/etc/quancun/keys/audit.allow" ] ||
+    fail "witness host $h lacks audit.key or audit.allow"
+  grep -qx 'quancun-audit.service' "$WH/$h/UNITS" || fail "$h's units lack quancun-audit"
+done
+grep -qx 'consumer = audit-0' "$WH/sig/etc/quancun/audit.conf" || fail "sig's witness is not audit-0"
+grep -qx 'consumer = audit-1' "$WH/gw2/etc/quancun/audit.conf" || fail "gw2's witness is not audit-1"
+grep -qx 'listen = tcp://10.0.0.2:7398' "$WH/gw2/etc/quancun/audit.conf" || fail "audit-1's listen"
+grep -qx 'instance = 1' "$WH/gw2/etc/quancun/audit.conf" || fail "audit-1's instance"
+for c in "$WH"/l{1,2,3}/etc/quancun/ledger-*-*.conf; do
+  grep -qx 'audit_consumers = audit-0,audit-1' "$c" || fail "$(basename "$c") lacks audit_consumers"
+done
+both='audit = tcp://10.0.0.3:7398;tcp://10.0.0.2:7398'
+grep -qx "$both" "$WH/gw1/etc/quancun/gateway-0.conf" || fail "the gateway does not send to both witnesses"
+grep -qx "$both" "$WH/sig/etc/quancun/signer-0.conf" || fail "the signer does not send to both witnesses"
+grep -q '^audit.key  *gw2 sig $' "$W/placement.txt" || fail "placement of audit.key: $(grep audit.key "$W/placement.txt")"
+[ ! -e "$WH/l1/etc/quancun/keys/audit.key" ] || fail "audit.key on a ledger host"
+ch=$W/changes.txt
+cat "$ch" >&2
+grep -q "^gw2: new etc/quancun/audit.conf: a new witness: .*seed its data_dir with a copy of a running witness's log.*then systemctl enable --now quancun-audit" "$ch" ||
+  fail "no seeding instruction for the new witness"
+grep -q "^sig: changed etc/quancun/audit.conf: systemctl restart quancun-audit" "$ch" || fail "no restart of audit-0 (its consumer name)"
+grep -q "^l1: changed etc/quancun/ledger-0-1.conf: systemctl restart quancun-ledger@0-1" "$ch" || fail "no restart of the ledgers (audit_consumers)"
+grep -q "^gw1: changed etc/quancun/gateway-0.conf" "$ch" || fail "no restart of the gateway (audit list)"
+printf '%s\n' "$base" >"$X/inv1"
+deploy render --inventory "$X/inv1" --out "$W" >"$X/wit3.log" 2>&1 || { cat "$X/wit3.log"; fail "render (back to one witness)"; }
+grep -q "^gw2: gone etc/quancun/audit.conf: systemctl disable --now quancun-audit" "$ch" || fail "no disable of the removed witness: $(cat "$ch")"
+! grep -rq '^audit_consumers' "$WH/l1/etc/quancun/" || fail "audit_consumers left after going back to one witness"
+ok "two audit witnesses: both in every caller's audit list and the ledgers' audit_consumers, keys on both, the new one seeded"
 failed=0
 echo "PASS test_render" >&2
