@@ -92,19 +92,29 @@ static bool check_deep(ledger_query_t *q, query_answer_t *a, ledger_store_scrub_
         return false;
     }
     assert(pass);
-    if (scrub->corrupt == 0)
+    if (scrub->corrupt == 0 && scrub->index_bad == 0)
         return true;
-    char problem[128];
-    char *pp[1] = {problem};
-    snprintf(problem, sizeof problem,
-             "%" PRIu64 " of %" PRIu64 " records failed their checksum (see ledger.corrupt_record)",
-             scrub->corrupt, scrub->checked);
+    char problem[2][128];
+    char *pp[2];
+    size_t n = 0;
+    if (scrub->corrupt > 0)
+        snprintf(pp[n++] = problem[0], sizeof problem[0],
+                 "%" PRIu64 " of %" PRIu64
+                 " records failed their checksum (see ledger.corrupt_record)",
+                 scrub->corrupt, scrub->checked);
+    /* The indexes of loads are derived: a disagreement loses no money, but listings by
+     * device, account or time would show what the loads do not hold. */
+    if (scrub->index_bad > 0)
+        snprintf(pp[n++] = problem[1], sizeof problem[1],
+                 "%" PRIu64 " of %" PRIu64
+                 " loads and index entries disagree (see ledger.index_mismatch)",
+                 scrub->index_bad, scrub->index_checked);
     Qcledger__CheckReply r = QCLEDGER__CHECK_REPLY__INIT;
     r.ok = false;
     r.shard = q->shard;
     r.shard_count = q->shard_count;
     r.problems = pp;
-    r.n_problems = 1;
+    r.n_problems = n;
     r.checksums_checked = scrub->checked;
     r.checksums_failed = scrub->corrupt;
     pack(a, &r.base);
@@ -278,6 +288,47 @@ static int list_visit(void *arg, const ledger_load_t *l)
     return 0;
 }
 
+/* The index a filter reads (ledger_store_index.h): the device's entries when a device is
+ * asked, else the account's, else the window's in the time index; with no filter but the state
+ * (or none) the whole shard is read in txn id order, as before the indexes. False then. */
+static bool list_range(const Qcledger__ListLoadsRequest *m, ledger_index_range_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->since_ms = m->since_ms;
+    r->until_ms = m->until_ms;
+    if (m->device_id[0] != '\0') {
+        r->kind = LEDGER_INDEX_DEVICE;
+        r->id = m->device_id;
+    } else if (m->account_id[0] != '\0') {
+        r->kind = LEDGER_INDEX_ACCOUNT;
+        r->id = m->account_id;
+    } else if (m->since_ms != 0 || m->until_ms != 0) {
+        r->kind = LEDGER_INDEX_TIME;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/* The cursor of an indexed page is still a txn id (the last load of the page before, as qcctl
+ * passes it): its place in the index is that load's creation time and txn id. Returns 0,
+ * QC_ENOTFOUND (no such load) or what the read returns. */
+static int list_cursor(ledger_query_t *q, MDB_txn *txn, const Qcledger__ListLoadsRequest *m,
+                       ledger_index_range_t *r)
+{
+    assert(m->after_txn.len == LEDGER_TXN_ID_SIZE);
+    ledger_load_t *l = malloc(sizeof *l);
+    if (l == NULL)
+        return QC_ENOMEM;
+    int rc = ledger_store_load_get(q->store, txn, m->after_txn.data, l);
+    if (rc == 0) {
+        r->after_txn = m->after_txn.data;
+        r->after_ms = l->created_ms;
+    }
+    free(l);
+    return rc;
+}
+
 static void run_list_loads(ledger_query_t *q, MDB_txn *txn, const proto_rpc_request_t *req,
                            query_answer_t *a)
 {
@@ -301,8 +352,19 @@ static void run_list_loads(ledger_query_t *q, MDB_txn *txn, const proto_rpc_requ
         refuse(a, QC_ENOMEM, NULL);
         goto out;
     }
-    int rc = ledger_store_each_load_after(
-        q->store, txn, m->after_txn.len != 0 ? m->after_txn.data : NULL, list_visit, &c);
+    ledger_index_range_t range;
+    int rc;
+    if (list_range(m, &range)) {
+        if (m->after_txn.len != 0 && (rc = list_cursor(q, txn, m, &range)) != 0) {
+            refuse(a, rc == QC_ENOTFOUND ? QC_EINVAL : rc,
+                   rc == QC_ENOTFOUND ? "after_txn names no load of this shard" : NULL);
+            goto out;
+        }
+        rc = ledger_store_each_load_in(q->store, txn, &range, list_visit, &c);
+    } else {
+        rc = ledger_store_each_load_after(
+            q->store, txn, m->after_txn.len != 0 ? m->after_txn.data : NULL, list_visit, &c);
+    }
     if (rc != 0 && rc != QUERY_PAGE_FULL) {
         refuse(a, rc, "the loads could not be read");
         goto out;

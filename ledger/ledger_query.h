@@ -32,6 +32,9 @@
 #define LEDGER_LIST_DEFAULT 100      /* loads or statement lines per page when none is asked */
 #define LEDGER_LIST_PAGE_MAX 1000    /* loads or lines in one page, at most */
 #define LEDGER_LIST_SCAN_MAX 100000  /* load records read for one page: bounds a page's time */
+/* A list_loads with a device, an account or a time bound walks the index of loads
+ * (ledger_store_index.h) and reads only the loads in its range, in creation time order; one
+ * with the state alone (or nothing) walks the loads in txn id order. */
 /* Bytes of a page's records: room under PROTO_RPC_FRAME_MAX for the RpcReply around them. */
 #define LEDGER_LIST_REPLY_MAX (PROTO_RPC_FRAME_MAX / 2)
 /* Movements of one account after a statement's cursor that it sorts (each about 100 bytes in

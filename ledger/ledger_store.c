@@ -15,9 +15,12 @@
 #include "ops_log.h"
 #include "ops_metrics.h"
 #include "ops_store.h"
+#include "ops_time.h"
 #include "qc_error.h"
 
-#define STORE_DBI_COUNT 8
+#include "ledger_store_index.h"
+
+#define STORE_DBI_COUNT 12
 #define STORE_DEADLINE_KEY_SIZE (8 + LEDGER_TXN_ID_SIZE)
 #define STORE_TRANSFER_KEY_SIZE (LEDGER_TXN_ID_SIZE + 1)
 #define STORE_SEQ_KEY_SIZE 8
@@ -26,6 +29,8 @@
 #define STORE_META_SHARD_COUNT "shard_count"
 #define STORE_META_APPLIED_INDEX "raft_applied_index"
 #define STORE_META_APPLIED_TIME "raft_applied_time_ms"
+#define STORE_LOCAL_INDEX_VERSION "loads_index_version"
+#define STORE_INDEX_PROGRESS_EVERY 100000 /* loads between two lines of an index build */
 #define STORE_FILE_MODE 0600
 #define STORE_SUM_SIZE OPS_CRC32C_SIZE
 #define STORE_KEY_HEX_MAX 64 /* key bytes named in a corrupt_record log line */
@@ -39,21 +44,39 @@ enum store_dbi {
     DBI_OUTBOX,
     DBI_META,
     DBI_CERTS,
+    /* Not replicated, snapshotted or digested (derived or local state): */
+    DBI_LOADS_BY_TIME, /* the indexes of loads, in ledger_index_kind_t order */
+    DBI_LOADS_BY_DEVICE,
+    DBI_LOADS_BY_ACCOUNT,
+    DBI_LOCAL, /* this copy's own bookkeeping: the version of its indexes */
 };
 
-_Static_assert(STORE_DBI_COUNT == LEDGER_STORE_DB_COUNT,
-               "the snapshot format numbers every database");
+_Static_assert(DBI_CERTS + 1 == LEDGER_STORE_DB_COUNT,
+               "the snapshot format numbers every replicated database");
+_Static_assert(DBI_LOADS_BY_DEVICE == DBI_LOADS_BY_TIME + LEDGER_INDEX_DEVICE &&
+                   DBI_LOADS_BY_ACCOUNT == DBI_LOADS_BY_TIME + LEDGER_INDEX_ACCOUNT,
+               "the index databases are in ledger_index_kind_t order");
+_Static_assert(DBI_LOCAL + 1 == STORE_DBI_COUNT, "every database is named");
 
 static const char *const store_dbi_names[STORE_DBI_COUNT] = {
-    "accounts", "devices", "loads", "deadlines", "transfers", "outbox", "meta", "certs",
+    "accounts", "devices", "loads",         "deadlines",       "transfers",        "outbox",
+    "meta",     "certs",   "loads_by_time", "loads_by_device", "loads_by_account", "local",
 };
+
+static bool store_index_db(enum store_dbi dbi)
+{
+    return dbi >= DBI_LOADS_BY_TIME && dbi <= DBI_LOADS_BY_ACCOUNT;
+}
 
 struct ledger_store {
     MDB_env *env;
     MDB_dbi dbi[STORE_DBI_COUNT];
     atomic_bool corrupt; /* a record failed its checksum: see ledger_store_corrupt() */
     ops_counter_t *m_corrupt;
+    ops_counter_t *m_index_bad;
 };
+
+static int store_index_build(ledger_store_t *store, MDB_txn *txn, const char *dir);
 
 /* The databases whose values carry CRC-32C(key || value) in their last STORE_SUM_SIZE bytes
  * (ledger_store.h). deadlines (empty values), meta (counters) and certs (DER, bound to its
@@ -96,6 +119,9 @@ int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out)
     atomic_init(&store->corrupt, false);
     store->m_corrupt = ops_counter("qc_ledger_corrupt_records_total",
                                    "Records that failed their checksum when read (writes stop)");
+    store->m_index_bad =
+        ops_counter("qc_ledger_index_mismatches_total",
+                    "Index entries of loads that disagree with the loads (scrub, check --deep)");
     int rc = mdb_env_create(&store->env);
     if (rc != 0) {
         free(store);
@@ -130,6 +156,9 @@ int ledger_store_open(const char *dir, uint64_t map_size, ledger_store_t **out)
             goto err;
         }
     }
+    /* A store made before the indexes gets them here, once, in this transaction. */
+    if ((rc = store_index_build(store, txn, dir)) != 0)
+        goto err;
     rc = mdb_txn_commit(txn);
     txn = NULL;
     if (rc != 0) {
@@ -471,6 +500,73 @@ int ledger_store_device_put(ledger_store_t *store, MDB_txn *txn, const ledger_de
 
 /* ------------------------------------------------------------ loads */
 
+/* What of a load its index entries are made of, pointing into load (or msg). */
+static ledger_index_load_t store_index_of(const ledger_load_t *load)
+{
+    ledger_index_load_t l = {.txn_id = load->txn_id,
+                             .device_id = load->device_id,
+                             .account_id = load->account_id,
+                             .created_ms = load->created_ms};
+    return l;
+}
+
+static ledger_index_load_t store_index_of_msg(const uint8_t *txn_id, const Qcledger__Load *m)
+{
+    ledger_index_load_t l = {.txn_id = txn_id,
+                             .device_id = m->device_id != NULL ? m->device_id : "",
+                             .account_id = m->account_id != NULL ? m->account_id : "",
+                             .created_ms = m->created_ms};
+    return l;
+}
+
+static bool store_index_same(const ledger_index_load_t *a, const ledger_index_load_t *b)
+{
+    return a->created_ms == b->created_ms && strcmp(a->device_id, b->device_id) == 0 &&
+           strcmp(a->account_id, b->account_id) == 0;
+}
+
+/* A stored load's record (checked, and kept whole: a load is small beside a page) or NULL when
+ * there is none. The caller frees *out. Returns 0, QC_ECORRUPT, QC_EDECODE, QC_EIO. */
+static int store_load_old(ledger_store_t *store, MDB_txn *txn, const uint8_t *txn_id,
+                          Qcledger__Load **out)
+{
+    ProtobufCMessage *msg = NULL;
+    *out = NULL;
+    int rc = store_get_msg(store, txn, DBI_LOADS, txn_id, LEDGER_TXN_ID_SIZE,
+                           &qcledger__load__descriptor, &msg);
+    if (rc == QC_ENOTFOUND)
+        return 0;
+    if (rc != 0)
+        return rc;
+    Qcledger__Load *m = (Qcledger__Load *)msg;
+    if (m->device_id == NULL || m->device_id[0] == '\0' || m->account_id == NULL ||
+        m->account_id[0] == '\0') {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        return QC_EDECODE; /* the saga stores neither (ledger_store_load_put) */
+    }
+    *out = m;
+    return 0;
+}
+
+typedef struct store_index_visit {
+    ledger_store_t *store;
+    MDB_txn *txn;
+    ledger_store_load_fn *fn;
+    void *arg;
+    ledger_load_t *load;
+} store_index_visit_t;
+
+/* An entry of an index walk: its load, read and handed on. An entry whose load is missing is
+ * skipped (the scrub and check --deep name it): a listing shows what the loads hold. */
+static int store_index_visit(void *arg, const uint8_t txn_id[PROTO_TXN_ID_SIZE])
+{
+    store_index_visit_t *w = arg;
+    int rc = ledger_store_load_get(w->store, w->txn, txn_id, w->load);
+    if (rc == QC_ENOTFOUND)
+        return 0;
+    return rc != 0 ? rc : w->fn(w->arg, w->load);
+}
+
 void ledger_store_load_view(const ledger_load_t *l, Qcledger__Load *m)
 {
     assert(l != NULL);
@@ -551,9 +647,169 @@ int ledger_store_load_put(ledger_store_t *store, MDB_txn *txn, const ledger_load
     assert(load->request_len <= LEDGER_SIGNED_MAX);
     assert(load->allow_len <= LEDGER_SIGNED_MAX);
     assert(load->report_len <= LEDGER_SIGNED_MAX);
+    /* The indexes change in this transaction with the record (ledger_store_index.h): a new
+     * load gets its entries; a rewrite that keeps device, account and creation time (every
+     * state change) leaves them; one that changes them moves them. */
+    Qcledger__Load *old = NULL;
+    int rc = store_load_old(store, txn, load->txn_id, &old);
+    if (rc != 0)
+        return rc;
+    ledger_index_load_t was, now = store_index_of(load);
+    bool moved = old == NULL;
+    if (old != NULL) {
+        was = store_index_of_msg(load->txn_id, old);
+        moved = !store_index_same(&was, &now);
+        if (moved)
+            rc = ledger_index_del(txn, &store->dbi[DBI_LOADS_BY_TIME], &was);
+    }
+    qcledger__load__free_unpacked(old, NULL);
+    if (rc != 0)
+        return rc;
     Qcledger__Load m;
     ledger_store_load_view(load, &m);
-    return store_put_msg(store, txn, DBI_LOADS, load->txn_id, LEDGER_TXN_ID_SIZE, &m.base, 0);
+    rc = store_put_msg(store, txn, DBI_LOADS, load->txn_id, LEDGER_TXN_ID_SIZE, &m.base, 0);
+    if (rc == 0 && moved)
+        rc = ledger_index_put(txn, &store->dbi[DBI_LOADS_BY_TIME], &now);
+    return rc;
+}
+
+int ledger_store_load_del(ledger_store_t *store, MDB_txn *txn,
+                          const uint8_t txn_id[LEDGER_TXN_ID_SIZE])
+{
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(txn_id != NULL);
+    Qcledger__Load *old = NULL;
+    int rc = store_load_old(store, txn, txn_id, &old);
+    if (rc != 0)
+        return rc;
+    if (old == NULL)
+        return QC_ENOTFOUND;
+    ledger_index_load_t was = store_index_of_msg(txn_id, old);
+    rc = ledger_index_del(txn, &store->dbi[DBI_LOADS_BY_TIME], &was);
+    qcledger__load__free_unpacked(old, NULL);
+    MDB_val k = {.mv_size = LEDGER_TXN_ID_SIZE, .mv_data = (void *)txn_id};
+    if (rc == 0 && (rc = mdb_del(txn, store->dbi[DBI_LOADS], &k, NULL)) != 0)
+        rc = store_err("load_del", rc);
+    return rc;
+}
+
+int ledger_store_each_load_in(ledger_store_t *store, MDB_txn *txn, const ledger_index_range_t *r,
+                              ledger_store_load_fn *fn, void *arg)
+{
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(r != NULL);
+    assert(fn != NULL);
+    store_index_visit_t w = {.store = store, .txn = txn, .fn = fn, .arg = arg};
+    w.load = malloc(sizeof *w.load);
+    if (w.load == NULL)
+        return QC_ENOMEM;
+    int rc =
+        ledger_index_walk(txn, store->dbi[DBI_LOADS_BY_TIME + r->kind], r, store_index_visit, &w);
+    free(w.load);
+    return rc;
+}
+
+/* ------------------------------------------------------------ index build */
+
+/* The entries of one raw load record (key, value with its checksum) into the indexes; a
+ * record that fails its checksum or does not parse is left out and counted in *bad. */
+static int store_index_record(ledger_store_t *store, MDB_txn *txn, const MDB_val *k,
+                              const MDB_val *v, bool mark, uint64_t *bad)
+{
+    size_t len = 0;
+    if (k->mv_size != LEDGER_TXN_ID_SIZE) {
+        (*bad)++;
+        return 0;
+    }
+    if (mark) {
+        if (store_check(store, DBI_LOADS, k, v, &len) != 0) {
+            (*bad)++;
+            return 0;
+        }
+    } else {
+        /* A snapshot's record: its body was hashed, so a mismatch is a bad snapshot, not a bad
+         * disk, and must not mark this store corrupt. */
+        len = v->mv_size - STORE_SUM_SIZE;
+        if (v->mv_size < STORE_SUM_SIZE ||
+            store_sum(k, v->mv_data, len) !=
+                (uint32_t)ops_be_get((const uint8_t *)v->mv_data + len, STORE_SUM_SIZE))
+            return QC_EDECODE;
+    }
+    Qcledger__Load *m = qcledger__load__unpack(NULL, len, v->mv_data);
+    if (m == NULL || m->device_id == NULL || m->device_id[0] == '\0' || m->account_id == NULL ||
+        m->account_id[0] == '\0') {
+        qcledger__load__free_unpacked(m, NULL);
+        if (!mark)
+            return QC_EDECODE;
+        (*bad)++;
+        return 0;
+    }
+    uint8_t txn_id[LEDGER_TXN_ID_SIZE];
+    memcpy(txn_id, k->mv_data, sizeof txn_id); /* the key may move once the indexes grow */
+    ledger_index_load_t l = store_index_of_msg(txn_id, m);
+    int rc = ledger_index_put(txn, &store->dbi[DBI_LOADS_BY_TIME], &l);
+    qcledger__load__free_unpacked(m, NULL);
+    return rc;
+}
+
+/* Builds the indexes of every load in txn when the store's index version is not
+ * LEDGER_INDEX_VERSION (a store made before them, or by an older layout), and records the
+ * version; does nothing otherwise. One line when it starts, one per
+ * STORE_INDEX_PROGRESS_EVERY loads, one when it is done. */
+static int store_index_build(ledger_store_t *store, MDB_txn *txn, const char *dir)
+{
+    const char *name = STORE_LOCAL_INDEX_VERSION;
+    MDB_val k = {.mv_size = strlen(name), .mv_data = (void *)name}, v;
+    int rc = mdb_get(txn, store->dbi[DBI_LOCAL], &k, &v);
+    if (rc == 0 && v.mv_size == 8 && ops_be_get(v.mv_data, 8) == LEDGER_INDEX_VERSION)
+        return 0;
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return store_err("local_get", rc);
+    MDB_stat st;
+    if ((rc = mdb_stat(txn, store->dbi[DBI_LOADS], &st)) != 0)
+        return store_err("stat", rc);
+    char total[24];
+    snprintf(total, sizeof total, "%zu", (size_t)st.ms_entries);
+    bool quiet = st.ms_entries == 0; /* a new store: nothing to tell */
+    if (!quiet)
+        ops_log(OPS_LOG_INFO, "ledger.index_build", "dir", dir, "loads", total, "step", "start",
+                NULL);
+    uint64_t t0 = ops_time_mono_ms();
+    for (int db = DBI_LOADS_BY_TIME; db <= DBI_LOADS_BY_ACCOUNT; db++)
+        if ((rc = mdb_drop(txn, store->dbi[db], 0)) != 0)
+            return store_err("drop", rc);
+    MDB_cursor *cur = NULL;
+    if ((rc = mdb_cursor_open(txn, store->dbi[DBI_LOADS], &cur)) != 0)
+        return store_err("cursor_open", rc);
+    uint64_t done = 0, bad = 0;
+    int op = MDB_FIRST;
+    MDB_val lk, lv;
+    while ((rc = mdb_cursor_get(cur, &lk, &lv, op)) == 0) {
+        op = MDB_NEXT;
+        if ((rc = store_index_record(store, txn, &lk, &lv, true, &bad)) != 0)
+            break;
+        if (++done % STORE_INDEX_PROGRESS_EVERY == 0)
+            ops_logf(OPS_LOG_INFO, "ledger.index_build", "%llu of %s loads indexed",
+                     (unsigned long long)done, total);
+    }
+    mdb_cursor_close(cur);
+    if (rc != MDB_NOTFOUND)
+        return rc > 0 ? store_err("index_build", rc) : rc;
+    uint8_t ver[8];
+    ops_be_put(ver, LEDGER_INDEX_VERSION, 8);
+    MDB_val vv = {.mv_size = sizeof ver, .mv_data = ver};
+    if ((rc = mdb_put(txn, store->dbi[DBI_LOCAL], &k, &vv, 0)) != 0)
+        return store_err("local_put", rc);
+    char n[24], skipped[24], ms[24];
+    snprintf(n, sizeof n, "%llu", (unsigned long long)done);
+    snprintf(skipped, sizeof skipped, "%llu", (unsigned long long)bad);
+    snprintf(ms, sizeof ms, "%llu", (unsigned long long)(ops_time_mono_ms() - t0));
+    if (!quiet)
+        ops_log(bad > 0 ? OPS_LOG_ERROR : OPS_LOG_INFO, "ledger.index_build", "dir", dir, "loads",
+                n, "unreadable", skipped, "ms", ms, "step", "done", NULL);
+    return 0;
 }
 
 /* ------------------------------------------------------------ transfers */
@@ -1134,7 +1390,10 @@ int ledger_store_each_record(ledger_store_t *store, MDB_txn *txn, ledger_store_r
     assert(txn != NULL);
     assert(fn != NULL);
     store_record_walk_t w = {.fn = fn, .arg = arg};
-    for (w.db = 0; w.db < STORE_DBI_COUNT; w.db++) {
+    /* The replicated databases only: the indexes are derived from loads, and the local
+     * database is this copy's own (a replica's digest covers what every replica must agree
+     * on, whichever release made its indexes). */
+    for (w.db = 0; w.db < LEDGER_STORE_DB_COUNT; w.db++) {
         int rc = store_walk_after(store, txn, (enum store_dbi)w.db, NULL, 0, true, visit_record,
                                   NULL, &w);
         if (rc != 0)
@@ -1147,7 +1406,11 @@ int ledger_store_wipe(ledger_store_t *store, MDB_txn *txn)
 {
     assert(store != NULL);
     assert(txn != NULL);
+    /* Every database but the local one: the index version stays true, since whatever loads
+     * are appended next bring their entries (ledger_store_record_append()). */
     for (int db = 0; db < STORE_DBI_COUNT; db++) {
+        if (db == DBI_LOCAL)
+            continue;
         int rc = mdb_drop(txn, store->dbi[db], 0);
         if (rc != 0)
             return store_err("drop", rc);
@@ -1161,17 +1424,90 @@ int ledger_store_record_append(ledger_store_t *store, MDB_txn *txn, unsigned db,
     assert(store != NULL);
     assert(txn != NULL);
     assert(key != NULL || key_len == 0);
-    if (db >= STORE_DBI_COUNT || key_len == 0 || key_len > LEDGER_STORE_KEY_MAX)
+    if (db >= LEDGER_STORE_DB_COUNT || key_len == 0 || key_len > LEDGER_STORE_KEY_MAX)
         return QC_EDECODE;
     MDB_val k = {.mv_size = key_len, .mv_data = (void *)key};
     MDB_val v = {.mv_size = val_len, .mv_data = (void *)val};
     int rc = mdb_put(txn, store->dbi[db], &k, &v, MDB_APPEND);
     if (rc == MDB_KEYEXIST)
         return QC_EDECODE; /* out of key order */
-    return rc == 0 ? 0 : store_err("record_append", rc);
+    if (rc != 0)
+        return store_err("record_append", rc);
+    /* A load brings its index entries, in the same transaction (a snapshot restore). */
+    uint64_t bad = 0;
+    return db == DBI_LOADS ? store_index_record(store, txn, &k, &v, false, &bad) : 0;
 }
 
 /* ------------------------------------------------------------ scrub */
+
+/* One line and one count for an index entry that disagrees with the loads. */
+static void scrub_index_bad(ledger_store_t *store, ledger_store_scrub_t *s, enum store_dbi dbi,
+                            const MDB_val *k, const char *why)
+{
+    char hex[2 * STORE_KEY_HEX_MAX + 1];
+    size_t shown = k->mv_size < STORE_KEY_HEX_MAX ? k->mv_size : STORE_KEY_HEX_MAX;
+    ops_hex(k->mv_data, shown, hex);
+    ops_log(OPS_LOG_ERROR, "ledger.index_mismatch", "db", store_dbi_names[dbi], "key", hex, "error",
+            why, NULL);
+    ops_counter_add(store->m_index_bad, 1);
+    s->index_bad++;
+}
+
+/* A load (key, value without its checksum) has its three index entries. */
+static int scrub_load_entries(ledger_store_t *store, MDB_txn *txn, ledger_store_scrub_t *s,
+                              const MDB_val *k, const MDB_val *body)
+{
+    Qcledger__Load *m = qcledger__load__unpack(NULL, body->mv_size, body->mv_data);
+    if (m == NULL || k->mv_size != LEDGER_TXN_ID_SIZE || m->device_id == NULL ||
+        m->account_id == NULL) {
+        qcledger__load__free_unpacked(m, NULL);
+        scrub_index_bad(store, s, DBI_LOADS, k, "the load does not parse: it has no index entries");
+        return 0;
+    }
+    ledger_index_load_t l = store_index_of_msg(k->mv_data, m);
+    unsigned missing = 0;
+    int rc = ledger_index_missing(txn, &store->dbi[DBI_LOADS_BY_TIME], &l, &missing);
+    qcledger__load__free_unpacked(m, NULL);
+    s->index_checked++;
+    if (rc == 0 && missing > 0)
+        scrub_index_bad(store, s, DBI_LOADS, k,
+                        "the load lacks index entries (time, device or "
+                        "account)");
+    return rc;
+}
+
+/* An index entry names a load that exists and has the entry's device or account and time. */
+static int scrub_index_entry(ledger_store_t *store, MDB_txn *txn, ledger_store_scrub_t *s,
+                             enum store_dbi dbi, const MDB_val *k)
+{
+    ledger_index_kind_t kind = (ledger_index_kind_t)(dbi - DBI_LOADS_BY_TIME);
+    char id[PROTO_ACCOUNT_ID_MAX + 2];
+    uint64_t created = 0;
+    uint8_t txn_id[LEDGER_TXN_ID_SIZE];
+    s->index_checked++;
+    if (ledger_index_parse(kind, k->mv_data, k->mv_size, id, &created, txn_id) != 0) {
+        scrub_index_bad(store, s, dbi, k, "the entry's key is not an index key");
+        return 0;
+    }
+    Qcledger__Load *m = NULL;
+    int rc = store_load_old(store, txn, txn_id, &m);
+    if (rc == QC_ECORRUPT || rc == QC_EDECODE)
+        return 0; /* the load itself is counted by its own check */
+    if (rc != 0)
+        return rc;
+    const char *why = NULL;
+    if (m == NULL)
+        why = "the entry names no load (dangling)";
+    else if (m->created_ms != created)
+        why = "the entry's time is not the load's";
+    else if ((kind == LEDGER_INDEX_DEVICE && strcmp(id, m->device_id) != 0) ||
+             (kind == LEDGER_INDEX_ACCOUNT && strcmp(id, m->account_id) != 0))
+        why = "the entry's device or account is not the load's";
+    qcledger__load__free_unpacked(m, NULL);
+    if (why != NULL)
+        scrub_index_bad(store, s, dbi, k, why);
+    return 0;
+}
 
 /* Checks the records of db from s's position on, at most max - *done of them; *end true when
  * db has no more. */
@@ -1183,15 +1519,27 @@ static int scrub_db(ledger_store_t *store, MDB_txn *txn, ledger_store_scrub_t *s
     if (rc != 0)
         return store_err("cursor_open", rc);
     MDB_val k = {.mv_size = s->key_len, .mv_data = s->key}, v;
+    int qrc = 0;
     rc = mdb_cursor_get(cur, &k, &v, s->key_len > 0 ? MDB_SET_RANGE : MDB_FIRST);
     if (rc == 0 && s->key_len > 0 && k.mv_size == s->key_len &&
         memcmp(k.mv_data, s->key, s->key_len) == 0)
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT); /* checked by the last step */
     while (rc == 0 && *done < max) {
         size_t len = 0;
-        if (store_check(store, (enum store_dbi)s->db, &k, &v, &len) != 0)
-            s->corrupt++;
-        s->checked++;
+        enum store_dbi dbi = (enum store_dbi)s->db;
+        if (store_index_db(dbi)) {
+            qrc = scrub_index_entry(store, txn, s, dbi, &k);
+        } else {
+            if (store_check(store, dbi, &k, &v, &len) != 0) {
+                s->corrupt++;
+            } else if (dbi == DBI_LOADS) {
+                MDB_val body = {.mv_size = len, .mv_data = v.mv_data};
+                qrc = scrub_load_entries(store, txn, s, &k, &body);
+            }
+            s->checked++;
+        }
+        if (qrc != 0)
+            break;
         (*done)++;
         assert(k.mv_size <= sizeof s->key);
         memcpy(s->key, k.mv_data, k.mv_size);
@@ -1199,6 +1547,8 @@ static int scrub_db(ledger_store_t *store, MDB_txn *txn, ledger_store_scrub_t *s
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     mdb_cursor_close(cur);
+    if (qrc != 0)
+        return qrc; /* an index check could not read (QC_E*) */
     *end = rc == MDB_NOTFOUND;
     if (rc == 0 || rc == MDB_NOTFOUND)
         return 0;
@@ -1220,7 +1570,7 @@ int ledger_store_scrub_step(ledger_store_t *store, ledger_store_scrub_t *s, size
     /* At most one lap of the databases per step, however few records there are. */
     for (int moves = 0; rc == 0 && done < max && moves <= STORE_DBI_COUNT; moves++) {
         bool end = true;
-        if (store_summed((enum store_dbi)s->db))
+        if (store_summed((enum store_dbi)s->db) || store_index_db((enum store_dbi)s->db))
             rc = scrub_db(store, txn, s, max, &done, &end);
         if (rc != 0 || !end)
             break;

@@ -17,6 +17,18 @@
  *   meta       name                  -> value (shard identity, next outbox sequence, each
  *                                        outbox consumer's cursor "outbox_acked:<consumer>")
  *   certs      device id             -> the device's certificate (DER), written once
+ * and, not replicated (derived or local state, outside snapshots and digests):
+ *   loads_by_time     created_ms (8, BE) || txn id            -> empty   (ledger_store_index.h)
+ *   loads_by_device   device id || 0 || created_ms || txn id  -> empty
+ *   loads_by_account  account id || 0 || created_ms || txn id -> empty
+ *   local      name                  -> value (loads_index_version)
+ * Every load has exactly its three index entries, written in the transaction that writes the
+ * load (ledger_store_load_put(), _load_del(), _record_append()); a store opened without them
+ * (made before them) gets them at open, in the open's own write transaction, with one log line
+ * ledger.index_build at its start and end. The scrub and check --deep check both ways (every
+ * load has its entries, every entry names a load with its device, account and time): a
+ * disagreement is logged as ledger.index_mismatch and counted (qc_ledger_index_mismatches_total,
+ * ledger_store_scrub_t.index_bad).
  *
  * Checksums (issue 21; LMDB keeps none of keys or values). The value of every record of
  * accounts, devices, loads, transfers and outbox is the protobuf followed by 4 bytes,
@@ -40,6 +52,7 @@
 #include <lmdb.h>
 
 #include "ledger.pb-c.h"
+#include "ledger_store_index.h"
 #include "proto_cert.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
@@ -178,6 +191,10 @@ QC_MUST_CHECK int ledger_store_load_get(ledger_store_t *store, MDB_txn *txn,
                                         ledger_load_t *out);
 QC_MUST_CHECK int ledger_store_load_put(ledger_store_t *store, MDB_txn *txn,
                                         const ledger_load_t *load);
+/* Deletes a load and its index entries (nothing deletes loads today; compaction would).
+ * Returns 0, QC_ENOTFOUND, QC_ECORRUPT, QC_EDECODE, QC_EIO. */
+QC_MUST_CHECK int ledger_store_load_del(ledger_store_t *store, MDB_txn *txn,
+                                        const uint8_t txn_id[LEDGER_TXN_ID_SIZE]);
 
 /* Transfers are immutable: add returns QC_EEXIST when (txn id, kind) is already there. */
 QC_MUST_CHECK int ledger_store_transfer_add(ledger_store_t *store, MDB_txn *txn,
@@ -252,6 +269,13 @@ QC_MUST_CHECK int ledger_store_each_transfer(ledger_store_t *store, MDB_txn *txn
 QC_MUST_CHECK int ledger_store_each_load_after(ledger_store_t *store, MDB_txn *txn,
                                                const uint8_t *after_txn, ledger_store_load_fn *fn,
                                                void *arg);
+/* The loads of an index range (ledger_store_index.h) in its order (creation time, then txn
+ * id), each read from the loads database, checksum checked, and handed to fn: a walk reads the
+ * entries of its range and their loads, nothing else. An entry whose load is missing is
+ * skipped. Returns what each_load does, and QC_EDECODE for an entry that is not an index key. */
+QC_MUST_CHECK int ledger_store_each_load_in(ledger_store_t *store, MDB_txn *txn,
+                                            const ledger_index_range_t *r, ledger_store_load_fn *fn,
+                                            void *arg);
 QC_MUST_CHECK int ledger_store_each_device(ledger_store_t *store, MDB_txn *txn,
                                            ledger_store_device_fn *fn, void *arg);
 QC_MUST_CHECK int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn,
@@ -278,8 +302,10 @@ QC_MUST_CHECK int ledger_store_copy(ledger_store_t *store, const char *dir);
 QC_MUST_CHECK int ledger_store_outbox_next(ledger_store_t *store, MDB_txn *txn, uint64_t *next);
 QC_MUST_CHECK int ledger_store_applied_clear(ledger_store_t *store, MDB_txn *txn);
 
-/* Raw records, for snapshots. The databases of the table above are numbered in its order
- * (accounts 0, devices 1, ... certs 7); the numbers are part of the snapshot format.
+/* Raw records, for snapshots. The replicated databases of the table above are numbered in its
+ * order (accounts 0, devices 1, ... certs 7); the numbers are part of the snapshot format. The
+ * indexes and `local` are not walked (each_record) nor loaded (record_append): a load appended
+ * brings its index entries, and wipe empties the indexes with the rest (not `local`).
  * each_record calls fn for every record of every database, database by database, each in
  * key order, and stops when fn returns non-zero (which is returned). wipe empties every
  * database. record_append puts one record at the end of database db: a key that is not
@@ -307,6 +333,8 @@ typedef struct ledger_store_scrub {
     uint64_t checked;                      /* records checked, all passes */
     uint64_t corrupt;                      /* of which failed their checksum */
     uint64_t passes;                       /* whole walks completed */
+    uint64_t index_checked;                /* loads and index entries checked against each other */
+    uint64_t index_bad;                    /* of which disagreed (ledger.index_mismatch) */
 } ledger_store_scrub_t;
 
 /* Checks up to max records from where s left off, in one read transaction, and moves on

@@ -736,7 +736,9 @@ static int list_shard(qcctl_t *q, uint32_t s, const uint8_t *after, Qcledger__Li
     }
 }
 
-/* load list: every shard in order, each in txn id order, filtered; at most --limit loads.
+/* load list: every shard in order, filtered; each shard in creation time order when a device,
+ * an account or a time bound is given (the ledger reads its index of loads), in txn id order
+ * otherwise; at most --limit loads.
  * When the limit stopped the listing, the cursor to continue with (--after) is printed. */
 static int cmd_load_list(qcctl_t *q)
 {

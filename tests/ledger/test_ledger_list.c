@@ -1,0 +1,257 @@
+/* test_ledger_list.c - `list_loads` with a device, account or time filter reads the index of
+ * loads (ledger/ledger_store_index.h), not the shard: against a real qc-ledger whose shard
+ * holds many loads of many devices, a device's page reads exactly the loads it returns
+ * (ListLoadsReply.scanned), in creation time order, and paging by the last txn id walks every
+ * load of that device once; the same holds for an account and for a time window. A filter no
+ * index serves (the state alone) still reads the whole shard, as every filter did before.
+ *
+ * The loads are written into the stopped ledger's LMDB through the store API (which keeps the
+ * indexes as the saga's writes do), so the shard is big in seconds; they carry no transfers,
+ * so no check is run on it.
+ * Usage: test_ledger_list PATH-TO-qc-ledger [LOADS [PATH-TO-qcctl]]. With LOADS it is a
+ * benchmark: it prints the time of one page (and of `qcctl load list --device D --limit 50`
+ * when qcctl is given) and asserts nothing of `scanned`, so it runs against a qc-ledger made
+ * before the indexes too. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "ledger_proc.h"
+#include "ledger_store.h"
+#include "ledger_testkit.h"
+#include "ops_time.h"
+#include "qc_error.h"
+#include "qctest_port.h"
+
+#define TEST_LOADS 20000        /* loads of the shard in the CTest run */
+#define TEST_DEVICES 500        /* devices they are spread over, round robin */
+#define TEST_ACCOUNTS 50        /* accounts, round robin */
+#define TEST_COMMIT_EVERY 10000 /* loads per write transaction while filling */
+#define TEST_PAGE 50            /* loads per page asked */
+#define TEST_DEVICE 7           /* the device listed */
+#define TEST_T0_MS 1800000000000ull
+#define TEST_CALL_MS 60000
+
+static qctest_ports_t ports;
+static const char *ledger_bin, *qcctl_bin;
+static long loads = TEST_LOADS;
+static bool bench;
+
+/* Writes n loads straight into the stopped ledger's LMDB: load i of device i % TEST_DEVICES
+ * and account i % TEST_ACCOUNTS, created at TEST_T0_MS + i. */
+static void fill(lp_t *lp, long n)
+{
+    char path[LP_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/data", lp->dir);
+    ledger_store_t *store = NULL;
+    assert_int_equal(ledger_store_open(path, 1024ull << 20, &store), 0);
+    ledger_load_t *l = calloc(1, sizeof *l);
+    assert_non_null(l);
+    l->state = QUANCUN__LOAD_STATE__LOAD_CONFIRMED;
+    l->amount = 100;
+    l->currency = TK_CURRENCY;
+    l->request_len = 64; /* the size of nothing in particular: no one verifies it here */
+    MDB_txn *txn = NULL;
+    for (long i = 0; i < n; i++) {
+        if (i % TEST_COMMIT_EVERY == 0)
+            assert_int_equal(ledger_store_txn_begin(store, NULL, true, &txn), 0);
+        tk_txn_id(l->txn_id);
+        snprintf(l->device_id, sizeof l->device_id, "dev-%ld", i % TEST_DEVICES);
+        snprintf(l->account_id, sizeof l->account_id, "acct-%ld", i % TEST_ACCOUNTS);
+        l->created_ms = l->updated_ms = TEST_T0_MS + (uint64_t)i;
+        l->counter = (uint64_t)(i / TEST_DEVICES);
+        assert_int_equal(ledger_store_load_put(store, txn, l), 0);
+        if (i % TEST_COMMIT_EVERY == TEST_COMMIT_EVERY - 1 || i == n - 1)
+            assert_int_equal(ledger_store_txn_commit(txn), 0);
+    }
+    free(l);
+    ledger_store_close(&store);
+}
+
+/* One page: *reply is the caller's. Returns the reply code. */
+static int list_page(lp_t *lp, Qcledger__ListLoadsRequest *m, Qcledger__ListLoadsReply **reply,
+                     uint64_t *ms)
+{
+    uint64_t t0 = ops_time_mono_ms();
+    proto_rpc_reply_t *r = NULL;
+    int rc = lp_call(lp->op, "list_loads", &m->base, &r);
+    *ms = ops_time_mono_ms() - t0;
+    *reply = NULL;
+    if (rc == 0) {
+        *reply = qcledger__list_loads_reply__unpack(NULL, r->body_len, r->body);
+        assert_non_null(*reply);
+    }
+    proto_rpc_reply_destroy(&r);
+    return rc;
+}
+
+typedef struct want {
+    const char *device, *account; /* NULL: any */
+    uint64_t since_ms, until_ms;
+    long expect; /* loads the filter matches */
+} want_t;
+
+static bool matches(const want_t *w, const Qcledger__Load *l)
+{
+    return (w->device == NULL || strcmp(l->device_id, w->device) == 0) &&
+           (w->account == NULL || strcmp(l->account_id, w->account) == 0) &&
+           l->created_ms >= w->since_ms && (w->until_ms == 0 || l->created_ms < w->until_ms);
+}
+
+/* Pages through the filter w with TEST_PAGE loads a page: every load matches, in creation time
+ * order, each page read exactly what it returns, and together they are w->expect loads. */
+static void list_all(lp_t *lp, const want_t *w)
+{
+    Qcledger__ListLoadsRequest m = QCLEDGER__LIST_LOADS_REQUEST__INIT;
+    m.device_id = (char *)(w->device != NULL ? w->device : "");
+    m.account_id = (char *)(w->account != NULL ? w->account : "");
+    m.since_ms = w->since_ms;
+    m.until_ms = w->until_ms;
+    m.limit = TEST_PAGE;
+    uint8_t cursor[LEDGER_TXN_ID_SIZE];
+    long seen = 0, pages = 0;
+    uint64_t last_ms = 0;
+    for (;;) {
+        Qcledger__ListLoadsReply *r = NULL;
+        uint64_t ms = 0;
+        assert_int_equal(list_page(lp, &m, &r, &ms), 0);
+        assert_true(r->n_loads <= TEST_PAGE);
+        assert_int_equal(r->scanned, r->n_loads); /* the index: no load read for nothing */
+        for (size_t i = 0; i < r->n_loads; i++) {
+            assert_true(matches(w, r->loads[i]));
+            assert_true(r->loads[i]->created_ms > last_ms);
+            last_ms = r->loads[i]->created_ms;
+        }
+        seen += (long)r->n_loads;
+        pages++;
+        bool more = r->next_after.len == LEDGER_TXN_ID_SIZE;
+        if (more)
+            memcpy(cursor, r->next_after.data, sizeof cursor);
+        qcledger__list_loads_reply__free_unpacked(r, NULL);
+        if (!more)
+            break;
+        m.after_txn.data = cursor;
+        m.after_txn.len = sizeof cursor;
+        assert_true(pages <= w->expect / TEST_PAGE + 1);
+    }
+    assert_int_equal(seen, w->expect);
+}
+
+/* The times of one page of device TEST_DEVICE and of a filter no index serves, and of qcctl's
+ * listing when given: the figures of docs/DESIGN.md section 3, "Queries". */
+static void figures(lp_t *lp, char device[32])
+{
+    Qcledger__ListLoadsRequest m = QCLEDGER__LIST_LOADS_REQUEST__INIT;
+    m.device_id = device;
+    m.limit = TEST_PAGE;
+    Qcledger__ListLoadsReply *r = NULL;
+    uint64_t dev_ms = 0, scan_ms = 0;
+    assert_int_equal(list_page(lp, &m, &r, &dev_ms), 0);
+    uint64_t dev_scanned = r->scanned;
+    size_t dev_n = r->n_loads;
+    qcledger__list_loads_reply__free_unpacked(r, NULL);
+    m.device_id = "";
+    m.state = QUANCUN__LOAD_STATE__LOAD_COMPENSATED; /* none is: the whole shard is read */
+    assert_int_equal(list_page(lp, &m, &r, &scan_ms), 0);
+    uint64_t scan_scanned = r->scanned;
+    qcledger__list_loads_reply__free_unpacked(r, NULL);
+    print_message("shard of %ld loads: list_loads device %s limit %d: %zu loads, %llu records "
+                  "read, %llu ms; state COMPENSATED (no index): %llu records read, %llu ms\n",
+                  loads, device, TEST_PAGE, dev_n, (unsigned long long)dev_scanned,
+                  (unsigned long long)dev_ms, (unsigned long long)scan_scanned,
+                  (unsigned long long)scan_ms);
+    if (qcctl_bin == NULL)
+        return;
+    char path[LP_PATH_MAX + 32], cmd[3 * LP_PATH_MAX + 256];
+    snprintf(path, sizeof path, "%s/qcctl.conf", lp->dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "ledger_endpoints = %s\nledger_public_key = %s\ncurve_key = %s/admin.key\n",
+            lp->endpoint, lp->server.public_z85, lp->dir);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s --config %s load list --device %s --limit %d > %s/qcctl.out",
+             qcctl_bin, path, device, TEST_PAGE, lp->dir);
+    uint64_t t0 = ops_time_mono_ms();
+    int status = system(cmd);
+    uint64_t ms = ops_time_mono_ms() - t0;
+    print_message("qcctl load list --device %s --limit %d: exit %d, %llu ms\n", device, TEST_PAGE,
+                  status, (unsigned long long)ms);
+}
+
+static void test_list_by_index(void **state)
+{
+    (void)state;
+    lp_t *lp = calloc(1, sizeof *lp);
+    assert_non_null(lp);
+    assert_int_equal(lp_setup(lp, ledger_bin, qctest_port(&ports, 0)), 0);
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    assert_int_equal(lp_stop(lp, SIGTERM), 0);
+    uint64_t t0 = ops_time_mono_ms();
+    fill(lp, loads);
+    print_message("filled the shard with %ld loads in %llu ms\n", loads,
+                  (unsigned long long)(ops_time_mono_ms() - t0));
+    assert_int_equal(lp_start(lp, NULL, 0, NULL), 0);
+    char device[32];
+    snprintf(device, sizeof device, "dev-%d", TEST_DEVICE);
+    figures(lp, device);
+    if (!bench) {
+        long per_device = loads / TEST_DEVICES + (TEST_DEVICE < loads % TEST_DEVICES);
+        want_t by_device = {.device = device, .expect = per_device};
+        list_all(lp, &by_device);
+        want_t by_account = {.account = "acct-3",
+                             .since_ms = TEST_T0_MS + 1000,
+                             .until_ms = TEST_T0_MS + 6000,
+                             .expect = 5000 / TEST_ACCOUNTS};
+        list_all(lp, &by_account);
+        want_t by_time = {
+            .since_ms = TEST_T0_MS + 100, .until_ms = TEST_T0_MS + 333, .expect = 233};
+        list_all(lp, &by_time);
+        /* A device and a window: the device's entries of that window only. */
+        want_t both = {.device = device,
+                       .since_ms = TEST_T0_MS + TEST_DEVICES * 3,
+                       .until_ms = TEST_T0_MS + TEST_DEVICES * 5,
+                       .expect = 2};
+        list_all(lp, &both);
+        /* A cursor that names no load is refused, not read as "from the start". */
+        Qcledger__ListLoadsRequest m = QCLEDGER__LIST_LOADS_REQUEST__INIT;
+        uint8_t ghost[LEDGER_TXN_ID_SIZE] = {0};
+        m.device_id = device;
+        m.after_txn.data = ghost;
+        m.after_txn.len = sizeof ghost;
+        Qcledger__ListLoadsReply *r = NULL;
+        uint64_t ms = 0;
+        assert_int_equal(list_page(lp, &m, &r, &ms), QC_EINVAL);
+    }
+    lp_teardown(lp);
+    free(lp);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s PATH-TO-qc-ledger [LOADS [PATH-TO-qcctl]]\n", argv[0]);
+        return 2;
+    }
+    ledger_bin = argv[1];
+    if (argc > 2) {
+        loads = strtol(argv[2], NULL, 10);
+        bench = true;
+    }
+    if (argc > 3)
+        qcctl_bin = argv[3];
+    if (loads < TEST_DEVICES)
+        loads = TEST_LOADS;
+    ports = qctest_ports(17580, 4);
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_list_by_index),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
