@@ -33,7 +33,9 @@ struct ops_storage {
     uint64_t used;
     uint64_t map;
     uint64_t free_bytes;
+    bool disk_blocks_growth; /* the last growth was refused: the disk could not hold it */
     ops_gauge_t *m_free, *m_used, *m_map, *m_state;
+    ops_counter_t *m_growths;
 };
 
 static const char *const ops_storage_state_names[] = {"ok", "map_high", "map_full", "disk_full"};
@@ -81,7 +83,13 @@ static void ops_storage_describe(ops_storage_t *st, ops_storage_state_t s)
                  st->name, st->dir, st->free_bytes);
         break;
     case OPS_STORAGE_MAP_FULL:
-        if (st->map_max > st->map)
+        if (st->map_max > st->map && st->disk_blocks_growth)
+            snprintf(why, sizeof why,
+                     "degraded: %s: the LMDB map is full (%" PRIu64 " of %" PRIu64
+                     " bytes) and may not grow: the disk under %s has %" PRIu64
+                     " bytes free; reads served",
+                     st->name, st->used, st->map, st->dir, st->free_bytes);
+        else if (st->map_max > st->map)
             snprintf(why, sizeof why,
                      "degraded: %s: the LMDB map is full (%" PRIu64 " of %" PRIu64
                      " bytes): writes refused, reads served; it grows when no transaction is open",
@@ -166,6 +174,12 @@ int ops_storage_new(const ops_storage_config_t *cfg, ops_storage_t **out)
                                   "Size of the LMDB map");
     st->m_state = ops_storage_gauge("qc_storage_state{store=\"%s\"}", st->name,
                                     "0 ok, 1 map over 90%, 2 map full, 3 disk full");
+    char growths[OPS_STORAGE_METRIC_MAX];
+    int n =
+        snprintf(growths, sizeof growths, "qc_storage_map_growths_total{store=\"%s\"}", st->name);
+    assert(n > 0);
+    assert((size_t)n < sizeof growths);
+    st->m_growths = ops_counter(growths, "Times the LMDB map was grown online");
     ops_storage_measure(st);
     *out = st;
     return 0;
@@ -217,12 +231,33 @@ int ops_storage_classify(ops_storage_t *st, int rc)
     return free_bytes < OPS_STORAGE_FREE_MIN ? QC_ENOSPACE : rc;
 }
 
-/* Doubles the map, up to map_max. The caller guarantees no transaction is open. */
-static bool ops_storage_grow(ops_storage_t *st)
+/* The size the map may grow to: double, at most map_max, and no larger than the file could
+ * become on this disk (what it uses plus the space free), in whole MiB; 0 when at map_max. */
+static uint64_t ops_storage_grow_to(const ops_storage_t *st)
 {
     if (st->map_max <= st->map)
-        return false;
+        return 0;
     uint64_t to = st->map * 2 < st->map_max ? st->map * 2 : st->map_max;
+    uint64_t room = st->used + st->free_bytes;
+    if (to > room)
+        to = room / OPS_STORAGE_MIB * OPS_STORAGE_MIB;
+    return to;
+}
+
+int ops_storage_grow(ops_storage_t *st)
+{
+    assert(st != NULL);
+    assert(st->env != NULL);
+    ops_storage_measure(st);
+    uint64_t to = ops_storage_grow_to(st);
+    if (to == 0)
+        return QC_EFULL;
+    if (to <= st->map) {
+        /* A larger map the disk could never fill: the state's sentence says so, once. */
+        st->disk_blocks_growth = true;
+        return QC_ENOSPACE;
+    }
+    st->disk_blocks_growth = false;
     int rc = mdb_env_set_mapsize(st->env, (size_t)to);
     char from_text[24], to_text[24];
     snprintf(from_text, sizeof from_text, "%" PRIu64, st->map);
@@ -230,12 +265,23 @@ static bool ops_storage_grow(ops_storage_t *st)
     if (rc != 0) {
         ops_log_limited(OPS_LOG_ERROR, "storage.grow_failed", st->name, "from_bytes", from_text,
                         "to_bytes", to_text, "error", mdb_strerror(rc), NULL);
-        return false;
+        return QC_EIO;
     }
     ops_log(OPS_LOG_INFO, "storage.map_grown", "store", st->name, "from_bytes", from_text,
             "to_bytes", to_text, NULL);
+    ops_counter_add(st->m_growths, 1);
     ops_storage_measure(st);
-    return true;
+    assert(st->map >= to);
+    return 0;
+}
+
+bool ops_storage_wants_growth(const ops_storage_t *st)
+{
+    assert(st != NULL);
+    if (st->map_max <= st->map)
+        return false;
+    return ops_storage_pct(st) > OPS_STORAGE_GROW_PCT ||
+           ops_storage_state(st) == OPS_STORAGE_MAP_FULL;
 }
 
 ops_storage_state_t ops_storage_poll(ops_storage_t *st, bool may_grow)
@@ -243,7 +289,7 @@ ops_storage_state_t ops_storage_poll(ops_storage_t *st, bool may_grow)
     assert(st != NULL);
     ops_storage_measure(st);
     if (may_grow && ops_storage_pct(st) > OPS_STORAGE_GROW_PCT)
-        (void)ops_storage_grow(st); /* logged either way; at the max the state says so */
+        QC_IGNORE(ops_storage_grow(st)); /* at the max or on a full disk the state says so */
     ops_storage_state_t s = (ops_storage_state_t)atomic_load(&st->state);
     switch (s) {
     case OPS_STORAGE_DISK_FULL:

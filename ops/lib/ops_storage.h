@@ -19,11 +19,14 @@
  * labelled store="<name>": qc_storage_disk_free_bytes, qc_storage_map_used_bytes,
  * qc_storage_map_size_bytes, qc_storage_state (0 OK, 1 MAP_HIGH, 2 MAP_FULL, 3 DISK_FULL).
  *
- * Growth: ops_storage_poll() with may_grow (the caller promises that no transaction of this
- * process is open, LMDB's condition for mdb_env_set_mapsize) doubles the map, up to map_max,
- * once its use passes OPS_STORAGE_GROW_PCT; a store whose map is at map_max says so in
- * ops_storage_why(). The state may be read from any thread; note and poll from one thread at
- * a time (the owner serializes them). */
+ * Growth: ops_storage_poll() with may_grow, or ops_storage_grow() (the caller promises that
+ * no transaction of this process is open, LMDB's condition for mdb_env_set_mapsize), doubles
+ * the map, up to map_max and to no more than the disk could hold (the map's use plus the free
+ * space, statvfs), once its use passes OPS_STORAGE_GROW_PCT; a store whose map is at map_max,
+ * or whose disk could not hold a larger one, says so in ops_storage_why(). Each growth is one
+ * storage.map_grown line and one count of qc_storage_map_growths_total{store}. The state may
+ * be read from any thread; note, poll and grow from one thread at a time (the owner
+ * serializes them). */
 #ifndef OPS_STORAGE_H
 #define OPS_STORAGE_H
 
@@ -78,6 +81,18 @@ void ops_storage_note(ops_storage_t *st, int rc);
  * the free space grew since the failure, leaves MAP_FULL once the map has room, enters
  * MAP_HIGH over OPS_STORAGE_HIGH_PCT. Returns the state after. */
 ops_storage_state_t ops_storage_poll(ops_storage_t *st, bool may_grow);
+
+/* Grows the map now, whatever its use: doubles it, up to map_max and to what the disk could
+ * hold. The caller guarantees that no transaction of this process is open (the audit log
+ * pauses its threads for it: audit_store.c). Returns 0 when it grew; QC_EFULL when the map is
+ * at map_max; QC_ENOSPACE when the disk could not hold a larger map; QC_EIO when LMDB refused
+ * (logged, rate-limited). The state is left as it is: ops_storage_poll() or a commit
+ * (ops_storage_note) leaves MAP_FULL. */
+QC_MUST_CHECK int ops_storage_grow(ops_storage_t *st);
+
+/* True when growth is due: the map is below map_max and either over OPS_STORAGE_GROW_PCT
+ * used (as of the last poll or note) or full. */
+bool ops_storage_wants_growth(const ops_storage_t *st);
 
 /* The state, from any thread. */
 ops_storage_state_t ops_storage_state(const ops_storage_t *st);
