@@ -66,9 +66,9 @@ static int audit_service_start(audit_service_t *svc, const ops_config_t *cfg, co
                 NULL);
         return rc;
     }
-    if ((rc =
-             audit_store_open(data_dir, 0, (uint64_t)ops_config_int(cfg, "map_size_mb") * AUDIT_MIB,
-                              &svc->store)) != 0)
+    if ((rc = audit_store_open_growing(
+             data_dir, 0, (uint64_t)ops_config_int(cfg, "map_size_mb") * AUDIT_MIB,
+             (uint64_t)ops_config_int(cfg, "map_max_mb") * AUDIT_MIB, &svc->store)) != 0)
         return rc;
     /* Nothing is appended after a broken chain: what the last checkpoint signed is trusted,
      * every entry since is checked before the service takes an event (issue 21). */

@@ -1,8 +1,28 @@
-/* audit_store.c - the audit log's LMDB environment: append-only entries and their indexes. */
+/* audit_store.c - the audit log's LMDB environment: append-only entries and their indexes.
+ *
+ * Online growth of the map. Three threads of qc-audit write (intake, relay, checkpoints) and
+ * the intake also reads; LMDB lets mdb_env_set_mapsize run only while no transaction of the
+ * process is open. So every transaction of a writable store opens and closes inside the
+ * growth gate, held shared (gate_enter / gate_leave), and growth holds it exclusive
+ * (store_grow): it waits until every open transaction ended, no new one starts meanwhile
+ * (the lock prefers the writer, so a stream of readers cannot starve it), and when it lets go
+ * every thread goes on in the larger map. Invariants:
+ *   1. No transaction of a writable store is open outside the gate held shared.
+ *   2. The map is resized only with the gate held exclusive, by a thread holding nothing else.
+ *   3. An append that met a full map was aborted whole (nothing of it is in the log), so it is
+ *      run again once, after growth; dedupe by (source, source_seq) holds besides.
+ *   4. A thread nests read transactions (verify's walk reads entries inside its scan): the
+ *      gate is taken once per thread and counted, never twice (it would wait behind a grower
+ *      that waits for it).
+ * A shared reader in another process (AUDIT_STORE_SHARED, qcctl's restore beside a running
+ * qc-audit) meets a map grown past its own as MDB_MAP_RESIZED and adopts the new size under
+ * its own gate, then reads on. */
+#define _GNU_SOURCE /* pthread_rwlockattr_setkind_np: growth is not starved by readers */
 #include "audit_store.h"
 
 #include <assert.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +33,9 @@
 
 #include "ops_bytes.h"
 #include "ops_lmdb.h"
-#include "ops_storage.h"
 #include "ops_log.h"
+#include "ops_metrics.h"
+#include "ops_storage.h"
 #include "ops_store.h"
 #include "ops_time.h"
 #include "proto_id.h"
@@ -45,9 +66,48 @@ struct audit_store {
     MDB_env *env;
     MDB_dbi dbi[STORE_DBI_COUNT];
     bool rdonly;
+    bool gated;             /* writable, or a shared reader: its transactions go through the gate */
     ops_storage_t *storage; /* writable stores: full disk and map as states (ops_storage.h) */
     atomic_int last_append_rc;
+    pthread_rwlock_t gate;    /* writable stores: shared around each txn, exclusive to grow */
+    pthread_mutex_t watch;    /* serializes ops_storage note, poll and grow (three writers) */
+    _Atomic uint64_t map_gen; /* growths so far: an append that met a full map grows only
+                               * when no other thread grew the map since its txn began */
+    ops_histogram_t *m_pause; /* how long growth held every thread */
 };
+
+/* The gate this thread holds shared, and how many transactions it has open inside it. */
+static _Thread_local const audit_store_t *gate_store;
+static _Thread_local unsigned gate_depth;
+
+static void gate_enter(audit_store_t *store)
+{
+    if (!store->gated)
+        return; /* a copy read without a lock never changes */
+    if (gate_depth > 0) {
+        /* One writable store per thread at a time (invariant 4). */
+        assert(gate_store == store);
+        gate_depth++;
+        return;
+    }
+    int rc = pthread_rwlock_rdlock(&store->gate);
+    assert(rc == 0);
+    gate_store = store;
+    gate_depth = 1;
+}
+
+static void gate_leave(audit_store_t *store)
+{
+    if (!store->gated)
+        return;
+    assert(gate_depth > 0);
+    assert(gate_store == store);
+    if (--gate_depth > 0)
+        return;
+    gate_store = NULL;
+    int rc = pthread_rwlock_unlock(&store->gate);
+    assert(rc == 0);
+}
 
 static int tree_backfill(audit_store_t *store, MDB_txn *txn);
 static int store_rc(const char *what, int rc);
@@ -66,11 +126,41 @@ static int store_rc(const char *what, int rc)
 
 int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_store_t **out)
 {
+    return audit_store_open_growing(dir, flags, map_size, 0, out);
+}
+
+/* The gate prefers its writer: a grower waits only for the transactions already open. */
+static void store_locks_init(audit_store_t *store)
+{
+    pthread_rwlockattr_t attr;
+    int rc = pthread_rwlockattr_init(&attr);
+    assert(rc == 0);
+    rc = pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    assert(rc == 0);
+    rc = pthread_rwlock_init(&store->gate, &attr);
+    assert(rc == 0);
+    pthread_rwlockattr_destroy(&attr);
+    rc = pthread_mutex_init(&store->watch, NULL);
+    assert(rc == 0);
+}
+
+static void store_free(audit_store_t *store)
+{
+    pthread_rwlock_destroy(&store->gate);
+    pthread_mutex_destroy(&store->watch);
+    free(store);
+}
+
+int audit_store_open_growing(const char *dir, unsigned flags, uint64_t map_size, uint64_t map_max,
+                             audit_store_t **out)
+{
     assert(dir != NULL);
     assert(out != NULL);
     *out = NULL;
     bool rdonly = (flags & AUDIT_STORE_RDONLY) != 0;
     if (!rdonly && map_size < AUDIT_STORE_MAP_SIZE_MIN)
+        return QC_EINVAL;
+    if (!rdonly && map_max > AUDIT_STORE_MAP_SIZE_MAX)
         return QC_EINVAL;
     /* Before LMDB maps it: a missing copy, an empty or a truncated file is refused here, never
      * met as SIGBUS (ops_store.h). */
@@ -83,13 +173,15 @@ int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_s
     audit_store_t *store = calloc(1, sizeof *store);
     if (store == NULL)
         return QC_ENOMEM;
+    store_locks_init(store);
     store->rdonly = rdonly;
+    store->gated = !rdonly || (flags & AUDIT_STORE_SHARED) != 0;
     /* A shared reader registers in lock.mdb, so a running qc-audit keeps the pages it reads. */
     bool shared = (flags & AUDIT_STORE_SHARED) != 0;
     unsigned envflags = MDB_NOTLS | (rdonly ? MDB_RDONLY | (shared ? 0 : MDB_NOLOCK) : 0);
     int rc = mdb_env_create(&store->env);
     if (rc != 0) {
-        free(store);
+        store_free(store);
         return store_err("env_create", rc);
     }
     if ((rc = mdb_env_set_maxdbs(store->env, STORE_DBI_COUNT)) != 0 ||
@@ -124,17 +216,23 @@ int audit_store_open(const char *dir, unsigned flags, uint64_t map_size, audit_s
         ops_log(OPS_LOG_ERROR, "audit.store_open", "dir", dir, "error", mdb_strerror(rc), NULL);
         goto err;
     }
-    /* The audit log's writers are three threads (intake, relay, checkpoints), so the map is
-     * never resized under them: a full map asks for a larger map_size_mb and a restart. */
-    ops_storage_config_t stc = {
-        .name = "audit", .dir = dir, .env = store->env, .map_max = 0, .map_max_key = "map_size_mb"};
+    /* The map grows online up to map_max, its threads paused by the gate (top of the file);
+     * at map_max a full map asks for a larger map_max_mb and a restart. */
+    ops_storage_config_t stc = {.name = "audit",
+                                .dir = dir,
+                                .env = store->env,
+                                .map_max = map_max,
+                                .map_max_key = "map_max_mb"};
     if (!rdonly && ops_storage_new(&stc, &store->storage) != 0)
         goto err;
+    if (!rdonly)
+        store->m_pause = ops_histogram("qc_storage_map_grow_pause_seconds{store=\"audit\"}",
+                                       "Time every thread of the store waited for a growth");
     *out = store;
     return 0;
 err:
     mdb_env_close(store->env);
-    free(store);
+    store_free(store);
     return QC_EIO;
 }
 
@@ -144,15 +242,47 @@ void audit_store_destroy(audit_store_t **store_p)
         return;
     ops_storage_destroy(&(*store_p)->storage);
     mdb_env_close((*store_p)->env);
-    free(*store_p);
+    store_free(*store_p);
     *store_p = NULL;
+}
+
+/* Grows the map with every thread of the store paused (invariant 2). gen is the map_gen the
+ * caller saw before its failed append, or UINT64_MAX from the poll: when another thread grew
+ * the map since, the caller simply tries again. Returns 0 (grown, or grown by another) or
+ * ops_storage_grow()'s code. */
+static int store_grow(audit_store_t *store, uint64_t gen)
+{
+    assert(gate_depth == 0); /* a thread holding the gate would wait for itself */
+    uint64_t t0 = ops_time_mono_ns();
+    int rc = pthread_rwlock_wrlock(&store->gate);
+    assert(rc == 0);
+    pthread_mutex_lock(&store->watch);
+    if (gen != UINT64_MAX && atomic_load(&store->map_gen) != gen) {
+        rc = 0;
+    } else if ((rc = ops_storage_grow(store->storage)) == 0) {
+        atomic_fetch_add(&store->map_gen, 1);
+        QC_IGNORE(ops_storage_poll(store->storage, false)); /* MAP_FULL ends: the map grew */
+    }
+    pthread_mutex_unlock(&store->watch);
+    int urc = pthread_rwlock_unlock(&store->gate);
+    assert(urc == 0);
+    ops_histogram_observe(store->m_pause, (double)(ops_time_mono_ns() - t0) / 1e9);
+    return rc;
 }
 
 void audit_store_poll(audit_store_t *store)
 {
     assert(store != NULL);
-    if (store->storage != NULL)
-        (void)ops_storage_poll(store->storage, false); /* its state is read by health */
+    if (store->storage == NULL)
+        return;
+    pthread_mutex_lock(&store->watch);
+    QC_IGNORE(ops_storage_poll(store->storage, false)); /* its state is read by health */
+    bool grow = ops_storage_wants_growth(store->storage);
+    pthread_mutex_unlock(&store->watch);
+    /* Before it is full: over OPS_STORAGE_GROW_PCT, so appends seldom meet a full map. At
+     * map_max or on a full disk the state says so, and nothing is retried here. */
+    if (grow)
+        QC_IGNORE(store_grow(store, UINT64_MAX));
 }
 
 bool audit_store_healthy(audit_store_t *store, char *why, size_t why_cap)
@@ -169,10 +299,43 @@ bool audit_store_healthy(audit_store_t *store, char *why, size_t why_cap)
     return true;
 }
 
+/* A shared reader beside a running qc-audit whose map grew past this process's: LMDB asks
+ * for the new size to be adopted (mdb_env_set_mapsize 0) while no transaction of the process
+ * is open, which the gate held exclusive guarantees. False when this thread holds the gate
+ * (a nested read: the caller gets the error). */
+static bool adopt_mapsize(audit_store_t *store)
+{
+    if (!store->rdonly || gate_depth > 0)
+        return false;
+    int rc = pthread_rwlock_wrlock(&store->gate);
+    assert(rc == 0);
+    rc = mdb_env_set_mapsize(store->env, 0);
+    int urc = pthread_rwlock_unlock(&store->gate);
+    assert(urc == 0);
+    return rc == 0;
+}
+
+/* A read transaction inside the gate; read_end closes both. */
 static int read_begin(audit_store_t *store, MDB_txn **txn)
 {
+    gate_enter(store);
     int rc = mdb_txn_begin(store->env, NULL, MDB_RDONLY, txn);
-    return rc == 0 ? 0 : store_err("txn_begin", rc);
+    if (rc == 0)
+        return 0;
+    gate_leave(store);
+    if (rc == MDB_MAP_RESIZED && store->gated && adopt_mapsize(store)) {
+        gate_enter(store);
+        if ((rc = mdb_txn_begin(store->env, NULL, MDB_RDONLY, txn)) == 0)
+            return 0;
+        gate_leave(store);
+    }
+    return store_err("txn_begin", rc);
+}
+
+static void read_end(audit_store_t *store, MDB_txn *txn)
+{
+    mdb_txn_abort(txn);
+    gate_leave(store);
 }
 
 /* Checks the stored record of seq, as every read of one does: it parses, carries seq, and
@@ -450,14 +613,21 @@ static int append_txn(audit_store_t *store, const audit_event_t *events, size_t 
 int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t n,
                        audit_append_result_t *results)
 {
+    uint64_t gen = atomic_load(&store->map_gen);
     int rc = append_txn(store, events, n, results);
+    /* A full map: the txn was aborted whole (invariant 3), so after growth the same append
+     * runs once more, and its results are those of the run that committed. */
+    if (rc == QC_EFULL && store->storage != NULL && store_grow(store, gen) == 0)
+        rc = append_txn(store, events, n, results);
     if (store->storage != NULL)
         rc = ops_storage_classify(store->storage, rc); /* a disk full mid-commit reads EIO */
     /* Health fails while appends cannot commit, whatever the cause; a full disk or map is
      * also a state of its own, logged once per change (not once per resend). */
     if (!store->rdonly && rc != QC_ENOMEM) {
         atomic_store(&store->last_append_rc, rc);
+        pthread_mutex_lock(&store->watch);
         ops_storage_note(store->storage, rc);
+        pthread_mutex_unlock(&store->watch);
     }
     return rc;
 }
@@ -472,10 +642,13 @@ static int append_txn(audit_store_t *store, const audit_event_t *events, size_t 
     assert(n <= AUDIT_STORE_BATCH_MAX);
     if (store->rdonly)
         return QC_EDENIED;
+    gate_enter(store);
     MDB_txn *txn = NULL;
     int rc = mdb_txn_begin(store->env, NULL, 0, &txn);
-    if (rc != 0)
+    if (rc != 0) {
+        gate_leave(store);
         return store_err("txn_begin", rc);
+    }
     uint64_t seq = 0;
     uint8_t prev[AUDIT_HASH_SIZE];
     if ((rc = last_in(store, txn, &seq, prev)) != 0)
@@ -499,11 +672,12 @@ static int append_txn(audit_store_t *store, const audit_event_t *events, size_t 
             goto err;
         r->seq = ++seq;
     }
-    if ((rc = mdb_txn_commit(txn)) != 0)
-        return store_err("commit", rc);
-    return 0;
+    rc = mdb_txn_commit(txn);
+    gate_leave(store);
+    return rc == 0 ? 0 : store_err("commit", rc);
 err:
     mdb_txn_abort(txn);
+    gate_leave(store);
     return rc;
 }
 
@@ -517,7 +691,7 @@ int audit_store_last(audit_store_t *store, uint64_t *seq, uint8_t hash[AUDIT_HAS
     if (rc != 0)
         return rc;
     rc = last_in(store, txn, seq, hash);
-    mdb_txn_abort(txn);
+    read_end(store, txn);
     return rc;
 }
 
@@ -532,7 +706,7 @@ int audit_store_hwm(audit_store_t *store, const char *source, uint64_t *hwm)
         return rc;
     *hwm = 0;
     rc = get_u64(txn, store->dbi[DBI_SOURCES], source, strlen(source), hwm);
-    mdb_txn_abort(txn);
+    read_end(store, txn);
     if (rc == QC_ENOTFOUND) {
         *hwm = 0;
         rc = 0;
@@ -562,7 +736,7 @@ int audit_store_count(audit_store_t *store, uint64_t *entries, uint64_t *checkpo
         *entries = a.ms_entries;
         *checkpoints = b.ms_entries;
     }
-    mdb_txn_abort(txn);
+    read_end(store, txn);
     return rc == 0 ? 0 : store_err("stat", rc);
 }
 
@@ -581,7 +755,7 @@ int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *l
     MDB_val k = {.mv_size = sizeof key, .mv_data = key}, v;
     rc = mdb_get(txn, store->dbi[DBI_ENTRIES], &k, &v);
     if (rc == 0 && (rc = entry_check(seq, &v)) != 0) {
-        mdb_txn_abort(txn);
+        read_end(store, txn);
         return rc;
     }
     if (rc == 0) {
@@ -595,7 +769,7 @@ int audit_store_get(audit_store_t *store, uint64_t seq, uint8_t **rec, size_t *l
     } else {
         rc = store_err("get_entry", rc);
     }
-    mdb_txn_abort(txn);
+    read_end(store, txn);
     return rc;
 }
 
@@ -615,7 +789,7 @@ int audit_store_dedupe_get(audit_store_t *store, const char *source, uint64_t so
     if (rc != 0)
         return rc;
     rc = get_u64(txn, store->dbi[DBI_DEDUPE], dkey, dlen, seq);
-    mdb_txn_abort(txn);
+    read_end(store, txn);
     return rc;
 }
 
@@ -629,7 +803,7 @@ int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_
         return rc;
     MDB_cursor *cur = NULL;
     if ((rc = mdb_cursor_open(txn, store->dbi[DBI_ENTRIES], &cur)) != 0) {
-        mdb_txn_abort(txn);
+        read_end(store, txn);
         return store_err("cursor_open", rc);
     }
     uint8_t key[STORE_SEQ_KEY_SIZE];
@@ -646,7 +820,7 @@ int audit_store_scan(audit_store_t *store, uint64_t from_seq, audit_store_visit_
             break;
     }
     mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
+    read_end(store, txn);
     /* fn's value as it is: a positive one is not an LMDB error. */
     if (stop != 0)
         return stop;
@@ -672,7 +846,7 @@ int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn
         return rc;
     MDB_cursor *cur = NULL;
     if ((rc = mdb_cursor_open(txn, store->dbi[DBI_BY_TXN], &cur)) != 0) {
-        mdb_txn_abort(txn);
+        read_end(store, txn);
         return store_err("cursor_open", rc);
     }
     MDB_val k = {.mv_size = txn_id_len, .mv_data = (void *)txn_id}, v;
@@ -688,7 +862,7 @@ int audit_store_txn_seqs(audit_store_t *store, const uint8_t *txn_id, size_t txn
         (*n)++;
     }
     mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
+    read_end(store, txn);
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc > 0)
@@ -799,7 +973,7 @@ int audit_store_check_indexes(audit_store_t *store, uint64_t *bad_seq)
     MDB_stat st;
     uint64_t rows = 0;
     if ((rc = mdb_stat(txn, store->dbi[DBI_ENTRIES], &st)) != 0) {
-        mdb_txn_abort(txn);
+        read_end(store, txn);
         return store_err("stat", rc);
     }
     rc = walk_index(store, txn, DBI_DEDUPE, check_dedupe, &rows, bad_seq);
@@ -811,7 +985,7 @@ int audit_store_check_indexes(audit_store_t *store, uint64_t *bad_seq)
         rc = walk_index(store, txn, DBI_BY_TXN, check_by_txn, &rows, bad_seq);
     if (rc == 0)
         rc = walk_index(store, txn, DBI_CHECKPOINTS, check_checkpoint_row, &rows, bad_seq);
-    mdb_txn_abort(txn);
+    read_end(store, txn);
     return rc;
 }
 
@@ -842,7 +1016,7 @@ static int tree_begin(audit_store_t *store, uint64_t size, node_reader_t *r)
     if ((rc = last_in(store, r->txn, &last, hash)) == 0 && size > last)
         rc = QC_ENOTFOUND;
     if (rc != 0)
-        mdb_txn_abort(r->txn);
+        read_end(store, r->txn);
     return rc;
 }
 
@@ -855,7 +1029,7 @@ int audit_store_tree_root(audit_store_t *store, uint64_t size, uint8_t root[AUDI
     if (rc != 0)
         return rc;
     rc = proto_merkle_root(node_read, &r, size, root);
-    mdb_txn_abort(r.txn);
+    read_end(store, r.txn);
     return rc;
 }
 
@@ -873,7 +1047,7 @@ int audit_store_prove_inclusion(audit_store_t *store, uint64_t seq, uint64_t siz
     if (rc != 0)
         return rc;
     rc = proto_merkle_prove_inclusion(node_read, &r, seq - 1, size, path, path_len);
-    mdb_txn_abort(r.txn);
+    read_end(store, r.txn);
     return rc;
 }
 
@@ -892,7 +1066,7 @@ int audit_store_prove_consistency(audit_store_t *store, uint64_t old_size, uint6
     if (rc != 0)
         return rc;
     rc = proto_merkle_prove_consistency(node_read, &r, old_size, new_size, proof, proof_len);
-    mdb_txn_abort(r.txn);
+    read_end(store, r.txn);
     return rc;
 }
 
@@ -909,7 +1083,7 @@ int audit_store_checkpoint_for(audit_store_t *store, uint64_t size, uint64_t *en
         return rc;
     MDB_cursor *cur = NULL;
     if ((rc = mdb_cursor_open(txn, store->dbi[DBI_CHECKPOINTS], &cur)) != 0) {
-        mdb_txn_abort(txn);
+        read_end(store, txn);
         return store_err("cursor_open", rc);
     }
     /* Newest first: heads asked for are recent, and covered seqs grow with the entry seq. */
@@ -933,7 +1107,7 @@ int audit_store_checkpoint_for(audit_store_t *store, uint64_t size, uint64_t *en
         }
     }
     mdb_cursor_close(cur);
-    mdb_txn_abort(txn);
+    read_end(store, txn);
     return store_rc("checkpoint_for", rc);
 }
 
@@ -948,7 +1122,7 @@ int audit_store_check_tree(audit_store_t *store, uint64_t *bad_seq)
         return rc;
     MDB_cursor *cur = NULL;
     if ((rc = mdb_cursor_open(r.txn, store->dbi[DBI_ENTRIES], &cur)) != 0) {
-        mdb_txn_abort(r.txn);
+        read_end(store, r.txn);
         return store_err("cursor_open", rc);
     }
     proto_merkle_compact_t c = {0};
@@ -991,6 +1165,6 @@ int audit_store_check_tree(audit_store_t *store, uint64_t *bad_seq)
             *bad_seq = 0;
         }
     }
-    mdb_txn_abort(r.txn);
+    read_end(store, r.txn);
     return store_rc("check_tree", rc);
 }

@@ -33,6 +33,7 @@
 
 #define AUDIT_STORE_MAP_SIZE_DEFAULT (4ull << 30) /* 4 GiB of address space, grown lazily */
 #define AUDIT_STORE_MAP_SIZE_MIN (1ull << 20)
+#define AUDIT_STORE_MAP_SIZE_MAX (1ull << 40) /* 1 TiB: qc-audit's map_size_mb and map_max_mb */
 #define AUDIT_STORE_READERS_MAX 126
 #define AUDIT_STORE_BATCH_MAX 4096 /* events in one append call */
 /* The record format of the store's identity (ops/lib/ops_store.h). Entries carry their chain
@@ -45,7 +46,8 @@
     0x1 /* MDB_RDONLY | MDB_NOLOCK: for a copy of the files; never writes                          \
          */
 /* With AUDIT_STORE_RDONLY: read beside a running qc-audit, registered as a reader in its
- * lock.mdb (which must be writable), instead of on a copy without a lock. */
+ * lock.mdb (which must be writable), instead of on a copy without a lock. A map the running
+ * qc-audit grew meanwhile is adopted at the next transaction (LMDB's MDB_MAP_RESIZED). */
 #define AUDIT_STORE_SHARED 0x2
 
 typedef struct audit_store audit_store_t;
@@ -75,6 +77,16 @@ typedef struct audit_append_result {
 QC_MUST_CHECK int audit_store_open(const char *dir, unsigned flags, uint64_t map_size,
                                    audit_store_t **out);
 
+/* Same, and the map of a writable store grows online up to map_max bytes (0, or at most
+ * map_size: it never grows, as with audit_store_open). It doubles once it is more than
+ * OPS_STORAGE_GROW_PCT used (audit_store_poll) or when an append meets a full map
+ * (audit_store_append), never beyond what the disk could hold (ops_storage.h). Growth pauses
+ * every thread of the store: it waits until their open transactions end (a long scan delays
+ * it) and holds new ones back meanwhile; readers never see a map being changed. Returns as
+ * audit_store_open, and QC_EINVAL for map_max over AUDIT_STORE_MAP_SIZE_MAX. */
+QC_MUST_CHECK int audit_store_open_growing(const char *dir, unsigned flags, uint64_t map_size,
+                                           uint64_t map_max, audit_store_t **out);
+
 /* Closes the environment, frees store, nulls *store_p; accepts NULL. */
 void audit_store_destroy(audit_store_t **store_p);
 
@@ -91,8 +103,12 @@ bool audit_store_healthy(audit_store_t *store, char *why, size_t why_cap);
  * including earlier ones of the same call, are not appended again (duplicate, seq of the
  * first). An event with type AUDIT_TYPE_CHECKPOINT from AUDIT_SOURCE_SELF is also recorded
  * as a checkpoint covering source_seq. results[i] says what became of events[i].
- * Returns 0 once committed (results valid), or QC_EFULL (map full), QC_EIO, QC_ENOMEM,
- * QC_EDENIED (read-only store), and then nothing was appended. */
+ * A transaction that meets a full map is aborted whole; when the map may grow
+ * (audit_store_open_growing) it grows and the same append runs once more, so the caller sees
+ * one commit or none, never half of one, nor one twice.
+ * Returns 0 once committed (results valid), or QC_EFULL (map full, and it could not grow),
+ * QC_ENOSPACE (disk full), QC_EIO, QC_ENOMEM, QC_EDENIED (read-only store), and then nothing
+ * was appended. Never call it inside audit_store_scan()'s fn (growth would wait for it). */
 QC_MUST_CHECK int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t n,
                                      audit_append_result_t *results);
 

@@ -1,7 +1,10 @@
 /* test_audit_process.c - qc-audit over real CURVE RPC: append from two sources with duplicates,
- * killed -9 mid-batch and restarted (no gap, no duplicate, chain verifies), operator verbs. */
+ * killed -9 mid-batch and restarted (no gap, no duplicate, chain verifies), operator verbs; its
+ * map grown online from 1 MiB while /healthz is read, and refused at map_max_mb (issue 21). */
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,10 +21,12 @@
 #include "audit_store.h"
 #include "audit_verify.h"
 #include "ledger_testkit.h"
+#include "ops_time.h"
 #include "proto_decode.h"
 #include "qc_error.h"
 #include "qctest_http.h"
 #include "qctest_port.h"
+#include "qctest_proc.h"
 
 /* Port i of the test's range (qc_test_ports in CMakeLists.txt). */
 static qctest_ports_t ports;
@@ -29,6 +34,11 @@ static qctest_ports_t ports;
 #define T_CRASH_EVENTS 300
 #define T_ASYNC_MS 3000
 #define T_OUT_MAX (256 * 1024)
+#define T_GROW_EVENTS 400          /* of T_GROW_PAYLOAD bytes: 10 MiB through a 1 MiB map */
+#define T_GROW_PAYLOAD (24 * 1024) /* and more than 30 of them fill 1 MiB */
+#define T_FULL_TRIES_MAX 100       /* events sent before a 1 MiB map must be full */
+#define T_FULL_RESENDS 20          /* refusals that must not add a line each */
+#define T_HEALTH_EVERY_MS 10
 
 static const char *g_bin;
 
@@ -247,6 +257,188 @@ static void test_kill9_mid_batch(void **state)
     free(cs.seq_of);
 }
 
+/* Lines of the service's log holding needle. */
+static size_t log_lines(const ap_t *ap, const char *needle)
+{
+    char path[AP_PATH_MAX], line[8192];
+    ap_path(ap, "audit.log", path);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = 0;
+    while (fgets(line, sizeof line, f) != NULL)
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* The value of a /metrics line starting with name and a space, as a double; -1 when none. */
+static double metric_double(int port, const char *name)
+{
+    char *resp = malloc(QCTEST_HTTP_MAX);
+    assert_non_null(resp);
+    assert_int_equal(qctest_http(port, "GET", "/metrics", resp, QCTEST_HTTP_MAX), 200);
+    double v = -1;
+    size_t len = strlen(name);
+    for (const char *p = resp; p != NULL && *p != '\0'; p = strchr(p, '\n'), p = p ? p + 1 : p)
+        if (strncmp(p, name, len) == 0 && p[len] == ' ') {
+            v = strtod(p + len + 1, NULL);
+            break;
+        }
+    free(resp);
+    return v;
+}
+
+typedef struct health_watch {
+    int port;
+    atomic_bool run;
+    atomic_int asked;
+    atomic_int failed; /* answers other than 200 */
+    char first_why[256];
+} health_watch_t;
+
+static void *health_main(void *arg)
+{
+    health_watch_t *h = arg;
+    char resp[1024];
+    while (atomic_load(&h->run)) {
+        int st = qctest_http(h->port, "GET", "/healthz", resp, sizeof resp);
+        atomic_fetch_add(&h->asked, 1);
+        if (st != 200 && atomic_fetch_add(&h->failed, 1) == 0)
+            snprintf(h->first_why, sizeof h->first_why, "%d %s", st, qctest_http_body(resp));
+        qctest_sleep_ms(T_HEALTH_EVERY_MS);
+    }
+    return NULL;
+}
+
+static void grow_payload(uint8_t *p, uint64_t i)
+{
+    memset(p, (int)(i & 0xff), T_GROW_PAYLOAD);
+    memcpy(p, &i, sizeof i);
+}
+
+/* A 1 MiB map with map_max_mb 16 takes 10 MiB of events: each answered once with the next seq,
+ * none refused, /healthz ok throughout, the map grown (counted and logged), the chain whole. */
+static void test_map_grows_online(void **state)
+{
+    ap_t *ap = *state;
+    const char *extra[] = {"--map-size-mb", "1", "--map-max-mb", "16", NULL};
+    assert_int_equal(ap_start(ap, NULL, 0, extra), 0);
+    health_watch_t h = {.port = ap->http_port, .run = true};
+    pthread_t ht;
+    assert_int_equal(pthread_create(&ht, NULL, health_main, &h), 0);
+    uint8_t *payload = malloc(T_GROW_PAYLOAD);
+    assert_non_null(payload);
+    uint64_t slowest_ms = 0;
+    for (uint64_t i = 1; i <= T_GROW_EVENTS; i++) {
+        grow_payload(payload, i);
+        uint64_t seq = 0, t0 = ops_time_mono_ms();
+        bool dup = true;
+        int rc = ap_append(ap, "gateway-0", i, "security.test", NULL, 0, payload, T_GROW_PAYLOAD,
+                           &seq, &dup);
+        if (rc != 0)
+            fail_msg("event %llu: %s", (unsigned long long)i, qc_strerror(rc));
+        uint64_t ms = ops_time_mono_ms() - t0;
+        slowest_ms = ms > slowest_ms ? ms : slowest_ms;
+        assert_false(dup);
+        assert_int_equal(seq, i);
+    }
+    /* A resend is answered from the log, not appended again. */
+    uint64_t seq = 0;
+    bool dup = false;
+    grow_payload(payload, 1);
+    assert_int_equal(ap_append(ap, "gateway-0", 1, "security.test", NULL, 0, payload,
+                               T_GROW_PAYLOAD, &seq, &dup),
+                     0);
+    assert_true(dup);
+    assert_int_equal(seq, 1);
+    atomic_store(&h.run, false);
+    assert_int_equal(pthread_join(ht, NULL), 0);
+    free(payload);
+    if (atomic_load(&h.failed) != 0)
+        fail_msg("/healthz failed %d of %d times: %s", atomic_load(&h.failed),
+                 atomic_load(&h.asked), h.first_why);
+    assert_true(atomic_load(&h.asked) > 0);
+    int64_t map = qctest_metric(ap->http_port, "qc_storage_map_size_bytes{store=\"audit\"}");
+    int64_t grown = qctest_metric(ap->http_port, "qc_storage_map_growths_total{store=\"audit\"}");
+    double pauses =
+        metric_double(ap->http_port, "qc_storage_map_grow_pause_seconds_count{store=\"audit\"}");
+    double paused =
+        metric_double(ap->http_port, "qc_storage_map_grow_pause_seconds_sum{store=\"audit\"}");
+    print_message("map %lld bytes after %lld growths; %.0f pauses, %.3f ms each on average; "
+                  "slowest append %llu ms; /healthz asked %d times\n",
+                  (long long)map, (long long)grown, pauses,
+                  pauses > 0 ? paused * 1000 / pauses : 0.0, (unsigned long long)slowest_ms,
+                  atomic_load(&h.asked));
+    assert_true(map >= 8ll << 20); /* 10 MiB of entries: 1 -> 2 -> 4 -> 8 -> 16 MiB */
+    assert_true(grown >= 3);
+    assert_true(pauses >= (double)grown);
+    assert_int_equal(qctest_metric(ap->http_port, "qc_audit_entries_appended_total"),
+                     T_GROW_EVENTS);
+    int st = ap_stop(ap, SIGTERM);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_int_equal(log_lines(ap, "\"storage.map_grown\""), (size_t)grown);
+    assert_int_equal(log_lines(ap, "\"storage.map_full\""), 0);
+    check_log(ap, T_GROW_EVENTS);
+}
+
+/* map_max_mb equal to map_size_mb: the full map is refused with QC_EFULL, every resend too,
+ * with one log line for it all and /healthz degraded naming map_max_mb; restarted with a
+ * larger map_max_mb it takes the refused event. A map_max_mb below map_size_mb is refused at
+ * start, naming the key. */
+static void test_map_at_max_refuses(void **state)
+{
+    ap_t *ap = *state;
+    const char *extra[] = {"--map-size-mb", "1", "--map-max-mb", "1", NULL};
+    assert_int_equal(ap_start(ap, NULL, 0, extra), 0);
+    uint8_t *payload = malloc(T_GROW_PAYLOAD);
+    assert_non_null(payload);
+    uint64_t sent = 0;
+    int rc = 0;
+    while (rc == 0 && sent < T_FULL_TRIES_MAX) {
+        grow_payload(payload, sent + 1);
+        rc = ap_append(ap, "gateway-0", sent + 1, "security.test", NULL, 0, payload, T_GROW_PAYLOAD,
+                       NULL, NULL);
+        sent += rc == 0;
+    }
+    assert_int_equal(rc, QC_EFULL);
+    for (int i = 0; i < T_FULL_RESENDS; i++)
+        assert_int_equal(ap_append(ap, "gateway-0", sent + 1, "security.test", NULL, 0, payload,
+                                   T_GROW_PAYLOAD, NULL, NULL),
+                         QC_EFULL);
+    char resp[2048];
+    assert_int_equal(qctest_http(ap->http_port, "GET", "/healthz", resp, sizeof resp), 503);
+    assert_non_null(strstr(resp, "the LMDB map is full"));
+    assert_non_null(strstr(resp, "may not grow: raise map_max_mb"));
+    assert_int_equal(qctest_metric(ap->http_port, "qc_storage_state{store=\"audit\"}"), 2);
+    assert_int_equal(ap_stop(ap, SIGTERM), 0);
+    assert_int_equal(log_lines(ap, "\"storage.map_full\""), 1);
+    assert_int_equal(log_lines(ap, "\"storage.map_grown\""), 0);
+
+    /* A larger map_max_mb and a restart: the sender's resend is taken. */
+    const char *more[] = {"--map-size-mb", "1", "--map-max-mb", "4", NULL};
+    assert_int_equal(ap_start(ap, NULL, 0, more), 0);
+    uint64_t seq = 0;
+    bool dup = true;
+    assert_int_equal(ap_append(ap, "gateway-0", sent + 1, "security.test", NULL, 0, payload,
+                               T_GROW_PAYLOAD, &seq, &dup),
+                     0);
+    assert_false(dup);
+    assert_int_equal(seq, sent + 1);
+    assert_int_equal(qctest_http(ap->http_port, "GET", "/healthz", resp, sizeof resp), 200);
+    assert_int_equal(ap_stop(ap, SIGTERM), 0);
+    free(payload);
+    check_log(ap, sent + 1);
+
+    /* A limit below the map it starts with is a mistake in the config: exit 2, naming it. */
+    const char *bad[] = {"--map-size-mb", "4", "--map-max-mb", "2", NULL};
+    assert_int_equal(ap_spawn(ap, NULL, 0, bad), 0);
+    int st = ap_wait_exit(ap, 10000);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 2);
+    assert_int_equal(log_lines(ap, "map_max_mb: 2 is below map_size_mb 4"), 1);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -258,6 +450,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_append_two_sources, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_mid_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_grows_online, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_at_max_refuses, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
