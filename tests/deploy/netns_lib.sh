@@ -264,6 +264,7 @@ nsx_heal() { # every rule, qdisc and delayer removed, every link up
       kill -TERM "${NSX_PID[netdelay-$h]}" 2>/dev/null
       wait "${NSX_PID[netdelay-$h]}" 2>/dev/null || true
       unset "NSX_PID[netdelay-$h]"
+      nsx_log "$h: $(tail -1 "$X/logs/netdelay-$h.log")"
     fi
   done
   nsx_log "healed every link"
@@ -283,8 +284,10 @@ nsx_delay() {
     nsx_log "delay $h: tc netem delay ${ms}ms"
     return
   fi
-  nsx_exec "$h" "$B/tests/deploy/qc-netdelay" --queue 0 --delay-ms "$ms" --seconds "$NSX_WATCHDOG_S" \
-    >"$out" 2>>"$X/logs/netdelay-$h.log" </dev/null &
+  # Not through nsx_exec: a function put in the background is a subshell, and its pid would
+  # not be the delayer's (ip netns exec execs the command in its own process).
+  ip netns exec "$(ns "$h")" "$B/tests/deploy/qc-netdelay" --queue 0 --delay-ms "$ms" \
+    --seconds "$NSX_WATCHDOG_S" >"$out" 2>>"$X/logs/netdelay-$h.log" </dev/null &
   NSX_PID[netdelay-$h]=$!
   wait_until 5 "qc-netdelay on $h bound its queue" grep -q '^ready' "$out"
   nsx_exec "$h" iptables -I OUTPUT -o eth0 -j NFQUEUE --queue-num 0 --queue-bypass
