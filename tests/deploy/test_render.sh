@@ -32,6 +32,8 @@ replica 1 l2
 replica 1 l3'
 printf '%s\n' "$base" >"$X/inv"
 deploy render --inventory "$X/inv" --out "$X/out" >"$X/render1.log" 2>&1 || { cat "$X/render1.log"; fail "render"; }
+W=$X/wit
+cp -a "$X/out" "$W" # a one-witness render for the witness checks below (a render takes seconds)
 H=$X/out/hosts
 
 # --- placement: every private key only where its service runs
@@ -164,11 +166,7 @@ grep -q "^gw2: gone etc/quancun/gateway-1.conf: systemctl disable --now quancun-
 grep -qx 'join = true' "$H/gw2/etc/quancun/ledger-0-4.conf" || fail "replica 4 lost its join on a later render"
 ok "a removed gateway: its config deleted, the disable command listed"
 # --- a second audit witness: every config names both, the new one starts from a copy
-W=$X/wit
-mkdir -p "$W"
-cp -a "$X/out/secrets" "$W/" # the key store of the renders above (a new one takes seconds)
 printf '%s\n' "$base" >"$X/inv1"
-deploy render --inventory "$X/inv1" --out "$W" >"$X/wit1.log" 2>&1 || { cat "$X/wit1.log"; fail "render (one witness)"; }
 ! grep -q '^consumer' "$W/hosts/sig/etc/quancun/audit.conf" || fail "a single audit got a consumer name"
 ! grep -rq '^audit_consumers' "$W/hosts/l1/etc/quancun/" || fail "ledgers list consumers with one audit"
 grep -qx 'audit = tcp://10.0.0.3:7398' "$W/hosts/gw1/etc/quancun/gateway-0.conf" || fail "gateway's audit with one witness"
