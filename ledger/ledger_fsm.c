@@ -438,8 +438,10 @@ static int digest_check(ledger_fsm_t *f, uint64_t applied, const Qcreplica__Entr
         return rc;
     assert(at == applied);
     f->stats.digest_checks++;
-    if (CRYPTO_memcmp(mine, d->digest.data, PROTO_DIGEST_SIZE) == 0)
+    if (CRYPTO_memcmp(mine, d->digest.data, PROTO_DIGEST_SIZE) == 0) {
+        f->stats.digest_ok_index = applied;
         return 0;
+    }
     f->stats.digest_mismatches++;
     f->stats.diverged = true;
     f->stats.diverged_index = applied;
@@ -728,15 +730,37 @@ int ledger_fsm_repair(ledger_fsm_t *f, const uint8_t *snap, size_t len)
     int rc = snap_header_check(f, snap, len, &h);
     if (rc != 0)
         return rc;
-    if (h.index < f->stats.diverged_index)
-        return QC_ESTALE;
+    if (h.index < f->stats.diverged_index || h.index < f->stats.diverged_passed)
+        return QC_ESTALE; /* it must hold every entry libraft counts as applied here */
     bool replaced = false;
     if ((rc = restore(f, snap, len, &replaced, true)) != 0)
         return rc;
     assert(replaced);
     f->stats.diverged = false;
+    f->stats.diverged_passed = 0;
+    f->stats.apply_error = 0; /* the reason apply failed is gone: the next entry applies */
+    f->stats.repairs++;
     ops_logf(OPS_LOG_INFO, "ledger.fsm_repaired", "state rebuilt from a snapshot at index %llu",
              (unsigned long long)h.index);
+    return 0;
+}
+
+int ledger_fsm_diverge(ledger_fsm_t *f, const char *why)
+{
+    assert(f != NULL);
+    assert(why != NULL);
+    if (f->stats.diverged)
+        return 0;
+    uint64_t applied = 0, applied_ms = 0;
+    int rc = ledger_fsm_applied(f, &applied, &applied_ms);
+    if (rc != 0)
+        return rc;
+    f->stats.diverged = true;
+    f->stats.diverged_index = applied;
+    ops_logf(OPS_LOG_ERROR, "ledger.fsm_diverged",
+             "state at index %llu cannot be trusted (%s): stopping until it is rebuilt from a "
+             "healthy replica's snapshot",
+             (unsigned long long)applied, why);
     return 0;
 }
 
@@ -785,8 +809,11 @@ static int restore(ledger_fsm_t *f, const uint8_t *snap, size_t len, bool *repla
              (unsigned long long)h.index, (unsigned long long)h.count, len,
              (unsigned long long)old_applied);
     /* A leader's snapshot past the index that diverged is a repair too. */
-    if (f->stats.diverged && h.index >= f->stats.diverged_index)
+    if (f->stats.diverged && h.index >= f->stats.diverged_index &&
+        h.index >= f->stats.diverged_passed) {
         f->stats.diverged = false;
+        f->stats.diverged_passed = 0;
+    }
     if (replaced != NULL)
         *replaced = true;
     return 0;
@@ -814,6 +841,20 @@ static int fsm_apply_cb(struct raft_fsm *rf, const struct raft_buffer *buf, void
     const ledger_fsm_result_t *res = NULL;
     int rc = ledger_fsm_apply(f, index, buf->base, buf->len, &res);
     f->stats.apply_error = rc;
+    bool follower = raft_state(f->raft) == RAFT_FOLLOWER;
+    if (rc == QC_ECORRUPT && follower) /* on failure it stays undiverged: the apply fails */
+        QC_IGNORE(ledger_fsm_diverge(f, "a stored record failed its checksum"));
+    if (rc != 0 && f->stats.diverged && follower) {
+        /* A diverged follower passes the entry without applying it (its state is to be
+         * replaced whole), rather than fail: libraft makes a follower whose apply fails on a
+         * heartbeat unavailable for the process's life, and this one's log and votes are
+         * sound. The rebuild's snapshot must then reach past every entry passed
+         * (ledger_fsm_repair), so none is lost; /healthz says why it does not apply. */
+        f->stats.diverged_passed = index;
+        f->result->skipped = true;
+        *result = f->result;
+        return 0;
+    }
     if (rc != 0) {
         f->stats.apply_failures++;
         return raft_code(rc);
@@ -826,6 +867,8 @@ static int fsm_snapshot_cb(struct raft_fsm *rf, struct raft_buffer *bufs[], unsi
 {
     ledger_fsm_t *f = rf->data;
     assert(f != NULL);
+    if (f->stats.diverged)
+        return RAFT_BUSY; /* never a snapshot of a state known wrong (libraft retries later) */
     uint8_t *snap = NULL;
     size_t len = 0;
     int rc = ledger_fsm_snapshot(f, &snap, &len);

@@ -112,6 +112,9 @@ typedef struct ledger_fsm_stats {
     uint64_t digest_mismatches;  /* of which differed */
     bool diverged;               /* a digest differed: nothing applies until ledger_fsm_repair */
     uint64_t diverged_index;     /* the applied index whose state differed */
+    uint64_t diverged_passed;    /* the last entry a diverged follower passed unapplied */
+    uint64_t digest_ok_index;    /* the last applied index whose state equalled the digest */
+    uint64_t repairs;            /* states rebuilt by ledger_fsm_repair */
 } ledger_fsm_stats_t;
 
 /* Opens (creating when empty) the replica's environment in cfg->dir, binds it to the shard
@@ -149,15 +152,23 @@ QC_MUST_CHECK int ledger_fsm_restore(ledger_fsm_t *fsm, const uint8_t *snap, siz
                                      bool *replaced);
 
 /* Replica repair (docs/DESIGN.md, "Replica repair"). A replica whose state differed from the
- * leader's at a digest op is diverged: apply refuses every entry (QC_EMISMATCH, a local
- * failure: libraft stops this replica) until its state is replaced by a healthy replica's
- * snapshot here, whatever its own applied index, as long as the snapshot is at or past the
- * index that diverged (its raft instance applied up to there and goes on after it; entries
- * up to the snapshot's index are then skipped). The raft log and vote are kept: only the
- * state is rebuilt, so the replica rejoins under its own id without breaking Raft's rules.
- * Returns 0 (diverged is cleared), QC_ESTALE (a snapshot before the diverged index),
+ * leader's at a digest op is diverged: ledger_fsm_apply refuses every entry (QC_EMISMATCH)
+ * until its state is replaced by a healthy replica's snapshot here, whatever its own applied
+ * index. Through libraft (the raft callback) a diverged follower passes each entry instead,
+ * unapplied (stats.diverged_passed: libraft would make a follower whose apply fails
+ * unavailable), and takes no snapshot (RAFT_BUSY); a diverged leader's apply fails. The
+ * snapshot must be at or past the index that diverged and every index passed (entries up to
+ * its index are then skipped). The raft log and vote are kept: only the state is rebuilt, so
+ * the replica goes on under its own id without breaking Raft's rules.
+ * Returns 0 (diverged is cleared), QC_ESTALE (a snapshot before those indexes),
  * QC_ESTATE (not diverged), and the errors of ledger_fsm_restore. */
 QC_MUST_CHECK int ledger_fsm_repair(ledger_fsm_t *fsm, const uint8_t *snap, size_t len);
+
+/* Marks the replica diverged at its applied index for a reason of its own (why: a stored
+ * record failed its checksum), as a differing digest does: apply refuses every entry until
+ * ledger_fsm_repair. Logs ledger.fsm_diverged once. Returns 0 (also when already diverged)
+ * or QC_EIO. */
+QC_MUST_CHECK int ledger_fsm_diverge(ledger_fsm_t *fsm, const char *why);
 
 /* The stored applied index and time (0, 0 before the first entry). Returns 0 or QC_EIO. */
 QC_MUST_CHECK int ledger_fsm_applied(ledger_fsm_t *fsm, uint64_t *index, uint64_t *time_ms);

@@ -87,6 +87,9 @@ static const ops_config_key_t ledger_keys[] = {
      "replicas: the leader proposes its state digest this often, every replica compares (0 = "
      "never)",
      .min = 0, .max = LEDGER_DIGEST_INTERVAL_MS_MAX},
+    {"repair", OPS_CONFIG_BOOL, "true",
+     "replicas: a replica whose state differs from the leader's digest, or holds a corrupt "
+     "record, rebuilds it from a healthy follower's snapshot by itself (false: it stops)"},
     {"scrub_per_second", OPS_CONFIG_INT, "1000",
      "records whose checksum the background scrub checks a second (0 = off)", .min = 0,
      .max = LEDGER_SCRUB_PER_SECOND_MAX},
@@ -204,6 +207,7 @@ int main(int argc, char **argv)
         .snapshot_threshold = (unsigned)ops_config_int(cfg, "snapshot_threshold"),
         .snapshot_trailing = (unsigned)ops_config_int(cfg, "snapshot_trailing"),
         .digest_interval_ms = (uint64_t)ops_config_int(cfg, "digest_interval_ms"),
+        .repair = ops_config_bool(cfg, "repair"),
         .scrub_per_second = (uint32_t)ops_config_int(cfg, "scrub_per_second"),
     };
     ledger_service_t *svc = NULL;

@@ -46,6 +46,7 @@
 #include "ledger_outbox.h"
 #include "ledger_query.h"
 #include "ledger_replay.h"
+#include "ledger_repair.h"
 #include "ledger_replica.h"
 #include "ledger_saga.h"
 #include "ledger_scrub.h"
@@ -76,6 +77,7 @@ typedef enum svc_role {
     ROLE_SERVICE, /* allow_keys */
     ROLE_ADMIN,   /* admin_keys */
     ROLE_ANY,     /* either */
+    ROLE_REPLICA, /* the shard's own key (curve_key): another replica (ledger_repair.h) */
 } svc_role_t;
 
 typedef enum svc_kind {
@@ -200,7 +202,9 @@ struct ledger_service {
     ledger_backup_t *backup;     /* hot copies for `qcctl shard backup` (ledger_backup.h) */
     uint64_t digest_interval_ms; /* replica mode: digest ops (0 = none) */
     uint64_t next_digest_ms;
-    uint64_t gauges_due_ms; /* replica mode: next refresh of the outbox gauges (monotonic) */
+    uint64_t gauges_due_ms;  /* replica mode: next refresh of the outbox gauges (monotonic) */
+    ledger_repair_t *repair; /* replica mode: rebuilds a diverged state, serves snapshots */
+    char shard_key_z85[PROTO_CURVE_KEY_Z85_LEN + 1]; /* replica mode: curve_key's public half */
     /* metrics */
     ops_counter_t *m_commits;
     ops_counter_t *m_commit_failures;
@@ -910,6 +914,8 @@ static int status_fill(ledger_service_t *svc, MDB_txn *txn, Qcledger__ShardStatu
     r->diverged = fst.diverged;
     r->diverged_index = fst.diverged_index;
     r->digest_checks = fst.digest_checks;
+    r->digest_ok_index = fst.digest_ok_index;
+    r->rebuilds = fst.repairs;
     r->term = rf->current_term;
     r->commit_index = rf->commit_index;
     r->last_index = raft_last_index(rf);
@@ -977,6 +983,28 @@ static void do_backup(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
         slot_pack(slot, &r.base);
 }
 
+/* "replica_snapshot" (another replica of the shard): a chunk of this replica's snapshot. */
+static void do_replica_snapshot(ledger_service_t *svc, MDB_txn *txn, svc_slot_t *slot)
+{
+    (void)txn;
+    if (svc->repair == NULL) {
+        slot_refuse(slot, QC_EINVAL, "this ledger runs without replicas (no replica_id)");
+        return;
+    }
+    Qcledger__ReplicaSnapshotRequest *m = (Qcledger__ReplicaSnapshotRequest *)slot_unpack(
+        slot, &qcledger__replica_snapshot_request__descriptor);
+    if (m == NULL)
+        return;
+    Qcledger__ReplicaSnapshotReply r = QCLEDGER__REPLICA_SNAPSHOT_REPLY__INIT;
+    char why[LEDGER_REPAIR_WHY_MAX];
+    int rc = ledger_repair_serve(svc->repair, m, ops_time_mono_ms(), &r, why, sizeof why);
+    qcledger__replica_snapshot_request__free_unpacked(m, NULL);
+    if (rc != 0)
+        slot_refuse(slot, rc, why);
+    else
+        slot_pack(slot, &r.base);
+}
+
 static const svc_method_t svc_methods[] = {
     {"reserve", ROLE_SERVICE, KIND_WRITE, do_reserve, NULL, propose_reserve, after_reserve, false},
     {"settle", ROLE_SERVICE, KIND_WRITE, do_settle, NULL, propose_settle, after_settle, false},
@@ -998,6 +1026,7 @@ static const svc_method_t svc_methods[] = {
     {"account_statement", ROLE_ANY, KIND_READ, NULL, do_query, NULL, NULL, false},
     {"shard_status", ROLE_ANY, KIND_READ, NULL, do_shard_status, NULL, NULL, true},
     {"backup", ROLE_ADMIN, KIND_READ, NULL, do_backup, NULL, NULL, true},
+    {"replica_snapshot", ROLE_REPLICA, KIND_READ, NULL, do_replica_snapshot, NULL, NULL, true},
     {"add_replica", ROLE_ADMIN, KIND_CHANGE, do_change, NULL, NULL, NULL, false},
     {"remove_replica", ROLE_ADMIN, KIND_CHANGE, do_change, NULL, NULL, NULL, false},
 };
@@ -1042,6 +1071,15 @@ static int load_keys(ledger_service_t *svc, const ledger_service_config_t *cfg, 
     int rc = keyset_load(cfg->allow_keys, &svc->service_keys, u);
     if (rc == 0 && cfg->admin_keys != NULL)
         rc = keyset_load(cfg->admin_keys, &svc->admin_keys, u);
+    if (rc == 0 && cfg->replica_id != 0) {
+        /* The other replicas of the shard, which hold its key, fetch snapshots for repair. */
+        proto_curve_keypair_t own;
+        if ((rc = proto_curve_keypair_load(cfg->curve_key_path, &own)) == 0) {
+            memcpy(svc->shard_key_z85, own.public_z85, sizeof svc->shard_key_z85);
+            fprintf(u, "%s\n", own.public_z85);
+        }
+        proto_curve_keypair_wipe(&own);
+    }
     if (fclose(u) != 0 && rc == 0)
         rc = QC_EIO;
     return rc;
@@ -1082,9 +1120,12 @@ static void admit(ledger_service_t *svc, svc_slot_t *slot)
     }
     bool svc_key = keyset_has(&svc->service_keys, req->peer_key);
     bool adm_key = keyset_has(&svc->admin_keys, req->peer_key);
-    bool ok = m->role == ROLE_SERVICE ? svc_key
-              : m->role == ROLE_ADMIN ? adm_key
-                                      : svc_key || adm_key;
+    bool replica_key =
+        svc->shard_key_z85[0] != '\0' && strcmp(req->peer_key, svc->shard_key_z85) == 0;
+    bool ok = m->role == ROLE_SERVICE   ? svc_key
+              : m->role == ROLE_ADMIN   ? adm_key
+              : m->role == ROLE_REPLICA ? replica_key
+                                        : svc_key || adm_key;
     if (!ok) {
         ops_counter_add(svc->m_denied, 1);
         ops_log_limited(OPS_LOG_WARN, "ledger.denied", req->peer_key, "method", req->method, NULL);
@@ -1953,6 +1994,7 @@ static void replica_housekeeping(ledger_service_t *svc)
             ledger_store_txn_abort(rtxn);
         }
     }
+    ledger_repair_tick(svc->repair, now);
     uint64_t hup = ops_signal_hup_generation();
     if (hup != svc->hup_seen) {
         svc->hup_seen = hup;
@@ -2172,7 +2214,15 @@ static int replica_start(ledger_service_t *svc, const ledger_service_config_t *c
                                     .snapshot_trailing = cfg->snapshot_trailing,
                                     .fsm = svc->fsm};
     svc->hup_seen = ops_signal_hup_generation();
-    return ledger_replica_new(&rcfg, &svc->replica);
+    int rc = ledger_replica_new(&rcfg, &svc->replica);
+    if (rc != 0)
+        return rc;
+    ledger_repair_config_t pcfg = {.zctx = svc->zctx,
+                                   .curve_key_path = cfg->curve_key_path,
+                                   .fsm = svc->fsm,
+                                   .replica = svc->replica,
+                                   .enabled = cfg->repair};
+    return ledger_repair_new(&pcfg, &svc->repair);
 }
 
 int ledger_service_new(const ledger_service_config_t *cfg, ledger_service_t **out)
@@ -2335,6 +2385,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     ledger_service_t *svc = *svc_p;
     /* First libraft: closing it answers the requests waiting for its entries. */
     ledger_replica_destroy(&svc->replica);
+    ledger_repair_destroy(&svc->repair); /* after libraft: a leadership transfer calls back */
     if (svc->change != NULL) {
         proto_rpc_request_destroy(&svc->change->waiter);
         free(svc->change);

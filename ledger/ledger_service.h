@@ -88,6 +88,7 @@ typedef struct ledger_service_config {
     /* Replica repair: the leader proposes its state digest this often (0 = never); a replica
      * whose state differs stops (ledger_fsm.h, ledger_fsm_repair). */
     uint64_t digest_interval_ms;
+    bool repair; /* a diverged replica rebuilds itself from a healthy one (ledger_repair.h) */
     uint32_t scrub_per_second; /* records the background scrub checks a second; 0 = off */
 } ledger_service_config_t;
 

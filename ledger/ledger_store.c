@@ -278,6 +278,12 @@ static int store_get_msg(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi
     return 0;
 }
 
+void ledger_store_corrupt_clear(ledger_store_t *store)
+{
+    assert(store != NULL);
+    atomic_store(&store->corrupt, false);
+}
+
 bool ledger_store_corrupt(const ledger_store_t *store)
 {
     assert(store != NULL);

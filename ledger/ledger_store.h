@@ -153,6 +153,10 @@ void ledger_store_close(ledger_store_t **store_p);
  * stops writing. Safe from any thread. */
 bool ledger_store_corrupt(const ledger_store_t *store);
 
+/* Forgets that a record failed its checksum: only once every record was replaced (a replica
+ * whose whole state was rebuilt from a healthy replica's snapshot, ledger_fsm_repair). */
+void ledger_store_corrupt_clear(ledger_store_t *store);
+
 /* Upgrades the store of dir (no other process may have it open) to LEDGER_STORE_FORMAT:
  * appends the checksum to every value of the summed databases that does not already end in
  * its own (so it may run twice), in one write transaction. *count gets the number of records

@@ -26,6 +26,7 @@
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
+#include "qctest_http.h"
 #include "qctest_port.h"
 #include "qctest_proc.h"
 
@@ -33,6 +34,8 @@ static qctest_ports_t ports;
 #define T_PORT(i) qctest_port(&ports, (i))
 #define T_REPLICAS 3
 #define T_RAFT_PORT_OFFSET 40 /* raft ports: this far into the range */
+#define T_HTTP_PORT_OFFSET 50 /* /metrics and /healthz */
+#define T_REPAIR_MS 30000     /* longest wait for a diverged replica to rebuild itself */
 #define T_LEADER_MS 20000     /* longest wait for a leader */
 #define T_CALL_MS 5000
 #define T_ACCOUNT "acct-r1"
@@ -49,10 +52,12 @@ typedef struct group {
     int raft_port[T_REPLICAS];
     proto_curve_keypair_t raft_keys[T_REPLICAS];
     char extra[T_REPLICAS][12][LP_PATH_MAX];
-    const char *argv[T_REPLICAS][16];
+    const char *argv[T_REPLICAS][24];
+    int http_port[T_REPLICAS];
     /* The leader's digest ops (replica repair): off unless a test turns them on, so that an
      * idle group proposes nothing and stopped replicas end at the same index. */
     char digest_ms[16];
+    bool no_repair; /* --repair false: a diverged replica stops and waits for the runbook */
 } group_t;
 
 typedef struct dev {
@@ -104,6 +109,11 @@ static const char *const *replica_args(group_t *g, int i, bool join)
     a[n++] = g->digest_ms[0] != '\0' ? g->digest_ms : "0";
     a[n++] = "--join";
     a[n++] = join ? "true" : "false";
+    a[n++] = "--repair";
+    a[n++] = g->no_repair ? "false" : "true";
+    snprintf(e[3], LP_PATH_MAX, "%d", g->http_port[i]);
+    a[n++] = "--http-port";
+    a[n++] = e[3];
     a[n] = NULL;
     return a;
 }
@@ -113,15 +123,18 @@ static group_t *current;
 
 static void group_setup(group_t *g)
 {
-    char digest_ms[sizeof g->digest_ms]; /* the one setting a test makes before the set-up */
+    char digest_ms[sizeof g->digest_ms]; /* the settings a test makes before the set-up */
     memcpy(digest_ms, g->digest_ms, sizeof digest_ms);
+    bool no_repair = g->no_repair;
     memset(g, 0, sizeof *g);
     memcpy(g->digest_ms, digest_ms, sizeof digest_ms);
+    g->no_repair = no_repair;
     current = g;
     for (int i = 0; i < T_REPLICAS; i++) {
         assert_int_equal(lp_setup_like(&g->r[i], ledger_bin, T_PORT(i), i == 0 ? NULL : &g->r[0]),
                          0);
         g->raft_port[i] = lp_free_port(T_PORT(T_RAFT_PORT_OFFSET + i));
+        g->http_port[i] = lp_free_port(T_PORT(T_HTTP_PORT_OFFSET + i));
         char p[LP_PATH_MAX];
         qctest_path(g->r[i].dir, "raft.key", p);
         assert_int_equal(proto_curve_keypair_create(p, &g->raft_keys[i]), 0);
@@ -937,6 +950,51 @@ static int catchup_bench(long n)
     return applied >= want ? 0 : 1;
 }
 
+/* Flips one bit of the account's balance in replica lp's stopped LMDB, through the store, so
+ * that its checksum is right and only a digest can tell. */
+static void flip_balance(lp_t *lp)
+{
+    char data[LP_PATH_MAX];
+    qctest_path(lp->dir, "data", data);
+    ledger_store_t *st = NULL;
+    MDB_txn *txn = NULL;
+    ledger_account_t a;
+    assert_int_equal(ledger_store_open(data, 256ull << 20, &st), 0);
+    assert_int_equal(ledger_store_txn_begin(st, NULL, true, &txn), 0);
+    assert_int_equal(ledger_store_account_get(st, txn, T_ACCOUNT, &a), 0);
+    a.balance ^= 64;
+    assert_int_equal(ledger_store_account_put(st, txn, &a), 0);
+    assert_int_equal(ledger_store_txn_commit(txn), 0);
+    ledger_store_close(&st);
+}
+
+/* Flips one bit of the checksum that ends the account's record in replica lp's stopped LMDB,
+ * below the store (as a bad disk would): the next read or the scrub finds it corrupt. */
+static void corrupt_account(lp_t *lp)
+{
+    char data[LP_PATH_MAX];
+    qctest_path(lp->dir, "data", data);
+    MDB_env *env = NULL;
+    MDB_txn *txn = NULL;
+    MDB_dbi dbi;
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+    assert_int_equal(mdb_env_set_mapsize(env, 256ull << 20), 0);
+    assert_int_equal(mdb_env_open(env, data, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "accounts", 0, &dbi), 0);
+    MDB_val k = {.mv_size = strlen(T_ACCOUNT), .mv_data = (void *)T_ACCOUNT}, v;
+    assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+    uint8_t copy[4096];
+    assert_true(v.mv_size > 4 && v.mv_size <= sizeof copy);
+    memcpy(copy, v.mv_data, v.mv_size);
+    copy[v.mv_size - 1] ^= 0x01;
+    MDB_val nv = {.mv_size = v.mv_size, .mv_data = copy};
+    assert_int_equal(mdb_put(txn, dbi, &k, &nv, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+}
+
 /* Replica repair with real processes (issue 21): one bit of the account's balance flipped in a
  * stopped follower's LMDB (a fault LMDB cannot see). Started again, the follower finds at the
  * leader's next digest op that its state differs and stops applying (shard_status: diverged),
@@ -951,24 +1009,14 @@ static void test_follower_diverged_stops_then_rebuilt(void **state)
     bool running[T_REPLICAS];
     dev_t_ d;
     snprintf(g->digest_ms, sizeof g->digest_ms, "300"); /* group_setup keeps it */
+    g->no_repair = true;                                /* the runbook's path: repair = false */
     int leader = group_up(g, running, &d, "dev-r4");
     one_load(&g->r[leader], &d, 310);
     wait_caught_up(g, running, leader);
     int bad = (leader + 1) % T_REPLICAS;
     lp_stop(&g->r[bad], SIGTERM);
     running[bad] = false;
-    char data[LP_PATH_MAX];
-    qctest_path(g->r[bad].dir, "data", data);
-    ledger_store_t *st = NULL;
-    MDB_txn *txn = NULL;
-    ledger_account_t a;
-    assert_int_equal(ledger_store_open(data, 256ull << 20, &st), 0);
-    assert_int_equal(ledger_store_txn_begin(st, NULL, true, &txn), 0);
-    assert_int_equal(ledger_store_account_get(st, txn, T_ACCOUNT, &a), 0);
-    a.balance ^= 64;
-    assert_int_equal(ledger_store_account_put(st, txn, &a), 0);
-    assert_int_equal(ledger_store_txn_commit(txn), 0);
-    ledger_store_close(&st);
+    flip_balance(&g->r[bad]);
     group_start(g, bad, false);
 
     uint64_t end = ops_time_mono_ms() + T_LEADER_MS;
@@ -1007,7 +1055,8 @@ static void test_follower_diverged_stops_then_rebuilt(void **state)
 
     /* Rebuilt: its LMDB emptied, its raft directory (log, vote, snapshots) kept. */
     lp_stop(&g->r[bad], SIGTERM);
-    char f[LP_PATH_MAX + 16];
+    char data[LP_PATH_MAX], f[LP_PATH_MAX + 16];
+    qctest_path(g->r[bad].dir, "data", data);
     snprintf(f, sizeof f, "%s/data.mdb", data);
     assert_int_equal(unlink(f), 0);
     snprintf(f, sizeof f, "%s/lock.mdb", data);
@@ -1023,6 +1072,109 @@ static void test_follower_diverged_stops_then_rebuilt(void **state)
     dev_free(&d);
     group_teardown(g);
     free(g);
+}
+
+/* Waits (bounded) until replica i rebuilt itself (shard_status: rebuilds, not diverged) and
+ * then agreed with a later digest of the leader; returns the milliseconds since since_ms. */
+static uint64_t wait_rebuilt(group_t *g, int i, uint64_t since_ms)
+{
+    uint64_t end = ops_time_mono_ms() + T_REPAIR_MS, rebuilt_ms = 0, rebuilt_at = 0;
+    while (ops_time_mono_ms() < end) {
+        Qcledger__ShardStatusReply *s = status_of(&g->r[i]);
+        if (s != NULL && s->rebuilds > 0 && !s->diverged && rebuilt_ms == 0) {
+            rebuilt_ms = ops_time_mono_ms() - since_ms;
+            rebuilt_at = s->applied_index;
+        }
+        /* A digest compared after the rebuild and equal: its state is the leader's. */
+        bool agreed =
+            s != NULL && rebuilt_ms != 0 && !s->diverged && s->digest_ok_index > rebuilt_at;
+        if (s != NULL)
+            qcledger__shard_status_reply__free_unpacked(s, NULL);
+        if (agreed)
+            return rebuilt_ms;
+        usleep(50 * 1000);
+    }
+    fail_msg("replica %d was not rebuilt within %d ms", i + 1, T_REPAIR_MS);
+    return 0;
+}
+
+/* After a rebuild: writes go on, the rebuilt replica is a healthy follower of the same leader
+ * with the same id, applied as far as the leader committed, checks ok with everyone's totals,
+ * was rebuilt once (its metric too), and its /healthz is ok. */
+static void assert_rebuilt_follower(group_t *g, bool *running, int leader, int bad, dev_t_ *d)
+{
+    one_load(&g->r[leader], d, 340);
+    assert_replicas_agree(g, running, leader);
+    Qcledger__ShardStatusReply *s = status_of(&g->r[bad]);
+    assert_non_null(s);
+    assert_int_equal(s->role, QCLEDGER__REPLICA_ROLE__ROLE_FOLLOWER);
+    assert_int_equal(s->id, bad + 1);
+    assert_int_equal(s->leader_id, leader + 1);
+    assert_false(s->diverged);
+    assert_int_equal(s->rebuilds, 1);
+    qcledger__shard_status_reply__free_unpacked(s, NULL);
+    assert_int_equal(qctest_metric(g->http_port[bad], "qc_ledger_replica_rebuilds_total"), 1);
+    assert_int_equal(qctest_metric(g->http_port[bad], "qc_ledger_replica_diverged"), 0);
+    assert_int_equal(qctest_http(g->http_port[bad], "GET", "/healthz", NULL, 0), 200);
+    char log[LP_PATH_MAX];
+    qctest_path(g->r[bad].dir, "ledger.log", log);
+    assert_true(qctest_file_contains(log, "ledger.fsm_diverged"));
+    assert_true(qctest_file_contains(log, "ledger.replica_rebuilt"));
+    for (int i = 0; i < T_REPLICAS; i++)
+        if (i != bad)
+            assert_int_equal(qctest_metric(g->http_port[i], "qc_ledger_replica_rebuilds_total"), 0);
+}
+
+/* A group with digest ops every 300 ms whose follower (leader + offset) is stopped, damaged
+ * by fault and started again: it rebuilds itself (wait_rebuilt) while loads go on, and is a
+ * healthy follower afterwards (assert_rebuilt_follower). Prints the time the rebuild took. */
+static void rebuild_case(void (*fault)(lp_t *), int offset, const char *dev_id, const char *what,
+                         const char *event)
+{
+    group_t *g = calloc(1, sizeof *g);
+    assert_non_null(g);
+    bool running[T_REPLICAS];
+    dev_t_ d;
+    snprintf(g->digest_ms, sizeof g->digest_ms, "300"); /* group_setup keeps it */
+    int leader = group_up(g, running, &d, dev_id);
+    one_load(&g->r[leader], &d, 310);
+    wait_caught_up(g, running, leader);
+    int bad = (leader + offset) % T_REPLICAS;
+    lp_stop(&g->r[bad], SIGTERM);
+    fault(&g->r[bad]);
+    uint64_t t0 = ops_time_mono_ms();
+    group_start(g, bad, false);
+    one_load(&g->r[leader], &d, 320); /* writes go on meanwhile */
+    uint64_t ms = wait_rebuilt(g, bad, t0);
+    printf("repair: a follower with %s, restarted, rebuilt itself %.2f s later\n", what,
+           (double)ms / 1000.0);
+    assert_rebuilt_follower(g, running, leader, bad, &d);
+    char log[LP_PATH_MAX];
+    qctest_path(g->r[bad].dir, "ledger.log", log);
+    assert_true(qctest_file_contains(log, event)); /* what it found */
+    dev_free(&d);
+    group_teardown(g);
+    free(g);
+}
+
+/* Replica repair with real processes, by itself (issue 21): one bit of the account's balance
+ * flipped in a stopped follower's LMDB, its checksum right. Started again, the follower finds
+ * at the leader's next digest op that its state differs, fetches the other follower's
+ * snapshot (which agreed with the same digest) and rebuilds its state under its own Raft id,
+ * its log and vote kept: no operator. */
+static void test_follower_diverged_rebuilds_itself(void **state)
+{
+    (void)state;
+    rebuild_case(flip_balance, 1, "dev-r5", "a flipped balance", "differs from the leader");
+}
+
+/* The same for a record whose checksum fails on a follower (its scrub, or the next read):
+ * it stops applying, is rebuilt from a healthy follower, and no longer reports a corrupt
+ * store (its /healthz is ok again). */
+static void test_follower_corrupt_rebuilds_itself(void **state)
+{
+    (void)state;
+    rebuild_case(corrupt_account, 2, "dev-r6", "a corrupt record", "ledger.corrupt_record");
 }
 
 int main(int argc, char **argv)
@@ -1048,6 +1200,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_no_quorum_refuses_then_recovers, teardown),
         cmocka_unit_test_teardown(test_wiped_follower_catches_up, teardown),
         cmocka_unit_test_teardown(test_follower_diverged_stops_then_rebuilt, teardown),
+        cmocka_unit_test_teardown(test_follower_diverged_rebuilds_itself, teardown),
+        cmocka_unit_test_teardown(test_follower_corrupt_rebuilds_itself, teardown),
     };
     /* T_FILTER=name runs one test (cmocka's pattern), for a look at one failure. */
     if (getenv("T_FILTER") != NULL)
