@@ -445,6 +445,8 @@ static int stmt_visit(void *arg, const ledger_transfer_t *t)
         c->too_many = true;
         return QUERY_PAGE_FULL;
     }
+    /* The index hands them in statement order (ledger_store_each_move()). */
+    assert(c->n == 0 || move_cmp(&c->moves[c->n - 1], &mv) < 0);
     if (c->n == c->cap) {
         size_t cap = c->cap != 0 ? 2 * c->cap : 256;
         stmt_move_t *n = realloc(c->moves, cap * sizeof *n);
@@ -546,7 +548,13 @@ static void run_statement(ledger_query_t *q, MDB_txn *txn, const proto_rpc_reque
                rc == QC_ENOTFOUND ? "no such account on this shard" : NULL);
         goto out;
     }
-    rc = ledger_store_each_transfer(q->store, txn, stmt_visit, &c);
+    /* The account's movements from the later of the window's start and the cursor: the balance
+     * before the first of them follows from the balance now, so none before is read. */
+    ledger_index_move_t after = {.time_ms = c.cursor.time_ms, .kind = (uint8_t)c.cursor.kind};
+    memcpy(after.txn_id, c.cursor.txn_id, LEDGER_TXN_ID_SIZE);
+    bool cursor = m->after_time_ms != 0 || m->after_txn.len != 0 || m->after_kind != 0;
+    rc = ledger_store_each_move(q->store, txn, m->account_id, m->since_ms, cursor ? &after : NULL,
+                                stmt_visit, &c);
     if (c.too_many) {
         char why[LEDGER_WHY_MAX];
         snprintf(why, sizeof why,
@@ -559,7 +567,6 @@ static void run_statement(ledger_query_t *q, MDB_txn *txn, const proto_rpc_reque
         refuse(a, rc, "the transfers could not be read");
         goto out;
     }
-    qsort(c.moves, c.n, sizeof *c.moves, move_cmp);
     stmt_page(&c, &acct, a);
 out:
     free(c.moves);

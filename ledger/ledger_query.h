@@ -37,7 +37,8 @@
  * with the state alone (or nothing) walks the loads in txn id order. */
 /* Bytes of a page's records: room under PROTO_RPC_FRAME_MAX for the RpcReply around them. */
 #define LEDGER_LIST_REPLY_MAX (PROTO_RPC_FRAME_MAX / 2)
-/* Movements of one account after a statement's cursor that it sorts (each about 100 bytes in
+/* Movements of one account from a statement's start (the later of its cursor and its window's
+ * start; read in order from the index transfers_by_account) that it holds (each about 100 bytes in
  * memory); an account with more refuses the statement with QC_ELIMIT: page with a window. */
 #define LEDGER_STATEMENT_MOVES_MAX 200000
 

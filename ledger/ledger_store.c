@@ -20,7 +20,7 @@
 
 #include "ledger_store_index.h"
 
-#define STORE_DBI_COUNT 12
+#define STORE_DBI_COUNT 13
 #define STORE_DEADLINE_KEY_SIZE (8 + LEDGER_TXN_ID_SIZE)
 #define STORE_TRANSFER_KEY_SIZE (LEDGER_TXN_ID_SIZE + 1)
 #define STORE_SEQ_KEY_SIZE 8
@@ -48,7 +48,8 @@ enum store_dbi {
     DBI_LOADS_BY_TIME, /* the indexes of loads, in ledger_index_kind_t order */
     DBI_LOADS_BY_DEVICE,
     DBI_LOADS_BY_ACCOUNT,
-    DBI_LOCAL, /* this copy's own bookkeeping: the version of its indexes */
+    DBI_TRANSFERS_BY_ACCOUNT, /* the movements of each account */
+    DBI_LOCAL,                /* this copy's own bookkeeping: the version of its indexes */
 };
 
 _Static_assert(DBI_CERTS + 1 == LEDGER_STORE_DB_COUNT,
@@ -59,13 +60,24 @@ _Static_assert(DBI_LOADS_BY_DEVICE == DBI_LOADS_BY_TIME + LEDGER_INDEX_DEVICE &&
 _Static_assert(DBI_LOCAL + 1 == STORE_DBI_COUNT, "every database is named");
 
 static const char *const store_dbi_names[STORE_DBI_COUNT] = {
-    "accounts", "devices", "loads",         "deadlines",       "transfers",        "outbox",
-    "meta",     "certs",   "loads_by_time", "loads_by_device", "loads_by_account", "local",
+    "accounts",
+    "devices",
+    "loads",
+    "deadlines",
+    "transfers",
+    "outbox",
+    "meta",
+    "certs",
+    "loads_by_time",
+    "loads_by_device",
+    "loads_by_account",
+    "transfers_by_account",
+    "local",
 };
 
 static bool store_index_db(enum store_dbi dbi)
 {
-    return dbi >= DBI_LOADS_BY_TIME && dbi <= DBI_LOADS_BY_ACCOUNT;
+    return dbi >= DBI_LOADS_BY_TIME && dbi <= DBI_TRANSFERS_BY_ACCOUNT;
 }
 
 struct ledger_store {
@@ -77,6 +89,9 @@ struct ledger_store {
 };
 
 static int store_index_build(ledger_store_t *store, MDB_txn *txn, const char *dir);
+static int transfer_from_msg(const Qcledger__Transfer *m, ledger_transfer_t *t);
+static int store_move_entries(ledger_store_t *store, MDB_txn *txn, const ledger_transfer_t *t,
+                              unsigned *missing);
 
 /* The databases whose values carry CRC-32C(key || value) in their last STORE_SUM_SIZE bytes
  * (ledger_store.h). deadlines (empty values), meta (counters) and certs (DER, bound to its
@@ -719,51 +734,76 @@ int ledger_store_each_load_in(ledger_store_t *store, MDB_txn *txn, const ledger_
 
 /* ------------------------------------------------------------ index build */
 
-/* The entries of one raw load record (key, value with its checksum) into the indexes; a
- * record that fails its checksum or does not parse is left out and counted in *bad. */
-static int store_index_record(ledger_store_t *store, MDB_txn *txn, const MDB_val *k,
-                              const MDB_val *v, bool mark, uint64_t *bad)
+/* The index entries of one raw record of db (loads or transfers; key, value with its
+ * checksum). With mark (a build at open), a record that fails its checksum or does not parse
+ * is left out and counted in *bad; without (a snapshot's record, whose body was hashed, so a
+ * mismatch is a bad snapshot and not a bad disk, which must not mark this store corrupt) it is
+ * QC_EDECODE. */
+static int store_index_record(ledger_store_t *store, MDB_txn *txn, enum store_dbi db,
+                              const MDB_val *k, const MDB_val *v, bool mark, uint64_t *bad)
 {
-    size_t len = 0;
-    if (k->mv_size != LEDGER_TXN_ID_SIZE) {
-        (*bad)++;
-        return 0;
-    }
-    if (mark) {
-        if (store_check(store, DBI_LOADS, k, v, &len) != 0) {
-            (*bad)++;
-            return 0;
+    assert(db == DBI_LOADS || db == DBI_TRANSFERS);
+    size_t len = v->mv_size >= STORE_SUM_SIZE ? v->mv_size - STORE_SUM_SIZE : 0;
+    bool sound;
+    if (mark)
+        sound = store_check(store, db, k, v, &len) == 0;
+    else
+        sound = v->mv_size >= STORE_SUM_SIZE &&
+                store_sum(k, v->mv_data, len) ==
+                    (uint32_t)ops_be_get((const uint8_t *)v->mv_data + len, STORE_SUM_SIZE);
+    int rc = QC_EDECODE;
+    if (sound && db == DBI_LOADS && k->mv_size == LEDGER_TXN_ID_SIZE) {
+        Qcledger__Load *m = qcledger__load__unpack(NULL, len, v->mv_data);
+        if (m != NULL && m->device_id != NULL && m->device_id[0] != '\0' && m->account_id != NULL &&
+            m->account_id[0] != '\0') {
+            uint8_t txn_id[LEDGER_TXN_ID_SIZE];
+            memcpy(txn_id, k->mv_data, sizeof txn_id); /* the key may move as the indexes grow */
+            ledger_index_load_t l = store_index_of_msg(txn_id, m);
+            rc = ledger_index_put(txn, &store->dbi[DBI_LOADS_BY_TIME], &l);
         }
-    } else {
-        /* A snapshot's record: its body was hashed, so a mismatch is a bad snapshot, not a bad
-         * disk, and must not mark this store corrupt. */
-        len = v->mv_size - STORE_SUM_SIZE;
-        if (v->mv_size < STORE_SUM_SIZE ||
-            store_sum(k, v->mv_data, len) !=
-                (uint32_t)ops_be_get((const uint8_t *)v->mv_data + len, STORE_SUM_SIZE))
-            return QC_EDECODE;
-    }
-    Qcledger__Load *m = qcledger__load__unpack(NULL, len, v->mv_data);
-    if (m == NULL || m->device_id == NULL || m->device_id[0] == '\0' || m->account_id == NULL ||
-        m->account_id[0] == '\0') {
         qcledger__load__free_unpacked(m, NULL);
-        if (!mark)
-            return QC_EDECODE;
+    } else if (sound && db == DBI_TRANSFERS) {
+        Qcledger__Transfer *m = qcledger__transfer__unpack(NULL, len, v->mv_data);
+        ledger_transfer_t t;
+        if (m != NULL && transfer_from_msg(m, &t) == 0 && t.debit[0] != '\0' && t.credit[0] != '\0')
+            rc = store_move_entries(store, txn, &t, NULL);
+        qcledger__transfer__free_unpacked(m, NULL);
+    }
+    if (rc == QC_EDECODE && mark) {
         (*bad)++;
         return 0;
     }
-    uint8_t txn_id[LEDGER_TXN_ID_SIZE];
-    memcpy(txn_id, k->mv_data, sizeof txn_id); /* the key may move once the indexes grow */
-    ledger_index_load_t l = store_index_of_msg(txn_id, m);
-    int rc = ledger_index_put(txn, &store->dbi[DBI_LOADS_BY_TIME], &l);
-    qcledger__load__free_unpacked(m, NULL);
     return rc;
 }
 
-/* Builds the indexes of every load in txn when the store's index version is not
+/* Puts the entries of every record of db (loads or transfers) into the indexes, in txn. */
+static int store_index_db_build(ledger_store_t *store, MDB_txn *txn, enum store_dbi db,
+                                uint64_t *done, uint64_t *bad, const char *total)
+{
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, store->dbi[db], &cur);
+    if (rc != 0)
+        return store_err("cursor_open", rc);
+    int op = MDB_FIRST, qrc = 0;
+    MDB_val k, v;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        if ((qrc = store_index_record(store, txn, db, &k, &v, true, bad)) != 0)
+            break;
+        if (++*done % STORE_INDEX_PROGRESS_EVERY == 0)
+            ops_logf(OPS_LOG_INFO, "ledger.index_build", "%llu of %s records indexed",
+                     (unsigned long long)*done, total);
+    }
+    mdb_cursor_close(cur);
+    if (qrc != 0)
+        return qrc;
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : store_err("index_build", rc);
+}
+
+/* Builds the indexes of every load and transfer in txn when the store's index version is not
  * LEDGER_INDEX_VERSION (a store made before them, or by an older layout), and records the
  * version; does nothing otherwise. One line when it starts, one per
- * STORE_INDEX_PROGRESS_EVERY loads, one when it is done. */
+ * STORE_INDEX_PROGRESS_EVERY records, one when it is done. */
 static int store_index_build(ledger_store_t *store, MDB_txn *txn, const char *dir)
 {
     const char *name = STORE_LOCAL_INDEX_VERSION;
@@ -773,36 +813,24 @@ static int store_index_build(ledger_store_t *store, MDB_txn *txn, const char *di
         return 0;
     if (rc != 0 && rc != MDB_NOTFOUND)
         return store_err("local_get", rc);
-    MDB_stat st;
-    if ((rc = mdb_stat(txn, store->dbi[DBI_LOADS], &st)) != 0)
+    MDB_stat sl, st;
+    if ((rc = mdb_stat(txn, store->dbi[DBI_LOADS], &sl)) != 0 ||
+        (rc = mdb_stat(txn, store->dbi[DBI_TRANSFERS], &st)) != 0)
         return store_err("stat", rc);
     char total[24];
-    snprintf(total, sizeof total, "%zu", (size_t)st.ms_entries);
-    bool quiet = st.ms_entries == 0; /* a new store: nothing to tell */
+    snprintf(total, sizeof total, "%zu", (size_t)(sl.ms_entries + st.ms_entries));
+    bool quiet = sl.ms_entries + st.ms_entries == 0; /* a new store: nothing to tell */
     if (!quiet)
-        ops_log(OPS_LOG_INFO, "ledger.index_build", "dir", dir, "loads", total, "step", "start",
+        ops_log(OPS_LOG_INFO, "ledger.index_build", "dir", dir, "records", total, "step", "start",
                 NULL);
     uint64_t t0 = ops_time_mono_ms();
-    for (int db = DBI_LOADS_BY_TIME; db <= DBI_LOADS_BY_ACCOUNT; db++)
+    for (int db = DBI_LOADS_BY_TIME; db <= DBI_TRANSFERS_BY_ACCOUNT; db++)
         if ((rc = mdb_drop(txn, store->dbi[db], 0)) != 0)
             return store_err("drop", rc);
-    MDB_cursor *cur = NULL;
-    if ((rc = mdb_cursor_open(txn, store->dbi[DBI_LOADS], &cur)) != 0)
-        return store_err("cursor_open", rc);
     uint64_t done = 0, bad = 0;
-    int op = MDB_FIRST;
-    MDB_val lk, lv;
-    while ((rc = mdb_cursor_get(cur, &lk, &lv, op)) == 0) {
-        op = MDB_NEXT;
-        if ((rc = store_index_record(store, txn, &lk, &lv, true, &bad)) != 0)
-            break;
-        if (++done % STORE_INDEX_PROGRESS_EVERY == 0)
-            ops_logf(OPS_LOG_INFO, "ledger.index_build", "%llu of %s loads indexed",
-                     (unsigned long long)done, total);
-    }
-    mdb_cursor_close(cur);
-    if (rc != MDB_NOTFOUND)
-        return rc > 0 ? store_err("index_build", rc) : rc;
+    if ((rc = store_index_db_build(store, txn, DBI_LOADS, &done, &bad, total)) != 0 ||
+        (rc = store_index_db_build(store, txn, DBI_TRANSFERS, &done, &bad, total)) != 0)
+        return rc;
     uint8_t ver[8];
     ops_be_put(ver, LEDGER_INDEX_VERSION, 8);
     MDB_val vv = {.mv_size = sizeof ver, .mv_data = ver};
@@ -813,7 +841,7 @@ static int store_index_build(ledger_store_t *store, MDB_txn *txn, const char *di
     snprintf(skipped, sizeof skipped, "%llu", (unsigned long long)bad);
     snprintf(ms, sizeof ms, "%llu", (unsigned long long)(ops_time_mono_ms() - t0));
     if (!quiet)
-        ops_log(bad > 0 ? OPS_LOG_ERROR : OPS_LOG_INFO, "ledger.index_build", "dir", dir, "loads",
+        ops_log(bad > 0 ? OPS_LOG_ERROR : OPS_LOG_INFO, "ledger.index_build", "dir", dir, "records",
                 n, "unreadable", skipped, "ms", ms, "step", "done", NULL);
     return 0;
 }
@@ -825,6 +853,35 @@ static void transfer_key(const uint8_t *txn_id, Qcledger__TransferKind kind,
 {
     memcpy(key, txn_id, LEDGER_TXN_ID_SIZE);
     key[LEDGER_TXN_ID_SIZE] = (uint8_t)kind;
+}
+
+static void move_of(const ledger_transfer_t *t, ledger_index_move_t *mv)
+{
+    mv->time_ms = t->time_ms;
+    memcpy(mv->txn_id, t->txn_id, LEDGER_TXN_ID_SIZE);
+    mv->kind = (uint8_t)t->kind;
+}
+
+/* The entries of t's debit and credit accounts in transfers_by_account: put when missing is
+ * NULL, else each absent one counted in *missing. */
+static int store_move_entries(ledger_store_t *store, MDB_txn *txn, const ledger_transfer_t *t,
+                              unsigned *missing)
+{
+    ledger_index_move_t mv;
+    move_of(t, &mv);
+    const char *accounts[2] = {t->debit, t->credit};
+    MDB_dbi dbi = store->dbi[DBI_TRANSFERS_BY_ACCOUNT];
+    for (int i = 0; i < 2; i++) {
+        uint8_t key[LEDGER_INDEX_MOVE_KEY_MAX];
+        MDB_val k = {.mv_size = ledger_index_move_key(accounts[i], &mv, key), .mv_data = key};
+        MDB_val v = {.mv_size = 0, .mv_data = NULL};
+        int rc = missing != NULL ? mdb_get(txn, dbi, &k, &v) : mdb_put(txn, dbi, &k, &v, 0);
+        if (rc == MDB_NOTFOUND && missing != NULL)
+            (*missing)++;
+        else if (rc != 0)
+            return store_err("move_index", rc);
+    }
+    return 0;
 }
 
 int ledger_store_transfer_add(ledger_store_t *store, MDB_txn *txn, const ledger_transfer_t *t)
@@ -843,7 +900,9 @@ int ledger_store_transfer_add(ledger_store_t *store, MDB_txn *txn, const ledger_
     m.amount = t->amount;
     m.currency = t->currency;
     m.time_ms = t->time_ms;
-    return store_put_msg(store, txn, DBI_TRANSFERS, key, sizeof key, &m.base, MDB_NOOVERWRITE);
+    int rc = store_put_msg(store, txn, DBI_TRANSFERS, key, sizeof key, &m.base, MDB_NOOVERWRITE);
+    /* The movements of both accounts, in this transaction (ledger_store_index.h). */
+    return rc != 0 ? rc : store_move_entries(store, txn, t, NULL);
 }
 
 static int transfer_from_msg(const Qcledger__Transfer *m, ledger_transfer_t *t)
@@ -1338,6 +1397,41 @@ int ledger_store_each_load_after(ledger_store_t *store, MDB_txn *txn, const uint
                             (void *)fn, arg);
 }
 
+typedef struct store_move_visit {
+    ledger_store_t *store;
+    MDB_txn *txn;
+    ledger_store_transfer_fn *fn;
+    void *arg;
+} store_move_visit_t;
+
+/* An entry of an account's movements: its transfer, read and handed on; an entry whose
+ * transfer is missing is skipped (the scrub names it). */
+static int store_move_visit(void *arg, const ledger_index_move_t *mv)
+{
+    store_move_visit_t *w = arg;
+    ledger_transfer_t t;
+    int rc = ledger_store_transfer_get(w->store, w->txn, mv->txn_id,
+                                       (Qcledger__TransferKind)mv->kind, &t);
+    if (rc == QC_ENOTFOUND)
+        return 0;
+    return rc != 0 ? rc : w->fn(w->arg, &t);
+}
+
+int ledger_store_each_move(ledger_store_t *store, MDB_txn *txn, const char *account,
+                           uint64_t since_ms, const ledger_index_move_t *after,
+                           ledger_store_transfer_fn *fn, void *arg)
+{
+    assert(store != NULL);
+    assert(txn != NULL);
+    assert(account != NULL);
+    assert(fn != NULL);
+    if (account[0] == '\0' || strlen(account) > LEDGER_ID_MAX)
+        return 0; /* no account has such an id: it has no movements */
+    store_move_visit_t w = {.store = store, .txn = txn, .fn = fn, .arg = arg};
+    return ledger_index_move_walk(txn, store->dbi[DBI_TRANSFERS_BY_ACCOUNT], account, since_ms,
+                                  after, store_move_visit, &w);
+}
+
 int ledger_store_each_transfer(ledger_store_t *store, MDB_txn *txn, ledger_store_transfer_fn *fn,
                                void *arg)
 {
@@ -1439,9 +1533,12 @@ int ledger_store_record_append(ledger_store_t *store, MDB_txn *txn, unsigned db,
         return QC_EDECODE; /* out of key order */
     if (rc != 0)
         return store_err("record_append", rc);
-    /* A load brings its index entries, in the same transaction (a snapshot restore). */
+    /* A load or a transfer brings its index entries, in the same transaction (a snapshot
+     * restore). */
     uint64_t bad = 0;
-    return db == DBI_LOADS ? store_index_record(store, txn, &k, &v, false, &bad) : 0;
+    if (db == DBI_LOADS || db == DBI_TRANSFERS)
+        return store_index_record(store, txn, (enum store_dbi)db, &k, &v, false, &bad);
+    return 0;
 }
 
 /* ------------------------------------------------------------ scrub */
@@ -1515,6 +1612,59 @@ static int scrub_index_entry(ledger_store_t *store, MDB_txn *txn, ledger_store_s
     return 0;
 }
 
+/* A transfer (key, value without its checksum) has the entries of its two accounts. */
+static int scrub_transfer_entries(ledger_store_t *store, MDB_txn *txn, ledger_store_scrub_t *s,
+                                  const MDB_val *k, const MDB_val *body)
+{
+    Qcledger__Transfer *m = qcledger__transfer__unpack(NULL, body->mv_size, body->mv_data);
+    ledger_transfer_t t;
+    bool parsed =
+        m != NULL && transfer_from_msg(m, &t) == 0 && t.debit[0] != '\0' && t.credit[0] != '\0';
+    qcledger__transfer__free_unpacked(m, NULL);
+    s->index_checked++;
+    if (!parsed) {
+        scrub_index_bad(store, s, DBI_TRANSFERS, k,
+                        "the transfer does not parse: it has no index entries");
+        return 0;
+    }
+    unsigned missing = 0;
+    int rc = store_move_entries(store, txn, &t, &missing);
+    if (rc == 0 && missing > 0)
+        scrub_index_bad(store, s, DBI_TRANSFERS, k,
+                        "the transfer lacks the movement entry of its debit or credit account");
+    return rc;
+}
+
+/* A movement entry names a transfer that exists, moves that account and has that time. */
+static int scrub_move_entry(ledger_store_t *store, MDB_txn *txn, ledger_store_scrub_t *s,
+                            const MDB_val *k)
+{
+    char account[PROTO_ACCOUNT_ID_MAX + 2];
+    ledger_index_move_t mv;
+    s->index_checked++;
+    if (ledger_index_move_parse(k->mv_data, k->mv_size, account, &mv) != 0) {
+        scrub_index_bad(store, s, DBI_TRANSFERS_BY_ACCOUNT, k,
+                        "the entry's key is not an index key");
+        return 0;
+    }
+    ledger_transfer_t t;
+    int rc = ledger_store_transfer_get(store, txn, mv.txn_id, (Qcledger__TransferKind)mv.kind, &t);
+    if (rc == QC_ECORRUPT || rc == QC_EDECODE)
+        return 0; /* the transfer itself is counted by its own check */
+    const char *why = NULL;
+    if (rc == QC_ENOTFOUND)
+        why = "the entry names no transfer (dangling)";
+    else if (rc != 0)
+        return rc;
+    else if (t.time_ms != mv.time_ms)
+        why = "the entry's time is not the transfer's";
+    else if (strcmp(t.debit, account) != 0 && strcmp(t.credit, account) != 0)
+        why = "the transfer does not move the entry's account";
+    if (why != NULL)
+        scrub_index_bad(store, s, DBI_TRANSFERS_BY_ACCOUNT, k, why);
+    return 0;
+}
+
 /* Checks the records of db from s's position on, at most max - *done of them; *end true when
  * db has no more. */
 static int scrub_db(ledger_store_t *store, MDB_txn *txn, ledger_store_scrub_t *s, size_t max,
@@ -1531,17 +1681,19 @@ static int scrub_db(ledger_store_t *store, MDB_txn *txn, ledger_store_scrub_t *s
         memcmp(k.mv_data, s->key, s->key_len) == 0)
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT); /* checked by the last step */
     while (rc == 0 && *done < max) {
-        size_t len = 0;
         enum store_dbi dbi = (enum store_dbi)s->db;
-        if (store_index_db(dbi)) {
+        if (dbi == DBI_TRANSFERS_BY_ACCOUNT) {
+            qrc = scrub_move_entry(store, txn, s, &k);
+        } else if (store_index_db(dbi)) {
             qrc = scrub_index_entry(store, txn, s, dbi, &k);
         } else {
-            if (store_check(store, dbi, &k, &v, &len) != 0) {
+            MDB_val body = {.mv_size = 0, .mv_data = v.mv_data};
+            if (store_check(store, dbi, &k, &v, &body.mv_size) != 0)
                 s->corrupt++;
-            } else if (dbi == DBI_LOADS) {
-                MDB_val body = {.mv_size = len, .mv_data = v.mv_data};
+            else if (dbi == DBI_LOADS)
                 qrc = scrub_load_entries(store, txn, s, &k, &body);
-            }
+            else if (dbi == DBI_TRANSFERS)
+                qrc = scrub_transfer_entries(store, txn, s, &k, &body);
             s->checked++;
         }
         if (qrc != 0)

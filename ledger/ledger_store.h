@@ -21,9 +21,11 @@
  *   loads_by_time     created_ms (8, BE) || txn id            -> empty   (ledger_store_index.h)
  *   loads_by_device   device id || 0 || created_ms || txn id  -> empty
  *   loads_by_account  account id || 0 || created_ms || txn id -> empty
+ *   transfers_by_account account id || 0 || time_ms || txn id || kind -> empty (both accounts)
  *   local      name                  -> value (loads_index_version)
  * Every load has exactly its three index entries, written in the transaction that writes the
- * load (ledger_store_load_put(), _load_del(), _record_append()); a store opened without them
+ * load (ledger_store_load_put(), _load_del(), _record_append()), and every transfer the entries
+ * of its debit and credit accounts (ledger_store_transfer_add()); a store opened without them
  * (made before them) gets them at open, in the open's own write transaction, with one log line
  * ledger.index_build at its start and end. The scrub and check --deep check both ways (every
  * load has its entries, every entry names a load with its device, account and time): a
@@ -280,6 +282,12 @@ QC_MUST_CHECK int ledger_store_each_load_after(ledger_store_t *store, MDB_txn *t
 QC_MUST_CHECK int ledger_store_each_load_in(ledger_store_t *store, MDB_txn *txn,
                                             const ledger_index_range_t *r, ledger_store_load_fn *fn,
                                             void *arg);
+/* The transfers that move account (debit or credit), in statement order (time, txn id, kind),
+ * read through transfers_by_account: from the first at or after since_ms, and after *after
+ * when it is not NULL (a statement's cursor). Returns what each_transfer does. */
+QC_MUST_CHECK int ledger_store_each_move(ledger_store_t *store, MDB_txn *txn, const char *account,
+                                         uint64_t since_ms, const ledger_index_move_t *after,
+                                         ledger_store_transfer_fn *fn, void *arg);
 QC_MUST_CHECK int ledger_store_each_device(ledger_store_t *store, MDB_txn *txn,
                                            ledger_store_device_fn *fn, void *arg);
 QC_MUST_CHECK int ledger_store_each_deadline(ledger_store_t *store, MDB_txn *txn,

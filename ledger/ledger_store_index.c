@@ -195,3 +195,79 @@ int ledger_index_walk(MDB_txn *txn, MDB_dbi dbi, const ledger_index_range_t *r, 
         return qrc;
     return rc == 0 || rc == MDB_NOTFOUND ? 0 : index_err("index_walk", rc);
 }
+
+/* ------------------------------------------------------------ movements of accounts */
+
+static size_t move_tail(uint8_t *key, size_t plen, const ledger_index_move_t *mv)
+{
+    ops_be_put(key + plen, mv->time_ms, 8);
+    memcpy(key + plen + 8, mv->txn_id, PROTO_TXN_ID_SIZE);
+    key[plen + 8 + PROTO_TXN_ID_SIZE] = mv->kind;
+    return plen + LEDGER_INDEX_MOVE_TAIL_SIZE;
+}
+
+size_t ledger_index_move_key(const char *account, const ledger_index_move_t *mv, uint8_t *key)
+{
+    assert(account != NULL);
+    assert(mv != NULL);
+    assert(strlen(account) <= PROTO_ACCOUNT_ID_MAX);
+    return move_tail(key, index_prefix(account, key), mv);
+}
+
+int ledger_index_move_parse(const uint8_t *key, size_t key_len, char *account,
+                            ledger_index_move_t *mv)
+{
+    assert(key != NULL);
+    assert(account != NULL);
+    assert(mv != NULL);
+    const uint8_t *nul = memchr(key, 0, key_len);
+    if (nul == NULL || nul == key || (size_t)(nul - key) > PROTO_ACCOUNT_ID_MAX)
+        return QC_EDECODE;
+    size_t plen = (size_t)(nul - key) + 1;
+    if (key_len != plen + LEDGER_INDEX_MOVE_TAIL_SIZE)
+        return QC_EDECODE;
+    memcpy(account, key, plen);
+    mv->time_ms = ops_be_get(key + plen, 8);
+    memcpy(mv->txn_id, key + plen + 8, PROTO_TXN_ID_SIZE);
+    mv->kind = key[plen + 8 + PROTO_TXN_ID_SIZE];
+    return 0;
+}
+
+int ledger_index_move_walk(MDB_txn *txn, MDB_dbi dbi, const char *account, uint64_t since_ms,
+                           const ledger_index_move_t *after, ledger_index_move_fn *fn, void *arg)
+{
+    assert(txn != NULL);
+    assert(account != NULL);
+    assert(fn != NULL);
+    uint8_t start[LEDGER_INDEX_MOVE_KEY_MAX], cur_key[LEDGER_INDEX_MOVE_KEY_MAX];
+    size_t plen = index_prefix(account, start);
+    memcpy(cur_key, start, plen);
+    ledger_index_move_t from = {.time_ms = since_ms};
+    size_t start_len = move_tail(start, plen, &from);
+    size_t after_len = after != NULL ? move_tail(cur_key, plen, after) : 0;
+    bool from_cursor = after_len > 0 && memcmp(cur_key, start, start_len) >= 0;
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc != 0)
+        return index_err("cursor_open", rc);
+    MDB_val k = {.mv_size = from_cursor ? after_len : start_len,
+                 .mv_data = from_cursor ? cur_key : start},
+            v;
+    int op = MDB_SET_RANGE, qrc = 0;
+    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        if (from_cursor && k.mv_size == after_len && memcmp(k.mv_data, cur_key, after_len) == 0)
+            continue; /* the cursor's own entry was on the page before */
+        if (k.mv_size < plen || memcmp(k.mv_data, start, plen) != 0)
+            break; /* past the account's entries */
+        char id[PROTO_ACCOUNT_ID_MAX + 2];
+        ledger_index_move_t mv;
+        if ((qrc = ledger_index_move_parse(k.mv_data, k.mv_size, id, &mv)) != 0 ||
+            (qrc = fn(arg, &mv)) != 0)
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (qrc != 0)
+        return qrc;
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : index_err("index_walk", rc);
+}

@@ -1,12 +1,18 @@
-/* ledger_store_index.h - the secondary indexes of a shard's loads: their keys, their upkeep and
- * their walks, for ledger_store.c (which owns the databases and calls these in the write
- * transaction that writes the load, so an index is never half-applied) and for listings.
+/* ledger_store_index.h - the secondary indexes of a shard's loads and transfers: their keys,
+ * their upkeep and their walks, for ledger_store.c (which owns the databases and calls these in
+ * the write transaction that writes the record, so an index is never half-applied) and for
+ * listings and statements.
  *
  * Three databases, keys only (empty values), big-endian numbers so that LMDB's byte order is
  * time order:
  *   loads_by_time     created_ms (8, BE) || txn id (16)
  *   loads_by_device   device id || 0x00 || created_ms (8, BE) || txn id (16)
  *   loads_by_account  account id || 0x00 || created_ms (8, BE) || txn id (16)
+ * and one of transfers, the movements of each account (an account's statement):
+ *   transfers_by_account  account id || 0x00 || time_ms (8, BE) || txn id (16) || kind (1)
+ *                         for the debit account and for the credit account of each transfer;
+ *                         its order is the statement's (time, txn id, kind). Transfers are
+ *                         immutable, so their entries are written once, with the transfer.
  * The 0x00 after an id keeps one id's entries together and apart from a longer id it is the
  * prefix of ("dev-1" sorts before "dev-10": 0x00 < '0'); ids hold no NUL (C strings).
  * A load's device, account and creation time never change after its reserve, so a state
@@ -30,8 +36,9 @@
 #include "qc_error.h"
 
 /* The version of the index layout above; stored in the store's `local` database (not
- * replicated) and built at open when absent or older (ledger_store_open()). */
-#define LEDGER_INDEX_VERSION 1
+ * replicated) and built at open when absent or another (ledger_store_open()). 1: loads only;
+ * 2: transfers_by_account too. */
+#define LEDGER_INDEX_VERSION 2
 #define LEDGER_INDEX_TIME_KEY_SIZE (8 + PROTO_TXN_ID_SIZE)
 /* The longest key: an id of PROTO_ACCOUNT_ID_MAX (or PROTO_DEVICE_ID_MAX) bytes, the 0x00,
  * then the time key. */
@@ -95,5 +102,33 @@ typedef struct ledger_index_range {
 typedef int(ledger_index_fn)(void *arg, const uint8_t txn_id[PROTO_TXN_ID_SIZE]);
 QC_MUST_CHECK int ledger_index_walk(MDB_txn *txn, MDB_dbi dbi, const ledger_index_range_t *r,
                                     ledger_index_fn *fn, void *arg);
+
+/* ---------------------------------------------------------------- movements of accounts */
+
+#define LEDGER_INDEX_MOVE_TAIL_SIZE (8 + PROTO_TXN_ID_SIZE + 1) /* time, txn id, kind */
+#define LEDGER_INDEX_MOVE_KEY_MAX (PROTO_ACCOUNT_ID_MAX + 1 + LEDGER_INDEX_MOVE_TAIL_SIZE)
+
+/* One movement's place: (time, txn id, kind). */
+typedef struct ledger_index_move {
+    uint64_t time_ms;
+    uint8_t txn_id[PROTO_TXN_ID_SIZE];
+    uint8_t kind;
+} ledger_index_move_t;
+
+/* The entry of account's movement mv into key (LEDGER_INDEX_MOVE_KEY_MAX bytes); its length. */
+size_t ledger_index_move_key(const char *account, const ledger_index_move_t *mv, uint8_t *key);
+
+/* Splits an entry's key: account (PROTO_ACCOUNT_ID_MAX + 1 bytes) and the movement. Returns 0
+ * or QC_EDECODE. */
+QC_MUST_CHECK int ledger_index_move_parse(const uint8_t *key, size_t key_len, char *account,
+                                          ledger_index_move_t *mv);
+
+/* Calls fn(arg, movement) for each entry of account in dbi, in (time, txn id, kind) order,
+ * from the later of (since_ms, the first) and just after *after (NULL: no cursor), until fn
+ * returns non-zero (returned) or the account's entries end (0). QC_EIO, QC_EDECODE. */
+typedef int(ledger_index_move_fn)(void *arg, const ledger_index_move_t *mv);
+QC_MUST_CHECK int ledger_index_move_walk(MDB_txn *txn, MDB_dbi dbi, const char *account,
+                                         uint64_t since_ms, const ledger_index_move_t *after,
+                                         ledger_index_move_fn *fn, void *arg);
 
 #endif

@@ -3,7 +3,8 @@
  * change, a changed device, delete), equal to what the loads say after a seeded run of random
  * operations, built at open for a store made without them, rebuilt by a snapshot's records,
  * and checked both ways by the scrub (a missing entry, a dangling one). A walk of one device's
- * entries reads that device's loads and nothing else. No process, no port. */
+ * entries reads that device's loads and nothing else. The movements of accounts (transfers by
+ * account) likewise, in statement order. No process, no port. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -362,7 +363,8 @@ static void drop_indexes(MDB_txn *txn, MDB_env *env, void *arg)
 {
     (void)env;
     (void)arg;
-    const char *names[] = {"loads_by_time", "loads_by_device", "loads_by_account", "local"};
+    const char *names[] = {"loads_by_time", "loads_by_device", "loads_by_account",
+                           "transfers_by_account", "local"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         MDB_dbi dbi;
         assert_int_equal(mdb_dbi_open(txn, names[i], 0, &dbi), 0);
@@ -372,7 +374,7 @@ static void drop_indexes(MDB_txn *txn, MDB_env *env, void *arg)
 
 typedef struct raw_key {
     const char *db;
-    uint8_t key[LEDGER_INDEX_KEY_MAX];
+    uint8_t key[LEDGER_INDEX_MOVE_KEY_MAX];
     size_t len;
     bool add; /* add it (a dangling entry) or delete it (a missing one) */
 } raw_key_t;
@@ -513,6 +515,105 @@ static void test_index_built_checked_restored(void **state)
     assert_int_equal(qctest_dir_remove(dir), 0);
 }
 
+typedef struct moves {
+    ledger_transfer_t t[16];
+    size_t n;
+} moves_t;
+
+static int move_add(void *arg, const ledger_transfer_t *t)
+{
+    moves_t *m = arg;
+    assert_true(m->n < 16);
+    m->t[m->n++] = *t;
+    return 0;
+}
+
+static size_t moves_of(ledger_store_t *store, const char *account, uint64_t since_ms,
+                       const ledger_index_move_t *after, moves_t *out)
+{
+    MDB_txn *txn = NULL;
+    out->n = 0;
+    assert_int_equal(ledger_store_txn_begin(store, NULL, false, &txn), 0);
+    assert_int_equal(ledger_store_each_move(store, txn, account, since_ms, after, move_add, out),
+                     0);
+    ledger_store_txn_abort(txn);
+    return out->n;
+}
+
+/* Transfers bring the movements of both their accounts, in statement order (time, txn id,
+ * kind), from a window's start or after a cursor; the scrub checks them; a store without them
+ * gets them at open. */
+static void test_index_of_movements(void **state)
+{
+    (void)state;
+    char dir[QCTEST_PATH_MAX];
+    assert_int_equal(qctest_dir_new("qc-index", dir), 0);
+    ledger_store_t *store = NULL;
+    assert_int_equal(ledger_store_open(dir, T_MAP_SIZE, &store), 0);
+    /* alice: a deposit at 10, then two loads' reserves at 20 (txn 0x02.. and 0x01..: the txn
+     * id orders equal times) and the compensation of one at 30; bob a deposit at 15. */
+    struct {
+        uint8_t txn;
+        Qcledger__TransferKind kind;
+        const char *debit, *credit;
+        uint64_t time_ms;
+    } add[] = {
+        {9, QCLEDGER__TRANSFER_KIND__TRANSFER_DEPOSIT, "FUNDING:156", "alice", 10},
+        {2, QCLEDGER__TRANSFER_KIND__TRANSFER_RESERVE, "alice", "HOLD:156", 20},
+        {1, QCLEDGER__TRANSFER_KIND__TRANSFER_RESERVE, "alice", "HOLD:156", 20},
+        {1, QCLEDGER__TRANSFER_KIND__TRANSFER_COMPENSATE, "HOLD:156", "alice", 30},
+        {8, QCLEDGER__TRANSFER_KIND__TRANSFER_DEPOSIT, "FUNDING:156", "bob", 15},
+    };
+    enum { ADDS = sizeof add / sizeof add[0] };
+    MDB_txn *txn = NULL;
+    assert_int_equal(ledger_store_txn_begin(store, NULL, true, &txn), 0);
+    for (size_t i = 0; i < ADDS; i++) {
+        ledger_transfer_t t = {
+            .kind = add[i].kind, .amount = 5, .currency = 156, .time_ms = add[i].time_ms};
+        memset(t.txn_id, add[i].txn, sizeof t.txn_id);
+        snprintf(t.debit, sizeof t.debit, "%s", add[i].debit);
+        snprintf(t.credit, sizeof t.credit, "%s", add[i].credit);
+        assert_int_equal(ledger_store_transfer_add(store, txn, &t), 0);
+    }
+    assert_int_equal(ledger_store_txn_commit(txn), 0);
+    moves_t mv;
+    assert_int_equal(moves_of(store, "alice", 0, NULL, &mv), 4);
+    assert_int_equal(mv.t[0].time_ms, 10);
+    assert_int_equal(mv.t[1].txn_id[0], 1); /* at 20: txn 01.. before 02.. */
+    assert_int_equal(mv.t[2].txn_id[0], 2);
+    assert_int_equal(mv.t[3].kind, QCLEDGER__TRANSFER_KIND__TRANSFER_COMPENSATE);
+    assert_int_equal(moves_of(store, "bob", 0, NULL, &mv), 1);
+    assert_int_equal(moves_of(store, "HOLD:156", 0, NULL, &mv), 3);
+    assert_int_equal(moves_of(store, "ali", 0, NULL, &mv), 0); /* a prefix is another account */
+    assert_int_equal(moves_of(store, "alice", 20, NULL, &mv), 3);
+    ledger_index_move_t after = {.time_ms = 20, .kind = QCLEDGER__TRANSFER_KIND__TRANSFER_RESERVE};
+    memset(after.txn_id, 1, sizeof after.txn_id);
+    assert_int_equal(moves_of(store, "alice", 0, &after, &mv), 2);
+    assert_int_equal(mv.t[0].txn_id[0], 2);
+    assert_int_equal(moves_of(store, "alice", 25, &after, &mv), 1); /* the later of both */
+    ledger_store_scrub_t sc = scrub(store);
+    assert_int_equal(sc.index_bad, 0);
+    assert_int_equal(sc.index_checked, 3 * ADDS); /* each transfer, then its two entries */
+    ledger_store_close(&store);
+    /* Made before the indexes: built at open. */
+    raw_edit(dir, drop_indexes, NULL);
+    assert_int_equal(ledger_store_open(dir, T_MAP_SIZE, &store), 0);
+    assert_int_equal(moves_of(store, "alice", 0, NULL, &mv), 4);
+    assert_int_equal(scrub(store).index_bad, 0);
+    ledger_store_close(&store);
+    /* bob's entry gone: the scrub names his transfer. */
+    raw_key_t rk = {.db = "transfers_by_account"};
+    ledger_index_move_t bob = {.time_ms = 15, .kind = QCLEDGER__TRANSFER_KIND__TRANSFER_DEPOSIT};
+    memset(bob.txn_id, 8, sizeof bob.txn_id);
+    rk.len = ledger_index_move_key("bob", &bob, rk.key);
+    raw_edit(dir, edit_key, &rk);
+    assert_int_equal(ledger_store_open(dir, T_MAP_SIZE, &store), 0);
+    assert_int_equal(moves_of(store, "bob", 0, NULL, &mv), 0);
+    assert_int_equal(scrub(store).index_bad, 1);
+    ledger_store_close(&store);
+    assert_int_equal(qctest_dir_remove(dir), 0);
+}
+
 static int count_read(void *arg, const ledger_load_t *l)
 {
     (void)l;
@@ -566,6 +667,7 @@ int main(void)
         cmocka_unit_test(test_index_after_random_ops),
         cmocka_unit_test(test_index_built_checked_restored),
         cmocka_unit_test(test_index_reads_only_matching),
+        cmocka_unit_test(test_index_of_movements),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
