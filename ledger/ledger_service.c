@@ -1795,7 +1795,12 @@ static void change_reply(ledger_service_t *svc, proto_rpc_request_t **waiter, in
         Qcledger__ShardStatusReply st;
         Qcledger__ReplicaInfo infos[LEDGER_REPLICAS_MAX];
         Qcledger__ReplicaInfo *ptrs[LEDGER_REPLICAS_MAX];
-        int rc = status_fill(svc, NULL, &st, infos, ptrs);
+        /* The status reads the applied index: a read txn of its own (the change ends in
+         * libraft's callback, outside any batch). */
+        MDB_txn *rtxn = NULL;
+        int rc = ledger_store_txn_begin(svc->store, NULL, false, &rtxn);
+        if (rc == 0)
+            rc = status_fill(svc, rtxn, &st, infos, ptrs);
         if (rc != 0) {
             slot_refuse(&reply, rc, NULL);
         } else {
@@ -1803,6 +1808,8 @@ static void change_reply(ledger_service_t *svc, proto_rpc_request_t **waiter, in
             r.status = &st;
             slot_pack(&reply, &r.base);
         }
+        if (rtxn != NULL)
+            ledger_store_txn_abort(rtxn);
     }
     *waiter = NULL;
     finish_slot(svc, &reply);
