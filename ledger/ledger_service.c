@@ -43,6 +43,7 @@
 #include "ledger.pb-c.h"
 #include "ledger_backup.h"
 #include "ledger_fsm.h"
+#include "ledger_membership.h"
 #include "ledger_outbox.h"
 #include "ledger_query.h"
 #include "ledger_replay.h"
@@ -154,13 +155,11 @@ typedef struct svc_barrier {
     uint64_t term;
 } svc_barrier_t;
 
-/* The membership change in flight (one at a time, as libraft allows). */
+/* The membership change in flight (one at a time, as libraft allows), ticked by
+ * replica_housekeeping() until it ends; then its waiter is answered. */
 typedef struct svc_change {
-    struct raft_change req;
-    ledger_service_t *svc;
+    ledger_membership_t *m;
     proto_rpc_request_t *waiter;
-    uint64_t id;
-    bool assign_next; /* added as a spare: make it a voter next */
 } svc_change_t;
 
 struct ledger_service {
@@ -1383,22 +1382,7 @@ static void serve_batch(ledger_service_t *svc, size_t n, int signed_count)
 /* Raft's refusal of a proposal or change, as a code. */
 static int raft_to_qc(int rv)
 {
-    switch (rv) {
-    case RAFT_NOTLEADER:
-        return QC_ENOTLEADER;
-    case RAFT_CANTCHANGE:
-        return QC_EBUSY;
-    case RAFT_DUPLICATEID:
-    case RAFT_DUPLICATEADDRESS:
-        return QC_EEXIST;
-    case RAFT_BADID:
-    case RAFT_BADROLE:
-        return QC_EINVAL;
-    case RAFT_NOMEM:
-        return QC_ENOMEM;
-    default:
-        return QC_EUNAVAIL;
-    }
+    return ledger_membership_qc(rv);
 }
 
 /* The refusal of a replica that is not the leader: nothing was changed. */
@@ -1815,33 +1799,22 @@ static void change_reply(ledger_service_t *svc, proto_rpc_request_t **waiter, in
     finish_slot(svc, &reply);
 }
 
-/* libraft: the configuration change committed (status 0) or failed. An added replica is a
- * spare first, then becomes a voter once it caught up (raft_assign). */
-static void change_done(struct raft_change *req, int status)
+/* The change in flight, once per turn: answered when it ended (ledger_membership.h). */
+static void change_tick(ledger_service_t *svc)
 {
-    svc_change_t *c = req->data;
-    ledger_service_t *svc = c->svc;
-    if (status == 0 && c->assign_next) {
-        c->assign_next = false;
-        status =
-            raft_assign(ledger_replica_raft(svc->replica), &c->req, c->id, RAFT_VOTER, change_done);
-        if (status == 0)
-            return;
-    }
-    ops_logf(status == 0 ? OPS_LOG_INFO : OPS_LOG_WARN, "ledger.replica_change",
-             "replica %" PRIu64 ": %s", c->id, status == 0 ? "done" : raft_strerror(status));
-    change_reply(svc, &c->waiter, status == 0 ? 0 : raft_to_qc(status),
-                 status == 0 ? NULL : raft_strerror(status));
+    svc_change_t *c = svc->change;
+    if (c == NULL)
+        return;
+    int rc = ledger_membership_tick(c->m, ops_time_mono_ms());
+    if (rc == LEDGER_MEMBERSHIP_PENDING)
+        return;
+    char why[LEDGER_MEMBERSHIP_WHY_MAX + 32];
+    snprintf(why, sizeof why, "replica %" PRIu64 ": %s", ledger_membership_id(c->m),
+             ledger_membership_why(c->m));
+    change_reply(svc, &c->waiter, rc, rc == 0 ? NULL : why);
+    ledger_membership_destroy(&c->m);
     svc->change = NULL;
     free(c);
-}
-
-static int server_index(const struct raft *rf, uint64_t id)
-{
-    for (unsigned i = 0; i < rf->configuration.n; i++)
-        if (rf->configuration.servers[i].id == id)
-            return (int)i;
-    return -1;
 }
 
 /* add_replica / remove_replica on the leader: starts the change; the reply waits for it. */
@@ -1883,41 +1856,26 @@ static void start_change(ledger_service_t *svc, svc_slot_t *slot)
             return;
         }
     }
-    int at = server_index(rf, peer.id);
     svc_change_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         slot_refuse(slot, QC_ENOMEM, NULL);
         return;
     }
-    c->svc = svc;
-    c->id = peer.id;
-    c->req.data = c;
-    int rv = 0;
-    if (add) {
-        if (ledger_replica_add_peer(svc->replica, &peer) != 0) {
-            free(c);
-            slot_refuse(slot, QC_EFULL, "the peer table is full");
-            return;
-        }
-        if (at < 0) {
-            c->assign_next = true;
-            rv = raft_add(rf, &c->req, peer.id, peer.address, change_done);
-        } else if (rf->configuration.servers[at].role != RAFT_VOTER) {
-            rv = raft_assign(rf, &c->req, peer.id, RAFT_VOTER, change_done);
-        } else {
-            at = -2; /* a voter already: nothing to change */
-        }
-    } else if (at >= 0) {
-        rv = raft_remove(rf, &c->req, peer.id, change_done);
-    } else {
-        at = -2; /* not a member: nothing to change */
-    }
-    if (at == -2 || rv != 0) {
+    /* The links learn the new replica's address and key before libraft sends it anything. */
+    if (add && ledger_replica_add_peer(svc->replica, &peer) != 0) {
         free(c);
-        if (rv != 0)
-            slot_refuse(slot, raft_to_qc(rv), raft_strerror(rv));
+        slot_refuse(slot, QC_EFULL, "the peer table is full");
+        return;
+    }
+    uint64_t now = ops_time_mono_ms();
+    int rc = add ? ledger_membership_add(rf, peer.id, peer.address, now, &c->m)
+                 : ledger_membership_remove(rf, peer.id, now, &c->m);
+    if (rc != 0) {
+        free(c);
+        if (rc < 0)
+            slot_refuse(slot, rc, NULL);
         else
-            change_reply(svc, &slot->req, 0, NULL);
+            change_reply(svc, &slot->req, 0, NULL); /* nothing to change */
         return;
     }
     c->waiter = slot->req;
@@ -2009,6 +1967,7 @@ static void replica_housekeeping(ledger_service_t *svc)
          * keep the old table: the replica serves on, and the next SIGHUP tries again. */
         QC_IGNORE(ledger_replica_reload(svc->replica));
     }
+    change_tick(svc);
 }
 
 /* Waits at most wait_ns for the socket to signal activity. zmq_poll() counts in
@@ -2395,6 +2354,7 @@ void ledger_service_destroy(ledger_service_t **svc_p)
     ledger_repair_destroy(&svc->repair); /* after libraft: a leadership transfer calls back */
     if (svc->change != NULL) {
         proto_rpc_request_destroy(&svc->change->waiter);
+        ledger_membership_destroy(&svc->change->m);
         free(svc->change);
         svc->change = NULL;
     }
