@@ -33,6 +33,7 @@
 static qctest_ports_t ports;
 #define T_PORT(i) qctest_port(&ports, (i))
 #define T_REPLICAS 3
+#define T_SLOTS 4             /* a fourth replica, added online by test_replica_added_online */
 #define T_RAFT_PORT_OFFSET 40 /* raft ports: this far into the range */
 #define T_HTTP_PORT_OFFSET 50 /* /metrics and /healthz */
 #define T_REPAIR_MS 30000     /* longest wait for a diverged replica to rebuild itself */
@@ -48,12 +49,13 @@ static const char *snapshot_threshold = "32";
 static const char *snapshot_trailing = "8";
 
 typedef struct group {
-    lp_t r[T_REPLICAS];
-    int raft_port[T_REPLICAS];
-    proto_curve_keypair_t raft_keys[T_REPLICAS];
-    char extra[T_REPLICAS][12][LP_PATH_MAX];
-    const char *argv[T_REPLICAS][24];
-    int http_port[T_REPLICAS];
+    int n; /* replicas set up: T_REPLICAS, and one more once group_grow() ran */
+    lp_t r[T_SLOTS];
+    int raft_port[T_SLOTS];
+    proto_curve_keypair_t raft_keys[T_SLOTS];
+    char extra[T_SLOTS][12][LP_PATH_MAX];
+    const char *argv[T_SLOTS][24];
+    int http_port[T_SLOTS];
     /* The leader's digest ops (replica repair): off unless a test turns them on, so that an
      * idle group proposes nothing and stopped replicas end at the same index. */
     char digest_ms[16];
@@ -73,13 +75,13 @@ typedef struct dev {
 static void write_replicas_file(group_t *g)
 {
     char text[4096] = "# id raft-address endpoint raft-key\n";
-    for (int i = 0; i < T_REPLICAS; i++) {
+    for (int i = 0; i < g->n; i++) {
         char line[512];
         snprintf(line, sizeof line, "%d 127.0.0.1:%d %s %s\n", i + 1, g->raft_port[i],
                  g->r[i].endpoint, g->raft_keys[i].public_z85);
         strncat(text, line, sizeof text - strlen(text) - 1);
     }
-    for (int i = 0; i < T_REPLICAS; i++) {
+    for (int i = 0; i < g->n; i++) {
         char p[LP_PATH_MAX];
         qctest_path(g->r[i].dir, "replicas", p);
         assert_int_equal(qctest_file_write(p, text), 0);
@@ -131,6 +133,7 @@ static void group_setup(group_t *g)
     g->no_repair = no_repair;
     current = g;
     for (int i = 0; i < T_REPLICAS; i++) {
+        g->n = i + 1;
         assert_int_equal(lp_setup_like(&g->r[i], ledger_bin, T_PORT(i), i == 0 ? NULL : &g->r[0]),
                          0);
         g->raft_port[i] = lp_free_port(T_PORT(T_RAFT_PORT_OFFSET + i));
@@ -149,7 +152,7 @@ static void group_start(group_t *g, int i, bool join)
 
 static void group_teardown(group_t *g)
 {
-    for (int i = 0; i < T_REPLICAS; i++) {
+    for (int i = 0; i < g->n; i++) {
         proto_curve_keypair_wipe(&g->raft_keys[i]);
         lp_teardown(&g->r[i]);
     }
@@ -189,7 +192,7 @@ static int wait_leader(group_t *g, const bool *running)
 {
     uint64_t end = ops_time_mono_ms() + T_LEADER_MS;
     while (ops_time_mono_ms() < end) {
-        for (int i = 0; i < T_REPLICAS; i++) {
+        for (int i = 0; i < g->n; i++) {
             if (!running[i])
                 continue;
             Qcledger__ShardStatusReply *s = status_of(&g->r[i]);
@@ -372,7 +375,7 @@ static void wait_caught_up(group_t *g, const bool *running, int leader)
         uint64_t want = ls->commit_index;
         qcledger__shard_status_reply__free_unpacked(ls, NULL);
         bool all = true;
-        for (int i = 0; i < T_REPLICAS; i++) {
+        for (int i = 0; i < g->n; i++) {
             if (!running[i])
                 continue;
             Qcledger__ShardStatusReply *s = status_of(&g->r[i]);
@@ -671,7 +674,7 @@ static void assert_replicas_agree(group_t *g, const bool *running, int leader)
 {
     wait_caught_up(g, running, leader);
     Qcledger__CheckReply *first = NULL;
-    for (int i = 0; i < T_REPLICAS; i++) {
+    for (int i = 0; i < g->n; i++) {
         if (!running[i])
             continue;
         Qcledger__CheckReply *c = NULL;
@@ -1177,6 +1180,204 @@ static void test_follower_corrupt_rebuilds_itself(void **state)
     rebuild_case(corrupt_account, 2, "dev-r6", "a corrupt record", "ledger.corrupt_record");
 }
 
+/* ------------------------------------------------------------ a replica added online */
+
+#define T_GROW_LOADS 40     /* loads before the fourth replica: past a snapshot (threshold 32) */
+#define T_CHANGE_MS "60000" /* qcctl's --timeout-ms for a membership change */
+#define T_OUT_MAX 16384
+
+static const char *qcctl_bin;
+
+/* Runs qcctl against the group's shard (every replica set up, as a ',' list) with args
+ * (NULL-terminated); its stdout in out. Returns its exit code. */
+static int group_qcctl(group_t *g, char out[T_OUT_MAX], ...)
+{
+    char conf[LP_PATH_MAX], admin[LP_PATH_MAX], text[2048] = "ledger_endpoints = ";
+    qctest_path(g->r[0].dir, "qcctl.conf", conf);
+    qctest_path(g->r[0].dir, "admin.key", admin);
+    for (int i = 0; i < g->n; i++) {
+        strncat(text, i > 0 ? "," : "", sizeof text - strlen(text) - 1);
+        strncat(text, g->r[i].endpoint, sizeof text - strlen(text) - 1);
+    }
+    char tail[2 * LP_PATH_MAX];
+    snprintf(tail, sizeof tail, "\nledger_public_key = %s\ncurve_key = %s\n",
+             g->r[0].server.public_z85, admin);
+    strncat(text, tail, sizeof text - strlen(text) - 1);
+    assert_int_equal(qctest_file_write(conf, text), 0);
+    char *argv[QCTEST_ARGS_MAX];
+    int n = 0;
+    argv[n++] = (char *)qcctl_bin;
+    argv[n++] = "--config";
+    argv[n++] = conf;
+    va_list ap;
+    va_start(ap, out);
+    for (const char *a = va_arg(ap, const char *); a != NULL; a = va_arg(ap, const char *)) {
+        assert_true(n < QCTEST_ARGS_MAX - 1);
+        argv[n++] = (char *)a;
+    }
+    va_end(ap);
+    argv[n] = NULL;
+    char out_path[LP_PATH_MAX], err_path[LP_PATH_MAX], err[T_OUT_MAX];
+    qctest_path(g->r[0].dir, "qcctl.out", out_path);
+    qctest_path(g->r[0].dir, "qcctl.err", err_path);
+    int rc = qctest_run(&(qctest_cmd_t){.argv = argv,
+                                        .out_path = out_path,
+                                        .err_path = err_path,
+                                        .truncate = true,
+                                        .stdin_null = true});
+    qctest_file_read(out_path, out, T_OUT_MAX);
+    qctest_file_read(err_path, err, sizeof err);
+    if (rc != 0)
+        fprintf(stderr, "qcctl %s %s: exit %d: %s%s", argv[3], argv[4], rc, out, err);
+    return rc;
+}
+
+/* One more replica, set up as the runbook says: its keys, its line in every replicas_file
+ * (the running replicas re-read theirs on SIGHUP), started empty with join = true. */
+static int group_grow(group_t *g, bool *running)
+{
+    assert_true(g->n < T_SLOTS);
+    int i = g->n;
+    assert_int_equal(lp_setup_like(&g->r[i], ledger_bin, T_PORT(i), &g->r[0]), 0);
+    g->n = i + 1;
+    g->raft_port[i] = lp_free_port(T_PORT(T_RAFT_PORT_OFFSET + i));
+    g->http_port[i] = lp_free_port(T_PORT(T_HTTP_PORT_OFFSET + i));
+    char p[LP_PATH_MAX];
+    qctest_path(g->r[i].dir, "raft.key", p);
+    assert_int_equal(proto_curve_keypair_create(p, &g->raft_keys[i]), 0);
+    write_replicas_file(g);
+    for (int k = 0; k < i; k++)
+        if (running[k])
+            assert_int_equal(kill(g->r[k].pid, SIGHUP), 0);
+    group_start(g, i, true);
+    running[i] = true;
+    return i;
+}
+
+/* The leader's configuration: how many members, how many of them voters, and whether id is
+ * one of them. */
+static void configuration_of(lp_t *leader, size_t *members, size_t *voters, uint64_t id,
+                             bool *has_id)
+{
+    Qcledger__ShardStatusReply *s = status_of(leader);
+    assert_non_null(s);
+    assert_int_equal(s->role, QCLEDGER__REPLICA_ROLE__ROLE_LEADER);
+    *members = s->n_replicas;
+    *voters = 0;
+    *has_id = false;
+    for (size_t k = 0; k < s->n_replicas; k++) {
+        *voters += s->replicas[k]->voter ? 1 : 0;
+        *has_id = *has_id || s->replicas[k]->id == id;
+    }
+    qcledger__shard_status_reply__free_unpacked(s, NULL);
+}
+
+/* A fourth replica added online to a group of three real processes, while a writer loads
+ * through the group: `qcctl shard add-replica` answers once it is a voter; shard status shows
+ * four voters with lag 0; it checks with the leader's totals. Then one original replica is
+ * killed: with four voters the majority is three, so every write from then on is committed
+ * with the new replica's vote. `qcctl shard remove-replica` takes the dead one out, the three
+ * left serve and agree, and stopped, the new replica's LMDB has the leader's digest. */
+static void test_replica_added_online(void **state)
+{
+    (void)state;
+    group_t *g = calloc(1, sizeof *g);
+    assert_non_null(g);
+    bool running[T_SLOTS] = {false};
+    dev_t_ d;
+    int leader = group_up(g, running, &d, "dev-r5");
+    lp_t *L = &g->r[leader];
+    int64_t loaded = 0;
+    for (int i = 0; i < T_GROW_LOADS; i++) {
+        one_load(L, &d, 100 + i);
+        loaded += 100 + i;
+    }
+    int added = group_grow(g, running);
+    writer_t *w = calloc(1, sizeof *w);
+    assert_non_null(w);
+    w->g = g;
+    w->d = &d;
+    w->cli = group_client(g, &g->r[0].gateway);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, writer_main, w), 0);
+    char out[T_OUT_MAX], id[16], raft_address[64];
+    snprintf(id, sizeof id, "%d", added + 1);
+    snprintf(raft_address, sizeof raft_address, "127.0.0.1:%d", g->raft_port[added]);
+    uint64_t t0 = ops_time_mono_ms();
+    int rc = group_qcctl(g, out, "--timeout-ms", T_CHANGE_MS, "shard", "add-replica", "--shard",
+                         "0", "--id", id, "--raft-address", raft_address, "--endpoint",
+                         g->r[added].endpoint, "--raft-key", g->raft_keys[added].public_z85, NULL);
+    uint64_t t_answer = ops_time_mono_ms() - t0;
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "added"));
+    size_t members = 0, voters = 0;
+    bool has = false;
+    configuration_of(L, &members, &voters, (uint64_t)added + 1, &has);
+    assert_int_equal(members, 4);
+    assert_int_equal(voters, 4);
+    assert_true(has);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(w->failed, 0);
+    int acked = atomic_load(&w->acked);
+    for (int i = 0; i < acked; i++)
+        loaded += w->amount[i];
+    wait_caught_up(g, running, leader);
+    uint64_t t_lag0 = ops_time_mono_ms() - t0;
+    /* As an operator sees it: every replica answers (exit 0) with lag 0. */
+    assert_int_equal(group_qcctl(g, out, "--json", "shard", "status", "--shard", "0", NULL), 0);
+    int lag0 = 0;
+    for (const char *p = out; (p = strstr(p, "\"lag\":0,")) != NULL; p++)
+        lag0++;
+    assert_int_equal(lag0, 4);
+    Qcledger__ShardStatusReply *s = status_of(L);
+    assert_non_null(s);
+    fprintf(stderr,
+            "figure: add-replica after %d loads (%llu entries), %d more during it: qcctl "
+            "answered in %.2f s, replica %d a voter with lag 0 %.2f s after qcctl started\n",
+            T_GROW_LOADS, (unsigned long long)s->commit_index, acked, (double)t_answer / 1000.0,
+            added + 1, (double)t_lag0 / 1000.0);
+    qcledger__shard_status_reply__free_unpacked(s, NULL);
+    assert_replicas_agree(g, running, leader);
+
+    /* One original replica lost: three of four voters left, the new one among them. */
+    int lost = (leader + 1) % T_REPLICAS;
+    lp_stop(&g->r[lost], SIGKILL);
+    running[lost] = false;
+    for (int i = 0; i < 3; i++) {
+        one_load(L, &d, 500 + i);
+        loaded += 500 + i;
+    }
+    bool ok = false;
+    assert_int_equal(lp_balance(L, T_ACCOUNT, &ok), T_FUNDS - loaded);
+    assert_true(ok);
+    snprintf(id, sizeof id, "%d", lost + 1);
+    assert_int_equal(group_qcctl(g, out, "--timeout-ms", T_CHANGE_MS, "shard", "remove-replica",
+                                 "--shard", "0", "--id", id, NULL),
+                     0);
+    configuration_of(L, &members, &voters, (uint64_t)lost + 1, &has);
+    assert_int_equal(members, 3);
+    assert_int_equal(voters, 3);
+    assert_false(has);
+    one_load(L, &d, 600);
+    loaded += 600;
+    assert_int_equal(lp_balance(L, T_ACCOUNT, &ok), T_FUNDS - loaded);
+    assert_replicas_agree(g, running, leader);
+    uint8_t dg[T_SLOTS][32];
+    uint64_t idx[T_SLOTS];
+    for (int i = 0; i < g->n; i++)
+        if (running[i])
+            assert_int_equal(WIFEXITED(lp_stop(&g->r[i], SIGTERM)), 1);
+    digest_of(&g->r[leader], dg[leader], &idx[leader]);
+    digest_of(&g->r[added], dg[added], &idx[added]);
+    assert_int_equal(idx[added], idx[leader]);
+    assert_memory_equal(dg[added], dg[leader], 32);
+    proto_rpc_client_destroy(&w->cli);
+    free(w);
+    dev_free(&d);
+    group_teardown(g);
+    free(g);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -1184,6 +1385,7 @@ int main(int argc, char **argv)
         return 2;
     }
     ledger_bin = argv[1];
+    qcctl_bin = getenv("QC_QCCTL") != NULL ? getenv("QC_QCCTL") : "qcctl";
     ports = qctest_ports(17400, 60);
     signal(SIGPIPE, SIG_IGN);
     if (argc == 4 && strcmp(argv[2], "--catchup") == 0) {
@@ -1202,6 +1404,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_follower_diverged_stops_then_rebuilt, teardown),
         cmocka_unit_test_teardown(test_follower_diverged_rebuilds_itself, teardown),
         cmocka_unit_test_teardown(test_follower_corrupt_rebuilds_itself, teardown),
+        cmocka_unit_test_teardown(test_replica_added_online, teardown),
     };
     /* T_FILTER=name runs one test (cmocka's pattern), for a look at one failure. */
     if (getenv("T_FILTER") != NULL)
