@@ -159,7 +159,8 @@ typedef struct svc_barrier {
  * replica_housekeeping() until it ends; then its waiter is answered. */
 typedef struct svc_change {
     ledger_membership_t *m;
-    proto_rpc_request_t *waiter;
+    proto_rpc_request_t *waiter; /* the last request for this change: answered at its end */
+    bool add;
 } svc_change_t;
 
 struct ledger_service {
@@ -1822,10 +1823,6 @@ static void start_change(ledger_service_t *svc, svc_slot_t *slot)
 {
     struct raft *rf = ledger_replica_raft(svc->replica);
     bool add = strcmp(slot->method->name, "add_replica") == 0;
-    if (svc->change != NULL) {
-        slot_refuse(slot, QC_EBUSY, "a membership change is in progress: try again");
-        return;
-    }
     ledger_replica_peer_t peer;
     memset(&peer, 0, sizeof peer);
     if (add) {
@@ -1856,6 +1853,19 @@ static void start_change(ledger_service_t *svc, svc_slot_t *slot)
             return;
         }
     }
+    if (svc->change != NULL) {
+        svc_change_t *c = svc->change;
+        /* The same add again (its first qcctl gave up waiting): it waits instead. */
+        if (add && c->add && ledger_membership_id(c->m) == peer.id) {
+            if (c->waiter != NULL)
+                change_reply(svc, &c->waiter, QC_EBUSY, "a later add of the same replica waits");
+            c->waiter = slot->req;
+            slot->req = NULL;
+            return;
+        }
+        slot_refuse(slot, QC_EBUSY, "a membership change is in progress: try again");
+        return;
+    }
     svc_change_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         slot_refuse(slot, QC_ENOMEM, NULL);
@@ -1878,6 +1888,7 @@ static void start_change(ledger_service_t *svc, svc_slot_t *slot)
             change_reply(svc, &slot->req, 0, NULL); /* nothing to change */
         return;
     }
+    c->add = add;
     c->waiter = slot->req;
     slot->req = NULL;
     svc->change = c;

@@ -40,6 +40,7 @@
 #define QCCTL_CURRENCY_DEFAULT "156"
 #define QCCTL_TIMEOUT_DEFAULT "5000"
 #define QCCTL_REPLICA_TIMEOUT_MS 2000         /* shard status: a replica that is down costs this */
+#define QCCTL_CHANGE_TIMEOUT_MS 180000        /* add-replica waits at least this: a catch-up */
 #define QCCTL_BACKUP_WAIT_MS (60 * 60 * 1000) /* shard backup: the longest copy waited for */
 #define QCCTL_BACKUP_POLL_MS 100              /* shard backup: between two asks */
 #define QCCTL_REPLICA_ID_MAX 1000000          /* raft ids of replicas (ops/cluster uses 1..5) */
@@ -1058,8 +1059,10 @@ static int cmd_check(qcctl_t *q)
     "                          --endpoint tcp://HOST:PORT --raft-key Z85 [--json]\n"               \
     "      adds replica N to shard S, on the shard's leader: its replica link address, its\n"      \
     "      client endpoint and the public CURVE key of its raft_key (the 40 characters of\n"       \
-    "      its .pub file). Start the new replica (join = true, empty data) before or after;\n"     \
-    "      it catches up from a snapshot and the log. Add its endpoint to the clients' lists.\n\n" \
+    "      its .pub file). Start the new replica (join = true, empty data) first: it joins as\n"   \
+    "      a standby, catches up from a snapshot and the log, and is promoted to voter; the\n"     \
+    "      answer waits for that (at least 180 s, or --timeout-ms if longer). Then add its\n"      \
+    "      endpoint to the clients' lists.\n\n"                                                    \
     "  qcctl shard remove-replica --shard S --id N [--json]\n"                                     \
     "      removes replica N from shard S's configuration, on the leader.\n\n"                     \
     "Both changes are committed by a majority of the shard before the answer; they go to the\n"    \
@@ -1333,9 +1336,16 @@ static int cmd_shard_change(qcctl_t *q, bool add)
     char who[32];
     snprintf(who, sizeof who, "shard %" PRId64, shard);
     proto_rpc_reply_t *r = NULL;
-    /* Not idempotent: a resend after a lost answer would be refused as already done. */
-    int rc = call_on(q->shards[shard], who, add ? "add_replica" : "remove_replica", msg,
-                     q->timeout_ms, 0, &r, false);
+    /* Not idempotent: a resend after a lost answer would be refused as already done. The
+     * answer to an add comes once the new replica caught up and votes: it waits longer. */
+    int timeout =
+        add && q->timeout_ms < QCCTL_CHANGE_TIMEOUT_MS ? QCCTL_CHANGE_TIMEOUT_MS : q->timeout_ms;
+    int rc = call_on(q->shards[shard], who, add ? "add_replica" : "remove_replica", msg, timeout, 0,
+                     &r, false);
+    if (rc == QC_ETIMEOUT && add)
+        fprintf(stderr, "qcctl: the change may still go on at the leader: `qcctl shard status "
+                        "--json` shows the replica in the configuration, \"voter\":false until "
+                        "it caught up; the same add-replica again waits for it\n");
     if (rc != 0)
         return exit_for(rc);
     Qcledger__ReplicaChangeReply *c =
