@@ -190,7 +190,7 @@ nsx_start() {
     >>"$X/logs/$n.log" 2>&1 </dev/null &
   NSX_PID[$n]=$!
 }
-nsx_kill() { local p=${NSX_PID[$1]:-}; [ -n "$p" ] && { kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; }; unset "NSX_PID[$1]"; true; }
+nsx_kill() { local p=${NSX_PID[$1]:-}; [ -n "$p" ] && { kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; }; unset "NSX_PID[$1]"; true; }
 nsx_healthy() { nsx_exec "$(host_of "$1")" curl -sf --max-time 1 "http://127.0.0.1:$(http_of "$1")/healthz" >/dev/null; }
 nsx_services() {
   local h u

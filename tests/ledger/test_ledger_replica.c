@@ -1378,23 +1378,64 @@ static void test_replica_added_online(void **state)
     free(g);
 }
 
+/* Not a test: the seconds `qcctl shard add-replica` takes to make a new, empty replica a voter
+ * with lag 0 after n loads, with the default snapshot settings (4096, 1024), printed as one
+ * line. Returns the exit status. */
+static int add_bench(long n)
+{
+    snapshot_threshold = "4096";
+    snapshot_trailing = "1024";
+    group_t *g = calloc(1, sizeof *g);
+    assert_non_null(g);
+    bool running[T_SLOTS] = {false};
+    dev_t_ d;
+    int leader = group_up(g, running, &d, "dev-add");
+    uint64_t t0 = ops_time_mono_ms();
+    for (long i = 0; i < n; i++)
+        one_load(&g->r[leader], &d, 1 + i % 50);
+    double load_s = (double)(ops_time_mono_ms() - t0) / 1000.0;
+    int added = group_grow(g, running);
+    char out[T_OUT_MAX], id[16], raft_address[64];
+    snprintf(id, sizeof id, "%d", added + 1);
+    snprintf(raft_address, sizeof raft_address, "127.0.0.1:%d", g->raft_port[added]);
+    uint64_t start = ops_time_mono_ms();
+    int rc = group_qcctl(g, out, "--timeout-ms", "600000", "shard", "add-replica", "--shard", "0",
+                         "--id", id, "--raft-address", raft_address, "--endpoint",
+                         g->r[added].endpoint, "--raft-key", g->raft_keys[added].public_z85, NULL);
+    uint64_t answered = ops_time_mono_ms();
+    if (rc == 0)
+        wait_caught_up(g, running, leader);
+    uint64_t done = ops_time_mono_ms();
+    Qcledger__ShardStatusReply *s = status_of(&g->r[leader]);
+    assert_non_null(s);
+    printf("add-replica: %ld loads (%.1f s to make), %llu entries; qcctl %s in %.2f s, replica "
+           "%d a voter with lag 0 %.2f s after qcctl started\n",
+           n, load_s, (unsigned long long)s->commit_index, rc == 0 ? "answered" : "FAILED",
+           (double)(answered - start) / 1000.0, added + 1, (double)(done - start) / 1000.0);
+    qcledger__shard_status_reply__free_unpacked(s, NULL);
+    dev_free(&d);
+    group_teardown(g);
+    free(g);
+    return rc == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s PATH-TO-qc-ledger [--catchup N]\n", argv[0]);
+        fprintf(stderr, "usage: %s PATH-TO-qc-ledger [--catchup N | --add N]\n", argv[0]);
         return 2;
     }
     ledger_bin = argv[1];
     qcctl_bin = getenv("QC_QCCTL") != NULL ? getenv("QC_QCCTL") : "qcctl";
     ports = qctest_ports(17400, 60);
     signal(SIGPIPE, SIG_IGN);
-    if (argc == 4 && strcmp(argv[2], "--catchup") == 0) {
+    if (argc == 4 && (strcmp(argv[2], "--catchup") == 0 || strcmp(argv[2], "--add") == 0)) {
         long n = strtol(argv[3], NULL, 10);
         if (n < 1 || n > T_BENCH_LOADS_MAX) {
-            fprintf(stderr, "--catchup N: 1..%d loads\n", T_BENCH_LOADS_MAX);
+            fprintf(stderr, "%s N: 1..%d loads\n", argv[2], T_BENCH_LOADS_MAX);
             return 2;
         }
-        return catchup_bench(n);
+        return strcmp(argv[2], "--add") == 0 ? add_bench(n) : catchup_bench(n);
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_three_replicas_serve_and_agree, teardown),
