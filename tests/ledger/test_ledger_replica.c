@@ -1419,6 +1419,42 @@ static int add_bench(long n)
     return rc == 0 ? 0 : 1;
 }
 
+/* A leader one of whose records fails its checksum while it leads (flipped below LMDB under
+ * the running process; its scrub finds it) hands the leadership to another voter instead of
+ * stopping the group, and is then rebuilt as a follower like any other. */
+static void test_leader_corrupt_steps_down_and_rebuilds(void **state)
+{
+    (void)state;
+    group_t *g = calloc(1, sizeof *g);
+    assert_non_null(g);
+    bool running[T_REPLICAS];
+    dev_t_ d;
+    snprintf(g->digest_ms, sizeof g->digest_ms, "300");
+    int old = group_up(g, running, &d, "dev-r7");
+    one_load(&g->r[old], &d, 310);
+    wait_caught_up(g, running, old);
+    uint64_t t0 = ops_time_mono_ms();
+    corrupt_account(&g->r[old]); /* LMDB lets a second process write beside the ledger */
+    int leader = old;
+    uint64_t end = t0 + T_LEADER_MS;
+    while (leader == old && ops_time_mono_ms() < end) {
+        usleep(100 * 1000);
+        leader = wait_leader(g, running);
+    }
+    assert_int_not_equal(leader, old);
+    uint64_t ms = wait_rebuilt(g, old, t0);
+    printf("repair: a leader with a corrupt record stepped down and was rebuilt %.2f s later\n",
+           (double)ms / 1000.0);
+    assert_rebuilt_follower(g, running, leader, old, &d);
+    char log[LP_PATH_MAX];
+    qctest_path(g->r[old].dir, "ledger.log", log);
+    assert_true(qctest_file_contains(log, "ledger.leader_stepping_down"));
+    assert_true(qctest_file_contains(log, "ledger.corrupt_record"));
+    dev_free(&d);
+    group_teardown(g);
+    free(g);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -1445,6 +1481,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_follower_diverged_stops_then_rebuilt, teardown),
         cmocka_unit_test_teardown(test_follower_diverged_rebuilds_itself, teardown),
         cmocka_unit_test_teardown(test_follower_corrupt_rebuilds_itself, teardown),
+        cmocka_unit_test_teardown(test_leader_corrupt_steps_down_and_rebuilds, teardown),
         cmocka_unit_test_teardown(test_replica_added_online, teardown),
     };
     /* T_FILTER=name runs one test (cmocka's pattern), for a look at one failure. */
