@@ -2,10 +2,16 @@
  * least once.
  *
  * One link per witness, each a ring of events; each event is QUEUED (waiting to be sent) or
- * SENT (an append in flight). A reply frees it; a refusal that audit calls final (bad shape)
- * is logged and frees it too; a timeout puts it back to QUEUED with the same source_seq, so
- * the witness can deduplicate a resend. Links share nothing but the source_seq counter: a
- * witness that is down fills only its own ring. */
+ * SENT (in a frame in flight). Events go in frames ("append_batch"): every queued event, in
+ * order, up to PROTO_AUDIT_BATCH_MAX events or PROTO_AUDIT_BATCH_BYTES of payload a frame, and
+ * PROTO_AUDIT_FRAMES_INFLIGHT (one) frame in flight a witness, so that events raised while a
+ * frame is in flight (its commit's fsync) leave together in the next one: no timer, no wait
+ * when the sender is idle, and the order raised is the order appended. A result of 0 frees its
+ * event; a refusal that audit calls final (bad shape) is logged and frees it too; a timeout, a
+ * failed commit or a reply that does not match its frame puts its events back to QUEUED with the
+ * same source_seqs, so the witness can deduplicate a resend. A witness that answers "append_batch"
+ * with QC_EMETHOD (one from before it) is sent one event per "append" from then on. Links share
+ * nothing but the source_seq counter: a witness that is down fills only its own ring. */
 #include "proto_audit.h"
 
 #include <assert.h>
@@ -38,14 +44,26 @@ typedef struct proto_audit_event {
     size_t payload_len;
 } proto_audit_event_t;
 
-/* One witness: its client and its ring. */
+_Static_assert(PROTO_AUDIT_QUEUE_MAX <= UINT16_MAX + 1, "a ring slot fits a frame's uint16_t");
+
+/* One frame in flight: the ring slots of its events, in the order sent. */
+typedef struct proto_audit_frame {
+    bool used;
+    bool batch; /* "append_batch" (else one event by "append") */
+    uint16_t count;
+    uint16_t slot[PROTO_AUDIT_BATCH_MAX];
+} proto_audit_frame_t;
+
+/* One witness: its client, its ring and its frames in flight. */
 typedef struct proto_audit_link {
     proto_audit_t *owner;
     proto_rpc_client_t *cli;
     proto_audit_event_t events[PROTO_AUDIT_QUEUE_MAX];
     size_t head;  /* oldest event */
     size_t count; /* events in the ring */
-    int inflight;
+    proto_audit_frame_t frames[PROTO_AUDIT_INFLIGHT_MAX];
+    int inflight; /* frames in flight */
+    bool single;  /* the witness knows only "append" */
 } proto_audit_link_t;
 
 struct proto_audit {
@@ -62,10 +80,8 @@ struct proto_audit {
     _Atomic uint64_t shed;
 };
 
-static void proto_audit_free_event(proto_audit_link_t *l, proto_audit_event_t *e)
+static void proto_audit_free_event(proto_audit_event_t *e)
 {
-    if (e->sent)
-        l->inflight--;
     free(e->payload);
     memset(e, 0, sizeof *e);
 }
@@ -275,56 +291,163 @@ int proto_audit_next_timeout_ms(const proto_audit_t *ga)
     return timeout;
 }
 
-static void proto_audit_send(proto_audit_link_t *l, proto_audit_event_t *e)
+/* Fills req from event e of link l. */
+static void proto_audit_fill(const proto_audit_link_t *l, proto_audit_event_t *e,
+                             Qcaudit__AppendRequest *req)
 {
-    Qcaudit__AppendRequest req = QCAUDIT__APPEND_REQUEST__INIT;
-    req.source = l->owner->source;
-    req.source_seq = e->source_seq;
-    req.type = e->type;
-    req.time_ms = e->time_ms;
+    qcaudit__append_request__init(req);
+    req->source = l->owner->source;
+    req->source_seq = e->source_seq;
+    req->type = e->type;
+    req->time_ms = e->time_ms;
     if (e->has_txn) {
-        req.txn_id.data = e->txn_id;
-        req.txn_id.len = PROTO_TXN_ID_SIZE;
+        req->txn_id.data = e->txn_id;
+        req->txn_id.len = PROTO_TXN_ID_SIZE;
     }
-    req.payload.data = e->payload;
-    req.payload.len = e->payload_len;
+    req->payload.data = e->payload;
+    req->payload.len = e->payload_len;
+}
+
+/* Sends fr (its slots set) as one frame; its events are SENT when it went out. */
+static void proto_audit_send(proto_audit_link_t *l, proto_audit_frame_t *fr)
+{
+    assert(fr->count >= 1 && fr->count <= PROTO_AUDIT_BATCH_MAX);
+    assert(fr->batch || fr->count == 1);
+    Qcaudit__AppendRequest reqs[PROTO_AUDIT_BATCH_MAX];
+    Qcaudit__AppendRequest *ptrs[PROTO_AUDIT_BATCH_MAX];
+    for (size_t k = 0; k < fr->count; k++) {
+        proto_audit_fill(l, &l->events[fr->slot[k]], &reqs[k]);
+        ptrs[k] = &reqs[k];
+    }
+    Qcaudit__AppendBatchRequest batch = QCAUDIT__APPEND_BATCH_REQUEST__INIT;
+    batch.n_events = fr->count;
+    batch.events = ptrs;
     uint8_t *body = NULL;
     size_t body_len = 0;
-    if (proto_pack(&req.base, &body, &body_len) != 0)
+    if (proto_pack(fr->batch ? &batch.base : &reqs[0].base, &body, &body_len) != 0)
         return;
     uint64_t request_id = 0;
-    int rc = proto_rpc_client_send(l->cli, "append", body, body_len, PROTO_AUDIT_TIMEOUT_MS,
-                                   PROTO_RPC_IDEMPOTENT, e, &request_id);
+    int rc = proto_rpc_client_send(l->cli, fr->batch ? "append_batch" : "append", body, body_len,
+                                   PROTO_AUDIT_TIMEOUT_MS, PROTO_RPC_IDEMPOTENT, fr, &request_id);
     free(body);
-    if (rc == 0) {
-        e->sent = true;
-        l->inflight++;
+    if (rc != 0)
+        return;
+    fr->used = true;
+    l->inflight++;
+    for (size_t k = 0; k < fr->count; k++)
+        l->events[fr->slot[k]].sent = true;
+}
+
+/* One event's answer: 0 frees it (delivered), a busy or failing witness leaves it for a
+ * resend, anything else is a final refusal, logged, and frees it. */
+static void proto_audit_settle(proto_audit_link_t *l, proto_audit_event_t *e, int code,
+                               const char *message)
+{
+    assert(e->used && e->sent);
+    e->sent = false;
+    if (code == QC_EFULL || code == QC_ENOSPACE || code == QC_EIO)
+        return;
+    if (code == 0)
+        ops_counter_add(l->owner->m_delivered, 1);
+    else
+        ops_log_limited(OPS_LOG_ERROR, "audit.event_refused", NULL, "type", e->type, "error",
+                        qc_errname(code), "message", message, NULL);
+    proto_audit_free_event(e);
+}
+
+/* The results of a batch frame, one per event in order; false when the reply does not
+ * match the frame (its events are then resent: the witness deduplicates). */
+static bool proto_audit_results(proto_audit_link_t *l, proto_audit_frame_t *fr,
+                                const proto_rpc_reply_t *reply)
+{
+    Qcaudit__AppendBatchReply *rep =
+        qcaudit__append_batch_reply__unpack(NULL, reply->body_len, reply->body);
+    if (rep == NULL || rep->n_results != fr->count) {
+        ops_log_limited(OPS_LOG_ERROR, "audit.bad_batch_reply", NULL, "events",
+                        rep == NULL ? "undecodable" : "a count other than the frame's", NULL);
+        if (rep != NULL)
+            qcaudit__append_batch_reply__free_unpacked(rep, NULL);
+        return false;
     }
+    for (size_t k = 0; k < fr->count; k++)
+        proto_audit_settle(l, &l->events[fr->slot[k]], rep->results[k]->code, NULL);
+    qcaudit__append_batch_reply__free_unpacked(rep, NULL);
+    return true;
 }
 
 static void proto_audit_on_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
 {
     proto_audit_link_t *l = arg;
-    proto_audit_event_t *e = tag;
-    assert(e >= l->events);
-    assert(e < l->events + PROTO_AUDIT_QUEUE_MAX);
-    assert(e->used);
-    assert(e->sent);
-    if (code != 0 || reply->code == QC_EFULL || reply->code == QC_ENOSPACE ||
-        reply->code == QC_EIO) {
-        /* The witness did not take it: resend later with the same source_seq. */
-        e->sent = false;
-        l->inflight--;
-    } else {
-        if (reply->code == 0)
-            ops_counter_add(l->owner->m_delivered, 1);
-        else
-            ops_log_limited(OPS_LOG_ERROR, "audit.event_refused", NULL, "type", e->type, "error",
-                            qc_errname(reply->code), "message", reply->message, NULL);
-        proto_audit_free_event(l, e);
-        proto_audit_compact(l);
+    proto_audit_frame_t *fr = tag;
+    assert(fr >= l->frames);
+    assert(fr < l->frames + PROTO_AUDIT_INFLIGHT_MAX);
+    assert(fr->used);
+    bool settled = false;
+    if (code == 0 && fr->batch && reply->code == QC_EMETHOD) {
+        /* A witness from before "append_batch": one event a frame from now on. */
+        if (!l->single)
+            ops_log(OPS_LOG_WARN, "audit.no_batches", "why",
+                    "the witness does not know append_batch: events go one by one", NULL);
+        l->single = true;
+    } else if (code == 0 && reply->code == 0 && fr->batch) {
+        settled = proto_audit_results(l, fr, reply);
+    } else if (code == 0) {
+        /* One code for every event of the frame. */
+        for (size_t k = 0; k < fr->count; k++)
+            proto_audit_settle(l, &l->events[fr->slot[k]], reply->code, reply->message);
+        settled = true;
     }
+    if (!settled) {
+        /* The witness did not take them: resend later with the same source_seqs. */
+        for (size_t k = 0; k < fr->count; k++)
+            l->events[fr->slot[k]].sent = false;
+    }
+    memset(fr, 0, sizeof *fr);
+    l->inflight--;
+    assert(l->inflight >= 0);
+    proto_audit_compact(l);
     proto_rpc_reply_destroy(&reply);
+}
+
+/* A free frame of l, or NULL. */
+static proto_audit_frame_t *proto_audit_free_frame(proto_audit_link_t *l)
+{
+    int limit = l->single ? PROTO_AUDIT_INFLIGHT_MAX : PROTO_AUDIT_FRAMES_INFLIGHT;
+    if (l->inflight >= limit)
+        return NULL;
+    for (size_t f = 0; f < PROTO_AUDIT_INFLIGHT_MAX; f++)
+        if (!l->frames[f].used)
+            return &l->frames[f];
+    return NULL;
+}
+
+/* Sends l's queued events, oldest first, in as few frames as the limits allow. */
+static void proto_audit_flush(proto_audit_link_t *l)
+{
+    size_t i = 0;
+    proto_audit_frame_t *fr = NULL;
+    while (i < l->count && (fr = proto_audit_free_frame(l)) != NULL) {
+        size_t bytes = 0;
+        fr->batch = !l->single;
+        fr->count = 0;
+        for (; i < l->count && fr->count < (fr->batch ? PROTO_AUDIT_BATCH_MAX : 1); i++) {
+            size_t slot = (l->head + i) % PROTO_AUDIT_QUEUE_MAX;
+            proto_audit_event_t *e = &l->events[slot];
+            if (!e->used || e->sent)
+                continue;
+            if (fr->count > 0 && bytes + e->payload_len > PROTO_AUDIT_BATCH_BYTES)
+                break;
+            bytes += e->payload_len;
+            fr->slot[fr->count++] = (uint16_t)slot;
+        }
+        if (fr->count == 0)
+            break;
+        proto_audit_send(l, fr);
+        if (!fr->used) {
+            memset(fr, 0, sizeof *fr);
+            break; /* not sent (no endpoint up, out of memory): the next turn tries again */
+        }
+    }
 }
 
 void proto_audit_process(proto_audit_t *ga)
@@ -333,11 +456,7 @@ void proto_audit_process(proto_audit_t *ga)
     for (size_t w = 0; w < ga->link_count; w++) {
         proto_audit_link_t *l = &ga->links[w];
         proto_rpc_client_process(l->cli, proto_audit_on_done, l);
-        for (size_t i = 0; i < l->count && l->inflight < PROTO_AUDIT_INFLIGHT_MAX; i++) {
-            proto_audit_event_t *e = &l->events[(l->head + i) % PROTO_AUDIT_QUEUE_MAX];
-            if (e->used && !e->sent)
-                proto_audit_send(l, e);
-        }
+        proto_audit_flush(l);
     }
 }
 

@@ -12,6 +12,14 @@
  * deduplicates. source_seq = (Unix ms at start << PROTO_AUDIT_SEQ_SHIFT) + a counter, so a
  * restarted process never reuses a sequence. Events still queued when the process dies are
  * lost: they are also in its log, and the ledger records every change to money on its own.
+ * Events travel in frames of several ("append_batch", proto/audit.proto): all that wait for a
+ * witness, up to PROTO_AUDIT_BATCH_MAX a frame, one frame in flight to it at a time; what is
+ * raised while it is in flight (audit's commit and fsync) leaves in the next frame, so a busy
+ * sender sends few frames and an idle one sends at once, with no timer. One frame at a time
+ * also keeps order: a witness's log holds one sender's events in the order raised, across
+ * timeouts and restarts of the witness too (a frame not answered is resent before anything
+ * raised after it). A witness that does not know "append_batch" gets one "append" per event,
+ * up to PROTO_AUDIT_INFLIGHT_MAX in flight, in no guaranteed order across resends.
  * One thread owns a proto_audit_t. */
 #ifndef PROTO_AUDIT_H
 #define PROTO_AUDIT_H
@@ -26,10 +34,13 @@
 #define PROTO_AUDIT_QUEUE_MAX 1024  /* events waiting for a witness; beyond it new ones drop */
 #define PROTO_AUDIT_WITNESSES_MAX 8 /* audit witnesses each event goes to */
 #define PROTO_AUDIT_POLLITEMS_MAX (PROTO_AUDIT_WITNESSES_MAX * PROTO_RPC_ENDPOINTS_MAX)
-#define PROTO_AUDIT_INFLIGHT_MAX 64      /* appends sent and not yet answered */
-#define PROTO_AUDIT_TIMEOUT_MS 3000      /* budget of one append, retries included */
-#define PROTO_AUDIT_SEQ_SHIFT 20         /* events one process may raise per ms of uptime */
-#define PROTO_AUDIT_SHED_HEALTH_MS 60000 /* health stays degraded this long after a drop */
+#define PROTO_AUDIT_INFLIGHT_MAX 64          /* frames sent and not yet answered (one by one) */
+#define PROTO_AUDIT_FRAMES_INFLIGHT 1        /* append_batch frames in flight per witness */
+#define PROTO_AUDIT_BATCH_MAX 128            /* events in one append_batch frame */
+#define PROTO_AUDIT_BATCH_BYTES (128 * 1024) /* payload bytes of a frame (but its first event) */
+#define PROTO_AUDIT_TIMEOUT_MS 3000          /* budget of one append, retries included */
+#define PROTO_AUDIT_SEQ_SHIFT 20             /* events one process may raise per ms of uptime */
+#define PROTO_AUDIT_SHED_HEALTH_MS 60000     /* health stays degraded this long after a drop */
 
 typedef struct proto_audit proto_audit_t;
 

@@ -1,6 +1,8 @@
 /* test_audit_process.c - qc-audit over real CURVE RPC: append from two sources with duplicates,
  * killed -9 mid-batch and restarted (no gap, no duplicate, chain verifies), operator verbs; its
- * map grown online from 1 MiB while /healthz is read, and refused at map_max_mb (issue 21). */
+ * map grown online from 1 MiB while /healthz is read, and refused at map_max_mb (issue 21);
+ * frames of several events (append_batch): a bad event refused alone, order kept, and the
+ * batching sender (proto_audit) losing nothing across a kill -9 of audit. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -17,11 +19,15 @@
 #include <zmq.h>
 
 #include "audit.pb-c.h"
+#include "audit_chain.h"
+#include "audit_intake.h"
 #include "audit_proc.h"
 #include "audit_store.h"
 #include "audit_verify.h"
 #include "ledger_testkit.h"
+#include "ops_metrics.h"
 #include "ops_time.h"
+#include "proto_audit.h"
 #include "proto_decode.h"
 #include "qc_error.h"
 #include "qctest_http.h"
@@ -39,6 +45,9 @@ static qctest_ports_t ports;
 #define T_FULL_TRIES_MAX 100       /* events sent before a 1 MiB map must be full */
 #define T_FULL_RESENDS 20          /* refusals that must not add a line each */
 #define T_HEALTH_EVERY_MS 10
+#define T_FRAME_EVENTS 5
+#define T_SENDER_EVENTS 400
+#define T_SENDER_MS 30000
 
 static const char *g_bin;
 
@@ -439,6 +448,177 @@ static void test_map_at_max_refuses(void **state)
     assert_int_equal(log_lines(ap, "map_max_mb: 2 is below map_size_mb 4"), 1);
 }
 
+/* Calls append_batch with events[0..n); returns the reply's code and, on 0, the unpacked reply
+ * (*rep, the caller frees). */
+static int call_batch(ap_t *ap, Qcaudit__AppendRequest **events, size_t n,
+                      Qcaudit__AppendBatchReply **rep)
+{
+    Qcaudit__AppendBatchRequest b = QCAUDIT__APPEND_BATCH_REQUEST__INIT;
+    b.n_events = n;
+    b.events = events;
+    uint8_t *body = NULL;
+    size_t len = 0;
+    assert_int_equal(proto_pack(&b.base, &body, &len), 0);
+    proto_rpc_reply_t *r = NULL;
+    assert_int_equal(
+        proto_rpc_client_call(ap->cli, AUDIT_INTAKE_BATCH_METHOD, body, len, 3000, 0, &r), 0);
+    free(body);
+    int code = r->code;
+    *rep = NULL;
+    if (code == 0) {
+        *rep = qcaudit__append_batch_reply__unpack(NULL, r->body_len, r->body);
+        assert_non_null(*rep);
+    }
+    proto_rpc_reply_destroy(&r);
+    return code;
+}
+
+/* One frame of five events, the third from a reserved source: it alone is refused, the four
+ * others are appended in the frame's order; the same frame again is four duplicates with the
+ * same seqs and the refusal again; an empty frame, one with too many events, and bytes that are
+ * not an AppendBatchRequest are refused whole, appending nothing. */
+static void test_append_batch(void **state)
+{
+    ap_t *ap = *state;
+    assert_int_equal(ap_start(ap, NULL, 0, NULL), 0);
+    Qcaudit__AppendRequest ev[T_FRAME_EVENTS], *evp[T_FRAME_EVENTS];
+    char payload[T_FRAME_EVENTS][16];
+    for (size_t i = 0; i < T_FRAME_EVENTS; i++) {
+        qcaudit__append_request__init(&ev[i]);
+        snprintf(payload[i], sizeof payload[i], "frame %zu", i);
+        ev[i].source = i == 2 ? "audit" : "signer-0";
+        ev[i].source_seq = 100 + i;
+        ev[i].type = "sign.load_allow";
+        ev[i].payload.data = (uint8_t *)payload[i];
+        ev[i].payload.len = strlen(payload[i]);
+        evp[i] = &ev[i];
+    }
+    for (int round = 0; round < 2; round++) {
+        Qcaudit__AppendBatchReply *rep = NULL;
+        assert_int_equal(call_batch(ap, evp, T_FRAME_EVENTS, &rep), 0);
+        assert_int_equal(rep->n_results, T_FRAME_EVENTS);
+        uint64_t want = 1;
+        for (size_t i = 0; i < T_FRAME_EVENTS; i++) {
+            if (i == 2) {
+                assert_int_equal(rep->results[i]->code, QC_EDENIED);
+                continue;
+            }
+            assert_int_equal(rep->results[i]->code, 0);
+            assert_int_equal(rep->results[i]->seq, want++); /* the frame's order */
+            assert_int_equal(rep->results[i]->duplicate, round == 1);
+        }
+        qcaudit__append_batch_reply__free_unpacked(rep, NULL);
+    }
+    Qcaudit__AppendBatchReply *rep = NULL;
+    assert_int_equal(call_batch(ap, evp, 0, &rep), QC_EMISSING);
+    Qcaudit__AppendRequest **many = calloc(AUDIT_INTAKE_FRAME_EVENTS_MAX + 1, sizeof *many);
+    for (size_t i = 0; i <= AUDIT_INTAKE_FRAME_EVENTS_MAX; i++)
+        many[i] = &ev[0];
+    assert_int_equal(call_batch(ap, many, AUDIT_INTAKE_FRAME_EVENTS_MAX + 1, &rep), QC_ETOOBIG);
+    free(many);
+    static const uint8_t junk[] = {0x0a, 0x05, 0xff};
+    proto_rpc_reply_t *r = NULL;
+    assert_int_equal(
+        proto_rpc_client_call(ap->cli, AUDIT_INTAKE_BATCH_METHOD, junk, sizeof junk, 3000, 0, &r),
+        0);
+    assert_int_equal(r->code, QC_EDECODE);
+    proto_rpc_reply_destroy(&r);
+    /* A single append after the frames takes the next seq: nothing else was appended. */
+    uint64_t seq = 0;
+    bool dup = true;
+    assert_int_equal(ap_append(ap, "gateway-0", 1, "x", NULL, 0, NULL, 0, &seq, &dup), 0);
+    assert_false(dup);
+    assert_int_equal(seq, T_FRAME_EVENTS);
+    assert_int_equal(ap_stop(ap, SIGTERM), 0);
+    check_log(ap, T_FRAME_EVENTS);
+}
+
+typedef struct sender_walk {
+    uint64_t count;
+    uint64_t last_source_seq;
+    bool in_order;
+} sender_walk_t;
+
+static int sender_visit(void *arg, uint64_t key_seq, const uint8_t *rec, size_t len)
+{
+    (void)key_seq;
+    sender_walk_t *w = arg;
+    audit_entry_t e;
+    if (audit_chain_parse(rec, len, &e) != 0)
+        return QC_EDECODE;
+    if (e.source_len != strlen("signer-7") || memcmp(e.source, "signer-7", e.source_len) != 0)
+        return 0;
+    if (e.source_seq <= w->last_source_seq)
+        w->in_order = false;
+    w->last_source_seq = e.source_seq;
+    w->count++;
+    return 0;
+}
+
+/* Drives s until every event raised is acknowledged, or T_SENDER_MS. */
+static void sender_drain(proto_audit_t *s, ops_counter_t *delivered, uint64_t want)
+{
+    uint64_t until = ops_time_mono_ms() + T_SENDER_MS;
+    while (ops_counter_value(delivered) < want && ops_time_mono_ms() < until) {
+        zmq_pollitem_t items[PROTO_AUDIT_POLLITEMS_MAX];
+        int n = proto_audit_pollitems(s, items, PROTO_AUDIT_POLLITEMS_MAX);
+        zmq_poll(items, n, 20);
+        proto_audit_process(s);
+    }
+}
+
+/* The batching sender against a real qc-audit killed -9 between a commit and its replies,
+ * while frames are in flight: after the restart every event is in the log exactly once, in
+ * the order raised, and the sender acknowledged each once; frames held several events. */
+static void test_sender_batches_survive_kill(void **state)
+{
+    ap_t *ap = *state;
+    /* The kill comes at the 4th commit of appends. */
+    assert_int_equal(ap_start(ap, "audit.append_after_commit_before_reply", 3, NULL), 0);
+    proto_audit_t *s = NULL;
+    assert_int_equal(
+        proto_audit_new(ap->zctx, "signer-7", ap->endpoint, ap->server.public_z85, &ap->client, &s),
+        0);
+    ops_counter_t *delivered = ops_counter("qc_proto_audit_delivered_total", "");
+    uint64_t base = ops_counter_value(delivered);
+    static const uint8_t body[] = {0x0a, 0x03, 0x01, 0x02, 0x03};
+    for (int i = 0; i < T_SENDER_EVENTS; i++) {
+        proto_audit_event(s, "sign.load_allow", NULL, body, sizeof body);
+        if (i % 50 == 49)
+            proto_audit_process(s); /* frames leave while more events are raised */
+    }
+    /* Keep sending until audit dies at its 4th commit (frames of at most PROTO_AUDIT_BATCH_MAX,
+     * PROTO_AUDIT_FRAMES_INFLIGHT at a time: at least four commits for 400 events). */
+    int st = -1;
+    uint64_t until = ops_time_mono_ms() + T_SENDER_MS;
+    while ((st = ap_wait_exit(ap, 10)) == QCTEST_STATUS_RUNNING && ops_time_mono_ms() < until) {
+        zmq_pollitem_t items[PROTO_AUDIT_POLLITEMS_MAX];
+        int n = proto_audit_pollitems(s, items, PROTO_AUDIT_POLLITEMS_MAX);
+        zmq_poll(items, n, 10);
+        proto_audit_process(s);
+    }
+    assert_true(st != QCTEST_STATUS_RUNNING && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    assert_true(ops_counter_value(delivered) - base < T_SENDER_EVENTS);
+    assert_int_equal(ap_start(ap, NULL, 0, NULL), 0);
+    sender_drain(s, delivered, base + T_SENDER_EVENTS);
+    assert_int_equal(ops_counter_value(delivered) - base, T_SENDER_EVENTS);
+    int64_t frames = qctest_metric(ap->http_port, "qc_audit_append_frames_total");
+    assert_true(frames > 0 && frames < T_SENDER_EVENTS / 4);
+    proto_audit_destroy(&s);
+    assert_int_equal(ap_stop(ap, SIGTERM), 0);
+    check_log(ap, T_SENDER_EVENTS);
+    char data[AP_PATH_MAX];
+    ap_path(ap, "data", data);
+    audit_store_t *store = NULL;
+    assert_int_equal(
+        audit_store_open(data, AUDIT_STORE_RDONLY, AUDIT_STORE_MAP_SIZE_DEFAULT, &store), 0);
+    sender_walk_t w = {.in_order = true};
+    assert_int_equal(audit_store_scan(store, 1, sender_visit, &w), 0);
+    audit_store_destroy(&store);
+    assert_int_equal(w.count, T_SENDER_EVENTS);
+    assert_true(w.in_order);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -452,6 +632,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_kill9_mid_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_grows_online, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_at_max_refuses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_append_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sender_batches_survive_kill, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

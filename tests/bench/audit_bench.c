@@ -4,17 +4,23 @@
  *
  *   audit_bench [--events N] [--payload BYTES] [--batches 1,16,64,256] [--rpc-inflight K]
  *               [--verify-entries N] [--checkpoint-every N] [--dir DIR] [--skip-rpc]
+ *               [--paced RATE]
  *
  * Store-only: batches of B events per audit_store_append() (one LMDB commit, one fsync).
  * RPC: qc-audit --batch-max 64 with K appends in flight from one client, so up to K wait at
  * each commit. Verify: N entries written in large commits, a checkpoint signed by a software
  * P-256 key every --checkpoint-every entries, then audit_verify_dir() is timed.
+ * Paced (--paced RATE, events/s, as a signer raises them: two a load): the same events sent
+ * at that rate one "append" each with up to 64 in flight (the sender before issue 15's
+ * batches), then through proto_audit (frames of "append_batch"); for each the CPU of
+ * qc-audit and of this sending process (its ZeroMQ threads included) per event, and frames.
  * Not a CTest test; run it from a Release build. */
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,10 +33,13 @@
 #include "audit_verify.h"
 #include "ledger_testkit.h"
 #include "proto_cert.h"
+#include "proto_audit.h"
 #include "proto_decode.h"
 #include "proto_envelope.h"
 #include "qc_error.h"
+#include "ops_metrics.h"
 #include "qctest_fs.h"
+#include "qctest_http.h"
 
 #define BENCH_BATCHES_MAX 16
 #define BENCH_EVENTS_DEFAULT 20000
@@ -133,35 +142,47 @@ static void rpc_done(void *arg, void *tag, int code, proto_rpc_reply_t *reply)
     proto_rpc_reply_destroy(&reply);
 }
 
+/* Starts qc-audit (group commits of up to 64 requests) with a client on its allow-list. */
+static void start_audit(ap_t *ap)
+{
+    if (ap_setup(ap, QC_BENCH_AUDIT, BENCH_PORT) != 0)
+        die("ap_setup", QC_EIO);
+    const char *extra[] = {"--batch-max", "64", "--log-level", "warn", NULL};
+    if (ap_start(ap, NULL, 0, extra) != 0)
+        die("start qc-audit", QC_EIO);
+}
+
+/* Sends one "append" without waiting for its reply. */
+static void send_append(ap_t *ap, const char *source, uint64_t source_seq, const char *type,
+                        uint8_t *payload, size_t payload_len)
+{
+    Qcaudit__AppendRequest m = QCAUDIT__APPEND_REQUEST__INIT;
+    m.source = (char *)source;
+    m.source_seq = source_seq;
+    m.type = (char *)type;
+    m.payload.data = payload;
+    m.payload.len = payload_len;
+    uint8_t *body = NULL;
+    size_t len = 0;
+    uint64_t id = 0;
+    if (proto_pack(&m.base, &body, &len) != 0 ||
+        proto_rpc_client_send(ap->cli, "append", body, len, BENCH_CALL_MS, 0, NULL, &id) != 0)
+        die("send", QC_EIO);
+    free(body);
+}
+
 static void bench_rpc(const char *base, uint64_t events, size_t payload_len, int inflight)
 {
     (void)base;
     ap_t ap;
-    if (ap_setup(&ap, QC_BENCH_AUDIT, BENCH_PORT) != 0)
-        die("ap_setup", QC_EIO);
-    const char *extra[] = {"--batch-max", "64", "--log-level", "warn", NULL};
-    if (ap_start(&ap, NULL, 0, extra) != 0)
-        die("start qc-audit", QC_EIO);
+    start_audit(&ap);
     uint8_t *payload = calloc(1, payload_len);
     uint64_t sent = 0;
     g_rpc_ok = 0;
     double t0 = now_s();
     while (g_rpc_ok < events) {
         while (sent < events && proto_rpc_client_inflight(ap.cli) < inflight) {
-            Qcaudit__AppendRequest m = QCAUDIT__APPEND_REQUEST__INIT;
-            m.source = "gateway-0";
-            m.source_seq = ++sent;
-            m.type = "security.bench";
-            m.payload.data = payload;
-            m.payload.len = payload_len;
-            uint8_t *body = NULL;
-            size_t len = 0;
-            uint64_t id = 0;
-            if (proto_pack(&m.base, &body, &len) != 0 ||
-                proto_rpc_client_send(ap.cli, "append", body, len, BENCH_CALL_MS, 0, NULL, &id) !=
-                    0)
-                die("send", QC_EIO);
-            free(body);
+            send_append(&ap, "gateway-0", ++sent, "security.bench", payload, payload_len);
         }
         zmq_pollitem_t items[PROTO_RPC_ENDPOINTS_MAX];
         int n = proto_rpc_client_pollitems(ap.cli, items, PROTO_RPC_ENDPOINTS_MAX);
@@ -175,6 +196,90 @@ static void bench_rpc(const char *base, uint64_t events, size_t payload_len, int
            "(%" PRIu64 " acknowledged)\n",
            inflight, events, payload_len, dt, (double)g_rpc_ok / dt, g_rpc_ok);
     fflush(stdout);
+    free(payload);
+    ap_teardown(&ap);
+}
+
+/* ------------------------------------------------------------------ paced: one by one or in frames
+ */
+
+#define BENCH_PACED_INFLIGHT 64 /* the sender's appends in flight before batches */
+
+/* CPU seconds of process pid (utime + stime), from /proc. */
+static double proc_cpu_s(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Events [0, events) at rate per second: batched through proto_audit, or one append each. */
+static void bench_paced(uint64_t events, size_t payload_len, uint64_t rate, bool batched)
+{
+    ap_t ap;
+    start_audit(&ap);
+    proto_audit_t *ga = NULL;
+    if (batched && proto_audit_new(ap.zctx, "signer-0", ap.endpoint, ap.server.public_z85,
+                                   &ap.client, &ga) != 0)
+        die("proto_audit_new", QC_EIO);
+    uint8_t *payload = calloc(1, payload_len);
+    ops_counter_t *delivered = ops_counter("qc_proto_audit_delivered_total", "");
+    uint64_t base_delivered = ops_counter_value(delivered);
+    uint64_t sent = 0;
+    g_rpc_ok = 0;
+    double a0 = proc_cpu_s(ap.pid), s0 = self_cpu_s(), t0 = now_s();
+    for (;;) {
+        uint64_t due = (uint64_t)((now_s() - t0) * (double)rate);
+        for (; sent < events && sent < due; sent++) {
+            if (batched) {
+                proto_audit_event(ga, "sign.load_allow", NULL, payload, payload_len);
+                continue;
+            }
+            if (proto_rpc_client_inflight(ap.cli) >= BENCH_PACED_INFLIGHT)
+                break;
+            send_append(&ap, "signer-0", sent + 1, "sign.load_allow", payload, payload_len);
+        }
+        uint64_t done = batched ? ops_counter_value(delivered) - base_delivered : g_rpc_ok;
+        if (sent == events && done >= events)
+            break;
+        zmq_pollitem_t items[PROTO_AUDIT_POLLITEMS_MAX];
+        int n = batched ? proto_audit_pollitems(ga, items, PROTO_AUDIT_POLLITEMS_MAX)
+                        : proto_rpc_client_pollitems(ap.cli, items, PROTO_RPC_ENDPOINTS_MAX);
+        zmq_poll(items, n, 1);
+        if (batched)
+            proto_audit_process(ga);
+        else
+            proto_rpc_client_process(ap.cli, rpc_done, NULL);
+    }
+    double dt = now_s() - t0, acpu = proc_cpu_s(ap.pid) - a0, scpu = self_cpu_s() - s0;
+    int64_t frames = qctest_metric(ap.http_port, "qc_audit_append_frames_total");
+    printf("paced  %-8s %6" PRIu64 " events/s: %8" PRIu64 " events of %zu B in %6.2f s; CPU per "
+           "event: qc-audit %5.1f us, sender %5.1f us; %.1f events a frame\n",
+           batched ? "batched" : "single", rate, events, payload_len, dt,
+           acpu * 1e6 / (double)events, scpu * 1e6 / (double)events,
+           frames > 0 ? (double)events / (double)frames : 1.0);
+    fflush(stdout);
+    proto_audit_destroy(&ga);
     free(payload);
     ap_teardown(&ap);
 }
@@ -295,6 +400,7 @@ int main(int argc, char **argv)
     size_t nb = 4;
     int inflight = BENCH_INFLIGHT_DEFAULT;
     bool rpc = true;
+    uint64_t paced = 0;
     const char *tmp = getenv("TMPDIR");
     const char *base = tmp != NULL ? tmp : "/tmp";
     for (int i = 1; i < argc; i++) {
@@ -318,6 +424,8 @@ int main(int argc, char **argv)
             every = strtoull(v, NULL, 10);
         else if (strcmp(a, "--rpc-inflight") == 0)
             inflight = atoi(v);
+        else if (strcmp(a, "--paced") == 0)
+            paced = strtoull(v, NULL, 10);
         else if (strcmp(a, "--dir") == 0)
             base = v;
         else if (strcmp(a, "--batches") == 0) {
@@ -335,6 +443,14 @@ int main(int argc, char **argv)
     if (payload > AUDIT_PAYLOAD_MAX || inflight < 1 || inflight > PROTO_RPC_INFLIGHT_MAX) {
         fprintf(stderr, "audit_bench: payload or inflight out of range\n");
         return 2;
+    }
+    if (paced > 0) {
+        /* Alternated, twice each: the machine's neighbours change between runs. */
+        for (int r = 0; r < 2; r++) {
+            bench_paced(events, payload, paced, false);
+            bench_paced(events, payload, paced, true);
+        }
+        return 0;
     }
     for (size_t i = 0; i < nb; i++) {
         if (batches[i] < 1 || batches[i] > AUDIT_STORE_BATCH_MAX)
