@@ -9,25 +9,31 @@
  * verdict ACCEPT once the delay has passed, in arrival order. The packet then goes on its way
  * unchanged, so the delay is real for every protocol on the link (ZeroMQ, Raft, HTTP).
  *
- * It speaks nfnetlink directly (linux/netfilter/nfnetlink_queue.h; no libnetfilter_queue), in
- * the network namespace it runs in. Usage:
+ * The messages are built and parsed by libnetfilter_queue's nfq_nlmsg_* functions and sent and
+ * received with libmnl (Debian: libnetfilter-queue-dev, libmnl-dev), in the network namespace
+ * it runs in. Usage:
  *   qc-netdelay --queue N --delay-ms MS [--seconds S]
  * It binds queue N, prints "ready queue N delay MS ms" on stdout once bound (the caller then
  * inserts its NFQUEUE rule), and runs until SIGTERM or SIGINT (or S seconds, a bound for
  * tests): then it accepts every packet it still holds at once, unbinds, prints one line of
  * counts on stderr and exits 0. Exit 1 on a local failure (bad usage, no nfnetlink_queue).
  *
- * Limits: at most NETDELAY_HELD_MAX packets held (the kernel's queue is as long; beyond it the
- * kernel drops, which is loss, counted by the kernel); the delay is at most NETDELAY_DELAY_MS_MAX.
+ * Limits: at most NETDELAY_HELD_MAX packets held; the kernel's queue is given the same length,
+ * and beyond it the kernel drops the packet (loss, which the kernel counts in
+ * /proc/net/netfilter/nfnetlink_queue). Should the hold queue be full all the same, the packet
+ * is accepted at once, undelayed, and counted ("passed undelayed, hold queue full"). A receive
+ * overrun (ENOBUFS: the socket's buffer was full, packet messages lost) is counted; the kernel
+ * still holds those packets until the queue is unbound. The delay is at most
+ * NETDELAY_DELAY_MS_MAX.
  */
 #define _GNU_SOURCE /* ppoll */
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <libmnl/libmnl.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
 #include <linux/netfilter.h>
-#include <linux/netfilter/nfnetlink.h>
-#include <linux/netfilter/nfnetlink_queue.h>
-#include <linux/netlink.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -37,13 +43,13 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 enum {
     NETDELAY_HELD_MAX = 65536,     /* packets held at once: 50 ms of a busy 1 Gbit/s link */
     NETDELAY_DELAY_MS_MAX = 10000, /* a test's link, not a satellite */
     NETDELAY_RCVBUF = 16 << 20,    /* room for bursts of packet messages (META copies) */
     NETDELAY_MSG_MAX = 8192,       /* one recv: several packet messages of ~100 bytes */
+    NETDELAY_ACK_TRIES_MAX = 100,  /* receives while waiting for a config message's ack */
 };
 
 /* One packet held: its id in the queue and when it may go (CLOCK_MONOTONIC, ns). */
@@ -51,6 +57,14 @@ typedef struct {
     uint32_t id;
     uint64_t due_ns;
 } held_t;
+
+/* What the run counts, printed at exit. */
+typedef struct {
+    unsigned long delayed;   /* packets held and then accepted */
+    unsigned long undelayed; /* accepted at once: the hold queue was full */
+    unsigned long overruns;  /* receives that failed with ENOBUFS */
+    size_t held_peak;        /* most packets held at once */
+} counts_t;
 
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig)
@@ -70,144 +84,131 @@ static uint64_t now_ns(void)
 static held_t ring[NETDELAY_HELD_MAX];
 static size_t ring_head, ring_count;
 
-/* Appends an attribute to the message in buf (its nlmsg_len grows). */
-static void attr_put(struct nlmsghdr *nlh, uint16_t type, const void *data, uint16_t len)
+static int verdict_accept(struct mnl_socket *nl, uint16_t queue, uint32_t id)
 {
-    struct nlattr *a = (struct nlattr *)((char *)nlh + NLMSG_ALIGN(nlh->nlmsg_len));
-    a->nla_type = type;
-    a->nla_len = (uint16_t)(NLA_HDRLEN + len);
-    memcpy((char *)a + NLA_HDRLEN, data, len);
-    nlh->nlmsg_len = NLMSG_ALIGN(nlh->nlmsg_len) + NLA_ALIGN(a->nla_len);
-}
-
-static struct nlmsghdr *msg_start(char *buf, uint16_t type, uint16_t flags, uint16_t queue)
-{
-    memset(buf, 0, 256);
-    struct nlmsghdr *nlh = (struct nlmsghdr *)buf;
-    nlh->nlmsg_len = NLMSG_LENGTH(sizeof(struct nfgenmsg));
-    nlh->nlmsg_type = (uint16_t)((NFNL_SUBSYS_QUEUE << 8) | type);
-    nlh->nlmsg_flags = flags;
-    struct nfgenmsg *g = NLMSG_DATA(nlh);
-    g->nfgen_family = AF_UNSPEC;
-    g->version = NFNETLINK_V0;
-    g->res_id = htons(queue);
-    return nlh;
-}
-
-static int send_msg(int fd, const struct nlmsghdr *nlh)
-{
-    struct sockaddr_nl to = {.nl_family = AF_NETLINK};
-    ssize_t n = sendto(fd, nlh, nlh->nlmsg_len, 0, (struct sockaddr *)&to, sizeof to);
-    return n == (ssize_t)nlh->nlmsg_len ? 0 : -1;
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_VERDICT, queue);
+    nfq_nlmsg_verdict_put(nlh, (int)id, NF_ACCEPT);
+    return mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0 ? -1 : 0;
 }
 
 /* Sends one config message with NLM_F_ACK and waits for the kernel's answer (0 or -errno). */
-static int config(int fd, const struct nlmsghdr *nlh)
+static int config(struct mnl_socket *nl, struct nlmsghdr *nlh)
 {
-    if (send_msg(fd, nlh) != 0)
+    nlh->nlmsg_flags |= NLM_F_ACK;
+    if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
         return -errno;
     char buf[NETDELAY_MSG_MAX];
-    for (int tries = 0; tries < 100; tries++) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
+    for (int tries = 0; tries < NETDELAY_ACK_TRIES_MAX; tries++) {
+        struct pollfd p = {.fd = mnl_socket_get_fd(nl), .events = POLLIN};
         if (poll(&p, 1, 1000) <= 0)
             return -ETIMEDOUT;
-        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof buf);
         if (n < 0)
             return -errno;
-        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
-             h = NLMSG_NEXT(h, n)) {
-            if (h->nlmsg_type == NLMSG_ERROR)
-                return ((struct nlmsgerr *)NLMSG_DATA(h))->error;
-        }
+        /* The ack (an error 0) stops the run; an error sets errno; a packet is not ours yet. */
+        int rc = mnl_cb_run(buf, (size_t)n, 0, mnl_socket_get_portid(nl), NULL, NULL);
+        if (rc == MNL_CB_ERROR)
+            return -errno;
+        if (rc == MNL_CB_STOP)
+            return 0;
     }
     return -EPROTO;
 }
 
-static int queue_cmd(int fd, uint16_t queue, uint8_t cmd)
+static int queue_cmd(struct mnl_socket *nl, uint16_t queue, uint8_t cmd)
 {
-    char buf[256];
-    struct nlmsghdr *nlh = msg_start(buf, NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, queue);
-    struct nfqnl_msg_config_cmd c = {.command = cmd, .pf = htons(AF_INET)};
-    attr_put(nlh, NFQA_CFG_CMD, &c, sizeof c);
-    return config(fd, nlh);
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue);
+    nfq_nlmsg_cfg_put_cmd(nlh, AF_INET, cmd);
+    return config(nl, nlh);
 }
 
-/* Binds the queue, copying only packet metadata (the payload stays in the kernel). */
-static int queue_bind(int fd, uint16_t queue)
+/* Binds the queue, copying only packet metadata (the payload stays in the kernel), with the
+ * kernel's queue as long as the hold queue. */
+static int queue_bind(struct mnl_socket *nl, uint16_t queue)
 {
-    int rc = queue_cmd(fd, queue, NFQNL_CFG_CMD_BIND);
+    int rc = queue_cmd(nl, queue, NFQNL_CFG_CMD_BIND);
     if (rc != 0)
         return rc;
-    char buf[256];
-    struct nlmsghdr *nlh = msg_start(buf, NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, queue);
-    struct nfqnl_msg_config_params params = {.copy_range = htonl(0), .copy_mode = NFQNL_COPY_META};
-    attr_put(nlh, NFQA_CFG_PARAMS, &params, sizeof params);
-    uint32_t maxlen = htonl(NETDELAY_HELD_MAX);
-    attr_put(nlh, NFQA_CFG_QUEUE_MAXLEN, &maxlen, sizeof maxlen);
-    return config(fd, nlh);
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue);
+    nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_META, 0);
+    nfq_nlmsg_cfg_put_qmaxlen(nlh, NETDELAY_HELD_MAX);
+    return config(nl, nlh);
 }
 
-static int verdict_accept(int fd, uint16_t queue, uint32_t id)
+/* What on_packet needs: the socket and queue (to accept at once when full), the due time of
+ * the packets of this receive, the counts; verdict_failed once a verdict could not be sent. */
+typedef struct {
+    struct mnl_socket *nl;
+    uint16_t queue;
+    uint64_t due_ns;
+    counts_t *counts;
+    bool verdict_failed;
+} receive_t;
+
+/* Holds the packet of one packet message until its due time. */
+static int on_packet(const struct nlmsghdr *nlh, void *data)
 {
-    char buf[256];
-    struct nlmsghdr *nlh = msg_start(buf, NFQNL_MSG_VERDICT, NLM_F_REQUEST, queue);
-    struct nfqnl_msg_verdict_hdr v = {.verdict = htonl(NF_ACCEPT), .id = htonl(id)};
-    attr_put(nlh, NFQA_VERDICT_HDR, &v, sizeof v);
-    return send_msg(fd, nlh);
+    receive_t *r = data;
+    struct nlattr *attr[NFQA_MAX + 1] = {0};
+    if (nfq_nlmsg_parse(nlh, attr) < 0 || attr[NFQA_PACKET_HDR] == NULL ||
+        mnl_attr_get_payload_len(attr[NFQA_PACKET_HDR]) < sizeof(struct nfqnl_msg_packet_hdr))
+        return MNL_CB_OK; /* not a packet message we can act on: the kernel's to time out */
+    const struct nfqnl_msg_packet_hdr *ph = mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
+    uint32_t id = ntohl(ph->packet_id);
+    assert(ring_count <= NETDELAY_HELD_MAX);
+    if (ring_count == NETDELAY_HELD_MAX) {
+        r->counts->undelayed++;
+        r->verdict_failed = verdict_accept(r->nl, r->queue, id) != 0;
+        return r->verdict_failed ? MNL_CB_ERROR : MNL_CB_OK;
+    }
+    ring[(ring_head + ring_count) % NETDELAY_HELD_MAX] = (held_t){.id = id, .due_ns = r->due_ns};
+    ring_count++;
+    r->counts->delayed++;
+    if (ring_count > r->counts->held_peak)
+        r->counts->held_peak = ring_count;
+    return MNL_CB_OK;
 }
 
-/* Reads every waiting packet message and holds each packet until now + delay. Returns the
- * number of packets the kernel had to drop from the netlink socket (ENOBUFS), else 0. */
-static unsigned long receive(int fd, uint64_t delay_ns, unsigned long *held_total,
-                             size_t *held_peak)
+/* An error message (the kernel's answer to a verdict it refused) does not stop the reading of
+ * the packet messages after it in the same receive. */
+static int on_error(const struct nlmsghdr *nlh, void *data)
+{
+    (void)nlh;
+    (void)data;
+    return MNL_CB_OK;
+}
+static mnl_cb_t ctl[NLMSG_ERROR + 1] = {[NLMSG_ERROR] = on_error};
+
+/* Reads every waiting packet message (the socket is non-blocking) and holds each packet until
+ * now + delay. 0, or -1 when a verdict could not be sent (errno). */
+static int receive(struct mnl_socket *nl, uint16_t queue, uint64_t delay_ns, counts_t *counts)
 {
     char buf[NETDELAY_MSG_MAX];
-    unsigned long overruns = 0;
     for (;;) {
-        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof buf);
         if (n < 0) {
             if (errno == ENOBUFS) {
-                overruns++;
+                counts->overruns++;
                 continue;
             }
-            return overruns; /* EAGAIN: nothing more now */
+            return 0; /* EAGAIN: nothing more now */
         }
-        uint64_t due = now_ns() + delay_ns;
-        for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
-             h = NLMSG_NEXT(h, n)) {
-            if ((h->nlmsg_type & 0xff) != NFQNL_MSG_PACKET)
-                continue;
-            size_t off = NLMSG_LENGTH(sizeof(struct nfgenmsg));
-            while (off + NLA_HDRLEN <= h->nlmsg_len) {
-                const struct nlattr *a = (const struct nlattr *)((const char *)h + off);
-                if (a->nla_len < NLA_HDRLEN || off + a->nla_len > h->nlmsg_len)
-                    break;
-                if ((a->nla_type & NLA_TYPE_MASK) == NFQA_PACKET_HDR &&
-                    a->nla_len >= NLA_HDRLEN + sizeof(struct nfqnl_msg_packet_hdr)) {
-                    struct nfqnl_msg_packet_hdr ph;
-                    memcpy(&ph, (const char *)a + NLA_HDRLEN, sizeof ph);
-                    /* The kernel's queue is as long as the ring: it cannot hand more. */
-                    assert(ring_count < NETDELAY_HELD_MAX);
-                    ring[(ring_head + ring_count) % NETDELAY_HELD_MAX] =
-                        (held_t){.id = ntohl(ph.packet_id), .due_ns = due};
-                    ring_count++;
-                    (*held_total)++;
-                    if (ring_count > *held_peak)
-                        *held_peak = ring_count;
-                    break;
-                }
-                off += NLA_ALIGN(a->nla_len);
-            }
-        }
+        receive_t r = {.nl = nl, .queue = queue, .due_ns = now_ns() + delay_ns, .counts = counts};
+        (void)mnl_cb_run2(buf, (size_t)n, 0, 0, on_packet, &r, ctl, MNL_ARRAY_SIZE(ctl));
+        if (r.verdict_failed)
+            return -1;
     }
 }
 
 /* Lets every held packet whose time has come (all of them with force) go. */
-static int release(int fd, uint16_t queue, bool force)
+static int release(struct mnl_socket *nl, uint16_t queue, bool force)
 {
     uint64_t now = now_ns();
     while (ring_count > 0 && (force || ring[ring_head].due_ns <= now)) {
-        if (verdict_accept(fd, queue, ring[ring_head].id) != 0)
+        if (verdict_accept(nl, queue, ring[ring_head].id) != 0)
             return -1;
         ring_head = (ring_head + 1) % NETDELAY_HELD_MAX;
         ring_count--;
@@ -215,20 +216,28 @@ static int release(int fd, uint16_t queue, bool force)
     return 0;
 }
 
-static int usage(void)
+static const char usage_text[] =
+    "usage: qc-netdelay --queue N --delay-ms MS [--seconds S]\n"
+    "Holds every packet of netfilter queue N (an iptables NFQUEUE rule) for MS ms (at most %d),\n"
+    "then accepts it unchanged. Prints \"ready queue N delay MS ms\" once bound; on SIGTERM,\n"
+    "SIGINT or after S seconds accepts what it holds, prints its counts on stderr, exits 0.\n";
+
+static int usage(FILE *to, int status)
 {
-    fprintf(stderr, "usage: qc-netdelay --queue N --delay-ms MS [--seconds S]\n");
-    return 1;
+    fprintf(to, usage_text, NETDELAY_DELAY_MS_MAX);
+    return status;
 }
 
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--help") == 0)
+        return usage(stdout, 0);
     long queue = -1, delay_ms = -1, seconds = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         char *end = NULL;
         long v = strtol(argv[i + 1], &end, 10);
         if (end == argv[i + 1] || *end != '\0')
-            return usage();
+            return usage(stderr, 1);
         if (strcmp(argv[i], "--queue") == 0)
             queue = v;
         else if (strcmp(argv[i], "--delay-ms") == 0)
@@ -236,29 +245,32 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--seconds") == 0)
             seconds = v;
         else
-            return usage();
+            return usage(stderr, 1);
     }
     if (argc % 2 != 1 || queue < 0 || queue > 65535 || delay_ms < 0 ||
         delay_ms > NETDELAY_DELAY_MS_MAX || seconds < 0)
-        return usage();
+        return usage(stderr, 1);
 
-    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-    if (fd < 0) {
+    struct mnl_socket *nl = mnl_socket_open(NETLINK_NETFILTER);
+    if (nl == NULL) {
         perror("qc-netdelay: netlink socket");
         return 1;
     }
+    int fd = mnl_socket_get_fd(nl);
     int rcvbuf = NETDELAY_RCVBUF;
     if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) != 0)
         (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    struct sockaddr_nl self = {.nl_family = AF_NETLINK};
-    if (bind(fd, (struct sockaddr *)&self, sizeof self) != 0) {
-        perror("qc-netdelay: bind");
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0 ||
+        mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) != 0) {
+        perror("qc-netdelay: netlink bind");
+        mnl_socket_close(nl);
         return 1;
     }
-    int rc = queue_bind(fd, (uint16_t)queue);
+    int rc = queue_bind(nl, (uint16_t)queue);
     if (rc != 0) {
         fprintf(stderr, "qc-netdelay: binding queue %ld: %s (no nfnetlink_queue in the kernel?)\n",
                 queue, strerror(-rc));
+        mnl_socket_close(nl);
         return 1;
     }
     struct sigaction sa = {.sa_handler = on_signal};
@@ -269,8 +281,7 @@ int main(int argc, char **argv)
 
     const uint64_t delay_ns = (uint64_t)delay_ms * 1000000u;
     const uint64_t end_ns = seconds > 0 ? now_ns() + (uint64_t)seconds * 1000000000u : UINT64_MAX;
-    unsigned long held_total = 0, overruns = 0;
-    size_t held_peak = 0;
+    counts_t counts = {0};
     int status = 0;
     while (!stop_requested && now_ns() < end_ns) {
         /* Sleep until the next packet is due, a new one comes, or 100 ms pass. */
@@ -288,23 +299,21 @@ int main(int argc, char **argv)
             status = 1;
             break;
         }
-        if (n > 0)
-            overruns += receive(fd, delay_ns, &held_total, &held_peak);
-        if (release(fd, (uint16_t)queue, false) != 0) {
+        if ((n > 0 && receive(nl, (uint16_t)queue, delay_ns, &counts) != 0) ||
+            release(nl, (uint16_t)queue, false) != 0) {
             perror("qc-netdelay: verdict");
             status = 1;
             break;
         }
     }
     /* Nothing is left in the kernel waiting for us: what is held goes now. */
-    overruns += receive(fd, 0, &held_total, &held_peak);
-    if (release(fd, (uint16_t)queue, true) != 0)
+    if (receive(nl, (uint16_t)queue, 0, &counts) != 0 || release(nl, (uint16_t)queue, true) != 0)
         status = 1;
-    (void)queue_cmd(fd, (uint16_t)queue, NFQNL_CFG_CMD_UNBIND);
-    close(fd);
+    (void)queue_cmd(nl, (uint16_t)queue, NFQNL_CFG_CMD_UNBIND);
+    mnl_socket_close(nl);
     fprintf(stderr,
             "qc-netdelay: queue %ld: %lu packets delayed %ld ms, at most %zu held at once, "
-            "%lu receive overruns\n",
-            queue, held_total, delay_ms, held_peak, overruns);
+            "%lu receive overruns, %lu passed undelayed (hold queue full)\n",
+            queue, counts.delayed, delay_ms, counts.held_peak, counts.overruns, counts.undelayed);
     return status;
 }

@@ -49,20 +49,28 @@ nsx_log "FIGURE loads/s across hosts (ASan build): $(lg before .loads_per_s)"
 # by at least the delay: it is real. Healed, the shard checks ok.
 lid=$(leader_id)
 dh=$(replica_host "$lid")
-dport=$(awk -v id="$lid" '$1 == id { print $3 }' "$(E "$dh")/ledger-0.replicas" | sed 's/.*://')
-rtt0=$(tcp_rtt_ms "$NSX_ADMIN" "${NSX_ADDR[$dh]}" "$dport")
-nsx_delay "$dh" $DELAY_MS
-rtt1=$(tcp_rtt_ms "$NSX_ADMIN" "${NSX_ADDR[$dh]}" "$dport")
-nsx_log "FIGURE TCP handshake $NSX_ADMIN -> $dh: ${rtt0} ms, ${rtt1} ms with the delay"
-assert_ge "TCP handshake with the leader's host, delayed (ms)" $DELAY_MS "$rtt1"
-nsx_loadgen delayed $DELAYED_LOADS $DEVICES || fail "qc-loadgen with the delay: $(tail -3 "$X/delayed.err")"
-assert_eq "loads CONFIRMED with ${DELAY_MS} ms on the leader's link" $DELAYED_LOADS "$(lg delayed '.outcomes.CONFIRMED // 0')"
-p50_0=$(lg before .latency_ms.request_allow.p50)
-p50_1=$(lg delayed .latency_ms.request_allow.p50)
-nsx_log "FIGURE request to allow p50: ${p50_0} ms, ${p50_1} ms with ${DELAY_MS} ms on the leader's link ($(lg delayed .loads_per_s) loads/s)"
-assert_ge "request to allow p50 grew by (ms)" $DELAY_MS "$(awk -v a="$p50_0" -v b="$p50_1" 'BEGIN { printf "%d", b - a }')"
-nsx_heal
-assert_eq "qcctl check after the delay" true "$(q check | jq -r .ok)"
+# Without netem and without qc-netdelay (built only with libnetfilter_queue) the step is
+# skipped, and says so: SKIP in the log, not a silent pass.
+delayed_loads=0
+if nsx_can_delay "$dh"; then
+  dport=$(awk -v id="$lid" '$1 == id { print $3 }' "$(E "$dh")/ledger-0.replicas" | sed 's/.*://')
+  rtt0=$(tcp_rtt_ms "$NSX_ADMIN" "${NSX_ADDR[$dh]}" "$dport")
+  nsx_delay "$dh" $DELAY_MS
+  rtt1=$(tcp_rtt_ms "$NSX_ADMIN" "${NSX_ADDR[$dh]}" "$dport")
+  nsx_log "FIGURE TCP handshake $NSX_ADMIN -> $dh: ${rtt0} ms, ${rtt1} ms with the delay"
+  assert_ge "TCP handshake with the leader's host, delayed (ms)" $DELAY_MS "$rtt1"
+  nsx_loadgen delayed $DELAYED_LOADS $DEVICES || fail "qc-loadgen with the delay: $(tail -3 "$X/delayed.err")"
+  assert_eq "loads CONFIRMED with ${DELAY_MS} ms on the leader's link" $DELAYED_LOADS "$(lg delayed '.outcomes.CONFIRMED // 0')"
+  p50_0=$(lg before .latency_ms.request_allow.p50)
+  p50_1=$(lg delayed .latency_ms.request_allow.p50)
+  nsx_log "FIGURE request to allow p50: ${p50_0} ms, ${p50_1} ms with ${DELAY_MS} ms on the leader's link ($(lg delayed .loads_per_s) loads/s)"
+  assert_ge "request to allow p50 grew by (ms)" $DELAY_MS "$(awk -v a="$p50_0" -v b="$p50_1" 'BEGIN { printf "%d", b - a }')"
+  nsx_heal
+  assert_eq "qcctl check after the delay" true "$(q check | jq -r .ok)"
+  delayed_loads=$DELAYED_LOADS
+fi
+step2=""
+[ "$delayed_loads" -ne 0 ] || step2=" (step 2, the delay, SKIPPED: no netem, no qc-netdelay)"
 
 # 3. The host of witness audit-0 cut off: loads do not wait for it; audit-1 (on aud2) goes on
 # taking every event, and the shard's outbox keeps them for audit-0.
@@ -131,7 +139,7 @@ q account show CUT-OFF-1 >/dev/null 2>&1
 rc=$?
 set -e
 [ "$rc" -ne 0 ] || fail "the write refused by the cut-off replica exists after healing"
-nsx_invariants $((2 * LOADS + LOADS / 2 + DELAYED_LOADS))
+nsx_invariants $((2 * LOADS + LOADS / 2 + delayed_loads))
 
 # 6. Both witnesses hold the shard's every event, 1..N without a hole, the same ones, and the
 # signer's events too; each log verifies (qcctl audit verify on a consistent copy).
@@ -154,4 +162,4 @@ n=$(wc -l <"$X/seqs-audit-0")
 assert_eq "audit-0's shard events are 1..N" "$(seq 1 "$n" | md5sum)" "$(md5sum <"$X/seqs-audit-0")"
 assert_eq "audit-1 holds the same shard events as audit-0" "$(md5sum <"$X/seqs-audit-0")" "$(md5sum <"$X/seqs-audit-1")"
 nsx_log "FIGURE both witnesses hold shard events 1..$n and verify"
-nsx_log "PASS"
+nsx_log "PASS$step2"
