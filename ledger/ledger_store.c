@@ -540,12 +540,6 @@ static ledger_index_load_t store_index_of_msg(const uint8_t *txn_id, const Qcled
     return l;
 }
 
-static bool store_index_same(const ledger_index_load_t *a, const ledger_index_load_t *b)
-{
-    return a->created_ms == b->created_ms && strcmp(a->device_id, b->device_id) == 0 &&
-           strcmp(a->account_id, b->account_id) == 0;
-}
-
 /* A stored load's record (checked, and kept whole: a load is small beside a page) or NULL when
  * there is none. The caller frees *out. Returns 0, QC_ECORRUPT, QC_EDECODE, QC_EIO. */
 static int store_load_old(ledger_store_t *store, MDB_txn *txn, const uint8_t *txn_id,
@@ -670,27 +664,31 @@ int ledger_store_load_put(ledger_store_t *store, MDB_txn *txn, const ledger_load
     assert(load->report_len <= LEDGER_SIGNED_MAX);
     /* The indexes change in this transaction with the record (ledger_store_index.h): a new
      * load gets its entries; a rewrite that keeps device, account and creation time (every
-     * state change) leaves them; one that changes them moves them. */
-    Qcledger__Load *old = NULL;
-    int rc = store_load_old(store, txn, load->txn_id, &old);
-    if (rc != 0)
-        return rc;
-    ledger_index_load_t was, now = store_index_of(load);
-    bool moved = old == NULL;
-    if (old != NULL) {
-        was = store_index_of_msg(load->txn_id, old);
-        moved = !store_index_same(&was, &now);
-        if (moved)
-            rc = ledger_index_del(txn, &store->dbi[DBI_LOADS_BY_TIME], &was);
+     * state change) leaves them; one that changes them moves them. A state change is told
+     * cheaply, by its entries being there already (three lookups, not a parse of the old
+     * record): while the indexes agree with the loads, which the scrub checks, a load's entries
+     * exist only for its own device, account and time. Only otherwise is the old record read,
+     * to take its entries away (and a load whose entries went missing gets them back). */
+    ledger_index_load_t now = store_index_of(load);
+    const MDB_dbi *idx = &store->dbi[DBI_LOADS_BY_TIME];
+    unsigned missing = 0;
+    int rc = ledger_index_missing(txn, idx, &now, &missing);
+    if (rc == 0 && missing > 0) {
+        Qcledger__Load *old = NULL;
+        rc = store_load_old(store, txn, load->txn_id, &old);
+        if (rc == 0 && old != NULL) {
+            ledger_index_load_t was = store_index_of_msg(load->txn_id, old);
+            rc = ledger_index_del(txn, idx, &was);
+        }
+        qcledger__load__free_unpacked(old, NULL);
     }
-    qcledger__load__free_unpacked(old, NULL);
     if (rc != 0)
         return rc;
     Qcledger__Load m;
     ledger_store_load_view(load, &m);
     rc = store_put_msg(store, txn, DBI_LOADS, load->txn_id, LEDGER_TXN_ID_SIZE, &m.base, 0);
-    if (rc == 0 && moved)
-        rc = ledger_index_put(txn, &store->dbi[DBI_LOADS_BY_TIME], &now);
+    if (rc == 0 && missing > 0)
+        rc = ledger_index_put(txn, idx, &now);
     return rc;
 }
 
