@@ -730,12 +730,25 @@ int ledger_fsm_repair(ledger_fsm_t *f, const uint8_t *snap, size_t len)
     int rc = snap_header_check(f, snap, len, &h);
     if (rc != 0)
         return rc;
-    if (h.index < f->stats.diverged_index || h.index < f->stats.diverged_passed)
-        return QC_ESTALE; /* it must hold every entry libraft counts as applied here */
+    if (h.index < f->stats.diverged_index)
+        return QC_ESTALE;
+    /* Entries this follower passed unapplied past the snapshot's index must apply after it:
+     * libraft's applied index goes back to the snapshot's, and it applies them again from its
+     * own log (they are in it: no libraft snapshot is taken while diverged, so nothing after
+     * the diverged index was compacted; checked against the log's first index). */
+    bool rewind = f->raft != NULL && h.index < raft_last_applied(f->raft);
+    if (rewind && (h.index < f->raft->log.offset || h.index > f->raft->commit_index))
+        return QC_ESTALE;
     bool replaced = false;
     if ((rc = restore(f, snap, len, &replaced, true)) != 0)
         return rc;
     assert(replaced);
+    if (rewind) {
+        ops_logf(OPS_LOG_INFO, "ledger.fsm_rewound",
+                 "entries %llu..%llu passed while diverged apply again from the log",
+                 (unsigned long long)h.index + 1, (unsigned long long)raft_last_applied(f->raft));
+        f->raft->last_applied = h.index;
+    }
     f->stats.diverged = false;
     f->stats.diverged_passed = 0;
     f->stats.apply_error = 0; /* the reason apply failed is gone: the next entry applies */
@@ -848,8 +861,9 @@ static int fsm_apply_cb(struct raft_fsm *rf, const struct raft_buffer *buf, void
         /* A diverged follower passes the entry without applying it (its state is to be
          * replaced whole), rather than fail: libraft makes a follower whose apply fails on a
          * heartbeat unavailable for the process's life, and this one's log and votes are
-         * sound. The rebuild's snapshot must then reach past every entry passed
-         * (ledger_fsm_repair), so none is lost; /healthz says why it does not apply. */
+         * sound. The rebuild applies again, from the log, every entry passed after its
+         * snapshot's index (ledger_fsm_repair), so none is lost; /healthz says why it does
+         * not apply meanwhile. */
         f->stats.diverged_passed = index;
         f->result->skipped = true;
         *result = f->result;

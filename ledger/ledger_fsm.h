@@ -157,10 +157,14 @@ QC_MUST_CHECK int ledger_fsm_restore(ledger_fsm_t *fsm, const uint8_t *snap, siz
  * index. Through libraft (the raft callback) a diverged follower passes each entry instead,
  * unapplied (stats.diverged_passed: libraft would make a follower whose apply fails
  * unavailable), and takes no snapshot (RAFT_BUSY); a diverged leader's apply fails. The
- * snapshot must be at or past the index that diverged and every index passed (entries up to
- * its index are then skipped). The raft log and vote are kept: only the state is rebuilt, so
- * the replica goes on under its own id without breaking Raft's rules.
- * Returns 0 (diverged is cleared), QC_ESTALE (a snapshot before those indexes),
+ * snapshot must be at or past the index that diverged (entries up to its index are then
+ * skipped); when it is before the last entry passed, libraft's applied index is set back to
+ * the snapshot's, so the entries after it apply again from this replica's own log (which
+ * holds them: nothing after the diverged index is compacted while diverged). The raft log and
+ * vote are kept: only the state is rebuilt, so the replica goes on under its own id without
+ * breaking Raft's rules.
+ * Returns 0 (diverged is cleared), QC_ESTALE (a snapshot before the diverged index, or one
+ * whose following entries are no longer in the log),
  * QC_ESTATE (not diverged), and the errors of ledger_fsm_restore. */
 QC_MUST_CHECK int ledger_fsm_repair(ledger_fsm_t *fsm, const uint8_t *snap, size_t len);
 

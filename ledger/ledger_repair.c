@@ -175,7 +175,7 @@ static void *fetch_main(void *arg)
     repair_fetch_t *f = arg;
     uint64_t end_ms = ops_time_mono_ms() + LEDGER_REPAIR_FETCH_MS;
     f->rc = QC_EUNAVAIL;
-    snprintf(f->why, sizeof f->why, "no other replica is known");
+    snprintf(f->why, sizeof f->why, "no follower other than this one is known");
     for (size_t i = 0; i < f->n && !atomic_load(&f->stop); i++) {
         proto_rpc_client_config_t cfg = {.service = "ledger",
                                          .endpoints = f->endpoints[i],
@@ -216,8 +216,8 @@ static void fetch_free(repair_fetch_t **f_p)
 
 /* ------------------------------------------------------------ the diverged side */
 
-/* Every other replica of the configuration whose endpoint the peer table knows; the leader
- * last (it refuses: a follower that agreed with it is the source). */
+/* Every other replica of the configuration whose endpoint the peer table knows, but the
+ * leader it knows (which refuses: a follower that agreed with it is the source). */
 static size_t fetch_sources(ledger_repair_t *r, repair_fetch_t *f)
 {
     struct raft *rf = ledger_replica_raft(r->replica);
@@ -225,16 +225,14 @@ static size_t fetch_sources(ledger_repair_t *r, repair_fetch_t *f)
     const char *ep = NULL;
     uint64_t leader = ledger_replica_leader(r->replica, &ep);
     size_t n = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        for (unsigned i = 0; i < rf->configuration.n && n < LEDGER_REPLICAS_MAX; i++) {
-            uint64_t id = rf->configuration.servers[i].id;
-            const ledger_replica_peer_t *p = ledger_replica_peer(r->replica, id);
-            if (id == self || p == NULL || (id == leader) != (pass == 1))
-                continue;
-            f->ids[n] = id;
-            snprintf(f->endpoints[n], sizeof f->endpoints[n], "%s", p->endpoint);
-            n++;
-        }
+    for (unsigned i = 0; i < rf->configuration.n && n < LEDGER_REPLICAS_MAX; i++) {
+        uint64_t id = rf->configuration.servers[i].id;
+        const ledger_replica_peer_t *p = ledger_replica_peer(r->replica, id);
+        if (id == self || id == leader || p == NULL)
+            continue;
+        f->ids[n] = id;
+        snprintf(f->endpoints[n], sizeof f->endpoints[n], "%s", p->endpoint);
+        n++;
     }
     return n;
 }
@@ -284,7 +282,10 @@ static void fetch_finish(ledger_repair_t *r, uint64_t mono_ms)
         rc = ledger_fsm_repair(r->fsm, f->snap, f->len);
         if (rc != 0)
             snprintf(f->why, sizeof f->why, "replica %" PRIu64 "'s snapshot at %" PRIu64 ": %s",
-                     f->source_id, f->index, qc_strerror(rc));
+                     f->source_id, f->index,
+                     rc == QC_ESTALE ? "before the diverged index, or its next entries are no "
+                                       "longer in this replica's log"
+                                     : qc_strerror(rc));
     }
     if (rc == 0) {
         /* Every record was replaced: none of the corrupt ones is left. */
