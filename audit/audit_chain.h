@@ -53,8 +53,11 @@
 _Static_assert(AUDIT_RECORD_MAX < PROTO_RPC_FRAME_MAX, "an entry travels whole in one RPC frame");
 _Static_assert(PROTO_TXN_ID_SIZE <= AUDIT_TXN_ID_MAX, "every load's txn id can be indexed");
 
-/* The source name of audit's own entries (checkpoints) and their type. */
+/* The source name of audit's own entries (checkpoints) and their type, and the prefix of
+ * the sources the relay writes for the ledgers' outboxes (audit_relay.h); no caller may use
+ * either. */
 #define AUDIT_SOURCE_SELF "audit"
+#define AUDIT_SOURCE_RELAY_PREFIX "ledger-"
 #define AUDIT_TYPE_CHECKPOINT "audit.checkpoint"
 
 /* One entry. Byte fields are borrowed views (into a stored value, or the caller's data);

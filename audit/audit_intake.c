@@ -14,7 +14,6 @@
 #include "ops_signal.h"
 #include "ops_time.h"
 #include "proto_decode.h"
-#include "proto_id.h"
 #include "qc_error.h"
 
 /* intake_decode()'s answer for a read method (audit_proof.h): no event, answered after the
@@ -109,41 +108,11 @@ int audit_intake_new(const audit_intake_config_t *cfg, audit_intake_t **out)
     return 0;
 }
 
-/* Checks one event's fields; on success fills ev (borrowing from m). */
-static int intake_check(const Qcaudit__AppendRequest *m, audit_event_t *ev)
-{
-    if (m->source == NULL || m->type == NULL || m->source[0] == '\0' || m->type[0] == '\0' ||
-        m->source_seq == 0)
-        return QC_EMISSING;
-    if (strcmp(m->source, AUDIT_SOURCE_SELF) == 0 ||
-        strncmp(m->source, AUDIT_RELAY_SOURCE_PREFIX, strlen(AUDIT_RELAY_SOURCE_PREFIX)) == 0)
-        return QC_EDENIED;
-    size_t sl = strlen(m->source), tl = strlen(m->type);
-    if (sl > AUDIT_SOURCE_MAX || tl > AUDIT_TYPE_MAX || m->txn_id.len > AUDIT_TXN_ID_MAX ||
-        m->payload.len > AUDIT_PAYLOAD_MAX)
-        return QC_ETOOBIG;
-    if (proto_id_check_len(m->source, sl, AUDIT_SOURCE_MAX, PROTO_ID_VISIBLE) != 0 ||
-        proto_id_check_len(m->type, tl, AUDIT_TYPE_MAX, PROTO_ID_VISIBLE) != 0 ||
-        (m->txn_id.len != 0 && m->txn_id.len != PROTO_TXN_ID_SIZE))
-        return QC_EINVAL;
-    *ev = (audit_event_t){
-        .source = m->source,
-        .source_seq = m->source_seq,
-        .type = m->type,
-        .txn_id = m->txn_id.data,
-        .txn_id_len = m->txn_id.len,
-        .payload = m->payload.data,
-        .payload_len = m->payload.len,
-        .time_ms = m->time_ms,
-    };
-    return 0;
-}
-
 /* Adds item k for event m: its own code, and the event when it passed its checks. */
 static void intake_item(audit_intake_t *in, size_t k, const Qcaudit__AppendRequest *m, size_t *ne)
 {
     assert(k < AUDIT_INTAKE_EVENTS_MAX);
-    in->item_code[k] = intake_check(m, &in->events[*ne]);
+    in->item_code[k] = audit_frame_check(m, &in->events[*ne]);
     if (in->item_code[k] == 0)
         in->item_event[k] = (*ne)++;
 }
@@ -159,30 +128,19 @@ static int intake_decode(audit_intake_t *in, size_t i, size_t *ni, size_t *ne)
         return INTAKE_READ;
     ops_counter_add(in->m_frames, 1);
     if (strcmp(req->method, AUDIT_INTAKE_METHOD) == 0) {
-        Qcaudit__AppendRequest *m = qcaudit__append_request__unpack(NULL, req->body_len, req->body);
-        if (m == NULL)
-            return QC_EDECODE;
-        in->msgs[i] = m;
-        /* Canonical input only: a NUL inside a string would be cut short by protobuf-c. */
-        if (qcaudit__append_request__get_packed_size(m) != req->body_len)
-            return QC_EDECODE;
-        intake_item(in, (*ni)++, m, ne);
+        int rc = audit_frame_decode_one(req->body, req->body_len, &in->msgs[i]);
+        if (rc != 0)
+            return rc;
+        intake_item(in, (*ni)++, in->msgs[i], ne);
         in->item_count[i] = 1;
         return 0;
     }
     if (strcmp(req->method, AUDIT_INTAKE_BATCH_METHOD) != 0)
         return QC_EMETHOD;
-    Qcaudit__AppendBatchRequest *b =
-        qcaudit__append_batch_request__unpack(NULL, req->body_len, req->body);
-    if (b == NULL)
-        return QC_EDECODE;
-    in->bms[i] = b;
-    if (qcaudit__append_batch_request__get_packed_size(b) != req->body_len)
-        return QC_EDECODE;
-    if (b->n_events == 0)
-        return QC_EMISSING;
-    if (b->n_events > AUDIT_INTAKE_FRAME_EVENTS_MAX)
-        return QC_ETOOBIG;
+    int rc = audit_frame_decode_batch(req->body, req->body_len, &in->bms[i]);
+    if (rc != 0)
+        return rc;
+    const Qcaudit__AppendBatchRequest *b = in->bms[i];
     for (size_t e = 0; e < b->n_events; e++)
         intake_item(in, (*ni)++, b->events[e], ne);
     in->item_count[i] = b->n_events;

@@ -9,11 +9,11 @@
  * after the commit. A refused event gets its own error code: QC_EDECODE (body
  * not a canonical AppendRequest), QC_EINVAL / QC_ETOOBIG (a field out of its limits),
  * QC_EDENIED (source "audit" or "ledger-*": those are audit's and the relay's own),
- * QC_EMETHOD (another method); in a frame of "append_batch" such a refusal is that event's
- * result and the others are appended, and a frame that is not a canonical AppendBatchRequest,
- * holds no event (QC_EMISSING) or too many (QC_ETOOBIG) is refused whole. A failed commit
- * answers every request holding one of its events with its code (QC_EFULL, QC_EIO), and the
- * caller resends (the same source_seqs: deduplicated).
+ * QC_EMETHOD (another method; the checks are audit_frame.h's); in a frame of "append_batch" such a
+ * refusal is that event's result and the others are appended, and a frame that is not a canonical
+ * AppendBatchRequest, holds no event (QC_EMISSING) or too many (QC_ETOOBIG) is refused whole. A
+ * failed commit answers every request holding one of its events with its code (QC_EFULL, QC_EIO),
+ * and the caller resends (the same source_seqs: deduplicated).
  *
  * The read methods of audit_proof.h ("tree_head", "prove", "consistency") are served by the
  * same socket to the same callers (a gateway forwards its devices' requests), answered after
@@ -25,13 +25,14 @@
 
 #include <stdint.h>
 
+#include "audit_frame.h"
 #include "audit_store.h"
 #include "proto_rpc.h"
 #include "qc_error.h"
 
 #define AUDIT_INTAKE_METHOD "append"
 #define AUDIT_INTAKE_BATCH_METHOD "append_batch"
-#define AUDIT_INTAKE_FRAME_EVENTS_MAX 256 /* events of one append_batch frame */
+#define AUDIT_INTAKE_FRAME_EVENTS_MAX AUDIT_FRAME_EVENTS_MAX
 
 typedef struct audit_intake audit_intake_t;
 

@@ -34,7 +34,7 @@
 #define AUDIT_RELAY_LAG_WARN 100000       /* outbox depth that is logged as a warning */
 #define AUDIT_RELAY_REWIND_CHECK_MS 10000 /* a shard's held events compared with the log's */
 #define AUDIT_RELAY_BATCH_MAX PROTO_OUTBOX_READ_MAX /* events per outbox_read */
-#define AUDIT_RELAY_SOURCE_PREFIX "ledger-"
+#define AUDIT_RELAY_SOURCE_PREFIX AUDIT_SOURCE_RELAY_PREFIX
 #define AUDIT_RELAY_CONSUMER_MAX 32 /* a witness's name on the ledgers' audit_consumers */
 
 typedef struct audit_relay audit_relay_t;
