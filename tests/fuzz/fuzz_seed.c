@@ -15,6 +15,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "audit.pb-c.h"
 #include "audit_chain.h"
 #include "card.pb-c.h"
 #include "card_store.h"
@@ -596,6 +597,70 @@ static void make_audit(void)
     FUZZ_CHECK(fclose(f) == 0);
 }
 
+/* ------------------------------------------------------------ audit frames */
+
+/* One event of the frames below, as a signer or a gateway raises it (proto_audit). */
+static void audit_frame_event(Qcaudit__AppendRequest *m, const char *source, uint64_t seq,
+                              const char *type, bool txn, proto_type_t payload)
+{
+    qcaudit__append_request__init(m);
+    m->source = (char *)source;
+    m->source_seq = seq;
+    m->type = (char *)type;
+    m->txn_id.data = txn ? SIXTEEN : NULL;
+    m->txn_id.len = txn ? sizeof(SIXTEEN) : 0;
+    m->time_ms = UINT64_C(1765000000000) + seq;
+    m->payload.data = envelopes[payload];
+    m->payload.len = envelope_lens[payload];
+}
+
+static void seed_audit_frame(Qcaudit__AppendRequest *events, size_t n)
+{
+    Qcaudit__AppendRequest *ptrs[8];
+    FUZZ_CHECK(n <= sizeof ptrs / sizeof ptrs[0]);
+    for (size_t i = 0; i < n; i++)
+        ptrs[i] = &events[i];
+    Qcaudit__AppendBatchRequest b = QCAUDIT__APPEND_BATCH_REQUEST__INIT;
+    b.n_events = n;
+    b.events = ptrs;
+    seed_msg("audit_frame", &b.base);
+}
+
+/* Frames as proto_audit sends them: a signer's two events per load, a gateway's refusal
+ * event, and frames where one event is refused alone (a reserved source, a short txn_id, no
+ * source_seq) among good ones; the lone "append" body too. */
+static void make_audit_frame(void)
+{
+    Qcaudit__AppendRequest ev[6];
+    audit_frame_event(&ev[0], "signer-0", 1, "sign.load_allow", true, PROTO_TYPE_LOAD_ALLOW);
+    seed_msg("audit_frame", &ev[0].base);
+    seed_audit_frame(ev, 1);
+    audit_frame_event(&ev[1], "signer-0", 2, "sign.load_outcome", true, PROTO_TYPE_LOAD_OUTCOME);
+    seed_audit_frame(ev, 2);
+    audit_frame_event(&ev[2], "gateway-0", 7, "security.bad_device_signature", false,
+                      PROTO_TYPE_LOAD_REQUEST);
+    audit_frame_event(&ev[3], AUDIT_SOURCE_SELF, 3, "sign.load_allow", true, PROTO_TYPE_LOAD_ALLOW);
+    seed_audit_frame(ev, 4);
+    audit_frame_event(&ev[4], "ledger-0", 4, "sign.load_allow", false, PROTO_TYPE_LOAD_ALLOW);
+    ev[4].txn_id.data = SIXTEEN;
+    ev[4].txn_id.len = 8;
+    audit_frame_event(&ev[5], "signer-1", 0, "sign.unknown", false, PROTO_TYPE_LOAD_OUTCOME);
+    seed_audit_frame(&ev[2], 4);
+
+    const ProtobufCMessageDescriptor *descs[] = {&qcaudit__append_batch_request__descriptor};
+    dict_proto("audit_frame", descs, 1);
+    char path[FUZZ_PATH_MAX];
+    snprintf(path, sizeof path, "%s/dict/audit_frame.dict", outdir);
+    FILE *f = fopen(path, "a");
+    FUZZ_CHECK(f != NULL);
+    static const char *const words[] = {"signer-0",        "gateway-0",
+                                        AUDIT_SOURCE_SELF, AUDIT_SOURCE_RELAY_PREFIX,
+                                        "sign.load_allow", "security.sign_refused"};
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        dict_word(f, words[i]);
+    FUZZ_CHECK(fclose(f) == 0);
+}
+
 /* ------------------------------------------------------------ config */
 
 static void make_config(void)
@@ -776,6 +841,7 @@ int main(int argc, char **argv)
     make_rpc();
     make_families();
     make_audit();
+    make_audit_frame();
     make_merkle();
     make_apdu();
     make_config();
