@@ -911,6 +911,12 @@ static int status_fill(ledger_service_t *svc, MDB_txn *txn, Qcledger__ShardStatu
     r->role = role_of(state);
     ledger_fsm_stats_t fst;
     ledger_fsm_stats(svc->fsm, &fst);
+    /* Entries that change no state (configuration, barriers) never reach the state machine,
+     * so the applied index in LMDB stays behind libraft's after them: a healthy replica says
+     * libraft's, lest an idle group show a lag that no apply will close. */
+    uint64_t raft_applied = raft_last_applied(rf);
+    if (!fst.diverged && fst.apply_error == 0 && raft_applied > applied)
+        r->applied_index = raft_applied;
     r->diverged = fst.diverged;
     r->diverged_index = fst.diverged_index;
     r->digest_checks = fst.digest_checks;
