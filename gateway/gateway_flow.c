@@ -31,6 +31,7 @@
 #include <zmq.h>
 
 #include "proto_audit.h"
+#include "gateway_conns.h"
 #include "gateway_trust.h"
 #include "gateway_verify.h"
 #include "ledger.pb-c.h"
@@ -45,9 +46,13 @@
 
 #define GATEWAY_ENDPOINTS_TEXT_MAX 4096 /* one shard's endpoint list, as configured */
 #define GATEWAY_POLLITEMS_MAX                                                                      \
-    (1 + (GATEWAY_SHARDS_MAX + 1) * PROTO_RPC_ENDPOINTS_MAX + PROTO_AUDIT_POLLITEMS_MAX)
+    (2 + (GATEWAY_SHARDS_MAX + 1) * PROTO_RPC_ENDPOINTS_MAX + PROTO_AUDIT_POLLITEMS_MAX)
 #define GATEWAY_RECV_BATCH_MAX 256 /* device requests taken per loop turn */
 #define GATEWAY_MESSAGE_MAX 128    /* a refusal's words for the device */
+/* QC_EBUSY's words on a connection over max_connections (PROTOCOL.md section 7). */
+#define GATEWAY_CONNECTION_LIMIT_MESSAGE                                                           \
+    "the gateway is at its connection limit: this connection will be closed; reconnect "           \
+    "after a back-off, or use another gateway"
 
 typedef enum gateway_stage {
     GATEWAY_OP_FREE = 0,
@@ -72,6 +77,7 @@ struct gateway {
     proto_trust_t *trust_report;
     gateway_certcache_t *report_certs;
     proto_rpc_server_t *server;
+    gateway_conns_t *conns; /* the device connections' bound */
     proto_rpc_client_t *shards[GATEWAY_SHARDS_MAX];
     proto_audit_t *audit;
     proto_rpc_client_t *audit_reader; /* receipts: NULL when no audit is configured */
@@ -399,12 +405,15 @@ static void gateway_accept(gateway_t *gw, proto_rpc_request_t *req)
     /* Receipts wait, like new loads, when only the reports' reserve is left. */
     bool is_load = strcmp(req->method, "load") == 0;
     bool is_receipt = gateway_is_receipt(req->method);
+    bool over = gateway_conns_admit(gw->conns, req->fd, ops_time_mono_ns() / 1000000u) ==
+                GATEWAY_CONNS_BUSY;
     gateway_op_t *op = NULL;
-    if ((!is_load && !is_receipt) || gw->free_count > GATEWAY_OPS_REPORT_RESERVE)
+    if (!over && ((!is_load && !is_receipt) || gw->free_count > GATEWAY_OPS_REPORT_RESERVE))
         op = gateway_op_new(gw, req);
     if (op == NULL) {
         ops_counter_add(gw->m_busy, 1);
-        int rc = proto_rpc_server_reply(gw->server, req, QC_EBUSY, NULL, NULL, 0);
+        int rc = proto_rpc_server_reply(gw->server, req, QC_EBUSY,
+                                        over ? GATEWAY_CONNECTION_LIMIT_MESSAGE : NULL, NULL, 0);
         if (rc != 0)
             ops_log_limited(OPS_LOG_WARN, "gateway.reply_failed", NULL, "error", qc_errname(rc),
                             NULL);
@@ -451,6 +460,14 @@ int gateway_run(gateway_t *gw)
         int t = proto_audit_next_timeout_ms(gw->audit);
         if (t >= 0 && t < timeout)
             timeout = t;
+        items[n].socket = gateway_conns_socket(gw->conns);
+        items[n].fd = 0;
+        items[n].events = ZMQ_POLLIN;
+        items[n].revents = 0;
+        n++;
+        t = gateway_conns_next_timeout_ms(gw->conns, ops_time_mono_ns() / 1000000u);
+        if (t >= 0 && t < timeout)
+            timeout = t;
         if (zmq_poll(items, n, timeout) < 0) {
             if (errno == EINTR)
                 continue;
@@ -459,6 +476,8 @@ int gateway_run(gateway_t *gw)
             ops_log(OPS_LOG_ERROR, "gateway.poll_failed", "errno", zmq_strerror(errno), NULL);
             return QC_EIO;
         }
+        /* Before the calls: a connection is known to be in or over before its first call. */
+        gateway_conns_process(gw->conns, ops_time_mono_ns() / 1000000u);
         if (items[0].revents & ZMQ_POLLIN) {
             for (int i = 0; i < GATEWAY_RECV_BATCH_MAX; i++) {
                 proto_rpc_request_t *req = NULL;
@@ -594,6 +613,11 @@ int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t **out)
     };
     if ((rc = proto_rpc_server_new(ctx, &srv, &gw->server)) != 0)
         goto err;
+    rc = gateway_conns_new(
+        ctx, proto_rpc_server_socket(gw->server),
+        cfg->max_connections > 0 ? cfg->max_connections : GATEWAY_CONNECTIONS_DEFAULT, &gw->conns);
+    if (rc != 0)
+        goto err;
     *out = gw;
     return 0;
 err:
@@ -615,6 +639,7 @@ void gateway_destroy(gateway_t **gw_p)
     for (int i = 0; i < GATEWAY_OPS_MAX; i++) {
         proto_rpc_request_destroy(&gw->ops[i].req);
     }
+    gateway_conns_destroy(&gw->conns); /* its monitor is on the server's socket */
     proto_rpc_server_destroy(&gw->server);
     proto_audit_destroy(&gw->audit);
     proto_rpc_client_destroy(&gw->audit_reader);

@@ -42,6 +42,9 @@ typedef struct gateway_config {
     const char *audit;      /* audit endpoints for security events, NULL = log only */
     const char *audit_key;  /* audit's CURVE public key */
     const char *source;     /* this gateway's name in the audit log ("gateway-0") */
+    /* Device connections served at once (gateway_conns.h); 0 = GATEWAY_CONNECTIONS_DEFAULT.
+     * Calls on connections over it are answered QC_EBUSY and the connections closed. */
+    int64_t max_connections;
 } gateway_config_t;
 
 typedef struct gateway gateway_t;
@@ -55,7 +58,7 @@ QC_MUST_CHECK int gateway_new(void *ctx, const gateway_config_t *cfg, gateway_t 
  * dropped: every one of them is safe to retry by the device. Returns 0 or QC_EIO. */
 QC_MUST_CHECK int gateway_run(gateway_t *gw);
 
-/* True when the gateway can serve: used by /healthz. */
+/* Device calls in flight. */
 int gateway_inflight(const gateway_t *gw);
 
 /* False, with why, while the gateway's audit events are shed or wait in a full queue

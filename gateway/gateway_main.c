@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "gateway_conns.h"
 #include "gateway_flow.h"
 #include "gateway_service.h"
 #include "ops_config.h"
@@ -16,6 +17,8 @@
 #include "qc_error.h"
 
 #define GATEWAY_RPC_TIMEOUT_MS_MAX INT32_MAX /* handed to the RPC client as an int */
+#define GATEWAY_STR_(x) #x
+#define GATEWAY_STR(x) GATEWAY_STR_(x) /* a limit's default, as config text */
 
 /* crl_stale is a policy word: refuse or accept. */
 static bool gateway_check_crl_stale(const char *value, char *why, size_t why_cap)
@@ -47,6 +50,10 @@ static const ops_config_key_t gateway_keys[] = {
      .check = ops_config_check_endpoints},
     {"audit_key", OPS_CONFIG_STRING, NULL, "the audit service's CURVE public key (Z85)",
      .check = ops_config_check_curve_key},
+    {"max_connections", OPS_CONFIG_INT, GATEWAY_STR(GATEWAY_CONNECTIONS_DEFAULT),
+     "device connections served at once; calls on more are answered QC_EBUSY and those "
+     "connections closed (needs this many descriptors plus 256)",
+     .min = 1, .max = GATEWAY_CONNECTIONS_MAX},
 };
 
 static const ops_service_spec_t gateway_spec = {

@@ -8,6 +8,7 @@
 
 #include <zmq.h>
 
+#include "gateway_conns.h"
 #include "gateway_flow.h"
 #include "ops_log.h"
 #include "proto_cert.h"
@@ -54,6 +55,14 @@ static int gateway_service_precheck(const ops_config_t *cfg)
     const char *audit = gateway_nonempty(ops_config_str(cfg, "audit"));
     if (audit != NULL && gateway_nonempty(ops_config_str(cfg, "audit_key")) == NULL) {
         gateway_config_error("audit_key", NULL, "required when audit is set");
+        return QC_ECONFIG;
+    }
+    int64_t max_connections = ops_config_int(cfg, "max_connections");
+    char why[160];
+    if (gateway_conns_check_fds(max_connections, why, sizeof why) != 0) {
+        char value[24];
+        snprintf(value, sizeof value, "%lld", (long long)max_connections);
+        gateway_config_error("max_connections", value, why);
         return QC_ECONFIG;
     }
     const char *ca = ops_config_str(cfg, "ca");
@@ -108,6 +117,7 @@ static int gateway_service_start(gateway_service_t *svc, const ops_config_t *cfg
         .audit = gateway_nonempty(ops_config_str(cfg, "audit")),
         .audit_key = gateway_nonempty(ops_config_str(cfg, "audit_key")),
         .source = source,
+        .max_connections = ops_config_int(cfg, "max_connections"),
     };
     rc = gateway_new(svc->ctx, &gc, &svc->gw);
     proto_curve_keypair_wipe(&keys);

@@ -247,6 +247,7 @@ static int rpc_server_recv_one(proto_rpc_server_t *srv, proto_rpc_request_t **ou
     if (m->body.len > 0)
         memcpy(req->body, m->body.data, m->body.len);
     req->body_len = m->body.len;
+    req->fd = zmq_msg_get(&body, ZMQ_SRCFD);
     *out = req;
     req = NULL;
     rc = 0;

@@ -55,6 +55,9 @@ typedef struct proto_rpc_request {
     uint64_t deadline_mono_ms;
     uint8_t *body; /* owned; may be NULL when body_len is 0 */
     size_t body_len;
+    /* The descriptor of the connection the call came on (libzmq's ZMQ_SRCFD), -1 when
+     * unknown: what a socket monitor's events name (the gateway's connection bound). */
+    int fd;
 } proto_rpc_request_t;
 
 /* Creates a server in zmq context ctx (not owned): starts its ZAP handler, configures CURVE

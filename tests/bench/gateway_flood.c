@@ -7,7 +7,9 @@
  * ZMTP greeting cut short, and bytes that are no ZMTP at all (an HTTP request). The round holds
  * them for --hold-ms, closes them all, then waits --settle-ms and reads the gateway's RSS again.
  * Every CURVE call is tallied by the code it was answered with (QC_EBUSY when the gateway is at its
- * connection limit), or as no reply.
+ * connection limit), or as no reply. With --early N, N more CURVE clients connect and are
+ * answered before the flood, then call again a quarter into the hold: being within the bound,
+ * they must be served (early_answered, early_busy).
  *
  * One line per round on stdout:
  *   round=1 connections=5000 connected=5000 rss_before_kb=.. rss_peak_kb=.. rss_after_kb=..
@@ -39,6 +41,7 @@
 
 #define GATEWAY_FLOOD_CONNECTIONS_MAX 20000
 #define GATEWAY_FLOOD_ROUNDS_MAX 10
+#define GATEWAY_FLOOD_EARLY_MAX 1000
 #define GATEWAY_FLOOD_MS_MAX 600000 /* longest hold or settle */
 #define GATEWAY_FLOOD_SAMPLE_MS 100 /* RSS sampling step */
 #define GATEWAY_FLOOD_RAW_KINDS 3   /* idle, partial, bad */
@@ -60,6 +63,7 @@ typedef struct flood_opts {
     long pid;
     long call_timeout_ms;
     long curve_every;
+    long early; /* CURVE clients connected before the flood, calling again during it */
 } flood_opts_t;
 
 typedef struct flood_conn {
@@ -141,12 +145,21 @@ static void flood_send_raw(flood_conn_t *c)
     c->sent = true;
 }
 
+/* Sends c's call ("load", empty: refused at once by a gateway that serves it). */
+static int flood_call(const flood_opts_t *o, flood_conn_t *c)
+{
+    uint64_t id = 0;
+    c->done = false;
+    return proto_rpc_client_send(c->cli, "load", NULL, 0, (int)o->call_timeout_ms, 0, c, &id);
+}
+
+/* Opens connection i of a round (i < 0: an early client, always CURVE). */
 static int flood_open(const flood_opts_t *o, void *ctx, const struct sockaddr_in *sa, long i,
                       flood_conn_t *c)
 {
     memset(c, 0, sizeof *c);
     c->fd = -1;
-    c->kind = i % o->curve_every == o->curve_every - 1
+    c->kind = i < 0 || i % o->curve_every == o->curve_every - 1
                   ? FLOOD_CURVE
                   : (flood_kind_t)(i % GATEWAY_FLOOD_RAW_KINDS);
     if (c->kind == FLOOD_CURVE) {
@@ -161,8 +174,7 @@ static int flood_open(const flood_opts_t *o, void *ctx, const struct sockaddr_in
         proto_curve_keypair_wipe(&kp);
         if (rc != 0)
             return -1;
-        uint64_t id = 0;
-        return proto_rpc_client_send(c->cli, "load", NULL, 0, (int)o->call_timeout_ms, 0, c, &id);
+        return flood_call(o, c);
     }
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0)
@@ -258,7 +270,26 @@ static int flood_round(const flood_opts_t *o, void *ctx, const struct sockaddr_i
         free(items);
         return -1;
     }
-    flood_tally_t t = {0};
+    flood_tally_t t = {0}, te = {0};
+    long ne = o->early;
+    flood_conn_t *early = calloc((size_t)ne + 1, sizeof *early);
+    struct pollfd *epfds = calloc((size_t)ne + 1, sizeof *epfds);
+    zmq_pollitem_t *eitems = calloc((size_t)ne + 1, sizeof *eitems);
+    if (early == NULL || epfds == NULL || eitems == NULL)
+        ne = 0; /* no early clients rather than no round */
+    /* The early clients connect and are answered once before the flood: they are within the
+     * bound, so their calls during the flood must be served. */
+    for (long i = 0; i < ne; i++) {
+        if (flood_open(o, ctx, sa, -1, &early[i]) != 0) {
+            fprintf(stderr, "gateway_flood: early client %ld failed\n", i);
+            ne = i;
+            break;
+        }
+    }
+    uint64_t early_end = ops_time_mono_ns() + (uint64_t)o->call_timeout_ms * 1000000u;
+    while (te.answered + te.noreply < ne && ops_time_mono_ns() < early_end)
+        flood_step(early, ne, epfds, eitems, &te, GATEWAY_FLOOD_SAMPLE_MS);
+    memset(&te, 0, sizeof te);
     long before = flood_status_kb(o->pid, "VmRSS:");
     long peak = before;
     long opened = 0;
@@ -270,20 +301,36 @@ static int flood_round(const flood_opts_t *o, void *ctx, const struct sockaddr_i
         if (conns[i].kind == FLOOD_CURVE)
             t.calls++;
     }
-    uint64_t end = ops_time_mono_ns() + (uint64_t)o->hold_ms * 1000000u;
+    uint64_t start = ops_time_mono_ns();
+    uint64_t end = start + (uint64_t)o->hold_ms * 1000000u;
+    uint64_t early_at = start + (uint64_t)o->hold_ms * 1000000u / 4; /* the flood is up */
+    bool early_sent = false;
     while (ops_time_mono_ns() < end) {
+        if (!early_sent && ops_time_mono_ns() >= early_at) {
+            for (long i = 0; i < ne; i++) {
+                if (flood_call(o, &early[i]) == 0)
+                    te.calls++;
+            }
+            early_sent = true;
+        }
         flood_step(conns, opened, pfds, items, &t, GATEWAY_FLOOD_SAMPLE_MS);
+        flood_step(early, ne, epfds, eitems, &te, 0);
         long rss = flood_status_kb(o->pid, "VmRSS:");
         if (rss > peak)
             peak = rss;
     }
     flood_close_all(conns, opened, &t);
+    flood_close_all(early, ne, &te);
     long after = flood_watch(o->pid, o->settle_ms, &peak);
     printf("round=%ld connections=%ld connected=%ld rss_before_kb=%ld rss_peak_kb=%ld "
-           "rss_after_kb=%ld hwm_kb=%ld calls=%ld answered=%ld busy=%ld noreply=%ld\n",
+           "rss_after_kb=%ld hwm_kb=%ld calls=%ld answered=%ld busy=%ld noreply=%ld "
+           "early_calls=%ld early_answered=%ld early_busy=%ld\n",
            round, opened, t.connected, before, peak, after, flood_status_kb(o->pid, "VmHWM:"),
-           t.calls, t.answered, t.busy, t.noreply);
+           t.calls, t.answered, t.busy, t.noreply, te.calls, te.answered, te.busy);
     fflush(stdout);
+    free(early);
+    free(epfds);
+    free(eitems);
     free(conns);
     free(pfds);
     free(items);
@@ -294,7 +341,8 @@ static int flood_usage(void)
 {
     fprintf(stderr, "usage: gateway_flood --endpoint tcp://127.0.0.1:PORT --server-key Z85 "
                     "--pid PID [--connections 5000] [--rounds 2] [--hold-ms 5000] "
-                    "[--settle-ms 10000] [--call-timeout-ms 4000] [--curve-every 4]\n");
+                    "[--settle-ms 10000] [--call-timeout-ms 4000] [--curve-every 4] "
+                    "[--early 0]\n");
     return 2;
 }
 
@@ -335,6 +383,8 @@ int main(int argc, char **argv)
             ok = flood_long(v, 0, GATEWAY_FLOOD_MS_MAX, &o.hold_ms);
         else if (strcmp(k, "--settle-ms") == 0)
             ok = flood_long(v, 0, GATEWAY_FLOOD_MS_MAX, &o.settle_ms);
+        else if (strcmp(k, "--early") == 0)
+            ok = flood_long(v, 0, GATEWAY_FLOOD_EARLY_MAX, &o.early);
         else if (strcmp(k, "--curve-every") == 0)
             ok = flood_long(v, 1, GATEWAY_FLOOD_CONNECTIONS_MAX, &o.curve_every);
         else if (strcmp(k, "--call-timeout-ms") == 0)
