@@ -264,8 +264,11 @@ static int store_check(ledger_store_t *store, enum store_dbi dbi, const MDB_val 
     char hex[2 * STORE_KEY_HEX_MAX + 1];
     size_t shown = k->mv_size < STORE_KEY_HEX_MAX ? k->mv_size : STORE_KEY_HEX_MAX;
     ops_hex(k->mv_data, shown, hex);
-    ops_log(OPS_LOG_ERROR, "ledger.corrupt_record", "db", store_dbi_names[dbi], "key", hex, "error",
-            "checksum mismatch: the record is not what was written; writes stop", NULL);
+    /* Every read of the record meets it again (the scrub, queries) until a rebuild or a
+     * restore: rate limited per record, with the count of what was held back. */
+    ops_log_limited(OPS_LOG_ERROR, "ledger.corrupt_record", hex, "db", store_dbi_names[dbi], "key",
+                    hex, "error",
+                    "checksum mismatch: the record is not what was written; writes stop", NULL);
     ops_counter_add(store->m_corrupt, 1);
     atomic_store(&store->corrupt, true);
     return QC_ECORRUPT;
@@ -287,7 +290,8 @@ static int store_get_msg(ledger_store_t *store, MDB_txn *txn, enum store_dbi dbi
         return rc;
     *out = protobuf_c_message_unpack(desc, NULL, len, v.mv_data);
     if (*out == NULL) {
-        ops_log(OPS_LOG_ERROR, "ledger.corrupt_record", "db", store_dbi_names[dbi], NULL);
+        ops_log_limited(OPS_LOG_ERROR, "ledger.corrupt_record", store_dbi_names[dbi], "db",
+                        store_dbi_names[dbi], "error", "the record does not decode", NULL);
         return QC_EDECODE;
     }
     return 0;

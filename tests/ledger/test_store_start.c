@@ -320,7 +320,8 @@ static void test_ledger_flipped_balance(void **state)
     char log[LP_PATH_MAX];
     ledger_log(lp, log);
     assert_true(qctest_file_contains(
-        log, "\"event\":\"ledger.corrupt_record\",\"db\":\"accounts\",\"key\":\"414343542d41\""));
+        log, "\"event\":\"ledger.corrupt_record\",\"peer\":\"414343542d41\",\"db\":\"accounts\","
+             "\"key\":\"414343542d41\""));
     /* Restarted with the background scrub on (its default rate) and nothing reading ACCT-A:
      * the scrub finds the record by itself and writes stop. */
     assert_int_not_equal(lp_stop(lp, SIGTERM), -1);
