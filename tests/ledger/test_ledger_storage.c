@@ -6,7 +6,6 @@
  * skipped otherwise. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -26,9 +25,11 @@
 #include "ledger_testkit.h"
 #include "ops_time.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
 #include "qctest_http.h"
 #include "qctest_key.h"
 #include "qctest_port.h"
+#include "qctest_proc.h"
 
 static qctest_ports_t ports;
 #define T_PORT(i) qctest_port(&ports, (i))
@@ -46,25 +47,6 @@ static lp_t lp;
 static bool lp_ready;
 static char data_mount[LP_PATH_MAX + 8];
 
-/* CPU time (user + system) of pid in ms, from /proc. */
-static uint64_t cpu_ms(pid_t pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    assert_non_null(p);
-    unsigned long utime = 0, stime = 0;
-    /* After the command: state (field 3) ... utime (14), stime (15). */
-    int got = sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime);
-    assert_int_equal(got, 2);
-    return (uint64_t)(utime + stime) * 1000u / (uint64_t)sysconf(_SC_CLK_TCK);
-}
-
 static size_t count_lines(const char *path, const char *needle)
 {
     FILE *f = fopen(path, "r");
@@ -75,23 +57,6 @@ static size_t count_lines(const char *path, const char *needle)
         n += needle == NULL || strstr(line, needle) != NULL;
     fclose(f);
     return n;
-}
-
-/* Writes zeros to path until the file system is full. */
-static void fill_disk(const char *path)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fd >= 0);
-    static char block[64 * 1024];
-    for (;;) {
-        ssize_t w = write(fd, block, sizeof block);
-        if (w <= 0)
-            break;
-    }
-    /* The last partial page as well. */
-    while (write(fd, block, 512) > 0)
-        ;
-    close(fd);
 }
 
 static void test_full_disk(void **state)
@@ -131,7 +96,7 @@ static void test_full_disk(void **state)
     tk_request(dev_key, &load, &req, &req_len);
     assert_int_equal(lp_reserve(&lp, req, req_len, &allow, &allow_len), 0);
 
-    fill_disk(filler);
+    assert_int_equal(qctest_fill_disk(filler), 0);
     int rc = 0;
     char id[32];
     for (int i = 0; i < T_OPENS_MAX && rc == 0; i++) {
@@ -142,12 +107,13 @@ static void test_full_disk(void **state)
     /* Idle on the full disk: no spinning, no storm. Measured before anything is asserted, so
      * that the same run against an older qc-ledger prints its figures (issue 21's note). */
     size_t lines_before = count_lines(log, NULL);
-    uint64_t cpu_before = cpu_ms(lp.pid);
+    long long cpu_before = qctest_cpu_ms(lp.pid);
     usleep(T_IDLE_MS * 1000);
-    uint64_t cpu_used = cpu_ms(lp.pid) - cpu_before;
+    long long cpu_used = qctest_cpu_ms(lp.pid) - cpu_before;
+    assert_true(cpu_before >= 0);
     size_t lines = count_lines(log, NULL) - lines_before;
-    print_message("full disk, refused with %s; then idle %d ms: %llu ms of CPU, %zu log lines\n",
-                  qc_errname(rc), T_IDLE_MS, (unsigned long long)cpu_used, lines);
+    print_message("full disk, refused with %s; then idle %d ms: %lld ms of CPU, %zu log lines\n",
+                  qc_errname(rc), T_IDLE_MS, cpu_used, lines);
     /* The cause named: a full disk, not an I/O error. */
     assert_int_equal(rc, QC_ENOSPACE);
     assert_true(cpu_used <= T_IDLE_CPU_MS_MAX);

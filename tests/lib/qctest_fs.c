@@ -80,3 +80,17 @@ bool qctest_file_contains(const char *path, const char *needle)
     free(buf);
     return found;
 }
+
+int qctest_fill_disk(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        return -1;
+    static char block[64 * 1024];
+    while (write(fd, block, sizeof block) > 0)
+        ;
+    while (write(fd, block, 512) > 0) /* the last partial page as well */
+        ;
+    close(fd);
+    return 0;
+}

@@ -32,4 +32,9 @@ long qctest_file_read(const char *path, char *buf, size_t cap);
 /* True when the file at path (its first QCTEST_FILE_MAX bytes) contains needle. */
 bool qctest_file_contains(const char *path, const char *needle);
 
+/* Writes zeros to path (created or truncated) until its file system is full, the last
+ * partial block too: a full disk for a test (on a small tmpfs). Returns 0, or -1 when path
+ * cannot be opened. */
+int qctest_fill_disk(const char *path);
+
 #endif

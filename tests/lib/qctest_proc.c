@@ -138,3 +138,22 @@ int qctest_run_argv(char *const argv[])
     qctest_cmd_t cmd = {.argv = argv};
     return qctest_run(&cmd);
 }
+
+long long qctest_cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    unsigned long utime = 0, stime = 0;
+    /* After the command: state (field 3) ... utime (14), stime (15). */
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
+        return -1;
+    return (long long)(utime + stime) * 1000 / sysconf(_SC_CLK_TCK);
+}

@@ -54,4 +54,8 @@ int qctest_run_argv(char *const argv[]);
 /* Sleeps ms milliseconds (for polling loops with a bound, never as synchronisation). */
 void qctest_sleep_ms(int ms);
 
+/* CPU time (user + system) pid has used, in ms, from /proc/PID/stat; -1 when it cannot be
+ * read. What a test measures of a service left idle on a fault (issue 21: no spinning). */
+long long qctest_cpu_ms(pid_t pid);
+
 #endif
