@@ -616,9 +616,15 @@ int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t
     uint64_t gen = atomic_load(&store->map_gen);
     int rc = append_txn(store, events, n, results);
     /* A full map: the txn was aborted whole (invariant 3), so after growth the same append
-     * runs once more, and its results are those of the run that committed. */
-    if (rc == QC_EFULL && store->storage != NULL && store_grow(store, gen) == 0)
-        rc = append_txn(store, events, n, results);
+     * runs once more, and its results are those of the run that committed. A map the disk
+     * could not fill any further is a full disk: that is the cause the caller is told. */
+    if (rc == QC_EFULL && store->storage != NULL) {
+        int grc = store_grow(store, gen);
+        if (grc == 0)
+            rc = append_txn(store, events, n, results);
+        else if (grc == QC_ENOSPACE)
+            rc = QC_ENOSPACE;
+    }
     if (store->storage != NULL)
         rc = ops_storage_classify(store->storage, rc); /* a disk full mid-commit reads EIO */
     /* Health fails while appends cannot commit, whatever the cause; a full disk or map is

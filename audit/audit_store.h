@@ -106,9 +106,10 @@ bool audit_store_healthy(audit_store_t *store, char *why, size_t why_cap);
  * A transaction that meets a full map is aborted whole; when the map may grow
  * (audit_store_open_growing) it grows and the same append runs once more, so the caller sees
  * one commit or none, never half of one, nor one twice.
- * Returns 0 once committed (results valid), or QC_EFULL (map full, and it could not grow),
- * QC_ENOSPACE (disk full), QC_EIO, QC_ENOMEM, QC_EDENIED (read-only store), and then nothing
- * was appended. Never call it inside audit_store_scan()'s fn (growth would wait for it). */
+ * Returns 0 once committed (results valid), or QC_EFULL (map full, at its map_max),
+ * QC_ENOSPACE (disk full, or a full map the disk could not hold any larger), QC_EIO, QC_ENOMEM,
+ * QC_EDENIED (read-only store), and then nothing was appended. Never call it inside
+ * audit_store_scan()'s fn (growth would wait for it). */
 QC_MUST_CHECK int audit_store_append(audit_store_t *store, const audit_event_t *events, size_t n,
                                      audit_append_result_t *results);
 

@@ -1,9 +1,12 @@
 /* test_audit_process.c - qc-audit over real CURVE RPC: append from two sources with duplicates,
  * killed -9 mid-batch and restarted (no gap, no duplicate, chain verifies), operator verbs; its
- * map grown online from 1 MiB while /healthz is read, and refused at map_max_mb (issue 21);
- * frames of several events (append_batch): a bad event refused alone, order kept, and the
- * batching sender (proto_audit) losing nothing across a kill -9 of audit. */
+ * map grown online from 1 MiB while /healthz is read, refused at map_max_mb, and a full disk
+ * under a map free to grow: refused, idle, resumed by itself (issue 21); frames of several
+ * events (append_batch): a bad event refused alone, order kept, and the batching sender
+ * (proto_audit) losing nothing across a kill -9 of audit. */
+#define _GNU_SOURCE /* unshare, CLONE_NEWNS */
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -13,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <zmq.h>
@@ -30,6 +35,7 @@
 #include "proto_audit.h"
 #include "proto_decode.h"
 #include "qc_error.h"
+#include "qctest_fs.h"
 #include "qctest_http.h"
 #include "qctest_port.h"
 #include "qctest_proc.h"
@@ -48,6 +54,11 @@ static qctest_ports_t ports;
 #define T_FRAME_EVENTS 5
 #define T_SENDER_EVENTS 400
 #define T_SENDER_MS 30000
+#define T_TMPFS_OPTS "size=4m" /* the disk of the full-disk test */
+#define T_IDLE_MS 3000         /* idle time measured on the full disk */
+#define T_IDLE_CPU_MS_MAX 300  /* CPU qc-audit may use in it */
+#define T_IDLE_LINES_MAX 10    /* and log lines it may write */
+#define T_RESUME_MS 10000
 
 static const char *g_bin;
 
@@ -619,6 +630,105 @@ static void test_sender_batches_survive_kill(void **state)
     assert_true(w.in_order);
 }
 
+static char g_mount[AP_PATH_MAX]; /* the tmpfs of the full-disk test, unmounted by teardown */
+
+static int teardown_mount(void **state)
+{
+    ap_t *ap = *state;
+    if (ap->pid > 0)
+        ap_stop(ap, SIGKILL);
+    if (g_mount[0] != '\0')
+        QC_IGNORE(umount2(g_mount, MNT_DETACH));
+    g_mount[0] = '\0';
+    return teardown(state);
+}
+
+/* qc-audit on a small tmpfs, its map free to grow far beyond it: filled, it refuses appends
+ * with QC_ENOSPACE (the disk, whether LMDB met it at commit or the map could not grow any
+ * larger on it), says degraded on /healthz, writes one line for the state and stays idle; once
+ * space comes back it resumes by itself and takes the refused event. Needs root (a mount
+ * namespace): skipped otherwise. Last of the file: the namespace stays the process's. */
+static void test_full_disk(void **state)
+{
+    ap_t *ap = *state;
+    if (geteuid() != 0 || unshare(CLONE_NEWNS) != 0 ||
+        mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
+        skip();
+        return;
+    }
+    char filler[AP_PATH_MAX + 16];
+    ap_path(ap, "data", g_mount);
+    snprintf(filler, sizeof filler, "%s/filler", g_mount);
+    assert_int_equal(mount("tmpfs", g_mount, "tmpfs", 0, T_TMPFS_OPTS), 0);
+    const char *extra[] = {"--map-size-mb", "1", "--map-max-mb", "64", NULL};
+    assert_int_equal(ap_start(ap, NULL, 0, extra), 0);
+    uint8_t *payload = malloc(T_GROW_PAYLOAD);
+    assert_non_null(payload);
+    uint64_t sent = 0;
+    for (; sent < 10; sent++) {
+        grow_payload(payload, sent + 1);
+        assert_int_equal(ap_append(ap, "gateway-0", sent + 1, "security.test", NULL, 0, payload,
+                                   T_GROW_PAYLOAD, NULL, NULL),
+                         0);
+    }
+    assert_int_equal(qctest_fill_disk(filler), 0);
+    int rc = 0;
+    while (rc == 0 && sent < T_FULL_TRIES_MAX * 2) {
+        grow_payload(payload, sent + 1);
+        rc = ap_append(ap, "gateway-0", sent + 1, "security.test", NULL, 0, payload, T_GROW_PAYLOAD,
+                       NULL, NULL);
+        sent += rc == 0;
+    }
+    /* Idle on the full disk, measured before anything is asserted (issue 21's note). */
+    char log[AP_PATH_MAX];
+    ap_path(ap, "audit.log", log);
+    qctest_sleep_ms(1500); /* a poll or two on the full disk */
+    size_t lines_before = log_lines(ap, "\"time\"");
+    long long cpu_before = qctest_cpu_ms(ap->pid);
+    qctest_sleep_ms(T_IDLE_MS);
+    long long cpu_used = qctest_cpu_ms(ap->pid) - cpu_before;
+    assert_true(cpu_before >= 0);
+    size_t lines = log_lines(ap, "\"time\"") - lines_before;
+    print_message("audit full disk after %llu events, refused with %s; then idle %d ms: %lld ms "
+                  "of CPU, %zu log lines\n",
+                  (unsigned long long)sent, qc_errname(rc), T_IDLE_MS, cpu_used, lines);
+    assert_int_equal(rc, QC_ENOSPACE);
+    assert_true(cpu_used <= T_IDLE_CPU_MS_MAX);
+    assert_true(lines <= T_IDLE_LINES_MAX);
+    char resp[2048];
+    assert_int_equal(qctest_http(ap->http_port, "GET", "/healthz", resp, sizeof resp), 503);
+    assert_non_null(strstr(resp, "degraded"));
+    assert_non_null(strstr(resp, "disk"));
+    assert_int_equal(qctest_metric(ap->http_port, "qc_storage_state{store=\"audit\"}"), 3);
+    /* The sender resends: refused each time, and still one line for the state. */
+    for (int i = 0; i < T_FULL_RESENDS; i++)
+        assert_int_equal(ap_append(ap, "gateway-0", sent + 1, "security.test", NULL, 0, payload,
+                                   T_GROW_PAYLOAD, NULL, NULL),
+                         QC_ENOSPACE);
+    assert_int_equal(log_lines(ap, "\"storage.disk_full\""), 1);
+
+    /* Space comes back: the resend is taken, health is ok, without a restart. */
+    assert_int_equal(unlink(filler), 0);
+    uint64_t end = ops_time_mono_ms() + T_RESUME_MS, seq = 0;
+    bool dup = true;
+    while ((rc = ap_append(ap, "gateway-0", sent + 1, "security.test", NULL, 0, payload,
+                           T_GROW_PAYLOAD, &seq, &dup)) != 0 &&
+           ops_time_mono_ms() < end)
+        qctest_sleep_ms(200);
+    assert_int_equal(rc, 0);
+    assert_false(dup);
+    assert_int_equal(seq, sent + 1);
+    end = ops_time_mono_ms() + T_RESUME_MS;
+    while (qctest_http(ap->http_port, "GET", "/healthz", resp, sizeof resp) != 200 &&
+           ops_time_mono_ms() < end)
+        qctest_sleep_ms(200);
+    assert_int_equal(qctest_http(ap->http_port, "GET", "/healthz", resp, sizeof resp), 200);
+    assert_true(log_lines(ap, "\"storage.resumed\"") >= 1);
+    free(payload);
+    assert_int_equal(ap_stop(ap, SIGTERM), 0);
+    check_log(ap, sent + 1);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -634,6 +744,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_map_at_max_refuses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_append_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sender_batches_survive_kill, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_disk, setup, teardown_mount),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
