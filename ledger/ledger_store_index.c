@@ -148,6 +148,64 @@ int ledger_index_parse(ledger_index_kind_t kind, const uint8_t *key, size_t key_
     return 0;
 }
 
+/* Called with each key of a range walk, the id's prefix included: nonzero stops the walk and is
+ * returned; *end = true ends it with 0 (the range is over). */
+typedef int index_key_fn(void *arg, const uint8_t *key, size_t key_len, bool *end);
+
+/* Walks the keys of dbi that start with start[0..plen) in order, from the later of start
+ * (start_len bytes) and the cursor after (after_len bytes, 0 for none; the cursor's own key is
+ * skipped: it was on the page before). The one loop under both kinds of index. */
+static int index_range(MDB_txn *txn, MDB_dbi dbi, const uint8_t *start, size_t start_len,
+                       const uint8_t *after, size_t after_len, size_t plen, index_key_fn *fn,
+                       void *arg)
+{
+    assert(plen <= start_len);
+    bool from_cursor = after_len > 0 && memcmp(after, start, start_len) >= 0;
+    MDB_cursor *cur = NULL;
+    int rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc != 0)
+        return index_err("cursor_open", rc);
+    MDB_val k = {.mv_size = from_cursor ? after_len : start_len,
+                 .mv_data = (void *)(from_cursor ? after : start)},
+            v;
+    int op = MDB_SET_RANGE, qrc = 0;
+    bool end = false;
+    while (!end && (rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+        op = MDB_NEXT;
+        /* MDB_SET_RANGE lands on the cursor's own entry when it exists: that one was read. */
+        if (from_cursor && k.mv_size == after_len && memcmp(k.mv_data, after, after_len) == 0)
+            continue;
+        if (k.mv_size < plen || memcmp(k.mv_data, start, plen) != 0)
+            break; /* past the id's entries */
+        if ((qrc = fn(arg, k.mv_data, k.mv_size, &end)) != 0)
+            break;
+    }
+    mdb_cursor_close(cur);
+    if (qrc != 0)
+        return qrc;
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : index_err("index_walk", rc);
+}
+
+struct index_load_walk {
+    const ledger_index_range_t *r;
+    size_t plen;
+    ledger_index_fn *fn;
+    void *arg;
+};
+
+static int index_load_key(void *arg, const uint8_t *key, size_t key_len, bool *end)
+{
+    struct index_load_walk *w = arg;
+    if (key_len != w->plen + LEDGER_INDEX_TIME_KEY_SIZE)
+        return QC_EDECODE;
+    const uint8_t *p = key + w->plen;
+    if (w->r->until_ms != 0 && ops_be_get(p, 8) >= w->r->until_ms) {
+        *end = true; /* past the window */
+        return 0;
+    }
+    return w->fn(w->arg, p + 8);
+}
+
 int ledger_index_walk(MDB_txn *txn, MDB_dbi dbi, const ledger_index_range_t *r, ledger_index_fn *fn,
                       void *arg)
 {
@@ -162,38 +220,9 @@ int ledger_index_walk(MDB_txn *txn, MDB_dbi dbi, const ledger_index_range_t *r, 
     size_t after_len = 0;
     if (r->after_txn != NULL)
         after_len = index_position(after, plen, r->after_ms, r->after_txn);
-    /* From the later of the window's start and the cursor. */
     size_t start_len = index_position(start, plen, r->since_ms, NULL);
-    bool from_cursor = after_len > 0 && memcmp(after, start, start_len) >= 0;
-    MDB_cursor *cur = NULL;
-    int rc = mdb_cursor_open(txn, dbi, &cur);
-    if (rc != 0)
-        return index_err("cursor_open", rc);
-    MDB_val k = {.mv_size = from_cursor ? after_len : start_len,
-                 .mv_data = from_cursor ? after : start},
-            v;
-    int op = MDB_SET_RANGE, qrc = 0;
-    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
-        op = MDB_NEXT;
-        /* MDB_SET_RANGE lands on the cursor's own entry when it exists: that one was read. */
-        if (from_cursor && k.mv_size == after_len && memcmp(k.mv_data, after, after_len) == 0)
-            continue;
-        if (k.mv_size < plen || memcmp(k.mv_data, start, plen) != 0)
-            break; /* past the id's entries */
-        if (k.mv_size != plen + LEDGER_INDEX_TIME_KEY_SIZE) {
-            qrc = QC_EDECODE;
-            break;
-        }
-        const uint8_t *p = (const uint8_t *)k.mv_data + plen;
-        if (r->until_ms != 0 && ops_be_get(p, 8) >= r->until_ms)
-            break;
-        if ((qrc = fn(arg, p + 8)) != 0)
-            break;
-    }
-    mdb_cursor_close(cur);
-    if (qrc != 0)
-        return qrc;
-    return rc == 0 || rc == MDB_NOTFOUND ? 0 : index_err("index_walk", rc);
+    struct index_load_walk w = {.r = r, .plen = plen, .fn = fn, .arg = arg};
+    return index_range(txn, dbi, start, start_len, after, after_len, plen, index_load_key, &w);
 }
 
 /* ------------------------------------------------------------ movements of accounts */
@@ -233,6 +262,21 @@ int ledger_index_move_parse(const uint8_t *key, size_t key_len, char *account,
     return 0;
 }
 
+struct index_move_walk {
+    ledger_index_move_fn *fn;
+    void *arg;
+};
+
+static int index_move_key(void *arg, const uint8_t *key, size_t key_len, bool *end)
+{
+    struct index_move_walk *w = arg;
+    (void)end; /* the account's entries end where its prefix does */
+    char id[PROTO_ACCOUNT_ID_MAX + 2];
+    ledger_index_move_t mv;
+    int rc = ledger_index_move_parse(key, key_len, id, &mv);
+    return rc != 0 ? rc : w->fn(w->arg, &mv);
+}
+
 int ledger_index_move_walk(MDB_txn *txn, MDB_dbi dbi, const char *account, uint64_t since_ms,
                            const ledger_index_move_t *after, ledger_index_move_fn *fn, void *arg)
 {
@@ -245,29 +289,6 @@ int ledger_index_move_walk(MDB_txn *txn, MDB_dbi dbi, const char *account, uint6
     ledger_index_move_t from = {.time_ms = since_ms};
     size_t start_len = move_tail(start, plen, &from);
     size_t after_len = after != NULL ? move_tail(cur_key, plen, after) : 0;
-    bool from_cursor = after_len > 0 && memcmp(cur_key, start, start_len) >= 0;
-    MDB_cursor *cur = NULL;
-    int rc = mdb_cursor_open(txn, dbi, &cur);
-    if (rc != 0)
-        return index_err("cursor_open", rc);
-    MDB_val k = {.mv_size = from_cursor ? after_len : start_len,
-                 .mv_data = from_cursor ? cur_key : start},
-            v;
-    int op = MDB_SET_RANGE, qrc = 0;
-    while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
-        op = MDB_NEXT;
-        if (from_cursor && k.mv_size == after_len && memcmp(k.mv_data, cur_key, after_len) == 0)
-            continue; /* the cursor's own entry was on the page before */
-        if (k.mv_size < plen || memcmp(k.mv_data, start, plen) != 0)
-            break; /* past the account's entries */
-        char id[PROTO_ACCOUNT_ID_MAX + 2];
-        ledger_index_move_t mv;
-        if ((qrc = ledger_index_move_parse(k.mv_data, k.mv_size, id, &mv)) != 0 ||
-            (qrc = fn(arg, &mv)) != 0)
-            break;
-    }
-    mdb_cursor_close(cur);
-    if (qrc != 0)
-        return qrc;
-    return rc == 0 || rc == MDB_NOTFOUND ? 0 : index_err("index_walk", rc);
+    struct index_move_walk w = {.fn = fn, .arg = arg};
+    return index_range(txn, dbi, start, start_len, cur_key, after_len, plen, index_move_key, &w);
 }
