@@ -28,6 +28,7 @@
 #include "ledger_testkit.h"
 #include "ops_time.h"
 #include "qc_error.h"
+#include "qctest_lmdb.h"
 #include "qctest_port.h"
 
 #define TEST_LOADS 20000        /* loads of the shard in the CTest run */
@@ -218,6 +219,16 @@ static int first_load(void *arg, const ledger_load_t *load)
     return QC_ETOOBIG;
 }
 
+/* Deletes the device entry of load *arg (a ledger_index_load_t) from loads_by_device. */
+static int del_device_entry(MDB_txn *txn, void *arg)
+{
+    MDB_dbi dbi;
+    uint8_t key[LEDGER_INDEX_KEY_MAX];
+    MDB_val k = {.mv_size = ledger_index_key(LEDGER_INDEX_DEVICE, arg, key), .mv_data = key};
+    int rc = mdb_dbi_open(txn, "loads_by_device", 0, &dbi);
+    return rc != 0 ? rc : mdb_del(txn, dbi, &k, NULL);
+}
+
 /* Deletes the device entry of the first load of dev-TEST_DEVICE from the stopped ledger's LMDB
  * (what a lost write or a flipped key would leave): the load lacks an entry. */
 static void drop_one_entry(lp_t *lp)
@@ -235,23 +246,11 @@ static void drop_one_entry(lp_t *lp)
     assert_int_equal(ledger_store_each_load_in(store, txn, &r, first_load, l), QC_ETOOBIG);
     ledger_store_txn_abort(txn);
     ledger_store_close(&store);
-    MDB_env *env = NULL;
-    MDB_dbi dbi;
-    assert_int_equal(mdb_env_create(&env), 0);
-    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
-    assert_int_equal(mdb_env_set_mapsize(env, 1024ull << 20), 0);
-    assert_int_equal(mdb_env_open(env, path, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    assert_int_equal(mdb_dbi_open(txn, "loads_by_device", 0, &dbi), 0);
     ledger_index_load_t il = {.txn_id = l->txn_id,
                               .device_id = l->device_id,
                               .account_id = l->account_id,
                               .created_ms = l->created_ms};
-    uint8_t key[LEDGER_INDEX_KEY_MAX];
-    MDB_val k = {.mv_size = ledger_index_key(LEDGER_INDEX_DEVICE, &il, key), .mv_data = key};
-    assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
-    assert_int_equal(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    assert_int_equal(qctest_lmdb_edit(path, del_device_entry, &il), 0);
     free(l);
 }
 

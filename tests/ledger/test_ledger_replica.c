@@ -27,6 +27,7 @@
 #include "proto_envelope.h"
 #include "qc_error.h"
 #include "qctest_http.h"
+#include "qctest_lmdb.h"
 #include "qctest_port.h"
 #include "qctest_proc.h"
 
@@ -977,25 +978,9 @@ static void corrupt_account(lp_t *lp)
 {
     char data[LP_PATH_MAX];
     qctest_path(lp->dir, "data", data);
-    MDB_env *env = NULL;
-    MDB_txn *txn = NULL;
-    MDB_dbi dbi;
-    assert_int_equal(mdb_env_create(&env), 0);
-    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
-    assert_int_equal(mdb_env_set_mapsize(env, 256ull << 20), 0);
-    assert_int_equal(mdb_env_open(env, data, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    assert_int_equal(mdb_dbi_open(txn, "accounts", 0, &dbi), 0);
-    MDB_val k = {.mv_size = strlen(T_ACCOUNT), .mv_data = (void *)T_ACCOUNT}, v;
-    assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
-    uint8_t copy[4096];
-    assert_true(v.mv_size > 4 && v.mv_size <= sizeof copy);
-    memcpy(copy, v.mv_data, v.mv_size);
-    copy[v.mv_size - 1] ^= 0x01;
-    MDB_val nv = {.mv_size = v.mv_size, .mv_data = copy};
-    assert_int_equal(mdb_put(txn, dbi, &k, &nv, 0), 0);
-    assert_int_equal(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    assert_int_equal(
+        qctest_lmdb_flip(data, "accounts", T_ACCOUNT, strlen(T_ACCOUNT), QCTEST_LMDB_LAST, 0x01),
+        0);
 }
 
 /* Replica repair with real processes (issue 21): one bit of the account's balance flipped in a

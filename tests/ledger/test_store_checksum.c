@@ -21,6 +21,7 @@
 #include "ops_metrics.h"
 #include "qc_error.h"
 #include "qctest_fs.h"
+#include "qctest_lmdb.h"
 
 #define T_MAP_SIZE (64ull << 20)
 #define T_ENTRIES 20
@@ -29,20 +30,27 @@
 /* Opens dir's environment raw, lets fn change database db in one write txn, commits. */
 typedef void(raw_fn)(MDB_txn *txn, MDB_dbi dbi, void *arg);
 
+typedef struct raw_db {
+    const char *db;
+    raw_fn *fn;
+    void *arg;
+} raw_db_t;
+
+static int raw_db_run(MDB_txn *txn, void *arg)
+{
+    raw_db_t *r = arg;
+    MDB_dbi dbi;
+    int rc = mdb_dbi_open(txn, r->db, 0, &dbi);
+    if (rc == 0)
+        r->fn(txn, dbi, r->arg);
+    return rc;
+}
+
+/* Opens dir's environment raw and lets fn change database db in one write txn. */
 static void raw_edit(const char *dir, const char *db, raw_fn *fn, void *arg)
 {
-    MDB_env *env = NULL;
-    MDB_txn *txn = NULL;
-    MDB_dbi dbi;
-    assert_int_equal(mdb_env_create(&env), 0);
-    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
-    assert_int_equal(mdb_env_set_mapsize(env, T_MAP_SIZE), 0);
-    assert_int_equal(mdb_env_open(env, dir, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
-    fn(txn, dbi, arg);
-    assert_int_equal(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    raw_db_t r = {.db = db, .fn = fn, .arg = arg};
+    assert_int_equal(qctest_lmdb_edit(dir, raw_db_run, &r), 0);
 }
 
 typedef struct flip {
@@ -177,26 +185,9 @@ static void test_flipped_key(void **state)
     assert_int_equal(qctest_dir_remove(dir), 0);
 }
 
-static void strip_sum(MDB_txn *txn, MDB_dbi dbi, void *arg)
+static int strip_sum(MDB_txn *txn, void *arg)
 {
-    (void)arg;
-    MDB_cursor *cur = NULL;
-    assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
-    MDB_val k, v;
-    int op = MDB_FIRST;
-    while (mdb_cursor_get(cur, &k, &v, op) == 0) {
-        op = MDB_NEXT;
-        uint8_t buf[512], key[512];
-        assert_true(v.mv_size > 4);
-        assert_true(v.mv_size <= sizeof buf);
-        assert_true(k.mv_size <= sizeof key);
-        memcpy(buf, v.mv_data, v.mv_size - 4);
-        memcpy(key, k.mv_data, k.mv_size); /* both point into the page the put rewrites */
-        MDB_val nk = {.mv_size = k.mv_size, .mv_data = key};
-        MDB_val nv = {.mv_size = v.mv_size - 4, .mv_data = buf};
-        assert_int_equal(mdb_cursor_put(cur, &nk, &nv, MDB_CURRENT), 0);
-    }
-    mdb_cursor_close(cur);
+    return qctest_lmdb_strip_tail(txn, arg, 4);
 }
 
 /* One bit of a load record (its amount, say): refused the same way. */
@@ -250,7 +241,7 @@ static void test_upgrade(void **state)
     assert_int_equal(qctest_dir_new("qc-checksum", dir), 0);
     put_account(dir, "ACCT-A", 1000);
     put_account(dir, "ACCT-B", 2000);
-    raw_edit(dir, "accounts", strip_sum, NULL);
+    assert_int_equal(qctest_lmdb_edit(dir, strip_sum, "accounts"), 0);
     uint64_t count = 0;
     assert_int_equal(ledger_store_add_checksums(dir, T_MAP_SIZE, &count), 0);
     assert_int_equal(count, 2);

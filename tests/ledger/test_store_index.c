@@ -21,6 +21,7 @@
 #include "ops_bytes.h"
 #include "qc_error.h"
 #include "qctest_fs.h"
+#include "qctest_lmdb.h"
 
 #define T_MAP_SIZE (256ull << 20)
 #define T_DEVICES 7
@@ -342,26 +343,14 @@ static void test_index_after_random_ops(void **state)
 }
 
 /* Opens dir's environment raw and lets fn change it in one write txn. */
-typedef void(raw_fn)(MDB_txn *txn, MDB_env *env, void *arg);
-
-static void raw_edit(const char *dir, raw_fn *fn, void *arg)
+static void raw_edit(const char *dir, qctest_lmdb_fn *fn, void *arg)
 {
-    MDB_env *env = NULL;
-    MDB_txn *txn = NULL;
-    assert_int_equal(mdb_env_create(&env), 0);
-    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
-    assert_int_equal(mdb_env_set_mapsize(env, T_MAP_SIZE), 0);
-    assert_int_equal(mdb_env_open(env, dir, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    fn(txn, env, arg);
-    assert_int_equal(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    assert_int_equal(qctest_lmdb_edit(dir, fn, arg), 0);
 }
 
 /* What a store made before the indexes holds: no index databases, no version. */
-static void drop_indexes(MDB_txn *txn, MDB_env *env, void *arg)
+static int drop_indexes(MDB_txn *txn, void *arg)
 {
-    (void)env;
     (void)arg;
     const char *names[] = {"loads_by_time", "loads_by_device", "loads_by_account",
                            "transfers_by_account", "local"};
@@ -370,6 +359,7 @@ static void drop_indexes(MDB_txn *txn, MDB_env *env, void *arg)
         assert_int_equal(mdb_dbi_open(txn, names[i], 0, &dbi), 0);
         assert_int_equal(mdb_drop(txn, dbi, 1), 0);
     }
+    return 0;
 }
 
 typedef struct raw_key {
@@ -379,9 +369,8 @@ typedef struct raw_key {
     bool add; /* add it (a dangling entry) or delete it (a missing one) */
 } raw_key_t;
 
-static void edit_key(MDB_txn *txn, MDB_env *env, void *arg)
+static int edit_key(MDB_txn *txn, void *arg)
 {
-    (void)env;
     raw_key_t *r = arg;
     MDB_dbi dbi;
     assert_int_equal(mdb_dbi_open(txn, r->db, 0, &dbi), 0);
@@ -390,6 +379,7 @@ static void edit_key(MDB_txn *txn, MDB_env *env, void *arg)
         assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
     else
         assert_int_equal(mdb_del(txn, dbi, &k, NULL), 0);
+    return 0;
 }
 
 /* A snapshot's records, as ledger_store_each_record() hands them. */

@@ -23,6 +23,7 @@
 #include "ledger_proc.h"
 #include "qc_error.h"
 #include "qctest_fs.h"
+#include "qctest_lmdb.h"
 #include "qctest_proc.h"
 
 #define T_PORT 17380
@@ -190,6 +191,22 @@ static void test_ledger_two_owners(void **state)
     lp_teardown(first);
 }
 
+/* What a store made before `init` and the checksums holds: no identity, and no record with
+ * its 4-byte checksum. */
+static int make_old(MDB_txn *txn, void *arg)
+{
+    (void)arg;
+    MDB_dbi dbi;
+    int rc = mdb_dbi_open(txn, "identity", 0, &dbi);
+    if (rc != 0 || (rc = mdb_drop(txn, dbi, 1)) != 0)
+        return rc;
+    const char *summed[] = {"accounts", "devices", "loads", "transfers", "outbox"};
+    for (size_t d = 0; d < sizeof summed / sizeof summed[0]; d++)
+        if ((rc = qctest_lmdb_strip_tail(txn, summed[d], 4)) != 0)
+            return rc;
+    return 0;
+}
+
 /* A store of the release before init and checksums: no identity, records without their
  * checksum. Refused until init --upgrade, which gives it both; then it serves what it held. */
 static void test_ledger_upgrade(void **state)
@@ -204,39 +221,7 @@ static void test_ledger_upgrade(void **state)
     /* Make it old: drop the identity, strip each record's 4-byte checksum. */
     char data[LP_PATH_MAX];
     qctest_path(lp->dir, "data", data);
-    MDB_env *env = NULL;
-    MDB_txn *txn = NULL;
-    MDB_dbi dbi;
-    assert_int_equal(mdb_env_create(&env), 0);
-    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
-    assert_int_equal(mdb_env_set_mapsize(env, 256ull << 20), 0);
-    assert_int_equal(mdb_env_open(env, data, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    assert_int_equal(mdb_dbi_open(txn, "identity", 0, &dbi), 0);
-    assert_int_equal(mdb_drop(txn, dbi, 1), 0);
-    const char *summed[] = {"accounts", "devices", "loads", "transfers", "outbox"};
-    for (size_t d = 0; d < sizeof summed / sizeof summed[0]; d++) {
-        MDB_cursor *cur = NULL;
-        assert_int_equal(mdb_dbi_open(txn, summed[d], 0, &dbi), 0);
-        assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
-        MDB_val k, v;
-        int op = MDB_FIRST;
-        while (mdb_cursor_get(cur, &k, &v, op) == 0) {
-            op = MDB_NEXT;
-            uint8_t buf[4096], key[512];
-            assert_true(v.mv_size > 4);
-            assert_true(v.mv_size <= sizeof buf);
-            assert_true(k.mv_size <= sizeof key);
-            memcpy(buf, v.mv_data, v.mv_size - 4);
-            memcpy(key, k.mv_data, k.mv_size); /* both point into the page the put rewrites */
-            MDB_val nk = {.mv_size = k.mv_size, .mv_data = key};
-            MDB_val nv = {.mv_size = v.mv_size - 4, .mv_data = buf};
-            assert_int_equal(mdb_cursor_put(cur, &nk, &nv, MDB_CURRENT), 0);
-        }
-        mdb_cursor_close(cur);
-    }
-    assert_int_equal(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
+    assert_int_equal(qctest_lmdb_edit(data, make_old, NULL), 0);
     lp->no_init = true;
     ledger_refused(lp, NULL, "has no identity");
     lp->no_init = false; /* the helper runs init --upgrade, as the operator would */
@@ -247,33 +232,6 @@ static void test_ledger_upgrade(void **state)
     assert_true(ok);
     assert_int_equal(lp_deposit(lp, "ACCT-OLD", 1), 0);
     lp_teardown(lp);
-}
-
-/* Flips the low bit of byte offset of the value of key in database db of the (stopped) store
- * in dir. */
-static void flip_bit(const char *dir, const char *db, const void *key, size_t key_len,
-                     size_t offset)
-{
-    MDB_env *env = NULL;
-    MDB_txn *txn = NULL;
-    MDB_dbi dbi;
-    assert_int_equal(mdb_env_create(&env), 0);
-    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
-    assert_int_equal(mdb_env_set_mapsize(env, 256ull << 20), 0);
-    assert_int_equal(mdb_env_open(env, dir, 0, 0600), 0);
-    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
-    assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
-    MDB_val k = {.mv_size = key_len, .mv_data = (void *)key}, v;
-    assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
-    uint8_t buf[4096];
-    assert_true(v.mv_size <= sizeof buf);
-    assert_true(offset < v.mv_size);
-    memcpy(buf, v.mv_data, v.mv_size);
-    buf[offset] ^= 0x01;
-    MDB_val nv = {.mv_size = v.mv_size, .mv_data = buf};
-    assert_int_equal(mdb_put(txn, dbi, &k, &nv, 0), 0);
-    assert_int_equal(mdb_txn_commit(txn), 0);
-    mdb_env_close(env);
 }
 
 /* A flipped bit in an account's balance: the ledger still starts and serves reads, refuses
@@ -294,7 +252,7 @@ static void test_ledger_flipped_balance(void **state)
     qctest_path(lp->dir, "data", data);
     /* An Account starts id (field 1: 0a 06 "ACCT-A"), currency (field 2: 10 9c 01), balance
      * (field 3: 18, then its varint at byte 12). */
-    flip_bit(data, "accounts", "ACCT-A", 6, 12);
+    assert_int_equal(qctest_lmdb_flip(data, "accounts", "ACCT-A", 6, 12, 0x01), 0);
     const char *no_scrub[] = {"--scrub-per-second", "0", NULL};
     assert_int_equal(lp_start(lp, NULL, 0, no_scrub), 0);
     /* check --deep finds it before anything read it. */
@@ -407,7 +365,7 @@ static void test_audit(void **state)
     /* A flipped bit inside entry 100: qc-audit checks its chain since the last checkpoint (none
      * here: all of it) at start and refuses to append after it. */
     uint8_t key[8] = {0, 0, 0, 0, 0, 0, 0, 100};
-    flip_bit(data, "entries", key, sizeof key, 60);
+    assert_int_equal(qctest_lmdb_flip(data, "entries", key, sizeof key, 60, 0x01), 0);
     audit_refused(ap, "\"event\":\"audit.chain_broken\",\"seq\":\"100\"");
 
     assert_int_equal(truncate(mdb, 8192), 0);
